@@ -1,0 +1,45 @@
+# The Makefile only wires stages: every target is one `python -m pipeline` call.
+# `make install` builds .venv; every other target depends on it, so a fresh clone just works.
+#   make install TORCH=skip   keep the torch already in the environment (e.g. your CUDA build)
+#   make install VENV=...     install into another virtual environment
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+CONFIG ?= configs/synth.toml
+ARGS ?=
+PY := $(VENV)/bin/python
+RUN := $(PY) -m pipeline
+
+.PHONY: install test all synth flow train-rgb train-flow eval bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(if $(filter skip,$(TORCH)),--system-site-packages,) $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(if $(filter skip,$(TORCH)),,$(PY) -m pip install -q "$(TORCH)")
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+test: install
+	$(PY) -m pytest tests
+
+all: synth flow train-rgb train-flow eval
+
+synth: install
+	$(RUN) synth --config $(CONFIG) $(ARGS)
+
+flow: install
+	$(RUN) flow --config $(CONFIG) $(ARGS)
+
+train-rgb: install
+	$(RUN) train --stream rgb --config $(CONFIG) $(ARGS)
+
+train-flow: install
+	$(RUN) train --stream flow --config $(CONFIG) $(ARGS)
+
+eval: install
+	$(RUN) eval --config $(CONFIG) $(ARGS)
+
+clean:
+	rm -rf work

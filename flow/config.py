@@ -1,0 +1,52 @@
+"""Settings of the flow stage: the `[flow]` section of a config file."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class FlowConfig:
+    # Decoding and storage.
+    size: str = "340x256"  # "WxH", a short side ("256"), or "" to keep the decoded size
+    store: str = "packed"  # "packed" (lossless, fast random windows) or "mmaction" (TSN JPEG layout)
+    bound: float = 20.0  # flow is clipped to +-bound px before the uint8 encoding (zero motion = 128)
+    jpeg_quality: int = 95  # only for store = "mmaction"
+
+    # Where it runs.
+    backend: str = "opencv"  # "opencv" (cv2.optflow DualTVL1) or "torch" (batched PyTorch TV-L1)
+    device: str = "auto"  # torch backend: "auto", "cpu", "cuda", "cuda:N"
+    batch_pairs: int = 64  # torch backend: frame pairs per batch (bounds memory)
+    jobs: int = 0  # parallel videos; 0 = one per CPU core (opencv) / per GPU (torch)
+    scheduler: str = ""  # "" = local processes; "tcp://host:8786" = a Dask cluster
+
+    # TV-L1 (names and meanings of OpenCV's DualTVL1OpticalFlow; defaults chosen by measurement).
+    tau: float = 0.25
+    lambda_: float = 0.15  # OpenCV's `lambda` (a Python keyword)
+    theta: float = 0.3
+    nscales: int = 5
+    warps: int = 5
+    epsilon: float = 0.01
+    inner_iterations: int = 30
+    outer_iterations: int = 10
+    scale_step: float = 0.5
+    gamma: float = 0.0
+    median_filtering: int = 5
+    use_initial_flow: bool = False
+
+    def validate(self) -> None:
+        if self.store not in ("packed", "mmaction"):
+            raise ValueError(f"store: must be 'packed' or 'mmaction', got {self.store!r}")
+        if self.backend not in ("opencv", "torch"):
+            raise ValueError(f"backend: must be 'opencv' or 'torch', got {self.backend!r}")
+        if self.bound <= 0:
+            raise ValueError(f"bound: must be > 0, got {self.bound}")
+        if not 0.0 < self.scale_step < 1.0:
+            raise ValueError(f"scale_step: must be in (0, 1), got {self.scale_step}")
+        if self.jobs < 0:
+            raise ValueError(f"jobs: must be >= 0 (0 = all cores), got {self.jobs}")
+        if self.batch_pairs < 1:
+            raise ValueError(f"batch_pairs: must be >= 1, got {self.batch_pairs}")
+        if self.size:
+            parts = self.size.lower().split("x")
+            if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
+                raise ValueError(f"size: must be 'WxH', a short side like '256', or '', got {self.size!r}")

@@ -1,0 +1,81 @@
+"""`python -m pipeline <stage> --config FILE [--set key=value ...]`: wires arguments to stages."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+STAGE_HELP = {
+    "synth": "generate the SynthActions benchmark (videos, splits, ground-truth flow)",
+    "flow": "decode videos, compute TV-L1 flow, write the frame + flow store",
+    "train": "train one P3D stream (--stream rgb|flow) on the stored frames or flow",
+    "eval": "video-level testing, two-stream fusion, features + linear SVM, report",
+}
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None,
+                        help="TOML config file (configs/*.toml); defaults when omitted")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting, e.g. --set flow.bound=20 (repeatable)")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, sep, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+    if not sep or n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: need 0 <= i < n")
+    return i, n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    for name in ("synth", "eval"):
+        _add_config_args(stages.add_parser(name, help=STAGE_HELP[name], description=STAGE_HELP[name]))
+
+    flow = stages.add_parser("flow", help=STAGE_HELP["flow"], description=STAGE_HELP["flow"])
+    _add_config_args(flow)
+    flow.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
+                      help="process only videos i, i+n, i+2n, ... (e.g. $SLURM_ARRAY_TASK_ID/N)")
+    flow.add_argument("--force", action="store_true", help="redo videos that are already complete")
+    flow.add_argument("--strict", action="store_true", help="exit non-zero when any video failed")
+
+    train = stages.add_parser("train", help=STAGE_HELP["train"], description=STAGE_HELP["train"])
+    _add_config_args(train)
+    train.add_argument("--stream", choices=("rgb", "flow"), required=True, help="which stream to train")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Imported here so that `--help` answers at once, without loading torch.
+    from flow.errors import FlowError
+    from fusion.errors import FusionError
+    from pipeline import stages
+    from pipeline.config import load_config
+    from streams.errors import StreamsError
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.stage == "synth":
+            stages.synth_stage(cfg)
+        elif args.stage == "flow":
+            stages.flow_stage(cfg, shard=args.shard, force=args.force, strict=args.strict)
+        elif args.stage == "train":
+            stages.train_stage(cfg, args.stream)
+        elif args.stage == "eval":
+            stages.eval_stage(cfg)
+    except (PipelineError, FlowError, StreamsError, FusionError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: re-run the same command to resume", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,178 @@
+"""The whole configuration: one TOML file, one small dataclass per stage, `--set` overrides.
+
+Each stage owns its dataclass (flow.config.FlowConfig, streams.config.TrainConfig, ...); this module
+only composes them and checks values generically from the type hints, so a stage adds a setting by
+adding a field and nothing here changes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flow.config import FlowConfig
+from fusion.config import EvalConfig
+from pipeline.datasets.config import DatasetConfig
+from pipeline.errors import ConfigError
+from pipeline.synth.config import SynthConfig
+from streams.config import ModelConfig, TrainConfig
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+
+@dataclass
+class Config:
+    work_dir: str = "work"
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def work(self) -> Path:
+        return Path(self.work_dir)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "work_dir"}
+
+
+def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read `path` (or the defaults when None), apply `key=value` overrides, check everything."""
+    source = str(path) if path else "<defaults>"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    for item in overrides:
+        key, value = _parse_override(item)
+        section, _, name = key.rpartition(".")
+        target = raw.setdefault(section, {}) if section else raw
+        if not isinstance(target, dict):
+            raise ConfigError(f"--set {item}: {section!r} is not a section")
+        target[name] = value
+    return _build(raw, source)
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. flow.bound=20")
+    try:  # a TOML literal: numbers, booleans, quoted strings, [lists]
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # a bare string such as flow.store=mmaction
+    return key.strip(), value
+
+
+def _build(raw: dict[str, Any], source: str) -> Config:
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "work_dir":
+            kwargs[key] = _check_value(value, str, "work_dir", source)
+        elif key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: [{key}] must be a table of settings, got {value!r}")
+            kwargs[key] = _build_section(typing.get_type_hints(Config)[key], key, value, source)
+        else:
+            raise ConfigError(f"{source}: unknown key {key!r}{_suggest(key, ['work_dir', *SECTIONS])}")
+    return Config(**kwargs)
+
+
+def _build_section(cls: type, section: str, values: dict[str, Any], source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    checked = {}
+    for name, value in values.items():
+        key = f"{section}.{name}"
+        if name not in names:
+            raise ConfigError(f"{source}: unknown key {key!r}{_suggest(name, names, section)}")
+        checked[name] = _check_value(value, hints[name], key, source)
+    obj = cls(**checked)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except ValueError as err:
+            raise ConfigError(f"{source}: [{section}] {err}") from None
+    return obj
+
+
+def _check_value(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Return `value` as type `hint` or raise ConfigError naming the key and the file."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        args = typing.get_args(hint)
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+        return [_check_value(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # `--set dataset.split=1` arrives as an int
+    if hint is bool and isinstance(value, str) and value.lower() in ("yes", "no", "on", "off"):
+        return value.lower() in ("yes", "on")
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{source}: {key} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def _suggest(name: str, known: typing.Iterable[str], section: str = "") -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    if not close:
+        return ""
+    return f" (did you mean {section + '.' if section else ''}{close[0]!r}?)"
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump_toml(cfg: Config) -> str:
+    """The resolved config as TOML that load_config reads back to an equal Config."""
+    data = to_dict(cfg)
+    lines = [f"work_dir = {_toml_value(data.pop('work_dir'))}"]
+    for section, values in data.items():
+        lines += ["", f"[{section}]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def write_resolved(cfg: Config, out_dir: Path) -> Path:
+    """Write config.toml next to a stage's output (temp name, then rename)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "config.toml"
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text(dump_toml(cfg), encoding="utf-8")
+    tmp.replace(path)
+    return path
