@@ -1,0 +1,54 @@
+"""Settings of the evaluation stage: the `[eval]` section of a config file."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+CROPS = ("center", "three")
+FUSION_SCORES = ("softmax", "raw")
+
+
+@dataclass
+class EvalConfig:
+    # Video-level testing: `clips` evenly spaced clips per video x `crops`, scores averaged.
+    clips: int = 10
+    crops: str = "center"  # "center" (one crop) or "three" (left/centre/right along the long side)
+    batch_views: int = 16  # clips through the network at once: bounds memory on long videos
+
+    # Late fusion of the two streams' video scores.
+    fusion_scores: str = "softmax"  # "softmax": average class probabilities; "raw": logits (TSN)
+    fusion_weights: list[float] = field(default_factory=lambda: [1.0, 1.5])  # RGB, flow
+    fusion_cv: bool = False  # choose the flow weight on the training videos instead
+    fusion_cv_grid: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0])
+
+    # Features + linear SVM (the paper's protocol): centre crop, each clip averaged with its mirror.
+    svm: bool = True
+    svm_clips: int = 20
+    svm_cs: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0])
+    svm_folds: int = 5
+    seed: int = 0  # cross-validation folds
+
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
+
+    def validate(self) -> None:
+        if self.clips < 1:
+            raise ValueError(f"clips: must be >= 1, got {self.clips}")
+        if self.crops not in CROPS:
+            raise ValueError(f"crops: must be 'center' or 'three', got {self.crops!r}")
+        if self.batch_views < 1:
+            raise ValueError(f"batch_views: must be >= 1, got {self.batch_views}")
+        if self.fusion_scores not in FUSION_SCORES:
+            raise ValueError(f"fusion_scores: must be 'softmax' or 'raw', got {self.fusion_scores!r}")
+        if len(self.fusion_weights) != 2 or min(self.fusion_weights) < 0 or sum(self.fusion_weights) <= 0:
+            raise ValueError(f"fusion_weights: must be [rgb, flow], both >= 0, not both 0, "
+                             f"got {self.fusion_weights}")
+        if not self.fusion_cv_grid or min(self.fusion_cv_grid) < 0:
+            raise ValueError(f"fusion_cv_grid: must be a non-empty list of flow weights >= 0, "
+                             f"got {self.fusion_cv_grid}")
+        if self.svm_clips < 1:
+            raise ValueError(f"svm_clips: must be >= 1, got {self.svm_clips}")
+        if not self.svm_cs or min(self.svm_cs) <= 0:
+            raise ValueError(f"svm_cs: must be a non-empty list of C values > 0, got {self.svm_cs}")
+        if self.svm_folds < 2:
+            raise ValueError(f"svm_folds: must be >= 2, got {self.svm_folds}")
+        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ValueError(f"device: must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")

@@ -1,0 +1,103 @@
+"""Stages as functions from artifacts on disk to artifacts on disk.
+
+This is the one place that knows the datasets and every stage's config: it turns dataset records into
+the plain (video_id, label) lists the stage packages take, and chooses where each stage writes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from flow.stage import FlowJob, run_flow
+from flow.store import open_store
+from fusion.stage import average_splits, run_eval
+from pipeline.config import Config, write_resolved
+from pipeline.datasets import Dataset, read_dataset
+from pipeline.errors import PipelineError
+from pipeline.synth import generate
+from streams.train import train_stream
+
+THREE_SPLITS = ("1", "2", "3")
+
+
+def flow_dir(cfg: Config) -> Path:
+    return cfg.work / "flow"
+
+
+def train_dir(cfg: Config, stream: str, split: str) -> Path:
+    return cfg.work / "train" / stream / f"split{split}"
+
+
+def eval_dir(cfg: Config) -> Path:
+    return cfg.work / "eval"
+
+
+def splits_of(cfg: Config) -> list[str]:
+    """`dataset.split = "all"` means the three-split protocol (UCF101, HMDB51, SynthActions)."""
+    return list(THREE_SPLITS) if cfg.dataset.split == "all" else [cfg.dataset.split]
+
+
+def synth_stage(cfg: Config) -> None:
+    if cfg.dataset.format != "synth":
+        raise PipelineError(f"the synth stage writes SynthActions, but dataset.format is "
+                            f"{cfg.dataset.format!r}: use configs/synth.toml or --set dataset.format=synth")
+    root = Path(cfg.dataset.root)
+    generate(cfg.synth, root)
+    write_resolved(cfg, root)
+
+
+def flow_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1), force: bool = False,
+               strict: bool = False) -> None:
+    videos = {}
+    for split in splits_of(cfg):
+        for record in read_dataset(cfg.dataset, split).videos:
+            videos.setdefault(record.video_id, record.path)
+    jobs = [FlowJob(video_id, path) for video_id, path in sorted(videos.items())]
+    out = flow_dir(cfg)
+    write_resolved(cfg, out)
+    run_flow(jobs, out, cfg.flow, shard=shard, force=force, strict=strict)
+
+
+def _stored(cfg: Config, dataset: Dataset, stage: str) -> tuple[set[str], list[str]]:
+    """Videos with frames and flow in the store, and the dataset's videos that have none."""
+    store_root = flow_dir(cfg)
+    if not (store_root / "store.json").is_file():
+        raise PipelineError(f"no flow store at {store_root}: run `make flow` (python -m pipeline flow "
+                            f"--config ...) before `{stage}`")
+    done = set(open_store(store_root).video_ids())
+    missing = sorted(v.video_id for v in dataset.videos if v.video_id not in done)
+    if missing:
+        print(f"{len(missing)} video(s) have no frames/flow (failed or not run in `make flow`; see "
+              f"{store_root / 'manifest.csv'}) and are left out, e.g. {', '.join(missing[:3])}")
+    return done, missing
+
+
+def train_stage(cfg: Config, stream: str) -> None:
+    for split in splits_of(cfg):
+        dataset = read_dataset(cfg.dataset, split)
+        done, _ = _stored(cfg, dataset, f"train-{stream}")
+        train = [(v.video_id, v.label) for v in dataset.videos if v.split == "train" and v.video_id in done]
+        val = [(v.video_id, v.label) for v in dataset.videos
+               if v.split in ("test", "val") and v.video_id in done]
+        if not train:
+            raise PipelineError(f"split {split} of {cfg.dataset.format} has no training video with flow")
+        out = train_dir(cfg, stream, split)
+        write_resolved(cfg, out)
+        train_stream(flow_dir(cfg), train, val, dataset.classes, stream, cfg.model, cfg.train, out)
+
+
+def eval_stage(cfg: Config) -> None:
+    tables = []
+    out_root = eval_dir(cfg)
+    for split in splits_of(cfg):
+        dataset = read_dataset(cfg.dataset, split)
+        done, missing = _stored(cfg, dataset, "eval")
+        train = [(v.video_id, v.labels) for v in dataset.videos if v.split == "train" and v.video_id in done]
+        test = [(v.video_id, v.labels) for v in dataset.videos
+                if v.split in ("test", "val") and v.video_id in done]
+        checkpoints = {stream: train_dir(cfg, stream, split) for stream in ("rgb", "flow")}
+        out = out_root if len(splits_of(cfg)) == 1 else out_root / f"split{split}"
+        write_resolved(cfg, out)
+        tables.append(run_eval(flow_dir(cfg), checkpoints, train, test, dataset.classes, cfg.eval, out,
+                               protocol=f"{cfg.dataset.format} split {split}", excluded=missing))
+    if len(tables) > 1:
+        average_splits(tables, out_root, protocol=f"{cfg.dataset.format} 3-split average")

@@ -1,0 +1,50 @@
+"""The command line: every stage has --help, user errors print one line and exit 2."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("stage", ["synth", "flow", "train", "eval"])
+def test_help_for_every_stage(stage, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([stage, "--help"])
+    assert done.value.code == 0
+    assert "--config" in capsys.readouterr().out
+
+
+def test_train_needs_a_stream(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["train"])
+    assert done.value.code == 2
+    assert "--stream" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shard", ["3/2", "x/2", "1"])
+def test_bad_shard(shard, capsys):
+    with pytest.raises(SystemExit):
+        main(["flow", "--shard", shard])
+    assert "--shard" in capsys.readouterr().err
+
+
+def test_user_error_is_one_line_without_traceback(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[flow]\nbund = 1\n")
+    run = subprocess.run([sys.executable, "-m", "pipeline", "flow", "--config", str(bad)],
+                         capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr
+    assert run.stderr.startswith("error: ") and "flow.bund" in run.stderr and str(bad) in run.stderr
+
+
+def test_missing_dataset_root_is_a_clear_error(tmp_path, capsys):
+    code = main(["flow", "--set", "dataset.format=ucf101", "--set", f"dataset.root={tmp_path / 'none'}",
+                 "--set", f"dataset.annotations={tmp_path / 'none'}", "--set", f"work_dir={tmp_path}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "none" in err

@@ -1,0 +1,86 @@
+"""The TOML loader: types from the dataclasses, overrides, and errors that name key and file."""
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Config, dump_toml, load_config, write_resolved
+from pipeline.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_without_file():
+    cfg = load_config(None)
+    assert isinstance(cfg, Config)
+    assert cfg.flow.bound == 20.0 and cfg.flow.store == "packed"
+
+
+def test_sections_and_coercions(tmp_path):
+    cfg = load_config(write(tmp_path, 'work_dir = "w"\n[flow]\nbound = 10\njobs = 3\nstore = "mmaction"\n'))
+    assert cfg.work_dir == "w"
+    assert cfg.flow.bound == 10.0 and isinstance(cfg.flow.bound, float)  # int accepted for a float
+    assert cfg.flow.jobs == 3 and cfg.flow.store == "mmaction"
+
+
+def test_overrides_parse_to_the_field_type(tmp_path):
+    cfg = load_config(write(tmp_path, "[flow]\nbound = 10\n"), [
+        "flow.bound=15", "flow.store=mmaction", "flow.use_initial_flow=true", "dataset.split=2",
+        "work_dir=elsewhere", "flow.size=128x96",
+    ])
+    assert cfg.flow.bound == 15.0
+    assert cfg.flow.store == "mmaction"
+    assert cfg.flow.use_initial_flow is True
+    assert cfg.dataset.split == "2"  # an int on the command line, a str field
+    assert cfg.work_dir == "elsewhere"
+    assert cfg.flow.size == "128x96"
+
+
+def test_list_override():
+    cfg = load_config(None, ["eval.fusion_weights=[1, 2]"])
+    assert cfg.eval.fusion_weights == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("[flow]\nbund = 20\n", "unknown key 'flow.bund' (did you mean flow.'bound'?)"),
+    ("[flw]\nbound = 20\n", "unknown key 'flw' (did you mean 'flow'?)"),
+    ("[flow]\nbound = \"far\"\n", "flow.bound must be float, got 'far'"),
+    ("[flow]\njobs = 1.5\n", "flow.jobs must be int, got 1.5"),
+    ("[flow]\njobs = true\n", "flow.jobs must be int, got True"),
+    ("[flow]\nstore = \"zip\"\n", "[flow] store: must be 'packed' or 'mmaction'"),
+    ("flow = 3\n", "[flow] must be a table"),
+    ("[flow\n", "not valid TOML"),
+])
+def test_errors_name_the_key_and_the_file(tmp_path, text, needle):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert needle in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_bad_override_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(None, ["flow.bound"])
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_dump_round_trip(tmp_path):
+    cfg = load_config(None, ["flow.bound=12.5", "work_dir=a b\"c", "eval.fusion_weights=[1.0, 1.5]"])
+    again = load_config(write(tmp_path, dump_toml(cfg)))
+    assert again == cfg
+    out = write_resolved(cfg, tmp_path / "stage")
+    assert load_config(out) == cfg
+    assert not list((tmp_path / "stage").glob("*.tmp"))
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert cfg.dataset.format
