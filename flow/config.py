@@ -11,11 +11,15 @@ class FlowConfig:
     store: str = "packed"  # "packed" (lossless, fast random windows) or "mmaction" (TSN JPEG layout)
     bound: float = 20.0  # flow is clipped to +-bound px before the uint8 encoding (zero motion = 128)
     jpeg_quality: int = 95  # only for store = "mmaction"
+    codec: str = "png"  # store = "packed": "png" (lossless, ~3.4x smaller) or "raw" (uint8 as is)
+    # A video decoding fewer frames than its container declares, by more than this share (and more
+    # than one frame), is recorded as truncated. 1.0 turns the check off (variable-frame-rate files).
+    missing_frames_tolerance: float = 0.02
 
     # Where it runs.
     backend: str = "opencv"  # "opencv" (cv2.optflow DualTVL1) or "torch" (batched PyTorch TV-L1)
     device: str = "auto"  # torch backend: "auto", "cpu", "cuda", "cuda:N"
-    batch_pairs: int = 64  # torch backend: frame pairs per batch (bounds memory)
+    batch_pairs: int = 64  # frame pairs per chunk of a video (bounds memory); one torch batch
     jobs: int = 0  # parallel videos; 0 = one per CPU core (opencv) / per GPU (torch)
     scheduler: str = ""  # "" = local processes; "tcp://host:8786" = a Dask cluster
 
@@ -36,12 +40,26 @@ class FlowConfig:
     def validate(self) -> None:
         if self.store not in ("packed", "mmaction"):
             raise ValueError(f"store: must be 'packed' or 'mmaction', got {self.store!r}")
+        if self.codec not in ("png", "raw"):
+            raise ValueError(f"codec: must be 'png' or 'raw', got {self.codec!r}")
+        if not 0 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality: must be in 0..100, got {self.jpeg_quality}")
+        if not 0.0 <= self.missing_frames_tolerance <= 1.0:
+            raise ValueError(f"missing_frames_tolerance: must be in [0, 1], got {self.missing_frames_tolerance}")
         if self.backend not in ("opencv", "torch"):
             raise ValueError(f"backend: must be 'opencv' or 'torch', got {self.backend!r}")
         if self.bound <= 0:
             raise ValueError(f"bound: must be > 0, got {self.bound}")
         if not 0.0 < self.scale_step < 1.0:
             raise ValueError(f"scale_step: must be in (0, 1), got {self.scale_step}")
+        for name in ("tau", "lambda_", "theta", "epsilon"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
+        for name in ("nscales", "warps", "inner_iterations", "outer_iterations"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.median_filtering not in (1, 3, 5):
+            raise ValueError(f"median_filtering: must be 1 (off), 3 or 5, got {self.median_filtering}")
         if self.jobs < 0:
             raise ValueError(f"jobs: must be >= 0 (0 = all cores), got {self.jobs}")
         if self.batch_pairs < 1:

@@ -1,0 +1,40 @@
+"""Float flow <-> uint8 flow images (the TSN / denseflow convention).
+
+`u8 = round(255 * (clip(f, -bound, bound) + bound) / (2 * bound))`, rounding halves up, so zero
+motion is exactly 128 (the truncating variant of mmaction2's CPU script gives 127). One level is
+`2 * bound / 255` px (0.157 px at bound 20); inside the bound a round trip is off by at most half a
+level. `decode` is the inverse used by TSN: `f = u8 * 2 * bound / 255 - bound`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from flow.errors import FlowError
+
+
+def _check_bound(bound: float) -> float:
+    bound = float(bound)
+    if not bound > 0:
+        raise FlowError(f"flow bound must be > 0, got {bound}")
+    return bound
+
+
+def encode(flow: np.ndarray, bound: float = 20.0) -> np.ndarray:
+    """Float flow (any shape, px) -> uint8 of the same shape; 128 = no motion."""
+    bound = _check_bound(bound)
+    scaled = (np.clip(np.asarray(flow, dtype=np.float64), -bound, bound) + bound) * (255.0 / (2.0 * bound))
+    return np.floor(scaled + 0.5).astype(np.uint8)
+
+
+def decode(u8: np.ndarray, bound: float = 20.0) -> np.ndarray:
+    """uint8 flow image -> float32 flow in px."""
+    bound = _check_bound(bound)
+    u8 = np.asarray(u8)
+    if u8.dtype != np.uint8:
+        raise FlowError(f"decode expects uint8 flow images, got {u8.dtype}")
+    return (u8.astype(np.float64) * (2.0 * bound / 255.0) - bound).astype(np.float32)
+
+
+def step(bound: float = 20.0) -> float:
+    """Size of one uint8 level in px (0.157 at bound 20)."""
+    return 2.0 * _check_bound(bound) / 255.0

@@ -1,0 +1,586 @@
+"""The frame + flow store: what `make flow` writes and the streams read.
+
+A store is a directory with `store.json` (layout, codec, bound, the flow parameters) and one entry
+per video, keyed by `video_id` (`Class/v_Class_g01_c01`):
+
+* `packed` (default): one file `<video_id>.pack` per video holding every RGB frame and every flow
+  image, each as one lossless blob (PNG by default) listed in an offset index, so a random 16-frame
+  window costs 16 small reads and decodes. Format in docs/flow.md.
+* `mmaction`: the mmaction2 / TSN rawframes layout `<video_id>/img_00001.jpg`, `flow_x_00001.jpg`,
+  `flow_y_00001.jpg` (1-based JPEGs, lossy), readable by mmaction2 unchanged.
+
+Flow index `i` (0-based) is the motion from frame `i` to frame `i + 1`; a video of N frames has N - 1
+flow images. A video exists in the store only once all of it is on disk: writers fill a hidden
+temporary name (`.<name>.pack.tmp` / `.<name>.tmp/`) and rename it when complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+import shutil
+import socket
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from flow.errors import FlowError
+
+STORE_FILE = "store.json"
+STORE_FORMAT = "p3d-two-stream flow store"
+STORE_VERSION = 1
+LAYOUTS = ("packed", "mmaction")
+CODECS = ("png", "raw")  # packed layout only; both lossless
+PACK_SUFFIX = ".pack"
+PACK_MAGIC = b"P3DPACK1"
+# zlib level 3: 9% larger than level 6 but 2.5x faster to encode; decoding speed is the same
+# (bench/flow_store.py).
+PNG_LEVEL = 3
+_FOOTER = struct.Struct("<Q8s")  # length of the JSON meta, magic
+
+
+def _check_video_id(video_id: str) -> str:
+    parts = video_id.split("/")
+    if (not video_id or "\\" in video_id or video_id.startswith("/")
+            or any(p in ("", ".", "..") or p.startswith(".") for p in parts)):
+        raise FlowError(f"video id {video_id!r}: must be a relative path of non-hidden names "
+                        "separated by '/' (e.g. 'Class/v_Class_g01_c01')")
+    return video_id
+
+
+def _check_indices(video_id: str, indices: Sequence[int], count: int, what: str) -> list[int]:
+    idx = [int(i) for i in indices]
+    bad = [i for i in idx if not 0 <= i < count]
+    if bad:
+        raise FlowError(f"video {video_id}: {what} index {bad[0]} out of range, it has {count} {what} images")
+    return idx
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class VideoFrames(ABC):
+    """Random access to one stored video's RGB frames and flow images."""
+
+    video_id: str
+    num_frames: int
+    num_flows: int
+    height: int
+    width: int
+
+    @abstractmethod
+    def rgb(self, indices: Sequence[int]) -> np.ndarray:
+        """uint8 [T, H, W, 3] BGR frames at `indices` (0-based)."""
+
+    @abstractmethod
+    def flow(self, indices: Sequence[int]) -> np.ndarray:
+        """uint8 [T, H, W, 2] flow images at `indices`, x then y, 128 = no motion."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> VideoFrames:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.video_id!r}, frames={self.num_frames}, "
+                f"flows={self.num_flows}, {self.width}x{self.height})")
+
+
+class PackedFrames(VideoFrames):
+    """Reader of one `<video_id>.pack` file (see `PackWriter` for the format)."""
+
+    def __init__(self, path: Path, video_id: str):
+        self.video_id = video_id
+        self.path = path
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+        except OSError as e:
+            raise FlowError(f"video {video_id}: cannot open {path}: {e.strerror}") from None
+        try:
+            self._read_index()
+        except FlowError:
+            os.close(self._fd)
+            raise
+
+    def _read_index(self) -> None:
+        size = os.fstat(self._fd).st_size
+        broken = f"video {self.video_id}: {self.path} is not a complete pack file"
+        if size < len(PACK_MAGIC) + _FOOTER.size or os.pread(self._fd, 8, 0) != PACK_MAGIC:
+            raise FlowError(broken)
+        meta_len, magic = _FOOTER.unpack(os.pread(self._fd, _FOOTER.size, size - _FOOTER.size))
+        if magic != PACK_MAGIC or meta_len > size - _FOOTER.size:
+            raise FlowError(broken)
+        try:
+            meta = json.loads(os.pread(self._fd, meta_len, size - _FOOTER.size - meta_len))
+            self.codec = meta["codec"]
+            self.height, self.width = int(meta["height"]), int(meta["width"])
+            self.num_frames, self.num_flows = int(meta["num_frames"]), int(meta["num_flows"])
+            rows = self.num_frames + self.num_flows
+            raw = os.pread(self._fd, rows * 16, int(meta["index_offset"]))
+            index = np.frombuffer(raw, dtype="<i8").reshape(rows, 2)
+        except (ValueError, KeyError, TypeError) as e:
+            raise FlowError(f"{broken} ({e})") from None
+        if self.codec not in CODECS or (index.size and int((index[:, 0] + index[:, 1]).max()) > size):
+            raise FlowError(broken)
+        self._rgb_index = index[: self.num_frames]
+        self._flow_index = index[self.num_frames:]
+
+    def _blob(self, row: np.ndarray) -> np.ndarray:
+        return np.frombuffer(os.pread(self._fd, int(row[1]), int(row[0])), dtype=np.uint8)
+
+    def _decode(self, blob: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        if self.codec == "raw":
+            return blob.reshape(shape)
+        img = cv2.imdecode(blob, cv2.IMREAD_UNCHANGED)
+        if img is None:
+            raise FlowError(f"video {self.video_id}: corrupt image blob in {self.path}")
+        return img
+
+    def rgb(self, indices: Sequence[int]) -> np.ndarray:
+        idx = _check_indices(self.video_id, indices, self.num_frames, "frame")
+        out = np.empty((len(idx), self.height, self.width, 3), np.uint8)
+        for k, i in enumerate(idx):
+            out[k] = self._decode(self._blob(self._rgb_index[i]), out.shape[1:])
+        return out
+
+    def flow(self, indices: Sequence[int]) -> np.ndarray:
+        idx = _check_indices(self.video_id, indices, self.num_flows, "flow")
+        out = np.empty((len(idx), self.height, self.width, 2), np.uint8)
+        for k, i in enumerate(idx):
+            img = self._decode(self._blob(self._flow_index[i]), out.shape[1:])
+            if self.codec == "raw":
+                out[k] = img
+            else:  # PNG holds the x and y images side by side: [H, 2W]
+                out[k, :, :, 0] = img[:, : self.width]
+                out[k, :, :, 1] = img[:, self.width:]
+        return out
+
+    def close(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:  # DataLoader workers re-open the file
+        return {"path": self.path, "video_id": self.video_id}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], state["video_id"])
+
+
+class MmactionFrames(VideoFrames):
+    """Reader of one mmaction2 rawframes directory."""
+
+    def __init__(self, path: Path, video_id: str):
+        self.video_id = video_id
+        self.path = path
+        try:
+            names = {e.name for e in os.scandir(path)}
+        except OSError as e:
+            raise FlowError(f"video {video_id}: cannot read {path}: {e.strerror}") from None
+        self.num_frames = sum(n.startswith("img_") for n in names)
+        self.num_flows = sum(n.startswith("flow_x_") for n in names)
+        expected = {f"img_{i + 1:05d}.jpg" for i in range(self.num_frames)}
+        expected |= {f"flow_{c}_{i + 1:05d}.jpg" for c in "xy" for i in range(self.num_flows)}
+        if self.num_frames < 1 or self.num_flows != self.num_frames - 1 or not expected <= names:
+            raise FlowError(f"video {video_id}: {path} does not hold img_00001..N and "
+                            f"flow_x/flow_y_00001..N-1 JPEGs")
+        first = self._read(f"img_{1:05d}.jpg", cv2.IMREAD_COLOR)
+        self.height, self.width = first.shape[:2]
+
+    def _read(self, name: str, flags: int) -> np.ndarray:
+        img = cv2.imread(str(self.path / name), flags)
+        if img is None:
+            raise FlowError(f"video {self.video_id}: cannot decode {self.path / name}")
+        return img
+
+    def rgb(self, indices: Sequence[int]) -> np.ndarray:
+        idx = _check_indices(self.video_id, indices, self.num_frames, "frame")
+        out = np.empty((len(idx), self.height, self.width, 3), np.uint8)
+        for k, i in enumerate(idx):
+            out[k] = self._read(f"img_{i + 1:05d}.jpg", cv2.IMREAD_COLOR)
+        return out
+
+    def flow(self, indices: Sequence[int]) -> np.ndarray:
+        idx = _check_indices(self.video_id, indices, self.num_flows, "flow")
+        out = np.empty((len(idx), self.height, self.width, 2), np.uint8)
+        for k, i in enumerate(idx):
+            for c, axis in enumerate("xy"):
+                out[k, :, :, c] = self._read(f"flow_{axis}_{i + 1:05d}.jpg", cv2.IMREAD_GRAYSCALE)
+        return out
+
+
+class VideoWriter(ABC):
+    """Writes one video into a store under a temporary name; `commit()` makes it visible.
+
+    Use as a context manager: a clean exit commits, an exception discards the partial video.
+    Frames and flows may be added in any number of chunks; at commit a video of N frames must have
+    exactly N - 1 flows.
+    """
+
+    def __init__(self, store: Store, video_id: str):
+        self.store = store
+        self.video_id = _check_video_id(video_id)
+        self.final = store.path(video_id)
+        self.tmp = store.temp_path(video_id)
+        self.num_frames = 0
+        self.num_flows = 0
+        self.shape: tuple[int, int] | None = None
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+
+    def _check(self, arr: np.ndarray, channels: int, what: str) -> np.ndarray:
+        arr = np.asarray(arr)
+        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[3] != channels:
+            raise FlowError(f"video {self.video_id}: {what} must be uint8 [T, H, W, {channels}], "
+                            f"got {arr.dtype} {list(arr.shape)}")
+        if self.shape is None:
+            self.shape = arr.shape[1:3]
+        elif arr.shape[1:3] != self.shape:
+            raise FlowError(f"video {self.video_id}: {what} are {arr.shape[2]}x{arr.shape[1]}, "
+                            f"earlier images were {self.shape[1]}x{self.shape[0]}")
+        return arr
+
+    def add_rgb(self, frames: np.ndarray) -> None:
+        """Append uint8 [T, H, W, 3] BGR frames."""
+        frames = self._check(frames, 3, "RGB frames")
+        for f in frames:
+            self._put_rgb(self.num_frames, f)
+            self.num_frames += 1
+
+    def add_flow(self, flow_u8: np.ndarray) -> None:
+        """Append uint8 [T, H, W, 2] flow images (x then y, 128 = no motion)."""
+        flow_u8 = self._check(flow_u8, 2, "flow images")
+        for f in flow_u8:
+            self._put_flow(self.num_flows, f)
+            self.num_flows += 1
+
+    def commit(self) -> None:
+        if self.num_frames < 1 or self.num_flows != self.num_frames - 1:
+            raise FlowError(f"video {self.video_id}: {self.num_frames} frames need "
+                            f"{max(self.num_frames - 1, 0)} flow images, got {self.num_flows}")
+        self._finish()
+
+    def abort(self) -> None:
+        _remove(self.tmp)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+    @abstractmethod
+    def _put_rgb(self, i: int, frame: np.ndarray) -> None:
+        """Store frame `i`."""
+
+    @abstractmethod
+    def _put_flow(self, i: int, flow_u8: np.ndarray) -> None:
+        """Store flow image `i`."""
+
+    @abstractmethod
+    def _finish(self) -> None:
+        """Make the complete video visible under its final name."""
+
+
+class PackWriter(VideoWriter):
+    """`<video_id>.pack`: magic, the blobs in the order they were added, an int64 index of
+    (offset, length) rows (frames first, then flows), a JSON meta, its length (uint64) and the magic
+    again. Nothing in it depends on time or on the machine, so equal inputs give equal bytes."""
+
+    def __init__(self, store: Store, video_id: str):
+        super().__init__(store, video_id)
+        self._file = open(self.tmp, "wb")
+        self._file.write(PACK_MAGIC)
+        self._rgb_rows: list[tuple[int, int]] = []
+        self._flow_rows: list[tuple[int, int]] = []
+
+    def _put(self, blob: bytes) -> tuple[int, int]:
+        offset = self._file.tell()
+        self._file.write(blob)
+        return offset, len(blob)
+
+    def _encode(self, img: np.ndarray) -> bytes:
+        if self.store.codec == "raw":
+            return np.ascontiguousarray(img).tobytes()
+        ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, PNG_LEVEL])
+        if not ok:
+            raise FlowError(f"video {self.video_id}: PNG encoding failed")
+        return buf.tobytes()
+
+    def _put_rgb(self, i: int, frame: np.ndarray) -> None:
+        self._rgb_rows.append(self._put(self._encode(frame)))
+
+    def _put_flow(self, i: int, flow_u8: np.ndarray) -> None:
+        img = flow_u8 if self.store.codec == "raw" else np.concatenate([flow_u8[..., 0], flow_u8[..., 1]], 1)
+        self._flow_rows.append(self._put(self._encode(img)))
+
+    def _finish(self) -> None:
+        f = self._file
+        index_offset = f.tell()
+        f.write(np.asarray(self._rgb_rows + self._flow_rows, dtype="<i8").reshape(-1, 2).tobytes())
+        meta = json.dumps({"codec": self.store.codec, "height": self.shape[0], "width": self.shape[1],
+                           "num_frames": self.num_frames, "num_flows": self.num_flows,
+                           "index_offset": index_offset}, sort_keys=True).encode()
+        f.write(meta)
+        f.write(_FOOTER.pack(len(meta), PACK_MAGIC))
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        os.replace(self.tmp, self.final)
+        _fsync_dir(self.final.parent)
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        super().abort()
+
+
+class MmactionWriter(VideoWriter):
+    """Fills `.<video>.tmp/` with TSN-named JPEGs, then renames it to `<video>/`."""
+
+    def __init__(self, store: Store, video_id: str):
+        super().__init__(store, video_id)
+        self.tmp.mkdir()
+        self._params = [cv2.IMWRITE_JPEG_QUALITY, self.store.jpeg_quality]
+
+    def _imwrite(self, name: str, img: np.ndarray) -> None:
+        ok, buf = cv2.imencode(".jpg", img, self._params)
+        if not ok:
+            raise FlowError(f"video {self.video_id}: JPEG encoding failed")
+        (self.tmp / name).write_bytes(buf.tobytes())
+
+    def _put_rgb(self, i: int, frame: np.ndarray) -> None:
+        self._imwrite(f"img_{i + 1:05d}.jpg", frame)
+
+    def _put_flow(self, i: int, flow_u8: np.ndarray) -> None:
+        self._imwrite(f"flow_x_{i + 1:05d}.jpg", np.ascontiguousarray(flow_u8[..., 0]))
+        self._imwrite(f"flow_y_{i + 1:05d}.jpg", np.ascontiguousarray(flow_u8[..., 1]))
+
+    def _finish(self) -> None:
+        old = self.final.with_name(f".{self.final.name}.old-{_writer_token()}")
+        if self.final.exists():
+            os.rename(self.final, old)
+        try:
+            os.rename(self.tmp, self.final)
+        except OSError:
+            if not self.final.is_dir():
+                raise
+            _remove(self.tmp)  # another writer of the same video (an orphaned worker) finished first
+        _remove(old)
+
+
+def _writer_token() -> str:
+    """Unique per writing process, across the machines sharing a store: a worker orphaned by a
+    killed run may still finish its video while the re-run writes the same one."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+class Store:
+    """A frame + flow store on disk. Get one with `open_store` or `create_store`."""
+
+    def __init__(self, root: Path, info: dict[str, Any]):
+        self.root = Path(root)
+        self.info = info
+        self.layout: str = info["layout"]
+        self.codec: str = info.get("codec", "")
+        self.bound: float = float(info["bound"])
+        self.jpeg_quality: int = int(info.get("jpeg_quality", 95))
+        self.params: dict[str, Any] = info.get("params", {})
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r}, layout={self.layout!r}, codec={self.codec!r}, bound={self.bound})"
+
+    def path(self, video_id: str) -> Path:
+        """Where a completed video lives."""
+        _check_video_id(video_id)
+        return self.root / (video_id + PACK_SUFFIX if self.layout == "packed" else video_id)
+
+    def temp_path(self, video_id: str) -> Path:
+        """This process's temporary name for the video (hidden, unique per host and process)."""
+        final = self.path(video_id)
+        return final.with_name(f".{final.name}.tmp-{_writer_token()}")
+
+    def has(self, video_id: str) -> bool:
+        """True if the video is complete in the store."""
+        return self.path(video_id).exists()
+
+    def video_ids(self) -> list[str]:
+        """Completed videos, sorted."""
+        ids: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            prefix = "" if rel == "." else rel + "/"
+            if self.layout == "packed":
+                ids += [prefix + f[: -len(PACK_SUFFIX)] for f in filenames
+                        if f.endswith(PACK_SUFFIX) and not f.startswith(".")]
+            elif "img_00001.jpg" in filenames and rel != ".":
+                ids.append(rel)
+                dirnames[:] = []
+        return sorted(ids)
+
+    def open(self, video_id: str) -> VideoFrames:
+        """Reader of a completed video; FlowError naming the video if it is absent or broken."""
+        path = self.path(video_id)
+        if not path.exists():
+            raise FlowError(f"video {video_id}: not in the store at {self.root} (no {path})")
+        if self.layout == "packed":
+            return PackedFrames(path, video_id)
+        return MmactionFrames(path, video_id)
+
+    def writer(self, video_id: str) -> VideoWriter:
+        """A writer filling the video under a temporary name (replaces the video on commit)."""
+        return (PackWriter if self.layout == "packed" else MmactionWriter)(self, video_id)
+
+    def write_video(self, video_id: str, rgb: np.ndarray, flow_u8: np.ndarray) -> None:
+        """Store a whole video at once: uint8 [N, H, W, 3] BGR and uint8 [N-1, H, W, 2]."""
+        with self.writer(video_id) as w:
+            w.add_rgb(rgb)
+            w.add_flow(flow_u8)
+
+    def remove(self, video_id: str) -> None:
+        """Delete a video and anything a killed writer left for it."""
+        _remove(self.path(video_id))
+        self.remove_temp(video_id)
+
+    def remove_temp(self, video_id: str) -> None:
+        """Delete what killed writers left for this video (the video itself stays)."""
+        self.clean_stale([video_id])
+
+    def clean_stale(self, video_ids: Sequence[str]) -> int:
+        """Delete the temporary files / folders killed writers left for these videos (one
+        directory listing per folder); returns how many were removed."""
+        by_dir: dict[Path, set[str]] = {}
+        for video_id in video_ids:
+            final = self.path(video_id)
+            by_dir.setdefault(final.parent, set()).add(final.name)
+        removed = 0
+        for folder, names in by_dir.items():
+            try:
+                entries = [e.name for e in os.scandir(folder) if e.name.startswith(".")]
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                for marker in (".tmp-", ".old-"):
+                    name, sep, _ = entry[1:].rpartition(marker)
+                    if sep and name in names:
+                        _remove(folder / entry)
+                        removed += 1
+                        break
+        return removed
+
+
+def _store_info(layout: str, codec: str, bound: float, jpeg_quality: int,
+                params: dict[str, Any] | None) -> dict[str, Any]:
+    if layout not in LAYOUTS:
+        raise FlowError(f"store layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if layout == "packed" and codec not in CODECS:
+        raise FlowError(f"packed store codec must be one of {', '.join(CODECS)}, got {codec!r}")
+    if not bound > 0:
+        raise FlowError(f"store bound must be > 0, got {bound}")
+    if layout == "mmaction" and not 0 <= jpeg_quality <= 100:
+        raise FlowError(f"jpeg_quality must be in 0..100, got {jpeg_quality}")
+    info: dict[str, Any] = {"format": STORE_FORMAT, "version": STORE_VERSION, "layout": layout,
+                            "bound": float(bound)}
+    if layout == "packed":
+        info["codec"] = codec
+    else:
+        info["jpeg_quality"] = int(jpeg_quality)
+    info["params"] = dict(params or {})
+    return info
+
+
+def _encode_info(info: dict[str, Any]) -> bytes:
+    return (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
+
+
+def create_store(root: Path | str, layout: str = "packed", *, codec: str = "png", bound: float = 20.0,
+                 jpeg_quality: int = 95, params: dict[str, Any] | None = None,
+                 overwrite: bool = False) -> Store:
+    """Create (or reopen) a store at `root`.
+
+    `params` (JSON-able, e.g. the TV-L1 settings) are recorded in store.json. Reopening an existing
+    store with other settings raises FlowError unless `overwrite`, which rewrites store.json and
+    leaves the videos in place (the flow stage's --force then redoes them).
+    """
+    root = Path(root)
+    info = _store_info(layout, codec, bound, jpeg_quality, params)
+    data = _encode_info(info)
+    path = root / STORE_FILE
+    if path.exists() and not overwrite:
+        existing = open_store(root).info
+        if existing != json.loads(data):
+            diff = sorted(k for k in set(info) | set(existing) if info.get(k) != existing.get(k))
+            raise FlowError(f"{path}: store was made with other settings ({', '.join(diff)} differ); "
+                            "use another output directory or redo every video (--force)")
+        return Store(root, existing)
+    root.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_bytes() != data:
+        _write_atomic(path, data)
+    return Store(root, info)
+
+
+def open_store(root: Path | str) -> Store:
+    """The store at `root` (reads root/store.json); FlowError if missing or not a store."""
+    path = Path(root) / STORE_FILE
+    try:
+        info = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FlowError(f"{path}: no flow store here (run the flow stage first)") from None
+    except (OSError, ValueError) as e:
+        raise FlowError(f"{path}: cannot read store description: {e}") from None
+    if not isinstance(info, dict) or info.get("format") != STORE_FORMAT:
+        raise FlowError(f"{path}: not a flow store description (format is not {STORE_FORMAT!r})")
+    if info.get("version") != STORE_VERSION:
+        raise FlowError(f"{path}: store version {info.get('version')} is not supported "
+                        f"(this code reads version {STORE_VERSION})")
+    try:
+        _store_info(info["layout"], info.get("codec", ""), float(info["bound"]),
+                    int(info.get("jpeg_quality", 95)), info.get("params"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise FlowError(f"{path}: broken store description ({e})") from None
+    return Store(Path(root), info)
+
+
+def write_video(root: Path | str, video_id: str, rgb: np.ndarray, flow_u8: np.ndarray) -> None:
+    """Add one whole video to the existing store at `root` (handy for building test stores)."""
+    open_store(root).write_video(video_id, rgb, flow_u8)

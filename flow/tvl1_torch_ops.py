@@ -1,0 +1,144 @@
+"""Image operators of OpenCV's DualTVL1, batched in PyTorch with OpenCV's exact discretisations.
+
+Every function works on float32 tensors `[..., H, W]` (images or flow components of many pairs) and
+reproduces the OpenCV routine named in its docstring, border conventions included, so that the
+batched solver in `flow.tvl1_torch` follows OpenCV's CPU DualTVL1 step by step.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# OpenCV's thresholding step divides by |grad I1|^2 only above FLT_EPSILON.
+FLT_EPSILON = float(np.finfo(np.float32).eps)
+
+
+def pyramid_size(height: int, width: int, step: float) -> tuple[int, int]:
+    """Size of the next pyramid level: cv::resize with fx = fy = step rounds half to even."""
+    return int(np.rint(height * step)), int(np.rint(width * step))
+
+
+def _linear_weights(n_in: int, n_out: int, src_per_dst: float) -> np.ndarray:
+    """Row-stochastic `[n_out, n_in]` matrix of cv::resize INTER_LINEAR along one axis.
+
+    OpenCV maps destination pixel d to source coordinate (d + 0.5) * src_per_dst - 0.5, computed in
+    double and rounded to float, and clamps to the first / last pixel (weight 1) outside the image.
+    """
+    pos = ((np.arange(n_out, dtype=np.float64) + 0.5) * src_per_dst - 0.5).astype(np.float32)
+    left = np.floor(pos).astype(np.int64)
+    frac = (pos - left.astype(np.float32)).astype(np.float32)
+    below = left < 0
+    left[below], frac[below] = 0, 0.0
+    above = left >= n_in - 1
+    left[above], frac[above] = n_in - 1, 0.0
+    weights = np.zeros((n_out, n_in), np.float32)
+    rows = np.arange(n_out)
+    weights[rows, left] = 1.0 - frac
+    inside = frac != 0
+    weights[rows[inside], left[inside] + 1] = frac[inside]
+    return weights
+
+
+def resize_linear(x: torch.Tensor, size: tuple[int, int], scale: float | None = None) -> torch.Tensor:
+    """cv::resize(..., INTER_LINEAR) of `[B, H, W]` to `size = (h, w)`.
+
+    `scale` is the factor passed as fx = fy (pyramid levels); None means OpenCV derives it from the
+    sizes (flow upsampling). The bilinear filter is separable, so the resize is two small matmuls.
+    """
+    (h_in, w_in), (h_out, w_out) = x.shape[-2:], size
+    src_y = 1.0 / scale if scale is not None else 1.0 / (h_out / h_in)
+    src_x = 1.0 / scale if scale is not None else 1.0 / (w_out / w_in)
+    rows = torch.from_numpy(_linear_weights(h_in, h_out, src_y)).to(x.device)
+    cols = torch.from_numpy(_linear_weights(w_in, w_out, src_x)).to(x.device)
+    return rows @ x @ cols.T
+
+
+def centred_gradient(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """OpenCV's centeredGradient: half the central difference; at the borders half the one-sided
+    difference, which is the central difference of the border-replicated image."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x.reshape(-1, 1, h, w), (1, 1, 1, 1), mode="replicate").reshape(*x.shape[:-2], h + 2, w + 2)
+    dx = 0.5 * (padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2])
+    dy = 0.5 * (padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1])
+    return dx, dy
+
+
+def forward_gradient(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """OpenCV's forwardGradient: forward differences, zero in the last column (x) / row (y)."""
+    dx = F.pad(u[..., 1:] - u[..., :-1], (0, 1))
+    dy = F.pad(u[..., 1:, :] - u[..., :-1, :], (0, 0, 0, 1))
+    return dx, dy
+
+
+def divergence(px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
+    """OpenCV's divergence: backward differences with p = 0 before the first column / row
+    (the adjoint of forward_gradient)."""
+    return (px - F.pad(px[..., :-1], (1, 0))) + (py - F.pad(py[..., :-1, :], (0, 0, 1, 0)))
+
+
+def median_blur(u: torch.Tensor, ksize: int) -> torch.Tensor:
+    """cv::medianBlur of float images (ksize 3 or 5): exact median of the window, borders replicated."""
+    r = ksize // 2
+    h, w = u.shape[-2:]
+    padded = F.pad(u.reshape(-1, 1, h, w), (r, r, r, r), mode="replicate")[:, 0]
+    windows = padded.unfold(1, ksize, 1).unfold(2, ksize, 1)  # [N, H, W, k, k], a view
+    return windows.reshape(*u.shape, ksize * ksize).median(dim=-1).values
+
+
+def _cubic_weights(t: torch.Tensor) -> list[torch.Tensor]:
+    """OpenCV's interpolateCubic (Keys, a = -0.75) for the taps at -1, 0, 1, 2; exact at t = 0."""
+    a = -0.75
+    t1 = t + 1.0
+    s = 1.0 - t
+    w0 = ((a * t1 - 5.0 * a) * t1 + 8.0 * a) * t1 - 4.0 * a
+    w1 = ((a + 2.0) * t - (a + 3.0)) * t * t + 1.0
+    w2 = ((a + 2.0) * s - (a + 3.0)) * s * s + 1.0
+    return [w0, w1, w2, 1.0 - w0 - w1 - w2]
+
+
+def warp_cubic(images: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
+    """cv::remap(image, x + u1, y + u2, INTER_CUBIC) of `[B, C, H, W]`, constant 0 outside.
+
+    Written out rather than with grid_sample, whose normalised coordinates are off by ~1e-5 px and
+    so blur images sampled exactly on the grid (the first warp of every scale, where u = 0).
+    """
+    b, c, h, w = images.shape
+    x = torch.arange(w, device=u1.device, dtype=u1.dtype) + u1
+    y = torch.arange(h, device=u1.device, dtype=u1.dtype)[:, None] + u2
+    x0, y0 = torch.floor(x), torch.floor(y)
+    wx, wy = _cubic_weights(x - x0), _cubic_weights(y - y0)
+    # Far-away coordinates only need to land outside the image; clamping keeps them in int range.
+    ix = x0.clamp(-4, w + 4).to(torch.int64)
+    iy = y0.clamp(-4, h + 4).to(torch.int64)
+    flat = images.reshape(b, c, h * w)
+    out = torch.zeros_like(images)
+    for ky in range(4):
+        row = iy + (ky - 1)
+        row_ok = (row >= 0) & (row < h)
+        acc = torch.zeros_like(images)
+        for kx in range(4):
+            col = ix + (kx - 1)
+            ok = row_ok & (col >= 0) & (col < w)
+            index = (row.clamp(0, h - 1) * w + col.clamp(0, w - 1)).reshape(b, 1, h * w).expand(b, c, h * w)
+            taps = torch.gather(flat, 2, index).reshape(b, c, h, w)
+            acc = acc + (wx[kx] * ok)[:, None] * taps
+        out = out + wy[ky][:, None] * acc
+    return out
+
+
+def scaled_epsilon(epsilon: float, height: int, width: int) -> float:
+    """OpenCV's stopping threshold on the summed squared update: epsilon^2 * area, as a float."""
+    return float(np.float32(epsilon * epsilon * height * width))
+
+
+def flow_levels(height: int, width: int, nscales: int, step: float) -> list[tuple[int, int]]:
+    """Sizes of the pyramid, finest first; OpenCV stops before a side falls below 16 px."""
+    sizes = [(height, width)]
+    for _ in range(1, nscales):
+        h, w = pyramid_size(*sizes[-1], step)
+        if h < 16 or w < 16:
+            break
+        sizes.append((h, w))
+    return sizes
+

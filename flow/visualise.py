@@ -1,0 +1,66 @@
+"""Flow to colour for people: the Middlebury colour wheel (Baker et al. 2011).
+
+Hue is the direction (right = red, down = yellow, left = cyan-blue, up = violet), saturation the
+magnitude relative to `max_flow`; zero motion is white.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from flow.errors import FlowError
+
+# Hue segments of the wheel: red-yellow, yellow-green, green-cyan, cyan-blue, blue-magenta, magenta-red.
+SEGMENTS = (15, 6, 4, 11, 13, 6)
+
+
+def colour_wheel() -> np.ndarray:
+    """[55, 3] float RGB in 0..255, going round the hue circle."""
+    rows = []
+    for k, n in enumerate(SEGMENTS):
+        ramp = np.arange(n) / n
+        rise, fall = 255 * ramp, 255 * (1 - ramp)
+        full, zero = np.full(n, 255.0), np.zeros(n)
+        rows.append([np.stack([full, rise, zero], 1),   # R -> Y
+                     np.stack([fall, full, zero], 1),   # Y -> G
+                     np.stack([zero, full, rise], 1),   # G -> C
+                     np.stack([zero, fall, full], 1),   # C -> B
+                     np.stack([rise, zero, full], 1),   # B -> M
+                     np.stack([full, zero, fall], 1)][k])  # M -> R
+    return np.concatenate(rows)
+
+
+def flow_to_colour(flow: np.ndarray, max_flow: float | None = None) -> np.ndarray:
+    """float [H, W, 2] -> uint8 [H, W, 3] BGR (ready for cv2.imwrite). Magnitudes are divided by
+    `max_flow` (default: the largest magnitude in the field); beyond 1 the colour darkens."""
+    flow = np.asarray(flow, np.float64)
+    if flow.ndim != 3 or flow.shape[2] != 2:
+        raise FlowError(f"flow to visualise must be [H, W, 2], got {list(flow.shape)}")
+    u, v = flow[..., 0], flow[..., 1]
+    bad = ~np.isfinite(u) | ~np.isfinite(v)
+    u, v = np.where(bad, 0, u), np.where(bad, 0, v)
+    rad = np.hypot(u, v)
+    scale = max_flow if max_flow is not None else float(rad.max())
+    if scale > 0:
+        u, v, rad = u / scale, v / scale, rad / scale
+    wheel = colour_wheel() / 255.0
+    n = len(wheel)
+    angle = np.arctan2(-v, -u) / np.pi  # -1..1
+    pos = (angle + 1) / 2 * (n - 1)
+    k0 = np.floor(pos).astype(int)
+    k1 = (k0 + 1) % n
+    frac = (pos - k0)[..., None]
+    col = (1 - frac) * wheel[k0] + frac * wheel[k1]
+    inside = (rad <= 1)[..., None]
+    col = np.where(inside, 1 - rad[..., None] * (1 - col), col * 0.75)
+    col[bad] = 0
+    rgb = np.floor(255 * col + 0.5).astype(np.uint8)
+    return rgb[..., ::-1].copy()
+
+
+def write_flow_png(path: Path | str, flow: np.ndarray, max_flow: float | None = None) -> None:
+    """Colour-coded flow to a PNG file."""
+    if not cv2.imwrite(str(path), flow_to_colour(flow, max_flow)):
+        raise FlowError(f"{path}: cannot write PNG")

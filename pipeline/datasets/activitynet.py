@@ -1,0 +1,84 @@
+"""ActivityNet v1.3: one JSON file `{version, taxonomy, database: {id: {subset, duration, url,
+annotations: [{segment: [start, end], label}]}}}`. Video-level classification: a video's labels are
+the distinct labels of its segments in order of appearance. Videos are found anywhere under root as
+v_<id>.<ext> (the official crawler's and mmaction2's naming) or <id>.<ext>; the testing subset has no
+annotations and is skipped like videos that were never downloaded."""
+from __future__ import annotations
+
+import json
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from pipeline.datasets.config import DatasetConfig
+from pipeline.datasets.files import Entry, build, check_file, check_root, index_videos
+from pipeline.datasets.records import Dataset
+from pipeline.errors import DatasetError
+
+SUBSETS = {"training": "train", "validation": "val", "testing": "test"}
+
+
+def _no_duplicate_keys(path: Path):
+    """json.loads silently keeps the last of two equal keys; a video listed twice must fail instead."""
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = set()
+        for key, _ in pairs:
+            if key in keys:
+                raise DatasetError(f"{path}: duplicate key {key!r} (a video listed twice?)")
+            keys.add(key)
+        return dict(pairs)
+    return hook
+
+
+def _labels(info: dict[str, Any], where: str) -> list[str]:
+    labels: list[str] = []
+    annotations = info.get("annotations", [])
+    if not isinstance(annotations, list):
+        raise DatasetError(f"{where}: 'annotations' must be a list")
+    for i, ann in enumerate(annotations):
+        segment = ann.get("segment") if isinstance(ann, dict) else None
+        label = ann.get("label") if isinstance(ann, dict) else None
+        if (not isinstance(label, str) or not label or not isinstance(segment, list) or len(segment) != 2
+                or not all(isinstance(s, (int, float)) for s in segment) or segment[0] > segment[1]):
+            raise DatasetError(f"{where}.annotations[{i}]: expected {{segment: [start, end], label}} "
+                               f"with start <= end, got {ann!r}")
+        if label not in labels:
+            labels.append(label)
+    return labels
+
+
+def read_activitynet(cfg: DatasetConfig, split: str) -> Dataset:
+    root = check_root(cfg.root, "activitynet")
+    path = check_file(Path(cfg.annotations), "ActivityNet annotation JSON")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys(path))
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from None
+    database = data.get("database") if isinstance(data, dict) else None
+    if not isinstance(database, dict):
+        raise DatasetError(f"{path}: no 'database' object (expected ActivityNet v1.3 JSON)")
+    videos = []
+    for video, info in database.items():
+        where = f"{path}: database[{video!r}]"
+        if not isinstance(info, dict) or info.get("subset") not in SUBSETS:
+            got = info.get("subset") if isinstance(info, dict) else info
+            raise DatasetError(f"{where}: subset must be training, validation or testing, got {got!r}")
+        if "/" in video or video.startswith("."):
+            raise DatasetError(f"{where}: bad video id {video!r}")
+        videos.append((video, _labels(info, where), SUBSETS[info["subset"]], where))
+    classes = sorted({label for _, labels, _, _ in videos for label in labels})
+    label_of = {c: i for i, c in enumerate(classes)}
+    files = index_videos(root)
+    entries, skipped = [], []
+    for video, labels, subset, where in videos:
+        found = files.get(f"v_{video}") or files.get(video)
+        if not labels:
+            skipped.append(f"{video} (no label)")
+        elif found is None:
+            skipped.append(video)
+        else:
+            rel = PurePosixPath(found.relative_to(root).as_posix())
+            entries.append(Entry(rel, tuple(label_of[label] for label in labels), subset, where))
+    if not entries:
+        raise DatasetError(f"none of the {len(videos)} labelled videos in {path} were found under {root} "
+                           "(looked up as v_<id>.<ext> or <id>.<ext>)")
+    return build("activitynet", root, classes, entries, split, str(path), skipped)

@@ -1,0 +1,120 @@
+"""What every reader shares: reading annotation lines, safe paths, duplicates, missing videos."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from pipeline.datasets.records import Dataset, VideoRecord
+from pipeline.errors import DatasetError
+
+log = logging.getLogger("pipeline.datasets")
+
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
+                    ".3gp", ".ogv", ".gif")
+
+
+def check_root(root: str, fmt: str) -> Path:
+    if not root:
+        raise DatasetError(f"dataset.root is not set (format {fmt}): set it to the folder the videos lie in")
+    path = Path(root)
+    if not path.is_dir():
+        raise DatasetError(f"dataset root {path} does not exist or is not a folder (format {fmt})")
+    return path
+
+
+def check_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise DatasetError(f"{what} not found: {path}")
+    return path
+
+
+def read_lines(path: Path) -> list[tuple[int, str]]:
+    """(1-based line number, stripped text) of every non-blank line; CRLF and trailing spaces go."""
+    try:
+        text = check_file(path, "annotation file").read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def relative_path(text: str, where: str) -> PurePosixPath:
+    """A listed path as a path under the dataset root; anything that could leave the root is refused."""
+    posix = text.replace("\\", "/")
+    path = PurePosixPath(posix)
+    if path.is_absolute() or PureWindowsPath(text).drive or ".." in path.parts or not path.parts:
+        raise DatasetError(f"{where}: path {text!r} escapes the dataset root (must be relative, without '..')")
+    return path
+
+
+def video_id_of(rel: PurePosixPath) -> str:
+    """Relative path without a video extension (rawframe folders keep their full name)."""
+    return str(rel.with_suffix("")) if rel.suffix.lower() in VIDEO_EXTENSIONS else str(rel)
+
+
+def parse_int(text: str, what: str, where: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise DatasetError(f"{where}: {what} must be an integer, got {text!r}") from None
+
+
+def index_videos(root: Path) -> dict[str, Path]:
+    """File stem -> path of every video under root, for formats whose layout varies (Kinetics,
+    ActivityNet): a clip is found wherever the downloader put it. On a clash the first path in
+    sorted order wins, with a warning."""
+    found: dict[str, Path] = {}
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            stem, ext = os.path.splitext(name)
+            if ext.lower() not in VIDEO_EXTENSIONS:
+                continue
+            path = Path(folder) / name
+            if stem in found:
+                log.warning("%s: %s and %s hold the same clip; using the first", root, found[stem], path)
+                continue
+            found[stem] = path
+    return found
+
+
+class UniqueIds:
+    """Fails on the second listing of a video, naming both places."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, str] = {}
+
+    def add(self, key: str, where: str) -> None:
+        if key in self.first:
+            raise DatasetError(f"{where}: duplicate video {key!r} (first listed at {self.first[key]})")
+        self.first[key] = where
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One listed video before it is checked against the disk."""
+    rel: PurePosixPath  # under root
+    labels: tuple[int, ...]
+    split: str
+    where: str  # "file:line", for messages
+    group: str | None = None
+
+
+def build(fmt: str, root: Path, classes: list[str], entries: list[Entry], split: str, source: str,
+          skipped: list[str] | None = None) -> Dataset:
+    """Records for the entries that exist under root; the others are reported and skipped, together
+    with `skipped` (what the reader could not place itself: clips not found, unlabelled clips).
+
+    Nothing found at all almost always means a wrong root, so that is an error, not a warning."""
+    exists = [(root / e.rel).exists() for e in entries]
+    if entries and not any(exists):
+        raise DatasetError(f"none of the {len(entries)} videos listed in {source} exist under {root} "
+                           f"(e.g. {root / entries[0].rel}): is dataset.root right?")
+    missing = list(skipped or []) + [str(e.rel) for e, ok in zip(entries, exists) if not ok]
+    videos = [VideoRecord(video_id_of(e.rel), root / e.rel, e.labels[0], e.labels, classes[e.labels[0]],
+                          e.split, e.group) for e, ok in zip(entries, exists) if ok]
+    if missing:
+        log.warning("%s: %d of %d listed videos skipped (missing under %s, or unlabelled), e.g. %s",
+                    source, len(missing), len(videos) + len(missing), root, ", ".join(missing[:5]))
+    return Dataset(fmt, root, classes, videos, split, missing)

@@ -1,0 +1,55 @@
+"""mmaction2 list files: `path label [label ...]` (video lists) or `dir total_frames label [label ...]`
+(rawframe lists), labels 0-based, several labels for a multi-label video. Paths are relative to root
+(mmaction2's data_prefix). Class names come from a label map (one name a line, in label order)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.datasets.config import DatasetConfig
+from pipeline.datasets.files import (Entry, UniqueIds, build, check_root, parse_int, read_lines,
+                                     relative_path, video_id_of)
+from pipeline.datasets.records import Dataset
+from pipeline.errors import DatasetError
+
+
+def read_label_map(path: Path) -> list[str]:
+    names: dict[str, int] = {}
+    for n, name in read_lines(path):
+        if name in names:
+            raise DatasetError(f"{path}:{n}: class {name!r} given twice (first on line {names[name]})")
+        names[name] = n
+    return list(names)
+
+
+def read_mmaction(cfg: DatasetConfig, split: str) -> Dataset:
+    root = check_root(cfg.root, "mmaction")
+    names = read_label_map(Path(cfg.label_map)) if cfg.label_map else None
+    rawframes = cfg.list_type == "rawframes"
+    form = "'<dir> <total_frames> <label> [label ...]'" if rawframes else "'<path> <label> [label ...]'"
+    seen = UniqueIds()
+    entries = []
+    lists = [(cfg.train_list, "train"), (cfg.val_list, "val"), (cfg.test_list, "test")]
+    for list_file, subset in lists:
+        if not list_file:
+            continue
+        path = Path(list_file)
+        for n, line in read_lines(path):
+            where = f"{path}:{n}"
+            parts = line.split()
+            first_label = 2 if rawframes else 1
+            if len(parts) <= first_label:
+                raise DatasetError(f"{where}: expected {form}, got {line!r}")
+            rel = relative_path(parts[0], where)
+            if rawframes and parse_int(parts[1], "total_frames", where) < 1:
+                raise DatasetError(f"{where}: total_frames must be >= 1, got {parts[1]}")
+            labels = tuple(dict.fromkeys(parse_int(p, "label", where) for p in parts[first_label:]))
+            for label in labels:
+                if label < 0 or (names is not None and label >= len(names)):
+                    known = f"0..{len(names) - 1} in {cfg.label_map}" if names is not None else ">= 0"
+                    raise DatasetError(f"{where}: label {label} is not a class ({known})")
+            seen.add(video_id_of(rel), where)
+            entries.append(Entry(rel, labels, subset, where))
+    if not entries:
+        raise DatasetError(f"no videos listed in {', '.join(f for f, _ in lists if f)}")
+    classes = names or [str(i) for i in range(max(max(e.labels) for e in entries) + 1)]
+    return build("mmaction", root, classes, entries, split, ", ".join(f for f, _ in lists if f))

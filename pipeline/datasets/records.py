@@ -1,0 +1,58 @@
+"""What every reader returns: one VideoRecord per video, and the Dataset holding them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SUBSETS = ("train", "val", "test", "unused")
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    video_id: str  # path relative to the video root, no extension, '/'-separated: the key downstream
+    path: Path
+    label: int  # 0-based index into Dataset.classes; the first of `labels`
+    labels: tuple[int, ...]  # every label of a multi-label video (ActivityNet, mmaction multi-label)
+    class_name: str  # classes[label]
+    split: str  # "train" | "val" | "test" | "unused" (HMDB51's 0)
+    group: str | None = None  # UCF101 / SynthActions "g08": clips of one group share actor and scene
+
+
+@dataclass
+class Dataset:
+    format: str
+    root: Path
+    classes: list[str]
+    videos: list[VideoRecord]
+    split: str  # the split these roles belong to: "1", "2", "3", or "all"
+    # Listed in the annotations but skipped: absent under root, or without a label (Kinetics test).
+    missing: list[str] = field(default_factory=list)
+    # split name -> Dataset, when read with split="all" from a three-split format.
+    per_split: dict[str, Dataset] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, name: str) -> list[VideoRecord]:
+        if name not in SUBSETS:
+            raise ValueError(f"subset must be one of {SUBSETS}, got {name!r}")
+        return [v for v in self.videos if v.split == name]
+
+    def train(self) -> list[VideoRecord]:
+        return self.subset("train")
+
+    def val(self) -> list[VideoRecord]:
+        return self.subset("val")
+
+    def test(self) -> list[VideoRecord]:
+        return self.subset("test")
+
+    def splits(self) -> dict[str, Dataset]:
+        """Each split as its own Dataset: {"1": ..., "2": ..., "3": ...} after split="all", else {split: self}."""
+        return dict(self.per_split) or {self.split: self}
+
+
+def items(records: list[VideoRecord]) -> list[tuple[str, int]]:
+    """(video_id, label) pairs, the form streams.clips and the training stage take."""
+    return [(r.video_id, r.label) for r in records]

@@ -1,0 +1,77 @@
+"""Settings of SynthActions: the `[synth]` section of a config file (see docs/synth.md)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.synth.design import APPEARANCES, MOTIONS
+
+
+@dataclass
+class SynthConfig:
+    seed: int = 0
+
+    # Design: one class per appearance x motion, named e.g. "RedUp".
+    appearances: list[str] = field(default_factory=lambda: ["red", "green", "blue"])
+    motions: list[str] = field(default_factory=lambda: ["up", "down", "rotate", "oscillate"])
+    groups: int = 7  # per class; the three splits test disjoint groups, like UCF101's 25
+    clips_per_group: int = 4  # a group's clips share the object (shape, texture) and the scene
+
+    # Video.
+    frames: int = 32
+    size: int = 64  # square frames, px
+    fps: float = 25.0
+    codec: str = "FFV1"  # FFV1 in .avi is lossless (OpenCV's FFmpeg); "MJPG" is lossy but plays anywhere
+    write_flow: bool = True  # the exact flow of every frame pair as Middlebury .flo (32 KB a pair at 64 px)
+
+    # Per-clip variation, drawn uniformly from [low, high].
+    object_size: list[float] = field(default_factory=lambda: [0.3, 0.45])  # diameter / frame side
+    speed: list[float] = field(default_factory=lambda: [0.5, 1.1])  # px/frame (at the rim for rotations)
+
+    # Nuisances; 0 switches each off.
+    camera_pan: float = 0.6  # largest camera speed, px/frame, in a random direction
+    noise: float = 3.0  # std of Gaussian pixel noise, grey levels
+    illumination: float = 0.15  # largest brightness change over a clip (0.15 = +-15% ramp)
+    occluder: float = 0.5  # probability that a clip has a bar in front of the object
+
+    @classmethod
+    def tiny(cls, **overrides) -> SynthConfig:
+        """4 classes x 6 videos of 20 frames at 32x32: generates in about a second, for tests."""
+        values = dict(appearances=["red", "blue"], motions=["up", "rotate"], groups=3, clips_per_group=2,
+                      frames=20, size=32)
+        return cls(**{**values, **overrides})
+
+    def class_names(self) -> list[str]:
+        """Appearance-major, the classInd.txt order: RedUp, RedDown, ..., GreenUp, ..."""
+        return [a.capitalize() + "".join(w.capitalize() for w in m.split("_"))
+                for a in self.appearances for m in self.motions]
+
+    def test_groups(self, split: int) -> list[int]:
+        """1-based groups held out by split 1, 2 or 3: disjoint blocks of ~28% (UCF101: 7 of 25)."""
+        n = max(1, min(round(0.28 * self.groups), self.groups // 3))
+        return list(range((split - 1) * n + 1, split * n + 1))
+
+    def validate(self) -> None:
+        for name, known, values in (("appearances", APPEARANCES, self.appearances),
+                                    ("motions", MOTIONS, self.motions)):
+            unknown = [v for v in values if v not in known]
+            if not values or unknown or len(set(values)) != len(values):
+                raise ValueError(f"{name}: must be distinct names from {', '.join(known)}, got {values}")
+        if len(self.appearances) * len(self.motions) < 2:
+            raise ValueError("motions: appearances x motions must give at least 2 classes")
+        for name, low in (("groups", 3), ("clips_per_group", 1), ("frames", 2), ("size", 16)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name}: must be >= {low}, got {getattr(self, name)}")
+        for name, top in (("object_size", 1.0), ("speed", 5.0)):
+            value = getattr(self, name)
+            if len(value) != 2 or not 0 < value[0] <= value[1] <= top:
+                raise ValueError(f"{name}: must be [low, high] with 0 < low <= high <= {top}, got {value}")
+        for name in ("camera_pan", "noise"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        for name in ("illumination", "occluder"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
+        if self.fps <= 0:
+            raise ValueError(f"fps: must be > 0, got {self.fps}")
+        if len(self.codec) != 4:
+            raise ValueError(f"codec: must be a four-character code such as FFV1 or MJPG, got {self.codec!r}")

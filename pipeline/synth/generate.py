@@ -1,0 +1,147 @@
+"""Write SynthActions to disk in UCF101's layout, resumably (see docs/synth.md)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.errors import PipelineError
+from pipeline.synth.config import SynthConfig
+from pipeline.synth.flo import write_flo
+from pipeline.synth.render import render_clip
+
+MANIFEST = "synth.json"
+OUTPUTS = ("videos", "flow_gt", "annotations")
+
+
+@dataclass
+class SynthSummary:
+    root: Path
+    classes: list[str]
+    videos: int
+    generated: int
+    skipped: int  # already complete from an earlier run
+    seconds: float
+
+    def __str__(self) -> str:
+        return (f"SynthActions: {self.videos} videos in {len(self.classes)} classes at {self.root} "
+                f"({self.generated} generated, {self.skipped} already complete) in {self.seconds:.1f} s")
+
+
+def video_name(class_name: str, group: int, clip: int) -> str:
+    return f"v_{class_name}_g{group:02d}_c{clip:02d}"
+
+
+def generate(cfg: SynthConfig, out_root: Path, *, force: bool = False) -> SynthSummary:
+    """Write every video, its ground-truth flow and the annotations under out_root.
+
+    A video whose .avi exists is complete (it is renamed into place last) and is not redone, so a killed
+    run resumes. force=True regenerates everything."""
+    start = time.perf_counter()
+    try:
+        cfg.validate()
+    except ValueError as err:
+        raise PipelineError(f"synth.{err}") from None
+    out_root = Path(out_root)
+    _claim(out_root, cfg, force)
+    classes = cfg.class_names()
+    jobs = [(c, g, k) for c in range(len(classes)) for g in range(1, cfg.groups + 1)
+            for k in range(1, cfg.clips_per_group + 1)]
+    generated = 0
+    for class_index, group, clip in tqdm(jobs, desc="synth", unit="video"):
+        name = video_name(classes[class_index], group, clip)
+        video = out_root / "videos" / classes[class_index] / f"{name}.avi"
+        if video.is_file():
+            continue
+        rendered = render_clip(cfg, class_index, group, clip)
+        if cfg.write_flow:
+            _write_flows(out_root / "flow_gt" / classes[class_index] / name, rendered.flow)
+        _write_video(video, rendered.frames, cfg)
+        generated += 1
+    _write_annotations(out_root / "annotations", cfg, classes)
+    summary = SynthSummary(out_root, classes, len(jobs), generated, len(jobs) - generated,
+                           time.perf_counter() - start)
+    tqdm.write(str(summary))
+    return summary
+
+
+def _claim(out_root: Path, cfg: SynthConfig, force: bool) -> None:
+    """Refuse to mix videos of two configs in one folder, or to write into a folder that is not ours."""
+    manifest = out_root / MANIFEST
+    settings = dataclasses.asdict(cfg)
+    if manifest.is_file():
+        old = json.loads(manifest.read_text(encoding="utf-8")).get("config", {})
+        changed = [key for key in settings if old.get(key) != settings[key]]
+        if changed and not force:
+            raise PipelineError(f"{out_root} holds SynthActions made with other settings "
+                                f"({', '.join('synth.' + k for k in changed)}): regenerate it with force, "
+                                "or choose another dataset.root")
+    elif out_root.is_dir() and any(p.name != "config.toml" for p in out_root.iterdir()):
+        raise PipelineError(f"{out_root} is not empty and holds no SynthActions ({MANIFEST}): refusing to "
+                            "write into it; choose a new folder for dataset.root")
+    if force:
+        for sub in OUTPUTS:
+            shutil.rmtree(out_root / sub, ignore_errors=True)
+    out_root.mkdir(parents=True, exist_ok=True)
+    _write_text(manifest, json.dumps({"format": "SynthActions", "config": settings}, indent=1) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:  # newline="": CRLF stays CRLF
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _write_flows(folder: Path, flow: np.ndarray) -> None:
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for i, pair in enumerate(flow, 1):  # flow_00001.flo: frame 1 -> 2, 1-based like mmaction
+        write_flo(tmp / f"flow_{i:05d}.flo", pair)
+    shutil.rmtree(folder, ignore_errors=True)  # left by a run killed before its video was written
+    os.replace(tmp, folder)
+
+
+def _write_video(path: Path, frames: np.ndarray, cfg: SynthConfig) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # keeps .avi: OpenCV picks the container by it
+    height, width = frames.shape[1:3]
+    fourcc = cv2.VideoWriter_fourcc(*cfg.codec)
+    if cfg.codec == "MJPG":  # OpenCV's own MJPEG writer honours a quality setting; FFmpeg's does not
+        writer = cv2.VideoWriter(str(tmp), cv2.CAP_OPENCV_MJPEG, fourcc, cfg.fps, (width, height))
+        writer.set(cv2.VIDEOWRITER_PROP_QUALITY, 100)
+    else:
+        writer = cv2.VideoWriter(str(tmp), fourcc, cfg.fps, (width, height))
+    if not writer.isOpened():
+        raise PipelineError(f"synth.codec: OpenCV {cv2.__version__} cannot write {cfg.codec!r} to {tmp}; "
+                            "use FFV1 (lossless) or MJPG")
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    os.replace(tmp, path)
+
+
+def _write_annotations(folder: Path, cfg: SynthConfig, classes: list[str]) -> None:
+    """classInd.txt and the three splits exactly as UCF101 writes them: CRLF, 1-based class ids,
+    labels in the train lists only; a split tests whole groups."""
+    _write_text(folder / "classInd.txt", "".join(f"{i} {name}\r\n" for i, name in enumerate(classes, 1)))
+    for split in (1, 2, 3):
+        held_out = set(cfg.test_groups(split))
+        train, test = [], []
+        for label, name in enumerate(classes, 1):
+            for group in range(1, cfg.groups + 1):
+                for clip in range(1, cfg.clips_per_group + 1):
+                    path = f"{name}/{video_name(name, group, clip)}.avi"
+                    (test if group in held_out else train).append(path if group in held_out else f"{path} {label}")
+        _write_text(folder / f"trainlist0{split}.txt", "".join(f"{line}\r\n" for line in train))
+        _write_text(folder / f"testlist0{split}.txt", "".join(f"{line}\r\n" for line in test))

@@ -1,0 +1,135 @@
+"""Clips from the frame + flow store (`make flow`) for training and validation.
+
+Training: a random window of `clip_len` consecutive frames (RGB) or flow fields (flow), resized to
+`resize` (or to a random short side in `scale_jitter`), a random `crop` x `crop` square and a random
+horizontal flip (flow: x inverted). Validation: `clips_per_video` evenly spaced windows, centre crop.
+A video shorter than the clip is looped.
+
+Every random choice of a training clip comes from a generator seeded with (seed, epoch, index), so a
+clip does not depend on which worker loads it, on the number of workers or processes, or on whether
+the run was resumed: the keys a training ClipDataset takes are (index, epoch) pairs (`EpochSampler`).
+Items are returned as uint8 [C, T, H, W] tensors; `streams.transforms.normalize` makes them float.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler, Sampler
+
+from flow.errors import FlowError
+from flow.store import Store, open_store
+from streams import transforms
+from streams.errors import StreamsError
+
+
+def clip_starts(num_images: int, clip_len: int, clips: int) -> list[int]:
+    """`clips` evenly spaced window starts in [0, num_images - clip_len] (centre window for one clip)."""
+    last = max(num_images - clip_len, 0)
+    if clips == 1:
+        return [last // 2]
+    return [round(last * k / (clips - 1)) for k in range(clips)]
+
+
+def window(start: int, clip_len: int, num_images: int) -> list[int]:
+    """Indices of a window of `clip_len` images from `start`, looping over a video shorter than that."""
+    return [(start + k) % num_images for k in range(clip_len)]
+
+
+class ClipDataset(Dataset):
+    """(uint8 clip [C, T, H, W], label) for each (video_id, label) item.
+
+    train=True: one random clip per item, keyed by (index, epoch). train=False: `clips_per_video`
+    fixed clips per item, keyed by index = item * clips_per_video + clip.
+    """
+
+    def __init__(self, store: Store | Path | str, items: Sequence[tuple[str, int]], modality: str,
+                 clip_len: int = 16, *, train: bool, resize: Sequence[int] = (182, 242), crop: int = 160,
+                 scale_jitter: Sequence[int] = (), flip: bool = True, clips_per_video: int = 1, seed: int = 0):
+        self.store = store if isinstance(store, Store) else _open(store)
+        self.items = [(str(v), int(label)) for v, label in items]
+        self.modality = transforms.check_modality(modality)
+        self.clip_len = clip_len
+        self.train = train
+        self.resize = tuple(resize)
+        self.crop = crop
+        self.scale_jitter = tuple(scale_jitter)
+        self.flip = flip
+        self.clips_per_video = 1 if train else clips_per_video
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.items) * self.clips_per_video
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        video_id, label = self.items[index // self.clips_per_video]
+        try:
+            with self.store.open(video_id) as video:
+                num = video.num_frames if self.modality == "rgb" else video.num_flows
+                if num < 1:
+                    raise StreamsError(f"video {video_id}: has no {self.modality} images in the store")
+                if self.train:
+                    rng = np.random.default_rng([self.seed, epoch, index])
+                    start = int(rng.integers(0, max(num - self.clip_len, 0) + 1))
+                else:
+                    rng = None
+                    start = clip_starts(num, self.clip_len, self.clips_per_video)[index % self.clips_per_video]
+                indices = window(start, self.clip_len, num)
+                clip = video.rgb(indices) if self.modality == "rgb" else video.flow(indices)
+        except FlowError as e:
+            raise StreamsError(str(e)) from None
+        clip = self._augment(clip, rng) if self.train else self._centre(clip)
+        return transforms.to_chw(clip), label
+
+    def _augment(self, clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.scale_jitter:
+            clip = transforms.resize_short(clip, int(rng.integers(self.scale_jitter[0], self.scale_jitter[1] + 1)))
+        else:
+            clip = transforms.resize_clip(clip, self.resize)
+        clip = transforms.random_crop(clip, self.crop, rng)
+        if self.flip and rng.random() < 0.5:
+            clip = transforms.hflip(clip, self.modality)
+        return np.ascontiguousarray(clip)
+
+    def _centre(self, clip: np.ndarray) -> np.ndarray:
+        if self.scale_jitter:  # validation at the middle of the training scales
+            clip = transforms.resize_short(clip, (self.scale_jitter[0] + self.scale_jitter[1]) // 2)
+        else:
+            clip = transforms.resize_clip(clip, self.resize)
+        return np.ascontiguousarray(transforms.center_crop(clip, self.crop))
+
+
+class EpochSampler(Sampler):
+    """This process's share of an epoch (DistributedSampler order) as (index, epoch) keys.
+
+    `set_epoch(epoch, skip)` picks the epoch's permutation and starts after its first `skip` indices of
+    this process, which is how a resumed run continues in the middle of an epoch.
+    """
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1, seed: int = 0):
+        self.shard = DistributedSampler(range(size), num_replicas=world_size, rank=rank, shuffle=True,
+                                        seed=seed, drop_last=True)
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+        self.shard.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for position, index in enumerate(self.shard):
+            if position >= self.skip:
+                yield index, self.epoch
+
+    def __len__(self) -> int:
+        return max(len(self.shard) - self.skip, 0)
+
+
+def _open(root: Path | str) -> Store:
+    try:
+        return open_store(root)
+    except FlowError as e:
+        raise StreamsError(str(e)) from None

@@ -1,0 +1,105 @@
+"""Settings of the stream networks and their training: the `[model]` and `[train]` sections.
+
+The defaults are the paper's recipe for P3D-199 (ImageNet start, 16x160x160 clips, SGD with lr 0.001,
+x10 for the classifier, partial BN); `configs/synth.toml` sets small CPU values.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ARCH_NAMES = ("p3d63", "p3d131", "p3d199", "p3d_small", "p3d_tiny")  # streams.p3d.ARCHS
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "p3d199"  # one of ARCH_NAMES
+    pretrained: str = ""  # a 2-D ImageNet ResNet state dict (torchvision/timm names); "" = random init
+    pretrained_input: str = "torchvision"  # what the 2-D conv1 expects: "torchvision" (RGB 0-1 with
+    # ImageNet mean/std, converted to our BGR 0-255 input) or "caffe" (already BGR 0-255 minus mean)
+    dropout_rgb: float = 0.5  # official Kinetics deploy nets: 0.5 RGB, 0.7 flow
+    dropout_flow: float = 0.7
+    partial_bn: bool = True  # freeze every BN but bn1 (running stats and affine), as the official nets
+
+    def validate(self) -> None:
+        if self.arch not in ARCH_NAMES:
+            raise ValueError(f"arch: must be one of {', '.join(ARCH_NAMES)}, got {self.arch!r}")
+        if self.pretrained_input not in ("torchvision", "caffe"):
+            raise ValueError(f"pretrained_input: must be 'torchvision' or 'caffe', got {self.pretrained_input!r}")
+        for name in ("dropout_rgb", "dropout_flow"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name}: must be in [0, 1), got {value}")
+
+    def dropout(self, modality: str) -> float:
+        return self.dropout_flow if modality == "flow" else self.dropout_rgb
+
+
+@dataclass
+class TrainConfig:
+    # Clips.
+    clip_len: int = 16  # frames (RGB) or flow fields (flow) per clip
+    resize: list[int] = field(default_factory=lambda: [182, 242])  # [height, width] before cropping
+    scale_jitter: list[int] = field(default_factory=list)  # [min, max] short side; [] = fixed `resize`
+    crop: int = 160  # square crop side (random for training, centre for validation)
+    flip: bool = True  # random horizontal flip for training (flow: x inverted)
+
+    # Optimisation. batch_size is the global batch: each of N DDP processes takes batch_size / N.
+    batch_size: int = 32
+    epochs: int = 30
+    max_steps: int = 0  # stop after this many steps (the schedule stays the full one); 0 = no limit
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 5e-4  # on conv and fc weights; none on biases and BN scale/shift
+    schedule: str = "step"  # "step" (x lr_gamma at each of lr_steps) or "cosine" (to 0 at the end)
+    lr_steps: list[float] = field(default_factory=lambda: [12.0, 24.0])  # epochs
+    lr_gamma: float = 0.1
+    warmup_epochs: float = 0.0  # linear warm-up from 0
+    fc_lr_mult: float = 10.0  # fc weights (bias: twice this, as Caffe's lr_mult 10/20)
+    flow_conv1_lr_mult: float = 5.0  # conv1 of the flow stream (official flow nets)
+
+    # Speed (CUDA only: on CPU these are off whatever they say).
+    amp: str = "bf16"  # "bf16", "fp16" (with a GradScaler) or "off"
+    channels_last: bool = True  # channels_last_3d memory format
+    compile: bool = False  # torch.compile the model
+    sync_bn: bool = True  # with several processes, BN in training mode uses the global batch
+    workers: int = 4  # DataLoader worker processes per training process; 0 = load in the main process
+
+    # Bookkeeping.
+    seed: int = 0
+    device: str = "auto"  # "auto" (cuda:LOCAL_RANK if available, else cpu), "cpu", "cuda", "cuda:N"
+    checkpoint_every: int = 500  # steps; a checkpoint is also written at every epoch end
+    keep_checkpoints: int = 2  # newest step checkpoints kept (best.pt and last.pt are kept apart)
+    val_clips: int = 1  # evenly spaced centre-crop clips per validation video
+    log_every: int = 10  # steps between metrics.jsonl lines (and the NaN check)
+    progress: bool = True  # tqdm bar
+
+    def validate(self) -> None:
+        positive = ("clip_len", "crop", "batch_size", "epochs", "val_clips", "log_every", "keep_checkpoints")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("max_steps", "checkpoint_every", "workers", "weight_decay", "warmup_epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr: must be > 0, got {self.lr}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum: must be in [0, 1), got {self.momentum}")
+        if len(self.resize) != 2 or min(self.resize) < 1:
+            raise ValueError(f"resize: must be [height, width] in pixels, got {self.resize}")
+        if self.scale_jitter:
+            if len(self.scale_jitter) != 2 or not 1 <= self.scale_jitter[0] <= self.scale_jitter[1]:
+                raise ValueError(f"scale_jitter: must be [] or [min, max] short sides, got {self.scale_jitter}")
+            if self.scale_jitter[0] < self.crop:
+                raise ValueError(f"scale_jitter: the smallest short side {self.scale_jitter[0]} is below "
+                                 f"crop = {self.crop}")
+        elif min(self.resize) < self.crop:
+            raise ValueError(f"crop: {self.crop} is larger than resize = {self.resize}")
+        if self.schedule not in ("step", "cosine"):
+            raise ValueError(f"schedule: must be 'step' or 'cosine', got {self.schedule!r}")
+        if sorted(self.lr_steps) != list(self.lr_steps):
+            raise ValueError(f"lr_steps: must be increasing epochs, got {self.lr_steps}")
+        if self.amp not in ("bf16", "fp16", "off"):
+            raise ValueError(f"amp: must be 'bf16', 'fp16' or 'off', got {self.amp!r}")
+        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ValueError(f"device: must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
