@@ -197,7 +197,7 @@ def _dask_results(tasks: Iterable[Any], scheduler: str) -> Iterator[VideoResult]
         raise FlowError(f"flow.scheduler = {scheduler!r} needs dask.distributed: "
                         "pip install 'p3d-two-stream[dist]'") from None
     try:
-        client = Client(scheduler, timeout="20s")
+        client = Client(scheduler)  # waits distributed.comm.timeouts.connect (dask config)
     except (OSError, TimeoutError) as e:
         raise FlowError(f"flow.scheduler: cannot reach the Dask scheduler at {scheduler}: {e}") from None
     with client, joblib.parallel_config(backend="dask"):

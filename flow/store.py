@@ -126,7 +126,7 @@ class PackedFrames(VideoFrames):
         try:
             self._read_index()
         except FlowError:
-            os.close(self._fd)
+            self.close()
             raise
 
     def _read_index(self) -> None:
@@ -152,8 +152,15 @@ class PackedFrames(VideoFrames):
         self._rgb_index = index[: self.num_frames]
         self._flow_index = index[self.num_frames:]
 
-    def _blob(self, row: np.ndarray) -> np.ndarray:
-        return np.frombuffer(os.pread(self._fd, int(row[1]), int(row[0])), dtype=np.uint8)
+    def _blobs(self, rows: np.ndarray) -> list[np.ndarray]:
+        """The blobs of these index rows; one read when they lie close together (a window)."""
+        if len(rows) == 0:
+            return []
+        start, end = int(rows[:, 0].min()), int((rows[:, 0] + rows[:, 1]).max())
+        if end - start <= 2 * int(rows[:, 1].sum()):
+            span = np.frombuffer(os.pread(self._fd, end - start, start), dtype=np.uint8)
+            return [span[o - start: o - start + n] for o, n in rows.tolist()]
+        return [np.frombuffer(os.pread(self._fd, n, o), dtype=np.uint8) for o, n in rows.tolist()]
 
     def _decode(self, blob: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         if self.codec == "raw":
@@ -166,15 +173,15 @@ class PackedFrames(VideoFrames):
     def rgb(self, indices: Sequence[int]) -> np.ndarray:
         idx = _check_indices(self.video_id, indices, self.num_frames, "frame")
         out = np.empty((len(idx), self.height, self.width, 3), np.uint8)
-        for k, i in enumerate(idx):
-            out[k] = self._decode(self._blob(self._rgb_index[i]), out.shape[1:])
+        for k, blob in enumerate(self._blobs(self._rgb_index[idx])):
+            out[k] = self._decode(blob, out.shape[1:])
         return out
 
     def flow(self, indices: Sequence[int]) -> np.ndarray:
         idx = _check_indices(self.video_id, indices, self.num_flows, "flow")
         out = np.empty((len(idx), self.height, self.width, 2), np.uint8)
-        for k, i in enumerate(idx):
-            img = self._decode(self._blob(self._flow_index[i]), out.shape[1:])
+        for k, blob in enumerate(self._blobs(self._flow_index[idx])):
+            img = self._decode(blob, out.shape[1:])
             if self.codec == "raw":
                 out[k] = img
             else:  # PNG holds the x and y images side by side: [H, 2W]
@@ -315,20 +322,25 @@ class VideoWriter(ABC):
 
 
 class PackWriter(VideoWriter):
-    """`<video_id>.pack`: magic, the blobs in the order they were added, an int64 index of
-    (offset, length) rows (frames first, then flows), a JSON meta, its length (uint64) and the magic
-    again. Nothing in it depends on time or on the machine, so equal inputs give equal bytes."""
+    """`<video_id>.pack`: magic, every RGB blob in frame order, every flow blob in order, an int64
+    index of (offset, length) rows (frames, then flows), a JSON meta, its length (uint64) and the
+    magic again. Flow blobs wait in a side file until commit, so the bytes do not depend on how the
+    video was chunked, nor on time or machine: equal inputs give equal files. The frames of a window
+    lie next to each other and are read with one system call."""
 
     def __init__(self, store: Store, video_id: str):
         super().__init__(store, video_id)
-        self._file = open(self.tmp, "wb")
-        self._file.write(PACK_MAGIC)
+        self._side = self.tmp.with_name(self.tmp.name + ".flow")
+        self._rgb_file = open(self.tmp, "wb")
+        self._flow_file = open(self._side, "wb")
+        self._rgb_file.write(PACK_MAGIC)
         self._rgb_rows: list[tuple[int, int]] = []
         self._flow_rows: list[tuple[int, int]] = []
 
-    def _put(self, blob: bytes) -> tuple[int, int]:
-        offset = self._file.tell()
-        self._file.write(blob)
+    @staticmethod
+    def _put(f: Any, blob: bytes) -> tuple[int, int]:
+        offset = f.tell()
+        f.write(blob)
         return offset, len(blob)
 
     def _encode(self, img: np.ndarray) -> bytes:
@@ -340,16 +352,21 @@ class PackWriter(VideoWriter):
         return buf.tobytes()
 
     def _put_rgb(self, i: int, frame: np.ndarray) -> None:
-        self._rgb_rows.append(self._put(self._encode(frame)))
+        self._rgb_rows.append(self._put(self._rgb_file, self._encode(frame)))
 
     def _put_flow(self, i: int, flow_u8: np.ndarray) -> None:
         img = flow_u8 if self.store.codec == "raw" else np.concatenate([flow_u8[..., 0], flow_u8[..., 1]], 1)
-        self._flow_rows.append(self._put(self._encode(img)))
+        self._flow_rows.append(self._put(self._flow_file, self._encode(img)))
 
     def _finish(self) -> None:
-        f = self._file
+        f = self._rgb_file
+        base = f.tell()
+        self._flow_file.close()
+        with open(self._side, "rb") as side:
+            shutil.copyfileobj(side, f, 1 << 20)
+        rows = self._rgb_rows + [(base + offset, length) for offset, length in self._flow_rows]
         index_offset = f.tell()
-        f.write(np.asarray(self._rgb_rows + self._flow_rows, dtype="<i8").reshape(-1, 2).tobytes())
+        f.write(np.asarray(rows, dtype="<i8").reshape(-1, 2).tobytes())
         meta = json.dumps({"codec": self.store.codec, "height": self.shape[0], "width": self.shape[1],
                            "num_frames": self.num_frames, "num_flows": self.num_flows,
                            "index_offset": index_offset}, sort_keys=True).encode()
@@ -360,10 +377,12 @@ class PackWriter(VideoWriter):
         f.close()
         os.replace(self.tmp, self.final)
         _fsync_dir(self.final.parent)
+        self._side.unlink()
 
     def abort(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        self._rgb_file.close()
+        self._flow_file.close()
+        _remove(self._side)
         super().abort()
 
 

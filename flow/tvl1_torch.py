@@ -18,7 +18,6 @@ import torch
 from flow.config import FlowConfig
 from flow.errors import FlowError
 from flow.tvl1_torch_ops import (
-    FLT_EPSILON,
     centred_gradient,
     divergence,
     flow_levels,
@@ -71,12 +70,9 @@ def primal_dual_step(
     rho = rho_c + (gw[:, 0] * u[:, 0] + gw[:, 1] * u[:, 1])  # OpenCV's order of float additions
     if u.shape[1] == 3:
         rho = rho + gw[:, 2] * u[:, 2]
-    l_t_grad = l_t * grad
-    fi = torch.where(
-        rho < -l_t_grad, l_t,
-        torch.where(rho > l_t_grad, -l_t,
-                    torch.where(grad > FLT_EPSILON, -rho / grad.clamp_min(FLT_EPSILON), 0.0)),
-    )
+    # OpenCV's three cases (rho < -l_t |g|^2, rho > l_t |g|^2, else -rho / |g|^2) are this clamp;
+    # OpenCV skips the last case where |g|^2 <= FLT_EPSILON, where the whole step is < l_t * 3.5e-4 px.
+    fi = (-rho / grad.clamp_min(1e-30)).clamp(-l_t, l_t)
     u_new = (u + fi[:, None] * gw) + theta * divergence(px, py)
     change = u_new - u
     error = (change * change).sum(dim=(1, 2, 3), dtype=torch.float64)

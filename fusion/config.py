@@ -28,6 +28,7 @@ class EvalConfig:
     seed: int = 0  # cross-validation folds
 
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
+    jobs: int = 0  # CPU: parallel processes of one thread each; 0 = one per core (GPU: always 1)
 
     def validate(self) -> None:
         if self.clips < 1:
@@ -50,5 +51,7 @@ class EvalConfig:
             raise ValueError(f"svm_cs: must be a non-empty list of C values > 0, got {self.svm_cs}")
         if self.svm_folds < 2:
             raise ValueError(f"svm_folds: must be >= 2, got {self.svm_folds}")
+        if self.jobs < 0:
+            raise ValueError(f"jobs: must be >= 0 (0 = one per core), got {self.jobs}")
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
             raise ValueError(f"device: must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")

@@ -92,7 +92,7 @@ def to_markdown(table: pd.DataFrame, title: str, notes: Sequence[str] = ()) -> s
             if name in PERCENT:
                 cells.append("-" if pd.isna(value) else f"{value:.2f}")
             else:
-                cells.append(str(value))
+                cells.append(str(value).replace("|", "\\|"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -139,12 +139,8 @@ def write_scores(out_dir: Path, video_ids: Sequence[str], labels: Labels, classe
     scores.npz keys: video_ids, classes, labels (int [N, L], -1 padded), one [N, C] array per method
     and `views_<stream>` [N, V, C] with the per-clip logits of each network stream.
     """
-    width = max(len(lab) for lab in labels)
-    padded = np.full((len(labels), width), -1, dtype=np.int64)
-    for row, lab in enumerate(labels):
-        padded[row, :len(lab)] = lab
     arrays = {"video_ids": np.array(video_ids, dtype=str), "classes": np.array(classes, dtype=str),
-              "labels": padded}
+              "labels": pad_labels(labels)}
     for m in methods:
         arrays[m.method] = m.scores
         if m.view_logits is not None:
@@ -160,6 +156,19 @@ def write_scores(out_dir: Path, video_ids: Sequence[str], labels: Labels, classe
         frame.insert(0, "video_id", list(video_ids))
         frames.append(frame)
     write_text(out_dir / "scores.csv", pd.concat(frames, ignore_index=True).to_csv(index=False, float_format="%.6g"))
+
+
+def pad_labels(labels: Labels) -> np.ndarray:
+    """int [N, L]: each row's labels, padded with -1 to the longest row (the .npz form of labels)."""
+    width = max((len(lab) for lab in labels), default=1)
+    out = np.full((len(labels), width), -1, dtype=np.int64)
+    for row, lab in enumerate(labels):
+        out[row, :len(lab)] = lab
+    return out
+
+
+def unpad_labels(padded: np.ndarray) -> list[tuple[int, ...]]:
+    return [tuple(int(c) for c in row if c >= 0) for row in padded]
 
 
 def write_excluded(path: Path, excluded: dict[str, str]) -> None:

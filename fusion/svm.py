@@ -63,7 +63,8 @@ def fit_svm(x: np.ndarray, labels: Labels, num_classes: int, cs: Sequence[float]
     multilabel = any(len(lab) > 1 for lab in labels)
     first = np.array([lab[0] for lab in labels])
     if len(np.unique(first)) < 2:
-        raise FusionError(f"the SVM needs training videos of at least 2 classes, got {len(np.unique(first))}")
+        raise FusionError(f"the SVM needs training videos of at least 2 classes, got {len(np.unique(first))} "
+                          "(are the training videos in the store? set eval.svm = false to skip the SVM)")
     splits = _folds(first, folds, seed, stratify=not multilabel)
     cv_score = {}
     for c in sorted(cs):

@@ -63,6 +63,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     sync_bn: bool = True  # with several processes, BN in training mode uses the global batch
     workers: int = 4  # DataLoader worker processes per training process; 0 = load in the main process
+    threads: int = 0  # torch CPU threads per process; 0 = torch's default (one per core). On a shared
+    # machine 1 can be several times faster: busy-waiting threads stall when the cores are taken
 
     # Bookkeeping.
     seed: int = 0
@@ -78,7 +80,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "checkpoint_every", "workers", "weight_decay", "warmup_epochs"):
+        for name in ("max_steps", "checkpoint_every", "workers", "threads", "weight_decay", "warmup_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0:

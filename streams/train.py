@@ -41,7 +41,7 @@ from streams.plots import plot_curves
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
 # Settings that change how a run executes but not what it computes: a resumed run may change them.
-RUNTIME_FIELDS = {"workers", "device", "checkpoint_every", "keep_checkpoints", "log_every", "progress",
+RUNTIME_FIELDS = {"workers", "threads", "device", "checkpoint_every", "keep_checkpoints", "log_every", "progress",
                   "max_steps", "compile"}
 RUNTIME_MODEL_FIELDS = {"pretrained"}  # only read at step 0
 
@@ -170,6 +170,8 @@ class _Run:
         self.channels_last = cfg.channels_last and self.cuda
         if self.cuda:
             torch.backends.cudnn.benchmark = True
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
 
         torch.manual_seed(cfg.seed)  # the same initial weights in every process
         channels = transforms.CHANNELS[modality]

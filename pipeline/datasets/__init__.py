@@ -23,7 +23,8 @@ READERS = {
     "folder": read_folder,
 }
 
-__all__ = ["FORMATS", "Dataset", "DatasetConfig", "VideoRecord", "items", "read_dataset"]
+__all__ = ["FORMATS", "THREE_SPLIT_FORMATS", "Dataset", "DatasetConfig", "VideoRecord", "items",
+           "read_dataset"]
 
 
 def read_dataset(cfg: DatasetConfig, split: str | None = None) -> Dataset:

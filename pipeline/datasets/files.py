@@ -44,7 +44,7 @@ def relative_path(text: str, where: str) -> PurePosixPath:
     posix = text.replace("\\", "/")
     path = PurePosixPath(posix)
     if path.is_absolute() or PureWindowsPath(text).drive or ".." in path.parts or not path.parts:
-        raise DatasetError(f"{where}: path {text!r} escapes the dataset root (must be relative, without '..')")
+        raise DatasetError(f"{where}: path {text!r} escapes the dataset root (must be relative, no '..')")
     return path
 
 

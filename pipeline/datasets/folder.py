@@ -2,7 +2,7 @@
 root/{train,val,test}/<class>/<video>. Classes are the sorted class-folder names."""
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from pipeline.datasets.config import DatasetConfig
 from pipeline.datasets.files import VIDEO_EXTENSIONS, Entry, build, check_root
@@ -24,7 +24,8 @@ def read_folder(cfg: DatasetConfig, split: str) -> Dataset:
     found = []  # (class, relative path, subset)
     for base, subset in bases:
         for cls in sorted(d for d in base.iterdir() if d.is_dir()):
-            for video in sorted(p for p in cls.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()):
+            videos = (p for p in cls.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+            for video in sorted(videos):
                 found.append((cls.name, PurePosixPath(video.relative_to(root).as_posix()), subset))
     if not found:
         raise DatasetError(f"{root}: no videos in class folders (looked for {', '.join(VIDEO_EXTENSIONS)})")

@@ -50,7 +50,8 @@ def read_rows(path: Path, seen: UniqueIds) -> list[tuple[str, str, str, str]]:
                 continue
             where = f"{path}:{reader.line_num}"
             if len(row) != len(header):
-                raise DatasetError(f"{where}: expected {len(header)} columns ({','.join(header)}), got {len(row)}")
+                raise DatasetError(f"{where}: expected {len(header)} columns ({','.join(header)}), "
+                                   f"got {len(row)}")
             youtube_id = row[col["youtube_id"]].strip()
             if not youtube_id or "/" in youtube_id or youtube_id.startswith("."):
                 raise DatasetError(f"{where}: bad youtube_id {youtube_id!r}")

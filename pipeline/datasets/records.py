@@ -49,7 +49,7 @@ class Dataset:
         return self.subset("test")
 
     def splits(self) -> dict[str, Dataset]:
-        """Each split as its own Dataset: {"1": ..., "2": ..., "3": ...} after split="all", else {split: self}."""
+        """Each split as its own Dataset: "1", "2", "3" after split="all", else {split: self}."""
         return dict(self.per_split) or {self.split: self}
 
 

@@ -54,8 +54,8 @@ def read_ucf101(cfg: DatasetConfig, split: str) -> Dataset:
     by_folder = {c.lower(): i for i, c in enumerate(classes)}
     seen = UniqueIds()
     entries = []
-    lists = [(annotations / f"trainlist0{split}.txt", "train"), (annotations / f"testlist0{split}.txt", "test")]
-    for path, subset in lists:
+    for path, subset in ((annotations / f"trainlist0{split}.txt", "train"),
+                         (annotations / f"testlist0{split}.txt", "test")):
         for n, line in read_lines(path):
             where = f"{path}:{n}"
             parts = line.split()

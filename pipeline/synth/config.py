@@ -30,7 +30,7 @@ class SynthConfig:
     # Nuisances; 0 switches each off.
     camera_pan: float = 0.6  # largest camera speed, px/frame, in a random direction
     noise: float = 3.0  # std of Gaussian pixel noise, grey levels
-    illumination: float = 0.15  # largest brightness change over a clip (0.15 = +-15% ramp)
+    illumination: float = 0.15  # brightness ramps linearly over a clip, at most from -15% to +15%
     occluder: float = 0.5  # probability that a clip has a bar in front of the object
 
     @classmethod

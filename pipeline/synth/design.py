@@ -6,6 +6,7 @@ inverse transform lands and the ground-truth flow is exact.
 from __future__ import annotations
 
 import colorsys
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -21,8 +22,11 @@ SHAPES = ("disc", "square", "diamond", "ellipse")
 TEXTURES = ("waves", "blobs", "checks")
 
 GREY = np.array([0.299, 0.587, 0.114])  # OpenCV's RGB -> grey weights
-OBJECT_GREY = (55.0, 195.0)  # dark and light grey levels of every object palette
+OBJECT_GREY = (55.0, 180.0)  # dark and light grey levels of every object palette
 BACKGROUND_GREY = (90.0, 165.0)  # lower contrast than objects, overlapping their range
+# Channels stay inside this range so that noise and a brighter frame rarely clip them: clipping would
+# change the grey level by an amount that depends on the hue, and so leak the appearance into grey.
+GAMUT = (16.0, 225.0)
 LARGEST_ZOOM = 2.0  # zoom motions change the size at most this much over a clip
 
 Texture = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -34,8 +38,8 @@ def palette(hue: float, greys: tuple[float, float], saturation: float) -> np.nda
     chroma = pure - GREY @ pure  # zero grey: adding it to a grey colour keeps its luminance
     colours = []
     for grey in greys:
-        room = np.where(chroma > 0, (255.0 - grey) / np.maximum(chroma, 1e-9),
-                        np.where(chroma < 0, grey / np.maximum(-chroma, 1e-9), np.inf))
+        room = np.where(chroma > 0, (GAMUT[1] - grey) / np.maximum(chroma, 1e-9),
+                        np.where(chroma < 0, (grey - GAMUT[0]) / np.maximum(-chroma, 1e-9), np.inf))
         colours.append(grey + saturation * room.min() * chroma)
     return np.array(colours)
 
@@ -72,7 +76,7 @@ def shape_distance(shape: str, x: np.ndarray, y: np.ndarray, radius: float) -> n
     if shape == "square":
         return np.maximum(np.abs(x), np.abs(y)) - 0.85 * radius
     if shape == "diamond":
-        return (np.abs(x) + np.abs(y) - 1.2 * radius) / np.sqrt(2.0)
+        return (np.abs(x) + np.abs(y) - 1.2 * radius) / math.sqrt(2.0)
     if shape == "ellipse":
         return (np.hypot(x, y / 0.65) - radius) * 0.65
     raise ValueError(f"unknown shape {shape!r}")
@@ -82,44 +86,45 @@ def waves(rng: np.random.Generator, count: int, wavelengths: tuple[float, float]
     """Plane waves in several directions: texture everywhere, no aperture problem."""
     direction = rng.uniform(0.0, np.pi, count)
     k = 2.0 * np.pi / rng.uniform(*wavelengths, count)
-    kx, ky, phase = k * np.cos(direction), k * np.sin(direction), rng.uniform(0.0, 2.0 * np.pi, count)
+    kx, ky, phase = (a.astype(np.float32) for a in (k * np.cos(direction), k * np.sin(direction),
+                                                    rng.uniform(0.0, 2.0 * np.pi, count)))
 
     def texture(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         total = sum(np.cos(kx[i] * x + ky[i] * y + phase[i]) for i in range(count))
-        return 0.5 + 0.5 * np.tanh(total * np.sqrt(2.0 / count))  # about unit variance into tanh
+        return 0.5 + 0.5 * np.tanh(total * math.sqrt(2.0 / count))  # about unit variance into tanh
 
     return texture
 
 
 def blobs(rng: np.random.Generator, extent: float) -> Texture:
     """Light and dark Gaussian spots scattered over the object."""
-    count = 10
-    centres = rng.uniform(-extent, extent, (count, 2))
-    sigma = rng.uniform(2.5, 4.5, count)
-    sign = rng.choice([-1.0, 1.0], count)
+    count = 16
+    centres = rng.uniform(-extent, extent, (count, 2)).astype(np.float32)
+    scale = (-0.5 / rng.uniform(2.0, 3.5, count) ** 2).astype(np.float32)
+    sign = rng.choice([-1.0, 1.0], count).astype(np.float32)
 
     def texture(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        total = sum(sign[i] * np.exp(-((x - centres[i, 0]) ** 2 + (y - centres[i, 1]) ** 2) / (2 * sigma[i] ** 2))
+        total = sum(sign[i] * np.exp(((x - centres[i, 0]) ** 2 + (y - centres[i, 1]) ** 2) * scale[i])
                     for i in range(count))
-        return 0.5 + 0.5 * np.tanh(1.5 * total)
+        return 0.5 + 0.5 * np.tanh(2.0 * total)
 
     return texture
 
 
 def checks(rng: np.random.Generator) -> Texture:
     """A soft-edged checkerboard at a random angle."""
-    direction, wavelength = rng.uniform(0.0, np.pi), rng.uniform(8.0, 12.0)
-    c, s, k = np.cos(direction), np.sin(direction), 2.0 * np.pi / wavelength
+    direction, wavelength = float(rng.uniform(0.0, np.pi)), float(rng.uniform(10.0, 14.0))
+    c, s, k = math.cos(direction), math.sin(direction), 2.0 * math.pi / wavelength
 
     def texture(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return 0.5 + 0.5 * np.tanh(2.0 * np.sin(k * (c * x + s * y)) * np.sin(k * (c * y - s * x)))
+        return 0.5 + 0.5 * np.tanh(1.5 * np.sin(k * (c * x + s * y)) * np.sin(k * (c * y - s * x)))
 
     return texture
 
 
 def object_texture(kind: str, rng: np.random.Generator, extent: float) -> Texture:
     if kind == "waves":
-        return waves(rng, 3, (5.0, 10.0))
+        return waves(rng, 3, (7.0, 14.0))
     if kind == "blobs":
         return blobs(rng, extent)
     if kind == "checks":

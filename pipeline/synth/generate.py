@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from flow.formats import write_flo
 from pipeline.errors import PipelineError
 from pipeline.synth.config import SynthConfig
-from pipeline.synth.flo import write_flo
 from pipeline.synth.render import render_clip
 
 MANIFEST = "synth.json"
@@ -82,8 +82,8 @@ def _claim(out_root: Path, cfg: SynthConfig, force: bool) -> None:
         changed = [key for key in settings if old.get(key) != settings[key]]
         if changed and not force:
             raise PipelineError(f"{out_root} holds SynthActions made with other settings "
-                                f"({', '.join('synth.' + k for k in changed)}): regenerate it with force, "
-                                "or choose another dataset.root")
+                                f"({', '.join('synth.' + k for k in changed)}): regenerate it with --force "
+                                "(force=True), or choose another dataset.root")
     elif out_root.is_dir() and any(p.name != "config.toml" for p in out_root.iterdir()):
         raise PipelineError(f"{out_root} is not empty and holds no SynthActions ({MANIFEST}): refusing to "
                             "write into it; choose a new folder for dataset.root")
@@ -142,6 +142,9 @@ def _write_annotations(folder: Path, cfg: SynthConfig, classes: list[str]) -> No
             for group in range(1, cfg.groups + 1):
                 for clip in range(1, cfg.clips_per_group + 1):
                     path = f"{name}/{video_name(name, group, clip)}.avi"
-                    (test if group in held_out else train).append(path if group in held_out else f"{path} {label}")
+                    if group in held_out:
+                        test.append(path)
+                    else:
+                        train.append(f"{path} {label}")
         _write_text(folder / f"trainlist0{split}.txt", "".join(f"{line}\r\n" for line in train))
         _write_text(folder / f"testlist0{split}.txt", "".join(f"{line}\r\n" for line in test))

@@ -52,7 +52,7 @@ def render_clip(cfg: SynthConfig, class_index: int, group: int, clip: int) -> Cl
     shape = SHAPES[scene.integers(len(SHAPES))]
     texture = object_texture(TEXTURES[scene.integers(len(TEXTURES))], scene, cfg.object_size[1] * size / 2)
     background = background_texture(scene)
-    background_colours = palette(scene.uniform(0.0, 360.0), BACKGROUND_GREY, 0.35)
+    background_colours = palette(scene.uniform(0.0, 360.0), BACKGROUND_GREY, 0.25)
     object_colours = palette(APPEARANCES[appearance], OBJECT_GREY, 0.9)
 
     # The clip: size, speed, path, camera, occluder, lighting.
@@ -73,9 +73,11 @@ def render_clip(cfg: SynthConfig, class_index: int, group: int, clip: int) -> Cl
     gain = 1.0 + rng.uniform(-cfg.illumination, cfg.illumination) * (2.0 * t / max(frames - 1, 1) - 1.0)
 
     # Inverse mapping: object coordinates (px at zoom 1) of every pixel of every frame.
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
-    cos, sin = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
-    z = zoom[:, None, None]
+    # In float32 (twice as fast): coordinates stay within a few hundred px, where it is exact to 1e-5 px.
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    cos, sin, z = (a.astype(np.float32)[:, None, None] for a in (np.cos(angle), np.sin(angle), zoom))
+    centre, camera = centre.astype(np.float32), camera.astype(np.float32)
+    radius, bar_at, bar_width = float(radius), float(bar_at), float(bar_width)  # weak scalars keep float32
     dx, dy = xs - centre[:, 0, None, None], ys - centre[:, 1, None, None]
     u, v = (cos * dx + sin * dy) / z, (cos * dy - sin * dx) / z
     world_x, world_y = xs + camera[:, 0, None, None], ys + camera[:, 1, None, None]
@@ -83,23 +85,28 @@ def render_clip(cfg: SynthConfig, class_index: int, group: int, clip: int) -> Cl
     object_alpha = np.clip(0.5 - shape_distance(shape, u, v, radius) * z, 0.0, 1.0)
     bar_alpha = np.clip(0.5 - (np.abs((world_x, world_y)[bar_axis] - bar_at) - bar_width / 2.0), 0.0, 1.0)
     bar_alpha *= occluded
-    weights = np.stack([(1 - object_alpha) * (1 - bar_alpha), object_alpha * (1 - bar_alpha), bar_alpha])
+    background_weight = (1 - object_alpha) * (1 - bar_alpha)
+    object_weight = object_alpha * (1 - bar_alpha)
 
-    def colour(colours: np.ndarray, level: np.ndarray) -> np.ndarray:
-        return colours[0] + (colours[1] - colours[0]) * level[..., None]
-
-    image = (weights[0, ..., None] * colour(background_colours, background(world_x, world_y))
-             + weights[1, ..., None] * colour(object_colours, texture(u, v))
-             + weights[2, ..., None] * bar_colour)
-    image = image * gain[:, None, None, None] + rng.standard_normal(image.shape) * cfg.noise
+    on_object = object_alpha > 0  # the object texture only where it shows: a few times faster
+    object_level = np.zeros_like(u)
+    object_level[on_object] = texture(u[on_object], v[on_object])
+    # Colours are linear in the texture levels, so all of compositing is one matrix product.
+    parts = np.stack([background_weight, background_weight * background(world_x, world_y), object_weight,
+                      object_weight * object_level, bar_alpha], -1)
+    colours = np.array([background_colours[0], background_colours[1] - background_colours[0],
+                        object_colours[0], object_colours[1] - object_colours[0], bar_colour], np.float32)
+    noise = rng.standard_normal(parts.shape[:-1] + (3,), np.float32) * cfg.noise
+    image = (parts @ colours) * gain.astype(np.float32)[:, None, None, None] + noise
     rgb = np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
-    dominant = weights.argmax(0)
-    layers = np.where(weights.max(0) >= 1.0, dominant, MIXED).astype(np.uint8)
+    layers = np.full(u.shape, MIXED, np.uint8)
+    for layer, weight in ((BACKGROUND, background_weight), (OBJECT, object_weight), (OCCLUDER, bar_alpha)):
+        layers[weight >= 1.0] = layer
     # Where the object's points of frame t are at t+1; background and bar move with the camera.
     c1, s1, z1 = cos[1:], sin[1:], z[1:]
     object_flow = np.stack([centre[1:, 0, None, None] + z1 * (c1 * u[:-1] - s1 * v[:-1]) - xs,
                             centre[1:, 1, None, None] + z1 * (s1 * u[:-1] + c1 * v[:-1]) - ys], -1)
     camera_flow = (camera[:-1] - camera[1:])[:, None, None, :]
-    flow = np.where((dominant[:-1] == OBJECT)[..., None], object_flow, camera_flow).astype(np.float32)
+    flow = np.where((object_weight[:-1] > 0.5)[..., None], object_flow, camera_flow).astype(np.float32)
     return Clip(np.ascontiguousarray(rgb[..., ::-1]), flow, layers)

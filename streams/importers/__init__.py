@@ -1,1 +1,109 @@
-"""Importers of published P3D weights (Caffe .caffemodel, pseudo-3d-pytorch checkpoints)."""
+"""Published P3D weights -> our checkpoints: the official Caffe `.caffemodel` files and the
+pseudo-3d-pytorch conversions (`p3d_*_199.checkpoint.pth.tar`).
+
+`import_weights` writes a normal streams checkpoint (streams.checkpoint), so an imported model is
+used like a trained one by evaluation, `predict`, `features` and `export`. Its config records the
+official input convention: RGB frames 0-255 in BGR order minus [104, 117, 123]; flow images minus 128.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+from streams.checkpoint import make_payload, save_checkpoint
+from streams.config import ModelConfig, TrainConfig
+from streams.errors import StreamsError
+from streams.p3d import P3D
+from streams.transforms import INPUT_CONVENTION
+
+SOURCES = ("caffe", "pseudo3d")
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
+_PICKLE_MAGIC = b"\x80"  # the legacy torch.save format starts with a pickle protocol byte
+
+
+def detect_source(path: Path) -> str:
+    """"caffe" or "pseudo3d", from the file name, else from the first bytes."""
+    name = path.name.lower()
+    if name.endswith(".caffemodel"):
+        return "caffe"
+    if name.endswith((".pth", ".pth.tar", ".pt", ".tar")):
+        return "pseudo3d"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise StreamsError(f"{path}: cannot read: {e}") from None
+    return "pseudo3d" if head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)) else "caffe"
+
+
+def read_classes(path: Path | str, num_classes: int) -> list[str]:
+    """Class names, one per line in the model's output order; "<index> <name>" lines (UCF101's
+    classInd.txt) give the name. Must hold exactly `num_classes` names."""
+    path = Path(path)
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise StreamsError(f"{path}: cannot read the class list: {e}") from None
+    names = []
+    for line in filter(None, lines):
+        index, sep, rest = line.partition(" ")
+        names.append(rest.strip() if sep and index.isdigit() and rest.strip() else line)
+    if len(names) != num_classes:
+        raise StreamsError(f"{path}: {len(names)} class names, but the model has {num_classes} outputs")
+    if len(set(names)) != len(names):
+        raise StreamsError(f"{path}: class names are not unique")
+    return names
+
+
+def load_published(src: Path | str, *, source: str = "auto", arch: str | None = None,
+                   fc_layer: str | None = None) -> tuple[str, str, P3D]:
+    """(source, arch, model in eval mode) for a published weight file."""
+    src = Path(src)
+    if not src.is_file():
+        raise StreamsError(f"{src}: no such file")
+    source = detect_source(src) if source == "auto" else source
+    if source == "caffe":
+        from streams.importers.caffe import load_caffe
+
+        return (source, *load_caffe(src, arch, fc_layer))
+    if source == "pseudo3d":
+        if fc_layer is not None:
+            raise StreamsError("--fc-layer names a Caffe layer; it does not apply to a pseudo-3d-pytorch checkpoint")
+        from streams.importers.pseudo3d_pytorch import load_pseudo3d
+
+        return (source, *load_pseudo3d(src, arch))
+    raise StreamsError(f"source must be 'auto', 'caffe' or 'pseudo3d', got {source!r}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def import_weights(src: Path | str, out: Path | str, *, source: str = "auto", arch: str | None = None,
+                   classes: Path | str | None = None, fc_layer: str | None = None) -> Path:
+    """Import published weights `src` into a streams checkpoint at `out` (written atomically).
+
+    `classes`: a file of class names in the model's output order; without it the classes are named
+    class_000, class_001, ... The model config is the paper's (arch from the file, its dropout, partial
+    BN) and the train config the paper's clip recipe (16 frames, 182x242, 160 crop), which is what
+    `predict`, `features` and `export` read for the clip size.
+    """
+    src, out = Path(src), Path(out)
+    source, arch, model = load_published(src, source=source, arch=arch, fc_layer=fc_layer)
+    modality = "rgb" if model.in_channels == 3 else "flow"
+    num_classes = model.fc.out_features
+    names = (read_classes(classes, num_classes) if classes is not None
+             else [f"class_{i:03d}" for i in range(num_classes)])
+    model_config = dataclasses.asdict(ModelConfig(arch=arch))
+    payload = make_payload(model, arch=arch, modality=modality, classes=names,
+                           input_convention=INPUT_CONVENTION[modality], model_config=model_config,
+                           train_config=dataclasses.asdict(TrainConfig()), step=0, epoch=0, metrics={},
+                           imported_from={"source": source, "file": src.name, "sha256": _sha256(src)})
+    save_checkpoint(out, payload)
+    print(f"import-weights: {source} {src.name} -> {out} ({arch}, {modality}, {num_classes} classes)")
+    return out

@@ -27,7 +27,7 @@ from google.protobuf.message import DecodeError
 
 from streams.errors import StreamsError
 from streams.importers.caffe_proto import NetParameter
-from streams.p3d import ARCHS, P3D
+from streams.p3d import ARCHS, P3D, build_model
 
 BN_BLOBS = ("weight", "bias", "running_mean", "running_var")  # scale, shift, moving mean, moving var
 _OUR_BLOCK = re.compile(r"^layer([1-4])\.(\d+)\.(conv|bn)_(reduce|s|t|expand)$")
@@ -170,17 +170,16 @@ def find_fc_layer(model: CaffeModel, fc_layer: str | None = None) -> str:
 
 
 def _fits(blob: np.ndarray, shape: torch.Size) -> bool:
-    """Same shape, or the same once leading 1s are dropped (BN's [1, C]; the 4-D legacy fc blobs)."""
+    """Same shape; for BN vectors and the classifier also the same once singleton dimensions are
+    dropped (BN blobs are [1, C], or [1, C, 1, 1] in older files; old fc blobs are 4-D [1, 1, N, D]).
+    Convolution kernels must match exactly: a 3x1x1 kernel is not a 1x3x1 one."""
     if tuple(blob.shape) == tuple(shape):
         return True
-    return _drop_leading_ones(blob.shape) == _drop_leading_ones(tuple(shape))
+    return len(shape) <= 2 and _squeeze(blob.shape) == _squeeze(tuple(shape))
 
 
-def _drop_leading_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
-    shape = tuple(shape)
-    while len(shape) > 1 and shape[0] == 1:
-        shape = shape[1:]
-    return shape
+def _squeeze(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(d for d in shape if d != 1) or (1,)
 
 
 def caffe_state_dict(caffe: CaffeModel, model: P3D, fc_layer: str | None = None) -> dict[str, torch.Tensor]:
@@ -191,18 +190,20 @@ def caffe_state_dict(caffe: CaffeModel, model: P3D, fc_layer: str | None = None)
     fc = find_fc_layer(caffe, fc_layer)
     mapping = caffe_mapping(model, _numbered_stages(caffe.layers), fc)
     target = model.state_dict()
-    state: dict[str, torch.Tensor] = {}
-    for key, (layer, index) in mapping.items():
+    wanted: dict[str, int] = {}
+    for layer, index in mapping.values():
+        wanted[layer] = max(wanted.get(layer, 0), index + 1)
+    for layer, count in wanted.items():
         blobs = caffe.layers.get(layer)
         if blobs is None:
-            raise StreamsError(f"{caffe.path}: layer {layer!r} (for {key}) is missing")
-        expected = len(BN_BLOBS) if key.rsplit(".", 1)[-1] in BN_BLOBS[2:] or layer.startswith("bn") else None
-        if expected is not None and len(blobs) != expected:
-            raise StreamsError(f"{caffe.path}: BN layer {layer!r} has {len(blobs)} blobs, expected 4 "
-                               "(scale, shift, moving mean, moving variance of P3D's BN layer)")
-        if index >= len(blobs):
-            raise StreamsError(f"{caffe.path}: layer {layer!r} has {len(blobs)} blob(s), {key} needs blob {index}")
-        blob = blobs[index]
+            raise StreamsError(f"{caffe.path}: layer {layer!r} is missing")
+        if len(blobs) != count:
+            what = ("4 (scale, shift, moving mean, moving variance of P3D's BN layer)" if count == 4
+                    else f"{count} (a convolution without bias)" if count == 1 else f"{count} (weight, bias)")
+            raise StreamsError(f"{caffe.path}: layer {layer!r} has {len(blobs)} blob(s), expected {what}")
+    state: dict[str, torch.Tensor] = {}
+    for key, (layer, index) in mapping.items():
+        blob = caffe.layers[layer][index]
         shape = target[key].shape
         if not _fits(blob, shape):
             raise StreamsError(f"{caffe.path}: layer {layer!r} blob {index} has shape {list(blob.shape)}, "
@@ -230,4 +231,19 @@ def num_outputs(caffe: CaffeModel, fc_layer: str | None = None) -> int:
     """Classes of the file's classifier (rows of its weight)."""
     fc = find_fc_layer(caffe, fc_layer)
     weight = caffe.layers[fc][0]
-    return int(_drop_leading_ones(weight.shape)[0])
+    return int(weight.shape[0]) if weight.ndim == 2 else int(_squeeze(weight.shape)[0])
+
+
+def load_caffe(path: Path | str, arch: str | None = None, fc_layer: str | None = None) -> tuple[str, P3D]:
+    """(arch, our P3D in eval mode) with the weights of an official P3D .caffemodel; the arch, the input
+    channels (3 RGB, 2 flow) and the number of classes are read from the file."""
+    caffe = read_caffemodel(path)
+    arch = arch or detect_arch(caffe)
+    in_channels = conv1_channels(caffe)
+    if in_channels not in (2, 3):
+        raise StreamsError(f"{caffe.path}: conv1 takes {in_channels} channels; expected 3 (RGB) or 2 (flow)")
+    if arch not in ARCHS:
+        raise StreamsError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
+    model = build_model(arch, num_outputs(caffe, fc_layer), in_channels)
+    model.load_state_dict(caffe_state_dict(caffe, model, fc_layer))
+    return arch, model.eval()

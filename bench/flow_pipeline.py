@@ -1,0 +1,120 @@
+"""End-to-end flow stage against a bare OpenCV loop on the same frames, and scaling from 1 to 2 jobs.
+
+    .venv/bin/python bench/flow_pipeline.py [--data ../shared/data] [--frames 25] [--repeat 2]
+
+Eight real clips (mp4 / avi / mkv, 320x240 to 1920x1080) are cut to their first `--frames` frames
+(re-encoded losslessly as FFV1 .mkv at their own size). Measured in one run, each with one OpenCV
+thread per process:
+  bare      cv2 DualTVL1 `calc` over every pair of the already decoded, resized grey frames
+  stage j1  run_flow(jobs=1): decode + resize + TV-L1 + uint8 encoding + PNG + packed store write
+  stage j2  run_flow(jobs=2): two worker processes
+  bare x2   the bare loop in two processes at once (what the machine itself gives)
+Overhead ratio = stage j1 / bare pairs/s (target >= 0.9); parallel efficiency =
+stage j2 / (2 x stage j1) (target >= 0.85). Bare and stage j1 alternate `--repeat` times.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import joblib
+import numpy as np
+
+from flow.config import FlowConfig
+from flow.stage import FlowJob, run_flow
+from flow.tvl1 import create_tvl1, to_gray
+from flow.video import VideoReader
+
+CLIPS = ["arm_wrestling__mmaction2_demo.mp4", "clean_and_jerk__mmskeleton.mp4",
+         "cleaning_pool__mmaction2_test.mp4", "skateboarding__mmskeleton.mp4", "tai_chi__mmskeleton.mp4",
+         "apply_eye_makeup__mmaction2_test.avi", "flipping_pancake__decord.mkv",
+         "drink_water__ntu_S001C001P001R001A001.avi"]
+
+
+def cut(src: Path, dst: Path, frames: int) -> None:
+    cap = cv2.VideoCapture(str(src))
+    writer = None
+    for _ in range(frames):
+        ok, frame = cap.read()
+        if not ok:
+            break
+        if writer is None:
+            h, w = frame.shape[:2]
+            writer = cv2.VideoWriter(str(dst), cv2.VideoWriter_fourcc(*"FFV1"), 25, (w, h))
+        writer.write(frame)
+    writer.release()
+    cap.release()
+
+
+def bare_loop(grey: list[np.ndarray], cfg: FlowConfig) -> tuple[int, float]:
+    cv2.setNumThreads(1)
+    tvl1 = create_tvl1(cfg)
+    start, pairs = time.perf_counter(), 0
+    for video in grey:
+        for a, b in zip(video[:-1], video[1:]):
+            tvl1.calc(a, b, None)
+            pairs += 1
+    return pairs, time.perf_counter() - start
+
+
+def stage(jobs: list[FlowJob], out: Path, cfg: FlowConfig, n_jobs: int) -> tuple[int, float]:
+    shutil.rmtree(out, ignore_errors=True)
+    cv2.setNumThreads(1)  # jobs=1 runs in this process
+    start = time.perf_counter()
+    summary = run_flow(jobs, out, dataclasses.replace(cfg, jobs=n_jobs))
+    return summary.pairs, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--frames", type=int, default=25)
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+    cfg = FlowConfig()
+    tmp = Path(tempfile.mkdtemp(prefix="flow_pipeline_bench_"))
+    try:
+        jobs = []
+        for name in CLIPS:
+            dst = tmp / "videos" / (Path(name).stem + ".mkv")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            cut(args.data / "clips" / name, dst, args.frames)
+            jobs.append(FlowJob(f"clips/{dst.stem}", dst))
+        grey = [to_gray(np.concatenate(list(VideoReader(j.path, cfg.size).chunks(1000, 1000)))) for j in jobs]
+        # the same grey frames the stage computes on (it decodes and resizes the same way)
+
+        results: dict[str, list[float]] = {"bare": [], "stage j1": [], "stage j2": [], "bare x2": []}
+        for _ in range(args.repeat):
+            pairs, secs = bare_loop(grey, cfg)
+            results["bare"].append(pairs / secs)
+            pairs, secs = stage(jobs, tmp / "out", cfg, 1)
+            results["stage j1"].append(pairs / secs)
+        pairs, secs = stage(jobs, tmp / "out", cfg, 2)
+        results["stage j2"].append(pairs / secs)
+        half = [grey[0::2], grey[1::2]]
+        start = time.perf_counter()
+        done = joblib.Parallel(n_jobs=2)(joblib.delayed(bare_loop)(g, cfg) for g in half)
+        results["bare x2"].append(sum(p for p, _ in done) / (time.perf_counter() - start))
+    finally:
+        shutil.rmtree(tmp)
+
+    rate = {k: float(np.mean(v)) for k, v in results.items()}
+    print(f"\n{sum(len(g) - 1 for g in grey)} pairs per run at {cfg.size}, scale_step {cfg.scale_step}, "
+          f"{joblib.cpu_count()} cores\n")
+    print("| run | pairs/s (each run) | pairs/s (mean) | ratio |")
+    print("|---|---|---|---|")
+    ratios = {"bare": "1.00 (baseline)",
+              "stage j1": f"{rate['stage j1'] / rate['bare']:.3f} of bare (overhead)",
+              "stage j2": f"{rate['stage j2'] / (2 * rate['stage j1']):.3f} parallel efficiency vs stage j1",
+              "bare x2": f"{rate['bare x2'] / (2 * rate['bare']):.3f} parallel efficiency vs bare"}
+    for k, v in results.items():
+        print(f"| {k} | {', '.join(f'{x:.2f}' for x in v)} | {rate[k]:.2f} | {ratios[k]} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The user tools of the CLI: `import-weights`, `predict`, `features`, `export`.
+
+`pipeline/cli.py` adds them with `add_subcommands(subparsers)` and runs them with `run(args, cfg)`.
+Like the stages they take `--config` / `--set` (predict and features read `[flow]` for decoding and
+TV-L1 and `[eval]` for the views, fusion and device; the other two ignore them) and raise the
+packages' errors, which the CLI prints as `error: ...`.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.config import Config, load_config
+
+HELP = {
+    "import-weights": "import published P3D weights (.caffemodel, pseudo-3d-pytorch .pth.tar) as a checkpoint",
+    "predict": "top-5 classes of video files under an RGB and/or flow checkpoint, and fused",
+    "features": "pool5 features of videos (the paper's 20-clip mirror-averaged protocol) to .npz/.parquet",
+    "export": "export a checkpoint's stream to TorchScript and ONNX",
+}
+COMMANDS = tuple(HELP)
+FORMATS = ("torchscript", "onnx")
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None,
+                        help="TOML config file (configs/*.toml); its [flow] and [eval] sections apply")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting, e.g. --set eval.clips=20 --set flow.size=340x256")
+
+
+def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
+    """Add the four tools to the CLI's subparsers (dest "stage")."""
+    p = subparsers.add_parser("import-weights", help=HELP["import-weights"], description=HELP["import-weights"])
+    p.add_argument("src", type=Path, help="a .caffemodel, or a pseudo-3d-pytorch checkpoint (.pth.tar)")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint to write (e.g. weights/p3d_rgb.pt)")
+    p.add_argument("--source", choices=("auto", "caffe", "pseudo3d"), default="auto",
+                   help="format of SRC (default: from its name, else its first bytes)")
+    p.add_argument("--arch", default=None, help="our builder (default: from the blocks in SRC)")
+    p.add_argument("--classes", type=Path, default=None,
+                   help="class names, one per line in the model's output order (default class_000, ...)")
+    p.add_argument("--fc-layer", default=None, help="Caffe classifier layer (default: the one named fc*)")
+    _config_args(p)
+
+    p = subparsers.add_parser("predict", help=HELP["predict"], description=HELP["predict"])
+    p.add_argument("videos", type=Path, nargs="+", metavar="VIDEO", help=".mp4, .avi, .mkv, .gif, ... files")
+    p.add_argument("--rgb", type=Path, default=None, help="RGB stream checkpoint")
+    p.add_argument("--flow", type=Path, default=None, help="flow stream checkpoint")
+    p.add_argument("--top", type=int, default=5, help="classes shown per stream (default 5)")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    _config_args(p)
+
+    p = subparsers.add_parser("features", help=HELP["features"], description=HELP["features"])
+    p.add_argument("videos", type=Path, metavar="VIDEO_DIR_OR_LIST",
+                   help="a directory (all videos under it) or a text file with one video path per line")
+    p.add_argument("--rgb", type=Path, required=True, help="RGB stream checkpoint")
+    p.add_argument("--flow", type=Path, default=None, help="flow stream checkpoint (adds flow and two_stream)")
+    p.add_argument("--out", type=Path, required=True, help="features file: .npz, or .parquet (needs pyarrow)")
+    p.add_argument("--force", action="store_true", help="recompute videos finished by an earlier, killed run")
+    _config_args(p)
+
+    p = subparsers.add_parser("export", help=HELP["export"], description=HELP["export"])
+    p.add_argument("checkpoint", type=Path, help="a stream checkpoint (trained or imported)")
+    p.add_argument("--out", type=Path, required=True, help="directory for the exported files")
+    p.add_argument("--format", dest="formats", choices=(*FORMATS, "all"), action="append", default=None,
+                   help="torchscript, onnx or all (default all; repeatable)")
+    p.add_argument("--output", choices=("logits", "features"), default="logits",
+                   help="what the exported graph returns: class logits or pool5 features")
+    p.add_argument("--clip-len", type=int, default=None, help="frames per clip (default: the checkpoint's)")
+    p.add_argument("--crop", type=int, default=None, help="clip height and width (default: the checkpoint's)")
+    _config_args(p)
+
+
+def _checkpoints(args: argparse.Namespace) -> dict[str, Path]:
+    return {name: path for name, path in (("rgb", args.rgb), ("flow", args.flow)) if path is not None}
+
+
+def run(args: argparse.Namespace, cfg: Config | None = None) -> None:
+    """Run the tool named by `args.stage`; `cfg` is the loaded config (loaded here when None)."""
+    if args.stage == "import-weights":
+        from streams.importers import import_weights
+
+        import_weights(args.src, args.out, source=args.source, arch=args.arch, classes=args.classes,
+                       fc_layer=args.fc_layer)
+    elif args.stage == "export":
+        from streams.export import export_checkpoint
+
+        formats = FORMATS if not args.formats or "all" in args.formats else tuple(dict.fromkeys(args.formats))
+        export_checkpoint(args.checkpoint, args.out, formats, args.output, args.clip_len, args.crop)
+    elif args.stage in ("predict", "features"):
+        cfg = cfg or load_config(args.config, args.overrides)
+        if args.stage == "predict":
+            from fusion.predict import run_predict
+
+            run_predict(args.videos, _checkpoints(args), cfg.flow, cfg.eval, args.top, args.json)
+        else:
+            from fusion.extract import extract_features
+
+            extract_features(args.videos, _checkpoints(args), args.out, cfg.flow, cfg.eval, force=args.force)
+    else:
+        raise ValueError(f"not a tool: {args.stage!r}")

@@ -1,0 +1,127 @@
+"""Export a stream for use outside this project: TorchScript (`.pt`) and ONNX (`.onnx`).
+
+The exported graph is the eval-mode network (dropout off, BN on its running statistics) from a
+normalised clip batch float32 [B, C, T, H, W] (streams.transforms: BGR 0-255 minus [104, 117, 123]
+for RGB, flow u8 minus 128) to the logits [B, classes] or, with `output="features"`, to pool5
+[B, 2048]. The batch axis is dynamic in both formats; T, H and W are those of the example clip
+(the checkpoint's clip length and crop) because the global pools are exported for that size.
+A JSON file beside the exports records what a user needs to feed them: modality, input shape and
+convention, classes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from streams.checkpoint import load_checkpoint
+from streams.errors import StreamsError
+
+FORMATS = ("torchscript", "onnx")
+OUTPUTS = ("logits", "features")
+SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}
+ONNX_OPSET = 18
+
+
+class _Features(nn.Module):
+    """pool5 of a P3D as its forward, so that tracing and ONNX export see it as the output."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.features(x)
+
+
+def exportable(model: nn.Module, output: str = "logits") -> nn.Module:
+    """The eval-mode module whose forward is what gets exported."""
+    if output not in OUTPUTS:
+        raise StreamsError(f"export output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+    module = _Features(model) if output == "features" else model
+    return module.eval()
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def export_torchscript(model: nn.Module, path: Path | str, example: torch.Tensor, output: str = "logits") -> Path:
+    """Trace `model` on `example` and save the TorchScript module (torch.jit.load reads it, also from C++)."""
+    path = Path(path)
+    module = exportable(model, output)
+    with torch.no_grad(), warnings.catch_warnings():
+        # TorchScript is deprecated upstream in favour of torch.export; it is what C++ (libtorch) and
+        # many serving stacks still load, and this export is for them. ONNX is the portable format.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit")
+        traced = torch.jit.trace(module, example, check_trace=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    traced.save(str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def export_onnx(model: nn.Module, path: Path | str, example: torch.Tensor, output: str = "logits",
+                opset: int = ONNX_OPSET) -> Path:
+    """Export to one self-contained ONNX file (input `clips`, output `logits` or `features`, batch dynamic)."""
+    path = Path(path)
+    module = exportable(model, output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    batch = torch.export.Dim("batch", min=1)
+    # The exporter logs a warning for each torchvision operator it cannot register: noise here.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    try:
+        with torch.no_grad():
+            program = torch.onnx.export(module, (example,), input_names=["clips"], output_names=[output],
+                                        opset_version=opset, dynamo=True, dynamic_shapes=({0: batch},),
+                                        external_data=False, verbose=False)
+    except ImportError as e:
+        raise StreamsError(f"ONNX export needs onnx and onnxscript ({e}): "
+                           "pip install 'p3d-two-stream[export]'") from None
+    program.save(str(tmp), external_data=False)
+    os.replace(tmp, path)
+    return path
+
+
+def export_checkpoint(checkpoint: Path | str, out_dir: Path | str, formats: Sequence[str] = FORMATS,
+                      output: str = "logits", clip_len: int | None = None, crop: int | None = None) -> list[Path]:
+    """Export the stream of a checkpoint (trained or imported) to `out_dir`/<checkpoint name>.{pt,onnx}
+    and a `.json` describing the input; returns the paths written.
+
+    `clip_len` and `crop` default to the checkpoint's training clips (16 x 160 x 160 for the paper's).
+    """
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise StreamsError(f"export formats must be among {', '.join(FORMATS)}, got {list(formats)}")
+    model, ckpt = load_checkpoint(checkpoint)
+    clip_len = clip_len or int(ckpt.train_config.get("clip_len", 16))
+    crop = crop or int(ckpt.train_config.get("crop", 160))
+    example = torch.zeros(1, ckpt.in_channels, clip_len, crop, crop)
+    stem = Path(checkpoint).name.split(".")[0]
+    out_dir = Path(out_dir)
+    written = []
+    for fmt in formats:
+        target = out_dir / f"{stem}.{output}{SUFFIX[fmt]}"
+        export = export_torchscript if fmt == "torchscript" else export_onnx
+        written.append(export(model, target, example, output))
+    info = {"checkpoint": str(checkpoint), "arch": ckpt.arch, "modality": ckpt.modality, "output": output,
+            "input_name": "clips", "input_shape": ["batch", ckpt.in_channels, clip_len, crop, crop],
+            "input_layout": "float32 [batch, channels, frames, height, width]",
+            "input_convention": ckpt.input_convention, "classes": ckpt.classes,
+            "files": [p.name for p in written]}
+    meta = out_dir / f"{stem}.{output}.json"
+    tmp = _tmp(meta)
+    tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, meta)
+    written.append(meta)
+    for path in written:
+        print(f"export: wrote {path}")
+    return written

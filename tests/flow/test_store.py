@@ -1,0 +1,159 @@
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from flow.errors import FlowError
+from flow.store import create_store, open_store, write_video
+
+
+def arrays(n=5, h=12, w=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 256, (n, h, w, 3), np.uint8), rng.integers(0, 256, (n - 1, h, w, 2), np.uint8))
+
+
+@pytest.mark.parametrize("codec", ["png", "raw"])
+def test_packed_round_trip_is_lossless(tmp_path, codec):
+    store = create_store(tmp_path, "packed", codec=codec)
+    rgb, flow = arrays()
+    store.write_video("Cls/v_1", rgb, flow)
+    again = open_store(tmp_path)
+    assert again.layout == "packed" and again.codec == codec and again.bound == 20.0
+    with again.open("Cls/v_1") as v:
+        assert (v.num_frames, v.num_flows, v.height, v.width) == (5, 4, 12, 16)
+        assert np.array_equal(v.rgb(range(5)), rgb)
+        assert np.array_equal(v.flow([3, 0, 3]), flow[[3, 0, 3]])
+        assert v.rgb([]).shape == (0, 12, 16, 3)
+
+
+def test_mmaction_layout_names_are_one_based_and_readable(tmp_path):
+    store = create_store(tmp_path, "mmaction", jpeg_quality=100)
+    rgb, flow = arrays(n=3, h=32, w=32)
+    rgb[:] = 90  # flat images survive JPEG almost exactly
+    flow[..., 0], flow[..., 1] = 128, 200
+    store.write_video("Cls/v_1", rgb, flow)
+    names = sorted(os.listdir(tmp_path / "Cls" / "v_1"))
+    assert names == ["flow_x_00001.jpg", "flow_x_00002.jpg", "flow_y_00001.jpg", "flow_y_00002.jpg",
+                     "img_00001.jpg", "img_00002.jpg", "img_00003.jpg"]
+    with open_store(tmp_path).open("Cls/v_1") as v:
+        assert (v.num_frames, v.num_flows) == (3, 2)
+        assert np.abs(v.rgb([2]).astype(int) - 90).max() <= 1
+        got = v.flow([1])[0].astype(int)
+        assert np.abs(got[..., 0] - 128).max() <= 1 and np.abs(got[..., 1] - 200).max() <= 1
+
+
+@pytest.mark.parametrize("layout", ["packed", "mmaction"])
+def test_streaming_writer_equals_whole_video_and_is_deterministic(tmp_path, layout):
+    rgb, flow = arrays(n=7)
+    a = create_store(tmp_path / "a", layout)
+    a.write_video("v", rgb, flow)
+    b = create_store(tmp_path / "b", layout)
+    with b.writer("v") as w:
+        for k in range(0, 7, 3):
+            w.add_rgb(rgb[k:k + 3])
+            if k:
+                w.add_flow(flow[k - 3:k])
+        w.add_flow(flow[6:])
+    pa, pb = a.path("v"), b.path("v")
+    files = sorted(p.name for p in pa.iterdir()) if pa.is_dir() else [""]
+    for name in files:
+        assert (pa / name if name else pa).read_bytes() == (pb / name if name else pb).read_bytes()
+    assert (tmp_path / "a" / "store.json").read_bytes() == (tmp_path / "b" / "store.json").read_bytes()
+
+
+@pytest.mark.parametrize("layout", ["packed", "mmaction"])
+def test_a_video_appears_only_when_complete(tmp_path, layout):
+    store = create_store(tmp_path, layout)
+    rgb, flow = arrays()
+    store.write_video("A/done", rgb, flow)
+    writer = store.writer("A/half")
+    writer.add_rgb(rgb[:3])
+    assert store.video_ids() == ["A/done"] and not store.has("A/half")
+    with pytest.raises(RuntimeError):
+        with store.writer("A/crash") as w:
+            w.add_rgb(rgb)
+            raise RuntimeError("killed")
+    assert store.video_ids() == ["A/done"]
+    assert not any(p.name.startswith(".crash") for p in (tmp_path / "A").iterdir())
+    # the half-written one is what a killed run leaves: it is cleaned up, never listed
+    assert store.clean_stale(["A/half", "A/done"]) >= 1
+    assert sorted(p.name for p in (tmp_path / "A").iterdir()) == [store.path("A/done").name]
+    with pytest.raises(FlowError, match="A/half"):
+        store.open("A/half")
+
+
+def test_wrong_counts_and_shapes_are_refused(tmp_path):
+    store = create_store(tmp_path)
+    rgb, flow = arrays()
+    with pytest.raises(FlowError, match="5 frames need 4 flow images, got 3"):
+        store.write_video("v", rgb, flow[:3])
+    with pytest.raises(FlowError, match="uint8"):
+        store.write_video("v", rgb.astype(np.float32), flow)
+    with pytest.raises(FlowError, match="earlier images"):
+        store.write_video("v", rgb, flow[:, :6])
+    assert store.video_ids() == []
+
+
+@pytest.mark.parametrize("bad", ["", "/abs", "a/../b", ".hidden", "a//b", "a/.tmp"])
+def test_bad_video_ids(tmp_path, bad):
+    store = create_store(tmp_path)
+    with pytest.raises(FlowError, match="video id"):
+        store.path(bad)
+
+
+def test_indices_out_of_range_name_the_video(tmp_path):
+    store = create_store(tmp_path)
+    store.write_video("v", *arrays())
+    with store.open("v") as v:
+        with pytest.raises(FlowError, match="video v: flow index 4 out of range"):
+            v.flow([4])
+        with pytest.raises(FlowError, match="frame index -1"):
+            v.rgb([-1])
+
+
+def test_broken_pack_file_is_reported(tmp_path):
+    store = create_store(tmp_path)
+    store.write_video("v", *arrays())
+    path = store.path("v")
+    path.write_bytes(path.read_bytes()[:-5])
+    with pytest.raises(FlowError, match="video v: .* not a complete pack file"):
+        store.open("v")
+
+
+def test_reader_pickles_for_dataloader_workers(tmp_path):
+    store = create_store(tmp_path)
+    rgb, flow = arrays()
+    store.write_video("v", rgb, flow)
+    clone = pickle.loads(pickle.dumps(store.open("v")))
+    assert np.array_equal(clone.flow([1]), flow[[1]])
+
+
+def test_open_store_errors(tmp_path):
+    with pytest.raises(FlowError, match="no flow store"):
+        open_store(tmp_path)
+    (tmp_path / "store.json").write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(FlowError, match="not a flow store"):
+        open_store(tmp_path)
+    (tmp_path / "store.json").write_text("{")
+    with pytest.raises(FlowError, match="cannot read"):
+        open_store(tmp_path)
+
+
+def test_reopening_with_other_settings_is_refused_unless_overwrite(tmp_path):
+    create_store(tmp_path, params={"scale_step": 0.5})
+    create_store(tmp_path, params={"scale_step": 0.5})  # same settings: fine
+    with pytest.raises(FlowError, match="params differ"):
+        create_store(tmp_path, params={"scale_step": 0.8})
+    with pytest.raises(FlowError, match="bound"):
+        create_store(tmp_path, bound=10, params={"scale_step": 0.5})
+    assert create_store(tmp_path, params={"scale_step": 0.8}, overwrite=True).params == {"scale_step": 0.8}
+
+
+def test_write_video_helper_and_ids(tmp_path):
+    create_store(tmp_path)
+    rgb, flow = arrays()
+    for vid in ["B/v2", "A/v1", "top"]:
+        write_video(tmp_path, vid, rgb, flow)
+    assert open_store(tmp_path).video_ids() == ["A/v1", "B/v2", "top"]

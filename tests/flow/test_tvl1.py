@@ -1,0 +1,54 @@
+import cv2
+import numpy as np
+import pytest
+
+from flow.config import FlowConfig
+from flow.errors import FlowError
+from flow.tvl1 import OpenCVTVL1, create_tvl1, to_gray
+
+
+def shifted_pair(dx, dy, size=64, seed=0):
+    rng = np.random.default_rng(seed)
+    big = cv2.GaussianBlur(rng.integers(0, 256, (size * 2, size * 2), np.uint8), (0, 0), 2.0)
+    a = big[size // 2: size // 2 + size, size // 2: size // 2 + size]
+    m = np.float32([[1, 0, dx], [0, 1, dy]])  # content moves by (dx, dy): b(x + d) = a(x)
+    b = cv2.warpAffine(big, m, big.shape[::-1], flags=cv2.INTER_CUBIC)[size // 2: size // 2 + size,
+                                                                        size // 2: size // 2 + size]
+    return a, b
+
+
+@pytest.mark.parametrize("dx,dy", [(1.5, -0.75), (-3.0, 2.0), (0.0, 0.0)])
+def test_recovers_a_known_translation(dx, dy):
+    a, b = shifted_pair(dx, dy)
+    flow = OpenCVTVL1(FlowConfig()).compute(np.stack([a, b, b]))
+    assert flow.shape == (2, 64, 64, 2) and flow.dtype == np.float32
+    inner = flow[0, 12:-12, 12:-12]
+    err = np.hypot(inner[..., 0] - dx, inner[..., 1] - dy)
+    assert np.median(err) < 0.1
+    assert np.abs(flow[1, 12:-12, 12:-12]).mean() < 0.05  # b -> b: no motion
+
+
+def test_every_parameter_reaches_opencv():
+    cfg = FlowConfig(tau=0.2, lambda_=0.1, theta=0.4, nscales=3, warps=2, epsilon=0.02,
+                     inner_iterations=7, outer_iterations=4, scale_step=0.6, gamma=0.1,
+                     median_filtering=3, use_initial_flow=True)
+    t = create_tvl1(cfg)
+    got = (t.getTau(), t.getLambda(), t.getTheta(), t.getScalesNumber(), t.getWarpingsNumber(),
+           t.getEpsilon(), t.getInnerIterations(), t.getOuterIterations(), t.getScaleStep(),
+           t.getGamma(), t.getMedianFiltering(), t.getUseInitialFlow())
+    assert got == pytest.approx((0.2, 0.1, 0.4, 3, 2, 0.02, 7, 4, 0.6, 0.1, 3, True))
+
+
+def test_initial_flow_option_runs_and_agrees():
+    a, b = shifted_pair(2.0, 0.0)
+    frames = np.stack([a, b, a])
+    plain = OpenCVTVL1(FlowConfig()).compute(frames)
+    warm = OpenCVTVL1(FlowConfig(use_initial_flow=True)).compute(frames)
+    assert np.abs(warm[:, 12:-12, 12:-12] - plain[:, 12:-12, 12:-12]).mean() < 0.1
+
+
+def test_input_checks_and_single_frame():
+    with pytest.raises(FlowError, match="uint8"):
+        OpenCVTVL1(FlowConfig()).compute(np.zeros((2, 8, 8), np.float32))
+    assert OpenCVTVL1(FlowConfig()).compute(np.zeros((1, 8, 8), np.uint8)).shape == (0, 8, 8, 2)
+    assert to_gray(np.zeros((3, 4, 5, 3), np.uint8)).shape == (3, 4, 5)

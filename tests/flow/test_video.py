@@ -1,0 +1,84 @@
+import os
+
+import numpy as np
+import pytest
+
+from flow.errors import FlowError
+from flow.video import VideoReader, output_size, parse_size
+
+from .conftest import moving_square, write_video
+
+
+@pytest.mark.parametrize("size,src,expected", [
+    ("340x256", (1920, 1080), (340, 256)),
+    ("256", (1920, 1080), (455, 256)),
+    ("256", (480, 640), (256, 341)),
+    ("", (426, 240), (426, 240)),
+    ("128", (128, 96), (171, 128)),
+])
+def test_output_size(size, src, expected):
+    assert output_size(*src, size) == expected
+
+
+@pytest.mark.parametrize("bad", ["x256", "340x", "-3", "3x4x5", "big"])
+def test_bad_size(bad):
+    with pytest.raises(FlowError, match="flow.size"):
+        parse_size(bad)
+
+
+@pytest.mark.parametrize("ext", [".avi", ".mp4", ".mkv"])
+def test_reads_every_frame_in_chunks(tmp_path, ext):
+    frames = moving_square(11)
+    path = write_video(tmp_path / f"v{ext}", frames)
+    reader = VideoReader(path, "32x24")
+    chunks = list(reader.chunks(4, 3))
+    assert [len(c) for c in chunks] == [4, 3, 3, 1]
+    assert chunks[0].shape[1:] == (24, 32, 3) and chunks[0].dtype == np.uint8
+    assert reader.frames_read == 11 and reader.declared_frames == 11
+    reader.check_complete(0.02)
+
+
+def test_lossless_video_decodes_to_the_written_frames(tmp_path):
+    frames = moving_square(5)
+    path = write_video(tmp_path / "v.mkv", frames)  # FFV1 is lossless
+    got = np.concatenate(list(VideoReader(path).chunks(10, 10)))
+    assert np.array_equal(got, frames)
+
+
+def test_unreadable_files_raise_with_the_path(tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(FlowError, match="empty.mp4: empty file"):
+        VideoReader(empty)
+    junk = tmp_path / "junk.avi"
+    junk.write_bytes(os.urandom(4096))
+    with pytest.raises(FlowError, match="junk.avi: cannot open"):
+        VideoReader(junk)
+    with pytest.raises(FlowError, match="no such video file"):
+        VideoReader(tmp_path / "missing.avi")
+
+
+def test_truncated_videos_are_detected(tmp_path):
+    data = write_video(tmp_path / "v.avi", moving_square(40)).read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    reader = VideoReader(cut)
+    list(reader.frames())
+    assert 0 < reader.frames_read < 40
+    with pytest.raises(FlowError, match=r"truncated or corrupt: decoded \d+ of the 40 frames"):
+        reader.check_complete(0.02)
+    reader.check_complete(1.0)  # the check can be turned off
+    mp4 = write_video(tmp_path / "v.mp4", moving_square(40)).read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(mp4[: len(mp4) // 2])  # index at the end: lost
+    with pytest.raises(FlowError, match="cut.mp4: cannot open"):
+        VideoReader(tmp_path / "cut.mp4")
+
+
+def test_real_gif_and_large_video(shared_data):
+    gif = VideoReader(shared_data / "clips" / "i3d_cricket" / "v_CricketShot_g04_c01_rgb.gif", "32")
+    frames = np.concatenate(list(gif.chunks(64, 64)))
+    assert frames.shape == (79, 32, 32, 3)
+    gif.check_complete(0.02)
+    big = VideoReader(shared_data / "clips" / "drink_water__ntu_S001C001P001R001A001.avi", "340x256")
+    first = next(big.chunks(2, 2))
+    assert first.shape == (2, 256, 340, 3)

@@ -1,0 +1,30 @@
+import cv2
+import numpy as np
+
+from flow.visualise import colour_wheel, flow_to_colour, write_flow_png
+
+
+def test_wheel_has_55_hues_starting_at_red():
+    wheel = colour_wheel()
+    assert wheel.shape == (55, 3)
+    assert wheel[0].tolist() == [255, 0, 0]
+
+
+def test_directions_and_zero():
+    f = np.array([[[1, 0], [-1, 0], [0, 1], [0, -1], [0, 0]]], np.float32)
+    rgb = flow_to_colour(f)[0, :, ::-1].astype(int)
+    assert rgb[4].tolist() == [255, 255, 255]  # no motion: white
+    assert rgb[0].tolist() == [255, 0, 0]  # right: red
+    assert rgb[1][0] == 0 and rgb[1][2] == 255  # left: cyan-blue
+    assert rgb[2][0] == 255 and rgb[2][1] > 200 and rgb[2][2] == 0  # down: yellow
+    assert rgb[3][2] == 255 and rgb[3][1] == 0  # up: violet
+    half = flow_to_colour(f * 0.5, max_flow=1.0)[0, 0, ::-1].astype(int)
+    assert half.tolist() == [255, 128, 128]  # half the magnitude: half saturated
+
+
+def test_png_written(tmp_path):
+    yy, xx = np.mgrid[-20:21, -30:31].astype(np.float32)
+    write_flow_png(tmp_path / "wheel.png", np.stack([xx, yy], -1))
+    img = cv2.imread(str(tmp_path / "wheel.png"))
+    assert img.shape == (41, 61, 3)
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 100

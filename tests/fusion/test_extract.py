@@ -1,0 +1,116 @@
+"""`features`: the paper's feature protocol on video files, resumable, to .npz (or .parquet)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from flow.stage import FlowJob, run_flow
+from flow.store import open_store
+from fusion import extract
+from fusion.config import EvalConfig
+from fusion.errors import FusionError
+from fusion.extract import extract_features, list_videos
+from fusion.scoring import ClipGeometry, StreamRunner
+from fusion.views import feature_views
+from streams.checkpoint import load_checkpoint
+from tests.fusion.test_predict import FAST_FLOW, checkpoints, write_avi
+
+CFG = EvalConfig(svm_clips=3)
+
+
+@pytest.fixture
+def video_dir(tmp_path):
+    root = tmp_path / "videos"
+    write_avi(root / "jump" / "v1.avi", frames=10, seed=1)
+    write_avi(root / "run" / "v2.avi", frames=14, seed=2)
+    (root / "run" / "broken.mp4").write_bytes(b"not a video at all")
+    (root / "notes.txt").write_text("not a video")
+    return root
+
+
+def stored_feature(video, store_dir, ckpt_path, name):
+    """The known answer: `make flow`'s store, the evaluation runner's pool5 over the feature views."""
+    run_flow([FlowJob("v", video)], store_dir, FAST_FLOW)
+    model, ckpt = load_checkpoint(ckpt_path)
+    geometry = ClipGeometry.from_train_config(ckpt.train_config)
+    runner = StreamRunner(model, name, geometry, 16, torch.device("cpu"))
+    with open_store(store_dir).open("v") as frames:
+        length = frames.num_frames if name == "rgb" else frames.num_flows
+        _, pool5 = runner.run(frames, feature_views(length, geometry.clip_len, CFG.svm_clips))
+    return pool5.mean(axis=0)
+
+
+def test_features_follow_the_paper_protocol(tmp_path, video_dir, tiny_checkpoints):
+    out = tmp_path / "features.npz"
+    summary = extract_features(video_dir, checkpoints(tiny_checkpoints), out, FAST_FLOW, CFG)
+    assert (summary.videos, summary.computed, summary.failed) == (3, 2, 1)
+    with np.load(out, allow_pickle=False) as data:
+        assert list(data["ids"]) == ["jump/v1", "run/v2"]
+        assert list(data["failed_ids"]) == ["run/broken"] and "broken.mp4" in data["failed_reasons"][0]
+        assert data["rgb"].shape == data["flow"].shape == (2, 256)
+        for name in ("rgb", "flow"):
+            np.testing.assert_allclose(data[f"{name}_normalised"],
+                                       np.sign(data[name]) * np.sqrt(np.abs(data[name]))
+                                       / np.linalg.norm(np.sqrt(np.abs(data[name])), axis=1, keepdims=True), atol=1e-6)
+        np.testing.assert_allclose(np.linalg.norm(data["two_stream"], axis=1), 1.0, atol=1e-6)
+        meta = json.loads(str(data["meta"]))
+        assert meta["svm_clips"] == 3 and set(meta["checkpoints"]) == {"rgb", "flow"}
+        for k, name in enumerate(("rgb", "flow")):
+            expected = stored_feature(video_dir / "run" / "v2.avi", tmp_path / f"store{k}",
+                                      checkpoints(tiny_checkpoints)[name], name)
+            np.testing.assert_allclose(data[name][1], expected, atol=1e-5)
+    assert not (tmp_path / "features.npz.parts").exists()
+
+
+def test_features_resume_after_a_kill(tmp_path, video_dir, tiny_checkpoints, monkeypatch):
+    ckpts = {"rgb": checkpoints(tiny_checkpoints)["rgb"]}
+    out = tmp_path / "rgb.npz"
+    real = extract.video_features
+    calls = []
+
+    def dies_on_the_second(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(extract, "video_features", dies_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(video_dir, ckpts, out, FAST_FLOW, CFG)
+    assert not out.exists() and len(list((tmp_path / "rgb.npz.parts").glob("*.npz"))) == 1
+    monkeypatch.setattr(extract, "video_features", real)
+    summary = extract_features(video_dir, ckpts, out, FAST_FLOW, CFG)
+    assert (summary.resumed, summary.computed, summary.failed) == (1, 1, 1)
+    fresh = extract_features(video_dir, ckpts, tmp_path / "fresh.npz", FAST_FLOW, CFG)
+    assert fresh.computed == 2
+    with np.load(out) as a, np.load(tmp_path / "fresh.npz") as b:
+        np.testing.assert_array_equal(a["rgb"], b["rgb"])
+        assert "flow" not in a.files and "two_stream" not in a.files
+
+
+def test_video_lists_and_output_formats(tmp_path, video_dir, tiny_checkpoints):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# my videos\nvideos/jump/v1.avi\n\n{video_dir / 'run' / 'v2.avi'}\n")
+    ids = [video_id for video_id, _ in list_videos(listing)]
+    assert ids == [(video_dir / "run" / "v2").as_posix(), "videos/jump/v1"]
+    listing.write_text("videos/jump/v1.avi\nvideos/jump/v1.mp4\n")
+    with pytest.raises(FusionError, match="would both have the id 'videos/jump/v1'"):
+        list_videos(listing)
+    with pytest.raises(FusionError, match="no such directory or list file"):
+        list_videos(tmp_path / "absent")
+    with pytest.raises(FusionError, match="must end in .npz or .parquet"):
+        extract_features(video_dir, checkpoints(tiny_checkpoints), tmp_path / "f.csv", FAST_FLOW, CFG)
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        with pytest.raises(FusionError, match="pip install pyarrow.*or write .npz"):
+            extract_features(video_dir, checkpoints(tiny_checkpoints), tmp_path / "f.parquet", FAST_FLOW, CFG)
+        return
+    extract_features(video_dir, checkpoints(tiny_checkpoints), tmp_path / "f.parquet", FAST_FLOW, CFG)
+    table = pq.read_table(tmp_path / "f.parquet")
+    assert table.column("video_id").to_pylist() == ["jump/v1", "run/v2"]
+    assert len(table.column("two_stream").to_pylist()[0]) == 512
+    assert b"p3d_two_stream" in table.schema.metadata

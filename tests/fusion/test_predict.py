@@ -1,0 +1,137 @@
+"""`predict` on video files: the same scores as `make flow` + the evaluation's scoring, any container."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from flow.config import FlowConfig
+from flow.errors import FlowError
+from flow.stage import FlowJob, run_flow
+from flow.store import open_store
+from fusion import fuse
+from fusion.config import EvalConfig
+from fusion.decoded import decode_for_views
+from fusion.errors import FusionError
+from fusion.predict import format_predictions, load_streams, predict, predict_video
+from fusion.scoring import ClipGeometry, StreamRunner
+from fusion.views import score_views
+from streams.checkpoint import load_checkpoint
+
+# Cheap TV-L1: these tests check the plumbing, the flow package tests TV-L1 itself.
+FAST_FLOW = FlowConfig(size="", jobs=1, nscales=2, warps=1, inner_iterations=5, outer_iterations=2,
+                       median_filtering=1, batch_pairs=8)
+
+
+def write_avi(path: Path, frames: int = 12, width: int = 40, height: int = 30, seed: int = 0) -> Path:
+    """A textured square drifting right and down over noise (MJPG .avi)."""
+    rng = np.random.default_rng(seed)
+    background = cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), np.uint8), (5, 5), 1.5)
+    square = rng.integers(0, 256, (12, 12, 3), np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (width, height))
+    for t in range(frames):
+        frame = background.copy()
+        y, x = 4 + t % (height - 16), 2 + (2 * t) % (width - 14)
+        frame[y:y + 12, x:x + 12] = square
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def checkpoints(tiny_checkpoints) -> dict[str, Path]:
+    return {name: d / "last.pt" for name, d in tiny_checkpoints.items()}
+
+
+def stored_video_scores(video: Path, store_dir: Path, ckpts: dict[str, Path], cfg: EvalConfig) -> dict[str, np.ndarray]:
+    """The known answer: `make flow` writes the video to a store, the evaluation's runner scores it."""
+    run_flow([FlowJob("v", video)], store_dir, FAST_FLOW)
+    scores = {}
+    with open_store(store_dir).open("v") as frames:
+        for name, path in ckpts.items():
+            model, ckpt = load_checkpoint(path)
+            geometry = ClipGeometry.from_train_config(ckpt.train_config)
+            runner = StreamRunner(model, name, geometry, cfg.batch_views, torch.device("cpu"))
+            length = frames.num_frames if name == "rgb" else frames.num_flows
+            logits, _ = runner.run(frames, score_views(length, geometry.clip_len, cfg.clips, cfg.crops))
+            scores[name] = fuse.video_scores(logits, cfg.fusion_scores)
+    return scores
+
+
+def test_predict_gives_the_scores_of_make_flow_then_eval(tmp_path, tiny_checkpoints):
+    video = write_avi(tmp_path / "clip.avi")
+    ckpts = checkpoints(tiny_checkpoints)
+    cfg = EvalConfig(clips=3, crops="three")
+    expected = stored_video_scores(video, tmp_path / "store", ckpts, cfg)
+    streams = load_streams(ckpts, cfg)
+    prediction = predict_video(video, streams, FAST_FLOW, cfg, top_k=3)
+    classes = streams[0].checkpoint.classes
+    assert prediction.frames == 12 and list(prediction.top) == ["rgb", "flow", "fusion"]
+    for name in ("rgb", "flow"):
+        got = dict(prediction.top[name])
+        np.testing.assert_allclose([got[c] for c in classes], expected[name], atol=1e-6)
+    fused = (1.0 * expected["rgb"] + 1.5 * expected["flow"]) / 2.5  # default weights 1 : 1.5
+    got = dict(prediction.top["fusion"])
+    np.testing.assert_allclose([got[c] for c in classes], fused, atol=1e-6)
+    probabilities = [p for _, p in prediction.top["fusion"]]
+    assert probabilities == sorted(probabilities, reverse=True)
+
+
+def test_flow_is_computed_only_for_the_views(tmp_path):
+    video = write_avi(tmp_path / "long.avi", frames=30)
+    views = {"flow": score_views(29, 4, 2, "center")}
+    decoded, planned = decode_for_views(video, FAST_FLOW, {"flow": 4}, lambda m, n: views[m])
+    assert decoded.num_frames == 30 and decoded.num_flows == 29
+    needed = sorted({v.start + k for v in planned["flow"] for k in range(4)})
+    assert planned["flow"] == views["flow"] and len(needed) == 8  # 2 clips of 4, not all 29 pairs
+    assert decoded.flow(needed).shape == (8, 30, 40, 2)
+    skipped = min(set(range(29)) - set(needed))
+    with pytest.raises(FlowError, match=f"flow {skipped} was not decoded"):
+        decoded.flow([skipped])
+
+
+def test_predict_reports_broken_videos_and_goes_on(tmp_path, tiny_checkpoints):
+    good = write_avi(tmp_path / "good.avi")
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
+    predictions = predict([broken, good], checkpoints(tiny_checkpoints), FAST_FLOW, EvalConfig(clips=1))
+    assert str(broken) in predictions[0].error and not predictions[0].top
+    assert len(predictions[1].top["fusion"]) == 3 and not predictions[1].error
+    document = json.loads(format_predictions(predictions, as_json=True))
+    assert document[0]["video"] == str(broken) and "error" in document[0]
+    assert set(document[1]) == {"video", "frames", "rgb", "flow", "fusion"}
+    assert {"class", "probability"} == set(document[1]["fusion"][0])
+    text = format_predictions(predictions)
+    assert "error:" in text and "fusion" in text
+    with pytest.raises(FusionError, match="no video could be scored"):
+        predict([broken], checkpoints(tiny_checkpoints), FAST_FLOW, EvalConfig(clips=1))
+
+
+def test_predict_checks_the_streams(tmp_path, tiny_checkpoints):
+    ckpts = checkpoints(tiny_checkpoints)
+    video = write_avi(tmp_path / "v.avi")
+    with pytest.raises(FusionError, match="is a rgb stream, given as the flow one"):
+        predict([video], {"flow": ckpts["rgb"]}, FAST_FLOW, EvalConfig(clips=1))
+    with pytest.raises(FusionError, match="an RGB and/or a flow checkpoint"):
+        predict([video], {}, FAST_FLOW, EvalConfig(clips=1))
+    only_rgb = predict([video], {"rgb": ckpts["rgb"]}, FAST_FLOW, EvalConfig(clips=1), top_k=2)
+    assert list(only_rgb[0].top) == ["rgb"] and len(only_rgb[0].top["rgb"]) == 2
+
+
+@pytest.mark.parametrize("name, frames", [("i3d_cricket/v_CricketShot_g04_c01_rgb.gif", 79),
+                                          ("flipping_pancake__decord.mkv", 310),
+                                          ("drink_water__ntu_S001C001P001R001A001.avi", 103),
+                                          ("tai_chi__mmskeleton.mp4", 300)])
+def test_predict_on_real_clips(shared_data, tiny_checkpoints, name, frames):
+    """Every container of ../shared/data/clips, the 1920x1080 one included, downscaled to keep it cheap."""
+    flow_cfg = FlowConfig(**{**FAST_FLOW.__dict__, "size": "48x32"})
+    (prediction,) = predict([shared_data / "clips" / name], checkpoints(tiny_checkpoints), flow_cfg,
+                            EvalConfig(clips=1))
+    assert not prediction.error and prediction.frames == frames
+    for top in prediction.top.values():
+        assert len(top) == 3 and all(0.0 <= p <= 1.0 for _, p in top)
+        assert sum(p for _, p in top) == pytest.approx(1.0)  # 3 classes: the top-5 holds them all

@@ -1,0 +1,187 @@
+"""run_eval end to end on a tiny store with tiny random streams; the report; bad input."""
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fusion import metrics, scoring
+from fusion.config import EvalConfig
+from fusion.errors import FusionError
+from fusion.report import COLUMNS
+from fusion.stage import average_splits, run_eval, svm_from_features
+
+from .conftest import CLASSES, save_tiny_checkpoint
+
+CFG = EvalConfig(clips=3, crops="three", batch_views=5, svm_clips=4, svm_cs=[0.1, 10.0], svm_folds=3, jobs=1)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_store, tiny_checkpoints, tmp_path_factory):
+    store, train, test = tiny_store
+    out = tmp_path_factory.mktemp("eval")
+    missing = "Blue/v_Blue_99"  # a test video that is not in the store
+    table = run_eval(store, tiny_checkpoints, train, test + [(missing, (2,))], CLASSES, CFG, out,
+                     protocol="tiny split 1", excluded=["Red/v_Red_98"])
+    return table, out, test
+
+
+def test_report_rows_columns_and_files(evaluated):
+    table, out, test = evaluated
+    assert list(table.columns) == COLUMNS
+    assert list(table["method"]) == ["rgb", "flow", "fusion", "svm_rgb", "svm_flow", "svm_two_stream"]
+    assert (table["videos"] == len(test)).all()
+    assert (table["excluded"] == 2).all()  # one passed in, one missing from the store
+    assert table["clip_hit@1"].notna().tolist() == [True, True, False, False, False, False]
+    for name in ("results.csv", "results.md", "per_class.csv", "confusion.png", "scores.npz", "scores.csv",
+                 "excluded.csv", "features/rgb.npz", "features/flow.npz"):
+        assert (out / name).is_file(), name
+    assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), table, check_exact=False, atol=1e-3)
+    excluded = pd.read_csv(out / "excluded.csv")
+    assert sorted(excluded["video_id"]) == ["Blue/v_Blue_99", "Red/v_Red_98"]
+    assert "2 excluded" in (out / "results.md").read_text()
+    per_class = pd.read_csv(out / "per_class.csv")
+    assert list(per_class["class"]) == CLASSES and per_class["videos"].tolist() == [3, 3, 3]
+
+
+def test_features_separate_the_classes_so_every_svm_is_right(evaluated):
+    table, _, _ = evaluated
+    svm_rows = table.set_index("method").loc[["svm_rgb", "svm_flow", "svm_two_stream"]]
+    assert (svm_rows["video_hit@1"] == 100).all()
+    assert (svm_rows["mean_class_acc"] == 100).all()
+
+
+def test_table_agrees_with_the_dumped_scores(evaluated):
+    table, out, test = evaluated
+    with np.load(out / "scores.npz") as dump:
+        assert list(dump["video_ids"]) == [v for v, _ in test]
+        labels = [tuple(int(c) for c in row if c >= 0) for row in dump["labels"]]
+        rows = table.set_index("method")
+        for method in rows.index:
+            assert 100 * metrics.hit_at_k(dump[method], labels, 1) == pytest.approx(rows.loc[method, "video_hit@1"])
+            assert 100 * metrics.mean_average_precision(dump[method], labels) == pytest.approx(rows.loc[method, "mAP"])
+        views = dump["views_rgb"]
+        assert views.shape == (len(test), 3 * 3, len(CLASSES))  # 3 clips x 3 crops
+        # Fused = 1 x softmax-averaged RGB + 1.5 x softmax-averaged flow, from the per-view logits.
+        soft = {s: np.exp(dump[f"views_{s}"]) / np.exp(dump[f"views_{s}"]).sum(-1, keepdims=True) for s in ("rgb", "flow")}
+        np.testing.assert_allclose(dump["fusion"], soft["rgb"].mean(1) + 1.5 * soft["flow"].mean(1), rtol=1e-5)
+        clip = 100 * metrics.hit_at_k(views.reshape(-1, 3), [lab for lab in labels for _ in range(9)], 1)
+        assert clip == pytest.approx(rows.loc["rgb", "clip_hit@1"])
+
+
+def test_rerun_uses_the_cache_not_the_network(evaluated, tiny_store, tiny_checkpoints, monkeypatch, tmp_path):
+    table, out, test = evaluated
+    store, train, _ = tiny_store
+    copy = tmp_path / "eval"
+    shutil.copytree(out, copy)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network ran although every output was cached")
+
+    monkeypatch.setattr(scoring.StreamRunner, "run", no_network)
+    again = run_eval(store, tiny_checkpoints, train, test, CLASSES, CFG, copy, protocol="tiny split 1", excluded=[])
+    pd.testing.assert_frame_equal(again.drop(columns="excluded"), table.drop(columns="excluded"))
+    # Other fusion weights and SVM settings need no network either.
+    other = EvalConfig(**{**CFG.__dict__, "fusion_weights": [1.0, 0.0], "svm_cs": [1.0]})
+    fused = run_eval(store, tiny_checkpoints, train, test, CLASSES, other, copy, protocol="t", excluded=[])
+    rows = fused.set_index("method")
+    assert rows.loc["fusion", "video_hit@1"] == rows.loc["rgb", "video_hit@1"]
+
+
+def test_parallel_processes_give_the_same_report(evaluated, tiny_store, tiny_checkpoints, tmp_path):
+    table, _, test = evaluated
+    store, train, _ = tiny_store
+    cfg = EvalConfig(**{**CFG.__dict__, "jobs": 2})
+    parallel = run_eval(store, tiny_checkpoints, train, test, CLASSES, cfg, tmp_path, protocol="tiny split 1",
+                        excluded=["Red/v_Red_98", "Blue/v_Blue_99"])
+    pd.testing.assert_frame_equal(parallel, table, check_exact=False, rtol=1e-4)
+
+
+def test_fusion_weight_chosen_on_train_videos(tiny_store, tiny_checkpoints, tmp_path):
+    store, train, test = tiny_store
+    cfg = EvalConfig(clips=2, svm=False, fusion_cv=True, fusion_cv_grid=[0.0, 1.0, 100.0], jobs=1)
+    table = run_eval(store, tiny_checkpoints, train, test, CLASSES, cfg, tmp_path, protocol="t", excluded=[])
+    assert list(table["method"]) == ["rgb", "flow", "fusion"]
+    assert "chosen on 15 train videos" in table.set_index("method").loc["fusion", "details"]
+
+
+def test_svm_rerun_from_saved_features(evaluated):
+    table, out, _ = evaluated
+    rerun = svm_from_features(out / "features", CFG)
+    expected = table[table["method"].str.startswith("svm_")].reset_index(drop=True)
+    pd.testing.assert_frame_equal(rerun, expected)
+
+
+def test_average_splits(tmp_path):
+    a = pd.DataFrame([{"method": "rgb", "clip_hit@1": 50.0, "video_hit@1": 60.0, "video_hit@5": 90.0,
+                       "mean_class_acc": 55.0, "mAP": 70.0, "videos": 10, "excluded": 1, "protocol": "s1",
+                       "details": "x"}], columns=COLUMNS)
+    b = a.assign(**{"video_hit@1": 80.0, "videos": 12, "excluded": 0, "protocol": "s2"})
+    avg = average_splits([a, b], tmp_path, protocol="3-split")
+    row = avg.iloc[0]
+    assert row["video_hit@1"] == 70.0 and row["clip_hit@1"] == 50.0
+    assert row["videos"] == 22 and row["excluded"] == 1 and row["splits"] == 2 and row["protocol"] == "3-split"
+    assert (tmp_path / "results.csv").is_file() and "| rgb | 50.00 | 70.00 |" in (tmp_path / "results.md").read_text()
+
+
+def test_single_stream_eval(tiny_store, tiny_checkpoints, tmp_path):
+    store, train, test = tiny_store
+    cfg = EvalConfig(clips=2, svm_clips=2, svm_folds=2, jobs=1)
+    table = run_eval(store, {"rgb": tiny_checkpoints["rgb"]}, train, test, CLASSES, cfg, tmp_path,
+                     protocol="t", excluded=[])
+    assert list(table["method"]) == ["rgb", "svm_rgb"]
+
+
+# Bad input: each message names the file or video and what to run.
+
+def _eval(tiny_store, checkpoints, tmp_path, **kwargs):
+    store, train, test = tiny_store
+    args = dict(store_dir=store, checkpoints=checkpoints, train_items=train, test_items=test, classes=CLASSES,
+                cfg=EvalConfig(clips=1, svm=False, jobs=1), out_dir=tmp_path / "out", protocol="t", excluded=[])
+    args.update(kwargs)
+    return run_eval(**args)
+
+
+def test_missing_checkpoint_names_the_training_to_run(tiny_store, tiny_checkpoints, tmp_path):
+    with pytest.raises(FusionError, match=r"flow stream.*make train-flow"):
+        _eval(tiny_store, {**tiny_checkpoints, "flow": tmp_path / "never_trained"}, tmp_path)
+    (tmp_path / "unfinished").mkdir()
+    with pytest.raises(FusionError, match=r"not finished.*make train-rgb"):
+        _eval(tiny_store, {**tiny_checkpoints, "rgb": tmp_path / "unfinished"}, tmp_path)
+    with pytest.raises(FusionError, match=r"broken\.pt.*make train-rgb"):
+        (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+        _eval(tiny_store, {**tiny_checkpoints, "rgb": tmp_path / "broken.pt"}, tmp_path)
+
+
+def test_modality_and_class_mismatches(tiny_store, tiny_checkpoints, tmp_path):
+    with pytest.raises(FusionError, match=r"is a rgb stream but was given as the flow stream.*make train-flow"):
+        _eval(tiny_store, {**tiny_checkpoints, "flow": tiny_checkpoints["rgb"]}, tmp_path)
+    four = save_tiny_checkpoint(tmp_path / "four.pt", "flow", classes=CLASSES + ["Extra"])
+    with pytest.raises(FusionError, match=r"four\.pt has 4 classes, the dataset has 3.*make train-flow"):
+        _eval(tiny_store, {**tiny_checkpoints, "flow": four}, tmp_path)
+    renamed = save_tiny_checkpoint(tmp_path / "renamed.pt", "rgb", classes=["Red", "Green", "Cyan"])
+    with pytest.raises(FusionError, match=r"class 2 = 'Cyan', the dataset 'Blue'"):
+        _eval(tiny_store, {**tiny_checkpoints, "rgb": renamed}, tmp_path)
+
+
+def test_missing_store_says_run_make_flow(tiny_store, tiny_checkpoints, tmp_path):
+    with pytest.raises(FusionError, match=r"make flow"):
+        _eval(tiny_store, tiny_checkpoints, tmp_path, store_dir=tmp_path / "no_store")
+
+
+def test_videos_without_flow_are_excluded_and_counted(tiny_store, tiny_checkpoints, tmp_path):
+    from flow.store import open_store
+
+    store, train, test = tiny_store
+    root = tmp_path / "store"
+    shutil.copytree(store, root)
+    one = np.zeros((1, 24, 32, 3), np.uint8)
+    open_store(root).write_video("Red/one_frame", one, np.zeros((0, 24, 32, 2), np.uint8))
+    table = _eval(tiny_store, tiny_checkpoints, tmp_path, store_dir=root,
+                  test_items=test + [("Red/one_frame", (0,))])
+    assert (table["excluded"] == 1).all() and (table["videos"] == len(test)).all()
+    reasons = pd.read_csv(tmp_path / "out" / "excluded.csv").set_index("video_id")["reason"]
+    assert "no flow images" in reasons["Red/one_frame"]
+    with pytest.raises(FusionError, match=r"none of the test videos"):
+        _eval(tiny_store, tiny_checkpoints, tmp_path, store_dir=root, test_items=[("Red/one_frame", (0,))])

@@ -1,0 +1,394 @@
+"""Dataset readers against annotation files written byte for byte the way the real ones are."""
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from pipeline.datasets import DatasetConfig, VideoRecord, items, read_dataset
+from pipeline.errors import DatasetError
+
+
+def write(path: Path, data: bytes | str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return path
+
+
+def touch(root: Path, *names: str) -> None:
+    for name in names:
+        write(root / name, b"")
+
+
+# --- UCF101 -----------------------------------------------------------------------------------------
+
+CLASS_IND = b"1 ApplyEyeMakeup\r\n2 HandstandPushups\r\n3 YoYo\r\n"
+TRAIN1 = (b"ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\r\n"
+          b"HandstandPushups/v_HandStandPushups_g08_c01.avi 2\r\n"
+          b"YoYo/v_YoYo_g25_c04.avi 3\r\n")
+TEST1 = b"ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\r\nHandstandPushups/v_HandStandPushups_g01_c03.avi\r\n"
+UCF_VIDEOS = ["ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", "HandstandPushups/v_HandStandPushups_g08_c01.avi",
+              "YoYo/v_YoYo_g25_c04.avi", "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi",
+              "HandstandPushups/v_HandStandPushups_g01_c03.avi"]
+
+
+@pytest.fixture
+def ucf(tmp_path):
+    root, ann = tmp_path / "UCF-101", tmp_path / "ucfTrainTestlist"
+    write(ann / "classInd.txt", CLASS_IND)
+    for n in (1, 2, 3):
+        write(ann / f"trainlist0{n}.txt", TRAIN1)
+        write(ann / f"testlist0{n}.txt", TEST1)
+    # Split 2 swaps the roles of two videos, so "all" and .splits() can be told apart.
+    write(ann / "trainlist02.txt", b"ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi 1\r\n"
+                                   b"HandstandPushups/v_HandStandPushups_g08_c01.avi 2\r\n")
+    write(ann / "testlist02.txt", b"ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi\r\n")
+    touch(root, *UCF_VIDEOS)
+    return DatasetConfig(format="ucf101", root=str(root), annotations=str(ann))
+
+
+def test_ucf101_records(ucf):
+    data = read_dataset(ucf)
+    root = Path(ucf.root)
+    assert data.classes == ["ApplyEyeMakeup", "HandstandPushups", "YoYo"]
+    assert data.videos == [
+        VideoRecord("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01", root / UCF_VIDEOS[0], 0, (0,), "ApplyEyeMakeup",
+                    "train", "g08"),
+        VideoRecord("HandstandPushups/v_HandStandPushups_g08_c01", root / UCF_VIDEOS[1], 1, (1,),
+                    "HandstandPushups", "train", "g08"),
+        VideoRecord("YoYo/v_YoYo_g25_c04", root / UCF_VIDEOS[2], 2, (2,), "YoYo", "train", "g25"),
+        VideoRecord("ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01", root / UCF_VIDEOS[3], 0, (0,), "ApplyEyeMakeup",
+                    "test", "g01"),
+        VideoRecord("HandstandPushups/v_HandStandPushups_g01_c03", root / UCF_VIDEOS[4], 1, (1,),
+                    "HandstandPushups", "test", "g01"),
+    ]
+    assert [v.video_id for v in data.test()] == [UCF_VIDEOS[3][:-4], UCF_VIDEOS[4][:-4]]
+    assert items(data.train())[1] == ("HandstandPushups/v_HandStandPushups_g08_c01", 1)
+    assert data.missing == [] and data.splits() == {"1": data}
+
+
+def test_ucf101_all_splits(ucf):
+    data = read_dataset(ucf, "all")
+    assert len(data.videos) == 5 and {v.split for v in data.videos} == {"unused"}
+    per = data.splits()
+    assert list(per) == ["1", "2", "3"]
+    assert [v.video_id for v in per["2"].train()] == [UCF_VIDEOS[3][:-4], UCF_VIDEOS[1][:-4]]
+    assert [v.video_id for v in per["2"].test()] == [UCF_VIDEOS[0][:-4]]
+
+
+def test_ucf101_missing_video_is_skipped_and_reported(ucf, caplog):
+    (Path(ucf.root) / UCF_VIDEOS[2]).unlink()
+    with caplog.at_level(logging.WARNING):
+        data = read_dataset(ucf)
+    assert data.missing == [UCF_VIDEOS[2]]
+    assert len(data.videos) == 4 and "YoYo/v_YoYo_g25_c04.avi" in caplog.text and "1 of 5" in caplog.text
+
+
+def test_ucf101_wrong_root_is_an_error(ucf, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="none of the 5 videos .* is dataset.root right"):
+        read_dataset(DatasetConfig(format="ucf101", root=str(tmp_path / "empty"), annotations=ucf.annotations))
+    with pytest.raises(DatasetError, match="does not exist"):
+        read_dataset(DatasetConfig(format="ucf101", root=str(tmp_path / "nope"), annotations=ucf.annotations))
+
+
+HSP = b"HandstandPushups/v_HandStandPushups_g08_c01.avi"
+
+
+@pytest.mark.parametrize("name, line, text, reason", [
+    ("trainlist01.txt", 2, HSP + b" two\r\n", "class id must be an integer"),
+    ("trainlist01.txt", 2, HSP + b" 7\r\n", "class id 7 is not in"),
+    ("trainlist01.txt", 2, HSP + b" 3\r\n", "disagrees with the folder"),
+    ("trainlist01.txt", 2, b"../secret/v_X_g01_c01.avi 2\r\n", "escapes the dataset root"),
+    ("trainlist01.txt", 2, b"/etc/v_X_g01_c01.avi 2\r\n", "escapes the dataset root"),
+    ("trainlist01.txt", 2, b"ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\r\n", "duplicate video"),
+    ("trainlist01.txt", 2, b"Juggling/v_Juggling_g08_c01.avi 2\r\n", "is not a class in"),
+    ("trainlist01.txt", 2, HSP + b"\r\n", "expected '<Class>/<video>.avi"),
+    ("testlist01.txt", 2, b"v_HandStandPushups_g01_c03.avi\r\n", "expected a '<Class>/<video>' path"),
+    ("classInd.txt", 2, b"2\r\n", "expected '<id> <ClassName>'"),
+])
+def test_ucf101_bad_line_names_file_and_line(ucf, name, line, text, reason):
+    path = Path(ucf.annotations) / name
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[line - 1] = text
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(DatasetError, match=reason) as err:
+        read_dataset(ucf)
+    assert f"{path}:{line}:" in str(err.value)
+
+
+def test_ucf101_class_ids_must_be_1_to_n(ucf):
+    write(Path(ucf.annotations) / "classInd.txt", b"1 ApplyEyeMakeup\r\n3 HandstandPushups\r\n")
+    with pytest.raises(DatasetError, match="class ids must be 1..2"):
+        read_dataset(ucf)
+
+
+def test_ucf101_class_lookup_ignores_case(ucf):
+    # A list written with the file name's spelling of the folder still gets the classInd label.
+    path = Path(ucf.annotations) / "testlist01.txt"
+    path.write_bytes(b"HandStandPushups/v_HandStandPushups_g01_c03.avi\r\n")
+    Path(ucf.root, "HandStandPushups").mkdir()
+    touch(Path(ucf.root), "HandStandPushups/v_HandStandPushups_g01_c03.avi")
+    (record,) = read_dataset(ucf).test()
+    assert (record.label, record.class_name, record.video_id) == (
+        1, "HandstandPushups", "HandStandPushups/v_HandStandPushups_g01_c03")
+
+
+def test_missing_annotation_file(ucf):
+    (Path(ucf.annotations) / "testlist03.txt").unlink()
+    with pytest.raises(DatasetError, match="annotation file not found: .*testlist03.txt"):
+        read_dataset(ucf, "3")
+
+
+# --- HMDB51 ------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def hmdb(tmp_path):
+    root, ann = tmp_path / "hmdb51", tmp_path / "testTrainMulti_7030_splits"
+    videos = {"brush_hair": ["April_09_brush_hair_u_nm_np1_ba_goo_0.avi",
+                             "Blonde_being_brushed_brush_hair_f_nm_np2_ri_med_0.avi",
+                             "brushing_hair_brush_hair_u_cm_np1_fr_goo_1.avi"],
+              "cartwheel": ["Acrobacias_de_un_fenomeno_cartwheel_f_cm_np1_ba_bad_8.avi"]}
+    roles = {1: [1, 2, 0], 2: [2, 1, 1], 3: [0, 1, 2]}
+    for split, role in roles.items():
+        for cls, names in videos.items():
+            lines = "".join(f"{name} {role[i]} \n" for i, name in enumerate(names))  # trailing space: real
+            write(ann / f"{cls}_test_split{split}.txt", lines)
+            touch(root, *(f"{cls}/{name}" for name in names))
+    return DatasetConfig(format="hmdb51", root=str(root), annotations=str(ann))
+
+
+def test_hmdb51_records(hmdb):
+    data = read_dataset(hmdb)
+    root = Path(hmdb.root)
+    assert data.classes == ["brush_hair", "cartwheel"]
+    name = "brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0"
+    assert data.videos[0] == VideoRecord(name, root / f"{name}.avi", 0, (0,), "brush_hair", "train", None)
+    assert [v.split for v in data.videos] == ["train", "test", "unused", "train"]
+    assert [v.label for v in data.videos] == [0, 0, 0, 1]
+    assert [v.split for v in read_dataset(hmdb, "3").videos] == ["unused", "train", "test", "unused"]
+
+
+def test_hmdb51_bad_inputs(hmdb):
+    ann = Path(hmdb.annotations)
+    write(ann / "cartwheel_test_split1.txt", "Acrobacias_de_un_fenomeno_cartwheel_f_cm_np1_ba_bad_8.avi 3 \n")
+    with pytest.raises(DatasetError, match=r"cartwheel_test_split1.txt:1: split id must be 0 \(unused\)"):
+        read_dataset(hmdb)
+    write(ann / "cartwheel_test_split1.txt", "\nAcrobacias_de_un_fenomeno_cartwheel_f_cm_np1_ba_bad_8.avi\n")
+    with pytest.raises(DatasetError, match=r"cartwheel_test_split1.txt:2: expected '<video>.avi <0\|1\|2>'"):
+        read_dataset(hmdb)
+    (ann / "cartwheel_test_split2.txt").unlink()
+    with pytest.raises(DatasetError, match="cartwheel_test_split2.txt is missing"):
+        read_dataset(hmdb, "2")
+
+
+# --- Kinetics ----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def kinetics(tmp_path):
+    root, ann = tmp_path / "kinetics400", tmp_path / "annotations"
+    write(ann / "train.csv", "label,youtube_id,time_start,time_end,split\n"
+                             "abseiling,0wR5jVB-WPk,417,427,train\n"
+                             "\"passing American football (in game)\",-2dbDSt7KG0,6,16,train\n"
+                             "abseiling,missing_clip,10,20,train\n")
+    write(ann / "validate.csv", "label,youtube_id,time_start,time_end,split\r\n"
+                                "\"passing American football (in game)\",zzz_val_id,0,10,val\r\n")
+    write(ann / "test.csv", "youtube_id,time_start,time_end,split\ntest_only_1,30,40,test\n")
+    # Three layouts at once: the crawler's root/<split>/<label>/, mmaction2's renamed labels, flat.
+    touch(root, "train/abseiling/0wR5jVB-WPk_000417_000427.mp4",
+          "videos_train/passing_American_football_in_game/-2dbDSt7KG0_000006_000016.mp4",
+          "val/zzz_val_id_000000_000010.mkv", "test/test_only_1_000030_000040.mp4")
+    return DatasetConfig(format="kinetics", root=str(root), annotations=str(ann))
+
+
+def test_kinetics_records_missing_and_unlabelled(kinetics, caplog):
+    with caplog.at_level(logging.WARNING):
+        data = read_dataset(kinetics)
+    root = Path(kinetics.root)
+    assert data.classes == ["abseiling", "passing American football (in game)"]
+    football = "passing American football (in game)"
+    assert data.videos == [  # in the order of the rows, files sorted by name
+        VideoRecord("train/abseiling/0wR5jVB-WPk_000417_000427",
+                    root / "train/abseiling/0wR5jVB-WPk_000417_000427.mp4", 0, (0,), "abseiling", "train"),
+        VideoRecord("videos_train/passing_American_football_in_game/-2dbDSt7KG0_000006_000016",
+                    root / "videos_train/passing_American_football_in_game/-2dbDSt7KG0_000006_000016.mp4",
+                    1, (1,), football, "train"),
+        VideoRecord("val/zzz_val_id_000000_000010", root / "val/zzz_val_id_000000_000010.mkv", 1, (1,),
+                    football, "val"),
+    ]
+    assert data.missing == ["test_only_1_000030_000040 (no label)", "missing_clip_000010_000020"]
+    assert "2 of 5 listed videos skipped" in caplog.text and "missing_clip_000010_000020" in caplog.text
+
+
+@pytest.mark.parametrize("row, reason", [
+    ("abseiling,abc,4x,10,train", "time_start must be a number of seconds"),
+    ("abseiling,abc,4,10,dev", "split must be train, val or test"),
+    ("abseiling,abc,4,10", "expected 5 columns"),
+    ("abseiling,0wR5jVB-WPk,417,427,train", "duplicate video '0wR5jVB-WPk_000417_000427'"),
+])
+def test_kinetics_bad_rows(kinetics, row, reason):
+    path = Path(kinetics.annotations) / "train.csv"
+    path.write_text(path.read_text() + row + "\n")
+    with pytest.raises(DatasetError, match=reason) as err:
+        read_dataset(kinetics)
+    assert f"{path}:5:" in str(err.value)
+
+
+def test_kinetics_header_and_nothing_found(kinetics, tmp_path):
+    write(Path(kinetics.annotations) / "test.csv", "id,start,end\n")
+    with pytest.raises(DatasetError, match="test.csv:1: missing column"):
+        read_dataset(kinetics)
+    (tmp_path / "elsewhere").mkdir()
+    one = DatasetConfig(format="kinetics", root=str(tmp_path / "elsewhere"),
+                        annotations=str(Path(kinetics.annotations) / "train.csv"))
+    with pytest.raises(DatasetError, match="none of the 3 clips"):
+        read_dataset(one)
+
+
+# --- ActivityNet -------------------------------------------------------------------------------------
+
+ANET = {
+    "version": "VERSION 1.3",
+    "taxonomy": [{"nodeId": 1, "nodeName": "Root", "parentId": None, "parentName": None}],
+    "database": {
+        "abc": {"subset": "training", "duration": 100.0, "url": "https://www.youtube.com/watch?v=abc",
+                "annotations": [{"segment": [1.5, 10.0], "label": "Shoveling snow"},
+                                {"segment": [20.0, 30.0], "label": "Archery"},
+                                {"segment": [40.0, 45.0], "label": "Shoveling snow"}]},
+        "-def": {"subset": "validation", "duration": 50.0, "url": "u",
+                 "annotations": [{"segment": [0, 50], "label": "Archery"}]},
+        "gone": {"subset": "training", "duration": 9.0, "url": "u",
+                 "annotations": [{"segment": [0, 9], "label": "Archery"}]},
+        "tst": {"subset": "testing", "duration": 9.0, "url": "u", "annotations": []},
+    },
+}
+
+
+@pytest.fixture
+def anet(tmp_path):
+    root = tmp_path / "activitynet"
+    touch(root, "v_abc.mp4", "val/-def.mkv", "v_tst.mp4")
+    path = write(tmp_path / "activity_net.v1-3.min.json", json.dumps(ANET, indent=1))
+    return DatasetConfig(format="activitynet", root=str(root), annotations=str(path))
+
+
+def test_activitynet_multi_label_and_skips(anet):
+    data = read_dataset(anet)
+    root = Path(anet.root)
+    assert data.classes == ["Archery", "Shoveling snow"]
+    assert data.videos == [
+        VideoRecord("v_abc", root / "v_abc.mp4", 1, (1, 0), "Shoveling snow", "train"),
+        VideoRecord("val/-def", root / "val/-def.mkv", 0, (0,), "Archery", "val"),
+    ]
+    assert data.missing == ["gone", "tst (no label)"]
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (lambda d: d["database"]["abc"]["annotations"][1].update(segment=[30.0, 20.0]),
+     r"database\['abc'\].annotations\[1\]: expected \{segment"),
+    (lambda d: d["database"]["abc"].update(subset="dev"), r"database\['abc'\]: subset must be training"),
+    (lambda d: d.pop("database"), "no 'database' object"),
+])
+def test_activitynet_bad_entries(anet, edit, reason):
+    data = json.loads(json.dumps(ANET))
+    edit(data)
+    Path(anet.annotations).write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=reason) as err:
+        read_dataset(anet)
+    assert anet.annotations in str(err.value)
+
+
+def test_activitynet_duplicate_and_broken_json(anet):
+    path = Path(anet.annotations)
+    text = json.dumps(ANET, indent=1)
+    path.write_text(text.replace('"-def"', '"abc"'))
+    with pytest.raises(DatasetError, match="duplicate key 'abc'"):
+        read_dataset(anet)
+    path.write_text(text[:200])
+    with pytest.raises(DatasetError, match=rf"{path}:\d+: not valid JSON"):
+        read_dataset(anet)
+
+
+# --- mmaction2 lists ----------------------------------------------------------------------------------
+
+def test_mmaction_video_and_rawframe_lists(tmp_path):
+    root = tmp_path / "data"
+    touch(root, "a/clip1.mp4", "a/clip2.mp4", "b/clip3.mp4")
+    (root / "frames/clip4").mkdir(parents=True)
+    labels = write(tmp_path / "label_map.txt", "abseiling\nair drumming\narchery\n")
+    train = write(tmp_path / "train.txt", "a/clip1.mp4 0\na/clip2.mp4 2 1 2\n")
+    val = write(tmp_path / "val.txt", "b/clip3.mp4 1\r\n")
+    cfg = DatasetConfig(format="mmaction", root=str(root), train_list=str(train), val_list=str(val),
+                        label_map=str(labels))
+    data = read_dataset(cfg)
+    assert data.classes == ["abseiling", "air drumming", "archery"]
+    assert data.videos == [
+        VideoRecord("a/clip1", root / "a/clip1.mp4", 0, (0,), "abseiling", "train"),
+        VideoRecord("a/clip2", root / "a/clip2.mp4", 2, (2, 1), "archery", "train"),
+        VideoRecord("b/clip3", root / "b/clip3.mp4", 1, (1,), "air drumming", "val"),
+    ]
+    frames = write(tmp_path / "frames.txt", "frames/clip4 163 1\n")
+    raw = DatasetConfig(format="mmaction", root=str(root), test_list=str(frames), list_type="rawframes")
+    assert read_dataset(raw).videos == [
+        VideoRecord("frames/clip4", root / "frames/clip4", 1, (1,), "1", "test")]
+    assert read_dataset(raw).classes == ["0", "1"]
+
+
+@pytest.mark.parametrize("list_type, line, reason", [
+    ("video", "a/clip1.mp4 3", r"label 3 is not a class \(0..2 in"),
+    ("video", "a/clip1.mp4", "expected '<path> <label>"),
+    ("video", "a/clip1.mp4 -1", "label -1 is not a class"),
+    ("rawframes", "frames/clip4 many 1", "total_frames must be an integer"),
+    ("rawframes", "../frames/clip4 10 1", "escapes the dataset root"),
+])
+def test_mmaction_bad_lines(tmp_path, list_type, line, reason):
+    touch(tmp_path / "data", "a/clip1.mp4")
+    labels = write(tmp_path / "label_map.txt", "abseiling\nair drumming\narchery\n")
+    path = write(tmp_path / "train.txt", f"a/clip1.mp4 0\n{line}\n" if list_type == "video" else f"{line}\n")
+    cfg = DatasetConfig(format="mmaction", root=str(tmp_path / "data"), train_list=str(path),
+                        label_map=str(labels), list_type=list_type)
+    with pytest.raises(DatasetError, match=reason) as err:
+        read_dataset(cfg)
+    assert f"{path}:{2 if list_type == 'video' else 1}:" in str(err.value)
+
+
+# --- folder -------------------------------------------------------------------------------------------
+
+def test_folder_layouts(tmp_path):
+    flat = tmp_path / "flat"
+    touch(flat, "jump/b.mp4", "jump/a.avi", "run/x/c.mkv", "run/notes.txt")
+    data = read_dataset(DatasetConfig(format="folder", root=str(flat)))
+    assert data.classes == ["jump", "run"]
+    assert [(v.video_id, v.label, v.split) for v in data.videos] == [
+        ("jump/a", 0, "train"), ("jump/b", 0, "train"), ("run/x/c", 1, "train")]
+    split = tmp_path / "split"
+    touch(split, "train/jump/a.mp4", "train/run/b.mp4", "val/run/c.mp4")
+    data = read_dataset(DatasetConfig(format="folder", root=str(split)))
+    assert [(v.video_id, v.label, v.split) for v in data.videos] == [
+        ("train/jump/a", 0, "train"), ("train/run/b", 1, "train"), ("val/run/c", 1, "val")]
+    touch(split, "swim/d.mp4")
+    with pytest.raises(DatasetError, match="holds split folders"):
+        read_dataset(DatasetConfig(format="folder", root=str(split)))
+
+
+# --- config -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(format="youtube8m"), "format: must be one of"),
+    (dict(format="ucf101", annotations="a", split="4"), "split: must be one of 1, 2, 3, all"),
+    (dict(format="kinetics", annotations="a", split="2"), "split: must be one of 1, all"),
+    (dict(format="hmdb51"), "annotations: required for format hmdb51"),
+    (dict(format="mmaction"), "train_list: format mmaction needs"),
+    (dict(list_type="frames"), "list_type: must be"),
+])
+def test_config_validate(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DatasetConfig(**kwargs).validate()
+    with pytest.raises(DatasetError, match="dataset." + message.split(":")[0]):
+        read_dataset(DatasetConfig(**kwargs))
+
+
+def test_defaults_validate_and_root_is_required():
+    DatasetConfig().validate()
+    with pytest.raises(DatasetError, match="dataset.root is not set"):
+        read_dataset(DatasetConfig())

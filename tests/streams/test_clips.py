@@ -1,0 +1,88 @@
+"""Clips from the store: windows in bounds, deterministic augmentation, sharding, errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from streams.clips import ClipDataset, EpochSampler, clip_starts, window
+from streams.errors import StreamsError
+
+
+@pytest.mark.parametrize("num_images", [1, 5, 15, 16, 17, 100])
+@pytest.mark.parametrize("clips", [1, 3, 10])
+def test_windows_stay_in_bounds(num_images, clips):
+    starts = clip_starts(num_images, 16, clips)
+    assert len(starts) == clips and starts == sorted(starts)
+    for start in starts:
+        indices = window(start, 16, num_images)
+        assert len(indices) == 16 and all(0 <= i < num_images for i in indices)
+        if num_images >= 16:
+            assert indices == list(range(start, start + 16))
+    if clips > 1 and num_images > 16:
+        assert starts[0] == 0 and starts[-1] == num_images - 16
+
+
+def test_training_clips(toy_store):
+    root, train, _ = toy_store
+    for modality, channels in (("rgb", 3), ("flow", 2)):
+        ds = ClipDataset(root, train, modality, 8, train=True, resize=(30, 36), crop=24, seed=3)
+        clip, label = ds[(5, 0)]
+        assert clip.shape == (channels, 8, 24, 24) and clip.dtype == torch.uint8 and label == train[5][1]
+        assert torch.equal(ds[(5, 0)][0], clip)  # (index, epoch) fixes every random choice
+        assert any(not torch.equal(ds[(5, e)][0], clip) for e in range(1, 6))
+
+
+def test_training_windows_cover_the_video(toy_store):
+    """Over many epochs the window start takes every value in [0, N - T] and nothing else."""
+    root, train, _ = toy_store
+    ds = ClipDataset(root, train[:1], "rgb", 8, train=True, resize=(32, 32), crop=32, flip=False)
+    with ds.store.open(train[0][0]) as video:
+        frames = video.rgb(range(video.num_frames))
+    starts = set()
+    for epoch in range(60):
+        clip = ds[(0, epoch)][0].permute(1, 2, 3, 0).numpy()
+        matches = [s for s in range(len(frames) - 8 + 1) if np.array_equal(frames[s:s + 8], clip)]
+        assert len(matches) == 1
+        starts.add(matches[0])
+    assert starts == set(range(len(frames) - 8 + 1))
+
+
+def test_validation_clips_are_centred(toy_store):
+    root, _, val = toy_store
+    ds = ClipDataset(root, val, "flow", 4, train=False, resize=(32, 32), crop=20, clips_per_video=3)
+    assert len(ds) == 3 * len(val)
+    clip, label = ds[4]
+    assert clip.shape == (2, 4, 20, 20) and label == val[1][1]
+    with ds.store.open(val[1][0]) as video:
+        flows = video.flow(range(video.num_flows))
+    start = clip_starts(len(flows), 4, 3)[1]
+    assert np.array_equal(clip.permute(1, 2, 3, 0).numpy(), flows[start:start + 4, 6:26, 6:26])
+
+
+def test_scale_jitter(toy_store):
+    root, train, _ = toy_store
+    ds = ClipDataset(root, train, "rgb", 4, train=True, crop=20, scale_jitter=(20, 40))
+    assert {ds[(i, 0)][0].shape for i in range(8)} == {(3, 4, 20, 20)}
+
+
+def test_sampler_shards_the_epoch_and_resumes_mid_epoch():
+    full = list(EpochSampler(11, seed=4))
+    assert sorted(i for i, _ in full) == list(range(11))
+    shards = [list(EpochSampler(11, rank, 2, seed=4)) for rank in (0, 1)]
+    assert all(len(s) == 5 for s in shards)
+    assert {i for s in shards for i, _ in s} <= set(range(11)) and not set(shards[0]) & set(shards[1])
+    sampler = EpochSampler(11, seed=4)
+    sampler.set_epoch(3)
+    epoch3 = list(sampler)
+    assert epoch3 != full and all(e == 3 for _, e in epoch3)
+    sampler.set_epoch(3, skip=4)
+    assert list(sampler) == epoch3[4:] and len(sampler) == 7
+
+
+def test_missing_video_and_store(toy_store, tmp_path):
+    root, _, _ = toy_store
+    with pytest.raises(StreamsError, match="absent/v1"):
+        ClipDataset(root, [("absent/v1", 0)], "rgb", 4, train=False, resize=(32, 32), crop=32)[0]
+    with pytest.raises(StreamsError, match="store.json"):
+        ClipDataset(tmp_path, [], "rgb", train=True)

@@ -1,0 +1,86 @@
+"""TorchScript and ONNX exports of a stream give the eager model's outputs, at any batch size."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from streams.checkpoint import load_checkpoint, make_payload, save_checkpoint
+from streams.config import ModelConfig, TrainConfig
+from streams.errors import StreamsError
+from streams.export import export_checkpoint, export_torchscript
+from streams.p3d import build_model
+from streams.transforms import CHANNELS, INPUT_CONVENTION
+
+CLIP_LEN, CROP = 8, 32
+
+
+def tiny_checkpoint(path, modality="rgb", arch="p3d_tiny", classes=("a", "b", "c")):
+    torch.manual_seed(0)
+    model = build_model(arch, len(classes), CHANNELS[modality])
+    with torch.no_grad():  # logits of order 1, and BN statistics that are not the identity
+        model.fc.weight.normal_(std=0.05)
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.normal_(std=0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    payload = make_payload(model, arch=arch, modality=modality, classes=list(classes),
+                           input_convention=INPUT_CONVENTION[modality],
+                           model_config=dataclasses.asdict(ModelConfig(arch=arch)),
+                           train_config=dataclasses.asdict(TrainConfig(clip_len=CLIP_LEN, resize=[40, 48], crop=CROP)),
+                           step=1, epoch=1, metrics={})
+    save_checkpoint(path, payload)
+    return path
+
+
+def clips(batch, channels, seed=0):
+    return torch.randn(batch, channels, CLIP_LEN, CROP, CROP, generator=torch.Generator().manual_seed(seed)) * 40
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
+@pytest.mark.parametrize("arch, output", [("p3d_tiny", "logits"), ("p3d_small", "logits"), ("p3d_tiny", "features")])
+def test_torchscript_export_matches_eager(tmp_path, arch, output):
+    ckpt = tiny_checkpoint(tmp_path / "rgb.pt", arch=arch)
+    written = export_checkpoint(ckpt, tmp_path / "out", ["torchscript"], output)
+    assert [p.name for p in written] == [f"rgb.{output}.pt", f"rgb.{output}.json"]
+    model, _ = load_checkpoint(ckpt)
+    scripted = torch.jit.load(str(written[0]))
+    x = clips(3, 3)  # traced on a batch of 1: the batch axis stays free
+    with torch.no_grad():
+        expected = model(x) if output == "logits" else model.features(x)
+        torch.testing.assert_close(scripted(x), expected, atol=1e-4, rtol=1e-4)
+    assert expected.shape == (3, 3 if output == "logits" else model.feature_dim)
+    info = json.loads(written[1].read_text())
+    assert info["input_shape"] == ["batch", 3, CLIP_LEN, CROP, CROP]
+    assert info["input_convention"] == "BGR 0-255 minus [104, 117, 123]" and info["classes"] == ["a", "b", "c"]
+
+
+def test_onnx_export_matches_eager_with_a_dynamic_batch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    ckpt = tiny_checkpoint(tmp_path / "flow.pt", modality="flow")
+    written = export_checkpoint(ckpt, tmp_path / "out", ["onnx"])
+    assert written[0].name == "flow.logits.onnx"
+    session = ort.InferenceSession(str(written[0]), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["clips"]
+    model, _ = load_checkpoint(ckpt)
+    for batch in (1, 4):
+        x = clips(batch, 2, seed=batch)
+        (got,) = session.run(None, {"clips": x.numpy()})
+        with torch.no_grad():
+            np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_export_refuses_bad_requests(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "rgb.pt")
+    with pytest.raises(StreamsError, match="formats must be among"):
+        export_checkpoint(ckpt, tmp_path / "out", ["tflite"])
+    model, _ = load_checkpoint(ckpt)
+    with pytest.raises(StreamsError, match="output must be one of"):
+        export_torchscript(model, tmp_path / "m.pt", clips(1, 3), output="pool4")
+    (tmp_path / "broken.pt").write_bytes(b"\x80\x02not a checkpoint")
+    with pytest.raises(StreamsError, match="broken.pt"):
+        export_checkpoint(tmp_path / "broken.pt", tmp_path / "out")

@@ -1,0 +1,168 @@
+"""Training a stream on the toy store: it learns, resumes exactly, stops on NaN, and checkpoints load."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from streams.checkpoint import final_checkpoint, load_checkpoint, read_checkpoint
+from streams.errors import StreamsError
+from streams.p3d import build_model
+from streams.train import lr_factor, param_groups, train_stream
+
+CLASSES = ["up", "down"]
+
+
+def train_records(out: Path, kind: str = "train") -> list[dict]:
+    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+
+@pytest.fixture(scope="module")
+def flow_run(toy_store, tmp_path_factory, configs):
+    root, train, val = toy_store
+    out = tmp_path_factory.mktemp("flow_run")
+    model_cfg, train_cfg = configs(epochs=5, lr=0.02, schedule="cosine", checkpoint_every=3, keep_checkpoints=2)
+    result = train_stream(root, train, val, CLASSES, "flow", model_cfg, train_cfg, out)
+    return result, out
+
+
+def test_a_tiny_flow_stream_learns(flow_run):
+    result, out = flow_run
+    losses = [r["loss"] for r in train_records(out)]
+    assert result.finished and result.step == 5 * 4 == len(losses)
+    assert sum(losses[-4:]) / 4 < 0.5 * sum(losses[:4]) / 4
+    assert result.val_acc >= 0.8  # chance is 0.5 (16 validation videos)
+    assert [r["epoch"] for r in train_records(out, "val")] == [1, 2, 3, 4, 5]
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in sorted(out.glob("checkpoint_*.pt"))] == ["checkpoint_00000018.pt", "checkpoint_00000020.pt"]
+
+
+def test_the_finished_model_loads_for_evaluation(flow_run, toy_store):
+    result, out = flow_run
+    assert final_checkpoint(out) == result.checkpoint == out / "last.pt"
+    model, ckpt = load_checkpoint(result.checkpoint)
+    assert not model.training and ckpt.modality == "flow" and ckpt.classes == CLASSES and ckpt.step == 20
+    assert ckpt.input_convention == "flow u8 (x, y; 128 = zero motion) minus 128"
+    assert ckpt.model_config["arch"] == "p3d_tiny" and ckpt.train_config["crop"] == 28
+    assert ckpt.metrics["val_acc"] == result.val_acc
+    assert "optimizer" not in ckpt.state  # last.pt is the model only; resuming uses checkpoint_*.pt
+    x = torch.randn(3, 2, 8, 28, 28)
+    assert model.features(x).shape == (3, 256) and model(x).shape == (3, 2)
+
+
+def test_a_finished_run_is_not_trained_again(flow_run, toy_store, configs):
+    result, out = flow_run
+    root, train, val = toy_store
+    mtime = result.checkpoint.stat().st_mtime_ns
+    again = train_stream(root, train, val, CLASSES, "flow", *configs(epochs=5, lr=0.02, schedule="cosine", checkpoint_every=3, keep_checkpoints=2, workers=1), out)
+    assert again.finished and again.step == 20 and again.val_acc == result.val_acc
+    assert result.checkpoint.stat().st_mtime_ns == mtime
+
+
+def test_resume_continues_exactly(toy_store, tmp_path, configs):
+    """Stopped mid-epoch and resumed (with a DataLoader worker this time), the run logs the same losses
+    and ends with the same weights as an uninterrupted one; dropout makes the RNG state matter."""
+    root, train, val = toy_store
+    model_cfg, train_cfg = configs(epochs=2, checkpoint_every=3)
+    model_cfg = dataclasses.replace(model_cfg, dropout_rgb=0.5)
+    whole = train_stream(root, train, val, CLASSES, "rgb", model_cfg, train_cfg, tmp_path / "whole")
+
+    parts = tmp_path / "parts"
+    first = train_stream(root, train, val, CLASSES, "rgb", model_cfg, dataclasses.replace(train_cfg, max_steps=3), parts)
+    assert not first.finished and first.step == 3 and first.checkpoint.name == "checkpoint_00000003.pt"
+    with open(parts / "metrics.jsonl", "a") as f:  # logged by a killed run after its last checkpoint
+        f.write(json.dumps({"kind": "train", "step": 4, "loss": 123.0}) + "\n")
+    rest = train_stream(root, train, val, CLASSES, "rgb", model_cfg, dataclasses.replace(train_cfg, workers=1), parts)
+    assert rest.finished and rest.resumed_from == parts / "checkpoint_00000003.pt"
+
+    assert [r["loss"] for r in train_records(parts)] == [r["loss"] for r in train_records(tmp_path / "whole")]
+    assert train_records(parts, "val") == train_records(tmp_path / "whole", "val")
+    a, b = read_checkpoint(whole.checkpoint).state["model"], read_checkpoint(rest.checkpoint).state["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(toy_store, tmp_path, monkeypatch, configs):
+    root, train, val = toy_store
+    calls = []
+    real = torch.nn.functional.cross_entropy
+
+    def diverging(logits, labels, **kwargs):
+        calls.append(1)
+        loss = real(logits, labels, **kwargs)
+        return loss * math.nan if len(calls) >= 4 else loss
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", diverging)
+    with pytest.raises(StreamsError, match=r"not finite at step 4 .*kept checkpoint .*checkpoint_00000002\.pt") as err:
+        train_stream(root, train, val, CLASSES, "flow", *configs(checkpoint_every=2, log_every=3), tmp_path)
+    monkeypatch.undo()
+    assert "train.lr" in str(err.value)
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["checkpoint_00000002.pt"]
+    model, ckpt = load_checkpoint(tmp_path / "checkpoint_00000002.pt")
+    assert ckpt.step == 2 and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_other_settings_do_not_resume(toy_store, tmp_path, configs):
+    root, train, val = toy_store
+    train_stream(root, train, val, CLASSES, "flow", *configs(max_steps=1), tmp_path)
+    with pytest.raises(StreamsError, match=r"train\.lr: 0\.02 in the checkpoint, 0\.1 now"):
+        train_stream(root, train, val, CLASSES, "flow", *configs(max_steps=2, lr=0.1), tmp_path)
+    with pytest.raises(StreamsError, match="has not finished"):
+        final_checkpoint(tmp_path)
+
+
+def test_user_errors(toy_store, tmp_path, configs):
+    root, train, val = toy_store
+    with pytest.raises(StreamsError, match="store.json"):
+        train_stream(tmp_path, train, val, CLASSES, "rgb", *configs(), tmp_path / "out")
+    with pytest.raises(StreamsError, match="class9/v001"):
+        train_stream(root, train + [("class9/v001", 1)], val, CLASSES, "rgb", *configs(), tmp_path / "out")
+    with pytest.raises(StreamsError, match="batch_size"):
+        train_stream(root, train[:3], val, CLASSES, "rgb", *configs(), tmp_path / "out")
+    with pytest.raises(StreamsError, match=r"\[train\] crop"):
+        train_stream(root, train, val, CLASSES, "rgb", *configs(crop=40), tmp_path / "out")
+
+
+def test_bad_checkpoints_name_the_file(flow_run, tmp_path):
+    _, out = flow_run
+    data = (out / "last.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "foreign.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    for name in ("cut.pt", "foreign.pt", "text.pt", "absent.pt"):
+        with pytest.raises(StreamsError, match=name):
+            load_checkpoint(tmp_path / name)
+
+
+def test_checkpoints_are_read_with_weights_only(tmp_path):
+    class Payload:  # anything but tensors and plain containers must be refused, not executed
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+
+    torch.save({"format": "p3d-two-stream streams checkpoint", "version": 1, "x": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(StreamsError, match="evil.pt"):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_param_groups_follow_the_caffe_multipliers(configs):
+    _, cfg = configs(lr=0.01, weight_decay=5e-4, fc_lr_mult=10.0, flow_conv1_lr_mult=5.0)
+    model = build_model("p3d_tiny", 4, in_channels=2, partial_bn=True)
+    groups = {g["name"]: g for g in param_groups(model, cfg, "flow")}
+    assert {n: (g["lr"], g["weight_decay"]) for n, g in groups.items()} == {
+        "weights": (0.01, 5e-4), "bn": (0.01, 0.0), "fc.weight": (0.1, 5e-4), "fc.bias": (0.2, 0.0),
+        "conv1": (0.05, 5e-4)}
+    assert len(groups["bn"]["params"]) == 2  # partial BN: only bn1's scale and shift train
+    counted = sum(len(g["params"]) for g in groups.values())
+    assert counted == sum(p.requires_grad for p in model.parameters())
+    assert "conv1" not in {g["name"] for g in param_groups(build_model("p3d_tiny", 4), cfg, "rgb")}
+
+
+def test_learning_rate_schedules(configs):
+    _, step = configs(epochs=10, lr_steps=[4, 8], warmup_epochs=1)
+    assert [lr_factor(s, 10, step) for s in (0, 4, 9, 10, 39, 40, 80, 99)] == \
+        pytest.approx([0.1, 0.5, 1.0, 1.0, 1.0, 0.1, 0.01, 0.01])
+    _, cosine = configs(epochs=10, schedule="cosine")
+    assert [lr_factor(s, 10, cosine) for s in (0, 50, 100)] == pytest.approx([1.0, 0.5, 0.0])

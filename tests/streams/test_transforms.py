@@ -1,0 +1,83 @@
+"""Clip transforms: the official input convention, flow flips, resizing and crops."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from streams import transforms
+
+
+def test_rgb_is_bgr_minus_the_caffe_mean():
+    clip = np.zeros((2, 4, 5, 3), np.uint8)
+    clip[..., 0], clip[..., 1], clip[..., 2] = 10, 200, 255  # B, G, R
+    x = transforms.to_tensor(clip, "rgb")
+    assert x.shape == (3, 2, 4, 5) and x.dtype == torch.float32
+    assert x[0].unique().tolist() == [10 - 104] and x[1].unique().tolist() == [200 - 117]
+    assert x[2].unique().tolist() == [255 - 123]
+    assert transforms.INPUT_CONVENTION["rgb"] == "BGR 0-255 minus [104, 117, 123]"
+
+
+def test_flow_is_minus_128():
+    clip = np.full((3, 2, 2, 2), 128, np.uint8)
+    clip[..., 0] = 138
+    x = transforms.to_tensor(clip, "flow")
+    assert x.shape == (2, 3, 2, 2)
+    assert x[0].unique().tolist() == [10.0] and x[1].unique().tolist() == [0.0]
+
+
+def test_normalize_batches_on_any_device():
+    clips = torch.randint(0, 256, (4, 3, 2, 5, 5), dtype=torch.uint8)
+    expected = torch.stack([transforms.to_tensor(c.permute(1, 2, 3, 0).numpy(), "rgb") for c in clips])
+    assert torch.equal(transforms.normalize(clips, "rgb"), expected)
+
+
+def test_flipping_flow_mirrors_and_inverts_x():
+    rng = np.random.default_rng(0)
+    clip = rng.integers(0, 256, (4, 6, 7, 2), dtype=np.uint8)
+    flipped = transforms.hflip(clip, "flow")
+    assert np.array_equal(flipped[..., 0], 255 - clip[:, :, ::-1, 0])
+    assert np.array_equal(flipped[..., 1], clip[:, :, ::-1, 1])
+    assert np.array_equal(transforms.hflip(flipped, "flow"), clip)
+    # Motion to the right (x = 128 + 20) becomes motion to the left after the mirror.
+    right = np.full((1, 2, 2, 2), 128, np.uint8)
+    right[..., 0] = 148
+    assert transforms.hflip(right, "flow")[..., 0].max() == 107 < 128
+
+
+def test_flipping_rgb_only_mirrors():
+    clip = np.random.default_rng(1).integers(0, 256, (2, 3, 4, 3), dtype=np.uint8)
+    assert np.array_equal(transforms.hflip(clip, "rgb"), clip[:, :, ::-1])
+
+
+def test_resize_is_per_frame_bilinear():
+    clip = np.random.default_rng(2).integers(0, 256, (5, 40, 60, 2), dtype=np.uint8)
+    out = transforms.resize_clip(clip, (18, 24))
+    assert out.shape == (5, 18, 24, 2)
+    for t in range(5):
+        assert np.array_equal(out[t], cv2.resize(clip[t], (24, 18), interpolation=cv2.INTER_LINEAR))
+    assert transforms.resize_short(clip, 20).shape == (5, 20, 30, 2)
+
+
+def test_crops():
+    clip = np.arange(1 * 6 * 10, dtype=np.uint8).reshape(1, 6, 10, 1).repeat(3, axis=3)
+    centre = transforms.center_crop(clip, 4)
+    assert np.array_equal(centre, clip[:, 1:5, 3:7])
+    left, mid, right = transforms.three_crop(clip, 4)
+    assert np.array_equal(left, clip[:, 1:5, 0:4]) and np.array_equal(mid, centre)
+    assert np.array_equal(right, clip[:, 1:5, 6:10])
+    tall = clip.transpose(0, 2, 1, 3)
+    assert [c.shape for c in transforms.three_crop(tall, 4)] == [(1, 4, 4, 3)] * 3
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        assert transforms.random_crop(clip, 5, rng).shape == (1, 5, 5, 3)
+    with pytest.raises(ValueError):
+        transforms.center_crop(clip, 7)
+
+
+def test_wrong_clips_are_refused():
+    with pytest.raises(ValueError, match="flow clip"):
+        transforms.to_tensor(np.zeros((2, 3, 3, 3), np.uint8), "flow")
+    with pytest.raises(ValueError, match="modality"):
+        transforms.to_tensor(np.zeros((2, 3, 3, 3), np.uint8), "depth")
