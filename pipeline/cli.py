@@ -37,8 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
 
-    for name in ("synth", "eval"):
-        _add_config_args(stages.add_parser(name, help=STAGE_HELP[name], description=STAGE_HELP[name]))
+    synth = stages.add_parser("synth", help=STAGE_HELP["synth"], description=STAGE_HELP["synth"])
+    _add_config_args(synth)
+    synth.add_argument("--force", action="store_true",
+                       help="regenerate everything (needed when the [synth] settings changed)")
+    _add_config_args(stages.add_parser("eval", help=STAGE_HELP["eval"], description=STAGE_HELP["eval"]))
 
     flow = stages.add_parser("flow", help=STAGE_HELP["flow"], description=STAGE_HELP["flow"])
     _add_config_args(flow)
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         if args.stage == "synth":
-            stages.synth_stage(cfg)
+            stages.synth_stage(cfg, force=args.force)
         elif args.stage == "flow":
             stages.flow_stage(cfg, shard=args.shard, force=args.force, strict=args.strict)
         elif args.stage == "train":

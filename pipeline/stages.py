@@ -16,7 +16,6 @@ from pipeline.errors import PipelineError
 from pipeline.synth import generate
 from streams.train import train_stream
 
-THREE_SPLITS = ("1", "2", "3")
 
 
 def flow_dir(cfg: Config) -> Path:
@@ -31,27 +30,35 @@ def eval_dir(cfg: Config) -> Path:
     return cfg.work / "eval"
 
 
-def splits_of(cfg: Config) -> list[str]:
-    """`dataset.split = "all"` means the three-split protocol (UCF101, HMDB51, SynthActions)."""
-    return list(THREE_SPLITS) if cfg.dataset.split == "all" else [cfg.dataset.split]
+def split_datasets(cfg: Config) -> list[tuple[str, Dataset]]:
+    """(split name, the videos with their roles in it): three of them for `dataset.split = "all"` on
+    UCF101, HMDB51 and SynthActions (the three-split protocol), else one."""
+    dataset = read_dataset(cfg.dataset)
+    if dataset.per_split:
+        return sorted(dataset.per_split.items())
+    return [("1" if dataset.split == "all" else dataset.split, dataset)]
 
 
-def synth_stage(cfg: Config) -> None:
+def synth_stage(cfg: Config, *, force: bool = False) -> None:
     if cfg.dataset.format != "synth":
         raise PipelineError(f"the synth stage writes SynthActions, but dataset.format is "
                             f"{cfg.dataset.format!r}: use configs/synth.toml or --set dataset.format=synth")
+    if not cfg.dataset.root:
+        raise PipelineError("dataset.root is empty: set the folder SynthActions is written to, "
+                            "e.g. --set dataset.root=work/synth")
     root = Path(cfg.dataset.root)
-    generate(cfg.synth, root)
+    summary = generate(cfg.synth, root, force=force)
+    print(summary)
     write_resolved(cfg, root)
 
 
 def flow_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1), force: bool = False,
                strict: bool = False) -> None:
-    videos = {}
-    for split in splits_of(cfg):
-        for record in read_dataset(cfg.dataset, split).videos:
-            videos.setdefault(record.video_id, record.path)
-    jobs = [FlowJob(video_id, path) for video_id, path in sorted(videos.items())]
+    dataset = read_dataset(cfg.dataset)
+    if dataset.missing:
+        print(f"{len(dataset.missing)} video(s) listed in the annotations are not under "
+              f"{dataset.root} and are skipped, e.g. {', '.join(dataset.missing[:3])}")
+    jobs = [FlowJob(v.video_id, v.path) for v in sorted(dataset.videos, key=lambda v: v.video_id)]
     out = flow_dir(cfg)
     write_resolved(cfg, out)
     run_flow(jobs, out, cfg.flow, shard=shard, force=force, strict=strict)
@@ -72,8 +79,7 @@ def _stored(cfg: Config, dataset: Dataset, stage: str) -> tuple[set[str], list[s
 
 
 def train_stage(cfg: Config, stream: str) -> None:
-    for split in splits_of(cfg):
-        dataset = read_dataset(cfg.dataset, split)
+    for split, dataset in split_datasets(cfg):
         done, _ = _stored(cfg, dataset, f"train-{stream}")
         train = [(v.video_id, v.label) for v in dataset.videos if v.split == "train" and v.video_id in done]
         val = [(v.video_id, v.label) for v in dataset.videos
@@ -88,14 +94,14 @@ def train_stage(cfg: Config, stream: str) -> None:
 def eval_stage(cfg: Config) -> None:
     tables = []
     out_root = eval_dir(cfg)
-    for split in splits_of(cfg):
-        dataset = read_dataset(cfg.dataset, split)
+    splits = split_datasets(cfg)
+    for split, dataset in splits:
         done, missing = _stored(cfg, dataset, "eval")
         train = [(v.video_id, v.labels) for v in dataset.videos if v.split == "train" and v.video_id in done]
         test = [(v.video_id, v.labels) for v in dataset.videos
                 if v.split in ("test", "val") and v.video_id in done]
         checkpoints = {stream: train_dir(cfg, stream, split) for stream in ("rgb", "flow")}
-        out = out_root if len(splits_of(cfg)) == 1 else out_root / f"split{split}"
+        out = out_root if len(splits) == 1 else out_root / f"split{split}"
         write_resolved(cfg, out)
         tables.append(run_eval(flow_dir(cfg), checkpoints, train, test, dataset.classes, cfg.eval, out,
                                protocol=f"{cfg.dataset.format} split {split}", excluded=missing))

@@ -72,10 +72,12 @@ def train_stream(store_dir: Path, train_items: list[tuple[str, int]], val_items:
             raise StreamsError(f"[{section}] {e}") from None
     store = _check_store(Path(store_dir), train_items, val_items, classes, modality)
     ctx = distributed.setup(train_cfg.device)
+    threads = torch.get_num_threads()
     try:
         return _Run(store, train_items, val_items, classes, modality, model_cfg, train_cfg,
                     Path(out_dir), ctx).run()
     finally:
+        torch.set_num_threads(threads)
         distributed.teardown(ctx)
 
 
@@ -171,7 +173,7 @@ class _Run:
         if self.cuda:
             torch.backends.cudnn.benchmark = True
         if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+            torch.set_num_threads(cfg.threads)  # train_stream restores the caller's setting
 
         torch.manual_seed(cfg.seed)  # the same initial weights in every process
         channels = transforms.CHANNELS[modality]

@@ -67,6 +67,11 @@ def generate(cfg: SynthConfig, out_root: Path, *, force: bool = False) -> SynthS
         _write_video(video, rendered.frames, cfg)
         generated += 1
     _write_annotations(out_root / "annotations", cfg, classes)
+    for leftover in out_root.glob("*/*/.*.tmp*"):  # from a run killed mid-write, whose clip is done now
+        if leftover.is_dir():
+            shutil.rmtree(leftover)
+        else:
+            leftover.unlink()
     summary = SynthSummary(out_root, classes, len(jobs), generated, len(jobs) - generated,
                            time.perf_counter() - start)
     tqdm.write(str(summary))

@@ -113,10 +113,10 @@ def test_resumes_and_refuses_to_mix(tiny, tmp_path):
     before = files(root)
     (root / "videos/BlueUp/v_BlueUp_g02_c01.avi").unlink()  # as if killed before this video was renamed
     (root / "videos/BlueUp/.v_BlueUp_g02_c02.tmp.avi").write_bytes(b"half")
+    (root / "flow_gt/BlueUp/.v_BlueUp_g02_c02.tmp").mkdir()
     summary = generate(SynthConfig.tiny(), root)
     assert (summary.generated, summary.skipped) == (1, 23)
-    (root / "videos/BlueUp/.v_BlueUp_g02_c02.tmp.avi").unlink()
-    assert files(root) == before
+    assert files(root) == before and not list(root.rglob(".*"))
     with pytest.raises(PipelineError, match="other settings .*synth.frames"):
         generate(SynthConfig.tiny(frames=12), root)
     summary = generate(SynthConfig.tiny(frames=12), root, force=True)
@@ -165,7 +165,7 @@ def test_ground_truth_flow_warps_frame_t_plus_1_onto_frame_t(tmp_path):
             frames = decode(tmp_path / "videos" / name / f"{stem}.avi").astype(np.float64)
             clip = render_clip(cfg, class_index, group, 1)  # layers, for the occlusion mask
             assert np.array_equal(frames, clip.frames)  # FFV1 is lossless
-            flows = [read_flo(tmp_path / "flow_gt" / name / stem / f"flow_{i:05d}.flo")[0] for i in range(1, 20)]
+            flows = [read_flo(tmp_path / f"flow_gt/{name}/{stem}/flow_{i:05d}.flo")[0] for i in range(1, 20)]
             assert np.array_equal(np.array(flows), clip.flow)
             h, w = flows[0].shape[:2]
             ys, xs = np.mgrid[0:h, 0:w]

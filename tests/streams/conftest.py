@@ -70,7 +70,7 @@ def configs():
     return toy_configs
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """These tiny convs gain little from a second thread and lose up to 10x when other work holds the cores."""
     threads = torch.get_num_threads()

@@ -19,8 +19,8 @@ from torch import nn
 
 from streams.checkpoint import load_checkpoint
 from streams.errors import StreamsError
-from streams.importers import detect_source, import_weights, read_classes
 from streams.importers import caffe as caffe_import
+from streams.importers import detect_source, import_weights, read_classes
 from streams.importers import pseudo3d_pytorch as port_import
 from streams.importers.caffe_proto import V1_CONVOLUTION, V1_INNER_PRODUCT, NetParameter
 from streams.p3d import ARCHS, P3DSpec, block_kinds, build_model
@@ -83,7 +83,9 @@ def write_caffemodel(path: Path, layers, v1: bool = False, legacy_shapes: bool =
     net = NetParameter(name="DEPLOY_P3D_RESNET_TEST")
     for name, blobs in layers:
         if v1:
-            kind = V1_INNER_PRODUCT if name.startswith("fc") else V1_CONVOLUTION if name.startswith(("res", "conv")) else 0
+            # BN is no V1 LayerType: its code stays 0, which parsing must not mind.
+            kind = (V1_INNER_PRODUCT if name.startswith("fc")
+                    else V1_CONVOLUTION if name.startswith(("res", "conv")) else 0)
             layer = net.layers.add(name=name, type=kind)
         else:
             layer = net.layer.add(name=name, type="BN" if name.startswith("bn") else "Convolution")
@@ -370,7 +372,8 @@ def test_pseudo3d_import_refuses_bad_files(tmp_path, port_net):
                     "random.pth": "not a readable PyTorch checkpoint",
                     "code.pth": "refused by the safe loader",
                     "no_tensors.pth": "no state dict of tensors",
-                    "wrong_shape.pth": r"layer2\.0\.conv2\.weight has shape \[32, 32, 1, 2, 3\].*needs \[32, 32, 1, 3, 3\]",
+                    "wrong_shape.pth": r"layer2\.0\.conv2\.weight has shape \[32, 32, 1, 2, 3\].*"
+                                       r"needs \[32, 32, 1, 3, 3\]",
                     "extra.pth": "the net does not have: layer5.0.conv1.weight"}
     for name, message in expectations.items():
         path = tmp_path / name

@@ -108,7 +108,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(toy_store, tmp_path, 
 def test_other_settings_do_not_resume(toy_store, tmp_path, configs):
     root, train, val = toy_store
     train_stream(root, train, val, CLASSES, "flow", *configs(max_steps=1), tmp_path)
-    with pytest.raises(StreamsError, match=r"train\.lr: 0\.02 in the checkpoint, 0\.1 now"):
+    with pytest.raises(StreamsError, match=r"train\.lr: 0\.01 in the checkpoint, 0\.1 now"):
         train_stream(root, train, val, CLASSES, "flow", *configs(max_steps=2, lr=0.1), tmp_path)
     with pytest.raises(StreamsError, match="has not finished"):
         final_checkpoint(tmp_path)

@@ -1,0 +1,99 @@
+"""The CLI tools end to end: import-weights -> export / predict / features, and their errors."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fusion.errors import FusionError
+from pipeline import cli, tools_cli
+from streams.checkpoint import load_checkpoint
+from streams.errors import StreamsError
+from streams.p3d import build_model
+from tests.fusion.test_predict import write_avi
+from tests.streams.test_export import tiny_checkpoint
+from tests.streams.test_importers import official_layers, randomise, write_caffemodel
+
+# Cheap TV-L1 and few views: the flow and fusion tests check the numbers, these the wiring.
+FAST = ["--set", "flow.size=", "--set", "flow.nscales=2", "--set", "flow.warps=1", "--set", "flow.inner_iterations=5",
+        "--set", "flow.outer_iterations=2", "--set", "flow.median_filtering=1", "--set", "eval.clips=1",
+        "--set", "eval.svm_clips=2"]
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pipeline")
+    tools_cli.add_subcommands(parser.add_subparsers(dest="stage", required=True))
+    return parser.parse_args(argv)
+
+
+def run(argv: list[str]) -> None:
+    tools_cli.run(parse(argv))
+
+
+def test_import_then_export_predict_and_features(tmp_path, capsys):
+    torch.manual_seed(0)
+    net = randomise(build_model("p3d_tiny", 3, 3))
+    caffemodel = write_caffemodel(tmp_path / "p3d_rgb_kinetics.caffemodel", official_layers(net, fc_name="fc_kinetics"))
+    (tmp_path / "classes.txt").write_text("abseiling\nair drumming\nyoga\n")
+    rgb = tmp_path / "weights" / "rgb.pt"
+    run(["import-weights", str(caffemodel), "--out", str(rgb), "--classes", str(tmp_path / "classes.txt")])
+    model, ckpt = load_checkpoint(rgb)
+    assert ckpt.classes == ["abseiling", "air drumming", "yoga"] and ckpt.arch == "p3d_tiny"
+
+    run(["export", str(rgb), "--out", str(tmp_path / "export"), "--format", "torchscript", "--clip-len", "4",
+         "--crop", "32"])
+    info = json.loads((tmp_path / "export" / "rgb.logits.json").read_text())
+    assert info["input_shape"] == ["batch", 3, 4, 32, 32] and info["files"] == ["rgb.logits.pt"]
+
+    flow = tiny_checkpoint(tmp_path / "weights" / "flow.pt", modality="flow", classes=ckpt.classes)
+    video = write_avi(tmp_path / "videos" / "a" / "clip.avi", frames=20)
+    capsys.readouterr()
+    run(["predict", str(video), "--rgb", str(rgb), "--flow", str(flow), "--top", "2", "--json", *FAST])
+    (prediction,) = json.loads(capsys.readouterr().out)
+    assert prediction["frames"] == 20 and len(prediction["fusion"]) == 2
+    assert prediction["fusion"][0]["class"] in ckpt.classes
+
+    out = tmp_path / "features.npz"
+    run(["features", str(tmp_path / "videos"), "--rgb", str(rgb), "--flow", str(flow), "--out", str(out), *FAST])
+    with np.load(out) as data:
+        assert list(data["ids"]) == ["a/clip"] and data["two_stream"].shape == (1, 2 * 256)
+
+
+def test_tools_raise_the_packages_errors(tmp_path):
+    truncated = tmp_path / "p3d_rgb_199.checkpoint.pth.tar"
+    truncated.write_bytes(b"PK\x03\x04" + bytes(100))
+    with pytest.raises(StreamsError, match="p3d_rgb_199.checkpoint.pth.tar"):
+        run(["import-weights", str(truncated), "--out", str(tmp_path / "x.pt")])
+    with pytest.raises(StreamsError, match="does not exist"):
+        run(["export", str(tmp_path / "absent.pt"), "--out", str(tmp_path)])
+    with pytest.raises(FusionError, match="an RGB and/or a flow checkpoint"):
+        run(["predict", str(tmp_path / "v.mp4")])
+    with pytest.raises(SystemExit):  # argparse: --out is required
+        parse(["features", str(tmp_path), "--rgb", "x.pt"])
+
+
+def wired() -> bool:
+    """Whether pipeline/cli.py parses the tools' command lines (it adds them with add_subcommands)."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            cli.build_parser().parse_args(["export", "c.pt", "--out", "d"])
+    except SystemExit:
+        return False
+    return True
+
+
+WIRED = wired()
+
+
+@pytest.mark.skipif(not WIRED, reason="pipeline/cli.py does not add pipeline.tools_cli's subcommands yet")
+def test_the_cli_prints_errors_with_status_2(tmp_path, capsys):
+    bad = tmp_path / "bad.caffemodel"
+    bad.write_bytes(b"\x0a\xff\xff")
+    assert cli.main(["import-weights", str(bad), "--out", str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(bad) in err and "Traceback" not in err
