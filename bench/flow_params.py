@@ -5,7 +5,8 @@
 For each parameter variant: mean EPE (px) on Middlebury RubberWhale (584x388, small motions), on the
 KITTI pair (1242x375, large motions, sparse GT) and on the FlyingChairs crop (50x50), and seconds per
 340x256 pair of a real clip with one OpenCV thread (as each worker runs when jobs > 1), relative to
-OpenCV's defaults in the same run.
+OpenCV's defaults in the same run. Timing goes round the variants `--rounds` times (median kept), so
+load from other processes hits them all alike.
 """
 from __future__ import annotations
 
@@ -53,30 +54,30 @@ def pairs(data: Path) -> dict[str, tuple[Path, Path, Path]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    parser.add_argument("--timing-pairs", type=int, default=4)
+    parser.add_argument("--timing-pairs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
     args = parser.parse_args()
     clip = VideoReader(args.data / "clips" / "arm_wrestling__mmaction2_demo.mp4", "340x256")
     frames = to_gray(next(clip.chunks(args.timing_pairs + 1, 1)))
     cases = {name: (read_grey(a), read_grey(b), *read_flow(g)) for name, (a, b, g) in pairs(args.data).items()}
 
-    rows = []
-    for name, change in VARIANTS.items():
-        if args.only and name not in args.only:
-            continue
-        cfg = dataclasses.replace(FlowConfig(), **change)
-        tvl1 = OpenCVTVL1(cfg)
-        cv2.setNumThreads(0)  # accuracy runs on every core
-        epe = {}
-        for case, (a, b, truth, valid) in cases.items():
-            est = tvl1.compute(np.stack([a, b]))[0]
-            epe[case] = float(endpoint_errors(est, truth, valid).mean())
-        cv2.setNumThreads(1)
-        start = time.perf_counter()
-        tvl1.compute(frames)
-        per_pair = (time.perf_counter() - start) / args.timing_pairs
-        rows.append((name, epe, per_pair))
-        print(f"{name}: {epe} {per_pair:.3f} s/pair", flush=True)
+    names = [n for n in VARIANTS if not args.only or n in args.only]
+    solvers = {n: OpenCVTVL1(dataclasses.replace(FlowConfig(), **VARIANTS[n])) for n in names}
+    epe: dict[str, dict[str, float]] = {}
+    cv2.setNumThreads(0)  # accuracy runs on every core
+    for name in names:
+        epe[name] = {case: float(endpoint_errors(solvers[name].compute(np.stack([a, b]))[0], truth, valid).mean())
+                     for case, (a, b, truth, valid) in cases.items()}
+        print(f"{name}: {epe[name]}", flush=True)
+    cv2.setNumThreads(1)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(args.rounds):
+        for name in names:
+            start = time.perf_counter()
+            solvers[name].compute(frames)
+            times[name].append((time.perf_counter() - start) / args.timing_pairs)
+    rows = [(n, epe[n], float(np.median(times[n]))) for n in names]
 
     base = rows[0][2]
     print("\n| variant | RubberWhale EPE | KITTI EPE | FlyingChairs EPE | s / 340x256 pair (1 thread) | time vs OpenCV defaults |")

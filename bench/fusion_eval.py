@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import dataclasses
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -81,6 +83,13 @@ def naive_seconds_per_video(store_root: Path, checkpoints: dict[str, Path], vide
     return (time.perf_counter() - started) / len(video_ids)
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the eval workers): unlike wall time, it
+    does not depend on how many other jobs share the cores."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="p3d_tiny")
@@ -109,21 +118,26 @@ def main() -> None:
         test = [it for it in items if int(it[0][-2:]) < args.per_class * 2 // 7]
         train = [it for it in items if it not in test]
 
+        cpu = cpu_seconds()
         naive = naive_seconds_per_video(root / "store", checkpoints, [v for v, _ in items[:args.baseline_videos]], cfg)
-        started = time.perf_counter()
+        naive_cpu = (cpu_seconds() - cpu) / args.baseline_videos
+        cpu, started = cpu_seconds(), time.perf_counter()
         run_eval(root / "store", checkpoints, train, test, classes, cfg, root / "eval", "bench", [])
-        cold = time.perf_counter() - started
-        started = time.perf_counter()
+        cold, cold_cpu = time.perf_counter() - started, cpu_seconds() - cpu
+        cpu, started = cpu_seconds(), time.perf_counter()
         run_eval(root / "store", checkpoints, train, test, classes, cfg, root / "eval", "bench", [])
-        warm = time.perf_counter() - started
+        warm, warm_cpu = time.perf_counter() - started, cpu_seconds() - cpu
 
     n = len(items)
     print(f"\n{args.arch}, clips {args.clip_len}x{args.crop}x{args.crop}, {n} videos of {args.frames} frames "
           f"({len(train)} train, {len(test)} test), [eval] {', '.join(args.overrides) or 'defaults'}, "
           f"{torch.get_num_threads()} torch threads")
-    print(f"baseline (naive, per view):  {naive:.3f} s/video -> {naive * n:.0f} s for all videos (estimated)")
-    print(f"run_eval cold:               {cold / n:.3f} s/video, {cold:.1f} s  ({naive * n / cold:.1f}x faster)")
-    print(f"run_eval warm (cached):      {warm:.1f} s  ({naive * n / warm:.0f}x faster than the baseline)")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (wall times depend on it, CPU times less)")
+    print(f"baseline (naive, per view): {naive:.3f} s/video wall, {naive_cpu:.3f} CPU s/video "
+          f"-> {naive * n:.0f} s, {naive_cpu * n:.0f} CPU s for all videos (extrapolated)")
+    print(f"run_eval cold:              {cold:.1f} s wall, {cold_cpu:.1f} CPU s "
+          f"({naive * n / cold:.1f}x less wall, {naive_cpu * n / cold_cpu:.1f}x less CPU than the baseline)")
+    print(f"run_eval warm (cached):     {warm:.1f} s wall, {warm_cpu:.1f} CPU s")
 
 
 if __name__ == "__main__":

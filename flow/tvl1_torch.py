@@ -9,6 +9,8 @@ and leaves the batch, so its flow does not depend on the pairs it was batched wi
 """
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -210,6 +212,23 @@ def tvl1_flow(
     return u[:, :2].contiguous()
 
 
+@functools.lru_cache(maxsize=None)
+def _compiled_kernels(device: str, l_t: float, theta: float, taut: float, median: int) -> tuple[StepFn, MedianFn]:
+    """The inner iteration and the median filter through torch.compile, compiled once per process
+    by a warm-up on a tiny batch. Shapes are dynamic, so every scale and every batch size after a
+    pair leaves reuse the graphs; the float parameters are baked in, hence the cache key."""
+    step = torch.compile(primal_dual_step, dynamic=True)
+    median_fn = torch.compile(masked_median, dynamic=True)
+    u = torch.zeros(2, 2, 16, 16, device=device)
+    plane = torch.zeros(2, 16, 16, device=device)
+    with torch.inference_mode():
+        for active in (None, torch.ones(2, dtype=torch.bool, device=device)):
+            step(u, u, u, u, plane, plane, active, l_t, theta, taut)
+            if median > 1:
+                median_fn(u, median, active)
+    return step, median_fn
+
+
 def resolve_device(device: str) -> torch.device:
     """`flow.device` -> a torch device: "auto" is the first GPU when torch sees one, else the CPU."""
     if device == "auto":
@@ -229,9 +248,10 @@ def resolve_device(device: str) -> torch.device:
 class TorchTVL1:
     """OpenCV's DualTVL1 for batches of frame pairs on one device.
 
-    `device` None takes `cfg.device`. `compiled` runs the inner iteration through torch.compile
-    (None: on CUDA only). `check_every` is the number of iterations between convergence checks on
-    the host (None: 1 on the CPU, 10 on GPUs, where each check is a device sync).
+    `device` None takes `cfg.device`. `compiled` runs the inner iteration and the median filter
+    through torch.compile (None: on GPUs only; it falls back to eager with a warning where
+    compiling fails). `check_every` is the number of iterations between convergence checks on the
+    host (None: 1 on the CPU, 10 on GPUs, where each check is a device sync).
     """
 
     def __init__(
@@ -256,9 +276,13 @@ class TorchTVL1:
         self._step: StepFn = primal_dual_step
         self._median: MedianFn = masked_median
         if self.compiled:
-            # Dynamic shapes: one graph for every scale and for the batch as it shrinks.
-            self._step = torch.compile(primal_dual_step, dynamic=True)
-            self._median = torch.compile(masked_median, dynamic=True)
+            solver = _Solver.from_config(cfg)
+            try:
+                self._step, self._median = _compiled_kernels(str(self.device), solver.l_t, solver.theta,
+                                                             solver.taut, solver.median)
+            except Exception as e:  # no C++ compiler / Triton here: the eager kernels give the same flow
+                warnings.warn(f"torch.compile failed on {self.device}, running eager: {type(e).__name__}: {e}")
+                self.compiled = False
 
     def compute_pairs(
         self, i0: torch.Tensor, i1: torch.Tensor, init_flow: torch.Tensor | None = None

@@ -25,7 +25,7 @@ from fusion.decoded import decode_for_views
 from fusion.errors import FusionError
 from fusion.scoring import ClipGeometry, StreamRunner, resolve_device
 from fusion.views import View, score_views
-from streams.checkpoint import Checkpoint, load_checkpoint
+from streams.checkpoint import Checkpoint, final_checkpoint, load_checkpoint
 from streams.errors import StreamsError
 
 STREAMS = ("rgb", "flow")
@@ -60,7 +60,8 @@ class Prediction:
 
 
 def load_streams(checkpoints: dict[str, Path], cfg: EvalConfig) -> list[Stream]:
-    """The streams of `checkpoints` ({"rgb": path, "flow": path}, one or both) on `cfg.device`."""
+    """The streams of `checkpoints` ({"rgb": path, "flow": path}, one or both; a training directory
+    stands for its last.pt) on `cfg.device`."""
     if not checkpoints or set(checkpoints) - set(STREAMS):
         raise FusionError(f"give an RGB and/or a flow checkpoint (--rgb, --flow), got {sorted(checkpoints)}")
     device = resolve_device(cfg.device)
@@ -68,9 +69,10 @@ def load_streams(checkpoints: dict[str, Path], cfg: EvalConfig) -> list[Stream]:
     for name in STREAMS:
         if name not in checkpoints:
             continue
-        model, ckpt = load_checkpoint(checkpoints[name])
+        path = checkpoints[name]
+        model, ckpt = load_checkpoint(final_checkpoint(path) if path.is_dir() else path)
         if ckpt.modality != name:
-            raise FusionError(f"{checkpoints[name]} is a {ckpt.modality} stream, given as the {name} one")
+            raise FusionError(f"{ckpt.path} is a {ckpt.modality} stream, given as the {name} one")
         geometry = ClipGeometry.from_train_config(ckpt.train_config)
         streams.append(Stream(name, ckpt, StreamRunner(model, name, geometry, cfg.batch_views, device)))
     if len(streams) == 2 and streams[0].checkpoint.classes != streams[1].checkpoint.classes:

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.svm import LinearSVC
@@ -92,11 +91,12 @@ def _folds(first: np.ndarray, folds: int, seed: int, stratify: bool) -> list[tup
 
 
 def _fit(x: np.ndarray, labels: Labels, num_classes: int, c: float, multilabel: bool) -> SvmFit:
-    svc = LinearSVC(C=c, max_iter=10000)
+    # The primal solver (Newton) needs a few iterations whatever C; the dual one needs thousands at
+    # large C on pool5 features, which are all positive and highly correlated (35 s against 0.2 s
+    # for C = 100 on 240 random-network features, same solution).
+    svc = LinearSVC(C=c, dual=False, max_iter=10000)
     with warnings.catch_warnings():
-        # Large C on separable features stops at max_iter with a margin that is already exact enough;
-        # a class present in every (or no) training row of a fold gets a constant one-vs-rest model.
-        warnings.simplefilter("ignore", ConvergenceWarning)
+        # A class present in every (or no) training row of a fold gets a constant one-vs-rest model.
         warnings.simplefilter("ignore", UserWarning)
         if multilabel:
             model = OneVsRestClassifier(svc).fit(x, label_matrix(labels, num_classes))

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = stages.add_parser("train", help=STAGE_HELP["train"], description=STAGE_HELP["train"])
     _add_config_args(train)
     train.add_argument("--stream", choices=("rgb", "flow"), required=True, help="which stream to train")
+
+    from pipeline import tools_cli  # import-weights, predict, features, export
+    tools_cli.add_subcommands(stages)
     return parser
 
 
@@ -61,13 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here so that `--help` answers at once, without loading torch.
     from flow.errors import FlowError
     from fusion.errors import FusionError
-    from pipeline import stages
+    from pipeline import stages, tools_cli
     from pipeline.config import load_config
     from streams.errors import StreamsError
 
     try:
         cfg = load_config(args.config, args.overrides)
-        if args.stage == "synth":
+        if args.stage in tools_cli.COMMANDS:
+            tools_cli.run(args, cfg)
+        elif args.stage == "synth":
             stages.synth_stage(cfg, force=args.force)
         elif args.stage == "flow":
             stages.flow_stage(cfg, shard=args.shard, force=args.force, strict=args.strict)

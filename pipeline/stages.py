@@ -47,8 +47,7 @@ def synth_stage(cfg: Config, *, force: bool = False) -> None:
         raise PipelineError("dataset.root is empty: set the folder SynthActions is written to, "
                             "e.g. --set dataset.root=work/synth")
     root = Path(cfg.dataset.root)
-    summary = generate(cfg.synth, root, force=force)
-    print(summary)
+    generate(cfg.synth, root, force=force)  # prints its own summary
     write_resolved(cfg, root)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from streams.checkpoint import load_checkpoint
+from streams.checkpoint import final_checkpoint, load_checkpoint
 from streams.errors import StreamsError
 
 FORMATS = ("torchscript", "onnx")
@@ -79,7 +79,9 @@ def export_onnx(model: nn.Module, path: Path | str, example: torch.Tensor, outpu
     # The exporter logs a warning for each torchvision operator it cannot register: noise here.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch's own exporter trips its pytree deprecation; nothing a user can act on.
+            warnings.filterwarnings("ignore", category=FutureWarning, message=r".*LeafSpec")
             program = torch.onnx.export(module, (example,), input_names=["clips"], output_names=[output],
                                         opset_version=opset, dynamo=True, dynamic_shapes=({0: batch},),
                                         external_data=False, verbose=False)
@@ -93,14 +95,17 @@ def export_onnx(model: nn.Module, path: Path | str, example: torch.Tensor, outpu
 
 def export_checkpoint(checkpoint: Path | str, out_dir: Path | str, formats: Sequence[str] = FORMATS,
                       output: str = "logits", clip_len: int | None = None, crop: int | None = None) -> list[Path]:
-    """Export the stream of a checkpoint (trained or imported) to `out_dir`/<checkpoint name>.{pt,onnx}
-    and a `.json` describing the input; returns the paths written.
+    """Export the stream of a checkpoint (trained or imported; a training directory stands for its
+    last.pt) to `out_dir`/<checkpoint name>.<output>.{pt,onnx} and a `.json` describing the input;
+    returns the paths written.
 
     `clip_len` and `crop` default to the checkpoint's training clips (16 x 160 x 160 for the paper's).
     """
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise StreamsError(f"export formats must be among {', '.join(FORMATS)}, got {list(formats)}")
+    if Path(checkpoint).is_dir():  # a training run directory: its finished model
+        checkpoint = final_checkpoint(checkpoint)
     model, ckpt = load_checkpoint(checkpoint)
     clip_len = clip_len or int(ckpt.train_config.get("clip_len", 16))
     crop = crop or int(ckpt.train_config.get("crop", 160))

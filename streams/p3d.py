@@ -156,6 +156,8 @@ class P3D(nn.Module):
         self.set_partial_bn(partial_bn)
 
     def _init_weights(self) -> None:
+        if self.conv1.weight.is_meta:  # shapes only (parameter counts, MACs): nothing to initialise
+            return
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Conv3d)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -152,6 +152,24 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], section: str, i
             for k in sorted(set(old) | set(new)) if k not in ignore and old.get(k) != new.get(k)]
 
 
+def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               clips: torch.Tensor, labels: torch.Tensor, modality: str, device: torch.device,
+               amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on a batch of uint8 clips [B, C, T, H, W]; returns (loss, correct) without a device sync."""
+    x = transforms.normalize(clips.to(device, non_blocking=True), modality)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    labels = labels.to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        logits = net(x)
+    loss = F.cross_entropy(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), (logits.argmax(1) == labels).sum()
+
+
 class _Run:
     def __init__(self, store: Store, train_items, val_items, classes, modality: str, model_cfg: ModelConfig,
                  cfg: TrainConfig, out_dir: Path, ctx: distributed.DistContext):
@@ -175,10 +193,20 @@ class _Run:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)  # train_stream restores the caller's setting
 
+        self.step = 0
+        self.epoch = 0
+        self.best_val_acc: float | None = None
+        self.val_acc: float | None = None
+        self.history: list[dict[str, Any]] = []
+        self.last_checkpoint: Path | None = None
+        self.resumed_from: Path | None = None
+        self.finished: Path | None = None
+        resume = self._find_checkpoint()
+
         torch.manual_seed(cfg.seed)  # the same initial weights in every process
         channels = transforms.CHANNELS[modality]
         self.model = build_model(model_cfg.arch, len(classes), channels, model_cfg.dropout(modality))
-        if model_cfg.pretrained:
+        if model_cfg.pretrained and resume is None and self.finished is None:
             load_pretrained(self.model, model_cfg.pretrained, model_cfg.pretrained_input)
         self.model.set_partial_bn(model_cfg.partial_bn)
         if ctx.distributed and cfg.sync_bn:
@@ -205,18 +233,13 @@ class _Run:
                     for i in range(v * cfg.val_clips, (v + 1) * cfg.val_clips)]
             self.val_loader = self._loader(Subset(val_set, mine), shuffle=False)
 
-        self.step = 0
-        self.epoch = 0
-        self.best_val_acc: float | None = None
-        self.val_acc: float | None = None
-        self.history: list[dict[str, Any]] = []
-        self.last_checkpoint: Path | None = None
-        self.resumed_from: Path | None = None
-        self.finished: Path | None = None
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._interval_start = time.perf_counter()
         self._interval_data = 0.0
-        self._resume()
+        if resume is not None:
+            self._restore(resume)
+        elif self.finished is None and self.ctx.is_main and (self.out_dir / METRICS).exists():
+            (self.out_dir / METRICS).unlink()  # logged by a run killed before its first checkpoint
 
         self.net: nn.Module = self.model
         if ctx.distributed:
@@ -248,7 +271,8 @@ class _Run:
             raise StreamsError(f"{ckpt.path} was trained with other settings ({'; '.join(diffs)}): use another "
                                f"output directory, or the same settings to continue it")
 
-    def _resume(self) -> None:
+    def _find_checkpoint(self):
+        """The newest readable step checkpoint to resume from, or None (also when finished: see self.finished)."""
         last = self.out_dir / LAST
         if last.is_file():  # finished already: nothing to restore but the summary
             ckpt = read_checkpoint(last)
@@ -256,8 +280,8 @@ class _Run:
             self.step, self.epoch = ckpt.step, ckpt.epoch
             self.val_acc, self.best_val_acc = ckpt.metrics.get("val_acc"), ckpt.metrics.get("best_val_acc")
             self.finished = last
-            return
-        for step, path in reversed(step_checkpoints(self.out_dir)):
+            return None
+        for _, path in reversed(step_checkpoints(self.out_dir)):
             try:
                 ckpt = read_checkpoint(path)
             except StreamsError as e:
@@ -265,8 +289,8 @@ class _Run:
                     print(f"warning: {e}; trying an older checkpoint")
                 continue
             self._check_compatible(ckpt)
-            self._restore(ckpt)
-            return
+            return ckpt
+        return None
 
     def _restore(self, ckpt) -> None:
         state = ckpt.state
@@ -372,20 +396,9 @@ class _Run:
             plot_curves(self.history, self.out_dir / CURVES, f"{self.modality} stream ({self.model_cfg.arch})")
 
     def _train_step(self, clips: torch.Tensor, labels: torch.Tensor) -> None:
-        x = transforms.normalize(clips.to(self.device, non_blocking=True), self.modality)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        labels = labels.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
-            logits = self.net(x)
-        loss = F.cross_entropy(logits.float(), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        self._pending.append(train_step(self.net, self.optimizer, self.scaler, clips, labels, self.modality,
+                                        self.device, self.amp_dtype, self.channels_last))
         self.scheduler.step()
-        self._pending.append((loss.detach(), (logits.argmax(1) == labels).sum()))
 
     def _flush(self, bar: tqdm) -> None:
         """Check and log the losses since the last flush (one device sync per `log_every` steps)."""

@@ -64,7 +64,10 @@ def load_published(src: Path | str, *, source: str = "auto", arch: str | None = 
         raise StreamsError(f"{src}: no such file")
     source = detect_source(src) if source == "auto" else source
     if source == "caffe":
-        from streams.importers.caffe import load_caffe
+        try:
+            from streams.importers.caffe import load_caffe
+        except ImportError as e:
+            raise StreamsError(f"reading {src.name} needs protobuf ({e}): pip install protobuf") from None
 
         return (source, *load_caffe(src, arch, fc_layer))
     if source == "pseudo3d":

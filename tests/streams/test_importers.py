@@ -298,9 +298,12 @@ class PortP3D(nn.Module):
         return self.fc(x)
 
 
-def save_port_checkpoint(path: Path, net: nn.Module, prefix: str = "") -> Path:
+def save_port_checkpoint(path: Path, net: nn.Module, prefix: str = "", legacy: bool = False) -> Path:
+    """As the port's training script saves: a dict with 'state_dict'; `legacy`: the pre-1.6 (non-zip)
+    serialisation of the 2017-2018 conversions."""
     state = {prefix + k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
-    torch.save({"epoch": 10, "arch": "P3D199", "best_prec1": 81.2, "state_dict": state}, path)
+    torch.save({"epoch": 10, "arch": "P3D199", "best_prec1": 81.2, "state_dict": state}, path,
+               _use_new_zipfile_serialization=not legacy)
     return path
 
 
@@ -311,9 +314,9 @@ def port_net():
 
 
 @pytest.mark.filterwarnings("ignore:pseudo-3d-pytorch wires")
-@pytest.mark.parametrize("prefix", ["", "module."], ids=["plain", "dataparallel"])
-def test_pseudo3d_import_lands_every_tensor_and_reproduces_the_port(tmp_path, port_net, prefix):
-    path = save_port_checkpoint(tmp_path / "p3d_rgb_199.checkpoint.pth.tar", port_net, prefix)
+@pytest.mark.parametrize("prefix, legacy", [("", False), ("module.", True)], ids=["plain", "dataparallel-legacy"])
+def test_pseudo3d_import_lands_every_tensor_and_reproduces_the_port(tmp_path, port_net, prefix, legacy):
+    path = save_port_checkpoint(tmp_path / "p3d_rgb_199.checkpoint.pth.tar", port_net, prefix, legacy)
     arch, model = port_import.load_pseudo3d(path)
     assert (arch, model.in_channels, model.fc.out_features) == ("p3d_small", 3, 6)
     theirs = port_net.state_dict()

@@ -1,0 +1,200 @@
+"""The batched PyTorch TV-L1 against OpenCV's DualTVL1: pairs/s at 340x256 and accuracy.
+
+    .venv/bin/python bench/flow_torch_tvl1.py                          # speed on the CPU
+    .venv/bin/python bench/flow_torch_tvl1.py --device cuda --pairs 512 --batch 64 128 256
+    .venv/bin/python bench/flow_torch_tvl1.py --accuracy               # vs OpenCV and ground truth
+
+Speed: consecutive pairs of a real clip resized to 340x256 (grey), the `[flow]` defaults (or
+`--set key=value`), OpenCV's CPU DualTVL1 and the torch backend eager and compiled, with the same
+number of threads, in the same run; pairs/s and the ratio to OpenCV, the share of pixels within
+0.1 px of OpenCV's flow, and on CUDA the peak memory per pair (torch.cuda.max_memory_allocated).
+The compiled row's first call (compilation) is timed apart and not counted.
+
+Accuracy: RubberWhale and KITTI at full size and SynthActions pairs (pipeline.synth, 64x64), at the
+chosen defaults and at OpenCV's CUDA-equivalent settings: the share within 0.1 px of OpenCV's flow,
+the same share for OpenCV against itself with I0 moved by 2.55e-4 grey levels (how far the
+iteration itself amplifies rounding), and mean EPE against ground truth of both.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from flow.config import FlowConfig
+from flow.evaluate import read_grey
+from flow.formats import read_flow
+from flow.tvl1 import OpenCVTVL1, create_tvl1, to_gray
+from flow.tvl1_torch import TorchTVL1
+from flow.video import VideoReader
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+CUDA_EQUIVALENT = dict(median_filtering=1, inner_iterations=1, outer_iterations=300)
+
+
+def parse_sets(items: list[str]) -> dict[str, object]:
+    """`key=value` overrides of FlowConfig fields, typed like the field's default."""
+    out: dict[str, object] = {}
+    defaults = FlowConfig()
+    for item in items:
+        key, _, value = item.partition("=")
+        if not hasattr(defaults, key):
+            raise SystemExit(f"--set {item}: FlowConfig has no field {key!r}")
+        kind = type(getattr(defaults, key))
+        out[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return out
+
+
+def clip_frames(data: Path, pairs: int) -> np.ndarray:
+    """pairs + 1 grey 340x256 frames of a real clip (looped if the clip is shorter)."""
+    reader = VideoReader(data / "clips" / "arm_wrestling__mmaction2_demo.mp4", "340x256")
+    frames = np.concatenate(list(reader.chunks(64, 64)))
+    return to_gray(np.resize(frames, (pairs + 1, *frames.shape[1:])))
+
+
+def within(a: np.ndarray, b: np.ndarray, px: float = 0.1) -> float:
+    return float((np.linalg.norm(a - b, axis=-1) < px).mean())
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_torch(backend: TorchTVL1, frames: np.ndarray) -> tuple[float, np.ndarray, float | None]:
+    """Seconds, flow [N, H, W, 2], and peak CUDA bytes per pair for all pairs in batches of
+    backend.cfg.batch_pairs (inputs already on the device)."""
+    dev = backend.device
+    gray = torch.from_numpy(frames).to(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    sync(dev)
+    start = time.perf_counter()
+    flow = backend.compute_pairs(gray[:-1], gray[1:])
+    sync(dev)
+    seconds = time.perf_counter() - start
+    per_pair = None
+    if dev.type == "cuda":
+        per_pair = torch.cuda.max_memory_allocated(dev) / min(backend.cfg.batch_pairs, len(frames) - 1)
+    return seconds, flow.permute(0, 2, 3, 1).cpu().numpy(), per_pair
+
+
+def speed(args: argparse.Namespace, cfg: FlowConfig) -> None:
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    frames = clip_frames(args.data, args.pairs)
+    n = len(frames) - 1
+    device = TorchTVL1(cfg, args.device, compiled=False).device
+
+    start = time.perf_counter()
+    reference = OpenCVTVL1(cfg).compute(frames[: args.opencv_pairs + 1])
+    opencv_rate = args.opencv_pairs / (time.perf_counter() - start)
+    print(f"opencv: {opencv_rate:.3f} pairs/s over {args.opencv_pairs} pairs", flush=True)
+
+    rows = [("OpenCV DualTVL1 (CPU)", 1, opencv_rate, 1.0, None, None)]
+    eager_flow = None
+    for compiled in ([False, True] if not args.no_compile else [False]):
+        for batch in args.batch:
+            backend = TorchTVL1(dataclasses.replace(cfg, batch_pairs=batch), args.device, compiled=compiled)
+            if compiled:
+                start = time.perf_counter()
+                time_torch(backend, frames[:3])  # the first shapes trace and compile
+                print(f"compile + first 2 pairs: {time.perf_counter() - start:.1f} s", flush=True)
+            else:
+                time_torch(backend, frames[:2])  # CUDA context, allocator, kernels
+            seconds, flow, mem = time_torch(backend, frames)
+            agree = within(flow[: len(reference)], reference)
+            if not compiled and eager_flow is None:
+                eager_flow = flow
+            same = float(np.abs(flow - eager_flow).max())
+            name = f"torch {'compiled' if backend.compiled else 'eager'} ({device})"
+            rows.append((name, batch, n / seconds, n / seconds / opencv_rate, agree, mem))
+            print(f"{name} batch {batch}: {n / seconds:.3f} pairs/s, within 0.1 px of OpenCV {agree:.4f}, "
+                  f"max |diff to eager| {same:.2e} px", flush=True)
+
+    print(f"\n340x256, {n} pairs ({args.opencv_pairs} for OpenCV), {args.threads} CPU thread(s), "
+          f"FlowConfig {dataclasses.asdict(cfg)}\n")
+    print("| backend | batch | pairs/s | vs OpenCV | within 0.1 px of OpenCV | memory / pair |")
+    print("|---|---|---|---|---|---|")
+    for name, batch, rate, ratio, agree, mem in rows:
+        agree_s = "-" if agree is None else f"{100 * agree:.1f}%"
+        mem_s = "-" if mem is None else f"{mem / 2**20:.0f} MiB"
+        print(f"| {name} | {batch} | {rate:.3f} | {ratio:.2f}x | {agree_s} | {mem_s} |")
+
+
+def synth_pairs(count: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """`count` SynthActions pairs (64x64, one per class, mid-clip) with their exact flow."""
+    from pipeline.synth.config import SynthConfig
+    from pipeline.synth.render import render_clip
+
+    cfg = SynthConfig()
+    out = []
+    for k in range(count):
+        clip = render_clip(cfg, k % len(cfg.class_names()), 1 + k // len(cfg.class_names()), 1)
+        t = len(clip.frames) // 2
+        gray = to_gray(clip.frames[t:t + 2])
+        out.append((gray[0], gray[1], clip.flow[t], np.ones(gray.shape[1:], bool)))
+    return out
+
+
+def accuracy(args: argparse.Namespace, base: FlowConfig) -> None:
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    root = args.data / "flow_gt"
+    cases: dict[str, list] = {}
+    for name, a, b, gt in (("RubberWhale", "middlebury_rubberwhale/frame10.png", "middlebury_rubberwhale/frame11.png",
+                            "middlebury_rubberwhale/flow10.flo"),
+                           ("KITTI", "kitti_000/frame1.png", "kitti_000/frame2.png", "kitti_000/flow_gt.png")):
+        if args.only and name not in args.only:
+            continue
+        cases[name] = [(read_grey(root / a), read_grey(root / b), *read_flow(root / gt))]
+    if not args.only or "SynthActions" in args.only:
+        cases["SynthActions"] = synth_pairs(args.synth_pairs)
+
+    print("| data | settings | within 0.1 px of OpenCV | OpenCV vs itself, I0 + 2.55e-4 | EPE OpenCV | EPE torch | torch / OpenCV |")
+    print("|---|---|---|---|---|---|---|")
+    for settings, change in (("defaults", {}), ("CUDA-equivalent", CUDA_EQUIVALENT)):
+        cfg = dataclasses.replace(base, **change)
+        backend = TorchTVL1(cfg, args.device, compiled=not args.no_compile)
+        for name, pairs in cases.items():
+            shares, floors, epe_cv, epe_t = [], [], [], []
+            for i0, i1, gt, valid in pairs:
+                theirs = create_tvl1(cfg).calc(i0, i1, None)
+                nudged = create_tvl1(cfg).calc((i0 / 255.0 + 1e-6).astype(np.float32),
+                                               (i1 / 255.0).astype(np.float32), None)
+                ours = backend.compute(np.stack([i0, i1]))[0]
+                shares.append(within(ours, theirs))
+                floors.append(within(nudged, theirs))
+                epe_cv.append(np.linalg.norm(theirs - gt, axis=-1)[valid])
+                epe_t.append(np.linalg.norm(ours - gt, axis=-1)[valid])
+            cv_e, t_e = float(np.concatenate(epe_cv).mean()), float(np.concatenate(epe_t).mean())
+            print(f"| {name} ({len(pairs)} pair{'s' if len(pairs) > 1 else ''}) | {settings} | "
+                  f"{100 * np.mean(shares):.2f}% | {100 * np.mean(floors):.2f}% | {cv_e:.3f} | {t_e:.3f} | "
+                  f"{t_e / cv_e:.3f} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=SHARED)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--pairs", type=int, default=8, help="pairs timed for torch")
+    parser.add_argument("--opencv-pairs", type=int, default=4, help="pairs timed for OpenCV (a prefix)")
+    parser.add_argument("--batch", type=int, nargs="+", default=[8], help="batch sizes (flow.batch_pairs)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument("--accuracy", action="store_true", help="accuracy instead of speed")
+    parser.add_argument("--only", nargs="*", help="accuracy: RubberWhale, KITTI and/or SynthActions")
+    parser.add_argument("--synth-pairs", type=int, default=12)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="FlowConfig overrides")
+    args = parser.parse_args()
+    cfg = dataclasses.replace(FlowConfig(), **parse_sets(args.set))
+    (accuracy if args.accuracy else speed)(args, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+"""The batched PyTorch TV-L1 (flow.tvl1_torch) against OpenCV's DualTVL1 and against known flow.
+
+OpenCV's operators are checked one by one, then whole solves: step for step with OpenCV where the
+iteration is still well-conditioned, analytic motions, batch independence, OpenCV's own agreement
+criterion (>= 95% of pixels within 0.1 px) and the end-point error against ground truth.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from flow import tvl1_torch_ops as ops
+from flow.config import FlowConfig
+from flow.errors import FlowError
+from flow.formats import read_flow
+from flow.tvl1 import OpenCVTVL1, create_tvl1
+from flow.tvl1_torch import TorchTVL1, tvl1_flow
+
+# OpenCV's CUDA TV-L1 (one loop, no median filter) as its tests emulate it on the CPU.
+CUDA_EQUIVALENT = dict(median_filtering=1, inner_iterations=1, outer_iterations=300)
+RUBBERWHALE_CROP = np.s_[120:240, 200:360]
+
+
+def texture(x: np.ndarray, y: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A smooth, isotropic test texture (100 plane waves of 4-16 px period), grey levels 38-218."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros_like(x, dtype=np.float64)
+    for _ in range(100):
+        freq = rng.uniform(2 * np.pi / 16, 2 * np.pi / 4)
+        angle, phase = rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
+        out += np.sin(freq * (np.cos(angle) * x + np.sin(angle) * y) + phase)
+    return 128 + 90 * out / np.abs(out).max()
+
+
+def analytic_pair(kind: str, param, h: int = 48, w: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """uint8 frames I0, I1 with I1(x + u(x)) = I0(x) exactly, and u as [2, H, W]."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    dx, dy = x - cx, y - cy
+    if kind == "translation":
+        u, v = np.full((h, w), param[0]), np.full((h, w), param[1])
+        src = (x - param[0], y - param[1])
+    elif kind == "rotation":
+        c, s = np.cos(np.deg2rad(param)), np.sin(np.deg2rad(param))
+        u, v = c * dx - s * dy - dx, s * dx + c * dy - dy
+        src = (c * dx + s * dy + cx, -s * dx + c * dy + cy)
+    else:  # zoom about the centre
+        u, v = (param - 1) * dx, (param - 1) * dy
+        src = (dx / param + cx, dy / param + cy)
+    i0 = np.round(texture(x, y)).astype(np.uint8)
+    i1 = np.round(texture(*src)).astype(np.uint8)
+    return i0, i1, np.stack([u, v])
+
+
+def object_pair(h: int = 64, w: int = 96) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A SynthActions-like pair: a textured disc moving over a differently moving textured
+    background, with the exact flow of I0's pixels (the disc's where it covers I0)."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    d_bg, d_obj = np.array([0.6, -0.3]), np.array([2.2, 1.4])
+    centre, radius = np.array([0.45 * w, 0.5 * h]), 0.3 * h
+
+    def frame(t: float) -> np.ndarray:
+        bx, by = x - t * d_bg[0], y - t * d_bg[1]
+        ox, oy = x - t * d_obj[0], y - t * d_obj[1]
+        inside = (ox - centre[0]) ** 2 + (oy - centre[1]) ** 2 < radius ** 2
+        return np.round(np.where(inside, texture(ox, oy, seed=1), texture(bx, by))).astype(np.uint8)
+
+    in_disc = (x - centre[0]) ** 2 + (y - centre[1]) ** 2 < radius ** 2
+    gt = np.where(in_disc, d_obj[:, None, None], d_bg[:, None, None])
+    return frame(0.0), frame(1.0), gt
+
+
+def opencv_flow(cfg: FlowConfig, i0: np.ndarray, i1: np.ndarray) -> np.ndarray:
+    # A fresh solver per call: OpenCV lowers its nscales for good once an image is small.
+    return create_tvl1(cfg).calc(i0, i1, None)
+
+
+def torch_flow(cfg: FlowConfig, i0: np.ndarray, i1: np.ndarray) -> np.ndarray:
+    return TorchTVL1(cfg, "cpu").compute(np.stack([i0, i1]))[0]
+
+
+def within(a: np.ndarray, b: np.ndarray, px: float = 0.1) -> float:
+    return float((np.linalg.norm(a - b, axis=-1) < px).mean())
+
+
+def epe(flow: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> float:
+    return float(np.linalg.norm(flow - gt, axis=-1)[valid].mean())
+
+
+def grey(path: Path) -> np.ndarray:
+    return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+
+
+# --- OpenCV's operators, one by one ---------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [(48, 64), (21, 43), (17, 23)])
+@pytest.mark.parametrize("step", [0.5, 0.8])
+def test_pyramid_level_is_cv_resize_linear(size, step):
+    image = np.random.default_rng(1).uniform(0, 255, size).astype(np.float32)
+    expected = cv2.resize(image, None, fx=step, fy=step, interpolation=cv2.INTER_LINEAR)
+    assert ops.pyramid_size(*size, step) == expected.shape
+    got = ops.resize_linear(torch.from_numpy(image)[None], expected.shape, step)[0].numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("small,size", [((24, 32), (48, 64)), ((10, 21), (21, 43)), ((13, 18), (17, 23))])
+def test_flow_upsampling_is_cv_resize_to_size(small, size):
+    flow = np.random.default_rng(2).normal(0, 3, small).astype(np.float32)
+    expected = cv2.resize(flow, size[::-1], interpolation=cv2.INTER_LINEAR)
+    got = ops.resize_linear(torch.from_numpy(flow)[None], size)[0].numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_pyramid_stops_before_16_px():
+    assert ops.flow_levels(256, 340, 5, 0.5) == [(256, 340), (128, 170), (64, 85), (32, 42), (16, 21)]
+    assert ops.flow_levels(48, 64, 5, 0.5) == [(48, 64), (24, 32)]
+    assert ops.flow_levels(40, 40, 1, 0.5) == [(40, 40)]
+
+
+def test_centred_gradient_halves_the_one_sided_difference_at_borders():
+    y, x = np.mgrid[0:5, 0:6].astype(np.float32)
+    dx, dy = ops.centred_gradient(torch.from_numpy(3 * x + 5 * y)[None])
+    expected_dx = np.full((5, 6), 3.0)
+    expected_dx[:, [0, -1]] = 1.5
+    expected_dy = np.full((5, 6), 5.0)
+    expected_dy[[0, -1], :] = 2.5
+    np.testing.assert_array_equal(dx[0].numpy(), expected_dx)
+    np.testing.assert_array_equal(dy[0].numpy(), expected_dy)
+
+
+def test_divergence_is_minus_the_adjoint_of_forward_gradient():
+    rng = np.random.default_rng(3)
+    u = torch.from_numpy(rng.normal(size=(2, 7, 9)))
+    px, py = torch.from_numpy(rng.normal(size=(2, 7, 9))), torch.from_numpy(rng.normal(size=(2, 7, 9)))
+    px[..., -1] = 0  # as in the solver: the dual variable stays 0 where the forward gradient is 0
+    py[..., -1, :] = 0
+    ux, uy = ops.forward_gradient(u)
+    assert torch.all(ux[..., -1] == 0) and torch.all(uy[..., -1, :] == 0)
+    lhs = (ux * px + uy * py).sum()
+    rhs = -(u * ops.divergence(px, py)).sum()
+    assert abs(float(lhs - rhs)) < 1e-10
+
+
+@pytest.mark.parametrize("ksize", [3, 5])
+def test_median_blur_is_cv_median_blur(ksize):
+    flow = np.random.default_rng(4).normal(0, 2, (3, 23, 31)).astype(np.float32)
+    flow[0, 4:12, 6:14] = 1.5  # ties
+    got = ops.median_blur(torch.from_numpy(flow), ksize).numpy()
+    for k in range(3):
+        np.testing.assert_array_equal(got[k], cv2.medianBlur(flow[k], ksize))
+
+
+@pytest.mark.parametrize("spread", [0.0, 0.4, 3.0, 40.0])
+def test_warp_is_cv_remap_cubic(spread):
+    rng = np.random.default_rng(5)
+    image = rng.uniform(0, 255, (30, 40)).astype(np.float32)
+    u, v = rng.normal(0, spread, (2, 30, 40)).astype(np.float32)
+    y, x = np.mgrid[0:30, 0:40].astype(np.float32)
+    expected = cv2.remap(image, x + u, y + v, cv2.INTER_CUBIC)
+    got = ops.warp_cubic(torch.from_numpy(image)[None, None], torch.from_numpy(u)[None], torch.from_numpy(v)[None])
+    np.testing.assert_allclose(got[0, 0].numpy(), expected, atol=2e-3)
+
+
+# --- whole solves against OpenCV ------------------------------------------------------------------
+
+@pytest.mark.parametrize("params", [
+    dict(nscales=1, warps=1, inner_iterations=10, outer_iterations=1, median_filtering=1),
+    dict(nscales=1, warps=2, inner_iterations=5, outer_iterations=2, median_filtering=5),
+    dict(nscales=2, warps=2, inner_iterations=5, outer_iterations=2, median_filtering=3, scale_step=0.8),
+    dict(nscales=1, warps=1, inner_iterations=5, outer_iterations=2, median_filtering=5, gamma=0.5),
+], ids=["primal-dual", "warps+median5", "pyramid0.8+median3", "gamma"])
+def test_follows_opencv_step_for_step(params):
+    """While few warps have passed, the iteration is well-conditioned and both agree to float
+    rounding; later, differences of 1e-6 grow at thresholding switches (as in OpenCV itself)."""
+    i0, i1, _ = object_pair(48, 64)
+    cfg = FlowConfig(epsilon=0.0, **params)
+    diff = np.abs(torch_flow(cfg, i0, i1) - opencv_flow(cfg, i0, i1))
+    assert diff.max() < 1e-3
+
+
+def test_epsilon_rule_stops_like_opencv():
+    """With a loose epsilon both stop after the same few iterations: far from the epsilon=0 flow,
+    equal to each other."""
+    i0, i1, _ = object_pair(48, 64)
+    cfg = FlowConfig(nscales=1, warps=1, inner_iterations=30, outer_iterations=1, median_filtering=1, epsilon=0.05)
+    ours, theirs = torch_flow(cfg, i0, i1), opencv_flow(cfg, i0, i1)
+    unstopped = opencv_flow(FlowConfig(**{**cfg.__dict__, "epsilon": 0.0}), i0, i1)
+    assert np.abs(ours - theirs).max() < 1e-4
+    assert np.abs(unstopped - theirs).max() > 1e-2
+
+
+def test_initial_flow_seeds_like_opencv():
+    i0, i1, gt = object_pair(48, 64)
+    cfg = FlowConfig(epsilon=0.0, warps=2, outer_iterations=3, use_initial_flow=True)
+    seed = np.ascontiguousarray(gt.transpose(1, 2, 0), dtype=np.float32) * 0.5
+    theirs = create_tvl1(cfg).calc(i0, i1, seed.copy())
+    ours = TorchTVL1(cfg, "cpu").compute_pairs(
+        torch.from_numpy(i0)[None], torch.from_numpy(i1)[None], torch.from_numpy(seed).permute(2, 0, 1)[None])
+    assert within(ours[0].permute(1, 2, 0).numpy(), theirs) > 0.99
+
+
+def test_synthetic_pair_within_opencv_criterion():
+    i0, i1, gt = object_pair()
+    cfg = FlowConfig(**CUDA_EQUIVALENT)
+    ours, theirs = torch_flow(cfg, i0, i1), opencv_flow(cfg, i0, i1)
+    assert within(ours, theirs) >= 0.95
+    gt = gt.transpose(1, 2, 0)
+    valid = np.ones(gt.shape[:2], bool)
+    assert epe(ours, gt, valid) <= 1.05 * epe(theirs, gt, valid)
+
+
+def test_rubberwhale_within_opencv_criterion(shared_data):
+    """A 120x160 crop of RubberWhale (the wheel and the whale's tail) at OpenCV's CUDA-equivalent
+    settings; the full frame is measured by `bench/flow_torch_tvl1.py --accuracy`."""
+    root = shared_data / "flow_gt" / "middlebury_rubberwhale"
+    crop = RUBBERWHALE_CROP
+    i0, i1 = grey(root / "frame10.png")[crop], grey(root / "frame11.png")[crop]
+    cfg = FlowConfig(**CUDA_EQUIVALENT)
+    assert within(torch_flow(cfg, i0, i1), opencv_flow(cfg, i0, i1)) >= 0.95
+
+
+def test_rubberwhale_epe_at_defaults(shared_data):
+    root = shared_data / "flow_gt" / "middlebury_rubberwhale"
+    crop = RUBBERWHALE_CROP
+    i0, i1 = grey(root / "frame10.png")[crop], grey(root / "frame11.png")[crop]
+    gt, valid = (a[crop] for a in read_flow(root / "flow10.flo"))
+    cfg = FlowConfig()
+    ours, theirs = epe(torch_flow(cfg, i0, i1), gt, valid), epe(opencv_flow(cfg, i0, i1), gt, valid)
+    assert ours <= 1.05 * theirs
+    assert ours < 0.4  # TV-L1 territory: OpenCV 0.26 px on this crop, 0.16 px on the full frame
+
+
+# --- known answers ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind,param", [
+    ("translation", (1.3, -0.7)), ("translation", (2.6, 1.7)),
+    ("rotation", 3.0), ("rotation", -4.0), ("zoom", 1.04), ("zoom", 0.95),
+])
+def test_analytic_motion(kind, param):
+    """Mean end-point error below 0.05 px away from the 6 px border, where I1 does not show what
+    left or entered the frame."""
+    i0, i1, gt = analytic_pair(kind, param)
+    flow = torch_flow(FlowConfig(), i0, i1).transpose(2, 0, 1)
+    error = np.linalg.norm(flow - gt, axis=0)[6:-6, 6:-6]
+    assert error.mean() < 0.05
+
+
+def test_batch_gives_each_pair_its_own_flow():
+    """A still pair (converges at once), a large motion and a moving object in one batch: each
+    pair gets its flow alone, whether converged pairs leave the batch at once (check_every=1) or
+    stay masked until the next check (check_every=4)."""
+    pairs = [analytic_pair("translation", (0.0, 0.0)), analytic_pair("translation", (2.6, 1.7)),
+             object_pair(48, 64)]
+    i0 = torch.from_numpy(np.stack([p[0] for p in pairs]))
+    i1 = torch.from_numpy(np.stack([p[1] for p in pairs]))
+    cfg = FlowConfig(warps=3)
+    alone = torch.cat([tvl1_flow(i0[k:k + 1], i1[k:k + 1], cfg) for k in range(len(pairs))])
+    for check_every in (1, 4):
+        batched = tvl1_flow(i0, i1, cfg, check_every=check_every)
+        assert (batched - alone).abs().max() < 1e-4
+    assert alone[0].abs().max() == 0 and alone[1].abs().mean() > 1
+
+
+# --- the backend interface ----------------------------------------------------------------------
+
+def test_compute_keeps_every_pair_across_chunks():
+    frames = np.stack([analytic_pair("translation", (0.3 * k, -0.2 * k))[1] for k in range(4)])
+    backend = TorchTVL1(FlowConfig(batch_pairs=2), "cpu")
+    flows = backend.compute(frames)  # pairs (0, 1) in one chunk, pair 2 in the next
+    assert flows.shape == (3, 48, 64, 2) and flows.dtype == np.float32
+    together = TorchTVL1(FlowConfig(batch_pairs=8), "cpu").compute_pairs(
+        torch.from_numpy(frames[:-1]), torch.from_numpy(frames[1:]))
+    np.testing.assert_allclose(flows, together.permute(0, 2, 3, 1).numpy(), atol=1e-4)
+    # Each pair moves the texture by (0.3, -0.2) px.
+    np.testing.assert_allclose(flows[:, 6:-6, 6:-6].mean(axis=(1, 2)), [[0.3, -0.2]] * 3, atol=0.05)
+    assert backend.compute(frames[:1]).shape == (0, 48, 64, 2)
+
+
+def test_use_initial_flow_chains_pairs_like_the_opencv_backend():
+    frames = np.stack([analytic_pair("translation", (0.8 * k, 0.5 * k))[1] for k in range(3)])
+    cfg = FlowConfig(use_initial_flow=True, epsilon=0.0, warps=2, outer_iterations=3)
+    ours, theirs = TorchTVL1(cfg, "cpu").compute(frames), OpenCVTVL1(cfg).compute(frames)
+    assert within(ours, theirs) > 0.99
+
+
+@pytest.mark.parametrize("frames", [
+    np.zeros((3, 20, 20), np.float32), np.zeros((3, 20, 20, 1), np.uint8), [[[0]]],
+], ids=["float", "4-d", "list"])
+def test_compute_rejects_what_is_not_grey_uint8(frames):
+    with pytest.raises(FlowError, match=r"uint8 array \[N, H, W\]"):
+        TorchTVL1(FlowConfig(), "cpu").compute(frames)
+
+
+@pytest.mark.parametrize("device,message", [("gpu", "expected 'auto'"), ("cuda:x", "expected 'auto'")])
+def test_bad_device_names_the_key(device, message):
+    with pytest.raises(FlowError, match=rf"flow.device: {message}"):
+        TorchTVL1(FlowConfig(), device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
+def test_cuda_without_gpu_is_a_flow_error():
+    with pytest.raises(FlowError, match="no CUDA GPU"):
+        TorchTVL1(FlowConfig(device="cuda"))
+    assert TorchTVL1(FlowConfig(device="auto")).device.type == "cpu"
+
+
+@pytest.mark.parametrize("median", [2, 7])
+def test_median_sizes_opencv_cannot_filter_are_refused(median):
+    with pytest.raises(FlowError, match="flow.median_filtering"):
+        TorchTVL1(FlowConfig(median_filtering=median), "cpu")
