@@ -164,15 +164,17 @@ def _earlier_rows(out_dir: Path, own: Path) -> dict[str, VideoResult]:
 
 
 def _done_row(store: Store, job: FlowJob, earlier: VideoResult | None) -> VideoResult:
-    """The row of a video found complete in the store."""
-    if earlier is not None and earlier.status == "done":
-        return dataclasses.replace(earlier, path=str(job.path))
+    """The row of a video found complete in the store (opening it checks it is readable); the
+    time it took and its declared count come from an earlier manifest when there is one."""
     with store.open(job.video_id) as frames:
         row = VideoResult(job.video_id, str(job.path), "done", frames.num_frames, frames.num_flows)
-    try:
-        row.declared_frames = VideoReader(job.path).declared_frames
-    except FlowError:
-        pass
+    if earlier is not None and earlier.status == "done":
+        row.declared_frames, row.seconds = earlier.declared_frames, earlier.seconds
+    else:
+        try:
+            row.declared_frames = VideoReader(job.path).declared_frames
+        except FlowError:
+            pass
     return row
 
 
@@ -228,10 +230,13 @@ def run_flow(videos: Sequence[FlowJob], out_dir: Path, cfg: FlowConfig, *, shard
     todo: list[FlowJob] = []
     for job in mine:
         if not force and store.has(job.video_id):
-            rows[job.video_id] = _done_row(store, job, earlier.get(job.video_id))
-        else:
-            rows[job.video_id] = VideoResult(job.video_id, str(job.path), "pending")
-            todo.append(job)
+            try:
+                rows[job.video_id] = _done_row(store, job, earlier.get(job.video_id))
+                continue
+            except FlowError:  # damaged since it was written: do it again
+                store.remove(job.video_id)
+        rows[job.video_id] = VideoResult(job.video_id, str(job.path), "pending")
+        todo.append(job)
     skipped = len(mine) - len(todo)
     # Longest first (file size as the proxy), so no long video starts last while the others idle.
     todo.sort(key=lambda j: -(j.path.stat().st_size if j.path.is_file() else 0))
@@ -277,6 +282,7 @@ def run_flow(videos: Sequence[FlowJob], out_dir: Path, cfg: FlowConfig, *, shard
                           manifest=manifest, shard=shard, failures=sorted(failures))
     print(summary, flush=True)
     if strict and failed:
-        raise FlowError(f"{failed} of {len(mine)} videos failed (--strict), e.g. {failures[0][0]}: "
-                        f"{failures[0][1]}; see {manifest}")
+        video_id, error = summary.failures[0]
+        raise FlowError(f"{failed} of {len(mine)} videos failed (--strict), e.g. {video_id}: {error}; "
+                        f"see {manifest}")
     return summary

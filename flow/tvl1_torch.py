@@ -69,19 +69,24 @@ def primal_dual_step(
     plane of gamma), grad = |grad I1w|^2 and rho_c: [B, H, W]. Returns the new u, px, py and each
     pair's summed squared change of u (float64 [B]). Pairs with `active` False keep their state.
     """
-    rho = rho_c + (gw[:, 0] * u[:, 0] + gw[:, 1] * u[:, 1])  # OpenCV's order of float additions
+    # In-place on fresh temporaries (fewer passes over memory in eager mode); every sum keeps
+    # OpenCV's operands, so the rounding is OpenCV's.
+    rho = gw[:, 0] * u[:, 0]
+    rho += gw[:, 1] * u[:, 1]
+    rho += rho_c
     if u.shape[1] == 3:
-        rho = rho + gw[:, 2] * u[:, 2]
+        rho += gw[:, 2] * u[:, 2]
     # OpenCV's three cases (rho < -l_t |g|^2, rho > l_t |g|^2, else -rho / |g|^2) are this clamp;
     # OpenCV skips the last case where |g|^2 <= FLT_EPSILON, where the whole step is < l_t * 3.5e-4 px.
-    fi = (-rho / grad.clamp_min(1e-30)).clamp(-l_t, l_t)
-    u_new = (u + fi[:, None] * gw) + theta * divergence(px, py)
-    change = u_new - u
-    error = (change * change).sum(dim=(1, 2, 3), dtype=torch.float64)
+    fi = rho.neg_().div_(grad.clamp_min(1e-30)).clamp_(-l_t, l_t)
+    v = gw * fi[:, None]
+    v += u
+    u_new = divergence(px, py).mul_(theta).add_(v)
+    error = v.copy_(u_new).sub_(u).square_().sum(dim=(1, 2, 3), dtype=torch.float64)
     ux, uy = forward_gradient(u_new)
-    norm = 1.0 + taut * torch.hypot(ux, uy)
-    px_new = (px + taut * ux) / norm
-    py_new = (py + taut * uy) / norm
+    norm = torch.hypot(ux, uy).mul_(taut).add_(1.0)
+    px_new = ux.mul_(taut).add_(px).div_(norm)
+    py_new = uy.mul_(taut).add_(py).div_(norm)
     if active is not None:
         keep = active[:, None, None, None]
         u_new = torch.where(keep, u_new, u)
@@ -124,11 +129,15 @@ class _Batch:
 
 def _solve_warp(
     state: dict[str, torch.Tensor], fixed: dict[str, torch.Tensor], p: _Solver, eps: float,
-    check_every: int, step: StepFn, median: MedianFn,
+    check_every: int, step: StepFn, median: MedianFn, masked: bool,
 ) -> None:
     """OpenCV's outer / inner loops of one warp, stopping each pair at its own epsilon test."""
     batch = _Batch({**state, **fixed})
-    active: torch.Tensor | None = None  # None: every pair in the batch is still active
+
+    def all_active() -> torch.Tensor | None:  # None: skip the masking, nothing to freeze
+        return torch.ones(len(batch), dtype=torch.bool, device=batch.rows.device) if masked else None
+
+    active = all_active()
     n = 0
     for _ in range(p.outer):
         if p.median > 1:
@@ -147,13 +156,13 @@ def _solve_warp(
                     batch.retire(done, state)
                     if len(batch) == 0:
                         return
-                active = None
+                active = all_active()
     batch.retire(torch.ones(len(batch), dtype=torch.bool, device=batch.rows.device), state)
 
 
 def _solve_scale(
     i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, p: _Solver, check_every: int,
-    step: StepFn, median: MedianFn,
+    step: StepFn, median: MedianFn, masked: bool,
 ) -> torch.Tensor:
     """OpenCV's procOneScale for a batch: `warps` re-linearisations around the current flow."""
     b, k, h, w = u.shape
@@ -170,20 +179,22 @@ def _solve_scale(
             "grad": i1wx * i1wx + i1wy * i1wy,
             "rho_c": i1w - i1wx * u[:, 0] - i1wy * u[:, 1] - i0,
         }
-        _solve_warp(state, fixed, p, eps, check_every, step, median)
+        _solve_warp(state, fixed, p, eps, check_every, step, median, masked)
     return state["u"]
 
 
 def tvl1_flow(
     i0: torch.Tensor, i1: torch.Tensor, cfg: FlowConfig, *, init_flow: torch.Tensor | None = None,
     check_every: int = 1, step: StepFn = primal_dual_step, median: MedianFn = masked_median,
+    masked: bool = False,
 ) -> torch.Tensor:
     """TV-L1 flow from i0 to i1 for a batch of pairs: [B, H, W] grey levels 0-255 -> [B, 2, H, W].
 
     `init_flow` [B, 2, H, W] plays OpenCV's useInitialFlow (it seeds the coarsest scale).
     `check_every` is how many iterations run between host-side convergence checks: 1 drops a
     converged pair at once (best on CPU); more avoids a device sync per iteration and freezes
-    converged pairs with a mask until the next check, which gives the same flow.
+    converged pairs with a mask until the next check, which gives the same flow. `masked` passes
+    the mask even when every pair is active (compiled kernels then need one graph, not two).
     """
     p = _Solver.from_config(cfg)
     i0 = i0.to(torch.float32)
@@ -205,7 +216,7 @@ def tvl1_flow(
 
     up = float(np.float32(1.0 / p.scale_step))
     for s in range(len(sizes) - 1, -1, -1):
-        u = _solve_scale(*pyramid[s], u, p, check_every, step, median)
+        u = _solve_scale(*pyramid[s], u, p, check_every, step, median, masked)
         if s > 0:
             u = resize_linear(u, sizes[s - 1])
             u[:, :2] *= up  # u3 is not a displacement and keeps its scale
@@ -215,14 +226,16 @@ def tvl1_flow(
 @functools.lru_cache(maxsize=None)
 def _compiled_kernels(device: str, l_t: float, theta: float, taut: float, median: int) -> tuple[StepFn, MedianFn]:
     """The inner iteration and the median filter through torch.compile, compiled once per process
-    by a warm-up on a tiny batch. Shapes are dynamic, so every scale and every batch size after a
-    pair leaves reuse the graphs; the float parameters are baked in, hence the cache key."""
+    by a warm-up on tiny batches. Shapes are dynamic, so every scale and batch size reuses the
+    graphs, except a batch of one (torch specialises sizes 0 and 1), warmed up too; the float
+    parameters are baked in, hence the cache key. Always called with the mask (masked=True)."""
     step = torch.compile(primal_dual_step, dynamic=True)
     median_fn = torch.compile(masked_median, dynamic=True)
-    u = torch.zeros(2, 2, 16, 16, device=device)
-    plane = torch.zeros(2, 16, 16, device=device)
-    with torch.inference_mode():
-        for active in (None, torch.ones(2, dtype=torch.bool, device=device)):
+    with torch.inference_mode():  # as the solves run: tensors made outside would not match the guards
+        for b in (3, 1):  # sizes all different: torch would tie equal sizes together ("duck sizing")
+            u = torch.zeros(b, 2, 17, 19, device=device)
+            plane = torch.zeros(b, 17, 19, device=device)
+            active = torch.ones(b, dtype=torch.bool, device=device)
             step(u, u, u, u, plane, plane, active, l_t, theta, taut)
             if median > 1:
                 median_fn(u, median, active)
@@ -337,4 +350,4 @@ class TorchTVL1:
     @torch.inference_mode()
     def _solve(self, i0: torch.Tensor, i1: torch.Tensor, init_flow: torch.Tensor | None) -> torch.Tensor:
         return tvl1_flow(i0, i1, self.cfg, init_flow=init_flow, check_every=self.check_every,
-                         step=self._step, median=self._median)
+                         step=self._step, median=self._median, masked=self.compiled)

@@ -6,8 +6,6 @@ batched solver in `flow.tvl1_torch` follows OpenCV's CPU DualTVL1 step by step.
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -72,10 +70,13 @@ def forward_gradient(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def divergence(px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
     """OpenCV's divergence: backward differences with p = 0 before the first column / row
     (minus the adjoint of forward_gradient, given p = 0 in the last column / row)."""
-    return (px - F.pad(px[..., :-1], (1, 0))) + (py - F.pad(py[..., :-1, :], (0, 0, 1, 0)))
+    dx = px.clone()
+    dx[..., 1:] -= px[..., :-1]
+    dy = py.clone()
+    dy[..., 1:, :] -= py[..., :-1, :]
+    return dx.add_(dy)
 
 
-@functools.lru_cache(maxsize=None)
 def _median_network(n: int) -> tuple[tuple[int, int, bool, bool], ...]:
     """Compare-exchange steps that leave the median of n values on wire n // 2.
 
@@ -101,6 +102,10 @@ def _median_network(n: int) -> tuple[tuple[int, int, bool, bool], ...]:
     return tuple(reversed(steps))
 
 
+# The window sizes cv::medianBlur accepts for float images.
+_MEDIAN_NETWORKS = {k: _median_network(k * k) for k in (3, 5)}
+
+
 def median_blur(u: torch.Tensor, ksize: int) -> torch.Tensor:
     """cv::medianBlur of float images (ksize 3 or 5): exact median of the window, borders replicated.
 
@@ -111,7 +116,7 @@ def median_blur(u: torch.Tensor, ksize: int) -> torch.Tensor:
     h, w = u.shape[-2:]
     padded = F.pad(u.reshape(-1, 1, h, w), (r, r, r, r), mode="replicate").reshape(*u.shape[:-2], h + 2 * r, w + 2 * r)
     wires = [padded[..., dy:dy + h, dx:dx + w] for dy in range(ksize) for dx in range(ksize)]
-    for i, j, keep_min, keep_max in _median_network(ksize * ksize):
+    for i, j, keep_min, keep_max in _MEDIAN_NETWORKS[ksize]:
         a, b = wires[i], wires[j]
         if keep_min:
             wires[i] = torch.minimum(a, b)

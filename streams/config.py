@@ -62,7 +62,8 @@ class TrainConfig:
     channels_last: bool = True  # channels_last_3d memory format
     compile: bool = False  # torch.compile the model
     sync_bn: bool = True  # with several processes, BN in training mode uses the global batch
-    workers: int = 4  # DataLoader worker processes per training process; 0 = load in the main process
+    workers: int = 8  # DataLoader processes per training process; 0 = load in the main process. A GPU
+    # needs enough of them for `data_wait` in metrics.jsonl to stay near 0
     threads: int = 0  # torch CPU threads per process; 0 = torch's default (one per core). On a shared
     # machine 1 can be several times faster: busy-waiting threads stall when the cores are taken
 

@@ -104,6 +104,17 @@ def test_rerun_does_nothing_and_force_redoes(videos, tmp_path, fast_cfg):
     assert all(after[k] == content[k] for k in after if k != "manifest.csv")
 
 
+def test_a_damaged_finished_video_is_redone(videos, tmp_path, fast_cfg):
+    out = tmp_path / "flow"
+    run_flow(jobs_in(videos), out, fast_cfg)
+    want = store_files(out)
+    pack = out / "Cls" / "b.pack"
+    pack.write_bytes(pack.read_bytes()[:100])
+    again = run_flow(jobs_in(videos), out, fast_cfg)
+    assert (again.computed, again.skipped) == (1, 2)
+    assert store_files(out) == want
+
+
 def test_corrupt_files_among_good_ones_are_listed_and_the_run_finishes(videos, tmp_path, fast_cfg):
     good = (videos / "b.avi").read_bytes()
     (videos / "truncated.avi").write_bytes(write_video(tmp_path / "x.avi", moving_square(40)).read_bytes()[:9000])

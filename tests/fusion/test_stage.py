@@ -106,6 +106,29 @@ def test_fusion_weight_chosen_on_train_videos(tiny_store, tiny_checkpoints, tmp_
     assert "chosen on 15 train videos" in table.set_index("method").loc["fusion", "details"]
 
 
+def test_multilabel_videos_activitynet_style(evaluated, tiny_store, tiny_checkpoints, monkeypatch, tmp_path):
+    from sklearn.metrics import average_precision_score
+
+    _, out, _ = evaluated
+    store, train, test = tiny_store
+    shutil.copytree(out, tmp_path / "eval")  # same videos, other labels: the cached outputs serve
+    monkeypatch.setattr(scoring.StreamRunner, "run", lambda *a, **k: pytest.fail("network ran"))
+
+    def two_labels(items):  # every other video also carries the next class
+        return [(v, lab + ((lab[0] + 1) % 3,) if i % 2 else lab) for i, (v, lab) in enumerate(items)]
+
+    table = run_eval(store, tiny_checkpoints, two_labels(train), two_labels(test), CLASSES, CFG, tmp_path / "eval",
+                     protocol="multi", excluded=[])
+    rows = table.set_index("method")
+    assert "mAP" in rows.loc["svm_two_stream", "details"]  # C chosen by cross-validated mAP
+    with np.load(tmp_path / "eval" / "scores.npz") as dump:
+        truth = metrics.label_matrix([lab for _, lab in two_labels(test)], 3)
+        assert dump["labels"].shape == (len(test), 2)
+        for method in rows.index:
+            expected = 100 * average_precision_score(truth, dump[method], average="macro")
+            assert rows.loc[method, "mAP"] == pytest.approx(expected)
+
+
 def test_svm_rerun_from_saved_features(evaluated):
     table, out, _ = evaluated
     rerun = svm_from_features(out / "features", CFG)
