@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: install
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -q
 
 all: synth flow train-rgb train-flow eval
 

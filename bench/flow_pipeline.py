@@ -1,21 +1,23 @@
 """End-to-end flow stage against a bare OpenCV loop on the same frames, and scaling from 1 to 2 jobs.
 
-    .venv/bin/python bench/flow_pipeline.py [--data ../shared/data] [--frames 25] [--repeat 2]
+    .venv/bin/python bench/flow_pipeline.py [--data ../shared/data] [--frames 9] [--rounds 2]
 
 Eight real clips (mp4 / avi / mkv, 320x240 to 1920x1080) are cut to their first `--frames` frames
 (re-encoded losslessly as FFV1 .mkv at their own size). Measured in one run, each with one OpenCV
-thread per process:
+thread per process, in `--rounds` interleaved rounds:
   bare      cv2 DualTVL1 `calc` over every pair of the already decoded, resized grey frames
   stage j1  run_flow(jobs=1): decode + resize + TV-L1 + uint8 encoding + PNG + packed store write
+  bare x2   the bare loop in two processes at once (what the machine gives two processes now)
   stage j2  run_flow(jobs=2): two worker processes
-  bare x2   the bare loop in two processes at once (what the machine itself gives)
-Overhead ratio = stage j1 / bare pairs/s (target >= 0.9); parallel efficiency =
-stage j2 / (2 x stage j1) (target >= 0.85). Bare and stage j1 alternate `--repeat` times.
+Overhead = stage j1 / bare pairs/s (target >= 0.9), by wall clock and by this process's CPU time
+(immune to other processes' load). Parallel efficiency = stage j2 / (2 x stage j1) (target >= 0.85);
+on a shared machine compare it with the bare loop's own efficiency, bare x2 / (2 x bare).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shutil
 import tempfile
 import time
@@ -51,33 +53,38 @@ def cut(src: Path, dst: Path, frames: int) -> None:
     cap.release()
 
 
-def bare_loop(grey: list[np.ndarray], cfg: FlowConfig) -> tuple[int, float]:
+def bare_loop(grey: list[np.ndarray], cfg: FlowConfig) -> tuple[int, float, float]:
+    """(pairs, wall s, CPU s) of the plain OpenCV loop."""
     cv2.setNumThreads(1)
     tvl1 = create_tvl1(cfg)
-    start, pairs = time.perf_counter(), 0
+    wall, cpu, pairs = time.perf_counter(), time.process_time(), 0
     for video in grey:
         for a, b in zip(video[:-1], video[1:]):
             tvl1.calc(a, b, None)
             pairs += 1
-    return pairs, time.perf_counter() - start
+    return pairs, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def stage(jobs: list[FlowJob], out: Path, cfg: FlowConfig, n_jobs: int) -> tuple[int, float]:
+def stage(jobs: list[FlowJob], out: Path, cfg: FlowConfig, n_jobs: int) -> tuple[int, float, float]:
+    """(pairs, wall s, CPU s of this process) of the flow stage from scratch."""
     shutil.rmtree(out, ignore_errors=True)
     cv2.setNumThreads(1)  # jobs=1 runs in this process
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     summary = run_flow(jobs, out, dataclasses.replace(cfg, jobs=n_jobs))
-    return summary.pairs, time.perf_counter() - start
+    return summary.pairs, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    parser.add_argument("--frames", type=int, default=25)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--frames", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     cfg = FlowConfig()
     tmp = Path(tempfile.mkdtemp(prefix="flow_pipeline_bench_"))
+    load_before = os.getloadavg()[0]
+    wall: dict[str, list[float]] = {"bare": [], "stage j1": [], "bare x2": [], "stage j2": []}
+    cpu: dict[str, list[float]] = {"bare": [], "stage j1": []}
     try:
         jobs = []
         for name in CLIPS:
@@ -85,35 +92,40 @@ def main() -> None:
             dst.parent.mkdir(parents=True, exist_ok=True)
             cut(args.data / "clips" / name, dst, args.frames)
             jobs.append(FlowJob(f"clips/{dst.stem}", dst))
-        grey = [to_gray(np.concatenate(list(VideoReader(j.path, cfg.size).chunks(1000, 1000)))) for j in jobs]
         # the same grey frames the stage computes on (it decodes and resizes the same way)
-
-        results: dict[str, list[float]] = {"bare": [], "stage j1": [], "stage j2": [], "bare x2": []}
-        for _ in range(args.repeat):
-            pairs, secs = bare_loop(grey, cfg)
-            results["bare"].append(pairs / secs)
-            pairs, secs = stage(jobs, tmp / "out", cfg, 1)
-            results["stage j1"].append(pairs / secs)
-        pairs, secs = stage(jobs, tmp / "out", cfg, 2)
-        results["stage j2"].append(pairs / secs)
+        grey = [to_gray(np.concatenate(list(VideoReader(j.path, cfg.size).chunks(1000, 1000)))) for j in jobs]
         half = [grey[0::2], grey[1::2]]
-        start = time.perf_counter()
-        done = joblib.Parallel(n_jobs=2)(joblib.delayed(bare_loop)(g, cfg) for g in half)
-        results["bare x2"].append(sum(p for p, _ in done) / (time.perf_counter() - start))
+        for _ in range(args.rounds):
+            pairs, secs, cpu_s = bare_loop(grey, cfg)
+            wall["bare"].append(pairs / secs)
+            cpu["bare"].append(pairs / cpu_s)
+            pairs, secs, cpu_s = stage(jobs, tmp / "out", cfg, 1)
+            wall["stage j1"].append(pairs / secs)
+            cpu["stage j1"].append(pairs / cpu_s)
+            start = time.perf_counter()
+            done = joblib.Parallel(n_jobs=2)(joblib.delayed(bare_loop)(g, cfg) for g in half)
+            wall["bare x2"].append(sum(d[0] for d in done) / (time.perf_counter() - start))
+            pairs, secs, _ = stage(jobs, tmp / "out", cfg, 2)
+            wall["stage j2"].append(pairs / secs)
     finally:
         shutil.rmtree(tmp)
 
-    rate = {k: float(np.mean(v)) for k, v in results.items()}
+    w = {k: float(np.mean(v)) for k, v in wall.items()}
+    c = {k: float(np.mean(v)) for k, v in cpu.items()}
     print(f"\n{sum(len(g) - 1 for g in grey)} pairs per run at {cfg.size}, scale_step {cfg.scale_step}, "
-          f"{joblib.cpu_count()} cores\n")
-    print("| run | pairs/s (each run) | pairs/s (mean) | ratio |")
-    print("|---|---|---|---|")
-    ratios = {"bare": "1.00 (baseline)",
-              "stage j1": f"{rate['stage j1'] / rate['bare']:.3f} of bare (overhead)",
-              "stage j2": f"{rate['stage j2'] / (2 * rate['stage j1']):.3f} parallel efficiency vs stage j1",
-              "bare x2": f"{rate['bare x2'] / (2 * rate['bare']):.3f} parallel efficiency vs bare"}
-    for k, v in results.items():
-        print(f"| {k} | {', '.join(f'{x:.2f}' for x in v)} | {rate[k]:.2f} | {ratios[k]} |")
+          f"{joblib.cpu_count()} cores, load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after\n")
+    print("| run | pairs/s wall (each round) | mean | pairs per CPU-second (each round) | ratio |")
+    print("|---|---|---|---|---|")
+    ratios = {"bare": "baseline",
+              "stage j1": f"overhead: {w['stage j1'] / w['bare']:.3f} of bare by wall clock, "
+                          f"{c['stage j1'] / c['bare']:.3f} by CPU time",
+              "bare x2": f"machine: {w['bare x2'] / (2 * w['bare']):.3f} parallel efficiency of the bare loop",
+              "stage j2": f"{w['stage j2'] / (2 * w['stage j1']):.3f} parallel efficiency; "
+                          f"{(w['stage j2'] / w['stage j1']) / (w['bare x2'] / w['bare']):.3f} of the bare "
+                          "loop's own scaling"}
+    for k, v in wall.items():
+        cpu_cell = ", ".join(f"{x:.3f}" for x in cpu[k]) if k in cpu else "-"
+        print(f"| {k} | {', '.join(f'{x:.3f}' for x in v)} | {w[k]:.3f} | {cpu_cell} | {ratios[k]} |")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from flow import store as store_module
 from flow.config import FlowConfig

@@ -156,7 +156,8 @@ def accuracy(args: argparse.Namespace, base: FlowConfig) -> None:
     if not args.only or "SynthActions" in args.only:
         cases["SynthActions"] = synth_pairs(args.synth_pairs)
 
-    print("| data | settings | within 0.1 px of OpenCV | OpenCV vs itself, I0 + 2.55e-4 | EPE OpenCV | EPE torch | torch / OpenCV |")
+    print("| data | settings | within 0.1 px of OpenCV | OpenCV vs itself, I0 + 2.55e-4 | EPE OpenCV | "
+          "EPE torch | torch / OpenCV |")
     print("|---|---|---|---|---|---|---|")
     for settings, change in (("defaults", {}), ("CUDA-equivalent", CUDA_EQUIVALENT)):
         cfg = dataclasses.replace(base, **change)

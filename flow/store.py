@@ -5,22 +5,23 @@ per video, keyed by `video_id` (`Class/v_Class_g01_c01`):
 
 * `packed` (default): one file `<video_id>.pack` per video holding every RGB frame and every flow
   image, each as one lossless blob (PNG by default) listed in an offset index, so a random 16-frame
-  window costs 16 small reads and decodes. Format in docs/flow.md.
+  window costs one read and 16 decodes. Format in docs/flow.md.
 * `mmaction`: the mmaction2 / TSN rawframes layout `<video_id>/img_00001.jpg`, `flow_x_00001.jpg`,
   `flow_y_00001.jpg` (1-based JPEGs, lossy), readable by mmaction2 unchanged.
 
 Flow index `i` (0-based) is the motion from frame `i` to frame `i + 1`; a video of N frames has N - 1
 flow images. A video exists in the store only once all of it is on disk: writers fill a hidden
-temporary name (`.<name>.pack.tmp` / `.<name>.tmp/`) and rename it when complete.
+temporary name (`.<name>.pack.tmp-<host>-<pid>`, `.<name>.tmp-<host>-<pid>/`) and rename it when
+complete.
 """
 from __future__ import annotations
 
 import json
 import os
-from abc import ABC, abstractmethod
 import shutil
 import socket
 import struct
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any

@@ -49,7 +49,9 @@ class _Solver:
 
     @classmethod
     def from_config(cls, cfg: FlowConfig) -> _Solver:
-        f32 = lambda x: float(np.float32(x))  # noqa: E731 - OpenCV keeps these as float
+        def f32(x: float) -> float:  # OpenCV casts these to float before iterating
+            return float(np.float32(x))
+
         return cls(
             l_t=f32(cfg.lambda_ * cfg.theta), theta=f32(cfg.theta), taut=f32(cfg.tau / cfg.theta),
             gamma=f32(cfg.gamma), epsilon=cfg.epsilon, warps=cfg.warps, outer=cfg.outer_iterations,
@@ -111,7 +113,7 @@ class _Batch:
     """The pairs of one warp that still iterate, with their state; converged pairs leave it."""
 
     def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.rows = torch.arange(next(iter(tensors.values())).shape[0], device=tensors["u"].device)
+        self.rows = torch.arange(tensors["u"].shape[0], device=tensors["u"].device)
         self.t = tensors
 
     def retire(self, done: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
@@ -233,10 +235,11 @@ def _compiled_kernels(device: str, l_t: float, theta: float, taut: float, median
     median_fn = torch.compile(masked_median, dynamic=True)
     with torch.inference_mode():  # as the solves run: tensors made outside would not match the guards
         for b in (3, 1):  # sizes all different: torch would tie equal sizes together ("duck sizing")
-            u = torch.zeros(b, 2, 17, 19, device=device)
-            plane = torch.zeros(b, 17, 19, device=device)
+            # Distinct tensors: passing one tensor twice would compile a graph for aliased inputs.
+            u, px, py, gw = (torch.zeros(b, 2, 17, 19, device=device) for _ in range(4))
+            grad, rho_c = (torch.zeros(b, 17, 19, device=device) for _ in range(2))
             active = torch.ones(b, dtype=torch.bool, device=device)
-            step(u, u, u, u, plane, plane, active, l_t, theta, taut)
+            step(u, px, py, gw, grad, rho_c, active, l_t, theta, taut)
             if median > 1:
                 median_fn(u, median, active)
     return step, median_fn
@@ -253,7 +256,8 @@ def resolve_device(device: str) -> torch.device:
             raise FlowError(f"flow.device: {device!r} asked for, but this torch sees no CUDA GPU")
         index = int(device[5:]) if device != "cuda" else 0
         if index >= torch.cuda.device_count():
-            raise FlowError(f"flow.device: {device!r} asked for, but only {torch.cuda.device_count()} GPU(s) are visible")
+            raise FlowError(f"flow.device: {device!r} asked for, but only "
+                            f"{torch.cuda.device_count()} GPU(s) are visible")
         return torch.device("cuda", index)
     raise FlowError(f"flow.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 

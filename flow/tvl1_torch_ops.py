@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+
 def pyramid_size(height: int, width: int, step: float) -> tuple[int, int]:
     """Size of the next pyramid level: cv::resize with fx = fy = step rounds half to even."""
     return int(np.rint(height * step)), int(np.rint(width * step))
@@ -37,7 +38,7 @@ def _linear_weights(n_in: int, n_out: int, src_per_dst: float) -> np.ndarray:
 
 
 def resize_linear(x: torch.Tensor, size: tuple[int, int], scale: float | None = None) -> torch.Tensor:
-    """cv::resize(..., INTER_LINEAR) of `[B, H, W]` to `size = (h, w)`.
+    """cv::resize(..., INTER_LINEAR) of `[..., H, W]` to `size = (h, w)`.
 
     `scale` is the factor passed as fx = fy (pyramid levels); None means OpenCV derives it from the
     sizes (flow upsampling). The bilinear filter is separable, so the resize is two small matmuls.
@@ -139,8 +140,9 @@ def _cubic_weights(t: torch.Tensor) -> list[torch.Tensor]:
 def warp_cubic(images: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
     """cv::remap(image, x + u1, y + u2, INTER_CUBIC) of `[B, C, H, W]`, constant 0 outside.
 
-    Written out rather than with grid_sample, whose normalised coordinates are off by ~1e-5 px and
-    so blur images sampled exactly on the grid (the first warp of every scale, where u = 0).
+    Written out rather than with grid_sample: its normalised coordinates do not land exactly on
+    the pixel grid, so it blurs images that OpenCV samples exactly (the first warp of every scale,
+    where u = 0), enough to move the flow by 1e-3 px after a few iterations.
     """
     b, c, h, w = images.shape
     x = torch.arange(w, device=u1.device, dtype=u1.dtype) + u1

@@ -23,7 +23,7 @@ class EvalConfig:
     # Features + linear SVM (the paper's protocol): centre crop, each clip averaged with its mirror.
     svm: bool = True
     svm_clips: int = 20
-    svm_cs: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0])
+    svm_cs: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0])
     svm_folds: int = 5
     seed: int = 0  # cross-validation folds
 

@@ -96,7 +96,7 @@ def read_cached(spec: StreamSpec, store: Store, video_id: str) -> Outputs:
         return Outputs()
 
 
-def default_jobs(cfg: EvalConfig, device: torch.device) -> int:
+def _jobs(cfg: EvalConfig, device: torch.device) -> int:
     if device.type != "cpu":
         return 1
     if cfg.jobs:
@@ -106,7 +106,7 @@ def default_jobs(cfg: EvalConfig, device: torch.device) -> int:
 
 def _compute(store_root: Path, specs: Sequence[StreamSpec], tasks: Sequence[tuple[str, bool, bool]],
              cfg: EvalConfig, device: torch.device) -> dict[str, str]:
-    jobs = min(default_jobs(cfg, device), len(tasks))
+    jobs = min(_jobs(cfg, device), len(tasks))
     failed = {}
     bar = tqdm(total=len(tasks), desc="eval: network", unit="video", leave=False)
     if jobs == 1:
@@ -174,7 +174,9 @@ def _work(task: tuple[str, bool, bool]) -> tuple[str, str]:
                 arrays.update({k: v for k, v in (("logits", cached.logits), ("feature", cached.feature))
                                if v is not None})
                 save_npz(_cache_path(spec, video_id), arrays)
-    except (FlowError, OSError) as e:
+    except FileNotFoundError as e:  # removed from the store while this run went on
+        return video_id, f"video {video_id}: {e}"
+    except FlowError as e:
         return video_id, str(e)
     return video_id, ""
 

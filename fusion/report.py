@@ -1,7 +1,6 @@
 """The report of `make eval`: results table (CSV + Markdown), per-class accuracy, confusion PNG, scores."""
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -113,15 +112,16 @@ def write_confusion_png(path: Path, methods: Sequence[MethodScores], labels: Lab
     import matplotlib.pyplot as plt
 
     n = len(methods)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n + 0.8, 4.4), squeeze=False)
-    for ax, m in zip(axes[0], methods):
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n + 1.6, 4.6), squeeze=False, sharey=True)
+    for k, (ax, m) in enumerate(zip(axes[0], methods)):
         counts = metrics.confusion_matrix(m.scores, labels, len(classes)).astype(float)
         rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
         image = ax.imshow(rates, vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
         acc = 100 * metrics.hit_at_k(m.scores, labels, 1)
         ax.set_title(f"{m.method}: video hit@1 {acc:.1f}%", fontsize=9)
         ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
+        if k == 0:
+            ax.set_ylabel("true")
         if len(classes) <= 30:
             ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=6)
             ax.set_yticks(range(len(classes)), classes, fontsize=6)
@@ -183,10 +183,6 @@ def write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-
-
-def write_json(path: Path, data: dict) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

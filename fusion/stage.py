@@ -147,9 +147,10 @@ def svm_methods(train: dict[str, np.ndarray], train_labels: Labels, test: dict[s
     for name, (x_train, x_test) in inputs.items():
         fit = svm.fit_svm(x_train, train_labels, num_classes, cfg.svm_cs, cfg.svm_folds, cfg.seed)
         cv = fit.cv_score[fit.c] * 100
+        edge = " (the largest tried: add larger svm_cs)" if len(cfg.svm_cs) > 1 and fit.c == max(cfg.svm_cs) else ""
         methods.append(MethodScores(
             f"svm_{name}", fit.scores(x_test),
-            f"pool5 of {cfg.svm_clips} centre clips + mirrors, sign-sqrt + L2; linear SVM C={fit.c:g} "
+            f"pool5 of {cfg.svm_clips} centre clips + mirrors, sign-sqrt + L2; linear SVM C={fit.c:g}{edge} "
             f"({cfg.svm_folds}-fold CV on {len(train_labels)} train videos: {cv:.1f}"
             f"{' mAP' if fit.multilabel else '% hit@1'})"))
     return methods

@@ -22,6 +22,7 @@ def plot_curves(history: Sequence[dict[str, Any]], path: Path, title: str) -> No
         loss_ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation loss")
     loss_ax.set_xlabel("step")
     loss_ax.set_ylabel("cross-entropy")
+    loss_ax.set_yscale("log")  # early validation spikes would flatten the rest
     loss_ax.legend()
     acc_ax.plot([r["epoch"] for r in train], [100 * r["acc"] for r in train], alpha=0.6, label="training clips")
     if val:

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flow.config import FlowConfig
 from flow.encoding import decode, encode
 from flow.errors import FlowError
 from flow.stage import FlowJob, make_backend, run_flow
