@@ -2,8 +2,8 @@
 
 Builds a store like the default SynthActions (12 classes x 28 videos of 32 frames, 64x64) with
 random content and two random P3D checkpoints, then times:
-  baseline  each view alone through the network, logits and pool5 in two passes, torch's default
-            threads, no de-duplication of repeated views (on --baseline-videos videos, per video)
+  baseline  each view alone through the network, logits and pool5 in two passes, one thread,
+            contiguous layout, no de-duplication of repeated views (on --baseline-videos videos)
   cold      run_eval from scratch (default [eval] settings: 10 clips, centre crop, SVM on 20 clips +
             mirrors, one process per core)
   warm      run_eval again: every network output comes from the cache
@@ -61,6 +61,8 @@ def save(path: Path, modality: str, arch: str, classes: list[str], train_cfg: Tr
 def naive_seconds_per_video(store_root: Path, checkpoints: dict[str, Path], video_ids: list[str],
                             cfg: EvalConfig) -> float:
     store = open_store(store_root)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each eval worker: compare the work, not thread contention
     started = time.perf_counter()
     for name, path in checkpoints.items():
         model, ckpt = load_checkpoint(path)
@@ -80,6 +82,7 @@ def naive_seconds_per_video(store_root: Path, checkpoints: dict[str, Path], vide
                     with torch.inference_mode():
                         model(x)
                         model.features(x)
+    torch.set_num_threads(threads)
     return (time.perf_counter() - started) / len(video_ids)
 
 
@@ -130,8 +133,7 @@ def main() -> None:
 
     n = len(items)
     print(f"\n{args.arch}, clips {args.clip_len}x{args.crop}x{args.crop}, {n} videos of {args.frames} frames "
-          f"({len(train)} train, {len(test)} test), [eval] {', '.join(args.overrides) or 'defaults'}, "
-          f"{torch.get_num_threads()} torch threads")
+          f"({len(train)} train, {len(test)} test), [eval] {', '.join(args.overrides) or 'defaults'}")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (wall times depend on it, CPU times less)")
     print(f"baseline (naive, per view): {naive:.3f} s/video wall, {naive_cpu:.3f} CPU s/video "
           f"-> {naive * n:.0f} s, {naive_cpu * n:.0f} CPU s for all videos (extrapolated)")

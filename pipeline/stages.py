@@ -95,10 +95,12 @@ def eval_stage(cfg: Config) -> None:
     out_root = eval_dir(cfg)
     splits = split_datasets(cfg)
     for split, dataset in splits:
-        done, missing = _stored(cfg, dataset, "eval")
+        done, _ = _stored(cfg, dataset, "eval")
         train = [(v.video_id, v.labels) for v in dataset.videos if v.split == "train" and v.video_id in done]
         test = [(v.video_id, v.labels) for v in dataset.videos
                 if v.split in ("test", "val") and v.video_id in done]
+        # Only test videos count as excluded in the report; missing training videos just shrink the SVM's set.
+        missing = [v.video_id for v in dataset.videos if v.split in ("test", "val") and v.video_id not in done]
         checkpoints = {stream: train_dir(cfg, stream, split) for stream in ("rgb", "flow")}
         out = out_root if len(splits) == 1 else out_root / f"split{split}"
         write_resolved(cfg, out)

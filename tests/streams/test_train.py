@@ -12,7 +12,7 @@ import torch
 from streams.checkpoint import final_checkpoint, load_checkpoint, read_checkpoint
 from streams.errors import StreamsError
 from streams.p3d import build_model
-from streams.train import lr_factor, param_groups, train_stream
+from streams.train import lr_factor, param_groups, to_channels_last, train_stream
 
 CLASSES = ["up", "down"]
 
@@ -166,3 +166,15 @@ def test_learning_rate_schedules(configs):
         pytest.approx([0.1, 0.5, 1.0, 1.0, 1.0, 0.1, 0.01, 0.01])
     _, cosine = configs(epochs=10, schedule="cosine")
     assert [lr_factor(s, 10, cosine) for s in (0, 50, 100)] == pytest.approx([1.0, 0.5, 0.0])
+
+
+def test_channels_last_gives_the_same_logits():
+    """The CUDA memory format (channels_last_3d for the 3-D convs, channels_last for res5) changes no result."""
+    torch.manual_seed(0)
+    model = build_model("p3d_tiny", 5).eval()
+    x = torch.randn(2, 3, 8, 40, 40)
+    expected = model(x)
+    to_channels_last(model)
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert model.layer4[0].conv_s.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(model(x.contiguous(memory_format=torch.channels_last_3d)), expected, atol=1e-5)
