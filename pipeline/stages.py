@@ -5,6 +5,7 @@ the plain (video_id, label) lists the stage packages take, and chooses where eac
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from flow.stage import FlowJob, run_flow
@@ -86,7 +87,8 @@ def train_stage(cfg: Config, stream: str) -> None:
         if not train:
             raise PipelineError(f"split {split} of {cfg.dataset.format} has no training video with flow")
         out = train_dir(cfg, stream, split)
-        write_resolved(cfg, out)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process runs this stage
+            write_resolved(cfg, out)
         train_stream(flow_dir(cfg), train, val, dataset.classes, stream, cfg.model, cfg.train, out)
 
 
