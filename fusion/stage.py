@@ -28,7 +28,7 @@ from fusion.metrics import Labels
 from fusion.outputs import Outputs, StreamSpec, collect
 from fusion.report import MethodScores
 from fusion.scoring import ClipGeometry, resolve_device
-from streams.checkpoint import Checkpoint, final_checkpoint, load_checkpoint
+from streams.checkpoint import Checkpoint, file_sha256, final_checkpoint, load_checkpoint
 from streams.errors import StreamsError
 
 STREAMS = ("rgb", "flow")
@@ -213,7 +213,7 @@ def _check_stream(name: str, path: Path, classes: list[str], cfg: EvalConfig, ou
             what = f"has class {diff} = {ckpt.classes[diff]!r}, the dataset {classes[diff]!r}"
         raise FusionError(f"checkpoint {path} {what}: it was trained on another dataset or split; run {train}")
     geometry = ClipGeometry.from_train_config(ckpt.train_config)
-    sha = _sha256(path)
+    sha = file_sha256(path)
     settings = {"checkpoint": sha, "geometry": dataclasses.asdict(geometry), "clips": cfg.clips, "crops": cfg.crops,
                 "svm_clips": cfg.svm_clips}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -267,10 +267,3 @@ def _read_features(path: Path) -> dict[str, np.ndarray]:
     except (OSError, ValueError) as e:
         raise FusionError(f"{path}: cannot read saved features ({e}): rerun `make eval`") from None
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -8,6 +8,7 @@ always complete.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
@@ -139,3 +140,12 @@ def final_checkpoint(train_dir: Path | str) -> Path:
         raise StreamsError(f"{path} does not exist: training in {train_dir} has not finished ({state}); "
                            "run the train stage again to resume it")
     return path
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB pieces (checkpoints and weights can be GBs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

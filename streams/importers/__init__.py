@@ -8,10 +8,9 @@ official input convention: RGB frames 0-255 in BGR order minus [104, 117, 123]; 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 
-from streams.checkpoint import make_payload, save_checkpoint
+from streams.checkpoint import file_sha256, make_payload, save_checkpoint
 from streams.config import ModelConfig, TrainConfig
 from streams.errors import StreamsError
 from streams.p3d import P3D
@@ -79,13 +78,6 @@ def load_published(src: Path | str, *, source: str = "auto", arch: str | None = 
     raise StreamsError(f"source must be 'auto', 'caffe' or 'pseudo3d', got {source!r}")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def import_weights(src: Path | str, out: Path | str, *, source: str = "auto", arch: str | None = None,
                    classes: Path | str | None = None, fc_layer: str | None = None) -> Path:
@@ -106,7 +98,7 @@ def import_weights(src: Path | str, out: Path | str, *, source: str = "auto", ar
     payload = make_payload(model, arch=arch, modality=modality, classes=names,
                            input_convention=INPUT_CONVENTION[modality], model_config=model_config,
                            train_config=dataclasses.asdict(TrainConfig()), step=0, epoch=0, metrics={},
-                           imported_from={"source": source, "file": src.name, "sha256": _sha256(src)})
+                           imported_from={"source": source, "file": src.name, "sha256": file_sha256(src)})
     save_checkpoint(out, payload)
     print(f"import-weights: {source} {src.name} -> {out} ({arch}, {modality}, {num_classes} classes)")
     return out
