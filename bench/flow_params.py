@@ -5,8 +5,8 @@
 For each parameter variant: mean EPE (px) on Middlebury RubberWhale (584x388, small motions), on the
 KITTI pair (1242x375, large motions, sparse GT) and on the FlyingChairs crop (50x50), and seconds per
 340x256 pair of a real clip with one OpenCV thread (as each worker runs when jobs > 1), relative to
-OpenCV's defaults in the same run. Timing goes round the variants `--rounds` times (median kept), so
-load from other processes hits them all alike.
+OpenCV's defaults in the same run. Time is this process's CPU time (other processes' load does not
+move it), going round the variants `--rounds` times (median kept).
 """
 from __future__ import annotations
 
@@ -74,13 +74,13 @@ def main() -> None:
     times: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(args.rounds):
         for name in names:
-            start = time.perf_counter()
+            start = time.process_time()
             solvers[name].compute(frames)
-            times[name].append((time.perf_counter() - start) / args.timing_pairs)
+            times[name].append((time.process_time() - start) / args.timing_pairs)
     rows = [(n, epe[n], float(np.median(times[n]))) for n in names]
 
     base = rows[0][2]
-    print("\n| variant | RubberWhale EPE | KITTI EPE | FlyingChairs EPE | s / 340x256 pair (1 thread) | time vs OpenCV defaults |")
+    print("\n| variant | RubberWhale EPE | KITTI EPE | FlyingChairs EPE | CPU s / 340x256 pair (1 thread) | time vs OpenCV defaults |")
     print("|---|---|---|---|---|---|")
     for name, epe, per_pair in rows:
         print(f"| {name} | {epe['RubberWhale']:.3f} | {epe['KITTI']:.1f} | {epe['FlyingChairs']:.3f} | "
