@@ -3,6 +3,7 @@
     .venv/bin/python bench/flow_torch_tvl1.py                          # speed on the CPU
     .venv/bin/python bench/flow_torch_tvl1.py --device cuda --pairs 512 --batch 64 128 256
     .venv/bin/python bench/flow_torch_tvl1.py --accuracy               # vs OpenCV and ground truth
+    .venv/bin/python bench/flow_torch_tvl1.py --stores OPENCV_STORE TORCH_STORE   # two `make flow` stores
 
 Speed: consecutive pairs of a real clip resized to 340x256 (grey), the `[flow]` defaults (or
 `--set key=value`), OpenCV's CPU DualTVL1 and the torch backend eager and compiled, with the same
@@ -15,6 +16,9 @@ Accuracy: RubberWhale and KITTI at full size and SynthActions pairs (pipeline.sy
 chosen defaults and at OpenCV's CUDA-equivalent settings: the share within 0.1 px of OpenCV's flow,
 the same share for OpenCV against itself with I0 moved by 2.55e-4 grey levels (how far the
 iteration itself amplifies rounding), and mean EPE against ground truth of both.
+
+Stores: the videos of two stores (e.g. `make flow` with each backend) compared frame by frame: the
+RGB frames must be identical, and the decoded flow is compared within 0.1 px and in uint8 levels.
 """
 from __future__ import annotations
 
@@ -31,24 +35,12 @@ from flow.config import FlowConfig
 from flow.evaluate import read_grey
 from flow.formats import read_flow
 from flow.tvl1 import OpenCVTVL1, create_tvl1, to_gray
-from flow.tvl1_torch import TorchTVL1
+from flow.tvl1_torch import TorchTVL1, resolve_device
 from flow.video import VideoReader
+from pipeline.config import load_config
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CUDA_EQUIVALENT = dict(median_filtering=1, inner_iterations=1, outer_iterations=300)
-
-
-def parse_sets(items: list[str]) -> dict[str, object]:
-    """`key=value` overrides of FlowConfig fields, typed like the field's default."""
-    out: dict[str, object] = {}
-    defaults = FlowConfig()
-    for item in items:
-        key, _, value = item.partition("=")
-        if not hasattr(defaults, key):
-            raise SystemExit(f"--set {item}: FlowConfig has no field {key!r}")
-        kind = type(getattr(defaults, key))
-        out[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
-    return out
 
 
 def clip_frames(data: Path, pairs: int) -> np.ndarray:
@@ -62,27 +54,27 @@ def within(a: np.ndarray, b: np.ndarray, px: float = 0.1) -> float:
     return float((np.linalg.norm(a - b, axis=-1) < px).mean())
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_torch(backend: TorchTVL1, frames: np.ndarray) -> tuple[float, np.ndarray, float | None]:
-    """Seconds, flow [N, H, W, 2], and peak CUDA bytes per pair for all pairs in batches of
-    backend.cfg.batch_pairs (inputs already on the device)."""
-    dev = backend.device
+    """Seconds for all consecutive pairs of `frames`, `cfg.batch_pairs` at a time and each batch's
+    flow brought back to the host (as the flow stage does), the flow [N, H, W, 2], and on CUDA the
+    peak memory per pair of a batch beyond the frames already on the device."""
+    dev, batch = backend.device, backend.cfg.batch_pairs
     gray = torch.from_numpy(frames).to(dev)
     if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
-    sync(dev)
+        baseline = torch.cuda.memory_allocated(dev)
     start = time.perf_counter()
-    flow = backend.compute_pairs(gray[:-1], gray[1:])
-    sync(dev)
+    pairs = len(frames) - 1
+    flows = []
+    for k in range(0, pairs, batch):
+        end = min(k + batch, pairs)
+        flows.append(backend.compute_pairs(gray[k:end], gray[k + 1:end + 1]).permute(0, 2, 3, 1).cpu())
     seconds = time.perf_counter() - start
     per_pair = None
     if dev.type == "cuda":
-        per_pair = torch.cuda.max_memory_allocated(dev) / min(backend.cfg.batch_pairs, len(frames) - 1)
-    return seconds, flow.permute(0, 2, 3, 1).cpu().numpy(), per_pair
+        per_pair = (torch.cuda.max_memory_allocated(dev) - baseline) / min(batch, pairs)
+    return seconds, torch.cat(flows).numpy(), per_pair
 
 
 def speed(args: argparse.Namespace, cfg: FlowConfig) -> None:
@@ -90,7 +82,7 @@ def speed(args: argparse.Namespace, cfg: FlowConfig) -> None:
     cv2.setNumThreads(args.threads)
     frames = clip_frames(args.data, args.pairs)
     n = len(frames) - 1
-    device = TorchTVL1(cfg, args.device, compiled=False).device
+    device = resolve_device(args.device)
 
     start = time.perf_counter()
     reference = OpenCVTVL1(cfg).compute(frames[: args.opencv_pairs + 1])
@@ -177,6 +169,31 @@ def accuracy(args: argparse.Namespace, base: FlowConfig) -> None:
                   f"{t_e / cv_e:.3f} |", flush=True)
 
 
+def compare_stores(a_root: Path, b_root: Path) -> None:
+    from flow.encoding import decode
+    from flow.store import open_store
+
+    a, b = open_store(a_root), open_store(b_root)
+    ids = a.video_ids()
+    if sorted(ids) != sorted(b.video_ids()):
+        raise SystemExit(f"the stores hold different videos: {len(ids)} vs {len(b.video_ids())}")
+    bound = a.bound
+    if b.bound != bound:
+        raise SystemExit(f"the stores encode flow with different bounds: {a.bound} vs {b.bound}")
+    shares, levels, same_rgb = [], [], True
+    for video in ids:
+        va, vb = a.open(video), b.open(video)
+        if (va.num_frames, va.num_flows) != (vb.num_frames, vb.num_flows):
+            raise SystemExit(f"{video}: {va.num_frames} vs {vb.num_frames} frames")
+        same_rgb &= bool(np.array_equal(va.rgb(range(va.num_frames)), vb.rgb(range(vb.num_frames))))
+        fa, fb = va.flow(range(va.num_flows)), vb.flow(range(vb.num_flows))
+        shares.append(within(decode(fa, bound), decode(fb, bound)))
+        levels.append(float((np.abs(fa.astype(int) - fb.astype(int)) <= 1).mean()))
+    print(f"{len(ids)} videos, layouts {a.layout} / {b.layout}, RGB identical: {same_rgb}, bound {bound}")
+    print(f"decoded flow within 0.1 px: {100 * np.mean(shares):.3f}% (worst video {100 * min(shares):.2f}%), "
+          f"uint8 within 1 level: {100 * np.mean(levels):.3f}%")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=SHARED)
@@ -189,9 +206,14 @@ def main() -> None:
     parser.add_argument("--accuracy", action="store_true", help="accuracy instead of speed")
     parser.add_argument("--only", nargs="*", help="accuracy: RubberWhale, KITTI and/or SynthActions")
     parser.add_argument("--synth-pairs", type=int, default=12)
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="FlowConfig overrides")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a [flow] setting, e.g. --set scale_step=0.8 (repeatable)")
+    parser.add_argument("--stores", nargs=2, type=Path, metavar=("A", "B"), help="compare two flow stores")
     args = parser.parse_args()
-    cfg = dataclasses.replace(FlowConfig(), **parse_sets(args.set))
+    if args.stores:
+        compare_stores(*args.stores)
+        return
+    cfg = load_config(None, [f"flow.{item}" for item in args.set]).flow
     (accuracy if args.accuracy else speed)(args, cfg)
 
 

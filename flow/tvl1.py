@@ -30,6 +30,9 @@ class OpenCVTVL1:
             raise FlowError(f"TV-L1 input must be uint8 [N, H, W] grey frames, got "
                             f"{frames_gray.dtype} {list(frames_gray.shape)}")
         n, h, w = frames_gray.shape
+        # OpenCV lowers its own scale count for good after an image too small for the pyramid, so
+        # a small video would quietly coarsen every later one that this solver computes.
+        self._tvl1.setScalesNumber(self.cfg.nscales)
         out = np.zeros((max(n - 1, 0), h, w, 2), np.float32)
         for i in range(n - 1):
             # OpenCV reads the initial flow from (and writes the result into) the array passed.

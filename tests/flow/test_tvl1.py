@@ -52,3 +52,16 @@ def test_input_checks_and_single_frame():
         OpenCVTVL1(FlowConfig()).compute(np.zeros((2, 8, 8), np.float32))
     assert OpenCVTVL1(FlowConfig()).compute(np.zeros((1, 8, 8), np.uint8)).shape == (0, 8, 8, 2)
     assert to_gray(np.zeros((3, 4, 5, 3), np.uint8)).shape == (3, 4, 5)
+
+
+def test_a_small_video_does_not_coarsen_the_next_one():
+    """OpenCV lowers nscales for good after a small image; the wrapper must undo that per video."""
+    rng = np.random.default_rng(3)
+    texture = cv2.GaussianBlur(rng.uniform(0, 255, (140, 180)).astype(np.float32), (0, 0), 2)
+    big = np.stack([texture[:128, :160], texture[3:131, 2:162]]).astype(np.uint8)
+    small = rng.integers(0, 255, (2, 40, 40), dtype=np.uint8)
+    cfg = FlowConfig(nscales=5, scale_step=0.5, warps=1, outer_iterations=2)
+    fresh = OpenCVTVL1(cfg).compute(big)
+    reused = OpenCVTVL1(cfg)
+    reused.compute(small)
+    np.testing.assert_array_equal(reused.compute(big), fresh)
