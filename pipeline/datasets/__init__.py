@@ -1,4 +1,4 @@
-"""Dataset readers: annotation files in, one VideoRecord per video out (see docs/datasets.md)."""
+"""Dataset readers: annotation files in, one VideoRecord per video out (see README.md (Datasets))."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,4 @@
-"""Settings of SynthActions: the `[synth]` section of a config file (see docs/synth.md)."""
+"""Settings of SynthActions: the `[synth]` section of a config file (see README.md (SynthActions))."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
