@@ -35,9 +35,7 @@ class ClipGeometry:
                    tuple(int(v) for v in cfg.get("scale_jitter") or ()), int(cfg["crop"]))
 
     def resize_clip(self, clip: np.ndarray) -> np.ndarray:
-        if self.scale_jitter:  # the middle of the training scales, as the streams' validation
-            return transforms.resize_short(clip, (self.scale_jitter[0] + self.scale_jitter[1]) // 2)
-        return transforms.resize_clip(clip, self.resize)
+        return transforms.resize_for_test(clip, self.resize, self.scale_jitter)
 
     def crop_clip(self, clip: np.ndarray, position: str) -> np.ndarray:
         if position == "center":

@@ -95,10 +95,7 @@ class ClipDataset(Dataset):
         return np.ascontiguousarray(clip)
 
     def _centre(self, clip: np.ndarray) -> np.ndarray:
-        if self.scale_jitter:  # validation at the middle of the training scales
-            clip = transforms.resize_short(clip, (self.scale_jitter[0] + self.scale_jitter[1]) // 2)
-        else:
-            clip = transforms.resize_clip(clip, self.resize)
+        clip = transforms.resize_for_test(clip, self.resize, self.scale_jitter)
         return np.ascontiguousarray(transforms.center_crop(clip, self.crop))
 
 

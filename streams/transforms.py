@@ -115,3 +115,11 @@ def three_crop(clip_u8: np.ndarray, size: int) -> list[np.ndarray]:
 def random_crop(clip_u8: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     h, w = clip_u8.shape[1:3]
     return crop(clip_u8, int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1)), size)
+
+
+def resize_for_test(clip: np.ndarray, resize: Sequence[int], scale_jitter: Sequence[int]) -> np.ndarray:
+    """The resize of validation and test views: the middle of the training scales when training
+    jittered them, else the fixed training size (shared by validation and `make eval`)."""
+    if scale_jitter:
+        return resize_short(clip, (scale_jitter[0] + scale_jitter[1]) // 2)
+    return resize_clip(clip, resize)
