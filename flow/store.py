@@ -5,7 +5,7 @@ per video, keyed by `video_id` (`Class/v_Class_g01_c01`):
 
 * `packed` (default): one file `<video_id>.pack` per video holding every RGB frame and every flow
   image, each as one lossless blob (PNG by default) listed in an offset index, so a random 16-frame
-  window costs one read and 16 decodes. Format in README.md (The flow stage).
+  window costs one read and 16 decodes. Format in docs/flow.md.
 * `mmaction`: the mmaction2 / TSN rawframes layout `<video_id>/img_00001.jpg`, `flow_x_00001.jpg`,
   `flow_y_00001.jpg` (1-based JPEGs, lossy), readable by mmaction2 unchanged.
 

@@ -10,7 +10,7 @@ width, combined as A, B or C -> 1x1x1 expand (BN) -> + shortcut -> ReLU. With `a
 Kinds cycle A, B, C over the blocks of res2-res4 (`layer1`-`layer3`); res5 (`layer4`) is made of plain
 2-D bottlenecks applied frame by frame once time has been max-pooled (to 1 for 16-frame clips).
 Strides sit on the first 1x1 conv and the projection shortcut, as in Caffe's ResNets. Module names
-follow torchvision (`conv1`, `bn1`, `layer1`..`layer4`, `fc`); README.md (Streams) maps them to Caffe's.
+follow torchvision (`conv1`, `bn1`, `layer1`..`layer4`, `fc`); docs/streams.md maps them to Caffe's.
 """
 from __future__ import annotations
 

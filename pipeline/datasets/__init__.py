@@ -1,4 +1,4 @@
-"""Dataset readers: annotation files in, one VideoRecord per video out (see README.md (Datasets))."""
+"""Dataset readers: annotation files in, one VideoRecord per video out (see docs/datasets.md)."""
 from __future__ import annotations
 
 import dataclasses

@@ -12,7 +12,7 @@ FORMATS = THREE_SPLIT_FORMATS + ONE_SPLIT_FORMATS
 
 @dataclass
 class DatasetConfig:
-    format: str = "synth"  # one of FORMATS; see README.md (Datasets) for each layout
+    format: str = "synth"  # one of FORMATS; see docs/datasets.md for each layout
     root: str = ""  # the folder the videos lie under; for synth the SynthActions output folder
     annotations: str = ""  # annotation folder or file (per format); synth: "" = <root>/annotations
     split: str = "1"  # "1", "2", "3" or "all" (three-split formats); "1" or "all" for the others
@@ -32,7 +32,7 @@ class DatasetConfig:
             raise ValueError(f"split: must be one of {', '.join(splits)} for format {self.format}, "
                              f"got {self.split!r}")
         if self.format in ("ucf101", "hmdb51", "kinetics", "activitynet") and not self.annotations:
-            raise ValueError(f"annotations: required for format {self.format} (see README.md (Datasets))")
+            raise ValueError(f"annotations: required for format {self.format} (see docs/datasets.md)")
         if self.list_type not in ("video", "rawframes"):
             raise ValueError(f"list_type: must be 'video' or 'rawframes', got {self.list_type!r}")
         if self.format == "mmaction" and not (self.train_list or self.val_list or self.test_list):

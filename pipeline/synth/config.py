@@ -1,4 +1,4 @@
-"""Settings of SynthActions: the `[synth]` section of a config file (see README.md (SynthActions))."""
+"""Settings of SynthActions: the `[synth]` section of a config file (see docs/synth.md)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,4 +1,4 @@
-"""What SynthActions is made of: appearances, motions, shapes and textures (the why is in README.md (SynthActions)).
+"""What SynthActions is made of: appearances, motions, shapes and textures (the why is in docs/synth.md).
 
 Textures are functions of continuous coordinates, so every frame samples them exactly where the
 inverse transform lands and the ground-truth flow is exact.

@@ -1,4 +1,4 @@
-"""Write SynthActions to disk in UCF101's layout, resumably (see README.md (SynthActions))."""
+"""Write SynthActions to disk in UCF101's layout, resumably (see docs/synth.md)."""
 from __future__ import annotations
 
 import dataclasses

@@ -36,7 +36,7 @@ from streams.p3d import ARCHS, P3D, P3DBlock, build_model
 
 WIRING_WARNING = ("pseudo-3d-pytorch wires its B and C blocks differently from the official Caffe P3D "
                   "(ReLU on T before the sum, C summed 1:1) and pads pool1: the imported model does not "
-                  "reproduce that port's logits (see README.md (Published weights)); fine-tune it, or use "
+                  "reproduce that port's logits (see docs/weights.md); fine-tune it, or use "
                   "streams.importers.pseudo3d_pytorch.pseudo3d_forward for the port's exact outputs")
 
 _OUR_BLOCK = re.compile(r"^layer([1-4])\.(\d+)\.(conv|bn)_(reduce|s|t|expand)$")
