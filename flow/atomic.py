@@ -1,0 +1,145 @@
+"""The one way every package writes a file that a reader (or a re-run) may open at any moment.
+
+A file is written under a hidden temporary name in its own directory (same file system, so the
+rename is atomic), flushed to disk, then renamed over the final name: a reader sees the old file or
+the new one, never half of one. On any error the temporary file is removed, and a full disk
+(ENOSPC, EDQUOT) becomes one `DiskFullError` naming the file instead of a library traceback.
+
+Temporary names are `.<name>.tmp-<host>-<pid>[-<n>]`: hidden (so listings of finished work skip
+them), unique per machine and process sharing a directory, and recognisable by `.tmp-` so that a
+re-run can delete what a killed writer left (`flow.store.Store.clean_stale` uses the same rule).
+"""
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from flow.errors import FlowError
+
+TEMP_MARKER = ".tmp-"
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_counter = itertools.count()
+
+
+class DiskFullError(FlowError, OSError):
+    """No space (or quota) left while writing a file. A FlowError, so that the CLI prints it as one
+    line and exits with 2 whichever stage hit it; an OSError, so that `errno` still says ENOSPC."""
+
+
+def is_disk_full(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in _DISK_FULL
+
+
+def disk_full(path: Path | str, err: OSError) -> DiskFullError:
+    """The one message for a full disk; `raise disk_full(path, err) from err`."""
+    full = DiskFullError(f"{path}: disk full (no space left on the device, or the quota is used up) "
+                         f"while writing it; free space and re-run the same command to resume")
+    full.errno = err.errno
+    return full
+
+
+def writer_token() -> str:
+    """Unique per writing process, across the machines sharing a directory."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def temp_name(path: Path | str, *, unique: bool = False, keep_suffix: bool = False) -> Path:
+    """The hidden temporary name for `path` in its own directory. `unique` adds a per-process
+    counter (two writes of one file by two threads); `keep_suffix` repeats the extension at the end
+    for writers that choose the format by it (OpenCV's VideoWriter, np.savez)."""
+    path = Path(path)
+    name = f".{path.name}{TEMP_MARKER}{writer_token()}"
+    if unique:
+        name += f"-{next(_counter)}"
+    if keep_suffix:
+        name += path.suffix
+    return path.with_name(name)
+
+
+def remove_quietly(path: Path) -> None:
+    """Delete a temporary file or folder; a failure to clean up must not hide the error being raised."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: Path | str, *, keep_suffix: bool = False) -> Iterator[Path]:
+    """Yields a temporary path for a writer that wants a file name (cv2.imwrite, a VideoWriter,
+    a folder). When the block ends without error the temporary is renamed over `path`; on any error
+    it is removed, and a full disk is raised as DiskFullError naming `path`."""
+    path = Path(path)
+    tmp = temp_name(path, unique=True, keep_suffix=keep_suffix)
+    try:
+        yield tmp
+        if tmp.is_file():
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if tmp.is_dir() and path.is_dir() and not path.is_symlink():
+            # os.replace cannot rename a folder over a non-empty one: swap, then drop the old one.
+            old = path.with_name(f".{path.name}.old-{writer_token()}-{next(_counter)}")
+            os.rename(path, old)
+            os.rename(tmp, path)
+            remove_quietly(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException as err:
+        remove_quietly(tmp)
+        if is_disk_full(err):
+            raise disk_full(path, err) from err  # type: ignore[arg-type]
+        raise
+
+
+@contextmanager
+def atomic_write(path: Path | str, mode: str = "wb", *, encoding: str | None = None,
+                 newline: str | None = None) -> Iterator[IO[Any]]:
+    """`with atomic_write(p) as f: f.write(...)`: `p` appears complete or not at all (see the
+    module docstring). `mode` is "wb" or "w" (text, UTF-8 unless `encoding` says otherwise)."""
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
+    if mode == "w" and encoding is None:
+        encoding = "utf-8"
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, encoding=encoding, newline=newline) as f:
+            yield f
+            f.flush()
+
+
+def write_bytes(path: Path | str, data: bytes) -> None:
+    """Atomically replace `path` with `data`."""
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def write_text(path: Path | str, text: str, *, encoding: str = "utf-8") -> None:
+    """Atomically replace `path` with `text` (UTF-8, newlines as given)."""
+    with atomic_write(path, "w", encoding=encoding, newline="") as f:
+        f.write(text)

@@ -1,0 +1,84 @@
+"""flow.atomic: whole file or none, temp files removed on every error, a full disk in one line."""
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from flow import atomic
+from flow.atomic import DiskFullError, atomic_path, atomic_write, temp_name, write_bytes, write_text
+from flow.errors import FlowError
+
+
+def test_replaces_the_file_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"old")
+    write_bytes(path, b"new contents")
+    assert path.read_bytes() == b"new contents"
+    write_text(tmp_path / "b.txt", "x\r\ny\n")
+    assert (tmp_path / "b.txt").read_bytes() == b"x\r\ny\n"  # newlines written as given
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.txt"]
+
+
+def test_an_error_inside_the_block_keeps_the_old_file(tmp_path):
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_write(path) as f:
+            f.write(b"half")
+            raise RuntimeError("boom")
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+
+
+def _full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_is_one_clear_error_and_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"old")
+    monkeypatch.setattr(atomic.os, "fsync", _full_disk)
+    with pytest.raises(DiskFullError) as info:
+        write_bytes(path, b"new")
+    err = info.value
+    assert isinstance(err, FlowError) and isinstance(err, OSError) and err.errno == errno.ENOSPC
+    assert str(err).startswith(f"{path}: disk full") and "\n" not in str(err)
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_a_full_disk_raised_by_the_writer_itself(tmp_path):
+    path = tmp_path / "x.png"
+    with pytest.raises(DiskFullError, match="x.png: disk full"):
+        with atomic_path(path, keep_suffix=True) as tmp:
+            assert tmp.suffix == ".png" and tmp.name.startswith(".x.png.tmp-")
+            tmp.write_bytes(b"part")
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_temp_names_are_hidden_unique_and_in_the_same_folder(tmp_path):
+    path = tmp_path / "sub" / "f.csv"
+    a, b = temp_name(path, unique=True), temp_name(path, unique=True)
+    assert a != b and a.parent == path.parent
+    assert a.name.startswith(".f.csv.tmp-") and str(os.getpid()) in a.name
+    assert temp_name(path) == temp_name(path)  # without `unique`: one name per process
+
+
+def test_a_folder_is_swapped_whole(tmp_path):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "old.csv").write_text("old")
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        (tmp / "new.csv").write_text("new")
+    assert [p.name for p in out.iterdir()] == ["new.csv"]
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]
+
+
+def test_only_binary_and_text_modes():
+    with pytest.raises(ValueError, match="mode"):
+        with atomic_write("x", "ab"):
+            pass
