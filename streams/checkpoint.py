@@ -131,6 +131,20 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     return model, ckpt
 
 
+def load_stream(path: Path | str, modality: str | None = None,
+                map_location: str | torch.device = "cpu") -> tuple[P3D, Checkpoint]:
+    """The one way to open a stream for use (eval, predict, features, export): `path` is a checkpoint
+    file or a training run folder, which stands for its finished model (`last.pt`). With `modality`,
+    a checkpoint of the other stream is refused. StreamsError naming the file otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        path = final_checkpoint(path)
+    model, ckpt = load_checkpoint(path, map_location)
+    if modality is not None and ckpt.modality != modality:
+        raise StreamsError(f"checkpoint {path} is a {ckpt.modality} stream but was given as the {modality} stream")
+    return model, ckpt
+
+
 def final_checkpoint(train_dir: Path | str) -> Path:
     """The finished model of a training run directory (`last.pt`); StreamsError if it has not finished."""
     path = Path(train_dir) / LAST
