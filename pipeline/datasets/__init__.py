@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from pipeline.datasets.activitynet import read_activitynet
+from pipeline.datasets.aslan import read_aslan
 from pipeline.datasets.config import FORMATS, THREE_SPLIT_FORMATS, DatasetConfig
 from pipeline.datasets.folder import read_folder
 from pipeline.datasets.hmdb51 import read_hmdb51
@@ -21,6 +22,7 @@ READERS = {
     "activitynet": read_activitynet,
     "mmaction": read_mmaction,
     "folder": read_folder,
+    "aslan": read_aslan,  # View-2 pairs of ASLAN (pipeline.datasets.aslan.read_view2 gives the pairs)
 }
 
 __all__ = ["FORMATS", "THREE_SPLIT_FORMATS", "Dataset", "DatasetConfig", "VideoRecord", "items",

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 # Formats with the three official train/test splits of UCF101 and HMDB51.
 THREE_SPLIT_FORMATS = ("ucf101", "hmdb51", "synth")
 # Formats with one official split (subsets train/val/test); "1" and "all" both name it.
-ONE_SPLIT_FORMATS = ("kinetics", "activitynet", "mmaction", "folder")
+ONE_SPLIT_FORMATS = ("kinetics", "activitynet", "mmaction", "folder", "aslan")
 FORMATS = THREE_SPLIT_FORMATS + ONE_SPLIT_FORMATS
 
 
@@ -31,7 +31,7 @@ class DatasetConfig:
         if self.split not in splits:
             raise ValueError(f"split: must be one of {', '.join(splits)} for format {self.format}, "
                              f"got {self.split!r}")
-        if self.format in ("ucf101", "hmdb51", "kinetics", "activitynet") and not self.annotations:
+        if self.format in ("ucf101", "hmdb51", "kinetics", "activitynet", "aslan") and not self.annotations:
             raise ValueError(f"annotations: required for format {self.format} (see docs/datasets.md)")
         if self.list_type not in ("video", "rawframes"):
             raise ValueError(f"list_type: must be 'video' or 'rawframes', got {self.list_type!r}")

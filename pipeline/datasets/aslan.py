@@ -1,0 +1,97 @@
+"""ASLAN (Kliper-Gross, Hassner, Wolf, TPAMI 2012): action similarity labeling on pairs of clips.
+
+Clips lie under root named by their id (`0001.avi` ... `3697.avi`). The benchmark's View-2 is
+`Views/View2.mat` (the `annotations` file), variable `action_splits_pairs`, an int array
+[pairs, 5, 10]: 10 splits of pairs (600 in the real set), each row `id 1, id 2, same (1) / not-same
+(0), action label 1, action label 2`. The splits share no action class.
+
+`read_aslan` gives one record per clip used in View-2 (its class is its action label, its group the
+split it appears in, "1".."10"); `read_view2` gives the pairs array for the protocol. A missing or
+malformed file, another variable, another shape or ids with no clip under root each stop with one
+line naming the file.
+"""
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from pipeline.datasets.config import DatasetConfig
+from pipeline.datasets.files import VIDEO_EXTENSIONS, Entry, build, check_file, check_root
+from pipeline.datasets.records import Dataset
+from pipeline.errors import DatasetError
+
+VARIABLE = "action_splits_pairs"
+COLUMNS = 5  # id 1, id 2, same, action 1, action 2
+SPLITS = 10
+
+
+def clip_name(video_id: int) -> str:
+    """The file stem of clip `video_id`: 4 digits, as ASLAN names them (0001 ... 3697)."""
+    return f"{video_id:04d}"
+
+
+def read_view2(path: Path | str) -> np.ndarray:
+    """The View-2 pairs: int64 [pairs, 5, 10] from `action_splits_pairs` of a MATLAB file."""
+    from scipy.io import loadmat  # scipy comes with scikit-learn; only this reader needs it here
+
+    path = check_file(Path(path), "ASLAN View-2 file (Views/View2.mat)")
+    try:
+        data = loadmat(str(path))
+    except NotImplementedError:  # MATLAB v7.3 files are HDF5
+        raise DatasetError(f"{path}: a MATLAB v7.3 (HDF5) file; save it with -v7 or earlier") from None
+    except (ValueError, TypeError, OSError, IndexError, KeyError, EOFError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DatasetError(f"{path}: not a readable MATLAB file: {first}") from None
+    if VARIABLE not in data:
+        found = sorted(k for k in data if not k.startswith("__"))
+        raise DatasetError(f"{path}: no variable {VARIABLE!r} (found: {', '.join(found) or 'none'})")
+    pairs = np.asarray(data[VARIABLE])
+    if pairs.ndim != 3 or pairs.shape[1:] != (COLUMNS, SPLITS) or pairs.shape[0] < 1:
+        raise DatasetError(f"{path}: {VARIABLE} has shape {list(pairs.shape)}, expected [pairs, {COLUMNS}, "
+                           f"{SPLITS}] (600 x 5 x 10 in ASLAN)")
+    if not np.issubdtype(pairs.dtype, np.number) or not np.all(np.isfinite(pairs)) \
+            or not np.array_equal(pairs, np.round(pairs)):
+        raise DatasetError(f"{path}: {VARIABLE} must hold whole numbers")
+    pairs = pairs.astype(np.int64)
+    if pairs[:, :2].min() < 1:
+        raise DatasetError(f"{path}: {VARIABLE} has clip id {int(pairs[:, :2].min())}; ids start at 1")
+    same = pairs[:, 2]
+    if not np.isin(same, (0, 1)).all():
+        raise DatasetError(f"{path}: {VARIABLE} column 3 (same / not-same) must be 0 or 1, "
+                           f"got {sorted(set(same.ravel().tolist()) - {0, 1})[:3]}")
+    return pairs
+
+
+def _index_clips(root: Path) -> dict[int, Path]:
+    """Clip id -> file for every video named by a number directly under root."""
+    clips: dict[int, Path] = {}
+    for path in sorted(root.iterdir()):
+        if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS and path.stem.isdigit():
+            clips.setdefault(int(path.stem), path)
+    return clips
+
+
+def read_aslan(cfg: DatasetConfig, split: str) -> Dataset:
+    root = check_root(cfg.root, "aslan")
+    source = Path(cfg.annotations)
+    pairs = read_view2(source)
+    clips = _index_clips(root)
+    label_of: dict[int, int] = {}  # clip id -> action label
+    fold_of: dict[int, int] = {}  # clip id -> first split it appears in
+    for fold in range(SPLITS):
+        for row in pairs[:, :, fold]:
+            for video_id, label in ((int(row[0]), int(row[3])), (int(row[1]), int(row[4]))):
+                if label_of.setdefault(video_id, label) != label:
+                    raise DatasetError(f"{source}: clip {clip_name(video_id)} has action label {label_of[video_id]} "
+                                       f"in one pair and {label} in another")
+                fold_of.setdefault(video_id, fold + 1)
+    absent = sorted(v for v in label_of if v not in clips)
+    if absent:
+        raise DatasetError(f"{source}: {len(absent)} clip id(s) of View-2 have no video under {root}, e.g. "
+                           f"{', '.join(clip_name(v) for v in absent[:5])} (expected {clip_name(absent[0])}.avi)")
+    classes = [str(label) for label in sorted(set(label_of.values()))]
+    index = {name: i for i, name in enumerate(classes)}
+    entries = [Entry(PurePosixPath(clips[v].name), (index[str(label_of[v])],), "unused", f"{source}",
+                     str(fold_of[v])) for v in sorted(label_of)]
+    return build("aslan", root, classes, entries, split, str(source))
