@@ -106,3 +106,62 @@ def confusion_matrix(scores: np.ndarray, labels: Labels, num_classes: int) -> np
     out = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(out, ([lab[0] for lab in labels], predictions(scores)), 1)
     return out
+
+
+# ActivityNet's official classifier scorer (activitynet/ActivityNet, Evaluation/eval_classification.py),
+# offline: no "blocked videos" list. Its input is a list of (label, score) predictions per video; here a
+# score matrix stands for it, where a NaN or -inf entry is a class the video has no prediction for (a
+# single-label SVM gives -inf to classes without training videos) and a row of them is a video with no
+# prediction at all (broken: a miss at every k, its labels still counted as positives). Exact ties,
+# which the official scorer orders by numpy's argsort, count against the prediction here (the rule
+# above for hit@k; in AP tied rows enter the ranking together), so the figures do not depend on row
+# or class order.
+
+
+def anet_hit_at_k(scores: np.ndarray, labels: Labels, k: int) -> float:
+    """Percent of videos with any of their labels among their top k predicted classes."""
+    scores = np.asarray(scores, dtype=np.float64)
+    truth = label_matrix(labels, scores.shape[1])
+    predicted = np.isfinite(scores) | (scores == np.inf)
+    s = np.where(predicted, scores, -np.inf)
+    top_true = np.where(truth & predicted, s, -np.inf).max(axis=1, keepdims=True)
+    ahead = (predicted & ~truth & (s >= top_true)).sum(axis=1)
+    hits = (top_true[:, 0] > -np.inf) & (ahead < k)
+    return float(100.0 * hits.mean())
+
+
+def interpolated_average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
+    """VOC-2011 interpolated AP of one class: the precision envelope made monotone (each precision
+    replaced by the best at any higher recall), summed over the recall steps.
+
+    `scores` float [N]: NaN or -inf = no prediction for that row (it is never retrieved but, when
+    positive, still counts in the recall's denominator). Tied rows enter the ranking together.
+    NaN when the class has no positive row.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    positive = np.asarray(positive, dtype=bool)
+    total = positive.sum()
+    if total == 0:
+        return float("nan")
+    retrieved = np.isfinite(scores) | (scores == np.inf)
+    s, p = scores[retrieved], positive[retrieved]
+    order = np.argsort(-s, kind="stable")
+    s, p = s[order], p[order]
+    tp = np.cumsum(p)
+    fp = np.cumsum(~p)
+    last_of_threshold = np.r_[s[1:] != s[:-1], True] if len(s) else np.zeros(0, dtype=bool)
+    tp, fp = tp[last_of_threshold], fp[last_of_threshold]
+    precision = np.r_[0.0, tp / np.maximum(tp + fp, 1), 0.0]
+    recall = np.r_[0.0, tp / total, 1.0]
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    step = np.flatnonzero(recall[1:] != recall[:-1]) + 1
+    return float(((recall[step] - recall[step - 1]) * precision[step]).sum())
+
+
+def anet_map(scores: np.ndarray, labels: Labels) -> float:
+    """Percent: mean over the classes with at least one labelled row of `interpolated_average_precision`."""
+    scores = np.asarray(scores, dtype=np.float64)
+    truth = label_matrix(labels, scores.shape[1])
+    aps = [interpolated_average_precision(scores[:, c], truth[:, c])
+           for c in range(truth.shape[1]) if truth[:, c].any()]
+    return float(100.0 * np.mean(aps))
