@@ -19,6 +19,7 @@ from fusion.config import EvalConfig
 from pipeline.datasets.config import DatasetConfig
 from pipeline.errors import ConfigError
 from pipeline.synth.config import SynthConfig
+from pipeline.transfer.config import BenchmarkConfig, TransferConfig
 from streams.config import ModelConfig, TrainConfig
 
 try:
@@ -36,13 +37,17 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)  # the transfer stage (docs/transfer.md)
+    benchmark: dict[str, BenchmarkConfig] = field(default_factory=dict)  # its [benchmark.NAME] tables
 
     @property
     def work(self) -> Path:
         return Path(self.work_dir)
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "work_dir"}
+# Tables of named sections, [benchmark.NAME]: the dataclass of each named section.
+NAMED_SECTIONS = {"benchmark": BenchmarkConfig}
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name not in ("work_dir", *NAMED_SECTIONS)}
 
 
 def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
@@ -59,10 +64,12 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
             raise ConfigError(f"{path}: not valid TOML: {err}") from None
     for item in overrides:
         key, value = _parse_override(item)
-        section, _, name = key.rpartition(".")
-        target = raw.setdefault(section, {}) if section else raw
-        if not isinstance(target, dict):
-            raise ConfigError(f"--set {item}: {section!r} is not a section")
+        *sections, name = key.split(".")  # benchmark.aslan.root: a key of a named section
+        target = raw
+        for depth, section in enumerate(sections):
+            target = target.setdefault(section, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"--set {item}: {'.'.join(sections[:depth + 1])!r} is not a section")
         target[name] = value
     return _build(raw, source)
 
@@ -87,8 +94,14 @@ def _build(raw: dict[str, Any], source: str) -> Config:
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: [{key}] must be a table of settings, got {value!r}")
             kwargs[key] = _build_section(typing.get_type_hints(Config)[key], key, value, source)
+        elif key in NAMED_SECTIONS:
+            if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                raise ConfigError(f"{source}: [{key}] must hold named tables such as [{key}.NAME], got {value!r}")
+            kwargs[key] = {name: _build_section(NAMED_SECTIONS[key], f"{key}.{name}", table, source)
+                           for name, table in value.items()}
         else:
-            raise ConfigError(f"{source}: unknown key {key!r}{_suggest(key, ['work_dir', *SECTIONS])}")
+            raise ConfigError(f"{source}: unknown key {key!r}"
+                              f"{_suggest(key, ['work_dir', *SECTIONS, *NAMED_SECTIONS])}")
     return Config(**kwargs)
 
 
@@ -149,10 +162,20 @@ def dump_toml(cfg: Config) -> str:
     """The resolved config as TOML that load_config reads back to an equal Config."""
     data = to_dict(cfg)
     lines = [f"work_dir = {_toml_value(data.pop('work_dir'))}"]
+    named = {key: data.pop(key) for key in NAMED_SECTIONS}
     for section, values in data.items():
         lines += ["", f"[{section}]"]
         lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+    for key, tables in named.items():
+        for name, values in tables.items():
+            lines += ["", f"[{key}.{_toml_key(name)}]"]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
     return "\n".join(lines) + "\n"
+
+
+def _toml_key(name: str) -> str:
+    """A table name as TOML writes it: bare when it can be, else quoted."""
+    return name if name and all(c.isalnum() or c in "_-" for c in name) else _toml_value(name)
 
 
 def _toml_value(value: Any) -> str:

@@ -1,0 +1,1 @@
+"""The transfer stage: one frozen P3D representation, linear classifiers, several benchmarks (docs/transfer.md)."""
