@@ -49,11 +49,13 @@ class Stream:
 
 def run_eval(store_dir: Path, checkpoints: dict[str, Path], train_items: Sequence[Item],
              test_items: Sequence[Item], classes: Sequence[str], cfg: EvalConfig, out_dir: Path,
-             protocol: str, excluded: Sequence[str]) -> pd.DataFrame:
+             protocol: str, excluded: Sequence[str], train_groups: dict[str, str] | None = None) -> pd.DataFrame:
     """Evaluate the streams in `checkpoints` ({"rgb": path, "flow": path}; a path may be a training
     directory, whose `last.pt` is used) on `test_items`, fuse them when both are given, fit the SVMs
     on `train_items`, and write the report to `out_dir`. `excluded`: test videos already known to be
-    unusable (failed in `make flow`); they are listed and counted in the report. Returns the table.
+    unusable (failed in `make flow`); they are listed and counted in the report. `train_groups`:
+    video id -> group ("g08") of the training videos, when the dataset has groups: the SVM's
+    cross-validation folds then never split a group. Returns the table.
     """
     started = time.monotonic()
     out_dir = Path(out_dir)
@@ -106,9 +108,11 @@ def run_eval(store_dir: Path, checkpoints: dict[str, Path], train_items: Sequenc
         methods.append(MethodScores("fusion", fuse.fuse(video["rgb"], video["flow"], weights),
                                     f"{cfg.fusion_scores} scores, rgb:flow = {weights[0]:g}:{weights[1]:g}{detail}"))
     if cfg.svm:
-        _save_features(out_dir / "features", streams, outputs, train_items, test_items, cfg, protocol, len(skipped))
+        _save_features(out_dir / "features", streams, outputs, train_items, test_items, cfg, protocol, len(skipped),
+                       _train_groups(train_items, train_groups))
         methods += svm_methods(_features(streams, outputs, train_items), train_labels,
-                               _features(streams, outputs, test_items), len(classes), cfg)
+                               _features(streams, outputs, test_items), len(classes), cfg,
+                               groups=_train_groups(train_items, train_groups))
 
     table = report.results_table(methods, labels, protocol, len(skipped))
     title = f"Evaluation: {protocol}"
@@ -137,21 +141,22 @@ def average_splits(tables: Sequence[pd.DataFrame], out_dir: Path, protocol: str)
 
 
 def svm_methods(train: dict[str, np.ndarray], train_labels: Labels, test: dict[str, np.ndarray],
-                num_classes: int, cfg: EvalConfig) -> list[MethodScores]:
+                num_classes: int, cfg: EvalConfig, groups: Sequence[str] | None = None) -> list[MethodScores]:
     """Linear SVMs on raw pool5 features ({"rgb": [N, D], "flow": [N, D]}): per stream, and on the
-    concatenated two-stream feature when both are given. C by cross-validation on the training rows."""
+    concatenated two-stream feature when both are given. C by cross-validation on the training rows,
+    on group-disjoint folds when `groups` (one per training row) is given."""
     inputs = {name: (svm.normalise(train[name]), svm.normalise(test[name])) for name in STREAMS if name in train}
     if len(inputs) == 2:
         inputs["two_stream"] = (svm.two_stream(train["rgb"], train["flow"]), svm.two_stream(test["rgb"], test["flow"]))
     methods = []
     for name, (x_train, x_test) in inputs.items():
-        fit = svm.fit_svm(x_train, train_labels, num_classes, cfg.svm_cs, cfg.svm_folds, cfg.seed)
+        fit = svm.fit_svm(x_train, train_labels, num_classes, cfg.svm_cs, cfg.svm_folds, cfg.seed, groups=groups)
         cv = fit.cv_score[fit.c] * 100
         edge = " (the largest tried: add larger svm_cs)" if len(cfg.svm_cs) > 1 and fit.c == max(cfg.svm_cs) else ""
         methods.append(MethodScores(
             f"svm_{name}", fit.scores(x_test),
             f"pool5 of {cfg.svm_clips} centre clips + mirrors, sign-sqrt + L2; linear SVM C={fit.c:g}{edge} "
-            f"({cfg.svm_folds}-fold CV on {len(train_labels)} train videos: {cv:.1f}"
+            f"({fit.cv}: {cv:.1f}"
             f"{' mAP' if fit.multilabel else '% hit@1'})"))
     return methods
 
@@ -176,8 +181,10 @@ def svm_from_features(features_dir: Path, cfg: EvalConfig) -> pd.DataFrame:
     train_labels = report.unpad_labels(first["train_labels"])
     test_labels = report.unpad_labels(first["test_labels"])
     meta = json.loads(str(first["meta"]))
+    groups = [str(g) for g in first.get("train_groups", [])]  # "" = no group (older files: no key)
     methods = svm_methods({n: d["train_features"] for n, d in loaded.items()}, train_labels,
-                          {n: d["test_features"] for n, d in loaded.items()}, len(meta["classes"]), cfg)
+                          {n: d["test_features"] for n, d in loaded.items()}, len(meta["classes"]), cfg,
+                          groups=groups if groups and all(groups) else None)
     return report.results_table(methods, test_labels, meta["protocol"], int(meta["excluded"]))
 
 
@@ -233,6 +240,13 @@ def _fusion_weights(cfg: EvalConfig, outputs: dict[str, dict[str, Outputs]], tra
                            f"default {cfg.fusion_weights[0]:g}:{cfg.fusion_weights[1]:g})")
 
 
+def _train_groups(items: Sequence[Item], groups: dict[str, str] | None) -> list[str] | None:
+    """The training rows' groups for the SVM's folds; None unless every row has one."""
+    if not groups or any(not groups.get(v) for v, _ in items):
+        return None
+    return [groups[v] for v, _ in items]
+
+
 def _features(streams: Sequence[Stream], outputs: dict[str, dict[str, Outputs]],
               items: Sequence[Item]) -> dict[str, np.ndarray]:
     return {s.name: np.stack([outputs[v][s.name].feature for v, _ in items]) for s in streams}
@@ -240,9 +254,10 @@ def _features(streams: Sequence[Stream], outputs: dict[str, dict[str, Outputs]],
 
 def _save_features(features_dir: Path, streams: Sequence[Stream], outputs: dict[str, dict[str, Outputs]],
                    train_items: Sequence[Item], test_items: Sequence[Item], cfg: EvalConfig, protocol: str,
-                   excluded: int) -> None:
+                   excluded: int, train_groups: Sequence[str] | None = None) -> None:
     """features/<stream>.npz: raw pool5 (averaged over clips and mirrors) of the train and test videos,
-    their labels, and `meta` (JSON: the checkpoint, its model and train configs, the eval config)."""
+    their labels (and the training videos' groups, "" without), and `meta` (JSON: the checkpoint, its
+    model and train configs, the eval config)."""
     for s in streams:
         ckpt = s.checkpoint
         meta = {"checkpoint": str(ckpt.path), "checkpoint_sha256": s.sha256, "arch": ckpt.arch, "step": ckpt.step,
@@ -253,6 +268,7 @@ def _save_features(features_dir: Path, streams: Sequence[Stream], outputs: dict[
             "train_ids": np.array([v for v, _ in train_items], dtype=str),
             "train_labels": report.pad_labels([lab for _, lab in train_items]),
             "train_features": _features([s], outputs, train_items)[s.name],
+            "train_groups": np.array(train_groups or [""] * len(train_items), dtype=str),
             "test_ids": np.array([v for v, _ in test_items], dtype=str),
             "test_labels": report.pad_labels([lab for _, lab in test_items]),
             "test_features": _features([s], outputs, test_items)[s.name],

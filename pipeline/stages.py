@@ -106,7 +106,10 @@ def eval_stage(cfg: Config) -> None:
         checkpoints = {stream: train_dir(cfg, stream, split) for stream in ("rgb", "flow")}
         out = out_root if len(splits) == 1 else out_root / f"split{split}"
         write_resolved(cfg, out)
+        # Groups (UCF101, SynthActions) keep the clips of one group on one side of the SVM's CV folds.
+        groups = {v.video_id: v.group for v in dataset.videos if v.split == "train" and v.group}
         tables.append(run_eval(flow_dir(cfg), checkpoints, train, test, dataset.classes, cfg.eval, out,
-                               protocol=f"{cfg.dataset.format} split {split}", excluded=missing))
+                               protocol=f"{cfg.dataset.format} split {split}", excluded=missing,
+                               train_groups=groups or None))
     if len(tables) > 1:
         average_splits(tables, out_root, protocol=f"{cfg.dataset.format} 3-split average")
