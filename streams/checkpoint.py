@@ -4,12 +4,11 @@ A checkpoint is a dict of plain values and tensors: the format tag, the model's 
 model and train configs (`dataclasses.asdict`), arch, classes, modality, input convention, step,
 epoch, metrics, and for resuming the optimizer, scheduler, GradScaler and every process's RNG
 states. Files are written to a temporary name and renamed, so a file under a checkpoint name is
-always complete.
+always complete; each holds the SHA-256 of its contents, checked on reading, and only finite weights.
 """
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import re
 import zipfile
@@ -19,6 +18,7 @@ from typing import Any
 
 import torch
 
+from flow.atomic import atomic_write
 from streams.errors import StreamsError
 from streams.p3d import ARCHS, P3D, build_model
 from streams.transforms import CHANNELS, MODALITIES
@@ -26,6 +26,7 @@ from streams.transforms import CHANNELS, MODALITIES
 FORMAT = "p3d-two-stream streams checkpoint"
 VERSION = 1
 LAST = "last.pt"  # the model at the end of the schedule, what evaluation uses
+CHECKSUM = "checksum"  # {"sha256": payload_sha256(payload)}, stored in the file it checks
 _STEP_FILE = re.compile(r"^checkpoint_(\d+)\.pt$")
 
 
@@ -65,14 +66,75 @@ def step_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write `payload` (from `make_payload`) atomically: a temporary file, fsync, rename."""
+    """Write `payload` (from `make_payload`) atomically (flow.atomic), with the SHA-256 of its contents
+    stored inside it (`checksum`); StreamsError, and no file, when the weights are not finite;
+    flow.atomic.DiskFullError naming the file when the disk is full."""
+    bad = nonfinite_tensors(payload.get("model", {}))
+    if bad:
+        raise StreamsError(f"checkpoint {path} not written: the weights are not finite "
+                           f"({len(bad)} tensor(s), e.g. {', '.join(bad[:3])})")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    payload = dict(payload)
+    payload.pop(CHECKSUM, None)
+    payload[CHECKSUM] = {"sha256": payload_sha256(payload)}
+    with atomic_write(path) as f:
         torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+
+def nonfinite_tensors(state_dict: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors (weights, BatchNorm statistics) holding inf or NaN."""
+    return [name for name, t in state_dict.items()
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def payload_sha256(payload: dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint's contents without its `checksum` entry: every tensor's dtype, shape and
+    bytes and every plain value, in key order. Computed on the objects, not the file, so that it can
+    live inside the file it checks."""
+    digest = hashlib.sha256()
+    _feed(digest, {k: v for k, v in payload.items() if k != CHECKSUM})
+    return digest.hexdigest()
+
+
+def _feed(digest: Any, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        digest.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+        if t.numel():
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    elif isinstance(obj, dict):
+        digest.update(f"D{len(obj)}:".encode())
+        for key in sorted(obj, key=repr):
+            _feed(digest, key)
+            _feed(digest, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        digest.update(f"L{len(obj)}:".encode())
+        for item in obj:
+            _feed(digest, item)
+    else:
+        digest.update(f"V{obj!r};".encode())
+
+
+def safe_load(path: Path | str, what: str = "checkpoint", map_location: str | torch.device = "cpu") -> Any:
+    """The one torch.load of the project: weights_only=True, and one StreamsError naming the file when
+    it is absent, truncated, foreign or holds code. `what` starts the message ("checkpoint", ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise StreamsError(f"{what} {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
+            AttributeError, ImportError, IndexError, KeyError, TypeError) as e:
+        # torch.load raises any of these on truncated, foreign or unsafe files
+        text = str(e)
+        code = re.search(r"GLOBAL ([\w.]+)", text) if "Weights only load failed" in text else None
+        if code:
+            raise StreamsError(f"{what} {path} holds code (the pickled Python object {code.group(1)}), not only "
+                               "tensors, and was not loaded: refused by the safe loader (torch.load "
+                               "weights_only=True). Only if you trust the file, re-save its state dict alone") from None
+        text = text.rsplit("WeightsUnpickler error:", 1)[-1]
+        first_line = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
+        raise StreamsError(f"{what} {path} cannot be read (truncated or not a PyTorch file?): {first_line}") from None
 
 
 def make_payload(model: P3D, *, arch: str, modality: str, classes: list[str], input_convention: str,
@@ -87,16 +149,7 @@ def make_payload(model: P3D, *, arch: str, modality: str, classes: list[str], in
 def read_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> Checkpoint:
     """The checkpoint at `path` without building its model; StreamsError naming the file if unusable."""
     path = Path(path)
-    if not path.is_file():
-        raise StreamsError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
-            AttributeError, ImportError, IndexError, KeyError, TypeError) as e:
-        # torch.load raises any of these on truncated, foreign or unsafe files
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StreamsError(f"checkpoint {path} cannot be read (truncated or not a PyTorch file?): "
-                           f"{first_line}") from None
+    state = safe_load(path, "checkpoint", map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise StreamsError(f"checkpoint {path} is not a streams checkpoint (no format tag {FORMAT!r})")
     if state.get("version") != VERSION:
@@ -106,6 +159,10 @@ def read_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     if missing or state["arch"] not in ARCHS or state["modality"] not in MODALITIES:
         raise StreamsError(f"checkpoint {path} is incomplete or unknown "
                            f"(missing {missing}, arch {state.get('arch')!r}, modality {state.get('modality')!r})")
+    stored = state.get(CHECKSUM)  # absent in checkpoints written before checksums
+    if isinstance(stored, dict) and stored.get("sha256") != payload_sha256(state):
+        raise StreamsError(f"checkpoint {path} is corrupt: its contents do not match the SHA-256 stored in it "
+                           "(damaged bytes); use an older checkpoint or train again")
     return Checkpoint(path=path, arch=state["arch"], modality=state["modality"], classes=list(state["classes"]),
                       input_convention=state.get("input_convention", ""), model_config=state["model_config"],
                       train_config=state["train_config"], step=int(state["step"]),
@@ -115,6 +172,10 @@ def read_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
 def model_from_checkpoint(ckpt: Checkpoint) -> P3D:
     cfg = ckpt.model_config
     dropout = cfg.get("dropout_flow" if ckpt.modality == "flow" else "dropout_rgb", 0.0)
+    bad = nonfinite_tensors(ckpt.state["model"])
+    if bad:  # written before checkpoints were checked, or by another tool: scores would be NaN
+        raise StreamsError(f"checkpoint {ckpt.path} holds non-finite weights ({len(bad)} tensor(s) with inf/NaN, "
+                           f"e.g. {', '.join(bad[:3])}) and was not used; train again with a lower train.lr")
     model = build_model(ckpt.arch, ckpt.num_classes, ckpt.in_channels, dropout, bool(cfg.get("partial_bn", False)))
     try:
         model.load_state_dict(ckpt.state["model"])

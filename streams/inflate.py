@@ -11,12 +11,11 @@ flow channels (TSN's cross-modality initialisation). The 2-D fc (ImageNet classe
 """
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
 
+from streams.checkpoint import safe_load
 from streams.errors import StreamsError
 from streams.p3d import BN_EPS, P3D, P3DBlock
 
@@ -34,12 +33,7 @@ _BN_KEYS = ("weight", "bias", "running_mean", "running_var")
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A 2-D ResNet state dict from `path` (plain, or under 'state_dict'/'model'; a 'module.' prefix is dropped)."""
     path = Path(path)
-    if not path.is_file():
-        raise StreamsError(f"model.pretrained: {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
-        raise StreamsError(f"model.pretrained: {path} is not a readable PyTorch state dict ({e})") from None
+    obj = safe_load(path, "model.pretrained:")
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

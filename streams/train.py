@@ -10,9 +10,9 @@ last.pt (the finished model), metrics.jsonl, curves.png.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +26,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from flow.atomic import write_text
 from flow.errors import FlowError
 from flow.store import Store, open_store
 from streams import distributed, transforms
-from streams.checkpoint import (LAST, make_payload, read_checkpoint, save_checkpoint, step_checkpoints,
-                                step_path)
+from streams.checkpoint import (LAST, make_payload, nonfinite_tensors, read_checkpoint, save_checkpoint,
+                                step_checkpoints, step_path)
 from streams.clips import ClipDataset, EpochSampler
 from streams.config import ModelConfig, TrainConfig
 from streams.errors import StreamsError
@@ -98,6 +99,26 @@ def _check_store(store_dir: Path, train_items, val_items, classes, modality) -> 
     if not train_items:
         raise StreamsError("no training videos")
     return store
+
+
+def training_set_record(train_items: list[tuple[str, int]]) -> dict[str, Any]:
+    """What a checkpoint stores of its training list: a resume on another list would follow another
+    schedule (steps per epoch, sampler order), so it is refused. The ids are kept to say what changed."""
+    text = "".join(f"{video}\t{label}\n" for video, label in train_items)
+    return {"sha256": hashlib.sha256(text.encode()).hexdigest(), "videos": [video for video, _ in train_items]}
+
+
+def training_set_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """None when the lists are the same, else what changed, e.g. '1 video(s) removed, e.g. a/b'."""
+    if old.get("sha256") == new["sha256"]:
+        return None
+    before, after = set(old.get("videos", [])), set(new["videos"])
+    added, removed = sorted(after - before), sorted(before - after)
+    parts = [f"{len(added)} video(s) added" + (f", e.g. {', '.join(added[:3])}" if added else ""),
+             f"{len(removed)} video(s) removed" + (f", e.g. {', '.join(removed[:3])}" if removed else "")]
+    if not added and not removed:
+        parts = ["the same videos in another order or with other labels"]
+    return f"{'; '.join(parts)} ({len(before)} videos then, {len(after)} now)"
 
 
 def _worker_init(_: int) -> None:
@@ -174,6 +195,7 @@ class _Run:
     def __init__(self, store: Store, train_items, val_items, classes, modality: str, model_cfg: ModelConfig,
                  cfg: TrainConfig, out_dir: Path, ctx: distributed.DistContext):
         self.store, self.classes, self.modality = store, list(classes), modality
+        self.training_set = training_set_record(train_items)
         self.model_cfg, self.cfg, self.out_dir, self.ctx = model_cfg, cfg, out_dir, ctx
         self.device = ctx.device
         self.cuda = self.device.type == "cuda"
@@ -267,6 +289,10 @@ class _Run:
             diffs.append(f"modality: {ckpt.modality} in the checkpoint, {self.modality} now")
         if ckpt.classes != self.classes:
             diffs.append("the classes differ")
+        stored = ckpt.state.get("training_set")  # absent in checkpoints written before it was stored
+        change = training_set_change(stored, self.training_set) if isinstance(stored, dict) else None
+        if change:
+            diffs.append(f"the training list changed: {change}")
         if diffs:
             raise StreamsError(f"{ckpt.path} was trained with other settings ({'; '.join(diffs)}): use another "
                                f"output directory, or the same settings to continue it")
@@ -333,9 +359,7 @@ class _Run:
 
     def _write_history(self) -> None:
         path = self.out_dir / METRICS
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
-        os.replace(tmp, path)
+        write_text(path, "".join(json.dumps(r) + "\n" for r in self.history))
 
     # ---- the loop -------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -352,12 +376,22 @@ class _Run:
         try:
             while self.step < limit:
                 self._train_epoch(limit, bar)
+        except RuntimeError as e:
+            if "DataLoader worker" not in str(e):
+                raise
+            # Stop rather than rebuild the loader: PyTorch reports a dead worker from a signal handler,
+            # which may interrupt an optimizer step half-way; the checkpoint is exact.
+            raise StreamsError(f"{self.modality} stream: a data loader worker died at step {self.step + 1} "
+                               f"({str(e).splitlines()[0].rstrip('. ')}; the system kills workers that run "
+                               f"out of memory: lower train.workers or train.batch_size); "
+                               f"{self._resume_point()}") from None
         finally:
             bar.close()
         if self.step < self.total_steps:  # stopped by max_steps
             if self.last_checkpoint is None or self.last_checkpoint != step_path(self.out_dir, self.step):
                 self._checkpoint()
             return self._result(self.last_checkpoint, False, started)
+        self._check_weights()
         if self.ctx.is_main:
             payload = self._payload(training_state=False)
             save_checkpoint(last, payload)
@@ -412,11 +446,9 @@ class _Run:
         first_bad_step = self.step - n + bad[0] if bad else math.inf
         first_bad_step = distributed.all_reduce_min(first_bad_step, self.ctx)
         if math.isfinite(first_bad_step):
-            kept = (f"kept checkpoint {self.last_checkpoint} (step {int(self.last_checkpoint.stem.split('_')[-1])})"
-                    if self.last_checkpoint and self.last_checkpoint.name != LAST else "no checkpoint had been written")
             raise StreamsError(f"{self.modality} stream: the training loss is not finite at step "
                                f"{int(first_bad_step) + 1} (epoch {int(first_bad_step) // self.steps_per_epoch + 1}); "
-                               f"stopped and {kept}. Lower train.lr (now {self.cfg.lr}) or check the data, "
+                               f"stopped and {self._kept()}. Lower train.lr (now {self.cfg.lr}) or check the data, "
                                f"and train again in a fresh output directory")
         totals = distributed.all_reduce_sum([float(losses.sum()), correct], self.ctx)
         seconds = time.perf_counter() - self._interval_start
@@ -481,10 +513,32 @@ class _Run:
                      "world_size": self.ctx.world_size}
         return make_payload(self.model, arch=self.model_cfg.arch, modality=self.modality, classes=self.classes,
                             input_convention=transforms.INPUT_CONVENTION[self.modality], model_config=model_cfg,
-                            train_config=train_cfg, step=self.step, epoch=self.epoch, metrics=metrics, **extra)
+                            train_config=train_cfg, step=self.step, epoch=self.epoch, metrics=metrics,
+                            training_set=self.training_set, **extra)
+
+    def _kept(self) -> str:
+        if self.last_checkpoint and self.last_checkpoint.name != LAST:
+            return f"kept checkpoint {self.last_checkpoint} (step {int(self.last_checkpoint.stem.split('_')[-1])})"
+        return "no checkpoint had been written"
+
+    def _resume_point(self) -> str:
+        if self.last_checkpoint and self.last_checkpoint.name != LAST:
+            return f"re-run the same command to resume from {self.last_checkpoint}"
+        return "no checkpoint had been written: re-run the same command to start again"
+
+    def _check_weights(self) -> None:
+        """Before a checkpoint is written: weights and BatchNorm statistics must be finite (a loss can
+        stay finite in train mode while the running statistics are already inf)."""
+        bad = nonfinite_tensors(self.model.state_dict())
+        if bad:
+            raise StreamsError(f"{self.modality} stream: the weights are not finite at step {self.step} "
+                               f"({len(bad)} tensor(s) with inf/NaN, e.g. {', '.join(bad[:3])}); stopped and "
+                               f"{self._kept()}. Lower train.lr (now {self.cfg.lr}) and train again in a "
+                               f"fresh output directory")
 
     def _checkpoint(self) -> None:
         self._flush_quietly()
+        self._check_weights()
         payload = self._payload(training_state=True)  # every process takes part (RNG states)
         path = step_path(self.out_dir, self.step)
         if self.ctx.is_main:

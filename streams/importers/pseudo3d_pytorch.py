@@ -21,16 +21,15 @@ the port's logits. Its features are a good start for fine-tuning, not the port's
 """
 from __future__ import annotations
 
-import pickle
 import re
 import warnings
-import zipfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from streams.checkpoint import safe_load
 from streams.errors import StreamsError
 from streams.p3d import ARCHS, P3D, P3DBlock, build_model
 
@@ -79,21 +78,7 @@ def read_port_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     """The tensors of a pseudo-3d-pytorch checkpoint (`['state_dict']`, or a bare state dict), with a
     DataParallel `module.` prefix removed. torch.load(weights_only=True): the file cannot run code."""
     path = Path(path)
-    if not path.is_file():
-        raise StreamsError(f"{path}: no such file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError,
-            AttributeError, ImportError, IndexError, KeyError, TypeError) as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "Weights only load failed" in str(e) and "GLOBAL" in str(e).upper():
-            raise StreamsError(f"{path}: refused by the safe loader (torch.load weights_only=True): it holds "
-                               "objects other than tensors and plain values, which could run code. Only if "
-                               "you trust the file, re-save its state dict alone and import that") from None
-        if "Weights only load failed" in str(e):  # the unpickler met bytes that are no pickle
-            message = str(e).rsplit("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0]
-        raise StreamsError(f"{path}: not a readable PyTorch checkpoint (truncated or another format): "
-                           f"{message}") from None
+    payload = safe_load(path, "pseudo-3d-pytorch checkpoint")
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not state or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
