@@ -24,18 +24,18 @@ class FlowConfig:
     scheduler: str = ""  # "" = local processes; "tcp://host:8786" = a Dask cluster
 
     # TV-L1 (names and meanings of OpenCV's DualTVL1OpticalFlow; defaults chosen by measurement).
-    tau: float = 0.25
+    tau: float = 0.25  # time step of the numerical scheme
     lambda_: float = 0.15  # OpenCV's `lambda` (a Python keyword)
-    theta: float = 0.3
-    nscales: int = 5
-    warps: int = 5
-    epsilon: float = 0.01
-    inner_iterations: int = 30
-    outer_iterations: int = 10
-    scale_step: float = 0.5
-    gamma: float = 0.0
-    median_filtering: int = 5
-    use_initial_flow: bool = False
+    theta: float = 0.3  # tightness: weight of (u - v)^2 that couples the data term and the TV term
+    nscales: int = 5  # pyramid levels
+    warps: int = 5  # warpings per level
+    epsilon: float = 0.01  # stopping threshold: precision against running time
+    inner_iterations: int = 30  # iterations between median filterings
+    outer_iterations: int = 10  # rounds of inner iterations per warp
+    scale_step: float = 0.5  # size ratio of pyramid levels; OpenCV: 0.8, 0.5 is 1.7x faster (docs/flow.md)
+    gamma: float = 0.0  # weight of the illumination-change term; 0 = none
+    median_filtering: int = 5  # median filter size on the flow: 1 (off), 3 or 5
+    use_initial_flow: bool = False  # start from the flow given to calc() instead of zero
 
     def validate(self) -> None:
         if self.store not in ("packed", "mmaction"):

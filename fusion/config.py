@@ -10,7 +10,7 @@ FUSION_SCORES = ("softmax", "raw")
 @dataclass
 class EvalConfig:
     # Video-level testing: `clips` evenly spaced clips per video x `crops`, scores averaged.
-    clips: int = 10
+    clips: int = 10  # per test video (the report's clip hit@1 counts each)
     crops: str = "center"  # "center" (one crop) or "three" (left/centre/right along the long side)
     batch_views: int = 16  # clips through the network at once: bounds memory on long videos
 
@@ -18,13 +18,14 @@ class EvalConfig:
     fusion_scores: str = "softmax"  # "softmax": average class probabilities; "raw": logits (TSN)
     fusion_weights: list[float] = field(default_factory=lambda: [1.0, 1.5])  # RGB, flow
     fusion_cv: bool = False  # choose the flow weight on the training videos instead
+    # The flow weights (RGB weight 1) that fusion_cv, or held-out validation videos, choose among.
     fusion_cv_grid: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0])
 
     # Features + linear SVM (the paper's protocol): centre crop, each clip averaged with its mirror.
-    svm: bool = True
-    svm_clips: int = 20
-    svm_cs: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0])
-    svm_folds: int = 5
+    svm: bool = True  # also train the SVM rows of the report (svm_rgb, svm_flow, svm_two_stream)
+    svm_clips: int = 20  # clips per video whose features are averaged (the paper: 20)
+    svm_cs: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0])  # C, chosen by CV
+    svm_folds: int = 5  # cross-validation folds over the training videos
     seed: int = 0  # cross-validation folds
 
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"

@@ -14,6 +14,8 @@ STAGE_HELP = {
     "eval": "video-level testing, two-stream fusion, features + linear SVM, report",
 }
 
+CONFIG_HELP = "print the resolved settings as TOML, every key with its default and its comment"
+
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None,
@@ -42,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--force", action="store_true",
                        help="regenerate everything (needed when the [synth] settings changed)")
     _add_config_args(stages.add_parser("eval", help=STAGE_HELP["eval"], description=STAGE_HELP["eval"]))
+    config = stages.add_parser("config", help=CONFIG_HELP, description=CONFIG_HELP)
+    _add_config_args(config)
+    config.add_argument("--markdown", action="store_true",
+                        help="print the reference of every key's default as Markdown (docs/config.md)")
 
     flow = stages.add_parser("flow", help=STAGE_HELP["flow"], description=STAGE_HELP["flow"])
     _add_config_args(flow)
@@ -64,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here so that `--help` answers at once, without loading torch.
     from flow.errors import FlowError
     from fusion.errors import FusionError
-    from pipeline import stages, tools_cli
+    from pipeline import config_reference, stages, tools_cli
     from pipeline.config import load_config
     from streams.errors import StreamsError
 
@@ -72,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         if args.stage in tools_cli.COMMANDS:
             tools_cli.run(args, cfg)
+        elif args.stage == "config":
+            config_reference.run(args, cfg)
         elif args.stage == "synth":
             stages.synth_stage(cfg, force=args.force)
         elif args.stage == "flow":

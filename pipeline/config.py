@@ -30,13 +30,13 @@ except ModuleNotFoundError:  # Python 3.10
 
 @dataclass
 class Config:
-    work_dir: str = "work"
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    synth: SynthConfig = field(default_factory=SynthConfig)
-    flow: FlowConfig = field(default_factory=FlowConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    work_dir: str = "work"  # every stage writes under it: synth/, flow/, train/<stream>/split<N>/, eval/
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)  # which videos, their classes and splits
+    synth: SynthConfig = field(default_factory=SynthConfig)  # SynthActions, the built-in benchmark
+    flow: FlowConfig = field(default_factory=FlowConfig)  # decoding, TV-L1 and the frame + flow store
+    model: ModelConfig = field(default_factory=ModelConfig)  # the P3D network of both streams
+    train: TrainConfig = field(default_factory=TrainConfig)  # training one stream
+    eval: EvalConfig = field(default_factory=EvalConfig)  # video-level testing, late fusion, features + SVM
     transfer: TransferConfig = field(default_factory=TransferConfig)  # the transfer stage (docs/transfer.md)
     benchmark: dict[str, BenchmarkConfig] = field(default_factory=dict)  # its [benchmark.NAME] tables
 

@@ -17,7 +17,7 @@ class ModelConfig:
     pretrained_input: str = "torchvision"  # what the 2-D conv1 expects: "torchvision" (RGB 0-1 with
     # ImageNet mean/std, converted to our BGR 0-255 input) or "caffe" (already BGR 0-255 minus mean)
     dropout_rgb: float = 0.5  # official Kinetics deploy nets: 0.5 RGB, 0.7 flow
-    dropout_flow: float = 0.7
+    dropout_flow: float = 0.7  # the flow stream's, as dropout_rgb
     partial_bn: bool = True  # freeze every BN but bn1 (running stats and affine), as the official nets
 
     def validate(self) -> None:
@@ -44,15 +44,15 @@ class TrainConfig:
     flip: bool = True  # random horizontal flip for training (flow: x inverted)
 
     # Optimisation. batch_size is the global batch: each of N DDP processes takes batch_size / N.
-    batch_size: int = 32
-    epochs: int = 30
+    batch_size: int = 32  # clips per optimiser step, over all processes
+    epochs: int = 30  # passes over the training videos, one random clip per video each
     max_steps: int = 0  # stop after this many steps (the schedule stays the full one); 0 = no limit
-    lr: float = 0.001
-    momentum: float = 0.9
+    lr: float = 0.001  # SGD learning rate (fc: x fc_lr_mult; flow conv1: x flow_conv1_lr_mult)
+    momentum: float = 0.9  # SGD momentum
     weight_decay: float = 5e-4  # on conv and fc weights; none on biases and BN scale/shift
     schedule: str = "step"  # "step" (x lr_gamma at each of lr_steps) or "cosine" (to 0 at the end)
     lr_steps: list[float] = field(default_factory=lambda: [12.0, 24.0])  # epochs
-    lr_gamma: float = 0.1
+    lr_gamma: float = 0.1  # schedule = "step": the factor at each of lr_steps
     warmup_epochs: float = 0.0  # linear warm-up from 0
     fc_lr_mult: float = 10.0  # fc weights (bias: twice this, as Caffe's lr_mult 10/20)
     flow_conv1_lr_mult: float = 5.0  # conv1 of the flow stream (official flow nets)
@@ -68,7 +68,7 @@ class TrainConfig:
     # machine 1 can be several times faster: busy-waiting threads stall when the cores are taken
 
     # Bookkeeping.
-    seed: int = 0
+    seed: int = 0  # initial weights, sampling order, augmentation: a run is a function of it
     device: str = "auto"  # "auto" (cuda:LOCAL_RANK if available, else cpu), "cpu", "cuda", "cuda:N"
     checkpoint_every: int = 500  # steps; a checkpoint is also written at every epoch end
     keep_checkpoints: int = 2  # newest step checkpoints kept (best.pt and last.pt are kept apart)

@@ -18,9 +18,9 @@ class DatasetConfig:
     split: str = "1"  # "1", "2", "3" or "all" (three-split formats); "1" or "all" for the others
 
     # format = "mmaction": list files as in mmaction2 configs (ann_file_train/val/test).
-    train_list: str = ""
-    val_list: str = ""
-    test_list: str = ""
+    train_list: str = ""  # training videos
+    val_list: str = ""  # held-out validation videos
+    test_list: str = ""  # test videos
     list_type: str = "video"  # "video" (`path label ...`) or "rawframes" (`dir total_frames label ...`)
     label_map: str = ""  # class names, one a line in label order; "" = names "0", "1", ...
 

@@ -8,18 +8,18 @@ from pipeline.synth.design import APPEARANCES, MOTIONS
 
 @dataclass
 class SynthConfig:
-    seed: int = 0
+    seed: int = 0  # the benchmark is a function of these settings: same seed, same videos
 
     # Design: one class per appearance x motion, named e.g. "RedUp".
-    appearances: list[str] = field(default_factory=lambda: ["red", "green", "blue"])
-    motions: list[str] = field(default_factory=lambda: ["up", "down", "rotate", "oscillate"])
+    appearances: list[str] = field(default_factory=lambda: ["red", "green", "blue"])  # colours, any of design.APPEARANCES
+    motions: list[str] = field(default_factory=lambda: ["up", "down", "rotate", "oscillate"])  # any of design.MOTIONS
     groups: int = 7  # per class; the three splits test disjoint groups, like UCF101's 25
     clips_per_group: int = 4  # a group's clips share the object (shape, texture) and the scene
 
     # Video.
-    frames: int = 32
+    frames: int = 32  # per clip
     size: int = 64  # square frames, px
-    fps: float = 25.0
+    fps: float = 25.0  # written in the container; the motion is set per frame
     codec: str = "FFV1"  # FFV1 in .avi is lossless (OpenCV's FFmpeg); "MJPG" is lossy but plays anywhere
     write_flow: bool = True  # the exact flow of every frame pair as Middlebury .flo (32 KB a pair at 64 px)
 

@@ -33,7 +33,7 @@ class TransferConfig:
     # Feature extractors: a stream checkpoint, a training folder (its last.pt), or imported weights
     # (`python -m pipeline import-weights`). flow = "": RGB rows only; both: rgb, flow and two_stream.
     rgb: str = ""
-    flow: str = ""
+    flow: str = ""  # the flow stream's extractor, as rgb
     benchmarks: list[str] = field(default_factory=list)  # names of [benchmark.NAME] tables, in report order
 
     # The feature recipe (REFERENCE.md): `clips` uniformly spaced 16-frame clips per video, short side
@@ -45,8 +45,8 @@ class TransferConfig:
 
     # Linear SVMs: C chosen among `cs` by `folds`-fold cross-validation on each protocol's training data.
     cs: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0])
-    folds: int = 5
-    seed: int = 0
+    folds: int = 5  # of that cross-validation
+    seed: int = 0  # cross-validation folds
     aslan_normalisation: str = "l2"  # of the 48 pair values: "l2" (P3D, the paper) or "zscore" (C3D)
 
     # A folder where the stage first writes the built-in generated benchmarks (pipeline.synth.companions:
