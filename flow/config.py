@@ -15,6 +15,13 @@ class FlowConfig:
     # A video decoding fewer frames than its container declares, by more than this share (and more
     # than one frame), is recorded as truncated. 1.0 turns the check off (variable-frame-rate files).
     missing_frames_tolerance: float = 0.02
+    # Largest frame (width * height, after `size`) a video is processed at; 0 = no limit. TV-L1 holds
+    # about 30 float images per pixel per worker: a 4000x3000 video at native size took 3.3 GB for
+    # two pairs. The default admits 1920x1080 and refuses larger frames with a message.
+    max_pixels: int = 2_073_600
+    # On a re-run, read every finished pack and check the CRC32 of each image (reads the whole
+    # store once; finds flipped bytes). false: only check that each pack's index is intact.
+    verify: bool = True
 
     # Where it runs.
     backend: str = "opencv"  # "opencv" (cv2.optflow DualTVL1) or "torch" (batched PyTorch TV-L1)
@@ -62,6 +69,8 @@ class FlowConfig:
             raise ValueError(f"median_filtering: must be 1 (off), 3 or 5, got {self.median_filtering}")
         if self.jobs < 0:
             raise ValueError(f"jobs: must be >= 0 (0 = all cores), got {self.jobs}")
+        if self.max_pixels < 0:
+            raise ValueError(f"max_pixels: must be >= 0 (0 = no limit), got {self.max_pixels}")
         if self.batch_pairs < 1:
             raise ValueError(f"batch_pairs: must be >= 1, got {self.batch_pairs}")
         if self.size:

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from flow.errors import FlowError
+from flow.atomic import write_bytes
+from flow.errors import FlowError, shown
 
 
 @dataclass
@@ -41,34 +41,39 @@ def format_manifest(rows: list[VideoResult]) -> bytes:
     writer.writeheader()
     for row in sorted(rows, key=lambda r: r.video_id):
         writer.writerow(asdict(row))
-    return buf.getvalue().encode()
+    return shown(buf.getvalue()).encode()  # a non-UTF-8 file name is written as \xNN
 
 
 def write_manifest(path: Path, rows: list[VideoResult]) -> None:
-    """Atomically (temp + rename), and not at all when the content is unchanged."""
+    """Atomically (flow.atomic), and not at all when the content is unchanged; a full disk raises
+    flow.atomic.DiskFullError."""
     data = format_manifest(rows)
     if path.exists() and path.read_bytes() == data:
         return
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_bytes(path, data)
 
 
 def read_manifest(path: Path) -> dict[str, VideoResult]:
-    """Rows by video id; {} when the file does not exist."""
+    """Rows by video id; {} when the file does not exist. FlowError for a file that is not a
+    manifest (other columns, not UTF-8, not CSV)."""
     if not path.exists():
         return {}
     rows: dict[str, VideoResult] = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or not set(COLUMNS) <= set(reader.fieldnames):
-            raise FlowError(f"{path}: not a flow manifest (expected columns {', '.join(COLUMNS)})")
-        for line, rec in enumerate(reader, start=2):
-            try:
-                rows[rec["video_id"]] = VideoResult(
-                    rec["video_id"], rec["path"], rec["status"], int(rec["frames"] or 0),
-                    int(rec["flow_pairs"] or 0), int(rec["declared_frames"] or 0), rec["seconds"],
-                    rec["error"])
-            except ValueError as e:
-                raise FlowError(f"{path}, line {line}: {e}") from None
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or not set(COLUMNS) <= set(reader.fieldnames):
+                raise FlowError(f"{shown(path)}: not a flow manifest (expected columns {', '.join(COLUMNS)})")
+            for line, rec in enumerate(reader, start=2):
+                try:
+                    rows[rec["video_id"]] = VideoResult(
+                        rec["video_id"], rec["path"], rec["status"], int(rec["frames"] or 0),
+                        int(rec["flow_pairs"] or 0), int(rec["declared_frames"] or 0), rec["seconds"],
+                        rec["error"])
+                except (ValueError, TypeError) as e:
+                    raise FlowError(f"{shown(path)}, line {line}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise FlowError(f"{shown(path)}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except csv.Error as e:
+        raise FlowError(f"{shown(path)}: not a CSV file ({e})") from None
     return rows

@@ -12,23 +12,27 @@ per video, keyed by `video_id` (`Class/v_Class_g01_c01`):
 Flow index `i` (0-based) is the motion from frame `i` to frame `i + 1`; a video of N frames has N - 1
 flow images. A video exists in the store only once all of it is on disk: writers fill a hidden
 temporary name (`.<name>.pack.tmp-<host>-<pid>`, `.<name>.tmp-<host>-<pid>/`) and rename it when
-complete.
+complete, holding the video's lock (`Store.lock`, an flock on `.<name>.lock`) so that two runs on one
+store never write, clean or remove the same video at once.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
-import socket
 import struct
+import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from flow.atomic import TEMP_MARKER, fsync_dir, write_bytes, writer_token
 from flow.errors import FlowError
 
 STORE_FILE = "store.json"
@@ -38,6 +42,7 @@ LAYOUTS = ("packed", "mmaction")
 CODECS = ("png", "raw")  # packed layout only; both lossless
 PACK_SUFFIX = ".pack"
 PACK_MAGIC = b"P3DPACK1"
+LOCK_SUFFIX = ".lock"
 # zlib level 3 with PNG's "up" filter on every row: against adaptive filtering about the same size
 # and twice as fast to encode and to decode (bench/flow_store.py). OpenCV without the filter option
 # (< 4.11) falls back to adaptive filtering, still lossless.
@@ -47,7 +52,7 @@ if hasattr(cv2, "IMWRITE_PNG_FILTER"):
 _FOOTER = struct.Struct("<Q8s")  # length of the JSON meta, magic
 
 
-def _check_video_id(video_id: str) -> str:
+def check_video_id(video_id: str) -> str:
     parts = video_id.split("/")
     if (not video_id or "\\" in video_id or video_id.startswith("/")
             or any(p in ("", ".", "..") or p.startswith(".") for p in parts)):
@@ -62,28 +67,6 @@ def _check_indices(video_id: str, indices: Sequence[int], count: int, what: str)
     if bad:
         raise FlowError(f"video {video_id}: {what} index {bad[0]} out of range, it has {count} {what} images")
     return idx
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class VideoFrames(ABC):
@@ -102,6 +85,10 @@ class VideoFrames(ABC):
     @abstractmethod
     def flow(self, indices: Sequence[int]) -> np.ndarray:
         """uint8 [T, H, W, 2] flow images at `indices`, x then y, 128 = no motion."""
+
+    def verify(self) -> None:
+        """FlowError naming the video and image if a stored image does not match its checksum
+        (packed layout; packs written before checksums existed, and mmaction JPEGs, have none)."""
 
     def close(self) -> None:
         pass
@@ -149,12 +136,37 @@ class PackedFrames(VideoFrames):
             rows = self.num_frames + self.num_flows
             raw = os.pread(self._fd, rows * 16, int(meta["index_offset"]))
             index = np.frombuffer(raw, dtype="<i8").reshape(rows, 2)
+            crcs = None  # packs written before checksums existed have none: they still open
+            if "crc32_offset" in meta:
+                raw = os.pread(self._fd, rows * 4, int(meta["crc32_offset"]))
+                crcs = np.frombuffer(raw, dtype="<u4").reshape(rows)
         except (ValueError, KeyError, TypeError) as e:
             raise FlowError(f"{broken} ({e})") from None
-        if self.codec not in CODECS or (index.size and int((index[:, 0] + index[:, 1]).max()) > size):
+        if (self.codec not in CODECS or (index.size and (int(index.min()) < 0
+                                                         or int((index[:, 0] + index[:, 1]).max()) > size))):
             raise FlowError(broken)
         self._rgb_index = index[: self.num_frames]
         self._flow_index = index[self.num_frames:]
+        self._rgb_crc = None if crcs is None else crcs[: self.num_frames]
+        self._flow_crc = None if crcs is None else crcs[self.num_frames:]
+
+    @property
+    def has_checksums(self) -> bool:
+        return self._rgb_crc is not None
+
+    def _check_crc(self, blob: np.ndarray, crcs: np.ndarray | None, i: int, what: str) -> np.ndarray:
+        if crcs is not None and zlib.crc32(blob) != int(crcs[i]):
+            raise FlowError(f"video {self.video_id}: {what} {i} in {self.path} is corrupt (CRC32 "
+                            "mismatch): redo the video (re-run the flow stage)")
+        return blob
+
+    def verify(self) -> None:
+        if not self.has_checksums:
+            return
+        for index, crcs, what in ((self._rgb_index, self._rgb_crc, "frame"),
+                                  (self._flow_index, self._flow_crc, "flow image")):
+            for i, blob in enumerate(self._blobs(index)):
+                self._check_crc(blob, crcs, i, what)
 
     @property
     def rgb_bytes(self) -> int:
@@ -183,14 +195,14 @@ class PackedFrames(VideoFrames):
         idx = _check_indices(self.video_id, indices, self.num_frames, "frame")
         out = np.empty((len(idx), self.height, self.width, 3), np.uint8)
         for k, blob in enumerate(self._blobs(self._rgb_index[idx])):
-            out[k] = self._decode(blob, out.shape[1:])
+            out[k] = self._decode(self._check_crc(blob, self._rgb_crc, idx[k], "frame"), out.shape[1:])
         return out
 
     def flow(self, indices: Sequence[int]) -> np.ndarray:
         idx = _check_indices(self.video_id, indices, self.num_flows, "flow")
         out = np.empty((len(idx), self.height, self.width, 2), np.uint8)
         for k, blob in enumerate(self._blobs(self._flow_index[idx])):
-            img = self._decode(blob, out.shape[1:])
+            img = self._decode(self._check_crc(blob, self._flow_crc, idx[k], "flow image"), out.shape[1:])
             if self.codec == "raw":
                 out[k] = img
             else:  # PNG holds the x and y images side by side: [H, 2W]
@@ -234,7 +246,11 @@ class MmactionFrames(VideoFrames):
         self.height, self.width = first.shape[:2]
 
     def _read(self, name: str, flags: int) -> np.ndarray:
-        img = cv2.imread(str(self.path / name), flags)
+        # Bytes through Python, not cv2.imread: OpenCV crashes on a path that is not valid UTF-8.
+        try:
+            img = cv2.imdecode(np.frombuffer((self.path / name).read_bytes(), np.uint8), flags)
+        except OSError:
+            img = None
         if img is None:
             raise FlowError(f"video {self.video_id}: cannot decode {self.path / name}")
         return img
@@ -265,7 +281,7 @@ class VideoWriter(ABC):
 
     def __init__(self, store: Store, video_id: str):
         self.store = store
-        self.video_id = _check_video_id(video_id)
+        self.video_id = check_video_id(video_id)
         self.final = store.path(video_id)
         self.tmp = store.temp_path(video_id)
         self.num_frames = 0
@@ -332,8 +348,8 @@ class VideoWriter(ABC):
 
 class PackWriter(VideoWriter):
     """`<video_id>.pack`: magic, every RGB blob in frame order, every flow blob in order, an int64
-    index of (offset, length) rows (frames, then flows), a JSON meta, its length (uint64) and the
-    magic again. Flow blobs wait in a side file until commit, so the bytes do not depend on how the
+    index of (offset, length) rows (frames, then flows), the uint32 CRC32 of every blob in the same
+    order, a JSON meta, its length (uint64) and the magic again. Flow blobs wait in a side file until commit, so the bytes do not depend on how the
     video was chunked, nor on time or machine: equal inputs give equal files. The frames of a window
     lie next to each other and are read with one system call."""
 
@@ -343,14 +359,14 @@ class PackWriter(VideoWriter):
         self._rgb_file = open(self.tmp, "wb")
         self._flow_file = open(self._side, "wb")
         self._rgb_file.write(PACK_MAGIC)
-        self._rgb_rows: list[tuple[int, int]] = []
-        self._flow_rows: list[tuple[int, int]] = []
+        self._rgb_rows: list[tuple[int, int, int]] = []  # offset, length, CRC32
+        self._flow_rows: list[tuple[int, int, int]] = []
 
     @staticmethod
-    def _put(f: Any, blob: bytes) -> tuple[int, int]:
+    def _put(f: Any, blob: bytes) -> tuple[int, int, int]:
         offset = f.tell()
         f.write(blob)
-        return offset, len(blob)
+        return offset, len(blob), zlib.crc32(blob)
 
     def _encode(self, img: np.ndarray) -> bytes:
         if self.store.codec == "raw":
@@ -373,19 +389,22 @@ class PackWriter(VideoWriter):
         self._flow_file.close()
         with open(self._side, "rb") as side:
             shutil.copyfileobj(side, f, 1 << 20)
-        rows = self._rgb_rows + [(base + offset, length) for offset, length in self._flow_rows]
+        rows = self._rgb_rows + [(base + offset, length, crc) for offset, length, crc in self._flow_rows]
         index_offset = f.tell()
-        f.write(np.asarray(rows, dtype="<i8").reshape(-1, 2).tobytes())
+        f.write(np.asarray([r[:2] for r in rows], dtype="<i8").reshape(-1, 2).tobytes())
+        crc32_offset = f.tell()
+        f.write(np.asarray([r[2] for r in rows], dtype="<u4").tobytes())
         meta = json.dumps({"codec": self.store.codec, "height": self.shape[0], "width": self.shape[1],
                            "num_frames": self.num_frames, "num_flows": self.num_flows,
-                           "index_offset": index_offset}, sort_keys=True).encode()
+                           "index_offset": index_offset, "crc32_offset": crc32_offset},
+                          sort_keys=True).encode()
         f.write(meta)
         f.write(_FOOTER.pack(len(meta), PACK_MAGIC))
         f.flush()
         os.fsync(f.fileno())
         f.close()
         os.replace(self.tmp, self.final)
-        _fsync_dir(self.final.parent)
+        fsync_dir(self.final.parent)
         self._side.unlink()
 
     def abort(self) -> None:
@@ -417,7 +436,7 @@ class MmactionWriter(VideoWriter):
         self._imwrite(f"flow_y_{i + 1:05d}.jpg", np.ascontiguousarray(flow_u8[..., 1]))
 
     def _finish(self) -> None:
-        old = self.final.with_name(f".{self.final.name}.old-{_writer_token()}")
+        old = self.final.with_name(f".{self.final.name}.old-{writer_token()}")
         if self.final.exists():
             os.rename(self.final, old)
         try:
@@ -429,17 +448,17 @@ class MmactionWriter(VideoWriter):
         _remove(old)
 
 
-def _writer_token() -> str:
-    """Unique per writing process, across the machines sharing a store: a worker orphaned by a
-    killed run may still finish its video while the re-run writes the same one."""
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def _remove_all(paths: Sequence[Path]) -> int:
+    for path in paths:
+        _remove(path)
+    return len(paths)
 
 
 class Store:
@@ -459,13 +478,13 @@ class Store:
 
     def path(self, video_id: str) -> Path:
         """Where a completed video lives."""
-        _check_video_id(video_id)
+        check_video_id(video_id)
         return self.root / (video_id + PACK_SUFFIX if self.layout == "packed" else video_id)
 
     def temp_path(self, video_id: str) -> Path:
         """This process's temporary name for the video (hidden, unique per host and process)."""
         final = self.path(video_id)
-        return final.with_name(f".{final.name}.tmp-{_writer_token()}")
+        return final.with_name(f".{final.name}{TEMP_MARKER}{writer_token()}")
 
     def has(self, video_id: str) -> bool:
         """True if the video is complete in the store."""
@@ -506,35 +525,94 @@ class Store:
             w.add_flow(flow_u8)
 
     def remove(self, video_id: str) -> None:
-        """Delete a video and anything a killed writer left for it."""
+        """Delete a video and anything a killed writer left for it. Hold its `lock` when other runs
+        may share the store."""
         _remove(self.path(video_id))
         self.remove_temp(video_id)
 
     def remove_temp(self, video_id: str) -> None:
-        """Delete what killed writers left for this video (the video itself stays)."""
-        self.clean_stale([video_id])
+        """Delete what killed writers left for this video (the video itself stays). Hold its `lock`."""
+        self.clean_stale([video_id], locked=True)
 
-    def clean_stale(self, video_ids: Sequence[str]) -> int:
+    def lock_path(self, video_id: str) -> Path:
+        final = self.path(video_id)
+        return final.with_name(f".{final.name}{LOCK_SUFFIX}")
+
+    @contextmanager
+    def lock(self, video_id: str, *, wait: bool = True) -> Iterator[bool]:
+        """Hold the video's lock for the block: yields True, or False at once when `wait` is off and
+        another process (or another open of it) holds it. An flock on `.<name>.lock` next to the
+        video, released when the holder exits or dies (also over NFS, where Linux emulates flock
+        with POSIX locks); the holder deletes the lock file as it lets go."""
+        path = self.lock_path(video_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                os.close(fd)
+                yield False
+                return
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                mine = os.stat(path)
+                held = os.fstat(fd)
+                current = (mine.st_ino, mine.st_dev) == (held.st_ino, held.st_dev)
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            os.close(fd)  # the previous holder deleted the file as it let go: lock the new one
+        try:
+            yield True
+        finally:
+            try:
+                os.unlink(path)  # while still held: a waiter on this file then sees it gone
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
+    def clean_stale(self, video_ids: Sequence[str], *, locked: bool = False) -> int:
         """Delete the temporary files / folders killed writers left for these videos (one
-        directory listing per folder); returns how many were removed."""
-        by_dir: dict[Path, set[str]] = {}
+        directory listing per folder); returns how many were removed. A video whose lock another
+        process holds is being written: its files are left alone. `locked`: the caller holds
+        the videos' locks."""
+        by_dir: dict[Path, dict[str, str]] = {}
         for video_id in video_ids:
             final = self.path(video_id)
-            by_dir.setdefault(final.parent, set()).add(final.name)
-        removed = 0
+            by_dir.setdefault(final.parent, {})[final.name] = video_id
+        stale: dict[str, list[Path]] = {}
         for folder, names in by_dir.items():
             try:
                 entries = [e.name for e in os.scandir(folder) if e.name.startswith(".")]
             except FileNotFoundError:
                 continue
             for entry in entries:
-                for marker in (".tmp-", ".old-"):
+                for marker in (TEMP_MARKER, ".old-"):
                     name, sep, _ = entry[1:].rpartition(marker)
                     if sep and name in names:
-                        _remove(folder / entry)
-                        removed += 1
+                        stale.setdefault(names[name], []).append(folder / entry)
                         break
+        removed = 0
+        for video_id, paths in stale.items():
+            if locked:
+                removed += _remove_all(paths)
+                continue
+            with self.lock(video_id, wait=False) as held:
+                if held:
+                    removed += _remove_all(paths)
         return removed
+
+
+class OtherSettingsError(FlowError):
+    """An existing store was made with other output settings; `differ` names them."""
+
+    def __init__(self, message: str, differ: list[str]):
+        super().__init__(message)
+        self.differ = differ
 
 
 def _store_info(layout: str, codec: str, bound: float, jpeg_quality: int,
@@ -576,14 +654,18 @@ def create_store(root: Path | str, layout: str = "packed", *, codec: str = "png"
     path = root / STORE_FILE
     if path.exists() and not overwrite:
         existing = open_store(root).info
-        if existing != json.loads(data):
-            diff = sorted(k for k in set(info) | set(existing) if info.get(k) != existing.get(k))
-            raise FlowError(f"{path}: store was made with other settings ({', '.join(diff)} differ); "
-                            "use another output directory or redo every video (--force)")
+        info = json.loads(data)
+        if existing != info:
+            diff = sorted(k for k in set(info) | set(existing) if k != "params" and info.get(k) != existing.get(k))
+            old, new = existing.get("params", {}), info["params"]
+            diff += sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise OtherSettingsError(f"{path}: store was made with other settings ({', '.join(diff)} "
+                                     "differ); use another output directory or redo every video (--force)",
+                                     diff)
         return Store(root, existing)
     root.mkdir(parents=True, exist_ok=True)
     if not path.exists() or path.read_bytes() != data:
-        _write_atomic(path, data)
+        write_bytes(path, data)
     return Store(root, info)
 
 

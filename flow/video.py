@@ -7,13 +7,15 @@ show, and OpenCV is already a dependency.
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from flow.errors import FlowError
+from flow.errors import FlowError, shown
 
 
 def parse_size(size: str) -> tuple[int, int] | int | None:
@@ -51,26 +53,64 @@ def resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(frame, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
+def _open_capture(path: Path) -> cv2.VideoCapture:
+    """cv2.VideoCapture on `path`. OpenCV converts the name to UTF-8 and crashes the process
+    (segfault) on a name that is not valid UTF-8 (Python holds its bytes as lone surrogates), so
+    such a file is opened through a temporary UTF-8 symlink, removed once FFmpeg holds the file open."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        return cv2.VideoCapture(str(path))
+    suffix = path.suffix if path.suffix.isascii() else ""  # some demuxers go by the extension
+    folder = tempfile.mkdtemp(prefix="p3d-video-")
+    link = os.path.join(folder, "video" + suffix)
+    try:
+        os.symlink(os.fsencode(path.absolute()), link)
+        return cv2.VideoCapture(link)
+    finally:
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.rmdir(folder)
+
+
 class VideoReader:
     """Frames of one video file, resized, in chunks. Raises FlowError naming the file when it
-    cannot be read: missing, empty, not a video, no decodable frame."""
+    cannot be read: missing, empty, not a video, no decodable frame, or (with `max_pixels` > 0)
+    frames that would be larger than `max_pixels` after resizing."""
 
-    def __init__(self, path: Path | str, size: str = ""):
+    def __init__(self, path: Path | str, size: str = "", max_pixels: int = 0):
         self.path = Path(path)
         self.size = size
+        self.max_pixels = max_pixels
         if not self.path.is_file():
-            raise FlowError(f"{self.path}: no such video file")
+            raise FlowError(f"{shown(self.path)}: no such video file")
         if self.path.stat().st_size == 0:
-            raise FlowError(f"{self.path}: empty file")
-        self._cap = cv2.VideoCapture(str(self.path))
+            raise FlowError(f"{shown(self.path)}: empty file")
+        self._cap = _open_capture(self.path)
         if not self._cap.isOpened():
-            raise FlowError(f"{self.path}: cannot open (not a video OpenCV/FFmpeg can read, or its "
-                            "header is missing)")
+            raise FlowError(f"{shown(self.path)}: cannot open (not a video OpenCV/FFmpeg can read, or "
+                            "its header is missing)")
         count = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
         # The container's own frame count (0 when it does not say); used to spot truncated files.
         self.declared_frames = int(count) if math.isfinite(count) and count > 0 else 0
         self.frames_read = 0
         self.out_size: tuple[int, int] | None = None
+        width, height = (self._cap.get(p) for p in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT))
+        if math.isfinite(width) and math.isfinite(height) and width >= 1 and height >= 1:
+            self._check_pixels(int(width), int(height))  # before a frame is decoded
+
+    def _check_pixels(self, width: int, height: int) -> tuple[int, int]:
+        """The stored size of `width` x `height` frames; FlowError if it exceeds `max_pixels`."""
+        out = output_size(width, height, self.size)
+        if self.max_pixels > 0 and out[0] * out[1] > self.max_pixels:
+            self._cap.release()
+            raise FlowError(f"{shown(self.path)}: frames of {width}x{height} would be processed at "
+                            f"{out[0]}x{out[1]} ({out[0] * out[1]:,} pixels), more than [flow] "
+                            f"max_pixels = {self.max_pixels:,}: set [flow] size (e.g. '340x256') or "
+                            "raise max_pixels")
+        return out
 
     def frames(self) -> Iterator[np.ndarray]:
         """Every decodable frame, resized, uint8 [H, W, 3] BGR."""
@@ -85,7 +125,7 @@ class VideoReader:
                     frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
                 if self.out_size is None:
                     # From the first frame; a stream changing resolution midway is resized to it.
-                    self.out_size = output_size(frame.shape[1], frame.shape[0], self.size)
+                    self.out_size = self._check_pixels(frame.shape[1], frame.shape[0])
                 self.frames_read += 1
                 yield resize(frame, self.out_size)
         finally:
@@ -108,8 +148,8 @@ class VideoReader:
         (a share of the declared count; containers estimating their count from the duration are
         often one frame off)."""
         if self.frames_read == 0:
-            raise FlowError(f"{self.path}: no frame could be decoded")
+            raise FlowError(f"{shown(self.path)}: no frame could be decoded")
         missing = self.declared_frames - self.frames_read
         if missing > max(1.0, tolerance * self.declared_frames):
-            raise FlowError(f"{self.path}: truncated or corrupt: decoded {self.frames_read} of the "
+            raise FlowError(f"{shown(self.path)}: truncated or corrupt: decoded {self.frames_read} of the "
                             f"{self.declared_frames} frames the container declares")

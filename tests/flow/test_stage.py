@@ -261,8 +261,11 @@ def test_bad_job_lists_and_settings(videos, tmp_path, fast_cfg):
     jobs = jobs_in(videos)
     with pytest.raises(FlowError, match="appears twice"):
         run_flow(jobs + jobs[:1], tmp_path / "flow", fast_cfg)
-    with pytest.raises(FlowError, match="video id"):
-        run_flow([FlowJob("../escape", jobs[0].path)], tmp_path / "flow", fast_cfg)
+    # a bad id is one failed video (with the reason), not the end of the run, and nothing escapes
+    summary = run_flow([FlowJob("../escape", jobs[0].path), jobs[1]], tmp_path / "flow", fast_cfg)
+    assert (summary.computed, summary.failed) == (1, 1)
+    assert summary.failures[0][0] == "../escape" and "video id '../escape'" in summary.failures[0][1]
+    assert not list(tmp_path.glob("escape*")) and open_store(tmp_path / "flow").video_ids() == ["Cls/b"]
     with pytest.raises(FlowError, match=r"\[flow\] scale_step"):
         run_flow(jobs, tmp_path / "flow", dataclasses.replace(fast_cfg, scale_step=1.5))
 

@@ -144,7 +144,7 @@ def test_open_store_errors(tmp_path):
 def test_reopening_with_other_settings_is_refused_unless_overwrite(tmp_path):
     create_store(tmp_path, params={"scale_step": 0.5})
     create_store(tmp_path, params={"scale_step": 0.5})  # same settings: fine
-    with pytest.raises(FlowError, match="params differ"):
+    with pytest.raises(FlowError, match=r"\(scale_step differ\)"):
         create_store(tmp_path, params={"scale_step": 0.8})
     with pytest.raises(FlowError, match="bound"):
         create_store(tmp_path, bound=10, params={"scale_step": 0.5})
