@@ -113,7 +113,7 @@ def _folds(first: np.ndarray, folds: int, seed: int, stratify: bool,
     names = np.unique(groups)
     if len(names) < 2:
         raise FusionError(f"group-aware cross-validation needs training videos of at least 2 groups, got "
-                          f"only {names[0]!r}: C cannot be chosen on held-out groups")
+                          f"only {str(names[0])!r}: C cannot be chosen on held-out groups")
     n_splits = min(folds, len(names))
     groups_per_class = min(len(np.unique(groups[first == c])) for c in classes)
     # Stratify when every class has a group for every fold; otherwise group folds of balanced size.

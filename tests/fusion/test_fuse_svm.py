@@ -26,7 +26,8 @@ def test_each_stream_right_on_a_different_half_fused_right_on_all():
 
 def test_fusion_weights_decide_a_disagreement():
     rgb, flow = np.array([[0.6, 0.4]]), np.array([[0.3, 0.7]])
-    assert fuse.fuse(rgb, flow, (1.0, 1.5)) == pytest.approx(np.array([[1.05, 1.45]]))
+    # The weighted mean (eval and predict alike): (1 x 0.6 + 1.5 x 0.3) / 2.5, (1 x 0.4 + 1.5 x 0.7) / 2.5.
+    assert fuse.fuse(rgb, flow, (1.0, 1.5)) == pytest.approx(np.array([[0.42, 0.58]]))
     assert fuse.fuse(rgb, flow, (1.0, 0.0)).argmax() == 0
     assert fuse.fuse(rgb, flow, (1.0, 1.5)).argmax() == 1
 
@@ -101,3 +102,101 @@ def test_svm_multilabel_one_vs_rest():
 def test_svm_needs_two_classes():
     with pytest.raises(FusionError, match="at least 2 classes"):
         svm.fit_svm(np.zeros((4, 2)), [(0,)] * 4, 3, cs=[1.0], folds=2)
+
+
+def _groups_toy(seed, groups_per_class=6, classes=4, clips=4):
+    """UCF101-like: the clips of one (class, group) share a strong look of their own (8 dims) and carry
+    a weak class signal (4 dims). Groups are named per group number, shared across classes."""
+    rng = np.random.default_rng(seed)
+    x, labels, groups = [], [], []
+    for k in range(classes):
+        for g in range(groups_per_class):
+            look = 3.0 * rng.standard_normal(8)
+            for _ in range(clips):
+                x.append(np.r_[look + 0.1 * rng.standard_normal(8), np.eye(classes)[k] + 0.3 * rng.standard_normal(classes)])
+                labels.append((k,))
+                groups.append(f"g{g:02d}")
+    return np.array(x), labels, groups
+
+
+def test_group_folds_never_split_a_group_and_stratify_when_they_can():
+    _, labels, groups = _groups_toy(0)
+    first = np.array([lab[0] for lab in labels])
+    folds, what = svm._folds(first, 3, 0, True, groups)
+    assert what == "3-fold stratified group CV on 96 videos of 6 groups"
+    held = np.zeros(len(first), dtype=int)
+    for train, test in folds:
+        assert not set(np.array(groups)[train]) & set(np.array(groups)[test])
+        assert set(first[test]) == {0, 1, 2, 3}
+        held[test] += 1
+    assert (held == 1).all()  # every row held out exactly once
+    # Fewer groups than folds: as many folds as groups.
+    folds, what = svm._folds(first[:8], 5, 0, True, ["a"] * 4 + ["b"] * 4)
+    assert len(folds) == 2 and what.startswith("2-fold")
+    # A class with fewer groups than folds: unstratified group folds, still group-disjoint.
+    y = np.array([0] * 6 + [1] * 6)
+    g = ["a", "a", "b", "b", "c", "c", "d", "d", "d", "d", "d", "d"]
+    folds, what = svm._folds(y, 3, 0, True, g)
+    assert what == "3-fold group CV on 12 videos of 4 groups"
+    for train, test in folds:
+        assert not set(np.array(g)[train]) & set(np.array(g)[test])
+
+
+def test_group_leakage_inflates_plain_cv_but_not_group_cv():
+    x, labels, groups = _groups_toy(0)
+    x_new, labels_new, _ = _groups_toy(1)  # new groups: what the test split holds
+    cs = [0.001, 0.01, 0.1, 1.0, 10.0, 100.0]
+    plain = svm.fit_svm(x, labels, 4, cs, folds=5)
+    grouped = svm.fit_svm(x, labels, 4, cs, folds=5, groups=groups)
+    assert plain.cv == "5-fold stratified CV on 96 videos"
+    assert grouped.cv == "5-fold stratified group CV on 96 videos of 6 groups"
+    on_new_plain = metrics.hit_at_k(plain.scores(x_new), labels_new, 1)
+    on_new_grouped = metrics.hit_at_k(grouped.scores(x_new), labels_new, 1)
+    # Plain folds: a held-out clip's group siblings are in training, the SVM recognises the group:
+    # CV ~99% against ~77% on new groups. Group folds hold whole groups out: no inflation.
+    assert plain.cv_score[plain.c] > 0.95
+    assert plain.cv_score[plain.c] - on_new_plain > 0.15
+    assert max(grouped.cv_score.values()) < 0.6
+    assert max(grouped.cv_score.values()) <= on_new_grouped
+    # The group CV curve is no copy of the plain one: each C scores lower, by a wide margin.
+    assert all(plain.cv_score[c] - grouped.cv_score[c] > 0.3 for c in cs if c >= 0.01)
+
+
+def test_group_cv_needs_two_groups_and_one_group_per_row():
+    x, labels, _ = _groups_toy(2, groups_per_class=1)
+    with pytest.raises(FusionError, match="at least 2 groups, got only 'g'"):
+        svm.fit_svm(x, labels, 4, [1.0], folds=3, groups=["g"] * len(labels))
+    with pytest.raises(FusionError, match="3 groups for 16 training rows"):
+        svm.fit_svm(x, labels, 4, [1.0], folds=3, groups=["a", "b", "c"])
+
+
+def test_zscore_uses_the_training_rows_statistics():
+    rng = np.random.default_rng(3)
+    # Dimension 1 carries the class on a scale 1000 times smaller than the noise in dimension 0.
+    x = np.c_[1000.0 * rng.standard_normal(40), 1e-3 * np.repeat([-1.0, 1.0], 20) + 1e-5 * rng.standard_normal(40),
+              np.full(40, 5.0)]
+    labels = [(0,)] * 20 + [(1,)] * 20
+    fit = svm.fit_svm(x, labels, 2, [1.0], folds=4, zscore=True)
+    np.testing.assert_allclose(fit.mean, x.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(fit.std[:2], x.std(axis=0)[:2], rtol=1e-12)
+    assert fit.std[2] == 1.0  # a constant dimension is only centred
+    assert metrics.hit_at_k(fit.scores(x), labels, 1) == 1.0
+    # scores() applies the training statistics to new rows: shifting a row by the training mean of
+    # dimension 0 changes its standardised value by exactly that amount over the training std.
+    row = x[:1].copy()
+    moved = row + np.array([[fit.std[0], 0.0, 0.0]])
+    delta = fit.scores(moved) - fit.scores(row)
+    coef = fit.model.coef_.ravel()[0]
+    assert delta[0, 1] == pytest.approx(coef, rel=1e-9)
+
+
+def test_svm_methods_pass_groups_and_say_which_folds():
+    from fusion.config import EvalConfig
+    from fusion.stage import svm_methods
+    x, labels, groups = _groups_toy(4)
+    x = np.abs(x)
+    cfg = EvalConfig(svm_cs=[1.0], svm_folds=3)
+    grouped = svm_methods({"rgb": x}, labels, {"rgb": x[:4]}, 4, cfg, groups=groups)
+    assert "3-fold stratified group CV on 96 videos of 6 groups" in grouped[0].details
+    plain = svm_methods({"rgb": x}, labels, {"rgb": x[:4]}, 4, cfg)
+    assert "3-fold stratified CV on 96 videos" in plain[0].details

@@ -85,3 +85,51 @@ def test_confusion_matrix_rows_true_columns_predicted():
     scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
     cm = metrics.confusion_matrix(scores, [(0,), (1,), (1,)], 2)
     assert cm.tolist() == [[1, 0], [1, 1]]
+
+
+# ActivityNet's official scorer: NaN / -inf = no prediction for that class (a row of them: no video).
+
+def test_anet_hit_at_k_hand_computed():
+    nan, inf = np.nan, np.inf
+    scores = np.array([
+        [0.9, 0.5, nan],   # true 1: second -> miss at 1, hit at 2
+        [nan, nan, nan],   # no prediction at all -> miss at every k
+        [0.2, 0.3, 0.1],   # true {0, 2}: class 0 second -> hit at 2
+        [-inf, 0.1, 0.4],  # true 0 not predicted -> miss even at k = 3
+        [0.7, 0.7, 0.1],   # tie with a wrong class -> miss at 1, hit at 2
+    ])
+    labels = [(1,), (0,), (0, 2), (0,), (0,)]
+    assert metrics.anet_hit_at_k(scores, labels, 1) == 0.0
+    assert metrics.anet_hit_at_k(scores, labels, 2) == pytest.approx(60.0)
+    assert metrics.anet_hit_at_k(scores, labels, 3) == pytest.approx(60.0)
+
+
+def test_interpolated_average_precision_hand_computed():
+    # Retrieved by score: P N P N (the NaN row, a positive, never): precision 1, 1/2, 2/3, 1/2 at
+    # recall 1/3, 1/3, 2/3, 2/3 (3 positives). Envelope: 1 at recall 1/3, 2/3 at 2/3, 0 at 1:
+    # AP = 1/3 * 1 + 1/3 * 2/3 = 5/9 (non-interpolated AP of the retrieved rows would be different).
+    scores = np.array([0.9, 0.8, 0.7, np.nan, 0.6])
+    positive = np.array([True, False, True, True, False])
+    assert metrics.interpolated_average_precision(scores, positive) == pytest.approx(5 / 9, rel=1e-12)
+    # The envelope lifts an early dip: P N P P -> precision 1, 1/2, 2/3, 3/4; AP = 1/3 + 1/3 * 3/4 + 1/3 * 3/4.
+    assert metrics.interpolated_average_precision(np.array([4.0, 3, 2, 1]), np.array([1, 0, 1, 1], bool)) \
+        == pytest.approx(1 / 3 + 2 * (1 / 3) * (3 / 4), rel=1e-12)
+    assert np.isnan(metrics.interpolated_average_precision(np.array([1.0]), np.array([False])))
+    assert metrics.interpolated_average_precision(np.array([np.nan, np.nan]), np.array([True, False])) == 0.0
+
+
+def test_interpolated_average_precision_tied_rows_enter_together():
+    # A positive and a negative tied at the top: precision 1/2 at recall 1, whatever the row order.
+    for order in ([0, 1], [1, 0]):
+        positive = np.array([True, False])[order]
+        assert metrics.interpolated_average_precision(np.array([0.5, 0.5]), positive) == 0.5
+
+
+def test_anet_map_averages_classes_with_positives_only():
+    scores = np.array([[0.9, 0.1, 0.3], [0.2, 0.8, 0.4], [0.6, 0.7, 0.5]])
+    labels = [(0,), (1,), (0, 1)]
+    # Class 0: rows 0 (P), 2 (P) on top -> 1. Class 1: rows 1 (P) 0.8, 2 (P) 0.7 -> 1. Class 2 has no
+    # positive row and is left out, like the official scorer's classes absent from the ground truth.
+    assert metrics.anet_map(scores, labels) == pytest.approx(100.0)
+    scores[0, 1] = 0.95  # class 1: N P P -> precision 0, 1/2, 2/3 -> envelope 2/3 at both recall steps
+    assert metrics.anet_map(scores, labels) == pytest.approx(100 * (1 + 2 / 3) / 2)
