@@ -36,6 +36,7 @@ NORMALISATIONS = ("l2", "zscore")
 # ReLU features often are: both histograms get KL_EPS added to every bin and are renormalised first.
 KL_EPS = 1e-6
 MEASURES = 12
+PAIRS_PER_BLOCK = 512
 
 
 @dataclass
@@ -156,13 +157,19 @@ def aslan_view2(layers: Mapping[str, Mapping[int, np.ndarray]], pairs: np.ndarra
     usable = np.array([all(int(a) in layer and int(b) in layer for layer in layers.values())
                        for a, b in rows[:, :2]])
     features = np.zeros((len(rows), MEASURES * len(layers)))
-    for k, layer in enumerate(layers.values()):
-        idx = np.flatnonzero(usable)
-        if len(idx) == 0:
-            break
-        x1 = np.stack([np.asarray(layer[int(a)], dtype=np.float64).ravel() for a in rows[idx, 0]])
-        x2 = np.stack([np.asarray(layer[int(b)], dtype=np.float64).ravel() for b in rows[idx, 1]])
-        features[idx, MEASURES * k:MEASURES * (k + 1)] = _similarities(x1, x2)
+    usable_rows = np.flatnonzero(usable)
+    for k, (name, layer) in enumerate(layers.items()):
+        # In blocks of pairs: the measures make a dozen temporaries of [pairs, dims] float64.
+        for start in range(0, len(usable_rows), PAIRS_PER_BLOCK):
+            idx = usable_rows[start:start + PAIRS_PER_BLOCK]
+            try:
+                x1, x2 = (np.stack([np.asarray(layer[int(i)], dtype=np.float64).ravel() for i in rows[idx, col]])
+                          for col in (0, 1))
+                if x1.shape != x2.shape:
+                    raise ValueError
+            except ValueError:
+                raise FusionError(f"aslan layer {name!r}: its feature vectors differ in length") from None
+            features[idx, MEASURES * k:MEASURES * (k + 1)] = _similarities(x1, x2)
     if normalisation == "l2":
         features /= np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-300)
     same = rows[:, 2].astype(int)

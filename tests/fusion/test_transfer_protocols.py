@@ -308,3 +308,10 @@ def test_aslan_unknown_normalisation():
     layers, pairs = _aslan(np.random.default_rng(10))
     with pytest.raises(FusionError, match="normalisation must be one of"):
         transfer.aslan_view2(layers, pairs, normalisation="minmax")
+
+
+def test_aslan_layer_with_vectors_of_different_lengths():
+    layers, pairs = _aslan(np.random.default_rng(11))
+    layers["pool5"][int(pairs[3, 1, 2])] = np.ones(4)
+    with pytest.raises(FusionError, match="aslan layer 'pool5': its feature vectors differ in length"):
+        transfer.aslan_view2(layers, pairs, cs=[1.0])
