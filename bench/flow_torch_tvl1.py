@@ -32,10 +32,11 @@ import numpy as np
 import torch
 
 from flow.config import FlowConfig
+from flow.device import resolve_device
 from flow.evaluate import read_grey
 from flow.formats import read_flow
 from flow.tvl1 import OpenCVTVL1, create_tvl1, to_gray
-from flow.tvl1_torch import TorchTVL1, resolve_device
+from flow.tvl1_torch import TorchTVL1
 from flow.video import VideoReader
 from pipeline.config import load_config
 
@@ -82,7 +83,7 @@ def speed(args: argparse.Namespace, cfg: FlowConfig) -> None:
     cv2.setNumThreads(args.threads)
     frames = clip_frames(args.data, args.pairs)
     n = len(frames) - 1
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
 
     start = time.perf_counter()
     reference = OpenCVTVL1(cfg).compute(frames[: args.opencv_pairs + 1])

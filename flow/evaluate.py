@@ -19,6 +19,7 @@ import argparse
 import csv
 import dataclasses
 import sys
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from flow.config import FlowConfig
 from flow.encoding import decode
 from flow.errors import FlowError
 from flow.formats import read_flow
+from flow.overrides import check_value, parse_override
 from flow.store import open_store
 from flow.visualise import write_flow_png
 
@@ -154,27 +156,23 @@ def write_csv(path: Path | str, rows: Sequence[EpeStats]) -> None:
 
 
 def config_with(overrides: Sequence[str]) -> FlowConfig:
-    """FlowConfig defaults with `key=value` overrides, values converted to the field's type."""
-    cfg = FlowConfig()
-    kinds = {f.name: type(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    """FlowConfig defaults with `key=value` overrides in the grammar of `python -m pipeline --set`
+    (flow.overrides; the `flow.` prefix is optional), then checked by FlowConfig.validate."""
+    hints = typing.get_type_hints(FlowConfig)
     changes = {}
     for item in overrides:
-        key, sep, value = item.partition("=")
-        key = key.strip().removeprefix("flow.")
-        if not sep or key not in kinds:
-            raise FlowError(f"--set {item!r}: expected key=value with a [flow] key "
-                            f"({', '.join(sorted(kinds))})")
-        kind = kinds[key]
         try:
-            if kind is bool:
-                if value.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(f"expected true or false, got {value!r}")
-                changes[key] = value.lower() in ("true", "1")
-            else:
-                changes[key] = kind(value)
+            key, value = parse_override(item)
+        except ValueError as e:
+            raise FlowError(str(e)) from None
+        name = key.removeprefix("flow.")
+        if name not in hints:
+            raise FlowError(f"--set {item!r}: expected key=value with a [flow] key ({', '.join(sorted(hints))})")
+        try:
+            changes[name] = check_value(value, hints[name], f"flow.{name}")
         except ValueError as e:
             raise FlowError(f"--set {item!r}: {e}") from None
-    cfg = dataclasses.replace(cfg, **changes)
+    cfg = dataclasses.replace(FlowConfig(), **changes)
     try:
         cfg.validate()
     except ValueError as e:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from flow.config import FlowConfig
+from flow.device import resolve_device
 from flow.errors import FlowError
 from flow.tvl1_torch_ops import (
     centred_gradient,
@@ -245,23 +246,6 @@ def _compiled_kernels(device: str, l_t: float, theta: float, taut: float, median
     return step, median_fn
 
 
-def resolve_device(device: str) -> torch.device:
-    """`flow.device` -> a torch device: "auto" is the first GPU when torch sees one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        return torch.device("cpu")
-    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise FlowError(f"flow.device: {device!r} asked for, but this torch sees no CUDA GPU")
-        index = int(device[5:]) if device != "cuda" else 0
-        if index >= torch.cuda.device_count():
-            raise FlowError(f"flow.device: {device!r} asked for, but only "
-                            f"{torch.cuda.device_count()} GPU(s) are visible")
-        return torch.device("cuda", index)
-    raise FlowError(f"flow.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-
-
 class TorchTVL1:
     """OpenCV's DualTVL1 for batches of frame pairs on one device.
 
@@ -284,7 +268,7 @@ class TorchTVL1:
             if getattr(cfg, key) < 1:
                 raise FlowError(f"flow.{key}: must be >= 1, got {getattr(cfg, key)}")
         self.cfg = cfg
-        self.device = resolve_device(device if device is not None else cfg.device)
+        self.device = resolve_device(device if device is not None else cfg.device, "flow.device")
         on_gpu = self.device.type != "cpu"
         self.compiled = on_gpu if compiled is None else compiled
         self.check_every = check_every if check_every is not None else (10 if on_gpu else 1)

@@ -18,6 +18,11 @@ import numpy as np
 from flow.errors import FlowError, shown
 
 
+# What the dataset readers and `features` take for a video file: containers OpenCV's FFmpeg decodes.
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
+                    ".3gp", ".ogv", ".gif")
+
+
 def parse_size(size: str) -> tuple[int, int] | int | None:
     """`"340x256"` -> (340, 256) (width, height); `"256"` -> 256 (short side); `""` -> None."""
     text = size.strip().lower()

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from flow.config import FlowConfig
 from flow.errors import FlowError
+from flow.video import VIDEO_EXTENSIONS
 from fusion import svm
 from fusion.config import EvalConfig
 from fusion.decoded import decode_for_views
@@ -35,8 +36,6 @@ from fusion.report import save_npz
 from fusion.views import feature_views
 from streams.errors import StreamsError
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".gif",
-                  ".3gp", ".ogv")
 OUTPUT_SUFFIXES = (".npz", ".parquet")
 
 
@@ -64,10 +63,10 @@ def list_videos(source: Path | str) -> list[tuple[str, Path]]:
     source = Path(source)
     if source.is_dir():
         found = [(p.relative_to(source).with_suffix("").as_posix(), p) for p in source.rglob("*")
-                 if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+                 if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS
                  and not any(part.startswith(".") for part in p.relative_to(source).parts)]
         if not found:
-            raise FusionError(f"{source}: no video files ({', '.join(VIDEO_SUFFIXES)}) under this directory")
+            raise FusionError(f"{source}: no video files ({', '.join(VIDEO_EXTENSIONS)}) under this directory")
     elif source.is_file():
         try:
             lines = source.read_text(encoding="utf-8").splitlines()

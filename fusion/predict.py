@@ -18,12 +18,13 @@ import numpy as np
 from tqdm import tqdm
 
 from flow.config import FlowConfig
+from flow.device import resolve_device
 from flow.errors import FlowError
 from fusion import fuse
 from fusion.config import EvalConfig
 from fusion.decoded import decode_for_views
 from fusion.errors import FusionError
-from fusion.scoring import ClipGeometry, StreamRunner, resolve_device
+from fusion.scoring import ClipGeometry, StreamRunner
 from fusion.views import View, score_views
 from streams.checkpoint import Checkpoint, final_checkpoint, load_checkpoint
 from streams.errors import StreamsError
@@ -64,7 +65,7 @@ def load_streams(checkpoints: dict[str, Path], cfg: EvalConfig) -> list[Stream]:
     stands for its last.pt) on `cfg.device`."""
     if not checkpoints or set(checkpoints) - set(STREAMS):
         raise FusionError(f"give an RGB and/or a flow checkpoint (--rgb, --flow), got {sorted(checkpoints)}")
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "eval.device")
     streams = []
     for name in STREAMS:
         if name not in checkpoints:

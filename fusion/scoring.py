@@ -97,8 +97,3 @@ class StreamRunner:
         # 3-D max pooling alone 5x), where most of the time went to the contiguous max_pool3d.
         return x.contiguous(memory_format=torch.channels_last_3d)
 
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from flow.device import resolve_device
 from flow.errors import FlowError
 from flow.store import Store, open_store
 from fusion import fuse, report, svm
@@ -27,7 +28,7 @@ from fusion.errors import FusionError
 from fusion.metrics import Labels
 from fusion.outputs import Outputs, StreamSpec, collect
 from fusion.report import MethodScores
-from fusion.scoring import ClipGeometry, resolve_device
+from fusion.scoring import ClipGeometry
 from streams.checkpoint import Checkpoint, file_sha256, final_checkpoint, load_checkpoint
 from streams.errors import StreamsError
 
@@ -64,7 +65,7 @@ def run_eval(store_dir: Path, checkpoints: dict[str, Path], train_items: Sequenc
     if unknown or not checkpoints:
         raise FusionError(f"checkpoints must name the streams 'rgb' and/or 'flow', got {sorted(checkpoints)}")
     store = _open_store(Path(store_dir))
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "eval.device")
     streams = [_check_stream(name, Path(checkpoints[name]), classes, cfg, out_dir)
                for name in STREAMS if name in checkpoints]
     specs = [s.spec for s in streams]
@@ -282,4 +283,3 @@ def _read_features(path: Path) -> dict[str, np.ndarray]:
             return {k: data[k] for k in data.files}
     except (OSError, ValueError) as e:
         raise FusionError(f"{path}: cannot read saved features ({e}): rerun `make eval`") from None
-

@@ -46,12 +46,13 @@ from tqdm import tqdm
 
 from flow.atomic import atomic_path
 from flow.config import FlowConfig
+from flow.device import resolve_device
 from flow.errors import FlowError
 from flow.store import Store, open_store
 from fusion.decoded import decode_for_views
 from fusion.errors import FusionError
 from fusion.fuse import softmax
-from fusion.scoring import ClipGeometry, StreamRunner, resolve_device
+from fusion.scoring import ClipGeometry, StreamRunner
 from fusion.views import View, feature_views
 from streams.checkpoint import file_sha256, final_checkpoint, load_checkpoint
 from streams.errors import StreamsError
@@ -223,7 +224,7 @@ def extract(videos: Sequence[VideoJob], streams: Sequence[StreamSpec], cache_roo
             todo.append((job, missing))
     computed = 0
     if todo:
-        target = resolve_device(device)
+        target = resolve_device(device, "transfer.device")
         settings = _WorkerSettings(list(streams), dirs, None if store is None else store.root, flow_cfg, clips,
                                    batch_views, target)
         for video_id, results in _run(todo, settings, jobs, desc):

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from flow.config import FlowConfig
+from flow.overrides import check_value, parse_override
 from fusion.config import EvalConfig
 from pipeline.datasets.config import DatasetConfig
 from pipeline.errors import ConfigError
@@ -75,14 +75,10 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
 
 
 def _parse_override(item: str) -> tuple[str, Any]:
-    key, sep, text = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {item!r}: expected key=value, e.g. flow.bound=20")
-    try:  # a TOML literal: numbers, booleans, quoted strings, [lists]
-        value = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = text  # a bare string such as flow.store=mmaction
-    return key.strip(), value
+    try:
+        return parse_override(item)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _build(raw: dict[str, Any], source: str) -> Config:
@@ -126,25 +122,10 @@ def _build_section(cls: type, section: str, values: dict[str, Any], source: str)
 
 def _check_value(value: Any, hint: Any, key: str, source: str) -> Any:
     """Return `value` as type `hint` or raise ConfigError naming the key and the file."""
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (hint,) = [a for a in args if a is not type(None)]
-        args = typing.get_args(hint)
-    if typing.get_origin(hint) is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
-        return [_check_value(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)  # `--set dataset.split=1` arrives as an int
-    if hint is bool and isinstance(value, str) and value.lower() in ("yes", "no", "on", "off"):
-        return value.lower() in ("yes", "on")
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(f"{source}: {key} must be {hint.__name__}, got {value!r}")
-    return value
+    try:
+        return check_value(value, hint, key)
+    except ValueError as err:
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def _suggest(name: str, known: typing.Iterable[str], section: str = "") -> str:

@@ -16,6 +16,8 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
+from flow.device import resolve_device
+from flow.errors import FlowError
 from streams.errors import StreamsError
 
 
@@ -36,24 +38,15 @@ class DistContext:
         return self.world_size > 1
 
 
-def resolve_device(setting: str, local_rank: int = 0) -> torch.device:
-    if setting == "cpu":
-        return torch.device("cpu")
-    if setting == "auto" and not torch.cuda.is_available():
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise StreamsError(f"train.device = {setting!r} but CUDA is not available here (use 'auto' or 'cpu')")
-    if setting in ("auto", "cuda"):
-        return torch.device("cuda", local_rank)
-    return torch.device(setting)
-
-
 def setup(device_setting: str) -> DistContext:
     """This process's rank and device; joins the process group when launched by torchrun."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_setting, local_rank)
+    try:
+        device = resolve_device(device_setting, "train.device", local_rank)
+    except FlowError as err:
+        raise StreamsError(str(err)) from None
     if device.type == "cuda":
         torch.cuda.set_device(device)
     owns = False

@@ -6,13 +6,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from flow.video import VIDEO_EXTENSIONS
 from pipeline.datasets.records import Dataset, VideoRecord
 from pipeline.errors import DatasetError
 
 log = logging.getLogger("pipeline.datasets")
-
-VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
-                    ".3gp", ".ogv", ".gif")
 
 
 def check_root(root: str, fmt: str) -> Path:

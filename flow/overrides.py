@@ -1,0 +1,53 @@
+"""The one `--set key=value` grammar and the one check of a setting's value against its field's type.
+
+`python -m pipeline ... --set` (pipeline.config, every section) and `python -m flow.evaluate --set`
+([flow] only) read overrides the same way. It lives in `flow`, the lowest package, because flow
+imports no other package of the project and pipeline imports flow. Errors are ValueError with the
+key; each caller adds where the value came from and raises its own package's error.
+"""
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`"flow.bound=20"` -> ("flow.bound", 20). The value is a TOML literal (`20`, `true`, `[1.0, 1.5]`,
+    `"text"`) or, when it is not one, the bare string (`flow.store=mmaction`)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--set {item!r}: expected key=value, e.g. flow.bound=20")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return key.strip(), value
+
+
+def check_value(value: Any, hint: Any, key: str) -> Any:
+    """`value` as type `hint` (str, int, float, bool, list[...], or X | None), else ValueError naming `key`."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        args = typing.get_args(hint)
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{key} must be a list, got {value!r}")
+        return [check_value(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # `--set dataset.split=1` arrives as an int
+    if hint is bool and isinstance(value, str) and value.lower() in ("yes", "no", "on", "off"):
+        return value.lower() in ("yes", "on")
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ValueError(f"{key} must be {hint.__name__}, got {value!r}")
+    return value
