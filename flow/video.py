@@ -17,7 +17,6 @@ import numpy as np
 
 from flow.errors import FlowError, shown
 
-
 # What the dataset readers and `features` take for a video file: containers OpenCV's FFmpeg decodes.
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
                     ".3gp", ".ogv", ".gif")

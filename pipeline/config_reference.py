@@ -118,7 +118,7 @@ def _default(f: dataclasses.Field) -> Any:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def field_text(cls: type) -> _FieldText:
     """The comment of every field of dataclass `cls` and the headings above groups of fields."""
     comments: dict[str, str] = {}
