@@ -10,7 +10,7 @@ ARGS ?=
 PY := $(VENV)/bin/python
 RUN := $(PY) -m pipeline
 
-.PHONY: install test all synth flow train-rgb train-flow eval bench clean
+.PHONY: install test lint all synth flow train-rgb train-flow eval bench clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ $(VENV)/.installed: pyproject.toml
 
 test: install
 	$(PY) -m pytest tests -q
+
+# ruff (pinned in the `test` extra) with the rules and the 120-column width of pyproject.toml [tool.ruff].
+lint: install
+	$(PY) -m ruff check .
 
 all: synth flow train-rgb train-flow eval
 

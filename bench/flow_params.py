@@ -80,7 +80,8 @@ def main() -> None:
     rows = [(n, epe[n], float(np.median(times[n]))) for n in names]
 
     base = rows[0][2]
-    print("\n| variant | RubberWhale EPE | KITTI EPE | FlyingChairs EPE | CPU s / 340x256 pair (1 thread) | time vs OpenCV defaults |")
+    print("\n| variant | RubberWhale EPE | KITTI EPE | FlyingChairs EPE | CPU s / 340x256 pair (1 thread) "
+          "| time vs OpenCV defaults |")
     print("|---|---|---|---|---|---|")
     for name, epe, per_pair in rows:
         print(f"| {name} | {epe['RubberWhale']:.3f} | {epe['KITTI']:.1f} | {epe['FlyingChairs']:.3f} | "

@@ -29,7 +29,6 @@ from pathlib import Path
 import cv2
 import joblib
 import numpy as np
-
 from joblib.externals.loky import get_reusable_executor
 
 from flow.config import FlowConfig
@@ -64,7 +63,7 @@ def bare_loop(grey: list[np.ndarray], cfg: FlowConfig) -> tuple[int, float, floa
     tvl1 = create_tvl1(cfg)
     wall, cpu, pairs = time.perf_counter(), time.process_time(), 0
     for video in grey:
-        for a, b in zip(video[:-1], video[1:]):
+        for a, b in zip(video[:-1], video[1:], strict=True):
             tvl1.calc(a, b, None)
             pairs += 1
     return pairs, time.perf_counter() - wall, time.process_time() - cpu

@@ -105,7 +105,7 @@ def main() -> None:
             sizes[label] = (sum(p.stat().st_size for p in files) / frames, rgb_bytes / frames, write_ms)
             readers[label] = {v: store.open(v) for v in ids}
         counts = {f"Cls/{v}": len(rgb) for v, (rgb, _) in videos.items()}
-        rates: dict[tuple[str, str], list[float]] = {(l, m): [] for l in STORES for m in ("rgb", "flow")}
+        rates: dict[tuple[str, str], list[float]] = {(s, m): [] for s in STORES for m in ("rgb", "flow")}
         wall_rates: dict[tuple[str, str], list[float]] = {key: [] for key in rates}
         rng = random.Random(0)
         for _ in range(args.rounds):

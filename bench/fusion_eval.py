@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import ast
-import os
 import dataclasses
+import os
 import resource
 import tempfile
 import time

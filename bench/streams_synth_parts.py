@@ -45,7 +45,7 @@ def main() -> None:
         for clips, labels in loader:
             predicted += model(transforms.normalize(clips, ckpt.modality)).argmax(1).tolist()
             truth += labels.tolist()
-    pairs = [(split_name(classes[p]), split_name(classes[t])) for p, t in zip(predicted, truth)]
+    pairs = [(split_name(classes[p]), split_name(classes[t])) for p, t in zip(predicted, truth, strict=True)]
     n = len(pairs)
     print(f"{ckpt.modality} stream, {n} test videos: class {100 * sum(p == t for p, t in pairs) / n:.1f}%, "
           f"colour {100 * sum(p[0] == t[0] for p, t in pairs) / n:.1f}%, "

@@ -96,7 +96,8 @@ def main() -> None:
     print(f"\n## P3D-199, 16x160x160 clips, training step, batch {args.batch}, CPU fp32")
     rate, step = train_rate("p3d199", args.batch, (16, 160, 160), cpu, args.steps)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"| CPU fp32 eager | {args.batch} | {step:.1f} s/step | {rate:.3f} clips/s | 1.00x | peak RSS {peak:.1f} GiB |")
+    print(f"| CPU fp32 eager | {args.batch} | {step:.1f} s/step | {rate:.3f} clips/s | 1.00x "
+          f"| peak RSS {peak:.1f} GiB |")
     if args.compile:
         start = time.perf_counter()
         c_rate, c_step = train_rate("p3d199", args.batch, (16, 160, 160), cpu, args.steps, compile=True)

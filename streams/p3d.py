@@ -137,7 +137,7 @@ class P3D(nn.Module):
         kinds = block_kinds(spec.depths)
         planes = spec.stem
         stages = []
-        for stage, (depth, width) in enumerate(zip(spec.depths, spec.widths)):
+        for stage, (depth, width) in enumerate(zip(spec.depths, spec.widths, strict=True)):
             blocks = []
             for i in range(depth):
                 stride = 2 if stage > 0 and i == 0 else 1
@@ -204,28 +204,108 @@ class P3D(nn.Module):
 
 def build_model(arch: str, num_classes: int, in_channels: int = 3, dropout: float = 0.5,
                 partial_bn: bool = False) -> P3D:
+    """The P3D ResNet named `arch` (a key of ARCHS) on clips [B, in_channels, T, H, W].
+
+    From `Learning Spatio-Temporal Representation with Pseudo-3D Residual Networks
+    <https://arxiv.org/abs/1711.10305>`__ (Qiu, Yao, Mei, ICCV 2017).
+
+    Args:
+        num_classes: outputs of `fc`.
+        in_channels: 3 for the RGB stream, 2 for the flow stream (x and y of each flow field).
+        dropout: before `fc` (the official Kinetics nets: 0.5 RGB, 0.7 flow).
+        partial_bn: freeze every BN but `bn1` (running statistics and scale/shift), as the official
+            nets are fine-tuned.
+    """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
     return P3D(ARCHS[arch], num_classes, in_channels, dropout, partial_bn)
 
 
 def p3d63(num_classes: int, in_channels: int = 3, dropout: float = 0.5, partial_bn: bool = False) -> P3D:
+    """P3D-63: ResNet-50 depths, 3, 4, 6, 3 P3D blocks in res2-res5 (res5 2-D).
+
+    From `Learning Spatio-Temporal Representation with Pseudo-3D Residual Networks
+    <https://arxiv.org/abs/1711.10305>`__ (Qiu, Yao, Mei, ICCV 2017).
+    25.69M conv + fc weights; 8.44 GMACs on a 16x160x160 clip (400 classes, RGB).
+
+    Args:
+        num_classes: outputs of `fc`.
+        in_channels: 3 for the RGB stream, 2 for the flow stream (x and y of each flow field).
+        dropout: before `fc` (the official Kinetics nets: 0.5 RGB, 0.7 flow).
+        partial_bn: freeze every BN but `bn1` (running statistics and scale/shift), as the official
+            nets are fine-tuned.
+    """
     return build_model("p3d63", num_classes, in_channels, dropout, partial_bn)
 
 
 def p3d131(num_classes: int, in_channels: int = 3, dropout: float = 0.5, partial_bn: bool = False) -> P3D:
+    """P3D-131: ResNet-101 depths, 3, 4, 23, 3 blocks in res2-res5 (res5 2-D).
+
+    From `Learning Spatio-Temporal Representation with Pseudo-3D Residual Networks
+    <https://arxiv.org/abs/1711.10305>`__ (Qiu, Yao, Mei, ICCV 2017).
+    47.97M conv + fc weights; 12.90 GMACs on a 16x160x160 clip (400 classes, RGB).
+
+    Args:
+        num_classes: outputs of `fc`.
+        in_channels: 3 for the RGB stream, 2 for the flow stream (x and y of each flow field).
+        dropout: before `fc` (the official Kinetics nets: 0.5 RGB, 0.7 flow).
+        partial_bn: freeze every BN but `bn1` (running statistics and scale/shift), as the official
+            nets are fine-tuned.
+    """
     return build_model("p3d131", num_classes, in_channels, dropout, partial_bn)
 
 
 def p3d199(num_classes: int, in_channels: int = 3, dropout: float = 0.5, partial_bn: bool = False) -> P3D:
+    """P3D-199, the paper's network: ResNet-152 depths, 3, 8, 36, 3 blocks in res2-res5 (res5 2-D).
+
+    From `Learning Spatio-Temporal Representation with Pseudo-3D Residual Networks
+    <https://arxiv.org/abs/1711.10305>`__ (Qiu, Yao, Mei, ICCV 2017).
+    66.32M conv + fc weights; 18.40 GMACs on a 16x160x160 clip (400 classes, RGB), the
+    figures of the official Kinetics deploy prototxt.
+
+    Args:
+        num_classes: outputs of `fc`.
+        in_channels: 3 for the RGB stream, 2 for the flow stream (x and y of each flow field).
+        dropout: before `fc` (the official Kinetics nets: 0.5 RGB, 0.7 flow).
+        partial_bn: freeze every BN but `bn1` (running statistics and scale/shift), as the official
+            nets are fine-tuned.
+    """
     return build_model("p3d199", num_classes, in_channels, dropout, partial_bn)
 
 
 def p3d_small(num_classes: int, in_channels: int = 3, dropout: float = 0.5, partial_bn: bool = False) -> P3D:
+    """A CPU-sized P3D net of the same wiring: 1, 2, 2, 1 blocks, widths 16-128, stem 32.
+
+    Not in the paper: for runs and tests on a CPU (every block kind A, B, C still appears). The
+    wiring is that of `Learning Spatio-Temporal Representation with Pseudo-3D Residual Networks
+    <https://arxiv.org/abs/1711.10305>`__ (Qiu, Yao, Mei, ICCV 2017). 0.83M conv + fc weights;
+    0.69 GMACs on a 16x160x160 clip (400 classes, RGB).
+
+    Args:
+        num_classes: outputs of `fc`.
+        in_channels: 3 for the RGB stream, 2 for the flow stream (x and y of each flow field).
+        dropout: before `fc` (the official Kinetics nets: 0.5 RGB, 0.7 flow).
+        partial_bn: freeze every BN but `bn1` (running statistics and scale/shift), as the official
+            nets are fine-tuned.
+    """
     return build_model("p3d_small", num_classes, in_channels, dropout, partial_bn)
 
 
 def p3d_tiny(num_classes: int, in_channels: int = 3, dropout: float = 0.5, partial_bn: bool = False) -> P3D:
+    """The smallest P3D net of the same wiring: 1 block per stage (A, B, C in res2-res4), widths 8-64.
+
+    Not in the paper: `make all` on SynthActions trains it on a CPU. The wiring is that of
+    `Learning Spatio-Temporal Representation with Pseudo-3D Residual Networks
+    <https://arxiv.org/abs/1711.10305>`__ (Qiu, Yao, Mei, ICCV 2017). 0.23M conv + fc weights;
+    0.28 GMACs on a 16x160x160 clip (400 classes, RGB).
+
+    Args:
+        num_classes: outputs of `fc`.
+        in_channels: 3 for the RGB stream, 2 for the flow stream (x and y of each flow field).
+        dropout: before `fc` (the official Kinetics nets: 0.5 RGB, 0.7 flow).
+        partial_bn: freeze every BN but `bn1` (running statistics and scale/shift), as the official
+            nets are fine-tuned.
+    """
     return build_model("p3d_tiny", num_classes, in_channels, dropout, partial_bn)
 
 

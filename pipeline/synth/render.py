@@ -11,8 +11,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.synth.config import SynthConfig
-from pipeline.synth.design import (APPEARANCES, BACKGROUND_GREY, OBJECT_GREY, SHAPES, TEXTURES,
-                                   background_texture, object_texture, palette, poses, shape_distance)
+from pipeline.synth.design import (
+    APPEARANCES,
+    BACKGROUND_GREY,
+    OBJECT_GREY,
+    SHAPES,
+    TEXTURES,
+    background_texture,
+    object_texture,
+    palette,
+    poses,
+    shape_distance,
+)
 
 BACKGROUND, OBJECT, OCCLUDER, MIXED = 0, 1, 2, 255  # MIXED: an anti-aliased edge pixel
 

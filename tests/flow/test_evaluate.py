@@ -3,8 +3,7 @@ import pytest
 
 from flow.encoding import encode
 from flow.errors import FlowError
-from flow.evaluate import (config_with, endpoint_errors, epe_stats, evaluate_store, main, pooled,
-                           resize_flow)
+from flow.evaluate import config_with, endpoint_errors, epe_stats, evaluate_store, main, pooled, resize_flow
 from flow.formats import write_flo
 from flow.store import create_store
 

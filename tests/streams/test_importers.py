@@ -146,7 +146,7 @@ def test_caffe_mapping_covers_every_tensor_with_official_names(arch):
 
 def official_layers_names(spec: P3DSpec, numbered):
     names = [("conv1", 1), ("bn_conv1", 4), ("fc_kinetics", 2)]
-    for stage, depth in zip(range(2, 6), spec.depths):
+    for stage, depth in zip(range(2, 6), spec.depths, strict=True):
         for i in range(depth):
             block = f"{stage}{official_block(stage, i, stage in numbered)}"
             branches = ["branch2a", "branch2b"] + (["branch2b_t"] if stage < 5 else []) + ["branch2c"]
@@ -271,7 +271,7 @@ class PortP3D(nn.Module):
                                       bias=False)
         self.bn1 = nn.BatchNorm3d(spec.stem)
         inplanes, cnt = spec.stem, 0
-        for k, (depth, planes) in enumerate(zip(spec.depths, spec.widths)):
+        for k, (depth, planes) in enumerate(zip(spec.depths, spec.widths, strict=True)):
             blocks = []
             for i in range(depth):
                 downsample = None

@@ -9,8 +9,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from streams.p3d import (ARCHS, KINDS, P3DBlock, block_kinds, build_model, count_macs, p3d63, p3d131, p3d199,
-                         p3d_small, p3d_tiny)
+from streams.p3d import (
+    ARCHS,
+    KINDS,
+    P3DBlock,
+    block_kinds,
+    build_model,
+    count_macs,
+    p3d63,
+    p3d131,
+    p3d199,
+    p3d_small,
+    p3d_tiny,
+)
 
 BUILDERS = {"p3d63": p3d63, "p3d131": p3d131, "p3d199": p3d199, "p3d_small": p3d_small, "p3d_tiny": p3d_tiny}
 SMALL = ("p3d_small", "p3d_tiny")  # cheap enough to run for real on CPU
@@ -23,7 +34,7 @@ def analytic_weights(arch: str, num_classes: int, in_channels: int = 3) -> tuple
     weights = in_channels * spec.stem * 7 * 7
     bn = 2 * spec.stem
     planes = spec.stem
-    for stage, (depth, w) in enumerate(zip(spec.depths, spec.widths)):
+    for stage, (depth, w) in enumerate(zip(spec.depths, spec.widths, strict=True)):
         for i in range(depth):
             weights += planes * w + 9 * w * w + w * w * e  # reduce, S, expand
             bn += 2 * (w + w + w * e)
@@ -57,6 +68,15 @@ def test_parameter_counts(arch):
     conv_fc = sum(p.numel() for p in model.parameters()) - bn
     assert (conv_fc, bn) == analytic_weights(arch, 400)
 
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_builder_docstrings_cite_the_paper_and_state_the_weights(arch):
+    """torchvision-style builder docstrings; the weight count they state is the model's."""
+    doc = BUILDERS[arch].__doc__ or ""
+    assert "<https://arxiv.org/abs/1711.10305>" in doc and "Args:" in doc
+    conv_fc, _ = analytic_weights(arch, 400)
+    assert f"{conv_fc / 1e6:.2f}M conv + fc weights" in " ".join(doc.split())
 
 def test_p3d199_matches_the_official_deploy_net():
     """REFERENCE.md: P3D-199 (400 classes) has 66.32M weights in convs + fc (counted here with the fc
