@@ -134,10 +134,14 @@ class LayerTap:
         self.res5c.append(per_frame.reshape(self._batch, -1, per_frame.shape[1]).amax(dim=1).cpu())
 
     def take(self) -> dict[str, np.ndarray]:
+        """The rows kept since the last take (or reset), in forward order."""
         out = {"res4": torch.cat(self.res4).numpy(), "res5c": torch.cat(self.res5c).numpy()}
+        self.reset()
+        return out
+
+    def reset(self) -> None:
         self.res4.clear()
         self.res5c.clear()
-        return out
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -151,7 +155,7 @@ def video_layers(runner: StreamRunner, tap: LayerTap, video, views: Sequence[Vie
     counts = Counter(views)
     weights = np.array([counts[v] for v in distinct], dtype=np.float64)
     weights /= weights.sum()
-    tap.take()  # drop anything a failed earlier video left
+    tap.reset()  # drop anything a failed earlier video left
     logits, pool5 = runner.run(video, distinct)
     rows = {"pool5": pool5, "prob": softmax(logits), **tap.take()}
     return {name: (weights @ rows[name].astype(np.float64)).astype(np.float32) for name in LAYERS}
