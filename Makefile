@@ -10,7 +10,7 @@ ARGS ?=
 PY := $(VENV)/bin/python
 RUN := $(PY) -m pipeline
 
-.PHONY: install test lint all synth flow train-rgb train-flow eval bench clean
+.PHONY: install test lint all synth flow train-rgb train-flow eval transfer bench clean
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,12 @@ train-flow: install
 
 eval: install
 	$(RUN) eval --config $(CONFIG) $(ARGS)
+
+# After `make all`: the SynthActions streams as frozen extractors on every transfer protocol
+# (configs/transfer.toml; docs/transfer.md). TRANSFER_CONFIG=configs/<yours>.toml for real data.
+TRANSFER_CONFIG ?= configs/transfer.toml
+transfer: install
+	$(RUN) transfer --config $(TRANSFER_CONFIG) $(ARGS)
 
 clean:
 	rm -rf work
