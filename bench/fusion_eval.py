@@ -13,7 +13,6 @@ random content and two random P3D checkpoints, then times:
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import os
 import resource
@@ -29,6 +28,7 @@ from fusion.config import EvalConfig
 from fusion.scoring import ClipGeometry
 from fusion.stage import run_eval
 from fusion.views import feature_views, score_views
+from pipeline.config import load_config
 from streams import transforms
 from streams.checkpoint import load_checkpoint, make_payload, save_checkpoint
 from streams.clips import window
@@ -104,13 +104,9 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=28)
     parser.add_argument("--baseline-videos", type=int, default=6)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="an [eval] setting, e.g. --set svm_clips=10 (Python literal)")
+                        help="an [eval] setting, e.g. --set svm_clips=10 (read as python -m pipeline --set)")
     args = parser.parse_args()
-    cfg = EvalConfig()
-    for item in args.overrides:
-        key, _, value = item.partition("=")
-        setattr(cfg, key, ast.literal_eval(value))
-    cfg.validate()
+    cfg = load_config(None, [f"eval.{item.removeprefix('eval.')}" for item in args.overrides]).eval
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
