@@ -39,6 +39,7 @@ from pipeline.synth.design import APPEARANCES, MOTIONS
 from pipeline.synth.render import render_clip
 
 SETS = ("aslan", "activitynet", "scenes")
+FRAME_SIZE = 64  # px, square, as SynthActions
 MARKER = "companions.json"  # the settings a set was made with; present only in a complete set
 ASLAN_SPLITS, ASLAN_CLASSES_PER_SPLIT, ASLAN_CLIPS_PER_CLASS = 10, 3, 3
 ASLAN_FRAMES, ASLAN_SHORT_FRAMES = 20, 10
@@ -63,7 +64,7 @@ class CompanionsSummary:
 
 def _renderer(seed: int) -> SynthConfig:
     """Every appearance x every motion: class names such as "YellowZoomIn" index into this grid."""
-    return SynthConfig(seed=seed, appearances=list(APPEARANCES), motions=list(MOTIONS))
+    return SynthConfig(seed=seed, appearances=list(APPEARANCES), motions=list(MOTIONS), size=FRAME_SIZE)
 
 
 def _clip(cfg: SynthConfig, name: str, group: int, clip: int, frames: int) -> np.ndarray:
@@ -153,8 +154,9 @@ def generate_companions(root: Path | str, seed: int = 0) -> CompanionsSummary:
     started = time.perf_counter()
     root = Path(root)
     cfg = _renderer(seed + 1)  # not SynthActions' seed: other objects and scenes than the streams trained on
-    settings = {"seed": seed, "sizes": {"aslan": [ASLAN_SPLITS, ASLAN_CLASSES_PER_SPLIT, ASLAN_CLIPS_PER_CLASS],
-                                        "activitynet": ANET_VIDEOS, "scenes": SCENE_VIDEOS}}
+    settings = {"seed": seed, "size": FRAME_SIZE,
+                "aslan": [ASLAN_SPLITS, ASLAN_CLASSES_PER_SPLIT, ASLAN_CLIPS_PER_CLASS, ASLAN_FRAMES, ASLAN_SHORT_FRAMES],
+                "activitynet": [ANET_VIDEOS, ANET_SEGMENT], "scenes": [SCENE_VIDEOS, SCENE_FRAMES]}
     written, kept = [], []
     for k, name in enumerate(tqdm(SETS, desc="companions", unit="set", leave=False)):
         folder = root / name
