@@ -155,7 +155,8 @@ def generate_companions(root: Path | str, seed: int = 0) -> CompanionsSummary:
     root = Path(root)
     cfg = _renderer(seed + 1)  # not SynthActions' seed: other objects and scenes than the streams trained on
     settings = {"seed": seed, "size": FRAME_SIZE,
-                "aslan": [ASLAN_SPLITS, ASLAN_CLASSES_PER_SPLIT, ASLAN_CLIPS_PER_CLASS, ASLAN_FRAMES, ASLAN_SHORT_FRAMES],
+                "aslan": [ASLAN_SPLITS, ASLAN_CLASSES_PER_SPLIT, ASLAN_CLIPS_PER_CLASS, ASLAN_FRAMES,
+                          ASLAN_SHORT_FRAMES],
                 "activitynet": [ANET_VIDEOS, ANET_SEGMENT], "scenes": [SCENE_VIDEOS, SCENE_FRAMES]}
     written, kept = [], []
     for k, name in enumerate(tqdm(SETS, desc="companions", unit="set", leave=False)):
