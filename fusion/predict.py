@@ -2,9 +2,11 @@
 
 Each video is decoded, its flow computed on the fly with TV-L1 (`[flow]` settings; fusion.decoded),
 and each stream scores the video-level test views of `[eval]` (`clips` evenly spaced clips x `crops`)
-exactly as `make eval` does. A stream's video probabilities are its views' softmax averaged (or,
-with `fusion_scores = "raw"`, the softmax of the averaged logits); the fused ones are the streams'
-scores weighted by `fusion_weights` (RGB 1 : flow 1.5 by default), normalised to sum to one.
+exactly as `make eval` does. A stream's video scores are its views' averaged raw logits
+(`fusion_scores = "raw"`, TSN's rule and the default) or softmax probabilities (`"softmax"`); the
+fused scores are `fusion.fuse.fuse` of the two, the weighted mean with `fusion_weights` (RGB 1 :
+flow 1.5 by default), the very function `make eval` fuses with. Shown are probabilities: raw scores
+go through a softmax (fusion.fuse.probabilities).
 """
 from __future__ import annotations
 
@@ -19,17 +21,16 @@ from tqdm import tqdm
 
 from flow.config import FlowConfig
 from flow.device import resolve_device
-from flow.errors import FlowError
+from flow.errors import FlowError, shown
 from fusion import fuse
 from fusion.config import EvalConfig
 from fusion.decoded import decode_for_views
 from fusion.errors import FusionError
 from fusion.scoring import ClipGeometry, StreamRunner
 from fusion.views import View, score_views
-from streams.checkpoint import Checkpoint, final_checkpoint, load_checkpoint
+from streams.checkpoint import Checkpoint, load_stream
 from streams.errors import StreamsError
-
-STREAMS = ("rgb", "flow")
+from streams.transforms import MODALITIES
 
 
 @dataclass
@@ -63,27 +64,23 @@ class Prediction:
 def load_streams(checkpoints: dict[str, Path], cfg: EvalConfig) -> list[Stream]:
     """The streams of `checkpoints` ({"rgb": path, "flow": path}, one or both; a training directory
     stands for its last.pt) on `cfg.device`."""
-    if not checkpoints or set(checkpoints) - set(STREAMS):
+    if not checkpoints or set(checkpoints) - set(MODALITIES):
         raise FusionError(f"give an RGB and/or a flow checkpoint (--rgb, --flow), got {sorted(checkpoints)}")
     device = resolve_device(cfg.device, "eval.device")
     streams = []
-    for name in STREAMS:
+    for name in MODALITIES:
         if name not in checkpoints:
             continue
-        path = checkpoints[name]
-        model, ckpt = load_checkpoint(final_checkpoint(path) if path.is_dir() else path)
-        if ckpt.modality != name:
-            raise FusionError(f"{ckpt.path} is a {ckpt.modality} stream, given as the {name} one")
+        try:
+            model, ckpt = load_stream(checkpoints[name], name)
+        except StreamsError as e:
+            raise FusionError(str(e)) from None
         geometry = ClipGeometry.from_train_config(ckpt.train_config)
         streams.append(Stream(name, ckpt, StreamRunner(model, name, geometry, cfg.batch_views, device)))
     if len(streams) == 2 and streams[0].checkpoint.classes != streams[1].checkpoint.classes:
         raise FusionError(f"{streams[0].checkpoint.path} and {streams[1].checkpoint.path} have different class "
                           "lists: they cannot be fused")
     return streams
-
-
-def _probabilities(scores: np.ndarray, kind: str) -> np.ndarray:
-    return scores if kind == "softmax" else fuse.softmax(scores)
 
 
 def _top(probabilities: np.ndarray, classes: Sequence[str], k: int) -> list[tuple[str, float]]:
@@ -104,15 +101,12 @@ def predict_video(path: Path, streams: Sequence[Stream], flow_cfg: FlowConfig, c
             logits, _ = s.runner.run(video, views[s.name])
             scores[s.name] = fuse.video_scores(logits, cfg.fusion_scores)
     classes = streams[0].checkpoint.classes
-    prediction = Prediction(str(path), video.num_frames)
+    prediction = Prediction(shown(path), video.num_frames)  # printable even for a non-UTF-8 name
     for name, value in scores.items():
-        prediction.top[name] = _top(_probabilities(value, cfg.fusion_scores), classes, top_k)
+        prediction.top[name] = _top(fuse.probabilities(value, cfg.fusion_scores), classes, top_k)
     if len(scores) == 2:
-        weights = cfg.fusion_weights
-        fused = fuse.fuse(scores["rgb"], scores["flow"], weights)
-        if cfg.fusion_scores == "softmax":
-            fused = fused / sum(weights)  # a weighted mean of probabilities is one
-        prediction.top["fusion"] = _top(_probabilities(fused, cfg.fusion_scores), classes, top_k)
+        fused = fuse.fuse(scores["rgb"], scores["flow"], cfg.fusion_weights)
+        prediction.top["fusion"] = _top(fuse.probabilities(fused, cfg.fusion_scores), classes, top_k)
     return prediction
 
 
@@ -134,7 +128,7 @@ def predict(videos: Sequence[Path | str], checkpoints: dict[str, Path], flow_cfg
         try:
             predictions.append(predict_video(path, streams, flow_cfg, cfg, top_k))
         except (FlowError, StreamsError, OSError) as e:
-            predictions.append(Prediction(str(path), 0, error=" ".join(str(e).split())))
+            predictions.append(Prediction(shown(path), 0, error=shown(" ".join(str(e).split()))))
     if all(p.error for p in predictions):
         raise FusionError(f"no video could be scored: {predictions[0].video}: {predictions[0].error}")
     return predictions

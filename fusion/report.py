@@ -1,4 +1,5 @@
-"""The report of `make eval`: results table (CSV + Markdown), per-class accuracy, confusion PNG, scores."""
+"""The report of `make eval`: results table (CSV + Markdown), per-class accuracy, most confused pairs,
+the pictures (fusion.figures), scores."""
 from __future__ import annotations
 
 import os
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fusion import metrics
+from fusion import figures, metrics
 from fusion.metrics import Labels
 
 COLUMNS = ["method", "clip_hit@1", "video_hit@1", "video_hit@5", "mean_class_acc", "mAP", "videos",
@@ -96,40 +97,59 @@ def to_markdown(table: pd.DataFrame, title: str, notes: Sequence[str] = ()) -> s
     return "\n".join(lines) + "\n"
 
 
-def write_results(table: pd.DataFrame, out_dir: Path, title: str, notes: Sequence[str] = ()) -> None:
-    """results.csv and results.md in `out_dir`."""
+def write_results(table: pd.DataFrame, out_dir: Path, title: str, notes: Sequence[str] = (), extra: str = "") -> None:
+    """results.csv and results.md (the table, then `extra` Markdown) in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / "results.csv", table.to_csv(index=False, float_format="%.4f"))
-    write_text(out_dir / "results.md", to_markdown(table, title, notes))
+    write_text(out_dir / "results.md", to_markdown(table, title, notes) + (f"\n{extra}" if extra else ""))
 
 
-def write_confusion_png(path: Path, methods: Sequence[MethodScores], labels: Labels,
-                        classes: Sequence[str]) -> None:
-    """One row-normalised confusion matrix per method, side by side (rows: true class)."""
-    import matplotlib
+def most_confused(scores: np.ndarray, labels: Labels, classes: Sequence[str], top: int = 20) -> pd.DataFrame:
+    """The off-diagonal cells of the confusion matrix with the most videos: `true`, `predicted`,
+    `videos`, `share` (percent of the true class's test videos). Sorted by videos, then share, then
+    the class names; at most `top` rows, none for empty cells."""
+    counts = metrics.confusion_matrix(scores, labels, len(classes))
+    totals = counts.sum(axis=1)
+    rows = [(classes[t], classes[p], int(counts[t, p]), 100.0 * counts[t, p] / totals[t])
+            for t, p in zip(*np.nonzero(counts)) if t != p]
+    rows.sort(key=lambda r: (-r[2], -r[3], r[0], r[1]))
+    return pd.DataFrame(rows[:top], columns=["true", "predicted", "videos", "share"])
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    n = len(methods)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n + 1.6, 4.6), squeeze=False, sharey=True)
-    for k, (ax, m) in enumerate(zip(axes[0], methods)):
-        counts = metrics.confusion_matrix(m.scores, labels, len(classes)).astype(float)
-        rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-        image = ax.imshow(rates, vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
-        acc = 100 * metrics.hit_at_k(m.scores, labels, 1)
-        ax.set_title(f"{m.method}: video hit@1 {acc:.1f}%", fontsize=9)
-        ax.set_xlabel("predicted")
-        if k == 0:
-            ax.set_ylabel("true")
-        if len(classes) <= 30:
-            ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=6)
-            ax.set_yticks(range(len(classes)), classes, fontsize=6)
-    fig.colorbar(image, ax=axes[0].tolist(), fraction=0.02)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+def confused_markdown(name: str, table: pd.DataFrame) -> str:
+    lines = [f"## Most confused pairs ({name})", ""]
+    if table.empty:
+        return "\n".join(lines + ["No test video of any class was taken for another class.", ""])
+    lines += ["| true | predicted | videos | share of the true class |", "|---|---|---|---|"]
+    lines += [f"| {r.true} | {r.predicted} | {r.videos} | {r.share:.1f}% |" for r in table.itertuples()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: Path, table: pd.DataFrame, title: str, notes: Sequence[str],
+                 methods: Sequence[MethodScores], shown: Sequence[MethodScores], video_ids: Sequence[str],
+                 labels: Labels, classes: Sequence[str], excluded: dict[str, str],
+                 curves: dict[str, tuple[Sequence[float], np.ndarray]] | None = None,
+                 chosen: tuple[str, float] | None = None) -> None:
+    """Every file of the evaluation report in `out_dir`: results.csv/.md (with the most confused pairs
+    of the last method of `shown` when there are more than figures.SMALL classes), per_class.csv,
+    confusion.png, per_class.png, fusion_weight.png (with `curves`), scores.npz/.csv, excluded.csv."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    per_class = per_class_table(methods, labels, classes)
+    shown = list(shown) or list(methods[:1])
+    extra = ""
+    if len(classes) > figures.SMALL:
+        main = shown[-1]
+        extra = confused_markdown(main.method, most_confused(main.scores, labels, classes))
+    write_results(table, out_dir, title, notes, extra)
+    write_text(out_dir / "per_class.csv", per_class.to_csv(index=False, float_format="%.2f"))
+    figures.confusion(out_dir / "confusion.png", [m.method for m in shown], [m.scores for m in shown], labels,
+                      classes)
+    bars = [m.method for m in reversed(shown)]  # the fused or SVM method first, the streams as markers
+    figures.per_class_bars(out_dir / "per_class.png", bars, per_class[bars].to_numpy().T, classes)
+    if curves:
+        figures.weight_curve(out_dir / "fusion_weight.png", curves, chosen)
+    write_scores(out_dir, video_ids, labels, classes, methods)
+    write_excluded(out_dir / "excluded.csv", excluded)
 
 
 def write_scores(out_dir: Path, video_ids: Sequence[str], labels: Labels, classes: Sequence[str],

@@ -1,8 +1,8 @@
 """`make eval`: video-level testing of each stream, late fusion, features + linear SVM, the report.
 
 run_eval is a function from artifacts on disk (the frame + flow store, the streams' checkpoints) to
-artifacts on disk (`out_dir`: results.csv/.md, per_class.csv, confusion.png, scores.npz/.csv,
-excluded.csv, features/<stream>.npz). Every video's network outputs are cached in `out_dir/cache`
+artifacts on disk (`out_dir`: results.csv/.md, per_class.csv, confusion.png, per_class.png,
+fusion_weight.png, scores.npz/.csv, excluded.csv, features/<stream>.npz). Every video's network outputs are cached in `out_dir/cache`
 under a key of the checkpoint's bytes and the view settings, so a killed run resumes and a re-run
 (for example with other fusion weights or SVM C values) does not touch the network.
 """
@@ -29,59 +29,80 @@ from fusion.metrics import Labels
 from fusion.outputs import Outputs, StreamSpec, collect
 from fusion.report import MethodScores
 from fusion.scoring import ClipGeometry
-from streams.checkpoint import Checkpoint, file_sha256, final_checkpoint, load_checkpoint
+from streams.checkpoint import Checkpoint, file_sha256, load_stream
 from streams.errors import StreamsError
+from streams.transforms import MODALITIES
 
-STREAMS = ("rgb", "flow")
 Item = tuple[str, tuple[int, ...]]  # (video_id, labels)
 
 
 @dataclass
-class Stream:
-    """A checked stream checkpoint and where its per-video outputs are cached."""
+class _Scored:
+    """A checked stream checkpoint, where its per-video outputs are cached, and which of its output
+    columns are the dataset's classes (None: the same list in the same order)."""
     spec: StreamSpec
     checkpoint: Checkpoint
     sha256: str
+    columns: np.ndarray | None
 
     @property
     def name(self) -> str:
         return self.spec.name
 
+    def logits(self, outputs: dict[str, dict[str, Outputs]], ids: Sequence[str]) -> np.ndarray:
+        """[N, V, C] per-view logits of the videos `ids`, in the dataset's class order."""
+        stacked = np.stack([outputs[v][self.name].logits for v in ids])
+        return stacked if self.columns is None else stacked[..., self.columns]
+
 
 def run_eval(store_dir: Path, checkpoints: dict[str, Path], train_items: Sequence[Item],
              test_items: Sequence[Item], classes: Sequence[str], cfg: EvalConfig, out_dir: Path,
-             protocol: str, excluded: Sequence[str], train_groups: dict[str, str] | None = None) -> pd.DataFrame:
-    """Evaluate the streams in `checkpoints` ({"rgb": path, "flow": path}; a path may be a training
-    directory, whose `last.pt` is used) on `test_items`, fuse them when both are given, fit the SVMs
-    on `train_items`, and write the report to `out_dir`. `excluded`: test videos already known to be
-    unusable (failed in `make flow`); they are listed and counted in the report. `train_groups`:
-    video id -> group ("g08") of the training videos, when the dataset has groups: the SVM's
-    cross-validation folds then never split a group. Returns the table.
+             protocol: str, excluded: Sequence[str], val_items: Sequence[Item] = (),
+             val_note: str = "", train_groups: dict[str, str] | None = None) -> pd.DataFrame:
+    """Evaluate the streams in `checkpoints` ({"rgb": path, "flow": path}, one or both; a path may be
+    a training directory, whose `last.pt` is used) on `test_items`, fuse them when both are given,
+    fit the SVMs on `train_items`, and write the report to `out_dir`. `excluded`: test videos already
+    known to be unusable (failed in `make flow`); they are listed and counted in the report.
+    `train_groups`: video id -> group ("g08") of the training videos, when the dataset has groups:
+    the SVM's cross-validation folds then never split a group.
+
+    `val_items`: held-out videos of the training split (whole groups the streams were not trained
+    on; `val_note` says which). When given, the fusion rule (raw or softmax scores, flow weight) and
+    the SVMs' C are chosen on them, never on the test videos; without them the fusion rule is the
+    fixed default and C comes from cross-validation on the training videos, and the report says so.
+    Returns the results table.
     """
     started = time.monotonic()
     out_dir = Path(out_dir)
     classes = list(classes)
-    unknown = sorted(set(checkpoints) - set(STREAMS))
+    unknown = sorted(set(checkpoints) - set(MODALITIES))
     if unknown or not checkpoints:
         raise FusionError(f"checkpoints must name the streams 'rgb' and/or 'flow', got {sorted(checkpoints)}")
     store = _open_store(Path(store_dir))
     device = resolve_device(cfg.device, "eval.device")
     streams = [_check_stream(name, Path(checkpoints[name]), classes, cfg, out_dir)
-               for name in STREAMS if name in checkpoints]
+               for name in MODALITIES if name in checkpoints]
     specs = [s.spec for s in streams]
 
     two = len(streams) == 2
     if not test_items:
         raise FusionError("no test videos to evaluate")
+    test_ids = {v for v, _ in test_items}
+    overlap = sorted(test_ids & {v for v, _ in [*train_items, *val_items]})
+    if overlap:
+        raise FusionError(f"{len(overlap)} test video(s) are also training or held-out videos, e.g. {overlap[0]}")
     skipped = {video_id: "no frames/flow in the store (failed or not run in `make flow`)" for video_id in excluded}
-    # Training videos: features for the SVM, scores only to choose the fusion weights.
-    needs = {video_id: (cfg.fusion_cv and two, cfg.svm) for video_id, _ in train_items}
+    # Training videos: features for the SVM, scores only to choose the fusion weights (fusion_cv
+    # without held-out videos). Held-out videos: scores to choose the fusion rule, features for C.
+    needs = {video_id: (cfg.fusion_cv and two and not val_items, cfg.svm) for video_id, _ in train_items}
+    needs.update({video_id: (True, cfg.svm) for video_id, _ in val_items})
     needs.update({video_id: (True, cfg.svm) for video_id, _ in test_items})
     outputs, failed = collect(store, specs, needs, cfg, device)
-    train_failed = {v: failed[v] for v, _ in train_items if v in failed}
+    train_failed = {v: failed[v] for v, _ in [*train_items, *val_items] if v in failed}
     skipped.update({v: failed[v] for v, _ in test_items if v in failed})
     test_items = [item for item in test_items if item[0] in outputs]
     train_items = [item for item in train_items if item[0] in outputs]
+    val_items = [item for item in val_items if item[0] in outputs]
     if not test_items:
         raise FusionError(f"none of the test videos could be evaluated ({len(skipped)} excluded, e.g. "
                           f"{next(iter(skipped.items()), ('', ''))}): run `make flow` first")
@@ -92,38 +113,66 @@ def run_eval(store_dir: Path, checkpoints: dict[str, Path], train_items: Sequenc
     ids = [video_id for video_id, _ in test_items]
     labels = [tuple(lab) for _, lab in test_items]
     train_labels = [tuple(lab) for _, lab in train_items]
+    val_ids = [video_id for video_id, _ in val_items]
+    val_labels = [tuple(lab) for _, lab in val_items]
 
     views = f"{cfg.clips} clips x {cfg.crops} crop, {cfg.fusion_scores} scores averaged"
     methods: list[MethodScores] = []
-    video: dict[str, np.ndarray] = {}
+    view_logits = {s.name: s.logits(outputs, ids) for s in streams}
     for s in streams:
-        logits = np.stack([outputs[v][s.name].logits for v in ids])
-        video[s.name] = fuse.video_scores(logits, cfg.fusion_scores)
-        methods.append(MethodScores(s.name, video[s.name], f"{views}; {s.checkpoint.arch} step {s.checkpoint.step}",
-                                    view_logits=logits))
+        methods.append(MethodScores(s.name, fuse.video_scores(view_logits[s.name], cfg.fusion_scores),
+                                    f"{views}; {s.checkpoint.arch} step {s.checkpoint.step}",
+                                    view_logits=view_logits[s.name]))
     notes = [f"{len(ids)} test videos evaluated, {len(skipped)} excluded (listed in excluded.csv); "
-             f"{len(train_items)} training videos for the SVM and fusion weights"
+             f"{len(train_items)} training videos"
+             + (f" and {len(val_items)} held-out videos of the training split" if val_items else "")
              + (f" ({len(train_failed)} unusable)" if train_failed else "") + "."]
+    notes += [_checkpoint_note(s) for s in streams]
+    selection = ["Checkpoints: each stream's given file, or the finished model (last.pt) of its training run; "
+                 "none is chosen by accuracy."]
+    curves: dict[str, tuple[Sequence[float], np.ndarray]] = {}
+    chosen = None  # (score kind, flow weight per RGB weight 1) of the fusion row, marked on its curve
     if two:
-        weights, detail = _fusion_weights(cfg, outputs, train_items, train_labels)
-        methods.append(MethodScores("fusion", fuse.fuse(video["rgb"], video["flow"], weights),
-                                    f"{cfg.fusion_scores} scores, rgb:flow = {weights[0]:g}:{weights[1]:g}{detail}"))
+        kind, weights, detail, chosen_on = _fusion_rule(cfg, streams, outputs, train_items, train_labels,
+                                                         val_ids, val_labels, val_note)
+        chosen = (kind, weights[1] / weights[0]) if weights[0] > 0 else None
+        selection.append(f"Fusion rule ({kind} scores, rgb:flow = {weights[0]:g}:{weights[1]:g}): {chosen_on}.")
+        for k in ("raw", "softmax"):
+            fused = fuse.fuse(*(fuse.video_scores(view_logits[n], k) for n in MODALITIES), weights)
+            if k == kind:
+                methods.insert(2, MethodScores("fusion", fused, f"{kind} scores, rgb:flow = "
+                                               f"{weights[0]:g}:{weights[1]:g}{detail}"))
+            methods.append(MethodScores(f"fusion_{k}", fused, f"{k} scores, rgb:flow = {weights[0]:g}:{weights[1]:g}"))
+        grid = sorted(set(cfg.fusion_cv_grid) | {weights[1] / weights[0] if weights[0] > 0 else max(cfg.fusion_cv_grid)})
+        for k in ("raw", "softmax"):
+            rgb, flow = (fuse.video_scores(view_logits[n], k) for n in MODALITIES)
+            curves[f"test, {k}"] = (grid, fuse.weight_curve(rgb, flow, labels, grid))
+            if val_items:
+                held = [fuse.video_scores(s.logits(outputs, val_ids), k) for s in streams]
+                curves[f"held-out, {k}"] = (grid, fuse.weight_curve(*held, val_labels, grid))
     if cfg.svm:
         _save_features(out_dir / "features", streams, outputs, train_items, test_items, cfg, protocol, len(skipped),
                        _train_groups(train_items, train_groups))
-        methods += svm_methods(_features(streams, outputs, train_items), train_labels,
-                               _features(streams, outputs, test_items), len(classes), cfg,
-                               groups=_train_groups(train_items, train_groups))
+        if val_items:
+            svm_rows = svm_methods_held_out(_features(streams, outputs, train_items), train_labels,
+                                            _features(streams, outputs, val_items), val_labels,
+                                            _features(streams, outputs, test_items), len(classes), cfg)
+            selection.append(f"SVM C: chosen on the held-out videos ({val_note or f'{len(val_items)} videos'}), "
+                             "then refitted on training + held-out videos.")
+        else:
+            svm_rows = svm_methods(_features(streams, outputs, train_items), train_labels,
+                                   _features(streams, outputs, test_items), len(classes), cfg,
+                                   groups=_train_groups(train_items, train_groups))
+            selection.append("SVM C: cross-validation on the training videos (the folds are in each SVM row's "
+                             "details), whose features come from networks that were trained on them (no held-out "
+                             "groups: set train.val_groups or train.val_fraction for an honest choice).")
+        methods += svm_rows
+    notes += selection
 
     table = report.results_table(methods, labels, protocol, len(skipped))
     title = f"Evaluation: {protocol}"
-    report.write_results(table, out_dir, title, notes)
-    report.write_text(out_dir / "per_class.csv",
-                      report.per_class_table(methods, labels, classes).to_csv(index=False, float_format="%.2f"))
     shown = [m for m in methods if m.method in ("rgb", "flow", "fusion", "svm_two_stream")]
-    report.write_confusion_png(out_dir / "confusion.png", shown, labels, classes)
-    report.write_scores(out_dir, ids, labels, classes, methods)
-    report.write_excluded(out_dir / "excluded.csv", skipped)
+    report.write_report(out_dir, table, title, notes, methods, shown, ids, labels, classes, skipped, curves, chosen)
     print(report.to_markdown(table[["method", *report.PERCENT, "videos"]], title, notes))
     print(f"eval: report in {out_dir} ({time.monotonic() - started:.0f} s)")
     return table
@@ -146,9 +195,7 @@ def svm_methods(train: dict[str, np.ndarray], train_labels: Labels, test: dict[s
     """Linear SVMs on raw pool5 features ({"rgb": [N, D], "flow": [N, D]}): per stream, and on the
     concatenated two-stream feature when both are given. C by cross-validation on the training rows,
     on group-disjoint folds when `groups` (one per training row) is given."""
-    inputs = {name: (svm.normalise(train[name]), svm.normalise(test[name])) for name in STREAMS if name in train}
-    if len(inputs) == 2:
-        inputs["two_stream"] = (svm.two_stream(train["rgb"], train["flow"]), svm.two_stream(test["rgb"], test["flow"]))
+    inputs = _svm_inputs(train, test)
     methods = []
     for name, (x_train, x_test) in inputs.items():
         fit = svm.fit_svm(x_train, train_labels, num_classes, cfg.svm_cs, cfg.svm_folds, cfg.seed, groups=groups)
@@ -162,11 +209,46 @@ def svm_methods(train: dict[str, np.ndarray], train_labels: Labels, test: dict[s
     return methods
 
 
+def svm_methods_held_out(train: dict[str, np.ndarray], train_labels: Labels, held: dict[str, np.ndarray],
+                         held_labels: Labels, test: dict[str, np.ndarray], num_classes: int,
+                         cfg: EvalConfig) -> list[MethodScores]:
+    """The SVM rows with C chosen honestly: each C of `svm_cs` is fitted on the training videos and
+    scored on the held-out ones (groups the streams never saw; hit@1, or mAP for multi-label), the
+    best (the smallest among ties) is refitted on training + held-out videos and scores the test."""
+    fit_inputs = _svm_inputs(train, held)
+    test_inputs = _svm_inputs(train, test)
+    multilabel = any(len(lab) > 1 for lab in [*train_labels, *held_labels])
+    both = [*train_labels, *held_labels]
+    methods = []
+    for name, (x_train, x_held) in fit_inputs.items():
+        score = {float(c): svm._score(svm._fit(x_train, train_labels, num_classes, c, multilabel), x_held,
+                                      held_labels, multilabel) for c in sorted(cfg.svm_cs)}
+        best = max(score.values())
+        c = min(v for v, acc in score.items() if acc == best)
+        final = svm._fit(np.concatenate([x_train, x_held]), both, num_classes, c, multilabel)
+        edge = " (the largest tried: add larger svm_cs)" if len(cfg.svm_cs) > 1 and c == max(cfg.svm_cs) else ""
+        methods.append(MethodScores(
+            f"svm_{name}", final.scores(test_inputs[name][1]),
+            f"pool5 of {cfg.svm_clips} centre clips + mirrors, sign-sqrt + L2; linear SVM C={c:g}{edge} "
+            f"(chosen on {len(held_labels)} held-out videos: {100 * best:.1f}{' mAP' if multilabel else '% hit@1'}; "
+            f"fitted on {len(both)} videos)"))
+    return methods
+
+
+def _svm_inputs(train: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Normalised SVM inputs per stream ({"rgb": (train rows, test rows), ...}) and, with both
+    streams, their two-stream concatenation."""
+    inputs = {name: (svm.normalise(train[name]), svm.normalise(test[name])) for name in MODALITIES if name in train}
+    if len(inputs) == 2:
+        inputs["two_stream"] = (svm.two_stream(train["rgb"], train["flow"]), svm.two_stream(test["rgb"], test["flow"]))
+    return inputs
+
+
 def svm_from_features(features_dir: Path, cfg: EvalConfig) -> pd.DataFrame:
     """Rerun the SVMs from saved features (`out_dir/features/<stream>.npz`) without the network or
     the store: the SVM rows of the results table, for other `svm_cs`, `svm_folds` or `seed`."""
     loaded = {}
-    for name in STREAMS:
+    for name in MODALITIES:
         path = Path(features_dir) / f"{name}.npz"
         if path.is_file():
             loaded[name] = _read_features(path)
@@ -196,49 +278,98 @@ def _open_store(store_dir: Path) -> Store:
         raise FusionError(f"{e}: run `make flow` before `make eval`") from None
 
 
-def _check_stream(name: str, path: Path, classes: list[str], cfg: EvalConfig, out_dir: Path) -> Stream:
+def _check_stream(name: str, path: Path, classes: list[str], cfg: EvalConfig, out_dir: Path) -> _Scored:
     """The stream's checkpoint, checked against the dataset (FusionError naming what to run)."""
     train = f"`make train-{name}`"
-    if path.is_dir():
-        try:
-            path = final_checkpoint(path)
-        except StreamsError as e:
-            raise FusionError(f"no finished checkpoint for the {name} stream: {e} ({train})") from None
-    elif not path.is_file():
-        raise FusionError(f"no checkpoint for the {name} stream at {path}: run {train}")
+    if not path.exists():
+        raise FusionError(f"no checkpoint for the {name} stream at {path}: run {train}, or give --{name} CKPT")
     try:
-        _, ckpt = load_checkpoint(path, map_location="cpu")  # builds the model: its weights must fit
+        _, ckpt = load_stream(path, name)  # builds the model: its weights must fit
     except StreamsError as e:
+        if "but was given as" in str(e):
+            raise FusionError(f"{e}: point eval at the output of {train}") from None
+        if path.is_dir():
+            raise FusionError(f"no finished checkpoint for the {name} stream: {e} ({train})") from None
         raise FusionError(f"{e}: run {train} again") from None
-    if ckpt.modality != name:
-        raise FusionError(f"checkpoint {path} is a {ckpt.modality} stream but was given as the {name} stream: "
-                          f"point eval at the output of {train}")
-    if ckpt.classes != classes:
-        if len(ckpt.classes) != len(classes):
-            what = f"has {len(ckpt.classes)} classes, the dataset has {len(classes)}"
-        else:
-            diff = next(i for i, (a, b) in enumerate(zip(ckpt.classes, classes)) if a != b)
-            what = f"has class {diff} = {ckpt.classes[diff]!r}, the dataset {classes[diff]!r}"
-        raise FusionError(f"checkpoint {path} {what}: it was trained on another dataset or split; run {train}")
+    columns = class_columns(ckpt.classes, classes, ckpt.path, train)
     geometry = ClipGeometry.from_train_config(ckpt.train_config)
-    sha = file_sha256(path)
+    sha = file_sha256(ckpt.path)
     settings = {"checkpoint": sha, "geometry": dataclasses.asdict(geometry), "clips": cfg.clips, "crops": cfg.crops,
                 "svm_clips": cfg.svm_clips}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    return Stream(StreamSpec(name, path, geometry, out_dir / "cache" / f"{name}-{key}"), ckpt, sha)
+    return _Scored(StreamSpec(name, ckpt.path, geometry, out_dir / "cache" / f"{name}-{key}"), ckpt, sha, columns)
 
 
-def _fusion_weights(cfg: EvalConfig, outputs: dict[str, dict[str, Outputs]], train_items: Sequence[Item],
-                    train_labels: Labels) -> tuple[tuple[float, float], str]:
+def _name_key(name: str) -> str:
+    """Class names compared loosely: case, spaces, underscores and hyphens aside ("Air drumming" = "air_drumming")."""
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def class_columns(known: Sequence[str], classes: Sequence[str], path: Path, hint: str = "") -> np.ndarray | None:
+    """Which output column of a checkpoint that knows the classes `known` scores each of the dataset's
+    `classes`, matched by name (exactly, else ignoring case, spaces, '_' and '-'): None when the lists
+    are equal. A checkpoint may know more classes than the dataset (Kinetics weights on a subset);
+    FusionError listing the dataset's classes it does not know otherwise."""
+    known, classes = list(known), list(classes)
+    if known == classes:
+        return None
+    exact = {c: i for i, c in enumerate(known)}
+    loose: dict[str, list[int]] = {}
+    for i, c in enumerate(known):
+        loose.setdefault(_name_key(c), []).append(i)
+    columns, unmatched = [], []
+    for c in classes:
+        if c in exact:
+            columns.append(exact[c])
+        elif len(loose.get(_name_key(c), [])) == 1:
+            columns.append(loose[_name_key(c)][0])
+        else:
+            unmatched.append(c)
+    if unmatched:
+        shown = ", ".join(repr(c) for c in unmatched[:10]) + (f" and {len(unmatched) - 10} more" if len(unmatched) > 10 else "")
+        raise FusionError(f"checkpoint {path} does not know {len(unmatched)} of the dataset's {len(classes)} classes "
+                          f"({shown}; it has {len(known)} classes, e.g. {', '.join(repr(c) for c in known[:3])}): it was "
+                          f"trained on another dataset or split{'; run ' + hint if hint else ''}")
+    if len(set(columns)) != len(columns):
+        raise FusionError(f"checkpoint {path}: two of the dataset's classes match the same class of the checkpoint")
+    return np.array(columns)
+
+
+def _checkpoint_note(s: _Scored) -> str:
+    ckpt = s.checkpoint
+    matched = "" if s.columns is None else f"; {len(s.columns)} of its {ckpt.num_classes} classes matched by name"
+    return (f"Scored {s.name}: {ckpt.path} (sha256 {s.sha256[:12]}, {ckpt.arch}, step {ckpt.step}, "
+            f"epoch {ckpt.epoch}{matched}).")
+
+
+def _fusion_rule(cfg: EvalConfig, streams: Sequence[_Scored], outputs: dict[str, dict[str, Outputs]],
+                 train_items: Sequence[Item], train_labels: Labels, val_ids: Sequence[str], val_labels: Labels,
+                 val_note: str) -> tuple[str, tuple[float, float], str, str]:
+    """(score kind, weights, details for the row, what it was chosen on). Held-out videos choose the
+    kind and weight; else `fusion_cv` chooses the weight on the training videos; else the default."""
+    default = (cfg.fusion_weights[0], cfg.fusion_weights[1])
+    if val_ids:
+        rgb, flow = (s.logits(outputs, val_ids) for s in streams)
+        kind, weight, accuracy = fuse.choose_fusion(rgb, flow, val_labels, cfg.fusion_cv_grid, default,
+                                                    cfg.fusion_scores)
+        return kind, (1.0, weight), (
+            f" (chosen on {len(val_ids)} held-out videos, hit@1 {100 * accuracy[kind][weight]:.1f}%; "
+            f"default {cfg.fusion_scores} {default[0]:g}:{default[1]:g})"), \
+            f"chosen on the held-out videos ({val_note or f'{len(val_ids)} videos'}) among raw/softmax x flow weights " \
+            f"{', '.join(f'{w:g}' for w in cfg.fusion_cv_grid)}"
     if not cfg.fusion_cv:
-        return (cfg.fusion_weights[0], cfg.fusion_weights[1]), ""
+        return cfg.fusion_scores, default, "", ("the fixed default (eval.fusion_scores, eval.fusion_weights); "
+                                                "no held-out groups to choose on")
     if not train_items:
         raise FusionError("eval.fusion_cv needs training videos with frames and flow, and none is usable")
-    rgb, flow = (fuse.video_scores(np.stack([outputs[v][name].logits for v, _ in train_items]), cfg.fusion_scores)
-                 for name in STREAMS)
+    ids = [v for v, _ in train_items]
+    rgb, flow = (fuse.video_scores(s.logits(outputs, ids), cfg.fusion_scores) for s in streams)
     weight, accuracy = fuse.choose_flow_weight(rgb, flow, train_labels, cfg.fusion_cv_grid, cfg.fusion_weights)
-    return (1.0, weight), (f" (chosen on {len(train_items)} train videos, hit@1 {100 * accuracy[weight]:.1f}%; "
-                           f"default {cfg.fusion_weights[0]:g}:{cfg.fusion_weights[1]:g})")
+    return cfg.fusion_scores, (1.0, weight), (
+        f" (chosen on {len(train_items)} train videos, hit@1 {100 * accuracy[weight]:.1f}%; "
+        f"default {default[0]:g}:{default[1]:g})"), \
+        ("flow weight chosen on the training videos (eval.fusion_cv), which the streams were trained on: "
+         "not an honest selection (set train.val_groups or train.val_fraction)")
 
 
 def _train_groups(items: Sequence[Item], groups: dict[str, str] | None) -> list[str] | None:
@@ -248,12 +379,12 @@ def _train_groups(items: Sequence[Item], groups: dict[str, str] | None) -> list[
     return [groups[v] for v, _ in items]
 
 
-def _features(streams: Sequence[Stream], outputs: dict[str, dict[str, Outputs]],
+def _features(streams: Sequence[_Scored], outputs: dict[str, dict[str, Outputs]],
               items: Sequence[Item]) -> dict[str, np.ndarray]:
     return {s.name: np.stack([outputs[v][s.name].feature for v, _ in items]) for s in streams}
 
 
-def _save_features(features_dir: Path, streams: Sequence[Stream], outputs: dict[str, dict[str, Outputs]],
+def _save_features(features_dir: Path, streams: Sequence[_Scored], outputs: dict[str, dict[str, Outputs]],
                    train_items: Sequence[Item], test_items: Sequence[Item], cfg: EvalConfig, protocol: str,
                    excluded: int, train_groups: Sequence[str] | None = None) -> None:
     """features/<stream>.npz: raw pool5 (averaged over clips and mirrors) of the train and test videos,
@@ -283,3 +414,4 @@ def _read_features(path: Path) -> dict[str, np.ndarray]:
             return {k: data[k] for k in data.files}
     except (OSError, ValueError) as e:
         raise FusionError(f"{path}: cannot read saved features ({e}): rerun `make eval`") from None
+

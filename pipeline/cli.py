@@ -12,8 +12,6 @@ STAGE_HELP = {
     "flow": "decode videos, compute TV-L1 flow, write the frame + flow store",
     "train": "train one P3D stream (--stream rgb|flow) on the stored frames or flow",
     "eval": "video-level testing, two-stream fusion, features + linear SVM, report",
-    "transfer": "frozen stream features + linear classifiers on other benchmarks (UCF101, ActivityNet, ASLAN, "
-                "scenes), one report beside the paper's",
 }
 
 CONFIG_HELP = "print the resolved settings as TOML, every key with its default and its comment"
@@ -24,6 +22,11 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="TOML config file (configs/*.toml); defaults when omitted")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting, e.g. --set flow.bound=20 (repeatable)")
+
+
+def _add_run_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", default=None, metavar="NAME",
+                        help="a named run: outputs under work_dir/runs/NAME/ (sets train.run; flow is shared)")
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -45,7 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(synth)
     synth.add_argument("--force", action="store_true",
                        help="regenerate everything (needed when the [synth] settings changed)")
-    _add_config_args(stages.add_parser("eval", help=STAGE_HELP["eval"], description=STAGE_HELP["eval"]))
+    evaluate = stages.add_parser("eval", help=STAGE_HELP["eval"], description=STAGE_HELP["eval"])
+    _add_config_args(evaluate)
+    evaluate.add_argument("--rgb", type=Path, default=None,
+                          help="RGB checkpoint to score (a file, imported weights, or a run folder: its last.pt)")
+    evaluate.add_argument("--flow", type=Path, default=None, help="flow checkpoint to score (as --rgb)")
+    _add_run_arg(evaluate)
     config = stages.add_parser("config", help=CONFIG_HELP, description=CONFIG_HELP)
     _add_config_args(config)
     config.add_argument("--markdown", action="store_true",
@@ -61,12 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = stages.add_parser("train", help=STAGE_HELP["train"], description=STAGE_HELP["train"])
     _add_config_args(train)
     train.add_argument("--stream", choices=("rgb", "flow"), required=True, help="which stream to train")
-
-    transfer = stages.add_parser("transfer", help=STAGE_HELP["transfer"], description=STAGE_HELP["transfer"])
-    _add_config_args(transfer)
-    transfer.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
-                          help="compute flow and features of videos i, i+n, ... only, no report (then run "
-                               "without --shard)")
+    _add_run_arg(train)
 
     from pipeline import tools_cli  # import-weights, predict, features, export
     tools_cli.add_subcommands(stages)
@@ -83,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     from streams.errors import StreamsError
 
     try:
-        cfg = load_config(args.config, args.overrides)
+        run = getattr(args, "run", None)
+        cfg = load_config(args.config, [*args.overrides, *([f"train.run={run!r}"] if run is not None else [])])
         if args.stage in tools_cli.COMMANDS:
             tools_cli.run(args, cfg)
         elif args.stage == "config":
@@ -95,10 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "train":
             stages.train_stage(cfg, args.stream)
         elif args.stage == "eval":
-            stages.eval_stage(cfg)
-        elif args.stage == "transfer":
-            from pipeline.transfer.stage import transfer_stage
-            transfer_stage(cfg, shard=args.shard, source=str(args.config or "<defaults>"))
+            checkpoints = {name: path for name, path in (("rgb", args.rgb), ("flow", args.flow)) if path}
+            stages.eval_stage(cfg, checkpoints or None)
     except (PipelineError, FlowError, StreamsError, FusionError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from flow.stage import FlowJob, run_flow
 from flow.store import open_store
 from fusion.stage import average_splits, run_eval
@@ -18,17 +20,51 @@ from pipeline.synth import generate
 from streams.train import train_stream
 
 
-
 def flow_dir(cfg: Config) -> Path:
     return cfg.work / "flow"
 
 
+def run_dir(cfg: Config) -> Path:
+    """Where a run's training and eval go: work_dir itself for the default run (`train.run = ""`),
+    work_dir/runs/<run> for a named one. Every run shares work_dir/flow."""
+    return cfg.work / "runs" / cfg.train.run if cfg.train.run else cfg.work
+
+
 def train_dir(cfg: Config, stream: str, split: str) -> Path:
-    return cfg.work / "train" / stream / f"split{split}"
+    return run_dir(cfg) / "train" / stream / f"split{split}"
 
 
 def eval_dir(cfg: Config) -> Path:
-    return cfg.work / "eval"
+    return run_dir(cfg) / "eval"
+
+
+def held_out(cfg: Config, dataset: Dataset) -> tuple[set[str], str]:
+    """The training-split videos held out as validation (`train.val_groups` by name, or
+    `train.val_fraction` of the split's groups, chosen by `train.seed`), and a phrase naming them.
+    Whole groups go, so no actor or scene of a held-out video is trained on; a video without a group
+    is its own group. PipelineError for a named group the split lacks, or when nothing would be left."""
+    tc = cfg.train
+    if not tc.val_groups and not tc.val_fraction:
+        return set(), ""
+    train = dataset.train()
+    group_of = {v.video_id: v.group if v.group is not None else v.video_id for v in train}
+    groups = sorted(set(group_of.values()))
+    if tc.val_groups:
+        unknown = sorted(set(tc.val_groups) - set(groups))
+        if unknown:
+            raise PipelineError(f"train.val_groups: {', '.join(unknown)} not among the groups of split "
+                                f"{dataset.split}'s training videos (e.g. {', '.join(groups[:5])})")
+        chosen = sorted(set(tc.val_groups))
+    else:
+        count = max(1, round(tc.val_fraction * len(groups)))
+        order = np.random.default_rng(tc.seed).permutation(len(groups))
+        chosen = sorted(groups[i] for i in order[:count])
+    if len(chosen) >= len(groups):
+        raise PipelineError(f"train.val_groups / val_fraction would hold out all {len(groups)} groups of split "
+                            f"{dataset.split}'s training videos: nothing would be left to train on")
+    shown = ", ".join(chosen[:8]) + (f" and {len(chosen) - 8} more" if len(chosen) > 8 else "")
+    videos = {v for v, g in group_of.items() if g in set(chosen)}
+    return videos, f"{len(videos)} videos of {len(chosen)} of the training split's {len(groups)} groups: {shown}"
 
 
 def split_datasets(cfg: Config) -> list[tuple[str, Dataset]]:
@@ -81,9 +117,15 @@ def _stored(cfg: Config, dataset: Dataset, stage: str) -> tuple[set[str], list[s
 def train_stage(cfg: Config, stream: str) -> None:
     for split, dataset in split_datasets(cfg):
         done, _ = _stored(cfg, dataset, f"train-{stream}")
-        train = [(v.video_id, v.label) for v in dataset.videos if v.split == "train" and v.video_id in done]
-        val = [(v.video_id, v.label) for v in dataset.videos
-               if v.split in ("test", "val") and v.video_id in done]
+        held, note = held_out(cfg, dataset)
+        train = [(v.video_id, v.label) for v in dataset.videos
+                 if v.split == "train" and v.video_id in done and v.video_id not in held]
+        if held:  # validation (and the accuracy it prints) on the held-out groups, never the test split
+            print(f"train: held out as validation: {note}")
+            val = [(v.video_id, v.label) for v in dataset.videos if v.video_id in held and v.video_id in done]
+        else:
+            val = [(v.video_id, v.label) for v in dataset.videos
+                   if v.split in ("test", "val") and v.video_id in done]
         if not train:
             raise PipelineError(f"split {split} of {cfg.dataset.format} has no training video with flow")
         out = train_dir(cfg, stream, split)
@@ -92,24 +134,71 @@ def train_stage(cfg: Config, stream: str) -> None:
         train_stream(flow_dir(cfg), train, val, dataset.classes, stream, cfg.model, cfg.train, out)
 
 
-def eval_stage(cfg: Config) -> None:
+def eval_stage(cfg: Config, checkpoints: dict[str, Path] | None = None) -> None:
+    """Evaluate a run's streams (default: both, the finished models of its training runs) or the given
+    checkpoints ({"rgb": path, "flow": path}, one or both: files, imported weights or run folders)."""
     tables = []
     out_root = eval_dir(cfg)
     splits = split_datasets(cfg)
+    if checkpoints and len(splits) > 1:
+        raise PipelineError("--rgb/--flow give one checkpoint per stream, but dataset.split = \"all\" evaluates "
+                            "three splits, each with its own training: evaluate one split (--set dataset.split=1)")
     for split, dataset in splits:
         done, _ = _stored(cfg, dataset, "eval")
-        train = [(v.video_id, v.labels) for v in dataset.videos if v.split == "train" and v.video_id in done]
+        held, note = held_out(cfg, dataset)
+        train = [(v.video_id, v.labels) for v in dataset.videos
+                 if v.split == "train" and v.video_id in done and v.video_id not in held]
+        val = [(v.video_id, v.labels) for v in dataset.videos if v.video_id in held and v.video_id in done]
         test = [(v.video_id, v.labels) for v in dataset.videos
                 if v.split in ("test", "val") and v.video_id in done]
         # Only test videos count as excluded in the report; missing training videos just shrink the SVM's set.
         missing = [v.video_id for v in dataset.videos if v.split in ("test", "val") and v.video_id not in done]
-        checkpoints = {stream: train_dir(cfg, stream, split) for stream in ("rgb", "flow")}
+        streams = checkpoints or {stream: train_dir(cfg, stream, split) for stream in ("rgb", "flow")}
         out = out_root if len(splits) == 1 else out_root / f"split{split}"
         write_resolved(cfg, out)
         # Groups (UCF101, SynthActions) keep the clips of one group on one side of the SVM's CV folds.
         groups = {v.video_id: v.group for v in dataset.videos if v.split == "train" and v.group}
-        tables.append(run_eval(flow_dir(cfg), checkpoints, train, test, dataset.classes, cfg.eval, out,
+        tables.append(run_eval(flow_dir(cfg), streams, train, test, dataset.classes, cfg.eval, out,
                                protocol=f"{cfg.dataset.format} split {split}", excluded=missing,
-                               train_groups=groups or None))
+                               val_items=val, val_note=note, train_groups=groups or None))
     if len(tables) > 1:
         average_splits(tables, out_root, protocol=f"{cfg.dataset.format} 3-split average")
+
+
+def show_flow_stage(cfg: Config, video_id: str, *, out: Path | None = None, frames: int = 6,
+                    max_flow: float = 0.0) -> Path:
+    """`show-flow`: a contact sheet PNG of `frames` evenly spaced RGB frames of a stored video over
+    the flow from each to the next, colour-coded at one fixed scale (`max_flow` px per frame = full
+    saturation; 0 = a quarter of the store's flow bound), with the colour wheel as legend."""
+    from flow.encoding import decode
+    from flow.errors import FlowError
+    from fusion.figures import contact_sheet
+
+    store_root = flow_dir(cfg)
+    if not (store_root / "store.json").is_file():
+        raise PipelineError(f"no flow store at {store_root}: run `make flow` (python -m pipeline flow --config ...) "
+                            "before `show-flow`")
+    if frames < 1:
+        raise PipelineError(f"--frames must be >= 1, got {frames}")
+    store = open_store(store_root)
+    try:
+        stored = store.has(video_id)
+    except FlowError as e:
+        raise PipelineError(str(e)) from None
+    if not stored:
+        ids = store.video_ids()
+        raise PipelineError(f"video {video_id!r} is not in the store at {store_root} ({len(ids)} videos, "
+                            f"e.g. {', '.join(ids[:3])}); ids are paths under the dataset root without extension")
+    scale = max_flow if max_flow > 0 else store.bound / 4
+    with store.open(video_id) as video:
+        if video.num_flows < 1:
+            raise PipelineError(f"video {video_id!r} has {video.num_frames} frame(s) and no flow to show")
+        picks = sorted({int(round(i)) for i in np.linspace(0, video.num_flows - 1, min(frames, video.num_flows))})
+        rgb, flow = video.rgb(picks), decode(video.flow(picks), store.bound)
+        size = f"{video.width}x{video.height}"
+    out = Path(out) if out else cfg.work / "show-flow" / f"{video_id.replace('/', '__')}.png"
+    title = (f"{video_id}: {size}, frames {', '.join(map(str, picks))}; flow colour scale fixed at "
+             f"{scale:g} px/frame = full saturation (store bound {store.bound:g} px)")
+    contact_sheet(out, rgb, flow, picks, scale, title)
+    print(f"show-flow: wrote {out} ({title})")
+    return out

@@ -1,4 +1,4 @@
-"""The user tools of the CLI: `import-weights`, `predict`, `features`, `export`.
+"""The user tools of the CLI: `import-weights`, `predict`, `features`, `export`, `show-flow`.
 
 `pipeline/cli.py` adds them with `add_subcommands(subparsers)` and runs them with `run(args, cfg)`.
 Like the stages they take `--config` / `--set` (predict and features read `[flow]` for decoding and
@@ -17,6 +17,7 @@ HELP = {
     "predict": "top-5 classes of video files under an RGB and/or flow checkpoint, and fused",
     "features": "pool5 features of videos (the paper's 20-clip mirror-averaged protocol) to .npz/.parquet",
     "export": "export a checkpoint's stream to TorchScript and ONNX",
+    "show-flow": "a contact sheet PNG of a stored video: RGB frames over colour-coded flow at a fixed scale",
 }
 COMMANDS = tuple(HELP)
 FORMATS = ("torchscript", "onnx")
@@ -30,7 +31,7 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
-    """Add the four tools to the CLI's subparsers (dest "stage")."""
+    """Add the tools to the CLI's subparsers (dest "stage")."""
     p = subparsers.add_parser("import-weights", help=HELP["import-weights"], description=HELP["import-weights"])
     p.add_argument("src", type=Path, help="a .caffemodel, or a pseudo-3d-pytorch checkpoint (.pth.tar)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write (e.g. weights/p3d_rgb.pt)")
@@ -68,6 +69,15 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
                    help="what the exported graph returns: class logits or pool5 features")
     p.add_argument("--clip-len", type=int, default=None, help="frames per clip (default: the checkpoint's)")
     p.add_argument("--crop", type=int, default=None, help="clip height and width (default: the checkpoint's)")
+    p.add_argument("--force", action="store_true", help="overwrite exports that already exist")
+    _config_args(p)
+
+    p = subparsers.add_parser("show-flow", help=HELP["show-flow"], description=HELP["show-flow"])
+    p.add_argument("video_id", metavar="VIDEO_ID", help="a video of the flow store (e.g. ApplyEyeMakeup/v_..._g08_c01)")
+    p.add_argument("--out", type=Path, default=None, help="PNG to write (default work_dir/show-flow/<id>.png)")
+    p.add_argument("--frames", type=int, default=6, help="evenly spaced frames shown (default 6)")
+    p.add_argument("--max-flow", type=float, default=0.0,
+                   help="px per frame shown at full saturation (default: a quarter of the store's bound)")
     _config_args(p)
 
 
@@ -86,7 +96,12 @@ def run(args: argparse.Namespace, cfg: Config | None = None) -> None:
         from streams.export import export_checkpoint
 
         formats = FORMATS if not args.formats or "all" in args.formats else tuple(dict.fromkeys(args.formats))
-        export_checkpoint(args.checkpoint, args.out, formats, args.output, args.clip_len, args.crop)
+        export_checkpoint(args.checkpoint, args.out, formats, args.output, args.clip_len, args.crop, force=args.force)
+    elif args.stage == "show-flow":
+        from pipeline.stages import show_flow_stage
+
+        show_flow_stage(cfg or load_config(args.config, args.overrides), args.video_id, out=args.out,
+                        frames=args.frames, max_flow=args.max_flow)
     elif args.stage in ("predict", "features"):
         cfg = cfg or load_config(args.config, args.overrides)
         if args.stage == "predict":

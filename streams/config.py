@@ -74,6 +74,12 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest step checkpoints kept (best.pt and last.pt are kept apart)
     val_clips: int = 1  # evenly spaced centre-crop clips per validation video
     log_every: int = 10  # steps between metrics.jsonl lines (and the NaN check)
+    # Honest selection: whole groups of the training split held out as validation (never trained
+    # on; eval chooses the fusion rule and SVM C on them). Group names ("g08"), or a fraction of the
+    # split's groups picked by `seed`; a dataset without groups counts each video as its own group.
+    val_groups: list[str] = field(default_factory=list)
+    val_fraction: float = 0.0
+    run: str = ""  # a named run: training and eval under work_dir/runs/<run>/ ("" = work_dir/train, eval)
     progress: bool = True  # tqdm bar
 
     def validate(self) -> None:
@@ -98,6 +104,12 @@ class TrainConfig:
                                  f"crop = {self.crop}")
         elif min(self.resize) < self.crop:
             raise ValueError(f"crop: {self.crop} is larger than resize = {self.resize}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
+        if self.val_fraction and self.val_groups:
+            raise ValueError("val_groups: give held-out groups by name or by val_fraction, not both")
+        if self.run and (self.run in (".", "..") or not all(c.isalnum() or c in "-_." for c in self.run)):
+            raise ValueError(f"run: must be a plain folder name (letters, digits, '-', '_', '.'), got {self.run!r}")
         if self.schedule not in ("step", "cosine"):
             raise ValueError(f"schedule: must be 'step' or 'cosine', got {self.schedule!r}")
         if sorted(self.lr_steps) != list(self.lr_steps):

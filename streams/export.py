@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from streams.checkpoint import final_checkpoint, load_checkpoint
+from streams.checkpoint import load_stream
 from streams.errors import StreamsError
 
 FORMATS = ("torchscript", "onnx")
@@ -93,28 +94,43 @@ def export_onnx(model: nn.Module, path: Path | str, example: torch.Tensor, outpu
     return path
 
 
+def export_name(checkpoint: Path | str, modality: str) -> str:
+    """The exports' base name: the checkpoint's file name up to its first dot, with `_<modality>`
+    added unless the name already says which stream it is (`rgb.pt` -> rgb, `p3d_flow_kinetics.pt`
+    -> p3d_flow_kinetics, `last.pt` -> last_rgb), so the two streams of a run never share a name."""
+    stem = Path(checkpoint).name.split(".")[0]
+    tokens = re.split(r"[^0-9a-zA-Z]+", stem.lower())
+    return stem if modality in tokens else f"{stem}_{modality}"
+
+
 def export_checkpoint(checkpoint: Path | str, out_dir: Path | str, formats: Sequence[str] = FORMATS,
-                      output: str = "logits", clip_len: int | None = None, crop: int | None = None) -> list[Path]:
+                      output: str = "logits", clip_len: int | None = None, crop: int | None = None,
+                      force: bool = False) -> list[Path]:
     """Export the stream of a checkpoint (trained or imported; a training directory stands for its
-    last.pt) to `out_dir`/<checkpoint name>.<output>.{pt,onnx} and a `.json` describing the input;
-    returns the paths written.
+    last.pt) to `out_dir`/<name>.<output>.{pt,onnx} and a `.json` describing the input, <name> from
+    `export_name` (it names the stream); returns the paths written. Existing files are refused
+    (StreamsError naming them) unless `force`.
 
     `clip_len` and `crop` default to the checkpoint's training clips (16 x 160 x 160 for the paper's).
     """
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise StreamsError(f"export formats must be among {', '.join(FORMATS)}, got {list(formats)}")
-    if Path(checkpoint).is_dir():  # a training run directory: its finished model
-        checkpoint = final_checkpoint(checkpoint)
-    model, ckpt = load_checkpoint(checkpoint)
+    model, ckpt = load_stream(checkpoint)
+    checkpoint = ckpt.path
     clip_len = clip_len or int(ckpt.train_config.get("clip_len", 16))
     crop = crop or int(ckpt.train_config.get("crop", 160))
     example = torch.zeros(1, ckpt.in_channels, clip_len, crop, crop)
-    stem = Path(checkpoint).name.split(".")[0]
+    stem = export_name(checkpoint, ckpt.modality)
     out_dir = Path(out_dir)
+    targets = {fmt: out_dir / f"{stem}.{output}{SUFFIX[fmt]}" for fmt in formats}
+    meta = out_dir / f"{stem}.{output}.json"
+    existing = [str(p) for p in [*targets.values(), meta] if p.exists()]
+    if existing and not force:
+        raise StreamsError(f"export would overwrite {', '.join(existing)}: pass --force to replace them, "
+                           "or choose another --out")
     written = []
-    for fmt in formats:
-        target = out_dir / f"{stem}.{output}{SUFFIX[fmt]}"
+    for fmt, target in targets.items():
         export = export_torchscript if fmt == "torchscript" else export_onnx
         written.append(export(model, target, example, output))
     info = {"checkpoint": str(checkpoint), "arch": ckpt.arch, "modality": ckpt.modality, "output": output,
@@ -122,7 +138,6 @@ def export_checkpoint(checkpoint: Path | str, out_dir: Path | str, formats: Sequ
             "input_layout": "float32 [batch, channels, frames, height, width]",
             "input_convention": ckpt.input_convention, "classes": ckpt.classes,
             "files": [p.name for p in written]}
-    meta = out_dir / f"{stem}.{output}.json"
     tmp = _tmp(meta)
     tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, meta)

@@ -66,7 +66,7 @@ def stored_video_scores(video: Path, store_dir: Path, ckpts: dict[str, Path], cf
 def test_predict_gives_the_scores_of_make_flow_then_eval(tmp_path, tiny_checkpoints):
     video = write_avi(tmp_path / "clip.avi")
     ckpts = checkpoints(tiny_checkpoints)
-    cfg = EvalConfig(clips=3, crops="three")
+    cfg = EvalConfig(clips=3, crops="three", fusion_scores="softmax")
     expected = stored_video_scores(video, tmp_path / "store", ckpts, cfg)
     streams = load_streams(ckpts, cfg)
     prediction = predict_video(video, streams, FAST_FLOW, cfg, top_k=3)
@@ -80,6 +80,27 @@ def test_predict_gives_the_scores_of_make_flow_then_eval(tmp_path, tiny_checkpoi
     np.testing.assert_allclose([got[c] for c in classes], fused, atol=1e-6)
     probabilities = [p for _, p in prediction.top["fusion"]]
     assert probabilities == sorted(probabilities, reverse=True)
+
+
+def test_predict_and_eval_fuse_raw_scores_the_same_way(tmp_path, tiny_checkpoints):
+    """The default (TSN) rule: the 1 : 1.5 weighted mean of the averaged logits, shown through a softmax,
+    is fusion.fuse.fuse, the function `make eval` fuses with."""
+    video = write_avi(tmp_path / "clip.avi")
+    ckpts = checkpoints(tiny_checkpoints)
+    cfg = EvalConfig(clips=2)
+    assert cfg.fusion_scores == "raw" and cfg.fusion_weights == [1.0, 1.5]
+    expected = stored_video_scores(video, tmp_path / "store", ckpts, cfg)
+    streams = load_streams(ckpts, cfg)
+    prediction = predict_video(video, streams, FAST_FLOW, cfg, top_k=3)
+    classes = streams[0].checkpoint.classes
+    logits = (expected["rgb"] + 1.5 * expected["flow"]) / 2.5
+    fused = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    got = dict(prediction.top["fusion"])
+    np.testing.assert_allclose([got[c] for c in classes], fused, atol=1e-6)
+    np.testing.assert_allclose(fuse.fuse(expected["rgb"], expected["flow"], (1.0, 1.5)), logits, rtol=1e-12)
+    rgb = dict(prediction.top["rgb"])
+    soft = np.exp(expected["rgb"] - expected["rgb"].max())
+    np.testing.assert_allclose([rgb[c] for c in classes], soft / soft.sum(), atol=1e-6)
 
 
 def test_flow_is_computed_only_for_the_views(tmp_path):
@@ -115,7 +136,7 @@ def test_predict_reports_broken_videos_and_goes_on(tmp_path, tiny_checkpoints):
 def test_predict_checks_the_streams(tmp_path, tiny_checkpoints):
     ckpts = checkpoints(tiny_checkpoints)
     video = write_avi(tmp_path / "v.avi")
-    with pytest.raises(FusionError, match="is a rgb stream, given as the flow one"):
+    with pytest.raises(FusionError, match="is a rgb stream but was given as the flow stream"):
         predict([video], {"flow": ckpts["rgb"]}, FAST_FLOW, EvalConfig(clips=1))
     with pytest.raises(FusionError, match="an RGB and/or a flow checkpoint"):
         predict([video], {}, FAST_FLOW, EvalConfig(clips=1))

@@ -1,0 +1,196 @@
+"""The report's pictures (matplotlib, Agg): confusion matrices that stay readable from 3 to 400 classes,
+per-class accuracy bars, accuracy against the fusion weight, and the flow contact sheet of `show-flow`.
+
+Each function draws one PNG and writes it under a temporary name first, so a half-written picture
+is never taken for done. Sizes grow with the number of classes but are capped: a 400-class
+confusion matrix is one pixel block per class pair, not one labelled cell.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from flow.visualise import flow_to_colour
+from fusion import metrics
+from fusion.metrics import Labels
+
+SMALL = 30  # up to this many classes a confusion matrix shows every count and every name
+NAMED = 150  # up to this many every class name is a tick label; beyond, every k-th
+DPI = 110
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path, tight: bool = True) -> Path:
+    """Write `fig` as PNG (temporary name, then rename). `tight=False` for figures with hundreds of
+    labels, whose margins are set by hand: the tight box lays out every label twice."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        fig.savefig(tmp, dpi=DPI, format="png", bbox_inches="tight" if tight else None)
+        os.replace(tmp, path)
+    finally:
+        _pyplot().close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def class_order(per_class: np.ndarray) -> np.ndarray:
+    """Classes from the best recognised to the worst (mean of the methods' per-class hit@1, NaN last;
+    ties by index), the order of the large confusion matrices and the bars."""
+    if per_class.ndim == 2:
+        seen = ~np.isnan(per_class).all(axis=0)
+        mean = np.full(per_class.shape[1], -1.0)
+        mean[seen] = np.nanmean(per_class[:, seen], axis=0)
+    else:
+        mean = np.where(np.isnan(per_class), -1.0, per_class)
+    return np.lexsort((np.arange(len(mean)), -mean))
+
+
+def confusion(path: Path, names: Sequence[str], scores: Sequence[np.ndarray], labels: Labels,
+              classes: Sequence[str]) -> Path:
+    """Row-normalised confusion matrices (rows: true class), one panel per method (`names`, `scores`).
+
+    Up to SMALL classes: side by side, every cell with a count printed and every class named. More:
+    panels in a grid, classes sorted by accuracy (best first, the same order on both axes and in
+    every panel), a square-root colour scale so that rare confusions show, and the true classes named
+    down the left (every k-th beyond NAMED); results.md lists the most confused pairs by name.
+    """
+    plt = _pyplot()
+    from matplotlib.colors import PowerNorm
+
+    n, k = len(classes), len(names)
+    counts = [metrics.confusion_matrix(s, labels, n).astype(float) for s in scores]
+    hits = np.stack([metrics.per_class_accuracy(metrics.hits_at_k(s, labels, 1), labels, n) for s in scores])
+    if n <= SMALL:
+        order = np.arange(n)
+        cols, rows, side = k, 1, max(3.2, 0.32 * n + 1.5)
+    else:
+        order = class_order(hits)
+        cols = 1 if k == 1 else 2
+        rows = -(-k // cols)
+        side = min(15.0, 3.0 + 0.06 * n)  # 101 classes: 9 in; 400: 15 in, about 4 px per class
+    fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 1.5, side * rows + 0.6), squeeze=False)
+    image = None
+    for ax, name, c, h in zip(axes.ravel(), names, counts, hits):
+        c = c[np.ix_(order, order)]
+        rates = c / np.maximum(c.sum(axis=1, keepdims=True), 1)
+        norm = PowerNorm(0.5, vmin=0, vmax=1) if n > SMALL else None
+        image = ax.imshow(rates, cmap="viridis", interpolation="nearest", norm=norm,
+                          **({} if norm else {"vmin": 0, "vmax": 1}))
+        acc = 100 * np.nanmean(h)
+        ax.set_title(f"{name}: mean class accuracy {acc:.1f}%" + ("" if n <= SMALL else " (classes by accuracy)"),
+                     fontsize=9)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        labels_shown = [classes[i] for i in order]
+        if n <= SMALL:
+            for (i, j), value in np.ndenumerate(c):
+                if value:
+                    ax.text(j, i, f"{int(value)}", ha="center", va="center", fontsize=6,
+                            color="black" if rates[i, j] > 0.6 else "white")
+            ax.set_xticks(range(n), labels_shown, rotation=90, fontsize=6)
+            ax.set_yticks(range(n), labels_shown, fontsize=6)
+        else:
+            step = 1 if n <= NAMED else int(np.ceil(n / NAMED))
+            ticks = list(range(0, n, step))
+            ax.set_xlabel("predicted (classes in the order of the rows)")
+            ax.set_xticks([])
+            ax.set_yticks(ticks, [labels_shown[t] for t in ticks], fontsize=max(2.5, min(6.0, 600 / n)))
+    for ax in axes.ravel()[k:]:
+        ax.axis("off")
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, label="share of the true class's videos")
+    return _save(fig, path)
+
+
+def per_class_bars(path: Path, names: Sequence[str], accuracy: np.ndarray, classes: Sequence[str]) -> Path:
+    """Per-class video hit@1 (percent, `accuracy` [methods, classes]) as horizontal bars of the first
+    method, sorted best first, with the other methods as markers on the same rows."""
+    plt = _pyplot()
+    n = len(classes)
+    order = class_order(accuracy[0])
+    height = min(60.0, max(2.5, 0.13 * n + 1.2))
+    fig, ax = plt.subplots(figsize=(7.5, height))
+    y = np.arange(n)
+    ax.barh(y, np.nan_to_num(accuracy[0][order]), color="#4c72b0", height=0.8, label=names[0])
+    markers = "os^Dv<>"
+    for m, (name, acc) in enumerate(zip(names[1:], accuracy[1:])):
+        ax.scatter(acc[order], y, s=10, marker=markers[m % len(markers)], zorder=3, label=name)
+    ax.set_yticks(y, [classes[i] for i in order], fontsize=max(3.0, min(8.0, 700 / max(n, 1))))
+    ax.set_ylim(n - 0.5, -0.5)  # best first, at the top
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("video hit@1 of the class's test videos (%)")
+    ax.set_title(f"Per-class accuracy, sorted by {names[0]}", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    if n > SMALL:
+        fig.subplots_adjust(left=0.3, right=0.97, top=1 - 0.5 / height, bottom=0.6 / height)
+    return _save(fig, path, tight=n <= SMALL)
+
+
+def weight_curve(path: Path, curves: dict[str, tuple[Sequence[float], np.ndarray]],
+                 chosen: tuple[str, float] | None = None) -> Path:
+    """Video hit@1 (percent) against the flow weight (RGB weight 1), one line per curve
+    ({"test, raw": (weights, hit@1 in 0..1), ...}); `chosen` = (score kind, weight) is marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    for label, (weights, acc) in curves.items():
+        style = "--" if label.startswith("held-out") else "-"
+        ax.plot(weights, 100 * np.asarray(acc), style, marker="o", markersize=3, label=label)
+    if chosen is not None:
+        ax.axvline(chosen[1], color="grey", lw=0.8, ls=":")
+        ax.text(chosen[1], ax.get_ylim()[1], f" used: {chosen[0]} 1:{chosen[1]:g}", fontsize=7, va="top")
+    ax.set_xlabel("flow weight (RGB weight 1)")
+    ax.set_ylabel("video hit@1 (%)")
+    ax.set_title("Late fusion: accuracy against the flow weight", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def wheel_legend(size: int = 65) -> np.ndarray:
+    """uint8 [size, size, 3] BGR: the Middlebury wheel, a disc whose rim is motion of `max_flow`."""
+    r = (size - 1) / 2
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64)
+    flow = np.stack([(x - r) / r, (y - r) / r], axis=-1)
+    out = flow_to_colour(flow, max_flow=1.0)
+    out[np.hypot(*(flow[..., i] for i in range(2))) > 1] = 255
+    return out
+
+
+def contact_sheet(path: Path, rgb: np.ndarray, flows: np.ndarray, indices: Sequence[int], max_flow: float,
+                  title: str) -> Path:
+    """RGB frames (uint8 [K, H, W, 3] BGR) over the flow from each to the next (float [K, H, W, 2], px),
+    colour-coded at one fixed scale, `max_flow` px = full saturation, with the colour wheel as legend."""
+    plt = _pyplot()
+    k = len(indices)
+    h, w = rgb.shape[1:3]
+    width = min(24.0, max(6.0, 2.2 * k + 1.6))
+    fig, axes = plt.subplots(2, k + 1, figsize=(width, width / (k + 1) * 2 * h / w + 0.9), squeeze=False,
+                             gridspec_kw={"width_ratios": [1] * k + [0.7]})
+    for col, i in enumerate(indices):
+        axes[0, col].imshow(rgb[col][..., ::-1])
+        axes[0, col].set_title(f"frame {i}", fontsize=8)
+        axes[1, col].imshow(flow_to_colour(flows[col], max_flow)[..., ::-1])
+        axes[1, col].set_title(f"flow {i}->{i + 1}", fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0, k].axis("off")
+    axes[1, k].imshow(wheel_legend()[..., ::-1])
+    axes[1, k].set_title(f"rim = {max_flow:g} px/frame", fontsize=7)
+    axes[1, k].set_xlabel("hue: direction\n(right red, down yellow,\nleft blue, up violet)", fontsize=6)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
