@@ -12,6 +12,8 @@ STAGE_HELP = {
     "flow": "decode videos, compute TV-L1 flow, write the frame + flow store",
     "train": "train one P3D stream (--stream rgb|flow) on the stored frames or flow",
     "eval": "video-level testing, two-stream fusion, features + linear SVM, report",
+    "transfer": "frozen stream features + linear classifiers on other benchmarks (UCF101, ActivityNet, ASLAN, "
+                "scenes), one report beside the paper's",
 }
 
 CONFIG_HELP = "print the resolved settings as TOML, every key with its default and its comment"
@@ -71,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--stream", choices=("rgb", "flow"), required=True, help="which stream to train")
     _add_run_arg(train)
 
+    transfer = stages.add_parser("transfer", help=STAGE_HELP["transfer"], description=STAGE_HELP["transfer"])
+    _add_config_args(transfer)
+    transfer.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
+                          help="compute flow and features of videos i, i+n, ... only, no report (then run "
+                               "without --shard)")
+
     from pipeline import tools_cli  # import-weights, predict, features, export
     tools_cli.add_subcommands(stages)
     return parser
@@ -101,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "eval":
             checkpoints = {name: path for name, path in (("rgb", args.rgb), ("flow", args.flow)) if path}
             stages.eval_stage(cfg, checkpoints or None)
+        elif args.stage == "transfer":
+            from pipeline.transfer.stage import transfer_stage
+            transfer_stage(cfg, shard=args.shard, source=str(args.config or "<defaults>"))
     except (PipelineError, FlowError, StreamsError, FusionError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
