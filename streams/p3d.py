@@ -227,13 +227,7 @@ def p3d63(num_classes: int, in_channels: int = 3, dropout: float = 0.5, partial_
     From `Learning Spatio-Temporal Representation with Pseudo-3D Residual Networks
     <https://arxiv.org/abs/1711.10305>`__ (Qiu, Yao, Mei, ICCV 2017).
     25.69M conv + fc weights; 8.44 GMACs on a 16x160x160 clip (400 classes, RGB).
-
-    Args:
-        num_classes: outputs of `fc`.
-        in_channels: 3 for the RGB stream, 2 for the flow stream (x and y of each flow field).
-        dropout: before `fc` (the official Kinetics nets: 0.5 RGB, 0.7 flow).
-        partial_bn: freeze every BN but `bn1` (running statistics and scale/shift), as the official
-            nets are fine-tuned.
+    Arguments as for `build_model`.
     """
     return build_model("p3d63", num_classes, in_channels, dropout, partial_bn)
 
@@ -244,13 +238,7 @@ def p3d131(num_classes: int, in_channels: int = 3, dropout: float = 0.5, partial
     From `Learning Spatio-Temporal Representation with Pseudo-3D Residual Networks
     <https://arxiv.org/abs/1711.10305>`__ (Qiu, Yao, Mei, ICCV 2017).
     47.97M conv + fc weights; 12.90 GMACs on a 16x160x160 clip (400 classes, RGB).
-
-    Args:
-        num_classes: outputs of `fc`.
-        in_channels: 3 for the RGB stream, 2 for the flow stream (x and y of each flow field).
-        dropout: before `fc` (the official Kinetics nets: 0.5 RGB, 0.7 flow).
-        partial_bn: freeze every BN but `bn1` (running statistics and scale/shift), as the official
-            nets are fine-tuned.
+    Arguments as for `build_model`.
     """
     return build_model("p3d131", num_classes, in_channels, dropout, partial_bn)
 
@@ -262,13 +250,7 @@ def p3d199(num_classes: int, in_channels: int = 3, dropout: float = 0.5, partial
     <https://arxiv.org/abs/1711.10305>`__ (Qiu, Yao, Mei, ICCV 2017).
     66.32M conv + fc weights; 18.40 GMACs on a 16x160x160 clip (400 classes, RGB), the
     figures of the official Kinetics deploy prototxt.
-
-    Args:
-        num_classes: outputs of `fc`.
-        in_channels: 3 for the RGB stream, 2 for the flow stream (x and y of each flow field).
-        dropout: before `fc` (the official Kinetics nets: 0.5 RGB, 0.7 flow).
-        partial_bn: freeze every BN but `bn1` (running statistics and scale/shift), as the official
-            nets are fine-tuned.
+    Arguments as for `build_model`.
     """
     return build_model("p3d199", num_classes, in_channels, dropout, partial_bn)
 
@@ -280,13 +262,7 @@ def p3d_small(num_classes: int, in_channels: int = 3, dropout: float = 0.5, part
     wiring is that of `Learning Spatio-Temporal Representation with Pseudo-3D Residual Networks
     <https://arxiv.org/abs/1711.10305>`__ (Qiu, Yao, Mei, ICCV 2017). 0.83M conv + fc weights;
     0.69 GMACs on a 16x160x160 clip (400 classes, RGB).
-
-    Args:
-        num_classes: outputs of `fc`.
-        in_channels: 3 for the RGB stream, 2 for the flow stream (x and y of each flow field).
-        dropout: before `fc` (the official Kinetics nets: 0.5 RGB, 0.7 flow).
-        partial_bn: freeze every BN but `bn1` (running statistics and scale/shift), as the official
-            nets are fine-tuned.
+    Arguments as for `build_model`.
     """
     return build_model("p3d_small", num_classes, in_channels, dropout, partial_bn)
 
@@ -298,13 +274,7 @@ def p3d_tiny(num_classes: int, in_channels: int = 3, dropout: float = 0.5, parti
     `Learning Spatio-Temporal Representation with Pseudo-3D Residual Networks
     <https://arxiv.org/abs/1711.10305>`__ (Qiu, Yao, Mei, ICCV 2017). 0.23M conv + fc weights;
     0.28 GMACs on a 16x160x160 clip (400 classes, RGB).
-
-    Args:
-        num_classes: outputs of `fc`.
-        in_channels: 3 for the RGB stream, 2 for the flow stream (x and y of each flow field).
-        dropout: before `fc` (the official Kinetics nets: 0.5 RGB, 0.7 flow).
-        partial_bn: freeze every BN but `bn1` (running statistics and scale/shift), as the official
-            nets are fine-tuned.
+    Arguments as for `build_model`.
     """
     return build_model("p3d_tiny", num_classes, in_channels, dropout, partial_bn)
 

@@ -74,7 +74,7 @@ def test_parameter_counts(arch):
 def test_builder_docstrings_cite_the_paper_and_state_the_weights(arch):
     """torchvision-style builder docstrings; the weight count they state is the model's."""
     doc = BUILDERS[arch].__doc__ or ""
-    assert "<https://arxiv.org/abs/1711.10305>" in doc and "Args:" in doc
+    assert "<https://arxiv.org/abs/1711.10305>" in doc and "`build_model`" in doc
     conv_fc, _ = analytic_weights(arch, 400)
     assert f"{conv_fc / 1e6:.2f}M conv + fc weights" in " ".join(doc.split())
 
