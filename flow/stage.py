@@ -114,7 +114,13 @@ def make_backend(cfg: FlowConfig, device: str | None = None) -> Any:
         if key not in _TORCH_BACKENDS:
             _TORCH_BACKENDS[key] = TorchTVL1(cfg, device or cfg.device)
         return _TORCH_BACKENDS[key]
-    raise FlowError(f"flow.backend: must be 'opencv' or 'torch', got {cfg.backend!r}")
+    if cfg.backend == "fast":
+        try:
+            from flow.tvl1_fast import FastTVL1
+        except ImportError as e:
+            raise FlowError(f"flow.backend = 'fast' is not available here ({e}); use 'opencv'") from None
+        return FastTVL1(cfg)
+    raise FlowError(f"flow.backend: must be 'fast', 'opencv' or 'torch', got {cfg.backend!r}")
 
 
 class _Orphaned(Exception):
@@ -456,6 +462,7 @@ def run_flow(videos: Sequence[FlowJob], out_dir: Path, cfg: FlowConfig, *, shard
             pass  # the disk is full: the error being raised says so
         raise
     write_manifest(manifest, list(rows.values()))
+    store.clean_stale([job.video_id for job in todo])  # what workers that died were writing
     failed = len(failures)
 
     summary = FlowSummary(videos=len(mine), computed=computed, skipped=skipped, failed=failed,

@@ -86,11 +86,11 @@ class VideoFrames(ABC):
     def flow(self, indices: Sequence[int]) -> np.ndarray:
         """uint8 [T, H, W, 2] flow images at `indices`, x then y, 128 = no motion."""
 
-    def verify(self) -> None:
+    def verify(self) -> None:  # noqa: B027 (a no-op for layouts without checksums)
         """FlowError naming the video and image if a stored image does not match its checksum
         (packed layout; packs written before checksums existed, and mmaction JPEGs, have none)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a no-op for layouts that hold nothing open)
         pass
 
     def __enter__(self) -> VideoFrames:
@@ -349,9 +349,10 @@ class VideoWriter(ABC):
 class PackWriter(VideoWriter):
     """`<video_id>.pack`: magic, every RGB blob in frame order, every flow blob in order, an int64
     index of (offset, length) rows (frames, then flows), the uint32 CRC32 of every blob in the same
-    order, a JSON meta, its length (uint64) and the magic again. Flow blobs wait in a side file until commit, so the bytes do not depend on how the
-    video was chunked, nor on time or machine: equal inputs give equal files. The frames of a window
-    lie next to each other and are read with one system call."""
+    order, a JSON meta, its length (uint64) and the magic again. Flow blobs wait in a side file until
+    commit, so the bytes do not depend on how the video was chunked, nor on time or machine: equal
+    inputs give equal files. The frames of a window lie next to each other and are read with one
+    system call."""
 
     def __init__(self, store: Store, video_id: str):
         super().__init__(store, video_id)
@@ -591,6 +592,10 @@ class Store:
             except FileNotFoundError:
                 continue
             for entry in entries:
+                if entry.endswith(LOCK_SUFFIX) and entry[1:-len(LOCK_SUFFIX)] in names and not locked:
+                    # a dead holder's lock file: taking and letting go of the lock deletes it
+                    stale.setdefault(names[entry[1:-len(LOCK_SUFFIX)]], [])
+                    continue
                 for marker in (TEMP_MARKER, ".old-"):
                     name, sep, _ = entry[1:].rpartition(marker)
                     if sep and name in names:

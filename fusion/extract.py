@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from flow.config import FlowConfig
-from flow.errors import FlowError
+from flow.errors import FlowError, shown
 from flow.video import VIDEO_EXTENSIONS
 from fusion import svm
 from fusion.config import EvalConfig
@@ -62,7 +62,8 @@ def list_videos(source: Path | str) -> list[tuple[str, Path]]:
     """(video_id, path) of the videos of a directory (recursively) or of a list file, sorted by id."""
     source = Path(source)
     if source.is_dir():
-        found = [(p.relative_to(source).with_suffix("").as_posix(), p) for p in source.rglob("*")
+        # shown(): a file name that is not UTF-8 keeps its path but gets a printable id (\xNN)
+        found = [(shown(p.relative_to(source).with_suffix("").as_posix()), p) for p in source.rglob("*")
                  if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS
                  and not any(part.startswith(".") for part in p.relative_to(source).parts)]
         if not found:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from flow.config import FlowConfig
+from flow.errors import shown
 from flow.overrides import check_value, parse_override
 from fusion.config import EvalConfig
 from pipeline.datasets.config import DatasetConfig
@@ -75,6 +76,10 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
 
 
 def _parse_override(item: str) -> tuple[str, Any]:
+    if shown(item) != item:  # bytes that are not UTF-8 reach argv as lone surrogates
+        raise ConfigError(f"--set {shown(item)}: not valid UTF-8 text; settings (work_dir, dataset.root, ...) "
+                          "are written to config.toml and reports as UTF-8: rename the folder, or link it "
+                          "under a UTF-8 name")
     try:
         return parse_override(item)
     except ValueError as err:

@@ -6,7 +6,7 @@ the plain (video_id, label) lists the stage packages take, and chooses where eac
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -15,6 +15,7 @@ from flow.store import open_store
 from fusion.stage import average_splits, run_eval
 from pipeline.config import Config, write_resolved
 from pipeline.datasets import Dataset, read_dataset
+from pipeline.datasets.files import video_id_of
 from pipeline.errors import PipelineError
 from pipeline.synth import generate
 from streams.train import train_stream
@@ -95,6 +96,9 @@ def flow_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1), force: bool = Fa
         print(f"{len(dataset.missing)} video(s) listed in the annotations are not under "
               f"{dataset.root} and are skipped, e.g. {', '.join(dataset.missing[:3])}")
     jobs = [FlowJob(v.video_id, v.path) for v in sorted(dataset.videos, key=lambda v: v.video_id)]
+    # Refused files (a link out of the root, an odd name) are listed in the manifest as failed, with why.
+    jobs += [FlowJob(video_id_of(PurePosixPath(rel)), dataset.root / rel, error=f"refused: {why}")
+             for rel, why in dataset.refused]
     out = flow_dir(cfg)
     write_resolved(cfg, out)
     run_flow(jobs, out, cfg.flow, shard=shard, force=force, strict=strict)

@@ -52,4 +52,6 @@ def read_dataset(cfg: DatasetConfig, split: str | None = None) -> Dataset:
         for video in dataset.videos:
             videos.setdefault(video.video_id, dataclasses.replace(video, split="unused"))
     missing = list(dict.fromkeys(m for d in per_split.values() for m in d.missing))
-    return Dataset(cfg.format, first.root, first.classes, list(videos.values()), "all", missing, per_split)
+    refused = list(dict.fromkeys(r for d in per_split.values() for r in d.refused))
+    return Dataset(cfg.format, first.root, first.classes, list(videos.values()), "all", missing, per_split,
+                   refused)

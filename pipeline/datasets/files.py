@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from flow.errors import shown
 from flow.video import VIDEO_EXTENSIONS
 from pipeline.datasets.records import Dataset, VideoRecord
 from pipeline.errors import DatasetError
@@ -46,6 +48,33 @@ def relative_path(text: str, where: str) -> PurePosixPath:
     return path
 
 
+def name_problem(name: str) -> str:
+    """Why a file or folder name found on disk cannot name a video ("" when it can): it becomes the
+    video id, a store path and a line in manifests and reports."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not valid UTF-8 text: rename it"
+    if "\\" in name:
+        return "its name holds a backslash, which other tools read as a folder separator: rename it"
+    if any(ord(c) < 32 for c in name):
+        return "its name holds a control character: rename it"
+    return ""
+
+
+def file_problem(path: Path, root: Path) -> str:
+    """Why `path` (which exists) must not be read as a video ("" when it may): nothing outside the
+    dataset root is read, so a symbolic link leading out of it is refused, and special files (a
+    FIFO would block the reader) are not videos."""
+    real, real_root = os.path.realpath(path), os.path.realpath(root)
+    if os.path.commonpath([real, real_root]) != real_root:
+        return f"a symbolic link to {shown(real)}, outside the dataset root {shown(real_root)}"
+    mode = os.stat(real).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # rawframe folders are listed too
+        return "not a regular file (a FIFO, socket or device)"
+    return ""
+
+
 def video_id_of(rel: PurePosixPath) -> str:
     """Relative path without a video extension (rawframe folders keep their full name)."""
     return str(rel.with_suffix("")) if rel.suffix.lower() in VIDEO_EXTENSIONS else str(rel)
@@ -64,10 +93,10 @@ def index_videos(root: Path) -> dict[str, Path]:
     sorted order wins, with a warning."""
     found: dict[str, Path] = {}
     for folder, dirs, files in os.walk(root):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             stem, ext = os.path.splitext(name)
-            if ext.lower() not in VIDEO_EXTENSIONS:
+            if ext.lower() not in VIDEO_EXTENSIONS or name.startswith("."):  # ._x.mp4: macOS metadata
                 continue
             path = Path(folder) / name
             if stem in found:
@@ -100,19 +129,36 @@ class Entry:
 
 
 def build(fmt: str, root: Path, classes: list[str], entries: list[Entry], split: str, source: str,
-          skipped: list[str] | None = None) -> Dataset:
+          skipped: list[str] | None = None, refused: list[tuple[str, str]] | None = None) -> Dataset:
     """Records for the entries that exist under root; the others are reported and skipped, together
     with `skipped` (what the reader could not place itself: clips not found, unlabelled clips).
+    Entries that exist but must not be read (`file_problem`: a link out of the root, a FIFO) join
+    `refused` (path, reason), what the reader refused itself (odd names); a dangling link is refused
+    too, not taken for a missing video.
 
     Nothing found at all almost always means a wrong root, so that is an error, not a warning."""
+    refused = list(refused or [])
     exists = [(root / e.rel).exists() for e in entries]
-    if entries and not any(exists):
-        raise DatasetError(f"none of the {len(entries)} videos listed in {source} exist under {root} "
-                           f"(e.g. {root / entries[0].rel}): is dataset.root right?")
-    missing = list(skipped or []) + [str(e.rel) for e, ok in zip(entries, exists) if not ok]
-    videos = [VideoRecord(video_id_of(e.rel), root / e.rel, e.labels[0], e.labels, classes[e.labels[0]],
-                          e.split, e.group) for e, ok in zip(entries, exists) if ok]
+    if entries and not any(exists) and not refused and not any(os.path.islink(root / e.rel) for e in entries):
+        raise DatasetError(f"none of the {len(entries)} videos listed in {source} exist under {shown(root)} "
+                           f"(e.g. {shown(root / entries[0].rel)}): is dataset.root right?")
+    missing = list(skipped or [])
+    videos = []
+    for entry, ok in zip(entries, exists, strict=True):
+        path = root / entry.rel
+        problem = (file_problem(path, root) if ok else
+                   "a dangling symbolic link" if os.path.islink(path) else "")
+        if problem:
+            refused.append((shown(entry.rel), problem))
+        elif not ok:
+            missing.append(str(entry.rel))
+        else:
+            videos.append(VideoRecord(video_id_of(entry.rel), path, entry.labels[0], entry.labels,
+                                      classes[entry.labels[0]], entry.split, entry.group))
     if missing:
         log.warning("%s: %d of %d listed videos skipped (missing under %s, or unlabelled), e.g. %s",
                     source, len(missing), len(videos) + len(missing), root, ", ".join(missing[:5]))
-    return Dataset(fmt, root, classes, videos, split, missing)
+    if refused:
+        log.warning("%s: %d video(s) refused, e.g. %s", shown(source), len(refused),
+                    "; ".join(f"{path}: {why}" for path, why in refused[:3]))
+    return Dataset(fmt, root, classes, videos, split, missing, refused=refused)

@@ -1,35 +1,60 @@
 """A folder of class folders: root/<class>/<video> (every video "train"), or with split folders
-root/{train,val,test}/<class>/<video>. Classes are the sorted class-folder names."""
+root/{train,val,test}/<class>/<video>. Classes are the sorted class-folder names.
+
+Hidden files and folders (`.DS_Store`, macOS `._x.mp4` metadata) are not videos and are skipped.
+A video whose name cannot be a video id (not UTF-8, a backslash, a control character), a link out
+of the root, a dangling link, a FIFO, or a linked folder (not followed) is refused with the reason
+(`Dataset.refused`) and the rest is read."""
 from __future__ import annotations
 
-from pathlib import PurePosixPath
+import os
+from pathlib import Path, PurePosixPath
 
+from flow.errors import shown
 from pipeline.datasets.config import DatasetConfig
-from pipeline.datasets.files import VIDEO_EXTENSIONS, Entry, build, check_root
+from pipeline.datasets.files import VIDEO_EXTENSIONS, Entry, build, check_root, name_problem
 from pipeline.datasets.records import Dataset
 from pipeline.errors import DatasetError
 
 SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 
 
+def _folders(path: Path) -> list[str]:
+    return sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
 def read_folder(cfg: DatasetConfig, split: str) -> Dataset:
     root = check_root(cfg.root, "folder")
-    top = sorted(d.name for d in root.iterdir() if d.is_dir())
+    top = _folders(root)
     split_folders = [d for d in top if d in SPLIT_FOLDERS]
     if split_folders and len(split_folders) != len(top):
         others = [d for d in top if d not in SPLIT_FOLDERS]
-        raise DatasetError(f"{root}: holds split folders ({', '.join(split_folders)}) and class folders "
-                           f"({', '.join(others[:3])}); use root/<class>/ or root/<split>/<class>/, not both")
+        raise DatasetError(f"{shown(root)}: holds split folders ({', '.join(split_folders)}) and class "
+                           f"folders ({shown(', '.join(others[:3]))}); use root/<class>/ or "
+                           "root/<split>/<class>/, not both")
     bases = [(root / d, SPLIT_FOLDERS[d]) for d in split_folders] or [(root, "train")]
     found = []  # (class, relative path, subset)
+    refused: list[tuple[str, str]] = []
     for base, subset in bases:
-        for cls in sorted(d for d in base.iterdir() if d.is_dir()):
-            videos = (p for p in cls.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
-            for video in sorted(videos):
-                found.append((cls.name, PurePosixPath(video.relative_to(root).as_posix()), subset))
-    if not found:
-        raise DatasetError(f"{root}: no videos in class folders (looked for {', '.join(VIDEO_EXTENSIONS)})")
+        for cls in _folders(base):
+            for folder, dirs, files in os.walk(base / cls):  # links to folders are not followed
+                here = Path(folder)
+                for d in [d for d in dirs if not d.startswith(".") and (here / d).is_symlink()]:
+                    refused.append((shown((here / d).relative_to(root).as_posix()),
+                                    "a symbolic link to a folder, not followed"))
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (here / d).is_symlink())
+                for name in sorted(files):
+                    if name.startswith(".") or os.path.splitext(name)[1].lower() not in VIDEO_EXTENSIONS:
+                        continue
+                    rel = PurePosixPath((here / name).relative_to(root).as_posix())
+                    problem = next((p for p in map(name_problem, rel.parts) if p), "")
+                    if problem:
+                        refused.append((shown(rel), problem))
+                    else:
+                        found.append((cls, rel, subset))
+    if not found and not refused:
+        raise DatasetError(f"{shown(root)}: no videos in class folders (looked for {', '.join(VIDEO_EXTENSIONS)})")
     classes = sorted({cls for cls, _, _ in found})
     label_of = {c: i for i, c in enumerate(classes)}
     entries = [Entry(rel, (label_of[cls],), subset, str(root / rel)) for cls, rel, subset in found]
-    return build("folder", root, classes, entries, split, str(root))
+    return build("folder", root, classes, entries, split, shown(root), refused=refused)

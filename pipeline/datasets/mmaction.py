@@ -6,8 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.datasets.config import DatasetConfig
-from pipeline.datasets.files import (Entry, UniqueIds, build, check_root, parse_int, read_lines,
-                                     relative_path, video_id_of)
+from pipeline.datasets.files import (
+    Entry,
+    UniqueIds,
+    build,
+    check_root,
+    parse_int,
+    read_lines,
+    relative_path,
+    video_id_of,
+)
 from pipeline.datasets.records import Dataset
 from pipeline.errors import DatasetError
 

@@ -29,6 +29,9 @@ class Dataset:
     missing: list[str] = field(default_factory=list)
     # split name -> Dataset, when read with split="all" from a three-split format.
     per_split: dict[str, Dataset] = field(default_factory=dict, repr=False)
+    # Videos found but refused, with the reason: a link out of the root, a FIFO, a name that is not
+    # UTF-8 or holds a backslash. (path under root, reason); the flow stage records them as failed.
+    refused: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:

@@ -11,8 +11,16 @@ import re
 from pathlib import Path
 
 from pipeline.datasets.config import DatasetConfig
-from pipeline.datasets.files import (Entry, UniqueIds, build, check_root, parse_int, read_lines,
-                                     relative_path, video_id_of)
+from pipeline.datasets.files import (
+    Entry,
+    UniqueIds,
+    build,
+    check_root,
+    parse_int,
+    read_lines,
+    relative_path,
+    video_id_of,
+)
 from pipeline.datasets.records import Dataset
 from pipeline.errors import DatasetError
 

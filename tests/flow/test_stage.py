@@ -1,19 +1,24 @@
+import contextlib
 import csv
 import dataclasses
+import errno
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from flow.atomic import DiskFullError
 from flow.encoding import decode, encode
 from flow.errors import FlowError
 from flow.stage import FlowJob, make_backend, run_flow
-from flow.store import open_store
+from flow.store import PackWriter, open_store
 from flow.tvl1 import OpenCVTVL1, to_gray
 from flow.video import VideoReader
 
@@ -274,3 +279,259 @@ def test_torch_backend_without_its_module_is_a_clear_error(monkeypatch, fast_cfg
     monkeypatch.setitem(sys.modules, "flow.tvl1_torch", None)  # as if the module were absent
     with pytest.raises(FlowError, match="backend = 'torch' is not available"):
         make_backend(dataclasses.replace(fast_cfg, backend="torch"))
+
+
+# --- two runs, dead workers, a killed run, a full disk, flipped bytes, odd names -----------------------
+
+def _worker_pid(temp: Path) -> int | None:
+    """The pid in a writer's temporary name `.<name>.pack.tmp-<host>-<pid>[.flow]`."""
+    match = re.search(r"\.tmp-.*-(\d+)(\.flow)?$", temp.name)
+    return int(match.group(1)) if match else None
+
+
+def test_a_second_run_leaves_a_video_being_written_alone_and_finds_it_done(videos, tmp_path, fast_cfg):
+    """Issue 10, bug 1 (deterministic form): run 2 starts while run 1 is mid-video. Run 1 here is
+    the test holding the video's lock and writing it; the video is the smallest file, which run 2
+    (largest first) reaches last."""
+    jobs = jobs_in(videos)
+    held = min(jobs, key=lambda j: j.path.stat().st_size).video_id
+    others = [j.video_id for j in jobs if j.video_id != held]
+    reference = tmp_path / "reference"
+    run_flow(jobs, reference, fast_cfg)
+    with open_store(reference).open(held) as v:
+        rgb, flow = v.rgb(range(v.num_frames)), v.flow(range(v.num_flows))
+    out = tmp_path / "flow"
+    run_flow([], out, fast_cfg)  # the store, as run 1 made it
+    store = open_store(out)
+    result: dict = {}
+    with store.lock(held):  # run 1 is writing it
+        writer = store.writer(held)
+        writer.add_rgb(rgb[:3])
+        second = threading.Thread(target=lambda: result.update(summary=run_flow(jobs, out, fast_cfg)))
+        second.start()
+        deadline = time.monotonic() + 60
+        while not all(store.has(v) for v in others) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        assert writer.tmp.exists(), "run 2 deleted the file run 1 is writing"
+        assert second.is_alive() and not store.has(held)  # run 2 waits for the video
+        writer.add_rgb(rgb[3:])
+        writer.add_flow(flow)
+        writer.commit()
+    second.join(timeout=60)
+    summary = result["summary"]
+    assert (summary.computed, summary.skipped, summary.failed) == (2, 1, 0)  # `held`: done by run 1
+    assert [r["status"] for r in manifest_rows(out / "manifest.csv")] == ["done"] * 3
+    assert store_files(out) == store_files(reference)
+
+
+TWO_RUNS_SCRIPT = KILL_SCRIPT.replace("run_flow(jobs,", "print(run_flow(jobs,").replace(
+    "outer_iterations=3))", "outer_iterations=3)).computed)")
+
+
+def test_two_runs_at_once_on_one_store_lose_nothing(tmp_path):
+    """Issue 10, bug 1: two `flow` runs on one work_dir (a re-launch, a scheduler retry)."""
+    folder = tmp_path / "videos"
+    for k in range(6):
+        write_video(folder / f"v{k}.avi", moving_square(10, seed=k))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+
+    def start(out: Path) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", TWO_RUNS_SCRIPT, str(folder), str(out)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    reference = tmp_path / "reference"
+    assert start(reference).wait(timeout=120) == 0
+    out = tmp_path / "flow"
+    first = start(out)
+    deadline = time.monotonic() + 60
+    while not (out.exists() and list(out.rglob(".*.tmp-*"))) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    second = start(out)  # while the first is writing a video
+    outputs = [p.communicate(timeout=120)[0] for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0]
+    assert sum(int(o.split()[-1]) for o in outputs) == 6  # every video computed once, by one of them
+    want, got = tree(reference), tree(out)
+    assert got.keys() == want.keys()  # all six packs, no temporary or lock file left
+    assert all(got[k] == want[k] for k in want if k != "manifest.csv")
+    assert [r["status"] for r in manifest_rows(out / "manifest.csv")] == ["done"] * 6
+
+
+def test_a_killed_worker_fails_only_its_video(tmp_path, fast_cfg):
+    """Issue 10, bug 2: a worker killed (the OOM killer's SIGKILL) while on `big`, and again when
+    `big` runs alone: `big` is recorded as failed, the video that shared the pool is redone, the
+    rest finish."""
+    folder = tmp_path / "videos"
+    write_video(folder / "big.avi", moving_square(40, seed=9))  # the largest file: it starts first
+    for k in range(3):
+        write_video(folder / f"v{k}.avi", moving_square(6, seed=k))
+    out = tmp_path / "flow"
+    stop, killed = threading.Event(), set()
+
+    def killer() -> None:  # kills every process writing `big`
+        while not stop.is_set():
+            for temp in (out / "Cls").glob(".big.pack.tmp-*") if (out / "Cls").is_dir() else []:
+                pid = _worker_pid(temp)
+                if pid and pid != os.getpid() and pid not in killed:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                    killed.add(pid)
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
+        summary = run_flow(jobs_in(folder), out, dataclasses.replace(fast_cfg, jobs=2, batch_pairs=2))
+    finally:
+        stop.set()
+        thread.join()
+    assert len(killed) == 2  # in the pool, then alone
+    # a video whose worker finished its pack just before the pool broke is found done when rerun
+    assert (summary.computed + summary.skipped, summary.failed) == (3, 1)
+    (video_id, error), = summary.failures
+    assert video_id == "Cls/big" and "worker process died while computing it, also when run alone" in error
+    assert "SIGKILL" in error or "-9" in error
+    assert open_store(out).video_ids() == ["Cls/v0", "Cls/v1", "Cls/v2"]
+    rows = {r["video_id"]: r for r in manifest_rows(out / "manifest.csv")}
+    assert rows["Cls/big"]["status"] == "failed" and rows["Cls/big"]["error"] == error
+    assert not list(out.rglob(".*"))  # what the killed workers were writing is cleaned up
+
+
+ORPHAN_SCRIPT = """
+import sys
+from pathlib import Path
+from flow.config import FlowConfig
+from flow.stage import FlowJob, run_flow
+jobs = [FlowJob("Cls/" + p.stem, p) for p in sorted(Path(sys.argv[1]).iterdir())]
+run_flow(jobs, Path(sys.argv[2]), FlowConfig(size="", jobs=2, batch_pairs=2))
+"""
+
+
+def test_killing_the_run_stops_its_workers(tmp_path):
+    """Issue 10, bug 2: after `kill -9` of the run its worker processes stop within a chunk and
+    remove what they were writing, instead of writing into the store for minutes."""
+    folder = tmp_path / "videos"
+    for k in range(2):  # each about 200 pairs of full TV-L1: far longer than the test waits
+        write_video(folder / f"v{k}.avi", moving_square(200, seed=k))
+    out = tmp_path / "flow"
+    run = subprocess.Popen([sys.executable, "-c", ORPHAN_SCRIPT, str(folder), str(out)],
+                           env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers) < 2 and time.monotonic() < deadline and run.poll() is None:
+            workers = {_worker_pid(t) for t in out.rglob(".*.tmp-*")} - {None} if out.exists() else set()
+            time.sleep(0.01)
+        assert len(workers) == 2, "the two workers did not start writing"
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+            time.sleep(0.05)
+        assert not [pid for pid in workers if _alive(pid)], "workers of the killed run go on"
+        time.sleep(0.2)
+        assert not list(out.rglob(".*.tmp-*")) and not list(out.rglob("*.pack"))
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_force_with_a_shard_and_other_settings_is_refused(videos, tmp_path, fast_cfg):
+    """Issue 10, bug 7: `--force --shard` rewrote store.json for the whole store, redid one shard
+    and left a mixed store that a plain re-run took for done."""
+    out = tmp_path / "flow"
+    run_flow(jobs_in(videos), out, fast_cfg)
+    before = store_files(out)
+    other = dataclasses.replace(fast_cfg, scale_step=0.8)
+    with pytest.raises(FlowError, match=r"store\.json: --force --shard 1/2 with other settings than the "
+                                        r"store's \(scale_step differ\) .* without --shard"):
+        run_flow(jobs_in(videos), out, other, shard=(1, 2), force=True)
+    assert store_files(out) == before  # store.json and every pack untouched
+    again = run_flow(jobs_in(videos), out, fast_cfg, shard=(1, 2), force=True)  # same settings: fine
+    assert (again.computed, again.skipped) == (1, 0) and store_files(out) == before
+    assert run_flow(jobs_in(videos), out, other, force=True).computed == 3  # the whole store: fine
+
+
+def test_a_full_disk_stops_the_run_with_one_error_and_no_temp_files(videos, tmp_path, fast_cfg, monkeypatch):
+    """Issue 10, bug 9: ENOSPC marked every remaining video failed and the stage exited 0."""
+    out = tmp_path / "flow"
+    put, calls = PackWriter._put, []
+
+    def full_after_one_video(f, blob):
+        calls.append(1)
+        if len(calls) > 21:  # the first video (a: 11 frames + 10 flows, the largest file) fits
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return put(f, blob)
+
+    monkeypatch.setattr(PackWriter, "_put", staticmethod(full_after_one_video))
+    with pytest.raises(DiskFullError, match=r"Cls/\w\.pack: disk full .* free space and re-run") as err:
+        run_flow(jobs_in(videos), out, fast_cfg)
+    assert isinstance(err.value, FlowError)  # the CLI prints it as one line and exits 2
+    assert not list(out.rglob(".*"))  # no temporary file, no lock file
+    assert open_store(out).video_ids() == ["Cls/a"]
+    rows = {r["video_id"]: r["status"] for r in manifest_rows(out / "manifest.csv")}
+    assert rows == {"Cls/a": "done", "Cls/b": "pending", "Cls/c": "pending"}  # nothing marked failed
+    monkeypatch.undo()
+    assert run_flow(jobs_in(videos), out, fast_cfg).computed == 2  # space again: the re-run resumes
+
+
+def test_a_rerun_redoes_a_pack_with_a_flipped_byte(videos, tmp_path, fast_cfg):
+    out = tmp_path / "flow"
+    run_flow(jobs_in(videos), out, fast_cfg)
+    want = store_files(out)
+    pack = out / "Cls" / "b.pack"
+    data = bytearray(pack.read_bytes())
+    data[len(data) // 3] ^= 0x01  # inside an image: the pack still opens
+    pack.write_bytes(bytes(data))
+    assert open_store(out).open("Cls/b").num_frames == 6
+    unchecked = run_flow(jobs_in(videos), out, dataclasses.replace(fast_cfg, verify=False))
+    assert unchecked.skipped == 3  # verify = false: only the index is checked
+    again = run_flow(jobs_in(videos), out, fast_cfg)
+    assert (again.computed, again.skipped) == (1, 2)
+    assert store_files(out) == want
+
+
+NON_UTF8_RUN = """
+import os, sys
+from pathlib import Path
+from flow.config import FlowConfig
+from flow.stage import FlowJob, run_flow
+folder = Path(os.fsdecode(sys.argv[1].encode() + b"/vid\\xe9os"))
+jobs = [FlowJob("Cls/" + p.stem.encode("utf-8", "surrogateescape").decode("latin-1"), p)
+        for p in sorted(folder.iterdir())]
+s = run_flow(jobs, Path(sys.argv[2]), FlowConfig(size="", jobs=1, nscales=2, warps=1, inner_iterations=5,
+                                                  outer_iterations=2, median_filtering=1))
+print("RESULT", s.computed, s.failed)
+"""
+
+
+def test_file_names_and_manifests_that_are_not_utf8(tmp_path):
+    """Issue 10, bug 3: OpenCV segfaulted on such a name (rc 139, no manifest, every re-run again);
+    a manifest with non-UTF-8 bytes gave a traceback. In a subprocess: a crash fails the test."""
+    write_video(tmp_path / "videos" / "plain.avi", moving_square(5, seed=1))
+    write_video(tmp_path / "videos" / "cafe.avi", moving_square(5, seed=2))
+    try:
+        os.rename(tmp_path / "videos" / "cafe.avi", os.fsencode(tmp_path / "videos") + b"/caf\xe9.avi")
+        os.rename(tmp_path / "videos", os.fsencode(tmp_path) + b"/vid\xe9os")
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    out = tmp_path / "flow"
+    out.mkdir()
+    (out / "manifest-shard-0-of-2.csv").write_bytes(b"video_id,path\n\xff\xfe,\x80\n")  # an earlier, damaged one
+    result = subprocess.run([sys.executable, "-c", NON_UTF8_RUN, str(tmp_path), str(out)], capture_output=True,
+                            text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode == 0, f"rc {result.returncode}: {result.stderr[-2000:]}"
+    assert "RESULT 2 0" in result.stdout
+    text = (out / "manifest.csv").read_bytes().decode("utf-8")  # valid UTF-8
+    assert "vid\\xe9os/caf\\xe9.avi,done,5,4,5" in text
+    assert open_store(out).video_ids() == ["Cls/caf\xe9", "Cls/plain"]

@@ -1,12 +1,17 @@
 import json
 import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from flow.errors import FlowError
 from flow.store import create_store, open_store, write_video
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def arrays(n=5, h=12, w=16, seed=0):
@@ -157,3 +162,98 @@ def test_write_video_helper_and_ids(tmp_path):
     for vid in ["B/v2", "A/v1", "top"]:
         write_video(tmp_path, vid, rgb, flow)
     assert open_store(tmp_path).video_ids() == ["A/v1", "B/v2", "top"]
+
+
+def _flip(path, offset):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("codec", ["png", "raw"])
+def test_a_flipped_byte_is_named_by_video_and_image(tmp_path, codec):
+    store = create_store(tmp_path, codec=codec)
+    rgb, flow = arrays()
+    store.write_video("A/v", rgb, flow)
+    with store.open("A/v") as v:
+        v.verify()  # intact
+        frame2, flow1 = v._rgb_index[2], v._flow_index[1]
+    _flip(store.path("A/v"), int(frame2[0] + frame2[1] // 2))
+    with store.open("A/v") as v:  # the index is intact: it opens, other images read
+        assert np.array_equal(v.rgb([0, 1, 3]), rgb[[0, 1, 3]])
+        assert np.array_equal(v.flow(range(4)), flow)
+        with pytest.raises(FlowError, match=r"video A/v: frame 2 in .*v\.pack is corrupt \(CRC32"):
+            v.rgb([1, 2])
+        with pytest.raises(FlowError, match="video A/v: frame 2 .* corrupt"):
+            v.verify()
+    store.write_video("A/v", rgb, flow)
+    _flip(store.path("A/v"), int(flow1[0] + 3))
+    with store.open("A/v") as v:
+        with pytest.raises(FlowError, match="video A/v: flow image 1 .* corrupt"):
+            v.flow([1])
+        with pytest.raises(FlowError, match="flow image 1"):
+            v.verify()
+
+
+def test_a_pack_without_checksums_still_opens(tmp_path):
+    """Packs written before the CRC32 column existed: the same file minus the checksums and the
+    `crc32_offset` meta key. They read as before; verify() has nothing to check."""
+    store = create_store(tmp_path)
+    rgb, flow = arrays()
+    store.write_video("v", rgb, flow)
+    path = store.path("v")
+    data = path.read_bytes()
+    meta_len = int.from_bytes(data[-16:-8], "little")
+    meta = json.loads(data[-16 - meta_len:-16])
+    old = dict(meta)
+    del old["crc32_offset"]
+    body = json.dumps(old, sort_keys=True).encode()
+    path.write_bytes(data[:meta["crc32_offset"]] + body + len(body).to_bytes(8, "little") + data[-8:])
+    with store.open("v") as v:
+        assert not v.has_checksums
+        assert np.array_equal(v.rgb(range(5)), rgb) and np.array_equal(v.flow(range(4)), flow)
+        v.verify()
+
+
+def test_video_lock_excludes_others_and_leaves_no_file(tmp_path):
+    store = create_store(tmp_path)
+    with store.lock("A/v") as held:
+        assert held and store.lock_path("A/v").exists()
+        with store.lock("A/v", wait=False) as other:  # another open file: flock excludes it
+            assert other is False
+    assert not store.lock_path("A/v").exists()
+    with store.lock("A/v", wait=False) as held:
+        assert held
+
+
+def test_clean_stale_leaves_a_locked_video_alone(tmp_path):
+    store = create_store(tmp_path)
+    live = store.path("A/live").with_name(".live.pack.tmp-otherhost-1")
+    dead = store.path("A/dead").with_name(".dead.pack.tmp-otherhost-2")
+    live.parent.mkdir(parents=True)
+    live.write_bytes(b"being written")
+    dead.write_bytes(b"left by a killed run")
+    with store.lock("A/live"):  # as a writer in another run holds it
+        assert store.clean_stale(["A/live", "A/dead"]) == 1
+        assert live.exists() and not dead.exists()
+    assert store.clean_stale(["A/live"]) == 1 and not live.exists()
+
+
+def test_mmaction_store_under_a_non_utf8_folder(tmp_path):
+    """OpenCV's imread crashes the process on such a path; the reader goes through Python's bytes.
+    In a subprocess, so that a crash fails this test instead of ending the test run."""
+    script = f"""
+import os, numpy as np
+from flow.store import create_store
+root = os.fsdecode({os.fsencode(tmp_path)!r} + b"/st\\xe9re")
+rng = np.random.default_rng(0)
+rgb, flow = rng.integers(0, 256, (3, 8, 8, 3), np.uint8), np.full((2, 8, 8, 2), 128, np.uint8)
+store = create_store(root, "mmaction", jpeg_quality=100)
+store.write_video("A/v", rgb, flow)
+with store.open("A/v") as v:
+    print(v.num_frames, v.rgb([0]).shape, int(v.flow([1]).max()))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["3", "(1,", "8,", "8,", "3)", "128"]

@@ -1,4 +1,7 @@
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,6 +10,8 @@ from flow.errors import FlowError
 from flow.video import VideoReader, output_size, parse_size
 
 from .conftest import moving_square, write_video
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("size,src,expected", [
@@ -82,3 +87,45 @@ def test_real_gif_and_large_video(shared_data):
     big = VideoReader(shared_data / "clips" / "drink_water__ntu_S001C001P001R001A001.avi", "340x256")
     first = next(big.chunks(2, 2))
     assert first.shape == (2, 256, 340, 3)
+
+
+NON_UTF8_SCRIPT = """
+import os, sys, numpy as np
+from flow.video import VideoReader
+path = os.fsdecode(sys.argv[1].encode() + b"/caf\\xe9.mkv")
+reader = VideoReader(path)
+frames = np.concatenate(list(reader.chunks(3, 3)))
+np.save(sys.argv[1] + "/frames.npy", frames)
+print(reader.frames_read, reader.declared_frames)
+"""
+
+
+def test_a_file_name_that_is_not_utf8_is_read(tmp_path):
+    """OpenCV segfaults on such a name (rc 139, no message); it is read through a UTF-8 symlink.
+    In a subprocess, so that a crash fails this test instead of ending the test run."""
+    frames = moving_square(5)
+    path = write_video(tmp_path / "cafe.mkv", frames)  # FFV1: lossless, so the frames compare exactly
+    try:
+        os.rename(path, os.fsencode(tmp_path) + b"/caf\xe9.mkv")
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    result = subprocess.run([sys.executable, "-c", NON_UTF8_SCRIPT, str(tmp_path)], capture_output=True,
+                            text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode == 0, f"rc {result.returncode}: {result.stderr}"
+    assert result.stdout.split() == ["5", "5"]
+    assert np.array_equal(np.load(tmp_path / "frames.npy"), frames)
+    assert sorted(os.listdir(tmp_path)) == [b"caf\xe9.mkv".decode("utf-8", "surrogateescape"), "frames.npy"]
+    # missing or empty: the message is printable (the name's bytes as \xNN)
+    with pytest.raises(FlowError, match=r"caf\\xe9\.mkv: no such video file"):
+        VideoReader(os.fsdecode(os.fsencode(tmp_path) + b"/missing/caf\xe9.mkv"))
+
+
+def test_frames_larger_than_max_pixels_are_refused_before_decoding(tmp_path):
+    path = write_video(tmp_path / "v.avi", moving_square(3, width=64, height=48))
+    with pytest.raises(FlowError, match=r"v\.avi: frames of 64x48 would be processed at 64x48 \(3,072 pixels\), "
+                                        r"more than \[flow\] max_pixels = 3,071: set \[flow\] size"):
+        VideoReader(path, "", max_pixels=3071)
+    assert VideoReader(path, "", max_pixels=3072).declared_frames == 3  # the limit itself is allowed
+    small = VideoReader(path, "32x24", max_pixels=768)  # the limit applies after resizing
+    assert next(small.chunks(3, 3)).shape == (3, 24, 32, 3)
+    assert next(VideoReader(path, "", max_pixels=0).chunks(3, 3)).shape == (3, 48, 64, 3)  # 0: no limit
