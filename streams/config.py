@@ -78,7 +78,7 @@ class TrainConfig:
     # on; eval chooses the fusion rule and SVM C on them). Group names ("g08"), or a fraction of the
     # split's groups picked by `seed`; a dataset without groups counts each video as its own group.
     val_groups: list[str] = field(default_factory=list)
-    val_fraction: float = 0.0
+    val_fraction: float = 0.0  # share of the groups held out when val_groups is empty; 0 = none
     run: str = ""  # a named run: training and eval under work_dir/runs/<run>/ ("" = work_dir/train, eval)
     progress: bool = True  # tqdm bar
 
