@@ -1,6 +1,7 @@
 """Dataset readers against annotation files written byte for byte the way the real ones are."""
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -392,3 +393,56 @@ def test_defaults_validate_and_root_is_required():
     DatasetConfig().validate()
     with pytest.raises(DatasetError, match="dataset.root is not set"):
         read_dataset(DatasetConfig())
+
+
+def test_folder_skips_hidden_files_and_refuses_what_it_must_not_read(tmp_path):
+    """Issue 10: one `._x.mp4` or a backslash in a name aborted the flow stage; links out of the
+    root were followed (to /etc/passwd); dangling links and FIFOs vanished without a word."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    touch(root, "jump/a.mp4", "jump/._a.mp4", "jump/.hidden/b.mp4", ".cache/c.mp4", "run/d.avi",
+          "run/back\\slash.mp4", "run/tab\there.mp4")
+    touch(outside, "secret.mp4", "more/e.mp4")
+    (root / "run" / "passwd.mp4").symlink_to(outside / "secret.mp4")
+    (root / "run" / "inside.mp4").symlink_to(root / "jump" / "a.mp4")  # a link within the root is fine
+    (root / "run" / "dangling.mp4").symlink_to(tmp_path / "gone.mp4")
+    (root / "run" / "linked").symlink_to(outside / "more")
+    os.mkfifo(root / "run" / "fifo.mp4")
+    data = read_dataset(DatasetConfig(format="folder", root=str(root)))
+    assert data.classes == ["jump", "run"]
+    assert [v.video_id for v in data.videos] == ["jump/a", "run/d", "run/inside"]
+    assert data.refused == [
+        ("run/linked", "a symbolic link to a folder, not followed"),
+        ("run/back\\slash.mp4", "its name holds a backslash, which other tools read as a folder separator: "
+                                "rename it"),
+        ("run/tab\there.mp4", "its name holds a control character: rename it"),
+        ("run/dangling.mp4", "a dangling symbolic link"),
+        ("run/fifo.mp4", "not a regular file (a FIFO, socket or device)"),
+        ("run/passwd.mp4", f"a symbolic link to {outside / 'secret.mp4'}, outside the dataset root {root}"),
+    ]
+
+
+def test_folder_refuses_names_that_are_not_utf8(tmp_path):
+    root = tmp_path / "root"
+    touch(root, "jump/a.mp4", "jump/b.mp4")
+    try:
+        os.rename(root / "jump" / "b.mp4", os.fsencode(root / "jump") + b"/caf\xe9.mp4")
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    data = read_dataset(DatasetConfig(format="folder", root=str(root)))
+    assert [v.video_id for v in data.videos] == ["jump/a"]
+    assert data.refused == [("jump/caf\\xe9.mp4", "its name is not valid UTF-8 text: rename it")]
+
+
+def test_listed_videos_behind_links_out_of_the_root_are_refused(ucf, tmp_path):
+    root = Path(ucf.root)
+    target = tmp_path / "elsewhere.avi"
+    target.write_bytes(b"")
+    (root / UCF_VIDEOS[0]).unlink()
+    (root / UCF_VIDEOS[0]).symlink_to(target)
+    os.remove(root / UCF_VIDEOS[1])
+    os.mkfifo(root / UCF_VIDEOS[1])
+    data = read_dataset(ucf)
+    assert [v.video_id for v in data.train()] == ["YoYo/v_YoYo_g25_c04"]
+    assert data.refused == [(UCF_VIDEOS[0], f"a symbolic link to {target}, outside the dataset root {root}"),
+                            (UCF_VIDEOS[1], "not a regular file (a FIFO, socket or device)")]
+    assert data.missing == []
