@@ -213,3 +213,60 @@ def test_videos_without_flow_are_excluded_and_counted(tiny_store, tiny_checkpoin
     assert "no flow images" in reasons["Red/one_frame"]
     with pytest.raises(FusionError, match=r"none of the test videos"):
         _eval(tiny_store, tiny_checkpoints, tmp_path, store_dir=root, test_items=[("Red/one_frame", (0,))])
+
+
+def test_checkpoint_classes_matched_by_name(tiny_store, tiny_checkpoints, tmp_path, monkeypatch):
+    """Weights that know more classes, in another order and spelling (imported Kinetics-style), score
+    the dataset's classes from the matching output columns: the same numbers as the original net."""
+    import torch
+
+    from streams.checkpoint import read_checkpoint, save_checkpoint
+
+    original = read_checkpoint(tiny_checkpoints["rgb"] / "last.pt").state
+    state = dict(original)
+    order = [2, 0, 1]  # the new file's columns: Blue, Red, Green, then an extra class
+    fc_w, fc_b = state["model"]["fc.weight"], state["model"]["fc.bias"]
+    model = dict(state["model"])
+    model["fc.weight"] = torch.cat([fc_w[order], torch.randn(1, fc_w.shape[1])])
+    model["fc.bias"] = torch.cat([fc_b[order], torch.zeros(1)])
+    state.update(model=model, classes=["blue", "RED", "Green", "Extra class"])
+    save_checkpoint(tmp_path / "imported.pt", state)
+    cfg = EvalConfig(clips=2, svm=False, jobs=1)
+    store, train, test = tiny_store
+    plain = run_eval(store, {"rgb": tiny_checkpoints["rgb"]}, train, test, CLASSES, cfg, tmp_path / "a",
+                     protocol="t", excluded=[])
+    matched = run_eval(store, {"rgb": tmp_path / "imported.pt"}, train, test, CLASSES, cfg, tmp_path / "b",
+                       protocol="t", excluded=[])
+    with np.load(tmp_path / "a" / "scores.npz") as a, np.load(tmp_path / "b" / "scores.npz") as b:
+        np.testing.assert_allclose(b["views_rgb"], a["views_rgb"], rtol=1e-5, atol=1e-6)
+    pd.testing.assert_frame_equal(matched.drop(columns="details"), plain.drop(columns="details"))
+    assert "3 of its 4 classes matched by name" in (tmp_path / "b" / "results.md").read_text()
+
+
+def test_class_columns_lists_every_unknown_class():
+    from fusion.stage import class_columns
+
+    assert class_columns(["a", "b"], ["a", "b"], "x.pt") is None
+    assert class_columns(["Apply Eye_Makeup", "b"], ["b", "ApplyEyeMakeup"], "x.pt").tolist() == [1, 0]
+    with pytest.raises(FusionError, match=r"x\.pt does not know 2 of the dataset's 3 classes \('c', 'd'; it has 2"):
+        class_columns(["a", "b"], ["a", "c", "d"], "x.pt")
+
+
+def test_held_out_videos_choose_the_rule_and_c_never_the_test(evaluated, tiny_store, tiny_checkpoints, tmp_path):
+    _, out, _ = evaluated
+    store, train, test = tiny_store
+    shutil.copytree(out, tmp_path / "eval")  # the held-out videos' outputs are cached: no network needed
+    val = [item for item in train if item[0].endswith("_04")]
+    rest = [item for item in train if item not in val]
+    table = run_eval(store, tiny_checkpoints, rest, test, CLASSES, CFG, tmp_path / "eval", protocol="t",
+                     excluded=[], val_items=val, val_note="group 04")
+    rows = table.set_index("method")
+    assert "chosen on 3 held-out videos" in rows.loc["fusion", "details"]
+    assert "chosen on 3 held-out videos" in rows.loc["svm_two_stream", "details"]
+    assert "fitted on 15 videos" in rows.loc["svm_rgb", "details"]
+    text = (tmp_path / "eval" / "results.md").read_text()
+    assert "Fusion rule (" in text and "chosen on the held-out videos (group 04)" in text
+    assert "SVM C: chosen on the held-out videos (group 04)" in text
+    with pytest.raises(FusionError, match="also training or held-out videos"):
+        run_eval(store, tiny_checkpoints, rest, test, CLASSES, CFG, tmp_path / "eval", protocol="t", excluded=[],
+                 val_items=test[:1])

@@ -48,3 +48,19 @@ def test_missing_dataset_root_is_a_clear_error(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "none" in err
+
+
+def test_eval_and_train_take_checkpoints_and_a_run(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = capsys.readouterr().out
+    assert "--rgb" in out and "--flow" in out and "--run" in out
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "--run" in capsys.readouterr().out
+
+
+def test_show_flow_without_a_store_is_one_line(tmp_path, capsys):
+    assert main(["show-flow", "a/b", "--set", f"work_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no flow store at") and "make flow" in err

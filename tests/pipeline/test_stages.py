@@ -66,3 +66,78 @@ def test_eval_without_trained_streams_names_what_to_run(tmp_path, work, capsys):
 def test_synth_stage_refuses_another_format(tmp_path, capsys):
     assert run(["synth"], tmp_path, ["dataset.format=ucf101", "dataset.annotations=x"]) == 2
     assert "dataset.format" in capsys.readouterr().err
+
+
+def trained(work: Path, run_name: str = "", extra: list[str] = ()) -> Path:
+    """Train both streams (once per run name) and return the run's folder."""
+    root = work / "runs" / run_name if run_name else work
+    for stream in ("rgb", "flow"):
+        if not (root / "train" / stream / "split1" / "last.pt").is_file():
+            args = ["train", "--stream", stream] + (["--run", run_name] if run_name else [])
+            assert run(args, work, extra) == 0
+    return root
+
+
+def test_a_named_run_shares_the_flow_and_evaluates_one_stream(work, capsys):
+    from streams.checkpoint import file_sha256
+
+    root = work / "runs" / "lr2"
+    assert run(["train", "--stream", "rgb", "--run", "lr2"], work, ["train.lr=0.02"]) == 0
+    ckpt = root / "train" / "rgb" / "split1" / "last.pt"
+    assert ckpt.is_file() and not (root / "flow").exists()  # the store of work/flow served
+    assert not any("lr = 0.02" in p.read_text() for p in (work / "train").rglob("config.toml"))  # default run untouched
+    # Single-stream eval of that run: the stream's rows, no fusion or two-stream rows.
+    assert run(["eval", "--run", "lr2", "--rgb", str(ckpt.parent)], work) == 0
+    results = list(csv.DictReader(open(root / "eval" / "results.csv")))
+    assert [r["method"] for r in results] == ["rgb", "svm_rgb"]
+    text = (root / "eval" / "results.md").read_text()
+    assert f"Scored rgb: {ckpt} (sha256 {file_sha256(ckpt)[:12]}" in text
+    # A bad run name is one line, exit 2.
+    capsys.readouterr()
+    assert run(["eval", "--run", "../x"], work) == 2
+    assert "run: must be a plain folder name" in capsys.readouterr().err
+
+
+def test_held_out_groups_choose_the_fusion_and_svm(work):
+    from pipeline.config import load_config
+    from pipeline.datasets import read_dataset
+    from pipeline.stages import held_out
+
+    sets = [f"work_dir={work}", f"dataset.root={work / 'synth'}", *TINY, "train.val_fraction=0.4"]
+    cfg = load_config(REPO / "configs" / "synth.toml", sets)
+    dataset = read_dataset(cfg.dataset)
+    held, note = held_out(cfg, dataset)
+    groups = {v.group for v in dataset.train()}
+    chosen = {v.group for v in dataset.train() if v.video_id in held}
+    assert len(chosen) == 1 and len(groups) == 2  # round(0.4 x 2) groups of the training split
+    assert held == {v.video_id for v in dataset.train() if v.group in chosen}  # whole groups, training split only
+    assert held_out(cfg, dataset) == (held, note)  # seeded: the same every time
+    root = trained(work, "honest", ["train.val_fraction=0.4"])
+    assert run(["eval", "--run", "honest"], work, ["train.val_fraction=0.4"]) == 0
+    text = (root / "eval" / "results.md").read_text()
+    assert "chosen on the held-out videos" in text and note in text
+    rows = {r["method"]: r for r in csv.DictReader(open(root / "eval" / "results.csv"))}
+    assert f"chosen on {len(held)} held-out videos" in rows["fusion"]["details"]
+    assert f"chosen on {len(held)} held-out videos" in rows["svm_two_stream"]["details"]
+    assert {"fusion_raw", "fusion_softmax"} <= set(rows)
+    for name in ("confusion.png", "per_class.png", "fusion_weight.png"):
+        assert (root / "eval" / name).is_file()
+
+
+def test_unknown_held_out_group_is_a_clear_error(work, capsys):
+    assert run(["train", "--stream", "rgb", "--run", "bad"], work, ['train.val_groups=["g99"]']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: train.val_groups: g99 not among the groups")
+
+
+def test_show_flow_writes_a_contact_sheet(work, capsys):
+    from flow.store import open_store
+
+    video_id = open_store(work / "flow").video_ids()[0]
+    out = work / "sheet.png"
+    assert run(["show-flow", video_id, "--out", str(out), "--frames", "4"], work) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    said = capsys.readouterr().out
+    assert "1.25 px/frame = full saturation (store bound 5 px)" in said  # synth.toml: bound 5, a quarter
+    assert run(["show-flow", "no/such_video"], work) == 2
+    assert "not in the store" in capsys.readouterr().err

@@ -97,3 +97,29 @@ def test_the_cli_prints_errors_with_status_2(tmp_path, capsys):
     assert cli.main(["import-weights", str(bad), "--out", str(tmp_path / "x.pt")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(bad) in err and "Traceback" not in err
+
+
+def test_export_names_the_stream_and_never_overwrites_silently(tmp_path, capsys):
+    from tests.fusion.conftest import save_tiny_checkpoint
+
+    run_dir = tmp_path / "train" / "flow" / "split1"
+    save_tiny_checkpoint(run_dir / "last.pt", "flow")
+    save_tiny_checkpoint(tmp_path / "train" / "rgb" / "split1" / "last.pt", "rgb")
+    out = tmp_path / "export"
+    # Two run folders: both finished models are last.pt, their exports must not collide.
+    run(["export", str(run_dir), "--out", str(out), "--format", "torchscript"])
+    run(["export", str(tmp_path / "train" / "rgb" / "split1"), "--out", str(out), "--format", "torchscript"])
+    assert sorted(p.name for p in out.iterdir()) == ["last_flow.logits.json", "last_flow.logits.pt",
+                                                     "last_rgb.logits.json", "last_rgb.logits.pt"]
+    assert json.loads((out / "last_flow.logits.json").read_text())["modality"] == "flow"
+    before = (out / "last_flow.logits.pt").stat().st_mtime_ns
+    with pytest.raises(StreamsError, match=r"would overwrite .*last_flow\.logits\.pt.*--force"):
+        run(["export", str(run_dir), "--out", str(out), "--format", "torchscript"])
+    assert (out / "last_flow.logits.pt").stat().st_mtime_ns == before
+    run(["export", str(run_dir), "--out", str(out), "--format", "torchscript", "--force"])
+    assert (out / "last_flow.logits.pt").stat().st_mtime_ns != before
+    # A name that already says its stream keeps it.
+    from streams.export import export_name
+
+    assert export_name("weights/p3d_rgb_kinetics.pt", "rgb") == "p3d_rgb_kinetics"
+    assert export_name("weights/flowers.pt", "flow") == "flowers_flow"
