@@ -193,7 +193,7 @@ def aslan_view2(layers: Mapping[str, Mapping[int, np.ndarray]], pairs: np.ndarra
                "auc": float(100.0 * np.mean(aucs)) if aucs else float("nan")}
     spread = ", ".join(f"C={c:g} in {count}" for c, count in sorted(chosen.items()))
     return ProtocolResult(float(100.0 * accuracy.mean()), metrics, int(usable.sum()),
-                          f"C per fold by {cv}, the other splits ({spread}); "
+                          f"C per fold by {cv} ({spread}); "
                           f"{len(layers)} layers x 12 measures, {normalisation} normalised",
                           excluded=int((~usable).sum()))
 

@@ -200,3 +200,17 @@ def test_svm_methods_pass_groups_and_say_which_folds():
     assert "3-fold stratified group CV on 96 videos of 6 groups" in grouped[0].details
     plain = svm_methods({"rgb": x}, labels, {"rgb": x[:4]}, 4, cfg)
     assert "3-fold stratified CV on 96 videos" in plain[0].details
+
+
+def test_fewer_rows_than_dimensions_same_svm_in_the_rows_span():
+    rng = np.random.default_rng(5)
+    x = svm.normalise(np.abs(rng.standard_normal((30, 200)) + 2.0 * np.repeat(np.eye(3, 200), 10, axis=0)))
+    labels = [(k,) for k in range(3) for _ in range(10)]
+    new = svm.normalise(np.abs(rng.standard_normal((7, 200))))
+    for c in (0.01, 1.0, 100.0):
+        fit = svm.fit_svm(x, labels, 3, [c], folds=3)
+        assert fit.basis.shape == (200, 30)
+        direct = svm._fit(x, labels, 3, c, False)  # the 200-d fit
+        # Same optimum up to the solver's tolerance (decision values are O(1)).
+        np.testing.assert_allclose(fit.scores(new), direct.scores(new), atol=1e-3)
+    assert svm.fit_svm(x[:, :20], labels, 3, [1.0], folds=3).basis is None  # 30 rows, 20 dims: as is
