@@ -200,9 +200,11 @@ def extract(videos: Sequence[VideoJob], streams: Sequence[StreamSpec], cache_roo
     reads `flow_store` (required when a flow stream is given); a video missing there, or one that
     cannot be decoded, is recorded as failed for that stream and the rest goes on."""
     cache_root = Path(cache_root)
-    store = open_store(flow_store) if any(s.name == "flow" for s in streams) else None
-    if any(s.name == "flow" for s in streams) and flow_store is None:
-        raise FusionError("the flow stream needs a flow store")
+    store = None
+    if any(s.name == "flow" for s in streams):
+        if flow_store is None:
+            raise FusionError("the flow stream needs a flow store (flow_store)")
+        store = open_store(flow_store)
     dirs: dict[str, Path] = {}
     for s in streams:
         source = flow_source(store) if s.name == "flow" else rgb_source()

@@ -56,7 +56,7 @@ def comparison(table: pd.DataFrame, paper_of: dict[str, str]) -> pd.DataFrame:
             for stream in STREAMS:
                 got = ours.loc[ours["stream"] == stream, metric]
                 row[f"ours {stream}"] = float(got.iloc[0]) if len(got) else float("nan")
-            row.update(dict(zip(PAPER_METHODS, published)))
+            row.update(dict(zip(PAPER_METHODS, published, strict=False)))
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -99,7 +99,7 @@ def write_chart(path: Path, compared: pd.DataFrame) -> None:
             values = main[name].to_numpy(dtype=float)
             ax.bar(x + (k - (len(series) - 1) / 2) * width, np.nan_to_num(values), width, label=name,
                    hatch="//" if name in PAPER_METHODS else None, alpha=0.9)
-        ax.set_xticks(x, [f"{b}\n({p})" for b, p in zip(main["benchmark"], main["paper benchmark"])])
+        ax.set_xticks(x, [f"{b}\n({p})" for b, p in zip(main["benchmark"], main["paper benchmark"], strict=False)])
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 100)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))

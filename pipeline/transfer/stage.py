@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flow.errors import FlowError
+from flow.atomic import write_text
 from flow.stage import FlowJob, run_flow
 from fusion import svm, transfer
 from fusion.errors import FusionError
@@ -75,6 +75,7 @@ def transfer_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1), source: str 
             raise PipelineError(f"transfer.{name}: {e}") from None
     rows: list[dict] = []
     notes: list[str] = []
+    excluded: list[tuple[str, str, str, str]] = []  # benchmark, stream, video, why
     for name in t.benchmarks:
         bench = cfg.benchmark[name]
         dataset, pairs = _read(name, bench)
@@ -88,14 +89,18 @@ def transfer_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1), source: str 
         for video_id, reason in flow_failed.items():  # the flow stage's reason says more than "no flow"
             if video_id in got.failed.get("flow", {}):
                 got.failed["flow"][video_id] = reason
+        excluded += [(name, stream, v, reason) for stream, reasons in got.failed.items()
+                     for v, reason in sorted(reasons.items())]
         failed = sorted({v for reasons in got.failed.values() for v in reasons})
         if failed:
             notes.append(f"{name}: {len(failed)} video(s) without features for some stream, left out: "
                          + "; ".join(f"{v} ({_first_reason(got, v)})" for v in failed[:3])
-                         + (" ..." if len(failed) > 3 else ""))
+                         + (" ... (all in excluded.csv)" if len(failed) > 3 else ""))
         if shard[1] > 1:
             continue
-        rows += _score(name, bench, dataset, pairs, got, cfg)
+        scored, skipped = _score(name, bench, dataset, pairs, got, cfg)
+        rows += scored
+        notes += skipped
     if shard[1] > 1:
         print(f"transfer: shard {shard[0] + 1}/{shard[1]} computed; run without --shard to score and report "
               f"({time.monotonic() - started:.0f} s)")
@@ -110,11 +115,14 @@ def transfer_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1), source: str 
             "excluded: videos without features for that stream (broken or without flow), left out of it."]
     if t.companions:
         head.append(f"The benchmarks under {t.companions} are generated stand-ins in the real layouts "
-                    "(pipeline/synth/companions.py): they exercise each protocol; their numbers are not "
-                    "comparable with the paper's, which are shown for the layout of the comparison.")
+                    "(pipeline/synth/companions.py): they exercise each protocol, and their numbers are not "
+                    "comparable with the paper's, which are shown for reference.")
     text = write_report(table, out, paper_of, head + [f"- {n}" for n in notes])
+    write_text(out / "excluded.csv", pd.DataFrame(excluded, columns=["benchmark", "stream", "video_id", "reason"])
+               .to_csv(index=False))
     print(text)
-    print(f"transfer: report in {out} (results.csv, results.md, results.png; {time.monotonic() - started:.0f} s)")
+    print(f"transfer: report in {out} (results.csv, results.md, results.png, excluded.csv; "
+          f"{time.monotonic() - started:.0f} s)")
     return table
 
 
@@ -169,20 +177,22 @@ def _stream_matrix(got: Extraction, stream: str, ids: list[str]) -> np.ndarray:
 
 
 def _score(name: str, bench: BenchmarkConfig, dataset: Dataset, pairs: np.ndarray | None, got: Extraction,
-           cfg: Config) -> list[dict]:
+           cfg: Config) -> tuple[list[dict], list[str]]:
+    """The benchmark's rows, one per stream; and notes on streams with no usable video (no row)."""
     t = cfg.transfer
     protocol = bench.resolved_protocol()
     streams = [s for s in STREAMS if s in got.features]
     if len(streams) == 2:
         streams.append("two_stream")
     num_classes = len(dataset.classes)
-    rows = []
+    rows, skipped = [], []
     for stream in streams:
         parts = ("rgb", "flow") if stream == "two_stream" else (stream,)
         usable = {v.video_id for v in dataset.videos if all(v.video_id in got.features[p] for p in parts)}
         excluded = len(dataset.videos) - len(usable)
         if not usable:
-            raise FusionError(f"benchmark.{name}: no video has {stream} features (see the failures above)")
+            skipped.append(f"{name}: no {stream} row: none of its {len(dataset.videos)} videos has {stream} features")
+            continue
         kwargs = dict(cs=t.cs, folds=t.folds, seed=t.seed)
         details = ""
         if protocol == "aslan_view2":
@@ -222,4 +232,4 @@ def _score(name: str, bench: BenchmarkConfig, dataset: Dataset, pairs: np.ndarra
                      "hit@3": result.metrics.get("hit@3", float("nan")),
                      "mAP": result.metrics.get("mAP", float("nan")), "videos": result.videos,
                      "excluded": excluded, "selected": result.selected, "details": details})
-    return rows
+    return rows, skipped

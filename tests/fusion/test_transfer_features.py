@@ -10,8 +10,15 @@ import torch
 
 from flow.stage import FlowJob, run_flow
 from fusion.scoring import ClipGeometry, StreamRunner
-from fusion.transfer_features import (LayerTap, StreamSpec, VideoJob, extract, load_stream_spec, transfer_geometry,
-                                      video_layers)
+from fusion.transfer_features import (
+    LayerTap,
+    StreamSpec,
+    VideoJob,
+    extract,
+    load_stream_spec,
+    transfer_geometry,
+    video_layers,
+)
 from fusion.views import feature_views
 from streams import transforms
 from streams.checkpoint import load_checkpoint
@@ -141,7 +148,8 @@ def test_cache_second_run_computes_nothing_and_a_new_checkpoint_recomputes(specs
     assert again.computed == 0 and [f.stat().st_mtime_ns for f in files] == stamps
     for name in ("rgb", "flow"):
         for video_id in first.features[name]:
-            np.testing.assert_array_equal(again.features[name][video_id]["pool5"], first.features[name][video_id]["pool5"])
+            np.testing.assert_array_equal(again.features[name][video_id]["pool5"],
+                                          first.features[name][video_id]["pool5"])
     # Another recipe (clips) is another cache; the old files stay as they were.
     other = extract(videos[:1], streams[:1], tmp_path / "cache", store, FAST_FLOW, clips=4, jobs=1)
     assert other.computed == 1 and [f.stat().st_mtime_ns for f in files] == stamps

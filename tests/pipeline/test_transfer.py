@@ -97,7 +97,8 @@ def aslan_pairs() -> np.ndarray:
     return pairs
 
 
-def write_aslan(root: Path, pairs: np.ndarray, variable: str = "action_splits_pairs", skip: int = 0) -> tuple[Path, Path]:
+def write_aslan(root: Path, pairs: np.ndarray, variable: str = "action_splits_pairs",
+                skip: int = 0) -> tuple[Path, Path]:
     videos = root / "ASLAN_AVI"
     videos.mkdir(parents=True)
     for clip in np.unique(pairs[:, :2, :]):
@@ -248,14 +249,15 @@ def test_transfer_end_to_end_report_cache_and_broken_videos(tiny_transfer, tmp_p
     assert list(csv.columns) == ["benchmark", "protocol", "stream", "accuracy", "se", "auc", "hit@3", "mAP",
                                  "videos", "excluded", "selected", "details"]
     expected = [(b, s) for b in ("synth", "activitynet", "aslan", "scenes") for s in ("rgb", "flow", "two_stream")]
-    assert list(zip(csv["benchmark"], csv["stream"])) == expected
-    protocols = dict(zip(csv["benchmark"], csv["protocol"]))
+    assert list(zip(csv["benchmark"], csv["stream"], strict=False)) == expected
+    protocols = dict(zip(csv["benchmark"], csv["protocol"], strict=False))
     assert protocols == {"synth": "three_split", "activitynet": "train_val", "aslan": "aslan_view2", "scenes": "loo"}
     rows = csv.set_index(["benchmark", "stream"])
     assert rows.loc[("synth", "rgb"), "videos"] == 24 and rows.loc[("aslan", "rgb"), "videos"] == 40  # pairs
     assert rows.loc[("activitynet", "rgb"), "videos"] == 6 and rows.loc[("scenes", "flow"), "videos"] == 9
     assert rows.loc[("scenes", "rgb"), "excluded"] == 1 and rows.loc[("synth", "rgb"), "excluded"] == 0
-    assert np.isfinite(rows.loc[("aslan", "two_stream"), "auc"]) and np.isfinite(rows.loc[("activitynet", "flow"), "mAP"])
+    assert np.isfinite(rows.loc[("aslan", "two_stream"), "auc"])
+    assert np.isfinite(rows.loc[("activitynet", "flow"), "mAP"])
     assert ((csv["accuracy"] >= 0) & (csv["accuracy"] <= 100)).all()
     md = (out / "results.md").read_text(encoding="utf-8")
     assert "| synth | UCF101 | accuracy |" in md and "88.60 | 82.30 | 83.50" in md  # the paper's UCF101 row
