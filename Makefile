@@ -10,7 +10,7 @@ ARGS ?=
 PY := $(VENV)/bin/python
 RUN := $(PY) -m pipeline
 
-.PHONY: install test lint all synth flow train-rgb train-flow eval transfer bench clean
+.PHONY: install test lint all synth flow train-rgb train-flow eval transfer bench bench-gpu clean
 
 install: $(VENV)/.installed
 
@@ -50,6 +50,12 @@ eval: install
 TRANSFER_CONFIG ?= configs/transfer.toml
 transfer: install
 	$(RUN) transfer --config $(TRANSFER_CONFIG) $(ARGS)
+
+# The prepared GPU run (bench/gpu.py, docs/gpu.md): every CUDA path proved and measured in at most
+# 8 minutes; gpu.md, gpu.json and gpu.log in work/gpu. A bare GPU machine without this .venv runs
+# `PYTHONPATH=. python3 bench/gpu.py --out DIR` instead.
+bench-gpu: install
+	$(PY) bench/gpu.py --out work/gpu $(ARGS)
 
 clean:
 	rm -rf work

@@ -84,10 +84,10 @@ def test_bf16_amp_training_step_is_finite_and_lowers_the_loss(cuda):
     training, six steps on one fixed batch of 8 clips: finite losses, and the last below the first."""
     torch.manual_seed(0)
     model = to_channels_last(build_model("p3d199", 4, 3, dropout=0.0).to(cuda))
-    cfg = TrainConfig(lr=0.01)
+    cfg = TrainConfig(lr=0.001)  # the paper's rate (x10 for the classifier): 0.01 diverges here
     optimizer = torch.optim.SGD(param_groups(model, cfg, "rgb"), lr=cfg.lr, momentum=cfg.momentum)
     scaler = torch.amp.GradScaler("cuda", enabled=False)  # bf16 needs no loss scaling
-    clips = torch.randint(0, 256, (8, 3, 8, 112, 112), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    clips = torch.randint(0, 256, (8, 3, 8, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     labels = torch.arange(8) % 4
     model.train()
     losses = [float(train_step(model, optimizer, scaler, clips, labels, "rgb", cuda, torch.bfloat16, True)[0])
