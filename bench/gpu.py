@@ -220,7 +220,8 @@ def _verdict(value: float | None, target: float, device: torch.device) -> bool |
 
 def _is_oom(err: BaseException) -> bool:
     text = str(err).lower()
-    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in text or "cudnn_status" in text
+    return (isinstance(err, torch.cuda.OutOfMemoryError)
+            or any(s in text for s in ("out of memory", "cudnn_status", "alloc_failed")))
 
 
 # ---- section 1: CUDA correctness ---------------------------------------------------------------
@@ -504,7 +505,6 @@ def section_training(rec: Recorder, sz: Sizes, device: torch.device, args: argpa
                 rec.fail(f"train bf16 AMP + channels_last_3d, batch {batch}", traceback.format_exc())
                 break
             stopped = f"batch {batch}: {str(err).splitlines()[0][:120]}"
-            _free(device)
             break
         record("bf16 AMP + channels_last_3d", batch, got)
         fits, batch = batch, batch * 2
