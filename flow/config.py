@@ -22,6 +22,17 @@ class FlowConfig:
     # On a re-run, read every finished pack and check the CRC32 of each image (reads the whole
     # store once; finds flipped bytes). false: only check that each pack's index is intact.
     verify: bool = True
+    # Where frames and flow come from: "videos" (decode each video, compute TV-L1) or "rawframes"
+    # (copy an existing mmaction2 / TSN / denseflow tree of JPEGs into the store, no recomputation;
+    # docs/flow.md lists the names it recognises).
+    source: str = "videos"
+    # source = "rawframes": the folder holding one frame folder per video id
+    # (<rawframes_root>/<video_id>/img_00001.jpg ...); "" = the dataset's own paths, which then are
+    # frame folders (dataset.list_type = "rawframes").
+    rawframes_root: str = ""
+    # source = "rawframes": the bound the flow JPEGs were encoded with (denseflow's and mmaction2's
+    # default is 20); they are decoded with it and re-encoded when the store's `bound` differs.
+    rawframes_bound: float = 20.0
 
     # Where it runs.
     backend: str = "opencv"  # "opencv" (cv2.optflow DualTVL1) or "torch" (batched PyTorch TV-L1)
@@ -55,6 +66,10 @@ class FlowConfig:
             raise ValueError(f"missing_frames_tolerance: must be in [0, 1], got {self.missing_frames_tolerance}")
         if self.backend not in ("opencv", "torch"):
             raise ValueError(f"backend: must be 'opencv' or 'torch', got {self.backend!r}")
+        if self.source not in ("videos", "rawframes"):
+            raise ValueError(f"source: must be 'videos' or 'rawframes', got {self.source!r}")
+        if self.rawframes_bound <= 0:
+            raise ValueError(f"rawframes_bound: must be > 0, got {self.rawframes_bound}")
         if self.bound <= 0:
             raise ValueError(f"bound: must be > 0, got {self.bound}")
         if not 0.0 < self.scale_step < 1.0:

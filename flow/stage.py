@@ -37,6 +37,7 @@ from flow.config import FlowConfig
 from flow.encoding import encode
 from flow.errors import FlowError, shown
 from flow.manifest import VideoResult, manifest_name, read_manifest, write_manifest
+from flow.rawframes import import_video, survey
 from flow.store import STORE_FILE, OtherSettingsError, Store, check_video_id, create_store, open_store
 from flow.tvl1 import OpenCVTVL1, to_gray
 from flow.video import VideoReader
@@ -44,7 +45,10 @@ from flow.video import VideoReader
 # [flow] fields that do not change what is written: a store made with other values of these is
 # still the same store.
 RUN_ONLY_FIELDS = ("jobs", "scheduler", "device", "batch_pairs", "missing_frames_tolerance",
-                   "store", "codec", "bound", "jpeg_quality", "max_pixels", "verify")
+                   "store", "codec", "bound", "jpeg_quality", "max_pixels", "verify", "source",
+                   "rawframes_root", "rawframes_bound")
+# What decides imported rawframes (source = "rawframes"): TV-L1's settings are the other tool's, unknown here.
+RAWFRAMES_FIELDS = ("size", "rawframes_bound")
 MANIFEST_EVERY_S = 30.0  # rewrite the manifest this often while running, so a killed run shows progress
 
 
@@ -94,8 +98,23 @@ class FlowSummary:
 
 
 def store_params(cfg: FlowConfig) -> dict[str, Any]:
-    """The settings that decide the stored frames and flow, recorded in store.json."""
+    """The settings that decide the stored frames and flow, recorded in store.json. Stores computed
+    from videos record no `source` (stores made before rawframes could be imported stay valid)."""
+    if cfg.source == "rawframes":
+        return {"source": "rawframes", **{k: getattr(cfg, k) for k in RAWFRAMES_FIELDS}}
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY_FIELDS}
+
+
+def flow_settings(bound: float, params: dict[str, Any]) -> dict[str, Any]:
+    """The flow settings a stream is trained on, as checkpoints record them and `eval`, `predict` and
+    `features` compare them: the bound, `source` ("videos" or "rawframes") and the store's params."""
+    return {"bound": float(bound), "source": "videos", **params}
+
+
+def config_flow_settings(cfg: FlowConfig) -> dict[str, Any]:
+    """flow_settings of the flow computed on the fly under `cfg` (`predict`, `features`: TV-L1 on
+    decoded videos, whatever `cfg.source` says)."""
+    return flow_settings(cfg.bound, store_params(dataclasses.replace(cfg, source="videos")))
 
 
 _TORCH_BACKENDS: dict[tuple[Any, ...], Any] = {}  # one per process and device: building one is costly
@@ -186,6 +205,11 @@ def _compute(job: FlowJob, store: Store, cfg: FlowConfig, device: str | None,
              owner: tuple[str, int, bool] | None) -> VideoResult:
     row = VideoResult(job.video_id, shown(job.path), "failed")
     try:
+        if cfg.source == "rawframes":  # an existing frame folder: copied, nothing computed
+            with store.writer(job.video_id) as writer:
+                row.declared_frames = len(import_video(job.path, writer, cfg, lambda: _check_owner(owner)).frames)
+            row.status, row.frames, row.flow_pairs = "done", writer.num_frames, writer.num_flows
+            return row
         reader = VideoReader(job.path, cfg.size, cfg.max_pixels)
         row.declared_frames = reader.declared_frames
         backend = make_backend(cfg, device)
@@ -413,6 +437,8 @@ def run_flow(videos: Sequence[FlowJob], out_dir: Path, cfg: FlowConfig, *, shard
         rows[job.video_id] = VideoResult(job.video_id, shown(job.path), "pending")
         todo.append(job)
     skipped = len(valid) - len(todo)
+    if cfg.source == "rawframes":
+        print(survey([job.path for job in valid]), flush=True)
     # Longest first (file size as the proxy), so no long video starts last while the others idle.
     todo.sort(key=lambda j: -(j.path.stat().st_size if j.path.is_file() else 0))
 

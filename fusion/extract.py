@@ -26,12 +26,13 @@ from tqdm import tqdm
 
 from flow.config import FlowConfig
 from flow.errors import FlowError, shown
+from flow.stage import config_flow_settings
 from flow.video import VIDEO_EXTENSIONS
 from fusion import svm
 from fusion.config import EvalConfig
 from fusion.decoded import decode_for_views
 from fusion.errors import FusionError
-from fusion.predict import Stream, load_streams
+from fusion.predict import Stream, check_flow, load_streams
 from fusion.report import save_npz
 from fusion.views import feature_views
 from streams.errors import StreamsError
@@ -171,6 +172,7 @@ def extract_features(source: Path | str, checkpoints: dict[str, Path], out: Path
         raise FusionError(f"settings: {e}") from None
     videos = list_videos(source)
     streams = load_streams({k: Path(v) for k, v in checkpoints.items()}, cfg)
+    check_flow(streams, config_flow_settings(flow_cfg), "the [flow] settings features computes flow with")
     names = [s.name for s in streams]
     settings = _settings(streams, flow_cfg, cfg)
     parts = out.with_name(out.name + ".parts")

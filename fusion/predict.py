@@ -11,6 +11,7 @@ go through a softmax (fusion.fuse.probabilities).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,13 +23,14 @@ from tqdm import tqdm
 from flow.config import FlowConfig
 from flow.device import resolve_device
 from flow.errors import FlowError, shown
+from flow.stage import config_flow_settings
 from fusion import fuse
 from fusion.config import EvalConfig
 from fusion.decoded import decode_for_views
 from fusion.errors import FusionError
 from fusion.scoring import ClipGeometry, StreamRunner
 from fusion.views import View, score_views
-from streams.checkpoint import Checkpoint, load_stream
+from streams.checkpoint import Checkpoint, check_flow_settings, load_stream
 from streams.errors import StreamsError
 from streams.transforms import MODALITIES
 
@@ -83,6 +85,19 @@ def load_streams(checkpoints: dict[str, Path], cfg: EvalConfig) -> list[Stream]:
     return streams
 
 
+def check_flow(streams: Sequence[Stream], given: dict, where: str) -> None:
+    """Each stream's training flow settings against those of its input (`given`: flow.stage.flow_settings
+    of a store or config_flow_settings of `[flow]`): FusionError naming the differing keys that
+    change what a stream is fed (streams.checkpoint.FLOW_DECISIVE); a warning line for the others."""
+    for s in streams:
+        try:
+            warnings = check_flow_settings(s.checkpoint, given, where)
+        except StreamsError as e:
+            raise FusionError(str(e)) from None
+        for line in warnings:
+            print(f"warning: {line}", file=sys.stderr, flush=True)
+
+
 def _top(probabilities: np.ndarray, classes: Sequence[str], k: int) -> list[tuple[str, float]]:
     order = np.argsort(-probabilities, kind="stable")[:k]
     return [(classes[i], float(probabilities[i])) for i in order]
@@ -122,6 +137,7 @@ def predict(videos: Sequence[Path | str], checkpoints: dict[str, Path], flow_cfg
     except ValueError as e:
         raise FusionError(f"settings: {e}") from None
     streams = load_streams({k: Path(v) for k, v in checkpoints.items()}, cfg)
+    check_flow(streams, config_flow_settings(flow_cfg), "the [flow] settings predict computes flow with")
     predictions = []
     for path in tqdm([Path(v) for v in videos], desc="predict", unit="video", leave=False,
                      disable=len(videos) < 2):

@@ -21,12 +21,14 @@ import pandas as pd
 
 from flow.device import resolve_device
 from flow.errors import FlowError
+from flow.stage import flow_settings
 from flow.store import Store, open_store
 from fusion import fuse, report, svm
 from fusion.config import EvalConfig
 from fusion.errors import FusionError
 from fusion.metrics import Labels
 from fusion.outputs import Outputs, StreamSpec, collect
+from fusion.predict import check_flow
 from fusion.report import MethodScores
 from fusion.scoring import ClipGeometry
 from streams.checkpoint import Checkpoint, file_sha256, load_stream
@@ -82,6 +84,7 @@ def run_eval(store_dir: Path, checkpoints: dict[str, Path], train_items: Sequenc
     device = resolve_device(cfg.device, "eval.device")
     streams = [_check_stream(name, Path(checkpoints[name]), classes, cfg, out_dir)
                for name in MODALITIES if name in checkpoints]
+    check_flow(streams, flow_settings(store.bound, store.params), f"the store at {store_dir}")
     specs = [s.spec for s in streams]
 
     two = len(streams) == 2

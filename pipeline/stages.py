@@ -10,7 +10,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from flow.stage import FlowJob, run_flow
+from flow.atomic import write_text
+from flow.manifest import read_manifest
+from flow.stage import FlowJob, FlowSummary, run_flow
 from flow.store import open_store
 from fusion.stage import average_splits, run_eval
 from pipeline.config import Config, write_resolved
@@ -90,18 +92,46 @@ def synth_stage(cfg: Config, *, force: bool = False) -> None:
 
 
 def flow_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1), force: bool = False,
-               strict: bool = False) -> None:
+               strict: bool = False) -> FlowSummary:
     dataset = read_dataset(cfg.dataset)
     if dataset.missing:
         print(f"{len(dataset.missing)} video(s) listed in the annotations are not under "
               f"{dataset.root} and are skipped, e.g. {', '.join(dataset.missing[:3])}")
-    jobs = [FlowJob(v.video_id, v.path) for v in sorted(dataset.videos, key=lambda v: v.video_id)]
+    # source = "rawframes": each video's frame folder, under flow.rawframes_root or the dataset's own path
+    frames_root = Path(cfg.flow.rawframes_root) if cfg.flow.source == "rawframes" and cfg.flow.rawframes_root else None
+    jobs = [FlowJob(v.video_id, frames_root / v.video_id if frames_root else v.path)
+            for v in sorted(dataset.videos, key=lambda v: v.video_id)]
     # Refused files (a link out of the root, an odd name) are listed in the manifest as failed, with why.
     jobs += [FlowJob(video_id_of(PurePosixPath(rel)), dataset.root / rel, error=f"refused: {why}")
              for rel, why in dataset.refused]
     out = flow_dir(cfg)
     write_resolved(cfg, out)
-    run_flow(jobs, out, cfg.flow, shard=shard, force=force, strict=strict)
+    summary = run_flow(jobs, out, cfg.flow, shard=shard, force=force, strict=strict)
+    if cfg.flow.store == "mmaction" and shard[1] == 1:
+        for path in write_mmaction_lists(cfg, out):
+            print(f"flow: mmaction2 list {path}")
+    return summary
+
+
+def write_mmaction_lists(cfg: Config, store_root: Path) -> list[Path]:
+    """mmaction2 rawframe lists of the store (`<video_id> <frames> <label> [label ...]`, data_prefix =
+    the store): per split and subset, `<format>_<subset>_split_<k>_rawframes.txt` with the RGB frame
+    count N and `..._rawframes_flow.txt` with the flow count N - 1 (mmaction2 reads `total_frames`
+    images of the modality). Counts from the store's manifest; videos that failed are left out."""
+    rows = {v: r for v, r in read_manifest(store_root / "manifest.csv").items() if r.status == "done"}
+    written = []
+    for split, dataset in split_datasets(cfg):
+        for subset in ("train", "val", "test"):
+            videos = [v for v in dataset.videos if v.split == subset and v.video_id in rows]
+            if not videos:
+                continue
+            for suffix, count in (("", "frames"), ("_flow", "flow_pairs")):
+                path = store_root / f"{cfg.dataset.format}_{subset}_split_{split}_rawframes{suffix}.txt"
+                text = "".join(f"{v.video_id} {getattr(rows[v.video_id], count)} {' '.join(map(str, v.labels))}\n"
+                               for v in videos)
+                write_text(path, text)
+                written.append(path)
+    return written
 
 
 def _stored(cfg: Config, dataset: Dataset, stage: str) -> tuple[set[str], list[str]]:

@@ -43,6 +43,9 @@ class Checkpoint:
     epoch: int  # completed epochs
     metrics: dict[str, Any]
     state: dict[str, Any] = field(repr=False)  # the whole file, for resuming
+    # The flow settings of the store it was trained on (flow.stage.flow_settings: bound, size, TV-L1
+    # parameters, backend, source); {} when unknown (imported weights, older checkpoints).
+    flow: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -139,11 +142,13 @@ def safe_load(path: Path | str, what: str = "checkpoint", map_location: str | to
 
 def make_payload(model: P3D, *, arch: str, modality: str, classes: list[str], input_convention: str,
                  model_config: dict[str, Any], train_config: dict[str, Any], step: int, epoch: int,
-                 metrics: dict[str, Any], **training_state: Any) -> dict[str, Any]:
+                 metrics: dict[str, Any], flow: dict[str, Any] | None = None, **training_state: Any) -> dict[str, Any]:
+    """A checkpoint's contents; `flow`: the flow settings of the store trained on (flow.stage.flow_settings),
+    None when unknown (imported weights)."""
     return {"format": FORMAT, "version": VERSION, "model": model.state_dict(), "arch": arch,
             "modality": modality, "classes": list(classes), "input_convention": input_convention,
             "model_config": model_config, "train_config": train_config, "step": step, "epoch": epoch,
-            "metrics": metrics, **training_state}
+            "metrics": metrics, "flow": dict(flow or {}), **training_state}
 
 
 def read_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> Checkpoint:
@@ -166,7 +171,42 @@ def read_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     return Checkpoint(path=path, arch=state["arch"], modality=state["modality"], classes=list(state["classes"]),
                       input_convention=state.get("input_convention", ""), model_config=state["model_config"],
                       train_config=state["train_config"], step=int(state["step"]),
-                      epoch=int(state.get("epoch", 0)), metrics=dict(state.get("metrics", {})), state=state)
+                      epoch=int(state.get("epoch", 0)), metrics=dict(state.get("metrics", {})), state=state,
+                      flow=dict(state.get("flow") or {}))
+
+
+# Flow settings that change what a stream is fed: another value stops eval, predict and features.
+# The others (TV-L1's solver: tolerances, iteration counts, pyramid, time step, backend; where the
+# flow came from) give about the same flow and only warn. RGB frames depend only on the size.
+FLOW_DECISIVE = {"rgb": ("size",), "flow": ("bound", "size", "lambda_", "theta", "gamma")}
+
+
+def _same(a: Any, b: Any) -> bool:
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
+        return float(a) == float(b)
+    return a == b
+
+
+def check_flow_settings(ckpt: Checkpoint, given: dict[str, Any], where: str) -> list[str]:
+    """Compare the flow settings `ckpt` was trained on with those of the input it is given (`where`
+    says which: "the store at ...", "the [flow] settings"). StreamsError in one line naming the
+    differing keys when one of FLOW_DECISIVE differs; else the warnings for the other differing keys
+    (none for an RGB stream). Keys only one side records, and checkpoints that record none, are not
+    compared."""
+    trained = ckpt.flow
+    keys = FLOW_DECISIVE["rgb"] if ckpt.modality == "rgb" else sorted(set(trained) | set(given))
+    differ = [k for k in keys if k in trained and k in given and not _same(trained[k], given[k])]
+    stop = [k for k in differ if k in FLOW_DECISIVE[ckpt.modality]]
+    if stop:
+        then = ", ".join(f"{k} = {trained[k]!r}" for k in stop)
+        now = ", ".join(f"{k} = {given[k]!r}" for k in stop)
+        fix = " ".join(f"flow.{k}={trained[k]}" for k in stop)
+        raise StreamsError(f"{ckpt.modality} stream {ckpt.path} was trained on input made with {then}, but {where} "
+                           f"has {now} ({', '.join(stop)} differ): give it input made with the checkpoint's "
+                           f"settings (--set {fix}) or a checkpoint trained on this input")
+    return [f"{ckpt.modality} stream {ckpt.path}: flow {k} was {trained[k]!r} in training, {given[k]!r} in {where} "
+            "(TV-L1's solver or the flow's origin: expect slightly other scores)" for k in differ]
 
 
 def model_from_checkpoint(ckpt: Checkpoint) -> P3D:

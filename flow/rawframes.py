@@ -1,0 +1,236 @@
+"""Existing rawframes (mmaction2 / TSN / denseflow JPEG trees) into the store, without recomputing flow.
+
+`[flow] source = "rawframes"` makes the flow stage read each video's frame folder instead of decoding
+and running TV-L1. The images are copied into the store (either layout), not indexed in place: the
+names vary between tools (below), the flow must be re-encoded when its bound differs from the
+store's, and every reader (training, eval, show-flow) then reads one layout. Names recognised, per
+video folder:
+
+* frames `img_00001.jpg` (mmaction2 / TSN), `frame_0000000001.jpg` (EPIC, 10 digits), `image_*`,
+  `rgb_*`, in the folder itself or in `rgb/`;
+* flow `flow_x_00001.jpg` / `flow_y_00001.jpg` or `x_00001.jpg` / `y_00001.jpg`, in the folder or in
+  `flow/`; or any numbered image in `x/` + `y/` or `u/` + `v/` (EPIC), in the folder or in `flow/`;
+* numbered from 1 (mmaction2, TSN) or from 0 (denseflow); frames and flow must start alike.
+
+N frames need N - 1 flow images (flow i: frame i -> i + 1). N flow images for N frames (tools that
+cut a segment out of a longer video, like adl_P11 in ../shared/data) keep the first N - 1: the last
+one ends on a frame the folder does not hold. A gap in the numbering, fewer flows, more than N, or x
+without its y fail the video with the reason (the flow stage lists it in the manifest).
+"""
+from __future__ import annotations
+
+import collections
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from flow.config import FlowConfig
+from flow.encoding import decode, encode
+from flow.errors import FlowError, shown
+from flow.store import VideoWriter
+from flow.video import output_size, resize
+
+_IMAGE = r"\.(?:jpe?g|png)"
+_RGB = re.compile(rf"^(?:img|image|frame|rgb)_(\d+){_IMAGE}$", re.IGNORECASE)
+_FLOW = re.compile(rf"^(?:flow_)?([xy])_(\d+){_IMAGE}$", re.IGNORECASE)
+_NUMBERED = re.compile(rf"^(?:[a-z]+_)?(\d+){_IMAGE}$", re.IGNORECASE)  # in x/, y/, u/, v/ folders
+_AXIS_DIRS = {"x": "x", "y": "y", "u": "x", "v": "y"}
+
+
+@dataclass
+class RawframeVideo:
+    """The images of one video folder: number -> file, for frames and each flow axis."""
+
+    folder: Path
+    frames: dict[int, Path]
+    flow_x: dict[int, Path]
+    flow_y: dict[int, Path]
+    kind: str  # how the names look, e.g. "img_/flow_x_, 5 digits, 1-based"
+
+
+@dataclass
+class CheckedVideo:
+    """What is imported: frame and flow files in order (flows[i] is frame i -> i + 1)."""
+
+    frames: list[Path]
+    flows: list[tuple[Path, Path]]
+    kind: str
+    dropped_last_flow: bool
+
+
+def _files(folder: Path) -> list[str]:
+    try:
+        return sorted(e.name for e in os.scandir(folder) if not e.name.startswith(".") and e.is_file())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def scan(folder: Path | str) -> RawframeVideo:
+    """The frame and flow images of a video folder; FlowError naming it when it is no folder or
+    holds no frame image."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FlowError(f"{shown(folder)}: not a folder of frames (flow.source = 'rawframes' reads one "
+                        "folder per video: set flow.rawframes_root to the folder holding them)")
+    frames: dict[int, Path] = {}
+    flows: dict[str, dict[int, Path]] = {"x": {}, "y": {}}
+    names: dict[int, str] = {}  # id of a table -> how its first name starts ("img_", "flow/x/")
+    digits: set[int] = set()
+
+    def put(table: dict[int, Path], number: str, path: Path, pattern: str) -> None:
+        index = int(number)
+        if index in table:
+            raise FlowError(f"{shown(folder)}: {shown(table[index].name)} and {shown(path.name)} are both "
+                            f"image {index}")
+        table[index] = path
+        names.setdefault(id(table), pattern)
+        digits.add(len(number))
+
+    for sub in ("", "rgb"):
+        for name in _files(folder / sub):
+            if m := _RGB.match(name):
+                put(frames, m.group(1), folder / sub / name, f"{sub + '/' if sub else ''}{name[:m.start(1)]}")
+    for sub in ("", "flow"):
+        for name in _files(folder / sub):
+            if m := _FLOW.match(name):
+                put(flows[m.group(1).lower()], m.group(2), folder / sub / name,
+                    f"{sub + '/' if sub else ''}{name[:m.start(2)]}")
+        for axis_dir, axis in _AXIS_DIRS.items():
+            where = folder / sub / axis_dir
+            for name in _files(where):
+                if m := _NUMBERED.match(name):
+                    put(flows[axis], m.group(1), where / name, f"{where.relative_to(folder).as_posix()}/")
+    if not frames:
+        raise FlowError(f"{shown(folder)}: no frame images (img_00001.jpg, frame_0000000001.jpg, rgb/...)")
+    start = min(frames)
+    shapes = " + ".join(names[id(t)] + "*" for t in (frames, flows["x"]) if id(t) in names)
+    kind = f"{shapes}, {'/'.join(map(str, sorted(digits)))} digits, {start}-based"
+    return RawframeVideo(folder, frames, flows["x"], flows["y"], kind)
+
+
+def _gaps(table: dict[int, Path], start: int, stop: int) -> list[int]:
+    return [i for i in range(start, stop) if i not in table]
+
+
+def check(video: RawframeVideo) -> CheckedVideo:
+    """The frames and flows to import, in order; FlowError naming the folder and what is missing or
+    extra (see the module doc for what is accepted)."""
+    where = shown(video.folder)
+    start = min(video.frames)
+    if start not in (0, 1):
+        raise FlowError(f"{where}: frame numbering starts at {start}, expected 0 (denseflow) or 1 (mmaction2, TSN)")
+    stop = max(video.frames) + 1
+    missing = _gaps(video.frames, start, stop)
+    if missing:
+        raise FlowError(f"{where}: {len(missing)} frame(s) missing in {start}..{stop - 1}, e.g. image {missing[0]} "
+                        f"(after {shown(video.frames[max(i for i in video.frames if i < missing[0])].name)})")
+    count = stop - start
+    if count < 2:
+        raise FlowError(f"{where}: only one frame, flow needs at least two")
+    unpaired = sorted(set(video.flow_x) ^ set(video.flow_y))
+    if unpaired:
+        i = unpaired[0]
+        have, lack = ("x", "y") if i in video.flow_x else ("y", "x")
+        raise FlowError(f"{where}: flow image {i} has {have} ({shown((video.flow_x | video.flow_y)[i].name)}) "
+                        f"but no {lack}")
+    if not video.flow_x:
+        raise FlowError(f"{where}: no flow images (flow_x_00001.jpg, x_00001.jpg, flow/...) next to its "
+                        f"{count} frames")
+    flow_start, flow_stop = min(video.flow_x), max(video.flow_x) + 1
+    if flow_start != start:
+        raise FlowError(f"{where}: frames are numbered from {start} but flow from {flow_start}")
+    gaps = _gaps(video.flow_x, flow_start, flow_stop)
+    if gaps:
+        raise FlowError(f"{where}: {len(gaps)} flow image(s) missing in {flow_start}..{flow_stop - 1}, "
+                        f"e.g. image {gaps[0]}")
+    flows = flow_stop - flow_start
+    if flows > count:
+        raise FlowError(f"{where}: extra flow: {count} frames but {flows} flow images (N frames have N - 1, "
+                        f"or N with the last one past the end); flow image {start + count} has no frame to start from")
+    if flows < count - 1:
+        raise FlowError(f"{where}: flow missing: {count} frames need {count - 1} flow images, found {flows} "
+                        f"(none after image {flow_stop - 1})")
+    used = range(start, start + count - 1)
+    return CheckedVideo([video.frames[i] for i in range(start, stop)],
+                        [(video.flow_x[i], video.flow_y[i]) for i in used], video.kind, flows == count)
+
+
+def _read(path: Path, flags: int) -> np.ndarray:
+    # Bytes through Python, not cv2.imread: OpenCV crashes on a path that is not valid UTF-8.
+    try:
+        img = cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), flags)
+    except OSError as e:
+        raise FlowError(f"{shown(path)}: cannot read: {e.strerror}") from None
+    if img is None:
+        raise FlowError(f"{shown(path)}: not an image OpenCV can decode")
+    return img
+
+
+def _flow_image(x_path: Path, y_path: Path, size: tuple[int, int], bound: float, cfg: FlowConfig) -> np.ndarray:
+    """uint8 [H, W, 2] flow at the store's size and bound from a pair of flow JPEGs encoded at
+    `cfg.rawframes_bound`. Copied as it is when neither changes; else decoded to px, resized with
+    the vectors scaled by the size ratio, and encoded at the store's bound."""
+    x, y = _read(x_path, cv2.IMREAD_GRAYSCALE), _read(y_path, cv2.IMREAD_GRAYSCALE)
+    if x.shape != y.shape:
+        raise FlowError(f"{shown(x_path)} is {x.shape[1]}x{x.shape[0]} but {shown(y_path.name)} is "
+                        f"{y.shape[1]}x{y.shape[0]}")
+    native = (x.shape[1], x.shape[0])
+    if native == size and cfg.rawframes_bound == bound:
+        return np.stack([x, y], axis=-1)
+    fx, fy = decode(x, cfg.rawframes_bound), decode(y, cfg.rawframes_bound)
+    if native != size:
+        fx = resize(fx, size) * (size[0] / native[0])
+        fy = resize(fy, size) * (size[1] / native[1])
+    return encode(np.stack([fx, fy], axis=-1), bound)
+
+
+def import_video(folder: Path | str, writer: VideoWriter, cfg: FlowConfig,
+                 between_chunks: Callable[[], None] = lambda: None) -> CheckedVideo:
+    """Copy one video folder's frames and flow into `writer` (a store writer: the video appears once
+    the caller's `with` block ends cleanly), resized to `cfg.size` (flow vectors scaled with the
+    image) and with flow re-encoded from `cfg.rawframes_bound` to the store's bound when they differ.
+    `batch_pairs` images at a time; `between_chunks` runs before each (the stage checks that its run
+    is alive). FlowError naming the folder for a missing, extra or unreadable image."""
+    video = check(scan(folder))
+    first = _read(video.frames[0], cv2.IMREAD_COLOR)
+    size = output_size(first.shape[1], first.shape[0], cfg.size)
+    if cfg.max_pixels > 0 and size[0] * size[1] > cfg.max_pixels:
+        raise FlowError(f"{shown(video.frames[0])}: frames of {first.shape[1]}x{first.shape[0]} would be stored at "
+                        f"{size[0]}x{size[1]}, more than [flow] max_pixels = {cfg.max_pixels:,}: set [flow] size")
+    bound = writer.store.bound
+    step = max(1, cfg.batch_pairs)
+    for lo in range(0, len(video.frames), step):
+        between_chunks()
+        writer.add_rgb(np.stack([resize(_read(p, cv2.IMREAD_COLOR), size) for p in video.frames[lo: lo + step]]))
+        pairs = video.flows[lo: lo + step]
+        if pairs:
+            writer.add_flow(np.stack([_flow_image(x, y, size, bound, cfg) for x, y in pairs]))
+    return video
+
+
+def survey(folders: Sequence[Path]) -> str:
+    """One line on what the folders hold (before importing them): how many of each naming, how many
+    have N flows for N frames (last flow dropped) and how many fail, with the first reason."""
+    kinds: collections.Counter[str] = collections.Counter()
+    dropped = 0
+    failed: list[str] = []
+    for folder in folders:
+        try:
+            checked = check(scan(folder))
+        except FlowError as e:
+            failed.append(str(e))
+            continue
+        kinds[checked.kind] += 1
+        dropped += checked.dropped_last_flow
+    found = "; ".join(f"{n} as {kind}" for kind, n in kinds.most_common()) or "none usable"
+    line = f"rawframes: {len(folders)} video folders: {found}"
+    if dropped:
+        line += f"; {dropped} with N flows for N frames (last flow dropped)"
+    if failed:
+        line += f"; {len(failed)} failing (listed in the manifest), e.g. {failed[0]}"
+    return line

@@ -1,0 +1,244 @@
+"""Existing rawframes into the store (`[flow] source = "rawframes"`): names detected, counts checked,
+flow decoded at the given bound, bad folders failed with the reason, and the mmaction2 lists."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from flow.config import FlowConfig
+from flow.encoding import decode, encode, step
+from flow.errors import FlowError
+from flow.manifest import read_manifest
+from flow.rawframes import check, scan, survey
+from flow.stage import FlowJob, run_flow
+from flow.store import open_store
+
+RAW = FlowConfig(source="rawframes", size="", jobs=1)
+H, W = 24, 32
+
+
+def smooth(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return cv2.GaussianBlur(rng.integers(0, 256, shape, np.uint8), (5, 5), 1.5)
+
+
+def write_tree(folder: Path, frames: int, flows: int, *, start: int = 1, digits: int = 5, rgb: str = "img_",
+               flow: tuple[str, str] = ("flow_x_", "flow_y_"), rgb_dir: str = "", flow_dir: str = "",
+               seed: int = 0) -> Path:
+    """A rawframes folder of JPEGs: `frames` RGB images and `flows` x/y pairs numbered from `start`."""
+    rng = np.random.default_rng(seed)
+    for sub in {rgb_dir, flow_dir}:
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(frames):
+        cv2.imwrite(str(folder / rgb_dir / f"{rgb}{start + i:0{digits}d}.jpg"), smooth(rng, (H, W, 3)))
+    for i in range(flows):
+        for name in flow:
+            path = folder / flow_dir / f"{name}{start + i:0{digits}d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), smooth(rng, (H, W)))
+    return folder
+
+
+def jpeg(path: Path, gray: bool = False) -> np.ndarray:
+    """The known answer: the image as OpenCV decodes the file."""
+    return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR)
+
+
+def import_one(tmp_path: Path, folder: Path, cfg: FlowConfig = RAW, bound: float | None = None):
+    if bound is not None:
+        cfg = FlowConfig(**{**cfg.__dict__, "bound": bound})
+    summary = run_flow([FlowJob("v", folder)], tmp_path / "store", cfg)
+    return summary, open_store(tmp_path / "store")
+
+
+@pytest.mark.parametrize("start", [1, 0], ids=["1-based mmaction2", "0-based denseflow"])
+def test_frames_and_flow_are_copied_exactly(tmp_path, start):
+    folder = write_tree(tmp_path / "raw", frames=7, flows=6, start=start)
+    summary, store = import_one(tmp_path, folder)
+    assert (summary.computed, summary.failed) == (1, 0)
+    with store.open("v") as video:
+        assert (video.num_frames, video.num_flows, video.height, video.width) == (7, 6, H, W)
+        for i in range(7):
+            np.testing.assert_array_equal(video.rgb([i])[0], jpeg(folder / f"img_{start + i:05d}.jpg"))
+        for i in range(6):
+            stored = video.flow([i])[0]
+            np.testing.assert_array_equal(stored[..., 0], jpeg(folder / f"flow_x_{start + i:05d}.jpg", True))
+            np.testing.assert_array_equal(stored[..., 1], jpeg(folder / f"flow_y_{start + i:05d}.jpg", True))
+    assert store.params == {"source": "rawframes", "size": "", "rawframes_bound": 20.0}
+
+
+@pytest.mark.parametrize("layout, kind", [
+    (dict(flow=("x_", "y_")), "img_* + x_*, 5 digits, 1-based"),
+    (dict(digits=10, rgb="frame_", rgb_dir="rgb", flow_dir="flow"), "rgb/frame_* + flow/flow_x_*, 10 digits, 1-based"),
+    (dict(start=0, rgb="frame_", flow=("u/frame_", "v/frame_"), flow_dir="flow"),
+     "frame_* + flow/u/*, 5 digits, 0-based"),
+])
+def test_name_variants_are_detected(tmp_path, layout, kind):
+    folder = write_tree(tmp_path / "raw", frames=5, flows=4, **layout)
+    checked = check(scan(folder))
+    assert checked.kind == kind
+    assert [p.name for p in checked.frames][0].endswith(("00001.jpg", "00000.jpg"))
+    assert len(checked.frames) == 5 and len(checked.flows) == 4 and not checked.dropped_last_flow
+    x0, y0 = checked.flows[0]
+    assert ("x" in x0.name or x0.parent.name == "u") and ("y" in y0.name or y0.parent.name == "v")
+
+
+def test_n_flows_for_n_frames_drop_the_last(tmp_path):
+    folder = write_tree(tmp_path / "raw", frames=6, flows=6)
+    summary, store = import_one(tmp_path, folder)
+    assert summary.computed == 1
+    with store.open("v") as video:
+        assert (video.num_frames, video.num_flows) == (6, 5)
+        np.testing.assert_array_equal(video.flow([4])[0][..., 0], jpeg(folder / "flow_x_00005.jpg", True))
+    assert "1 with N flows for N frames (last flow dropped)" in survey([folder])
+
+
+@pytest.mark.parametrize("start", [1, 0])
+def test_missing_frame_and_extra_flow_fail_with_the_reason(tmp_path, start, capsys):
+    good = write_tree(tmp_path / "good", frames=5, flows=4, start=start)
+    gap = write_tree(tmp_path / "gap", frames=6, flows=5, start=start)
+    (gap / f"img_{start + 3:05d}.jpg").unlink()
+    extra = write_tree(tmp_path / "extra", frames=5, flows=6, start=start)
+    short = write_tree(tmp_path / "short", frames=6, flows=3, start=start)
+    unpaired = write_tree(tmp_path / "unpaired", frames=5, flows=4, start=start)
+    (unpaired / f"flow_y_{start + 2:05d}.jpg").unlink()
+    jobs = [FlowJob(p.name, p) for p in (good, gap, extra, short, unpaired)]
+    summary = run_flow(jobs, tmp_path / "store", RAW)
+    out = capsys.readouterr().out
+    assert out.startswith(f"rawframes: 5 video folders: 1 as img_* + flow_x_*, 5 digits, {start}-based; 4 failing")
+    assert (summary.computed, summary.failed) == (1, 4)
+    rows = read_manifest(tmp_path / "store" / "manifest.csv")
+    assert rows["good"].status == "done" and (rows["good"].frames, rows["good"].flow_pairs) == (5, 4)
+    assert "1 frame(s) missing" in rows["gap"].error and f"image {start + 3}" in rows["gap"].error
+    assert "extra flow: 5 frames but 6 flow images" in rows["extra"].error
+    assert "flow missing: 6 frames need 5 flow images, found 3" in rows["short"].error
+    assert f"flow image {start + 2} has x" in rows["unpaired"].error and "but no y" in rows["unpaired"].error
+    assert all(rows[v].status == "failed" for v in ("gap", "extra", "short", "unpaired"))
+    assert open_store(tmp_path / "store").video_ids() == ["good"]
+    again = run_flow(jobs, tmp_path / "store", RAW)  # resumes: the good one is done, the others fail again
+    assert (again.computed, again.skipped, again.failed) == (0, 1, 4)
+
+
+def test_other_numbering_and_no_folder_fail(tmp_path):
+    late = write_tree(tmp_path / "late", frames=4, flows=3, start=2)
+    with pytest.raises(FlowError, match="frame numbering starts at 2"):
+        check(scan(late))
+    mixed = write_tree(tmp_path / "mixed", frames=4, flows=0, start=0)
+    write_tree(mixed, frames=0, flows=3, start=1)
+    with pytest.raises(FlowError, match="frames are numbered from 0 but flow from 1"):
+        check(scan(mixed))
+    with pytest.raises(FlowError, match="not a folder of frames.*rawframes_root"):
+        scan(tmp_path / "clip.avi")
+    with pytest.raises(FlowError, match="no frame images"):
+        scan(tmp_path)
+
+
+def uniform_tree(folder: Path, u8: tuple[int, int], frames: int = 3) -> Path:
+    """Frames of noise and flow JPEGs of one uniform value per axis (a constant image decodes exactly)."""
+    write_tree(folder, frames=frames, flows=0)
+    for i in range(1, frames):
+        for axis, value in zip("xy", u8, strict=True):
+            cv2.imwrite(str(folder / f"flow_{axis}_{i:05d}.jpg"), np.full((H, W), value, np.uint8))
+    return folder
+
+
+def test_flow_is_decoded_at_the_given_bound_and_re_encoded(tmp_path):
+    # +4 px right, -3 px up, encoded at bound 10 by the other tool; the store keeps bound 20.
+    values = tuple(int(v) for v in encode(np.array([4.0, -3.0]), 10.0))
+    folder = uniform_tree(tmp_path / "raw", values)
+    assert jpeg(folder / "flow_x_00001.jpg", True).min() == values[0]  # the file holds exactly that
+    cfg = FlowConfig(source="rawframes", size="", jobs=1, rawframes_bound=10.0)
+    _, store = import_one(tmp_path, folder, cfg, bound=20.0)
+    with store.open("v") as video:
+        flow = decode(video.flow([0, 1]), 20.0)
+    # within half a level at bound 10 (the file) plus half a level at bound 20 (the store)
+    tolerance = step(10.0) / 2 + step(20.0) / 2
+    np.testing.assert_allclose(flow[..., 0], 4.0, atol=tolerance)
+    np.testing.assert_allclose(flow[..., 1], -3.0, atol=tolerance)
+    assert store.bound == 20.0 and store.params["rawframes_bound"] == 10.0
+
+
+def test_resizing_scales_the_flow_vectors(tmp_path):
+    values = tuple(int(v) for v in encode(np.array([6.0, -4.0]), 20.0))
+    folder = uniform_tree(tmp_path / "raw", values)
+    cfg = FlowConfig(source="rawframes", size="16x12", jobs=1)  # half of 32x24
+    _, store = import_one(tmp_path, folder, cfg)
+    with store.open("v") as video:
+        assert (video.width, video.height) == (16, 12)
+        flow = decode(video.flow([0]), 20.0)
+        np.testing.assert_array_equal(video.rgb([0])[0], cv2.resize(jpeg(folder / "img_00001.jpg"), (16, 12),
+                                                                    interpolation=cv2.INTER_AREA))
+    decoded = decode(np.array(values, np.uint8), 20.0)  # what the file holds, in px
+    tolerance = step(20.0) / 2
+    np.testing.assert_allclose(flow[..., 0], decoded[0] / 2, atol=tolerance)
+    np.testing.assert_allclose(flow[..., 1], decoded[1] / 2, atol=tolerance)
+
+
+def test_shared_rawframes(shared_data, tmp_path, capsys):
+    """The two real trees: adl_P11 (rgb/ + flow/, 10 digits, 16 frames and 16 flows: the last flow is
+    dropped) imports; mmaction2's test images (10 frames, 5 x_/y_ pairs) fail with the counts."""
+    root = shared_data / "rawframes"
+    if not (root / "adl_P11").is_dir() or not (root / "mmaction2_imgs").is_dir():
+        pytest.skip("rawframes not in ../shared/data")
+    jobs = [FlowJob("adl/P11", root / "adl_P11"), FlowJob("mmaction2/imgs", root / "mmaction2_imgs")]
+    summary = run_flow(jobs, tmp_path / "store", RAW)
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith("rawframes: 2 video folders: 1 as rgb/frame_* + flow/flow_x_*, 10 digits, 1-based; "
+                           "1 with N flows for N frames (last flow dropped); 1 failing")
+    assert (summary.computed, summary.failed) == (1, 1)
+    rows = read_manifest(tmp_path / "store" / "manifest.csv")
+    assert "flow missing: 10 frames need 9 flow images, found 5" in rows["mmaction2/imgs"].error
+    with open_store(tmp_path / "store").open("adl/P11") as video:
+        assert (video.num_frames, video.num_flows, video.width, video.height) == (16, 15, 342, 256)
+        np.testing.assert_array_equal(video.rgb([15])[0], jpeg(root / "adl_P11/rgb/frame_0000000016.jpg"))
+        np.testing.assert_array_equal(video.flow([14])[0][..., 1],
+                                      jpeg(root / "adl_P11/flow/flow_y_0000000015.jpg", True))
+    found = scan(root / "mmaction2_imgs")  # the x_/y_ names are found, the count is what fails
+    assert (len(found.frames), len(found.flow_x), len(found.flow_y)) == (10, 5, 5)
+    assert found.kind == "img_* + x_*, 5 digits, 1-based"
+
+
+def test_pipeline_imports_a_rawframe_list_and_writes_mmaction_lists(tmp_path, capsys):
+    """`python -m pipeline flow` on an mmaction2 rawframe dataset with store = "mmaction": the store
+    feeds mmaction2 (its lists), and the project's own mmaction reader reads the lists back."""
+    from pipeline.cli import main
+    from pipeline.config import load_config
+    from pipeline.datasets import read_dataset
+
+    data = tmp_path / "rawframes"
+    for k, name in enumerate(["Run/v_a", "Run/v_b", "Jump/v_c", "Jump/v_d"]):
+        write_tree(data / name, frames=4 + k, flows=3 + k, start=k % 2, seed=k)
+    (data / "Jump/v_d" / "img_00002.jpg").unlink()  # a gap: failed, left out of the lists
+    (tmp_path / "train.txt").write_text("Run/v_a 4 0\nJump/v_c 6 1\n")
+    (tmp_path / "test.txt").write_text("Run/v_b 5 0\nJump/v_d 7 1\n")
+    (tmp_path / "labels.txt").write_text("Run\nJump\n")
+    config = tmp_path / "raw.toml"
+    config.write_text(f'work_dir = "{tmp_path / "work"}"\n'
+                      f'[dataset]\nformat = "mmaction"\nroot = "{data}"\nlist_type = "rawframes"\n'
+                      f'train_list = "{tmp_path / "train.txt"}"\ntest_list = "{tmp_path / "test.txt"}"\n'
+                      f'label_map = "{tmp_path / "labels.txt"}"\n'
+                      '[flow]\nsource = "rawframes"\nstore = "mmaction"\nsize = ""\njobs = 1\n')
+    assert main(["flow", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "rawframes: 4 video folders: 2 as img_* + flow_x_*, 5 digits, 0-based; 1 as img_* + flow_x_*, 5 digits, " \
+           "1-based; 1 failing" in out
+    store_root = tmp_path / "work" / "flow"
+    assert open_store(store_root).video_ids() == ["Jump/v_c", "Run/v_a", "Run/v_b"]
+    lists = {p.name: p.read_text() for p in store_root.glob("*.txt")}
+    assert lists == {"mmaction_train_split_1_rawframes.txt": "Run/v_a 4 0\nJump/v_c 6 1\n",  # the dataset's order
+                     "mmaction_train_split_1_rawframes_flow.txt": "Run/v_a 3 0\nJump/v_c 5 1\n",
+                     "mmaction_test_split_1_rawframes.txt": "Run/v_b 5 0\n",
+                     "mmaction_test_split_1_rawframes_flow.txt": "Run/v_b 4 0\n"}
+    # read back by the project's mmaction reader, with the store as the data root
+    cfg = load_config(config, [f"dataset.root={store_root}",
+                               f"dataset.train_list={store_root / 'mmaction_train_split_1_rawframes.txt'}",
+                               f"dataset.test_list={store_root / 'mmaction_test_split_1_rawframes.txt'}"])
+    dataset = read_dataset(cfg.dataset)
+    assert sorted((v.video_id, v.label, v.split, v.class_name) for v in dataset.videos) == [
+        ("Jump/v_c", 1, "train", "Jump"), ("Run/v_a", 0, "train", "Run"), ("Run/v_b", 0, "test", "Run")]
+    with open_store(store_root).open("Jump/v_c") as video:  # mmaction2's names: img_00001.jpg, 1-based
+        assert (video.num_frames, video.num_flows) == (6, 5)
+        assert (store_root / "Jump/v_c/img_00006.jpg").is_file()
+        assert (store_root / "Jump/v_c/flow_y_00005.jpg").is_file()
