@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,11 +76,31 @@ def train_stream(store_dir: Path, train_items: list[tuple[str, int]], val_items:
     ctx = distributed.setup(train_cfg.device)
     threads = torch.get_num_threads()
     try:
-        return _Run(store, train_items, val_items, classes, modality, model_cfg, train_cfg,
-                    Path(out_dir), ctx).run()
-    finally:
-        torch.set_num_threads(threads)
-        distributed.teardown(ctx)
+        try:
+            return _Run(store, train_items, val_items, classes, modality, model_cfg, train_cfg,
+                        Path(out_dir), ctx).run()
+        finally:
+            torch.set_num_threads(threads)
+            distributed.teardown(ctx)
+    except RuntimeError as e:  # torch's SIGCHLD handler fires anywhere, also after _Run.run has returned
+        if not _worker_died(e):
+            raise
+        raise worker_death_error(modality, Path(out_dir), str(e).splitlines()[0]) from None
+
+
+def _worker_died(err: BaseException) -> bool:
+    return isinstance(err, RuntimeError) and "DataLoader worker" in str(err)  # "... (pid N) is killed by signal"
+
+
+def worker_death_error(modality: str, out_dir: Path, what: str) -> StreamsError:
+    """Stop rather than rebuild the loader and go on: torch reports a dead worker from its SIGCHLD
+    handler, which may interrupt an optimizer step half-way; resuming from the newest checkpoint is
+    exact (the data order depends only on seed, epoch and index)."""
+    steps = step_checkpoints(out_dir)
+    resume = (f"re-run the same command to resume from {steps[-1][1]}" if steps
+              else "no checkpoint had been written: re-run the same command to start again")
+    return StreamsError(f"{modality} stream: a data loader worker died ({what.rstrip('. ')}; the system kills "
+                        f"workers that run out of memory: lower train.workers or train.batch_size); {resume}")
 
 
 def _check_store(store_dir: Path, train_items, val_items, classes, modality) -> Store:
@@ -363,6 +384,47 @@ class _Run:
 
     # ---- the loop -------------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        try:
+            return self._run()
+        except Exception as e:
+            # A dead worker shows as torch's RuntimeError, or as whatever the half-sent batch broke
+            # (ConnectionResetError when it died passing a tensor's file descriptor).
+            died = str(e).splitlines()[0] if _worker_died(e) else self._dead_worker(
+                wait=2.0 if isinstance(e, (OSError, EOFError)) else 0.0)
+            if died is None:
+                raise
+            self._stop_workers()  # else every later SIGCHLD raises torch's error again, anywhere
+            raise worker_death_error(self.modality, self.out_dir, died) from None
+
+    def _iterators(self) -> list[Any]:
+        # a persistent-workers loader keeps its iterator (and its worker processes) in `_iterator`
+        return [it for loader in (self.train_loader, self.val_loader)
+                if (it := getattr(loader, "_iterator", None)) is not None and hasattr(it, "_workers")]
+
+    def _dead_worker(self, wait: float = 0.0) -> str | None:
+        """What ended a worker that exited with an error, or None. `wait`: seconds to give a worker
+        whose pipe broke (the error reached us before the exit status)."""
+        deadline = time.monotonic() + wait
+        while True:
+            for iterator in self._iterators():
+                for w in iterator._workers:
+                    if w.exitcode:  # None while alive, 0 after a clean exit
+                        how = (f"is killed by signal: {signal.Signals(-w.exitcode).name}" if w.exitcode < 0
+                               else f"exited with code {w.exitcode}")
+                        return f"DataLoader worker (pid {w.pid}) {how}"
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+
+    def _stop_workers(self) -> None:
+        for iterator in self._iterators():
+            try:
+                iterator._shutdown_workers()
+            except RuntimeError as e:  # the SIGCHLD handler firing during the shutdown itself
+                if not _worker_died(e):
+                    raise
+
+    def _run(self) -> TrainResult:
         started = time.perf_counter()
         last = self.out_dir / LAST
         if self.finished is not None:
@@ -376,15 +438,6 @@ class _Run:
         try:
             while self.step < limit:
                 self._train_epoch(limit, bar)
-        except RuntimeError as e:
-            if "DataLoader worker" not in str(e):
-                raise
-            # Stop rather than rebuild the loader: PyTorch reports a dead worker from a signal handler,
-            # which may interrupt an optimizer step half-way; the checkpoint is exact.
-            raise StreamsError(f"{self.modality} stream: a data loader worker died at step {self.step + 1} "
-                               f"({str(e).splitlines()[0].rstrip('. ')}; the system kills workers that run "
-                               f"out of memory: lower train.workers or train.batch_size); "
-                               f"{self._resume_point()}") from None
         finally:
             bar.close()
         if self.step < self.total_steps:  # stopped by max_steps
@@ -520,11 +573,6 @@ class _Run:
         if self.last_checkpoint and self.last_checkpoint.name != LAST:
             return f"kept checkpoint {self.last_checkpoint} (step {int(self.last_checkpoint.stem.split('_')[-1])})"
         return "no checkpoint had been written"
-
-    def _resume_point(self) -> str:
-        if self.last_checkpoint and self.last_checkpoint.name != LAST:
-            return f"re-run the same command to resume from {self.last_checkpoint}"
-        return "no checkpoint had been written: re-run the same command to start again"
 
     def _check_weights(self) -> None:
         """Before a checkpoint is written: weights and BatchNorm statistics must be finite (a loss can
