@@ -7,6 +7,7 @@ key; each caller adds where the value came from and raises its own package's err
 """
 from __future__ import annotations
 
+import re
 import types
 import typing
 from typing import Any
@@ -23,11 +24,41 @@ def parse_override(item: str) -> tuple[str, Any]:
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise ValueError(f"--set {item!r}: expected key=value, e.g. flow.bound=20")
-    try:
-        value = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = text
+    value = _literal(text)
+    if isinstance(value, str) and text.strip().startswith("[") and text.strip().endswith("]"):
+        value = _bare_list(text.strip()[1:-1])  # [red, blue] -> ["red", "blue"]
     return key.strip(), value
+
+
+# TOML's 0x/0o/0b integers: `flow.size=0x0` (no size) must not become the number 0.
+_PREFIXED_INT = re.compile(r"^[+-]?0[xob]", re.IGNORECASE)
+
+
+def _literal(text: str) -> Any:
+    """A TOML literal, or the bare text when it is none (or a hex/octal/binary integer)."""
+    if _PREFIXED_INT.match(text.strip()):
+        return text.strip()
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+_ITEM = re.compile(r'\s*("(?:[^"\\]|\\.)*"|\'[^\']*\'|[^,]*?)\s*(?:,|$)')
+
+
+def _bare_list(inner: str) -> list[Any]:
+    """Items of a list that is not TOML because of bare words: each a TOML literal or a bare word."""
+    if not inner.strip():
+        return []
+    items, pos = [], 0
+    while pos < len(inner):
+        match = _ITEM.match(inner, pos)
+        items.append(_literal(match.group(1)))
+        pos = match.end()
+        if match.end() == len(inner) or match.end() == match.start():
+            break
+    return items
 
 
 def check_value(value: Any, hint: Any, key: str) -> Any:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flow.atomic import write_text
 from flow.config import FlowConfig
 from flow.errors import shown
 from flow.overrides import check_value, parse_override
@@ -60,7 +62,7 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a BOM (Windows editors) is no error
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
             raise ConfigError(f"{path}: not valid TOML: {err}") from None
     for item in overrides:
@@ -108,13 +110,16 @@ def _build(raw: dict[str, Any], source: str) -> Config:
 
 def _build_section(cls: type, section: str, values: dict[str, Any], source: str) -> Any:
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(fields)
     checked = {}
     for name, value in values.items():
         key = f"{section}.{name}"
         if name not in names:
             raise ConfigError(f"{source}: unknown key {key!r}{_suggest(name, names, section)}")
         checked[name] = _check_value(value, hints[name], key, source)
+        if not fields[name].metadata.get(ALLOW_NONFINITE):
+            _check_finite(checked[name], key, source)
     obj = cls(**checked)
     validate = getattr(obj, "validate", None)
     if validate is not None:
@@ -131,6 +136,20 @@ def _check_value(value: Any, hint: Any, key: str, source: str) -> Any:
         return check_value(value, hint, key)
     except ValueError as err:
         raise ConfigError(f"{source}: {err}") from None
+
+
+# A float field that means something by inf or NaN says so: field(default=..., metadata={ALLOW_NONFINITE: True}).
+# Every other one refuses them: `flow.bound=inf` stored every flow image as zeros, `train.lr=nan`
+# trained nothing, `eval.fusion_weights=[nan, 1]` scored 0.00.
+ALLOW_NONFINITE = "allow_nonfinite"
+
+
+def _check_finite(value: Any, key: str, source: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{source}: {key} must be a finite number, got {value!r}")
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_finite(item, f"{key}[{i}]", source)
 
 
 def _suggest(name: str, known: typing.Iterable[str], section: str = "") -> str:
@@ -178,10 +197,9 @@ def _toml_value(value: Any) -> str:
 
 
 def write_resolved(cfg: Config, out_dir: Path) -> Path:
-    """Write config.toml next to a stage's output (temp name, then rename)."""
+    """Write config.toml next to a stage's output (flow.atomic). Stages call it once their checks have
+    passed: a refused command leaves the config of the run that made the output."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "config.toml"
-    tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text(dump_toml(cfg), encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, dump_toml(cfg))
     return path

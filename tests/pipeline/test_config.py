@@ -84,3 +84,46 @@ def test_dump_round_trip(tmp_path):
 def test_shipped_configs_load(path):
     cfg = load_config(path)
     assert cfg.dataset.format
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("flow.bound=inf", "flow.bound must be a finite number, got inf"),  # stored every flow image as zeros
+    ("train.lr=nan", "train.lr must be a finite number, got nan"),
+    ("train.lr=-inf", "train.lr must be a finite number, got -inf"),
+    ("eval.fusion_weights=[nan, 1]", "eval.fusion_weights[0] must be a finite number, got nan"),  # fused 0.00
+    ("eval.svm_cs=[1, nan]", "eval.svm_cs[1] must be a finite number, got nan"),  # an sklearn traceback
+])
+def test_non_finite_floats_are_refused(override, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert needle in str(err.value)
+
+
+def test_non_finite_floats_are_refused_in_files(tmp_path):
+    path = write(tmp_path, "[flow]\nbound = nan\n")
+    with pytest.raises(ConfigError, match=r"c\.toml: flow\.bound must be a finite number, got nan"):
+        load_config(path)
+
+
+def test_a_utf8_bom_is_accepted(tmp_path):
+    """Windows editors save with a byte order mark; it was refused as 'not valid TOML' at line 1."""
+    path = tmp_path / "bom.toml"
+    path.write_bytes("\ufeff[flow]\nbound = 12.5\n".encode())
+    assert load_config(path).flow.bound == 12.5
+
+
+def test_hex_octal_binary_numbers_stay_text_in_overrides():
+    """`flow.size=0x0` was TOML's hex 0: now the text '0x0', which the size check refuses by name."""
+    with pytest.raises(ConfigError, match=r"\[flow\] size: must be 'WxH'.*got '0x0'"):
+        load_config(None, ["flow.size=0x0"])
+    with pytest.raises(ConfigError, match="flow.jobs must be int, got '0x2'"):
+        load_config(None, ["flow.jobs=0x2"])
+    assert load_config(None, ["flow.size=340x256"]).flow.size == "340x256"
+
+
+def test_bare_words_in_list_overrides():
+    cfg = load_config(None, ["synth.appearances=[red, blue]", "synth.motions=[up,\"down\"]"])
+    assert cfg.synth.appearances == ["red", "blue"] and cfg.synth.motions == ["up", "down"]
+    assert load_config(None, ["eval.fusion_weights=[1, 2.5]"]).eval.fusion_weights == [1.0, 2.5]
+    with pytest.raises(ConfigError, match=r"eval.fusion_weights\[1\] must be float, got 'x'"):
+        load_config(None, ["eval.fusion_weights=[1, x]"])
