@@ -35,7 +35,7 @@ class FlowConfig:
     rawframes_bound: float = 20.0
 
     # Where it runs.
-    backend: str = "opencv"  # "opencv" (cv2.optflow DualTVL1) or "torch" (batched PyTorch TV-L1)
+    backend: str = "fast"  # "fast" (OpenCV's TV-L1, fused CPU loop), "opencv" (cv2 DualTVL1) or "torch" (GPUs)
     device: str = "auto"  # torch backend: "auto", "cpu", "cuda", "cuda:N"
     batch_pairs: int = 64  # frame pairs per chunk of a video (bounds memory); one torch batch
     jobs: int = 0  # parallel videos; 0 = one per CPU core (opencv) / per GPU (torch)
@@ -64,8 +64,8 @@ class FlowConfig:
             raise ValueError(f"jpeg_quality: must be in 0..100, got {self.jpeg_quality}")
         if not 0.0 <= self.missing_frames_tolerance <= 1.0:
             raise ValueError(f"missing_frames_tolerance: must be in [0, 1], got {self.missing_frames_tolerance}")
-        if self.backend not in ("opencv", "torch"):
-            raise ValueError(f"backend: must be 'opencv' or 'torch', got {self.backend!r}")
+        if self.backend not in ("fast", "opencv", "torch"):
+            raise ValueError(f"backend: must be 'fast', 'opencv' or 'torch', got {self.backend!r}")
         if self.source not in ("videos", "rawframes"):
             raise ValueError(f"source: must be 'videos' or 'rawframes', got {self.source!r}")
         if self.rawframes_bound <= 0:
