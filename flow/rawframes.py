@@ -123,7 +123,8 @@ def check(video: RawframeVideo) -> CheckedVideo:
     where = shown(video.folder)
     start = min(video.frames)
     if start not in (0, 1):
-        raise FlowError(f"{where}: frame numbering starts at {start}, expected 0 (denseflow) or 1 (mmaction2, TSN)")
+        raise FlowError(f"{where}: frame numbering starts at {start}, expected 0 (denseflow) or 1 (mmaction2, TSN): "
+                        "is the first frame missing?")
     stop = max(video.frames) + 1
     missing = _gaps(video.frames, start, stop)
     if missing:
@@ -143,7 +144,8 @@ def check(video: RawframeVideo) -> CheckedVideo:
                         f"{count} frames")
     flow_start, flow_stop = min(video.flow_x), max(video.flow_x) + 1
     if flow_start != start:
-        raise FlowError(f"{where}: frames are numbered from {start} but flow from {flow_start}")
+        raise FlowError(f"{where}: frames are numbered from {start} but flow from {flow_start}"
+                        + (": is the first flow image missing?" if flow_start > start else ""))
     gaps = _gaps(video.flow_x, flow_start, flow_stop)
     if gaps:
         raise FlowError(f"{where}: {len(gaps)} flow image(s) missing in {flow_start}..{flow_stop - 1}, "
