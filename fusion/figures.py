@@ -83,7 +83,8 @@ def confusion(path: Path, names: Sequence[str], scores: Sequence[np.ndarray], la
         side = min(15.0, 3.0 + 0.06 * n)  # 101 classes: 9 in; 400: 15 in, about 4 px per class
     fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 1.5, side * rows + 0.6), squeeze=False)
     image = None
-    for ax, name, c, h in zip(axes.ravel(), names, counts, hits):
+    for panel, (ax, name, c, h) in enumerate(zip(axes.ravel(), names, counts, hits)):
+        first = panel % cols == 0  # names down the left of each row of panels only
         c = c[np.ix_(order, order)]
         rates = c / np.maximum(c.sum(axis=1, keepdims=True), 1)
         norm = PowerNorm(0.5, vmin=0, vmax=1) if n > SMALL else None
@@ -93,7 +94,8 @@ def confusion(path: Path, names: Sequence[str], scores: Sequence[np.ndarray], la
         ax.set_title(f"{name}: mean class accuracy {acc:.1f}%" + ("" if n <= SMALL else " (classes by accuracy)"),
                      fontsize=9)
         ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
+        if first:
+            ax.set_ylabel("true")
         labels_shown = [classes[i] for i in order]
         if n <= SMALL:
             for (i, j), value in np.ndenumerate(c):
@@ -101,13 +103,14 @@ def confusion(path: Path, names: Sequence[str], scores: Sequence[np.ndarray], la
                     ax.text(j, i, f"{int(value)}", ha="center", va="center", fontsize=6,
                             color="black" if rates[i, j] > 0.6 else "white")
             ax.set_xticks(range(n), labels_shown, rotation=90, fontsize=6)
-            ax.set_yticks(range(n), labels_shown, fontsize=6)
+            ax.set_yticks(range(n), labels_shown if first else [], fontsize=6)
         else:
             step = 1 if n <= NAMED else int(np.ceil(n / NAMED))
             ticks = list(range(0, n, step))
             ax.set_xlabel("predicted (classes in the order of the rows)")
             ax.set_xticks([])
-            ax.set_yticks(ticks, [labels_shown[t] for t in ticks], fontsize=max(2.5, min(6.0, 600 / n)))
+            ax.set_yticks(ticks, [labels_shown[t] for t in ticks] if first else [],
+                          fontsize=max(2.5, min(6.0, 600 / n)))
     for ax in axes.ravel()[k:]:
         ax.axis("off")
     if image is not None:
@@ -191,6 +194,6 @@ def contact_sheet(path: Path, rgb: np.ndarray, flows: np.ndarray, indices: Seque
     axes[0, k].axis("off")
     axes[1, k].imshow(wheel_legend()[..., ::-1])
     axes[1, k].set_title(f"rim = {max_flow:g} px/frame", fontsize=7)
-    axes[1, k].set_xlabel("hue: direction\n(right red, down yellow,\nleft blue, up violet)", fontsize=6)
+    axes[1, k].set_xlabel("hue: direction of motion\n(a point moving from the\ncentre to it); white: still", fontsize=6)
     fig.suptitle(title, fontsize=9)
     return _save(fig, path)
