@@ -393,12 +393,13 @@ def _open_for_run(out_dir: Path, cfg: FlowConfig, shard: tuple[int, int], force:
 
 
 def run_flow(videos: Sequence[FlowJob], out_dir: Path, cfg: FlowConfig, *, shard: tuple[int, int] = (0, 1),
-             force: bool = False, strict: bool = False) -> FlowSummary:
+             force: bool = False, strict: bool = False, on_start: Callable[[], None] | None = None) -> FlowSummary:
     """Process every video of `shard` = (i, n) (0-based i; the i-th of n interleaved parts of the
     videos sorted by id) into the store at `out_dir`; skip those already complete unless `force`.
 
     Prints a summary and returns it; with `strict`, raises FlowError after finishing the rest if
     any video failed. The manifest (`manifest.csv`, or one per shard) lists every video of the run.
+    `on_start` is called once the store has accepted the settings (the pipeline writes config.toml then).
     """
     try:
         cfg.validate()
@@ -407,6 +408,8 @@ def run_flow(videos: Sequence[FlowJob], out_dir: Path, cfg: FlowConfig, *, shard
     mine = _select_shard(videos, shard)
     out_dir = Path(out_dir).resolve()  # workers (processes, cluster nodes) may run elsewhere
     store = _open_for_run(out_dir, cfg, shard, force)
+    if on_start is not None:
+        on_start()
     manifest = out_dir / manifest_name(shard)
     earlier = _earlier_rows(out_dir, manifest)
 

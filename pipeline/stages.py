@@ -105,8 +105,8 @@ def flow_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1), force: bool = Fa
     jobs += [FlowJob(video_id_of(PurePosixPath(rel)), dataset.root / rel, error=f"refused: {why}")
              for rel, why in dataset.refused]
     out = flow_dir(cfg)
-    write_resolved(cfg, out)
-    summary = run_flow(jobs, out, cfg.flow, shard=shard, force=force, strict=strict)
+    summary = run_flow(jobs, out, cfg.flow, shard=shard, force=force, strict=strict,
+                       on_start=lambda: write_resolved(cfg, out))  # once the store accepted the settings
     if cfg.flow.store == "mmaction" and shard[1] == 1:
         for path in write_mmaction_lists(cfg, out):
             print(f"flow: mmaction2 list {path}")
@@ -163,9 +163,12 @@ def train_stage(cfg: Config, stream: str) -> None:
         if not train:
             raise PipelineError(f"split {split} of {cfg.dataset.format} has no training video with flow")
         out = train_dir(cfg, stream, split)
-        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process runs this stage
-            write_resolved(cfg, out)
-        train_stream(flow_dir(cfg), train, val, dataset.classes, stream, cfg.model, cfg.train, out)
+
+        def accepted(out: Path = out) -> None:  # config.toml only once train_stream has checked the settings
+            if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process runs this stage
+                write_resolved(cfg, out)
+
+        train_stream(flow_dir(cfg), train, val, dataset.classes, stream, cfg.model, cfg.train, out, on_start=accepted)
 
 
 def eval_stage(cfg: Config, checkpoints: dict[str, Path] | None = None) -> None:
@@ -189,12 +192,12 @@ def eval_stage(cfg: Config, checkpoints: dict[str, Path] | None = None) -> None:
         missing = [v.video_id for v in dataset.videos if v.split in ("test", "val") and v.video_id not in done]
         streams = checkpoints or {stream: train_dir(cfg, stream, split) for stream in ("rgb", "flow")}
         out = out_root if len(splits) == 1 else out_root / f"split{split}"
-        write_resolved(cfg, out)
         # Groups (UCF101, SynthActions) keep the clips of one group on one side of the SVM's CV folds.
         groups = {v.video_id: v.group for v in dataset.videos if v.split == "train" and v.group}
         tables.append(run_eval(flow_dir(cfg), streams, train, test, dataset.classes, cfg.eval, out,
                                protocol=f"{cfg.dataset.format} split {split}", excluded=missing,
                                val_items=val, val_note=note, train_groups=groups or None))
+        write_resolved(cfg, out)  # with the report: a refused or failed evaluation leaves the last one's
     if len(tables) > 1:
         average_splits(tables, out_root, protocol=f"{cfg.dataset.format} 3-split average")
 

@@ -15,6 +15,7 @@ import json
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,10 @@ class TrainResult:
 
 def train_stream(store_dir: Path, train_items: list[tuple[str, int]], val_items: list[tuple[str, int]],
                  classes: list[str], modality: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
-                 out_dir: Path) -> TrainResult:
-    """Train (or resume, or find finished) the `modality` stream on the store's clips; see the module doc."""
+                 out_dir: Path, on_start: Callable[[], None] | None = None) -> TrainResult:
+    """Train (or resume, or find finished) the `modality` stream on the store's clips; see the module doc.
+    `on_start` is called once the settings are checked, before training (the pipeline writes config.toml
+    then: a refused run leaves the config of the run that made the checkpoints)."""
     if modality not in transforms.MODALITIES:
         raise StreamsError(f"modality must be 'rgb' or 'flow', got {modality!r}")
     for section, cfg in (("model", model_cfg), ("train", train_cfg)):
@@ -78,7 +81,7 @@ def train_stream(store_dir: Path, train_items: list[tuple[str, int]], val_items:
     try:
         try:
             return _Run(store, train_items, val_items, classes, modality, model_cfg, train_cfg,
-                        Path(out_dir), ctx).run()
+                        Path(out_dir), ctx).run(on_start)
         finally:
             torch.set_num_threads(threads)
             distributed.teardown(ctx)
@@ -383,8 +386,10 @@ class _Run:
         write_text(path, "".join(json.dumps(r) + "\n" for r in self.history))
 
     # ---- the loop -------------------------------------------------------------------------------
-    def run(self) -> TrainResult:
+    def run(self, on_start: Callable[[], None] | None = None) -> TrainResult:
         try:
+            if on_start is not None and self.finished is None:
+                on_start()
             return self._run()
         except Exception as e:
             # A dead worker shows as torch's RuntimeError, or as whatever the half-sent batch broke

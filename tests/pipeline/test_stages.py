@@ -53,6 +53,26 @@ def test_train_and_eval_write_their_outputs(work, capsys):
     assert (work / "eval" / "results.md").is_file() and (work / "eval" / "confusion.png").is_file()
 
 
+def test_a_refused_command_leaves_config_toml_alone(work, capsys):
+    """config.toml says how the output next to it was made: a refused run must not overwrite it."""
+    flow_config = (work / "flow" / "config.toml").read_bytes()
+    assert run(["flow"], work, ["flow.warps=3"]) == 2  # the store holds flow of other settings
+    assert "store.json" in capsys.readouterr().err
+    assert (work / "flow" / "config.toml").read_bytes() == flow_config
+    root = trained(work)
+    train_config = root / "train" / "rgb" / "split1" / "config.toml"
+    before = train_config.read_bytes()
+    assert run(["train", "--stream", "rgb"], work, ["train.lr=0.01"]) == 2  # a finished run of lr 0.05
+    assert "train.lr: 0.05 in the checkpoint, 0.01 now" in capsys.readouterr().err
+    assert train_config.read_bytes() == before
+    if (root / "eval" / "config.toml").is_file():
+        eval_config = (root / "eval" / "config.toml").read_bytes()
+        flow_stream = root / "train" / "flow" / "split1" / "last.pt"
+        assert run(["eval", "--rgb", str(flow_stream)], work, ["eval.clips=3"]) == 2
+        assert "is a flow stream" in capsys.readouterr().err
+        assert (root / "eval" / "config.toml").read_bytes() == eval_config
+
+
 def test_eval_without_trained_streams_names_what_to_run(tmp_path, work, capsys):
     fresh = tmp_path / "w"
     fresh.mkdir()
