@@ -49,6 +49,8 @@ RUN_ONLY_FIELDS = ("jobs", "scheduler", "device", "batch_pairs", "missing_frames
                    "rawframes_root", "rawframes_bound")
 # What decides imported rawframes (source = "rawframes"): TV-L1's settings are the other tool's, unknown here.
 RAWFRAMES_FIELDS = ("size", "rawframes_bound")
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 MANIFEST_EVERY_S = 30.0  # rewrite the manifest this often while running, so a killed run shows progress
 
 
@@ -327,6 +329,14 @@ def _pool_results(todo: Sequence[FlowJob], run: Callable[[FlowJob, int], Any],
     """
     from joblib.externals.loky import get_reusable_executor
 
+    # As joblib's own loky backend does: each worker's OpenMP / BLAS pools (torch on the CPU) get an
+    # equal share of the cores, unless the environment already sets them.
+    share = str(max(joblib.cpu_count() // workers, 1))
+    env = {var: os.environ.get(var, share) for var in THREAD_VARS}
+
+    def submit(job: FlowJob, k: int) -> Future:
+        return get_reusable_executor(max_workers=workers, env=env).submit(run, job, k)
+
     pending = collections.deque(enumerate(todo))
     suspects: collections.deque[tuple[int, FlowJob]] = collections.deque()
     inflight: dict[Future, tuple[int, FlowJob, bool]] = {}
@@ -336,11 +346,11 @@ def _pool_results(todo: Sequence[FlowJob], run: Callable[[FlowJob, int], Any],
             if suspects:
                 if not inflight:  # a suspect runs alone, in a fresh pool
                     k, job = suspects.popleft()
-                    inflight[get_reusable_executor(max_workers=workers).submit(run, job, k)] = (k, job, True)
+                    inflight[submit(job, k)] = (k, job, True)
             else:
                 while pending and len(inflight) < workers:
                     k, job = pending.popleft()
-                    inflight[get_reusable_executor(max_workers=workers).submit(run, job, k)] = (k, job, False)
+                    inflight[submit(job, k)] = (k, job, False)
             done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
             for future in done:
                 k, job, alone = inflight.pop(future)
@@ -362,7 +372,7 @@ def _pool_results(todo: Sequence[FlowJob], run: Callable[[FlowJob, int], Any],
         for future in inflight:
             future.cancel()
         if inflight:  # interrupted (Ctrl-C, an error): the workers would go on writing
-            get_reusable_executor(max_workers=workers).shutdown(wait=False, kill_workers=True)
+            get_reusable_executor(max_workers=workers, env=env).shutdown(wait=False, kill_workers=True)
     if full is not None:
         raise full
 
