@@ -12,7 +12,8 @@ clips (64x64) at configs/synth.toml's `[flow]` settings. Each round times every 
 pairs, one after the other (interleaved, so a change of load hits all alike); the table gives the
 median pairs/s over the rounds and the median of the per-round ratios to OpenCV. `--cores N` runs N
 worker processes with one thread each (how the flow stage uses N cores), each on its share of the
-pairs; the rate is all pairs over the wall time of the slowest. The torch backend (eager, one
+pairs; the rate is all pairs over the wall time of the slowest, and (robust to other jobs on
+a shared machine) all pairs over the workers' summed CPU time. The torch backend (eager, one
 thread, batch `--torch-batch`) is slow on the CPU, so it gets `--torch-pairs` pairs per worker.
 Building each backend is not timed (the fast backend's JIT is compiled and cached beforehand).
 
@@ -97,12 +98,13 @@ def _one_thread() -> None:
 
 
 def _timed_compute(name: str, cfg: FlowConfig, torch_batch: int, videos: list[np.ndarray]) -> float:
-    """Seconds for one backend to compute every pair of `videos` (built outside the timing)."""
+    """CPU seconds of this worker for one backend to compute every pair of `videos` (built
+    outside the timing)."""
     backend = make_backend(name, cfg, torch_batch)
-    start = time.perf_counter()
+    start = time.process_time()
     for frames in videos:
         backend.compute(frames)
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def speed(args: argparse.Namespace, cfg: FlowConfig) -> None:
@@ -119,6 +121,7 @@ def speed(args: argparse.Namespace, cfg: FlowConfig) -> None:
     pairs = {n: sum(len(v) - 1 for job in (torch_jobs if n == "torch" else jobs) for v in job) for n in names}
     ctx = multiprocessing.get_context("spawn")
     rates: dict[str, list[float]] = {n: [] for n in names}
+    cpu_rates: dict[str, list[float]] = {n: [] for n in names}
     with ctx.Pool(args.cores, initializer=_one_thread) as pool:
         # Warm-up: every worker imports, compiles or loads the JIT cache, and computes a pair.
         pool.starmap(_timed_compute, [(n, cfg, args.torch_batch, [job[0][:2]]) for n in names
@@ -129,21 +132,25 @@ def speed(args: argparse.Namespace, cfg: FlowConfig) -> None:
             for n in names:
                 work = torch_jobs if n == "torch" else jobs
                 start = time.perf_counter()
-                pool.starmap(_timed_compute, [(n, cfg, args.torch_batch, job) for job in work])
+                cpu = pool.starmap(_timed_compute, [(n, cfg, args.torch_batch, job) for job in work])
                 rates[n].append(pairs[n] / (time.perf_counter() - start))
-                line.append(f"{n} {rates[n][-1]:.3f}")
+                cpu_rates[n].append(pairs[n] / sum(cpu))
+                line.append(f"{n} {rates[n][-1]:.3f} ({cpu_rates[n][-1]:.3f} per CPU-s)")
             print(f"round {r + 1} (load {load:.2f}): " + ", ".join(line) + " pairs/s", flush=True)
     what = "SynthActions 64x64, configs/synth.toml [flow]" if args.synth else f"340x256 {CLIP}"
     print(f"\n{what}, {args.cores} process(es) x 1 thread, {args.rounds} rounds, load after "
           f"{os.getloadavg()[0]:.2f}; pairs per round: "
           + ", ".join(f"{n} {pairs[n]}" for n in names) + f"\nFlowConfig {dataclasses.asdict(cfg)}\n")
-    print("| backend | pairs/s (median) | each round | vs OpenCV (median of rounds) |")
-    print("|---|---|---|---|")
+    print("| backend | pairs/s wall (median) | each round | vs OpenCV, wall | pairs per CPU-second "
+          "(median) | vs OpenCV, CPU |")
+    print("|---|---|---|---|---|---|")
+
+    def ratio(table: dict[str, list[float]], n: str) -> float:  # median of the per-round ratios
+        return statistics.median(a / b for a, b in zip(table[n], table["opencv"])) if "opencv" in table else np.nan
+
     for n in names:
-        ratio = (statistics.median(a / b for a, b in zip(rates[n], rates["opencv"]))
-                 if "opencv" in rates else float("nan"))
         print(f"| {n} | {statistics.median(rates[n]):.3f} | {', '.join(f'{x:.3f}' for x in rates[n])} | "
-              f"{ratio:.2f}x |")
+              f"{ratio(rates, n):.2f}x | {statistics.median(cpu_rates[n]):.3f} | {ratio(cpu_rates, n):.2f}x |")
     if args.synth and "fast" in rates:
         per_s = statistics.median(rates["fast"])
         print(f"\nmake flow on SynthActions (10,416 pairs) with the fast backend on {args.cores} core(s): "
@@ -175,6 +182,8 @@ def accuracy(args: argparse.Namespace, cfg: FlowConfig) -> None:
     cases["SynthActions"] = [(frames, flow, np.ones(flow.shape[:-1], bool))
                              for frames, flow in synth_clips(args.synth_clips, args.synth_frames)]
     cases[f"clip {CLIP} (no GT)"] = [(clip_frames(args.data, args.clip_pairs + 1), None, None)]
+    if args.only:
+        cases = {name: videos for name, videos in cases.items() if name.split()[0] in args.only}
 
     print(f"FlowConfig {dataclasses.asdict(cfg)}\n")
     print("| data | pairs | EPE OpenCV | EPE fast | fast / OpenCV | within 0.1 px of OpenCV | uint8 within 1 level "
@@ -241,6 +250,7 @@ def main() -> None:
     parser.add_argument("--synth-clips", type=int, default=12, help="accuracy: SynthActions clips")
     parser.add_argument("--synth-frames", type=int, default=8, help="accuracy: frames per clip")
     parser.add_argument("--clip-pairs", type=int, default=8, help="accuracy: pairs of the real clip")
+    parser.add_argument("--only", nargs="+", help="accuracy: RubberWhale, KITTI, FlyingChairs, SynthActions, clip")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a [flow] setting, e.g. --set use_initial_flow=true (repeatable)")
     args = parser.parse_args()
