@@ -95,7 +95,7 @@ class FlowSummary:
             lines.append(f"flow: failed {video_id}: {error}")
         if len(self.failures) > 10:
             lines.append(f"flow: ... and {len(self.failures) - 10} more failures")
-        lines.append(f"flow: manifest {self.manifest}")
+        lines.append(f"flow: manifest {shown(self.manifest)}")
         return "\n".join(lines)
 
 
@@ -506,10 +506,10 @@ def run_flow(videos: Sequence[FlowJob], out_dir: Path, cfg: FlowConfig, *, shard
 
     summary = FlowSummary(videos=len(mine), computed=computed, skipped=skipped, failed=failed,
                           frames=frames, pairs=pairs, seconds=time.perf_counter() - start,
-                          manifest=Path(shown(manifest)), shard=shard, failures=sorted(failures))
+                          manifest=manifest, shard=shard, failures=sorted(failures))
     print(summary, flush=True)
     if strict and failed:
         video_id, error = summary.failures[0]
         raise FlowError(f"{failed} of {len(mine)} videos failed (--strict), e.g. {video_id}: {error}; "
-                        f"see {manifest}")
+                        f"see {shown(manifest)}")
     return summary
