@@ -92,7 +92,7 @@ def fit_svm(x: np.ndarray, labels: Labels, num_classes: int, cs: Sequence[float]
         # fold's rows are some of these: in an orthonormal basis of their span (N coordinates instead
         # of D) each fit has the same optimum and the same decision values, 10-25 times faster for
         # pool5 (D = 2048) on small sets and leave-one-out. The bias is regularised either way.
-        basis = np.linalg.svd(x, full_matrices=False)[2].T
+        basis = _row_space(x)
         x = x @ basis
     cv_score = {}
     for c in sorted(cs):
@@ -108,6 +108,19 @@ def fit_svm(x: np.ndarray, labels: Labels, num_classes: int, cs: Sequence[float]
     final.cv = cv
     final.basis = basis
     return final
+
+
+def _row_space(x: np.ndarray) -> np.ndarray:
+    """float [D, r]: an orthonormal basis of the span of the rows of x [N, D], N < D.
+
+    From the eigenvectors of the N x N Gram matrix (X X^T = U L U^T, basis = X^T U L^-1/2): much
+    cheaper than an SVD of X, which on a busy machine with threaded BLAS took seconds for 129 x 2048.
+    Directions with eigenvalues below 1e-10 of the largest (variance ~1e-5 of the largest in size)
+    are dropped.
+    """
+    eigenvalues, vectors = np.linalg.eigh(x @ x.T)
+    keep = eigenvalues > 1e-10 * max(eigenvalues.max(), 1e-300)
+    return x.T @ (vectors[:, keep] / np.sqrt(eigenvalues[keep]))
 
 
 def _folds(first: np.ndarray, folds: int, seed: int, stratify: bool,

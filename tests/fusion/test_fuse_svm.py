@@ -210,6 +210,7 @@ def test_fewer_rows_than_dimensions_same_svm_in_the_rows_span():
     for c in (0.01, 1.0, 100.0):
         fit = svm.fit_svm(x, labels, 3, [c], folds=3)
         assert fit.basis.shape == (200, 30)
+        np.testing.assert_allclose(fit.basis.T @ fit.basis, np.eye(30), atol=1e-9)  # orthonormal
         direct = svm._fit(x, labels, 3, c, False)  # the 200-d fit
         # Same optimum up to the solver's tolerance (decision values are O(1)).
         np.testing.assert_allclose(fit.scores(new), direct.scores(new), atol=1e-3)
