@@ -166,7 +166,8 @@ def _first_reason(got: Extraction, video_id: str) -> str:
 
 
 def _pre_normalised(z: np.ndarray) -> np.ndarray:
-    """Rows whose signed square root + L2 (what the protocols apply) is `z` again; z has unit rows."""
+    """Rows whose signed square root + L2 (what the protocols apply) is `z` again, for z of unit rows
+    (svm.two_stream's are, unless a stream's feature is all zero: that row comes back scaled to unit)."""
     return z * np.abs(z)
 
 

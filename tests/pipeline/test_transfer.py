@@ -296,3 +296,15 @@ def test_transfer_bad_inputs_stop_with_one_line(tiny_transfer, tmp_path, capsys)
                  "--set", 'transfer.benchmarks=["aslan"]', "--set", "transfer.companions="]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "View2.mat: no variable 'action_splits_pairs'" in err and "\n" not in err
+
+
+def test_two_stream_rows_enter_the_protocols_as_fusion_svm_two_stream():
+    """The protocols apply signed sqrt + L2 themselves; the two-stream input must come out of that as
+    svm.two_stream exactly (float64)."""
+    from fusion import svm
+    from pipeline.transfer.stage import _pre_normalised
+
+    rng = np.random.default_rng(0)
+    rgb, flow = rng.normal(size=(5, 7)), np.abs(rng.normal(size=(5, 3)))
+    z = svm.two_stream(rgb, flow)
+    np.testing.assert_allclose(svm.normalise(_pre_normalised(z)), z, rtol=1e-12, atol=1e-15)
