@@ -7,7 +7,6 @@ confusion matrix is one pixel block per class pair, not one labelled cell.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -83,7 +82,8 @@ def confusion(path: Path, names: Sequence[str], scores: Sequence[np.ndarray], la
         side = min(15.0, 3.0 + 0.06 * n)  # 101 classes: 9 in; 400: 15 in, about 4 px per class
     fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 1.5, side * rows + 0.6), squeeze=False)
     image = None
-    for panel, (ax, name, c, h) in enumerate(zip(axes.ravel(), names, counts, hits)):
+    # axes.ravel() may hold one spare panel (an odd number of methods in two columns): strict=False
+    for panel, (ax, name, c, h) in enumerate(zip(axes.ravel(), names, counts, hits, strict=False)):
         first = panel % cols == 0  # names down the left of each row of panels only
         c = c[np.ix_(order, order)]
         rates = c / np.maximum(c.sum(axis=1, keepdims=True), 1)
@@ -129,7 +129,7 @@ def per_class_bars(path: Path, names: Sequence[str], accuracy: np.ndarray, class
     y = np.arange(n)
     ax.barh(y, np.nan_to_num(accuracy[0][order]), color="#4c72b0", height=0.8, label=names[0])
     markers = "os^Dv<>"
-    for m, (name, acc) in enumerate(zip(names[1:], accuracy[1:])):
+    for m, (name, acc) in enumerate(zip(names[1:], accuracy[1:], strict=True)):
         ax.scatter(acc[order], y, s=10, marker=markers[m % len(markers)], zorder=3, label=name)
     ax.set_yticks(y, [classes[i] for i in order], fontsize=max(3.0, min(8.0, 700 / max(n, 1))))
     ax.set_ylim(n - 0.5, -0.5)  # best first, at the top

@@ -2,7 +2,8 @@
 
 run_eval is a function from artifacts on disk (the frame + flow store, the streams' checkpoints) to
 artifacts on disk (`out_dir`: results.csv/.md, per_class.csv, confusion.png, per_class.png,
-fusion_weight.png, scores.npz/.csv, excluded.csv, features/<stream>.npz). Every video's network outputs are cached in `out_dir/cache`
+fusion_weight.png, scores.npz/.csv, excluded.csv, features/<stream>.npz). Every video's network
+outputs are cached in `out_dir/cache`
 under a key of the checkpoint's bytes and the view settings, so a killed run resumes and a re-run
 (for example with other fusion weights or SVM C values) does not touch the network.
 """
@@ -146,7 +147,8 @@ def run_eval(store_dir: Path, checkpoints: dict[str, Path], train_items: Sequenc
                 methods.insert(2, MethodScores("fusion", fused, f"{kind} scores, rgb:flow = "
                                                f"{weights[0]:g}:{weights[1]:g}{detail}"))
             methods.append(MethodScores(f"fusion_{k}", fused, f"{k} scores, rgb:flow = {weights[0]:g}:{weights[1]:g}"))
-        grid = sorted(set(cfg.fusion_cv_grid) | {weights[1] / weights[0] if weights[0] > 0 else max(cfg.fusion_cv_grid)})
+        used = weights[1] / weights[0] if weights[0] > 0 else max(cfg.fusion_cv_grid)
+        grid = sorted(set(cfg.fusion_cv_grid) | {used})
         for k in ("raw", "softmax"):
             rgb, flow = (fuse.video_scores(view_logits[n], k) for n in MODALITIES)
             curves[f"test, {k}"] = (grid, fuse.weight_curve(rgb, flow, labels, grid))
@@ -329,9 +331,11 @@ def class_columns(known: Sequence[str], classes: Sequence[str], path: Path, hint
         else:
             unmatched.append(c)
     if unmatched:
-        shown = ", ".join(repr(c) for c in unmatched[:10]) + (f" and {len(unmatched) - 10} more" if len(unmatched) > 10 else "")
+        more = f" and {len(unmatched) - 10} more" if len(unmatched) > 10 else ""
+        shown = ", ".join(repr(c) for c in unmatched[:10]) + more
+        example = ", ".join(repr(c) for c in known[:3])
         raise FusionError(f"checkpoint {path} does not know {len(unmatched)} of the dataset's {len(classes)} classes "
-                          f"({shown}; it has {len(known)} classes, e.g. {', '.join(repr(c) for c in known[:3])}): it was "
+                          f"({shown}; it has {len(known)} classes, e.g. {example}): it was "
                           f"trained on another dataset or split{'; run ' + hint if hint else ''}")
     if len(set(columns)) != len(columns):
         raise FusionError(f"checkpoint {path}: two of the dataset's classes match the same class of the checkpoint")
@@ -355,11 +359,11 @@ def _fusion_rule(cfg: EvalConfig, streams: Sequence[_Scored], outputs: dict[str,
         rgb, flow = (s.logits(outputs, val_ids) for s in streams)
         kind, weight, accuracy = fuse.choose_fusion(rgb, flow, val_labels, cfg.fusion_cv_grid, default,
                                                     cfg.fusion_scores)
-        return kind, (1.0, weight), (
-            f" (chosen on {len(val_ids)} held-out videos, hit@1 {100 * accuracy[kind][weight]:.1f}%; "
-            f"default {cfg.fusion_scores} {default[0]:g}:{default[1]:g})"), \
-            f"chosen on the held-out videos ({val_note or f'{len(val_ids)} videos'}) among raw/softmax x flow weights " \
-            f"{', '.join(f'{w:g}' for w in cfg.fusion_cv_grid)}"
+        detail = (f" (chosen on {len(val_ids)} held-out videos, hit@1 {100 * accuracy[kind][weight]:.1f}%; "
+                  f"default {cfg.fusion_scores} {default[0]:g}:{default[1]:g})")
+        grid = ", ".join(f"{w:g}" for w in cfg.fusion_cv_grid)
+        where = f"the held-out videos ({val_note or f'{len(val_ids)} videos'})"
+        return kind, (1.0, weight), detail, f"chosen on {where} among raw/softmax x flow weights {grid}"
     if not cfg.fusion_cv:
         return cfg.fusion_scores, default, "", ("the fixed default (eval.fusion_scores, eval.fusion_weights); "
                                                 "no held-out groups to choose on")
@@ -368,11 +372,11 @@ def _fusion_rule(cfg: EvalConfig, streams: Sequence[_Scored], outputs: dict[str,
     ids = [v for v, _ in train_items]
     rgb, flow = (fuse.video_scores(s.logits(outputs, ids), cfg.fusion_scores) for s in streams)
     weight, accuracy = fuse.choose_flow_weight(rgb, flow, train_labels, cfg.fusion_cv_grid, cfg.fusion_weights)
-    return cfg.fusion_scores, (1.0, weight), (
-        f" (chosen on {len(train_items)} train videos, hit@1 {100 * accuracy[weight]:.1f}%; "
-        f"default {default[0]:g}:{default[1]:g})"), \
-        ("flow weight chosen on the training videos (eval.fusion_cv), which the streams were trained on: "
-         "not an honest selection (set train.val_groups or train.val_fraction)")
+    detail = (f" (chosen on {len(train_items)} train videos, hit@1 {100 * accuracy[weight]:.1f}%; "
+              f"default {default[0]:g}:{default[1]:g})")
+    return cfg.fusion_scores, (1.0, weight), detail, (
+        "flow weight chosen on the training videos (eval.fusion_cv), which the streams were trained on: "
+        "not an honest selection (set train.val_groups or train.val_fraction)")
 
 
 def _train_groups(items: Sequence[Item], groups: dict[str, str] | None) -> list[str] | None:
