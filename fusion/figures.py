@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flow.atomic import atomic_write
 from flow.visualise import flow_to_colour
 from fusion import metrics
 from fusion.metrics import Labels
@@ -35,13 +36,11 @@ def _save(fig, path: Path, tight: bool = True) -> Path:
     labels, whose margins are set by hand: the tight box lays out every label twice."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        fig.savefig(tmp, dpi=DPI, format="png", bbox_inches="tight" if tight else None)
-        os.replace(tmp, path)
+        with atomic_write(path) as f:
+            fig.savefig(f, dpi=DPI, format="png", bbox_inches="tight" if tight else None)
     finally:
         _pyplot().close(fig)
-        tmp.unlink(missing_ok=True)
     return path
 
 
