@@ -17,7 +17,7 @@ def test_smoke_run_writes_every_section_and_none_fails(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
     proc = subprocess.run([sys.executable, "bench/gpu.py", "--smoke", "--out", str(out), "--work", str(tmp_path / "w")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
     report = json.loads((out / "gpu.json").read_text())
     sections = report["sections"]

@@ -1,9 +1,9 @@
 """P3D on CUDA: the same numbers as on the CPU (fp32), in channels_last_3d, and bf16 AMP training.
 
-P3D-199 with random weights is ill-conditioned in float32 (its rounding error is amplified to a few
-tenths of a percent of pool5), so the tolerance is measured, not guessed: CUDA float32 must be as
-close to a float64 forward as the CPU's float32 is, within a small factor. TF32 is off for these
-comparisons; a real defect (layout, wiring, a kernel) is off by tens of percent.
+P3D-199 in eval mode with its initial BN statistics (mean 0, variance 1) is a well-conditioned
+float32 computation: the CPU's float32 pool5 and logits are 6e-7 (RMS, relative) from a float64
+forward. CUDA float32 (TF32 off) must come within 1e-4 of the float64 forward, a margin for cuDNN's
+algorithms (FFT, implicit GEMM) over 199 layers; a wiring or layout defect is off by tens of percent.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from streams.p3d import build_model
 from streams.train import param_groups, to_channels_last, train_step
 
 pytestmark = pytest.mark.cuda
-FACTOR = 3.0  # CUDA fp32 may be this many times further from float64 than the CPU's fp32
+TOLERANCE = 1e-4  # RMS relative difference to the float64 forward
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -33,50 +33,41 @@ def forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
         return features, model.fc(features)
 
 
+def no_tf32():
+    return torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False)
+
+
 @pytest.fixture(scope="module")
 def p3d199(cuda):
-    """P3D-199 (400 classes) with BN statistics taken from the test batch (realistic activations
-    instead of the growth of untrained statistics), its input, the float64 forward on CUDA and the
-    float32 forward on the CPU."""
+    """P3D-199 (400 classes, eval mode), its input (2 clips of 16x112x112), the float64 forward on
+    CUDA and the float32 forward on the CPU, each as (pool5, logits)."""
     torch.manual_seed(0)
-    model = build_model("p3d199", 400, 3, dropout=0.0)
+    model = build_model("p3d199", 400, 3, dropout=0.0).eval()
     x = torch.randn(2, 3, 16, 112, 112) * 50.0  # the spread of mean-subtracted BGR
-    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False):
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.momentum = None  # a cumulative average: one batch sets the statistics
-        model.to(cuda).train()
-        with torch.no_grad():
-            model(x.to(cuda))
-        model.eval()
-        reference = forward(copy.deepcopy(model).double(), x.double().to(cuda))
-        model.cpu()
-        cpu = forward(model, x)
-    return model, x, reference, cpu
+    with no_tf32():
+        reference = forward(copy.deepcopy(model).double().to(cuda), x.double().to(cuda))
+    return model, x, reference, forward(model, x)
 
 
 def test_p3d199_forward_on_cuda_equals_the_cpu_forward(p3d199, cuda):
     model, x, reference, cpu = p3d199
-    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False):
+    with no_tf32():
         got = forward(copy.deepcopy(model).to(cuda), x.to(cuda))
     for name, c, g, r in zip(("pool5", "logits"), cpu, got, reference, strict=True):
-        cpu_error = rel(c, r)
-        assert cpu_error < 0.05, f"{name}: the CPU is {cpu_error:.2e} from the float64 forward on CUDA"
-        assert rel(g, r) <= FACTOR * cpu_error + 1e-6, (name, rel(g, r), cpu_error)
-        assert rel(g, c) <= (FACTOR + 1) * cpu_error + 1e-6, (name, rel(g, c), cpu_error)
-    assert torch.equal(got[1].argmax(1).cpu(), cpu[1].argmax(1))
+        assert rel(c, r) < TOLERANCE, f"{name}: the CPU's float32 is {rel(c, r):.2e} from float64 on CUDA"
+        assert rel(g, r) < TOLERANCE, f"{name}: CUDA float32 is {rel(g, r):.2e} from float64"
+        assert rel(g, c) < 2 * TOLERANCE, f"{name}: CUDA and the CPU differ by {rel(g, c):.2e}"
 
 
 def test_channels_last_3d_gives_the_same_logits(p3d199, cuda):
-    model, x, reference, cpu = p3d199
-    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False):
+    model, x, reference, _ = p3d199
+    with no_tf32():
         plain = forward(copy.deepcopy(model).to(cuda), x.to(cuda))
         last = forward(to_channels_last(copy.deepcopy(model).to(cuda)),
                        x.to(cuda).contiguous(memory_format=torch.channels_last_3d))
-    cpu_error = rel(cpu[1], reference[1])
-    assert rel(last[1], reference[1]) <= FACTOR * cpu_error + 1e-6
-    assert rel(last[1], plain[1]) <= 2 * FACTOR * cpu_error + 1e-6
-    assert rel(last[0], plain[0]) <= 2 * FACTOR * rel(cpu[0], reference[0]) + 1e-6
+    for k, name in enumerate(("pool5", "logits")):
+        assert rel(last[k], reference[k]) < TOLERANCE, (name, rel(last[k], reference[k]))
+        assert rel(last[k], plain[k]) < 2 * TOLERANCE, (name, rel(last[k], plain[k]))
 
 
 def test_bf16_amp_training_step_is_finite_and_lowers_the_loss(cuda):
@@ -84,7 +75,9 @@ def test_bf16_amp_training_step_is_finite_and_lowers_the_loss(cuda):
     training, six steps on one fixed batch of 8 clips: finite losses, and the last below the first."""
     torch.manual_seed(0)
     model = to_channels_last(build_model("p3d199", 4, 3, dropout=0.0).to(cuda))
-    cfg = TrainConfig(lr=0.001)  # the paper's rate (x10 for the classifier): 0.01 diverges here
+    # pool5 of this untrained net has a norm of about 52 per clip, so the classifier's step moves the
+    # logits by lr x 52^2 x |p - y|: the paper's 0.001 x 10 for fc overshoots (the loss grows), 1e-4 does not.
+    cfg = TrainConfig(lr=1e-4, fc_lr_mult=1.0)
     optimizer = torch.optim.SGD(param_groups(model, cfg, "rgb"), lr=cfg.lr, momentum=cfg.momentum)
     scaler = torch.amp.GradScaler("cuda", enabled=False)  # bf16 needs no loss scaling
     clips = torch.randint(0, 256, (8, 3, 8, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
