@@ -2,16 +2,20 @@
 the pictures (fusion.figures), scores."""
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from flow import atomic
 from fusion import figures, metrics
 from fusion.metrics import Labels
+from streams.checkpoint import file_sha256
 
 COLUMNS = ["method", "clip_hit@1", "video_hit@1", "video_hit@5", "mean_class_acc", "mAP", "videos",
            "excluded", "protocol", "details"]
@@ -111,7 +115,7 @@ def most_confused(scores: np.ndarray, labels: Labels, classes: Sequence[str], to
     counts = metrics.confusion_matrix(scores, labels, len(classes))
     totals = counts.sum(axis=1)
     rows = [(classes[t], classes[p], int(counts[t, p]), 100.0 * counts[t, p] / totals[t])
-            for t, p in zip(*np.nonzero(counts)) if t != p]
+            for t, p in zip(*np.nonzero(counts), strict=True) if t != p]
     rows.sort(key=lambda r: (-r[2], -r[3], r[0], r[1]))
     return pd.DataFrame(rows[:top], columns=["true", "predicted", "videos", "share"])
 
@@ -132,8 +136,57 @@ def write_report(out_dir: Path, table: pd.DataFrame, title: str, notes: Sequence
                  chosen: tuple[str, float] | None = None) -> None:
     """Every file of the evaluation report in `out_dir`: results.csv/.md (with the most confused pairs
     of the last method of `shown` when there are more than figures.SMALL classes), per_class.csv,
-    confusion.png, per_class.png, fusion_weight.png (with `curves`), scores.npz/.csv, excluded.csv."""
+    confusion.png, per_class.png, fusion_weight.png (with `curves`), scores.npz/.csv, excluded.csv, and
+    last report.json (see `staged_report`)."""
+    with staged_report(out_dir) as stage:
+        _write_report_files(stage, table, title, notes, methods, shown, video_ids, labels, classes, excluded,
+                            curves, chosen)
+
+
+REPORT_MARKER = "report.json"
+
+
+@contextmanager
+def staged_report(out_dir: Path) -> Iterator[Path]:
+    """A folder to write a whole report into; on success its files replace the report in `out_dir`.
+
+    A kill while the files are written leaves the old report whole; report.json is removed before the
+    files move in and written after them, listing each file with its SHA-256, so a report with
+    report.json is never a mix of two runs (a kill during the moves leaves none: the re-run repairs it).
+    Files of the old report that the new one lacks (fusion_weight.png) are removed with it."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in out_dir.glob(f".report{atomic.TEMP_MARKER}*"):  # of a killed run
+        atomic.remove_quietly(leftover)
+    stage = atomic.temp_name(out_dir / "report", unique=True)
+    stage.mkdir()
+    try:
+        yield stage
+        files = sorted(p.name for p in stage.iterdir())
+        marker = out_dir / REPORT_MARKER
+        try:
+            old = json.loads(marker.read_text(encoding="utf-8")).get("files", {})
+        except (OSError, ValueError, AttributeError):
+            old = {}
+        listing = {name: file_sha256(stage / name) for name in files}
+        marker.unlink(missing_ok=True)
+        for name in sorted(set(old) - set(files)):
+            (out_dir / name).unlink(missing_ok=True)
+        for name in files:
+            os.replace(stage / name, out_dir / name)
+        atomic.write_text(marker, json.dumps({"files": listing}, indent=1) + "\n")
+    except OSError as err:
+        if atomic.is_disk_full(err):  # named by the report, not by a file of the hidden staging folder
+            raise atomic.disk_full(f"{out_dir} (the evaluation report)", err) from err
+        raise
+    finally:
+        atomic.remove_quietly(stage)
+
+
+def _write_report_files(out_dir: Path, table: pd.DataFrame, title: str, notes: Sequence[str],
+                        methods: Sequence[MethodScores], shown: Sequence[MethodScores], video_ids: Sequence[str],
+                        labels: Labels, classes: Sequence[str], excluded: dict[str, str],
+                        curves: dict[str, tuple[Sequence[float], np.ndarray]] | None,
+                        chosen: tuple[str, float] | None) -> None:
     per_class = per_class_table(methods, labels, classes)
     shown = list(shown) or list(methods[:1])
     extra = ""
@@ -198,15 +251,12 @@ def write_excluded(path: Path, excluded: dict[str, str]) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write under a temporary name, then rename: a half-written file is never taken for done."""
+    """Atomically (flow.atomic): a half-written file is never taken for done."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, text)
 
 
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic.atomic_write(path) as f:  # a file object: np.savez adds no second .npz
+        np.savez(f, **arrays)

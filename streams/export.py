@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import warnings
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from flow.atomic import atomic_path, write_text
 from streams.checkpoint import load_stream
 from streams.errors import StreamsError
 
@@ -49,10 +49,6 @@ def exportable(model: nn.Module, output: str = "logits") -> nn.Module:
     return module.eval()
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
 def export_torchscript(model: nn.Module, path: Path | str, example: torch.Tensor, output: str = "logits") -> Path:
     """Trace `model` on `example` and save the TorchScript module (torch.jit.load reads it, also from C++)."""
     path = Path(path)
@@ -63,9 +59,8 @@ def export_torchscript(model: nn.Module, path: Path | str, example: torch.Tensor
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit")
         traced = torch.jit.trace(module, example, check_trace=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    traced.save(str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        traced.save(str(tmp))
     return path
 
 
@@ -75,7 +70,6 @@ def export_onnx(model: nn.Module, path: Path | str, example: torch.Tensor, outpu
     path = Path(path)
     module = exportable(model, output)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
     batch = torch.export.Dim("batch", min=1)
     # The exporter logs a warning for each torchvision operator it cannot register: noise here.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -89,8 +83,8 @@ def export_onnx(model: nn.Module, path: Path | str, example: torch.Tensor, outpu
     except ImportError as e:
         raise StreamsError(f"ONNX export needs onnx and onnxscript ({e}): "
                            "pip install 'p3d-two-stream[export]'") from None
-    program.save(str(tmp), external_data=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        program.save(str(tmp), external_data=False)
     return path
 
 
@@ -138,9 +132,7 @@ def export_checkpoint(checkpoint: Path | str, out_dir: Path | str, formats: Sequ
             "input_layout": "float32 [batch, channels, frames, height, width]",
             "input_convention": ckpt.input_convention, "classes": ckpt.classes,
             "files": [p.name for p in written]}
-    tmp = _tmp(meta)
-    tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, meta)
+    write_text(meta, json.dumps(info, indent=2) + "\n")
     written.append(meta)
     for path in written:
         print(f"export: wrote {path}")

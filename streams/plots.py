@@ -1,13 +1,14 @@
 """curves.png of a training run: training loss and accuracy per step, validation accuracy per epoch."""
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from flow.atomic import atomic_write
 
 
 def plot_curves(history: Sequence[dict[str, Any]], path: Path, title: str) -> None:
@@ -36,6 +37,5 @@ def plot_curves(history: Sequence[dict[str, Any]], path: Path, title: str) -> No
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png")

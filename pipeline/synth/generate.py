@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from flow.atomic import atomic_path, write_text
 from flow.formats import write_flo
 from pipeline.errors import PipelineError
 from pipeline.synth.config import SynthConfig
@@ -101,39 +101,33 @@ def _claim(out_root: Path, cfg: SynthConfig, force: bool) -> None:
 
 def _write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:  # newline="": CRLF stays CRLF
-        f.write(text)
-    os.replace(tmp, path)
+    write_text(path, text)  # newlines as given: CRLF stays CRLF
 
 
 def _write_flows(folder: Path, flow: np.ndarray) -> None:
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for i, pair in enumerate(flow, 1):  # flow_00001.flo: frame 1 -> 2, 1-based like mmaction
-        write_flo(tmp / f"flow_{i:05d}.flo", pair)
-    shutil.rmtree(folder, ignore_errors=True)  # left by a run killed before its video was written
-    os.replace(tmp, folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder) as tmp:  # replaces a folder left by a run killed before its video was written
+        tmp.mkdir()
+        for i, pair in enumerate(flow, 1):  # flow_00001.flo: frame 1 -> 2, 1-based like mmaction
+            write_flo(tmp / f"flow_{i:05d}.flo", pair)
 
 
 def _write_video(path: Path, frames: np.ndarray, cfg: SynthConfig) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # keeps .avi: OpenCV picks the container by it
     height, width = frames.shape[1:3]
     fourcc = cv2.VideoWriter_fourcc(*cfg.codec)
-    if cfg.codec == "MJPG":  # OpenCV's own MJPEG writer honours a quality setting; FFmpeg's does not
-        writer = cv2.VideoWriter(str(tmp), cv2.CAP_OPENCV_MJPEG, fourcc, cfg.fps, (width, height))
-        writer.set(cv2.VIDEOWRITER_PROP_QUALITY, 100)
-    else:
-        writer = cv2.VideoWriter(str(tmp), fourcc, cfg.fps, (width, height))
-    if not writer.isOpened():
-        raise PipelineError(f"synth.codec: OpenCV {cv2.__version__} cannot write {cfg.codec!r} to {tmp}; "
-                            "use FFV1 (lossless) or MJPG")
-    for frame in frames:
-        writer.write(frame)
-    writer.release()
-    os.replace(tmp, path)
+    with atomic_path(path, keep_suffix=True) as tmp:  # keeps .avi: OpenCV picks the container by it
+        if cfg.codec == "MJPG":  # OpenCV's own MJPEG writer honours a quality setting; FFmpeg's does not
+            writer = cv2.VideoWriter(str(tmp), cv2.CAP_OPENCV_MJPEG, fourcc, cfg.fps, (width, height))
+            writer.set(cv2.VIDEOWRITER_PROP_QUALITY, 100)
+        else:
+            writer = cv2.VideoWriter(str(tmp), fourcc, cfg.fps, (width, height))
+        if not writer.isOpened():
+            raise PipelineError(f"synth.codec: OpenCV {cv2.__version__} cannot write {cfg.codec!r} to {path}; "
+                                "use FFV1 (lossless) or MJPG")
+        for frame in frames:
+            writer.write(frame)
+        writer.release()
 
 
 def _write_annotations(folder: Path, cfg: SynthConfig, classes: list[str]) -> None:

@@ -1,11 +1,14 @@
 """run_eval end to end on a tiny store with tiny random streams; the report; bad input."""
+import errno
+import json
 import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from fusion import metrics, scoring
+from flow.atomic import DiskFullError
+from fusion import figures, metrics, scoring
 from fusion.config import EvalConfig
 from fusion.errors import FusionError
 from fusion.report import COLUMNS
@@ -69,7 +72,8 @@ def test_table_agrees_with_the_dumped_scores(evaluated):
         raw = {s: dump[f"views_{s}"].mean(1) for s in ("rgb", "flow")}
         np.testing.assert_allclose(dump["fusion"], (raw["rgb"] + 1.5 * raw["flow"]) / 2.5, rtol=1e-5)
         np.testing.assert_allclose(dump["fusion_raw"], dump["fusion"], rtol=0)
-        soft = {s: np.exp(dump[f"views_{s}"]) / np.exp(dump[f"views_{s}"]).sum(-1, keepdims=True) for s in ("rgb", "flow")}
+        soft = {s: np.exp(dump[f"views_{s}"]) / np.exp(dump[f"views_{s}"]).sum(-1, keepdims=True)
+                for s in ("rgb", "flow")}
         np.testing.assert_allclose(dump["fusion_softmax"], (soft["rgb"].mean(1) + 1.5 * soft["flow"].mean(1)) / 2.5,
                                    rtol=1e-5)
         clip = 100 * metrics.hit_at_k(views.reshape(-1, 3), [lab for lab in labels for _ in range(9)], 1)
@@ -270,3 +274,48 @@ def test_held_out_videos_choose_the_rule_and_c_never_the_test(evaluated, tiny_st
     with pytest.raises(FusionError, match="also training or held-out videos"):
         run_eval(store, tiny_checkpoints, rest, test, CLASSES, CFG, tmp_path / "eval", protocol="t", excluded=[],
                  val_items=test[:1])
+
+
+def _report_intact(out) -> dict:
+    """report.json's listing, checked against the files next to it."""
+    from streams.checkpoint import file_sha256
+
+    listing = json.loads((out / "report.json").read_text())["files"]
+    assert {name: file_sha256(out / name) for name in listing} == listing
+    assert not list(out.glob(".report.tmp-*"))
+    return listing
+
+
+def test_the_report_is_never_a_mix_of_two_runs(tiny_store, tiny_checkpoints, tmp_path, monkeypatch):
+    """A kill while the report was written left old and new files side by side. Now the files are
+    written to a folder of their own and moved in together, report.json (with each file's SHA-256) last."""
+    out = tmp_path / "out"
+    _eval(tiny_store, tiny_checkpoints, tmp_path)
+    listing = _report_intact(out)
+    assert {"results.csv", "results.md", "per_class.csv", "confusion.png", "scores.npz", "excluded.csv"} <= set(listing)
+    assert set(listing) == {p.name for p in out.iterdir() if p.is_file()} - {"report.json"}
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(figures, "per_class_bars", killed)  # after results.* and confusion.png are written
+    with pytest.raises(KeyboardInterrupt):
+        _eval(tiny_store, tiny_checkpoints, tmp_path, protocol="another run")
+    assert _report_intact(out) == listing
+    assert "another run" not in (out / "results.md").read_text()
+
+
+def test_a_full_disk_in_eval_is_one_error_and_keeps_the_old_report(tiny_store, tiny_checkpoints, tmp_path,
+                                                                   monkeypatch):
+    out = tmp_path / "out"
+    _eval(tiny_store, tiny_checkpoints, tmp_path)
+    listing = _report_intact(out)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.raises(DiskFullError, match=r"out \(the evaluation report\): disk full") as err:
+        _eval(tiny_store, tiny_checkpoints, tmp_path, protocol="another run")
+    assert str(out) in str(err.value) and "\n" not in str(err.value)
+    assert _report_intact(out) == listing
