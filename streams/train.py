@@ -6,6 +6,11 @@ epoch end) hold everything a resumed run needs to continue exactly as if it had 
 sampler order and every clip's augmentation depend only on (seed, epoch, index), and the model,
 optimizer, scheduler, scaler and RNG states are restored. Outputs in `out_dir`: checkpoint_*.pt,
 last.pt (the finished model), metrics.jsonl, curves.png.
+
+Read it top to bottom: `train_stream` checks the input, `_train` wires one run (find where it
+stands, build, restore) and `_fit` is the loop: `train_one_epoch`, `evaluate`, a step checkpoint,
+per epoch. Around it: `Checkpointer` (writes, finds and prunes checkpoints, refuses non-finite
+weights) and `MetricsLogger` (metrics.jsonl, curves.png).
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import math
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +37,16 @@ from flow.atomic import write_text
 from flow.errors import FlowError
 from flow.store import Store, open_store
 from streams import distributed, transforms
-from streams.checkpoint import (LAST, make_payload, nonfinite_tensors, read_checkpoint, save_checkpoint,
-                                step_checkpoints, step_path)
+from streams.checkpoint import (
+    LAST,
+    Checkpoint,
+    make_payload,
+    nonfinite_tensors,
+    read_checkpoint,
+    save_checkpoint,
+    step_checkpoints,
+    step_path,
+)
 from streams.clips import ClipDataset, EpochSampler
 from streams.config import ModelConfig, TrainConfig
 from streams.errors import StreamsError
@@ -80,15 +93,498 @@ def train_stream(store_dir: Path, train_items: list[tuple[str, int]], val_items:
     threads = torch.get_num_threads()
     try:
         try:
-            return _Run(store, train_items, val_items, classes, modality, model_cfg, train_cfg,
-                        Path(out_dir), ctx).run(on_start)
+            return _train(store, train_items, val_items, list(classes), modality, model_cfg, train_cfg,
+                          Path(out_dir), ctx, on_start)
         finally:
             torch.set_num_threads(threads)
             distributed.teardown(ctx)
-    except RuntimeError as e:  # torch's SIGCHLD handler fires anywhere, also after _Run.run has returned
+    except RuntimeError as e:  # torch's SIGCHLD handler fires anywhere, also after _train has returned
         if not _worker_died(e):
             raise
         raise worker_death_error(modality, Path(out_dir), str(e).splitlines()[0]) from None
+
+
+@dataclass
+class Progress:
+    """Where a run stands: what a checkpoint records besides the weights and the optimizer's state."""
+    step: int = 0
+    epoch: int = 0  # completed epochs
+    val_acc: float | None = None
+    best_val_acc: float | None = None
+
+
+@dataclass
+class Run:
+    """What a run trains with, built once by `_train` and handed to the loop's functions."""
+    modality: str
+    classes: list[str]
+    model_cfg: ModelConfig
+    cfg: TrainConfig
+    ctx: distributed.DistContext
+    batch: int  # clips per step in this process
+    steps_per_epoch: int
+    total_steps: int
+    model: P3D
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None  # autocast dtype on CUDA, None = float32
+    channels_last: bool
+    training_set: dict[str, Any]  # training_set_record of the training list
+    checkpoints: Checkpointer
+    metrics: MetricsLogger
+    net: nn.Module | None = None  # the model, or its DDP / compiled wrapper (set once the states are restored)
+    meter: StepMeter = field(default_factory=lambda: StepMeter())
+
+    @property
+    def title(self) -> str:
+        return f"{self.modality} stream ({self.model_cfg.arch})"
+
+
+def _train(store: Store, train_items, val_items, classes: list[str], modality: str, model_cfg: ModelConfig,
+           cfg: TrainConfig, out_dir: Path, ctx: distributed.DistContext,
+           on_start: Callable[[], None] | None) -> TrainResult:
+    """One run: find where it stands, build the model, optimizer and loaders, restore, then `_fit`."""
+    started = time.perf_counter()
+    if cfg.batch_size % ctx.world_size:
+        raise StreamsError(f"train.batch_size = {cfg.batch_size} is not divisible by the "
+                           f"{ctx.world_size} processes")
+    batch = cfg.batch_size // ctx.world_size
+    steps_per_epoch = (len(train_items) // ctx.world_size) // batch
+    if steps_per_epoch == 0:
+        raise StreamsError(f"{len(train_items)} training videos make no batch of train.batch_size = "
+                           f"{cfg.batch_size}")
+    cuda = ctx.device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)  # train_stream restores the caller's setting
+
+    # 1. Where the run stands: finished (last.pt), resumable (a step checkpoint) or new.
+    training_set = training_set_record(train_items)
+    checkpoints = Checkpointer(out_dir, modality, cfg, ctx)
+    finished, resume = checkpoints.find(
+        lambda ckpt: check_resumable(ckpt, modality, classes, model_cfg, cfg, training_set))
+    if finished is not None:
+        if ctx.is_main:
+            print(f"{modality} stream: already trained, {finished.path}")
+        return TrainResult(out_dir=out_dir, checkpoint=finished.path, finished=True, step=finished.step,
+                           epoch=finished.epoch, val_acc=finished.metrics.get("val_acc"),
+                           best_val_acc=finished.metrics.get("best_val_acc"),
+                           seconds=time.perf_counter() - started, resumed_from=None)
+
+    # 2. The model (the same initial weights in every process), optimizer, schedule, data.
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_cfg.arch, len(classes), transforms.CHANNELS[modality], model_cfg.dropout(modality))
+    if model_cfg.pretrained and resume is None:
+        load_pretrained(model, model_cfg.pretrained, model_cfg.pretrained_input)
+    model.set_partial_bn(model_cfg.partial_bn)
+    if ctx.distributed and cfg.sync_bn:
+        distributed.sync_batchnorm(model, ctx.device)
+    model.to(ctx.device)
+    channels_last = cfg.channels_last and cuda
+    if channels_last:
+        to_channels_last(model)
+    optimizer = torch.optim.SGD(param_groups(model, cfg, modality), lr=cfg.lr, momentum=cfg.momentum)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, cfg))
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if cuda else None
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp_dtype == torch.float16)
+    torch.manual_seed(cfg.seed * 1000 + ctx.rank + 1)  # dropout: a different stream per process
+    run = Run(modality, classes, model_cfg, cfg, ctx, batch, steps_per_epoch, cfg.epochs * steps_per_epoch, model,
+              optimizer, scheduler, scaler, amp_dtype, channels_last, training_set, checkpoints,
+              MetricsLogger(out_dir, ctx))
+    train_loader, sampler, val_loader = _loaders(run, store, train_items, val_items)
+
+    # 3. Resume: states, RNG and the metrics logged up to the checkpoint.
+    if resume is not None:
+        _restore(run, resume)
+    elif ctx.is_main:
+        run.metrics.start_fresh()  # drop what a run killed before its first checkpoint logged
+
+    run.net = model
+    if ctx.distributed:
+        run.net = DistributedDataParallel(model, device_ids=[ctx.device.index] if cuda else None)
+    if cfg.compile:
+        run.net = torch.compile(run.net)
+    state = Progress(resume.step, resume.epoch, resume.metrics.get("val_acc"),
+                     resume.metrics.get("best_val_acc")) if resume is not None else Progress()
+    loaders = [train_loader, val_loader]
+    try:
+        if on_start is not None:
+            on_start()
+        return _fit(run, state, train_loader, sampler, val_loader, resume.path if resume is not None else None)
+    except Exception as e:
+        # A dead worker shows as torch's RuntimeError, or as whatever the half-sent batch broke
+        # (ConnectionResetError when it died passing a tensor's file descriptor).
+        died = str(e).splitlines()[0] if _worker_died(e) else _dead_worker(
+            loaders, wait=2.0 if isinstance(e, (OSError, EOFError)) else 0.0)
+        if died is None:
+            raise
+        _stop_workers(loaders)  # else every later SIGCHLD raises torch's error again, anywhere
+        raise worker_death_error(modality, out_dir, died) from None
+
+
+def _fit(run: Run, state: Progress, train_loader: DataLoader, sampler: EpochSampler,
+         val_loader: DataLoader | None, resumed_from: Path | None) -> TrainResult:
+    """The loop: epochs of `train_one_epoch`, each followed by `evaluate` and a checkpoint; last.pt at the end."""
+    started = time.perf_counter()
+    cfg, ctx, out_dir = run.cfg, run.ctx, run.checkpoints.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    limit = run.total_steps if not cfg.max_steps else min(run.total_steps, cfg.max_steps)
+    bar = tqdm(total=run.total_steps, initial=state.step, desc=f"train {run.modality}", unit="step",
+               disable=not (cfg.progress and ctx.is_main), dynamic_ncols=True)
+    try:
+        while state.step < limit:
+            if not train_one_epoch(run, state, train_loader, sampler, limit, bar):
+                break  # max_steps reached inside the epoch
+            state.epoch = state.step // run.steps_per_epoch
+            if val_loader is not None:
+                scores = evaluate(run, val_loader)
+                state.val_acc = scores["val_acc"]
+                state.best_val_acc = max(state.best_val_acc or 0.0, state.val_acc)
+                run.metrics.log({"kind": "val", "step": state.step, "epoch": state.epoch, **scores})
+            save_step_checkpoint(run, state)
+            if ctx.is_main:
+                run.metrics.plot(run.title)
+    finally:
+        bar.close()
+
+    def result(checkpoint: Path, finished: bool) -> TrainResult:
+        return TrainResult(out_dir=out_dir, checkpoint=checkpoint, finished=finished, step=state.step,
+                           epoch=state.epoch, val_acc=state.val_acc, best_val_acc=state.best_val_acc,
+                           seconds=time.perf_counter() - started, resumed_from=resumed_from)
+
+    if state.step < run.total_steps:  # stopped by max_steps
+        if run.checkpoints.last != step_path(out_dir, state.step):
+            save_step_checkpoint(run, state)
+        return result(run.checkpoints.last, False)
+    last = out_dir / LAST
+    run.checkpoints.check_weights(run.model, state.step)
+    if ctx.is_main:
+        save_checkpoint(last, _payload(run, state, training_state=False))
+        run.metrics.plot(run.title)
+        acc = "n/a" if state.val_acc is None else f"{100 * state.val_acc:.1f}%"
+        print(f"{run.modality} stream: {state.epoch} epochs ({state.step} steps) in "
+              f"{time.perf_counter() - started:.0f} s, val clip accuracy {acc}; model in {last}")
+    distributed.barrier(ctx)
+    return result(last, True)
+
+
+def train_one_epoch(run: Run, state: Progress, loader: DataLoader, sampler: EpochSampler, limit: int,
+                    bar: tqdm) -> bool:
+    """Train from `state.step` to the end of its epoch, or to step `limit`; True when the epoch is complete.
+    A log line every `log_every` steps, a step checkpoint every `checkpoint_every` steps."""
+    cfg = run.cfg
+    epoch, position = divmod(state.step, run.steps_per_epoch)
+    sampler.set_epoch(epoch, skip=position * run.batch)  # a resumed epoch skips the clips it has trained on
+    run.net.train()
+    run.meter.restart()
+    waited = time.perf_counter()
+    for clips, labels in loader:
+        run.meter.data_wait += time.perf_counter() - waited
+        run.meter.pending.append(train_step(run.net, run.optimizer, run.scaler, clips, labels, run.modality,
+                                            run.ctx.device, run.amp_dtype, run.channels_last))
+        run.scheduler.step()
+        state.step += 1
+        bar.update(1)
+        if state.step % cfg.log_every == 0:
+            log_training(run, state, bar)
+        end_of_epoch = state.step % run.steps_per_epoch == 0
+        if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and not end_of_epoch:
+            save_step_checkpoint(run, state)
+        if state.step >= limit and not end_of_epoch:
+            log_training(run, state, bar)
+            return False
+        waited = time.perf_counter()
+    log_training(run, state, bar)
+    return True
+
+
+@torch.no_grad()
+def evaluate(run: Run, loader: DataLoader) -> dict[str, float]:
+    """Clip accuracy, video accuracy (the softmax of a video's `val_clips` clips averaged) and mean loss
+    on the validation clips, summed over the processes."""
+    run.model.eval()
+    clip_correct = clip_count = video_correct = video_count = loss_sum = 0.0
+    k = run.cfg.val_clips
+    scores, video_labels = [], []
+    for clips, labels in loader:
+        x = transforms.normalize(clips.to(run.ctx.device, non_blocking=True), run.modality)
+        if run.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        labels = labels.to(run.ctx.device)
+        with torch.autocast(run.ctx.device.type, dtype=run.amp_dtype or torch.float32,
+                            enabled=run.amp_dtype is not None):
+            logits = run.model(x).float()
+        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+        clip_correct += float((logits.argmax(1) == labels).sum())
+        clip_count += len(labels)
+        scores.append(logits.softmax(1).cpu())
+        video_labels.append(labels.cpu())
+    if scores:  # a process's subset holds whole videos, k consecutive clips each
+        probs = torch.cat(scores).view(-1, k, len(run.classes)).mean(1)
+        truth = torch.cat(video_labels).view(-1, k)[:, 0]
+        video_correct, video_count = float((probs.argmax(1) == truth).sum()), float(len(truth))
+    clip_correct, clip_count, video_correct, video_count, loss_sum = distributed.all_reduce_sum(
+        [clip_correct, clip_count, video_correct, video_count, loss_sum], run.ctx)
+    run.net.train()
+    return {"val_acc": clip_correct / clip_count, "val_video_acc": video_correct / video_count,
+            "val_loss": loss_sum / clip_count}
+
+
+class StepMeter:
+    """The (loss, correct) of the steps since the last log line, kept on the device (one sync per
+    `log_every` steps), and the seconds since then, of which spent waiting for data."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.restart()
+
+    def restart(self) -> None:
+        self.started, self.data_wait = time.perf_counter(), 0.0
+
+
+def log_training(run: Run, state: Progress, bar: tqdm | None = None) -> None:
+    """Check and log the steps since the last log line: StreamsError when a loss is not finite."""
+    meter = run.meter
+    if not meter.pending:
+        return
+    losses = torch.stack([loss for loss, _ in meter.pending]).double().cpu()
+    correct = float(torch.stack([c for _, c in meter.pending]).sum().cpu())
+    n = len(meter.pending)
+    meter.pending = []
+    bad = [i for i, v in enumerate(losses.tolist()) if not math.isfinite(v)]
+    first_bad_step = state.step - n + bad[0] if bad else math.inf
+    first_bad_step = distributed.all_reduce_min(first_bad_step, run.ctx)
+    if math.isfinite(first_bad_step):
+        raise StreamsError(f"{run.modality} stream: the training loss is not finite at step "
+                           f"{int(first_bad_step) + 1} (epoch {int(first_bad_step) // run.steps_per_epoch + 1}); "
+                           f"stopped and {run.checkpoints.kept()}. Lower train.lr (now {run.cfg.lr}) or check the "
+                           f"data, and train again in a fresh output directory")
+    totals = distributed.all_reduce_sum([float(losses.sum()), correct], run.ctx)
+    seconds = time.perf_counter() - meter.started
+    clips = n * run.cfg.batch_size
+    record = {"kind": "train", "step": state.step, "epoch": round(state.step / run.steps_per_epoch, 4),
+              "loss": totals[0] / (n * run.ctx.world_size), "acc": totals[1] / clips,
+              "lr": run.optimizer.param_groups[0]["lr"], "clips_per_s": clips / max(seconds, 1e-9),
+              "data_wait": meter.data_wait / max(seconds, 1e-9)}
+    meter.restart()
+    if bar is not None:
+        bar.set_postfix(loss=f"{record['loss']:.3f}", clips_s=f"{record['clips_per_s']:.1f}")
+    run.metrics.log(record)
+
+
+def save_step_checkpoint(run: Run, state: Progress) -> None:
+    """checkpoint_<step>.pt with everything a resume needs; the steps logged so far go first."""
+    log_training(run, state)
+    run.checkpoints.save_step(state.step, run.model, lambda: _payload(run, state, training_state=True))
+
+
+def _payload(run: Run, state: Progress, training_state: bool) -> dict[str, Any]:
+    metrics = {"val_acc": state.val_acc, "best_val_acc": state.best_val_acc}
+    extra: dict[str, Any] = {}
+    if training_state:  # every process takes part (its RNG states)
+        device = run.ctx.device
+        rng = {"torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+        extra = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                 "scaler": run.scaler.state_dict(), "rng": distributed.all_gather_object(rng, run.ctx),
+                 "world_size": run.ctx.world_size}
+    return make_payload(run.model, arch=run.model_cfg.arch, modality=run.modality, classes=run.classes,
+                        input_convention=transforms.INPUT_CONVENTION[run.modality],
+                        model_config=dataclasses.asdict(run.model_cfg), train_config=dataclasses.asdict(run.cfg),
+                        step=state.step, epoch=state.epoch, metrics=metrics, training_set=run.training_set,
+                        **extra)
+
+
+def _restore(run: Run, ckpt: Checkpoint) -> None:
+    """Continue from `ckpt`: model, optimizer, scheduler, scaler and this process's RNG states."""
+    state, ctx = ckpt.state, run.ctx
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    rng = state.get("rng", [])
+    if len(rng) == ctx.world_size:
+        torch.set_rng_state(rng[ctx.rank]["torch"])
+        if ctx.device.type == "cuda" and rng[ctx.rank].get("cuda") is not None:
+            torch.cuda.set_rng_state(rng[ctx.rank]["cuda"], ctx.device)
+    else:
+        torch.manual_seed(run.cfg.seed * 1000 + ctx.rank + 1 + ckpt.step)
+        if ctx.is_main:
+            print(f"note: {ckpt.path} was written by {len(rng)} process(es), this run has "
+                  f"{ctx.world_size}: dropout draws differ from an uninterrupted run")
+    run.checkpoints.last = ckpt.path
+    run.metrics.resume_at(ckpt.step)
+    if ctx.is_main:
+        print(f"resuming {run.modality} stream from {ckpt.path} (step {ckpt.step}/{run.total_steps})")
+
+
+def _loaders(run: Run, store: Store, train_items, val_items) -> tuple[DataLoader, EpochSampler, DataLoader | None]:
+    """(training loader, its sampler, validation loader or None)."""
+    cfg, ctx = run.cfg, run.ctx
+
+    def loader(dataset, *, sampler=None, drop_last=False) -> DataLoader:
+        return DataLoader(dataset, batch_size=run.batch, sampler=sampler, shuffle=False, drop_last=drop_last,
+                          num_workers=cfg.workers, pin_memory=ctx.device.type == "cuda",
+                          persistent_workers=cfg.workers > 0, prefetch_factor=4 if cfg.workers > 0 else None,
+                          worker_init_fn=_worker_init,
+                          # its own generator: making an iterator must not draw from the global RNG
+                          generator=torch.Generator().manual_seed(cfg.seed))
+
+    train_set = ClipDataset(store, train_items, run.modality, cfg.clip_len, train=True, resize=cfg.resize,
+                            crop=cfg.crop, scale_jitter=cfg.scale_jitter, flip=cfg.flip, seed=cfg.seed)
+    sampler = EpochSampler(len(train_set), ctx.rank, ctx.world_size, cfg.seed)
+    val_loader = None
+    if val_items:
+        val_set = ClipDataset(store, val_items, run.modality, cfg.clip_len, train=False, resize=cfg.resize,
+                              crop=cfg.crop, scale_jitter=cfg.scale_jitter, clips_per_video=cfg.val_clips)
+        # Whole videos per process, so that a video's clips are scored together.
+        mine = [i for v in range(ctx.rank, len(val_items), ctx.world_size)
+                for i in range(v * cfg.val_clips, (v + 1) * cfg.val_clips)]
+        val_loader = loader(Subset(val_set, mine))
+    return loader(train_set, sampler=sampler, drop_last=True), sampler, val_loader
+
+
+class Checkpointer:
+    """A run's checkpoints in `out_dir`: finds the one to continue from, writes step checkpoints (only
+    finite weights) and keeps the newest `keep_checkpoints`; `last` is the newest written or resumed."""
+
+    def __init__(self, out_dir: Path, modality: str, cfg: TrainConfig, ctx: distributed.DistContext):
+        self.out_dir, self.modality, self.cfg, self.ctx = out_dir, modality, cfg, ctx
+        self.last: Path | None = None
+
+    def find(self, check: Callable[[Checkpoint], None]) -> tuple[Checkpoint | None, Checkpoint | None]:
+        """(last.pt if the run has finished, the newest readable step checkpoint to resume from): at most
+        one of them; `check` refuses a checkpoint trained with other settings."""
+        last = self.out_dir / LAST
+        if last.is_file():  # finished already: nothing to restore but the summary
+            ckpt = read_checkpoint(last)
+            check(ckpt)
+            return ckpt, None
+        for _, path in reversed(step_checkpoints(self.out_dir)):
+            try:
+                ckpt = read_checkpoint(path)
+            except StreamsError as e:
+                if self.ctx.is_main:
+                    print(f"warning: {e}; trying an older checkpoint")
+                continue
+            check(ckpt)
+            return None, ckpt
+        return None, None
+
+    def save_step(self, step: int, model: P3D, payload: Callable[[], dict[str, Any]]) -> None:
+        """checkpoint_<step>.pt from `payload()` (built in every process), then prune the old ones."""
+        self.check_weights(model, step)
+        contents = payload()
+        path = step_path(self.out_dir, step)
+        if self.ctx.is_main:
+            save_checkpoint(path, contents)
+            for _, old in step_checkpoints(self.out_dir)[:-self.cfg.keep_checkpoints]:
+                old.unlink(missing_ok=True)
+        self.last = path
+        distributed.barrier(self.ctx)
+
+    def check_weights(self, model: P3D, step: int) -> None:
+        """Before a checkpoint is written: weights and BatchNorm statistics must be finite (a loss can
+        stay finite in train mode while the running statistics are already inf)."""
+        bad = nonfinite_tensors(model.state_dict())
+        if bad:
+            raise StreamsError(f"{self.modality} stream: the weights are not finite at step {step} "
+                               f"({len(bad)} tensor(s) with inf/NaN, e.g. {', '.join(bad[:3])}); stopped and "
+                               f"{self.kept()}. Lower train.lr (now {self.cfg.lr}) and train again in a "
+                               f"fresh output directory")
+
+    def kept(self) -> str:
+        if self.last and self.last.name != LAST:
+            return f"kept checkpoint {self.last} (step {int(self.last.stem.split('_')[-1])})"
+        return "no checkpoint had been written"
+
+
+class MetricsLogger:
+    """metrics.jsonl (one JSON record a line, written by the main process) and curves.png drawn from
+    the records, which every process keeps in `history`."""
+
+    def __init__(self, out_dir: Path, ctx: distributed.DistContext):
+        self.out_dir, self.path, self.ctx = out_dir, out_dir / METRICS, ctx
+        self.history: list[dict[str, Any]] = []
+
+    def start_fresh(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def resume_at(self, step: int) -> None:
+        """Keep the records up to `step` (a killed run may have logged past its last checkpoint)."""
+        self.history = []
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a kill
+                if isinstance(record, dict) and record.get("step", math.inf) <= step:
+                    self.history.append(record)
+        if self.ctx.is_main:
+            write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.history))
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        if self.ctx.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def plot(self, title: str) -> None:
+        plot_curves(self.history, self.out_dir / CURVES, title)
+
+
+def check_resumable(ckpt: Checkpoint, modality: str, classes: list[str], model_cfg: ModelConfig, cfg: TrainConfig,
+                    training_set: dict[str, Any]) -> None:
+    """StreamsError listing what differs when `ckpt` was trained with other settings, classes or videos."""
+    model_dict, train_dict = dataclasses.asdict(model_cfg), dataclasses.asdict(cfg)
+    diffs = (config_differences(ckpt.model_config, model_dict, "model", RUNTIME_MODEL_FIELDS)
+             + config_differences(ckpt.train_config, train_dict, "train", RUNTIME_FIELDS))
+    if ckpt.modality != modality:
+        diffs.append(f"modality: {ckpt.modality} in the checkpoint, {modality} now")
+    if ckpt.classes != classes:
+        diffs.append("the classes differ")
+    stored = ckpt.state.get("training_set")  # absent in checkpoints written before it was stored
+    change = training_set_change(stored, training_set) if isinstance(stored, dict) else None
+    if change:
+        diffs.append(f"the training list changed: {change}")
+    if diffs:
+        raise StreamsError(f"{ckpt.path} was trained with other settings ({'; '.join(diffs)}): use another "
+                           f"output directory, or the same settings to continue it")
+
+
+def _loader_iterators(loaders: list[DataLoader | None]) -> list[Any]:
+    # a persistent-workers loader keeps its iterator (and its worker processes) in `_iterator`
+    return [it for loader in loaders
+            if (it := getattr(loader, "_iterator", None)) is not None and hasattr(it, "_workers")]
+
+
+def _dead_worker(loaders: list[DataLoader | None], wait: float = 0.0) -> str | None:
+    """What ended a worker that exited with an error, or None. `wait`: seconds to give a worker
+    whose pipe broke (the error reached us before the exit status)."""
+    deadline = time.monotonic() + wait
+    while True:
+        for iterator in _loader_iterators(loaders):
+            for w in iterator._workers:
+                if w.exitcode:  # None while alive, 0 after a clean exit
+                    how = (f"is killed by signal: {signal.Signals(-w.exitcode).name}" if w.exitcode < 0
+                           else f"exited with code {w.exitcode}")
+                    return f"DataLoader worker (pid {w.pid}) {how}"
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
+
+
+def _stop_workers(loaders: list[DataLoader | None]) -> None:
+    for iterator in _loader_iterators(loaders):
+        try:
+            iterator._shutdown_workers()
+        except RuntimeError as e:  # the SIGCHLD handler firing during the shutdown itself
+            if not _worker_died(e):
+                raise
 
 
 def _worker_died(err: BaseException) -> bool:
@@ -213,404 +709,3 @@ def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.a
     scaler.step(optimizer)
     scaler.update()
     return loss.detach(), (logits.argmax(1) == labels).sum()
-
-
-class _Run:
-    def __init__(self, store: Store, train_items, val_items, classes, modality: str, model_cfg: ModelConfig,
-                 cfg: TrainConfig, out_dir: Path, ctx: distributed.DistContext):
-        self.store, self.classes, self.modality = store, list(classes), modality
-        self.training_set = training_set_record(train_items)
-        self.model_cfg, self.cfg, self.out_dir, self.ctx = model_cfg, cfg, out_dir, ctx
-        self.device = ctx.device
-        self.cuda = self.device.type == "cuda"
-        if cfg.batch_size % ctx.world_size:
-            raise StreamsError(f"train.batch_size = {cfg.batch_size} is not divisible by the "
-                               f"{ctx.world_size} processes")
-        self.batch = cfg.batch_size // ctx.world_size
-        self.steps_per_epoch = (len(train_items) // ctx.world_size) // self.batch
-        if self.steps_per_epoch == 0:
-            raise StreamsError(f"{len(train_items)} training videos make no batch of train.batch_size = "
-                               f"{cfg.batch_size}")
-        self.total_steps = cfg.epochs * self.steps_per_epoch
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if self.cuda else None
-        self.channels_last = cfg.channels_last and self.cuda
-        if self.cuda:
-            torch.backends.cudnn.benchmark = True
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)  # train_stream restores the caller's setting
-
-        self.step = 0
-        self.epoch = 0
-        self.best_val_acc: float | None = None
-        self.val_acc: float | None = None
-        self.history: list[dict[str, Any]] = []
-        self.last_checkpoint: Path | None = None
-        self.resumed_from: Path | None = None
-        self.finished: Path | None = None
-        resume = self._find_checkpoint()
-
-        torch.manual_seed(cfg.seed)  # the same initial weights in every process
-        channels = transforms.CHANNELS[modality]
-        self.model = build_model(model_cfg.arch, len(classes), channels, model_cfg.dropout(modality))
-        if model_cfg.pretrained and resume is None and self.finished is None:
-            load_pretrained(self.model, model_cfg.pretrained, model_cfg.pretrained_input)
-        self.model.set_partial_bn(model_cfg.partial_bn)
-        if ctx.distributed and cfg.sync_bn:
-            distributed.sync_batchnorm(self.model, self.device)
-        self.model.to(self.device)
-        if self.channels_last:
-            to_channels_last(self.model)
-        self.optimizer = torch.optim.SGD(param_groups(self.model, cfg, modality), lr=cfg.lr, momentum=cfg.momentum)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, self.steps_per_epoch, cfg))
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        torch.manual_seed(cfg.seed * 1000 + ctx.rank + 1)  # dropout: a different stream per process
-
-        self.train_set = ClipDataset(store, train_items, modality, cfg.clip_len, train=True, resize=cfg.resize,
-                                     crop=cfg.crop, scale_jitter=cfg.scale_jitter, flip=cfg.flip, seed=cfg.seed)
-        self.sampler = EpochSampler(len(self.train_set), ctx.rank, ctx.world_size, cfg.seed)
-        self.train_loader = self._loader(self.train_set, sampler=self.sampler, drop_last=True)
-        self.val_loader = None
-        if val_items:
-            val_set = ClipDataset(store, val_items, modality, cfg.clip_len, train=False, resize=cfg.resize,
-                                  crop=cfg.crop, scale_jitter=cfg.scale_jitter, clips_per_video=cfg.val_clips)
-            # Whole videos per process, so that a video's clips are scored together.
-            mine = [i for v in range(ctx.rank, len(val_items), ctx.world_size)
-                    for i in range(v * cfg.val_clips, (v + 1) * cfg.val_clips)]
-            self.val_loader = self._loader(Subset(val_set, mine), shuffle=False)
-
-        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._interval_start = time.perf_counter()
-        self._interval_data = 0.0
-        if resume is not None:
-            self._restore(resume)
-        elif self.finished is None and self.ctx.is_main and (self.out_dir / METRICS).exists():
-            (self.out_dir / METRICS).unlink()  # logged by a run killed before its first checkpoint
-
-        self.net: nn.Module = self.model
-        if ctx.distributed:
-            self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.cuda else None)
-        if cfg.compile:
-            self.net = torch.compile(self.net)
-
-    def _loader(self, dataset, *, sampler=None, shuffle=False, drop_last=False) -> DataLoader:
-        workers = self.cfg.workers
-        return DataLoader(dataset, batch_size=self.batch, sampler=sampler, shuffle=shuffle, drop_last=drop_last,
-                          num_workers=workers, pin_memory=self.cuda, persistent_workers=workers > 0,
-                          prefetch_factor=4 if workers > 0 else None, worker_init_fn=_worker_init,
-                          # its own generator: making an iterator must not draw from the global RNG
-                          generator=torch.Generator().manual_seed(self.cfg.seed))
-
-    # ---- resuming -------------------------------------------------------------------------------
-    def _configs(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        return dataclasses.asdict(self.model_cfg), dataclasses.asdict(self.cfg)
-
-    def _check_compatible(self, ckpt) -> None:
-        model_cfg, train_cfg = self._configs()
-        diffs = (config_differences(ckpt.model_config, model_cfg, "model", RUNTIME_MODEL_FIELDS)
-                 + config_differences(ckpt.train_config, train_cfg, "train", RUNTIME_FIELDS))
-        if ckpt.modality != self.modality:
-            diffs.append(f"modality: {ckpt.modality} in the checkpoint, {self.modality} now")
-        if ckpt.classes != self.classes:
-            diffs.append("the classes differ")
-        stored = ckpt.state.get("training_set")  # absent in checkpoints written before it was stored
-        change = training_set_change(stored, self.training_set) if isinstance(stored, dict) else None
-        if change:
-            diffs.append(f"the training list changed: {change}")
-        if diffs:
-            raise StreamsError(f"{ckpt.path} was trained with other settings ({'; '.join(diffs)}): use another "
-                               f"output directory, or the same settings to continue it")
-
-    def _find_checkpoint(self):
-        """The newest readable step checkpoint to resume from, or None (also when finished: see self.finished)."""
-        last = self.out_dir / LAST
-        if last.is_file():  # finished already: nothing to restore but the summary
-            ckpt = read_checkpoint(last)
-            self._check_compatible(ckpt)
-            self.step, self.epoch = ckpt.step, ckpt.epoch
-            self.val_acc, self.best_val_acc = ckpt.metrics.get("val_acc"), ckpt.metrics.get("best_val_acc")
-            self.finished = last
-            return None
-        for _, path in reversed(step_checkpoints(self.out_dir)):
-            try:
-                ckpt = read_checkpoint(path)
-            except StreamsError as e:
-                if self.ctx.is_main:
-                    print(f"warning: {e}; trying an older checkpoint")
-                continue
-            self._check_compatible(ckpt)
-            return ckpt
-        return None
-
-    def _restore(self, ckpt) -> None:
-        state = ckpt.state
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        rng = state.get("rng", [])
-        if len(rng) == self.ctx.world_size:
-            torch.set_rng_state(rng[self.ctx.rank]["torch"])
-            if self.cuda and rng[self.ctx.rank].get("cuda") is not None:
-                torch.cuda.set_rng_state(rng[self.ctx.rank]["cuda"], self.device)
-        else:
-            torch.manual_seed(self.cfg.seed * 1000 + self.ctx.rank + 1 + ckpt.step)
-            if self.ctx.is_main:
-                print(f"note: {ckpt.path} was written by {len(rng)} process(es), this run has "
-                      f"{self.ctx.world_size}: dropout draws differ from an uninterrupted run")
-        self.step, self.epoch = ckpt.step, ckpt.epoch
-        self.best_val_acc = ckpt.metrics.get("best_val_acc")
-        self.val_acc = ckpt.metrics.get("val_acc")
-        self.last_checkpoint = self.resumed_from = ckpt.path
-        self.history = self._read_history()
-        if self.ctx.is_main:
-            self._write_history()  # drop what was logged after the checkpoint
-            print(f"resuming {self.modality} stream from {ckpt.path} (step {ckpt.step}/{self.total_steps})")
-
-    def _read_history(self) -> list[dict[str, Any]]:
-        path = self.out_dir / METRICS
-        if not path.is_file():
-            return []
-        records = []
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a kill
-            if isinstance(record, dict) and record.get("step", math.inf) <= self.step:
-                records.append(record)
-        return records
-
-    def _write_history(self) -> None:
-        path = self.out_dir / METRICS
-        write_text(path, "".join(json.dumps(r) + "\n" for r in self.history))
-
-    # ---- the loop -------------------------------------------------------------------------------
-    def run(self, on_start: Callable[[], None] | None = None) -> TrainResult:
-        try:
-            if on_start is not None and self.finished is None:
-                on_start()
-            return self._run()
-        except Exception as e:
-            # A dead worker shows as torch's RuntimeError, or as whatever the half-sent batch broke
-            # (ConnectionResetError when it died passing a tensor's file descriptor).
-            died = str(e).splitlines()[0] if _worker_died(e) else self._dead_worker(
-                wait=2.0 if isinstance(e, (OSError, EOFError)) else 0.0)
-            if died is None:
-                raise
-            self._stop_workers()  # else every later SIGCHLD raises torch's error again, anywhere
-            raise worker_death_error(self.modality, self.out_dir, died) from None
-
-    def _iterators(self) -> list[Any]:
-        # a persistent-workers loader keeps its iterator (and its worker processes) in `_iterator`
-        return [it for loader in (self.train_loader, self.val_loader)
-                if (it := getattr(loader, "_iterator", None)) is not None and hasattr(it, "_workers")]
-
-    def _dead_worker(self, wait: float = 0.0) -> str | None:
-        """What ended a worker that exited with an error, or None. `wait`: seconds to give a worker
-        whose pipe broke (the error reached us before the exit status)."""
-        deadline = time.monotonic() + wait
-        while True:
-            for iterator in self._iterators():
-                for w in iterator._workers:
-                    if w.exitcode:  # None while alive, 0 after a clean exit
-                        how = (f"is killed by signal: {signal.Signals(-w.exitcode).name}" if w.exitcode < 0
-                               else f"exited with code {w.exitcode}")
-                        return f"DataLoader worker (pid {w.pid}) {how}"
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(0.05)
-
-    def _stop_workers(self) -> None:
-        for iterator in self._iterators():
-            try:
-                iterator._shutdown_workers()
-            except RuntimeError as e:  # the SIGCHLD handler firing during the shutdown itself
-                if not _worker_died(e):
-                    raise
-
-    def _run(self) -> TrainResult:
-        started = time.perf_counter()
-        last = self.out_dir / LAST
-        if self.finished is not None:
-            if self.ctx.is_main:
-                print(f"{self.modality} stream: already trained, {last}")
-            return self._result(last, True, started)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        limit = self.total_steps if not self.cfg.max_steps else min(self.total_steps, self.cfg.max_steps)
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.modality}", unit="step",
-                   disable=not (self.cfg.progress and self.ctx.is_main), dynamic_ncols=True)
-        try:
-            while self.step < limit:
-                self._train_epoch(limit, bar)
-        finally:
-            bar.close()
-        if self.step < self.total_steps:  # stopped by max_steps
-            if self.last_checkpoint is None or self.last_checkpoint != step_path(self.out_dir, self.step):
-                self._checkpoint()
-            return self._result(self.last_checkpoint, False, started)
-        self._check_weights()
-        if self.ctx.is_main:
-            payload = self._payload(training_state=False)
-            save_checkpoint(last, payload)
-            plot_curves(self.history, self.out_dir / CURVES, f"{self.modality} stream ({self.model_cfg.arch})")
-            acc = "n/a" if self.val_acc is None else f"{100 * self.val_acc:.1f}%"
-            print(f"{self.modality} stream: {self.epoch} epochs ({self.step} steps) in "
-                  f"{time.perf_counter() - started:.0f} s, val clip accuracy {acc}; model in {last}")
-        distributed.barrier(self.ctx)
-        return self._result(last, True, started)
-
-    def _train_epoch(self, limit: int, bar: tqdm) -> None:
-        epoch, position = divmod(self.step, self.steps_per_epoch)
-        self.sampler.set_epoch(epoch, skip=position * self.batch)
-        self.net.train()
-        self._interval_start, self._interval_data = time.perf_counter(), 0.0
-        waited = time.perf_counter()
-        for clips, labels in self.train_loader:
-            self._interval_data += time.perf_counter() - waited
-            self._train_step(clips, labels)
-            self.step += 1
-            bar.update(1)
-            if self.step % self.cfg.log_every == 0:
-                self._flush(bar)
-            end_of_epoch = self.step % self.steps_per_epoch == 0
-            if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0 and not end_of_epoch:
-                self._checkpoint()
-            if self.step >= limit and not end_of_epoch:
-                self._flush(bar)
-                return
-            waited = time.perf_counter()
-        self._flush(bar)
-        self.epoch = epoch + 1
-        self._validate()
-        self._checkpoint()
-        if self.ctx.is_main:
-            plot_curves(self.history, self.out_dir / CURVES, f"{self.modality} stream ({self.model_cfg.arch})")
-
-    def _train_step(self, clips: torch.Tensor, labels: torch.Tensor) -> None:
-        self._pending.append(train_step(self.net, self.optimizer, self.scaler, clips, labels, self.modality,
-                                        self.device, self.amp_dtype, self.channels_last))
-        self.scheduler.step()
-
-    def _flush(self, bar: tqdm) -> None:
-        """Check and log the losses since the last flush (one device sync per `log_every` steps)."""
-        if not self._pending:
-            return
-        losses = torch.stack([loss for loss, _ in self._pending]).double().cpu()
-        correct = float(torch.stack([c for _, c in self._pending]).sum().cpu())
-        n = len(self._pending)
-        self._pending = []
-        bad = [i for i, v in enumerate(losses.tolist()) if not math.isfinite(v)]
-        first_bad_step = self.step - n + bad[0] if bad else math.inf
-        first_bad_step = distributed.all_reduce_min(first_bad_step, self.ctx)
-        if math.isfinite(first_bad_step):
-            raise StreamsError(f"{self.modality} stream: the training loss is not finite at step "
-                               f"{int(first_bad_step) + 1} (epoch {int(first_bad_step) // self.steps_per_epoch + 1}); "
-                               f"stopped and {self._kept()}. Lower train.lr (now {self.cfg.lr}) or check the data, "
-                               f"and train again in a fresh output directory")
-        totals = distributed.all_reduce_sum([float(losses.sum()), correct], self.ctx)
-        seconds = time.perf_counter() - self._interval_start
-        clips = n * self.cfg.batch_size
-        record = {"kind": "train", "step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
-                  "loss": totals[0] / (n * self.ctx.world_size), "acc": totals[1] / clips,
-                  "lr": self.optimizer.param_groups[0]["lr"], "clips_per_s": clips / max(seconds, 1e-9),
-                  "data_wait": self._interval_data / max(seconds, 1e-9)}
-        self._interval_start, self._interval_data = time.perf_counter(), 0.0
-        bar.set_postfix(loss=f"{record['loss']:.3f}", clips_s=f"{record['clips_per_s']:.1f}")
-        self._log(record)
-
-    def _log(self, record: dict[str, Any]) -> None:
-        self.history.append(record)
-        if self.ctx.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.out_dir / METRICS, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    @torch.no_grad()
-    def _validate(self) -> None:
-        if self.val_loader is None:
-            return
-        self.model.eval()
-        clip_correct = clip_count = video_correct = video_count = loss_sum = 0.0
-        k = self.cfg.val_clips
-        scores, video_labels = [], []
-        for clips, labels in self.val_loader:
-            x = transforms.normalize(clips.to(self.device, non_blocking=True), self.modality)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last_3d)
-            labels = labels.to(self.device)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                enabled=self.amp_dtype is not None):
-                logits = self.model(x).float()
-            loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-            clip_correct += float((logits.argmax(1) == labels).sum())
-            clip_count += len(labels)
-            scores.append(logits.softmax(1).cpu())
-            video_labels.append(labels.cpu())
-        if scores:  # a process's subset holds whole videos, k consecutive clips each
-            probs = torch.cat(scores).view(-1, k, len(self.classes)).mean(1)
-            truth = torch.cat(video_labels).view(-1, k)[:, 0]
-            video_correct, video_count = float((probs.argmax(1) == truth).sum()), float(len(truth))
-        clip_correct, clip_count, video_correct, video_count, loss_sum = distributed.all_reduce_sum(
-            [clip_correct, clip_count, video_correct, video_count, loss_sum], self.ctx)
-        self.val_acc = clip_correct / clip_count
-        self.best_val_acc = max(self.best_val_acc or 0.0, self.val_acc)
-        self._log({"kind": "val", "step": self.step, "epoch": self.epoch, "val_acc": self.val_acc,
-                   "val_video_acc": video_correct / video_count, "val_loss": loss_sum / clip_count})
-        self.net.train()
-
-    # ---- checkpoints ----------------------------------------------------------------------------
-    def _payload(self, training_state: bool) -> dict[str, Any]:
-        model_cfg, train_cfg = self._configs()
-        metrics = {"val_acc": self.val_acc, "best_val_acc": self.best_val_acc}
-        extra: dict[str, Any] = {}
-        if training_state:
-            rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(self.device) if self.cuda else None}
-            extra = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                     "scaler": self.scaler.state_dict(), "rng": distributed.all_gather_object(rng, self.ctx),
-                     "world_size": self.ctx.world_size}
-        return make_payload(self.model, arch=self.model_cfg.arch, modality=self.modality, classes=self.classes,
-                            input_convention=transforms.INPUT_CONVENTION[self.modality], model_config=model_cfg,
-                            train_config=train_cfg, step=self.step, epoch=self.epoch, metrics=metrics,
-                            training_set=self.training_set, **extra)
-
-    def _kept(self) -> str:
-        if self.last_checkpoint and self.last_checkpoint.name != LAST:
-            return f"kept checkpoint {self.last_checkpoint} (step {int(self.last_checkpoint.stem.split('_')[-1])})"
-        return "no checkpoint had been written"
-
-    def _check_weights(self) -> None:
-        """Before a checkpoint is written: weights and BatchNorm statistics must be finite (a loss can
-        stay finite in train mode while the running statistics are already inf)."""
-        bad = nonfinite_tensors(self.model.state_dict())
-        if bad:
-            raise StreamsError(f"{self.modality} stream: the weights are not finite at step {self.step} "
-                               f"({len(bad)} tensor(s) with inf/NaN, e.g. {', '.join(bad[:3])}); stopped and "
-                               f"{self._kept()}. Lower train.lr (now {self.cfg.lr}) and train again in a "
-                               f"fresh output directory")
-
-    def _checkpoint(self) -> None:
-        self._flush_quietly()
-        self._check_weights()
-        payload = self._payload(training_state=True)  # every process takes part (RNG states)
-        path = step_path(self.out_dir, self.step)
-        if self.ctx.is_main:
-            save_checkpoint(path, payload)
-            for _, old in step_checkpoints(self.out_dir)[:-self.cfg.keep_checkpoints]:
-                old.unlink(missing_ok=True)
-        self.last_checkpoint = path
-        distributed.barrier(self.ctx)
-
-    def _flush_quietly(self) -> None:
-        if self._pending:
-            self._flush(_NullBar())
-
-    def _result(self, checkpoint: Path, finished: bool, started: float) -> TrainResult:
-        return TrainResult(out_dir=self.out_dir, checkpoint=checkpoint, finished=finished, step=self.step,
-                           epoch=self.epoch, val_acc=self.val_acc, best_val_acc=self.best_val_acc,
-                           seconds=time.perf_counter() - started, resumed_from=self.resumed_from)
-
-
-class _NullBar:
-    def set_postfix(self, **_: Any) -> None:
-        pass
