@@ -200,7 +200,8 @@ def tiny_transfer(tmp_path, tiny_companions):
     """A transfer config on tiny SynthActions and companions, with random p3d_tiny streams."""
     generate(SynthConfig.tiny(frames=6), tmp_path / "synth")
     classes = [f"c{i}" for i in range(3)]
-    rgb = save_tiny_checkpoint(tmp_path / "rgb.pt", "rgb", classes, train_cfg=TRAIN_CFG)
+    rgb = tmp_path / "train/rgb/split1"  # a training folder stands for its last.pt
+    save_tiny_checkpoint(rgb / "last.pt", "rgb", classes, train_cfg=TRAIN_CFG)
     flow = save_tiny_checkpoint(tmp_path / "flow.pt", "flow", classes, seed=1, train_cfg=TRAIN_CFG)
     data = tmp_path / "data"
     text = f"""
@@ -266,12 +267,14 @@ def test_transfer_end_to_end_report_cache_and_broken_videos(tiny_transfer, tmp_p
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert table is not None and len(table) == 12
 
-    # Another classifier setting: the protocols run again on the cached features, nothing is recomputed.
+    # Another classifier setting: the protocols run again on the cached features, nothing is recomputed,
+    # also when SynthActions' flow is read from an existing store (flow_store, as `make flow`'s).
     features = sorted((out / "features").rglob("*.npz"))
     stamps = [f.stat().st_mtime_ns for f in features]
     capsys.readouterr()
-    again = transfer_stage(dataclasses.replace(cfg, transfer=dataclasses.replace(
-        cfg.transfer, cs=[1.0], benchmarks=["synth", "activitynet"])))
+    synth = dataclasses.replace(cfg.benchmark["synth"], flow_store=str(out / "flow/synth"))
+    transfer = dataclasses.replace(cfg.transfer, cs=[1.0], benchmarks=["synth", "activitynet"])
+    again = transfer_stage(dataclasses.replace(cfg, benchmark={**cfg.benchmark, "synth": synth}, transfer=transfer))
     assert sorted((out / "features").rglob("*.npz")) == features and [f.stat().st_mtime_ns for f in features] == stamps
     assert "already done" in capsys.readouterr().out and set(again["selected"].str.contains("C=1")) == {True}
 
