@@ -70,21 +70,37 @@ def test_channels_last_3d_gives_the_same_logits(p3d199, cuda):
         assert rel(last[k], plain[k]) < 2 * TOLERANCE, (name, rel(last[k], plain[k]))
 
 
-def test_bf16_amp_training_step_is_finite_and_lowers_the_loss(cuda):
-    """streams.train.train_step with bf16 autocast and channels_last_3d, P3D-199 with every BN
-    training, six steps on one fixed batch of 8 clips: finite losses, and the last below the first."""
+def bf16_steps(arch: str, cfg: TrainConfig, steps: int, clip: tuple[int, int, int],
+               device: torch.device) -> tuple[list[float], nn.Module]:
+    """streams.train.train_step with bf16 autocast and channels_last_3d, `steps` times on one fixed
+    batch of 8 uint8 clips in 4 classes: (the losses, the model)."""
     torch.manual_seed(0)
-    model = to_channels_last(build_model("p3d199", 4, 3, dropout=0.0).to(cuda))
-    # pool5 of this untrained net has a norm of about 52 per clip, so the classifier's step moves the
-    # logits by lr x 52^2 x |p - y|: the paper's 0.001 x 10 for fc overshoots (the loss grows), 1e-4 does not.
-    cfg = TrainConfig(lr=1e-4, fc_lr_mult=1.0)
+    model = to_channels_last(build_model(arch, 4, 3, dropout=0.0).to(device))
     optimizer = torch.optim.SGD(param_groups(model, cfg, "rgb"), lr=cfg.lr, momentum=cfg.momentum)
     scaler = torch.amp.GradScaler("cuda", enabled=False)  # bf16 needs no loss scaling
-    clips = torch.randint(0, 256, (8, 3, 8, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    clips = torch.randint(0, 256, (8, 3, *clip), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     labels = torch.arange(8) % 4
     model.train()
-    losses = [float(train_step(model, optimizer, scaler, clips, labels, "rgb", cuda, torch.bfloat16, True)[0])
-              for _ in range(6)]
+    losses = [float(train_step(model, optimizer, scaler, clips, labels, "rgb", device, torch.bfloat16, True)[0])
+              for _ in range(steps)]
+    return losses, model
+
+
+def test_bf16_amp_training_steps_lower_the_loss(cuda):
+    """p3d_small (every block kind, every BN training) learns a fixed batch: 1.39 -> 0.68 in six
+    steps with CPU bf16 autocast; on CUDA the last loss must be below the first."""
+    losses, model = bf16_steps("p3d_small", TrainConfig(lr=0.01, fc_lr_mult=1.0), 6, (8, 64, 64), cuda)
     assert all(torch.isfinite(torch.tensor(losses))), losses
-    assert losses[-1] < losses[0], losses
+    assert losses[-1] < 0.9 * losses[0], losses
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_bf16_amp_step_of_p3d199_is_finite(cuda):
+    """P3D-199 at the paper's learning rates (0.001, x10 for fc), every BN training: two bf16 steps
+    stay finite. (At this depth SGD on a fixed batch of untrained clips does not descend even in
+    fp32: pool5 norms of about 52 make the classifier's steps large; on the CPU in fp32, 8x64x64
+    clips: 1.38, 1.38, 1.48, 1.89, 2.56.)"""
+    losses, model = bf16_steps("p3d199", TrainConfig(), 2, (16, 112, 112), cuda)
+    assert all(torch.isfinite(torch.tensor(losses))), losses
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
