@@ -311,3 +311,21 @@ def test_two_stream_rows_enter_the_protocols_as_fusion_svm_two_stream():
     rgb, flow = rng.normal(size=(5, 7)), np.abs(rng.normal(size=(5, 3)))
     z = svm.two_stream(rgb, flow)
     np.testing.assert_allclose(svm.normalise(_pre_normalised(z)), z, rtol=1e-12, atol=1e-15)
+
+
+def test_shards_compute_their_own_videos_and_the_final_run_only_scores(tiny_transfer, tmp_path, capsys):
+    cfg = load_config(tiny_transfer, FAST + ['transfer.benchmarks=["scenes"]'])
+    out = tmp_path / "work/transfer"
+    counts = []
+    for shard in ((0, 2), (1, 2)):
+        assert transfer_stage(cfg, shard=shard) is None
+        counts.append(len(list((out / "features/scenes").rglob("*.npz"))))
+        assert not (out / "results.csv").exists()
+    assert counts == [10, 18]  # 5 of the 9 videos, then the other 4, for each of the two streams
+    assert sorted(p.name for p in (out / "flow/scenes").glob("manifest*.csv")) == \
+        ["manifest-shard-0-of-2.csv", "manifest-shard-1-of-2.csv"]
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "features/scenes").rglob("*.npz")}
+    capsys.readouterr()
+    table = transfer_stage(cfg)
+    assert {p: p.stat().st_mtime_ns for p in (out / "features/scenes").rglob("*.npz")} == stamps
+    assert list(table["videos"]) == [9, 9, 9] and (out / "results.csv").is_file()
