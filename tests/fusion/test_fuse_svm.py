@@ -113,7 +113,8 @@ def _groups_toy(seed, groups_per_class=6, classes=4, clips=4):
         for g in range(groups_per_class):
             look = 3.0 * rng.standard_normal(8)
             for _ in range(clips):
-                x.append(np.r_[look + 0.1 * rng.standard_normal(8), np.eye(classes)[k] + 0.3 * rng.standard_normal(classes)])
+                signal = np.eye(classes)[k] + 0.3 * rng.standard_normal(classes)
+                x.append(np.r_[look + 0.1 * rng.standard_normal(8), signal])
                 labels.append((k,))
                 groups.append(f"g{g:02d}")
     return np.array(x), labels, groups
