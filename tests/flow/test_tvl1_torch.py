@@ -87,6 +87,14 @@ def within(a: np.ndarray, b: np.ndarray, px: float = 0.1) -> float:
     return float((np.linalg.norm(a - b, axis=-1) < px).mean())
 
 
+def same_flow(a: np.ndarray, b: np.ndarray) -> bool:
+    """The same flow up to float32 rounding, on any CPU and thread count: the iterations can carry a
+    last-bit difference (another batch size, another SIMD path) across a threshold at a few pixels,
+    so a share of pixels, not every one: 99.9% of the components within 1e-3 px, none beyond 0.05 px."""
+    diff = np.abs(a - b)
+    return bool((diff < 1e-3).mean() >= 0.999 and diff.max() < 0.05)
+
+
 def epe(flow: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> float:
     return float(np.linalg.norm(flow - gt, axis=-1)[valid].mean())
 
@@ -112,7 +120,7 @@ def test_flow_upsampling_is_cv_resize_to_size(small, size):
     flow = np.random.default_rng(2).normal(0, 3, small).astype(np.float32)
     expected = cv2.resize(flow, size[::-1], interpolation=cv2.INTER_LINEAR)
     got = ops.resize_linear(torch.from_numpy(flow)[None], size)[0].numpy()
-    np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose(got, expected, atol=1e-6 * np.abs(expected).max())  # float32 rounding of ~10 px
 
 
 def test_pyramid_stops_before_16_px():
@@ -249,6 +257,7 @@ def test_analytic_motion(kind, param):
     assert error.mean() < 0.05
 
 
+@pytest.mark.numerical  # also run with 2 threads by `make test`
 def test_batch_gives_each_pair_its_own_flow():
     """A still pair (converges at once), a large motion and a moving object in one batch: each
     pair gets its flow alone, whether converged pairs leave the batch at once (check_every=1) or
@@ -261,12 +270,13 @@ def test_batch_gives_each_pair_its_own_flow():
     alone = torch.cat([tvl1_flow(i0[k:k + 1], i1[k:k + 1], cfg) for k in range(len(pairs))])
     for check_every, masked in ((1, False), (4, False), (1, True)):  # (1, True): as when compiled
         batched = tvl1_flow(i0, i1, cfg, check_every=check_every, masked=masked)
-        assert (batched - alone).abs().max() < 1e-4
+        assert same_flow(batched.numpy(), alone.numpy())
     assert alone[0].abs().max() == 0 and alone[1].abs().mean() > 1
 
 
 # --- the backend interface ----------------------------------------------------------------------
 
+@pytest.mark.numerical  # also run with 2 threads by `make test`
 def test_compute_keeps_every_pair_across_chunks():
     frames = np.stack([analytic_pair("translation", (0.3 * k, -0.2 * k))[1] for k in range(4)])
     backend = TorchTVL1(FlowConfig(batch_pairs=2), "cpu")
@@ -274,7 +284,7 @@ def test_compute_keeps_every_pair_across_chunks():
     assert flows.shape == (3, 48, 64, 2) and flows.dtype == np.float32
     together = TorchTVL1(FlowConfig(batch_pairs=8), "cpu").compute_pairs(
         torch.from_numpy(frames[:-1]), torch.from_numpy(frames[1:]))
-    np.testing.assert_allclose(flows, together.permute(0, 2, 3, 1).numpy(), atol=1e-4)
+    assert same_flow(flows, together.permute(0, 2, 3, 1).numpy())
     # Each pair moves the texture by (0.3, -0.2) px.
     np.testing.assert_allclose(flows[:, 6:-6, 6:-6].mean(axis=(1, 2)), [[0.3, -0.2]] * 3, atol=0.05)
     assert backend.compute(frames[:1]).shape == (0, 48, 64, 2)

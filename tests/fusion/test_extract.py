@@ -43,6 +43,7 @@ def stored_feature(video, store_dir, ckpt_path, name):
     return pool5.mean(axis=0)
 
 
+@pytest.mark.numerical  # also run with 2 threads by `make test`
 def test_features_follow_the_paper_protocol(tmp_path, video_dir, tiny_checkpoints):
     out = tmp_path / "features.npz"
     summary = extract_features(video_dir, checkpoints(tiny_checkpoints), out, FAST_FLOW, CFG)
@@ -61,7 +62,8 @@ def test_features_follow_the_paper_protocol(tmp_path, video_dir, tiny_checkpoint
         for k, name in enumerate(("rgb", "flow")):
             expected = stored_feature(video_dir / "run" / "v2.avi", tmp_path / f"store{k}",
                                       checkpoints(tiny_checkpoints)[name], name)
-            np.testing.assert_allclose(data[name][1], expected, atol=1e-5)
+            # float32 network outputs batched differently: within 1e-5 of the largest feature, on any CPU
+            np.testing.assert_allclose(data[name][1], expected, atol=1e-5 * np.abs(expected).max())
     assert not (tmp_path / "features.npz.parts").exists()
 
 

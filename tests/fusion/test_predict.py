@@ -63,6 +63,7 @@ def stored_video_scores(video: Path, store_dir: Path, ckpts: dict[str, Path], cf
     return scores
 
 
+@pytest.mark.numerical  # also run with 2 threads by `make test`
 def test_predict_gives_the_scores_of_make_flow_then_eval(tmp_path, tiny_checkpoints):
     video = write_avi(tmp_path / "clip.avi")
     ckpts = checkpoints(tiny_checkpoints)
@@ -74,14 +75,16 @@ def test_predict_gives_the_scores_of_make_flow_then_eval(tmp_path, tiny_checkpoi
     assert prediction.frames == 12 and list(prediction.top) == ["rgb", "flow", "fusion"]
     for name in ("rgb", "flow"):
         got = dict(prediction.top[name])
-        np.testing.assert_allclose([got[c] for c in classes], expected[name], atol=1e-6)
+        # probabilities (at most 1) from float32 networks batched differently: 1e-5, on any CPU
+        np.testing.assert_allclose([got[c] for c in classes], expected[name], atol=1e-5)
     fused = (1.0 * expected["rgb"] + 1.5 * expected["flow"]) / 2.5  # default weights 1 : 1.5
     got = dict(prediction.top["fusion"])
-    np.testing.assert_allclose([got[c] for c in classes], fused, atol=1e-6)
+    np.testing.assert_allclose([got[c] for c in classes], fused, atol=1e-5)
     probabilities = [p for _, p in prediction.top["fusion"]]
     assert probabilities == sorted(probabilities, reverse=True)
 
 
+@pytest.mark.numerical  # also run with 2 threads by `make test`
 def test_predict_and_eval_fuse_raw_scores_the_same_way(tmp_path, tiny_checkpoints):
     """The default (TSN) rule: the 1 : 1.5 weighted mean of the averaged logits, shown through a softmax,
     is fusion.fuse.fuse, the function `make eval` fuses with."""
@@ -96,11 +99,11 @@ def test_predict_and_eval_fuse_raw_scores_the_same_way(tmp_path, tiny_checkpoint
     logits = (expected["rgb"] + 1.5 * expected["flow"]) / 2.5
     fused = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     got = dict(prediction.top["fusion"])
-    np.testing.assert_allclose([got[c] for c in classes], fused, atol=1e-6)
+    np.testing.assert_allclose([got[c] for c in classes], fused, atol=1e-5)
     np.testing.assert_allclose(fuse.fuse(expected["rgb"], expected["flow"], (1.0, 1.5)), logits, rtol=1e-12)
     rgb = dict(prediction.top["rgb"])
     soft = np.exp(expected["rgb"] - expected["rgb"].max())
-    np.testing.assert_allclose([rgb[c] for c in classes], soft / soft.sum(), atol=1e-6)
+    np.testing.assert_allclose([rgb[c] for c in classes], soft / soft.sum(), atol=1e-5)
 
 
 def test_flow_is_computed_only_for_the_views(tmp_path):

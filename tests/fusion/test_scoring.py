@@ -1,4 +1,6 @@
 """Test-time views and the bounded-batch network runner."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -17,7 +19,7 @@ from .conftest import CLIP_LEN, TRAIN_CFG, save_tiny_checkpoint, tiny_video
 def one_thread():
     """As the eval workers run: tiny clips on a shared CPU are much faster on one thread."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("P3D_TEST_THREADS") or 1))  # 2 in `make test`'s numerical pass
     yield
     torch.set_num_threads(threads)
 
@@ -54,6 +56,7 @@ def one_video(tmp_path_factory):
     return open_store(root)
 
 
+@pytest.mark.numerical  # also run with 2 threads by `make test`
 @pytest.mark.parametrize("modality", ["rgb", "flow"])
 def test_bounded_batches_give_the_unbatched_scores(modality, one_video, tmp_path):
     views = score_views(12, CLIP_LEN, 5, "three") + feature_views(12, CLIP_LEN, 4)

@@ -242,7 +242,8 @@ def test_checkpoint_classes_matched_by_name(tiny_store, tiny_checkpoints, tmp_pa
     matched = run_eval(store, {"rgb": tmp_path / "imported.pt"}, train, test, CLASSES, cfg, tmp_path / "b",
                        protocol="t", excluded=[])
     with np.load(tmp_path / "a" / "scores.npz") as a, np.load(tmp_path / "b" / "scores.npz") as b:
-        np.testing.assert_allclose(b["views_rgb"], a["views_rgb"], rtol=1e-5, atol=1e-6)
+        # float32 logits of two runs: within 1e-5 of the largest, whatever the CPU and thread count
+        np.testing.assert_allclose(b["views_rgb"], a["views_rgb"], rtol=0, atol=1e-5 * np.abs(a["views_rgb"]).max())
     pd.testing.assert_frame_equal(matched.drop(columns="details"), plain.drop(columns="details"))
     assert "3 of its 4 classes matched by name" in (tmp_path / "b" / "results.md").read_text()
 

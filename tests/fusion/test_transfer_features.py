@@ -67,6 +67,7 @@ def test_geometry_resizes_the_short_side_to_the_crop_and_keeps_the_aspect():
     assert geometry.crop_clip(resized, "center").shape == (4, 16, 16, 3)
 
 
+@pytest.mark.numerical  # also run with 2 threads by `make test`
 def test_layer_tap_matches_pool5_and_a_hand_reduction():
     torch.manual_seed(0)
     model = build_model("p3d_tiny", 5).eval()
@@ -83,13 +84,15 @@ def test_layer_tap_matches_pool5_and_a_hand_reduction():
         b, c, t, hh, ww = h.shape
         res5 = model.layer4(h.transpose(1, 2).reshape(b * t, c, hh, ww))
         res5 = res5.reshape(b, t, *res5.shape[1:])  # [B, T, C, H, W]
-    np.testing.assert_allclose(layers["res4"], res4.mean(dim=(2, 3, 4)).numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(layers["res5c"], res5.amax(dim=(1, 3, 4)).numpy(), rtol=1e-5, atol=1e-6)
+    # float32 maps computed in other batch shapes: within 1e-5 of the largest value, on any CPU
+    for got, want in ((layers["res4"], res4.mean(dim=(2, 3, 4)).numpy()), (layers["res5c"], res5.amax(dim=(1, 3, 4)).numpy())):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
     # pool5 is the mean of the same res5c map: never above its maximum, and res5c is not pool5 again.
     assert np.all(layers["res5c"] >= pool5.numpy() - 1e-6) and not np.allclose(layers["res5c"], pool5.numpy())
     tap.remove()
 
 
+@pytest.mark.numerical  # also run with 2 threads by `make test`
 def test_video_layers_are_the_view_mean_with_repeats_counted(specs):
     spec = specs["rgb"]
     model, _ = load_checkpoint(spec.checkpoint)
@@ -107,13 +110,14 @@ def test_video_layers_are_the_view_mean_with_repeats_counted(specs):
     assert len(views) == 10 and len(set(views)) == 2
     got = video_layers(runner, tap, Frames(), views)
     logits, pool5 = runner.run(Frames(), views)
-    np.testing.assert_allclose(got["pool5"], pool5.mean(axis=0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got["pool5"], pool5.mean(axis=0), rtol=0, atol=1e-5 * np.abs(pool5).max())
     probabilities = np.exp(logits - logits.max(1, keepdims=True))
     probabilities /= probabilities.sum(1, keepdims=True)
-    np.testing.assert_allclose(got["prob"], probabilities.mean(axis=0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got["prob"], probabilities.mean(axis=0), rtol=0, atol=1e-5)  # probabilities <= 1
     assert got["prob"].sum() == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.numerical  # also run with 2 threads by `make test`
 def test_mirrored_video_gives_the_same_rgb_features_and_grey_reads_as_three_channels(specs, tmp_path):
     frames = moving_frames(9)
     videos = [VideoJob("a", write_ffv1(tmp_path / "a.avi", frames)),
@@ -127,7 +131,8 @@ def test_mirrored_video_gives_the_same_rgb_features_and_grey_reads_as_three_chan
     assert not got.failed["rgb"] and got.computed == 5
     # Each clip is averaged with its mirror: a mirrored video has the same feature.
     for layer in ("pool5", "prob", "res5c", "res4"):
-        np.testing.assert_allclose(rgb["mirror"][layer], rgb["a"][layer], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(rgb["mirror"][layer], rgb["a"][layer], rtol=0,
+                                   atol=1e-5 * np.abs(rgb["a"][layer]).max())
         np.testing.assert_array_equal(rgb["grey"][layer], rgb["grey3"][layer])
     assert np.all(np.isfinite(rgb["short"]["pool5"]))  # 2 frames, looped to a 4-frame clip
 

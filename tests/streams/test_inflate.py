@@ -18,6 +18,8 @@ from streams.inflate import TORCHVISION_MEAN_RGB, TORCHVISION_STD_RGB, load_pret
 from streams.p3d import ARCHS, build_model
 from streams.transforms import to_tensor
 
+pytestmark = pytest.mark.numerical  # also run with 2 threads by `make test`
+
 
 class Bottleneck2d(nn.Module):
     def __init__(self, cin: int, width: int, stride: int):

@@ -284,6 +284,7 @@ def test_learning_rate_schedules(configs):
     assert [lr_factor(s, 10, cosine) for s in (0, 50, 100)] == pytest.approx([1.0, 0.5, 0.0])
 
 
+@pytest.mark.numerical  # also run with 2 threads by `make test`
 def test_channels_last_gives_the_same_logits():
     """The CUDA memory format (channels_last_3d for the 3-D convs, channels_last for res5) changes no result."""
     torch.manual_seed(0)
