@@ -64,3 +64,10 @@ def test_show_flow_without_a_store_is_one_line(tmp_path, capsys):
     assert main(["show-flow", "a/b", "--set", f"work_dir={tmp_path}"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no flow store at") and "make flow" in err
+
+
+@pytest.mark.parametrize("setting, message", [("train.val_fraction=1.5", "val_fraction: must be in [0, 1)"),
+                                               ("train.run=a/b", "run: must be a plain folder name")])
+def test_bad_held_out_and_run_settings(setting, message, capsys):
+    assert main(["eval", "--set", setting]) == 2
+    assert message in capsys.readouterr().err

@@ -161,3 +161,31 @@ def test_show_flow_writes_a_contact_sheet(work, capsys):
     assert "1.25 px/frame = full saturation (store bound 5 px)" in said  # synth.toml: bound 5, a quarter
     assert run(["show-flow", "no/such_video"], work) == 2
     assert "not in the store" in capsys.readouterr().err
+
+
+def test_held_out_groups_by_name_and_their_errors():
+    from pipeline.config import Config
+    from pipeline.datasets import Dataset, VideoRecord
+    from pipeline.errors import PipelineError
+    from pipeline.stages import held_out
+    from streams.config import TrainConfig
+
+    def record(video_id, split, group):
+        return VideoRecord(video_id, Path(video_id), 0, (0,), "A", split, group)
+
+    videos = [record("A/g1_c1", "train", "g1"), record("A/g1_c2", "train", "g1"), record("A/g2_c1", "train", "g2"),
+              record("A/g3_c1", "train", "g3"), record("A/g3_c9", "test", "g3"), record("A/x", "train", None)]
+    dataset = Dataset("ucf101", Path("."), ["A"], videos, "1")
+    assert held_out(Config(train=TrainConfig()), dataset) == (set(), "")
+    held, note = held_out(Config(train=TrainConfig(val_groups=["g3", "g1"])), dataset)
+    assert held == {"A/g1_c1", "A/g1_c2", "A/g3_c1"}  # the test video of g3 stays a test video
+    assert note == "3 videos of 2 of the training split's 4 groups: g1, g3"  # "A/x" is its own group
+    with pytest.raises(PipelineError, match=r"train.val_groups: g7, g8 not among the groups of split 1"):
+        held_out(Config(train=TrainConfig(val_groups=["g7", "g1", "g8"])), dataset)
+    with pytest.raises(PipelineError, match="would hold out all 4 groups"):
+        held_out(Config(train=TrainConfig(val_groups=["g1", "g2", "g3", "A/x"])), dataset)
+    group_of = {v.video_id: v.group or v.video_id for v in videos if v.split == "train"}
+    picked = [frozenset(group_of[v] for v in held_out(Config(train=TrainConfig(val_fraction=0.5, seed=s)), dataset)[0])
+              for s in range(6)]
+    assert all(len(groups) == 2 for groups in picked)  # round(0.5 x 4) whole groups
+    assert len(set(picked)) > 1  # the seed picks which
