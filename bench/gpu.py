@@ -434,7 +434,7 @@ def section_training(rec: Recorder, sz: Sizes, device: torch.device, args: argpa
     n = 8192 if device.type == "cuda" else 256
     peak = matmul_peak(device, n)
     rec.extra["bf16_peak_tflops"] = peak / 1e12
-    rec.row(f"bf16 matmul {n}^3 (the MFU ceiling)", f"{peak / 1e12:.1f} TFLOP/s", tflops=peak / 1e12)
+    rec.row(f"bf16 matmul {n}^3 (the MFU ceiling)", f"{peak / 1e12:.3g} TFLOP/s", tflops=peak / 1e12)
     macs = count_macs(build_model(sz.arch, 400, 3), (3, *sz.clip))
     flops_per_clip = 3 * 2 * macs  # forward + backward = 3 forwards; 2 FLOPs per multiply-accumulate
     rec.note(f"{sz.arch}: {macs / 1e9:.3g} GMACs per {'x'.join(map(str, sz.clip))} clip forward; "
@@ -449,7 +449,7 @@ def section_training(rec: Recorder, sz: Sizes, device: torch.device, args: argpa
         rate, step_s = train_rate(sz.arch, batch, shape, device, steps, classes=400, **kwargs)
         return rate, _peak_gib(device), time.perf_counter() - start - steps * step_s
 
-    configs = [("fp32 (cuDNN TF32 convs, torch's default)", {}),
+    configs = [("fp32 (on CUDA: cuDNN's default TF32 convolutions)", {}),
                ("bf16 AMP", {"amp": torch.bfloat16}),
                ("bf16 AMP + channels_last_3d", {"amp": torch.bfloat16, "channels_last": True})]
     base = None
