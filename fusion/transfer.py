@@ -210,7 +210,7 @@ def similarities(x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
 
     Every 0/0 is 0 (a zero vector has the zero histogram; its cosine is 0). Negative entries, which
     make the square roots, ratios and logarithms undefined, are clipped to 0 first: every layer we
-    compare (pool5, res5c, res4's last block after their ReLU; prob after the softmax) is >= 0, so
+    compare (pool5, res5c, res4's last block: pooled ReLU outputs; prob: a softmax) is >= 0, so
     the clip changes nothing there and only keeps the measures defined on other features.
     """
     x1 = np.asarray(x1, dtype=np.float64).ravel()
