@@ -159,9 +159,11 @@ class Recorder:
     def skip(self, what: str, reason: str) -> None:
         self.row(what, f"skipped: {reason}", status="skipped")
 
-    def fail(self, what: str, error: str) -> None:
+    def fail(self, what: str, error: str, summary: str = "") -> None:
+        """A failed row: `summary` (default: the error's last line) in the table, `error` in the notes."""
         self.errors.append(f"{what}:\n{error}")
-        self.row(what, "failed: " + error.strip().splitlines()[-1][:200], status="failed", passed=False)
+        summary = summary or (error.strip().splitlines() or ["failed"])[-1]
+        self.row(what, "failed: " + summary.splitlines()[0][:200], status="failed", passed=False)
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -236,7 +238,9 @@ class _TestRows:
     def pytest_runtest_logreport(self, report: Any) -> None:
         name = report.nodeid.rsplit("/", 1)[-1].replace(".py::", "::")
         if report.failed:
-            self.rec.fail(name if report.when == "call" else f"{name} ({report.when})", report.longreprtext)
+            crash = getattr(report.longrepr, "reprcrash", None)
+            self.rec.fail(name if report.when == "call" else f"{name} ({report.when})", report.longreprtext,
+                          getattr(crash, "message", ""))
         elif report.skipped and report.when != "teardown":
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
             self.rec.skip(name, reason.removeprefix("Skipped: "))
