@@ -61,18 +61,21 @@ def transfer_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1), source: str 
     check_config(cfg, source)
     t = cfg.transfer
     out = transfer_dir(cfg)
-    write_resolved(cfg, out)
-    if t.companions:
-        generate_companions(t.companions)
     specs = []
     for name in STREAMS:
         path = getattr(t, name)
         if not path:
             continue
+        if not Path(path).exists():
+            raise PipelineError(f"transfer.{name}: {path} does not exist: point it at a stream checkpoint or a "
+                                "training folder (configs/transfer.toml uses `make all`'s: run `make all` first)")
         try:
             specs.append(load_stream_spec(name, Path(path)))
         except (StreamsError, FusionError) as e:
             raise PipelineError(f"transfer.{name}: {e}") from None
+    write_resolved(cfg, out)
+    if t.companions:
+        generate_companions(t.companions)
     rows: list[dict] = []
     notes: list[str] = []
     excluded: list[tuple[str, str, str, str]] = []  # benchmark, stream, video, why
