@@ -246,7 +246,8 @@ def unpad_labels(padded: np.ndarray) -> list[tuple[int, ...]]:
 
 def write_excluded(path: Path, excluded: dict[str, str]) -> None:
     """excluded.csv: the test videos left out of every metric, and why."""
-    frame = pd.DataFrame({"video_id": list(excluded), "reason": list(excluded.values())}, columns=["video_id", "reason"])
+    frame = pd.DataFrame({"video_id": list(excluded), "reason": list(excluded.values())},
+                         columns=["video_id", "reason"])
     write_text(path, frame.to_csv(index=False))
 
 

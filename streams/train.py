@@ -5,12 +5,15 @@ optional torch.compile, DDP under torchrun. Checkpoints (every `checkpoint_every
 epoch end) hold everything a resumed run needs to continue exactly as if it had never stopped: the
 sampler order and every clip's augmentation depend only on (seed, epoch, index), and the model,
 optimizer, scheduler, scaler and RNG states are restored. Outputs in `out_dir`: checkpoint_*.pt,
-last.pt (the finished model), metrics.jsonl, curves.png.
+last.pt (the finished model), metrics.jsonl, curves.png, and tb/ with `train.tensorboard`. A stream
+starts from random weights, a 2-D ImageNet ResNet (`model.pretrained`, streams.inflate) or a P3D
+checkpoint (`model.init_from`, streams.finetune). Checkpoints carry the flow settings of their store
+(flow.stage.flow_settings); a resume on a store made with other settings is refused.
 
 Read it top to bottom: `train_stream` checks the input, `_train` wires one run (find where it
 stands, build, restore) and `_fit` is the loop: `train_one_epoch`, `evaluate`, a step checkpoint,
 per epoch. Around it: `Checkpointer` (writes, finds and prunes checkpoints, refuses non-finite
-weights) and `MetricsLogger` (metrics.jsonl, curves.png).
+weights) and `MetricsLogger` (metrics.jsonl, the console, TensorBoard, curves.png).
 """
 from __future__ import annotations
 
@@ -35,11 +38,13 @@ from tqdm import tqdm
 
 from flow.atomic import write_text
 from flow.errors import FlowError
+from flow.stage import flow_settings
 from flow.store import Store, open_store
 from streams import distributed, transforms
 from streams.checkpoint import (
     LAST,
     Checkpoint,
+    check_flow_settings,
     make_payload,
     nonfinite_tensors,
     read_checkpoint,
@@ -50,6 +55,7 @@ from streams.checkpoint import (
 from streams.clips import ClipDataset, EpochSampler
 from streams.config import ModelConfig, TrainConfig
 from streams.errors import StreamsError
+from streams.finetune import init_from_checkpoint
 from streams.inflate import load_pretrained
 from streams.p3d import P3D, build_model
 from streams.plots import plot_curves
@@ -58,8 +64,9 @@ METRICS = "metrics.jsonl"
 CURVES = "curves.png"
 # Settings that change how a run executes but not what it computes: a resumed run may change them.
 RUNTIME_FIELDS = {"workers", "threads", "device", "checkpoint_every", "keep_checkpoints", "log_every", "progress",
-                  "max_steps", "compile"}
-RUNTIME_MODEL_FIELDS = {"pretrained"}  # only read at step 0
+                  "max_steps", "compile", "tensorboard"}
+RUNTIME_MODEL_FIELDS = {"pretrained", "init_from"}  # only read at step 0
+TENSORBOARD = "tb"  # out_dir/tb: the event files of train.tensorboard
 
 
 @dataclass
@@ -131,6 +138,7 @@ class Run:
     amp_dtype: torch.dtype | None  # autocast dtype on CUDA, None = float32
     channels_last: bool
     training_set: dict[str, Any]  # training_set_record of the training list
+    flow: dict[str, Any]  # the store's flow settings (flow.stage.flow_settings), recorded in checkpoints
     checkpoints: Checkpointer
     metrics: MetricsLogger
     net: nn.Module | None = None  # the model, or its DDP / compiled wrapper (set once the states are restored)
@@ -162,9 +170,11 @@ def _train(store: Store, train_items, val_items, classes: list[str], modality: s
 
     # 1. Where the run stands: finished (last.pt), resumable (a step checkpoint) or new.
     training_set = training_set_record(train_items)
+    flow = flow_settings(store.bound, store.params)
     checkpoints = Checkpointer(out_dir, modality, cfg, ctx)
     finished, resume = checkpoints.find(
-        lambda ckpt: check_resumable(ckpt, modality, classes, model_cfg, cfg, training_set))
+        lambda ckpt: check_resumable(ckpt, modality, classes, model_cfg, cfg, training_set,
+                                     flow, f"the store at {store.root}", ctx.is_main))
     if finished is not None:
         if ctx.is_main:
             print(f"{modality} stream: already trained, {finished.path}")
@@ -178,6 +188,10 @@ def _train(store: Store, train_items, val_items, classes: list[str], modality: s
     model = build_model(model_cfg.arch, len(classes), transforms.CHANNELS[modality], model_cfg.dropout(modality))
     if model_cfg.pretrained and resume is None:
         load_pretrained(model, model_cfg.pretrained, model_cfg.pretrained_input)
+    if model_cfg.init_from and resume is None:
+        started_from = init_from_checkpoint(model, model_cfg.arch, model_cfg.init_from, modality, classes)
+        if ctx.is_main:
+            print(started_from)
     model.set_partial_bn(model_cfg.partial_bn)
     if ctx.distributed and cfg.sync_bn:
         distributed.sync_batchnorm(model, ctx.device)
@@ -191,14 +205,14 @@ def _train(store: Store, train_items, val_items, classes: list[str], modality: s
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp_dtype == torch.float16)
     torch.manual_seed(cfg.seed * 1000 + ctx.rank + 1)  # dropout: a different stream per process
     run = Run(modality, classes, model_cfg, cfg, ctx, batch, steps_per_epoch, cfg.epochs * steps_per_epoch, model,
-              optimizer, scheduler, scaler, amp_dtype, channels_last, training_set, checkpoints,
-              MetricsLogger(out_dir, ctx))
+              optimizer, scheduler, scaler, amp_dtype, channels_last, training_set, flow, checkpoints,
+              MetricsLogger(out_dir, ctx, modality, cfg.tensorboard))
     train_loader, sampler, val_loader = _loaders(run, store, train_items, val_items)
 
     # 3. Resume: states, RNG and the metrics logged up to the checkpoint.
     if resume is not None:
         _restore(run, resume)
-    elif ctx.is_main:
+    else:
         run.metrics.start_fresh()  # drop what a run killed before its first checkpoint logged
 
     run.net = model
@@ -222,6 +236,8 @@ def _train(store: Store, train_items, val_items, classes: list[str], modality: s
             raise
         _stop_workers(loaders)  # else every later SIGCHLD raises torch's error again, anywhere
         raise worker_death_error(modality, out_dir, died) from None
+    finally:
+        run.metrics.close()
 
 
 def _fit(run: Run, state: Progress, train_loader: DataLoader, sampler: EpochSampler,
@@ -308,7 +324,9 @@ def evaluate(run: Run, loader: DataLoader) -> dict[str, float]:
     clip_correct = clip_count = video_correct = video_count = loss_sum = 0.0
     k = run.cfg.val_clips
     scores, video_labels = [], []
-    for clips, labels in loader:
+    bar = tqdm(loader, desc=f"val {run.modality}", unit="batch", leave=False, dynamic_ncols=True,
+               disable=not (run.cfg.progress and run.ctx.is_main))
+    for clips, labels in bar:
         x = transforms.normalize(clips.to(run.ctx.device, non_blocking=True), run.modality)
         if run.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -393,8 +411,8 @@ def _payload(run: Run, state: Progress, training_state: bool) -> dict[str, Any]:
     return make_payload(run.model, arch=run.model_cfg.arch, modality=run.modality, classes=run.classes,
                         input_convention=transforms.INPUT_CONVENTION[run.modality],
                         model_config=dataclasses.asdict(run.model_cfg), train_config=dataclasses.asdict(run.cfg),
-                        step=state.step, epoch=state.epoch, metrics=metrics, training_set=run.training_set,
-                        **extra)
+                        step=state.step, epoch=state.epoch, metrics=metrics, flow=run.flow,
+                        training_set=run.training_set, **extra)
 
 
 def _restore(run: Run, ckpt: Checkpoint) -> None:
@@ -502,15 +520,20 @@ class Checkpointer:
 
 
 class MetricsLogger:
-    """metrics.jsonl (one JSON record a line, written by the main process) and curves.png drawn from
-    the records, which every process keeps in `history`."""
+    """metrics.jsonl (one JSON record a line), validation on the console, the same scalars in
+    TensorBoard (`tensorboard`: out_dir/tb) and curves.png, written by the main process; every process
+    keeps the records in `history`."""
 
-    def __init__(self, out_dir: Path, ctx: distributed.DistContext):
-        self.out_dir, self.path, self.ctx = out_dir, out_dir / METRICS, ctx
+    def __init__(self, out_dir: Path, ctx: distributed.DistContext, modality: str, tensorboard: bool = False):
+        self.out_dir, self.path, self.ctx, self.modality = out_dir, out_dir / METRICS, ctx, modality
         self.history: list[dict[str, Any]] = []
+        self.writer_class = _summary_writer() if tensorboard else None  # checked before training starts
+        self.writer: Any = None
 
     def start_fresh(self) -> None:
-        self.path.unlink(missing_ok=True)
+        if self.ctx.is_main:
+            self.path.unlink(missing_ok=True)
+        self._open_writer(purge_step=0)
 
     def resume_at(self, step: int) -> None:
         """Keep the records up to `step` (a killed run may have logged past its last checkpoint)."""
@@ -525,21 +548,66 @@ class MetricsLogger:
                     self.history.append(record)
         if self.ctx.is_main:
             write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.history))
+        self._open_writer(purge_step=step + 1)
+
+    def _open_writer(self, purge_step: int) -> None:
+        """TensorBoard hides the events of earlier attempts from `purge_step` on, as metrics.jsonl drops them."""
+        if self.writer_class is not None and self.ctx.is_main:
+            self.writer = self.writer_class(str(self.out_dir / TENSORBOARD), purge_step=purge_step)
 
     def log(self, record: dict[str, Any]) -> None:
         self.history.append(record)
-        if self.ctx.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+        if not self.ctx.is_main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if record["kind"] == "val":
+            tqdm.write(f"{self.modality} epoch {record['epoch']}: val clip accuracy {100 * record['val_acc']:.1f}%, "
+                       f"video {100 * record['val_video_acc']:.1f}%, loss {record['val_loss']:.3f}")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key in TENSORBOARD_SCALARS[record["kind"]]:
+                    self.writer.add_scalar(f"{record['kind']}/{key.removeprefix('val_')}", value, record["step"])
 
     def plot(self, title: str) -> None:
         plot_curves(self.history, self.out_dir / CURVES, title)
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+# metrics.jsonl's numbers that TensorBoard shows, as "<kind>/<name>" ("val/acc", "train/clips_per_s").
+TENSORBOARD_SCALARS = {"train": ("loss", "acc", "lr", "clips_per_s", "data_wait"),
+                       "val": ("val_acc", "val_video_acc", "val_loss")}
+
+
+def _summary_writer() -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:  # torch raises it when the tensorboard package is absent
+        raise StreamsError(f"train.tensorboard = true needs the tensorboard package ({e}): pip install "
+                           "'p3d-two-stream[tb]' (or pip install tensorboard), or set train.tensorboard = "
+                           "false") from None
+    return SummaryWriter
 
 
 def check_resumable(ckpt: Checkpoint, modality: str, classes: list[str], model_cfg: ModelConfig, cfg: TrainConfig,
-                    training_set: dict[str, Any]) -> None:
-    """StreamsError listing what differs when `ckpt` was trained with other settings, classes or videos."""
+                    training_set: dict[str, Any], flow: dict[str, Any], store: str, verbose: bool = True) -> None:
+    """StreamsError listing what differs when `ckpt` was trained with other settings, classes or videos;
+    or on a store (`store` names it) whose `flow` settings differ from the checkpoint's in a key that
+    changes the input (streams.checkpoint.check_flow_settings; the others are printed as warnings
+    when `verbose`)."""
+    try:
+        warnings = check_flow_settings(ckpt, flow, store)
+    except StreamsError as e:
+        raise StreamsError(f"cannot resume: {e}; or train on this store in another output directory") from None
+    for warning in warnings if verbose else []:
+        print(f"warning: {warning}")
     model_dict, train_dict = dataclasses.asdict(model_cfg), dataclasses.asdict(cfg)
     diffs = (config_differences(ckpt.model_config, model_dict, "model", RUNTIME_MODEL_FIELDS)
              + config_differences(ckpt.train_config, train_dict, "train", RUNTIME_FIELDS))

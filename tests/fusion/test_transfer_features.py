@@ -85,7 +85,8 @@ def test_layer_tap_matches_pool5_and_a_hand_reduction():
         res5 = model.layer4(h.transpose(1, 2).reshape(b * t, c, hh, ww))
         res5 = res5.reshape(b, t, *res5.shape[1:])  # [B, T, C, H, W]
     # float32 maps computed in other batch shapes: within 1e-5 of the largest value, on any CPU
-    for got, want in ((layers["res4"], res4.mean(dim=(2, 3, 4)).numpy()), (layers["res5c"], res5.amax(dim=(1, 3, 4)).numpy())):
+    for got, want in ((layers["res4"], res4.mean(dim=(2, 3, 4)).numpy()),
+                      (layers["res5c"], res5.amax(dim=(1, 3, 4)).numpy())):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
     # pool5 is the mean of the same res5c map: never above its maximum, and res5c is not pool5 again.
     assert np.all(layers["res5c"] >= pool5.numpy() - 1e-6) and not np.allclose(layers["res5c"], pool5.numpy())

@@ -48,7 +48,7 @@ def test_two_gloo_processes_compute_the_one_process_gradients(toy_store, tmp_pat
     grads_one = [s["momentum_buffer"] for _, s in sorted(one["optimizer"]["state"].items())]
     grads_two = [s["momentum_buffer"] for _, s in sorted(two["optimizer"]["state"].items())]
     assert len(grads_one) == len(grads_two) > 30
-    for g1, g2 in zip(grads_one, grads_two):
+    for g1, g2 in zip(grads_one, grads_two, strict=True):
         assert g1.abs().max() > 0
         assert (g1 - g2).abs().max() <= 1e-4 * g1.abs().max() + 1e-7
     for name, value in one["model"].items():  # weights after the step and BN running statistics

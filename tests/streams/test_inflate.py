@@ -48,7 +48,7 @@ class ResNet2d(nn.Module):
         self.conv1 = nn.Conv2d(3, stem, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(stem)
         cin = stem
-        for stage, (depth, width) in enumerate(zip(depths, widths)):
+        for stage, (depth, width) in enumerate(zip(depths, widths, strict=True)):
             blocks = []
             for i in range(depth):
                 blocks.append(Bottleneck2d(cin, width, 2 if stage > 0 and i == 0 else 1))
@@ -160,7 +160,8 @@ def test_torchvision_conv1_is_converted_to_bgr_0_255_input(tmp_path):
     bgr = _frames(1, 32)[0].numpy()
     ours = F.conv3d(to_tensor(bgr[None], "rgb")[None], model.conv1.weight, stride=(1, 2, 2), padding=(0, 3, 3))[:, :, 0]
     rgb01 = torch.from_numpy(bgr[:, :, ::-1].copy()).permute(2, 0, 1).float() / 255
-    tv_input = (rgb01 - torch.tensor(TORCHVISION_MEAN_RGB).view(3, 1, 1)) / torch.tensor(TORCHVISION_STD_RGB).view(3, 1, 1)
+    tv_input = ((rgb01 - torch.tensor(TORCHVISION_MEAN_RGB).view(3, 1, 1))
+                / torch.tensor(TORCHVISION_STD_RGB).view(3, 1, 1))
     theirs = ref.conv1(tv_input[None])
     # The two conventions' means differ by < 1 grey level: a near-constant offset, tiny next to the signal.
     inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))

@@ -6,7 +6,9 @@ import errno
 import json
 import math
 import os
+import shutil
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,11 +16,14 @@ import torch
 from torch.utils.data import get_worker_info
 
 from flow.atomic import DiskFullError
+from flow.stage import flow_settings
+from flow.store import create_store
 from streams import train as streams_train
 from streams.checkpoint import final_checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
 from streams.clips import ClipDataset
 from streams.errors import StreamsError
 from streams.p3d import build_model
+from streams.plots import curves_figure
 from streams.train import lr_factor, param_groups, to_channels_last, train_stream
 
 CLASSES = ["up", "down"]
@@ -65,7 +70,8 @@ def test_a_finished_run_is_not_trained_again(flow_run, toy_store, configs):
     result, out = flow_run
     root, train, val = toy_store
     mtime = result.checkpoint.stat().st_mtime_ns
-    again = train_stream(root, train, val, CLASSES, "flow", *configs(epochs=5, lr=0.02, schedule="cosine", checkpoint_every=3, keep_checkpoints=2, workers=1), out)
+    settings = dict(epochs=5, lr=0.02, schedule="cosine", checkpoint_every=3, keep_checkpoints=2, workers=1)
+    again = train_stream(root, train, val, CLASSES, "flow", *configs(**settings), out)
     assert again.finished and again.step == 20 and again.val_acc == result.val_acc
     assert result.checkpoint.stat().st_mtime_ns == mtime
 
@@ -79,7 +85,8 @@ def test_resume_continues_exactly(toy_store, tmp_path, configs):
     whole = train_stream(root, train, val, CLASSES, "rgb", model_cfg, train_cfg, tmp_path / "whole")
 
     parts = tmp_path / "parts"
-    first = train_stream(root, train, val, CLASSES, "rgb", model_cfg, dataclasses.replace(train_cfg, max_steps=3), parts)
+    first = train_stream(root, train, val, CLASSES, "rgb", model_cfg, dataclasses.replace(train_cfg, max_steps=3),
+                         parts)
     assert not first.finished and first.step == 3 and first.checkpoint.name == "checkpoint_00000003.pt"
     with open(parts / "metrics.jsonl", "a") as f:  # logged by a killed run after its last checkpoint
         f.write(json.dumps({"kind": "train", "step": 4, "loss": 123.0}) + "\n")
@@ -296,3 +303,72 @@ def test_channels_last_gives_the_same_logits():
     assert model.layer4[0].conv_s.weight.is_contiguous(memory_format=torch.channels_last)
     logits = model(x.contiguous(memory_format=torch.channels_last_3d))
     assert (logits - expected).abs().max() <= 1e-10 * expected.abs().max()
+
+
+def test_curves_show_the_learning_rate_schedule(flow_run, configs):
+    _, out = flow_run
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lr_ax = curves_figure(history, "flow").axes[2]
+    (line,) = lr_ax.get_lines()
+    steps = list(line.get_xdata())
+    assert steps == list(range(1, 21)) and lr_ax.get_ylabel() == "learning rate"
+    _, cfg = configs(epochs=5, lr=0.02, schedule="cosine")
+    # the lr metrics.jsonl logs after step s is the schedule's at s: 0.02 x a cosine from 1 to 0 over 20 steps
+    assert list(line.get_ydata()) == pytest.approx([0.02 * lr_factor(s, 4, cfg) for s in steps], rel=1e-12, abs=1e-15)
+    assert line.get_ydata()[-1] == 0.0 and line.get_ydata()[9] == pytest.approx(0.01)
+
+
+def test_checkpoints_carry_the_flow_settings_and_a_resume_on_other_flow_is_refused(toy_store, tmp_path, configs):
+    root, train, val = toy_store
+    out = tmp_path / "out"
+    first = train_stream(root, train, val, CLASSES, "flow", *configs(max_steps=1), out)
+    assert read_checkpoint(first.checkpoint).flow == flow_settings(20.0, {}) == {"bound": 20.0, "source": "videos"}
+    other = tmp_path / "bound5"  # the same videos, their flow stored at another bound
+    shutil.copytree(root, other)
+    create_store(other, codec="raw", bound=5.0, overwrite=True)
+    with pytest.raises(StreamsError, match=r"cannot resume: flow stream .*checkpoint_00000001\.pt was trained on "
+                                           r"input made with bound = 20\.0, but the store at .*bound5 has bound = 5\.0 "
+                                           r"\(bound differ\).*another output directory"):
+        train_stream(other, train, val, CLASSES, "flow", *configs(max_steps=2), out)
+    # the RGB stream reads no flow: its frames depend on the size alone
+    rgb = train_stream(root, train, val, CLASSES, "rgb", *configs(max_steps=1), tmp_path / "rgb")
+    again = train_stream(other, train, val, CLASSES, "rgb", *configs(max_steps=2), tmp_path / "rgb")
+    assert again.resumed_from == rgb.checkpoint and read_checkpoint(again.checkpoint).flow["bound"] == 5.0
+
+
+def test_tensorboard_shows_the_numbers_of_metrics_jsonl(toy_store, tmp_path, configs, capsys):
+    """A run stopped after its checkpoint of step 2 had logged step 3: the resumed run logs step 3 again,
+    and TensorBoard, like metrics.jsonl, shows each step once. Validation accuracy is on the console."""
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    root, train, val = toy_store
+    settings = dict(epochs=2, checkpoint_every=2, tensorboard=True)
+    train_stream(root, train, val, CLASSES, "flow", *configs(max_steps=3, **settings), tmp_path)
+    (tmp_path / "checkpoint_00000003.pt").unlink()
+    result = train_stream(root, train, val, CLASSES, "flow", *configs(**settings), tmp_path)
+    assert result.resumed_from == tmp_path / "checkpoint_00000002.pt" and result.step == 8
+
+    events = event_accumulator.EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    logged = train_records(tmp_path)
+    for name in ("loss", "acc", "lr", "clips_per_s", "data_wait"):
+        scalars = events.Scalars(f"train/{name}")
+        assert [e.step for e in scalars] == [r["step"] for r in logged] == list(range(1, 9))
+        expected = [r[name] for r in logged]  # TensorBoard keeps float32
+        assert [e.value for e in scalars] == pytest.approx(expected, rel=1e-6, abs=1e-30)
+    validation = train_records(tmp_path, "val")
+    for name in ("acc", "video_acc", "loss"):
+        scalars = events.Scalars(f"val/{name}")
+        assert [(e.step, pytest.approx(e.value, rel=1e-6)) for e in scalars] == \
+            [(r["step"], r[f"val_{name}"]) for r in validation]
+    console = capsys.readouterr().out
+    for r in validation:
+        assert (f"flow epoch {r['epoch']}: val clip accuracy {100 * r['val_acc']:.1f}%, "
+                f"video {100 * r['val_video_acc']:.1f}%") in console
+
+
+def test_tensorboard_without_the_package_is_one_clear_error(toy_store, tmp_path, monkeypatch, configs):
+    root, train, val = toy_store
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    with pytest.raises(StreamsError, match=r"train\.tensorboard = true needs the tensorboard package .*\[tb\]"):
+        train_stream(root, train, val, CLASSES, "flow", *configs(tensorboard=True), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
