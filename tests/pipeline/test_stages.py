@@ -133,6 +133,13 @@ def test_held_out_groups_choose_the_fusion_and_svm(work):
     assert held == {v.video_id for v in dataset.train() if v.group in chosen}  # whole groups, training split only
     assert held_out(cfg, dataset) == (held, note)  # seeded: the same every time
     root = trained(work, "honest", ["train.val_fraction=0.4"])
+    from streams.checkpoint import read_checkpoint
+
+    for stream in ("rgb", "flow"):  # the held-out videos were not trained on
+        state = read_checkpoint(root / "train" / stream / "split1" / "last.pt").state
+        trained_on = set(state["training_set"]["videos"])
+        assert trained_on and not trained_on & held
+        assert trained_on | held == {v.video_id for v in dataset.train()}
     assert run(["eval", "--run", "honest"], work, ["train.val_fraction=0.4"]) == 0
     text = (root / "eval" / "results.md").read_text()
     assert "chosen on the held-out videos" in text and note in text
