@@ -14,6 +14,8 @@ ARCH_NAMES = ("p3d63", "p3d131", "p3d199", "p3d_small", "p3d_tiny")  # streams.p
 class ModelConfig:
     arch: str = "p3d199"  # one of ARCH_NAMES
     pretrained: str = ""  # a 2-D ImageNet ResNet state dict (torchvision/timm names); "" = random init
+    init_from: str = ""  # a P3D checkpoint of the same modality (ours, or made by `import-weights`) to
+    # fine-tune: every weight but a new classifier when the classes differ; "" = pretrained or random
     pretrained_input: str = "torchvision"  # what the 2-D conv1 expects: "torchvision" (RGB 0-1 with
     # ImageNet mean/std, converted to our BGR 0-255 input) or "caffe" (already BGR 0-255 minus mean)
     dropout_rgb: float = 0.5  # official Kinetics deploy nets: 0.5 RGB, 0.7 flow
@@ -23,6 +25,9 @@ class ModelConfig:
     def validate(self) -> None:
         if self.arch not in ARCH_NAMES:
             raise ValueError(f"arch: must be one of {', '.join(ARCH_NAMES)}, got {self.arch!r}")
+        if self.pretrained and self.init_from:
+            raise ValueError("init_from: give a 2-D ImageNet net (pretrained) or a P3D checkpoint (init_from), "
+                             "not both")
         if self.pretrained_input not in ("torchvision", "caffe"):
             raise ValueError(f"pretrained_input: must be 'torchvision' or 'caffe', got {self.pretrained_input!r}")
         for name in ("dropout_rgb", "dropout_flow"):
@@ -80,7 +85,8 @@ class TrainConfig:
     val_groups: list[str] = field(default_factory=list)
     val_fraction: float = 0.0  # share of the groups held out when val_groups is empty; 0 = none
     run: str = ""  # a named run: training and eval under work_dir/runs/<run>/ ("" = work_dir/train, eval)
-    progress: bool = True  # tqdm bar
+    progress: bool = True  # tqdm bars (training, validation)
+    tensorboard: bool = False  # also write metrics.jsonl's scalars to out_dir/tb (needs the `tb` extra)
 
     def validate(self) -> None:
         positive = ("clip_len", "crop", "batch_size", "epochs", "val_clips", "log_every", "keep_checkpoints")

@@ -1,4 +1,5 @@
-"""Start a P3D net from a 2-D ImageNet ResNet state dict (torchvision or timm key names).
+"""Start a P3D net from a 2-D ImageNet ResNet state dict (torchvision or timm key names): `model.pretrained`.
+A 3-D P3D checkpoint (ours, or imported) starts a stream through `model.init_from` instead (streams.finetune).
 
 Each 2-D 3x3 conv becomes the block's S conv; the new T conv is the identity at its centre tap in A
 blocks and zero in B and C blocks, and every BN of T is the identity, so that on a clip whose frames
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from streams.checkpoint import safe_load
+from streams.checkpoint import FORMAT, safe_load
 from streams.errors import StreamsError
 from streams.p3d import BN_EPS, P3D, P3DBlock
 
@@ -34,6 +35,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A 2-D ResNet state dict from `path` (plain, or under 'state_dict'/'model'; a 'module.' prefix is dropped)."""
     path = Path(path)
     obj = safe_load(path, "model.pretrained:")
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        raise StreamsError(f"model.pretrained: {path} is a P3D stream checkpoint (3-D), not a 2-D ImageNet "
+                           "ResNet: start from it with model.init_from")
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
@@ -82,6 +86,9 @@ def inflate_from_2d(model: P3D, state: dict[str, torch.Tensor], *, pretrained_in
             put(f"{dst}.{k}", take(f"{src}.{k}", targets[f"{dst}.{k}"].shape))
 
     conv1 = take("conv1.weight")
+    if conv1.dim() == 5:
+        raise StreamsError(f"{source}: 'conv1.weight' has shape {list(conv1.shape)}, a 3-D (P3D) net's, not a "
+                           "2-D ImageNet ResNet's: start from a P3D checkpoint with model.init_from")
     if conv1.dim() != 4 or conv1.shape[1] != 3:
         raise StreamsError(f"{source}: 'conv1.weight' has shape {list(conv1.shape)}, expected a 2-D RGB conv")
     if pretrained_input == "torchvision":

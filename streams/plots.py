@@ -1,4 +1,5 @@
-"""curves.png of a training run: training loss and accuracy per step, validation accuracy per epoch."""
+"""curves.png of a training run: training loss and accuracy per step, validation accuracy per epoch,
+and the learning rate the schedule gave each logged step."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -13,11 +14,19 @@ from flow.atomic import atomic_write
 
 def plot_curves(history: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     """Draw the metrics.jsonl records to `path` (written to a temporary name, then renamed)."""
+    fig = curves_figure(history, title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png")
+
+
+def curves_figure(history: Sequence[dict[str, Any]], title: str) -> Figure:
+    """Three panels: loss (training and validation), accuracy, learning rate (the base group's)."""
     train = [r for r in history if r.get("kind") == "train"]
     val = [r for r in history if r.get("kind") == "val"]
-    fig = Figure(figsize=(10, 4), dpi=100)
+    fig = Figure(figsize=(15, 4), dpi=100)
     FigureCanvasAgg(fig)
-    loss_ax, acc_ax = fig.subplots(1, 2)
+    loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
     loss_ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="training loss")
     if val:
         loss_ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation loss")
@@ -34,8 +43,13 @@ def plot_curves(history: Sequence[dict[str, Any]], path: Path, title: str) -> No
     acc_ax.set_ylabel("accuracy (%)")
     acc_ax.set_ylim(0, 100)
     acc_ax.legend()
+    # linear: a cosine schedule ends at 0; fc and flow conv1 run at multiples of it (train.fc_lr_mult)
+    lr_ax.plot([r["step"] for r in train if "lr" in r], [r["lr"] for r in train if "lr" in r], label="learning rate")
+    lr_ax.set_xlabel("step")
+    lr_ax.set_ylabel("learning rate")
+    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    lr_ax.set_ylim(bottom=0)
+    lr_ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as f:
-        fig.savefig(f, format="png")
+    return fig
