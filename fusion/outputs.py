@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from flow.atomic import DiskFullError
 from flow.errors import FlowError
 from flow.store import Store, open_store
 from fusion.config import EvalConfig
@@ -176,6 +177,8 @@ def _work(task: tuple[str, bool, bool]) -> tuple[str, str]:
                 save_npz(_cache_path(spec, video_id), arrays)
     except FileNotFoundError as e:  # removed from the store while this run went on
         return video_id, f"video {video_id}: {e}"
+    except DiskFullError:
+        raise  # not this video's fault: every later one would fail the same way
     except FlowError as e:
         return video_id, str(e)
     return video_id, ""

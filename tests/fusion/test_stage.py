@@ -320,3 +320,6 @@ def test_a_full_disk_in_eval_is_one_error_and_keeps_the_old_report(tiny_store, t
         _eval(tiny_store, tiny_checkpoints, tmp_path, protocol="another run")
     assert str(out) in str(err.value) and "\n" not in str(err.value)
     assert _report_intact(out) == listing
+    # Writing the network outputs' cache: the stage stops, rather than failing every video in turn.
+    with pytest.raises(DiskFullError, match=r"cache/.*\.npz: disk full"):
+        _eval(tiny_store, tiny_checkpoints, tmp_path, out_dir=tmp_path / "fresh")
