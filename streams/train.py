@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from flow.atomic import write_text
+from flow.atomic import disk_full, is_disk_full, write_text
 from flow.errors import FlowError
 from flow.stage import flow_settings
 from flow.store import Store, open_store
@@ -560,8 +560,13 @@ class MetricsLogger:
         if not self.ctx.is_main:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a") as f:  # appended; a resume drops the lines after its checkpoint
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            if is_disk_full(e):
+                raise disk_full(self.path, e) from e
+            raise
         if record["kind"] == "val":
             tqdm.write(f"{self.modality} epoch {record['epoch']}: val clip accuracy {100 * record['val_acc']:.1f}%, "
                        f"video {100 * record['val_video_acc']:.1f}%, loss {record['val_loss']:.3f}")

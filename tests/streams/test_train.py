@@ -230,6 +230,15 @@ def test_a_full_disk_while_checkpointing_is_one_error_and_leaves_no_temp(toy_sto
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
 
+    def no_room_to_append(path, mode="r", *args, **kwargs):
+        if mode == "a":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(streams_train, "open", no_room_to_append, raising=False)  # metrics.jsonl is appended to
+    with pytest.raises(DiskFullError, match=r"metrics\.jsonl: disk full"):
+        train_stream(root, train, val, CLASSES, "flow", *configs(checkpoint_every=2), tmp_path / "again")
+
 
 def test_a_resume_on_another_training_list_is_refused(toy_store, tmp_path, configs):
     """A video gone from the list changed the steps per epoch (4 -> 3) and the resumed schedule jumped."""
