@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from flow.atomic import atomic_path
 from flow.config import FlowConfig
 from flow.errors import FlowError, shown
 from flow.stage import config_flow_settings
@@ -236,6 +237,5 @@ def _write(out: Path, features: dict[str, dict[str, np.ndarray]], names: Sequenc
     table = pa.Table.from_arrays(arrays, names=["video_id", *columns]).replace_schema_metadata(
         {"p3d_two_stream": meta})
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp)
