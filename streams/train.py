@@ -183,22 +183,9 @@ def _train(store: Store, train_items, val_items, classes: list[str], modality: s
                            best_val_acc=finished.metrics.get("best_val_acc"),
                            seconds=time.perf_counter() - started, resumed_from=None)
 
-    # 2. The model (the same initial weights in every process), optimizer, schedule, data.
-    torch.manual_seed(cfg.seed)
-    model = build_model(model_cfg.arch, len(classes), transforms.CHANNELS[modality], model_cfg.dropout(modality))
-    if model_cfg.pretrained and resume is None:
-        load_pretrained(model, model_cfg.pretrained, model_cfg.pretrained_input)
-    if model_cfg.init_from and resume is None:
-        started_from = init_from_checkpoint(model, model_cfg.arch, model_cfg.init_from, modality, classes)
-        if ctx.is_main:
-            print(started_from)
-    model.set_partial_bn(model_cfg.partial_bn)
-    if ctx.distributed and cfg.sync_bn:
-        distributed.sync_batchnorm(model, ctx.device)
-    model.to(ctx.device)
+    # 2. The model, optimizer, schedule, data.
     channels_last = cfg.channels_last and cuda
-    if channels_last:
-        to_channels_last(model)
+    model = _build_model(model_cfg, cfg, modality, classes, ctx, fresh=resume is None, channels_last=channels_last)
     optimizer = torch.optim.SGD(param_groups(model, cfg, modality), lr=cfg.lr, momentum=cfg.momentum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, cfg))
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if cuda else None
@@ -238,6 +225,27 @@ def _train(store: Store, train_items, val_items, classes: list[str], modality: s
         raise worker_death_error(modality, out_dir, died) from None
     finally:
         run.metrics.close()
+
+
+def _build_model(model_cfg: ModelConfig, cfg: TrainConfig, modality: str, classes: list[str],
+                 ctx: distributed.DistContext, fresh: bool, channels_last: bool) -> P3D:
+    """The stream's net on the device, the same initial weights in every process: random, or (`fresh`:
+    not about to be resumed) from `model.pretrained` (2-D ImageNet) or `model.init_from` (P3D)."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_cfg.arch, len(classes), transforms.CHANNELS[modality], model_cfg.dropout(modality))
+    if model_cfg.pretrained and fresh:
+        load_pretrained(model, model_cfg.pretrained, model_cfg.pretrained_input)
+    if model_cfg.init_from and fresh:
+        started_from = init_from_checkpoint(model, model_cfg.arch, model_cfg.init_from, modality, classes)
+        if ctx.is_main:
+            print(started_from)
+    model.set_partial_bn(model_cfg.partial_bn)
+    if ctx.distributed and cfg.sync_bn:
+        distributed.sync_batchnorm(model, ctx.device)
+    model.to(ctx.device)
+    if channels_last:
+        to_channels_last(model)
+    return model
 
 
 def _fit(run: Run, state: Progress, train_loader: DataLoader, sampler: EpochSampler,
