@@ -86,8 +86,12 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 def nonfinite_tensors(state_dict: dict[str, Any]) -> list[str]:
     """Names of the floating-point tensors (weights, BatchNorm statistics) holding inf or NaN."""
+    # A sum is not finite when an element is not (inf and NaN propagate), and summing is ~15x faster on
+    # CPU than torch.isfinite(t).all() (0.5 s against 8 s for P3D-199's 264 MB on a busy 2-core
+    # machine); only a finite tensor whose float64 sum overflows is looked at element by element.
     return [name for name, t in state_dict.items()
-            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+            if isinstance(t, torch.Tensor) and t.is_floating_point()
+            and not bool(torch.isfinite(t.sum(dtype=torch.float64))) and not bool(torch.isfinite(t).all())]
 
 
 def payload_sha256(payload: dict[str, Any]) -> str:
