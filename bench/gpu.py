@@ -255,8 +255,10 @@ def section_correctness(rec: Recorder, sz: Sizes, device: torch.device, args: ar
 
     os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # the image's plugins are not ours to depend on
     files = sorted((REPO / "tests" / "cuda").glob("test_*.py"), key=lambda p: ("ddp" in p.name, p.name))
-    code = pytest.main(["-m", "cuda", "-q", "-rs", "-p", "no:cacheprovider", *map(str, files)],
-                       plugins=[_TestRows(rec)])
+    # importlib mode: pytest's default puts tests/ first on sys.path, where tests/flow, tests/streams
+    # ... would shadow the packages of the same names unless the project is installed in editable mode.
+    code = pytest.main(["-m", "cuda", "-q", "-rs", "-p", "no:cacheprovider", "--import-mode=importlib",
+                        *map(str, files)], plugins=[_TestRows(rec)])
     if code not in (0, 1):  # 1: tests failed, recorded as they ran
         rec.fail("pytest -m cuda tests/cuda", f"pytest exited with {code} (see gpu.log)")
 
