@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 from flow.atomic import write_text
 from flow.config import FlowConfig
 from flow.errors import shown
-from flow.overrides import check_value, parse_override
+from flow.overrides import ALLOW_NONFINITE, check_value, parse_override
 from fusion.config import EvalConfig
 from pipeline.datasets.config import DatasetConfig
 from pipeline.errors import ConfigError
@@ -117,9 +116,8 @@ def _build_section(cls: type, section: str, values: dict[str, Any], source: str)
         key = f"{section}.{name}"
         if name not in names:
             raise ConfigError(f"{source}: unknown key {key!r}{_suggest(name, names, section)}")
-        checked[name] = _check_value(value, hints[name], key, source)
-        if not fields[name].metadata.get(ALLOW_NONFINITE):
-            _check_finite(checked[name], key, source)
+        checked[name] = _check_value(value, hints[name], key, source,
+                                     finite=not fields[name].metadata.get(ALLOW_NONFINITE))
     obj = cls(**checked)
     validate = getattr(obj, "validate", None)
     if validate is not None:
@@ -130,26 +128,13 @@ def _build_section(cls: type, section: str, values: dict[str, Any], source: str)
     return obj
 
 
-def _check_value(value: Any, hint: Any, key: str, source: str) -> Any:
-    """Return `value` as type `hint` or raise ConfigError naming the key and the file."""
+def _check_value(value: Any, hint: Any, key: str, source: str, finite: bool = True) -> Any:
+    """Return `value` as type `hint` (a finite number where a float is asked, unless `finite` is
+    False) or raise ConfigError naming the key and the file."""
     try:
-        return check_value(value, hint, key)
+        return check_value(value, hint, key, finite)
     except ValueError as err:
         raise ConfigError(f"{source}: {err}") from None
-
-
-# A float field that means something by inf or NaN says so: field(default=..., metadata={ALLOW_NONFINITE: True}).
-# Every other one refuses them: `flow.bound=inf` stored every flow image as zeros, `train.lr=nan`
-# trained nothing, `eval.fusion_weights=[nan, 1]` scored 0.00.
-ALLOW_NONFINITE = "allow_nonfinite"
-
-
-def _check_finite(value: Any, key: str, source: str) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{source}: {key} must be a finite number, got {value!r}")
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_finite(item, f"{key}[{i}]", source)
 
 
 def _suggest(name: str, known: typing.Iterable[str], section: str = "") -> str:
