@@ -51,7 +51,8 @@ def test_torchscript_export_matches_eager(tmp_path, arch, output):
     x = clips(3, 3)  # traced on a batch of 1: the batch axis stays free
     with torch.no_grad():
         expected = model(x) if output == "logits" else model.features(x)
-        torch.testing.assert_close(scripted(x), expected, atol=1e-4, rtol=1e-4)
+        # float32 through other kernels: within 1e-5 of the largest output, on any CPU and thread count
+        torch.testing.assert_close(scripted(x), expected, atol=1e-5 * float(expected.abs().max()), rtol=1e-4)
     assert expected.shape == (3, 3 if output == "logits" else model.feature_dim)
     info = json.loads(written[1].read_text())
     assert info["input_shape"] == ["batch", 3, CLIP_LEN, CROP, CROP]
@@ -71,7 +72,8 @@ def test_onnx_export_matches_eager_with_a_dynamic_batch(tmp_path):
         x = clips(batch, 2, seed=batch)
         (got,) = session.run(None, {"clips": x.numpy()})
         with torch.no_grad():
-            np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4, rtol=1e-4)
+            expected = model(x).numpy()
+            np.testing.assert_allclose(got, expected, atol=1e-5 * np.abs(expected).max(), rtol=1e-4)
 
 
 def test_export_refuses_bad_requests(tmp_path):
