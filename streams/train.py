@@ -622,8 +622,10 @@ def check_resumable(ckpt: Checkpoint, modality: str, classes: list[str], model_c
     for warning in warnings if verbose else []:
         print(f"warning: {warning}")
     model_dict, train_dict = dataclasses.asdict(model_cfg), dataclasses.asdict(cfg)
-    diffs = (config_differences(ckpt.model_config, model_dict, "model", RUNTIME_MODEL_FIELDS)
-             + config_differences(ckpt.train_config, train_dict, "train", RUNTIME_FIELDS))
+    diffs = (config_differences(ckpt.model_config, model_dict, "model", RUNTIME_MODEL_FIELDS,
+                                dataclasses.asdict(ModelConfig()))
+             + config_differences(ckpt.train_config, train_dict, "train", RUNTIME_FIELDS,
+                                  dataclasses.asdict(TrainConfig())))
     if ckpt.modality != modality:
         diffs.append(f"modality: {ckpt.modality} in the checkpoint, {modality} now")
     if ckpt.classes != classes:
@@ -769,9 +771,14 @@ def to_channels_last(model: nn.Module) -> nn.Module:
     return model
 
 
-def config_differences(old: dict[str, Any], new: dict[str, Any], section: str, ignore: set[str]) -> list[str]:
-    return [f"{section}.{k}: {old.get(k)!r} in the checkpoint, {new.get(k)!r} now"
-            for k in sorted(set(old) | set(new)) if k not in ignore and old.get(k) != new.get(k)]
+def config_differences(old: dict[str, Any], new: dict[str, Any], section: str, ignore: set[str],
+                       defaults: dict[str, Any]) -> list[str]:
+    """The settings of `section` that differ; a key the checkpoint lacks (a field added after it was
+    written) counts as that field's default, so older checkpoints still resume."""
+    def before(k: str) -> Any:
+        return old.get(k, defaults.get(k))
+    return [f"{section}.{k}: {before(k)!r} in the checkpoint, {new.get(k)!r} now"
+            for k in sorted(set(old) | set(new)) if k not in ignore and before(k) != new.get(k)]
 
 
 def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,

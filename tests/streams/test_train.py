@@ -128,6 +128,22 @@ def test_other_settings_do_not_resume(toy_store, tmp_path, configs):
         final_checkpoint(tmp_path)
 
 
+def test_a_checkpoint_from_before_a_new_setting_resumes(toy_store, tmp_path, configs):
+    # Checkpoints written before train.val_groups / val_fraction / run existed lack those keys: a resume
+    # with the new fields at their defaults is the same run, not a changed one.
+    root, train, val = toy_store
+    train_stream(root, train, val, CLASSES, "flow", *configs(max_steps=1), tmp_path)
+    path = tmp_path / "checkpoint_00000001.pt"
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("val_groups", "val_fraction", "run"):
+        del state["train_config"][key]
+    save_checkpoint(path, state)
+    result = train_stream(root, train, val, CLASSES, "flow", *configs(max_steps=2), tmp_path)
+    assert result.resumed_from == path and result.step == 2
+    with pytest.raises(StreamsError, match=r"train\.val_fraction: 0\.0 in the checkpoint, 0\.5 now"):
+        train_stream(root, train, val, CLASSES, "flow", *configs(max_steps=3, val_fraction=0.5), tmp_path)
+
+
 def test_user_errors(toy_store, tmp_path, configs):
     root, train, val = toy_store
     with pytest.raises(StreamsError, match="store.json"):
