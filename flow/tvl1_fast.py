@@ -4,8 +4,8 @@ The algorithm, parameters and discretisation are OpenCV's `OpticalFlowDual_TVL1`
 operators that run a few times per scale are OpenCV's own calls (cv::resize for the pyramid and the
 flow, cv::remap INTER_CUBIC for the warps, cv::medianBlur), and the primal-dual iterations, where
 OpenCV spends its time, run in `flow.tvl1_fast_kernels` as one fused sweep per iteration with
-OpenCV's epsilon test after every iteration. Same number of iterations, same answer up to float
-rounding (sum order, fused multiply-adds); see docs/tvl1.md.
+OpenCV's epsilon test after every iteration. Same iterations, same answer up to float rounding
+(see flow.tvl1_fast_kernels and docs/tvl1-torch.md, "The fast CPU backend").
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """The inner loop of OpenCV's DualTVL1 fused into one pass over the image per iteration (numba).
 
-OpenCV runs each primal-dual iteration as six passes over memory (estimateV, two divergences,
-estimateU with its error sum, two forward gradients, estimateDualVariables), each writing a full
-temporary image. Here one sweep down the rows does all of it: row i's thresholding, divergence and
+OpenCV runs each primal-dual iteration as seven passes over memory (estimateV, two divergences,
+estimateU with its error sum, two forward gradients, estimateDualVariables), writing eight full
+temporary images. Here one sweep down the rows does all of it: row i's thresholding, divergence and
 primal update (which read the dual variables of rows i and i - 1 as they were before this
 iteration), then the dual update of row i - 1 (which needs the new u of rows i - 1 and i). The dual
 update trails the primal one by a row, so every value is read before it is overwritten, as in
