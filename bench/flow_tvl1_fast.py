@@ -146,7 +146,9 @@ def speed(args: argparse.Namespace, cfg: FlowConfig) -> None:
     print("|---|---|---|---|---|---|")
 
     def ratio(table: dict[str, list[float]], n: str) -> float:  # median of the per-round ratios
-        return statistics.median(a / b for a, b in zip(table[n], table["opencv"])) if "opencv" in table else np.nan
+        if "opencv" not in table:
+            return np.nan
+        return statistics.median(a / b for a, b in zip(table[n], table["opencv"], strict=True))
 
     for n in names:
         print(f"| {n} | {statistics.median(rates[n]):.3f} | {', '.join(f'{x:.3f}' for x in rates[n])} | "

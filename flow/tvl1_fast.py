@@ -52,13 +52,13 @@ class FastTVL1:
             if getattr(cfg, key) < 1:
                 raise FlowError(f"flow.{key}: must be >= 1, got {getattr(cfg, key)}")
         self.cfg = cfg
-        # OpenCV casts these to float before iterating.
-        # l_t = lambda * theta, theta, taut = tau / theta.
+        # l_t = lambda * theta, theta, taut = tau / theta, cast to float as OpenCV does.
         self._params = (np.float32(cfg.lambda_ * cfg.theta), np.float32(cfg.theta), np.float32(cfg.tau / cfg.theta))
         self._gamma = np.float32(cfg.gamma)
         self.iterations: list[int] = []  # primal-dual steps per scale of the last pair, coarsest first
 
     def compute(self, frames_gray: np.ndarray) -> np.ndarray:
+        """All consecutive pairs of one video: uint8 `[N, H, W]` -> float32 `[N-1, H, W, 2]`."""
         if not isinstance(frames_gray, np.ndarray) or frames_gray.dtype != np.uint8 or frames_gray.ndim != 3:
             got = (f"{frames_gray.dtype} array of shape {list(frames_gray.shape)}"
                    if isinstance(frames_gray, np.ndarray) else type(frames_gray).__name__)
@@ -73,6 +73,7 @@ class FastTVL1:
     def compute_pair(self, i0: np.ndarray, i1: np.ndarray, init_flow: np.ndarray | None = None) -> np.ndarray:
         """Flow from grey image i0 to i1 ([H, W], uint8 levels or float 0-255) -> float32 [H, W, 2].
         `init_flow` [H, W, 2] is OpenCV's useInitialFlow: it seeds the coarsest scale."""
+        i0, i1 = np.asarray(i0), np.asarray(i1)
         if i0.ndim != 2 or i0.shape != i1.shape:
             raise FlowError(f"TV-L1 pair: expected two [H, W] images of one size, got "
                             f"{list(i0.shape)} and {list(i1.shape)}")
