@@ -89,6 +89,9 @@ def transfer_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1), source: str 
         got = extract([VideoJob(v.video_id, v.path) for v in mine], specs, out / "features" / name, flow_root,
                       cfg.flow, clips=t.clips, batch_views=t.batch_views, device=t.device, jobs=t.jobs,
                       desc=f"transfer {name}")
+        cached = sum(len(f) for f in got.features.values()) - got.computed
+        print(f"transfer: {name}: {got.computed} video features computed, {cached} from the cache, "
+              f"{sum(len(f) for f in got.failed.values())} failed (per stream)", flush=True)
         for video_id, reason in flow_failed.items():  # the flow stage's reason says more than "no flow"
             if video_id in got.failed.get("flow", {}):
                 got.failed["flow"][video_id] = reason
