@@ -10,7 +10,7 @@ ARGS ?=
 PY := $(VENV)/bin/python
 RUN := $(PY) -m pipeline
 
-.PHONY: install test lint all synth flow train-rgb train-flow eval transfer bench bench-gpu clean
+.PHONY: install test lint all synth flow train-rgb train-flow eval transfer bench-gpu clean
 
 install: $(VENV)/.installed
 
