@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -226,7 +226,7 @@ def tvl1_flow(
     return u[:, :2].contiguous()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_kernels(device: str, l_t: float, theta: float, taut: float, median: int) -> tuple[StepFn, MedianFn]:
     """The inner iteration and the median filter through torch.compile, compiled once per process
     by a warm-up on tiny batches. Shapes are dynamic, so every scale and batch size reuses the
@@ -282,7 +282,8 @@ class TorchTVL1:
                 self._step, self._median = _compiled_kernels(str(self.device), solver.l_t, solver.theta,
                                                              solver.taut, solver.median)
             except Exception as e:  # no C++ compiler / Triton here: the eager kernels give the same flow
-                warnings.warn(f"torch.compile failed on {self.device}, running eager: {type(e).__name__}: {e}")
+                warnings.warn(f"torch.compile failed on {self.device}, running eager: {type(e).__name__}: {e}",
+                              stacklevel=2)
                 self.compiled = False
 
     def compute_pairs(

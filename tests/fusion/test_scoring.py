@@ -87,7 +87,8 @@ def test_views_match_the_streams_validation_clips_crops_and_flips(modality, one_
             np.testing.assert_allclose(feats, model.features(x).numpy(), rtol=1e-4, atol=1e-4)
         # An end crop of a mirrored clip, built by hand from the stored images.
         start = views[1].start
-        raw = video.rgb(range(start, start + CLIP_LEN)) if modality == "rgb" else video.flow(range(start, start + CLIP_LEN))
+        frames = range(start, start + CLIP_LEN)
+        raw = video.rgb(frames) if modality == "rgb" else video.flow(frames)
         clip = transforms.hflip(transforms.three_crop(raw, TRAIN_CFG.crop)[2], modality)
         expected = model(transforms.to_tensor(clip, modality)[None]).detach().numpy()
         np.testing.assert_allclose(runner.run(video, [View(start, "end", True)])[0], expected, rtol=1e-4, atol=1e-4)
