@@ -141,7 +141,7 @@ def _suggest(name: str, known: typing.Iterable[str], section: str = "") -> str:
     close = difflib.get_close_matches(name, list(known), n=1)
     if not close:
         return ""
-    return f" (did you mean {section + '.' if section else ''}{close[0]!r}?)"
+    return f" (did you mean {(section + '.' if section else '') + close[0]!r}?)"
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -39,7 +39,8 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
                          capture_output=True, text=True, cwd=REPO)
     assert run.returncode == 2
     assert "Traceback" not in run.stderr
-    assert run.stderr.startswith("error: ") and "flow.bund" in run.stderr and str(bad) in run.stderr
+    # the whole line, suggestion quoted as one key (it once printed flow.'bound')
+    assert run.stderr == f"error: {bad}: unknown key 'flow.bund' (did you mean 'flow.bound'?)\n"
 
 
 def test_missing_dataset_root_is_a_clear_error(tmp_path, capsys):

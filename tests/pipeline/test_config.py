@@ -47,7 +47,7 @@ def test_list_override():
 
 
 @pytest.mark.parametrize("text, needle", [
-    ("[flow]\nbund = 20\n", "unknown key 'flow.bund' (did you mean flow.'bound'?)"),
+    ("[flow]\nbund = 20\n", "unknown key 'flow.bund' (did you mean 'flow.bound'?)"),
     ("[flw]\nbound = 20\n", "unknown key 'flw' (did you mean 'flow'?)"),
     ("[flow]\nbound = \"far\"\n", "flow.bound must be float, got 'far'"),
     ("[flow]\njobs = 1.5\n", "flow.jobs must be int, got 1.5"),
