@@ -83,8 +83,8 @@ def _runs(indices: Iterable[int]) -> list[tuple[int, int]]:
     return runs
 
 
-def decode_for_views(path: Path | str, flow_cfg: FlowConfig, clip_lens: dict[str, int],
-                     views_for: ViewsFor) -> tuple[DecodedVideo, dict[str, list[View]]]:
+def decode_for_views(path: Path | str, flow_cfg: FlowConfig, clip_lens: dict[str, int], views_for: ViewsFor,
+                     on_flow: Callable[[int, int], None] | None = None) -> tuple[DecodedVideo, dict[str, list[View]]]:
     """Decode `path` at `flow_cfg.size` for the streams in `clip_lens` ({"rgb": 16, "flow": 16}) and
     compute the flow their views need. Returns the video and each stream's views.
 
@@ -92,7 +92,8 @@ def decode_for_views(path: Path | str, flow_cfg: FlowConfig, clip_lens: dict[str
     count (containers estimating it from the duration are often a frame off), the video is decoded
     again for the views of the true count. FlowError naming the file when it cannot be decoded, is
     truncated (beyond `flow_cfg.missing_frames_tolerance`), or has a single frame and a flow stream is
-    asked for.
+    asked for. `on_flow(pairs done, pairs needed)` is called before the flow and after each run of
+    pairs (a progress bar's hook: TV-L1 is most of the time on a long video).
     """
     path = Path(path)
     reader = VideoReader(path, flow_cfg.size)
@@ -109,10 +110,14 @@ def decode_for_views(path: Path | str, flow_cfg: FlowConfig, clip_lens: dict[str
     flows: dict[int, np.ndarray] = {}
     if needed_flows:
         backend = make_backend(flow_cfg)
+        if on_flow:
+            on_flow(0, len(needed_flows))
         for first, last in _runs(needed_flows):
             gray = to_gray(np.stack([frames[i] for i in range(first, last + 2)]))
             for offset, field in enumerate(encode(backend.compute(gray), flow_cfg.bound)):
                 flows[first + offset] = field
+            if on_flow:
+                on_flow(len(flows), len(needed_flows))
     return DecodedVideo(path, num_frames, frames, flows), views
 
 

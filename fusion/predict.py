@@ -7,6 +7,10 @@ exactly as `make eval` does. A stream's video scores are its views' averaged raw
 fused scores are `fusion.fuse.fuse` of the two, the weighted mean with `fusion_weights` (RGB 1 :
 flow 1.5 by default), the very function `make eval` fuses with. Shown are probabilities: raw scores
 go through a softmax (fusion.fuse.probabilities).
+
+Progress goes to stderr (tqdm, with an ETA): a bar over the videos when there are several, and per
+video one over the flow pairs TV-L1 computes, then over the views each stream scores. It is off when
+stderr is not a terminal or when asked (`--no-progress`); stdout carries only the predictions.
 """
 from __future__ import annotations
 
@@ -104,17 +108,33 @@ def _top(probabilities: np.ndarray, classes: Sequence[str], k: int) -> list[tupl
 
 
 def predict_video(path: Path, streams: Sequence[Stream], flow_cfg: FlowConfig, cfg: EvalConfig,
-                  top_k: int = 5) -> Prediction:
-    """Score one video with every stream and fuse; FlowError if the video cannot be decoded."""
+                  top_k: int = 5, progress: bool = False) -> Prediction:
+    """Score one video with every stream and fuse; FlowError if the video cannot be decoded.
+    `progress`: a bar on stderr over the flow pairs, then over the views scored."""
     def views_for(modality: str, length: int) -> list[View]:
         return score_views(length, next(s.clip_len for s in streams if s.name == modality), cfg.clips, cfg.crops)
 
-    video, views = decode_for_views(path, flow_cfg, {s.name: s.clip_len for s in streams}, views_for)
-    with video:
-        scores = {}
-        for s in streams:
-            logits, _ = s.runner.run(video, views[s.name])
-            scores[s.name] = fuse.video_scores(logits, cfg.fusion_scores)
+    def phase(what: str, total: int, unit: str) -> None:  # a new count, and a new ETA
+        bar.set_description(f"{name}: {what}", refresh=False)
+        bar.unit, bar.bar_format = unit, None
+        bar.reset(total=total)
+
+    def flow_done(done: int, needed: int) -> None:
+        if done == 0:
+            phase("flow", needed, "pair")
+        bar.update(done - bar.n)
+
+    name = shown(Path(path).name)
+    with tqdm(desc=f"{name}: decode", bar_format="{desc} [{elapsed}]", leave=False, dynamic_ncols=True,
+              disable=not progress) as bar:
+        video, views = decode_for_views(path, flow_cfg, {s.name: s.clip_len for s in streams}, views_for,
+                                        on_flow=flow_done)
+        with video:
+            scores = {}
+            for s in streams:
+                phase(f"{s.name} views", len(set(views[s.name])), "view")
+                logits, _ = s.runner.run(video, views[s.name], on_batch=bar.update)
+                scores[s.name] = fuse.video_scores(logits, cfg.fusion_scores)
     classes = streams[0].checkpoint.classes
     prediction = Prediction(shown(path), video.num_frames)  # printable even for a non-UTF-8 name
     for name, value in scores.items():
@@ -126,9 +146,10 @@ def predict_video(path: Path, streams: Sequence[Stream], flow_cfg: FlowConfig, c
 
 
 def predict(videos: Sequence[Path | str], checkpoints: dict[str, Path], flow_cfg: FlowConfig, cfg: EvalConfig,
-            top_k: int = 5) -> list[Prediction]:
+            top_k: int = 5, progress: bool | None = None) -> list[Prediction]:
     """Predictions for every video, in order; a video that cannot be read gets its error and the
-    others go on. FusionError if none could be scored."""
+    others go on. FusionError if none could be scored. `progress`: bars on stderr (None: when stderr
+    is a terminal)."""
     if top_k < 1:
         raise FusionError(f"--top must be >= 1, got {top_k}")
     try:
@@ -138,11 +159,13 @@ def predict(videos: Sequence[Path | str], checkpoints: dict[str, Path], flow_cfg
         raise FusionError(f"settings: {e}") from None
     streams = load_streams({k: Path(v) for k, v in checkpoints.items()}, cfg)
     check_flow(streams, config_flow_settings(flow_cfg), "the [flow] settings predict computes flow with")
+    if progress is None:
+        progress = sys.stderr.isatty()
     predictions = []
     for path in tqdm([Path(v) for v in videos], desc="predict", unit="video", leave=False,
-                     disable=len(videos) < 2):
+                     disable=not progress or len(videos) < 2):
         try:
-            predictions.append(predict_video(path, streams, flow_cfg, cfg, top_k))
+            predictions.append(predict_video(path, streams, flow_cfg, cfg, top_k, progress))
         except (FlowError, StreamsError, OSError) as e:
             predictions.append(Prediction(shown(path), 0, error=shown(" ".join(str(e).split()))))
     if all(p.error for p in predictions):
@@ -174,10 +197,12 @@ def format_predictions(predictions: Sequence[Prediction], as_json: bool = False)
 
 
 def run_predict(videos: Sequence[Path | str], checkpoints: dict[str, Path], flow_cfg: FlowConfig,
-                cfg: EvalConfig, top_k: int = 5, as_json: bool = False) -> list[Prediction]:
-    """The `predict` stage: score the videos and print the top classes (JSON with `as_json`)."""
+                cfg: EvalConfig, top_k: int = 5, as_json: bool = False,
+                progress: bool | None = None) -> list[Prediction]:
+    """The `predict` stage: score the videos and print the top classes (JSON with `as_json`) on
+    stdout; progress bars on stderr (`progress`, None: when stderr is a terminal)."""
     started = time.monotonic()
-    predictions = predict(videos, checkpoints, flow_cfg, cfg, top_k)
+    predictions = predict(videos, checkpoints, flow_cfg, cfg, top_k, progress)
     print(format_predictions(predictions, as_json), flush=True)
     if not as_json:
         failed = sum(1 for p in predictions if p.error)

@@ -8,7 +8,7 @@ train=False): resize to the training `resize` (or the middle of `scale_jitter`),
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,10 +59,12 @@ class StreamRunner:
         self.batch_views = batch_views
         self.device = device
 
-    def run(self, video: VideoFrames, views: Sequence[View]) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, video: VideoFrames, views: Sequence[View],
+            on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(logits float32 [V, C], pool5 float32 [V, D]) for `views`, in their order.
 
         Repeated views are computed once; views sharing a clip share its decoding and resizing.
+        `on_batch(n)` is called after each batch of n distinct views (a progress bar's hook).
         """
         distinct = sorted(set(views))
         row = {view: i for i, view in enumerate(distinct)}
@@ -74,6 +76,8 @@ class StreamRunner:
                 feat = self.model.features(x)
                 logits.append(self.model.fc(feat).float().cpu().numpy())
                 features.append(feat.float().cpu().numpy())
+            if on_batch:
+                on_batch(len(batch))
         logits_all, features_all = np.concatenate(logits), np.concatenate(features)
         order = [row[v] for v in views]
         return logits_all[order], features_all[order]

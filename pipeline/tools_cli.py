@@ -49,6 +49,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--flow", type=Path, default=None, help="flow stream checkpoint")
     p.add_argument("--top", type=int, default=5, help="classes shown per stream (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars on stderr (they are off anyway when stderr is not a terminal)")
     _config_args(p)
 
     p = subparsers.add_parser("features", help=HELP["features"], description=HELP["features"])
@@ -107,7 +109,8 @@ def run(args: argparse.Namespace, cfg: Config | None = None) -> None:
         if args.stage == "predict":
             from fusion.predict import run_predict
 
-            run_predict(args.videos, _checkpoints(args), cfg.flow, cfg.eval, args.top, args.json)
+            run_predict(args.videos, _checkpoints(args), cfg.flow, cfg.eval, args.top, args.json,
+                        progress=False if args.no_progress else None)
         else:
             from fusion.extract import extract_features
 

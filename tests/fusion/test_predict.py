@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -16,9 +17,9 @@ from flow.stage import FlowJob, run_flow
 from flow.store import open_store
 from fusion import fuse
 from fusion.config import EvalConfig
-from fusion.decoded import decode_for_views
+from fusion.decoded import decode_for_views, positions
 from fusion.errors import FusionError
-from fusion.predict import format_predictions, load_streams, predict, predict_video
+from fusion.predict import format_predictions, load_streams, predict, predict_video, run_predict
 from fusion.scoring import ClipGeometry, StreamRunner
 from fusion.views import score_views
 from streams.checkpoint import load_checkpoint
@@ -161,3 +162,26 @@ def test_predict_on_real_clips(shared_data, tiny_checkpoints, name, frames):
     for top in prediction.top.values():
         assert len(top) == 3 and all(0.0 <= p <= 1.0 for _, p in top)
         assert sum(p for _, p in top) == pytest.approx(1.0)  # 3 classes: the top-5 holds them all
+
+
+def test_progress_bars_go_to_stderr_and_leave_stdout_unchanged(tmp_path, tiny_checkpoints, capsys):
+    video = write_avi(tmp_path / "v.avi")
+    ckpts, cfg = checkpoints(tiny_checkpoints), EvalConfig(clips=3, crops="three")
+    run_predict([video], ckpts, FAST_FLOW, cfg, top_k=2, as_json=True, progress=False)
+    quiet = capsys.readouterr()
+    assert quiet.err == ""
+    run_predict([video], ckpts, FAST_FLOW, cfg, top_k=2, as_json=True, progress=True)
+    shown_bars = capsys.readouterr()
+    assert shown_bars.out == quiet.out  # the JSON document, byte for byte
+    assert json.loads(shown_bars.out)[0]["video"] == str(video)
+    # A bar over the flow pairs of 3 clips, then one over the 3 clips x 3 crops of each stream.
+    clip_len = load_checkpoint(ckpts["flow"])[1].train_config["clip_len"]
+    pairs = len(positions(score_views(11, clip_len, 3, "three"), clip_len, 11))  # 12 frames, 11 flows
+    assert "v.avi: decode [" in shown_bars.err
+    assert re.search(rf"v\.avi: flow: +0%\|.*\| 0/{pairs} \[.*pair/s\]", shown_bars.err)
+    for stream in ("rgb", "flow"):
+        assert re.search(rf"v\.avi: {stream} views: +0%\|.*\| 0/9 \[.*view/s\]", shown_bars.err)
+    # Off by default when stderr is not a terminal (as under pytest): the text mode's stdout alone.
+    run_predict([video], ckpts, FAST_FLOW, cfg, top_k=2)
+    plain = capsys.readouterr()
+    assert plain.err == "" and plain.out.startswith(f"{video} (12 frames)")
