@@ -30,7 +30,7 @@ from fusion.config import EvalConfig
 from fusion.report import save_npz
 from fusion.scoring import ClipGeometry, StreamRunner, num_positions
 from fusion.views import feature_views, score_views
-from streams.checkpoint import load_checkpoint
+from streams.checkpoint import load_stream
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def _init_worker(store_root: Path, specs: Sequence[StreamSpec], cfg: EvalConfig,
         torch.set_num_threads(1)
     runners = []
     for spec in specs:
-        model, _ = load_checkpoint(spec.checkpoint, map_location="cpu")
+        model, _ = load_stream(spec.checkpoint)
         runners.append((spec, StreamRunner(model, spec.name, spec.geometry, cfg.batch_views, device)))
     _WORKER.update(store=open_store(store_root), runners=runners, cfg=cfg)
 

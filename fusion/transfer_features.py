@@ -54,7 +54,7 @@ from fusion.errors import FusionError
 from fusion.fuse import softmax
 from fusion.scoring import ClipGeometry, StreamRunner
 from fusion.views import View, feature_views
-from streams.checkpoint import file_sha256, final_checkpoint, load_checkpoint
+from streams.checkpoint import file_sha256, load_stream, stream_path
 from streams.errors import StreamsError
 from streams.p3d import P3D
 
@@ -90,12 +90,11 @@ def transfer_geometry(train_config: dict) -> ClipGeometry:
 def load_stream_spec(name: str, path: Path | str) -> StreamSpec:
     """Check a checkpoint (a file, or a training folder standing for its last.pt) as the `name`
     stream; StreamsError / FusionError naming the file when it is not one."""
-    path = Path(path)
-    if path.is_dir():
-        path = final_checkpoint(path)
-    _, ckpt = load_checkpoint(path, map_location="cpu")  # builds the model: its weights must fit
-    if ckpt.modality != name:
-        raise FusionError(f"{path} is a {ckpt.modality} stream checkpoint, given as the {name} stream")
+    path = stream_path(path)
+    try:
+        _, ckpt = load_stream(path, modality=name)  # builds the model: its weights must fit
+    except StreamsError as e:
+        raise FusionError(str(e)) from None
     return StreamSpec(name, path, file_sha256(path), transfer_geometry(ckpt.train_config), ckpt.num_classes)
 
 
@@ -315,7 +314,7 @@ def _init_worker(settings: _WorkerSettings) -> None:
         torch.set_num_threads(1)
     runners = {}
     for spec in settings.streams:
-        model, _ = load_checkpoint(spec.checkpoint, map_location="cpu")
+        model, _ = load_stream(spec.checkpoint)
         runner = StreamRunner(model, spec.name, spec.geometry, settings.batch_views, settings.device)
         runners[spec.name] = (spec, runner, LayerTap(runner.model))
     store = open_store(settings.store_root) if settings.store_root is not None else None

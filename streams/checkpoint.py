@@ -241,13 +241,17 @@ def load_stream(path: Path | str, modality: str | None = None,
     """The one way to open a stream for use (eval, predict, features, export): `path` is a checkpoint
     file or a training run folder, which stands for its finished model (`last.pt`). With `modality`,
     a checkpoint of the other stream is refused. StreamsError naming the file otherwise."""
-    path = Path(path)
-    if path.is_dir():
-        path = final_checkpoint(path)
+    path = stream_path(path)
     model, ckpt = load_checkpoint(path, map_location)
     if modality is not None and ckpt.modality != modality:
         raise StreamsError(f"checkpoint {path} is a {ckpt.modality} stream but was given as the {modality} stream")
     return model, ckpt
+
+
+def stream_path(path: Path | str) -> Path:
+    """The checkpoint file a stream argument names: the file itself, or a run folder's `last.pt`."""
+    path = Path(path)
+    return final_checkpoint(path) if path.is_dir() else path
 
 
 def final_checkpoint(train_dir: Path | str) -> Path:
