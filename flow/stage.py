@@ -30,13 +30,13 @@ from typing import Any
 import cv2
 import joblib
 import numpy as np
-from tqdm import tqdm
 
 from flow.atomic import DiskFullError, disk_full, is_disk_full
 from flow.config import FlowConfig
 from flow.encoding import encode
 from flow.errors import FlowError, shown
 from flow.manifest import VideoResult, manifest_name, read_manifest, write_manifest
+from flow.progress import progress_bar
 from flow.rawframes import import_video, survey
 from flow.store import STORE_FILE, OtherSettingsError, Store, check_video_id, create_store, open_store
 from flow.tvl1 import OpenCVTVL1, to_gray
@@ -476,7 +476,7 @@ def run_flow(videos: Sequence[FlowJob], out_dir: Path, cfg: FlowConfig, *, shard
     failures: list[tuple[str, str]] = list(refused)
     last_write = start
     try:
-        with tqdm(total=len(todo), desc="flow", unit="video", dynamic_ncols=True) as bar:
+        with progress_bar(total=len(todo), desc="flow", unit="video") as bar:
             for row, fresh in results:
                 rows[row.video_id] = row
                 if row.status == "done" and not fresh:

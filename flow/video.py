@@ -10,6 +10,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -20,6 +21,21 @@ from flow.errors import FlowError, shown
 # What the dataset readers and `features` take for a video file: containers OpenCV's FFmpeg decodes.
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
                     ".3gp", ".ogv", ".gif")
+
+
+@contextmanager
+def opencv_single_thread() -> Iterator[None]:
+    """OpenCV on one thread inside the block; for a process about to fork workers that use OpenCV.
+
+    OpenCV's thread pool does not survive fork: a forked child that uses or reconfigures it waits
+    forever on pool threads that exist only in the parent. With the pool shut down before the fork,
+    the children inherit one thread (they are the parallelism)."""
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
 
 
 def parse_size(size: str) -> tuple[int, int] | int | None:

@@ -22,11 +22,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from flow.atomic import atomic_path
 from flow.config import FlowConfig
 from flow.errors import FlowError, shown
+from flow.progress import progress_bar
 from flow.stage import config_flow_settings
 from flow.video import VIDEO_EXTENSIONS
 from fusion import svm
@@ -182,7 +182,7 @@ def extract_features(source: Path | str, checkpoints: dict[str, Path], out: Path
     features: dict[str, dict[str, np.ndarray]] = {}
     failures: list[tuple[str, str]] = []
     computed = resumed = 0
-    for video_id, path in tqdm(videos, desc="features", unit="video", dynamic_ncols=True):
+    for video_id, path in progress_bar(videos, desc="features", unit="video"):
         part = _part_path(parts, video_id)
         got = _read_part(part, video_id, path, names) if path.is_file() else None
         if got is not None:

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from flow.atomic import DiskFullError
 from flow.errors import FlowError
+from flow.progress import progress_bar
 from flow.store import Store, open_store
+from flow.video import opencv_single_thread
 from fusion.config import EvalConfig
 from fusion.report import save_npz
 from fusion.scoring import ClipGeometry, StreamRunner, num_positions
@@ -109,7 +110,7 @@ def _compute(store_root: Path, specs: Sequence[StreamSpec], tasks: Sequence[tupl
              cfg: EvalConfig, device: torch.device) -> dict[str, str]:
     jobs = min(_jobs(cfg, device), len(tasks))
     failed = {}
-    bar = tqdm(total=len(tasks), desc="eval: network", unit="video", leave=False)
+    bar = progress_bar(total=len(tasks), desc="eval: network", unit="video", leave=False)
     if jobs == 1:
         threads = torch.get_num_threads()
         try:
@@ -126,7 +127,8 @@ def _compute(store_root: Path, specs: Sequence[StreamSpec], tasks: Sequence[tupl
         # used): a spawned worker would first spend seconds importing torch again.
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         context = multiprocessing.get_context(method)
-        with context.Pool(jobs, initializer=_init_worker, initargs=(store_root, specs, cfg, device)) as pool:
+        with opencv_single_thread(), context.Pool(jobs, initializer=_init_worker,
+                                                  initargs=(store_root, specs, cfg, device)) as pool:
             for video_id, error in pool.imap_unordered(_work, tasks):
                 bar.update()
                 if error:

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from flow.config import FlowConfig
 from flow.device import resolve_device
 from flow.errors import FlowError, shown
+from flow.progress import progress_bar
 from flow.stage import config_flow_settings
 from fusion import fuse
 from fusion.config import EvalConfig
@@ -125,7 +125,7 @@ def predict_video(path: Path, streams: Sequence[Stream], flow_cfg: FlowConfig, c
         bar.update(done - bar.n)
 
     name = shown(Path(path).name)
-    with tqdm(desc=f"{name}: decode", bar_format="{desc} [{elapsed}]", leave=False, dynamic_ncols=True,
+    with progress_bar(desc=f"{name}: decode", bar_format="{desc} [{elapsed}]", leave=False,
               disable=not progress) as bar:
         video, views = decode_for_views(path, flow_cfg, {s.name: s.clip_len for s in streams}, views_for,
                                         on_flow=flow_done)
@@ -162,7 +162,7 @@ def predict(videos: Sequence[Path | str], checkpoints: dict[str, Path], flow_cfg
     if progress is None:
         progress = sys.stderr.isatty()
     predictions = []
-    for path in tqdm([Path(v) for v in videos], desc="predict", unit="video", leave=False,
+    for path in progress_bar([Path(v) for v in videos], desc="predict", unit="video", leave=False,
                      disable=not progress or len(videos) < 2):
         try:
             predictions.append(predict_video(path, streams, flow_cfg, cfg, top_k, progress))

@@ -42,13 +42,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from flow.atomic import atomic_path
 from flow.config import FlowConfig
 from flow.device import resolve_device
 from flow.errors import FlowError
+from flow.progress import progress_bar
 from flow.store import Store, open_store
+from flow.video import opencv_single_thread
 from fusion.decoded import decode_for_views
 from fusion.errors import FusionError
 from fusion.fuse import softmax
@@ -285,7 +286,7 @@ def _jobs(jobs: int, device: torch.device) -> int:
 def _run(todo: list, settings: _WorkerSettings, jobs: int, desc: str):
     """Yields (video_id, {stream: "" or why it failed}) as the videos finish, with a progress bar."""
     workers = min(_jobs(jobs, settings.device), len(todo))
-    with tqdm(total=len(todo), desc=desc, unit="video", dynamic_ncols=True) as bar:
+    with progress_bar(total=len(todo), desc=desc, unit="video") as bar:
         if workers == 1:
             threads = torch.get_num_threads()
             try:
@@ -299,8 +300,8 @@ def _run(todo: list, settings: _WorkerSettings, jobs: int, desc: str):
             return
         # Forked, one torch thread each, as fusion.outputs does for `make eval` (see its docstring).
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        with multiprocessing.get_context(method).Pool(workers, initializer=_init_worker,
-                                                      initargs=(settings,)) as pool:
+        with opencv_single_thread(), multiprocessing.get_context(method).Pool(
+                workers, initializer=_init_worker, initargs=(settings,)) as pool:
             for result in pool.imap_unordered(_work, todo):
                 yield result
                 bar.update()

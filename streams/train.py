@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,8 +37,10 @@ from tqdm import tqdm
 
 from flow.atomic import disk_full, is_disk_full, write_text
 from flow.errors import FlowError
+from flow.progress import progress_bar
 from flow.stage import flow_settings
 from flow.store import Store, open_store
+from flow.video import opencv_single_thread
 from streams import distributed, transforms
 from streams.checkpoint import (
     LAST,
@@ -100,8 +101,9 @@ def train_stream(store_dir: Path, train_items: list[tuple[str, int]], val_items:
     threads = torch.get_num_threads()
     try:
         try:
-            return _train(store, train_items, val_items, list(classes), modality, model_cfg, train_cfg,
-                          Path(out_dir), ctx, on_start)
+            with opencv_single_thread():  # DataLoader workers are forked and use OpenCV
+                return _train(store, train_items, val_items, list(classes), modality, model_cfg, train_cfg,
+                              Path(out_dir), ctx, on_start)
         finally:
             torch.set_num_threads(threads)
             distributed.teardown(ctx)
@@ -255,8 +257,8 @@ def _fit(run: Run, state: Progress, train_loader: DataLoader, sampler: EpochSamp
     cfg, ctx, out_dir = run.cfg, run.ctx, run.checkpoints.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     limit = run.total_steps if not cfg.max_steps else min(run.total_steps, cfg.max_steps)
-    bar = tqdm(total=run.total_steps, initial=state.step, desc=f"train {run.modality}", unit="step",
-               disable=not (cfg.progress and ctx.is_main), dynamic_ncols=True)
+    bar = progress_bar(total=run.total_steps, initial=state.step, desc=f"train {run.modality}", unit="step",
+                       disable=not (cfg.progress and ctx.is_main))
     try:
         while state.step < limit:
             if not train_one_epoch(run, state, train_loader, sampler, limit, bar):
@@ -332,8 +334,8 @@ def evaluate(run: Run, loader: DataLoader) -> dict[str, float]:
     clip_correct = clip_count = video_correct = video_count = loss_sum = 0.0
     k = run.cfg.val_clips
     scores, video_labels = [], []
-    bar = tqdm(loader, desc=f"val {run.modality}", unit="batch", leave=False, dynamic_ncols=True,
-               disable=not (run.cfg.progress and run.ctx.is_main))
+    bar = progress_bar(loader, desc=f"val {run.modality}", unit="batch", leave=False,
+                       disable=not (run.cfg.progress and run.ctx.is_main))
     for clips, labels in bar:
         x = transforms.normalize(clips.to(run.ctx.device, non_blocking=True), run.modality)
         if run.channels_last:
@@ -725,7 +727,8 @@ def training_set_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
 
 
 def _worker_init(_: int) -> None:
-    cv2.setNumThreads(1)  # workers are processes already; cv2's own threads would oversubscribe
+    # Workers are processes already: one thread each. (OpenCV's single thread is inherited from
+    # train_stream: cv2.setNumThreads after the fork can deadlock, see flow.video.opencv_single_thread.)
     torch.set_num_threads(1)
 
 

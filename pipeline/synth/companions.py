@@ -30,9 +30,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from flow.atomic import atomic_path, write_text
+from flow.progress import progress_bar
 from pipeline.errors import PipelineError
 from pipeline.synth.config import SynthConfig
 from pipeline.synth.design import APPEARANCES, MOTIONS
@@ -159,7 +159,7 @@ def generate_companions(root: Path | str, seed: int = 0) -> CompanionsSummary:
                           ASLAN_SHORT_FRAMES],
                 "activitynet": [ANET_VIDEOS, ANET_SEGMENT], "scenes": [SCENE_VIDEOS, SCENE_FRAMES]}
     written, kept = [], []
-    for k, name in enumerate(tqdm(SETS, desc="companions", unit="set", leave=False)):
+    for k, name in enumerate(progress_bar(SETS, desc="companions", unit="set", leave=False)):
         folder = root / name
         marker = folder / MARKER
         if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == settings:

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from flow.atomic import atomic_path, write_text
 from flow.formats import write_flo
+from flow.progress import progress_bar
 from pipeline.errors import PipelineError
 from pipeline.synth.config import SynthConfig
 from pipeline.synth.render import render_clip
@@ -56,7 +57,7 @@ def generate(cfg: SynthConfig, out_root: Path, *, force: bool = False) -> SynthS
     jobs = [(c, g, k) for c in range(len(classes)) for g in range(1, cfg.groups + 1)
             for k in range(1, cfg.clips_per_group + 1)]
     generated = 0
-    for class_index, group, clip in tqdm(jobs, desc="synth", unit="video"):
+    for class_index, group, clip in progress_bar(jobs, desc="synth", unit="video"):
         name = video_name(classes[class_index], group, clip)
         video = out_root / "videos" / classes[class_index] / f"{name}.avi"
         if video.is_file():

@@ -129,3 +129,41 @@ def test_frames_larger_than_max_pixels_are_refused_before_decoding(tmp_path):
     small = VideoReader(path, "32x24", max_pixels=768)  # the limit applies after resizing
     assert next(small.chunks(3, 3)).shape == (3, 24, 32, 3)
     assert next(VideoReader(path, "", max_pixels=0).chunks(3, 3)).shape == (3, 48, 64, 3)  # 0: no limit
+
+
+def test_progress_bars_write_a_line_per_interval_into_a_log_file(monkeypatch):
+    # A batch job's stderr is a file: the bar must not redraw thousands of times into it.
+    import io
+
+    from flow import progress
+    log = io.StringIO()
+    monkeypatch.setattr(progress.sys, "stderr", log)
+    bar = progress.progress_bar(range(5000), file=log, desc="flow")
+    assert bar.mininterval == progress.LOG_INTERVAL
+    for _ in bar:
+        pass
+    assert log.getvalue().count("\r") <= 3 and "5000/5000" in log.getvalue()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_a_child_forked_inside_opencv_single_thread_can_reconfigure_opencv():
+    # Without the helper, the child's cv2.setNumThreads waits forever on the parent's pool threads.
+    script = """
+import os, cv2, numpy as np
+from flow.video import opencv_single_thread
+cv2.setNumThreads(4)
+img = np.random.rand(2000, 2000).astype(np.float32)
+for _ in range(5):
+    cv2.GaussianBlur(img, (31, 31), 5)
+with opencv_single_thread():
+    pid = os.fork()
+    if pid == 0:
+        cv2.setNumThreads(1)
+        cv2.GaussianBlur(img, (31, 31), 5)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status), cv2.getNumThreads())
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.split() == ["0", "4"], out.stderr[-2000:]

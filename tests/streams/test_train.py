@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -398,3 +399,26 @@ def test_tensorboard_without_the_package_is_one_clear_error(toy_store, tmp_path,
     with pytest.raises(StreamsError, match=r"train\.tensorboard = true needs the tensorboard package .*\[tb\]"):
         train_stream(root, train, val, CLASSES, "flow", *configs(tensorboard=True), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_forked_loader_workers_after_opencv_work_do_not_hang(toy_store, tmp_path):
+    # A forked child that reconfigures OpenCV's thread pool after the parent has used it waits forever:
+    # DataLoader workers did, after earlier OpenCV work in the same process (a pytest run, a notebook).
+    # train_stream shuts the pool down before forking (flow.video.opencv_single_thread).
+    root, train, val = toy_store
+    script = f"""
+import cv2, numpy as np
+from streams.train import train_stream
+from tests.streams.conftest import toy_configs
+cv2.setNumThreads(4)
+img = np.random.rand(2000, 2000).astype(np.float32)
+for _ in range(5):
+    cv2.GaussianBlur(img, (31, 31), 5)
+result = train_stream({str(root)!r}, {train!r}, {val!r}, ["up", "down"], "flow",
+                      *toy_configs(max_steps=2, workers=2), {str(tmp_path)!r})
+print(result.step, cv2.getNumThreads())
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.split()[-2:] == ["2", "4"], out.stderr[-2000:]
