@@ -15,6 +15,15 @@ def create_tvl1(cfg: FlowConfig) -> cv2.optflow.DualTVL1OpticalFlow:
         cfg.outer_iterations, cfg.scale_step, cfg.gamma, cfg.median_filtering, cfg.use_initial_flow)
 
 
+def check_grey_frames(frames_gray: np.ndarray) -> np.ndarray:
+    """The input every TV-L1 backend takes, uint8 [N, H, W] grey frames; FlowError otherwise."""
+    if not isinstance(frames_gray, np.ndarray) or frames_gray.dtype != np.uint8 or frames_gray.ndim != 3:
+        got = (f"{frames_gray.dtype} array of shape {list(frames_gray.shape)}"
+               if isinstance(frames_gray, np.ndarray) else type(frames_gray).__name__)
+        raise FlowError(f"TV-L1 input must be uint8 [N, H, W] grey frames, got {got}")
+    return frames_gray
+
+
 class OpenCVTVL1:
     """`compute(frames_gray [N, H, W] uint8) -> [N-1, H, W, 2] float32`, flow `i` from frame `i` to
     `i + 1` in px, x then y. With `use_initial_flow` each pair starts from the previous pair's flow
@@ -25,10 +34,7 @@ class OpenCVTVL1:
         self._tvl1 = create_tvl1(cfg)
 
     def compute(self, frames_gray: np.ndarray) -> np.ndarray:
-        frames_gray = np.asarray(frames_gray)
-        if frames_gray.dtype != np.uint8 or frames_gray.ndim != 3:
-            raise FlowError(f"TV-L1 input must be uint8 [N, H, W] grey frames, got "
-                            f"{frames_gray.dtype} {list(frames_gray.shape)}")
+        frames_gray = check_grey_frames(frames_gray)
         n, h, w = frames_gray.shape
         # OpenCV lowers its own scale count for good after an image too small for the pyramid, so
         # a small video would quietly coarsen every later one that this solver computes.

@@ -14,6 +14,7 @@ import numpy as np
 
 from flow.config import FlowConfig
 from flow.errors import FlowError
+from flow.tvl1 import check_grey_frames
 from flow.tvl1_fast_kernels import inner_iterations, inner_iterations_gamma
 
 
@@ -59,10 +60,7 @@ class FastTVL1:
 
     def compute(self, frames_gray: np.ndarray) -> np.ndarray:
         """All consecutive pairs of one video: uint8 `[N, H, W]` -> float32 `[N-1, H, W, 2]`."""
-        if not isinstance(frames_gray, np.ndarray) or frames_gray.dtype != np.uint8 or frames_gray.ndim != 3:
-            got = (f"{frames_gray.dtype} array of shape {list(frames_gray.shape)}"
-                   if isinstance(frames_gray, np.ndarray) else type(frames_gray).__name__)
-            raise FlowError(f"TV-L1 input must be uint8 [N, H, W] grey frames, got {got}")
+        check_grey_frames(frames_gray)
         n, h, w = frames_gray.shape
         out = np.zeros((max(n - 1, 0), h, w, 2), np.float32)
         for i in range(n - 1):

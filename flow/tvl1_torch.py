@@ -20,6 +20,7 @@ import torch
 from flow.config import FlowConfig
 from flow.device import resolve_device
 from flow.errors import FlowError
+from flow.tvl1 import check_grey_frames
 from flow.tvl1_torch_ops import (
     centred_gradient,
     divergence,
@@ -315,10 +316,7 @@ class TorchTVL1:
         so no pair is lost), which bounds memory for videos of any length. With
         `cfg.use_initial_flow` each pair starts from the previous pair's flow, as in OpenCVTVL1.
         """
-        if not isinstance(frames_gray, np.ndarray) or frames_gray.dtype != np.uint8 or frames_gray.ndim != 3:
-            got = (f"{frames_gray.dtype} array of shape {frames_gray.shape}"
-                   if isinstance(frames_gray, np.ndarray) else type(frames_gray).__name__)
-            raise FlowError(f"compute: expected grey frames as a uint8 array [N, H, W], got {got}")
+        check_grey_frames(frames_gray)
         n, h, w = frames_gray.shape
         flows = np.zeros((max(n - 1, 0), h, w, 2), np.float32)
         if self.cfg.use_initial_flow:

@@ -301,7 +301,7 @@ def test_use_initial_flow_chains_pairs_like_the_opencv_backend():
     np.zeros((3, 20, 20), np.float32), np.zeros((3, 20, 20, 1), np.uint8), [[[0]]],
 ], ids=["float", "4-d", "list"])
 def test_compute_rejects_what_is_not_grey_uint8(frames):
-    with pytest.raises(FlowError, match=r"uint8 array \[N, H, W\]"):
+    with pytest.raises(FlowError, match=r"uint8 \[N, H, W\] grey frames"):
         TorchTVL1(FlowConfig(), "cpu").compute(frames)
 
 
