@@ -255,8 +255,8 @@ def section_correctness(rec: Recorder, sz: Sizes, device: torch.device, args: ar
 
     os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # the image's plugins are not ours to depend on
     files = sorted((REPO / "tests" / "cuda").glob("test_*.py"), key=lambda p: ("ddp" in p.name, p.name))
-    # importlib mode: pytest's default puts tests/ first on sys.path, where tests/flow, tests/streams
-    # ... would shadow the packages of the same names unless the project is installed in editable mode.
+    # importlib mode: nothing of tests/ goes on sys.path, so no test folder can shadow a package of the
+    # same name (tests/ is a package for that reason too) whether or not the project is installed.
     code = pytest.main(["-m", "cuda", "-q", "-rs", "-p", "no:cacheprovider", "--import-mode=importlib",
                         *map(str, files)], plugins=[_TestRows(rec)])
     if code not in (0, 1):  # 1: tests failed, recorded as they ran
