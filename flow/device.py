@@ -17,6 +17,13 @@ import torch
 from flow.errors import FlowError
 
 
+def check_device_setting(setting: str) -> None:
+    """For a config's validate(): ValueError unless `setting` is spelled as a device setting. Whether
+    the GPU exists is checked where it is used (resolve_device), so a config stays loadable anywhere."""
+    if setting not in ("auto", "cpu") and not setting.startswith("cuda"):
+        raise ValueError(f"device: must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {setting!r}")
+
+
 def resolve_device(setting: str, key: str, local_rank: int = 0) -> torch.device:
     """`setting` of config key `key` (named in errors, e.g. "flow.device") as a torch device."""
     if setting == "cpu":

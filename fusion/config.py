@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from flow.device import check_device_setting
+
 CROPS = ("center", "three")
 FUSION_SCORES = ("softmax", "raw")
 
@@ -59,5 +61,4 @@ class EvalConfig:
             raise ValueError(f"svm_folds: must be >= 2, got {self.svm_folds}")
         if self.jobs < 0:
             raise ValueError(f"jobs: must be >= 0 (0 = one per core), got {self.jobs}")
-        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
-            raise ValueError(f"device: must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        check_device_setting(self.device)

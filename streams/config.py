@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from flow.device import check_device_setting
+
 ARCH_NAMES = ("p3d63", "p3d131", "p3d199", "p3d_small", "p3d_tiny")  # streams.p3d.ARCHS
 
 
@@ -122,5 +124,4 @@ class TrainConfig:
             raise ValueError(f"lr_steps: must be increasing epochs, got {self.lr_steps}")
         if self.amp not in ("bf16", "fp16", "off"):
             raise ValueError(f"amp: must be 'bf16', 'fp16' or 'off', got {self.amp!r}")
-        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
-            raise ValueError(f"device: must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        check_device_setting(self.device)

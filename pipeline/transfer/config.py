@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from flow.device import check_device_setting
 from pipeline.datasets.config import THREE_SPLIT_FORMATS, DatasetConfig
 
 # Protocols (fusion.transfer): the paper's per-benchmark evaluation.
@@ -62,8 +63,7 @@ class TransferConfig:
             raise ValueError(f"clips: must be >= 1, got {self.clips}")
         if self.batch_views < 1:
             raise ValueError(f"batch_views: must be >= 1, got {self.batch_views}")
-        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
-            raise ValueError(f"device: must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        check_device_setting(self.device)
         if self.jobs < 0:
             raise ValueError(f"jobs: must be >= 0 (0 = one per core), got {self.jobs}")
         if not self.cs or min(self.cs) <= 0:

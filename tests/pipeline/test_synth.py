@@ -271,6 +271,7 @@ def test_appearances_look_alike_in_grey():
     flow stream sees no difference between appearances."""
     colours = {name: palette(hue, OBJECT_GREY, 0.9) for name, hue in APPEARANCES.items()}
     for name, pair in colours.items():
+        # float64 throughout: grey levels of ~50-180 are exact to ~1e-13, so 1e-6 only absorbs rounding.
         assert np.allclose(pair @ GREY, OBJECT_GREY, atol=1e-6), name
         assert ((pair >= GAMUT[0]) & (pair <= GAMUT[1])).all()
     assert np.abs(colours["red"] - colours["blue"]).max() > 60  # but not alike in colour
