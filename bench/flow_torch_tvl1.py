@@ -32,12 +32,12 @@ import numpy as np
 import torch
 
 from flow.config import FlowConfig
-from flow.device import resolve_device
 from flow.evaluate import read_grey
 from flow.formats import read_flow
 from flow.tvl1 import OpenCVTVL1, create_tvl1, to_gray
 from flow.tvl1_torch import TorchTVL1
 from flow.video import VideoReader
+from p3dbase.device import resolve_device
 from pipeline.config import load_config
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -52,13 +52,13 @@ import torch
 from streams_train import train_rate  # bench/streams_train.py: the training-step timer
 from torch.utils.data import DataLoader
 
-from flow.atomic import write_text
 from flow.config import FlowConfig
 from flow.encoding import encode
 from flow.evaluate import evaluate_store, pooled
 from flow.store import create_store, write_video
 from flow.tvl1 import OpenCVTVL1, to_gray
 from flow.tvl1_torch import TorchTVL1
+from p3dbase.atomic import write_text
 from pipeline.synth.config import SynthConfig
 from pipeline.synth.render import render_clip
 from streams.clips import ClipDataset, EpochSampler

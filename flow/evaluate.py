@@ -31,9 +31,9 @@ from flow.config import FlowConfig
 from flow.encoding import decode
 from flow.errors import FlowError
 from flow.formats import read_flow
-from flow.overrides import check_value, parse_override
 from flow.store import open_store
 from flow.visualise import write_flow_png
+from p3dbase.overrides import check_value, parse_override
 
 THRESHOLDS = (0.1, 1.0, 3.0)
 
@@ -157,7 +157,7 @@ def write_csv(path: Path | str, rows: Sequence[EpeStats]) -> None:
 
 def config_with(overrides: Sequence[str]) -> FlowConfig:
     """FlowConfig defaults with `key=value` overrides in the grammar of `python -m pipeline --set`
-    (flow.overrides; the `flow.` prefix is optional), then checked by FlowConfig.validate."""
+    (p3dbase.overrides; the `flow.` prefix is optional), then checked by FlowConfig.validate."""
     hints = typing.get_type_hints(FlowConfig)
     changes = {}
     for item in overrides:

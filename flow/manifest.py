@@ -6,8 +6,9 @@ import io
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from flow.atomic import write_bytes
-from flow.errors import FlowError, shown
+from flow.errors import FlowError
+from p3dbase.atomic import write_bytes
+from p3dbase.errors import shown
 
 
 @dataclass
@@ -45,8 +46,8 @@ def format_manifest(rows: list[VideoResult]) -> bytes:
 
 
 def write_manifest(path: Path, rows: list[VideoResult]) -> None:
-    """Atomically (flow.atomic), and not at all when the content is unchanged; a full disk raises
-    flow.atomic.DiskFullError."""
+    """Atomically (p3dbase.atomic), and not at all when the content is unchanged; a full disk raises
+    p3dbase.atomic.DiskFullError."""
     data = format_manifest(rows)
     if path.exists() and path.read_bytes() == data:
         return

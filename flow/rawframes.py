@@ -31,9 +31,10 @@ import numpy as np
 
 from flow.config import FlowConfig
 from flow.encoding import decode, encode
-from flow.errors import FlowError, shown
+from flow.errors import FlowError
 from flow.store import VideoWriter
 from flow.video import output_size, resize
+from p3dbase.errors import shown
 
 _IMAGE = r"\.(?:jpe?g|png)"
 _RGB = re.compile(rf"^(?:img|image|frame|rgb)_(\d+){_IMAGE}$", re.IGNORECASE)

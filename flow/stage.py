@@ -31,16 +31,17 @@ import cv2
 import joblib
 import numpy as np
 
-from flow.atomic import DiskFullError, disk_full, is_disk_full
 from flow.config import FlowConfig
 from flow.encoding import encode
-from flow.errors import FlowError, shown
+from flow.errors import FlowError
 from flow.manifest import VideoResult, manifest_name, read_manifest, write_manifest
-from flow.progress import progress_bar
 from flow.rawframes import import_video, survey
 from flow.store import STORE_FILE, OtherSettingsError, Store, check_video_id, create_store, open_store
 from flow.tvl1 import OpenCVTVL1, to_gray
 from flow.video import VideoReader
+from p3dbase.atomic import DiskFullError, disk_full, is_disk_full
+from p3dbase.errors import shown
+from p3dbase.progress import progress_bar
 
 # [flow] fields that do not change what is written: a store made with other values of these is
 # still the same store.

@@ -32,8 +32,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from flow.atomic import TEMP_MARKER, fsync_dir, write_bytes, writer_token
 from flow.errors import FlowError
+from p3dbase.atomic import TEMP_MARKER, fsync_dir, write_bytes, writer_token
 
 STORE_FILE = "store.json"
 STORE_FORMAT = "p3d-two-stream flow store"

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from flow.config import FlowConfig
-from flow.device import resolve_device
 from flow.errors import FlowError
 from flow.tvl1 import check_grey_frames
 from flow.tvl1_torch_ops import (
@@ -31,6 +30,7 @@ from flow.tvl1_torch_ops import (
     scaled_epsilon,
     warp_cubic,
 )
+from p3dbase.device import resolve_device
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from flow.errors import FlowError, shown
+from flow.errors import FlowError
+from p3dbase.errors import shown
 
 # What the dataset readers and `features` take for a video file: containers OpenCV's FFmpeg decodes.
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",

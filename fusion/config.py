@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from flow.device import check_device_setting
+from p3dbase.device import check_device_setting
 
 CROPS = ("center", "three")
 FUSION_SCORES = ("softmax", "raw")

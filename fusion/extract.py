@@ -23,10 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flow.atomic import atomic_path
 from flow.config import FlowConfig
-from flow.errors import FlowError, shown
-from flow.progress import progress_bar
+from flow.errors import FlowError
 from flow.stage import config_flow_settings
 from flow.video import VIDEO_EXTENSIONS
 from fusion import svm
@@ -36,6 +34,9 @@ from fusion.errors import FusionError
 from fusion.predict import Stream, check_flow, load_streams
 from fusion.report import save_npz
 from fusion.views import feature_views
+from p3dbase.atomic import atomic_path
+from p3dbase.errors import shown
+from p3dbase.progress import progress_bar
 from streams.errors import StreamsError
 
 OUTPUT_SUFFIXES = (".npz", ".parquet")

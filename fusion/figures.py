@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from flow.atomic import atomic_write
 from flow.visualise import flow_to_colour
 from fusion import metrics
 from fusion.metrics import Labels
+from p3dbase.atomic import atomic_write
 
 SMALL = 30  # up to this many classes a confusion matrix shows every count and every name
 NAMED = 150  # up to this many every class name is a tick label; beyond, every k-th

@@ -22,15 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flow.atomic import DiskFullError
 from flow.errors import FlowError
-from flow.progress import progress_bar
 from flow.store import Store, open_store
 from flow.video import opencv_single_thread
 from fusion.config import EvalConfig
 from fusion.report import save_npz
 from fusion.scoring import ClipGeometry, StreamRunner, num_positions
 from fusion.views import feature_views, score_views
+from p3dbase.atomic import DiskFullError
+from p3dbase.progress import progress_bar
 from streams.checkpoint import load_stream
 
 

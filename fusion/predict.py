@@ -24,9 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from flow.config import FlowConfig
-from flow.device import resolve_device
-from flow.errors import FlowError, shown
-from flow.progress import progress_bar
+from flow.errors import FlowError
 from flow.stage import config_flow_settings
 from fusion import fuse
 from fusion.config import EvalConfig
@@ -34,6 +32,9 @@ from fusion.decoded import decode_for_views
 from fusion.errors import FusionError
 from fusion.scoring import ClipGeometry, StreamRunner
 from fusion.views import View, score_views
+from p3dbase.device import resolve_device
+from p3dbase.errors import shown
+from p3dbase.progress import progress_bar
 from streams.checkpoint import Checkpoint, check_flow_settings, load_stream
 from streams.errors import StreamsError
 from streams.transforms import MODALITIES
@@ -77,10 +78,7 @@ def load_streams(checkpoints: dict[str, Path], cfg: EvalConfig) -> list[Stream]:
     for name in MODALITIES:
         if name not in checkpoints:
             continue
-        try:
-            model, ckpt = load_stream(checkpoints[name], name)
-        except StreamsError as e:
-            raise FusionError(str(e)) from None
+        model, ckpt = load_stream(checkpoints[name], name)
         geometry = ClipGeometry.from_train_config(ckpt.train_config)
         streams.append(Stream(name, ckpt, StreamRunner(model, name, geometry, cfg.batch_views, device)))
     if len(streams) == 2 and streams[0].checkpoint.classes != streams[1].checkpoint.classes:
@@ -94,10 +92,7 @@ def check_flow(streams: Sequence[Stream], given: dict, where: str) -> None:
     of a store or config_flow_settings of `[flow]`): FusionError naming the differing keys that
     change what a stream is fed (streams.checkpoint.FLOW_DECISIVE); a warning line for the others."""
     for s in streams:
-        try:
-            warnings = check_flow_settings(s.checkpoint, given, where)
-        except StreamsError as e:
-            raise FusionError(str(e)) from None
+        warnings = check_flow_settings(s.checkpoint, given, where)
         for line in warnings:
             print(f"warning: {line}", file=sys.stderr, flush=True)
 

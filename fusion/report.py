@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flow import atomic
 from fusion import figures, metrics
 from fusion.metrics import Labels
+from p3dbase import atomic
 from streams.checkpoint import file_sha256
 
 COLUMNS = ["method", "clip_hit@1", "video_hit@1", "video_hit@5", "mean_class_acc", "mAP", "videos",
@@ -252,7 +252,7 @@ def write_excluded(path: Path, excluded: dict[str, str]) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Atomically (flow.atomic): a half-written file is never taken for done."""
+    """Atomically (p3dbase.atomic): a half-written file is never taken for done."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_text(path, text)
 

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flow.device import resolve_device
 from flow.errors import FlowError
 from flow.stage import flow_settings
 from flow.store import Store, open_store
@@ -32,6 +31,7 @@ from fusion.outputs import Outputs, StreamSpec, collect
 from fusion.predict import check_flow
 from fusion.report import MethodScores
 from fusion.scoring import ClipGeometry
+from p3dbase.device import resolve_device
 from streams.checkpoint import Checkpoint, file_sha256, load_stream
 from streams.errors import StreamsError
 from streams.transforms import MODALITIES

@@ -43,11 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flow.atomic import atomic_path
 from flow.config import FlowConfig
-from flow.device import resolve_device
 from flow.errors import FlowError
-from flow.progress import progress_bar
 from flow.store import Store, open_store
 from flow.video import opencv_single_thread
 from fusion.decoded import decode_for_views
@@ -55,6 +52,9 @@ from fusion.errors import FusionError
 from fusion.fuse import softmax
 from fusion.scoring import ClipGeometry, StreamRunner
 from fusion.views import View, feature_views
+from p3dbase.atomic import atomic_path
+from p3dbase.device import resolve_device
+from p3dbase.progress import progress_bar
 from streams.checkpoint import file_sha256, load_stream, stream_path
 from streams.errors import StreamsError
 from streams.p3d import P3D
@@ -92,10 +92,7 @@ def load_stream_spec(name: str, path: Path | str) -> StreamSpec:
     """Check a checkpoint (a file, or a training folder standing for its last.pt) as the `name`
     stream; StreamsError / FusionError naming the file when it is not one."""
     path = stream_path(path)
-    try:
-        _, ckpt = load_stream(path, modality=name)  # builds the model: its weights must fit
-    except StreamsError as e:
-        raise FusionError(str(e)) from None
+    _, ckpt = load_stream(path, modality=name)  # builds the model: its weights must fit
     return StreamSpec(name, path, file_sha256(path), transfer_geometry(ckpt.train_config), ckpt.num_classes)
 
 

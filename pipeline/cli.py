@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.errors import PipelineError
+from p3dbase.errors import P3DError
 
 STAGE_HELP = {
     "synth": "generate the SynthActions benchmark (videos, splits, ground-truth flow)",
@@ -87,11 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Imported here so that `--help` answers at once, without loading torch.
-    from flow.errors import FlowError
-    from fusion.errors import FusionError
     from pipeline import config_reference, stages, tools_cli
     from pipeline.config import load_config
-    from streams.errors import StreamsError
 
     try:
         run = getattr(args, "run", None)
@@ -112,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "transfer":
             from pipeline.transfer.stage import transfer_stage
             transfer_stage(cfg, shard=args.shard, source=str(args.config or "<defaults>"))
-    except (PipelineError, FlowError, StreamsError, FusionError) as err:
+    except P3DError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

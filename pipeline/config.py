@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flow.atomic import write_text
 from flow.config import FlowConfig
-from flow.errors import shown
-from flow.overrides import ALLOW_NONFINITE, check_value, parse_override
 from fusion.config import EvalConfig
+from p3dbase.atomic import write_text
+from p3dbase.errors import shown
+from p3dbase.overrides import ALLOW_NONFINITE, check_value, parse_override
 from pipeline.datasets.config import DatasetConfig
 from pipeline.errors import ConfigError
 from pipeline.synth.config import SynthConfig
@@ -182,7 +182,7 @@ def _toml_value(value: Any) -> str:
 
 
 def write_resolved(cfg: Config, out_dir: Path) -> Path:
-    """Write config.toml next to a stage's output (flow.atomic). Stages call it once their checks have
+    """Write config.toml next to a stage's output (p3dbase.atomic). Stages call it once their checks have
     passed: a refused command leaves the config of the run that made the output."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "config.toml"

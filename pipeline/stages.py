@@ -10,11 +10,11 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from flow.atomic import write_text
 from flow.manifest import read_manifest
 from flow.stage import FlowJob, FlowSummary, run_flow
 from flow.store import open_store
 from fusion.stage import average_splits, run_eval
+from p3dbase.atomic import write_text
 from pipeline.config import Config, write_resolved
 from pipeline.datasets import Dataset, read_dataset
 from pipeline.datasets.files import video_id_of
@@ -208,7 +208,6 @@ def show_flow_stage(cfg: Config, video_id: str, *, out: Path | None = None, fram
     the flow from each to the next, colour-coded at one fixed scale (`max_flow` px per frame = full
     saturation; 0 = a quarter of the store's flow bound), with the colour wheel as legend."""
     from flow.encoding import decode
-    from flow.errors import FlowError
     from fusion.figures import contact_sheet
 
     store_root = flow_dir(cfg)
@@ -218,11 +217,7 @@ def show_flow_stage(cfg: Config, video_id: str, *, out: Path | None = None, fram
     if frames < 1:
         raise PipelineError(f"--frames must be >= 1, got {frames}")
     store = open_store(store_root)
-    try:
-        stored = store.has(video_id)
-    except FlowError as e:
-        raise PipelineError(str(e)) from None
-    if not stored:
+    if not store.has(video_id):
         ids = store.video_ids()
         raise PipelineError(f"video {video_id!r} is not in the store at {store_root} ({len(ids)} videos, "
                             f"e.g. {', '.join(ids[:3])}); ids are paths under the dataset root without extension")

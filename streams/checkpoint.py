@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from flow.atomic import atomic_write
+from p3dbase.atomic import atomic_write
 from streams.errors import StreamsError
 from streams.p3d import ARCHS, P3D, build_model
 from streams.transforms import CHANNELS, MODALITIES
@@ -69,9 +69,9 @@ def step_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write `payload` (from `make_payload`) atomically (flow.atomic), with the SHA-256 of its contents
+    """Write `payload` (from `make_payload`) atomically (p3dbase.atomic), with the SHA-256 of its contents
     stored inside it (`checksum`); StreamsError, and no file, when the weights are not finite;
-    flow.atomic.DiskFullError naming the file when the disk is full."""
+    p3dbase.atomic.DiskFullError naming the file when the disk is full."""
     bad = nonfinite_tensors(payload.get("model", {}))
     if bad:
         raise StreamsError(f"checkpoint {path} not written: the weights are not finite "

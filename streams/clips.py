@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
-from flow.errors import FlowError
 from flow.store import Store, open_store
 from streams import transforms
 from streams.errors import StreamsError
@@ -48,7 +47,7 @@ class ClipDataset(Dataset):
     def __init__(self, store: Store | Path | str, items: Sequence[tuple[str, int]], modality: str,
                  clip_len: int = 16, *, train: bool, resize: Sequence[int] = (182, 242), crop: int = 160,
                  scale_jitter: Sequence[int] = (), flip: bool = True, clips_per_video: int = 1, seed: int = 0):
-        self.store = store if isinstance(store, Store) else _open(store)
+        self.store = store if isinstance(store, Store) else open_store(store)
         self.items = [(str(v), int(label)) for v, label in items]
         self.modality = transforms.check_modality(modality)
         self.clip_len = clip_len
@@ -66,21 +65,18 @@ class ClipDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         video_id, label = self.items[index // self.clips_per_video]
-        try:
-            with self.store.open(video_id) as video:
-                num = video.num_frames if self.modality == "rgb" else video.num_flows
-                if num < 1:
-                    raise StreamsError(f"video {video_id}: has no {self.modality} images in the store")
-                if self.train:
-                    rng = np.random.default_rng([self.seed, epoch, index])
-                    start = int(rng.integers(0, max(num - self.clip_len, 0) + 1))
-                else:
-                    rng = None
-                    start = clip_starts(num, self.clip_len, self.clips_per_video)[index % self.clips_per_video]
-                indices = window(start, self.clip_len, num)
-                clip = video.rgb(indices) if self.modality == "rgb" else video.flow(indices)
-        except FlowError as e:
-            raise StreamsError(str(e)) from None
+        with self.store.open(video_id) as video:
+            num = video.num_frames if self.modality == "rgb" else video.num_flows
+            if num < 1:
+                raise StreamsError(f"video {video_id}: has no {self.modality} images in the store")
+            if self.train:
+                rng = np.random.default_rng([self.seed, epoch, index])
+                start = int(rng.integers(0, max(num - self.clip_len, 0) + 1))
+            else:
+                rng = None
+                start = clip_starts(num, self.clip_len, self.clips_per_video)[index % self.clips_per_video]
+            indices = window(start, self.clip_len, num)
+            clip = video.rgb(indices) if self.modality == "rgb" else video.flow(indices)
         clip = self._augment(clip, rng) if self.train else self._centre(clip)
         return transforms.to_chw(clip), label
 
@@ -124,9 +120,3 @@ class EpochSampler(Sampler):
     def __len__(self) -> int:
         return max(len(self.shard) - self.skip, 0)
 
-
-def _open(root: Path | str) -> Store:
-    try:
-        return open_store(root)
-    except FlowError as e:
-        raise StreamsError(str(e)) from None

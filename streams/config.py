@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from flow.device import check_device_setting
+from p3dbase.device import check_device_setting
 
 ARCH_NAMES = ("p3d63", "p3d131", "p3d199", "p3d_small", "p3d_tiny")  # streams.p3d.ARCHS
 

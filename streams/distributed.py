@@ -16,9 +16,7 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
-from flow.device import resolve_device
-from flow.errors import FlowError
-from streams.errors import StreamsError
+from p3dbase.device import resolve_device
 
 
 @dataclass
@@ -43,10 +41,7 @@ def setup(device_setting: str) -> DistContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    try:
-        device = resolve_device(device_setting, "train.device", local_rank)
-    except FlowError as err:
-        raise StreamsError(str(err)) from None
+    device = resolve_device(device_setting, "train.device", local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     owns = False

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from flow.atomic import atomic_path, write_text
+from p3dbase.atomic import atomic_path, write_text
 from streams.checkpoint import load_stream
 from streams.errors import StreamsError
 

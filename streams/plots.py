@@ -9,7 +9,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from flow.atomic import atomic_write
+from p3dbase.atomic import atomic_write
 
 
 def plot_curves(history: Sequence[dict[str, Any]], path: Path, title: str) -> None:

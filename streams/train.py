@@ -35,12 +35,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from flow.atomic import disk_full, is_disk_full, write_text
 from flow.errors import FlowError
-from flow.progress import progress_bar
 from flow.stage import flow_settings
 from flow.store import Store, open_store
 from flow.video import opencv_single_thread
+from p3dbase.atomic import disk_full, is_disk_full, write_text
+from p3dbase.progress import progress_bar
 from streams import distributed, transforms
 from streams.checkpoint import (
     LAST,

@@ -7,8 +7,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from flow.errors import shown
 from flow.video import VIDEO_EXTENSIONS
+from p3dbase.errors import shown
 from pipeline.datasets.records import Dataset, VideoRecord
 from pipeline.errors import DatasetError
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
-from flow.errors import shown
+from p3dbase.errors import shown
 from pipeline.datasets.config import DatasetConfig
 from pipeline.datasets.files import VIDEO_EXTENSIONS, Entry, build, check_root, name_problem
 from pipeline.datasets.records import Dataset

@@ -31,8 +31,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from flow.atomic import atomic_path, write_text
-from flow.progress import progress_bar
+from p3dbase.atomic import atomic_path, write_text
+from p3dbase.progress import progress_bar
 from pipeline.errors import PipelineError
 from pipeline.synth.config import SynthConfig
 from pipeline.synth.design import APPEARANCES, MOTIONS

@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from flow.atomic import atomic_path, write_text
 from flow.formats import write_flo
-from flow.progress import progress_bar
+from p3dbase.atomic import atomic_path, write_text
+from p3dbase.progress import progress_bar
 from pipeline.errors import PipelineError
 from pipeline.synth.config import SynthConfig
 from pipeline.synth.render import render_clip

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from flow.device import check_device_setting
+from p3dbase.device import check_device_setting
 from pipeline.datasets.config import THREE_SPLIT_FORMATS, DatasetConfig
 
 # Protocols (fusion.transfer): the paper's per-benchmark evaluation.

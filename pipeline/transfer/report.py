@@ -1,5 +1,5 @@
 """The transfer report: results.csv (ours), results.md (ours, and the paper's numbers beside them),
-results.png (a bar chart per benchmark). Every file is written atomically (flow.atomic)."""
+results.png (a bar chart per benchmark). Every file is written atomically (p3dbase.atomic)."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flow.atomic import atomic_path, write_text
+from p3dbase.atomic import atomic_path, write_text
 
 COLUMNS = ["benchmark", "protocol", "stream", "accuracy", "se", "auc", "hit@3", "mAP", "videos", "excluded",
            "selected", "details"]

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flow.atomic import write_text
 from flow.stage import FlowJob, run_flow
 from fusion import svm, transfer
 from fusion.errors import FusionError
 from fusion.transfer_features import LAYERS, Extraction, VideoJob, extract, load_stream_spec
+from p3dbase.atomic import write_text
 from pipeline.config import Config, write_resolved
 from pipeline.datasets import Dataset, read_dataset
 from pipeline.datasets.aslan import read_view2

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flow.atomic import DiskFullError
 from flow.config import FlowConfig
 from flow.encoding import decode, encode
 from flow.errors import FlowError
@@ -22,6 +21,8 @@ from flow.stage import FlowJob, make_backend, run_flow
 from flow.store import PackWriter, open_store
 from flow.tvl1 import OpenCVTVL1, to_gray
 from flow.video import VideoReader
+from p3dbase.atomic import DiskFullError
+from p3dbase.errors import P3DError
 
 from .conftest import moving_square, write_video
 
@@ -478,7 +479,7 @@ def test_a_full_disk_stops_the_run_with_one_error_and_no_temp_files(videos, tmp_
     monkeypatch.setattr(PackWriter, "_put", staticmethod(full_after_one_video))
     with pytest.raises(DiskFullError, match=r"Cls/\w\.pack: disk full .* free space and re-run") as err:
         run_flow(jobs_in(videos), out, fast_cfg)
-    assert isinstance(err.value, FlowError)  # the CLI prints it as one line and exits 2
+    assert isinstance(err.value, P3DError)  # the CLI prints it as one line and exits 2
     assert not list(out.rglob(".*"))  # no temporary file, no lock file
     assert open_store(out).video_ids() == ["Cls/a"]
     rows = {r["video_id"]: r["status"] for r in manifest_rows(out / "manifest.csv")}

@@ -19,6 +19,7 @@ from flow.errors import FlowError
 from flow.formats import read_flow
 from flow.tvl1 import OpenCVTVL1, create_tvl1
 from flow.tvl1_torch import TorchTVL1, tvl1_flow
+from p3dbase.errors import SettingError
 
 # OpenCV's CUDA TV-L1 (one loop, no median filter) as its tests emulate it on the CPU.
 CUDA_EQUIVALENT = dict(median_filtering=1, inner_iterations=1, outer_iterations=300)
@@ -307,13 +308,13 @@ def test_compute_rejects_what_is_not_grey_uint8(frames):
 
 @pytest.mark.parametrize("device,message", [("gpu", "expected 'auto'"), ("cuda:x", "expected 'auto'")])
 def test_bad_device_names_the_key(device, message):
-    with pytest.raises(FlowError, match=rf"flow.device: {message}"):
+    with pytest.raises(SettingError, match=rf"flow.device: {message}"):
         TorchTVL1(FlowConfig(), device)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
-def test_cuda_without_gpu_is_a_flow_error():
-    with pytest.raises(FlowError, match="no CUDA GPU"):
+def test_cuda_without_gpu_is_a_setting_error():
+    with pytest.raises(SettingError, match="no CUDA GPU"):
         TorchTVL1(FlowConfig(device="cuda"))
     assert TorchTVL1(FlowConfig(device="auto")).device.type == "cpu"
 

@@ -135,7 +135,7 @@ def test_progress_bars_write_a_line_per_interval_into_a_log_file(monkeypatch):
     # A batch job's stderr is a file: the bar must not redraw thousands of times into it.
     import io
 
-    from flow import progress
+    from p3dbase import progress
     log = io.StringIO()
     monkeypatch.setattr(progress.sys, "stderr", log)
     bar = progress.progress_bar(range(5000), file=log, desc="flow")

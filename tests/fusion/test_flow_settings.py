@@ -14,7 +14,6 @@ from flow.config import FlowConfig
 from flow.stage import config_flow_settings, flow_settings, store_params
 from flow.store import create_store
 from fusion.config import EvalConfig
-from fusion.errors import FusionError
 from fusion.extract import extract_features
 from fusion.predict import predict
 from fusion.stage import run_eval
@@ -97,7 +96,7 @@ def test_eval_refuses_a_checkpoint_trained_on_other_flow(tmp_path, capsys):
     train, test = settings_store(tmp_path / "store", STORE_FLOW)
     cfg = EvalConfig(clips=1, crops="center", svm=False, batch_views=4, jobs=1)
     small = save_with_flow(tmp_path / "small.pt", "flow", config_flow_settings(SMALL_FLOW))
-    with pytest.raises(FusionError, match=r"flow stream .*small\.pt was trained on input made with bound = 5\.0, "
+    with pytest.raises(StreamsError, match=r"flow stream .*small\.pt was trained on input made with bound = 5\.0, "
                                           r"size = '64x64', but the store at .* \(bound, size differ\)"):
         run_eval(tmp_path / "store", {"flow": small}, train, test, CLASSES, cfg, tmp_path / "eval",
                  protocol="t", excluded=[])
@@ -116,10 +115,10 @@ def test_predict_and_features_refuse_a_64px_bound_5_model_on_340x256_bound_20_fl
 
     video = write_avi(tmp_path / "clip.avi")
     small = save_with_flow(tmp_path / "small.pt", "flow", config_flow_settings(SMALL_FLOW))
-    with pytest.raises(FusionError, match=r"\(bound, size differ\)"):
+    with pytest.raises(StreamsError, match=r"\(bound, size differ\)"):
         predict([video], {"flow": small}, STORE_FLOW, EvalConfig(clips=1))
     rgb = save_with_flow(tmp_path / "rgb.pt", "rgb", config_flow_settings(STORE_FLOW))  # this one fits
-    with pytest.raises(FusionError, match=r"\(bound, size differ\)"):
+    with pytest.raises(StreamsError, match=r"\(bound, size differ\)"):
         extract_features(tmp_path, {"rgb": rgb, "flow": small}, tmp_path / "f.npz", STORE_FLOW,
                          EvalConfig(svm_clips=1))
     assert main(["predict", str(video), "--flow", str(small)]) == 2  # the defaults: 340x256, bound 20

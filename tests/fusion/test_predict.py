@@ -23,6 +23,7 @@ from fusion.predict import format_predictions, load_streams, predict, predict_vi
 from fusion.scoring import ClipGeometry, StreamRunner
 from fusion.views import score_views
 from streams.checkpoint import load_checkpoint
+from streams.errors import StreamsError
 
 # Cheap TV-L1: these tests check the plumbing, the flow package tests TV-L1 itself.
 FAST_FLOW = FlowConfig(size="", jobs=1, nscales=2, warps=1, inner_iterations=5, outer_iterations=2,
@@ -140,7 +141,7 @@ def test_predict_reports_broken_videos_and_goes_on(tmp_path, tiny_checkpoints):
 def test_predict_checks_the_streams(tmp_path, tiny_checkpoints):
     ckpts = checkpoints(tiny_checkpoints)
     video = write_avi(tmp_path / "v.avi")
-    with pytest.raises(FusionError, match="is a rgb stream but was given as the flow stream"):
+    with pytest.raises(StreamsError, match="is a rgb stream but was given as the flow stream"):
         predict([video], {"flow": ckpts["rgb"]}, FAST_FLOW, EvalConfig(clips=1))
     with pytest.raises(FusionError, match="an RGB and/or a flow checkpoint"):
         predict([video], {}, FAST_FLOW, EvalConfig(clips=1))

@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flow.atomic import DiskFullError
 from fusion import figures, metrics, scoring
 from fusion.config import EvalConfig
 from fusion.errors import FusionError
 from fusion.report import COLUMNS
 from fusion.stage import average_splits, run_eval, svm_from_features
+from p3dbase.atomic import DiskFullError
 
 from .conftest import CLASSES, save_tiny_checkpoint
 

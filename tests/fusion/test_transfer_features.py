@@ -23,6 +23,7 @@ from fusion.views import feature_views
 from streams import transforms
 from streams.checkpoint import load_checkpoint
 from streams.config import TrainConfig
+from streams.errors import StreamsError
 from streams.p3d import build_model
 from tests.fusion.conftest import save_tiny_checkpoint
 from tests.fusion.test_predict import FAST_FLOW
@@ -167,8 +168,7 @@ def test_cache_second_run_computes_nothing_and_a_new_checkpoint_recomputes(specs
 
 def test_a_checkpoint_of_the_other_stream_is_refused(tmp_path):
     path = save_tiny_checkpoint(tmp_path / "flow.pt", "flow", train_cfg=TRAIN_CFG)
-    from fusion.errors import FusionError
-    with pytest.raises(FusionError, match="is a flow stream but was given as the rgb stream"):
+    with pytest.raises(StreamsError, match="is a flow stream but was given as the rgb stream"):
         load_stream_spec("rgb", path)
 
 

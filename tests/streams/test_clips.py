@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from flow.errors import FlowError
 from streams.clips import ClipDataset, EpochSampler, clip_starts, window
-from streams.errors import StreamsError
 
 
 @pytest.mark.parametrize("num_images", [1, 5, 15, 16, 17, 100])
@@ -82,7 +82,7 @@ def test_sampler_shards_the_epoch_and_resumes_mid_epoch():
 
 def test_missing_video_and_store(toy_store, tmp_path):
     root, _, _ = toy_store
-    with pytest.raises(StreamsError, match="absent/v1"):
+    with pytest.raises(FlowError, match="absent/v1"):
         ClipDataset(root, [("absent/v1", 0)], "rgb", 4, train=False, resize=(32, 32), crop=32)[0]
-    with pytest.raises(StreamsError, match="store.json"):
+    with pytest.raises(FlowError, match="store.json"):
         ClipDataset(tmp_path, [], "rgb", train=True)

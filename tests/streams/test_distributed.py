@@ -1,15 +1,15 @@
-"""streams.distributed.setup: the device of a training process (flow.device.resolve_device) as StreamsError."""
+"""streams.distributed.setup: the device of a training process (p3dbase.device.resolve_device) as StreamsError."""
 import pytest
 import torch
 
+from p3dbase.errors import SettingError
 from streams import distributed
-from streams.errors import StreamsError
 
 
-def test_a_missing_gpu_is_a_streams_error_naming_train_device(monkeypatch):
+def test_a_missing_gpu_is_a_setting_error_naming_train_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    with pytest.raises(StreamsError, match=r"^train.device: 'cuda' asked for, but this torch sees no CUDA GPU"):
+    with pytest.raises(SettingError, match=r"^train.device: 'cuda' asked for, but this torch sees no CUDA GPU"):
         distributed.setup("cuda")
     ctx = distributed.setup("auto")
     assert (ctx.device, ctx.world_size, ctx.owns_group) == (torch.device("cpu"), 1, False)

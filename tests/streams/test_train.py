@@ -16,9 +16,9 @@ import pytest
 import torch
 from torch.utils.data import get_worker_info
 
-from flow.atomic import DiskFullError
 from flow.stage import flow_settings
 from flow.store import create_store
+from p3dbase.atomic import DiskFullError
 from streams import train as streams_train
 from streams.checkpoint import final_checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
 from streams.clips import ClipDataset

@@ -1,9 +1,8 @@
 """The one `--set key=value` grammar and the one check of a setting's value against its field's type.
 
 `python -m pipeline ... --set` (pipeline.config, every section) and `python -m flow.evaluate --set`
-([flow] only) read overrides the same way. It lives in `flow`, the lowest package, because flow
-imports no other package of the project and pipeline imports flow. Errors are ValueError with the
-key; each caller adds where the value came from and raises its own package's error.
+([flow] only) read overrides the same way. Errors are ValueError with the key; each caller adds where
+the value came from (a file, `--set`) and raises its own package's error.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The one reading of a `device` setting (`flow.device`, `train.device`, `eval.device`, ...) as a torch device.
 
-It lives in `flow`, the lowest package that needs it, so that streams and fusion use it too. The
+It lives on the project's ground (`p3dbase`), so that every package reads a device the same way. The
 three readings it replaces differed; each difference is now decided once:
 
 - "auto": this process's GPU when torch sees one, else the CPU. This process's GPU is `local_rank`
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from flow.errors import FlowError
+from p3dbase.errors import SettingError
 
 
 def check_device_setting(setting: str) -> None:
@@ -32,10 +32,10 @@ def resolve_device(setting: str, key: str, local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     if setting in ("auto", "cuda") or (setting.startswith("cuda:") and setting[5:].isdigit()):
         if not torch.cuda.is_available():
-            raise FlowError(f"{key}: {setting!r} asked for, but this torch sees no CUDA GPU (use 'auto' or 'cpu')")
+            raise SettingError(f"{key}: {setting!r} asked for, but this torch sees no CUDA GPU (use 'auto' or 'cpu')")
         index = int(setting[5:]) if setting.startswith("cuda:") else local_rank
         if index >= torch.cuda.device_count():
-            raise FlowError(f"{key}: {setting!r} asked for GPU {index}, but only "
+            raise SettingError(f"{key}: {setting!r} asked for GPU {index}, but only "
                             f"{torch.cuda.device_count()} GPU(s) are visible")
         return torch.device("cuda", index)
-    raise FlowError(f"{key}: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {setting!r}")
+    raise SettingError(f"{key}: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {setting!r}")

@@ -1,8 +1,8 @@
-"""flow.overrides: the one `--set key=value` grammar, shared by `python -m pipeline` and `python -m flow.evaluate`."""
+"""p3dbase.overrides: the one `--set key=value` grammar of `python -m pipeline` and `python -m flow.evaluate`."""
 import pytest
 
 from flow.evaluate import config_with
-from flow.overrides import check_value, parse_override
+from p3dbase.overrides import check_value, parse_override
 
 
 @pytest.mark.parametrize("item, expected", [

@@ -1,4 +1,4 @@
-"""flow.atomic: whole file or none, temp files removed on every error, a full disk in one line."""
+"""p3dbase.atomic: whole file or none, temp files removed on every error, a full disk in one line."""
 from __future__ import annotations
 
 import errno
@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from flow import atomic
-from flow.atomic import DiskFullError, atomic_path, atomic_write, temp_name, write_bytes, write_text
-from flow.errors import FlowError
+from p3dbase import atomic
+from p3dbase.atomic import DiskFullError, atomic_path, atomic_write, temp_name, write_bytes, write_text
+from p3dbase.errors import P3DError
 
 
 def test_replaces_the_file_and_leaves_no_temp(tmp_path):
@@ -43,7 +43,7 @@ def test_a_full_disk_is_one_clear_error_and_no_temp(tmp_path, monkeypatch):
     with pytest.raises(DiskFullError) as info:
         write_bytes(path, b"new")
     err = info.value
-    assert isinstance(err, FlowError) and isinstance(err, OSError) and err.errno == errno.ENOSPC
+    assert isinstance(err, P3DError) and isinstance(err, OSError) and err.errno == errno.ENOSPC
     assert str(err).startswith(f"{path}: disk full") and "\n" not in str(err)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]

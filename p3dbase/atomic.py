@@ -21,15 +21,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from flow.errors import FlowError
+from p3dbase.errors import P3DError
 
 TEMP_MARKER = ".tmp-"
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _counter = itertools.count()
 
 
-class DiskFullError(FlowError, OSError):
-    """No space (or quota) left while writing a file. A FlowError, so that the CLI prints it as one
+class DiskFullError(P3DError, OSError):
+    """No space (or quota) left while writing a file. A P3DError, so that the CLI prints it as one
     line and exits with 2 whichever stage hit it; an OSError, so that `errno` still says ENOSPC."""
 
 

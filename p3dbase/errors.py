@@ -1,0 +1,26 @@
+"""The one root of every user-facing error, and the one way to print a path.
+
+Each package's error (`flow.errors.FlowError`, `streams.errors.StreamsError`,
+`fusion.errors.FusionError`, `pipeline.errors.PipelineError`) derives from `P3DError`, so an error
+raised deep in `flow` reaches the CLI unchanged: the CLI catches `P3DError` alone and prints one line,
+and no package translates another's errors.
+"""
+
+
+class P3DError(Exception):
+    """A user-facing mistake: a missing or broken file, video or store, or a wrong value.
+
+    The message names the file, line, video or key and says what is wrong; the CLI prints it as
+    `error: <message>` with exit status 2 and no traceback.
+    """
+
+
+class SettingError(P3DError):
+    """A setting (a config key, a `--set` value, a device) that cannot be used; the message names the key."""
+
+
+def shown(text: object) -> str:
+    """`text` (a path, a message) as printable UTF-8: bytes of a non-UTF-8 file name (which Python
+    carries as lone surrogates) become `\\xNN`, so that printing it or writing it to a UTF-8 file
+    cannot fail."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
