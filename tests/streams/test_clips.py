@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from flow.errors import FlowError
+from streams import transforms
 from streams.clips import ClipDataset, EpochSampler, clip_starts, window
 
 
@@ -61,9 +62,27 @@ def test_validation_clips_are_centred(toy_store):
 
 
 def test_scale_jitter(toy_store):
+    """Each training clip is a crop of the video resized to a short side in [20, 40], and the sides
+    vary from clip to clip (found by searching every side and offset for the clip's content)."""
     root, train, _ = toy_store
-    ds = ClipDataset(root, train, "rgb", 4, train=True, crop=20, scale_jitter=(20, 40))
-    assert {ds[(i, 0)][0].shape for i in range(8)} == {(3, 4, 20, 20)}
+    frames_per_video = 12  # the whole toy video: the window always starts at 0
+    ds = ClipDataset(root, train[:2], "rgb", frames_per_video, train=True, crop=20, scale_jitter=(20, 40), flip=False)
+    videos = [ds.store.open(v).rgb(range(frames_per_video)) for v, _ in train[:2]]
+    resized = [{side: transforms.resize_short(frames, side) for side in range(20, 41)} for frames in videos]
+    sides = []
+    for epoch in range(12):
+        for index in range(2):
+            clip = ds[(index, epoch)][0].permute(1, 2, 3, 0).numpy()
+            assert clip.shape == (frames_per_video, 20, 20, 3)
+            found = set()
+            for side, big in resized[index].items():
+                views = np.lib.stride_tricks.sliding_window_view(big[0], (20, 20, 3))[:, :, 0]
+                for top, left in zip(*np.nonzero((views == clip[0]).all(axis=(2, 3, 4))), strict=True):
+                    if np.array_equal(big[:, top:top + 20, left:left + 20], clip):
+                        found.add(side)
+            assert len(found) == 1, f"clip {(index, epoch)} matches sides {sorted(found)}"
+            sides += found
+    assert len(set(sides)) >= 8 and min(sides) >= 20 and max(sides) <= 40
 
 
 def test_sampler_shards_the_epoch_and_resumes_mid_epoch():

@@ -69,9 +69,16 @@ def test_crops():
     assert np.array_equal(right, clip[:, 1:5, 6:10])
     tall = clip.transpose(0, 2, 1, 3)
     assert [c.shape for c in transforms.three_crop(tall, 4)] == [(1, 4, 4, 3)] * 3
+    # Random crops: each is the clip's content at some in-bounds offset, and over draws every offset
+    # (2 tops x 6 lefts for 5x5 in 6x10) comes up. The values are unique, so a crop names its offset.
     rng = np.random.default_rng(0)
-    for _ in range(50):
-        assert transforms.random_crop(clip, 5, rng).shape == (1, 5, 5, 3)
+    offsets = set()
+    for _ in range(200):
+        got = transforms.random_crop(clip, 5, rng)
+        top, left = divmod(int(got[0, 0, 0, 0]), 10)
+        assert np.array_equal(got, clip[:, top:top + 5, left:left + 5])
+        offsets.add((top, left))
+    assert offsets == {(top, left) for top in range(2) for left in range(6)}
     with pytest.raises(ValueError):
         transforms.center_crop(clip, 7)
 
