@@ -18,6 +18,7 @@ store never write, clean or remove the same video at once.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -33,7 +34,9 @@ import cv2
 import numpy as np
 
 from flow.errors import FlowError
+from flow.index import StoreIndex
 from p3dbase.atomic import TEMP_MARKER, fsync_dir, write_bytes, writer_token
+from p3dbase.errors import shown
 
 STORE_FILE = "store.json"
 STORE_FORMAT = "p3d-two-stream flow store"
@@ -43,6 +46,7 @@ CODECS = ("png", "raw")  # packed layout only; both lossless
 PACK_SUFFIX = ".pack"
 PACK_MAGIC = b"P3DPACK1"
 LOCK_SUFFIX = ".lock"
+MMACTION_SIDE_FILE = ".p3d.json"  # in each mmaction video folder: CRC32 of every JPEG, what it was made from
 # zlib level 3 with PNG's "up" filter on every row: against adaptive filtering about the same size
 # and twice as fast to encode and to decode (bench/flow_store.py). OpenCV without the filter option
 # (< 4.11) falls back to adaptive filtering, still lossless.
@@ -77,6 +81,7 @@ class VideoFrames(ABC):
     num_flows: int
     height: int
     width: int
+    origin: dict[str, Any] | None = None  # what the flow stage made it from (flow.index.Origin.as_dict)
 
     @abstractmethod
     def rgb(self, indices: Sequence[int]) -> np.ndarray:
@@ -131,6 +136,7 @@ class PackedFrames(VideoFrames):
         try:
             meta = json.loads(os.pread(self._fd, meta_len, size - _FOOTER.size - meta_len))
             self.codec = meta["codec"]
+            self.origin = meta.get("origin")  # what it was made from (flow.index.Origin); older packs: None
             self.height, self.width = int(meta["height"]), int(meta["width"])
             self.num_frames, self.num_flows = int(meta["num_frames"]), int(meta["num_flows"])
             rows = self.num_frames + self.num_flows
@@ -235,6 +241,7 @@ class MmactionFrames(VideoFrames):
             names = {e.name for e in os.scandir(path)}
         except OSError as e:
             raise FlowError(f"video {video_id}: cannot read {path}: {e.strerror}") from None
+        self.origin, self._crcs = self._read_side(names)
         self.num_frames = sum(n.startswith("img_") for n in names)
         self.num_flows = sum(n.startswith("flow_x_") for n in names)
         expected = {f"img_{i + 1:05d}.jpg" for i in range(self.num_frames)}
@@ -244,6 +251,33 @@ class MmactionFrames(VideoFrames):
                             f"flow_x/flow_y_00001..N-1 JPEGs")
         first = self._read(f"img_{1:05d}.jpg", cv2.IMREAD_COLOR)
         self.height, self.width = first.shape[:2]
+
+    def _read_side(self, names: set[str]) -> tuple[dict[str, Any] | None, dict[str, int] | None]:
+        """The origin and CRC32 of every JPEG from the side file the flow stage writes (folders
+        from elsewhere have none: they still open)."""
+        if MMACTION_SIDE_FILE not in names:
+            return None, None
+        try:
+            side = json.loads((self.path / MMACTION_SIDE_FILE).read_bytes())
+            crcs = {str(k): int(v) for k, v in side["crc32"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise FlowError(f"video {self.video_id}: {self.path / MMACTION_SIDE_FILE} is damaged ({e})") from None
+        return side.get("origin"), crcs
+
+    def verify(self) -> None:
+        """Every JPEG against its CRC32 and decoded (a folder without checksums: decoded only)."""
+        names = [f"img_{i + 1:05d}.jpg" for i in range(self.num_frames)]
+        names += [f"flow_{c}_{i + 1:05d}.jpg" for i in range(self.num_flows) for c in "xy"]
+        for name in names:
+            try:
+                data = (self.path / name).read_bytes()
+            except OSError as e:
+                raise FlowError(f"video {self.video_id}: cannot read {self.path / name}: {e.strerror}") from None
+            if self._crcs is not None and zlib.crc32(data) != self._crcs.get(name):
+                raise FlowError(f"video {self.video_id}: {self.path / name} is corrupt (CRC32 mismatch): redo "
+                                "the video (re-run the flow stage)")
+            if cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) is None:
+                raise FlowError(f"video {self.video_id}: cannot decode {self.path / name}")
 
     def _read(self, name: str, flags: int) -> np.ndarray:
         # Bytes through Python, not cv2.imread: OpenCV crashes on a path that is not valid UTF-8.
@@ -287,6 +321,7 @@ class VideoWriter(ABC):
         self.num_frames = 0
         self.num_flows = 0
         self.shape: tuple[int, int] | None = None
+        self.origin: dict[str, Any] | None = None  # what it is made from (flow.index.Origin.as_dict), kept with it
         self.final.parent.mkdir(parents=True, exist_ok=True)
 
     def _check(self, arr: np.ndarray, channels: int, what: str) -> np.ndarray:
@@ -397,7 +432,8 @@ class PackWriter(VideoWriter):
         f.write(np.asarray([r[2] for r in rows], dtype="<u4").tobytes())
         meta = json.dumps({"codec": self.store.codec, "height": self.shape[0], "width": self.shape[1],
                            "num_frames": self.num_frames, "num_flows": self.num_flows,
-                           "index_offset": index_offset, "crc32_offset": crc32_offset},
+                           "index_offset": index_offset, "crc32_offset": crc32_offset,
+                           **({"origin": self.origin} if self.origin else {})},
                           sort_keys=True).encode()
         f.write(meta)
         f.write(_FOOTER.pack(len(meta), PACK_MAGIC))
@@ -422,12 +458,14 @@ class MmactionWriter(VideoWriter):
         super().__init__(store, video_id)
         self.tmp.mkdir()
         self._params = [cv2.IMWRITE_JPEG_QUALITY, self.store.jpeg_quality]
+        self._crcs: dict[str, int] = {}
 
     def _imwrite(self, name: str, img: np.ndarray) -> None:
         ok, buf = cv2.imencode(".jpg", img, self._params)
         if not ok:
             raise FlowError(f"video {self.video_id}: JPEG encoding failed")
         (self.tmp / name).write_bytes(buf.tobytes())
+        self._crcs[name] = zlib.crc32(buf)
 
     def _put_rgb(self, i: int, frame: np.ndarray) -> None:
         self._imwrite(f"img_{i + 1:05d}.jpg", frame)
@@ -437,6 +475,9 @@ class MmactionWriter(VideoWriter):
         self._imwrite(f"flow_y_{i + 1:05d}.jpg", np.ascontiguousarray(flow_u8[..., 1]))
 
     def _finish(self) -> None:
+        # The side file (hidden: mmaction2 reads only img_/flow_ names) holds every JPEG's CRC32 and the origin.
+        side = {"crc32": dict(sorted(self._crcs.items())), **({"origin": self.origin} if self.origin else {})}
+        (self.tmp / MMACTION_SIDE_FILE).write_text(json.dumps(side, sort_keys=True))
         old = self.final.with_name(f".{self.final.name}.old-{writer_token()}")
         if self.final.exists():
             os.rename(self.final, old)
@@ -477,6 +518,34 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r}, layout={self.layout!r}, codec={self.codec!r}, bound={self.bound})"
 
+    @property
+    def description_path(self) -> Path:
+        """store.json: layout, codec, bound and the settings the frames and flow were made with."""
+        return self.root / STORE_FILE
+
+    def manifest_path(self, shard: tuple[int, int] = (0, 1)) -> Path:
+        """The flow stage's per-video CSV (one per shard of a sharded run)."""
+        from flow.manifest import manifest_name
+
+        return self.root / manifest_name(shard)
+
+    @property
+    def flow_settings(self) -> dict[str, Any]:
+        """The flow settings a stream trained on this store learnt from, as checkpoints record them and
+        `eval`, `predict` and `features` compare them: the bound, `source` ("videos" or "rawframes")
+        and the store's params."""
+        return {"bound": float(self.bound), "source": "videos", **self.params}
+
+    @property
+    def settings_digest(self) -> str:
+        """A short digest of store.json's settings: an indexed video made under another one is redone."""
+        return hashlib.sha256(json.dumps(self.info, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def index(self) -> StoreIndex:
+        """The index of finished videos (flow.index): what each was made from."""
+        return StoreIndex(self.root)
+
     def path(self, video_id: str) -> Path:
         """Where a completed video lives."""
         check_video_id(video_id)
@@ -515,9 +584,12 @@ class Store:
             return PackedFrames(path, video_id)
         return MmactionFrames(path, video_id)
 
-    def writer(self, video_id: str) -> VideoWriter:
-        """A writer filling the video under a temporary name (replaces the video on commit)."""
-        return (PackWriter if self.layout == "packed" else MmactionWriter)(self, video_id)
+    def writer(self, video_id: str, origin: dict[str, Any] | None = None) -> VideoWriter:
+        """A writer filling the video under a temporary name (replaces the video on commit); `origin`
+        (what it is made from) is kept with the video."""
+        writer = (PackWriter if self.layout == "packed" else MmactionWriter)(self, video_id)
+        writer.origin = origin
+        return writer
 
     def write_video(self, video_id: str, rgb: np.ndarray, flow_u8: np.ndarray) -> None:
         """Store a whole video at once: uint8 [N, H, W, 3] BGR and uint8 [N-1, H, W, 2]."""
@@ -674,13 +746,25 @@ def create_store(root: Path | str, layout: str = "packed", *, codec: str = "png"
     return Store(root, info)
 
 
-def open_store(root: Path | str) -> Store:
-    """The store at `root` (reads root/store.json); FlowError if missing or not a store."""
+class StoreMissing(FlowError):
+    """No store where one was expected; the message says to run the flow stage first."""
+
+
+def store_exists(root: Path | str) -> bool:
+    """Whether `root` holds a store (its store.json), without reading it."""
+    return (Path(root) / STORE_FILE).is_file()
+
+
+def open_store(root: Path | str, purpose: str = "") -> Store:
+    """The store at `root` (reads root/store.json). StoreMissing when there is none, saying to run
+    `make flow` first (before `purpose`, e.g. "train-rgb", when given); FlowError if it is not a store."""
     path = Path(root) / STORE_FILE
     try:
         info = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FlowError(f"{path}: no flow store here (run the flow stage first)") from None
+    except (FileNotFoundError, NotADirectoryError):
+        before = f" before `{purpose}`" if purpose else ""
+        raise StoreMissing(f"no flow store at {shown(Path(root))} (no {STORE_FILE}): run `make flow` "
+                           f"(python -m pipeline flow --config ...){before}") from None
     except (OSError, ValueError) as e:
         raise FlowError(f"{path}: cannot read store description: {e}") from None
     if not isinstance(info, dict) or info.get("format") != STORE_FORMAT:

@@ -39,8 +39,8 @@ def test_mmaction_layout_names_are_one_based_and_readable(tmp_path):
     rgb[:] = 90  # flat images survive JPEG almost exactly
     flow[..., 0], flow[..., 1] = 128, 200
     store.write_video("Cls/v_1", rgb, flow)
-    names = sorted(os.listdir(tmp_path / "Cls" / "v_1"))
-    assert names == ["flow_x_00001.jpg", "flow_x_00002.jpg", "flow_y_00001.jpg", "flow_y_00002.jpg",
+    names = sorted(os.listdir(tmp_path / "Cls" / "v_1"))  # and the hidden side file of checksums
+    assert names == [".p3d.json", "flow_x_00001.jpg", "flow_x_00002.jpg", "flow_y_00001.jpg", "flow_y_00002.jpg",
                      "img_00001.jpg", "img_00002.jpg", "img_00003.jpg"]
     with open_store(tmp_path).open("Cls/v_1") as v:
         assert (v.num_frames, v.num_flows) == (3, 2)

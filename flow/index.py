@@ -1,0 +1,331 @@
+"""The store's index of finished videos: what each was made from, so that a re-run opens nothing.
+
+One entry per video: its state ("done", "failed", or "damaged" as `verify` found it), what it was
+made from (the store settings' digest, the source's size and mtime, its path), the stored entry's own
+size and mtime (a pack that changed or vanished since is noticed by one `stat`), and the counts and
+timing the manifest shows. A re-run of a finished store reads this index and stats the sources and
+the packs: it reads no image, not even a pack's header.
+
+On disk: `<store>/index/main.jsonl` plus segments `<store>/index/seg-<host>-<pid>-<n>.jsonl`, one
+JSON array per line. Every file is written whole through p3dbase.atomic (a reader sees the old file
+or the new one), and each writing process (a run, a shard, `verify`) writes only its own segments,
+so shards running at once on a shared disk never write the same file. The latest entry of a video
+wins (by the time it was recorded). A segment is never changed once written, so `compact` (at the
+end of every run that wrote something) may fold the main file and every segment into a new main
+file, then delete those segments: killed between the two, the next compaction folds the same entries
+again, to the same result. While it lives, a writer holds an flock on its `.writer-<token>.lock`, so
+that only the half-written files of writers that are gone are deleted.
+
+A line that does not parse (a file truncated or edited by hand) is reported with its file and line
+and skipped: the videos it listed fall back to their packs, whose headers say what they were made
+from (flow.stage), so nothing is lost.
+"""
+from __future__ import annotations
+
+import fcntl
+import itertools
+import json
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import astuple, dataclass, replace
+from pathlib import Path
+
+from p3dbase.atomic import TEMP_MARKER, write_bytes, writer_token
+from p3dbase.errors import shown
+
+INDEX_DIR = "index"
+MAIN_FILE = "main.jsonl"
+SEGMENT_PREFIX = "seg-"
+WRITER_LOCK_PREFIX = ".writer-"
+COMPACT_LOCK = ".compact.lock"
+STATES = ("done", "failed", "damaged")
+_writers = itertools.count()
+
+
+@dataclass(frozen=True)
+class Origin:
+    """What a stored video was made from: the store settings' digest and the source's size and
+    mtime (a rawframes folder: the folder's own, which change when frames are added or removed)."""
+
+    settings: str
+    size: int
+    mtime_ns: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {"settings": self.settings, "size": self.size, "mtime_ns": self.mtime_ns}
+
+    @classmethod
+    def from_dict(cls, data: object) -> Origin | None:
+        try:
+            return cls(str(data["settings"]), int(data["size"]), int(data["mtime_ns"]))  # type: ignore[index]
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def source_origin(path: Path, settings: str) -> Origin | None:
+    """The origin of a source as it is now; None when it cannot be stat'ed (its run fails it)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return Origin(settings, st.st_size, st.st_mtime_ns)
+
+
+def entry_stat(path: Path) -> tuple[int, int] | None:
+    """(size, mtime_ns) of a stored video (its pack, or its mmaction folder); None when absent."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One line of the index. `stored` is (size, mtime_ns) of the video's pack or folder as written."""
+
+    video_id: str
+    state: str
+    settings: str = ""
+    source_size: int = 0
+    source_mtime_ns: int = 0
+    stored_size: int = 0
+    stored_mtime_ns: int = 0
+    frames: int = 0
+    flows: int = 0
+    declared_frames: int = 0
+    seconds: str = ""
+    recorded_ns: int = 0
+    source: str = ""  # the source's path, as shown in messages
+    note: str = ""  # why a video is "failed" or "damaged"
+
+    @property
+    def origin(self) -> Origin:
+        return Origin(self.settings, self.source_size, self.source_mtime_ns)
+
+    def line(self) -> str:
+        return json.dumps(astuple(self), ensure_ascii=True, separators=(",", ":"))
+
+
+_FIELDS = len(IndexEntry.__dataclass_fields__)
+
+
+def _entry(row: object) -> IndexEntry | None:
+    if not isinstance(row, list) or len(row) != _FIELDS or row[1] not in STATES:
+        return None
+    try:
+        return IndexEntry(str(row[0]), row[1], str(row[2]), *(int(v) for v in row[3:10]), str(row[10]),
+                          int(row[11]), str(row[12]), str(row[13]))
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass
+class IndexRead:
+    """The merged index: the latest entry of each video, and one line per damaged line found."""
+
+    entries: dict[str, IndexEntry]
+    problems: list[str]
+    exists: bool  # False for a store written before it kept an index
+
+
+class StoreIndex:
+    """The index of the store at `root` (see the module docstring)."""
+
+    def __init__(self, root: Path):
+        self.dir = Path(root) / INDEX_DIR
+
+    def _segments(self) -> list[Path]:
+        try:
+            names = [e.name for e in os.scandir(self.dir)]
+        except FileNotFoundError:
+            return []
+        return sorted(self.dir / n for n in names if n.startswith(SEGMENT_PREFIX) and n.endswith(".jsonl"))
+
+    def read(self) -> IndexRead:
+        """Every video's latest entry. Segments are read before the main file: a segment that a
+        compaction folds away meanwhile is then in the main file read after it."""
+        if not self.dir.is_dir():
+            return IndexRead({}, [], False)
+        entries: dict[str, IndexEntry] = {}
+        problems: list[str] = []
+        files = self._segments()
+        texts = []
+        for path in files:
+            try:
+                texts.append((path, path.read_bytes()))
+            except FileNotFoundError:
+                continue  # folded into the main file by a compaction
+        main = self.dir / MAIN_FILE
+        try:
+            texts.insert(0, (main, main.read_bytes()))
+        except FileNotFoundError:
+            pass
+        for path, data in texts:
+            for entry in _parse(path, data, problems):
+                old = entries.get(entry.video_id)
+                if old is None or entry.recorded_ns >= old.recorded_ns:
+                    entries[entry.video_id] = entry
+        return IndexRead(entries, problems, True)
+
+    def writer(self) -> IndexWriter:
+        return IndexWriter(self)
+
+    def compact(self, own: str = "") -> None:
+        """Fold the main file and every segment into a new main file (one compaction at a time;
+        `own` is the calling writer's token). What writers that are gone left (their lock files,
+        half-written segments) is deleted; a live writer's are not."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / COMPACT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # another process compacts right now: its result includes ours or the next does
+            alive = {t: t != own and _writer_alive(self.dir, t) for t in _writers_in(self.dir)}
+            for name in os.listdir(self.dir):
+                token = _temp_writer(name)
+                if token is not None and not alive.get(token, False):
+                    (self.dir / name).unlink(missing_ok=True)
+            folded = self._segments()  # written once, never changed: safe to fold even from a live writer
+            if not folded:
+                return
+            entries: dict[str, IndexEntry] = {}
+            problems: list[str] = []
+            for path in [self.dir / MAIN_FILE, *folded]:
+                try:
+                    data = path.read_bytes()
+                except FileNotFoundError:
+                    continue
+                for entry in _parse(path, data, problems):
+                    old = entries.get(entry.video_id)
+                    if old is None or entry.recorded_ns >= old.recorded_ns:
+                        entries[entry.video_id] = entry
+            write_bytes(self.dir / MAIN_FILE, _format(entries[k] for k in sorted(entries)))
+            for path in folded:
+                path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+
+def _parse(path: Path, data: bytes, problems: list[str]) -> Iterable[IndexEntry]:
+    text = data.decode("ascii", errors="replace")
+    lines = text.splitlines()
+    try:  # one parse of the whole file: 650,000 entries in a few seconds
+        rows = json.loads("[" + ",".join(lines) + "]") if lines else []
+        entries = [_entry(row) for row in rows]
+        if all(e is not None for e in entries) and text.endswith("\n"):
+            return entries  # type: ignore[return-value]
+    except ValueError:
+        pass
+    good = []  # damaged somewhere: line by line, naming each bad line
+    for number, line in enumerate(lines, 1):
+        try:
+            entry = _entry(json.loads(line))
+        except ValueError:
+            entry = None
+        if entry is None or (number == len(lines) and not text.endswith("\n")):
+            problems.append(f"{shown(path)}, line {number}: damaged index entry, skipped (its video is checked "
+                            "from its pack)")
+        else:
+            good.append(entry)
+    return good
+
+
+def _format(entries: Iterable[IndexEntry]) -> bytes:
+    return "".join(e.line() + "\n" for e in entries).encode("ascii")
+
+
+def _writer_of(segment: Path) -> str:
+    """The writer token (`host-pid`) of a segment `seg-<host>-<pid>-<n>.jsonl`."""
+    return segment.name[len(SEGMENT_PREFIX):-len(".jsonl")].rpartition("-")[0]
+
+
+def _writers_in(folder: Path) -> set[str]:
+    """Tokens of the writers that left segments, lock files or temporary files in `folder`."""
+    tokens = set()
+    for name in os.listdir(folder):
+        if name.startswith(SEGMENT_PREFIX) and name.endswith(".jsonl"):
+            tokens.add(_writer_of(folder / name))
+        elif name.startswith(WRITER_LOCK_PREFIX) and name.endswith(".lock"):
+            tokens.add(name[len(WRITER_LOCK_PREFIX):-len(".lock")])
+    return tokens
+
+
+def _temp_writer(name: str) -> str | None:
+    """For a file that dead writers may leave (a writer's lock file, a half-written segment, a
+    half-written main file): whose it is (a main file's: "", as only compactions write it)."""
+    if name.startswith(WRITER_LOCK_PREFIX) and name.endswith(".lock"):
+        return name[len(WRITER_LOCK_PREFIX):-len(".lock")]
+    if name.startswith(".") and TEMP_MARKER in name:
+        base = name[1:].partition(TEMP_MARKER)[0]
+        if base.startswith(SEGMENT_PREFIX):
+            return _writer_of(Path(base))
+        if base == MAIN_FILE:
+            return ""
+    return None
+
+
+def _writer_alive(folder: Path, token: str) -> bool:
+    try:
+        fd = os.open(folder / f"{WRITER_LOCK_PREFIX}{token}.lock", os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+class IndexWriter:
+    """This process's additions to the index: `add` entries, `flush` them as a new segment (written
+    atomically), `close` flushes and compacts. Use as a context manager."""
+
+    def __init__(self, index: StoreIndex):
+        self.index = index
+        self.pending: list[IndexEntry] = []
+        self._count = 0
+        self.token = f"{writer_token()}-w{next(_writers)}"  # two writers of one process do not share a lock
+        index.dir.mkdir(parents=True, exist_ok=True)
+        self._lock_path = index.dir / f"{WRITER_LOCK_PREFIX}{self.token}.lock"
+        self._fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)  # ours alone: one writer per process
+
+    def add(self, entry: IndexEntry) -> None:
+        if not entry.recorded_ns:
+            entry = replace(entry, recorded_ns=time.time_ns())
+        self.pending.append(entry)
+
+    def flush(self) -> None:
+        """Write what was added since the last flush as one new segment (a full disk raises
+        p3dbase.atomic.DiskFullError; the entries stay pending)."""
+        if not self.pending:
+            return
+        name = f"{SEGMENT_PREFIX}{self.token}-{time.time_ns()}{self._count:06d}.jsonl"
+        write_bytes(self.index.dir / name, _format(self.pending))
+        self._count += 1
+        self.pending = []
+
+    def close(self, *, compact: bool = True) -> None:
+        if self._fd < 0:
+            return
+        try:
+            self.flush()
+            if compact and self._count:
+                self.index.compact(own=self.token)
+        finally:
+            try:
+                self._lock_path.unlink(missing_ok=True)
+            finally:
+                os.close(self._fd)
+                self._fd = -1
+
+    def __enter__(self) -> IndexWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(compact=exc_type is None)
