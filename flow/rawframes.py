@@ -65,10 +65,18 @@ class CheckedVideo:
 
 
 def _files(folder: Path) -> list[str]:
+    """The visible files of `folder`; FlowError for a symbolic link leading out of it (nothing
+    outside a video's own folder is read)."""
     try:
-        return sorted(e.name for e in os.scandir(folder) if not e.name.startswith(".") and e.is_file())
+        entries = [e for e in os.scandir(folder) if not e.name.startswith(".") and e.is_file()]
     except (FileNotFoundError, NotADirectoryError):
         return []
+    inside = os.path.realpath(folder)
+    for e in entries:
+        if e.is_symlink() and os.path.commonpath([os.path.realpath(e.path), inside]) != inside:
+            raise FlowError(f"{shown(e.path)}: a symbolic link to {shown(os.path.realpath(e.path))}, outside its "
+                            "video's folder: refused (copy the file in, or link the whole folder)")
+    return sorted(e.name for e in entries)
 
 
 def scan(folder: Path | str) -> RawframeVideo:
@@ -166,12 +174,26 @@ def check(video: RawframeVideo) -> CheckedVideo:
 def _read(path: Path, flags: int) -> np.ndarray:
     # Bytes through Python, not cv2.imread: OpenCV crashes on a path that is not valid UTF-8.
     try:
-        img = cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), flags)
+        data = path.read_bytes()
     except OSError as e:
         raise FlowError(f"{shown(path)}: cannot read: {e.strerror}") from None
+    if not data:  # OpenCV asserts on an empty buffer, in words that name no file
+        raise FlowError(f"{shown(path)}: empty file (0 bytes), not an image")
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error:
+        img = None
     if img is None:
         raise FlowError(f"{shown(path)}: not an image OpenCV can decode")
     return img
+
+
+def _same_size(image: np.ndarray, first: np.ndarray, path: Path) -> np.ndarray:
+    """A frame of another size than the video's first is a broken folder, not one to resize quietly."""
+    if image.shape[:2] != first.shape[:2]:
+        raise FlowError(f"{shown(path)}: {image.shape[1]}x{image.shape[0]} px, but the video's first frame is "
+                        f"{first.shape[1]}x{first.shape[0]}: every frame of a video must have one size")
+    return image
 
 
 def _flow_image(x_path: Path, y_path: Path, size: tuple[int, int], bound: float, cfg: FlowConfig) -> np.ndarray:
@@ -209,7 +231,8 @@ def import_video(folder: Path | str, writer: VideoWriter, cfg: FlowConfig,
     step = max(1, cfg.batch_pairs)
     for lo in range(0, len(video.frames), step):
         between_chunks()
-        writer.add_rgb(np.stack([resize(_read(p, cv2.IMREAD_COLOR), size) for p in video.frames[lo: lo + step]]))
+        writer.add_rgb(np.stack([resize(_same_size(_read(p, cv2.IMREAD_COLOR), first, p), size)
+                                 for p in video.frames[lo: lo + step]]))
         pairs = video.flows[lo: lo + step]
         if pairs:
             writer.add_flow(np.stack([_flow_image(x, y, size, bound, cfg) for x, y in pairs]))

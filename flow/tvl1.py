@@ -15,12 +15,18 @@ def create_tvl1(cfg: FlowConfig) -> cv2.optflow.DualTVL1OpticalFlow:
         cfg.outer_iterations, cfg.scale_step, cfg.gamma, cfg.median_filtering, cfg.use_initial_flow)
 
 
+MIN_SIDE = 2  # the smallest frame side every backend takes (OpenCV's pyramid fails on 1 px)
+
+
 def check_grey_frames(frames_gray: np.ndarray) -> np.ndarray:
     """The input every TV-L1 backend takes, uint8 [N, H, W] grey frames; FlowError otherwise."""
     if not isinstance(frames_gray, np.ndarray) or frames_gray.dtype != np.uint8 or frames_gray.ndim != 3:
         got = (f"{frames_gray.dtype} array of shape {list(frames_gray.shape)}"
                if isinstance(frames_gray, np.ndarray) else type(frames_gray).__name__)
         raise FlowError(f"TV-L1 input must be uint8 [N, H, W] grey frames, got {got}")
+    if min(frames_gray.shape[1:]) < MIN_SIDE:  # OpenCV's own limit, met with an assertion naming no file
+        raise FlowError(f"frames of {frames_gray.shape[2]}x{frames_gray.shape[1]} px are too small for TV-L1 "
+                        f"(at least {MIN_SIDE}x{MIN_SIDE} px)")
     return frames_gray
 
 

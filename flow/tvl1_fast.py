@@ -14,7 +14,7 @@ import numpy as np
 
 from flow.config import FlowConfig
 from flow.errors import FlowError
-from flow.tvl1 import check_grey_frames
+from flow.tvl1 import MIN_SIDE, check_grey_frames, create_tvl1
 from flow.tvl1_fast_kernels import inner_iterations, inner_iterations_gamma
 
 
@@ -75,8 +75,12 @@ class FastTVL1:
         if i0.ndim != 2 or i0.shape != i1.shape:
             raise FlowError(f"TV-L1 pair: expected two [H, W] images of one size, got "
                             f"{list(i0.shape)} and {list(i1.shape)}")
-        if min(i0.shape) < 3:
-            raise FlowError(f"TV-L1 pair: frames of {i0.shape[1]}x{i0.shape[0]} px are too small (>= 3x3)")
+        if min(i0.shape) < MIN_SIDE:
+            raise FlowError(f"TV-L1 pair: frames of {i0.shape[1]}x{i0.shape[0]} px are too small "
+                            f"(at least {MIN_SIDE}x{MIN_SIDE} px)")
+        if min(i0.shape) < 3:  # the fused kernel's stencils need 3 px; OpenCV's own loop takes 2
+            init = None if init_flow is None else np.ascontiguousarray(init_flow, np.float32)
+            return create_tvl1(self.cfg).calc(np.asarray(i0, np.uint8), np.asarray(i1, np.uint8), init)
         if init_flow is not None and init_flow.shape != (*i0.shape, 2):
             raise FlowError(f"TV-L1 pair: init_flow must be [H, W, 2] = {[*i0.shape, 2]}, "
                             f"got {list(init_flow.shape)}")

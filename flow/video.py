@@ -173,4 +173,6 @@ class VideoReader:
         missing = self.declared_frames - self.frames_read
         if missing > max(1.0, tolerance * self.declared_frames):
             raise FlowError(f"{shown(self.path)}: truncated or corrupt: decoded {self.frames_read} of the "
-                            f"{self.declared_frames} frames the container declares")
+                            f"{self.declared_frames} frames the container declares (to accept it, raise "
+                            f"flow.missing_frames_tolerance, now {tolerance:g}, to "
+                            f"{missing / self.declared_frames:.2f} or more; 1.0 turns the check off)")

@@ -169,7 +169,7 @@ def test_compute_rejects_what_is_not_grey_uint8(frames):
 def test_bad_pairs_are_flow_errors():
     backend = FastTVL1(FlowConfig())
     with pytest.raises(FlowError, match="too small"):
-        backend.compute(np.zeros((2, 2, 9), np.uint8))
+        backend.compute(np.zeros((2, 1, 9), np.uint8))
     a = np.zeros((20, 24), np.uint8)
     with pytest.raises(FlowError, match="one size"):
         backend.compute_pair(a, a[:, :20])
