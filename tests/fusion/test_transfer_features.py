@@ -9,19 +9,11 @@ import pytest
 import torch
 
 from flow.stage import FlowJob, run_flow
-from fusion.scoring import ClipGeometry, StreamRunner
-from fusion.transfer_features import (
-    LayerTap,
-    StreamSpec,
-    VideoJob,
-    extract,
-    load_stream_spec,
-    transfer_geometry,
-    video_layers,
-)
-from fusion.views import feature_views
+from fusion.engine import Engine, LayerTap, Stream
+from fusion.scoring import ClipGeometry
+from fusion.transfer_features import VideoJob, extract, load_stream_spec, transfer_geometry, video_layers
+from fusion.views import feature_plan, feature_views
 from streams import transforms
-from streams.checkpoint import load_checkpoint
 from streams.config import TrainConfig
 from streams.errors import StreamsError
 from streams.p3d import build_model
@@ -53,7 +45,7 @@ def moving_frames(n: int = 9, h: int = 20, w: int = 30, seed: int = 0) -> np.nda
 
 
 @pytest.fixture(scope="module")
-def specs(tmp_path_factory) -> dict[str, StreamSpec]:
+def specs(tmp_path_factory) -> dict[str, Stream]:
     root = tmp_path_factory.mktemp("transfer_ckpt")
     return {name: load_stream_spec(name, save_tiny_checkpoint(root / f"{name}.pt", name, seed=k, train_cfg=TRAIN_CFG))
             for k, name in enumerate(("rgb", "flow"))}
@@ -97,9 +89,8 @@ def test_layer_tap_matches_pool5_and_a_hand_reduction():
 @pytest.mark.numerical  # also run with 2 threads by `make test`
 def test_video_layers_are_the_view_mean_with_repeats_counted(specs):
     spec = specs["rgb"]
-    model, _ = load_checkpoint(spec.checkpoint)
-    runner = StreamRunner(model, "rgb", spec.geometry, 4, torch.device("cpu"))
-    tap = LayerTap(runner.model)
+    engine = Engine([spec], 4, torch.device("cpu"), layers=True)
+    runner = engine.runners["rgb"]
 
     class Frames:  # a 3-frame video: every one of the 5 clips starts at 0 (looped), each listed 5 times
         num_frames = 3
@@ -110,7 +101,7 @@ def test_video_layers_are_the_view_mean_with_repeats_counted(specs):
 
     views = feature_views(3, spec.geometry.clip_len, 5)
     assert len(views) == 10 and len(set(views)) == 2
-    got = video_layers(runner, tap, Frames(), views)
+    got = video_layers(engine.run("rgb", Frames(), [feature_plan(5)])[0])
     logits, pool5 = runner.run(Frames(), views)
     np.testing.assert_allclose(got["pool5"], pool5.mean(axis=0), rtol=0, atol=1e-5 * np.abs(pool5).max())
     probabilities = np.exp(logits - logits.max(1, keepdims=True))
@@ -160,10 +151,18 @@ def test_cache_second_run_computes_nothing_and_a_new_checkpoint_recomputes(specs
     # Another recipe (clips) is another cache; the old files stay as they were.
     other = extract(videos[:1], streams[:1], tmp_path / "cache", store, FAST_FLOW, clips=4, jobs=1)
     assert other.computed == 1 and [f.stat().st_mtime_ns for f in files] == stamps
-    # A video rewritten since is computed again (its size and mtime are part of the entry).
+    # Another checkpoint (another seed: other weights, the same architecture and settings) is
+    # computed afresh and gives other features; the first checkpoint's entries stay as they were.
+    reseeded = load_stream_spec("rgb", save_tiny_checkpoint(tmp_path / "rgb2.pt", "rgb", seed=5, train_cfg=TRAIN_CFG))
+    assert reseeded.sha256 != specs["rgb"].sha256
+    new = extract(videos[:1], [reseeded], tmp_path / "cache", store, FAST_FLOW, clips=3, jobs=1)
+    assert new.computed == 1 and [f.stat().st_mtime_ns for f in files] == stamps
+    assert not np.allclose(new.features["rgb"]["c/v0"]["pool5"], first.features["rgb"]["c/v0"]["pool5"])
+    # A video rewritten since is computed again for both streams (its size and mtime are part of
+    # each entry; flow too, so that new RGB features are never paired with the old video's flow).
     write_ffv1(videos[0].path, moving_frames(8, seed=9))
-    changed = extract(videos[:1], streams[:1], tmp_path / "cache", store, FAST_FLOW, clips=3, jobs=1)
-    assert changed.computed == 1
+    changed = extract(videos[:1], streams, tmp_path / "cache", store, FAST_FLOW, clips=3, jobs=1)
+    assert changed.computed == 2
 
 
 def test_a_checkpoint_of_the_other_stream_is_refused(tmp_path):

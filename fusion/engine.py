@@ -1,0 +1,323 @@
+"""The one inference path: every network output (eval, transfer, `features`, `predict`) comes from here.
+
+Given streams (checkpoints), a video with the VideoFrames reading interface (a store video, or a
+video file decoded with TV-L1 on the fly, fusion.decoded / fusion.snippets) and view plans
+(fusion.views.ViewPlan: which clips, crops, mirrors), `Engine.run` returns each view's logits and
+pool5 feature, and with `layers` the transfer protocol's res4 / res5c rows (`LayerTap`, taken by
+forward hooks in the same pass). The views of all plans asked of one video go through the network in
+one `StreamRunner.run`, so a view two plans share is computed once.
+
+Pieces, one of each:
+- `Stream`: a checked checkpoint as every caller and worker process sees it (picklable, no weights);
+- `OutputCache`: `<root>/<stream>-<key>/<video_id>.npz`, the per-view outputs of one plan; the key
+  hashes what determines them (the checkpoint's SHA-256, the clip geometry, the view plan and the
+  frame source: the store's or the on-the-fly flow settings), and each entry holds the signature of
+  the files it was computed from (size and mtime of the video and of its store entry), so a new
+  checkpoint, plan, flow setting or a swapped video is computed afresh and nothing else is;
+- `map_videos`: the worker pool. On a CPU the videos are shared among processes of one thread each:
+  tiny clips give a network too little work per operation for several threads, and on a busy machine
+  threads that wait for each other lose far more (measured: a p3d_tiny batch took 21 ms with one
+  thread, 283 ms with two, on two cores shared with other jobs). On a GPU one process does everything.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from flow.errors import FlowError
+from flow.store import Store, open_store
+from flow.video import opencv_single_thread
+from fusion.report import save_npz
+from fusion.scoring import ClipGeometry, StreamRunner, num_positions
+from fusion.views import CROP_POSITIONS, View, ViewPlan
+from p3dbase.progress import progress_bar
+from streams.checkpoint import Checkpoint, file_sha256, load_stream, stream_path
+from streams.p3d import P3D
+
+LAYERS = ("res4", "res5c")  # the extra rows a LayerTap gives
+_CROPS = ("center", "start", "end")  # how a view's crop is stored in the cache (its index)
+assert set(_CROPS) == {c for cs in CROP_POSITIONS.values() for c in cs}
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A checked stream checkpoint: what every caller and worker process needs to rebuild it."""
+    name: str  # "rgb" or "flow"
+    checkpoint: Path  # the checkpoint file (a training folder's last.pt resolved)
+    sha256: str  # of the checkpoint file: the output cache's key
+    geometry: ClipGeometry  # how its clips are shaped
+    info: Checkpoint  # its metadata (classes, flow settings); the weights left out: small, picklable
+
+    @property
+    def classes(self) -> list[str]:
+        return self.info.classes
+
+    @property
+    def clip_len(self) -> int:
+        return self.geometry.clip_len
+
+
+def stream_of(name: str, ckpt: Checkpoint, geometry: ClipGeometry | None = None, sha256: str = "") -> Stream:
+    """The Stream of a loaded checkpoint; its training clip geometry unless `geometry` is given."""
+    geometry = geometry or ClipGeometry.from_train_config(ckpt.train_config)
+    return Stream(name, ckpt.path, sha256 or file_sha256(ckpt.path), geometry, dataclasses.replace(ckpt, state={}))
+
+
+def open_stream(name: str, path: Path | str,
+                geometry: Callable[[dict], ClipGeometry] | None = None) -> Stream:
+    """Check a checkpoint (a file, or a training folder standing for its last.pt) as the `name`
+    stream: its weights must fit its architecture (StreamsError naming the file). `geometry` maps the
+    checkpoint's train config to the clip geometry (default: the one it was validated with)."""
+    _, ckpt = load_stream(stream_path(path), modality=name)
+    return stream_of(name, ckpt, geometry(ckpt.train_config) if geometry else None)
+
+
+@dataclass
+class ViewOutputs:
+    """A stream's outputs on the views of one plan of one video, one row per view in plan order."""
+    views: list[View]
+    logits: np.ndarray  # float32 [V, C]
+    pool5: np.ndarray  # float32 [V, D]
+    layers: dict[str, np.ndarray] = field(default_factory=dict)  # "res4", "res5c": float32 [V, *]
+
+    def distinct(self) -> tuple[list[View], np.ndarray, np.ndarray]:
+        """(the distinct views sorted, how often each is listed, the row of each's first listing)."""
+        first: dict[View, int] = {}
+        counts: dict[View, int] = {}
+        for i, v in enumerate(self.views):
+            first.setdefault(v, i)
+            counts[v] = counts.get(v, 0) + 1
+        views = sorted(first)
+        return views, np.array([counts[v] for v in views]), np.array([first[v] for v in views])
+
+
+class LayerTap:
+    """Forward hooks on a P3D that keep, per forward pass, the last res4 block's output averaged over
+    time and space and the last res5 block's output maxed over them: float32 [B, C] each."""
+
+    def __init__(self, model: P3D):
+        self.res4: list[torch.Tensor] = []
+        self.res5c: list[torch.Tensor] = []
+        self._batch = 0
+        self.handles = [model.layer3[-1].register_forward_hook(self._on_res4),
+                        model.layer4[-1].register_forward_hook(self._on_res5c)]
+
+    def _on_res4(self, module, inputs, output: torch.Tensor) -> None:  # [B, C, T, H, W]
+        self._batch = output.shape[0]
+        self.res4.append(output.float().mean(dim=(2, 3, 4)).cpu())
+
+    def _on_res5c(self, module, inputs, output: torch.Tensor) -> None:  # [B * T, C, H, W] (res5 is 2-D)
+        per_frame = output.float().amax(dim=(2, 3))
+        self.res5c.append(per_frame.reshape(self._batch, -1, per_frame.shape[1]).amax(dim=1).cpu())
+
+    def take(self) -> dict[str, np.ndarray]:
+        """The rows kept since the last take (or reset), in forward order."""
+        out = {"res4": torch.cat(self.res4).numpy(), "res5c": torch.cat(self.res5c).numpy()}
+        self.reset()
+        return out
+
+    def reset(self) -> None:
+        self.res4.clear()
+        self.res5c.clear()
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+class Engine:
+    """This process's loaded streams (each a StreamRunner, and a LayerTap with `layers`)."""
+
+    def __init__(self, streams: Sequence[Stream], batch_views: int, device: torch.device, layers: bool = False):
+        self.streams = list(streams)
+        self.runners: dict[str, StreamRunner] = {}
+        self.taps: dict[str, LayerTap] = {}
+        for s in self.streams:
+            model, _ = load_stream(s.checkpoint)
+            self.runners[s.name] = StreamRunner(model, s.name, s.geometry, batch_views, device)
+            if layers:
+                self.taps[s.name] = LayerTap(self.runners[s.name].model)
+
+    def stream(self, name: str) -> Stream:
+        return next(s for s in self.streams if s.name == name)
+
+    def run(self, name: str, video, plans: Sequence[ViewPlan], length: int | None = None,
+            on_batch: Callable[[int], None] | None = None, views: Sequence[Sequence[View]] | None = None,
+            ) -> list[ViewOutputs]:
+        """Stream `name`'s outputs on `video` for each plan (in one pass over the network). `length`:
+        the positions the plans are laid on (default: all the video offers the stream); `views`: the
+        views already laid out, one list per plan (fusion.decoded places them before decoding)."""
+        runner = self.runners[name]
+        if views is None:
+            length = num_positions(video, name) if length is None else length
+            if length < 1:
+                raise FlowError(f"{getattr(video, 'path', 'video')}: has no {name} images "
+                                "(a single frame has no flow)")
+            views = [plan.views(length, runner.geometry.clip_len) for plan in plans]
+        union = [v for vs in views for v in vs]
+        tap = self.taps.get(name)
+        if tap:
+            tap.reset()  # drop anything a failed earlier video left
+        logits, pool5 = runner.run(video, union, on_batch)
+        extra = {}
+        if tap:
+            rows = tap.take()  # in StreamRunner's order: the distinct views, sorted
+            at = {v: i for i, v in enumerate(sorted(set(union)))}
+            order = [at[v] for v in union]
+            extra = {k: rows[k][order] for k in LAYERS}
+        out, first = [], 0
+        for vs in views:
+            last = first + len(vs)
+            out.append(ViewOutputs(list(vs), logits[first:last], pool5[first:last],
+                                   {k: a[first:last] for k, a in extra.items()}))
+            first = last
+        return out
+
+
+def file_signature(path: Path) -> str:
+    """What ties an output to the file it was computed from: its size and modification time."""
+    stat = Path(path).stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def store_source(store: Store) -> dict:
+    """The frame source of a store's videos, for the cache key."""
+    return {"frames": "store", "layout": store.layout, "codec": store.codec, "bound": store.bound,
+            "params": store.params}
+
+
+class OutputCache:
+    """Per-view outputs of one plan, per stream and video: `<root>/<stream>-<key>/<video_id>.npz`.
+
+    `sources` gives each stream's frame source (store_source, or the flow settings a video is
+    decoded and its flow computed with): with the checkpoint's SHA-256, the clip geometry and the
+    plan it makes the key. An entry is used only when its signature matches the caller's (the
+    files it came from are unchanged) and it holds the layers asked for."""
+
+    def __init__(self, root: Path | str, sources: dict[str, dict]):
+        self.root = Path(root)
+        self.sources = sources
+
+    def key(self, stream: Stream, plan: ViewPlan) -> str:
+        settings = {"checkpoint": stream.sha256, "geometry": dataclasses.asdict(stream.geometry),
+                    "plan": plan.key(), "source": self.sources[stream.name]}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+    def path(self, stream: Stream, plan: ViewPlan, video_id: str) -> Path:
+        return self.root / f"{stream.name}-{self.key(stream, plan)}" / f"{video_id}.npz"
+
+    def read(self, stream: Stream, plan: ViewPlan, video_id: str, signature: str,
+             layers: bool = False) -> ViewOutputs | None:
+        path = self.path(stream, plan, video_id)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if str(data["signature"]) != signature:
+                    return None
+                views = [View(int(s), _CROPS[int(c)], bool(f)) for s, c, f in data["views"]]
+                extra = {k: data[k] for k in LAYERS if k in data.files}
+                if layers and len(extra) != len(LAYERS):
+                    return None
+                return ViewOutputs(views, data["logits"], data["pool5"], extra)
+        except (OSError, ValueError, KeyError, EOFError, IndexError):
+            return None  # damaged (a disk error, an old format): computed again
+
+    def write(self, stream: Stream, plan: ViewPlan, video_id: str, signature: str, out: ViewOutputs) -> None:
+        views = np.array([(v.start, _CROPS.index(v.crop), int(v.flip)) for v in out.views], dtype=np.int64)
+        save_npz(self.path(stream, plan, video_id), {"signature": np.array(signature), "views": views.reshape(-1, 3),
+                                                     "logits": out.logits, "pool5": out.pool5, **out.layers})
+
+
+# --- the worker pool ---------------------------------------------------------------------------------
+
+@dataclass
+class PoolSpec:
+    """What each worker process builds once (picklable): the engine's streams, and what `work` needs."""
+    streams: list[Stream]
+    batch_views: int
+    device: torch.device
+    work: Callable[[Worker, Any], Any]  # a module-level function: (this process's Worker, task) -> result
+    context: Any = None  # handed to `work` (settings, the cache)
+    layers: bool = False
+    store_root: Path | None = None
+
+
+@dataclass
+class Worker:
+    engine: Engine
+    store: Store | None
+    context: Any
+
+
+def default_jobs(jobs: int, device: torch.device) -> int:
+    """Processes for a run: 1 on a GPU; else `jobs`, or one per usable core when 0."""
+    if device.type != "cpu":
+        return 1
+    if jobs:
+        return jobs
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def map_videos(spec: PoolSpec, tasks: Sequence[Any], jobs: int = 0, desc: str = "network", unit: str = "video",
+               leave: bool = True, on_result: Callable[[Any], None] | None = None) -> Iterator[Any]:
+    """`spec.work(worker, task)` for every task, in `jobs` processes (default_jobs), yielding the
+    results as they finish, with a progress bar. An exception a worker raises (a full disk) stops
+    the run and is raised here."""
+    workers = min(default_jobs(jobs, spec.device), len(tasks))
+    with progress_bar(total=len(tasks), desc=desc, unit=unit, leave=leave) as bar:
+        if workers <= 1:
+            threads = torch.get_num_threads()
+            try:
+                _init_worker(spec)
+                for task in tasks:
+                    yield _call(task)
+                    bar.update()
+            finally:
+                _WORKER.clear()
+                torch.set_num_threads(threads)
+            return
+        # Forked like DataLoader workers (one torch thread each, so a forked OpenMP pool is never
+        # used): a spawned worker would first spend seconds importing torch again.
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        with opencv_single_thread(), multiprocessing.get_context(method).Pool(
+                workers, initializer=_init_worker, initargs=(spec,)) as pool:
+            for result in pool.imap_unordered(_call, tasks):
+                yield result
+                bar.update()
+
+
+_WORKER: dict = {}  # this process's Worker and work function, set by _init_worker
+
+
+def _init_worker(spec: PoolSpec) -> None:
+    if spec.device.type == "cpu":
+        torch.set_num_threads(1)
+    store = open_store(spec.store_root) if spec.store_root is not None else None
+    _WORKER.update(worker=Worker(Engine(spec.streams, spec.batch_views, spec.device, spec.layers), store,
+                                 spec.context), work=spec.work)
+
+
+def _call(task: Any) -> Any:
+    return _WORKER["work"](_WORKER["worker"], task)
+
+
+def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
