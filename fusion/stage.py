@@ -10,7 +10,6 @@ under a key of the checkpoint's bytes and the view settings, so a killed run res
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -25,14 +24,14 @@ from flow.stage import flow_settings
 from flow.store import Store, open_store
 from fusion import fuse, report, svm
 from fusion.config import EvalConfig
+from fusion.engine import Stream, stream_of
 from fusion.errors import FusionError
 from fusion.metrics import Labels
-from fusion.outputs import Outputs, StreamSpec, collect
+from fusion.outputs import Outputs, collect
 from fusion.predict import check_flow
 from fusion.report import MethodScores
-from fusion.scoring import ClipGeometry
 from p3dbase.device import resolve_device
-from streams.checkpoint import Checkpoint, file_sha256, load_stream
+from streams.checkpoint import Checkpoint, load_stream
 from streams.errors import StreamsError
 from streams.transforms import MODALITIES
 
@@ -43,7 +42,7 @@ Item = tuple[str, tuple[int, ...]]  # (video_id, labels)
 class _Scored:
     """A checked stream checkpoint, where its per-video outputs are cached, and which of its output
     columns are the dataset's classes (None: the same list in the same order)."""
-    spec: StreamSpec
+    spec: Stream
     checkpoint: Checkpoint
     sha256: str
     columns: np.ndarray | None
@@ -101,7 +100,7 @@ def run_eval(store_dir: Path, checkpoints: dict[str, Path], train_items: Sequenc
     needs = {video_id: (cfg.fusion_cv and two and not val_items, cfg.svm) for video_id, _ in train_items}
     needs.update({video_id: (True, cfg.svm) for video_id, _ in val_items})
     needs.update({video_id: (True, cfg.svm) for video_id, _ in test_items})
-    outputs, failed = collect(store, specs, needs, cfg, device)
+    outputs, failed = collect(store, specs, needs, cfg, device, out_dir / "cache")
     train_failed = {v: failed[v] for v, _ in [*train_items, *val_items] if v in failed}
     skipped.update({v: failed[v] for v, _ in test_items if v in failed})
     test_items = [item for item in test_items if item[0] in outputs]
@@ -297,12 +296,8 @@ def _check_stream(name: str, path: Path, classes: list[str], cfg: EvalConfig, ou
             raise FusionError(f"no finished checkpoint for the {name} stream: {e} ({train})") from None
         raise FusionError(f"{e}: run {train} again") from None
     columns = class_columns(ckpt.classes, classes, ckpt.path, train)
-    geometry = ClipGeometry.from_train_config(ckpt.train_config)
-    sha = file_sha256(ckpt.path)
-    settings = {"checkpoint": sha, "geometry": dataclasses.asdict(geometry), "clips": cfg.clips, "crops": cfg.crops,
-                "svm_clips": cfg.svm_clips}
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    return _Scored(StreamSpec(name, ckpt.path, geometry, out_dir / "cache" / f"{name}-{key}"), ckpt, sha, columns)
+    stream = stream_of(name, ckpt)  # its outputs are cached under out_dir/cache (fusion.engine.OutputCache)
+    return _Scored(stream, ckpt, stream.sha256, columns)
 
 
 def _name_key(name: str) -> str:
