@@ -10,14 +10,18 @@ Frame pairs are run through TV-L1 with the `[flow]` defaults (`--set key=value` 
 field, e.g. `backend=torch`). Store mode decodes the stored uint8 flow (so quantisation and the
 clipping bound count) and compares flow image `i` of `<video_id>` with
 `<gt-dir>/<video_id>/flow_{i+1:05d}.flo`, resampling the ground truth when the store was resized.
-Ground truth may be `.flo` (Middlebury) or KITTI `.png`; only its valid pixels count. The `all` row
-pools every pixel of every pair.
+Ground truth may be `.flo` (Middlebury) or KITTI `.png`; only its valid pixels count. Where the
+ground truth is valid but the estimate is not known (NaN, infinite, or marked invalid in a KITTI
+`.png`), the pixel counts as an error of infinite size: it is outside every threshold and makes the
+mean EPE `inf`, so that an estimator cannot score better by leaving pixels out (the `unknown`
+column counts them). The `all` row pools every pixel of every pair.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import dataclasses
+import io
 import sys
 import typing
 from collections.abc import Sequence
@@ -32,7 +36,9 @@ from flow.encoding import decode
 from flow.errors import FlowError
 from flow.formats import read_flow
 from flow.store import open_store
-from flow.visualise import write_flow_png
+from flow.visualise import check_png_path, write_flow_png
+from p3dbase.atomic import write_text
+from p3dbase.errors import shown
 from p3dbase.overrides import check_value, parse_override
 
 THRESHOLDS = (0.1, 1.0, 3.0)
@@ -45,16 +51,23 @@ class EpeStats:
     name: str
     pairs: int
     pixels: int
-    mean_epe: float
+    mean_epe: float  # inf when any pixel's estimate is unknown
     within: tuple[float, ...]  # share of pixels with EPE <= each of THRESHOLDS
+    unknown: int = 0  # pixels whose estimate is not known (counted as errors)
 
 
-def endpoint_errors(estimate: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-    """EPE (px) of every valid pixel: |estimate - truth|, flattened."""
+def endpoint_errors(estimate: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None,
+                    known: np.ndarray | None = None) -> np.ndarray:
+    """EPE (px) of every pixel where the ground truth is `valid`: |estimate - truth|, flattened. A pixel
+    whose estimate is unknown (not finite, or False in `known`) has EPE inf."""
     if estimate.shape != truth.shape or estimate.ndim != 3 or estimate.shape[2] != 2:
         raise FlowError(f"estimate {list(estimate.shape)} and ground truth {list(truth.shape)} must both "
                         "be [H, W, 2] of the same size")
     err = np.hypot(*(estimate.astype(np.float64) - truth.astype(np.float64)).transpose(2, 0, 1))
+    unknown = ~np.isfinite(estimate).all(axis=2)
+    if known is not None:
+        unknown |= ~known
+    err[unknown] = np.inf
     return err[valid] if valid is not None else err.ravel()
 
 
@@ -64,7 +77,18 @@ def epe_stats(name: str, errors: Sequence[np.ndarray]) -> EpeStats:
     if allerr.size == 0:
         return EpeStats(name, len(errors), 0, float("nan"), tuple(float("nan") for _ in THRESHOLDS))
     return EpeStats(name, len(errors), int(allerr.size), float(allerr.mean()),
-                    tuple(float((allerr <= t).mean()) for t in THRESHOLDS))
+                    tuple(float((allerr <= t).mean()) for t in THRESHOLDS), int(np.isinf(allerr).sum()))
+
+
+def check_stats(row: EpeStats, what: str) -> EpeStats:
+    """`row` if it scored something; FlowError naming `what` when no pixel had ground truth or when
+    no estimate was known (a table of nan or inf would read as a result)."""
+    if row.pixels == 0:
+        raise FlowError(f"{what}: no pixel has valid ground truth: nothing to score")
+    if row.unknown == row.pixels:
+        raise FlowError(f"{what}: the estimate is unknown (NaN, infinite or marked invalid) at every one of the "
+                        f"{row.pixels} pixels with ground truth")
+    return row
 
 
 def resize_flow(flow: np.ndarray, valid: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -132,27 +156,33 @@ def pooled(rows: Sequence[EpeStats], name: str = "all") -> EpeStats:
     pixels = sum(r.pixels for r in rows)
     if pixels == 0:
         return epe_stats(name, [])
-    mean = sum(r.mean_epe * r.pixels for r in rows) / pixels
+    unknown = sum(r.unknown for r in rows)
+    mean = float("inf") if unknown else sum(r.mean_epe * r.pixels for r in rows) / pixels
     within = tuple(sum(r.within[k] * r.pixels for r in rows) / pixels for k in range(len(THRESHOLDS)))
-    return EpeStats(name, sum(r.pairs for r in rows), pixels, mean, within)
+    return EpeStats(name, sum(r.pairs for r in rows), pixels, mean, within, unknown)
 
 
 def format_table(rows: Sequence[EpeStats]) -> str:
     """Markdown table, one line per row."""
-    head = ["flow", "pairs", "pixels", "mean EPE (px)"] + [f"<= {t:g} px" for t in THRESHOLDS]
+    head = ["flow", "pairs", "pixels", "mean EPE (px)"] + [f"<= {t:g} px" for t in THRESHOLDS] + ["unknown"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r.name, str(r.pairs), str(r.pixels), f"{r.mean_epe:.3f}"] + [f"{100 * w:.1f}%" for w in r.within]
+        cells = ([r.name, str(r.pairs), str(r.pixels), f"{r.mean_epe:.3f}"] + [f"{100 * w:.1f}%" for w in r.within]
+                 + [str(r.unknown)])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def write_csv(path: Path | str, rows: Sequence[EpeStats]) -> None:
-    with open(path, "w", newline="") as f:
-        out = csv.writer(f, lineterminator="\n")
-        out.writerow(["flow", "pairs", "pixels", "mean_epe"] + [f"within_{t:g}px" for t in THRESHOLDS])
-        for r in rows:
-            out.writerow([r.name, r.pairs, r.pixels, f"{r.mean_epe:.6f}"] + [f"{w:.6f}" for w in r.within])
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FlowError(f"--csv {shown(path)}: the folder {shown(path.parent)} does not exist")
+    out = io.StringIO()
+    table = csv.writer(out, lineterminator="\n")
+    table.writerow(["flow", "pairs", "pixels", "mean_epe"] + [f"within_{t:g}px" for t in THRESHOLDS] + ["unknown"])
+    for r in rows:
+        table.writerow([r.name, r.pairs, r.pixels, f"{r.mean_epe:.6f}"] + [f"{w:.6f}" for w in r.within] + [r.unknown])
+    write_text(path, out.getvalue())
 
 
 def config_with(overrides: Sequence[str]) -> FlowConfig:
@@ -212,18 +242,25 @@ def run(args: argparse.Namespace) -> list[EpeStats]:
     if not (pairs or args.flow or args.store):
         raise FlowError("nothing to evaluate: give --frames/--pair, --flow or --store (see --help)")
     cfg = config_with(args.set)
+    if args.vis:  # checked before any work, as --csv is
+        check_png_path(args.vis, "--vis")
+    if args.csv and not Path(args.csv).parent.is_dir():
+        raise FlowError(f"--csv {shown(args.csv)}: the folder {shown(Path(args.csv).parent)} does not exist")
     first_estimate = None
     for frame1, frame2, truth_path in pairs:
         truth, valid = read_flow(truth_path)
         estimate = compute_pair(frame1, frame2, cfg)
+        _same_size(estimate, truth, frame1, truth_path)
         first_estimate = estimate if first_estimate is None else first_estimate
-        rows.append(epe_stats(f"{Path(frame1).name} -> {Path(frame2).name}",
-                              [endpoint_errors(estimate, truth, valid)]))
+        rows.append(check_stats(epe_stats(f"{Path(frame1).name} -> {Path(frame2).name}",
+                                          [endpoint_errors(estimate, truth, valid)]), f"{frame1} -> {frame2}"))
     if args.flow:
         truth, valid = read_flow(args.gt)
-        estimate, est_valid = read_flow(args.flow)
+        estimate, known = read_flow(args.flow)
+        _same_size(estimate, truth, args.flow, args.gt)
         first_estimate = estimate if first_estimate is None else first_estimate
-        rows.append(epe_stats(Path(args.flow).name, [endpoint_errors(estimate, truth, valid & est_valid)]))
+        rows.append(check_stats(epe_stats(Path(args.flow).name, [endpoint_errors(estimate, truth, valid, known)]),
+                                f"--flow {shown(args.flow)}"))
     if args.store:
         rows += evaluate_store(args.store, args.gt_dir, args.videos)
     if len(rows) > 1:
@@ -236,6 +273,12 @@ def run(args: argparse.Namespace) -> list[EpeStats]:
             raise FlowError("--vis shows a pair's estimate: give --frames, --pair or --flow")
         write_flow_png(args.vis, first_estimate)
     return rows
+
+
+def _same_size(estimate: np.ndarray, truth: np.ndarray, estimate_name: object, truth_name: object) -> None:
+    if estimate.shape[:2] != truth.shape[:2]:
+        raise FlowError(f"{shown(estimate_name)} is {estimate.shape[1]}x{estimate.shape[0]} but its ground truth "
+                        f"{shown(truth_name)} is {truth.shape[1]}x{truth.shape[0]}: compare flow of the same size")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,12 +5,15 @@ magnitude relative to `max_flow`; zero motion is white.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from flow.errors import FlowError
+from p3dbase.atomic import write_bytes
+from p3dbase.errors import shown
 
 # Hue segments of the wheel: red-yellow, yellow-green, green-cyan, cyan-blue, blue-magenta, magenta-red.
 SEGMENTS = (15, 6, 4, 11, 13, 6)
@@ -60,7 +63,29 @@ def flow_to_colour(flow: np.ndarray, max_flow: float | None = None) -> np.ndarra
     return rgb[..., ::-1].copy()
 
 
+def check_max_flow(max_flow: float | None, what: str = "max_flow") -> None:
+    """A colour scale is a magnitude > 0 (None: the field's largest); FlowError naming `what` otherwise."""
+    if max_flow is not None and not (math.isfinite(max_flow) and max_flow > 0):
+        raise FlowError(f"{what} must be a number of px per frame > 0 (the magnitude shown at full saturation), "
+                        f"got {max_flow}")
+
+
+def check_png_path(path: Path | str, what: str = "the picture") -> Path:
+    """`path` if it names a PNG file in an existing folder; FlowError naming `what` otherwise (OpenCV
+    picks the format by the extension, and a folder that is not there fails late and silently)."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise FlowError(f"{what} {shown(path)}: writes a PNG picture, so the name must end in .png")
+    if not path.parent.is_dir():
+        raise FlowError(f"{what} {shown(path)}: the folder {shown(path.parent)} does not exist")
+    return path
+
+
 def write_flow_png(path: Path | str, flow: np.ndarray, max_flow: float | None = None) -> None:
-    """Colour-coded flow to a PNG file."""
-    if not cv2.imwrite(str(path), flow_to_colour(flow, max_flow)):
-        raise FlowError(f"{path}: cannot write PNG")
+    """Colour-coded flow to a PNG file (written atomically)."""
+    path = check_png_path(path)
+    check_max_flow(max_flow)
+    ok, data = cv2.imencode(".png", flow_to_colour(flow, max_flow))
+    if not ok:
+        raise FlowError(f"{shown(path)}: cannot encode the PNG")
+    write_bytes(path, data.tobytes())

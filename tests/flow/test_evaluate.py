@@ -80,3 +80,41 @@ def test_set_overrides():
         config_with(["warps=x"])
     with pytest.raises(FlowError, match="scale_step"):
         config_with(["scale_step=2"])
+
+
+def test_unknown_estimates_count_as_errors_not_as_left_out_pixels(tmp_path, capsys):
+    """A NaN pixel, or one a KITTI estimate marks invalid, is an error outside every threshold: the
+    estimator that leaves pixels out cannot score better than one that gets them exactly right."""
+    truth = np.zeros((1, 4, 2))
+    est = np.zeros((1, 4, 2))
+    est[0, 1] = np.nan
+    errors = endpoint_errors(est, truth, known=np.array([[True, True, False, True]]))
+    assert errors.tolist() == [0.0, np.inf, np.inf, 0.0]
+    s = epe_stats("x", [errors])
+    assert s.unknown == 2 and s.mean_epe == np.inf and s.within == pytest.approx((0.5, 0.5, 0.5))
+    write_flo(tmp_path / "gt.flo", np.ones((4, 5, 2), np.float32))
+    nan = np.ones((4, 5, 2), np.float32)
+    nan[0, :3] = np.nan
+    write_flo(tmp_path / "nan.flo", nan)
+    assert main(["--flow", str(tmp_path / "nan.flo"), "--gt", str(tmp_path / "gt.flo")]) == 0
+    assert "| nan.flo | 1 | 20 | inf | 85.0% | 85.0% | 85.0% | 3 |" in capsys.readouterr().out
+
+
+def test_an_all_unknown_estimate_and_bad_outputs_are_one_line_errors(tmp_path, capsys):
+    write_flo(tmp_path / "gt.flo", np.ones((4, 5, 2), np.float32))
+    write_flo(tmp_path / "nan.flo", np.full((4, 5, 2), np.nan, np.float32))
+    write_flo(tmp_path / "small.flo", np.ones((3, 5, 2), np.float32))
+    cases = [
+        (["--flow", "nan.flo", "--gt", "gt.flo"], "the estimate is unknown (NaN, infinite or marked invalid) at "
+                                                  "every one of the 20 pixels with ground truth"),
+        (["--flow", "small.flo", "--gt", "gt.flo"], "small.flo is 5x3 but its ground truth"),
+        (["--flow", "gt.flo", "--gt", "gt.flo", "--csv", "no/such/t.csv"], "no/such/t.csv: the folder"),
+        (["--flow", "gt.flo", "--gt", "gt.flo", "--vis", "v.txt"], "v.txt: writes a PNG picture, so the "
+                                                                   "name must end in .png"),
+    ]
+    for argv, message in cases:
+        argv = [str(tmp_path / a) if a.endswith((".flo", ".csv", ".txt")) else a for a in argv]
+        assert main(argv) == 2, argv
+        out = capsys.readouterr()
+        assert message in out.err and out.err.count("\n") == 1 and "nan" not in out.out, (argv, out)
+    assert not (tmp_path / "v.txt").exists()

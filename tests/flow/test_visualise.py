@@ -28,3 +28,21 @@ def test_png_written(tmp_path):
     img = cv2.imread(str(tmp_path / "wheel.png"))
     assert img.shape == (41, 61, 3)
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 100
+
+
+def test_a_picture_must_be_named_png_and_its_scale_positive(tmp_path):
+    import pytest
+
+    from flow.errors import FlowError
+    from flow.visualise import check_max_flow
+
+    flow = np.zeros((4, 4, 2), np.float32)
+    with pytest.raises(FlowError, match=r"x.txt: writes a PNG picture, so the name must end in .png"):
+        write_flow_png(tmp_path / "x.txt", flow)
+    with pytest.raises(FlowError, match=r"the folder .*nowhere does not exist"):
+        write_flow_png(tmp_path / "nowhere/x.png", flow)
+    for bad in (0.0, -3.0, float("nan"), float("inf")):
+        with pytest.raises(FlowError, match=r"max_flow must be a number of px per frame > 0"):
+            check_max_flow(bad)
+    check_max_flow(None)
+    assert not list(tmp_path.iterdir())
