@@ -116,6 +116,8 @@ class VideoReader:
         count = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
         # The container's own frame count (0 when it does not say); used to spot truncated files.
         self.declared_frames = int(count) if math.isfinite(count) and count > 0 else 0
+        fps = self._cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps) if math.isfinite(fps) and fps > 0 else 0.0  # the container's frame rate; 0 = unknown
         self.frames_read = 0
         self.out_size: tuple[int, int] | None = None
         width, height = (self._cap.get(p) for p in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT))
