@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from p3dbase.atomic import atomic_path, write_text
+from p3dbase.errors import shown
+from p3dbase.overwrite import refuse_overwrite
 from streams.checkpoint import load_stream
 from streams.errors import StreamsError
 
@@ -88,6 +90,18 @@ def export_onnx(model: nn.Module, path: Path | str, example: torch.Tensor, outpu
     return path
 
 
+def _check_geometry(model: nn.Module, example: torch.Tensor, arch: str) -> None:
+    """The network must run on the example clip (the export's fixed T, H, W): StreamsError otherwise,
+    before anything is written (a crop below the network's total stride pools to nothing)."""
+    _, _, t, h, w = example.shape
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    except RuntimeError as e:
+        raise StreamsError(f"export: a clip of {t} frames x {h}x{w} is too small for {arch} "
+                           f"({str(e).splitlines()[0]}): give a larger --crop / --clip-len") from None
+
+
 def export_name(checkpoint: Path | str, modality: str) -> str:
     """The exports' base name: the checkpoint's file name up to its first dot, with `_<modality>`
     added unless the name already says which stream it is (`rgb.pt` -> rgb, `p3d_flow_kinetics.pt`
@@ -103,26 +117,29 @@ def export_checkpoint(checkpoint: Path | str, out_dir: Path | str, formats: Sequ
     """Export the stream of a checkpoint (trained or imported; a training directory stands for its
     last.pt) to `out_dir`/<name>.<output>.{pt,onnx} and a `.json` describing the input, <name> from
     `export_name` (it names the stream); returns the paths written. Existing files are refused
-    (StreamsError naming them) unless `force`.
+    (p3dbase.overwrite: the one rule for outputs) unless `force`.
 
     `clip_len` and `crop` default to the checkpoint's training clips (16 x 160 x 160 for the paper's).
     """
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise StreamsError(f"export formats must be among {', '.join(FORMATS)}, got {list(formats)}")
+    for name, value in (("--clip-len", clip_len), ("--crop", crop)):
+        if value is not None and value < 1:
+            raise StreamsError(f"export {name} must be >= 1 (or left out for the checkpoint's), got {value}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise StreamsError(f"export --out {shown(out_dir)} is a file; --out names the folder the exports go to")
     model, ckpt = load_stream(checkpoint)
     checkpoint = ckpt.path
     clip_len = clip_len or int(ckpt.train_config.get("clip_len", 16))
     crop = crop or int(ckpt.train_config.get("crop", 160))
     example = torch.zeros(1, ckpt.in_channels, clip_len, crop, crop)
     stem = export_name(checkpoint, ckpt.modality)
-    out_dir = Path(out_dir)
     targets = {fmt: out_dir / f"{stem}.{output}{SUFFIX[fmt]}" for fmt in formats}
     meta = out_dir / f"{stem}.{output}.json"
-    existing = [str(p) for p in [*targets.values(), meta] if p.exists()]
-    if existing and not force:
-        raise StreamsError(f"export would overwrite {', '.join(existing)}: pass --force to replace them, "
-                           "or choose another --out")
+    refuse_overwrite([*targets.values(), meta], force)
+    _check_geometry(model, example, ckpt.arch)
     written = []
     for fmt, target in targets.items():
         export = export_torchscript if fmt == "torchscript" else export_onnx

@@ -86,3 +86,52 @@ def test_export_refuses_bad_requests(tmp_path):
     (tmp_path / "broken.pt").write_bytes(b"\x80\x02not a checkpoint")
     with pytest.raises(StreamsError, match="broken.pt"):
         export_checkpoint(tmp_path / "broken.pt", tmp_path / "out")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(clip_len=0), r"--clip-len must be >= 1 \(or left out for the checkpoint's\), got 0"),
+    (dict(clip_len=-2), r"--clip-len must be >= 1 .*got -2"),
+    (dict(crop=0), r"--crop must be >= 1 .*got 0"),
+    (dict(crop=-5), r"--crop must be >= 1 .*got -5"),
+    (dict(crop=1), r"a clip of 8 frames x 1x1 is too small for p3d_tiny \(.*\): give a larger --crop"),
+])
+def test_export_refuses_a_clip_geometry_the_network_cannot_run(tmp_path, kwargs, message):
+    ckpt = tiny_checkpoint(tmp_path / "rgb.pt")
+    with pytest.raises(StreamsError, match=message) as err:
+        export_checkpoint(ckpt, tmp_path / "out", ["torchscript"], **kwargs)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_export_refuses_an_existing_output_and_a_file_as_out_unless_forced(tmp_path):
+    from p3dbase.overwrite import OutputExistsError
+
+    ckpt = tiny_checkpoint(tmp_path / "rgb.pt")
+    first = export_checkpoint(ckpt, tmp_path / "out", ["torchscript"])
+    stamps = [p.stat().st_mtime_ns for p in first]
+    with pytest.raises(OutputExistsError, match=r"would overwrite .*rgb.logits.pt, .*rgb.logits.json: pass --force"):
+        export_checkpoint(ckpt, tmp_path / "out", ["torchscript"])
+    assert [p.stat().st_mtime_ns for p in first] == stamps
+    assert export_checkpoint(ckpt, tmp_path / "out", ["torchscript"], force=True) == first
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(StreamsError, match=r"--out .*a_file is a file; --out names the folder"):
+        export_checkpoint(ckpt, tmp_path / "a_file", ["torchscript"])
+
+
+def test_onnx_export_of_the_features_output_matches_pool5(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    ckpt = tiny_checkpoint(tmp_path / "rgb.pt")
+    written = export_checkpoint(ckpt, tmp_path / "out", ["onnx"], "features")
+    assert [p.name for p in written] == ["rgb.features.onnx", "rgb.features.json"]
+    session = ort.InferenceSession(str(written[0]), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["features"]
+    model, _ = load_checkpoint(ckpt)
+    for batch in (1, 3):
+        x = clips(batch, 3, seed=10 + batch)
+        (got,) = session.run(None, {"clips": x.numpy()})
+        with torch.no_grad():
+            expected = model.features(x).numpy()
+        assert got.shape == (batch, model.feature_dim)
+        # float32 through other kernels: within 1e-5 of the largest feature, on any CPU and thread count
+        np.testing.assert_allclose(got, expected, atol=1e-5 * np.abs(expected).max(), rtol=1e-4)

@@ -1,0 +1,29 @@
+"""The one rule for a command's output files: an existing file is never replaced unless asked (--force).
+
+`export`, `features` and the other commands that write where the user points them ask here before
+any work, so a second run cannot silently replace the first run's result.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from p3dbase.errors import P3DError, shown
+
+
+class OutputExistsError(P3DError):
+    """An output file is already there and --force was not given."""
+
+
+def refuse_overwrite(paths: Iterable[Path | str], force: bool, *, other: str = "choose another --out") -> None:
+    """OutputExistsError naming the existing `paths` (up to 3) unless `force`; a folder where a file is to
+    be written is refused even with `force` (replacing it would delete a whole tree)."""
+    paths = [Path(p) for p in paths]
+    folders = [p for p in paths if p.is_dir()]
+    if folders:
+        raise OutputExistsError(f"{shown(folders[0])} is a folder, but a file is to be written there: {other}")
+    existing = [p for p in paths if p.exists() or p.is_symlink()]
+    if existing and not force:
+        more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+        raise OutputExistsError(f"would overwrite {', '.join(shown(p) for p in existing[:3])}{more}: pass --force to "
+                                f"replace, or {other}")
