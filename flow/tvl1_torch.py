@@ -107,8 +107,21 @@ def masked_median(u: torch.Tensor, ksize: int, active: torch.Tensor | None) -> t
     return torch.where(active[:, None, None, None], filtered, u)
 
 
+def warp_terms(
+    to_warp: torch.Tensor, u: torch.Tensor, i0: torch.Tensor, gamma: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """OpenCV's warp and calcGradRho for a batch: I1 and its gradient warped by the flow
+    (to_warp [B, 3, H, W] = I1, I1x, I1y; u [B, K, H, W]) -> gw [B, K, H, W] (I1wx, I1wy, and a plane
+    of gamma when K = 3), grad = |grad I1w|^2 and rho_c = I1w - grad I1w . u - I0, both [B, H, W]."""
+    i1w, i1wx, i1wy = warp_cubic(to_warp, u[:, 0], u[:, 1]).unbind(dim=1)
+    planes = [i1wx, i1wy] + ([torch.full_like(i1wx, gamma)] if u.shape[1] == 3 else [])
+    return (torch.stack(planes, dim=1), i1wx * i1wx + i1wy * i1wy,
+            i1w - i1wx * u[:, 0] - i1wy * u[:, 1] - i0)
+
+
 StepFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
 MedianFn = Callable[[torch.Tensor, int, torch.Tensor | None], torch.Tensor]
+WarpFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 class _Batch:
@@ -166,23 +179,17 @@ def _solve_warp(
 
 def _solve_scale(
     i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, p: _Solver, check_every: int,
-    step: StepFn, median: MedianFn, masked: bool,
+    step: StepFn, median: MedianFn, warp: WarpFn, masked: bool,
 ) -> torch.Tensor:
     """OpenCV's procOneScale for a batch: `warps` re-linearisations around the current flow."""
-    b, k, h, w = u.shape
+    h, w = u.shape[-2:]
     i1x, i1y = centred_gradient(i1)
     to_warp = torch.stack((i1, i1x, i1y), dim=1)
     state = {"u": u.contiguous(), "px": torch.zeros_like(u), "py": torch.zeros_like(u)}
     eps = scaled_epsilon(p.epsilon, h, w)
     for _ in range(p.warps):
-        u = state["u"]
-        i1w, i1wx, i1wy = warp_cubic(to_warp, u[:, 0], u[:, 1]).unbind(dim=1)
-        planes = [i1wx, i1wy] + ([torch.full_like(i1wx, p.gamma)] if k == 3 else [])
-        fixed = {
-            "gw": torch.stack(planes, dim=1),
-            "grad": i1wx * i1wx + i1wy * i1wy,
-            "rho_c": i1w - i1wx * u[:, 0] - i1wy * u[:, 1] - i0,
-        }
+        gw, grad, rho_c = warp(to_warp, state["u"], i0, p.gamma)
+        fixed = {"gw": gw, "grad": grad, "rho_c": rho_c}
         _solve_warp(state, fixed, p, eps, check_every, step, median, masked)
     return state["u"]
 
@@ -190,7 +197,7 @@ def _solve_scale(
 def tvl1_flow(
     i0: torch.Tensor, i1: torch.Tensor, cfg: FlowConfig, *, init_flow: torch.Tensor | None = None,
     check_every: int = 1, step: StepFn = primal_dual_step, median: MedianFn = masked_median,
-    masked: bool = False,
+    warp: WarpFn = warp_terms, masked: bool = False,
 ) -> torch.Tensor:
     """TV-L1 flow from i0 to i1 for a batch of pairs: [B, H, W] grey levels 0-255 -> [B, 2, H, W].
 
@@ -220,7 +227,7 @@ def tvl1_flow(
 
     up = float(np.float32(1.0 / p.scale_step))
     for s in range(len(sizes) - 1, -1, -1):
-        u = _solve_scale(*pyramid[s], u, p, check_every, step, median, masked)
+        u = _solve_scale(*pyramid[s], u, p, check_every, step, median, warp, masked)
         if s > 0:
             u = resize_linear(u, sizes[s - 1])
             u[:, :2] *= up  # u3 is not a displacement and keeps its scale
@@ -228,30 +235,37 @@ def tvl1_flow(
 
 
 @functools.cache
-def _compiled_kernels(device: str, l_t: float, theta: float, taut: float, median: int) -> tuple[StepFn, MedianFn]:
-    """The inner iteration and the median filter through torch.compile, compiled once per process
-    by a warm-up on tiny batches. Shapes are dynamic, so every scale and batch size reuses the
-    graphs, except a batch of one (torch specialises sizes 0 and 1), warmed up too; the float
-    parameters are baked in, hence the cache key. Always called with the mask (masked=True)."""
+def _compiled_kernels(device: str, l_t: float, theta: float, taut: float, median: int, gamma: float
+                      ) -> tuple[StepFn, MedianFn, WarpFn]:
+    """The inner iteration, the median filter and the warp through torch.compile, compiled once per
+    process by a warm-up on tiny batches. Shapes are dynamic, so every scale and batch size reuses
+    the graphs, except a batch of one (torch specialises sizes 0 and 1), warmed up too; the float
+    parameters are baked in, hence the cache key. Always called with the mask (masked=True).
+
+    Eager, each is a chain of whole-tensor passes over memory (the warp alone about 3 KB per pixel);
+    compiled, each is one or two fused kernels (docs/gpu.md has the count)."""
     step = torch.compile(primal_dual_step, dynamic=True)
     median_fn = torch.compile(masked_median, dynamic=True)
+    warp_fn = torch.compile(warp_terms, dynamic=True)
+    k = 3 if gamma != 0 else 2
     with torch.inference_mode():  # as the solves run: tensors made outside would not match the guards
         for b in (3, 1):  # sizes all different: torch would tie equal sizes together ("duck sizing")
             # Distinct tensors: passing one tensor twice would compile a graph for aliased inputs.
-            u, px, py, gw = (torch.zeros(b, 2, 17, 19, device=device) for _ in range(4))
-            grad, rho_c = (torch.zeros(b, 17, 19, device=device) for _ in range(2))
+            u, px, py, gw = (torch.zeros(b, k, 17, 19, device=device) for _ in range(4))
+            grad, rho_c, i0 = (torch.zeros(b, 17, 19, device=device) for _ in range(3))
             active = torch.ones(b, dtype=torch.bool, device=device)
             step(u, px, py, gw, grad, rho_c, active, l_t, theta, taut)
             if median > 1:
                 median_fn(u, median, active)
-    return step, median_fn
+            warp_fn(torch.zeros(b, 3, 17, 19, device=device), u, i0, gamma)
+    return step, median_fn, warp_fn
 
 
 class TorchTVL1:
     """OpenCV's DualTVL1 for batches of frame pairs on one device.
 
-    `device` None takes `cfg.device`. `compiled` runs the inner iteration and the median filter
-    through torch.compile (None: on GPUs only; it falls back to eager with a warning where
+    `device` None takes `cfg.device`. `compiled` runs the inner iteration, the median filter and
+    the warp through torch.compile (None: on GPUs only; it falls back to eager with a warning where
     compiling fails). `check_every` is the number of iterations between convergence checks on the
     host (None: 1 on the CPU, 10 on GPUs, where each check is a device sync).
     """
@@ -277,11 +291,12 @@ class TorchTVL1:
             raise FlowError(f"check_every: must be >= 1, got {self.check_every}")
         self._step: StepFn = primal_dual_step
         self._median: MedianFn = masked_median
+        self._warp: WarpFn = warp_terms
         if self.compiled:
             solver = _Solver.from_config(cfg)
             try:
-                self._step, self._median = _compiled_kernels(str(self.device), solver.l_t, solver.theta,
-                                                             solver.taut, solver.median)
+                self._step, self._median, self._warp = _compiled_kernels(
+                    str(self.device), solver.l_t, solver.theta, solver.taut, solver.median, solver.gamma)
             except Exception as e:  # no C++ compiler / Triton here: the eager kernels give the same flow
                 warnings.warn(f"torch.compile failed on {self.device}, running eager: {type(e).__name__}: {e}",
                               stacklevel=2)
@@ -337,4 +352,4 @@ class TorchTVL1:
     @torch.inference_mode()
     def _solve(self, i0: torch.Tensor, i1: torch.Tensor, init_flow: torch.Tensor | None) -> torch.Tensor:
         return tvl1_flow(i0, i1, self.cfg, init_flow=init_flow, check_every=self.check_every,
-                         step=self._step, median=self._median, masked=self.compiled)
+                         step=self._step, median=self._median, warp=self._warp, masked=self.compiled)

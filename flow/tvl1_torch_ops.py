@@ -143,6 +143,11 @@ def warp_cubic(images: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor) -> torc
     Written out rather than with grid_sample: its normalised coordinates do not land exactly on
     the pixel grid, so it blurs images that OpenCV samples exactly (the first warp of every scale,
     where u = 0), enough to move the flow by 1e-3 px after a few iterations.
+
+    Eager, each of the 16 taps is an index add, a gather of the C planes and a weighted add; the
+    column and row terms (clamped index, tap weight times its in-image mask) are made once per
+    axis, and the sums keep OpenCV's order (rows of taps weighted by x, then by y), so the result
+    is that of cv::remap. `torch.compile` fuses the whole warp into one pass (docs/gpu.md).
     """
     b, c, h, w = images.shape
     x = torch.arange(w, device=u1.device, dtype=u1.dtype) + u1
@@ -152,19 +157,21 @@ def warp_cubic(images: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor) -> torc
     # Far-away coordinates only need to land outside the image; clamping keeps them in int range.
     ix = x0.clamp(-4, w + 4).to(torch.int64)
     iy = y0.clamp(-4, h + 4).to(torch.int64)
+    cols, col_w = [], []
+    for k in range(4):
+        col = ix + (k - 1)
+        cols.append(col.clamp(0, w - 1))
+        col_w.append(wx[k] * ((col >= 0) & (col < w)))  # a tap outside the image weighs 0
     flat = images.reshape(b, c, h * w)
     out = torch.zeros_like(images)
     for ky in range(4):
         row = iy + (ky - 1)
-        row_ok = (row >= 0) & (row < h)
+        base = row.clamp(0, h - 1) * w
         acc = torch.zeros_like(images)
         for kx in range(4):
-            col = ix + (kx - 1)
-            ok = row_ok & (col >= 0) & (col < w)
-            index = (row.clamp(0, h - 1) * w + col.clamp(0, w - 1)).reshape(b, 1, h * w).expand(b, c, h * w)
-            taps = torch.gather(flat, 2, index).reshape(b, c, h, w)
-            acc = acc + (wx[kx] * ok)[:, None] * taps
-        out = out + wy[ky][:, None] * acc
+            index = (base + cols[kx]).reshape(b, 1, h * w).expand(b, c, h * w)
+            acc += torch.gather(flat, 2, index).reshape(b, c, h, w).mul_(col_w[kx][:, None])
+        out += acc.mul_((wy[ky] * ((row >= 0) & (row < h)))[:, None])
     return out
 
 

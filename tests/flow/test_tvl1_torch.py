@@ -6,6 +6,7 @@ criterion (>= 95% of pixels within 0.1 px) and the end-point error against groun
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import cv2
@@ -18,7 +19,7 @@ from flow.config import FlowConfig
 from flow.errors import FlowError
 from flow.formats import read_flow
 from flow.tvl1 import OpenCVTVL1, create_tvl1
-from flow.tvl1_torch import TorchTVL1, tvl1_flow
+from flow.tvl1_torch import TorchTVL1, tvl1_flow, warp_terms
 from p3dbase.errors import SettingError
 
 # OpenCV's CUDA TV-L1 (one loop, no median filter) as its tests emulate it on the CPU.
@@ -172,6 +173,73 @@ def test_warp_is_cv_remap_cubic(spread):
     expected = cv2.remap(image, x + u, y + v, cv2.INTER_CUBIC)
     got = ops.warp_cubic(torch.from_numpy(image)[None, None], torch.from_numpy(u)[None], torch.from_numpy(v)[None])
     np.testing.assert_allclose(got[0, 0].numpy(), expected, atol=2e-3)
+
+
+def warp_inputs(spread: float, gamma: bool = False, seed: int = 6):
+    """(I1, I1x, I1y) [2, 3, 30, 40], a flow [2, K, 30, 40] of the given spread, I0 [2, 30, 40]."""
+    rng = np.random.default_rng(seed)
+    i1 = rng.uniform(0, 255, (2, 30, 40)).astype(np.float32)
+    i1x, i1y = ops.centred_gradient(torch.from_numpy(i1))
+    u = torch.from_numpy(rng.normal(0, spread, (2, 3 if gamma else 2, 30, 40)).astype(np.float32))
+    i0 = torch.from_numpy(rng.uniform(0, 255, (2, 30, 40)).astype(np.float32))
+    return torch.stack((torch.from_numpy(i1), i1x, i1y), dim=1), u, i0
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5])
+def test_warp_terms_are_opencv_remap_and_calc_grad_rho(gamma):
+    """The warp step against cv::remap of I1, I1x, I1y and calcGradRho written out by hand."""
+    to_warp, u, i0 = warp_inputs(3.0, gamma=gamma != 0)
+    gw, grad, rho_c = warp_terms(to_warp, u, i0, gamma)
+    y, x = np.mgrid[0:30, 0:40].astype(np.float32)
+    for b in range(2):
+        mx, my = x + u[b, 0].numpy(), y + u[b, 1].numpy()
+        i1w, i1wx, i1wy = (cv2.remap(to_warp[b, c].numpy(), mx, my, cv2.INTER_CUBIC) for c in range(3))
+        np.testing.assert_allclose(gw[b, 0].numpy(), i1wx, atol=2e-3)  # grey levels of 0-255 images
+        np.testing.assert_allclose(gw[b, 1].numpy(), i1wy, atol=2e-3)
+        np.testing.assert_allclose(grad[b].numpy(), i1wx ** 2 + i1wy ** 2, rtol=1e-4, atol=1.0)
+        expected = i1w - i1wx * u[b, 0].numpy() - i1wy * u[b, 1].numpy() - i0[b].numpy()
+        np.testing.assert_allclose(rho_c[b].numpy(), expected, atol=5e-2)  # |u| up to 10 px times 2e-3
+    assert gw.shape[1] == (3 if gamma else 2)
+    if gamma:
+        assert torch.all(gw[:, 2] == np.float32(gamma))
+
+
+def test_the_solver_warps_with_the_warp_it_is_given():
+    """tvl1_flow's `warp` is what TorchTVL1 swaps for the compiled warp: a solve must call it once
+    per warp and scale, and take its result (a warp that zeroes the data term leaves u at 0)."""
+    i0, i1, _ = analytic_pair("translation", (1.3, -0.7))
+    cfg = FlowConfig(nscales=2, warps=3, outer_iterations=2, median_filtering=1)
+    calls = []
+
+    def spy(to_warp, u, image0, gamma):
+        calls.append(tuple(u.shape[-2:]))
+        return warp_terms(to_warp, u, image0, gamma)
+
+    pair = torch.from_numpy(i0)[None], torch.from_numpy(i1)[None]
+    np.testing.assert_array_equal(tvl1_flow(*pair, cfg, warp=spy).numpy(), tvl1_flow(*pair, cfg).numpy())
+    assert calls == [(24, 32)] * 3 + [(48, 64)] * 3
+
+    def no_data(to_warp, u, image0, gamma):
+        gw, grad, rho_c = warp_terms(to_warp, u, image0, gamma)
+        return torch.zeros_like(gw), grad, torch.zeros_like(rho_c)
+
+    assert tvl1_flow(*pair, cfg, warp=no_data).abs().max() == 0
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_compiled_warp_equals_the_eager_warp():
+    """The warp as TorchTVL1(compiled=True) runs it (one fused kernel on GPUs; C++ here) against
+    the eager warp, with taps inside, across and far outside the image. Compiling takes 10-60 s on a
+    CPU (less with torch's on-disk cache warm), so one shape only; docs/gpu.md has the GPU check."""
+    compiled = torch.compile(warp_terms, dynamic=False)
+    for spread in (0.4, 40.0):  # the same shapes: one graph
+        to_warp, u, i0 = warp_inputs(spread)
+        with torch.inference_mode():
+            eager, fused = warp_terms(to_warp, u, i0, 0.0), compiled(to_warp, u, i0, 0.0)
+        for name, a, b in zip(("gw", "grad", "rho_c"), eager, fused, strict=True):
+            scale = float(a.abs().max())  # 255 for the images, up to 255^2 for grad
+            assert float((a - b).abs().max()) <= 1e-6 * scale, name  # float32 rounding (fused multiply-adds)
 
 
 # --- whole solves against OpenCV ------------------------------------------------------------------
