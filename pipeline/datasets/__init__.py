@@ -11,6 +11,7 @@ from pipeline.datasets.hmdb51 import read_hmdb51
 from pipeline.datasets.kinetics import read_kinetics
 from pipeline.datasets.mmaction import read_mmaction
 from pipeline.datasets.records import Dataset, VideoRecord, items
+from pipeline.datasets.sports1m import read_sports1m
 from pipeline.datasets.ucf101 import read_ucf101
 from pipeline.errors import DatasetError
 
@@ -23,6 +24,7 @@ READERS = {
     "mmaction": read_mmaction,
     "folder": read_folder,
     "aslan": read_aslan,  # View-2 pairs of ASLAN (pipeline.datasets.aslan.read_view2 gives the pairs)
+    "sports1m": read_sports1m,  # the release's partitions or one of its ten folds (dataset.split = "foldX")
 }
 
 __all__ = ["FORMATS", "THREE_SPLIT_FORMATS", "Dataset", "DatasetConfig", "VideoRecord", "items",
