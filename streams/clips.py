@@ -22,6 +22,7 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 from flow.store import Store, open_store
 from streams import transforms
 from streams.errors import StreamsError
+from streams.losses import label_array
 
 
 def clip_starts(num_images: int, clip_len: int, clips: int) -> list[int]:
@@ -38,7 +39,9 @@ def window(start: int, clip_len: int, num_images: int) -> list[int]:
 
 
 class ClipDataset(Dataset):
-    """(uint8 clip [C, T, H, W], label) for each (video_id, label) item.
+    """(uint8 clip [C, T, H, W], label) for each (video_id, label) item. A label is a class index, or
+    the tuple of a multi-label video's labels: then every item's label comes as an int64 row padded with
+    -1 (streams.losses.label_array; the loss and accuracy read both forms).
 
     train=True: one random clip per item, keyed by (index, epoch). train=False: `clips_per_video`
     fixed clips per item, keyed by index = item * clips_per_video + clip.
@@ -48,7 +51,8 @@ class ClipDataset(Dataset):
                  clip_len: int = 16, *, train: bool, resize: Sequence[int] = (182, 242), crop: int = 160,
                  scale_jitter: Sequence[int] = (), flip: bool = True, clips_per_video: int = 1, seed: int = 0):
         self.store = store if isinstance(store, Store) else open_store(store)
-        self.items = [(str(v), int(label)) for v, label in items]
+        self.items = [(str(v), label) for v, label in items]
+        self.labels = label_array([label for _, label in self.items])
         self.modality = transforms.check_modality(modality)
         self.clip_len = clip_len
         self.train = train
@@ -62,9 +66,11 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items) * self.clips_per_video
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int | torch.Tensor]:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
-        video_id, label = self.items[index // self.clips_per_video]
+        video_id = self.items[index // self.clips_per_video][0]
+        row = self.labels[index // self.clips_per_video]
+        label = int(row) if self.labels.ndim == 1 else torch.from_numpy(row.copy())
         with self.store.open(video_id) as video:
             num = video.num_frames if self.modality == "rgb" else video.num_flows
             if num < 1:

@@ -56,6 +56,11 @@ class Dataset:
         return dict(self.per_split) or {self.split: self}
 
 
-def items(records: list[VideoRecord]) -> list[tuple[str, int]]:
-    """(video_id, label) pairs, the form streams.clips and the training stage take."""
-    return [(r.video_id, r.label) for r in records]
+def training_item(record: VideoRecord) -> tuple[str, int | tuple[int, ...]]:
+    """(video_id, label), the form streams.clips and the training stage take; a multi-label video
+    gives all its labels (streams.losses spreads the training target over them)."""
+    return record.video_id, (record.label if len(record.labels) == 1 else record.labels)
+
+
+def items(records: list[VideoRecord]) -> list[tuple[str, int | tuple[int, ...]]]:
+    return [training_item(r) for r in records]
