@@ -1,4 +1,4 @@
-"""Any video file as the streams see a stored one, with TV-L1 flow computed on the fly.
+"""Any video file (or frame folder) as the streams see a stored one, with TV-L1 flow computed on the fly.
 
 `predict` and `features` run on users' own videos, which are in no frame + flow store. A video is
 decoded with the flow package's reader, keeping just the frames the views read (placed for the frame
@@ -20,7 +20,7 @@ from flow.encoding import encode
 from flow.errors import FlowError
 from flow.stage import make_backend
 from flow.tvl1 import to_gray
-from flow.video import VideoReader
+from fusion.inputs import open_reader
 from fusion.views import View
 from streams.clips import window
 
@@ -63,7 +63,7 @@ class DecodedVideo:
 
 
 def count_frames(path: Path, size: str) -> int:
-    reader = VideoReader(path, size)
+    reader = open_reader(path, size)
     return sum(1 for _ in reader.frames())
 
 
@@ -85,8 +85,9 @@ def _runs(indices: Iterable[int]) -> list[tuple[int, int]]:
 
 def decode_for_views(path: Path | str, flow_cfg: FlowConfig, clip_lens: dict[str, int], views_for: ViewsFor,
                      on_flow: Callable[[int, int], None] | None = None) -> tuple[DecodedVideo, dict[str, list[View]]]:
-    """Decode `path` at `flow_cfg.size` for the streams in `clip_lens` ({"rgb": 16, "flow": 16}) and
-    compute the flow their views need. Returns the video and each stream's views.
+    """Decode `path` (a video file or a frame folder, fusion.inputs) at `flow_cfg.size` for the
+    streams in `clip_lens` ({"rgb": 16, "flow": 16}) and compute the flow their views need.
+    Returns the video and each stream's views.
 
     The views are placed for the frame count the container declares; when the decoder finds another
     count (containers estimating it from the duration are often a frame off), the video is decoded
@@ -96,7 +97,7 @@ def decode_for_views(path: Path | str, flow_cfg: FlowConfig, clip_lens: dict[str
     pairs (a progress bar's hook: TV-L1 is most of the time on a long video).
     """
     path = Path(path)
-    reader = VideoReader(path, flow_cfg.size)
+    reader = open_reader(path, flow_cfg.size)
     num_frames = reader.declared_frames or count_frames(path, flow_cfg.size)
     while True:
         views, needed_frames, needed_flows = _plan(path, num_frames, clip_lens, views_for)
@@ -105,7 +106,7 @@ def decode_for_views(path: Path | str, flow_cfg: FlowConfig, clip_lens: dict[str
         if reader.frames_read == num_frames:
             break
         num_frames = reader.frames_read
-        reader = VideoReader(path, flow_cfg.size)
+        reader = open_reader(path, flow_cfg.size)
 
     flows: dict[int, np.ndarray] = {}
     if needed_flows:

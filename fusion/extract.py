@@ -6,10 +6,13 @@ evaluation's StreamRunner, as `make eval` computes its SVM features). The output
 features, the same after the protocol's signed square root + L2 (`<stream>_normalised`,
 fusion.svm.normalise) and, with both streams, their normalised concatenation (`two_stream`).
 
-The videos are a directory (every video file under it, recursively; ids are the paths relative to
-it without the extension, like the datasets' video ids) or a text file listing one path per line.
-Each finished video is kept in `<out>.parts/`, so a killed run resumes where it stopped; a video that
-cannot be read is recorded with its reason (`failed_ids`, `failed_reasons`) and the rest goes on.
+The videos are files, frame folders, directories or list files (fusion.inputs; ids are the paths
+relative to the directory or list given, without the extension, like the datasets' video ids), and
+the flow is computed with the checkpoints' flow settings unless `--set flow.KEY` says otherwise
+(fusion.predict.prepare). Each finished video is kept in `<out>.parts/`, so a killed run resumes
+where it stopped; a video that cannot be read is recorded with its reason (`failed_ids`,
+`failed_reasons`) and the rest goes on. An existing output is refused unless `--force`. Features over
+time (one row per snippet, a folder of .npy) are `features --stride` (fusion.snippet_features).
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import json
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +29,16 @@ import numpy as np
 from flow.config import FlowConfig
 from flow.errors import FlowError
 from flow.stage import config_flow_settings
-from flow.video import VIDEO_EXTENSIONS
 from fusion import svm
 from fusion.config import EvalConfig
 from fusion.decoded import decode_for_views
+from fusion.engine import Engine
 from fusion.errors import FusionError
-from fusion.predict import Stream, check_flow, load_streams
+from fusion.inputs import input_signature, list_inputs
+from fusion.predict import prepare
 from fusion.report import save_npz
-from fusion.views import feature_views
-from p3dbase.atomic import atomic_path
+from fusion.views import feature_plan
+from p3dbase.atomic import DiskFullError, atomic_path
 from p3dbase.errors import shown
 from p3dbase.progress import progress_bar
 from streams.errors import StreamsError
@@ -61,70 +65,42 @@ class FeatureSummary:
         return "\n".join(lines)
 
 
-def list_videos(source: Path | str) -> list[tuple[str, Path]]:
-    """(video_id, path) of the videos of a directory (recursively) or of a list file, sorted by id."""
-    source = Path(source)
-    if source.is_dir():
-        # shown(): a file name that is not UTF-8 keeps its path but gets a printable id (\xNN)
-        found = [(shown(p.relative_to(source).with_suffix("").as_posix()), p) for p in source.rglob("*")
-                 if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS
-                 and not any(part.startswith(".") for part in p.relative_to(source).parts)]
-        if not found:
-            raise FusionError(f"{source}: no video files ({', '.join(VIDEO_EXTENSIONS)}) under this directory")
-    elif source.is_file():
-        try:
-            lines = source.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise FusionError(f"{source}: cannot read the list of videos: {e}") from None
-        found = []
-        for line in (line.strip() for line in lines):
-            if not line or line.startswith("#"):
-                continue
-            path = Path(line) if Path(line).is_absolute() else source.parent / line
-            found.append((Path(line).with_suffix("").as_posix().removeprefix("./"), path))
-        if not found:
-            raise FusionError(f"{source}: the list of videos is empty")
-    else:
-        raise FusionError(f"{source}: no such directory or list file")
-    ids: dict[str, Path] = {}
-    for video_id, path in found:
-        if video_id in ids:
-            raise FusionError(f"{source}: {ids[video_id]} and {path} would both have the id {video_id!r}")
-        ids[video_id] = path
-    return sorted(ids.items())
-
-
-def _check_output(out: Path) -> None:
+def _check_output(out: Path, force: bool) -> None:
+    """One rule for every output: an existing one is refused unless --force (as export does)."""
     if out.suffix not in OUTPUT_SUFFIXES:
-        raise FusionError(f"--out {out}: the features file must end in .npz or .parquet")
+        raise FusionError(f"--out {shown(out)}: the features file must end in .npz or .parquet (or give --stride "
+                          "for per-snippet features into a folder)")
+    if out.is_dir():
+        raise FusionError(f"--out {shown(out)} is a folder: the per-video features go to one .npz or .parquet file")
+    if out.exists() and not force:
+        raise FusionError(f"--out {shown(out)} exists: give another --out, or --force to overwrite it")
     if out.suffix == ".parquet":
         try:
             import pyarrow  # noqa: F401
         except ImportError:
-            raise FusionError(f"--out {out}: writing Parquet needs pyarrow (pip install pyarrow); "
+            raise FusionError(f"--out {shown(out)}: writing Parquet needs pyarrow (pip install pyarrow); "
                               "or write .npz, which needs nothing more") from None
 
 
-def video_features(path: Path, streams: Sequence[Stream], flow_cfg: FlowConfig, clips: int) -> dict[str, np.ndarray]:
+def video_features(path: Path, engine: Engine, flow_cfg: FlowConfig, clips: int) -> dict[str, np.ndarray]:
     """{stream: pool5 float32 [D]} of one video under the feature protocol."""
+    plan = feature_plan(clips)
+
     def views_for(modality: str, length: int):
-        return feature_views(length, next(s.clip_len for s in streams if s.name == modality), clips)
+        return plan.views(length, engine.stream(modality).clip_len)
 
-    video, views = decode_for_views(path, flow_cfg, {s.name: s.clip_len for s in streams}, views_for)
+    video, views = decode_for_views(path, flow_cfg, {s.name: s.clip_len for s in engine.streams}, views_for)
     with video:
-        return {s.name: s.runner.run(video, views[s.name])[1].mean(axis=0).astype(np.float32) for s in streams}
+        outputs = {s.name: engine.run(s.name, video, [plan], views=[views[s.name]])[0] for s in engine.streams}
+    return {name: out.pool5.mean(axis=0).astype(np.float32) for name, out in outputs.items()}
 
 
-def _settings(streams: Sequence[Stream], flow_cfg: FlowConfig, cfg: EvalConfig) -> dict:
+def _settings(engine: Engine, flow_cfg: FlowConfig, cfg: EvalConfig) -> dict:
     """What decides the features: a changed checkpoint or setting makes earlier parts stale."""
-    ckpts = {}
-    for s in streams:
-        stat = s.checkpoint.path.stat()
-        ckpts[s.name] = {"path": str(s.checkpoint.path.resolve()), "size": stat.st_size,
-                         "mtime_ns": stat.st_mtime_ns, "arch": s.checkpoint.arch,
-                         "input_convention": s.checkpoint.input_convention,
-                         "clip_len": s.clip_len, "crop": s.runner.geometry.crop}
-    return {"checkpoints": ckpts, "svm_clips": cfg.svm_clips, "flow": asdict(flow_cfg),
+    ckpts = {s.name: {"path": shown(s.checkpoint.resolve()), "sha256": s.sha256, "arch": s.info.arch,
+                      "input_convention": s.info.input_convention, "clip_len": s.clip_len, "crop": s.geometry.crop}
+             for s in engine.streams}
+    return {"checkpoints": ckpts, "svm_clips": cfg.svm_clips, "flow": config_flow_settings(flow_cfg),
             "protocol": f"{cfg.svm_clips} evenly spaced centre-crop clips, each averaged with its mirror; "
                         "pool5 averaged over them; *_normalised: signed square root then L2"}
 
@@ -143,59 +119,54 @@ def _part_path(parts: Path, video_id: str) -> Path:
     return parts / f"{hashlib.sha1(video_id.encode()).hexdigest()[:20]}.npz"
 
 
-def _signature(path: Path) -> str:
-    stat = path.stat()
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
-
-
 def _read_part(part: Path, video_id: str, path: Path, names: Sequence[str]) -> dict[str, np.ndarray] | None:
     if not part.is_file():
         return None
     try:
         with np.load(part, allow_pickle=False) as data:
-            if str(data["id"]) != video_id or str(data["signature"]) != _signature(path):
+            if str(data["id"]) != video_id or str(data["signature"]) != input_signature(path):
                 return None
             return {n: data[n] for n in names}
     except (OSError, ValueError, KeyError, EOFError):
         return None
 
 
-def extract_features(source: Path | str, checkpoints: dict[str, Path], out: Path | str, flow_cfg: FlowConfig,
-                     cfg: EvalConfig, *, force: bool = False) -> FeatureSummary:
-    """The `features` stage: features of every video of `source` (a directory or a list file) into
-    `out` (.npz, or .parquet with pyarrow). Resumes from `<out>.parts/` unless `force`."""
+def extract_features(sources: Sequence[Path | str] | Path | str, checkpoints: dict[str, Path], out: Path | str,
+                     flow_cfg: FlowConfig, cfg: EvalConfig, *, force: bool = False,
+                     explicit_flow: Sequence[str] = ()) -> FeatureSummary:
+    """The `features` stage: features of every video of `sources` (files, frame folders,
+    directories, list files: fusion.inputs) into `out` (.npz, or .parquet with pyarrow). An existing
+    `out` is refused unless `force` (which also recomputes); a killed run resumes from `<out>.parts/`.
+    `explicit_flow`: the `[flow]` keys given with --set (the others come from the checkpoints)."""
     started = time.monotonic()
     out = Path(out)
-    _check_output(out)
-    try:
-        flow_cfg.validate()
-        cfg.validate()
-    except ValueError as e:
-        raise FusionError(f"settings: {e}") from None
-    videos = list_videos(source)
-    streams = load_streams({k: Path(v) for k, v in checkpoints.items()}, cfg)
-    check_flow(streams, config_flow_settings(flow_cfg), "the [flow] settings features computes flow with")
-    names = [s.name for s in streams]
-    settings = _settings(streams, flow_cfg, cfg)
+    _check_output(out, force)
+    videos = list_inputs([sources] if isinstance(sources, (str, Path)) else sources)
+    engine, flow_cfg = prepare(checkpoints, flow_cfg, cfg, explicit_flow)
+    names = [s.name for s in engine.streams]
+    settings = _settings(engine, flow_cfg, cfg)
     parts = out.with_name(out.name + ".parts")
     _open_parts(parts, settings, force)
 
     features: dict[str, dict[str, np.ndarray]] = {}
     failures: list[tuple[str, str]] = []
     computed = resumed = 0
-    for video_id, path in progress_bar(videos, desc="features", unit="video"):
+    for video in progress_bar(videos, desc="features", unit="video"):
+        video_id, path = video.video_id, video.path
         part = _part_path(parts, video_id)
-        got = _read_part(part, video_id, path, names) if path.is_file() else None
+        got = _read_part(part, video_id, path, names) if path.exists() else None
         if got is not None:
             features[video_id] = got
             resumed += 1
             continue
         try:
-            got = video_features(path, streams, flow_cfg, cfg.svm_clips)
+            got = video_features(path, engine, flow_cfg, cfg.svm_clips)
         except (FlowError, StreamsError, OSError) as e:
-            failures.append((video_id, " ".join(str(e).split())))
+            if isinstance(e, DiskFullError):
+                raise
+            failures.append((video_id, shown(" ".join(str(e).split()))))
             continue
-        save_npz(part, {"id": np.array(video_id), "signature": np.array(_signature(path)), **got})
+        save_npz(part, {"id": np.array(video_id), "signature": np.array(input_signature(path)), **got})
         features[video_id] = got
         computed += 1
     if not features:

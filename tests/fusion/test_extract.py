@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,8 @@ from flow.store import open_store
 from fusion import extract
 from fusion.config import EvalConfig
 from fusion.errors import FusionError
-from fusion.extract import extract_features, list_videos
+from fusion.extract import extract_features
+from fusion.inputs import list_inputs
 from fusion.scoring import ClipGeometry, StreamRunner
 from fusion.views import feature_views
 from streams.checkpoint import load_checkpoint
@@ -94,24 +97,51 @@ def test_features_resume_after_a_kill(tmp_path, video_dir, tiny_checkpoints, mon
         assert "flow" not in a.files and "two_stream" not in a.files
 
 
-def test_video_lists_and_output_formats(tmp_path, video_dir, tiny_checkpoints):
+def test_video_lists_folders_and_frame_folders(tmp_path, video_dir):
     listing = tmp_path / "list.txt"
     listing.write_text(f"# my videos\nvideos/jump/v1.avi\n\n{video_dir / 'run' / 'v2.avi'}\n")
-    ids = [video_id for video_id, _ in list_videos(listing)]
+    ids = [v.video_id for v in list_inputs([listing])]
     assert ids == [(video_dir / "run" / "v2").as_posix(), "videos/jump/v1"]
+    # mmaction2's lists: "<path> <label>" (videos) and "<dir> <total_frames> <label>" (rawframes).
+    frames = tmp_path / "videos" / "rawframes" / "v3"
+    frames.mkdir(parents=True)
+    for k in range(1, 6):
+        cv2.imwrite(str(frames / f"img_{k:05d}.jpg"), np.full((30, 40, 3), 40 * k, np.uint8))
+    listing.write_text("videos/jump/v1.avi 0\nvideos/rawframes/v3 5 2\n")
+    assert [(v.video_id, v.path) for v in list_inputs([listing])] == [
+        ("videos/jump/v1", tmp_path / "videos/jump/v1.avi"), ("videos/rawframes/v3", frames)]
+    # A directory: every video file and every frame folder under it, ids relative to it.
+    assert [v.video_id for v in list_inputs([video_dir])] == ["jump/v1", "rawframes/v3", "run/broken", "run/v2"]
+    assert [v.video_id for v in list_inputs([frames])] == ["v3"]  # a frame folder given itself
     listing.write_text("videos/jump/v1.avi\nvideos/jump/v1.mp4\n")
     with pytest.raises(FusionError, match="would both have the id 'videos/jump/v1'"):
-        list_videos(listing)
-    with pytest.raises(FusionError, match="no such directory or list file"):
-        list_videos(tmp_path / "absent")
+        list_inputs([listing])
+    with pytest.raises(FusionError, match="no such video file, frame folder, directory or list file"):
+        list_inputs([tmp_path / "absent"])
+
+
+def test_output_rules_and_formats(tmp_path, video_dir, tiny_checkpoints, monkeypatch):
+    ckpts = {"rgb": checkpoints(tiny_checkpoints)["rgb"]}
     with pytest.raises(FusionError, match="must end in .npz or .parquet"):
-        extract_features(video_dir, checkpoints(tiny_checkpoints), tmp_path / "f.csv", FAST_FLOW, CFG)
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        with pytest.raises(FusionError, match="pip install pyarrow.*or write .npz"):
-            extract_features(video_dir, checkpoints(tiny_checkpoints), tmp_path / "f.parquet", FAST_FLOW, CFG)
-        return
+        extract_features(video_dir, ckpts, tmp_path / "f.csv", FAST_FLOW, CFG)
+    # One rule for every output: an existing one is refused unless --force (as export does).
+    out = tmp_path / "f.npz"
+    extract_features(video_dir, ckpts, out, FAST_FLOW, CFG)
+    before = out.read_bytes()
+    with pytest.raises(FusionError, match="exists: give another --out, or --force"):
+        extract_features(video_dir, ckpts, out, FAST_FLOW, CFG)
+    assert out.read_bytes() == before
+    summary = extract_features(video_dir, ckpts, out, FAST_FLOW, CFG, force=True)
+    assert summary.computed == 2
+    with np.load(out) as again:
+        assert list(again["ids"]) == ["jump/v1", "run/v2"]
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as on a machine without it
+    with pytest.raises(FusionError, match="pip install pyarrow.*or write .npz"):
+        extract_features(video_dir, ckpts, tmp_path / "f.parquet", FAST_FLOW, CFG)
+
+
+def test_parquet_output(tmp_path, video_dir, tiny_checkpoints):
+    pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow (the test extra) is not installed")
     extract_features(video_dir, checkpoints(tiny_checkpoints), tmp_path / "f.parquet", FAST_FLOW, CFG)
     table = pq.read_table(tmp_path / "f.parquet")
     assert table.column("video_id").to_pylist() == ["jump/v1", "run/v2"]

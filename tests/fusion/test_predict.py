@@ -71,9 +71,9 @@ def test_predict_gives_the_scores_of_make_flow_then_eval(tmp_path, tiny_checkpoi
     ckpts = checkpoints(tiny_checkpoints)
     cfg = EvalConfig(clips=3, crops="three", fusion_scores="softmax")
     expected = stored_video_scores(video, tmp_path / "store", ckpts, cfg)
-    streams = load_streams(ckpts, cfg)
-    prediction = predict_video(video, streams, FAST_FLOW, cfg, top_k=3)
-    classes = streams[0].checkpoint.classes
+    engine = load_streams(ckpts, cfg)
+    prediction = predict_video(video, engine, FAST_FLOW, cfg, top_k=3)
+    classes = engine.streams[0].classes
     assert prediction.frames == 12 and list(prediction.top) == ["rgb", "flow", "fusion"]
     for name in ("rgb", "flow"):
         got = dict(prediction.top[name])
@@ -95,9 +95,9 @@ def test_predict_and_eval_fuse_raw_scores_the_same_way(tmp_path, tiny_checkpoint
     cfg = EvalConfig(clips=2)
     assert cfg.fusion_scores == "raw" and cfg.fusion_weights == [1.0, 1.5]
     expected = stored_video_scores(video, tmp_path / "store", ckpts, cfg)
-    streams = load_streams(ckpts, cfg)
-    prediction = predict_video(video, streams, FAST_FLOW, cfg, top_k=3)
-    classes = streams[0].checkpoint.classes
+    engine = load_streams(ckpts, cfg)
+    prediction = predict_video(video, engine, FAST_FLOW, cfg, top_k=3)
+    classes = engine.streams[0].classes
     logits = (expected["rgb"] + 1.5 * expected["flow"]) / 2.5
     fused = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     got = dict(prediction.top["fusion"])

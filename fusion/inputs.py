@@ -1,0 +1,174 @@
+"""What `predict` and `features` take as videos: video files, frame folders and list files.
+
+* a video file (`flow.video.VIDEO_EXTENSIONS`);
+* a frame folder: one video's JPEG/PNG frames in a rawframes layout the flow stage recognises
+  (`img_00001.jpg`, `frame_0000000001.jpg`, `image_*`, `rgb_*`, in the folder or in `rgb/`;
+  flow.rawframes.scan). Its frames are read in order; the flow is computed from them with TV-L1
+  under the stream's flow settings like a video's (flow images beside them are not read: they were
+  made by another tool with its own settings);
+* a directory holding any of these (recursively: every video file, and every frame folder);
+* a list file: one path per line, or an mmaction2 list (`<path> <label>` for videos,
+  `<dir> <total_frames> <label>` for rawframes: the first field is the path, the rest ignored); a
+  relative path is taken from the list's folder.
+
+A video's id is its path relative to the directory or list given, without the extension (for a
+single file or folder: its name), with `/`, like the datasets' video ids; outputs are named by it.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from flow.errors import FlowError
+from flow.rawframes import scan
+from flow.video import VIDEO_EXTENSIONS, VideoReader, output_size, resize
+from fusion.errors import FusionError
+from p3dbase.errors import shown
+
+LIST_SUFFIXES = (".txt", ".lst", ".list")
+
+
+@dataclass(frozen=True)
+class VideoInput:
+    video_id: str
+    path: Path  # a video file or a frame folder
+
+
+def is_frame_folder(path: Path) -> bool:
+    try:
+        scan(path)
+    except FlowError:
+        return False
+    return True
+
+
+def _under(folder: Path) -> list[VideoInput]:
+    found = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
+            # shown(): a file name that is not UTF-8 keeps its path but gets a printable id (\xNN)
+            found.append(VideoInput(shown(rel.with_suffix("").as_posix()), path))
+        elif path.is_dir() and is_frame_folder(path):
+            found.append(VideoInput(shown(rel.as_posix()), path))
+    return found
+
+
+def _from_list(source: Path) -> list[VideoInput]:
+    try:
+        lines = source.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise FusionError(f"{shown(source)}: cannot read the list of videos: {e}") from None
+    found = []
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        # mmaction2's lists: "<path> <label>" or "<dir> <total_frames> <label>": numbers after the path
+        name = parts[0] if len(parts) > 1 and all(p.lstrip("-").isdigit() for p in parts[1:]) else line
+        path = Path(name) if Path(name).is_absolute() else source.parent / name
+        rel = Path(name)
+        video_id = (rel if path.is_dir() else rel.with_suffix("")).as_posix().removeprefix("./")
+        if not video_id or video_id == ".":
+            raise FusionError(f"{shown(source)}, line {number}: {name!r} names no video")
+        found.append(VideoInput(video_id, path))
+    if not found:
+        raise FusionError(f"{shown(source)}: the list of videos is empty")
+    return sorted(found, key=lambda v: v.video_id)
+
+
+def list_inputs(sources: Sequence[Path | str]) -> list[VideoInput]:
+    """The videos of `sources` (each a video file, a frame folder, a directory of them or a list
+    file), in the order given, each directory's and list's sorted by id. FusionError naming the
+    source when it holds no video or two inputs would get one id."""
+    found: list[VideoInput] = []
+    for source in map(Path, sources):
+        if source.is_dir():
+            if is_frame_folder(source):
+                found.append(VideoInput(shown(source.name), source))
+                continue
+            inside = _under(source)
+            if not inside:
+                raise FusionError(f"{shown(source)}: no video files ({', '.join(VIDEO_EXTENSIONS)}) or frame folders "
+                                  "(img_00001.jpg, ...) under this directory")
+            found += inside
+        elif source.suffix.lower() in LIST_SUFFIXES and source.is_file():
+            found += _from_list(source)
+        elif source.exists() or source.suffix.lower() in VIDEO_EXTENSIONS:
+            # a video file; one that is missing or unreadable fails on its own, the others going on
+            found.append(VideoInput(shown(source.with_suffix("").name), source))
+        else:
+            raise FusionError(f"{shown(source)}: no such video file, frame folder, directory or list file")
+    ids: dict[str, Path] = {}
+    for v in found:
+        if v.video_id in ids and ids[v.video_id] != v.path:
+            raise FusionError(f"{shown(ids[v.video_id])} and {shown(v.path)} would both have the id {v.video_id!r}")
+        ids[v.video_id] = v.path
+    return list({v.video_id: v for v in found}.values())
+
+
+def input_signature(path: Path) -> str:
+    """What ties an output to its input: a video file's size and mtime; a frame folder's image
+    count, total size and newest mtime."""
+    path = Path(path)
+    if path.is_dir():
+        stats = [p.stat() for p in path.rglob("*") if p.is_file()]
+        return f"{len(stats)}:{sum(s.st_size for s in stats)}:{max((s.st_mtime_ns for s in stats), default=0)}"
+    stat = path.stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+class FolderReader:
+    """A frame folder read like a video file (VideoReader's interface): frames in order, resized
+    like the flow stage resizes a video's (`size`), BGR uint8."""
+
+    def __init__(self, path: Path | str, size: str = "", max_pixels: int = 0):
+        self.path = Path(path)
+        self.size = size
+        self.max_pixels = max_pixels
+        video = scan(self.path)
+        start = min(video.frames)
+        gaps = [i for i in range(start, max(video.frames) + 1) if i not in video.frames]
+        if gaps:
+            raise FlowError(f"{shown(self.path)}: {len(gaps)} frame(s) missing in the numbering, e.g. image {gaps[0]}")
+        self.files = [video.frames[i] for i in sorted(video.frames)]
+        self.declared_frames = len(self.files)
+        self.fps = 0.0  # a folder of images says nothing about time
+        self.frames_read = 0
+
+    def frames(self) -> Iterator[np.ndarray]:
+        out_size = None
+        for path in self.files:
+            try:  # bytes through Python: OpenCV crashes on a path that is not valid UTF-8
+                image = cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+            except OSError as e:
+                raise FlowError(f"{shown(path)}: cannot read: {e.strerror}") from None
+            if image is None:
+                raise FlowError(f"{shown(path)}: not an image OpenCV can decode")
+            if out_size is None:
+                out_size = output_size(image.shape[1], image.shape[0], self.size)
+                if self.max_pixels > 0 and out_size[0] * out_size[1] > self.max_pixels:
+                    raise FlowError(f"{shown(path)}: frames of {image.shape[1]}x{image.shape[0]} would be processed "
+                                    f"at {out_size[0]}x{out_size[1]}, more than [flow] max_pixels = "
+                                    f"{self.max_pixels:,}: set [flow] size")
+            self.frames_read += 1
+            yield resize(image, out_size)
+
+    def check_complete(self, tolerance: float) -> None:
+        if self.frames_read == 0:
+            raise FlowError(f"{shown(self.path)}: no frame could be read")
+
+
+def open_reader(path: Path | str, size: str = "", max_pixels: int = 0) -> VideoReader | FolderReader:
+    """A reader of a video file or a frame folder (FlowError naming it when it is neither)."""
+    path = Path(path)
+    if path.is_dir():
+        return FolderReader(path, size, max_pixels)
+    return VideoReader(path, size, max_pixels)

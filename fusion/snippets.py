@@ -1,0 +1,188 @@
+"""Network outputs over time: one clip (a snippet) every `stride` frames of a video, streamed.
+
+A snippet at frame s covers frames [s, s + W) for RGB and the flow images [s, s + W) (frames s to
+s + W) for flow, W being the streams' clip length; the starts are 0, stride, 2 stride, ... while a
+whole snippet fits in the positions every stream has (N frames for RGB alone, N - 1 flow images as
+soon as a flow stream is given, so the rows of both streams are the same snippets). The tail shorter
+than a stride is not covered. A video with fewer positions than one window gives one snippet at 0,
+read looped (as eval reads a short video) and marked `padded`; a single frame with a flow stream
+is refused.
+
+The video is never held whole: frames are decoded in order into a buffer holding one batch of
+snippets (`batch` starts: about batch x stride + W frames), TV-L1 runs on the pairs the batch needs
+and not yet computed (where windows overlap, once per pair), the network scores the batch, and the
+frames and flow before the next start are dropped. Memory is then bounded by the batch, not by the
+video's length; the outputs themselves (T rows per stream) are the only thing that grows.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from flow.config import FlowConfig
+from flow.encoding import encode
+from flow.errors import FlowError
+from flow.stage import make_backend
+from flow.tvl1 import to_gray
+from fusion.engine import Engine, ViewOutputs
+from fusion.errors import FusionError
+from fusion.inputs import open_reader
+from fusion.views import View, ViewPlan
+from p3dbase.errors import shown
+
+
+@dataclass
+class Snippets:
+    """A video's outputs over time: per stream, one row per snippet (mirrored views averaged)."""
+    num_frames: int
+    fps: float  # the container's frame rate; 0 = unknown (a frame folder)
+    window: int
+    stride: int
+    starts: list[int]
+    padded: bool  # fewer positions than one window: one looped snippet
+    logits: dict[str, np.ndarray]  # float32 [T, C]
+    pool5: dict[str, np.ndarray]  # float32 [T, D]
+    seconds: dict[str, float] = field(default_factory=dict)  # decode, flow, network
+    thumbnails: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (frame index, small BGR image)
+
+    def times(self) -> list[tuple[float, float]] | None:
+        """(start, end) seconds of each snippet at the video's frame rate; None when unknown."""
+        if not self.fps:
+            return None
+        return [(s / self.fps, (s + self.window) / self.fps) for s in self.starts]
+
+
+class _Buffer:
+    """The frames and flow images decoded so far and not yet dropped, with VideoFrames' interface."""
+
+    def __init__(self):
+        self.frames: dict[int, np.ndarray] = {}
+        self.flows: dict[int, np.ndarray] = {}
+        self.num_frames = 0  # frames read so far (the video's count once it ended)
+        self.path = ""
+
+    @property
+    def num_flows(self) -> int:
+        return max(self.num_frames - 1, 0)
+
+    def rgb(self, indices: Sequence[int]) -> np.ndarray:
+        return np.stack([self.frames[i] for i in indices])
+
+    def flow(self, indices: Sequence[int]) -> np.ndarray:
+        return np.stack([self.flows[i] for i in indices])
+
+    def drop_before(self, index: int) -> None:
+        for table in (self.frames, self.flows):
+            for i in [i for i in table if i < index]:
+                del table[i]
+
+
+def snippet_plan(stride: int, mirror: bool) -> ViewPlan:
+    return ViewPlan("snippets", crops="center", mirror=mirror, stride=stride)
+
+
+def run_snippets(path: Path | str, engine: Engine, flow_cfg: FlowConfig, stride: int, *, mirror: bool = False,
+                 batch: int = 16, on_frames: Callable[[int, int], None] | None = None,
+                 thumbnails: int = 0) -> Snippets:
+    """Every stream's outputs on the snippets of one video (a file or a frame folder), streamed.
+    `mirror`: each snippet averaged with its mirror (flow: x inverted), as the feature protocol does.
+    `on_frames(read, declared)` after each batch (a progress bar's hook). `thumbnails`: that many
+    evenly spaced frames kept, 72 px high, for a picture (fusion.timeline). FlowError naming the video
+    when it cannot be read or is truncated (beyond flow.missing_frames_tolerance)."""
+    windows = {s.clip_len for s in engine.streams}
+    if len(windows) != 1:
+        raise FusionError(f"the streams have different clip lengths ({sorted(windows)}): their snippets would not "
+                          "cover the same frames")
+    window = windows.pop()
+    has_flow = any(s.name == "flow" for s in engine.streams)
+    extra = 1 if has_flow else 0  # a flow window of W images reads W + 1 frames
+    reader = open_reader(path, flow_cfg.size, flow_cfg.max_pixels)
+    frames = reader.frames()
+    buffer = _Buffer()
+    buffer.path = shown(path)
+    backend = make_backend(flow_cfg) if has_flow else None
+    seconds = {"decode": 0.0, "flow": 0.0, "network": 0.0}
+    rows: dict[str, list[ViewOutputs]] = {s.name: [] for s in engine.streams}
+    starts: list[int] = []
+    ended = False
+    next_start = 0
+    flips = (False, True) if mirror else (False,)
+    total = reader.declared_frames
+    keep = {round(k * (total - 1) / max(thumbnails - 1, 1)) for k in range(thumbnails)} if total else set()
+    kept: list[tuple[int, np.ndarray]] = []
+
+    def read_until(count: int) -> None:
+        nonlocal ended
+        started = time.perf_counter()
+        while not ended and buffer.num_frames < count:
+            frame = next(frames, None)
+            if frame is None:
+                ended = True
+                reader.check_complete(flow_cfg.missing_frames_tolerance)
+                break
+            buffer.frames[buffer.num_frames] = frame
+            if buffer.num_frames in keep:
+                height = 72
+                width = max(1, round(frame.shape[1] * height / frame.shape[0]))
+                kept.append((buffer.num_frames, cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)))
+            buffer.num_frames += 1
+        seconds["decode"] += time.perf_counter() - started
+
+    def compute_flow(needed: set[int]) -> None:
+        started = time.perf_counter()
+        todo = sorted(needed - set(buffer.flows))
+        runs: list[list[int]] = []
+        for i in todo:  # consecutive runs of at most batch_pairs pairs: one TV-L1 call each
+            if runs and i == runs[-1][-1] + 1 and len(runs[-1]) < flow_cfg.batch_pairs:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        for run in runs:
+            gray = to_gray(np.stack([buffer.frames[i] for i in range(run[0], run[-1] + 2)]))
+            for offset, image in enumerate(encode(backend.compute(gray), flow_cfg.bound)):
+                buffer.flows[run[0] + offset] = image
+        seconds["flow"] += time.perf_counter() - started
+
+    def score(batch_starts: list[int], looped: bool) -> None:
+        if has_flow:
+            positions = buffer.num_flows
+            compute_flow({(s + k) % positions if looped else s + k for s in batch_starts for k in range(window)})
+        started = time.perf_counter()
+        views = [View(s, "center", f) for s in batch_starts for f in flips]
+        for s in engine.streams:
+            rows[s.name].append(engine.run(s.name, buffer, [], views=[views])[0])
+        seconds["network"] += time.perf_counter() - started
+        starts.extend(batch_starts)
+
+    while True:
+        wanted = [next_start + k * stride for k in range(batch)]
+        read_until(wanted[-1] + window + extra)
+        if ended:
+            wanted = [s for s in wanted if s + window <= buffer.num_frames - extra]
+        if not wanted:
+            break
+        score(wanted, looped=False)
+        next_start = wanted[-1] + stride
+        buffer.drop_before(next_start)
+        if on_frames:
+            on_frames(buffer.num_frames, reader.declared_frames)
+    padded = not starts
+    if padded:
+        if buffer.num_frames - extra < 1:
+            raise FlowError(f"{shown(path)}: only one frame, flow needs at least two")
+        score([0], looped=True)  # every frame is still in the buffer: nothing was dropped
+    if on_frames:
+        on_frames(buffer.num_frames, buffer.num_frames)
+    logits, pool5 = {}, {}
+    for name, parts in rows.items():
+        per = len(flips)  # a snippet's rows: unmirrored then mirrored
+        stacked_logits = np.concatenate([p.logits for p in parts])
+        stacked_pool5 = np.concatenate([p.pool5 for p in parts])
+        logits[name] = stacked_logits.reshape(-1, per, stacked_logits.shape[1]).mean(axis=1).astype(np.float32)
+        pool5[name] = stacked_pool5.reshape(-1, per, stacked_pool5.shape[1]).mean(axis=1).astype(np.float32)
+    return Snippets(buffer.num_frames, reader.fps, window, stride, starts, padded, logits, pool5, seconds, kept)
