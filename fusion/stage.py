@@ -84,7 +84,7 @@ def run_eval(store_dir: Path, checkpoints: dict[str, Path], train_items: Sequenc
     device = resolve_device(cfg.device, "eval.device")
     streams = [_check_stream(name, Path(checkpoints[name]), classes, cfg, out_dir)
                for name in MODALITIES if name in checkpoints]
-    check_flow(streams, flow_settings(store.bound, store.params), f"the store at {store_dir}")
+    check_flow([s.spec for s in streams], flow_settings(store.bound, store.params), f"the store at {store_dir}")
     specs = [s.spec for s in streams]
 
     two = len(streams) == 2
