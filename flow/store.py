@@ -4,8 +4,8 @@ A store is a directory with `store.json` (layout, codec, bound, the flow paramet
 per video, keyed by `video_id` (`Class/v_Class_g01_c01`):
 
 * `packed` (default): one file `<video_id>.pack` per video holding every RGB frame and every flow
-  image, each as one lossless blob (PNG by default) listed in an offset index, so a random 16-frame
-  window costs one read and 16 decodes. Format in docs/flow.md.
+  image, each as one blob (JPEG, PNG or raw: flow.codec) listed in an offset index, so a random
+  16-frame window costs one read and 16 decodes. Format in docs/flow.md.
 * `mmaction`: the mmaction2 / TSN rawframes layout `<video_id>/img_00001.jpg`, `flow_x_00001.jpg`,
   `flow_y_00001.jpg` (1-based JPEGs, lossy), readable by mmaction2 unchanged.
 
@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 from flow.errors import FlowError
+from flow.codec import CODECS, PNG_PARAMS, CodecError, decode_flow, decode_rgb, encode_flow, encode_rgb, flow_jpeg_blob
 from flow.index import StoreIndex
 from p3dbase.atomic import TEMP_MARKER, fsync_dir, write_bytes, writer_token
 from p3dbase.errors import shown
@@ -42,17 +43,11 @@ STORE_FILE = "store.json"
 STORE_FORMAT = "p3d-two-stream flow store"
 STORE_VERSION = 1
 LAYOUTS = ("packed", "mmaction")
-CODECS = ("png", "raw")  # packed layout only; both lossless
 PACK_SUFFIX = ".pack"
 PACK_MAGIC = b"P3DPACK1"
 LOCK_SUFFIX = ".lock"
 MMACTION_SIDE_FILE = ".p3d.json"  # in each mmaction video folder: CRC32 of every JPEG, what it was made from
-# zlib level 3 with PNG's "up" filter on every row: against adaptive filtering about the same size
-# and twice as fast to encode and to decode (bench/flow_store.py). OpenCV without the filter option
-# (< 4.11) falls back to adaptive filtering, still lossless.
-PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 3]
-if hasattr(cv2, "IMWRITE_PNG_FILTER"):
-    PNG_PARAMS += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+__all__ = ["CODECS", "PNG_PARAMS"]  # the codecs live in flow.codec; re-exported for older callers
 _FOOTER = struct.Struct("<Q8s")  # length of the JSON meta, magic
 
 
@@ -135,7 +130,8 @@ class PackedFrames(VideoFrames):
             raise FlowError(broken)
         try:
             meta = json.loads(os.pread(self._fd, meta_len, size - _FOOTER.size - meta_len))
-            self.codec = meta["codec"]
+            self.codec = meta["codec"]  # of the RGB frames
+            self.flow_codec = meta.get("flow_codec", self.codec)  # packs before flow_codec: one codec
             self.origin = meta.get("origin")  # what it was made from (flow.index.Origin); older packs: None
             self.height, self.width = int(meta["height"]), int(meta["width"])
             self.num_frames, self.num_flows = int(meta["num_frames"]), int(meta["num_flows"])
@@ -148,7 +144,7 @@ class PackedFrames(VideoFrames):
                 crcs = np.frombuffer(raw, dtype="<u4").reshape(rows)
         except (ValueError, KeyError, TypeError) as e:
             raise FlowError(f"{broken} ({e})") from None
-        if (self.codec not in CODECS or (index.size and (int(index.min()) < 0
+        if (self.codec not in CODECS or self.flow_codec not in CODECS or (index.size and (int(index.min()) < 0
                                                          or int((index[:, 0] + index[:, 1]).max()) > size))):
             raise FlowError(broken)
         self._rgb_index = index[: self.num_frames]
@@ -189,31 +185,32 @@ class PackedFrames(VideoFrames):
             return [span[o - start: o - start + n] for o, n in rows.tolist()]
         return [np.frombuffer(os.pread(self._fd, n, o), dtype=np.uint8) for o, n in rows.tolist()]
 
-    def _decode(self, blob: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        if self.codec == "raw":
-            return blob.reshape(shape)
-        img = cv2.imdecode(blob, cv2.IMREAD_UNCHANGED)
-        if img is None:
-            raise FlowError(f"video {self.video_id}: corrupt image blob in {self.path}")
-        return img
+    def _undecodable(self, e: CodecError, i: int, what: str, codec: str) -> FlowError:
+        return FlowError(f"video {self.video_id}: {what} {i} in {self.path} does not decode as {codec} ({e}): "
+                         "redo the video (re-run the flow stage with --force, or remove it)")
 
-    def rgb(self, indices: Sequence[int]) -> np.ndarray:
+    def rgb(self, indices: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+        """`out`: a uint8 [T, H, W, 3] array to decode into (a loader reuses one per clip)."""
         idx = _check_indices(self.video_id, indices, self.num_frames, "frame")
-        out = np.empty((len(idx), self.height, self.width, 3), np.uint8)
+        out = _output(out, (len(idx), self.height, self.width, 3), self.video_id)
         for k, blob in enumerate(self._blobs(self._rgb_index[idx])):
-            out[k] = self._decode(self._check_crc(blob, self._rgb_crc, idx[k], "frame"), out.shape[1:])
+            try:
+                decode_rgb(self.codec, self._check_crc(blob, self._rgb_crc, idx[k], "frame"), out[k])
+            except CodecError as e:
+                raise self._undecodable(e, idx[k], "frame", self.codec) from None
         return out
 
-    def flow(self, indices: Sequence[int]) -> np.ndarray:
+    def flow(self, indices: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+        """`out`: a uint8 [T, H, W, 2] array to decode into."""
         idx = _check_indices(self.video_id, indices, self.num_flows, "flow")
-        out = np.empty((len(idx), self.height, self.width, 2), np.uint8)
+        out = _output(out, (len(idx), self.height, self.width, 2), self.video_id)
+        scratch = np.empty((self.height, self.width), np.uint8)
         for k, blob in enumerate(self._blobs(self._flow_index[idx])):
-            img = self._decode(self._check_crc(blob, self._flow_crc, idx[k], "flow image"), out.shape[1:])
-            if self.codec == "raw":
-                out[k] = img
-            else:  # PNG holds the x and y images side by side: [H, 2W]
-                out[k, :, :, 0] = img[:, : self.width]
-                out[k, :, :, 1] = img[:, self.width:]
+            try:
+                decode_flow(self.flow_codec, self._check_crc(blob, self._flow_crc, idx[k], "flow image"), out[k],
+                            scratch)
+            except CodecError as e:
+                raise self._undecodable(e, idx[k], "flow image", self.flow_codec) from None
         return out
 
     def close(self) -> None:
@@ -235,6 +232,15 @@ class MmactionFrames(VideoFrames):
     """Reader of one mmaction2 rawframes directory."""
 
     def __init__(self, path: Path, video_id: str):
+def _output(out: np.ndarray | None, shape: tuple[int, ...], video_id: str) -> np.ndarray:
+    if out is None:
+        return np.empty(shape, np.uint8)
+    if out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
+        raise FlowError(f"video {video_id}: decoding {list(shape)} images into a {out.dtype} "
+                        f"{list(out.shape)} array (needs a C-contiguous uint8 one of that shape)")
+    return out
+
+
         self.video_id = video_id
         self.path = path
         try:
@@ -330,11 +336,37 @@ class VideoWriter(ABC):
             raise FlowError(f"video {self.video_id}: {what} must be uint8 [T, H, W, {channels}], "
                             f"got {arr.dtype} {list(arr.shape)}")
         if self.shape is None:
-            self.shape = arr.shape[1:3]
-        elif arr.shape[1:3] != self.shape:
-            raise FlowError(f"video {self.video_id}: {what} are {arr.shape[2]}x{arr.shape[1]}, "
-                            f"earlier images were {self.shape[1]}x{self.shape[0]}")
+            self.shape = tuple(shape)
+        elif tuple(shape) != self.shape:
+            raise FlowError(f"video {self.video_id}: {what} are {shape[1]}x{shape[0]}, "
+        self._check_shape(arr.shape[1:3], what)
         return arr
+
+    def _check_shape(self, shape: tuple[int, int], what: str) -> None:
+                            f"earlier images were {self.shape[1]}x{self.shape[0]}")
+
+    def stores_jpeg(self, modality: str) -> bool:
+        """Whether the store keeps `modality` ("rgb" or "flow") as JPEG files at its jpeg_quality: then
+        JPEGs of the video's size are added as they are (`add_rgb_jpegs`, `add_flow_jpegs`)."""
+        if self.store.layout == "mmaction":
+            return True
+        return (self.store.codec if modality == "rgb" else self.store.flow_codec) == "jpeg"
+
+    def add_rgb_jpegs(self, jpegs: Sequence[bytes], shape: tuple[int, int]) -> None:
+        """Append frames given as BGR JPEG files' bytes, stored byte for byte; `shape`: their (H, W),
+        which the caller has checked (a store with `stores_jpeg("rgb")` only)."""
+        self._check_shape(shape, "RGB frames")
+        for jpeg in jpegs:
+            self._put_rgb_jpeg(self.num_frames, bytes(jpeg))
+            self.num_frames += 1
+
+    def add_flow_jpegs(self, pairs: Sequence[tuple[bytes, bytes]], shape: tuple[int, int]) -> None:
+        """Append flow images given as (x, y) greyscale JPEG files' bytes at the store's bound, stored
+        byte for byte; `shape`: their (H, W) (a store with `stores_jpeg("flow")` only)."""
+        self._check_shape(shape, "flow images")
+        for x_jpeg, y_jpeg in pairs:
+            self._put_flow_jpegs(self.num_flows, bytes(x_jpeg), bytes(y_jpeg))
+            self.num_flows += 1
 
     def add_rgb(self, frames: np.ndarray) -> None:
         """Append uint8 [T, H, W, 3] BGR frames."""
@@ -363,14 +395,18 @@ class VideoWriter(ABC):
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is None:
+        if exc_type is not None:
+            self.abort()
+            return
+        try:
             self.commit()
-        else:
+        except BaseException:  # a full disk while finishing: nothing half-written stays
             self.abort()
 
     @abstractmethod
     def _put_rgb(self, i: int, frame: np.ndarray) -> None:
         """Store frame `i`."""
+            raise
 
     @abstractmethod
     def _put_flow(self, i: int, flow_u8: np.ndarray) -> None:
@@ -379,6 +415,14 @@ class VideoWriter(ABC):
     @abstractmethod
     def _finish(self) -> None:
         """Make the complete video visible under its final name."""
+
+    @abstractmethod
+    def _put_rgb_jpeg(self, i: int, jpeg: bytes) -> None:
+        """Store frame `i`, a JPEG file's bytes."""
+
+    @abstractmethod
+    def _put_flow_jpegs(self, i: int, x_jpeg: bytes, y_jpeg: bytes) -> None:
+        """Store flow image `i`, two JPEG files' bytes."""
 
 
 class PackWriter(VideoWriter):
@@ -404,20 +448,19 @@ class PackWriter(VideoWriter):
         f.write(blob)
         return offset, len(blob), zlib.crc32(blob)
 
-    def _encode(self, img: np.ndarray) -> bytes:
-        if self.store.codec == "raw":
-            return np.ascontiguousarray(img).tobytes()
-        ok, buf = cv2.imencode(".png", img, PNG_PARAMS)
-        if not ok:
-            raise FlowError(f"video {self.video_id}: PNG encoding failed")
-        return buf.tobytes()
-
     def _put_rgb(self, i: int, frame: np.ndarray) -> None:
-        self._rgb_rows.append(self._put(self._rgb_file, self._encode(frame)))
+        blob = encode_rgb(self.store.codec, frame, self.store.jpeg_quality)
+        self._rgb_rows.append(self._put(self._rgb_file, blob))
 
     def _put_flow(self, i: int, flow_u8: np.ndarray) -> None:
-        img = flow_u8 if self.store.codec == "raw" else np.concatenate([flow_u8[..., 0], flow_u8[..., 1]], 1)
-        self._flow_rows.append(self._put(self._flow_file, self._encode(img)))
+        blob = encode_flow(self.store.flow_codec, flow_u8, self.store.jpeg_quality)
+        self._flow_rows.append(self._put(self._flow_file, blob))
+
+    def _put_rgb_jpeg(self, i: int, jpeg: bytes) -> None:
+        self._rgb_rows.append(self._put(self._rgb_file, jpeg))
+
+    def _put_flow_jpegs(self, i: int, x_jpeg: bytes, y_jpeg: bytes) -> None:
+        self._flow_rows.append(self._put(self._flow_file, flow_jpeg_blob(x_jpeg, y_jpeg)))
 
     def _finish(self) -> None:
         f = self._rgb_file
@@ -430,7 +473,10 @@ class PackWriter(VideoWriter):
         f.write(np.asarray([r[:2] for r in rows], dtype="<i8").reshape(-1, 2).tobytes())
         crc32_offset = f.tell()
         f.write(np.asarray([r[2] for r in rows], dtype="<u4").tobytes())
-        meta = json.dumps({"codec": self.store.codec, "height": self.shape[0], "width": self.shape[1],
+        codecs = {"codec": self.store.codec}
+        if self.store.flow_codec != self.store.codec:
+            codecs["flow_codec"] = self.store.flow_codec
+        meta = json.dumps({**codecs, "height": self.shape[0], "width": self.shape[1],
                            "num_frames": self.num_frames, "num_flows": self.num_flows,
                            "index_offset": index_offset, "crc32_offset": crc32_offset,
                            **({"origin": self.origin} if self.origin else {})},
@@ -464,8 +510,18 @@ class MmactionWriter(VideoWriter):
         ok, buf = cv2.imencode(".jpg", img, self._params)
         if not ok:
             raise FlowError(f"video {self.video_id}: JPEG encoding failed")
-        (self.tmp / name).write_bytes(buf.tobytes())
-        self._crcs[name] = zlib.crc32(buf)
+        self._write(name, buf.tobytes())
+
+    def _write(self, name: str, data: bytes) -> None:
+        (self.tmp / name).write_bytes(data)
+        self._crcs[name] = zlib.crc32(data)
+
+    def _put_rgb_jpeg(self, i: int, jpeg: bytes) -> None:
+        self._write(f"img_{i + 1:05d}.jpg", jpeg)
+
+    def _put_flow_jpegs(self, i: int, x_jpeg: bytes, y_jpeg: bytes) -> None:
+        self._write(f"flow_x_{i + 1:05d}.jpg", x_jpeg)
+        self._write(f"flow_y_{i + 1:05d}.jpg", y_jpeg)
 
     def _put_rgb(self, i: int, frame: np.ndarray) -> None:
         self._imwrite(f"img_{i + 1:05d}.jpg", frame)
@@ -510,7 +566,8 @@ class Store:
         self.root = Path(root)
         self.info = info
         self.layout: str = info["layout"]
-        self.codec: str = info.get("codec", "")
+        self.codec: str = info.get("codec", "")  # packed: of the RGB frames
+        self.flow_codec: str = info.get("flow_codec", self.codec)  # packed: of the flow images
         self.bound: float = float(info["bound"])
         self.jpeg_quality: int = int(info.get("jpeg_quality", 95))
         self.params: dict[str, Any] = info.get("params", {})
@@ -643,6 +700,11 @@ class Store:
             yield True
         finally:
             try:
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, writer_token().encode(), 0)  # who holds it, for a run that waits on it
+        except OSError:
+            pass  # a full disk: the lock holds all the same
                 os.unlink(path)  # while still held: a waiter on this file then sees it gone
             except FileNotFoundError:
                 pass
@@ -652,6 +714,13 @@ class Store:
         """Delete the temporary files / folders killed writers left for these videos (one
         directory listing per folder); returns how many were removed. A video whose lock another
         process holds is being written: its files are left alone. `locked`: the caller holds
+    def lock_holder(self, video_id: str) -> str:
+        """`host-pid` of the process holding the video's lock ("" when unknown)."""
+        try:
+            return self.lock_path(video_id).read_text(errors="replace").strip()
+        except OSError:
+            return ""
+
         the videos' locks."""
         by_dir: dict[Path, dict[str, str]] = {}
         for video_id in video_ids:
@@ -693,20 +762,25 @@ class OtherSettingsError(FlowError):
 
 
 def _store_info(layout: str, codec: str, bound: float, jpeg_quality: int,
-                params: dict[str, Any] | None) -> dict[str, Any]:
+                params: dict[str, Any] | None, flow_codec: str | None = None) -> dict[str, Any]:
+    flow_codec = flow_codec or codec
     if layout not in LAYOUTS:
         raise FlowError(f"store layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    if layout == "packed" and codec not in CODECS:
-        raise FlowError(f"packed store codec must be one of {', '.join(CODECS)}, got {codec!r}")
+    if layout == "packed" and (codec not in CODECS or flow_codec not in CODECS):
+        raise FlowError(f"packed store codecs must be among {', '.join(CODECS)}, got {codec!r} (RGB) "
+                        f"and {flow_codec!r} (flow)")
     if not bound > 0:
         raise FlowError(f"store bound must be > 0, got {bound}")
-    if layout == "mmaction" and not 0 <= jpeg_quality <= 100:
+    jpeg = layout == "mmaction" or "jpeg" in (codec, flow_codec)
+    if jpeg and not 0 <= jpeg_quality <= 100:
         raise FlowError(f"jpeg_quality must be in 0..100, got {jpeg_quality}")
     info: dict[str, Any] = {"format": STORE_FORMAT, "version": STORE_VERSION, "layout": layout,
                             "bound": float(bound)}
     if layout == "packed":
         info["codec"] = codec
-    else:
+        if flow_codec != codec:  # absent: one codec for both (and store.json of older stores unchanged)
+            info["flow_codec"] = flow_codec
+    if jpeg:
         info["jpeg_quality"] = int(jpeg_quality)
     info["params"] = dict(params or {})
     return info
@@ -718,15 +792,16 @@ def _encode_info(info: dict[str, Any]) -> bytes:
 
 def create_store(root: Path | str, layout: str = "packed", *, codec: str = "png", bound: float = 20.0,
                  jpeg_quality: int = 95, params: dict[str, Any] | None = None,
-                 overwrite: bool = False) -> Store:
-    """Create (or reopen) a store at `root`.
+                 overwrite: bool = False, flow_codec: str | None = None) -> Store:
+    """Create (or reopen) a store at `root`. `codec`: of the packed layout's RGB frames, and of its
+    flow images unless `flow_codec` names another.
 
     `params` (JSON-able, e.g. the TV-L1 settings) are recorded in store.json. Reopening an existing
     store with other settings raises FlowError unless `overwrite`, which rewrites store.json and
     leaves the videos in place (the flow stage's --force then redoes them).
     """
     root = Path(root)
-    info = _store_info(layout, codec, bound, jpeg_quality, params)
+    info = _store_info(layout, codec, bound, jpeg_quality, params, flow_codec)
     data = _encode_info(info)
     path = root / STORE_FILE
     if path.exists() and not overwrite:
@@ -774,7 +849,7 @@ def open_store(root: Path | str, purpose: str = "") -> Store:
                         f"(this code reads version {STORE_VERSION})")
     try:
         _store_info(info["layout"], info.get("codec", ""), float(info["bound"]),
-                    int(info.get("jpeg_quality", 95)), info.get("params"))
+                    int(info.get("jpeg_quality", 95)), info.get("params"), info.get("flow_codec"))
     except (KeyError, TypeError, ValueError) as e:
         raise FlowError(f"{path}: broken store description ({e})") from None
     return Store(Path(root), info)

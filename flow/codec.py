@@ -1,0 +1,222 @@
+"""Image codecs of the packed store: how one RGB frame or one flow image becomes a blob and back.
+
+* `jpeg` (lossy): a frame is a 3-channel JPEG, a flow image two 1-channel JPEGs (x, y), each as
+  cv2.imwrite writes them at the store's `jpeg_quality` (95): the images mmaction2, denseflow and
+  TSN store, so that imported rawframes JPEGs are kept byte for byte. A flow blob is
+  `<u32 length of the x JPEG> <x JPEG> <y JPEG>`.
+* `png` (lossless): a flow image is x and y side by side, [H, 2W].
+* `raw` (lossless): the uint8 array as is.
+
+JPEGs are decoded by simplejpeg (libjpeg-turbo's TurboJPEG API) where it is installed: 2.2x faster
+than cv2.imdecode on 340x256 colour frames and it writes into the caller's array
+(`bench/flow_store.py --decoders` measures the candidates). Without it (the GPU machine's image),
+cv2 decodes the same files. Decoding at a reduced DCT size is not used: at quality 95 entropy
+decoding dominates, so half size saves ~5% and 6/8 size costs 1.8x (same bench).
+"""
+from __future__ import annotations
+
+import functools
+import struct
+from types import ModuleType
+
+import cv2
+import numpy as np
+
+CODECS = ("jpeg", "png", "raw")
+# zlib level 3 with PNG's "up" filter on every row: against adaptive filtering about the same size
+# and twice as fast to encode and to decode (bench/flow_store.py). OpenCV without the filter option
+# (< 4.11) falls back to adaptive filtering, still lossless.
+PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 3]
+if hasattr(cv2, "IMWRITE_PNG_FILTER"):
+    PNG_PARAMS += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+_X_LENGTH = struct.Struct("<I")
+
+
+class CodecError(ValueError):
+    """A blob that does not decode to the expected image (the reader names the video and image)."""
+
+
+# "auto": simplejpeg where installed, else cv2; "cv2" forces the fallback (tests, the bench).
+decoder = "auto"
+
+
+@functools.cache
+def _import_simplejpeg() -> ModuleType | None:
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    return simplejpeg
+
+
+def _simplejpeg() -> ModuleType | None:
+    return None if decoder == "cv2" else _import_simplejpeg()
+
+
+def jpeg_decoder() -> str:
+    """The library that decodes JPEGs here: "simplejpeg" or "cv2"."""
+    return "cv2" if _simplejpeg() is None else "simplejpeg"
+
+
+def jpeg_bytes(img: np.ndarray, quality: int) -> bytes:
+    """A grey [H, W] or BGR [H, W, 3] image as cv2.imwrite writes it (4:2:0 colour, like mmaction2)."""
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise CodecError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def flow_jpeg_blob(x_jpeg: bytes, y_jpeg: bytes) -> bytes:
+    """The jpeg codec's blob of one flow image from its x and y JPEG files' bytes."""
+    return _X_LENGTH.pack(len(x_jpeg)) + x_jpeg + y_jpeg
+
+
+def encode_rgb(codec: str, frame: np.ndarray, quality: int) -> bytes:
+    """uint8 BGR [H, W, 3] -> blob."""
+    if codec == "raw":
+        return np.ascontiguousarray(frame).tobytes()
+    if codec == "jpeg":
+        return jpeg_bytes(frame, quality)
+    return _png(frame)
+
+
+def encode_flow(codec: str, flow_u8: np.ndarray, quality: int) -> bytes:
+    """uint8 [H, W, 2] flow image (x, y) -> blob."""
+    if codec == "raw":
+        return np.ascontiguousarray(flow_u8).tobytes()
+    if codec == "jpeg":
+        return flow_jpeg_blob(*(jpeg_bytes(np.ascontiguousarray(flow_u8[..., c]), quality) for c in (0, 1)))
+    return _png(np.concatenate([flow_u8[..., 0], flow_u8[..., 1]], 1))
+
+
+def _png(img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", img, PNG_PARAMS)
+    if not ok:
+        raise CodecError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def _decode_jpeg(blob: memoryview | np.ndarray, out: np.ndarray, grey: bool) -> None:
+    """Decode a JPEG into `out` (contiguous uint8 [H, W] or [H, W, 3]); CodecError if it does not
+    decode or has another size."""
+    sj = _simplejpeg()
+    if sj is not None:
+        try:
+            img = sj.decode_jpeg(blob, "GRAY" if grey else "BGR", buffer=out)
+        except (ValueError, RuntimeError) as e:
+            raise CodecError(f"not a JPEG that decodes ({e})") from None
+        if img.shape[:2] != out.shape[:2]:  # a smaller image fills the front of the buffer
+            raise CodecError(f"JPEG is {img.shape[1]}x{img.shape[0]}, expected {out.shape[1]}x{out.shape[0]}")
+        return
+    img = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR)
+    if img is None:
+        raise CodecError("not a JPEG that decodes")
+    if img.shape != out.shape:
+        raise CodecError(f"JPEG is {img.shape[1]}x{img.shape[0]}, expected {out.shape[1]}x{out.shape[0]}")
+    out[...] = img
+
+
+def _decode_png(blob: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    img = cv2.imdecode(blob, cv2.IMREAD_UNCHANGED)
+    if img is None or img.shape != shape:
+        raise CodecError("not a PNG that decodes" if img is None else
+                         f"PNG is {list(img.shape)}, expected {list(shape)}")
+    return img
+
+
+def _raw(blob: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if blob.size != np.prod(shape):
+        raise CodecError(f"raw image of {blob.size} bytes, expected {int(np.prod(shape))}")
+    return blob.reshape(shape)
+
+
+def decode_rgb(codec: str, blob: np.ndarray, out: np.ndarray) -> None:
+    """Blob (uint8 array) -> `out`, a contiguous uint8 [H, W, 3] view of the caller's clip."""
+    if codec == "jpeg":
+        _decode_jpeg(blob, out, grey=False)
+    elif codec == "png":
+        out[...] = _decode_png(blob, out.shape)
+    else:
+        out[...] = _raw(blob, out.shape)
+
+
+def decode_flow(codec: str, blob: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
+    """Blob (uint8 array) -> `out`, a uint8 [H, W, 2] view of the caller's clip. `scratch`: a
+    contiguous uint8 [H, W] buffer the jpeg codec decodes each axis into."""
+    height, width = out.shape[:2]
+    if codec == "raw":
+        out[...] = _raw(blob, out.shape)
+    elif codec == "png":
+        img = _decode_png(blob, (height, 2 * width))
+        out[..., 0] = img[:, :width]
+        out[..., 1] = img[:, width:]
+    else:
+        if blob.size < _X_LENGTH.size:
+            raise CodecError("flow blob shorter than its header")
+        x_len = _X_LENGTH.unpack(blob[: _X_LENGTH.size].tobytes())[0]
+        if x_len > blob.size - _X_LENGTH.size:
+            raise CodecError("flow blob shorter than its x JPEG")
+        x_end = _X_LENGTH.size + x_len
+        for c, part in ((0, blob[_X_LENGTH.size: x_end]), (1, blob[x_end:])):
+            _decode_jpeg(part, scratch, grey=True)
+            out[..., c] = scratch
+
+
+# IJG's luminance quantisation table (libjpeg's jcparam.c, natural order), the base of the quality scale.
+_IJG_LUMA = np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+                      14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113,
+                      92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99])
+_ZIGZAG = np.array([0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20, 13,
+                    6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59, 52, 45,
+                    38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63])
+
+
+def _ijg_table(quality: int) -> np.ndarray:
+    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+    return np.clip((_IJG_LUMA * scale + 50) // 100, 1, 255)
+
+
+_IJG_TABLES = np.stack([_ijg_table(q) for q in range(1, 101)])
+
+
+def jpeg_header(data: bytes) -> tuple[int, int, int, int | None]:
+    """(height, width, components, quality) of a baseline or progressive 8-bit JPEG; quality is the
+    IJG quality (1-100) whose luminance table is nearest to table 0 (None when it has no table).
+    CodecError for anything else (12-bit, lossless, arithmetic-coded, not a JPEG)."""
+    if data[:2] != b"\xff\xd8":
+        raise CodecError("not a JPEG (no start-of-image marker)")
+    pos, table, sof = 2, None, None
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            raise CodecError(f"broken JPEG marker at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        length = int.from_bytes(data[pos + 2: pos + 4], "big")
+        segment = data[pos + 4: pos + 2 + length]
+        if marker == 0xDB:  # DQT: one or more tables of (precision << 4 | id) + 64 entries
+            at = 0
+            while at < len(segment):
+                precision, ident = segment[at] >> 4, segment[at] & 15
+                size = 128 if precision else 64
+                values = np.frombuffer(segment[at + 1: at + 1 + size], ">u2" if precision else np.uint8)
+                if ident == 0 and len(values) == 64:
+                    table = np.empty(64, np.int64)
+                    table[_ZIGZAG] = values
+                at += 1 + size
+        elif marker in (0xC0, 0xC1, 0xC2):  # baseline, extended, progressive Huffman
+            if len(segment) < 6 or segment[0] != 8:
+                raise CodecError("JPEG is not 8-bit")
+            sof = (int.from_bytes(segment[1:3], "big"), int.from_bytes(segment[3:5], "big"), segment[5])
+        elif 0xC3 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            raise CodecError("JPEG is lossless or arithmetic-coded")
+        elif marker == 0xDA:  # start of scan: the tables come before it
+            break
+        pos += 2 + length
+    if sof is None:
+        raise CodecError("JPEG has no frame header")
+    quality = None
+    if table is not None:
+        quality = int(np.abs(_IJG_TABLES - table).sum(axis=1).argmin()) + 1
+    return sof[0], sof[1], sof[2], quality
