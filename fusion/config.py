@@ -6,13 +6,17 @@ from dataclasses import dataclass, field
 from p3dbase.device import check_device_setting
 
 CROPS = ("center", "three")
+CLIP_SAMPLING = ("uniform", "random")
 FUSION_SCORES = ("softmax", "raw")
 
 
 @dataclass
 class EvalConfig:
-    # Video-level testing: `clips` evenly spaced clips per video x `crops`, scores averaged.
+    # Video-level testing: `clips` clips per video x `crops`, scores averaged.
     clips: int = 10  # per test video (the report's clip hit@1 counts each)
+    # "uniform": evenly spaced; "random": drawn uniformly per video, seeded by `seed` and the video id
+    # (the paper's Sports-1M testing: 20 random clips, the same ones on every re-run; fusion.views).
+    clip_sampling: str = "uniform"
     crops: str = "center"  # "center" (one crop) or "three" (left/centre/right along the long side)
     batch_views: int = 16  # clips through the network at once: bounds memory on long videos
 
@@ -33,7 +37,7 @@ class EvalConfig:
     svm_clips: int = 20  # clips per video whose features are averaged (the paper: 20)
     svm_cs: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0])  # C, chosen by CV
     svm_folds: int = 5  # cross-validation folds over the training videos
-    seed: int = 0  # cross-validation folds
+    seed: int = 0  # cross-validation folds, and the clips of clip_sampling = "random"
 
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
     jobs: int = 0  # CPU: parallel processes of one thread each; 0 = one per core (GPU: always 1)
@@ -41,6 +45,8 @@ class EvalConfig:
     def validate(self) -> None:
         if self.clips < 1:
             raise ValueError(f"clips: must be >= 1, got {self.clips}")
+        if self.clip_sampling not in CLIP_SAMPLING:
+            raise ValueError(f"clip_sampling: must be 'uniform' or 'random', got {self.clip_sampling!r}")
         if self.crops not in CROPS:
             raise ValueError(f"crops: must be 'center' or 'three', got {self.crops!r}")
         if self.batch_views < 1:

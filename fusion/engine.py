@@ -163,7 +163,8 @@ class Engine:
             if length < 1:
                 raise FlowError(f"{getattr(video, 'path', 'video')}: has no {name} images "
                                 "(a single frame has no flow)")
-            views = [plan.views(length, runner.geometry.clip_len) for plan in plans]
+            video_id = getattr(video, "video_id", "")  # seeds a random plan's clips (store videos)
+            views = [plan.views(length, runner.geometry.clip_len, video_id) for plan in plans]
         union = [v for vs in views for v in vs]
         tap = self.taps.get(name)
         if tap:

@@ -41,7 +41,8 @@ class _Context:
 
 
 def eval_plans(cfg: EvalConfig) -> dict[str, ViewPlan]:
-    return {"scores": score_plan(cfg.clips, cfg.crops), "features": feature_plan(cfg.svm_clips)}
+    return {"scores": score_plan(cfg.clips, cfg.crops, cfg.clip_sampling, cfg.seed),
+            "features": feature_plan(cfg.svm_clips)}
 
 
 def collect(store: Store, streams: Sequence[Stream], needs: dict[str, tuple[bool, bool]], cfg: EvalConfig,

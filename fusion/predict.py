@@ -126,10 +126,10 @@ def predict_video(path: Path, engine: Engine, flow_cfg: FlowConfig, cfg: EvalCon
                   top_k: int = 5, progress: bool = False, label: str = "") -> Prediction:
     """Score one video (a file or a frame folder) with every stream and fuse; FlowError if it cannot
     be decoded. `progress`: a bar on stderr over the flow pairs, then over the views scored."""
-    plan = score_plan(cfg.clips, cfg.crops)
+    plan = score_plan(cfg.clips, cfg.crops, cfg.clip_sampling, cfg.seed)
 
-    def views_for(modality: str, length: int) -> list[View]:
-        return plan.views(length, engine.stream(modality).clip_len)
+    def views_for(modality: str, length: int) -> list[View]:  # random clips: seeded by the name as by a video id
+        return plan.views(length, engine.stream(modality).clip_len, Path(path).stem)
 
     def phase(what: str, total: int, unit: str) -> None:  # a new count, and a new ETA
         bar.set_description(f"{name}: {what}", refresh=False)
