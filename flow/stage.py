@@ -16,6 +16,7 @@ disk stops the run with one DiskFullError (a FlowError).
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
 import re
@@ -34,19 +35,20 @@ import numpy as np
 from flow.config import FlowConfig
 from flow.encoding import encode
 from flow.errors import FlowError
-from flow.manifest import VideoResult, manifest_name, read_manifest, write_manifest
+from flow.index import IndexEntry, IndexWriter, Origin, entry_stat, source_origin
+from flow.manifest import VideoResult, read_manifest, write_manifest
 from flow.rawframes import import_video, survey
 from flow.store import STORE_FILE, OtherSettingsError, Store, check_video_id, create_store, open_store
 from flow.tvl1 import OpenCVTVL1, to_gray
 from flow.video import VideoReader
 from p3dbase.atomic import DiskFullError, disk_full, is_disk_full
-from p3dbase.errors import shown
+from p3dbase.errors import P3DError, shown
 from p3dbase.progress import progress_bar
 
 # [flow] fields that do not change what is written: a store made with other values of these is
 # still the same store.
 RUN_ONLY_FIELDS = ("jobs", "scheduler", "device", "batch_pairs", "missing_frames_tolerance",
-                   "store", "codec", "bound", "jpeg_quality", "max_pixels", "verify", "source",
+                   "store", "codec", "flow_codec", "bound", "jpeg_quality", "max_pixels", "source",
                    "rawframes_root", "rawframes_bound")
 # What decides imported rawframes (source = "rawframes"): TV-L1's settings are the other tool's, unknown here.
 RAWFRAMES_FIELDS = ("size", "rawframes_bound")
@@ -167,17 +169,23 @@ def _check_owner(owner: tuple[str, int, bool] | None) -> None:
         pass
 
 
-def process_video(job: FlowJob, out_dir: Path, cfg: FlowConfig, *, threads: int = 0,
-                  device: str | None = None, force: bool = False,
+LOCK_WAIT_S = 600.0  # how long a video locked by another run is waited for before it is skipped
+LOCK_REPORT_S = 10.0  # say what it waits for after this long
+
+
+def process_video(job: FlowJob, out_dir: Path, cfg: FlowConfig, *, origin: Origin | None = None,
+                  threads: int = 0, device: str | None = None, force: bool = False,
                   owner: tuple[str, int] | None = None) -> tuple[VideoResult, bool]:
     """Decode, compute and store one video holding its lock; returns its row and whether this call
-    computed it (False: complete in the store, e.g. finished meanwhile by another run; with
-    `force` it is always computed). Never raises for a broken video; a full disk raises
-    DiskFullError after removing what it was writing.
+    computed it (False: found complete in the store, made from `origin`, e.g. finished meanwhile by
+    another run; with `force` it is always computed). Never raises for a broken video; a full disk
+    raises DiskFullError after removing what it was writing.
 
+    `origin` (what the video is made from, taken before it is read) is kept with the stored video.
     `threads` > 0 sets OpenCV's thread count first (1 when several videos run at once). `owner` is
     the (host, pid) of the run: a worker process whose run has died stops at the next chunk and
-    exits.
+    exits. A video whose lock another process holds for longer than LOCK_WAIT_S is skipped (failed,
+    with who holds it).
     """
     start = time.perf_counter()
     if threads > 0:
@@ -186,14 +194,15 @@ def process_video(job: FlowJob, out_dir: Path, cfg: FlowConfig, *, threads: int 
     store = open_store(out_dir)
     try:
         _check_owner(alive)
-        with store.lock(job.video_id):
+        with _locked(store, job) as held:
+            if not held:
+                return _waited_too_long(store, job), True
             if not force and store.has(job.video_id):
-                try:
-                    return _done_row(store, job, None, cfg.verify), False
-                except FlowError:
-                    pass  # damaged: redo it
+                row = _stored_row(store, job, origin)
+                if row is not None:
+                    return row, False
             store.remove_temp(job.video_id)  # what a killed writer left
-            row = _compute(job, store, cfg, device, alive)
+            row = _compute(job, store, cfg, device, alive, origin)
     except _Orphaned:
         os._exit(1)  # a worker of a killed run: its writer has removed the temporary file
     except OSError as e:
@@ -204,19 +213,82 @@ def process_video(job: FlowJob, out_dir: Path, cfg: FlowConfig, *, threads: int 
     return row, True
 
 
+@contextlib.contextmanager
+def _locked(store: Store, job: FlowJob) -> Iterator[bool]:
+    """The video's lock: at once when free; else waited for, saying after LOCK_REPORT_S what for,
+    and given up (False) after LOCK_WAIT_S."""
+    waited = 0.0
+    reported = False
+    while True:
+        with store.lock(job.video_id, wait=False) as held:
+            if held:
+                yield True
+                return
+        if waited >= LOCK_WAIT_S:
+            yield False
+            return
+        if waited >= LOCK_REPORT_S and not reported:
+            print(f"flow: waiting for video {job.video_id}: locked by another run ({_holder(store, job)}); "
+                  f"skipped after {LOCK_WAIT_S:g} s", flush=True)
+            reported = True
+        time.sleep(0.5)
+        waited += 0.5
+
+
+def _holder(store: Store, job: FlowJob) -> str:
+    """Who holds a video's lock, in words: `host-pid`, and whether that process is stopped."""
+    token = store.lock_holder(job.video_id)
+    if not token:
+        return "process unknown"
+    host, _, pid = token.rpartition("-")
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            state = ""
+        if state in ("T", "t"):
+            return f"process {pid} on this machine, which is stopped (Ctrl-Z or SIGSTOP): resume or end it"
+        return f"process {pid} on this machine"
+    return f"process {pid} on {host}"
+
+
+def _waited_too_long(store: Store, job: FlowJob) -> VideoResult:
+    return VideoResult(job.video_id, shown(job.path), "failed",
+                       error=f"skipped: locked by another run ({_holder(store, job)}) for over {LOCK_WAIT_S:g} s; "
+                             "re-run once that run is done or gone")
+
+
+def _stored_row(store: Store, job: FlowJob, origin: Origin | None) -> VideoResult | None:
+    """The row of a video complete in the store and made from `origin`; None when it is damaged or
+    was made from something else (another source file, other settings)."""
+    try:
+        with store.open(job.video_id) as frames:
+            if origin is None or Origin.from_dict(frames.origin) != origin:
+                return None
+            return VideoResult(job.video_id, shown(job.path), "done", frames.num_frames, frames.num_flows,
+                               _declared(frames.origin))
+    except FlowError:
+        return None
+
+
 def _compute(job: FlowJob, store: Store, cfg: FlowConfig, device: str | None,
-             owner: tuple[str, int, bool] | None) -> VideoResult:
+             owner: tuple[str, int, bool] | None, origin: Origin | None) -> VideoResult:
     row = VideoResult(job.video_id, shown(job.path), "failed")
+    made_from = None if origin is None else origin.as_dict()
     try:
         if cfg.source == "rawframes":  # an existing frame folder: copied, nothing computed
-            with store.writer(job.video_id) as writer:
+            with store.writer(job.video_id, made_from) as writer:
                 row.declared_frames = len(import_video(job.path, writer, cfg, lambda: _check_owner(owner)).frames)
+                if made_from is not None:
+                    writer.origin = {**made_from, "declared_frames": row.declared_frames}
             row.status, row.frames, row.flow_pairs = "done", writer.num_frames, writer.num_flows
             return row
         reader = VideoReader(job.path, cfg.size, cfg.max_pixels)
         row.declared_frames = reader.declared_frames
         backend = make_backend(cfg, device)
-        with store.writer(job.video_id) as writer:
+        if made_from is not None:  # kept with the video, for its manifest row should the run be killed
+            made_from["declared_frames"] = reader.declared_frames
+        with store.writer(job.video_id, made_from) as writer:
             last = None  # the previous chunk's last frame: the first frame of the next pair
             for chunk in reader.chunks(cfg.batch_pairs + 1, cfg.batch_pairs):
                 _check_owner(owner)
@@ -237,9 +309,20 @@ def _compute(job: FlowJob, store: Store, cfg: FlowConfig, device: str | None,
         if is_disk_full(e):  # ... but a full disk stops it (the writer removed its temporary file)
             raise e if isinstance(e, DiskFullError) else disk_full(store.path(job.video_id), e) from e
         store.remove(job.video_id)  # nothing half-written, nor an older result, stays for it
-        error = str(e) if isinstance(e, FlowError) else f"{type(e).__name__}: {e}"
-        row.error = shown(" ".join(error.split()))  # one printable line in the manifest
+        row.error = _error_line(e, job.path)
     return row
+
+
+def _error_line(err: BaseException, path: Path) -> str:
+    """One printable line naming the file: a library's own words (OpenCV's assertion text) name none."""
+    if isinstance(err, FlowError):
+        text = str(err)
+    else:
+        words = str(err).strip().splitlines()
+        text = f"{type(err).__name__}: {words[-1] if words else ''}"  # OpenCV's last line holds the reason
+    if shown(path) not in text:
+        text = f"{shown(path)}: {text}"
+    return shown(" ".join(text.split()))
 
 
 def _select_shard(jobs: Sequence[FlowJob], shard: tuple[int, int]) -> list[FlowJob]:
@@ -253,35 +336,6 @@ def _select_shard(jobs: Sequence[FlowJob], shard: tuple[int, int]) -> list[FlowJ
             raise FlowError(f"video id {job.video_id!r} appears twice in the list of videos")
         seen.add(job.video_id)
     return ordered[i::n]
-
-
-def _earlier_rows(out_dir: Path, own: Path) -> dict[str, VideoResult]:
-    """Rows of earlier manifests (every shard's, then this run's own), to keep their timings."""
-    rows: dict[str, VideoResult] = {}
-    for path in sorted(out_dir.glob("manifest*.csv")) + [own]:
-        try:
-            rows.update(read_manifest(path))
-        except FlowError:
-            continue  # a foreign or damaged manifest only loses its timings
-    return rows
-
-
-def _done_row(store: Store, job: FlowJob, earlier: VideoResult | None, verify: bool) -> VideoResult:
-    """The row of a video found complete in the store (opening it checks its index, `verify` the
-    checksum of every image: FlowError if damaged); the time it took and its declared count come
-    from an earlier manifest when there is one."""
-    with store.open(job.video_id) as frames:
-        if verify:
-            frames.verify()
-        row = VideoResult(job.video_id, shown(job.path), "done", frames.num_frames, frames.num_flows)
-    if earlier is not None and earlier.status == "done":
-        row.declared_frames, row.seconds = earlier.declared_frames, earlier.seconds
-    else:
-        try:
-            row.declared_frames = VideoReader(job.path).declared_frames
-        except FlowError:
-            pass
-    return row
 
 
 def _workers(cfg: FlowConfig) -> tuple[int, list[str | None]]:
@@ -383,7 +437,7 @@ def _open_for_run(out_dir: Path, cfg: FlowConfig, shard: tuple[int, int], force:
     store.json, but not with a shard: only its videos would be redone, and the other shards' would
     keep the old settings under the new store.json."""
     def create(overwrite: bool) -> Store:
-        return create_store(out_dir, cfg.store, codec=cfg.codec, bound=cfg.bound,
+        return create_store(out_dir, cfg.store, codec=cfg.codec, flow_codec=cfg.flow_codec, bound=cfg.bound,
                             jpeg_quality=cfg.jpeg_quality, params=store_params(cfg), overwrite=overwrite)
     try:
         return create(False)
@@ -406,111 +460,309 @@ def _open_for_run(out_dir: Path, cfg: FlowConfig, shard: tuple[int, int], force:
 def run_flow(videos: Sequence[FlowJob], out_dir: Path, cfg: FlowConfig, *, shard: tuple[int, int] = (0, 1),
              force: bool = False, strict: bool = False, on_start: Callable[[], None] | None = None) -> FlowSummary:
     """Process every video of `shard` = (i, n) (0-based i; the i-th of n interleaved parts of the
-    videos sorted by id) into the store at `out_dir`; skip those already complete unless `force`.
+    videos sorted by id) into the store at `out_dir`; skip those the store's index lists as finished
+    from the same source file and settings, unless `force`.
 
-    Prints a summary and returns it; with `strict`, raises FlowError after finishing the rest if
-    any video failed. The manifest (`manifest.csv`, or one per shard) lists every video of the run.
-    `on_start` is called once the store has accepted the settings (the pipeline writes config.toml then).
+    Prints a summary and returns it. FlowError when every video of the run failed; with `strict`,
+    when any did (after finishing the rest). The manifest (`manifest.csv`, or one per shard) lists
+    every video of the run. `on_start` is called once the store has accepted the settings (the
+    pipeline writes config.toml then).
     """
+    # 1. Check the settings (the device too, before any video) and pick this shard's videos.
+    check_config(cfg)
+    mine = _select_shard(videos, shard)
+    out_dir = Path(out_dir).resolve()  # workers (processes, cluster nodes) may run elsewhere
+    valid, rows = _refuse(mine, cfg)
+
+    # 2. Open the store: other settings than its own are refused; --force rewrites store.json.
+    store = _open_for_run(out_dir, cfg, shard, force)
+    if on_start is not None:
+        on_start()
+    manifest = store.manifest_path(shard)
+    store.clean_stale([job.video_id for job in valid])  # what killed runs left (not what live ones write)
+
+    # 3. Plan from the index: finished videos (same source, same settings) are done; the rest is to do.
+    plan = _plan(store, valid, force)
+    rows.update(plan.rows)
+    if cfg.source == "rawframes":
+        print(survey([job.path for job in valid]), flush=True)
+
+    # 4. Compute what is left, recording each finished video in the index as it comes back.
+    start = time.perf_counter()
+    with store.index.writer() as index:
+        for entry in plan.adopted:
+            index.add(entry)
+        tally = _compute_all(plan.todo, store, cfg, force=force, plan=plan, rows=rows, index=index,
+                             manifest=manifest)
+        store.clean_stale([job.video_id for job in plan.todo])  # what workers that died were writing
+
+    # 5. The summary; a run in which every video failed is an error.
+    failures = sorted([(r.video_id, r.error) for r in rows.values() if r.status == "failed"])
+    summary = FlowSummary(videos=len(mine), computed=tally.computed, skipped=len(plan.rows) + tally.found,
+                          failed=len(failures), frames=tally.frames, pairs=tally.pairs,
+                          seconds=time.perf_counter() - start, manifest=manifest, shard=shard, failures=failures)
+    print(summary, flush=True)
+    if failures and (strict or len(failures) == len(mine)):
+        video_id, error = failures[0]
+        why = "--strict" if strict and len(failures) < len(mine) else "every video failed"
+        raise FlowError(f"{len(failures)} of {len(mine)} videos failed ({why}), e.g. {video_id}: {error}; "
+                        f"see {shown(manifest)}")
+    return summary
+
+
+def check_config(cfg: FlowConfig) -> None:
+    """FlowError for a bad [flow] setting, the device included: a torch backend on a device this
+    machine lacks fails here, not video by video."""
     try:
         cfg.validate()
     except ValueError as e:
         raise FlowError(f"[flow] {e}") from None
-    mine = _select_shard(videos, shard)
-    out_dir = Path(out_dir).resolve()  # workers (processes, cluster nodes) may run elsewhere
-    store = _open_for_run(out_dir, cfg, shard, force)
-    if on_start is not None:
-        on_start()
-    manifest = out_dir / manifest_name(shard)
-    earlier = _earlier_rows(out_dir, manifest)
+    if cfg.backend == "torch" and cfg.device != "auto" and not cfg.scheduler:  # cluster nodes have their own
+        from p3dbase.device import resolve_device
 
-    rows: dict[str, VideoResult] = {}
+        resolve_device(cfg.device, "flow.device")
+
+
+def _refuse(jobs: Sequence[FlowJob], cfg: FlowConfig) -> tuple[list[FlowJob], dict[str, VideoResult]]:
+    """The jobs to run, and failed rows for those refused before anything is opened: the caller's
+    reason (`FlowJob.error`), a bad video id, a frame folder leading out of `flow.rawframes_root`."""
+    root = os.path.realpath(cfg.rawframes_root) if cfg.source == "rawframes" and cfg.rawframes_root else None
     valid: list[FlowJob] = []
-    for job in mine:
+    rows: dict[str, VideoResult] = {}
+    for job in jobs:
         error = job.error
         if not error:
             try:
                 check_video_id(job.video_id)
             except FlowError as e:
                 error = str(e)
-        if error:  # refused before decoding: recorded, never opened
+        if not error and root is not None:
+            real = os.path.realpath(job.path)
+            if os.path.commonpath([real, root]) != root:
+                error = (f"refused: {shown(job.path)} is a symbolic link to {shown(real)}, outside "
+                         f"flow.rawframes_root {shown(root)}")
+        if error:
             rows[job.video_id] = VideoResult(shown(job.video_id), shown(job.path), "failed",
                                              error=shown(" ".join(error.split())))
         else:
             valid.append(job)
-    refused = [(r.video_id, r.error) for r in rows.values()]
-    store.clean_stale([job.video_id for job in valid])  # what killed runs left (not what live ones write)
-    todo: list[FlowJob] = []
-    for job in valid:
-        if not force and store.has(job.video_id):
-            try:
-                rows[job.video_id] = _done_row(store, job, earlier.get(job.video_id), cfg.verify)
-                continue
-            except FlowError:  # damaged since it was written: redone (under its lock)
-                pass
-        rows[job.video_id] = VideoResult(job.video_id, shown(job.path), "pending")
-        todo.append(job)
-    skipped = len(valid) - len(todo)
-    if cfg.source == "rawframes":
-        print(survey([job.path for job in valid]), flush=True)
-    # Longest first (file size as the proxy), so no long video starts last while the others idle.
-    todo.sort(key=lambda j: -(j.path.stat().st_size if j.path.is_file() else 0))
+    return valid, rows
 
+
+@dataclass
+class _Plan:
+    """What step 3 of run_flow decided: rows of videos done (or refused), the jobs to compute with
+    the origin each is made from, and index entries of finished videos the index lacked."""
+
+    rows: dict[str, VideoResult] = field(default_factory=dict)
+    todo: list[FlowJob] = field(default_factory=list)
+    origins: dict[str, Origin | None] = field(default_factory=dict)
+    adopted: list[IndexEntry] = field(default_factory=list)
+    redo: set[str] = field(default_factory=set)  # computed even if the stored one opens (verify found it damaged)
+
+
+class _Notes:
+    """Why videos are redone, printed as one line each for the first few and a count for the rest."""
+
+    SHOWN = 10
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def add(self, line: str) -> None:
+        self.count += 1
+        if self.count <= self.SHOWN:
+            print(f"flow: {line}", flush=True)
+
+    def close(self) -> None:
+        if self.count > self.SHOWN:
+            print(f"flow: ... and {self.count - self.SHOWN} more videos redone for such reasons", flush=True)
+
+
+def _plan(store: Store, jobs: Sequence[FlowJob], force: bool) -> _Plan:
+    """Sort the jobs into done and to do by the index, a `stat` of each source and stored video (no
+    pack is opened unless the index lacks it or disagrees with it)."""
+    read = store.index.read()
+    for problem in read.problems:
+        print(f"flow: {problem}", flush=True)
+    digest = store.settings_digest
+    plan, notes = _Plan(), _Notes()
+    earlier: dict[str, VideoResult] | None = None  # manifest rows: timings of videos indexed from their packs
+    for job in jobs:
+        origin = plan.origins[job.video_id] = source_origin(job.path, digest)
+        stored = entry_stat(store.path(job.video_id))
+        entry = read.entries.get(job.video_id)
+        if force or origin is None:  # a source that cannot be stat'ed fails in the worker, with why
+            plan.todo.append(job)
+            continue
+        if entry is not None and stored is not None and entry.state == "done":
+            if entry.origin == origin and (entry.stored_size, entry.stored_mtime_ns) == stored:
+                plan.rows[job.video_id] = VideoResult(job.video_id, shown(job.path), "done", entry.frames,
+                                                      entry.flows, entry.declared_frames, entry.seconds)
+                continue
+            if entry.settings != digest:
+                notes.add(f"video {job.video_id}: made with other settings than the store's (a --force run "
+                          "was stopped before it): redone")
+                plan.todo.append(job)
+                continue
+            if entry.origin != origin:
+                notes.add(f"video {job.video_id}: {shown(job.path)} changed since it was made (size or time): redone")
+                plan.todo.append(job)
+                continue
+            notes.add(f"video {job.video_id}: the index disagrees with {shown(store.path(job.video_id))} (changed "
+                      "since it was written): checking it")
+        elif entry is not None and entry.state == "damaged" and stored is not None:
+            notes.add(f"video {job.video_id}: `verify` found it damaged ({entry.note}): redone")
+            plan.todo.append(job)
+            plan.redo.add(job.video_id)
+            continue
+        if stored is None:
+            plan.todo.append(job)
+            continue
+        if store.layout == "packed" and os.path.isdir(store.path(job.video_id)):
+            plan.rows[job.video_id] = VideoResult(
+                job.video_id, shown(job.path), "failed",
+                error=f"{shown(store.path(job.video_id))} is a folder where its pack belongs: move it out of the store")
+            continue
+        # Stored but not (rightly) indexed: a store from before the index, a run killed before it
+        # recorded the video, a damaged index line. The stored video says what it was made from.
+        if earlier is None:
+            earlier = _earlier_rows(store)
+        entry = _check_stored(store, job, origin, legacy=not read.exists, earlier=earlier.get(job.video_id))
+        if entry is None:
+            notes.add(f"video {job.video_id}: stored without a record of being made from this source and these "
+                      "settings, or damaged: redone")
+            plan.todo.append(job)
+        else:
+            plan.adopted.append(entry)
+            plan.rows[job.video_id] = VideoResult(job.video_id, shown(job.path), "done", entry.frames, entry.flows,
+                                                  entry.declared_frames, entry.seconds)
+    notes.close()
+    return plan
+
+
+def _check_stored(store: Store, job: FlowJob, origin: Origin, *, legacy: bool,
+                  earlier: VideoResult | None) -> IndexEntry | None:
+    """The index entry of a stored video that opens and was made from `origin` (in a store written
+    before it kept an index, a video without a record of its origin is taken as made from the
+    source as it is now); None when it must be redone."""
+    stored = entry_stat(store.path(job.video_id))
+    try:
+        with store.open(job.video_id) as frames:
+            if Origin.from_dict(frames.origin) != origin and not (legacy and frames.origin is None):
+                return None
+            counts = frames.num_frames, frames.num_flows
+            declared = _declared(frames.origin)
+    except FlowError:
+        return None
+    if stored is None:
+        return None
+    if earlier is not None and earlier.status == "done":
+        declared, seconds = earlier.declared_frames, earlier.seconds
+    else:
+        seconds = ""
+    return _entry(job, origin, stored, *counts, declared, seconds)
+
+
+def _declared(origin: dict[str, Any] | None) -> int:
+    """The container's frame count the flow stage kept with a stored video (0: unknown)."""
+    try:
+        return int((origin or {}).get("declared_frames", 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _entry(job: FlowJob, origin: Origin, stored: tuple[int, int], frames: int, flows: int, declared: int,
+           seconds: str) -> IndexEntry:
+    return IndexEntry(job.video_id, "done", origin.settings, origin.size, origin.mtime_ns, stored[0], stored[1],
+                      frames, flows, declared, seconds, source=shown(job.path))
+
+
+def _earlier_rows(store: Store) -> dict[str, VideoResult]:
+    """Rows of earlier manifests (every shard's), for the timings of videos indexed from their packs."""
+    rows: dict[str, VideoResult] = {}
+    for path in sorted(store.root.glob("manifest*.csv")):
+        try:
+            rows.update(read_manifest(path))
+        except FlowError:
+            continue  # a foreign or damaged manifest only loses its timings
+    return rows
+
+
+@dataclass
+class _Tally:
+    computed: int = 0
+    found: int = 0  # found finished by another run meanwhile
+    frames: int = 0
+    pairs: int = 0
+
+
+def _compute_all(todo: Sequence[FlowJob], store: Store, cfg: FlowConfig, *, force: bool, plan: _Plan,
+                 rows: dict[str, VideoResult], index: IndexWriter, manifest: Path) -> _Tally:
+    """Run the jobs in local worker processes, on a Dask cluster or here; record each result in
+    `rows` and (finished videos) the index, rewriting the manifest and flushing the index every
+    MANIFEST_EVERY_S so that a killed run shows its progress and loses no finished video."""
+    for job in todo:
+        rows[job.video_id] = VideoResult(job.video_id, shown(job.path), "pending")
+    # Longest first (file size as the proxy), so no long video starts last while the others idle.
+    todo = sorted(todo, key=lambda j: -(o.size if (o := plan.origins.get(j.video_id)) else 0))
     workers, devices = _workers(cfg)
     threads = 1 if workers > 1 or cfg.scheduler else 0
     owner = (socket.gethostname(), os.getpid())
+    out_dir = store.root
+
+    def run(job: FlowJob, k: int) -> tuple[VideoResult, bool]:
+        return process_video(job, out_dir, cfg, origin=plan.origins.get(job.video_id), threads=threads,
+                             device=devices[k % len(devices)], force=force or job.video_id in plan.redo,
+                             owner=owner)
+
     if cfg.scheduler:
-        tasks = (joblib.delayed(process_video)(job, out_dir, cfg, threads=threads, force=force,
-                                               device=devices[k % len(devices)], owner=owner)
-                 for k, job in enumerate(todo))
-        results: Iterable[tuple[VideoResult, bool]] = _dask_results(tasks, cfg.scheduler)
+        results: Iterable[tuple[VideoResult, bool]] = _dask_results(
+            (joblib.delayed(process_video)(job, out_dir, cfg, origin=plan.origins.get(job.video_id),
+                                           threads=threads, force=force or job.video_id in plan.redo,
+                                           device=devices[k % len(devices)],
+                                           owner=owner) for k, job in enumerate(todo)), cfg.scheduler)
     elif workers == 1 or len(todo) <= 1:
-        results = (process_video(job, out_dir, cfg, device=devices[0], force=force) for job in todo)
+        results = (process_video(job, out_dir, cfg, origin=plan.origins.get(job.video_id), device=devices[0],
+                                 force=force or job.video_id in plan.redo) for job in todo)
     else:
-        def run(job: FlowJob, k: int) -> tuple[VideoResult, bool]:
-            return process_video(job, out_dir, cfg, threads=threads, device=devices[k % len(devices)],
-                                 force=force, owner=owner)
         results = _pool_results(todo, run, min(workers, len(todo)))
 
-    start = time.perf_counter()
-    computed = failed = frames = pairs = 0
-    failures: list[tuple[str, str]] = list(refused)
-    last_write = start
+    tally = _Tally()
+    jobs = {job.video_id: job for job in todo}
+    start = last_write = time.perf_counter()
     try:
         with progress_bar(total=len(todo), desc="flow", unit="video") as bar:
             for row, fresh in results:
                 rows[row.video_id] = row
-                if row.status == "done" and not fresh:
-                    skipped += 1  # another run finished it meanwhile
-                elif row.status == "done":
-                    computed += 1
-                    frames += row.frames
-                    pairs += row.flow_pairs
-                else:
-                    failures.append((row.video_id, row.error))
-                failed = len(failures)
+                if row.status == "done":
+                    tally.computed += fresh
+                    tally.found += not fresh
+                    tally.frames += row.frames if fresh else 0
+                    tally.pairs += row.flow_pairs if fresh else 0
+                    _record(index, store, jobs[row.video_id], plan.origins.get(row.video_id), row)
                 bar.update()
-                bar.set_postfix(pairs_s=f"{pairs / max(time.perf_counter() - start, 1e-9):.1f}",
+                failed = sum(r.status == "failed" for r in rows.values())
+                bar.set_postfix(pairs_s=f"{tally.pairs / max(time.perf_counter() - start, 1e-9):.1f}",
                                 failed=failed, refresh=False)
                 if time.perf_counter() - last_write > MANIFEST_EVERY_S:
+                    index.flush()
                     write_manifest(manifest, list(rows.values()))
                     last_write = time.perf_counter()
     except BaseException:
-        try:
+        store.clean_stale(list(jobs))  # first free what was being written: a full disk may then take the rest
+        with contextlib.suppress(P3DError):  # the disk is full: the error being raised says so
+            index.flush()
             write_manifest(manifest, list(rows.values()))
-        except FlowError:
-            pass  # the disk is full: the error being raised says so
         raise
+    index.flush()
     write_manifest(manifest, list(rows.values()))
-    store.clean_stale([job.video_id for job in todo])  # what workers that died were writing
-    failed = len(failures)
+    return tally
 
-    summary = FlowSummary(videos=len(mine), computed=computed, skipped=skipped, failed=failed,
-                          frames=frames, pairs=pairs, seconds=time.perf_counter() - start,
-                          manifest=manifest, shard=shard, failures=sorted(failures))
-    print(summary, flush=True)
-    if strict and failed:
-        video_id, error = summary.failures[0]
-        raise FlowError(f"{failed} of {len(mine)} videos failed (--strict), e.g. {video_id}: {error}; "
-                        f"see {shown(manifest)}")
-    return summary
+
+def _record(index: IndexWriter, store: Store, job: FlowJob, origin: Origin | None, row: VideoResult) -> None:
+    """A finished video into the index, with the stat of what was stored (None: not indexed, so the
+    next run checks the stored video itself)."""
+    stored = entry_stat(store.path(job.video_id))
+    if origin is not None and stored is not None:
+        index.add(_entry(job, origin, stored, row.frames, row.flow_pairs, row.declared_frames, row.seconds))

@@ -17,8 +17,10 @@ import pytest
 from flow.config import FlowConfig
 from flow.encoding import decode, encode
 from flow.errors import FlowError
+from flow.index import source_origin
 from flow.stage import FlowJob, make_backend, run_flow
 from flow.store import PackWriter, open_store
+from flow.verify import verify_store
 from flow.tvl1 import OpenCVTVL1, to_gray
 from flow.video import VideoReader
 from p3dbase.atomic import DiskFullError
@@ -39,8 +41,8 @@ def tree(root: Path) -> dict[str, bytes]:
 
 
 def store_files(root: Path) -> dict[str, bytes]:
-    """The store's files: everything but the manifests (which hold timings)."""
-    return {k: v for k, v in tree(root).items() if not k.startswith("manifest")}
+    """The store's files: everything but the manifests and the index (which hold timings and file times)."""
+    return {k: v for k, v in tree(root).items() if not k.startswith(("manifest", "index/"))}
 
 
 def manifest_rows(path: Path, drop=("seconds",)) -> list[dict]:
@@ -107,7 +109,7 @@ def test_rerun_does_nothing_and_force_redoes(videos, tmp_path, fast_cfg):
     assert (forced.computed, forced.skipped) == (3, 0)
     after = tree(out)
     assert after.keys() == content.keys()
-    assert all(after[k] == content[k] for k in after if k != "manifest.csv")
+    assert all(after[k] == content[k] for k in after if k != "manifest.csv" and not k.startswith("index/"))
 
 
 def test_a_damaged_finished_video_is_redone(videos, tmp_path, fast_cfg):
@@ -209,7 +211,7 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one_byte_for_byte(tmp_p
     want, got = tree(reference), tree(out)
     assert got.keys() == want.keys()  # no temporary file left, nothing missing
     for name in want:
-        if name != "manifest.csv":
+        if name != "manifest.csv" and not name.startswith("index/"):  # those hold timings
             assert got[name] == want[name], name
     assert manifest_rows(out / "manifest.csv") == manifest_rows(reference / "manifest.csv")
 
@@ -244,8 +246,8 @@ def test_mmaction_layout(videos, tmp_path, fast_cfg):
     out = tmp_path / "flow"
     run_flow(jobs_in(videos), out, dataclasses.replace(fast_cfg, store="mmaction"))
     names = sorted(os.listdir(out / "Cls" / "b"))
-    assert names == ([f"flow_x_{i:05d}.jpg" for i in range(1, 6)] + [f"flow_y_{i:05d}.jpg" for i in range(1, 6)]
-                     + [f"img_{i:05d}.jpg" for i in range(1, 7)])
+    assert names == ([".p3d.json"] + [f"flow_x_{i:05d}.jpg" for i in range(1, 6)]
+                     + [f"flow_y_{i:05d}.jpg" for i in range(1, 6)] + [f"img_{i:05d}.jpg" for i in range(1, 7)])
     store = open_store(out)
     assert store.layout == "mmaction" and store.video_ids() == ["Cls/a", "Cls/b", "Cls/c"]
     with store.open("Cls/a") as v:
@@ -306,8 +308,10 @@ def test_a_second_run_leaves_a_video_being_written_alone_and_finds_it_done(video
     run_flow([], out, fast_cfg)  # the store, as run 1 made it
     store = open_store(out)
     result: dict = {}
-    with store.lock(held):  # run 1 is writing it
-        writer = store.writer(held)
+    held_path = next(j.path for j in jobs if j.video_id == held)
+    with store.lock(held):  # run 1 is writing it, from the same source file and settings
+        origin = source_origin(held_path, store.settings_digest).as_dict()
+        writer = store.writer(held, {**origin, "declared_frames": VideoReader(held_path).declared_frames})
         writer.add_rgb(rgb[:3])
         second = threading.Thread(target=lambda: result.update(summary=run_flow(jobs, out, fast_cfg)))
         second.start()
@@ -356,7 +360,7 @@ def test_two_runs_at_once_on_one_store_lose_nothing(tmp_path):
     assert sum(int(o.split()[-1]) for o in outputs) == 4  # every video computed once, by one of them
     want, got = tree(reference), tree(out)
     assert got.keys() == want.keys()  # all four packs, no temporary or lock file left
-    assert all(got[k] == want[k] for k in want if k != "manifest.csv")
+    assert store_files(out) == store_files(reference)
     assert [r["status"] for r in manifest_rows(out / "manifest.csv")] == ["done"] * 4
 
 
@@ -488,20 +492,27 @@ def test_a_full_disk_stops_the_run_with_one_error_and_no_temp_files(videos, tmp_
     assert run_flow(jobs_in(videos), out, fast_cfg).computed == 2  # space again: the re-run resumes
 
 
-def test_a_rerun_redoes_a_pack_with_a_flipped_byte(videos, tmp_path, fast_cfg):
+def test_verify_finds_a_flipped_byte_and_the_next_run_redoes_that_video(videos, tmp_path, fast_cfg, capsys):
     out = tmp_path / "flow"
     run_flow(jobs_in(videos), out, fast_cfg)
     want = store_files(out)
     pack = out / "Cls" / "b.pack"
     data = bytearray(pack.read_bytes())
     data[len(data) // 3] ^= 0x01  # inside an image: the pack still opens
+    stat = pack.stat()
     pack.write_bytes(bytes(data))
+    os.utime(pack, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # flipped in place by the disk: same size and time
     assert open_store(out).open("Cls/b").num_frames == 6
-    unchecked = run_flow(jobs_in(videos), out, dataclasses.replace(fast_cfg, verify=False))
-    assert unchecked.skipped == 3  # verify = false: only the index is checked
+    assert run_flow(jobs_in(videos), out, fast_cfg).skipped == 3  # a plain re-run reads no image
+    report = verify_store(out, jobs=2)
+    assert report.videos == 3 and [v for v, _ in report.damaged] == ["Cls/b"]
+    assert "CRC32 mismatch" in report.damaged[0][1]
+    assert manifest_rows(out / "verify-report.csv", drop=("problem",)) == [{"video_id": "Cls/b"}]
     again = run_flow(jobs_in(videos), out, fast_cfg)
     assert (again.computed, again.skipped) == (1, 2)
-    assert store_files(out) == want
+    assert "Cls/b: `verify` found it damaged" in capsys.readouterr().out
+    assert {k: v for k, v in store_files(out).items() if k != "verify-report.csv"} == want
+    assert verify_store(out).damaged == []
 
 
 NON_UTF8_RUN = """
