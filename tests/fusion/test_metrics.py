@@ -133,3 +133,47 @@ def test_anet_map_averages_classes_with_positives_only():
     assert metrics.anet_map(scores, labels) == pytest.approx(100.0)
     scores[0, 1] = 0.95  # class 1: N P P -> precision 0, 1/2, 2/3 -> envelope 2/3 at both recall steps
     assert metrics.anet_map(scores, labels) == pytest.approx(100 * (1 + 2 / 3) / 2)
+
+
+def sports1m_worked_example():
+    """Four videos, 7 classes, 2 clips each, multi-label as in Sports-1M. Hand-computed:
+    A (1, 2): clips top 2 (hit), top 0 (miss); mean [1, .5, 1.5, 0...] top 2: video hit@1.
+    B (4,):   both clips top 5 (miss); mean: class 4 has one wrong class ahead: miss@1, hit@5.
+    C (0, 3): clips top 0 (hit), top 1 (miss); mean [2.5, 4.5, 3.5, 2.5, 1.5, .5, 0]: the true 2.5s have
+              two wrong classes ahead: miss@1, hit@5.
+    D (6,):   clips top 5, top 0 (miss); mean: six wrong classes ahead of class 6: miss@1, miss@5.
+    Clip hit@1 = 2/8 = 25%, video hit@1 = 1/4 = 25%, video hit@5 = 3/4 = 75%."""
+    views = np.array([
+        [[0, 0, 3, 0, 0, 0, 0], [2, 1, 0, 0, 0, 0, 0]],
+        [[0, 0, 0, 0, 1, 2, 0], [0, 0, 0, 0, 1, 2, 0]],
+        [[5, 4, 3, 2, 1, 0, 0], [0, 5, 4, 3, 2, 1, 0]],
+        [[1, 2, 3, 4, 5, 6, 0], [6, 5, 4, 3, 2, 1, 0]],
+    ], dtype=np.float64)
+    return views, [(1, 2), (4,), (0, 3), (6,)]
+
+
+def test_sports1m_hit_at_k_worked_example():
+    from fusion.report import MethodScores, results_row
+
+    views, labels = sports1m_worked_example()
+    video = views.mean(axis=1)
+    assert metrics.hits_at_k(video, labels, 1).tolist() == [True, False, False, False]
+    assert metrics.hits_at_k(video, labels, 5).tolist() == [True, True, True, False]
+    row = results_row(MethodScores("rgb", video, "", view_logits=views), labels, "sports1m split 1", 0)
+    assert (row["clip_hit@1"], row["video_hit@1"], row["video_hit@5"]) == (25.0, 25.0, 75.0)
+
+
+def test_paper_table_beside_ours():
+    from fusion.paper import paper_comparison
+    from fusion.report import MethodScores, results_table
+
+    views, labels = sports1m_worked_example()
+    video = views.mean(axis=1)
+    table = results_table([MethodScores("rgb", video, "", view_logits=views), MethodScores("svm_rgb", video, "")],
+                          labels, "sports1m split 1", 2)
+    text = paper_comparison(table, "sports1m split 1")
+    assert text.splitlines()[2:] == [
+        "| method | clip hit@1 | video hit@1 | video hit@5 |", "|---|---|---|---|",
+        "| P3D ResNet (paper) | 47.9 | 66.4 | 87.4 |", "| ResNet-152 (paper) | 46.5 | 64.6 | 86.4 |",
+        "| C3D (paper) | 46.1 | 61.1 | 85.2 |", "| ours: rgb | 25.0 | 25.0 | 75.0 |"]
+    assert paper_comparison(table, "ucf101 split 1") == ""
