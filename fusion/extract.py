@@ -40,6 +40,7 @@ from fusion.report import save_npz
 from fusion.views import feature_plan
 from p3dbase.atomic import DiskFullError, atomic_path
 from p3dbase.errors import shown
+from p3dbase.overwrite import refuse_overwrite
 from p3dbase.progress import progress_bar
 from streams.errors import StreamsError
 
@@ -70,10 +71,7 @@ def _check_output(out: Path, force: bool) -> None:
     if out.suffix not in OUTPUT_SUFFIXES:
         raise FusionError(f"--out {shown(out)}: the features file must end in .npz or .parquet (or give --stride "
                           "for per-snippet features into a folder)")
-    if out.is_dir():
-        raise FusionError(f"--out {shown(out)} is a folder: the per-video features go to one .npz or .parquet file")
-    if out.exists() and not force:
-        raise FusionError(f"--out {shown(out)} exists: give another --out, or --force to overwrite it")
+    refuse_overwrite([out], force)
     if out.suffix == ".parquet":
         try:
             import pyarrow  # noqa: F401

@@ -49,6 +49,7 @@ from p3dbase.atomic import DiskFullError, atomic_write, write_text
 from p3dbase.device import resolve_device
 from p3dbase.errors import shown
 from p3dbase.lock import try_lock
+from p3dbase.overwrite import OutputExistsError
 from p3dbase.progress import progress_bar
 from streams.errors import StreamsError
 from streams.transforms import MODALITIES
@@ -124,10 +125,10 @@ def _open_folder(out: Path, settings: dict, key: str, force: bool) -> None:
         except (OSError, ValueError):
             old = None
         if old != key and not force:
-            raise FusionError(f"--out {shown(out)} holds features made with other settings or checkpoints "
+            raise OutputExistsError(f"--out {shown(out)} holds features made with other settings or checkpoints "
                               f"(see {SETTINGS} there): give another --out, or --force to recompute them all")
     elif out.is_dir() and any(p.name not in (".locks", ".failed") for p in out.iterdir()) and not force:
-        raise FusionError(f"--out {shown(out)} exists and is not a features folder (no {SETTINGS}): give another "
+        raise OutputExistsError(f"--out {shown(out)} exists and is not a features folder (no {SETTINGS}): give another "
                           "--out, or --force to write into it")
     elif out.exists() and not out.is_dir():
         raise FusionError(f"--out {shown(out)} is a file: per-snippet features go to a folder")

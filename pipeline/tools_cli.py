@@ -1,21 +1,25 @@
 """The user tools of the CLI: `import-weights`, `predict`, `features`, `export`, `show-flow`.
 
 `pipeline/cli.py` adds them with `add_subcommands(subparsers)` and runs them with `run(args, cfg)`.
-Like the stages they take `--config` / `--set` (predict and features read `[flow]` for decoding and
-TV-L1 and `[eval]` for the views, fusion and device; the other two ignore them) and raise the
-packages' errors, which the CLI prints as `error: ...`.
+Like the stages they take `--config` / `--set` (predict and features read `[eval]` for the views,
+fusion and device, and compute flow with the checkpoints' flow settings, except the `[flow]` keys
+given with `--set flow.KEY=...`; the other tools ignore them) and raise the packages' errors, which
+the CLI prints as `error: ...` with exit status 2. `run` returns the exit status: predict and
+features return 1 when some videos failed (each listed with why), 0 when all were done.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from fusion.errors import FusionError
 from pipeline.config import Config, load_config
 
 HELP = {
     "import-weights": "import published P3D weights (.caffemodel, pseudo-3d-pytorch .pth.tar) as a checkpoint",
-    "predict": "top-5 classes of video files under an RGB and/or flow checkpoint, and fused",
-    "features": "pool5 features of videos (the paper's 20-clip mirror-averaged protocol) to .npz/.parquet",
+    "predict": "top-5 classes of videos under an RGB and/or flow checkpoint, and fused (--timeline: over time)",
+    "features": "pool5 features of videos: one per video (the paper's protocol) to .npz/.parquet, or one per "
+                "snippet (--stride) to a folder of .npy",
     "export": "export a checkpoint's stream to TorchScript and ONNX",
     "show-flow": "a contact sheet PNG of a stored video: RGB frames over colour-coded flow at a fixed scale",
 }
@@ -44,22 +48,46 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     _config_args(p)
 
     p = subparsers.add_parser("predict", help=HELP["predict"], description=HELP["predict"])
-    p.add_argument("videos", type=Path, nargs="+", metavar="VIDEO", help=".mp4, .avi, .mkv, .gif, ... files")
+    p.add_argument("videos", type=Path, nargs="+", metavar="VIDEO",
+                   help="video files (.mp4, .avi, .mkv, .gif, ...), frame folders (img_00001.jpg, ...), "
+                        "directories of them, or list files (one path per line, or an mmaction2 list)")
     p.add_argument("--rgb", type=Path, default=None, help="RGB stream checkpoint")
     p.add_argument("--flow", type=Path, default=None, help="flow stream checkpoint")
     p.add_argument("--top", type=int, default=5, help="classes shown per stream (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars on stderr (they are off anyway when stderr is not a terminal)")
+    p.add_argument("--timeline", action="store_true",
+                   help="also the scores of every snippet: OUT/<id>.timeline.csv, .json and a .png picture")
+    p.add_argument("--stride", type=int, default=0,
+                   help="--timeline: frames between snippet starts (default: the clip length)")
+    p.add_argument("--out", type=Path, default=Path("timeline"), help="--timeline: folder (default ./timeline)")
+    p.add_argument("--force", action="store_true", help="--timeline: overwrite timeline files that exist")
     _config_args(p)
 
     p = subparsers.add_parser("features", help=HELP["features"], description=HELP["features"])
-    p.add_argument("videos", type=Path, metavar="VIDEO_DIR_OR_LIST",
-                   help="a directory (all videos under it) or a text file with one video path per line")
-    p.add_argument("--rgb", type=Path, required=True, help="RGB stream checkpoint")
-    p.add_argument("--flow", type=Path, default=None, help="flow stream checkpoint (adds flow and two_stream)")
-    p.add_argument("--out", type=Path, required=True, help="features file: .npz, or .parquet (needs pyarrow)")
-    p.add_argument("--force", action="store_true", help="recompute videos finished by an earlier, killed run")
+    p.add_argument("videos", type=Path, nargs="+", metavar="VIDEOS",
+                   help="video files, frame folders, directories of them, or list files (one path per line, "
+                        "or an mmaction2 list); ids are paths relative to the directory or list given")
+    p.add_argument("--rgb", type=Path, default=None, help="RGB stream checkpoint")
+    p.add_argument("--flow", type=Path, default=None, help="flow stream checkpoint")
+    p.add_argument("--out", type=Path, required=True,
+                   help="per video: a .npz or .parquet file (needs pyarrow); with --stride: a folder")
+    p.add_argument("--stride", type=int, default=0,
+                   help="per-snippet features: a snippet (one clip) every STRIDE frames, OUT/<id>.npy [T, D]")
+    p.add_argument("--window", type=int, default=0,
+                   help="--stride: frames per snippet; must be the streams' clip length (the default)")
+    p.add_argument("--mirror", action="store_true", help="--stride: average each snippet with its mirror")
+    p.add_argument("--normalised", action="store_true",
+                   help="--stride: each stream's rows signed-square-rooted and L2-normalised")
+    from pipeline.cli import _shard  # the flow stage's --shard grammar
+
+    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
+                   help="--stride: this process's part of the videos (the I-th of N, 0-based); shards and "
+                        "other processes may share one --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite an existing output (a folder of other settings included) and recompute")
     _config_args(p)
 
     p = subparsers.add_parser("export", help=HELP["export"], description=HELP["export"])
@@ -87,8 +115,19 @@ def _checkpoints(args: argparse.Namespace) -> dict[str, Path]:
     return {name: path for name, path in (("rgb", args.rgb), ("flow", args.flow)) if path is not None}
 
 
-def run(args: argparse.Namespace, cfg: Config | None = None) -> None:
-    """Run the tool named by `args.stage`; `cfg` is the loaded config (loaded here when None)."""
+def explicit_flow_keys(overrides: list[str]) -> list[str]:
+    """The `[flow]` keys given with --set: these override the checkpoints' flow settings."""
+    keys = []
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key.startswith("flow."):
+            keys.append(key.removeprefix("flow."))
+    return keys
+
+
+def run(args: argparse.Namespace, cfg: Config | None = None) -> int:
+    """Run the tool named by `args.stage`; `cfg` is the loaded config (loaded here when None).
+    Returns the exit status: 1 when predict or features failed on some videos, else 0."""
     if args.stage == "import-weights":
         from streams.importers import import_weights
 
@@ -106,14 +145,31 @@ def run(args: argparse.Namespace, cfg: Config | None = None) -> None:
                         frames=args.frames, max_flow=args.max_flow)
     elif args.stage in ("predict", "features"):
         cfg = cfg or load_config(args.config, args.overrides)
+        explicit = explicit_flow_keys(args.overrides)
+        progress = False if args.no_progress else None
         if args.stage == "predict":
-            from fusion.predict import run_predict
+            from fusion.predict import Timeline, run_predict
 
-            run_predict(args.videos, _checkpoints(args), cfg.flow, cfg.eval, args.top, args.json,
-                        progress=False if args.no_progress else None)
-        else:
-            from fusion.extract import extract_features
+            timeline = Timeline(args.out, args.stride, args.force) if args.timeline else None
+            predictions = run_predict(args.videos, _checkpoints(args), cfg.flow, cfg.eval, args.top, args.json,
+                                      progress=progress, explicit_flow=explicit, timeline=timeline)
+            return 1 if any(p.error for p in predictions) else 0
+        if args.stride or args.window or args.mirror or args.normalised or args.shard != (0, 1):
+            if not args.stride:
+                raise FusionError("--window, --mirror, --normalised and --shard are for per-snippet features: "
+                                  "give --stride too")
+            from fusion.snippet_features import extract_snippet_features
 
-            extract_features(args.videos, _checkpoints(args), args.out, cfg.flow, cfg.eval, force=args.force)
+            summary = extract_snippet_features(args.videos, _checkpoints(args), args.out, cfg.flow, cfg.eval,
+                                               stride=args.stride, window=args.window, mirror=args.mirror,
+                                               normalised=args.normalised, shard=args.shard, force=args.force,
+                                               explicit_flow=explicit, progress=progress)
+            return 1 if summary.failures else 0
+        from fusion.extract import extract_features
+
+        result = extract_features(args.videos, _checkpoints(args), args.out, cfg.flow, cfg.eval, force=args.force,
+                                  explicit_flow=explicit)
+        return 1 if result.failed else 0
     else:
         raise ValueError(f"not a tool: {args.stage!r}")
+    return 0

@@ -18,6 +18,7 @@ from fusion.extract import extract_features
 from fusion.inputs import list_inputs
 from fusion.scoring import ClipGeometry, StreamRunner
 from fusion.views import feature_views
+from p3dbase.overwrite import OutputExistsError
 from streams.checkpoint import load_checkpoint
 from tests.fusion.test_predict import FAST_FLOW, checkpoints, write_avi
 
@@ -128,7 +129,7 @@ def test_output_rules_and_formats(tmp_path, video_dir, tiny_checkpoints, monkeyp
     out = tmp_path / "f.npz"
     extract_features(video_dir, ckpts, out, FAST_FLOW, CFG)
     before = out.read_bytes()
-    with pytest.raises(FusionError, match="exists: give another --out, or --force"):
+    with pytest.raises(OutputExistsError, match="would overwrite .*f.npz: pass --force"):
         extract_features(video_dir, ckpts, out, FAST_FLOW, CFG)
     assert out.read_bytes() == before
     summary = extract_features(video_dir, ckpts, out, FAST_FLOW, CFG, force=True)

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 
 import numpy as np
@@ -11,6 +9,7 @@ import pytest
 import torch
 
 from fusion.errors import FusionError
+from p3dbase.overwrite import OutputExistsError
 from pipeline import cli, tools_cli
 from streams.checkpoint import load_checkpoint
 from streams.errors import StreamsError
@@ -77,26 +76,39 @@ def test_tools_raise_the_packages_errors(tmp_path):
         parse(["features", str(tmp_path), "--rgb", "x.pt"])
 
 
-def wired() -> bool:
-    """Whether pipeline/cli.py parses the tools' command lines (it adds them with add_subcommands)."""
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            cli.build_parser().parse_args(["export", "c.pt", "--out", "d"])
-    except SystemExit:
-        return False
-    return True
-
-
-WIRED = wired()
-
-
-@pytest.mark.skipif(not WIRED, reason="pipeline/cli.py does not add pipeline.tools_cli's subcommands yet")
 def test_the_cli_prints_errors_with_status_2(tmp_path, capsys):
     bad = tmp_path / "bad.caffemodel"
     bad.write_bytes(b"\x0a\xff\xff")
     assert cli.main(["import-weights", str(bad), "--out", str(tmp_path / "x.pt")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(bad) in err and "Traceback" not in err
+
+
+def test_predict_and_features_say_in_their_exit_status_when_some_videos_failed(tmp_path, capsys):
+    from tests.fusion.conftest import save_tiny_checkpoint
+
+    rgb = save_tiny_checkpoint(tmp_path / "rgb.pt", "rgb")
+    good = write_avi(tmp_path / "videos" / "good.avi", frames=12)
+    broken = tmp_path / "videos" / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    common = ["--rgb", str(rgb), *FAST, "--set", "eval.jobs=1"]
+    assert cli.main(["predict", str(good), *common]) == 0
+    assert cli.main(["predict", str(good), str(broken), *common]) == 1  # some failed: listed, status 1
+    assert "broken.mp4" in capsys.readouterr().out
+    assert cli.main(["predict", str(broken), *common]) == 2  # none could be read: an error
+    out = tmp_path / "f.npz"
+    assert cli.main(["features", str(tmp_path / "videos"), "--out", str(out), *common]) == 1
+    before = out.read_bytes()
+    # One rule for every output: an existing one is refused unless --force (as export does).
+    assert cli.main(["features", str(tmp_path / "videos"), "--out", str(out), *common]) == 2
+    assert "would overwrite" in capsys.readouterr().err and out.read_bytes() == before
+    broken.unlink()
+    assert cli.main(["features", str(tmp_path / "videos"), "--out", str(out), "--force", *common]) == 0
+    snippets = tmp_path / "snippets"
+    assert cli.main(["features", str(tmp_path / "videos"), "--out", str(snippets), "--stride", "4", *common]) == 0
+    assert np.load(snippets / "good.npy").shape == (3, 256)  # 12 frames, window 4: starts 0, 4, 8
+    with pytest.raises(FusionError, match="give --stride too"):
+        run(["features", str(good), "--out", str(snippets), "--mirror", "--rgb", str(rgb)])
 
 
 def test_export_names_the_stream_and_never_overwrites_silently(tmp_path, capsys):
@@ -113,7 +125,7 @@ def test_export_names_the_stream_and_never_overwrites_silently(tmp_path, capsys)
                                                      "last_rgb.logits.json", "last_rgb.logits.pt"]
     assert json.loads((out / "last_flow.logits.json").read_text())["modality"] == "flow"
     before = (out / "last_flow.logits.pt").stat().st_mtime_ns
-    with pytest.raises(StreamsError, match=r"would overwrite .*last_flow\.logits\.pt.*--force"):
+    with pytest.raises(OutputExistsError, match=r"would overwrite .*last_flow\.logits\.pt.*--force"):
         run(["export", str(run_dir), "--out", str(out), "--format", "torchscript"])
     assert (out / "last_flow.logits.pt").stat().st_mtime_ns == before
     run(["export", str(run_dir), "--out", str(out), "--format", "torchscript", "--force"])
