@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         run = getattr(args, "run", None)
         cfg = load_config(args.config, [*args.overrides, *([f"train.run={run!r}"] if run is not None else [])])
         if args.stage in tools_cli.COMMANDS:
-            tools_cli.run(args, cfg)
+            return tools_cli.run(args, cfg)  # 1 when predict or features failed on some videos
         elif args.stage == "config":
             config_reference.run(args, cfg)
         elif args.stage == "synth":
