@@ -49,7 +49,7 @@ from p3dbase.progress import progress_bar
 # still the same store.
 RUN_ONLY_FIELDS = ("jobs", "scheduler", "device", "batch_pairs", "missing_frames_tolerance",
                    "store", "codec", "flow_codec", "bound", "jpeg_quality", "max_pixels", "source",
-                   "rawframes_root", "rawframes_bound")
+                   "rawframes_root", "rawframes_bound", "rawframes_min_quality")
 # What decides imported rawframes (source = "rawframes"): TV-L1's settings are the other tool's, unknown here.
 RAWFRAMES_FIELDS = ("size", "rawframes_bound")
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
