@@ -38,6 +38,12 @@ def window(start: int, clip_len: int, num_images: int) -> list[int]:
     return [(start + k) % num_images for k in range(clip_len)]
 
 
+def id_array(video_ids: Sequence[str]) -> np.ndarray:
+    """Video ids as one fixed-width bytes array (UTF-8; names that are not UTF-8 kept byte for byte)."""
+    encoded = [str(v).encode("utf-8", "surrogateescape") for v in video_ids]
+    return np.array(encoded, dtype=f"S{max((len(e) for e in encoded), default=1)}")
+
+
 class ClipDataset(Dataset):
     """(uint8 clip [C, T, H, W], label) for each (video_id, label) item. A label is a class index, or
     the tuple of a multi-label video's labels: then every item's label comes as an int64 row padded with
@@ -51,8 +57,11 @@ class ClipDataset(Dataset):
                  clip_len: int = 16, *, train: bool, resize: Sequence[int] = (182, 242), crop: int = 160,
                  scale_jitter: Sequence[int] = (), flip: bool = True, clips_per_video: int = 1, seed: int = 0):
         self.store = store if isinstance(store, Store) else open_store(store)
-        self.items = [(str(v), label) for v, label in items]
-        self.labels = label_array([label for _, label in self.items])
+        # Two numpy arrays, not a list of Python tuples: a DataLoader worker that touches a list's items
+        # writes their reference counts and so copies every page of them (650,000 videos: ~200 MB
+        # per worker); the arrays' pages stay shared with the parent (bench/scale.py).
+        self.video_ids = id_array([v for v, _ in items])
+        self.labels = label_array([label for _, label in items])
         self.modality = transforms.check_modality(modality)
         self.clip_len = clip_len
         self.train = train
@@ -64,11 +73,11 @@ class ClipDataset(Dataset):
         self.seed = seed
 
     def __len__(self) -> int:
-        return len(self.items) * self.clips_per_video
+        return len(self.video_ids) * self.clips_per_video
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int | torch.Tensor]:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
-        video_id = self.items[index // self.clips_per_video][0]
+        video_id = self.video_ids[index // self.clips_per_video].decode("utf-8", "surrogateescape")
         row = self.labels[index // self.clips_per_video]
         label = int(row) if self.labels.ndim == 1 else torch.from_numpy(row.copy())
         with self.store.open(video_id) as video:
