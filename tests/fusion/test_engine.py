@@ -1,0 +1,125 @@
+"""The one inference engine: the same numbers as the paths it replaced, its cache key, its view plans."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from flow.store import open_store
+from fusion.config import EvalConfig
+from fusion.engine import Engine, OutputCache, open_stream, store_source
+from fusion.outputs import collect
+from fusion.scoring import StreamRunner
+from fusion.stage import run_eval
+from fusion.views import View, ViewPlan, feature_plan, feature_views, score_plan, score_views, snippet_starts
+from streams.checkpoint import load_stream
+
+from .conftest import CLASSES, save_tiny_checkpoint
+
+CFG = EvalConfig(clips=3, crops="three", batch_views=5, svm_clips=4, svm_cs=[0.1, 10.0], svm_folds=3, jobs=1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def old_eval_outputs(store_root, path, name, cfg, scores, features):
+    """The eval path before the engine (fusion/outputs.py's _work, verbatim in substance): one
+    StreamRunner pass over the score views then the feature views; logits of the first, pool5 of the
+    second averaged."""
+    model, ckpt = load_stream(path, name)
+    from fusion.scoring import ClipGeometry
+
+    runner = StreamRunner(model, name, ClipGeometry.from_train_config(ckpt.train_config), cfg.batch_views,
+                          torch.device("cpu"))
+    with open_store(store_root).open(scores) as video:
+        length = video.num_frames if name == "rgb" else video.num_flows
+        clip_len = runner.geometry.clip_len
+        wanted_scores = score_views(length, clip_len, cfg.clips, cfg.crops)
+        wanted_features = feature_views(length, clip_len, cfg.svm_clips) if features else []
+        logits, pool5 = runner.run(video, wanted_scores + wanted_features)
+    return logits[:len(wanted_scores)], pool5[len(wanted_scores):].mean(axis=0)
+
+
+def test_eval_outputs_are_bitwise_those_of_the_path_before_the_engine(tiny_store, tiny_checkpoints, tmp_path):
+    """SynthActions' `make eval` figures stay as they were: the same views, crops, batches, order."""
+    store_root, train, test = tiny_store
+    streams = [open_stream(name, tiny_checkpoints[name]) for name in ("rgb", "flow")]
+    ids = [v for v, _ in test[:4]]
+    got, failed = collect(open_store(store_root), streams, {v: (True, True) for v in ids}, CFG,
+                          torch.device("cpu"), tmp_path / "cache")
+    assert not failed
+    for video_id in ids:
+        for name in ("rgb", "flow"):
+            logits, feature = old_eval_outputs(store_root, tiny_checkpoints[name], name, CFG, video_id, True)
+            np.testing.assert_array_equal(got[video_id][name].logits, logits)
+            np.testing.assert_array_equal(got[video_id][name].feature, feature)
+
+
+def test_eval_into_one_folder_with_another_checkpoint_never_reports_stale_numbers(tiny_store, tiny_checkpoints,
+                                                                                     tmp_path):
+    """`eval --rgb OTHER.pt` into the work_dir of an earlier eval: the cache is keyed by the
+    checkpoint's SHA-256, so the second report is the other checkpoint's, as a fresh run gives it."""
+    store, train, test = tiny_store
+    cfg = EvalConfig(clips=2, crops="center", svm=False, fusion_cv=False, jobs=1)
+    first = tmp_path / "first.pt"
+    other = tmp_path / "other.pt"
+    save_tiny_checkpoint(first, "rgb", seed=0)
+    save_tiny_checkpoint(other, "rgb", seed=11)  # another seed: other weights, same architecture and settings
+    out = tmp_path / "eval"
+    run_eval(store, {"rgb": first}, train, test, CLASSES, cfg, out, protocol="t", excluded=[])
+    before = np.load(out / "scores.npz")["views_rgb"]
+    run_eval(store, {"rgb": other}, train, test, CLASSES, cfg, out, protocol="t", excluded=[])
+    after = np.load(out / "scores.npz")["views_rgb"]
+    run_eval(store, {"rgb": other}, train, test, CLASSES, cfg, tmp_path / "fresh", protocol="t", excluded=[])
+    fresh = np.load(tmp_path / "fresh" / "scores.npz")["views_rgb"]
+    assert not np.allclose(after, before)
+    np.testing.assert_array_equal(after, fresh)
+
+
+def test_cache_key_changes_with_what_decides_the_outputs(tiny_checkpoints, tiny_store, tmp_path):
+    store = open_store(tiny_store[0])
+    rgb = open_stream("rgb", tiny_checkpoints["rgb"])
+    other = open_stream("rgb", save_tiny_checkpoint(tmp_path / "o.pt", "rgb", seed=3))
+    cache = OutputCache(tmp_path, {"rgb": store_source(store)})
+    plan = score_plan(3, "three")
+    key = cache.key(rgb, plan)
+    assert cache.key(other, plan) != key  # the checkpoint's SHA-256
+    assert cache.key(rgb, score_plan(4, "three")) != key  # the view plan
+    assert OutputCache(tmp_path, {"rgb": {**store_source(store), "bound": 10.0}}).key(rgb, plan) != key  # the flow
+    assert cache.key(rgb, score_plan(3, "three")) == key
+
+
+def test_cache_entry_is_tied_to_the_video_signature_and_the_layers(tiny_checkpoints, tiny_store, tmp_path):
+    store = open_store(tiny_store[0])
+    rgb = open_stream("rgb", tiny_checkpoints["rgb"])
+    engine = Engine([rgb], 4, torch.device("cpu"))
+    cache = OutputCache(tmp_path, {"rgb": store_source(store)})
+    plan = feature_plan(3)
+    video_id = tiny_store[2][0][0]
+    with store.open(video_id) as video:
+        out = engine.run("rgb", video, [plan])[0]
+    cache.write(rgb, plan, video_id, "1:2", out)
+    back = cache.read(rgb, plan, video_id, "1:2")
+    assert back.views == out.views and np.array_equal(back.pool5, out.pool5)
+    assert cache.read(rgb, plan, video_id, "1:3") is None  # the video changed since
+    assert cache.read(rgb, plan, video_id, "1:2", layers=True) is None  # res4 / res5c were not kept
+
+
+def test_view_plans_give_the_views_of_every_caller():
+    assert score_plan(3, "three").views(20, 4) == [View(s, c, False) for s in (0, 8, 16)
+                                                   for c in ("start", "center", "end")]
+    assert feature_plan(2).views(10, 4) == [View(0, "center", False), View(0, "center", True),
+                                           View(6, "center", False), View(6, "center", True)]
+    snippets = ViewPlan("snippets", stride=3)
+    assert snippets.views(11, 4) == [View(s, "center", False) for s in (0, 3, 6)]  # 6 + 4 <= 11 < 9 + 4
+    assert snippet_starts(3, 4, 2) == [0]  # shorter than one window: one (looped) snippet
+    assert snippet_starts(4, 4, 2) == [0]
+    with pytest.raises(ValueError, match="stride must be >= 1"):
+        ViewPlan("snippets", stride=0)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        ViewPlan("sideways")
