@@ -6,7 +6,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -129,18 +129,35 @@ def confused_markdown(name: str, table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(out_dir: Path, table: pd.DataFrame, title: str, notes: Sequence[str],
-                 methods: Sequence[MethodScores], shown: Sequence[MethodScores], video_ids: Sequence[str],
-                 labels: Labels, classes: Sequence[str], excluded: dict[str, str],
-                 curves: dict[str, tuple[Sequence[float], np.ndarray]] | None = None,
-                 chosen: tuple[str, float] | None = None) -> None:
+@dataclass
+class EvalReport:
+    """Everything the evaluation report shows; `write_report` writes each file from these alone."""
+    title: str
+    table: pd.DataFrame  # results_table of `methods`
+    notes: Sequence[str]  # lines under the title: what was scored, what was chosen on what
+    methods: Sequence[MethodScores]  # every row of the table, in its order
+    shown: Sequence[MethodScores]  # the methods drawn (rgb, flow, fusion, svm_two_stream of those present)
+    video_ids: Sequence[str]  # the evaluated test videos, in the order of every method's scores
+    labels: Labels
+    classes: Sequence[str]
+    excluded: dict[str, str]  # test video -> why it is left out of every metric
+    curves: dict[str, tuple[Sequence[float], np.ndarray]] = field(default_factory=dict)  # fusion weight curves
+    chosen: tuple[str, float] | None = None  # (score kind, flow weight) of the fusion row
+    store: Path | None = None  # the frame + flow store scored: the page shows the worst videos' frames
+    checkpoints: dict[str, Path] = field(default_factory=dict)  # stream -> checkpoint: its metrics.jsonl
+
+
+INPUTS = "report_inputs.json"  # what the page needs beyond the tables: paths, notes, the fusion rule
+
+
+def write_report(out_dir: Path, r: EvalReport) -> None:
     """Every file of the evaluation report in `out_dir`: results.csv/.md (with the most confused pairs
     of the last method of `shown` when there are more than figures.SMALL classes), per_class.csv,
-    confusion.png, per_class.png, fusion_weight.png (with `curves`), scores.npz/.csv, excluded.csv, and
-    last report.json (see `staged_report`)."""
+    confusion.png, per_class.png, fusion_weight.png/.csv (with `curves`), scores.npz/.csv,
+    excluded.csv, report_inputs.json, report.html (fusion.html_report, from those files), and last
+    report.json (see `staged_report`)."""
     with staged_report(out_dir) as stage:
-        _write_report_files(stage, table, title, notes, methods, shown, video_ids, labels, classes, excluded,
-                            curves, chosen)
+        _write_report_files(stage, r)
 
 
 REPORT_MARKER = "report.json"
@@ -182,27 +199,35 @@ def staged_report(out_dir: Path) -> Iterator[Path]:
         atomic.remove_quietly(stage)
 
 
-def _write_report_files(out_dir: Path, table: pd.DataFrame, title: str, notes: Sequence[str],
-                        methods: Sequence[MethodScores], shown: Sequence[MethodScores], video_ids: Sequence[str],
-                        labels: Labels, classes: Sequence[str], excluded: dict[str, str],
-                        curves: dict[str, tuple[Sequence[float], np.ndarray]] | None,
-                        chosen: tuple[str, float] | None) -> None:
-    per_class = per_class_table(methods, labels, classes)
-    shown = list(shown) or list(methods[:1])
+def _write_report_files(out_dir: Path, r: EvalReport) -> None:
+    per_class = per_class_table(r.methods, r.labels, r.classes)
+    shown = list(r.shown) or list(r.methods[:1])
     extra = ""
-    if len(classes) > figures.SMALL:
+    if len(r.classes) > figures.SMALL:
         main = shown[-1]
-        extra = confused_markdown(main.method, most_confused(main.scores, labels, classes))
-    write_results(table, out_dir, title, notes, extra)
+        extra = confused_markdown(main.method, most_confused(main.scores, r.labels, r.classes))
+    write_results(r.table, out_dir, r.title, r.notes, extra)
     write_text(out_dir / "per_class.csv", per_class.to_csv(index=False, float_format="%.2f"))
-    figures.confusion(out_dir / "confusion.png", [m.method for m in shown], [m.scores for m in shown], labels,
-                      classes)
+    figures.confusion(out_dir / "confusion.png", [m.method for m in shown], [m.scores for m in shown], r.labels,
+                      r.classes)
     bars = [m.method for m in reversed(shown)]  # the fused or SVM method first, the streams as markers
-    figures.per_class_bars(out_dir / "per_class.png", bars, per_class[bars].to_numpy().T, classes)
-    if curves:
-        figures.weight_curve(out_dir / "fusion_weight.png", curves, chosen)
-    write_scores(out_dir, video_ids, labels, classes, methods)
-    write_excluded(out_dir / "excluded.csv", excluded)
+    figures.per_class_bars(out_dir / "per_class.png", bars, per_class[bars].to_numpy().T, r.classes)
+    if r.curves:
+        figures.weight_curve(out_dir / "fusion_weight.png", r.curves, r.chosen)
+        rows = [(label, float(w), float(acc)) for label, (weights, accs) in r.curves.items()
+                for w, acc in zip(weights, accs, strict=True)]
+        write_text(out_dir / "fusion_weight.csv", pd.DataFrame(rows, columns=["curve", "flow_weight", "hit@1"])
+                   .to_csv(index=False, float_format="%.6g"))
+    write_scores(out_dir, r.video_ids, r.labels, r.classes, r.methods)
+    write_excluded(out_dir / "excluded.csv", r.excluded)
+    inputs = {"kind": "eval", "title": r.title, "notes": list(r.notes), "shown": [m.method for m in shown],
+              "chosen": list(r.chosen) if r.chosen else None,
+              "store": str(Path(r.store).resolve()) if r.store else None,
+              "checkpoints": {name: str(Path(path).resolve()) for name, path in r.checkpoints.items()}}
+    write_text(out_dir / INPUTS, json.dumps(inputs, indent=1) + "\n")
+    from fusion import html_report  # it reads this module's files back: imported here, not at the top
+
+    html_report.write_eval_page(out_dir)
 
 
 def write_scores(out_dir: Path, video_ids: Sequence[str], labels: Labels, classes: Sequence[str],

@@ -1,15 +1,20 @@
 """The transfer report: results.csv (ours), results.md (ours, and the paper's numbers beside them),
-results.png (a bar chart per benchmark). Every file is written atomically (p3dbase.atomic)."""
+results.png (a bar chart per benchmark, with chance and a caveat on stand-in data), report.html (one
+self-contained page, rebuilt from the files by `python -m pipeline report`). Every file is written
+atomically (p3dbase.atomic)."""
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from p3dbase.atomic import atomic_path, write_text
+from pipeline.errors import PipelineError
 
 COLUMNS = ["benchmark", "protocol", "stream", "accuracy", "se", "auc", "hit@3", "mAP", "videos", "excluded",
            "selected", "details"]
@@ -80,42 +85,164 @@ def to_markdown(table: pd.DataFrame, compared: pd.DataFrame, notes: Sequence[str
     return "\n".join(parts) + "\n"
 
 
-def write_chart(path: Path, compared: pd.DataFrame) -> None:
-    """Bars per benchmark (its main metric, accuracy): ours per stream, then the paper's methods."""
+@dataclass
+class TransferReport:
+    """What the transfer report shows."""
+    table: pd.DataFrame  # COLUMNS, a row per benchmark and stream
+    notes: Sequence[str]  # the lines above the table
+    paper_of: dict[str, str]  # benchmark -> the paper's benchmark it stands for ("" = none)
+    classes: dict[str, int] = field(default_factory=dict)  # benchmark -> its number of classes (for chance)
+    stand_ins: Sequence[str] = ()  # benchmarks whose videos are generated stand-ins, not the real data
+
+
+INPUTS = "report_inputs.json"  # what the page needs beyond results.csv
+STAND_IN = ("Stand-in data: generated videos in the real layout that exercise the protocol; the numbers are not "
+            "comparable with the paper's, which are shown for reference.")
+
+
+def chance(protocol: str, classes: int | None) -> float:
+    """Accuracy (percent) of guessing: ASLAN's same/not-same pairs are balanced (50); otherwise one
+    class of `classes` (nan when unknown)."""
+    if protocol == "aslan_view2":
+        return 50.0
+    return 100.0 / classes if classes else float("nan")
+
+
+def chance_of(table: pd.DataFrame, classes: dict[str, int]) -> dict[str, float]:
+    """Each benchmark's chance accuracy (percent)."""
+    protocols = dict(zip(table["benchmark"], table["protocol"], strict=True))
+    return {b: chance(p, classes.get(b)) for b, p in protocols.items()}
+
+
+def chart_figure(compared: pd.DataFrame, chances: dict[str, float] | None = None, stand_ins: Sequence[str] = ()):
+    """Bars per benchmark (its main metric, accuracy): ours per stream, then the paper's methods
+    (hatched); a dashed line at chance over each benchmark's bars; stand-in benchmarks marked under
+    their name and in a caveat under the chart."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    chances = chances or {}
     main = compared[compared["metric"] == "accuracy"] if not compared.empty else compared
     series = [c for c in (*(f"ours {s}" for s in STREAMS), *PAPER_METHODS) if c in main.columns]
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.8 * max(len(main), 1) + 3.5), 4.0))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.8 * max(len(main), 1) + 3.5), 4.4))
     if main.empty:
         ax.text(0.5, 0.5, "no benchmark stands for one of the paper's", ha="center", va="center")
         ax.set_axis_off()
+        return fig
+    width = 0.8 / len(series)
+    x = np.arange(len(main))
+    for k, name in enumerate(series):
+        values = main[name].to_numpy(dtype=float)
+        ax.bar(x + (k - (len(series) - 1) / 2) * width, np.nan_to_num(values), width, label=name,
+               hatch="//" if name in PAPER_METHODS else None, alpha=0.9)
+    for i, benchmark in enumerate(main["benchmark"]):
+        level = chances.get(benchmark, float("nan"))
+        if not math.isnan(level):
+            ax.hlines(level, i - 0.45, i + 0.45, colors="black", linestyles="--", linewidth=1.2, zorder=4,
+                      label="chance" if i == 0 or "chance" not in ax.get_legend_handles_labels()[1] else None)
+    names = [f"{b}\n({p})" + ("\nSTAND-IN DATA" if b in stand_ins else "")
+             for b, p in zip(main["benchmark"], main["paper benchmark"], strict=True)]
+    ax.set_xticks(x, names)
+    for label, benchmark in zip(ax.get_xticklabels(), main["benchmark"], strict=True):
+        if benchmark in stand_ins:
+            label.set_color("#a05a00")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title("Ours (hatched: the paper's published figures; dashed: chance)")
+    if any(b in stand_ins for b in main["benchmark"]):
+        fig.text(0.01, 0.01, STAND_IN, fontsize=8, color="#a05a00", wrap=True)
+        fig.tight_layout(rect=(0, 0.07, 1, 1))
     else:
-        width = 0.8 / len(series)
-        x = np.arange(len(main))
-        for k, name in enumerate(series):
-            values = main[name].to_numpy(dtype=float)
-            ax.bar(x + (k - (len(series) - 1) / 2) * width, np.nan_to_num(values), width, label=name,
-                   hatch="//" if name in PAPER_METHODS else None, alpha=0.9)
-        ax.set_xticks(x, [f"{b}\n({p})" for b, p in zip(main["benchmark"], main["paper benchmark"], strict=False)])
-        ax.set_ylabel("accuracy (%)")
-        ax.set_ylim(0, 100)
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        ax.set_title("Ours (hatched: the paper's published figures)")
-    fig.tight_layout()
+        fig.tight_layout()
+    return fig
+
+
+def write_chart(path: Path, compared: pd.DataFrame, chances: dict[str, float] | None = None,
+                stand_ins: Sequence[str] = ()) -> None:
+    """results.png: `chart_figure` written atomically."""
+    import matplotlib.pyplot as plt
+
+    fig = chart_figure(compared, chances, stand_ins)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, keep_suffix=True) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 
-def write_report(table: pd.DataFrame, out_dir: Path, paper_of: dict[str, str], notes: Sequence[str]) -> str:
-    """results.csv, results.md and results.png under `out_dir`; returns the Markdown."""
-    compared = comparison(table, paper_of)
-    text = to_markdown(table, compared, notes)
-    write_text(out_dir / "results.csv", table[COLUMNS].to_csv(index=False, float_format="%.2f"))
+def write_report(out_dir: Path, r: TransferReport) -> str:
+    """results.csv, results.md, results.png, report_inputs.json and report.html under `out_dir`;
+    returns the Markdown."""
+    out_dir = Path(out_dir)
+    compared = comparison(r.table, r.paper_of)
+    stand_ins = [b for b in r.stand_ins if b in set(r.table["benchmark"])]
+    notes = list(r.notes) + ([f"{STAND_IN} ({', '.join(stand_ins)})"] if stand_ins else [])
+    text = to_markdown(r.table, compared, notes)
+    write_text(out_dir / "results.csv", r.table[COLUMNS].to_csv(index=False, float_format="%.2f"))
     write_text(out_dir / "results.md", text)
-    write_chart(out_dir / "results.png", compared)
+    write_chart(out_dir / "results.png", compared, chance_of(r.table, r.classes), stand_ins)
+    inputs = {"kind": "transfer", "notes": list(r.notes), "paper_of": dict(r.paper_of), "classes": dict(r.classes),
+              "stand_ins": list(r.stand_ins)}
+    write_text(out_dir / INPUTS, json.dumps(inputs, indent=1) + "\n")
+    write_page(out_dir)
     return text
+
+
+def write_page(out_dir: Path) -> Path:
+    """report.html of the transfer report in `out_dir`, from results.csv and report_inputs.json."""
+    from fusion import html_report
+
+    out_dir = Path(out_dir)
+    page = html_report.render("transfer.html.j2", **page_context(out_dir))
+    write_text(out_dir / html_report.PAGE, page)
+    return out_dir / html_report.PAGE
+
+
+def page_context(out_dir: Path) -> dict:
+    """Everything transfer.html.j2 shows, read from the files of `out_dir`."""
+    from fusion.html_report import cell, figure_uri, headers, percent_cell
+
+    try:
+        inputs = json.loads((out_dir / INPUTS).read_text(encoding="utf-8"))
+        table = pd.read_csv(out_dir / "results.csv", keep_default_na=False, na_values=[""])
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"{out_dir}: not a transfer report ({e}): run `make transfer`") from None
+    if inputs.get("kind") != "transfer":
+        raise PipelineError(f"{out_dir / INPUTS}: not the inputs of a transfer report")
+    stand_ins = set(inputs["stand_ins"])
+    chances = chance_of(table, inputs["classes"])
+    compared = comparison(table, inputs["paper_of"])
+    columns = ["benchmark", "protocol", "stream", "accuracy", "chance", "paper P3D", "se", "auc", "hit@3", "mAP",
+               "videos", "excluded", "data"]
+    rows = []
+    for r in table.itertuples(index=False):
+        row = r._asdict()
+        paper = inputs["paper_of"].get(r.benchmark, "")
+        published = PAPER.get(paper, {}).get("accuracy")
+        rows.append([cell(r.benchmark), cell(r.protocol), cell(r.stream), percent_cell(row["accuracy"]),
+                     percent_cell(chances[r.benchmark]),
+                     percent_cell(published[0]) if published else cell("-", "", cls="num"),
+                     *(percent_cell(row[m]) for m in ("se", "auc", "hit@3", "mAP")),
+                     cell(int(r.videos), int(r.videos), cls="num"), cell(int(r.excluded), int(r.excluded), cls="num"),
+                     cell("stand-in" if r.benchmark in stand_ins else "real", cls="stand-in" if r.benchmark
+                          in stand_ins else "")])
+    fitted = [f"{r.benchmark} / {r.stream}: {r.selected}" + (f"; {r.details}" if isinstance(r.details, str)
+                                                             and r.details else "") for r in table.itertuples()]
+    compared_table = None
+    if not compared.empty:
+        names = list(compared.columns)
+        compared_table = {"headers": headers(names, names[3:]),
+                          "rows": [[cell(row[c]) if c in ("benchmark", "paper benchmark", "metric")
+                                    else percent_cell(float(row[c])) for c in names] for _, row in compared.iterrows()]}
+    return {
+        "title": "Transfer: one frozen representation, linear classifiers, every benchmark",
+        "notes": inputs["notes"],
+        "stand_ins": sorted(stand_ins & set(table["benchmark"])),
+        "stand_in_note": STAND_IN,
+        "results": {"headers": headers(columns, ["accuracy", "chance", "paper P3D", "se", "auc", "hit@3", "mAP",
+                                                 "videos", "excluded"]), "rows": rows},
+        "chart": figure_uri(chart_figure(compared, chances, sorted(stand_ins))),
+        "compared": compared_table,
+        "fitted": fitted,
+    }

@@ -1,19 +1,30 @@
-"""The report's pictures at 3, 101 and 400 classes, the most-confused table on a worked example,
-and the flow contact sheet."""
-import struct
-
+"""The report's pictures read back as pixels: confusion cells where the counts put them, per-class bars
+as long as their accuracy and markers whole at 0 and 100, labels legible at 12 and 400 classes, the
+flow contact sheet's colours; the most-confused table on a worked example; the page's size at 400."""
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
 
 from fusion import figures, report
-from fusion.report import MethodScores
+from fusion.report import EvalReport, MethodScores
+
+VIRIDIS_TOP = (37, 231, 253)  # BGR of viridis at 1.0: a cell holding all of its row's videos
+ORANGE = (82, 132, 221)  # BGR of figures.MARKER_COLOURS[0], the first marker method
+BAR = (176, 114, 76)  # BGR of the bars' #4c72b0
 
 
-def png_size(path) -> tuple[int, int]:
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    return struct.unpack(">II", data[16:24])  # IHDR: width, height
+def read_png(path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert image is not None, f"{path} is not a readable PNG"
+    return image
+
+
+def blobs(image: np.ndarray, bgr, tolerance: int = 12) -> list[tuple[int, int, int, int, int]]:
+    """Connected regions of one colour: (x, y, width, height, pixel count), largest first."""
+    mask = (np.abs(image.astype(int) - np.array(bgr)) <= tolerance).all(axis=2).astype(np.uint8)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=4)  # cells meeting at a corner stay apart
+    return sorted((tuple(int(v) for v in s) for s in stats[1:]), key=lambda s: -s[4])
 
 
 def scores_for(n: int, videos_per_class: int = 3, seed: int = 0):
@@ -27,7 +38,7 @@ def scores_for(n: int, videos_per_class: int = 3, seed: int = 0):
 
 
 @pytest.mark.parametrize("n", [3, 101, 400])
-def test_pictures_for_3_101_and_400_classes(tmp_path, n):
+def test_pictures_and_page_for_3_101_and_400_classes(tmp_path, n):
     classes = [f"class_{i:03d}_name" for i in range(n)]
     rgb, labels = scores_for(n, seed=1)
     flow, _ = scores_for(n, seed=2)
@@ -35,16 +46,90 @@ def test_pictures_for_3_101_and_400_classes(tmp_path, n):
                MethodScores("fusion", (rgb + 1.5 * flow) / 2.5, "")]
     table = report.results_table(methods, labels, "t", 0)
     curves = {"test, raw": ([0.0, 1.0, 1.5, 2.0], np.array([0.5, 0.6, 0.7, 0.65]))}
-    report.write_report(tmp_path, table, "t", [], methods, methods, [f"v{i}" for i in range(len(labels))], labels,
-                        classes, {}, curves, ("raw", 1.5))
+    report.write_report(tmp_path, EvalReport("t", table, [], methods, methods, [f"v{i}" for i in range(len(labels))],
+                                             labels, classes, {}, curves, ("raw", 1.5)))
     limits = {"confusion.png": 12e6, "per_class.png": 4e6, "fusion_weight.png": 0.5e6}
     for name, max_bytes in limits.items():
         path = tmp_path / name
-        width, height = png_size(path)
+        image = read_png(path)
         assert path.stat().st_size < max_bytes, name
-        assert 200 < width < 6000 and 200 < height < 7000, (name, width, height)
+        assert 200 < image.shape[1] < 6000 and 200 < image.shape[0] < 7000, (name, image.shape)
+        assert image.std() > 20, f"{name} is (nearly) one colour"
+    # The confusion pictures: about 70% of each row on the diagonal, viridis' top colour there.
+    assert blobs(read_png(tmp_path / "confusion.png"), VIRIDIS_TOP, 30)
     text = (tmp_path / "results.md").read_text()
     assert ("## Most confused pairs (fusion)" in text) == (n > figures.SMALL)
+    page = (tmp_path / "report.html").read_text()
+    assert (tmp_path / "report.html").stat().st_size <= 5e6  # small enough to mail
+    assert page.count('class="confusion-map"') == (3 if n > figures.SMALL else 0)
+    assert page.count('<table class="matrix">') == (0 if n > figures.SMALL else 3)
+
+
+def test_confusion_cells_are_where_the_counts_put_them(tmp_path):
+    classes = ["a", "b", "c"]
+    labels = [(c,) for c in range(3) for _ in range(2)]
+    right = np.eye(3)[[c for (c,) in labels]]
+    shifted = np.eye(3)[[(c + 1) % 3 for (c,) in labels]]  # every video taken for the next class
+    image = read_png(figures.confusion(tmp_path / "c.png", ["right", "shifted"], [right, shifted], labels, classes))
+    # Full cells (share 1.0) are viridis' top colour; the colour bar's top is a thin strip, not a square.
+    cells = [b for b in blobs(image, VIRIDIS_TOP, 20) if b[4] > 200 and 0.8 < b[2] / b[3] < 1.25]
+    assert len(cells) == 6, cells
+    by_x = sorted(cells)  # the left panel's three cells, then the right one's
+    for panel, expected in ((by_x[:3], [0, 1, 2]), (by_x[3:], [1, 2, 0])):
+        mine = sorted(panel, key=lambda b: b[1])  # top row first
+        columns = np.argsort(np.argsort([b[0] for b in mine])).tolist()  # left-to-right rank of each row's cell
+        assert columns == expected
+        # equal cells, one per row, in three distinct rows
+        assert len({b[1] for b in mine}) == 3 and max(b[4] for b in mine) < 1.3 * min(b[4] for b in mine)
+
+
+def test_per_class_bars_and_markers_at_0_50_and_100(tmp_path):
+    # Bars: the first method at 100, 50, 0 (sorted best first); markers: the second at 0, 50, 100.
+    accuracy = np.array([[100.0, 50.0, 0.0], [0.0, 50.0, 100.0]])
+    image = read_png(figures.per_class_bars(tmp_path / "p.png", ["fusion", "rgb"], accuracy, ["a", "b", "c"]))
+    marks = [b for b in blobs(image, ORANGE, 25) if b[4] > 6]
+    assert len(marks) == 4, marks  # three rows and the legend's
+    legend, *rows = sorted(marks, key=lambda b: b[1])  # the legend sits above the axes
+    # Whole markers: as many pixels at 0 and at 100 as at 50 (an axis ending at 0 or 100 halves them).
+    sizes = [b[4] for b in rows]
+    assert max(sizes) < 1.25 * min(sizes), sizes
+    x0, x50, x100 = (b[0] + b[2] / 2 for b in rows)  # rows a, b, c: markers at 0, 50, 100
+    assert abs((x50 - x0) - (x100 - x50)) <= 2 and x100 - x0 > 200
+    # Bars: row a reaches 100, row b 50, row c has none.
+    bars = sorted((b for b in blobs(image, BAR, 10) if b[4] > 50 and b[3] > 5), key=lambda b: b[1])
+    bars = [b for b in bars if b[1] > legend[1] + legend[3]]  # the legend's patch aside
+    assert len(bars) == 2, bars
+    assert abs(bars[0][0] - x0) <= 3 and abs(bars[0][0] + bars[0][2] - x100) <= 3
+    assert abs(bars[1][0] + bars[1][2] - x50) <= 3
+
+
+def _legible(fig, axis: str = "y") -> tuple[float, int]:
+    """(the smallest tick-label height in pixels, how many pairs of neighbouring labels overlap)."""
+    fig.set_dpi(figures.DPI)
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)
+    boxes = [t.get_window_extent(renderer) for ax in fig.axes[:1]
+             for t in (ax.get_yticklabels() if axis == "y" else ax.get_xticklabels()) if t.get_text()]
+    boxes.sort(key=lambda b: b.y0)
+    overlaps = sum(1 for a, b in zip(boxes, boxes[1:], strict=False) if a.y1 > b.y0 + 0.5)
+    heights = [t.get_fontsize() * figures.DPI / 72 for ax in fig.axes[:1] for t in ax.get_yticklabels() if t.get_text()]
+    return min(heights), overlaps
+
+
+@pytest.mark.parametrize("n", [12, 400])
+def test_labels_are_legible_at_12_and_400_classes(n):
+    classes = [f"class_{i:03d}_name" for i in range(n)]
+    rgb, labels = scores_for(n, seed=1)
+    fig = figures.confusion_figure(["rgb", "flow"], [rgb, rgb[::-1]], labels, classes)
+    height, overlaps = _legible(fig)
+    assert height >= 9 and overlaps == 0, (height, overlaps)  # 9 px: 6.5 pt at 110 dpi
+    named = [t.get_text() for t in fig.axes[0].get_yticklabels() if t.get_text()]
+    assert len(named) == n if n <= figures.SMALL else n / 5 <= len(named) < n
+    accuracy = np.stack([np.linspace(0, 100, n), np.linspace(100, 0, n)])
+    fig = figures.per_class_figure(["fusion", "rgb"], accuracy, classes)
+    height, overlaps = _legible(fig)
+    assert height >= 9 and overlaps == 0, (height, overlaps)
+    assert len([t for t in fig.axes[0].get_yticklabels() if t.get_text()]) == n  # every class named
 
 
 def test_large_confusion_rows_sorted_by_class_accuracy():
@@ -81,7 +166,12 @@ def test_contact_sheet_and_wheel_legend(tmp_path):
     assert legend[16, 32, 2] == 255 and legend[16, 32, 0] < 40
     rgb = np.zeros((3, 24, 32, 3), np.uint8)
     flows = np.zeros((3, 24, 32, 2), np.float32)
-    flows[..., 0] = 1.0
-    path = figures.contact_sheet(tmp_path / "sheet.png", rgb, flows, [0, 4, 8], 2.0, "v: test")
-    width, height = png_size(path)
-    assert width > height > 100
+    flows[..., 0] = 1.0  # 1 px right at a 2 px scale: half-saturated red, BGR (128, 128, 255)
+    image = read_png(figures.contact_sheet(tmp_path / "sheet.png", rgb, flows, [0, 4, 8], 2.0, "v: test"))
+    assert image.shape[1] > image.shape[0] > 100
+    # Three black frames over three half-red flow fields, each a panel of the same size.
+    frames = [b for b in blobs(image, (0, 0, 0), 3) if b[4] > 2000]
+    fields = [b for b in blobs(image, (128, 128, 255), 3) if b[4] > 2000]
+    assert len(frames) == 3 and len(fields) == 3, (frames, fields)
+    assert all(f[1] > max(b[1] + b[3] for b in frames) for f in fields)  # the flow row under the frames
+    assert max(b[4] for b in fields) < 1.1 * min(b[4] for b in frames)
