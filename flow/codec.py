@@ -130,6 +130,12 @@ def _raw(blob: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return blob.reshape(shape)
 
 
+def decode_jpeg(blob: np.ndarray, out: np.ndarray) -> None:
+    """One JPEG -> `out`, a contiguous uint8 [H, W, 3] (BGR) or [H, W, 1] / [H, W] (grey) array."""
+    _decode_jpeg(blob, out.reshape(out.shape[:2]) if out.ndim == 3 and out.shape[2] == 1 else out,
+                 grey=out.ndim == 2 or out.shape[2] == 1)
+
+
 def decode_rgb(codec: str, blob: np.ndarray, out: np.ndarray) -> None:
     """Blob (uint8 array) -> `out`, a contiguous uint8 [H, W, 3] view of the caller's clip."""
     if codec == "jpeg":

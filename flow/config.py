@@ -10,8 +10,13 @@ class FlowConfig:
     size: str = "340x256"  # "WxH", a short side ("256"), or "" to keep the decoded size
     store: str = "packed"  # "packed" (lossless, fast random windows) or "mmaction" (TSN JPEG layout)
     bound: float = 20.0  # flow is clipped to +-bound px before the uint8 encoding (zero motion = 128)
-    jpeg_quality: int = 95  # only for store = "mmaction"
-    codec: str = "png"  # store = "packed": "png" (lossless, ~3.4x smaller) or "raw" (uint8 as is)
+    jpeg_quality: int = 95  # of every JPEG written (store = "mmaction", or a "jpeg" codec); 95 as mmaction2/TSN
+    # store = "packed": how RGB frames are kept: "jpeg" (lossy, 3.3x smaller than png, as mmaction2
+    # keeps them), "png" (lossless) or "raw" (uint8 as is, 10x jpeg's bytes). docs/flow.md, "Codecs".
+    codec: str = "jpeg"
+    # store = "packed": how flow images are kept, same choices. JPEG q95 leaves the EPE against ground
+    # truth unchanged to 0.001 px (bench/flow_store.py) at 0.4x png's bytes.
+    flow_codec: str = "jpeg"
     # A video decoding fewer frames than its container declares, by more than this share (and more
     # than one frame), is recorded as truncated. 1.0 turns the check off (variable-frame-rate files).
     missing_frames_tolerance: float = 0.02
@@ -30,6 +35,10 @@ class FlowConfig:
     # (<rawframes_root>/<video_id>/img_00001.jpg ...); "" = the dataset's own paths, which then are
     # frame folders (dataset.list_type = "rawframes").
     rawframes_root: str = ""
+    # source = "rawframes": JPEGs of at least this IJG quality (read from their quantisation table) go
+    # into a JPEG store byte for byte when size and bound match; lower ones are decoded and re-encoded
+    # at jpeg_quality. 75 keeps EPIC-Kitchens' q88 frames and mmaction2's q95 files as they are.
+    rawframes_min_quality: int = 75
     # source = "rawframes": the bound the flow JPEGs were encoded with (denseflow's and mmaction2's
     # default is 20); they are decoded with it and re-encoded when the store's `bound` differs.
     rawframes_bound: float = 20.0
@@ -58,8 +67,9 @@ class FlowConfig:
     def validate(self) -> None:
         if self.store not in ("packed", "mmaction"):
             raise ValueError(f"store: must be 'packed' or 'mmaction', got {self.store!r}")
-        if self.codec not in ("png", "raw"):
-            raise ValueError(f"codec: must be 'png' or 'raw', got {self.codec!r}")
+        for name in ("codec", "flow_codec"):
+            if getattr(self, name) not in ("jpeg", "png", "raw"):
+                raise ValueError(f"{name}: must be 'jpeg', 'png' or 'raw', got {getattr(self, name)!r}")
         if not 0 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality: must be in 0..100, got {self.jpeg_quality}")
         if not 0.0 <= self.missing_frames_tolerance <= 1.0:
@@ -68,6 +78,9 @@ class FlowConfig:
             raise ValueError(f"backend: must be 'fast', 'opencv' or 'torch', got {self.backend!r}")
         if self.source not in ("videos", "rawframes"):
             raise ValueError(f"source: must be 'videos' or 'rawframes', got {self.source!r}")
+        if not 1 <= self.rawframes_min_quality <= 101:
+            raise ValueError(f"rawframes_min_quality: must be in 1..101 (101: re-encode all), "
+                             f"got {self.rawframes_min_quality}")
         if self.rawframes_bound <= 0:
             raise ValueError(f"rawframes_bound: must be > 0, got {self.rawframes_bound}")
         if self.bound <= 0:

@@ -12,6 +12,13 @@ video folder:
   `flow/`; or any numbered image in `x/` + `y/` or `u/` + `v/` (EPIC), in the folder or in `flow/`;
 * numbered from 1 (mmaction2, TSN) or from 0 (denseflow); frames and flow must start alike.
 
+JPEGs are kept byte for byte when the store keeps that modality as JPEG (the mmaction layout, or the
+packed layout's jpeg codecs), they already have the store's size (and, for flow, its bound), and
+their IJG quality, estimated from the luminance quantisation table, is at least
+`flow.rawframes_min_quality`: no second JPEG loss and no encoding time. Each is decoded once on
+the way in, so a JPEG that does not decode fails its video with its name. Other images are decoded,
+resized or re-bounded as needed and encoded with the store's codec.
+
 N frames need N - 1 flow images (flow i: frame i -> i + 1). N flow images for N frames (tools that
 cut a segment out of a longer video, like adl_P11 in ../shared/data) keep the first N - 1: the last
 one ends on a frame the folder does not hold. A gap in the numbering, fewer flows, more than N, or x
@@ -29,6 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from flow import codec
 from flow.config import FlowConfig
 from flow.encoding import decode, encode
 from flow.errors import FlowError
@@ -62,6 +70,7 @@ class CheckedVideo:
     flows: list[tuple[Path, Path]]
     kind: str
     dropped_last_flow: bool
+    copied: int = 0  # JPEG files stored byte for byte by import_video (frames + 2 per flow image)
 
 
 def _files(folder: Path) -> list[str]:
@@ -171,7 +180,7 @@ def check(video: RawframeVideo) -> CheckedVideo:
                         [(video.flow_x[i], video.flow_y[i]) for i in used], video.kind, flows == count)
 
 
-def _read(path: Path, flags: int) -> np.ndarray:
+def _bytes(path: Path) -> bytes:
     # Bytes through Python, not cv2.imread: OpenCV crashes on a path that is not valid UTF-8.
     try:
         data = path.read_bytes()
@@ -179,6 +188,12 @@ def _read(path: Path, flags: int) -> np.ndarray:
         raise FlowError(f"{shown(path)}: cannot read: {e.strerror}") from None
     if not data:  # OpenCV asserts on an empty buffer, in words that name no file
         raise FlowError(f"{shown(path)}: empty file (0 bytes), not an image")
+    return data
+
+
+def _read(path: Path, flags: int, data: bytes | None = None) -> np.ndarray:
+    """The image at `path` (its bytes `data` when already read), decoded by OpenCV."""
+    data = _bytes(path) if data is None else data
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error:
@@ -186,6 +201,23 @@ def _read(path: Path, flags: int) -> np.ndarray:
     if img is None:
         raise FlowError(f"{shown(path)}: not an image OpenCV can decode")
     return img
+
+
+def _keepable(data: bytes, path: Path, size: tuple[int, int], channels: int, min_quality: int) -> bool:
+    """Whether a file can go into a JPEG store as it is: a JPEG of the store's size with `channels`
+    components and at least `min_quality`. It is decoded once here; FlowError naming it if it is a
+    JPEG that does not decode."""
+    try:
+        height, width, components, quality = codec.jpeg_header(data)
+    except codec.CodecError:
+        return False  # not a JPEG (a PNG frame), or one of another kind: decoded and re-encoded
+    if (width, height) != size or components != channels or quality is None or quality < min_quality:
+        return False
+    try:
+        codec.decode_jpeg(np.frombuffer(data, np.uint8), np.empty((height, width, channels), np.uint8))
+    except codec.CodecError as e:
+        raise FlowError(f"{shown(path)}: a JPEG that does not decode ({e})") from None
+    return True
 
 
 def _same_size(image: np.ndarray, first: np.ndarray, path: Path) -> np.ndarray:
@@ -196,11 +228,12 @@ def _same_size(image: np.ndarray, first: np.ndarray, path: Path) -> np.ndarray:
     return image
 
 
-def _flow_image(x_path: Path, y_path: Path, size: tuple[int, int], bound: float, cfg: FlowConfig) -> np.ndarray:
-    """uint8 [H, W, 2] flow at the store's size and bound from a pair of flow JPEGs encoded at
-    `cfg.rawframes_bound`. Copied as it is when neither changes; else decoded to px, resized with
-    the vectors scaled by the size ratio, and encoded at the store's bound."""
-    x, y = _read(x_path, cv2.IMREAD_GRAYSCALE), _read(y_path, cv2.IMREAD_GRAYSCALE)
+def _flow_image(x_path: Path, y_path: Path, size: tuple[int, int], bound: float, cfg: FlowConfig,
+                data: tuple[bytes, bytes]) -> np.ndarray:
+    """uint8 [H, W, 2] flow at the store's size and bound from a pair of flow JPEGs (their bytes:
+    `data`) encoded at `cfg.rawframes_bound`. Copied as it is when neither changes; else decoded to
+    px, resized with the vectors scaled by the size ratio, and encoded at the store's bound."""
+    x, y = _read(x_path, cv2.IMREAD_GRAYSCALE, data[0]), _read(y_path, cv2.IMREAD_GRAYSCALE, data[1])
     if x.shape != y.shape:
         raise FlowError(f"{shown(x_path)} is {x.shape[1]}x{x.shape[0]} but {shown(y_path.name)} is "
                         f"{y.shape[1]}x{y.shape[0]}")
@@ -228,14 +261,27 @@ def import_video(folder: Path | str, writer: VideoWriter, cfg: FlowConfig,
         raise FlowError(f"{shown(video.frames[0])}: frames of {first.shape[1]}x{first.shape[0]} would be stored at "
                         f"{size[0]}x{size[1]}, more than [flow] max_pixels = {cfg.max_pixels:,}: set [flow] size")
     bound = writer.store.bound
+    keep_rgb = writer.stores_jpeg("rgb")
+    keep_flow = writer.stores_jpeg("flow") and cfg.rawframes_bound == bound
+    shape = (size[1], size[0])
     step = max(1, cfg.batch_pairs)
     for lo in range(0, len(video.frames), step):
         between_chunks()
-        writer.add_rgb(np.stack([resize(_same_size(_read(p, cv2.IMREAD_COLOR), first, p), size)
-                                 for p in video.frames[lo: lo + step]]))
-        pairs = video.flows[lo: lo + step]
-        if pairs:
-            writer.add_flow(np.stack([_flow_image(x, y, size, bound, cfg) for x, y in pairs]))
+        for path in video.frames[lo: lo + step]:
+            data = _bytes(path)
+            if keep_rgb and _keepable(data, path, size, 3, cfg.rawframes_min_quality):
+                writer.add_rgb_jpegs([data], shape)
+                video.copied += 1
+            else:
+                writer.add_rgb(resize(_same_size(_read(path, cv2.IMREAD_COLOR, data), first, path), size)[None])
+        for x_path, y_path in video.flows[lo: lo + step]:
+            pair = (_bytes(x_path), _bytes(y_path))
+            if keep_flow and all(_keepable(d, p, size, 1, cfg.rawframes_min_quality)
+                                 for d, p in zip(pair, (x_path, y_path), strict=True)):
+                writer.add_flow_jpegs([pair], shape)
+                video.copied += 2
+            else:
+                writer.add_flow(_flow_image(x_path, y_path, size, bound, cfg, pair)[None])
     return video
 
 

@@ -163,7 +163,7 @@ def test_flow_is_decoded_at_the_given_bound_and_re_encoded(tmp_path):
 def test_resizing_scales_the_flow_vectors(tmp_path):
     values = tuple(int(v) for v in encode(np.array([6.0, -4.0]), 20.0))
     folder = uniform_tree(tmp_path / "raw", values)
-    cfg = FlowConfig(source="rawframes", size="16x12", jobs=1)  # half of 32x24
+    cfg = FlowConfig(source="rawframes", size="16x12", jobs=1, codec="png", flow_codec="png")  # half of 32x24; lossless
     _, store = import_one(tmp_path, folder, cfg)
     with store.open("v") as video:
         assert (video.width, video.height) == (16, 12)

@@ -60,6 +60,7 @@ def videos(tmp_path):
 
 
 def test_every_video_stored_with_its_frames_and_exact_flow(videos, tmp_path, fast_cfg):
+    fast_cfg = dataclasses.replace(fast_cfg, codec="png", flow_codec="png")  # lossless: exact comparisons
     out = tmp_path / "flow"
     summary = run_flow(jobs_in(videos), out, fast_cfg)
     assert (summary.videos, summary.computed, summary.skipped, summary.failed) == (3, 3, 0, 0)
@@ -297,6 +298,7 @@ def test_a_second_run_leaves_a_video_being_written_alone_and_finds_it_done(video
     """Issue 10, bug 1 (deterministic form): run 2 starts while run 1 is mid-video. Run 1 here is
     the test holding the video's lock and writing it; the video is the smallest file, which run 2
     (largest first) reaches last."""
+    fast_cfg = dataclasses.replace(fast_cfg, codec="png", flow_codec="png")  # decoded images re-encode exactly
     jobs = jobs_in(videos)
     held = min(jobs, key=lambda j: j.path.stat().st_size).video_id
     others = [j.video_id for j in jobs if j.video_id != held]
