@@ -50,7 +50,8 @@ eval: install
 	$(RUN) eval --config $(CONFIG) $(ARGS)
 
 # After `make all`: the SynthActions streams as frozen extractors on every transfer protocol
-# (configs/transfer.toml; docs/transfer.md). TRANSFER_CONFIG=configs/<yours>.toml for real data.
+# (configs/transfer.toml; docs/transfer.md). TRANSFER_CONFIG=configs/<yours>.toml for real data;
+# after `make all CONFIG=configs/tiny.toml`: `make transfer TRANSFER_CONFIG=configs/tiny_transfer.toml`.
 TRANSFER_CONFIG ?= configs/transfer.toml
 transfer: install
 	$(RUN) transfer --config $(TRANSFER_CONFIG) $(ARGS)

@@ -26,12 +26,12 @@ from fusion.config import EvalConfig
 from fusion.errors import FusionError
 from fusion.metrics import Labels, anet_hit_at_k, anet_map, hits_at_k
 from fusion.svm import SvmFit, fit_svm, normalise
+from fusion.transfer_config import NORMALISATIONS
 
 __all__ = ["ProtocolResult", "three_split", "train_validation", "leave_one_out", "aslan_view2",
            "similarities", "anet_hit_at_k", "anet_map", "KL_EPS", "NORMALISATIONS"]
 
 DEFAULT_CS = tuple(EvalConfig().svm_cs)  # the C values `make eval` tries
-NORMALISATIONS = ("l2", "zscore")
 # Symmetric KL (measure 10) is infinite where one histogram is 0 and the other is not, which sparse
 # ReLU features often are: both histograms get KL_EPS added to every bin and are renormalised first.
 KL_EPS = 1e-6

@@ -91,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.config import load_config
 
     try:
-        run = getattr(args, "run", None)
-        cfg = load_config(args.config, [*args.overrides, *([f"train.run={run!r}"] if run is not None else [])])
+        cfg = load_config(args.config, args.overrides, run=getattr(args, "run", None))
         if args.stage in tools_cli.COMMANDS:
             return tools_cli.run(args, cfg)  # 1 when predict or features failed on some videos
         elif args.stage == "config":
@@ -107,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             checkpoints = {name: path for name, path in (("rgb", args.rgb), ("flow", args.flow)) if path}
             stages.eval_stage(cfg, checkpoints or None)
         elif args.stage == "transfer":
-            from pipeline.transfer.stage import transfer_stage
-            transfer_stage(cfg, shard=args.shard, source=str(args.config or "<defaults>"))
+            stages.transfer_stage(cfg, shard=args.shard)
     except P3DError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

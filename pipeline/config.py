@@ -15,13 +15,14 @@ from typing import Any
 
 from flow.config import FlowConfig
 from fusion.config import EvalConfig
+from fusion.transfer_config import TransferConfig
 from p3dbase.atomic import write_text
 from p3dbase.errors import shown
 from p3dbase.overrides import ALLOW_NONFINITE, check_value, parse_override
 from pipeline.datasets.config import DatasetConfig
 from pipeline.errors import ConfigError
 from pipeline.synth.config import SynthConfig
-from pipeline.transfer.config import BenchmarkConfig, TransferConfig
+from pipeline.transfer.config import BenchmarkConfig
 from streams.config import ModelConfig, TrainConfig
 
 try:
@@ -52,28 +53,41 @@ NAMED_SECTIONS = {"benchmark": BenchmarkConfig}
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name not in ("work_dir", *NAMED_SECTIONS)}
 
 
-def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Read `path` (or the defaults when None), apply `key=value` overrides, check everything."""
+# Keys that were renamed so that one setting has one name in every section: the old key's error names the new.
+RENAMED = {"transfer.cs": "transfer.svm_cs", "transfer.folds": "transfer.svm_folds",
+           "transfer.clips": "transfer.svm_clips"}
+
+
+def load_config(path: str | Path | None, overrides: typing.Sequence[str] = (), *, run: str | None = None) -> Config:
+    """Read `path` (or the defaults when None), apply `key=value` overrides and `run` (`--run`, which
+    sets train.run), check everything. An error names where the bad value came from: the file, the
+    `--set` item or `--run`."""
     source = str(path) if path else "<defaults>"
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"--config {shown(path)}: is a folder; give a TOML file, e.g. configs/tiny.toml")
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+            raise ConfigError(f"config file not found: {shown(path)}")
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a BOM (Windows editors) is no error
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            raise ConfigError(f"{path}: not valid TOML: {err}") from None
-    for item in overrides:
-        key, value = _parse_override(item)
+            raise ConfigError(f"{shown(path)}: not valid TOML: {err}") from None
+    origin: dict[str, str] = {}  # key -> where its value came from, when not the file
+    items = [(item, *_parse_override(item), f"--set {shown(item)}") for item in overrides]
+    if run is not None:
+        items.append((run, "train.run", run, f"--run {shown(run)[:60]}"))
+    for item, key, value in ((i, k, v) for i, k, v, _ in items):
         *sections, name = key.split(".")  # benchmark.aslan.root: a key of a named section
         target = raw
         for depth, section in enumerate(sections):
             target = target.setdefault(section, {})
             if not isinstance(target, dict):
-                raise ConfigError(f"--set {item}: {'.'.join(sections[:depth + 1])!r} is not a section")
+                raise ConfigError(f"--set {shown(item)}: {'.'.join(sections[:depth + 1])!r} is not a section")
         target[name] = value
-    return _build(raw, source)
+    origin.update({key: where for _, key, _, where in items})
+    return _build(raw, source, origin)
 
 
 def _parse_override(item: str) -> tuple[str, Any]:
@@ -87,36 +101,50 @@ def _parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(str(err)) from None
 
 
-def _build(raw: dict[str, Any], source: str) -> Config:
+def _check_work_dir(value: Any, where: str) -> str:
+    """work_dir names a folder: a quoted path, not empty, not an existing file."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: work_dir must be a folder path in quotes (work_dir = \"work\"), got {value!r}")
+    if not value.strip():
+        raise ConfigError(f"{where}: work_dir is empty: name the folder every stage writes under, e.g. \"work\"")
+    if Path(value).exists() and not Path(value).is_dir():
+        raise ConfigError(f"{where}: work_dir {shown(value)} is a file, not a folder")
+    return value
+
+
+def _build(raw: dict[str, Any], source: str, origin: dict[str, str]) -> Config:
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         if key == "work_dir":
-            kwargs[key] = _check_value(value, str, "work_dir", source)
+            kwargs[key] = _check_work_dir(value, origin.get(key, source))
         elif key in SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: [{key}] must be a table of settings, got {value!r}")
-            kwargs[key] = _build_section(typing.get_type_hints(Config)[key], key, value, source)
+            kwargs[key] = _build_section(typing.get_type_hints(Config)[key], key, value, source, origin)
         elif key in NAMED_SECTIONS:
             if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
                 raise ConfigError(f"{source}: [{key}] must hold named tables such as [{key}.NAME], got {value!r}")
-            kwargs[key] = {name: _build_section(NAMED_SECTIONS[key], f"{key}.{name}", table, source)
+            kwargs[key] = {name: _build_section(NAMED_SECTIONS[key], f"{key}.{name}", table, source, origin)
                            for name, table in value.items()}
         else:
-            raise ConfigError(f"{source}: unknown key {key!r}"
+            raise ConfigError(f"{origin.get(key, source)}: unknown key {key!r}"
                               f"{_suggest(key, ['work_dir', *SECTIONS, *NAMED_SECTIONS])}")
     return Config(**kwargs)
 
 
-def _build_section(cls: type, section: str, values: dict[str, Any], source: str) -> Any:
+def _build_section(cls: type, section: str, values: dict[str, Any], source: str, origin: dict[str, str]) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     names = list(fields)
     checked = {}
     for name, value in values.items():
         key = f"{section}.{name}"
+        where = origin.get(key, source)
+        if key in RENAMED:
+            raise ConfigError(f"{where}: {key} is now called {RENAMED[key]} (the name [eval] gives the same setting)")
         if name not in names:
-            raise ConfigError(f"{source}: unknown key {key!r}{_suggest(name, names, section)}")
-        checked[name] = _check_value(value, hints[name], key, source,
+            raise ConfigError(f"{where}: unknown key {key!r}{_suggest(name, names, section)}")
+        checked[name] = _check_value(value, hints[name], key, where,
                                      finite=not fields[name].metadata.get(ALLOW_NONFINITE))
     obj = cls(**checked)
     validate = getattr(obj, "validate", None)
@@ -124,7 +152,9 @@ def _build_section(cls: type, section: str, values: dict[str, Any], source: str)
         try:
             validate()
         except ValueError as err:
-            raise ConfigError(f"{source}: [{section}] {err}") from None
+            # The message starts with the field it is about: blame the --set or --run that gave it.
+            where = origin.get(f"{section}.{str(err).partition(':')[0]}", source)
+            raise ConfigError(f"{where}: [{section}] {err}") from None
     return obj
 
 

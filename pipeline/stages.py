@@ -9,17 +9,22 @@ import os
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+import pandas as pd
 
 from flow.manifest import read_manifest
 from flow.stage import FlowJob, FlowSummary, run_flow
 from flow.store import open_store
 from fusion.stage import average_splits, run_eval
+from fusion.transfer_stage import run_transfer
 from p3dbase.atomic import write_text
 from pipeline.config import Config, write_resolved
 from pipeline.datasets import Dataset, read_dataset
 from pipeline.datasets.files import video_id_of
 from pipeline.errors import PipelineError
 from pipeline.synth import generate
+from pipeline.synth.companions import generate_companions
+from pipeline.transfer.benchmarks import check_transfer_config, read_benchmark
+from pipeline.transfer.report import TransferReport, write_report
 from streams.train import train_stream
 
 
@@ -200,6 +205,36 @@ def eval_stage(cfg: Config, checkpoints: dict[str, Path] | None = None) -> None:
         write_resolved(cfg, out)  # with the report: a refused or failed evaluation leaves the last one's
     if len(tables) > 1:
         average_splits(tables, out_root, protocol=f"{cfg.dataset.format} 3-split average")
+
+
+def transfer_dir(cfg: Config) -> Path:
+    return cfg.work / "transfer"
+
+
+def transfer_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1)) -> pd.DataFrame | None:
+    """`[transfer]`: every `[benchmark.NAME]` through its protocol (fusion.transfer_stage), one report in
+    work_dir/transfer (results.csv/.md/.png, excluded.csv). A shard run (n > 1) only computes; None."""
+    # 1. The settings, the companions and every benchmark's annotations: a refusal writes nothing.
+    check_transfer_config(cfg)
+    if cfg.transfer.companions:
+        generate_companions(cfg.transfer.companions)
+    benchmarks = [read_benchmark(name, cfg.benchmark[name]) for name in cfg.transfer.benchmarks]
+    # 2. Flow, features and protocols.
+    out = transfer_dir(cfg)
+    result = run_transfer(benchmarks, cfg.transfer, cfg.flow, out, shard=shard)
+    write_resolved(cfg, out)  # with the work: a refused run leaves the last run's config.toml
+    if result is None:
+        return None
+    # 3. The report; the benchmarks generated under `companions` are marked as stand-ins.
+    companions = Path(cfg.transfer.companions).resolve() if cfg.transfer.companions else None
+    stand_ins = [b.name for b in benchmarks if companions and b.root.resolve().is_relative_to(companions)]
+    print(write_report(out, TransferReport(result.table, result.notes, result.paper_of, result.classes, stand_ins)))
+    write_text(out / "excluded.csv", result.excluded.to_csv(index=False))
+    print(f"transfer: report in {out} (results.csv, results.md, results.png, excluded.csv)")
+    if result.table.empty:
+        raise PipelineError(f"transfer: no benchmark had a video with features for any stream; the reasons are "
+                            f"in {out / 'excluded.csv'}")
+    return result.table
 
 
 def show_flow_stage(cfg: Config, video_id: str, *, out: Path | None = None, frames: int = 6,

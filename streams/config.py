@@ -116,8 +116,10 @@ class TrainConfig:
             raise ValueError(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
         if self.val_fraction and self.val_groups:
             raise ValueError("val_groups: give held-out groups by name or by val_fraction, not both")
-        if self.run and (self.run in (".", "..") or not all(c.isalnum() or c in "-_." for c in self.run)):
-            raise ValueError(f"run: must be a plain folder name (letters, digits, '-', '_', '.'), got {self.run!r}")
+        if self.run and (self.run in (".", "..") or len(self.run) > 100  # file systems allow 255 bytes a name
+                         or not all(c.isalnum() or c in "-_." for c in self.run)):
+            raise ValueError(f"run: must be a plain folder name of at most 100 letters, digits, '-', '_', '.', "
+                             f"got {self.run[:40]!r}{'...' if len(self.run) > 40 else ''}")
         if self.schedule not in ("step", "cosine"):
             raise ValueError(f"schedule: must be 'step' or 'cosine', got {self.schedule!r}")
         if sorted(self.lr_steps) != list(self.lr_steps):

@@ -80,10 +80,76 @@ def test_dump_round_trip(tmp_path):
     assert not list((tmp_path / "stage").glob("*.tmp"))
 
 
+def _same(a, b) -> bool:
+    return float(a) == float(b) if isinstance(b, (int, float)) and not isinstance(b, bool) else a == b
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
+    """Every setting a shipped file gives reaches the Config with the file's value (read independently
+    with tomllib), and the resolved config reads back equal."""
+    import tomllib
+
+    from pipeline.config import to_dict
+
+    raw = tomllib.loads(path.read_text(encoding="utf-8"))
     cfg = load_config(path)
-    assert cfg.dataset.format
+    data = to_dict(cfg)
+    given = 0
+    for key, value in raw.items():
+        tables = value.items() if key == "benchmark" else [(None, value)] if isinstance(value, dict) else []
+        if not tables:
+            assert _same(data[key], value), key
+            given += 1
+        for name, table in tables:
+            section = data[key][name] if name else data[key]
+            for field, v in table.items():
+                got = section[field]
+                assert (all(map(_same, got, v)) and len(got) == len(v)) if isinstance(v, list) else _same(got, v), \
+                    f"{key}.{name + '.' if name else ''}{field}"
+                given += 1
+    assert given >= 5  # a shipped config says something
+    assert load_config(path) == cfg
+    for name in cfg.transfer.benchmarks:  # a transfer config names tables it has
+        assert name in cfg.benchmark, name
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("work_dir = 5\n", "work_dir must be a folder path in quotes (work_dir = \"work\"), got 5"),
+    ("work_dir = \"\"\n", "work_dir is empty"),
+    ("work_dir = \"  \"\n", "work_dir is empty"),
+])
+def test_work_dir_must_name_a_folder(tmp_path, text, needle):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: {needle}" or str(err.value).startswith(f"{path}: {needle}")
+
+
+def test_work_dir_that_is_a_file_and_a_folder_as_config_are_one_line(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match=r"^--set work_dir=.*f: work_dir .*f is a file, not a folder$"):
+        load_config(None, [f"work_dir={tmp_path / 'f'}"])
+    with pytest.raises(ConfigError, match=r"^--config .*: is a folder; give a TOML file, e.g. configs/tiny.toml$"):
+        load_config(tmp_path)
+
+
+def test_a_bad_set_or_run_value_is_blamed_on_the_set_or_run_not_the_file(tmp_path):
+    path = write(tmp_path, "[flow]\nbound = 10\n")
+    with pytest.raises(ConfigError, match=r"^--set flow.jobs=x: flow.jobs must be int, got 'x'$"):
+        load_config(path, ["flow.jobs=x"])
+    with pytest.raises(ConfigError, match=r"^--set flow.store=zip: \[flow\] store: must be"):
+        load_config(path, ["flow.store=zip"])
+    with pytest.raises(ConfigError, match=r"^--run a b: \[train\] run: must be a plain folder name .*got 'a b'$"):
+        load_config(path, run="a b")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, run="a\\b")
+    assert str(err.value).endswith("got 'a\\\\b'")  # Python's repr of a\b, escaped once
+    with pytest.raises(ConfigError, match=r"^--run x{60}: \[train\] run: .* at most 100 .*got 'x{40}'\.\.\.$"):
+        load_config(path, run="x" * 300)
+    assert load_config(path, run="fine-run_1").train.run == "fine-run_1"
+    with pytest.raises(ConfigError, match=r"^" + str(path) + r": flow.jobs must be int"):
+        load_config(write(tmp_path, "[flow]\njobs = \"x\"\n"))
 
 
 @pytest.mark.parametrize("override, needle", [

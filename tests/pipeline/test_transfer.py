@@ -2,23 +2,26 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.io import savemat
+from scipy.io import loadmat, savemat
 
 from flow.video import VideoReader
+from fusion.errors import FusionError
 from pipeline.cli import main
 from pipeline.config import Config, dump_toml, load_config
 from pipeline.datasets import read_dataset
 from pipeline.datasets.aslan import read_view2
 from pipeline.errors import ConfigError, DatasetError, PipelineError
+from pipeline.stages import transfer_stage
 from pipeline.synth import companions, generate
 from pipeline.synth.config import SynthConfig
+from pipeline.transfer.benchmarks import check_transfer_config
 from pipeline.transfer.config import BenchmarkConfig
-from pipeline.transfer.stage import check_config, transfer_stage
 from streams.config import TrainConfig
 from tests.fusion.conftest import save_tiny_checkpoint
 
@@ -45,16 +48,18 @@ def config(tmp_path: Path, text: str = BASE, overrides=()) -> Config:
 
 # --- config ---------------------------------------------------------------------------------------
 
-def test_benchmark_tables_load_with_defaults_and_round_trip(tmp_path):
-    cfg = config(tmp_path, overrides=["benchmark.scenes.root=elsewhere", "transfer.cs=[1, 10]"])
+def test_benchmark_tables_load_with_defaults_and_round_trip(tmp_path, monkeypatch):
+    cfg = config(tmp_path, overrides=["benchmark.scenes.root=elsewhere", "transfer.svm_cs=[1, 10]"])
     assert list(cfg.benchmark) == ["aslan", "scenes"]
-    assert cfg.benchmark["scenes"].root == "elsewhere" and cfg.transfer.cs == [1.0, 10.0]
+    assert cfg.benchmark["scenes"].root == "elsewhere" and cfg.transfer.svm_cs == [1.0, 10.0]
     assert cfg.benchmark["aslan"].resolved_protocol() == "aslan_view2"
     assert cfg.benchmark["scenes"].resolved_protocol() == "loo" and cfg.benchmark["scenes"].split == "all"
     back = tmp_path / "back.toml"
     back.write_text(dump_toml(cfg), encoding="utf-8")
     assert load_config(back) == cfg
-    check_config(cfg)  # complete: no error
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.pt").touch()
+    check_transfer_config(cfg)  # complete: no error
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -64,26 +69,37 @@ def test_benchmark_tables_load_with_defaults_and_round_trip(tmp_path):
      r"\[benchmark.ucf\] protocol: three_split needs a format with three splits"),
     (["benchmark.scenes.rot=x"], r"unknown key 'benchmark.scenes.rot' \(did you mean 'benchmark.scenes.root'\?\)"),
     (["benchmark.scenes.root=[1]"], r"benchmark.scenes.root must be str"),
-    (["benchmark.scenes.format=avi"], r"\[benchmark.scenes\] format: must be one of .*aslan, got 'avi'"),
+    (["benchmark.scenes.format=avi"], r"\[benchmark.scenes\] format: must be one of .*aslan.*, got 'avi'"),
     (["benchmark.scenes.paper=kinetics"], r"\[benchmark.scenes\] paper: must be one of ucf101, "),
     (["transfer.aslan_normalisation=l1"], r"\[transfer\] aslan_normalisation: must be 'l2' or 'zscore'"),
-    (["transfer.clip=3"], r"unknown key 'transfer.clip' \(did you mean 'transfer.clips'\?\)"),
+    (["transfer.svm_clip=3"], r"unknown key 'transfer.svm_clip' \(did you mean 'transfer.svm_clips'\?\)"),
     (["benchmarks=3"], r"unknown key 'benchmarks' \(did you mean 'benchmark'\?\)"),
     (["benchmark.x=3"], r"\[benchmark\] must hold named tables such as \[benchmark.NAME\]"),
 ])
-def test_config_errors_name_the_file_and_key(tmp_path, overrides, message):
+def test_config_errors_name_the_set_item_and_key(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message) as err:
         config(tmp_path, overrides=overrides)
-    assert str(err.value).startswith(str(tmp_path / "t.toml") + ": ")
+    where = str(tmp_path / "t.toml") if overrides == ["benchmark.x=3"] else f"--set {overrides[-1]}"
+    assert str(err.value).startswith(where + ": ")
 
 
 def test_a_benchmark_without_its_section_and_a_missing_extractor_are_named(tmp_path):
     cfg = config(tmp_path, overrides=['transfer.benchmarks=["aslan", "scene"]'])
-    with pytest.raises(ConfigError, match=r"t.toml: transfer.benchmarks names 'scene' but there is no "
-                                          r"\[benchmark.scene\] section \(did you mean 'scenes'\?\)"):
-        check_config(cfg, str(tmp_path / "t.toml"))
-    with pytest.raises(ConfigError, match=r"\[transfer\] rgb / flow: give an RGB and/or a flow"):
-        check_config(config(tmp_path, overrides=["transfer.rgb="]))
+    with pytest.raises(PipelineError, match=r"^transfer.benchmarks names 'scene' but there is no "
+                                            r"\[benchmark.scene\] section \(did you mean 'scenes'\?\)$"):
+        check_transfer_config(cfg)
+    with pytest.raises(PipelineError, match=r"\[transfer\] rgb / flow: give an RGB and/or a flow"):
+        check_transfer_config(config(tmp_path, overrides=["transfer.rgb="]))
+    with pytest.raises(PipelineError, match=r"^transfer.rgb: r.pt does not exist"):
+        check_transfer_config(config(tmp_path, overrides=['transfer.benchmarks=["aslan"]']))
+
+
+@pytest.mark.parametrize("old, new", [("cs=[1.0]", "svm_cs"), ("folds=3", "svm_folds"), ("clips=4", "svm_clips")])
+def test_the_old_transfer_svm_keys_name_their_new_name(tmp_path, old, new):
+    """[transfer] and [eval] give one setting one name: svm_clips, svm_cs, svm_folds."""
+    expected = f"--set transfer.{old}: transfer.{old.split('=')[0]} is now called transfer.{new} "
+    with pytest.raises(ConfigError, match="^" + re.escape(expected)):
+        config(tmp_path, overrides=[f"transfer.{old}"])
 
 
 # --- the ASLAN reader -------------------------------------------------------------------------------
@@ -210,9 +226,9 @@ work_dir = "{tmp_path / 'work'}"
 rgb = "{rgb}"
 flow = "{flow}"
 benchmarks = ["synth", "activitynet", "aslan", "scenes"]
-clips = 3
-folds = 2
-cs = [0.1, 10.0]
+svm_clips = 3
+svm_folds = 2
+svm_cs = [0.1, 10.0]
 jobs = 1
 device = "cpu"
 companions = "{data}"
@@ -240,10 +256,26 @@ size = ""
     return path
 
 
-def test_transfer_end_to_end_report_cache_and_broken_videos(tiny_transfer, tmp_path, capsys):
+def test_transfer_end_to_end_report_cache_and_broken_videos(tiny_transfer, tmp_path, capsys, monkeypatch):
+    from fusion import transfer
+    from fusion import transfer_stage as transfer_stage_module
+
     cfg = load_config(tiny_transfer, FAST)
     companions.generate_companions(cfg.transfer.companions)
     (Path(cfg.transfer.companions) / "scenes/CyanZoomOut/broken.avi").write_bytes(b"not a video")
+    aslan_calls, extractions = [], {}
+    real_aslan, real_extract = transfer.aslan_view2, transfer_stage_module.extract
+
+    def spy(layers, pairs, *args, **kwargs):
+        aslan_calls.append((layers, pairs))
+        return real_aslan(layers, pairs, *args, **kwargs)
+
+    def keep(videos, *args, desc, **kwargs):  # each benchmark's features, as the protocols are given them
+        extractions[desc] = real_extract(videos, *args, desc=desc, **kwargs)
+        return extractions[desc]
+
+    monkeypatch.setattr(transfer, "aslan_view2", spy)
+    monkeypatch.setattr(transfer_stage_module, "extract", keep)
     table = transfer_stage(cfg)
     out = tmp_path / "work/transfer"
     csv = pd.read_csv(out / "results.csv")
@@ -259,7 +291,26 @@ def test_transfer_end_to_end_report_cache_and_broken_videos(tiny_transfer, tmp_p
     assert rows.loc[("scenes", "rgb"), "excluded"] == 1 and rows.loc[("synth", "rgb"), "excluded"] == 0
     assert np.isfinite(rows.loc[("aslan", "two_stream"), "auc"])
     assert np.isfinite(rows.loc[("activitynet", "flow"), "mAP"])
-    assert ((csv["accuracy"] >= 0) & (csv["accuracy"] <= 100)).all()
+    # ASLAN's wiring: each stream's 4 layers (pool5, prob, res5c, res4) of every clip as extracted, two
+    # streams' 8 (rgb_ then flow_), View-2's pairs as the .mat file holds them; and its accuracy
+    # recomputed from those.
+    features = extractions["transfer aslan"].features
+    pairs = loadmat(str(cfg.benchmark["aslan"].annotations))["action_splits_pairs"]
+    layers = ("pool5", "prob", "res5c", "res4")
+    expected = {s: {layer: {int(v): features[s][v][layer] for v in features[s]} for layer in layers}
+                for s in ("rgb", "flow")}
+    expected["two_stream"] = {f"{s}_{layer}": expected[s][layer] for s in ("rgb", "flow") for layer in layers}
+    assert len(aslan_calls) == 3
+    for stream, (got, got_pairs) in zip(("rgb", "flow", "two_stream"), aslan_calls, strict=True):
+        assert list(got) == list(expected[stream]), stream  # 4 layers x 12 measures; 8 for two streams
+        for name, clips in expected[stream].items():
+            assert sorted(got[name]) == sorted(clips) == list(range(1, 41))
+            for clip, vector in clips.items():
+                np.testing.assert_array_equal(got[name][clip], vector)
+        np.testing.assert_array_equal(got_pairs, pairs)
+        again = real_aslan(expected[stream], pairs, "l2", cs=[0.1, 10.0], folds=2, seed=0)
+        assert rows.loc[("aslan", stream), "accuracy"] == pytest.approx(again.accuracy, abs=0.006)
+        assert f"{len(expected[stream])} layers x 12 measures" in rows.loc[("aslan", stream), "selected"]
     md = (out / "results.md").read_text(encoding="utf-8")
     assert "| synth | UCF101 | accuracy |" in md and "88.60 | 82.30 | 83.50" in md  # the paper's UCF101 row
     assert "| aslan | ASLAN | auc |" in md and "87.90 | 86.50 | 77.40" in md
@@ -273,7 +324,7 @@ def test_transfer_end_to_end_report_cache_and_broken_videos(tiny_transfer, tmp_p
     stamps = [f.stat().st_mtime_ns for f in features]
     capsys.readouterr()
     synth = dataclasses.replace(cfg.benchmark["synth"], flow_store=str(out / "flow/synth"))
-    transfer = dataclasses.replace(cfg.transfer, cs=[1.0], benchmarks=["synth", "activitynet"])
+    transfer = dataclasses.replace(cfg.transfer, svm_cs=[1.0], benchmarks=["synth", "activitynet"])
     again = transfer_stage(dataclasses.replace(cfg, benchmark={**cfg.benchmark, "synth": synth}, transfer=transfer))
     assert sorted((out / "features").rglob("*.npz")) == features and [f.stat().st_mtime_ns for f in features] == stamps
     assert "already done" in capsys.readouterr().out and set(again["selected"].str.contains("C=1")) == {True}
@@ -285,11 +336,11 @@ def test_transfer_bad_inputs_stop_with_one_line(tiny_transfer, tmp_path, capsys)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"no checkpoint")
     assert main(["transfer", "--config", str(tiny_transfer), "--set", f"transfer.rgb={garbage}"]) == 2
-    assert "error: transfer.rgb: checkpoint" in capsys.readouterr().err
+    assert f"error: checkpoint {garbage} cannot be read" in capsys.readouterr().err.splitlines()[-1]
     one = tmp_path / "one_class"
     (one / "Only").mkdir(parents=True)
     (one / "Only/v.avi").write_bytes(b"")
-    with pytest.raises(PipelineError, match=r"benchmark.scenes: its videos \(under .*one_class\) hold 1 class"):
+    with pytest.raises(FusionError, match=r"benchmark.scenes: its videos \(under .*one_class\) hold 1 class"):
         transfer_stage(load_config(tiny_transfer, FAST + ['transfer.benchmarks=["scenes"]',
                                                          f"benchmark.scenes.root={one}"]))
     mat = Path(cfg.transfer.companions) / "aslan/Views/View2.mat"
@@ -305,7 +356,7 @@ def test_two_stream_rows_enter_the_protocols_as_fusion_svm_two_stream():
     """The protocols apply signed sqrt + L2 themselves; the two-stream input must come out of that as
     svm.two_stream exactly (float64)."""
     from fusion import svm
-    from pipeline.transfer.stage import _pre_normalised
+    from fusion.transfer_stage import _pre_normalised
 
     rng = np.random.default_rng(0)
     rgb, flow = rng.normal(size=(5, 7)), np.abs(rng.normal(size=(5, 3)))
@@ -329,3 +380,89 @@ def test_shards_compute_their_own_videos_and_the_final_run_only_scores(tiny_tran
     table = transfer_stage(cfg)
     assert {p: p.stat().st_mtime_ns for p in (out / "features/scenes").rglob("*.npz")} == stamps
     assert list(table["videos"]) == [9, 9, 9] and (out / "results.csv").is_file()
+
+
+def scenes_only(tiny_transfer: Path, *more: str) -> list[str]:
+    """CLI arguments of a transfer run on the generated scenes alone."""
+    return ["transfer", "--config", str(tiny_transfer), *sum((["--set", s] for s in FAST), []),
+            "--set", 'transfer.benchmarks=["scenes"]', *sum((["--set", s] for s in more), [])]
+
+
+def test_transfer_refuses_flow_made_with_other_settings_than_the_flow_stream_was_trained_on(
+        tiny_transfer, tmp_path, capsys):
+    """As eval does: the bound (size, lambda, ...) the flow stream was trained on decides its input."""
+    import dataclasses as dc
+
+    import torch
+
+    from flow.stage import config_flow_settings, store_params
+    from flow.store import create_store
+    from streams import transforms
+    from streams.checkpoint import make_payload, save_checkpoint
+    from streams.config import ModelConfig
+    from streams.p3d import build_model
+
+    cfg = load_config(tiny_transfer, FAST)
+    trained = config_flow_settings(cfg.flow)  # bound 20, as the runs below compute it unless told otherwise
+    model = build_model("p3d_tiny", 3, transforms.CHANNELS["flow"], dropout=0.5)
+    torch.manual_seed(0)
+    flow_ckpt = tmp_path / "flow_b5.pt"
+    save_checkpoint(flow_ckpt, make_payload(
+        model, arch="p3d_tiny", modality="flow", classes=["c0", "c1", "c2"],
+        input_convention=transforms.INPUT_CONVENTION["flow"], model_config=dc.asdict(ModelConfig(arch="p3d_tiny")),
+        train_config=dc.asdict(TRAIN_CFG), step=1, epoch=1, metrics={}, flow=trained))
+    out = tmp_path / "work/transfer"
+    assert main(scenes_only(tiny_transfer, f"transfer.flow={flow_ckpt}", "flow.bound=6")) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("error: flow stream ") and "bound = 20.0" in err and "bound = 6.0" in err
+    assert "--set flow.bound=20.0" in err
+    assert not (out / "flow").exists() and not (out / "config.toml").exists()  # refused before any work
+    other = create_store(tmp_path / "store_b6", bound=6.0, params=store_params(cfg.flow))
+    assert main(scenes_only(tiny_transfer, f"transfer.flow={flow_ckpt}",
+                            f"benchmark.scenes.flow_store={other.root}")) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("error: ") and f"benchmark.scenes.flow_store {other.root} has bound = 6.0" in err
+
+
+def test_a_refused_transfer_run_leaves_the_last_config_toml(tiny_transfer, tmp_path, capsys):
+    cfg = load_config(tiny_transfer, FAST)
+    companions.generate_companions(cfg.transfer.companions)
+    savemat(str(Path(cfg.transfer.companions) / "aslan/Views/View2.mat"), {"something_else": np.zeros((2, 5, 10))})
+    last = tmp_path / "work/transfer/config.toml"
+    last.parent.mkdir(parents=True)
+    last.write_text("# the last run's settings\n")
+    assert main(scenes_only(tiny_transfer, 'transfer.benchmarks=["aslan"]', "transfer.companions=")) == 2
+    assert "no variable 'action_splits_pairs'" in capsys.readouterr().err
+    assert last.read_text() == "# the last run's settings\n"
+
+
+def test_refused_files_are_counted_and_listed_in_the_transfer_report(tiny_transfer, tmp_path, capsys):
+    import os
+
+    cfg = load_config(tiny_transfer, FAST)
+    companions.generate_companions(cfg.transfer.companions)
+    cyan = Path(cfg.transfer.companions) / "scenes/CyanZoomOut"
+    os.mkfifo(cyan / "fifo.avi")
+    outside = tmp_path / "outside.avi"
+    outside.write_bytes(b"x")
+    (cyan / "link.avi").symlink_to(outside)
+    assert main(scenes_only(tiny_transfer, "transfer.flow=")) == 0
+    out = tmp_path / "work/transfer"
+    rows = pd.read_csv(out / "results.csv")
+    assert list(rows["stream"]) == ["rgb"] and list(rows["videos"]) == [9] and list(rows["excluded"]) == [2]
+    excluded = pd.read_csv(out / "excluded.csv")
+    assert sorted(excluded["video_id"]) == ["CyanZoomOut/fifo.avi", "CyanZoomOut/link.avi"]
+    assert excluded["reason"].str.startswith("refused: ").all() and set(excluded["stream"]) == {"rgb"}
+    assert "scenes: 2 file(s) under " in (out / "results.md").read_text(encoding="utf-8")
+
+
+def test_a_transfer_run_in_which_every_video_failed_exits_non_zero(tiny_transfer, tmp_path, capsys):
+    broken = tmp_path / "broken_scenes"
+    for cls in ("A", "B"):
+        (broken / cls).mkdir(parents=True)
+        for k in range(2):
+            (broken / cls / f"v{k}.avi").write_bytes(b"not a video")
+    assert main(scenes_only(tiny_transfer, "transfer.flow=", f"benchmark.scenes.root={broken}")) == 2
+    err = capsys.readouterr().err
+    assert "error: transfer: no benchmark had a video with features for any stream" in err
+    assert len(pd.read_csv(tmp_path / "work/transfer/excluded.csv")) == 4
