@@ -164,6 +164,7 @@ def _work(worker: Worker, video: VideoInput) -> tuple[str, str, str]:
             if isinstance(e, DiskFullError):
                 raise
             reason = shown(" ".join(str(e).split()))
+            failed.parent.mkdir(parents=True, exist_ok=True)
             write_text(failed, json.dumps({"video": shown(video.path), "reason": reason, "key": context.key}) + "\n")
             return video.video_id, "failed", reason
         names = [s.name for s in worker.engine.streams]
