@@ -217,6 +217,6 @@ def read_sports1m(cfg: DatasetConfig, split: str) -> Dataset:
         notes.append(f"{repeats} repeated line(s) merged")
     if refused:
         notes.append(f"{len(refused)} refused (e.g. {refused[0][0]}: {refused[0][1]})")
-    log.warning("Sports-1M %s: %d videos found (%d train, %d test); %s", split, len(videos),
+    log.warning("Sports-1M split %s: %d videos found (%d train, %d test); %s", split, len(videos),
                 sum(v.split == "train" for v in videos), sum(v.split == "test" for v in videos), "; ".join(notes))
     return Dataset("sports1m", root, classes, videos, split, missing, refused=refused)
