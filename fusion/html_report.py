@@ -12,6 +12,7 @@ import base64
 import datetime
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,25 @@ def percent_cell(value: float, bar: bool = False) -> dict:
     return cell(f"{value:.2f}", f"{value:.4f}", max(0.0, min(100.0, value)) if bar else None, "num")
 
 
+def find_reports(folder: Path) -> list[tuple[str, Path]]:
+    """(kind, folder) of every report under `folder` (itself included) that a page can be built for:
+    the folders holding report_inputs.json, whose `kind` is "eval" or "transfer". Frame stores, caches
+    and feature folders are not entered."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        if report.INPUTS in files:
+            try:
+                kind = json.loads((Path(root) / report.INPUTS).read_text(encoding="utf-8")).get("kind")
+            except (OSError, ValueError, AttributeError):
+                kind = None
+            if kind in ("eval", "transfer"):
+                found.append((kind, Path(root)))
+        if "store.json" in files:  # a frame + flow store: thousands of videos, no report
+            dirs.clear()
+        dirs[:] = sorted(d for d in dirs if d not in ("cache", "features", "tb") and not d.startswith("."))
+    return found
+
+
 # ---------------------------------------------------------------------------------------------- the eval page
 
 def write_eval_page(report_dir: Path) -> Path:
@@ -94,6 +114,7 @@ def write_eval_page(report_dir: Path) -> Path:
     page = render("eval.html.j2", **eval_context(report_dir))
     path = report_dir / PAGE
     write_text(path, page)
+    report.relist(report_dir, PAGE)
     return path
 
 

@@ -199,6 +199,19 @@ def staged_report(out_dir: Path) -> Iterator[Path]:
         atomic.remove_quietly(stage)
 
 
+def relist(out_dir: Path, name: str) -> None:
+    """A report file rewritten in place (report.html by `python -m pipeline report`): its SHA-256 in
+    report.json follows, so that the listing still describes the folder."""
+    marker = Path(out_dir) / REPORT_MARKER
+    try:
+        listing = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # no listing (a report being staged, or one cut short): nothing to keep in step
+    if isinstance(listing, dict) and name in listing.get("files", {}):
+        listing["files"][name] = file_sha256(Path(out_dir) / name)
+        atomic.write_text(marker, json.dumps(listing, indent=1) + "\n")
+
+
 def _write_report_files(out_dir: Path, r: EvalReport) -> None:
     per_class = per_class_table(r.methods, r.labels, r.classes)
     shown = list(r.shown) or list(r.methods[:1])

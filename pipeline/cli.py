@@ -10,12 +10,16 @@ from p3dbase.errors import P3DError
 STAGE_HELP = {
     "synth": "generate the SynthActions benchmark (videos, splits, ground-truth flow)",
     "flow": "decode videos, compute TV-L1 flow, write the frame + flow store",
+    "verify": "read every finished video of the flow store and check its checksums; the next `flow` redoes "
+              "the damaged ones (exit status 1 when any)",
     "train": "train one P3D stream (--stream rgb|flow) on the stored frames or flow",
     "eval": "video-level testing, two-stream fusion, features + linear SVM, report",
     "transfer": "frozen stream features + linear classifiers on other benchmarks (UCF101, ActivityNet, ASLAN, "
                 "scenes), one report beside the paper's",
 }
 
+REPORT_HELP = ("rebuild report.html of every evaluation and transfer report under WORK_DIR from the files "
+               "those runs wrote")
 CONFIG_HELP = "print the resolved settings as TOML, every key with its default and its comment"
 
 
@@ -68,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     flow.add_argument("--force", action="store_true", help="redo videos that are already complete")
     flow.add_argument("--strict", action="store_true", help="exit non-zero when any video failed")
 
+    verify = stages.add_parser("verify", help=STAGE_HELP["verify"], description=STAGE_HELP["verify"])
+    _add_config_args(verify)
+
     train = stages.add_parser("train", help=STAGE_HELP["train"], description=STAGE_HELP["train"])
     _add_config_args(train)
     train.add_argument("--stream", choices=("rgb", "flow"), required=True, help="which stream to train")
@@ -78,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
                           help="compute flow and features of videos i, i+n, ... only, no report (then run "
                                "without --shard)")
+
+    page = stages.add_parser("report", help=REPORT_HELP, description=REPORT_HELP)
+    page.add_argument("work_dir", type=Path, metavar="WORK_DIR",
+                      help="a work_dir, a run folder or one report folder (eval/, eval/split1/, transfer/)")
+    page.set_defaults(config=None, overrides=[])
 
     from pipeline import tools_cli  # import-weights, predict, features, export
     tools_cli.add_subcommands(stages)
@@ -100,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             stages.synth_stage(cfg, force=args.force)
         elif args.stage == "flow":
             stages.flow_stage(cfg, shard=args.shard, force=args.force, strict=args.strict)
+        elif args.stage == "verify":
+            return 1 if stages.verify_stage(cfg).damaged else 0
         elif args.stage == "train":
             stages.train_stage(cfg, args.stream)
         elif args.stage == "eval":
@@ -107,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             stages.eval_stage(cfg, checkpoints or None)
         elif args.stage == "transfer":
             stages.transfer_stage(cfg, shard=args.shard)
+        elif args.stage == "report":
+            stages.report_stage(args.work_dir)
     except P3DError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

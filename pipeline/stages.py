@@ -13,19 +13,21 @@ import pandas as pd
 
 from flow.manifest import read_manifest
 from flow.stage import FlowJob, FlowSummary, run_flow
-from flow.store import open_store
-from fusion.stage import average_splits, run_eval
+from flow.store import Store, open_store
+from flow.verify import VerifyReport, verify_store
+from fusion.stage import EvalJob, average_splits, run_eval
 from fusion.transfer_stage import run_transfer
 from p3dbase.atomic import write_text
-from pipeline.config import Config, write_resolved
+from pipeline.config import Config, dump_toml, write_resolved
 from pipeline.datasets import Dataset, read_dataset
 from pipeline.datasets.files import video_id_of
+from pipeline.datasets.records import training_item
 from pipeline.errors import PipelineError
 from pipeline.synth import generate
 from pipeline.synth.companions import generate_companions
 from pipeline.transfer.benchmarks import check_transfer_config, read_benchmark
 from pipeline.transfer.report import TransferReport, write_report
-from streams.train import train_stream
+from streams.train import StreamData, train_stream
 
 
 def flow_dir(cfg: Config) -> Path:
@@ -139,54 +141,63 @@ def write_mmaction_lists(cfg: Config, store_root: Path) -> list[Path]:
     return written
 
 
-def _stored(cfg: Config, dataset: Dataset, stage: str) -> tuple[set[str], list[str]]:
-    """Videos with frames and flow in the store, and the dataset's videos that have none."""
-    store_root = flow_dir(cfg)
-    if not (store_root / "store.json").is_file():
-        raise PipelineError(f"no flow store at {store_root}: run `make flow` (python -m pipeline flow "
-                            f"--config ...) before `{stage}`")
-    done = set(open_store(store_root).video_ids())
+def verify_stage(cfg: Config) -> VerifyReport:
+    """`verify`: read every finished video of the run's flow store and check it (flow.verify); damaged
+    videos are listed in the store's verify-report.csv and redone by the next `flow` run."""
+    return verify_store(flow_dir(cfg), jobs=cfg.flow.jobs)
+
+
+def _flow_store(cfg: Config, stage: str) -> tuple[Store, set[str]]:
+    """The run's frame + flow store, opened once for a stage (flow.store.StoreMissing says to run the flow
+    stage first), and its finished videos."""
+    store = open_store(flow_dir(cfg), purpose=stage)
+    return store, set(store.video_ids())
+
+
+def _left_out(store: Store, dataset: Dataset, done: set[str]) -> None:
+    """Say which of the dataset's videos have no frames and flow in the store."""
     missing = sorted(v.video_id for v in dataset.videos if v.video_id not in done)
     if missing:
         print(f"{len(missing)} video(s) have no frames/flow (failed or not run in `make flow`; see "
-              f"{store_root / 'manifest.csv'}) and are left out, e.g. {', '.join(missing[:3])}")
-    return done, missing
+              f"{store.manifest_path()}) and are left out, e.g. {', '.join(missing[:3])}")
 
 
 def train_stage(cfg: Config, stream: str) -> None:
+    """Train the `stream` of every split (one, or three for `dataset.split = "all"`) on the store's videos:
+    work_dir/train/<stream>/split<k> (streams.train.train_stream)."""
+    store, done = _flow_store(cfg, f"train-{stream}")
     for split, dataset in split_datasets(cfg):
-        done, _ = _stored(cfg, dataset, f"train-{stream}")
+        _left_out(store, dataset, done)
         held, note = held_out(cfg, dataset)
-        train = [(v.video_id, v.label) for v in dataset.videos
+        train = [training_item(v) for v in dataset.videos
                  if v.split == "train" and v.video_id in done and v.video_id not in held]
         if held:  # validation (and the accuracy it prints) on the held-out groups, never the test split
             print(f"train: held out as validation: {note}")
-            val = [(v.video_id, v.label) for v in dataset.videos if v.video_id in held and v.video_id in done]
+            val = [training_item(v) for v in dataset.videos if v.video_id in held and v.video_id in done]
         else:
-            val = [(v.video_id, v.label) for v in dataset.videos
+            val = [training_item(v) for v in dataset.videos
                    if v.split in ("test", "val") and v.video_id in done]
         if not train:
             raise PipelineError(f"split {split} of {cfg.dataset.format} has no training video with flow")
-        out = train_dir(cfg, stream, split)
-
-        def accepted(out: Path = out) -> None:  # config.toml only once train_stream has checked the settings
-            if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process runs this stage
-                write_resolved(cfg, out)
-
-        train_stream(flow_dir(cfg), train, val, dataset.classes, stream, cfg.model, cfg.train, out, on_start=accepted)
+        # config.toml is written beside the checkpoints once train_stream has accepted the settings
+        train_stream(StreamData(store, train, val, dataset.classes), stream, cfg.model, cfg.train,
+                     train_dir(cfg, stream, split), config_toml=dump_toml(cfg))
 
 
-def eval_stage(cfg: Config, checkpoints: dict[str, Path] | None = None) -> None:
+def eval_stage(cfg: Config, checkpoints: dict[str, Path] | None = None, *, allow_trained: bool = False) -> None:
     """Evaluate a run's streams (default: both, the finished models of its training runs) or the given
-    checkpoints ({"rgb": path, "flow": path}, one or both: files, imported weights or run folders)."""
+    checkpoints ({"rgb": path, "flow": path}, one or both: files, imported weights or run folders), split
+    by split (fusion.stage.run_eval); three splits are averaged. `allow_trained`: score test videos a
+    checkpoint was trained on, saying so in the report, instead of refusing."""
     tables = []
     out_root = eval_dir(cfg)
     splits = split_datasets(cfg)
     if checkpoints and len(splits) > 1:
         raise PipelineError("--rgb/--flow give one checkpoint per stream, but dataset.split = \"all\" evaluates "
                             "three splits, each with its own training: evaluate one split (--set dataset.split=1)")
+    store, done = _flow_store(cfg, "eval")
     for split, dataset in splits:
-        done, _ = _stored(cfg, dataset, "eval")
+        _left_out(store, dataset, done)
         held, note = held_out(cfg, dataset)
         train = [(v.video_id, v.labels) for v in dataset.videos
                  if v.split == "train" and v.video_id in done and v.video_id not in held]
@@ -199,9 +210,10 @@ def eval_stage(cfg: Config, checkpoints: dict[str, Path] | None = None) -> None:
         out = out_root if len(splits) == 1 else out_root / f"split{split}"
         # Groups (UCF101, SynthActions) keep the clips of one group on one side of the SVM's CV folds.
         groups = {v.video_id: v.group for v in dataset.videos if v.split == "train" and v.group}
-        tables.append(run_eval(flow_dir(cfg), streams, train, test, dataset.classes, cfg.eval, out,
-                               protocol=f"{cfg.dataset.format} split {split}", excluded=missing,
-                               val_items=val, val_note=note, train_groups=groups or None))
+        job = EvalJob(store, streams, train, test, dataset.classes, protocol=f"{cfg.dataset.format} split {split}",
+                      excluded=missing, val=val, val_note=note, train_groups=groups or None,
+                      allow_trained=allow_trained)
+        tables.append(run_eval(job, cfg.eval, out))
         write_resolved(cfg, out)  # with the report: a refused or failed evaluation leaves the last one's
     if len(tables) > 1:
         average_splits(tables, out_root, protocol=f"{cfg.dataset.format} 3-split average")
@@ -235,6 +247,24 @@ def transfer_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1)) -> pd.DataFr
         raise PipelineError(f"transfer: no benchmark had a video with features for any stream; the reasons are "
                             f"in {out / 'excluded.csv'}")
     return result.table
+
+
+def report_stage(folder: Path) -> list[Path]:
+    """`report WORK_DIR`: report.html of every evaluation and transfer report under `folder`, rebuilt
+    from the files those runs wrote (fusion.html_report, pipeline.transfer.report); their paths."""
+    from fusion.html_report import find_reports, write_eval_page
+    from pipeline.transfer.report import write_page
+
+    if not Path(folder).is_dir():
+        raise PipelineError(f"{folder} is not a folder: give a work_dir or a report folder")
+    found = find_reports(Path(folder))
+    if not found:
+        raise PipelineError(f"no evaluation or transfer report under {folder} (no report_inputs.json): run "
+                            "`make eval` or `make transfer` first")
+    pages = [write_eval_page(where) if kind == "eval" else write_page(where) for kind, where in found]
+    for path in pages:
+        print(f"report: wrote {path}")
+    return pages
 
 
 def show_flow_stage(cfg: Config, video_id: str, *, out: Path | None = None, frames: int = 6,

@@ -139,8 +139,9 @@ def chart_figure(compared: pd.DataFrame, chances: dict[str, float] | None = None
     for i, benchmark in enumerate(main["benchmark"]):
         level = chances.get(benchmark, float("nan"))
         if not math.isnan(level):
+            first = "chance" not in ax.get_legend_handles_labels()[1]
             ax.hlines(level, i - 0.45, i + 0.45, colors="black", linestyles="--", linewidth=1.2, zorder=4,
-                      label="chance" if i == 0 or "chance" not in ax.get_legend_handles_labels()[1] else None)
+                      gid="chance", **({"label": "chance"} if first else {}))
     names = [f"{b}\n({p})" + ("\nSTAND-IN DATA" if b in stand_ins else "")
              for b, p in zip(main["benchmark"], main["paper benchmark"], strict=True)]
     ax.set_xticks(x, names)
@@ -175,6 +176,7 @@ def write_report(out_dir: Path, r: TransferReport) -> str:
     """results.csv, results.md, results.png, report_inputs.json and report.html under `out_dir`;
     returns the Markdown."""
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     compared = comparison(r.table, r.paper_of)
     stand_ins = [b for b in r.stand_ins if b in set(r.table["benchmark"])]
     notes = list(r.notes) + ([f"{STAND_IN} ({', '.join(stand_ins)})"] if stand_ins else [])

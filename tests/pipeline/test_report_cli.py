@@ -1,0 +1,110 @@
+"""`python -m pipeline report WORK_DIR` rebuilds report.html of every evaluation and transfer report from
+their files; the transfer page in a real browser: chance, the paper's figure, the stand-in caveat."""
+import json
+import re
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from fusion import report
+from fusion.report import EvalReport, MethodScores
+from pipeline.cli import main
+from pipeline.transfer.report import COLUMNS, STAND_IN, TransferReport, chart_figure, comparison, write_report
+from streams.checkpoint import file_sha256
+from tests.browser import open_page
+
+STAMP = re.compile(r"Written \d{4}-\d\d-\d\d \d\d:\d\d UTC")
+
+
+def eval_report(out, n: int = 12):
+    """An evaluation report of `n` classes from made-up scores (no store: the page says so)."""
+    rng = np.random.default_rng(0)
+    labels = [(c,) for c in range(n) for _ in range(2)]
+    rgb = rng.normal(size=(len(labels), n)) + 3 * np.eye(n)[[c for (c,) in labels]]
+    flow = rng.normal(size=(len(labels), n))
+    methods = [MethodScores("rgb", rgb, ""), MethodScores("flow", flow, ""), MethodScores("fusion", rgb + flow, "")]
+    table = report.results_table(methods, labels, "t", 0)
+    report.write_report(out, EvalReport("Evaluation: t", table, ["a note"], methods, methods,
+                                        [f"C{c}/v{i}" for i, (c,) in enumerate(labels)], labels,
+                                        [f"class {c}" for c in range(n)], {"C0/gone": "no flow"}))
+
+
+def transfer_table() -> pd.DataFrame:
+    rows = [("ucf101", "three_split", "rgb", 61.5), ("aslan", "aslan_view2", "rgb", 55.0),
+            ("yupenn", "loo", "rgb", 40.0)]
+    return pd.DataFrame([{"benchmark": b, "protocol": p, "stream": s, "accuracy": a, "se": np.nan, "auc": np.nan,
+                          "hit@3": np.nan, "mAP": np.nan, "videos": 30, "excluded": 1, "selected": "C=1 (cv)",
+                          "details": ""} for b, p, s, a in rows], columns=COLUMNS)
+
+
+@pytest.fixture
+def work(tmp_path):
+    eval_report(tmp_path / "eval" / "split1")
+    eval_report(tmp_path / "runs" / "other" / "eval", n=40)
+    write_report(tmp_path / "transfer", TransferReport(
+        transfer_table(), ["Streams: rgb = x.pt"], {"ucf101": "ucf101", "aslan": "aslan", "yupenn": "yupenn"},
+        {"ucf101": 101, "aslan": 2, "yupenn": 14}, stand_ins=["ucf101", "yupenn"]))
+    (tmp_path / "eval" / "split1" / "cache").mkdir()  # entered by no search
+    return tmp_path
+
+
+def test_report_rebuilds_every_page_from_the_files(work, capsys):
+    pages = [work / "eval" / "split1" / "report.html", work / "runs" / "other" / "eval" / "report.html",
+             work / "transfer" / "report.html"]
+    before = [STAMP.sub("", p.read_text()) for p in pages]
+    for p in pages:
+        p.unlink()
+    assert main(["report", str(work)]) == 0
+    assert [STAMP.sub("", p.read_text()) for p in pages] == before  # the same page, from the files alone
+    out = capsys.readouterr().out
+    assert all(f"report: wrote {p}" in out for p in pages)
+    # report.json keeps describing the folder: the rebuilt page's SHA-256 follows it
+    listing = json.loads((work / "eval" / "split1" / "report.json").read_text())["files"]
+    assert listing["report.html"] == file_sha256(pages[0])
+    # one report folder alone
+    pages[1].unlink()
+    assert main(["report", str(work / "runs" / "other" / "eval")]) == 0 and pages[1].is_file()
+
+
+def test_report_of_a_folder_without_reports_is_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no evaluation or transfer report under" in err and "make eval" in err
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_transfer_page_in_a_browser_shows_chance_the_paper_and_the_stand_in_caveat(work):
+    with open_page(work / "transfer" / "report.html") as page:
+        assert page.complaints() == []
+        assert page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        assert page.evaluate("document.images.length") == 1
+        caveat = page.evaluate("(() => { const c = document.getElementById('stand-in');"
+                               " return [c.offsetHeight, c.textContent]; })()")
+        assert caveat[0] > 0 and "ucf101, yupenn" in caveat[1] and "not comparable" in caveat[1]
+        rows = page.evaluate("Array.from(document.querySelectorAll('#transfer-table tbody tr'))"
+                             ".map(r => Array.from(r.cells).map(c => c.textContent.trim()))")
+        heads = page.evaluate("Array.from(document.querySelectorAll('#transfer-table thead th'))"
+                              ".map(h => h.textContent)")
+        got = {r[0]: dict(zip(heads, r, strict=True)) for r in rows}
+        # chance: one class of 101 and of 14; ASLAN's balanced pairs 50
+        assert [got[b]["chance"] for b in ("ucf101", "aslan", "yupenn")] == ["0.99", "50.00", "7.14"]
+        assert [got[b]["paper P3D"] for b in ("ucf101", "aslan", "yupenn")] == ["88.60", "80.80", "99.50"]
+        assert [got[b]["data"] for b in ("ucf101", "aslan", "yupenn")] == ["stand-in", "real", "stand-in"]
+        shot = cv2.imdecode(np.frombuffer(page.screenshot(), np.uint8), cv2.IMREAD_COLOR)
+        assert shot.std() > 20
+
+
+def test_transfer_chart_has_a_chance_line_per_benchmark_and_the_caveat():
+    compared = comparison(transfer_table(), {"ucf101": "ucf101", "aslan": "aslan", "yupenn": "yupenn"})
+    fig = chart_figure(compared, {"ucf101": 100 / 101, "aslan": 50.0, "yupenn": 100 / 14}, ["yupenn"])
+    ax = fig.axes[0]
+    levels = sorted(float(seg[0][1]) for c in ax.collections if c.get_gid() == "chance" for seg in c.get_segments())
+    np.testing.assert_allclose(levels, sorted([100 / 101, 50.0, 100 / 14]))
+    assert any(STAND_IN in t.get_text() for t in fig.texts)
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ["STAND-IN" in t for t in ticks] == [False, False, True]
+    assert "chance" in ax.get_legend_handles_labels()[1]
