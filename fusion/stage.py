@@ -1,7 +1,7 @@
 """`make eval`: video-level testing of each stream, late fusion, features + linear SVM, the report.
 
-run_eval is a function from artifacts on disk (the frame + flow store, the streams' checkpoints) to
-artifacts on disk (`out_dir`: results.csv/.md, per_class.csv, confusion.png, per_class.png,
+run_eval is a function from artifacts on disk (the frame + flow store, the streams' checkpoints: an
+`EvalJob`) to artifacts on disk (`out_dir`: results.csv/.md, per_class.csv, confusion.png, per_class.png,
 fusion_weight.png, scores.npz/.csv, excluded.csv, features/<stream>.npz). Every video's network
 outputs are cached in `out_dir/cache`
 under a key of the checkpoint's bytes and the view settings, so a killed run resumes and a re-run
@@ -19,15 +19,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flow.errors import FlowError
-from flow.stage import flow_settings
-from flow.store import Store, open_store
+from flow.store import Store
 from fusion import fuse, report, svm
 from fusion.config import EvalConfig
 from fusion.engine import Stream, stream_of
 from fusion.errors import FusionError
 from fusion.metrics import Labels
 from fusion.outputs import Outputs, collect
+from fusion.paper import paper_comparison
 from fusion.predict import check_flow
 from fusion.report import MethodScores
 from p3dbase.device import resolve_device
@@ -57,87 +56,62 @@ class _Scored:
         return stacked if self.columns is None else stacked[..., self.columns]
 
 
-def run_eval(store_dir: Path, checkpoints: dict[str, Path], train_items: Sequence[Item],
-             test_items: Sequence[Item], classes: Sequence[str], cfg: EvalConfig, out_dir: Path,
-             protocol: str, excluded: Sequence[str], val_items: Sequence[Item] = (),
-             val_note: str = "", train_groups: dict[str, str] | None = None) -> pd.DataFrame:
-    """Evaluate the streams in `checkpoints` ({"rgb": path, "flow": path}, one or both; a path may be
-    a training directory, whose `last.pt` is used) on `test_items`, fuse them when both are given,
-    fit the SVMs on `train_items`, and write the report to `out_dir`. `excluded`: test videos already
-    known to be unusable (failed in `make flow`); they are listed and counted in the report.
-    `train_groups`: video id -> group ("g08") of the training videos, when the dataset has groups:
-    the SVM's cross-validation folds then never split a group.
+@dataclass
+class EvalJob:
+    """What one evaluation scores: the store (opened once by the caller), each stream's checkpoint and
+    the dataset's videos by role."""
+    store: Store
+    checkpoints: dict[str, Path]  # {"rgb": path, "flow": path}, one or both: a file, or a run folder (its last.pt)
+    train: Sequence[Item]  # the SVMs are fitted on these
+    test: Sequence[Item]
+    classes: Sequence[str]
+    protocol: str  # what the report is titled by, e.g. "synth split 1"
+    excluded: Sequence[str] = ()  # test videos known to be unusable (failed in `make flow`): listed and counted
+    # Held-out videos of the training split (whole groups the streams were not trained on; `val_note` says
+    # which). With them the fusion rule (raw or softmax scores, flow weight) and the SVMs' C are chosen on
+    # them, never on the test videos; without them the fusion rule is the fixed default and C comes from
+    # cross-validation on the training videos, and the report says so.
+    val: Sequence[Item] = ()
+    val_note: str = ""
+    train_groups: dict[str, str] | None = None  # video id -> group: the SVM's CV folds never split a group
+    # Score test videos that a stream was trained on (its checkpoint's training list) instead of refusing;
+    # the report then says how many.
+    allow_trained: bool = False
 
-    `val_items`: held-out videos of the training split (whole groups the streams were not trained
-    on; `val_note` says which). When given, the fusion rule (raw or softmax scores, flow weight) and
-    the SVMs' C are chosen on them, never on the test videos; without them the fusion rule is the
-    fixed default and C comes from cross-validation on the training videos, and the report says so.
-    Returns the results table.
-    """
+
+def run_eval(job: EvalJob, cfg: EvalConfig, out_dir: Path) -> pd.DataFrame:
+    """Evaluate the job's streams on its test videos, fuse them when both are given, fit the SVMs on its
+    training videos, and write the report to `out_dir` (see the module doc). Returns the results table."""
     started = time.monotonic()
-    out_dir = Path(out_dir)
-    classes = list(classes)
-    unknown = sorted(set(checkpoints) - set(MODALITIES))
-    if unknown or not checkpoints:
-        raise FusionError(f"checkpoints must name the streams 'rgb' and/or 'flow', got {sorted(checkpoints)}")
-    store = _open_store(Path(store_dir))
-    device = resolve_device(cfg.device, "eval.device")
-    streams = [_check_stream(name, Path(checkpoints[name]), classes, cfg, out_dir)
-               for name in MODALITIES if name in checkpoints]
-    check_flow([s.spec for s in streams], flow_settings(store.bound, store.params), f"the store at {store_dir}")
-    specs = [s.spec for s in streams]
+    out_dir, classes = Path(out_dir), list(job.classes)
+    # 1. The streams: checkpoints that fit the classes, the store's flow and the videos' roles.
+    streams = _check_streams(job, cfg, out_dir)
+    notes, selection = [], ["Checkpoints: each stream's given file, or the finished model (last.pt) of its training "
+                            "run; none is chosen by accuracy."]
+    notes_on_trained = _trained_test_videos(job, streams)
+    # 2. Every needed video's network outputs (cached in out_dir/cache), the unusable ones excluded.
+    outputs, skipped, train_failed, (train, val, test) = _outputs(job, streams, cfg, out_dir)
+    ids, labels = [v for v, _ in test], [tuple(lab) for _, lab in test]
+    train_labels = [tuple(lab) for _, lab in train]
+    val_ids, val_labels = [v for v, _ in val], [tuple(lab) for _, lab in val]
+    notes.append(f"{len(ids)} test videos evaluated, {len(skipped)} excluded (listed in excluded.csv); "
+                 f"{len(train)} training videos"
+                 + (f" and {len(val)} held-out videos of the training split" if val else "")
+                 + (f" ({len(train_failed)} unusable)" if train_failed else "") + ".")
+    notes += [_checkpoint_note(s) for s in streams] + notes_on_trained
 
-    two = len(streams) == 2
-    if not test_items:
-        raise FusionError("no test videos to evaluate")
-    test_ids = {v for v, _ in test_items}
-    overlap = sorted(test_ids & {v for v, _ in [*train_items, *val_items]})
-    if overlap:
-        raise FusionError(f"{len(overlap)} test video(s) are also training or held-out videos, e.g. {overlap[0]}")
-    skipped = {video_id: "no frames/flow in the store (failed or not run in `make flow`)" for video_id in excluded}
-    # Training videos: features for the SVM, scores only to choose the fusion weights (fusion_cv
-    # without held-out videos). Held-out videos: scores to choose the fusion rule, features for C.
-    needs = {video_id: (cfg.fusion_cv and two and not val_items, cfg.svm) for video_id, _ in train_items}
-    needs.update({video_id: (True, cfg.svm) for video_id, _ in val_items})
-    needs.update({video_id: (True, cfg.svm) for video_id, _ in test_items})
-    outputs, failed = collect(store, specs, needs, cfg, device, out_dir / "cache")
-    train_failed = {v: failed[v] for v, _ in [*train_items, *val_items] if v in failed}
-    skipped.update({v: failed[v] for v, _ in test_items if v in failed})
-    test_items = [item for item in test_items if item[0] in outputs]
-    train_items = [item for item in train_items if item[0] in outputs]
-    val_items = [item for item in val_items if item[0] in outputs]
-    if not test_items:
-        raise FusionError(f"none of the test videos could be evaluated ({len(skipped)} excluded, e.g. "
-                          f"{next(iter(skipped.items()), ('', ''))}): run `make flow` first")
-    if cfg.svm and not train_items:
-        raise FusionError(f"the SVM needs training videos with frames and flow, and none of the "
-                          f"{len(train_failed)} given is usable (e.g. {next(iter(train_failed.items()), ('', ''))}): "
-                          "run `make flow`, or set eval.svm = false")
-    ids = [video_id for video_id, _ in test_items]
-    labels = [tuple(lab) for _, lab in test_items]
-    train_labels = [tuple(lab) for _, lab in train_items]
-    val_ids = [video_id for video_id, _ in val_items]
-    val_labels = [tuple(lab) for _, lab in val_items]
-
-    views = f"{cfg.clips} clips x {cfg.crops} crop, {cfg.fusion_scores} scores averaged"
-    methods: list[MethodScores] = []
+    # 3. Each stream's video scores and, with both, their fusion (the rule chosen as EvalJob.val says).
+    sampling = f"random (seed {cfg.seed}) " if cfg.clip_sampling == "random" else ""
+    views = f"{cfg.clips} {sampling}clips x {cfg.crops} crop, {cfg.fusion_scores} scores averaged"
     view_logits = {s.name: s.logits(outputs, ids) for s in streams}
-    for s in streams:
-        methods.append(MethodScores(s.name, fuse.video_scores(view_logits[s.name], cfg.fusion_scores),
-                                    f"{views}; {s.checkpoint.arch} step {s.checkpoint.step}",
-                                    view_logits=view_logits[s.name]))
-    notes = [f"{len(ids)} test videos evaluated, {len(skipped)} excluded (listed in excluded.csv); "
-             f"{len(train_items)} training videos"
-             + (f" and {len(val_items)} held-out videos of the training split" if val_items else "")
-             + (f" ({len(train_failed)} unusable)" if train_failed else "") + "."]
-    notes += [_checkpoint_note(s) for s in streams]
-    selection = ["Checkpoints: each stream's given file, or the finished model (last.pt) of its training run; "
-                 "none is chosen by accuracy."]
+    methods = [MethodScores(s.name, fuse.video_scores(view_logits[s.name], cfg.fusion_scores),
+                            f"{views}; {s.checkpoint.arch} step {s.checkpoint.step}", view_logits=view_logits[s.name])
+               for s in streams]
     curves: dict[str, tuple[Sequence[float], np.ndarray]] = {}
     chosen = None  # (score kind, flow weight per RGB weight 1) of the fusion row, marked on its curve
-    if two:
-        kind, weights, detail, chosen_on = _fusion_rule(cfg, streams, outputs, train_items, train_labels,
-                                                         val_ids, val_labels, val_note)
+    if len(streams) == 2:
+        kind, weights, detail, chosen_on = _fusion_rule(cfg, streams, outputs, train, train_labels,
+                                                         val_ids, val_labels, job.val_note)
         chosen = (kind, weights[1] / weights[0]) if weights[0] > 0 else None
         selection.append(f"Fusion rule ({kind} scores, rgb:flow = {weights[0]:g}:{weights[1]:g}): {chosen_on}.")
         for k in ("raw", "softmax"):
@@ -151,35 +125,102 @@ def run_eval(store_dir: Path, checkpoints: dict[str, Path], train_items: Sequenc
         for k in ("raw", "softmax"):
             rgb, flow = (fuse.video_scores(view_logits[n], k) for n in MODALITIES)
             curves[f"test, {k}"] = (grid, fuse.weight_curve(rgb, flow, labels, grid))
-            if val_items:
+            if val:
                 held = [fuse.video_scores(s.logits(outputs, val_ids), k) for s in streams]
                 curves[f"held-out, {k}"] = (grid, fuse.weight_curve(*held, val_labels, grid))
+
+    # 4. Features + linear SVMs, C chosen on the held-out videos or by cross-validation.
     if cfg.svm:
-        _save_features(out_dir / "features", streams, outputs, train_items, test_items, cfg, protocol, len(skipped),
-                       _train_groups(train_items, train_groups))
-        if val_items:
-            svm_rows = svm_methods_held_out(_features(streams, outputs, train_items), train_labels,
-                                            _features(streams, outputs, val_items), val_labels,
-                                            _features(streams, outputs, test_items), len(classes), cfg)
-            selection.append(f"SVM C: chosen on the held-out videos ({val_note or f'{len(val_items)} videos'}), "
+        groups = _train_groups(train, job.train_groups)
+        _save_features(out_dir / "features", streams, outputs, train, test, cfg, job.protocol, len(skipped), groups)
+        if val:
+            methods += svm_methods_held_out(_features(streams, outputs, train), train_labels,
+                                            _features(streams, outputs, val), val_labels,
+                                            _features(streams, outputs, test), len(classes), cfg)
+            selection.append(f"SVM C: chosen on the held-out videos ({job.val_note or f'{len(val)} videos'}), "
                              "then refitted on training + held-out videos.")
         else:
-            svm_rows = svm_methods(_features(streams, outputs, train_items), train_labels,
-                                   _features(streams, outputs, test_items), len(classes), cfg,
-                                   groups=_train_groups(train_items, train_groups))
+            methods += svm_methods(_features(streams, outputs, train), train_labels,
+                                   _features(streams, outputs, test), len(classes), cfg, groups=groups)
             selection.append("SVM C: cross-validation on the training videos (the folds are in each SVM row's "
                              "details), whose features come from networks that were trained on them (no held-out "
                              "groups: set train.val_groups or train.val_fraction for an honest choice).")
-        methods += svm_rows
     notes += selection
 
-    table = report.results_table(methods, labels, protocol, len(skipped))
-    title = f"Evaluation: {protocol}"
+    # 5. The report.
+    table = report.results_table(methods, labels, job.protocol, len(skipped))
+    paper = paper_comparison(table, job.protocol)  # Sports-1M: the paper's table beside ours
+    notes += [paper] if paper else []
+    title = f"Evaluation: {job.protocol}"
     shown = [m for m in methods if m.method in ("rgb", "flow", "fusion", "svm_two_stream")]
-    report.write_report(out_dir, table, title, notes, methods, shown, ids, labels, classes, skipped, curves, chosen)
+    report.write_report(out_dir, report.EvalReport(
+        title, table, notes, methods, shown, ids, labels, classes, skipped, curves, chosen, store=job.store.root,
+        checkpoints={s.name: s.checkpoint.path for s in streams}))
     print(report.to_markdown(table[["method", *report.PERCENT, "videos"]], title, notes))
     print(f"eval: report in {out_dir} ({time.monotonic() - started:.0f} s)")
     return table
+
+
+def _check_streams(job: EvalJob, cfg: EvalConfig, out_dir: Path) -> list[_Scored]:
+    """The job's streams, checked (FusionError naming what to run): known names, checkpoints that fit
+    the classes and the store's flow, test videos that are neither training nor held-out videos."""
+    unknown = sorted(set(job.checkpoints) - set(MODALITIES))
+    if unknown or not job.checkpoints:
+        raise FusionError(f"checkpoints must name the streams 'rgb' and/or 'flow', got {sorted(job.checkpoints)}")
+    streams = [_check_stream(name, Path(job.checkpoints[name]), list(job.classes), cfg, out_dir)
+               for name in MODALITIES if name in job.checkpoints]
+    check_flow([s.spec for s in streams], job.store.flow_settings, f"the store at {job.store.root}")
+    if not job.test:
+        raise FusionError("no test videos to evaluate")
+    overlap = sorted({v for v, _ in job.test} & {v for v, _ in [*job.train, *job.val]})
+    if overlap:
+        raise FusionError(f"{len(overlap)} test video(s) are also training or held-out videos, e.g. {overlap[0]}")
+    return streams
+
+
+def _trained_test_videos(job: EvalJob, streams: Sequence[_Scored]) -> list[str]:
+    """FusionError when a stream was trained on test videos (its checkpoint records its training list:
+    a checkpoint of another split); with `allow_trained`, the report's note saying so instead."""
+    notes = []
+    test = {v for v, _ in job.test}
+    for s in streams:
+        record = s.checkpoint.state.get("training_set")  # absent in imported and older checkpoints
+        seen = sorted(test & set(record.get("videos", []))) if isinstance(record, dict) else []
+        if not seen:
+            continue
+        what = (f"{len(seen)} of the {len(test)} test videos (e.g. {seen[0]}) are in the training list of the "
+                f"{s.name} stream {s.checkpoint.path}")
+        if not job.allow_trained:
+            raise FusionError(f"{what}: scores on them are not a test (a checkpoint of another split?); evaluate "
+                              "the split it was trained on, or pass --allow-trained to score them anyway")
+        notes.append(f"Not a test: {what}, scored anyway (--allow-trained).")
+    return notes
+
+
+def _outputs(job: EvalJob, streams: Sequence[_Scored], cfg: EvalConfig, out_dir: Path) -> tuple[
+        dict[str, dict[str, Outputs]], dict[str, str], dict[str, str], tuple[list[Item], list[Item], list[Item]]]:
+    """(each usable video's outputs per stream, the excluded test videos with why, the unusable training
+    and held-out videos with why, the (train, held-out, test) items that have outputs)."""
+    two = len(streams) == 2
+    skipped = {video_id: "no frames/flow in the store (failed or not run in `make flow`)"
+               for video_id in job.excluded}
+    # Training videos: features for the SVM, scores only to choose the fusion weights (fusion_cv
+    # without held-out videos). Held-out videos: scores to choose the fusion rule, features for C.
+    needs = {video_id: (cfg.fusion_cv and two and not job.val, cfg.svm) for video_id, _ in job.train}
+    needs.update({video_id: (True, cfg.svm) for video_id, _ in [*job.val, *job.test]})
+    device = resolve_device(cfg.device, "eval.device")
+    outputs, failed = collect(job.store, [s.spec for s in streams], needs, cfg, device, out_dir / "cache")
+    train_failed = {v: failed[v] for v, _ in [*job.train, *job.val] if v in failed}
+    skipped.update({v: failed[v] for v, _ in job.test if v in failed})
+    train, val, test = ([item for item in items if item[0] in outputs] for items in (job.train, job.val, job.test))
+    if not test:
+        raise FusionError(f"none of the test videos could be evaluated ({len(skipped)} excluded, e.g. "
+                          f"{next(iter(skipped.items()), ('', ''))}): run `make flow` first")
+    if cfg.svm and not train:
+        raise FusionError(f"the SVM needs training videos with frames and flow, and none of the "
+                          f"{len(train_failed)} given is usable (e.g. {next(iter(train_failed.items()), ('', ''))}): "
+                          "run `make flow`, or set eval.svm = false")
+    return outputs, skipped, train_failed, (train, val, test)
 
 
 def average_splits(tables: Sequence[pd.DataFrame], out_dir: Path, protocol: str) -> pd.DataFrame:
@@ -273,13 +314,6 @@ def svm_from_features(features_dir: Path, cfg: EvalConfig) -> pd.DataFrame:
                           {n: d["test_features"] for n, d in loaded.items()}, len(meta["classes"]), cfg,
                           groups=groups if groups and all(groups) else None)
     return report.results_table(methods, test_labels, meta["protocol"], int(meta["excluded"]))
-
-
-def _open_store(store_dir: Path) -> Store:
-    try:
-        return open_store(store_dir)
-    except FlowError as e:
-        raise FusionError(f"{e}: run `make flow` before `make eval`") from None
 
 
 def _check_stream(name: str, path: Path, classes: list[str], cfg: EvalConfig, out_dir: Path) -> _Scored:

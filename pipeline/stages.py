@@ -5,7 +5,6 @@ the plain (video_id, label) lists the stage packages take, and chooses where eac
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path, PurePosixPath
 
 import numpy as np

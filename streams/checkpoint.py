@@ -81,7 +81,31 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     payload.pop(CHECKSUM, None)
     payload[CHECKSUM] = {"sha256": payload_sha256(payload)}
     with atomic_write(path) as f:
-        torch.save(payload, f)
+        sink = _WriteErrors(f)
+        try:
+            torch.save(payload, sink)
+        except RuntimeError:
+            if sink.error is not None:  # torch's writer turns a full disk into "unexpected pos ..."
+                raise sink.error from None
+            raise
+
+
+class _WriteErrors:
+    """A file for torch.save that keeps the OSError of a failed write (ENOSPC), which torch's zip writer
+    reports only as a RuntimeError without the cause."""
+
+    def __init__(self, f: Any):
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def nonfinite_tensors(state_dict: dict[str, Any]) -> list[str]:

@@ -6,7 +6,7 @@ classifier is kept when every class of the dataset is one of the checkpoint's, m
 rows are taken in the dataset's class order (a Kinetics classifier fine-tuned on a Kinetics subset
 starts from what it knows). Otherwise the net keeps its own freshly initialised classifier. The
 fine-tuning recipe (fc x10 / bias x20, flow conv1 x5, partial BN) is the training config's, as for any
-start (streams.train.param_groups, ModelConfig.partial_bn).
+start (streams.schedule.param_groups, ModelConfig.partial_bn).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from streams.checkpoint import nonfinite_tensors, read_checkpoint
+from streams.checkpoint import nonfinite_tensors, read_checkpoint, stream_path
 from streams.errors import StreamsError
 from streams.p3d import P3D
 
@@ -22,11 +22,11 @@ CLASSIFIER = ("fc.weight", "fc.bias")
 
 
 def init_from_checkpoint(model: P3D, arch: str, path: str | Path, modality: str, classes: list[str]) -> str:
-    """Copy the checkpoint at `path` into `model` (an `arch` net, the `modality` stream of `classes`), as
-    the module doc says; returns one line saying what was taken. StreamsError naming the file and what
-    does not fit."""
+    """Copy the checkpoint at `path` (a file, or a training run folder: its last.pt) into `model` (an
+    `arch` net, the `modality` stream of `classes`), as the module doc says; returns one line saying
+    what was taken. StreamsError naming the file and what does not fit."""
     try:
-        ckpt = read_checkpoint(path)  # the one safe loader: weights_only, checksum
+        ckpt = read_checkpoint(stream_path(path))  # a file, or a run folder's last.pt; weights_only, checksum
     except StreamsError as e:
         raise StreamsError(f"model.init_from: {e}") from None
     where = f"model.init_from: {ckpt.path}"

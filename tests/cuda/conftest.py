@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from flow.store import create_store
-
-SIZE, FRAMES = 32, 12
+from tests.builders import make_toy_store, split_items
 
 
 @pytest.fixture(scope="session")
@@ -26,24 +23,7 @@ def cuda() -> torch.device:
 
 @pytest.fixture(scope="session")
 def toy_store(tmp_path_factory) -> tuple[Path, list[tuple[str, int]], list[tuple[str, int]]]:
-    """(root, training items, validation items): 12 videos of a bright square moving down (class 0)
-    or up (class 1) over noise, with that motion as flow (uint8, 128 = still)."""
+    """(root, training items, validation items): the toy store of tests/builders.py, classes "down" and
+    "up" (colour and vertical motion), 6 videos each: 4 to train on, 2 to validate."""
     root = tmp_path_factory.mktemp("cuda_toy_store")
-    store = create_store(root, codec="raw")
-    rng = np.random.default_rng(0)
-    items = []
-    for k in range(12):
-        label = k % 2
-        step = 2 if label == 0 else -2
-        rgb = rng.integers(0, 60, size=(FRAMES, SIZE, SIZE, 3)).astype(np.uint8)
-        flow = np.full((FRAMES - 1, SIZE, SIZE, 2), 128, np.uint8)
-        x = int(rng.integers(0, SIZE - 10))
-        for t in range(FRAMES):
-            y = min(max(SIZE // 2 - 5 + step * (t - FRAMES // 2), 0), SIZE - 10)
-            rgb[t, y:y + 10, x:x + 10] = 200
-            if t < FRAMES - 1:
-                flow[t, y:y + 10, x:x + 10, 1] = 128 + 10 * step
-        video_id = f"c{label}/v{k:02d}"
-        store.write_video(video_id, rgb, flow)
-        items.append((video_id, label))
-    return root, items[:8], items[8:]
+    return (root, *split_items(make_toy_store(root, ["down", "up"], per_class=6, motion=20), first=4))

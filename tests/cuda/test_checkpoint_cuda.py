@@ -11,6 +11,7 @@ import torch
 from streams.checkpoint import load_checkpoint, step_path
 from streams.config import ModelConfig, TrainConfig
 from streams.train import train_stream
+from tests.builders import stream_data
 
 pytestmark = pytest.mark.cuda
 CLASSES = ["down", "up"]
@@ -27,13 +28,13 @@ def configs(device: str, max_steps: int) -> tuple[ModelConfig, TrainConfig]:
 def test_cuda_checkpoint_resumes_on_cpu_and_back(toy_store, tmp_path, cuda):
     root, train, val = toy_store
     out = tmp_path / "run"
-    first = train_stream(root, train, val, CLASSES, "rgb", *configs("cuda", 2), out)
+    first = train_stream(stream_data(root, train, val, CLASSES), "rgb", *configs("cuda", 2), out)
     assert (first.step, first.finished) == (2, False)
 
-    second = train_stream(root, train, val, CLASSES, "rgb", *configs("cpu", 3), out)
+    second = train_stream(stream_data(root, train, val, CLASSES), "rgb", *configs("cpu", 3), out)
     assert second.resumed_from == step_path(out, 2) and second.step == 3 and not second.finished
 
-    third = train_stream(root, train, val, CLASSES, "rgb", *configs("cuda", 0), out)
+    third = train_stream(stream_data(root, train, val, CLASSES), "rgb", *configs("cuda", 0), out)
     assert third.resumed_from == step_path(out, 3) and third.step == 4 and third.finished
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
               if json.loads(line)["kind"] == "train"]

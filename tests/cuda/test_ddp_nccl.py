@@ -25,7 +25,8 @@ from torch.nn.parallel import DistributedDataParallel
 from streams import distributed
 from streams.config import TrainConfig
 from streams.p3d import build_model
-from streams.train import param_groups, train_step
+from streams.schedule import param_groups
+from streams.train import train_step
 
 backend = sys.argv[1]
 dist.init_process_group(backend)  # env://: MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE

@@ -13,9 +13,11 @@ import pytest
 import torch
 from torch import nn
 
+from streams.builder import to_channels_last
 from streams.config import TrainConfig
 from streams.p3d import build_model
-from streams.train import param_groups, to_channels_last, train_step
+from streams.schedule import param_groups
+from streams.train import train_step
 
 pytestmark = pytest.mark.cuda
 TOLERANCE = 1e-4  # RMS relative difference to the float64 forward

@@ -10,7 +10,7 @@ from fusion.config import EvalConfig
 from fusion.engine import Engine, OutputCache, open_stream, store_source
 from fusion.outputs import collect
 from fusion.scoring import StreamRunner
-from fusion.stage import run_eval
+from fusion.stage import EvalJob, run_eval
 from fusion.views import View, ViewPlan, feature_plan, feature_views, score_plan, score_views, snippet_starts
 from streams.checkpoint import load_stream
 
@@ -71,11 +71,11 @@ def test_eval_into_one_folder_with_another_checkpoint_never_reports_stale_number
     save_tiny_checkpoint(first, "rgb", seed=0)
     save_tiny_checkpoint(other, "rgb", seed=11)  # another seed: other weights, same architecture and settings
     out = tmp_path / "eval"
-    run_eval(store, {"rgb": first}, train, test, CLASSES, cfg, out, protocol="t", excluded=[])
+    run_eval(EvalJob(open_store(store), {"rgb": first}, train, test, CLASSES, protocol="t"), cfg, out)
     before = np.load(out / "scores.npz")["views_rgb"]
-    run_eval(store, {"rgb": other}, train, test, CLASSES, cfg, out, protocol="t", excluded=[])
+    run_eval(EvalJob(open_store(store), {"rgb": other}, train, test, CLASSES, protocol="t"), cfg, out)
     after = np.load(out / "scores.npz")["views_rgb"]
-    run_eval(store, {"rgb": other}, train, test, CLASSES, cfg, tmp_path / "fresh", protocol="t", excluded=[])
+    run_eval(EvalJob(open_store(store), {"rgb": other}, train, test, CLASSES, protocol="t"), cfg, tmp_path / "fresh")
     fresh = np.load(tmp_path / "fresh" / "scores.npz")["views_rgb"]
     assert not np.allclose(after, before)
     np.testing.assert_array_equal(after, fresh)

@@ -12,11 +12,11 @@ import torch
 
 from flow.config import FlowConfig
 from flow.stage import config_flow_settings, flow_settings, store_params
-from flow.store import create_store
+from flow.store import create_store, open_store
 from fusion.config import EvalConfig
 from fusion.extract import extract_features
 from fusion.predict import predict
-from fusion.stage import run_eval
+from fusion.stage import EvalJob, run_eval
 from streams import transforms
 from streams.checkpoint import check_flow_settings, make_payload, read_checkpoint, save_checkpoint
 from streams.config import ModelConfig
@@ -98,13 +98,13 @@ def test_eval_refuses_a_checkpoint_trained_on_other_flow(tmp_path, capsys):
     small = save_with_flow(tmp_path / "small.pt", "flow", config_flow_settings(SMALL_FLOW))
     with pytest.raises(StreamsError, match=r"flow stream .*small\.pt was trained on input made with bound = 5\.0, "
                                           r"size = '64x64', but the store at .* \(bound, size differ\)"):
-        run_eval(tmp_path / "store", {"flow": small}, train, test, CLASSES, cfg, tmp_path / "eval",
-                 protocol="t", excluded=[])
+        run_eval(EvalJob(open_store(tmp_path / "store"), {"flow": small}, train, test, CLASSES, protocol="t"), cfg,
+                 tmp_path / "eval")
     # the same flow but another TV-L1 tolerance: evaluated, with a warning
     near = save_with_flow(tmp_path / "near.pt", "flow",
                           config_flow_settings(dataclasses.replace(STORE_FLOW, epsilon=0.02)))
-    table = run_eval(tmp_path / "store", {"flow": near}, train, test, CLASSES, cfg, tmp_path / "eval2",
-                     protocol="t", excluded=[])
+    table = run_eval(EvalJob(open_store(tmp_path / "store"), {"flow": near}, train, test, CLASSES, protocol="t"), cfg,
+                     tmp_path / "eval2")
     assert list(table["method"]) == ["flow"]
     err = capsys.readouterr().err
     assert "warning: flow stream" in err and "flow epsilon was 0.02 in training, 0.01 in the store at" in err

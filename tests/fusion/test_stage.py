@@ -1,4 +1,5 @@
 """run_eval end to end on a tiny store with tiny random streams; the report; bad input."""
+import dataclasses
 import errno
 import json
 import shutil
@@ -7,11 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from flow.store import open_store
 from fusion import figures, metrics, scoring
 from fusion.config import EvalConfig
 from fusion.errors import FusionError
 from fusion.report import COLUMNS
-from fusion.stage import average_splits, run_eval, svm_from_features
+from fusion.stage import EvalJob, average_splits, run_eval, svm_from_features
 from p3dbase.atomic import DiskFullError
 
 from .conftest import CLASSES, save_tiny_checkpoint
@@ -19,13 +21,19 @@ from .conftest import CLASSES, save_tiny_checkpoint
 CFG = EvalConfig(clips=3, crops="three", batch_views=5, svm_clips=4, svm_cs=[0.1, 10.0], svm_folds=3, jobs=1)
 
 
+def job(store_root, checkpoints, train, test, **kwargs) -> EvalJob:
+    """An evaluation of the tiny store's videos (store_root: its folder, opened here)."""
+    return EvalJob(open_store(store_root), checkpoints, train, test, CLASSES, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def evaluated(tiny_store, tiny_checkpoints, tmp_path_factory):
     store, train, test = tiny_store
     out = tmp_path_factory.mktemp("eval")
     missing = "Blue/v_Blue_99"  # a test video that is not in the store
-    table = run_eval(store, tiny_checkpoints, train, test + [(missing, (2,))], CLASSES, CFG, out,
-                     protocol="tiny split 1", excluded=["Red/v_Red_98"])
+    evaluation = job(store, tiny_checkpoints, train, test + [(missing, (2,))], protocol="tiny split 1",
+                     excluded=["Red/v_Red_98"])
+    table = run_eval(evaluation, CFG, out)
     return table, out, test
 
 
@@ -90,11 +98,11 @@ def test_rerun_uses_the_cache_not_the_network(evaluated, tiny_store, tiny_checkp
         raise AssertionError("the network ran although every output was cached")
 
     monkeypatch.setattr(scoring.StreamRunner, "run", no_network)
-    again = run_eval(store, tiny_checkpoints, train, test, CLASSES, CFG, copy, protocol="tiny split 1", excluded=[])
+    again = run_eval(job(store, tiny_checkpoints, train, test, protocol="tiny split 1"), CFG, copy)
     pd.testing.assert_frame_equal(again.drop(columns="excluded"), table.drop(columns="excluded"))
     # Other fusion weights and SVM settings need no network either.
     other = EvalConfig(**{**CFG.__dict__, "fusion_weights": [1.0, 0.0], "svm_cs": [1.0]})
-    fused = run_eval(store, tiny_checkpoints, train, test, CLASSES, other, copy, protocol="t", excluded=[])
+    fused = run_eval(job(store, tiny_checkpoints, train, test, protocol="t"), other, copy)
     rows = fused.set_index("method")
     assert rows.loc["fusion", "video_hit@1"] == rows.loc["rgb", "video_hit@1"]
 
@@ -103,15 +111,16 @@ def test_parallel_processes_give_the_same_report(evaluated, tiny_store, tiny_che
     table, _, test = evaluated
     store, train, _ = tiny_store
     cfg = EvalConfig(**{**CFG.__dict__, "jobs": 2})
-    parallel = run_eval(store, tiny_checkpoints, train, test, CLASSES, cfg, tmp_path, protocol="tiny split 1",
-                        excluded=["Red/v_Red_98", "Blue/v_Blue_99"])
+    evaluation = job(store, tiny_checkpoints, train, test, protocol="tiny split 1",
+                     excluded=["Red/v_Red_98", "Blue/v_Blue_99"])
+    parallel = run_eval(evaluation, cfg, tmp_path)
     pd.testing.assert_frame_equal(parallel, table, check_exact=False, rtol=1e-4)
 
 
 def test_fusion_weight_chosen_on_train_videos(tiny_store, tiny_checkpoints, tmp_path):
     store, train, test = tiny_store
     cfg = EvalConfig(clips=2, svm=False, fusion_cv=True, fusion_cv_grid=[0.0, 1.0, 100.0], jobs=1)
-    table = run_eval(store, tiny_checkpoints, train, test, CLASSES, cfg, tmp_path, protocol="t", excluded=[])
+    table = run_eval(job(store, tiny_checkpoints, train, test, protocol="t"), cfg, tmp_path)
     assert list(table["method"]) == ["rgb", "flow", "fusion", "fusion_raw", "fusion_softmax"]
     assert "chosen on 15 train videos" in table.set_index("method").loc["fusion", "details"]
     assert "not an honest selection" in (tmp_path / "results.md").read_text()
@@ -128,8 +137,8 @@ def test_multilabel_videos_activitynet_style(evaluated, tiny_store, tiny_checkpo
     def two_labels(items):  # every other video also carries the next class
         return [(v, lab + ((lab[0] + 1) % 3,) if i % 2 else lab) for i, (v, lab) in enumerate(items)]
 
-    table = run_eval(store, tiny_checkpoints, two_labels(train), two_labels(test), CLASSES, CFG, tmp_path / "eval",
-                     protocol="multi", excluded=[])
+    table = run_eval(job(store, tiny_checkpoints, two_labels(train), two_labels(test), protocol="multi"), CFG,
+                     tmp_path / "eval")
     rows = table.set_index("method")
     assert "mAP" in rows.loc["svm_two_stream", "details"]  # C chosen by cross-validated mAP
     with np.load(tmp_path / "eval" / "scores.npz") as dump:
@@ -162,19 +171,16 @@ def test_average_splits(tmp_path):
 def test_single_stream_eval(tiny_store, tiny_checkpoints, tmp_path):
     store, train, test = tiny_store
     cfg = EvalConfig(clips=2, svm_clips=2, svm_folds=2, jobs=1)
-    table = run_eval(store, {"rgb": tiny_checkpoints["rgb"]}, train, test, CLASSES, cfg, tmp_path,
-                     protocol="t", excluded=[])
+    table = run_eval(job(store, {"rgb": tiny_checkpoints["rgb"]}, train, test, protocol="t"), cfg, tmp_path)
     assert list(table["method"]) == ["rgb", "svm_rgb"]
 
 
 # Bad input: each message names the file or video and what to run.
 
-def _eval(tiny_store, checkpoints, tmp_path, **kwargs):
+def _eval(tiny_store, checkpoints, tmp_path, store_dir=None, out_dir=None, **kwargs):
     store, train, test = tiny_store
-    args = dict(store_dir=store, checkpoints=checkpoints, train_items=train, test_items=test, classes=CLASSES,
-                cfg=EvalConfig(clips=1, svm=False, jobs=1), out_dir=tmp_path / "out", protocol="t", excluded=[])
-    args.update(kwargs)
-    return run_eval(**args)
+    evaluation = dataclasses.replace(job(store_dir or store, checkpoints, train, test, protocol="t"), **kwargs)
+    return run_eval(evaluation, EvalConfig(clips=1, svm=False, jobs=1), out_dir or tmp_path / "out")
 
 
 def test_missing_checkpoint_names_the_training_to_run(tiny_store, tiny_checkpoints, tmp_path):
@@ -197,26 +203,19 @@ def test_modality_and_class_mismatches(tiny_store, tiny_checkpoints, tmp_path):
         _eval(tiny_store, {**tiny_checkpoints, "rgb": renamed}, tmp_path)
 
 
-def test_missing_store_says_run_make_flow(tiny_store, tiny_checkpoints, tmp_path):
-    with pytest.raises(FusionError, match=r"make flow"):
-        _eval(tiny_store, tiny_checkpoints, tmp_path, store_dir=tmp_path / "no_store")
-
-
 def test_videos_without_flow_are_excluded_and_counted(tiny_store, tiny_checkpoints, tmp_path):
-    from flow.store import open_store
-
     store, train, test = tiny_store
     root = tmp_path / "store"
     shutil.copytree(store, root)
     one = np.zeros((1, 24, 32, 3), np.uint8)
     open_store(root).write_video("Red/one_frame", one, np.zeros((0, 24, 32, 2), np.uint8))
     table = _eval(tiny_store, tiny_checkpoints, tmp_path, store_dir=root,
-                  test_items=test + [("Red/one_frame", (0,))])
+                  test=test + [("Red/one_frame", (0,))])
     assert (table["excluded"] == 1).all() and (table["videos"] == len(test)).all()
     reasons = pd.read_csv(tmp_path / "out" / "excluded.csv").set_index("video_id")["reason"]
     assert "no flow images" in reasons["Red/one_frame"]
     with pytest.raises(FusionError, match=r"none of the test videos"):
-        _eval(tiny_store, tiny_checkpoints, tmp_path, store_dir=root, test_items=[("Red/one_frame", (0,))])
+        _eval(tiny_store, tiny_checkpoints, tmp_path, store_dir=root, test=[("Red/one_frame", (0,))])
 
 
 def test_checkpoint_classes_matched_by_name(tiny_store, tiny_checkpoints, tmp_path, monkeypatch):
@@ -237,10 +236,8 @@ def test_checkpoint_classes_matched_by_name(tiny_store, tiny_checkpoints, tmp_pa
     save_checkpoint(tmp_path / "imported.pt", state)
     cfg = EvalConfig(clips=2, svm=False, jobs=1)
     store, train, test = tiny_store
-    plain = run_eval(store, {"rgb": tiny_checkpoints["rgb"]}, train, test, CLASSES, cfg, tmp_path / "a",
-                     protocol="t", excluded=[])
-    matched = run_eval(store, {"rgb": tmp_path / "imported.pt"}, train, test, CLASSES, cfg, tmp_path / "b",
-                       protocol="t", excluded=[])
+    plain = run_eval(job(store, {"rgb": tiny_checkpoints["rgb"]}, train, test, protocol="t"), cfg, tmp_path / "a")
+    matched = run_eval(job(store, {"rgb": tmp_path / "imported.pt"}, train, test, protocol="t"), cfg, tmp_path / "b")
     with np.load(tmp_path / "a" / "scores.npz") as a, np.load(tmp_path / "b" / "scores.npz") as b:
         # float32 logits of two runs: within 1e-5 of the largest, whatever the CPU and thread count
         np.testing.assert_allclose(b["views_rgb"], a["views_rgb"], rtol=0, atol=1e-5 * np.abs(a["views_rgb"]).max())
@@ -263,8 +260,8 @@ def test_held_out_videos_choose_the_rule_and_c_never_the_test(evaluated, tiny_st
     shutil.copytree(out, tmp_path / "eval")  # the held-out videos' outputs are cached: no network needed
     val = [item for item in train if item[0].endswith("_04")]
     rest = [item for item in train if item not in val]
-    table = run_eval(store, tiny_checkpoints, rest, test, CLASSES, CFG, tmp_path / "eval", protocol="t",
-                     excluded=[], val_items=val, val_note="group 04")
+    table = run_eval(job(store, tiny_checkpoints, rest, test, protocol="t", val=val, val_note="group 04"), CFG,
+                     tmp_path / "eval")
     rows = table.set_index("method")
     assert "chosen on 3 held-out videos" in rows.loc["fusion", "details"]
     assert "chosen on 3 held-out videos" in rows.loc["svm_two_stream", "details"]
@@ -273,8 +270,7 @@ def test_held_out_videos_choose_the_rule_and_c_never_the_test(evaluated, tiny_st
     assert "Fusion rule (" in text and "chosen on the held-out videos (group 04)" in text
     assert "SVM C: chosen on the held-out videos (group 04)" in text
     with pytest.raises(FusionError, match="also training or held-out videos"):
-        run_eval(store, tiny_checkpoints, rest, test, CLASSES, CFG, tmp_path / "eval", protocol="t", excluded=[],
-                 val_items=test[:1])
+        run_eval(job(store, tiny_checkpoints, rest, test, protocol="t", val=test[:1]), CFG, tmp_path / "eval")
 
 
 def _report_intact(out) -> dict:

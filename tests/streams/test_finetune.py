@@ -17,8 +17,10 @@ from streams.inflate import load_pretrained
 from streams.p3d import build_model
 from streams.train import train_stream
 from streams.transforms import INPUT_CONVENTION
+from tests.builders import stream_data
 
 CLASSES = ["up", "down"]
+
 IMPORTED_CLASSES = ["left", "down", "spin", "up", "jump"]  # a "Kinetics" whose classes include the toy's
 
 
@@ -101,7 +103,7 @@ def test_fine_tuning_an_imported_checkpoint(toy_store, tmp_path, configs, capsys
     start = imported_checkpoint(tmp_path / "imported.pt", classes=[f"class_{i:03d}" for i in range(5)])
     model_cfg, train_cfg = configs(epochs=3, lr=0.01, fc_lr_mult=10.0)
     model_cfg = dataclasses.replace(model_cfg, init_from=str(start), partial_bn=True)
-    result = train_stream(root, train, val, CLASSES, "flow", model_cfg, train_cfg, tmp_path / "run")
+    result = train_stream(stream_data(root, train, val, CLASSES), "flow", model_cfg, train_cfg, tmp_path / "run")
     assert f"flow stream: starting from {start} (p3d_tiny, step 0), a new classifier" in capsys.readouterr().out
 
     losses = [r["loss"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import io
 import json
 import math
 import os
@@ -16,18 +17,28 @@ import pytest
 import torch
 from torch.utils.data import get_worker_info
 
+import p3dbase.atomic
 from flow.stage import flow_settings
 from flow.store import create_store
 from p3dbase.atomic import DiskFullError
+from streams import metrics as streams_metrics
 from streams import train as streams_train
+from streams.builder import to_channels_last
 from streams.checkpoint import final_checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
 from streams.clips import ClipDataset
 from streams.errors import StreamsError
 from streams.p3d import build_model
 from streams.plots import curves_figure
-from streams.train import lr_factor, param_groups, to_channels_last, train_stream
+from streams.schedule import lr_factor, param_groups
+from streams.train import train_stream
+from tests.builders import stream_data
 
 CLASSES = ["up", "down"]
+
+
+def toy(root: Path, train: list, val: list):
+    """The toy store opened, with training and validation items, as train_stream takes them."""
+    return stream_data(root, train, val, CLASSES)
 
 
 def train_records(out: Path, kind: str = "train") -> list[dict]:
@@ -39,7 +50,7 @@ def flow_run(toy_store, tmp_path_factory, configs):
     root, train, val = toy_store
     out = tmp_path_factory.mktemp("flow_run")
     model_cfg, train_cfg = configs(epochs=5, lr=0.02, schedule="cosine", checkpoint_every=3, keep_checkpoints=2)
-    result = train_stream(root, train, val, CLASSES, "flow", model_cfg, train_cfg, out)
+    result = train_stream(toy(root, train, val), "flow", model_cfg, train_cfg, out)
     return result, out
 
 
@@ -72,7 +83,7 @@ def test_a_finished_run_is_not_trained_again(flow_run, toy_store, configs):
     root, train, val = toy_store
     mtime = result.checkpoint.stat().st_mtime_ns
     settings = dict(epochs=5, lr=0.02, schedule="cosine", checkpoint_every=3, keep_checkpoints=2, workers=1)
-    again = train_stream(root, train, val, CLASSES, "flow", *configs(**settings), out)
+    again = train_stream(toy(root, train, val), "flow", *configs(**settings), out)
     assert again.finished and again.step == 20 and again.val_acc == result.val_acc
     assert result.checkpoint.stat().st_mtime_ns == mtime
 
@@ -83,15 +94,15 @@ def test_resume_continues_exactly(toy_store, tmp_path, configs):
     root, train, val = toy_store
     model_cfg, train_cfg = configs(epochs=2, checkpoint_every=3)
     model_cfg = dataclasses.replace(model_cfg, dropout_rgb=0.5)
-    whole = train_stream(root, train, val, CLASSES, "rgb", model_cfg, train_cfg, tmp_path / "whole")
+    whole = train_stream(toy(root, train, val), "rgb", model_cfg, train_cfg, tmp_path / "whole")
 
     parts = tmp_path / "parts"
-    first = train_stream(root, train, val, CLASSES, "rgb", model_cfg, dataclasses.replace(train_cfg, max_steps=3),
+    first = train_stream(toy(root, train, val), "rgb", model_cfg, dataclasses.replace(train_cfg, max_steps=3),
                          parts)
     assert not first.finished and first.step == 3 and first.checkpoint.name == "checkpoint_00000003.pt"
     with open(parts / "metrics.jsonl", "a") as f:  # logged by a killed run after its last checkpoint
         f.write(json.dumps({"kind": "train", "step": 4, "loss": 123.0}) + "\n")
-    rest = train_stream(root, train, val, CLASSES, "rgb", model_cfg, dataclasses.replace(train_cfg, workers=1), parts)
+    rest = train_stream(toy(root, train, val), "rgb", model_cfg, dataclasses.replace(train_cfg, workers=1), parts)
     assert rest.finished and rest.resumed_from == parts / "checkpoint_00000003.pt"
 
     assert [r["loss"] for r in train_records(parts)] == [r["loss"] for r in train_records(tmp_path / "whole")]
@@ -112,7 +123,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(toy_store, tmp_path, 
 
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", diverging)
     with pytest.raises(StreamsError, match=r"not finite at step 4 .*kept checkpoint .*checkpoint_00000002\.pt") as err:
-        train_stream(root, train, val, CLASSES, "flow", *configs(checkpoint_every=2, log_every=3), tmp_path)
+        train_stream(toy(root, train, val), "flow", *configs(checkpoint_every=2, log_every=3), tmp_path)
     monkeypatch.undo()
     assert "train.lr" in str(err.value)
     assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["checkpoint_00000002.pt"]
@@ -122,9 +133,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(toy_store, tmp_path, 
 
 def test_other_settings_do_not_resume(toy_store, tmp_path, configs):
     root, train, val = toy_store
-    train_stream(root, train, val, CLASSES, "flow", *configs(max_steps=1), tmp_path)
+    train_stream(toy(root, train, val), "flow", *configs(max_steps=1), tmp_path)
     with pytest.raises(StreamsError, match=r"train\.lr: 0\.01 in the checkpoint, 0\.1 now"):
-        train_stream(root, train, val, CLASSES, "flow", *configs(max_steps=2, lr=0.1), tmp_path)
+        train_stream(toy(root, train, val), "flow", *configs(max_steps=2, lr=0.1), tmp_path)
     with pytest.raises(StreamsError, match="has not finished"):
         final_checkpoint(tmp_path)
 
@@ -133,28 +144,26 @@ def test_a_checkpoint_from_before_a_new_setting_resumes(toy_store, tmp_path, con
     # Checkpoints written before train.val_groups / val_fraction / run existed lack those keys: a resume
     # with the new fields at their defaults is the same run, not a changed one.
     root, train, val = toy_store
-    train_stream(root, train, val, CLASSES, "flow", *configs(max_steps=1), tmp_path)
+    train_stream(toy(root, train, val), "flow", *configs(max_steps=1), tmp_path)
     path = tmp_path / "checkpoint_00000001.pt"
     state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("val_groups", "val_fraction", "run"):
         del state["train_config"][key]
     save_checkpoint(path, state)
-    result = train_stream(root, train, val, CLASSES, "flow", *configs(max_steps=2), tmp_path)
+    result = train_stream(toy(root, train, val), "flow", *configs(max_steps=2), tmp_path)
     assert result.resumed_from == path and result.step == 2
     with pytest.raises(StreamsError, match=r"train\.val_fraction: 0\.0 in the checkpoint, 0\.5 now"):
-        train_stream(root, train, val, CLASSES, "flow", *configs(max_steps=3, val_fraction=0.5), tmp_path)
+        train_stream(toy(root, train, val), "flow", *configs(max_steps=3, val_fraction=0.5), tmp_path)
 
 
 def test_user_errors(toy_store, tmp_path, configs):
     root, train, val = toy_store
-    with pytest.raises(StreamsError, match="store.json"):
-        train_stream(tmp_path, train, val, CLASSES, "rgb", *configs(), tmp_path / "out")
     with pytest.raises(StreamsError, match="class9/v001"):
-        train_stream(root, train + [("class9/v001", 1)], val, CLASSES, "rgb", *configs(), tmp_path / "out")
+        train_stream(toy(root, train + [("class9/v001", 1)], val), "rgb", *configs(), tmp_path / "out")
     with pytest.raises(StreamsError, match="batch_size"):
-        train_stream(root, train[:3], val, CLASSES, "rgb", *configs(), tmp_path / "out")
+        train_stream(toy(root, train[:3], val), "rgb", *configs(), tmp_path / "out")
     with pytest.raises(StreamsError, match=r"\[train\] crop"):
-        train_stream(root, train, val, CLASSES, "rgb", *configs(crop=40), tmp_path / "out")
+        train_stream(toy(root, train, val), "rgb", *configs(crop=40), tmp_path / "out")
 
 
 def test_bad_checkpoints_name_the_file(flow_run, tmp_path):
@@ -195,7 +204,7 @@ def test_weights_that_are_not_finite_are_never_checkpointed(toy_store, tmp_path,
     monkeypatch.setattr(streams_train, "train_step", blowing_up)
     with pytest.raises(StreamsError, match=r"weights are not finite at step 4 \(1 tensor\(s\) with inf/NaN, "
                                            r"e\.g\. bn1\.running_var\).*kept checkpoint .*checkpoint_00000002\.pt"):
-        train_stream(root, train, val, CLASSES, "flow", *configs(checkpoint_every=2), tmp_path)
+        train_stream(toy(root, train, val), "flow", *configs(checkpoint_every=2), tmp_path)
     assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["checkpoint_00000002.pt"]
     assert list(tmp_path.glob(".*")) == []
     _, ckpt = load_checkpoint(tmp_path / "checkpoint_00000002.pt")
@@ -233,17 +242,24 @@ def test_a_checkpoint_holds_a_checksum_of_its_contents(flow_run, tmp_path):
 
 
 def test_a_full_disk_while_checkpointing_is_one_error_and_leaves_no_temp(toy_store, tmp_path, monkeypatch, configs):
+    """torch.save reports a failed write as "unexpected pos ..." (a RuntimeError without the cause): the
+    full disk must still be one DiskFullError naming the checkpoint."""
     root, train, val = toy_store
-    real = torch.save
 
-    def half_then_full(obj, f, *args, **kwargs):
-        real(obj, f, *args, **kwargs)
-        f.truncate(1000)
-        raise OSError(errno.ENOSPC, "No space left on device")
+    class NearlyFull(io.FileIO):  # room for 1000 bytes of a checkpoint, as a full disk leaves
+        def write(self, data):
+            if self.tell() + len(data) > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(data)
 
-    monkeypatch.setattr(torch, "save", half_then_full)
+    def small_disk(path, mode="r", *args, **kwargs):
+        if "checkpoint_" in str(path) and "b" in mode:
+            return NearlyFull(path, "w")
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(p3dbase.atomic, "open", small_disk, raising=False)  # atomic_write opens the temporary file
     with pytest.raises(DiskFullError, match=r"checkpoint_00000002\.pt: disk full"):
-        train_stream(root, train, val, CLASSES, "flow", *configs(checkpoint_every=2), tmp_path)
+        train_stream(toy(root, train, val), "flow", *configs(checkpoint_every=2), tmp_path)
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
 
@@ -252,21 +268,21 @@ def test_a_full_disk_while_checkpointing_is_one_error_and_leaves_no_temp(toy_sto
             raise OSError(errno.ENOSPC, "No space left on device")
         return open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(streams_train, "open", no_room_to_append, raising=False)  # metrics.jsonl is appended to
+    monkeypatch.setattr(streams_metrics, "open", no_room_to_append, raising=False)  # metrics.jsonl is appended to
     with pytest.raises(DiskFullError, match=r"metrics\.jsonl: disk full"):
-        train_stream(root, train, val, CLASSES, "flow", *configs(checkpoint_every=2), tmp_path / "again")
+        train_stream(toy(root, train, val), "flow", *configs(checkpoint_every=2), tmp_path / "again")
 
 
 def test_a_resume_on_another_training_list_is_refused(toy_store, tmp_path, configs):
     """A video gone from the list changed the steps per epoch (4 -> 3) and the resumed schedule jumped."""
     root, train, val = toy_store
-    train_stream(root, train, val, CLASSES, "flow", *configs(max_steps=1), tmp_path)
+    train_stream(toy(root, train, val), "flow", *configs(max_steps=1), tmp_path)
     with pytest.raises(StreamsError, match=r"the training list changed: 0 video\(s\) added; 1 video\(s\) removed, "
-                                           r"e\.g\. class1/v015 \(32 videos then, 31 now\)"):
-        train_stream(root, train[:-1], val, CLASSES, "flow", *configs(max_steps=2), tmp_path)
+                                           r"e\.g\. down/v_down_15 \(32 videos then, 31 now\)"):
+        train_stream(toy(root, train[:-1], val), "flow", *configs(max_steps=2), tmp_path)
     with pytest.raises(StreamsError, match="the same videos in another order"):
-        train_stream(root, train[::-1], val, CLASSES, "flow", *configs(max_steps=2), tmp_path)
-    resumed = train_stream(root, train, val, CLASSES, "flow", *configs(max_steps=2), tmp_path)
+        train_stream(toy(root, train[::-1], val), "flow", *configs(max_steps=2), tmp_path)
+    resumed = train_stream(toy(root, train, val), "flow", *configs(max_steps=2), tmp_path)
     assert resumed.step == 2 and resumed.resumed_from == tmp_path / "checkpoint_00000001.pt"
 
 
@@ -290,10 +306,10 @@ def test_a_killed_data_loader_worker_stops_with_the_checkpoint_to_resume(toy_sto
                                            r"(is killed by signal|exited unexpectedly).*re-run the same "
                                            r"command to resume from "
                                            r".*checkpoint_00000004\.pt$") as err:
-        train_stream(root, train, val, CLASSES, "flow", *configs(**settings), tmp_path)
+        train_stream(toy(root, train, val), "flow", *configs(**settings), tmp_path)
     assert "\n" not in str(err.value)
     monkeypatch.undo()
-    again = train_stream(root, train, val, CLASSES, "flow", *configs(max_steps=6, **settings), tmp_path)
+    again = train_stream(toy(root, train, val), "flow", *configs(max_steps=6, **settings), tmp_path)
     assert again.step == 6 and again.resumed_from == tmp_path / "checkpoint_00000004.pt"
 
 
@@ -348,7 +364,7 @@ def test_curves_show_the_learning_rate_schedule(flow_run, configs):
 def test_checkpoints_carry_the_flow_settings_and_a_resume_on_other_flow_is_refused(toy_store, tmp_path, configs):
     root, train, val = toy_store
     out = tmp_path / "out"
-    first = train_stream(root, train, val, CLASSES, "flow", *configs(max_steps=1), out)
+    first = train_stream(toy(root, train, val), "flow", *configs(max_steps=1), out)
     assert read_checkpoint(first.checkpoint).flow == flow_settings(20.0, {}) == {"bound": 20.0, "source": "videos"}
     other = tmp_path / "bound5"  # the same videos, their flow stored at another bound
     shutil.copytree(root, other)
@@ -356,10 +372,10 @@ def test_checkpoints_carry_the_flow_settings_and_a_resume_on_other_flow_is_refus
     with pytest.raises(StreamsError, match=r"cannot resume: flow stream .*checkpoint_00000001\.pt was trained on "
                                            r"input made with bound = 20\.0, but the store at .*bound5 has bound = 5\.0 "
                                            r"\(bound differ\).*another output directory"):
-        train_stream(other, train, val, CLASSES, "flow", *configs(max_steps=2), out)
+        train_stream(toy(other, train, val), "flow", *configs(max_steps=2), out)
     # the RGB stream reads no flow: its frames depend on the size alone
-    rgb = train_stream(root, train, val, CLASSES, "rgb", *configs(max_steps=1), tmp_path / "rgb")
-    again = train_stream(other, train, val, CLASSES, "rgb", *configs(max_steps=2), tmp_path / "rgb")
+    rgb = train_stream(toy(root, train, val), "rgb", *configs(max_steps=1), tmp_path / "rgb")
+    again = train_stream(toy(other, train, val), "rgb", *configs(max_steps=2), tmp_path / "rgb")
     assert again.resumed_from == rgb.checkpoint and read_checkpoint(again.checkpoint).flow["bound"] == 5.0
 
 
@@ -369,9 +385,9 @@ def test_tensorboard_shows_the_numbers_of_metrics_jsonl(toy_store, tmp_path, con
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     root, train, val = toy_store
     settings = dict(epochs=2, checkpoint_every=2, tensorboard=True)
-    train_stream(root, train, val, CLASSES, "flow", *configs(max_steps=3, **settings), tmp_path)
+    train_stream(toy(root, train, val), "flow", *configs(max_steps=3, **settings), tmp_path)
     (tmp_path / "checkpoint_00000003.pt").unlink()
-    result = train_stream(root, train, val, CLASSES, "flow", *configs(**settings), tmp_path)
+    result = train_stream(toy(root, train, val), "flow", *configs(**settings), tmp_path)
     assert result.resumed_from == tmp_path / "checkpoint_00000002.pt" and result.step == 8
 
     events = event_accumulator.EventAccumulator(str(tmp_path / "tb"))
@@ -397,7 +413,7 @@ def test_tensorboard_without_the_package_is_one_clear_error(toy_store, tmp_path,
     root, train, val = toy_store
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
     with pytest.raises(StreamsError, match=r"train\.tensorboard = true needs the tensorboard package .*\[tb\]"):
-        train_stream(root, train, val, CLASSES, "flow", *configs(tensorboard=True), tmp_path / "out")
+        train_stream(toy(root, train, val), "flow", *configs(tensorboard=True), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -410,12 +426,12 @@ def test_forked_loader_workers_after_opencv_work_do_not_hang(toy_store, tmp_path
     script = f"""
 import cv2, numpy as np
 from streams.train import train_stream
-from tests.streams.conftest import toy_configs
+from tests.builders import stream_data, toy_configs
 cv2.setNumThreads(4)
 img = np.random.rand(2000, 2000).astype(np.float32)
 for _ in range(5):
     cv2.GaussianBlur(img, (31, 31), 5)
-result = train_stream({str(root)!r}, {train!r}, {val!r}, ["up", "down"], "flow",
+result = train_stream(stream_data({str(root)!r}, {train!r}, {val!r}, ["up", "down"]), "flow",
                       *toy_configs(max_steps=2, workers=2), {str(tmp_path)!r})
 print(result.step, cv2.getNumThreads())
 """

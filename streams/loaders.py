@@ -1,0 +1,165 @@
+"""The training run's DataLoaders, and what happens when their workers fail.
+
+Workers are forked processes with one thread each that die with the trainer (Linux: the kernel sends
+them SIGKILL when it dies, kill -9 included, instead of torch's watchdog noticing seconds later).
+
+A worker that dies (the OOM killer's SIGKILL) stops the run with one line naming the checkpoint to
+resume from, rather than a rebuilt loader: torch reports a dead worker from its SIGCHLD handler, which
+may interrupt an optimizer step half-way, and resuming is exact (the data order depends only on seed,
+epoch and index). A worker that fails on a video (a damaged pack) stops it with one line too: torch
+re-raises the worker's error with its whole traceback in the message, which `read_batches` cuts back
+to the error's own line, naming the video, and the checkpoint to resume from once the store is repaired.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from flow.store import Store
+from p3dbase.errors import P3DError
+from streams.clips import ClipDataset, EpochSampler
+from streams.config import TrainConfig
+from streams.distributed import DistContext
+from streams.errors import StreamsError
+from streams.resume import resume_hint
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PR_GET_PDEATHSIG = 2
+
+
+def make_loader(dataset: Dataset, *, batch: int, workers: int, seed: int, pin_memory: bool, sampler: Any = None,
+                drop_last: bool = False) -> DataLoader:
+    """A loader of `batch` items with `workers` persistent workers (0: in this process)."""
+    return DataLoader(dataset, batch_size=batch, sampler=sampler, shuffle=False, drop_last=drop_last,
+                      num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
+                      prefetch_factor=4 if workers > 0 else None,
+                      worker_init_fn=functools.partial(worker_init, parent=os.getpid()),
+                      # its own generator: making an iterator must not draw from the global RNG
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def worker_init(_: int, parent: int | None = None) -> None:
+    """In each worker: one thread (workers are processes already), and death with the `parent` process.
+    (OpenCV's single thread is inherited from train_stream: cv2.setNumThreads after the fork can
+    deadlock, see flow.video.opencv_single_thread.)"""
+    torch.set_num_threads(1)
+    if sys.platform.startswith("linux") and parent is not None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the trainer died before the line above took effect
+            os._exit(1)
+
+
+def death_signal() -> int:
+    """The signal this process gets when its parent dies (0: none); Linux only."""
+    value = ctypes.c_int(0)
+    ctypes.CDLL(None, use_errno=True).prctl(PR_GET_PDEATHSIG, ctypes.byref(value), 0, 0, 0)
+    return value.value
+
+
+def read_batches(loader: Iterable[Any], out_dir: Path) -> Iterator[Any]:
+    """The loader's batches; an error of ours raised while reading one (in a worker or here) goes on
+    as one line (torch's worker traceback cut off) that says how to resume (see the module doc)."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except P3DError as e:
+            e.args = (f"{worker_message(str(e))}; repair the store (`make flow`) and {resume_hint(out_dir)}",)
+            raise e.with_traceback(None) from None
+        yield batch
+
+
+def worker_message(text: str) -> str:
+    """The error's own line out of torch's "Caught X in DataLoader worker process N. Original Traceback
+    ..." message (the last line, "package.module.X: message"); other messages unchanged."""
+    if "in DataLoader worker process" not in text:
+        return text
+    last = next((line for line in reversed(text.splitlines()) if line.strip()), text)
+    name, sep, message = last.partition(": ")
+    return message if sep and " " not in name else last
+
+
+def stop_on_dead_worker(err: BaseException, loaders: list[DataLoader | None], modality: str,
+                        out_dir: Path) -> StreamsError | None:
+    """The one-line error for a worker that died, if that is what `err` is (torch's RuntimeError, or
+    whatever the half-sent batch broke: ConnectionResetError when it died passing a tensor's file
+    descriptor); the remaining workers are stopped. None when no worker died."""
+    died = str(err).splitlines()[0] if worker_died(err) else _dead_worker(
+        loaders, wait=2.0 if isinstance(err, (OSError, EOFError)) else 0.0)
+    if died is None:
+        return None
+    _stop_workers(loaders)  # else every later SIGCHLD raises torch's error again, anywhere
+    return worker_death_error(modality, out_dir, died)
+
+
+def worker_died(err: BaseException) -> bool:
+    return isinstance(err, RuntimeError) and "DataLoader worker" in str(err)  # "... (pid N) is killed by signal"
+
+
+def worker_death_error(modality: str, out_dir: Path, what: str) -> StreamsError:
+    return StreamsError(f"{modality} stream: a data loader worker died ({what.rstrip('. ')}; the system kills "
+                        f"workers that run out of memory: lower train.workers or train.batch_size); "
+                        f"{resume_hint(out_dir)}")
+
+
+def _loader_iterators(loaders: list[DataLoader | None]) -> list[Any]:
+    # a persistent-workers loader keeps its iterator (and its worker processes) in `_iterator`
+    return [it for loader in loaders
+            if (it := getattr(loader, "_iterator", None)) is not None and hasattr(it, "_workers")]
+
+
+def _dead_worker(loaders: list[DataLoader | None], wait: float = 0.0) -> str | None:
+    """What ended a worker that exited with an error, or None. `wait`: seconds to give a worker
+    whose pipe broke (the error reached us before the exit status)."""
+    deadline = time.monotonic() + wait
+    while True:
+        for iterator in _loader_iterators(loaders):
+            for w in iterator._workers:
+                if w.exitcode:  # None while alive, 0 after a clean exit
+                    how = (f"is killed by signal: {signal.Signals(-w.exitcode).name}" if w.exitcode < 0
+                           else f"exited with code {w.exitcode}")
+                    return f"DataLoader worker (pid {w.pid}) {how}"
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
+
+
+def _stop_workers(loaders: list[DataLoader | None]) -> None:
+    for iterator in _loader_iterators(loaders):
+        try:
+            iterator._shutdown_workers()
+        except RuntimeError as e:  # the SIGCHLD handler firing during the shutdown itself
+            if not worker_died(e):
+                raise
+
+
+def training_loaders(store: Store, train: list[tuple[str, int]], val: list[tuple[str, int]], modality: str,
+                     cfg: TrainConfig, ctx: DistContext,
+                     batch: int) -> tuple[DataLoader, EpochSampler, DataLoader | None]:
+    """(training loader, its sampler, validation loader or None) of this process: `batch` clips a step."""
+    common = dict(batch=batch, workers=cfg.workers, seed=cfg.seed, pin_memory=ctx.device.type == "cuda")
+    train_set = ClipDataset(store, train, modality, cfg.clip_len, train=True, resize=cfg.resize, crop=cfg.crop,
+                            scale_jitter=cfg.scale_jitter, flip=cfg.flip, seed=cfg.seed)
+    sampler = EpochSampler(len(train_set), ctx.rank, ctx.world_size, cfg.seed)
+    val_loader = None
+    if val:
+        val_set = ClipDataset(store, val, modality, cfg.clip_len, train=False, resize=cfg.resize, crop=cfg.crop,
+                              scale_jitter=cfg.scale_jitter, clips_per_video=cfg.val_clips)
+        # Whole videos per process, so that a video's clips are scored together.
+        mine = [i for v in range(ctx.rank, len(val), ctx.world_size)
+                for i in range(v * cfg.val_clips, (v + 1) * cfg.val_clips)]
+        val_loader = make_loader(Subset(val_set, mine), **common)
+    return make_loader(train_set, sampler=sampler, drop_last=True, **common), sampler, val_loader
