@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import multiprocessing
+import time
 
 import cv2
 import numpy as np
@@ -207,10 +208,17 @@ def _one_process(args):
     return summary.computed, summary.done_before, summary.busy, len(summary.failures)
 
 
-def test_two_processes_on_one_folder_lose_nothing_and_write_nothing_twice(ckpts, tmp_path):
+def test_two_processes_on_one_folder_lose_nothing_and_write_nothing_twice(ckpts, tmp_path, monkeypatch):
     videos = _videos(tmp_path / "videos", count=6)
     out = tmp_path / "out"
     rgb = {"rgb": ckpts["rgb"]}
+    real = snippet_features.run_snippets
+
+    def slow(*args, **kwargs):  # long enough that both processes reach the same video while it is computed
+        time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(snippet_features, "run_snippets", slow)  # the forked processes inherit it
     (videos / "one.txt").write_text("c0/v0.avi\n")  # a list: the id is c0/v0, as in the folder
     extract_snippet_features([videos / "one.txt"], rgb, out, FAST_FLOW, CFG, stride=2)
     context = multiprocessing.get_context("fork")
