@@ -218,17 +218,16 @@ def page_context(out_dir: Path) -> dict:
     columns = ["benchmark", "protocol", "stream", "accuracy", "chance", "paper P3D", "se", "auc", "hit@3", "mAP",
                "videos", "excluded", "data"]
     rows = []
-    for r in table.itertuples(index=False):
-        row = r._asdict()
-        paper = inputs["paper_of"].get(r.benchmark, "")
-        published = PAPER.get(paper, {}).get("accuracy")
-        rows.append([cell(r.benchmark), cell(r.protocol), cell(r.stream), percent_cell(row["accuracy"]),
-                     percent_cell(chances[r.benchmark]),
+    for _, row in table.iterrows():  # rows by column name: "hit@3" is no attribute name
+        benchmark = row["benchmark"]
+        published = PAPER.get(inputs["paper_of"].get(benchmark, ""), {}).get("accuracy")
+        stand_in = benchmark in stand_ins
+        rows.append([cell(benchmark), cell(row["protocol"]), cell(row["stream"]), percent_cell(row["accuracy"]),
+                     percent_cell(chances[benchmark]),
                      percent_cell(published[0]) if published else cell("-", "", cls="num"),
                      *(percent_cell(row[m]) for m in ("se", "auc", "hit@3", "mAP")),
-                     cell(int(r.videos), int(r.videos), cls="num"), cell(int(r.excluded), int(r.excluded), cls="num"),
-                     cell("stand-in" if r.benchmark in stand_ins else "real", cls="stand-in" if r.benchmark
-                          in stand_ins else "")])
+                     *(cell(int(row[c]), int(row[c]), cls="num") for c in ("videos", "excluded")),
+                     cell("stand-in" if stand_in else "real", cls="stand-in" if stand_in else "")])
     fitted = [f"{r.benchmark} / {r.stream}: {r.selected}" + (f"; {r.details}" if isinstance(r.details, str)
                                                              and r.details else "") for r in table.itertuples()]
     compared_table = None
