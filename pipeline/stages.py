@@ -47,6 +47,19 @@ def eval_dir(cfg: Config) -> Path:
     return run_dir(cfg) / "eval"
 
 
+def explicit_eval_dir(cfg: Config, checkpoints: dict[str, Path], out: Path | None = None) -> Path:
+    """Where `eval --rgb/--flow` reports: `--out`; else the run's eval folder when `--run` names one;
+    else beside the checkpoints (`<folder of the first>/eval-<their names>`), so that scoring some
+    checkpoint never overwrites `make eval`'s report."""
+    if out is not None:
+        return Path(out)
+    if cfg.train.run:
+        return eval_dir(cfg)
+    paths = [Path(checkpoints[name]) for name in ("rgb", "flow") if name in checkpoints]
+    names = "+".join(p.name if p.is_dir() else p.stem for p in paths)
+    return paths[0].absolute().parent / f"eval-{names}"
+
+
 def held_out(cfg: Config, dataset: Dataset) -> tuple[set[str], str]:
     """The training-split videos held out as validation (`train.val_groups` by name, or
     `train.val_fraction` of the split's groups, chosen by `train.seed`), and a phrase naming them.
@@ -183,13 +196,15 @@ def train_stage(cfg: Config, stream: str) -> None:
                      train_dir(cfg, stream, split), config_toml=dump_toml(cfg))
 
 
-def eval_stage(cfg: Config, checkpoints: dict[str, Path] | None = None, *, allow_trained: bool = False) -> None:
+def eval_stage(cfg: Config, checkpoints: dict[str, Path] | None = None, *, allow_trained: bool = False,
+               out: Path | None = None) -> None:
     """Evaluate a run's streams (default: both, the finished models of its training runs) or the given
     checkpoints ({"rgb": path, "flow": path}, one or both: files, imported weights or run folders), split
     by split (fusion.stage.run_eval); three splits are averaged. `allow_trained`: score test videos a
-    checkpoint was trained on, saying so in the report, instead of refusing."""
+    checkpoint was trained on, saying so in the report, instead of refusing. Given checkpoints report to
+    `out` or beside them (explicit_eval_dir), never into `make eval`'s folder."""
     tables = []
-    out_root = eval_dir(cfg)
+    out_root = explicit_eval_dir(cfg, checkpoints, out) if checkpoints else eval_dir(cfg)
     splits = split_datasets(cfg)
     if checkpoints and len(splits) > 1:
         raise PipelineError("--rgb/--flow give one checkpoint per stream, but dataset.split = \"all\" evaluates "
