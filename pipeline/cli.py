@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--rgb", type=Path, default=None,
                           help="RGB checkpoint to score (a file, imported weights, or a run folder: its last.pt)")
     evaluate.add_argument("--flow", type=Path, default=None, help="flow checkpoint to score (as --rgb)")
+    evaluate.add_argument("--out", type=Path, default=None,
+                          help="report folder for --rgb/--flow (default: beside the checkpoint, eval-<name>; "
+                               "never make eval's report)")
     _add_run_arg(evaluate)
     config = stages.add_parser("config", help=CONFIG_HELP, description=CONFIG_HELP)
     _add_config_args(config)
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             stages.train_stage(cfg, args.stream)
         elif args.stage == "eval":
             checkpoints = {name: path for name, path in (("rgb", args.rgb), ("flow", args.flow)) if path}
-            stages.eval_stage(cfg, checkpoints or None)
+            stages.eval_stage(cfg, checkpoints or None, out=args.out)
         elif args.stage == "transfer":
             stages.transfer_stage(cfg, shard=args.shard)
         elif args.stage == "report":
