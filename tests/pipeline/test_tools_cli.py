@@ -135,3 +135,17 @@ def test_export_names_the_stream_and_never_overwrites_silently(tmp_path, capsys)
 
     assert export_name("weights/p3d_rgb_kinetics.pt", "rgb") == "p3d_rgb_kinetics"
     assert export_name("weights/flowers.pt", "flow") == "flowers_flow"
+
+
+def test_eval_of_given_checkpoints_never_writes_into_make_evals_report(tmp_path):
+    from pipeline.config import load_config
+    from pipeline.stages import eval_dir, explicit_eval_dir
+
+    cfg = load_config(None, [f"work_dir={str(tmp_path / 'work')!r}"])
+    rgb, flow = tmp_path / "weights" / "p3d_rgb.pt", tmp_path / "weights" / "p3d_flow.pt"
+    assert explicit_eval_dir(cfg, {"rgb": rgb}) == tmp_path / "weights" / "eval-p3d_rgb"
+    assert explicit_eval_dir(cfg, {"flow": flow, "rgb": rgb}) == tmp_path / "weights" / "eval-p3d_rgb+p3d_flow"
+    assert explicit_eval_dir(cfg, {"rgb": rgb}, tmp_path / "mine") == tmp_path / "mine"
+    assert eval_dir(cfg) == tmp_path / "work" / "eval"  # make eval's report: never one of the above
+    named = load_config(None, [f"work_dir={str(tmp_path / 'work')!r}", "train.run='ablation'"])
+    assert explicit_eval_dir(named, {"rgb": rgb}) == tmp_path / "work" / "runs" / "ablation" / "eval"
