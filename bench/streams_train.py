@@ -20,10 +20,12 @@ from pathlib import Path
 import torch
 
 from flow.store import open_store
+from streams.builder import to_channels_last
 from streams.clips import ClipDataset, EpochSampler
 from streams.config import TrainConfig
 from streams.p3d import build_model
-from streams.train import param_groups, to_channels_last, train_step
+from streams.schedule import param_groups
+from streams.train import train_step
 
 
 def train_rate(arch: str, batch: int, shape: tuple[int, int, int], device: torch.device, steps: int, *,

@@ -59,9 +59,12 @@ def free_port() -> int:
 def run_one_process(backend: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "GROUP_RANK")}
     env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    env.setdefault("NCCL_SOCKET_IFNAME", "lo")  # one machine: NCCL's bootstrap on loopback, not a dead NIC
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    # 45 s: the process takes about 10 (torch, CUDA, NCCL's init); a hang must fail inside the
+    # correctness section's budget of bench/gpu.py, not use it up.
     proc = subprocess.run([sys.executable, "-c", SCRIPT, backend], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=240)
+                          text=True, timeout=45)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
