@@ -1,0 +1,217 @@
+"""Kinetics-700 scale without computing flow: a re-run of `flow` over 650,000 finished videos, the
+dataset listing from Kinetics CSVs, and DataLoader worker memory over the same index.
+
+    .venv/bin/python bench/scale.py [--videos 650000] [--classes 700] [--dir /tmp/p3d-scale] [--epoch 0]
+
+It writes a simulated Kinetics tree (one empty `.mp4` per clip under `train/<class>/`, CSVs in the
+Kinetics format), a store holding one tiny pack per clip (2 frames of 2x2 px, each pack carrying
+what it was made from, as the flow stage writes it) and the store's index, then measures, each in a
+fresh process so that start-up (imports, torch) counts:
+
+1. `python -m pipeline flow` on the finished store: listing the CSVs and the tree, reading the index,
+   one `stat` per source and per pack, the manifest; wall seconds and peak memory (ru_maxrss).
+2. The dataset listing alone (`read_dataset`), the same way.
+3. Baseline, same run: what a re-run cost before the index: opening every pack's header.
+4. DataLoader memory: one epoch (or `--epoch N` items) of the training ClipDataset over all clips
+   with 2 workers, ids and labels in numpy arrays against the same dataset holding a list of
+   (video_id, label) tuples; the private memory (USS) of each worker after the epoch.
+
+Targets (issue 18): (1) and (2) each <= 30 s and <= 2 GB on 2 cores; (4) <= 200 MB per worker.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def youtube_id(k: int) -> str:
+    return "".join(ALPHABET[(k >> (6 * i)) & 63] for i in range(11))
+
+
+def build(top: Path, videos: int, classes: int) -> Path:
+    """The tree, the CSVs, the config, the store with its packs and index; returns the config path."""
+    sys.path.insert(0, str(REPO))
+    import numpy as np
+
+    from flow.config import FlowConfig
+    from flow.index import IndexEntry, Origin, entry_stat
+    from flow.stage import run_flow
+    from flow.store import open_store
+
+    root, work = top / "kinetics", top / "work"
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    config = top / "scale.toml"
+    config.write_text(textwrap.dedent(f"""\
+        work_dir = "{work}"
+        [dataset]
+        format = "kinetics"
+        root = "{root}"
+        annotations = "{root / 'annotations'}"
+        [flow]
+        jobs = 1
+        """))
+    cfg = FlowConfig(jobs=1)
+    run_flow([], work / "flow", cfg)  # store.json exactly as the flow stage writes it
+    store = open_store(work / "flow")
+    with store.writer("template") as writer:  # a tiny pack in the store's codecs; its meta is redone per clip
+        writer.add_rgb(np.zeros((2, 2, 2, 3), np.uint8))
+        writer.add_flow(np.full((1, 2, 2, 2), 128, np.uint8))
+    data = store.path("template").read_bytes()
+    store.path("template").unlink()
+    meta_len = struct.unpack("<Q", data[-16:-8])[0]
+    body, meta = data[: -16 - meta_len], json.loads(data[-16 - meta_len: -16])
+    digest = store.settings_digest
+    header = "label,youtube_id,time_start,time_end,split"
+    lines: dict[str, list[str]] = {"train": [header], "validate": [header]}
+    start = time.perf_counter()
+    with store.index.writer() as index:
+        for k in range(videos):
+            label = f"class {k % classes:03d}"
+            name = f"{youtube_id(k)}_{k % 300:06d}_{k % 300 + 10:06d}"
+            subset = "validate" if k % 20 == 0 else "train"
+            split = "val" if subset == "validate" else "train"
+            lines[subset].append(f"{label},{youtube_id(k)},{k % 300},{k % 300 + 10},{split}")
+            source = root / subset / label / f"{name}.mp4"
+            if k % classes == k:
+                source.parent.mkdir(parents=True, exist_ok=True)
+                (work / "flow" / subset / label).mkdir(parents=True, exist_ok=True)
+            source.touch()
+            st = source.stat()
+            video_id = f"{subset}/{label}/{name}"
+            origin = Origin(digest, st.st_size, st.st_mtime_ns)
+            made_from = {**origin.as_dict(), "declared_frames": 2}
+            pack_meta = json.dumps({**meta, "origin": made_from}, sort_keys=True).encode()
+            pack = store.path(video_id)
+            pack.write_bytes(body + pack_meta + struct.pack("<Q8s", len(pack_meta), data[-8:]))
+            index.add(IndexEntry(video_id, "done", digest, st.st_size, st.st_mtime_ns, *entry_stat(pack), 2, 1, 2,
+                                 "1.000", source=str(source)))
+            if k % 50_000 == 0:
+                print(f"build: {k:,} of {videos:,} clips ({time.perf_counter() - start:.0f} s)", flush=True)
+    for subset, rows in lines.items():
+        (root / "annotations" / f"{subset}.csv").write_text("\n".join(rows) + "\n")
+    (work / "flow" / ".built").write_text(str(videos))
+    return config
+
+
+def measure(code: list[str], label: str) -> tuple[float, float, str]:
+    """Wall seconds and peak resident MB of one fresh process, and its last output line."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(code, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    lines = [line for line in out.splitlines() if line.strip()]
+    print(f"{label}: {wall:.1f} s, peak {usage.ru_maxrss / 1024:.0f} MB, exit {os.waitstatus_to_exitcode(status)}: "
+          f"{lines[-3:] if lines else ''}", flush=True)
+    return wall, usage.ru_maxrss / 1024, "\n".join(lines[-4:])
+
+
+LISTING = """
+import sys, time
+from pipeline.config import load_config
+from pipeline.datasets import read_dataset
+d = read_dataset(load_config(sys.argv[1]).dataset)
+print(len(d.videos), "videos,", len(d.classes), "classes")
+"""
+
+OPEN_EVERY_PACK = """
+import sys
+from flow.store import open_store
+store = open_store(sys.argv[1])
+n = 0
+for video_id in store.video_ids():
+    with store.open(video_id) as v:
+        n += v.num_frames
+print(n, "frames in the packs' headers")
+"""
+
+LOADER = """
+import sys, time
+import numpy as np, torch
+from torch.utils.data import DataLoader
+from flow.index import StoreIndex
+from streams.clips import ClipDataset
+
+root, variant, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+entries = StoreIndex(root).read().entries
+items = [(v, hash(v.split("/")[1]) % 700) for v in sorted(entries)]
+del entries
+
+class ListClipDataset(ClipDataset):
+    # the list of (video_id, label) tuples a dataset held before: every worker touches it
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.items = [(v, int(l)) for v, l in zip(args[1], self.labels.tolist())]
+    def __getitem__(self, key):
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        self.items[index]
+        return super().__getitem__(key)
+
+cls = ClipDataset if variant == "numpy" else ListClipDataset
+ds = cls(root, items, "rgb", 2, train=True, resize=(8, 8), crop=8, flip=False)
+del items
+n = len(ds) if limit <= 0 else min(limit, len(ds))
+order = np.random.default_rng(0).permutation(len(ds))[:n]
+loader = DataLoader(ds, batch_size=512, sampler=order.tolist(), num_workers=2, persistent_workers=True)
+start = time.perf_counter()
+for batch in loader:
+    pass
+seconds = time.perf_counter() - start
+def uss(pid):
+    fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/smaps_rollup").read().splitlines()[1:])
+    return sum(int(fields[k].split()[0]) for k in ("Private_Clean", "Private_Dirty")) / 1024
+workers = [w.pid for w in loader._iterator._workers]
+print(variant, n, "items", f"{seconds:.1f} s", "worker USS MB", " ".join(f"{uss(p):.0f}" for p in workers))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--videos", type=int, default=650_000)
+    parser.add_argument("--classes", type=int, default=700)
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/p3d-scale"))
+    parser.add_argument("--epoch", type=int, default=0, help="items of the DataLoader epoch (0: every clip)")
+    parser.add_argument("--skip-loader", action="store_true")
+    parser.add_argument("--build-only", action="store_true", help="write the simulated store and stop")
+    args = parser.parse_args()
+    top = args.dir / f"{args.videos}"
+    config = top / "scale.toml"
+    built = top / "work" / "flow" / ".built"
+    if not built.is_file() or built.read_text() != str(args.videos):
+        start = time.perf_counter()
+        config = build(top, args.videos, args.classes)
+        print(f"build: {time.perf_counter() - start:.0f} s", flush=True)
+    store = top / "work" / "flow"
+    if args.build_only:
+        return
+    py = sys.executable
+    print(f"load average: {os.getloadavg()}", flush=True)
+    rerun = measure([py, "-m", "pipeline", "flow", "--config", str(config)], "flow re-run (index)")
+    listing = measure([py, "-c", LISTING, str(config)], "dataset listing")
+    base = measure([py, "-c", OPEN_EVERY_PACK, str(store)], "baseline: open every pack")
+    print("| measurement | seconds | peak MB | target |")
+    print("|---|---|---|---|")
+    target = "<= 30 s, <= 2048 MB"
+    print(f"| `flow` re-run of {args.videos:,} finished videos | {rerun[0]:.1f} | {rerun[1]:.0f} | {target} |")
+    print(f"| dataset listing (Kinetics CSVs + tree) | {listing[0]:.1f} | {listing[1]:.0f} | {target} |")
+    print(f"| baseline: open every pack's header (the re-run before the index) | {base[0]:.1f} | {base[1]:.0f} | - |")
+    print(f"| re-run vs baseline | {rerun[0] / base[0]:.2f}x the time | | |")
+    if not args.skip_loader:
+        for variant in ("numpy", "list"):
+            measure([py, "-c", LOADER, str(store), variant, str(args.epoch)], f"DataLoader, 2 workers, {variant}")
+    print(f"load average: {os.getloadavg()}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
