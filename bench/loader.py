@@ -1,0 +1,192 @@
+"""The training DataLoader's rate per worker core: read, decode, random window, resize, random crop,
+flip, collate, pinned memory; normalisation timed beside it.
+
+    .venv/bin/python bench/loader.py [--data ../shared/data] [--frames 40] [--clips 3] [--cache F.npz]
+
+A packed store of real 340x256 clips and their TV-L1 flow (the frames of bench/flow_store.py; its
+`--cache` .npz is shared), in the default codecs (jpeg, q95) and in png (the default before), read by
+`streams.loaders.make_loader` exactly as `train_stream` builds it: ClipDataset(train=True) with the
+paper's recipe (random 16-frame window, resize to 182x242, random 160x160 crop, random flip), batch
+16, prefetch 4, pinned memory where CUDA is (not here). 1 and 2 workers, RGB and flow. The rate per
+worker core is clips per CPU-second the workers spent (user + system from /proc, after two batches
+per worker), so that other load on the shared cores does not move it; the wall-clock rate is in
+brackets. Normalisation (float, minus the mean) is the trainer's first step on its device
+(streams.transforms.normalize); its CPU cost per clip is measured here in the main process as an
+upper bound of what it adds when the device is a CPU.
+
+`nvjpeg_rate` (called by bench/gpu_sections.py's loading section) measures the optional GPU path:
+a clip's JPEGs decoded by nvJPEG (torchvision.io.decode_jpeg on CUDA), resized, cropped and flipped
+on the device.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from flow.config import FlowConfig
+from flow.store import create_store
+from streams import transforms
+
+CLIP_LEN, RESIZE, CROP, BATCH = 16, (182, 242), 160, 16
+TARGETS = {"rgb": 80.0, "flow": 120.0}  # clips/s per worker core (issue 18: 16 cores feed >= 1,000 clips/s)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes (and their threads) so far."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat(5))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def loader_rate(root: Path, items: list[tuple[str, int]], modality: str, workers: int, seconds: float
+                ) -> tuple[float, float, float]:
+    """(clips per worker CPU-second, clips per wall second, normalisation ms per clip) of the training
+    DataLoader over about `seconds` of wall time after its warm-up batches."""
+    from flow.video import opencv_single_thread
+    from streams.clips import ClipDataset, EpochSampler
+    from streams.loaders import make_loader
+
+    dataset = ClipDataset(root, items, modality, CLIP_LEN, train=True, resize=RESIZE, crop=CROP)
+    sampler = EpochSampler(len(dataset))
+    warm = 2 * workers
+    with opencv_single_thread():
+        loader = make_loader(dataset, batch=BATCH, workers=workers, seed=0, pin_memory=torch.cuda.is_available(),
+                             sampler=sampler, drop_last=True)
+        try:
+            done, epoch, norm = 0, 0, 0.0
+            while True:
+                sampler.set_epoch(epoch)
+                for clips, _ in loader:
+                    done += 1
+                    if done == warm:
+                        pids = [w.pid for w in loader._iterator._workers]
+                        cpu, wall, counted = cpu_seconds(pids), time.perf_counter(), done
+                    elif done > warm:
+                        start = time.process_time()
+                        transforms.normalize(clips, modality)
+                        norm += time.process_time() - start
+                        if time.perf_counter() - wall >= seconds:
+                            clips_n = (done - counted) * BATCH
+                            return (clips_n / (cpu_seconds(pids) - cpu), clips_n / (time.perf_counter() - wall),
+                                    norm / clips_n * 1e3)
+                epoch += 1
+        finally:
+            del loader
+
+
+def nvjpeg_rate(root: Path | str, video_ids: list[str], device: torch.device, clips: int = 64,
+                clip_len: int = CLIP_LEN, resize: tuple[int, int] = RESIZE, crop: int = CROP) -> dict[str, float]:
+    """RGB clips/s of the optional GPU path on a jpeg store: a random window's JPEG blobs read on the
+    CPU, decoded by nvJPEG in one batched torchvision.io.decode_jpeg call on `device`, resized, randomly
+    cropped and flipped there, normalised (float, minus the mean). Also the CPU path on one core for
+    the same clips, for the ratio. torchvision is imported here only (the GPU machine's extra)."""
+    import torch.nn.functional as F
+    from torchvision.io import decode_jpeg
+
+    from flow.store import open_store
+
+    store = open_store(root)
+    rng = random.Random(0)
+    readers = [store.open(v) for v in video_ids]
+
+    def blobs() -> list[torch.Tensor]:
+        video = rng.choice(readers)
+        first = rng.randrange(video.num_frames - clip_len + 1)
+        rows = video._rgb_index[first: first + clip_len]
+        return [torch.from_numpy(b.copy()) for b in video._blobs(rows)]
+
+    mean = transforms.mean("rgb").to(device)
+
+    def gpu_clip() -> torch.Tensor:
+        frames = torch.stack(decode_jpeg(blobs(), device=device))  # [T, 3, H, W], RGB
+        frames = F.interpolate(frames.float(), size=resize, mode="bilinear", align_corners=False)
+        top, left = rng.randrange(resize[0] - crop + 1), rng.randrange(resize[1] - crop + 1)
+        clip = frames[:, [2, 1, 0], top:top + crop, left:left + crop]  # BGR, the store's convention
+        if rng.random() < 0.5:
+            clip = clip.flip(-1)
+        return clip.permute(1, 0, 2, 3) - mean
+
+    for _ in range(3):
+        gpu_clip()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(clips):
+        gpu_clip()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    gpu = clips / (time.perf_counter() - start)
+    from streams.clips import ClipDataset
+
+    dataset = ClipDataset(store, [(v, 0) for v in video_ids], "rgb", clip_len, train=True, resize=resize, crop=crop)
+    start = time.process_time()
+    for k in range(clips):
+        transforms.normalize(dataset[(k % len(video_ids), k)][0], "rgb")
+    cpu = clips / (time.process_time() - start)
+    for r in readers:
+        r.close()
+    return {"nvjpeg_clips_s": gpu, "cpu_core_clips_s": cpu, "ratio": gpu / cpu}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--frames", type=int, default=40)
+    parser.add_argument("--clips", type=int, default=3)
+    parser.add_argument("--cache", type=Path, help="the decoded frames and flow (.npz, shared with flow_store.py)")
+    parser.add_argument("--seconds", type=float, default=6.0, help="wall seconds timed per configuration")
+    parser.add_argument("--codecs", nargs="+", default=["jpeg", "png"])
+    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
+    args = parser.parse_args()
+
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from flow_store import load_videos
+
+    cfg = FlowConfig()
+    videos = load_videos(argparse.Namespace(cache=args.cache, data=args.data, frames=args.frames, clips=args.clips),
+                         cfg)
+    tmp = Path(tempfile.mkdtemp(prefix="loader_bench_"))
+    rows = []
+    try:
+        items = []
+        for codec in args.codecs:
+            store = create_store(tmp / codec, codec=codec)
+            for k in range(4):  # 4 ids per clip: a dozen videos to draw from
+                for name, (rgb, flow) in videos.items():
+                    store.write_video(f"c{k}/{name}", rgb, flow)
+                    items.append((f"c{k}/{name}", 0))
+        items = sorted(set(items)) * 20  # an epoch long enough never to drain inside the timed window
+        for workers in args.workers:
+            for modality in ("rgb", "flow"):
+                for codec in args.codecs:
+                    per_core, wall, norm = loader_rate(tmp / codec, items, modality, workers, args.seconds)
+                    rows.append((modality, codec, workers, per_core, wall, norm))
+    finally:
+        shutil.rmtree(tmp)
+    base = {(m, w): pc for m, c, w, pc, _, _ in rows if c == args.codecs[-1]}
+    print(f"\n{len(videos)} clips x 4 ids, {args.frames} frames at {cfg.size}; training clips {CLIP_LEN}x{CROP}x{CROP} "
+          f"from {RESIZE[1]}x{RESIZE[0]}, batch {BATCH}, pinned memory {torch.cuda.is_available()}\n")
+    print(f"| modality | codec | workers | clips/s per worker core (wall clips/s) | vs {args.codecs[-1]} | target "
+          "| normalise, CPU ms/clip |")
+    print("|---|---|---|---|---|---|---|")
+    for modality, codec, workers, per_core, wall, norm in rows:
+        target = TARGETS[modality]
+        verdict = "met" if per_core >= target else "NOT met"
+        print(f"| {modality} | {codec} | {workers} | {per_core:.0f} ({wall:.0f}) | "
+              f"{per_core / base[modality, workers]:.2f}x | >= {target:.0f}: {verdict} | {norm:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
