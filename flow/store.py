@@ -34,8 +34,8 @@ import cv2
 import numpy as np
 
 from flow.codec import CODECS, PNG_PARAMS, CodecError, decode_flow, decode_rgb, encode_flow, encode_rgb, flow_jpeg_blob
-from flow.index import StoreIndex
 from flow.errors import FlowError
+from flow.index import StoreIndex
 from p3dbase.atomic import TEMP_MARKER, fsync_dir, write_bytes, writer_token
 from p3dbase.errors import shown
 
@@ -236,14 +236,14 @@ def _output(out: np.ndarray | None, shape: tuple[int, ...], video_id: str) -> np
     return out
 
 
-        self.video_id = video_id
-        self.path = path
-        try:
-            names = {e.name for e in os.scandir(path)}
 class MmactionFrames(VideoFrames):
     """Reader of one mmaction2 rawframes directory."""
 
     def __init__(self, path: Path, video_id: str):
+        self.video_id = video_id
+        self.path = path
+        try:
+            names = {e.name for e in os.scandir(path)}
         except OSError as e:
             raise FlowError(f"video {video_id}: cannot read {path}: {e.strerror}") from None
         self.origin, self._crcs = self._read_side(names)
@@ -338,14 +338,14 @@ class VideoWriter(ABC):
         return arr
 
     def _check_shape(self, shape: tuple[int, int], what: str) -> None:
-                            f"earlier images were {self.shape[1]}x{self.shape[0]}")
-
-    def stores_jpeg(self, modality: str) -> bool:
-        """Whether the store keeps `modality` ("rgb" or "flow") as JPEG files at its jpeg_quality: then
         if self.shape is None:
             self.shape = tuple(shape)
         elif tuple(shape) != self.shape:
             raise FlowError(f"video {self.video_id}: {what} are {shape[1]}x{shape[0]}, "
+                            f"earlier images were {self.shape[1]}x{self.shape[0]}")
+
+    def stores_jpeg(self, modality: str) -> bool:
+        """Whether the store keeps `modality` ("rgb" or "flow") as JPEG files at its jpeg_quality: then
         JPEGs of the video's size are added as they are (`add_rgb_jpegs`, `add_flow_jpegs`)."""
         if self.store.layout == "mmaction":
             return True
@@ -401,11 +401,11 @@ class VideoWriter(ABC):
             self.commit()
         except BaseException:  # a full disk while finishing: nothing half-written stays
             self.abort()
+            raise
 
     @abstractmethod
     def _put_rgb(self, i: int, frame: np.ndarray) -> None:
         """Store frame `i`."""
-            raise
 
     @abstractmethod
     def _put_flow(self, i: int, flow_u8: np.ndarray) -> None:
@@ -419,14 +419,14 @@ class VideoWriter(ABC):
     def _put_flow_jpegs(self, i: int, x_jpeg: bytes, y_jpeg: bytes) -> None:
         """Store flow image `i`, two JPEG files' bytes."""
 
-
-class PackWriter(VideoWriter):
-    """`<video_id>.pack`: magic, every RGB blob in frame order, every flow blob in order, an int64
-    index of (offset, length) rows (frames, then flows), the uint32 CRC32 of every blob in the same
     @abstractmethod
     def _finish(self) -> None:
         """Make the complete video visible under its final name."""
 
+
+class PackWriter(VideoWriter):
+    """`<video_id>.pack`: magic, every RGB blob in frame order, every flow blob in order, an int64
+    index of (offset, length) rows (frames, then flows), the uint32 CRC32 of every blob in the same
     order, a JSON meta, its length (uint64) and the magic again. Flow blobs wait in a side file until
     commit, so the bytes do not depend on how the video was chunked, nor on time or machine: equal
     inputs give equal files. The frames of a window lie next to each other and are read with one
@@ -700,14 +700,14 @@ class Store:
             os.pwrite(fd, writer_token().encode(), 0)  # who holds it, for a run that waits on it
         except OSError:
             pass  # a full disk: the lock holds all the same
-                os.unlink(path)  # while still held: a waiter on this file then sees it gone
-            except FileNotFoundError:
-                pass
-            os.close(fd)
         try:
             yield True
         finally:
             try:
+                os.unlink(path)  # while still held: a waiter on this file then sees it gone
+            except FileNotFoundError:
+                pass
+            os.close(fd)
 
     def lock_holder(self, video_id: str) -> str:
         """`host-pid` of the process holding the video's lock ("" when unknown)."""
@@ -716,17 +716,20 @@ class Store:
         except OSError:
             return ""
 
-        the videos' locks."""
-        by_dir: dict[Path, dict[str, str]] = {}
-        for video_id in video_ids:
-            final = self.path(video_id)
     def clean_stale(self, video_ids: Sequence[str], *, locked: bool = False) -> int:
         """Delete the temporary files / folders killed writers left for these videos (one
         directory listing per folder); returns how many were removed. A video whose lock another
         process holds is being written: its files are left alone. `locked`: the caller holds
-            by_dir.setdefault(final.parent, {})[final.name] = video_id
+        the videos' locks."""
+        by_dir: dict[str, dict[str, str]] = {}
+        suffix = PACK_SUFFIX if self.layout == "packed" else ""
+        for video_id in video_ids:  # strings, not pathlib: 650,000 ids in a second
+            check_video_id(video_id)
+            parent, _, name = video_id.rpartition("/")
+            by_dir.setdefault(parent, {})[name + suffix] = video_id
         stale: dict[str, list[Path]] = {}
-        for folder, names in by_dir.items():
+        for parent, names in by_dir.items():
+            folder = self.root / parent
             try:
                 entries = [e.name for e in os.scandir(folder) if e.name.startswith(".")]
             except FileNotFoundError:
