@@ -35,13 +35,13 @@ class FlowConfig:
     # (<rawframes_root>/<video_id>/img_00001.jpg ...); "" = the dataset's own paths, which then are
     # frame folders (dataset.list_type = "rawframes").
     rawframes_root: str = ""
+    # source = "rawframes": the bound the flow JPEGs were encoded with (denseflow's and mmaction2's
+    # default is 20); they are decoded with it and re-encoded when the store's `bound` differs.
+    rawframes_bound: float = 20.0
     # source = "rawframes": JPEGs of at least this IJG quality (read from their quantisation table) go
     # into a JPEG store byte for byte when size and bound match; lower ones are decoded and re-encoded
     # at jpeg_quality. 75 keeps EPIC-Kitchens' q88 frames and mmaction2's q95 files as they are.
     rawframes_min_quality: int = 75
-    # source = "rawframes": the bound the flow JPEGs were encoded with (denseflow's and mmaction2's
-    # default is 20); they are decoded with it and re-encoded when the store's `bound` differs.
-    rawframes_bound: float = 20.0
 
     # Where it runs.
     backend: str = "fast"  # "fast" (OpenCV's TV-L1, fused CPU loop), "opencv" (cv2 DualTVL1) or "torch" (GPUs)
