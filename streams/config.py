@@ -16,8 +16,9 @@ ARCH_NAMES = ("p3d63", "p3d131", "p3d199", "p3d_small", "p3d_tiny")  # streams.p
 class ModelConfig:
     arch: str = "p3d199"  # one of ARCH_NAMES
     pretrained: str = ""  # a 2-D ImageNet ResNet state dict (torchvision/timm names); "" = random init
-    init_from: str = ""  # a P3D checkpoint of the same modality (ours, or made by `import-weights`) to
-    # fine-tune: every weight but a new classifier when the classes differ; "" = pretrained or random
+    init_from: str = ""  # a P3D checkpoint of the same modality (ours, or made by `import-weights`), or a
+    # training run folder (its last.pt), to fine-tune: every weight but a new classifier when the classes
+    # differ; "" = pretrained or random
     pretrained_input: str = "torchvision"  # what the 2-D conv1 expects: "torchvision" (RGB 0-1 with
     # ImageNet mean/std, converted to our BGR 0-255 input) or "caffe" (already BGR 0-255 minus mean)
     dropout_rgb: float = 0.5  # official Kinetics deploy nets: 0.5 RGB, 0.7 flow
@@ -53,12 +54,15 @@ class TrainConfig:
     # Optimisation. batch_size is the global batch: each of N DDP processes takes batch_size / N.
     batch_size: int = 32  # clips per optimiser step, over all processes
     epochs: int = 30  # passes over the training videos, one random clip per video each
+    # > 0: the schedule counted in optimiser steps, as Caffe solvers state it (the paper's Sports-1M:
+    # 150K): train this many steps, lr_steps are steps; `epochs` is then unused. 0 = epochs.
+    iterations: int = 0
     max_steps: int = 0  # stop after this many steps (the schedule stays the full one); 0 = no limit
     lr: float = 0.001  # SGD learning rate (fc: x fc_lr_mult; flow conv1: x flow_conv1_lr_mult)
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 5e-4  # on conv and fc weights; none on biases and BN scale/shift
     schedule: str = "step"  # "step" (x lr_gamma at each of lr_steps) or "cosine" (to 0 at the end)
-    lr_steps: list[float] = field(default_factory=lambda: [12.0, 24.0])  # epochs
+    lr_steps: list[float] = field(default_factory=lambda: [12.0, 24.0])  # epochs (steps with `iterations`)
     lr_gamma: float = 0.1  # schedule = "step": the factor at each of lr_steps
     warmup_epochs: float = 0.0  # linear warm-up from 0
     fc_lr_mult: float = 10.0  # fc weights (bias: twice this, as Caffe's lr_mult 10/20)
@@ -95,7 +99,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "checkpoint_every", "workers", "threads", "weight_decay", "warmup_epochs"):
+        for name in ("max_steps", "iterations", "checkpoint_every", "workers", "threads", "weight_decay",
+                     "warmup_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0:
