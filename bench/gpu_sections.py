@@ -276,9 +276,10 @@ def environment(device: torch.device) -> dict[str, Any]:
            "nccl": nccl() if device.type == "cuda" else None, "triton": version("triton"),
            "opencv": cv2.__version__, "cv2.optflow": hasattr(cv2, "optflow"), "compiler": compiler,
            "cpu_cores": _cores(), "device": "cpu",
-           # the optional packages the project may import: absent ones are wheels to carry (docs/gpu.md)
+           # the packages the project imports beyond the GPU image's usual set, each lazily with a
+           # fallback or in one section only: absent ones are wheels to carry (docs/gpu.md)
            "optional": {m: version(m) or ("present" if _importable(m) else None)
-                        for m in ("jinja2", "pyarrow", "nvidia.nvjpeg", "turbojpeg", "simplejpeg")}}
+                        for m in ("jinja2", "simplejpeg", "pyarrow")}}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         name = torch.cuda.get_device_name(device)
