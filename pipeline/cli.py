@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import shlex
 import sys
 from pathlib import Path
 
 from p3dbase.errors import P3DError
+from p3dbase.runlog import run_log
 
 STAGE_HELP = {
     "synth": "generate the SynthActions benchmark (videos, splits, ground-truth flow)",
@@ -105,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline import config_reference, stages, tools_cli
     from pipeline.config import load_config
 
+    log = contextlib.ExitStack()
     try:
         cfg = load_config(args.config, args.overrides, run=getattr(args, "run", None))
+        log.enter_context(stage_log(args, cfg, sys.argv[1:] if argv is None else argv))
         if args.stage in tools_cli.COMMANDS:
             return tools_cli.run(args, cfg)  # 1 when predict or features failed on some videos
         elif args.stage == "config":
@@ -132,4 +138,33 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        log.close()  # after the error line: the log ends with it
     return 0
+
+LOGGED = ("synth", "flow", "train", "eval", "transfer")
+
+
+def stage_log(args: argparse.Namespace, cfg, argv: list[str]) -> contextlib.AbstractContextManager:
+    """The stage's own log beside its output (p3dbase.runlog): `<out>/<stage>.log`, appended; none for
+    the tools, for the processes of torchrun but rank 0, or where the output folder cannot be made (the
+    stage then says why)."""
+    from pipeline import stages
+
+    if args.stage not in LOGGED or int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    if args.stage == "synth":
+        if not cfg.dataset.root:
+            return contextlib.nullcontext()
+        folder = Path(cfg.dataset.root)
+    else:
+        folder = {"flow": lambda: stages.flow_dir(cfg), "train": lambda: stages.run_dir(cfg) / "train" / args.stream,
+                  "eval": lambda: Path(args.out) if getattr(args, "out", None) else stages.eval_dir(cfg),
+                  "transfer": lambda: stages.transfer_dir(cfg)}[args.stage]()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return contextlib.nullcontext()
+    index, count = getattr(args, "shard", (0, 1))
+    name = args.stage + (f"-shard-{index}-of-{count}" if count > 1 else "") + ".log"
+    return run_log(folder / name, " ".join(["python -m pipeline", *map(shlex.quote, argv)]))

@@ -18,7 +18,8 @@ lie on disk so that the real readers read them:
   objects filling the view.
 
 Sizes keep `make transfer` within a few minutes on 2 CPU cores. Each set is written to a hidden
-temporary folder and renamed when complete, so a killed run redoes at most the set it was writing.
+temporary folder and renamed when complete, so a killed run redoes at most the set it was writing;
+the next run deletes the temporary folder it left.
 """
 from __future__ import annotations
 
@@ -31,16 +32,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from p3dbase.atomic import atomic_path, write_text
+from p3dbase.atomic import TEMP_MARKER, atomic_path, remove_quietly, write_text
+from p3dbase.lock import try_lock
 from p3dbase.progress import progress_bar
 from pipeline.errors import PipelineError
 from pipeline.synth.config import SynthConfig
 from pipeline.synth.design import APPEARANCES, MOTIONS
+from pipeline.synth.generate import check_written_video
 from pipeline.synth.render import render_clip
 
 SETS = ("aslan", "activitynet", "scenes")
 FRAME_SIZE = 64  # px, square, as SynthActions
 MARKER = "companions.json"  # the settings a set was made with; present only in a complete set
+LOCK = ".companions.lock"  # held while writing: one run at a time, and its leftovers are known stale
 ASLAN_SPLITS, ASLAN_CLASSES_PER_SPLIT, ASLAN_CLIPS_PER_CLASS = 10, 3, 3
 ASLAN_FRAMES, ASLAN_SHORT_FRAMES = 20, 10
 ANET_CLASSES = ["RedZoomIn", "YellowUp", "CyanRotate", "MagentaOscillate", "GreenZoomOut", "BlueDown"]
@@ -73,15 +77,18 @@ def _clip(cfg: SynthConfig, name: str, group: int, clip: int, frames: int) -> np
 
 
 def write_video(path: Path, frames: np.ndarray, fps: float = 25.0, grey: bool = False) -> None:
-    """FFV1 (lossless) AVI; `grey` writes one channel, which decoders hand back as three equal ones."""
+    """FFV1 (lossless) AVI; `grey` writes one channel, which decoders hand back as three equal ones.
+    Read back before it gets its name (OpenCV's writer fails silently on a full disk)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     height, width = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), fps, (width, height), isColor=not grey)
-    if not writer.isOpened():
-        raise PipelineError(f"{path}: OpenCV {cv2.__version__} cannot write FFV1 video")
-    for frame in frames:
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if grey else frame)
-    writer.release()
+    with atomic_path(path, keep_suffix=True) as tmp:
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"FFV1"), fps, (width, height), isColor=not grey)
+        if not writer.isOpened():
+            raise PipelineError(f"{path}: OpenCV {cv2.__version__} cannot write FFV1 video")
+        for frame in frames:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if grey else frame)
+        writer.release()
+        check_written_video(tmp, path, len(frames))
 
 
 def _aslan(folder: Path, cfg: SynthConfig, rng: np.random.Generator) -> int:
@@ -159,17 +166,25 @@ def generate_companions(root: Path | str, seed: int = 0) -> CompanionsSummary:
                           ASLAN_SHORT_FRAMES],
                 "activitynet": [ANET_VIDEOS, ANET_SEGMENT], "scenes": [SCENE_VIDEOS, SCENE_FRAMES]}
     written, kept = [], []
-    for k, name in enumerate(progress_bar(SETS, desc="companions", unit="set", leave=False)):
-        folder = root / name
-        marker = folder / MARKER
-        if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == settings:
-            kept.append(name)
-            continue
-        with atomic_path(folder) as tmp:
-            tmp.mkdir(parents=True)
-            WRITERS[name](tmp, cfg, np.random.default_rng([seed, k]))
-            (tmp / MARKER).write_text(json.dumps(settings), encoding="utf-8")
-        written.append(name)
+    root.mkdir(parents=True, exist_ok=True)
+    with try_lock(root / LOCK) as holder:
+        if holder is not None:
+            raise PipelineError(f"{root}: the companions are being written by process {holder}; wait for it, "
+                                "or stop it and re-run")
+        # Holding the lock, nobody else writes here: what a killed run left is stale.
+        for stale in root.glob(f".*{TEMP_MARKER}*"):
+            remove_quietly(stale)
+        for k, name in enumerate(progress_bar(SETS, desc="companions", unit="set", leave=False)):
+            folder = root / name
+            marker = folder / MARKER
+            if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == settings:
+                kept.append(name)
+                continue
+            with atomic_path(folder) as tmp:
+                tmp.mkdir(parents=True)
+                WRITERS[name](tmp, cfg, np.random.default_rng([seed, k]))
+                (tmp / MARKER).write_text(json.dumps(settings), encoding="utf-8")
+            written.append(name)
     summary = CompanionsSummary(root, written, kept, time.perf_counter() - started)
     print(summary, flush=True)
     return summary

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -13,14 +15,17 @@ import numpy as np
 from tqdm import tqdm
 
 from flow.formats import write_flo
-from p3dbase.atomic import atomic_path, write_text
+from p3dbase.atomic import atomic_path, disk_full, write_text
 from p3dbase.progress import progress_bar
 from pipeline.errors import PipelineError
 from pipeline.synth.config import SynthConfig
 from pipeline.synth.render import render_clip
 
 MANIFEST = "synth.json"
+LOG = "synth.log"  # the run's own log (p3dbase.runlog), which the CLI starts before the stage
 OUTPUTS = ("videos", "flow_gt", "annotations")
+# Free bytes below which a video that did not come out whole is put down to a full disk.
+DISK_MARGIN = 16 << 20
 
 
 @dataclass
@@ -90,7 +95,9 @@ def _claim(out_root: Path, cfg: SynthConfig, force: bool) -> None:
             raise PipelineError(f"{out_root} holds SynthActions made with other settings "
                                 f"({', '.join('synth.' + k for k in changed)}): regenerate it with --force "
                                 "(force=True), or choose another dataset.root")
-    elif out_root.is_dir() and any(p.name != "config.toml" for p in out_root.iterdir()):
+    elif out_root.exists() and not out_root.is_dir():
+        raise PipelineError(f"dataset.root {out_root} is a file: name the folder SynthActions is written to")
+    elif out_root.is_dir() and any(p.name not in ("config.toml", LOG) for p in out_root.iterdir()):
         raise PipelineError(f"{out_root} is not empty and holds no SynthActions ({MANIFEST}): refusing to "
                             "write into it; choose a new folder for dataset.root")
     if force:
@@ -129,6 +136,28 @@ def _write_video(path: Path, frames: np.ndarray, cfg: SynthConfig) -> None:
         for frame in frames:
             writer.write(frame)
         writer.release()
+        check_written_video(tmp, path, len(frames))
+
+
+def check_written_video(written: Path, path: Path, frames: int) -> None:
+    """Read back what a cv2.VideoWriter wrote to `written` (the temporary name of `path`): OpenCV's
+    writer fails silently (a full disk leaves a 0-byte or truncated file), so a video that does not
+    decode to its `frames` frames is an error here, before it gets its final name. DiskFullError
+    when the disk is (nearly) full, PipelineError otherwise."""
+    got = 0
+    capture = cv2.VideoCapture(str(written))
+    try:
+        while capture.isOpened() and capture.grab():
+            got += 1
+    finally:
+        capture.release()
+    if got == frames:
+        return
+    size = written.stat().st_size if written.exists() else 0
+    if shutil.disk_usage(written.parent).free < DISK_MARGIN:
+        raise disk_full(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    raise PipelineError(f"{path}: OpenCV wrote a video that decodes to {got} of its {frames} frames ({size} bytes); "
+                        "nothing was kept under its name: re-run to write it again")
 
 
 def _write_annotations(folder: Path, cfg: SynthConfig, classes: list[str]) -> None:

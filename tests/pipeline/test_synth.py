@@ -309,3 +309,88 @@ def test_codecs(tmp_path, codec, tolerance):
     assert frames.shape == expected.shape
     assert np.abs(frames.astype(int) - expected).mean() <= tolerance
     assert not (tmp_path / "flow_gt").exists()
+
+
+class _SilentWriter:
+    """cv2.VideoWriter on a full disk: opens, takes every frame, writes nothing, says nothing."""
+
+    def __init__(self, path, *args, **kwargs):
+        Path(path).write_bytes(b"")
+
+    def isOpened(self):
+        return True
+
+    def set(self, *args):
+        return True
+
+    def write(self, frame):
+        pass
+
+    def release(self):
+        pass
+
+
+@pytest.mark.parametrize("free, error", [(0, "disk full"), (1 << 40, "decodes to 0 of its 20 frames")])
+def test_a_video_opencv_failed_to_write_never_gets_its_name_and_the_rerun_writes_it(tmp_path, monkeypatch,
+                                                                                    free, error):
+    import importlib
+    from types import SimpleNamespace
+
+    from p3dbase.errors import P3DError
+
+    gen = importlib.import_module("pipeline.synth.generate")  # the module, not the function of that name
+
+    shim = SimpleNamespace(**{name: getattr(cv2, name) for name in dir(cv2) if not name.startswith("__")})
+    shim.VideoWriter = _SilentWriter
+    monkeypatch.setattr(gen, "cv2", shim)
+    monkeypatch.setattr(gen.shutil, "disk_usage", lambda path: SimpleNamespace(free=free))
+    root = tmp_path / "s"
+    with pytest.raises(P3DError, match=error) as err:
+        generate(SynthConfig.tiny(), root)
+    assert "\n" not in str(err.value)
+    assert not list(root.rglob("*.avi")) and not list(root.rglob(".*.tmp-*"))
+    monkeypatch.undo()
+    summary = generate(SynthConfig.tiny(), root)
+    assert summary.generated == 24 and all(len(decode(v)) == 20 for v in root.rglob("*.avi"))
+
+
+def test_companions_delete_what_a_killed_run_left_and_refuse_a_second_writer(tmp_path, monkeypatch):
+    from p3dbase.lock import try_lock
+    from pipeline.synth import companions
+
+    for name, value in dict(FRAME_SIZE=32, ASLAN_CLASSES_PER_SPLIT=2, ASLAN_CLIPS_PER_CLASS=2, ASLAN_FRAMES=6,
+                            ASLAN_SHORT_FRAMES=3, ANET_VIDEOS={"training": 4, "validation": 2, "testing": 1},
+                            ANET_SEGMENT=4, SCENE_VIDEOS=2, SCENE_FRAMES=6).items():
+        monkeypatch.setattr(companions, name, value)
+    killed = tmp_path / ".scenes.tmp-otherhost-123-0"  # what atomic_path leaves when its writer is killed
+    (killed / "RedUp").mkdir(parents=True)
+    (killed / "RedUp/half.avi").write_bytes(b"x")
+    companions.generate_companions(tmp_path)
+    assert not killed.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["activitynet", "aslan", "scenes"]
+    with try_lock(tmp_path / companions.LOCK) as holder:
+        assert holder is None
+        with pytest.raises(PipelineError, match=r"the companions are being written by process \d+"):
+            companions.generate_companions(tmp_path)
+
+
+def test_the_synth_stage_keeps_its_own_log_and_refuses_a_file_as_root(tmp_path, capsys):
+    from pipeline.cli import main
+
+    repo = Path(__file__).resolve().parents[2]
+    root = tmp_path / "s"
+    args = ["synth", "--config", str(repo / "configs/tiny.toml"), "--set", f"dataset.root={root}",
+            "--set", "synth.groups=3", "--set", "synth.clips_per_group=1", "--set", "synth.frames=4"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    log = (root / "synth.log").read_text(encoding="utf-8").splitlines()
+    assert log[0].startswith("==== ") and log[0].endswith(" ".join(["python -m pipeline", *args[:3]]) + " --set "
+                                                           + " --set ".join(args[4::2]))
+    assert out.strip() in log and "\r" not in "".join(log) and log[-1].startswith("==== ended after")
+    assert main([*args, "--set", "synth.frames=5"]) == 2  # other settings without --force: refused
+    log = (root / "synth.log").read_text(encoding="utf-8").splitlines()
+    assert log[-2].startswith(f"error: {root} holds SynthActions made with other settings (synth.frames)")
+    (tmp_path / "file").write_text("x")
+    capsys.readouterr()
+    assert main([*args[:3], "--set", f"dataset.root={tmp_path / 'file'}"]) == 2
+    assert capsys.readouterr().err == f"error: dataset.root {tmp_path / 'file'} is a file: name the folder " \
+                                      "SynthActions is written to\n"
