@@ -28,6 +28,8 @@ from pipeline.transfer.benchmarks import check_transfer_config, read_benchmark
 from pipeline.transfer.report import TransferReport, write_report
 from streams.train import StreamData, train_stream
 
+MISSING = "missing.txt"  # in the store: the listed videos not found under dataset.root, one a line
+
 
 def flow_dir(cfg: Config) -> Path:
     return cfg.work / "flow"
@@ -113,9 +115,10 @@ def synth_stage(cfg: Config, *, force: bool = False) -> None:
 def flow_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1), force: bool = False,
                strict: bool = False) -> FlowSummary:
     dataset = read_dataset(cfg.dataset)
+    out = flow_dir(cfg)
     if dataset.missing:
-        print(f"{len(dataset.missing)} video(s) listed in the annotations are not under "
-              f"{dataset.root} and are skipped, e.g. {', '.join(dataset.missing[:3])}")
+        print(f"{len(dataset.missing)} video(s) listed in the annotations are not under {dataset.root} and "
+              f"are skipped (all listed in {out / MISSING}), e.g. {', '.join(dataset.missing[:3])}")
     # source = "rawframes": each video's frame folder, under flow.rawframes_root or the dataset's own path
     frames_root = Path(cfg.flow.rawframes_root) if cfg.flow.source == "rawframes" and cfg.flow.rawframes_root else None
     jobs = [FlowJob(v.video_id, frames_root / v.video_id if frames_root else v.path)
@@ -123,9 +126,10 @@ def flow_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1), force: bool = Fa
     # Refused files (a link out of the root, an odd name) are listed in the manifest as failed, with why.
     jobs += [FlowJob(video_id_of(PurePosixPath(rel)), dataset.root / rel, error=f"refused: {why}")
              for rel, why in dataset.refused]
-    out = flow_dir(cfg)
     summary = run_flow(jobs, out, cfg.flow, shard=shard, force=force, strict=strict,
                        on_start=lambda: write_resolved(cfg, out))  # once the store accepted the settings
+    # One file, not a line each: Sports-1M lists about 100k videos no longer online.
+    write_text(out / MISSING, "".join(f"{video}\n" for video in dataset.missing))
     if cfg.flow.store == "mmaction" and shard[1] == 1:
         for path in write_mmaction_lists(cfg, out):
             print(f"flow: mmaction2 list {path}")

@@ -188,3 +188,59 @@ def test_real_labels_txt(shared_data):
     assert names[0] == "boomerang" and names[486] == "model aircraft"  # the README's first and last
     assert names[49] == "trampolining" and names[26] == "tumbling (gymnastics)"  # the README's fold example
     assert "yağlı güreş" in names  # UTF-8, as the release says
+
+
+def test_flow_train_eval_on_a_tiny_sports1m(tmp_path, capsys):
+    """configs/sports1m.toml end to end on SynthActions videos renamed as YouTube ids: the flow stage
+    lists the unavailable videos in one file, the RGB stream trains on multi-label videos for the
+    configured number of iterations, eval scores seeded random clips and sets the paper's table beside ours."""
+    import csv
+    import shutil
+
+    from pipeline.cli import main
+    from streams.checkpoint import read_checkpoint
+    from tests.pipeline.test_stages import REPO, TINY
+
+    synth = tmp_path / "synth"
+    assert main(["synth", "--config", str(REPO / "configs/synth.toml"), "--set", f"dataset.root={synth}",
+                 *[x for item in TINY if item.startswith("synth.") for x in ("--set", item)]]) == 0
+    sources = sorted(p for p in synth.rglob("*_c01.avi") if "_g02_" not in p.name)  # 4 train (g01), 4 test (g03)
+    classes = sorted({p.parent.name for p in sources})  # 4 classes: appearance x motion
+    root = tmp_path / "videos"
+    root.mkdir()
+    lines = {"train": [], "test": []}
+    for k, path in enumerate(sources):
+        video = f"v{k:02d}-{path.stem[-7:]}_x"  # ids with '-' and '_'
+        shutil.copy(path, root / f"{video}.avi")
+        label = str(classes.index(path.parent.name))
+        if k % 3 == 0:
+            label += f",{(int(label) + 1) % len(classes)}"  # a multi-label video
+        lines["test" if "g03" in path.stem else "train"].append(f"{URL}{video} {label}")
+    lines["train"].append(f"{URL}not_online1 0")
+    ann = tmp_path / "release"
+    write(ann / "labels.txt", classes)
+    write(ann / "original/train_partition.txt.gz", lines["train"], gz=True)
+    write(ann / "original/test_partition.txt.gz", lines["test"], gz=True)
+    work = tmp_path / "work"
+    tiny = [x for item in TINY if not item.startswith(("synth.", "eval.clips", "train.epochs"))
+            for x in ("--set", item)]
+    sets = ["--config", str(REPO / "configs/sports1m.toml"), "--set", f"work_dir={work}", "--set",
+            f"dataset.root={root}", "--set", f"dataset.annotations={ann}", "--set", "model.arch=p3d_tiny",
+            "--set", "model.pretrained=", "--set", "train.iterations=3", "--set", "train.lr_steps=[2.0]",
+            "--set", "eval.clips=3", *tiny]
+    assert main(["flow", *sets]) == 0
+    assert (work / "flow/missing.txt").read_text() == "not_online1\n"
+    assert main(["train", "--stream", "rgb", *sets]) == 0
+    ckpt = read_checkpoint(work / "train/rgb/split1/last.pt")
+    assert ckpt.step == 3 and ckpt.classes == classes
+    evaluate = ["eval", "--rgb", str(work / "train/rgb/split1"), "--out", str(work / "eval")]
+    assert main([*evaluate, *sets]) == 0
+    rows = list(csv.DictReader(open(work / "eval/results.csv")))
+    assert [r["method"] for r in rows] == ["rgb"] and rows[0]["videos"] == "4"
+    assert "3 random (seed 0) clips x center crop" in rows[0]["details"]
+    results = (work / "eval/results.md").read_text()
+    assert "| P3D ResNet (paper) | 47.9 | 66.4 | 87.4 |" in results and "| ours: rgb |" in results
+    first = (work / "eval/scores.csv").read_bytes()
+    shutil.rmtree(work / "eval/cache")  # computed again, not read back: the same random clips again
+    assert main([*evaluate, *sets]) == 0
+    assert (work / "eval/scores.csv").read_bytes() == first
