@@ -26,7 +26,8 @@ import hashlib
 import json
 import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ import torch
 from flow.errors import FlowError
 from flow.store import Store, open_store
 from flow.video import opencv_single_thread
+from fusion.errors import FusionError
 from fusion.report import save_npz
 from fusion.scoring import ClipGeometry, StreamRunner, num_positions
 from fusion.views import CROP_POSITIONS, View, ViewPlan
@@ -271,12 +273,18 @@ def default_jobs(jobs: int, device: torch.device) -> int:
 
 
 def map_videos(spec: PoolSpec, tasks: Sequence[Any], jobs: int = 0, desc: str = "network", unit: str = "video",
-               leave: bool = True, on_result: Callable[[Any], None] | None = None) -> Iterator[Any]:
-    """`spec.work(worker, task)` for every task, in `jobs` processes (default_jobs), yielding the
+               leave: bool = True, scheduler: str = "") -> Iterator[Any]:
+    """`spec.work(worker, task)` for every task, in `jobs` processes (default_jobs), or on the Dask
+    cluster at `scheduler` ("tcp://host:8786", as `[flow] scheduler` runs the flow stage), yielding the
     results as they finish, with a progress bar. An exception a worker raises (a full disk) stops
     the run and is raised here."""
     workers = min(default_jobs(jobs, spec.device), len(tasks))
     with progress_bar(total=len(tasks), desc=desc, unit=unit, leave=leave) as bar:
+        if scheduler and tasks:
+            for result in _dask_map(spec, tasks, scheduler):
+                yield result
+                bar.update()
+            return
         if workers <= 1:
             threads = torch.get_num_threads()
             try:
@@ -313,12 +321,29 @@ def _call(task: Any) -> Any:
     return _WORKER["work"](_WORKER["worker"], task)
 
 
-def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+_DASK = threading.local()  # a Dask worker thread's Worker, built on its first task of a spec
+
+
+def run_one(spec: PoolSpec, task: Any) -> Any:
+    """One task on a Dask worker: the models are loaded once per worker thread and spec."""
+    if getattr(_DASK, "spec", None) != spec:
+        store = open_store(spec.store_root) if spec.store_root is not None else None
+        _DASK.worker = Worker(Engine(spec.streams, spec.batch_views, spec.device, spec.layers), store, spec.context)
+        _DASK.spec = spec
+    return spec.work(_DASK.worker, task)
+
+
+def _dask_map(spec: PoolSpec, tasks: Sequence[Any], scheduler: str) -> Iterator[Any]:
+    try:
+        import joblib
+        from distributed import Client
+    except ImportError:
+        raise FusionError(f"flow.scheduler = {scheduler!r} needs dask.distributed: "
+                          "pip install 'p3d-two-stream[dist]'") from None
+    try:
+        client = Client(scheduler)  # waits distributed.comm.timeouts.connect (dask config)
+    except (OSError, TimeoutError) as e:
+        raise FusionError(f"flow.scheduler: cannot reach the Dask scheduler at {scheduler}: {e}") from None
+    with client, joblib.parallel_config(backend="dask"):
+        yield from joblib.Parallel(n_jobs=-1, return_as="generator_unordered")(
+            joblib.delayed(run_one)(spec, task) for task in tasks)

@@ -274,7 +274,8 @@ def extract_snippet_features(sources: Sequence[Path | str], checkpoints: dict[st
     summary = SnippetSummary(len(mine), 0, len(done_before), 0, out=out)
     spec = PoolSpec(streams, cfg.batch_views, device, _work, context)
     try:
-        for video_id, status, detail in map_videos(spec, todo, cfg.jobs, desc="features", unit="video"):
+        for video_id, status, detail in map_videos(spec, todo, cfg.jobs, desc="features", unit="video",
+                                                   scheduler=flow_cfg.scheduler):
             if status == "done":
                 summary.computed += 1
             elif status == "done before":

@@ -3,6 +3,7 @@ buffer, flow once per pair, the output folder (resume, two processes, shards) an
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import multiprocessing
 import time
@@ -232,6 +233,21 @@ def test_two_processes_on_one_folder_lose_nothing_and_write_nothing_twice(ckpts,
     rows = {r["video_id"]: r["status"] for r in csv.DictReader((out / "manifest.csv").open())}
     assert sorted(rows.values()) == ["done"] * 6 + ["failed"]
     assert not list(out.rglob(".*.tmp-*")) and not list((out / ".locks").rglob("*.lock"))
+
+
+def test_a_dask_cluster_computes_the_same_features(ckpts, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    videos = _videos(tmp_path / "videos", count=2)
+    rgb = {"rgb": ckpts["rgb"]}
+    extract_snippet_features([videos], rgb, tmp_path / "local", FAST_FLOW, CFG, stride=2)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp",
+                                  host="127.0.0.1", dashboard_address=None) as cluster:
+        flow_cfg = dataclasses.replace(FAST_FLOW, scheduler=cluster.scheduler_address)
+        summary = extract_snippet_features([videos], rgb, tmp_path / "dask", flow_cfg, CFG, stride=2)
+    assert (summary.computed, len(summary.failures)) == (2, 1)
+    for video_id in ("c0/v0", "c1/v1"):
+        np.testing.assert_array_equal(np.load(tmp_path / "dask" / f"{video_id}.npy"),
+                                      np.load(tmp_path / "local" / f"{video_id}.npy"))
 
 
 def test_predict_timeline_tables_and_picture(ckpts, tmp_path):
