@@ -6,6 +6,8 @@ annotations and is skipped like videos that were never downloaded."""
 from __future__ import annotations
 
 import json
+import logging
+import math
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -13,6 +15,8 @@ from pipeline.datasets.config import DatasetConfig
 from pipeline.datasets.files import Entry, build, check_file, check_root, index_videos
 from pipeline.datasets.records import Dataset
 from pipeline.errors import DatasetError
+
+log = logging.getLogger("pipeline.datasets")
 
 SUBSETS = {"training": "train", "validation": "val", "testing": "test"}
 
@@ -38,9 +42,10 @@ def _labels(info: dict[str, Any], where: str) -> list[str]:
         segment = ann.get("segment") if isinstance(ann, dict) else None
         label = ann.get("label") if isinstance(ann, dict) else None
         if (not isinstance(label, str) or not label or not isinstance(segment, list) or len(segment) != 2
-                or not all(isinstance(s, (int, float)) for s in segment) or segment[0] > segment[1]):
+                or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s)
+                           for s in segment) or segment[0] > segment[1]):
             raise DatasetError(f"{where}.annotations[{i}]: expected {{segment: [start, end], label}} "
-                               f"with start <= end, got {ann!r}")
+                               f"with finite times, start <= end, got {ann!r}")
         if label not in labels:
             labels.append(label)
     return labels
@@ -50,9 +55,14 @@ def read_activitynet(cfg: DatasetConfig, split: str) -> Dataset:
     root = check_root(cfg.root, "activitynet")
     path = check_file(Path(cfg.annotations), "ActivityNet annotation JSON")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys(path))
+        data = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_no_duplicate_keys(path))
     except json.JSONDecodeError as err:
         raise DatasetError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from None
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); JSON files are UTF-8") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: nested too deeply to be ActivityNet JSON (database -> video -> "
+                           "annotations is three levels)") from None
     database = data.get("database") if isinstance(data, dict) else None
     if not isinstance(database, dict):
         raise DatasetError(f"{path}: no 'database' object (expected ActivityNet v1.3 JSON)")
@@ -71,6 +81,9 @@ def read_activitynet(cfg: DatasetConfig, split: str) -> Dataset:
     entries, skipped = [], []
     for video, labels, subset, where in videos:
         found = files.get(f"v_{video}") or files.get(video)
+        if files.get(f"v_{video}") and files.get(video):
+            log.warning("%s: %s and %s hold the same video %s; using the first (the crawler's v_ name)",
+                        root, files[f"v_{video}"], files[video], video)
         if not labels:
             skipped.append(f"{video} (no label)")
         elif found is None:
@@ -81,4 +94,10 @@ def read_activitynet(cfg: DatasetConfig, split: str) -> Dataset:
     if not entries:
         raise DatasetError(f"none of the {len(videos)} labelled videos in {path} were found under {root} "
                            "(looked up as v_<id>.<ext> or <id>.<ext>)")
+    trained = {classes[label] for entry in entries if entry.split == "train" for label in entry.labels}
+    unseen = sorted({classes[label] for entry in entries if entry.split != "train" for label in entry.labels} - trained)
+    if trained and unseen:  # no classifier can name them: those labels count as misses
+        log.warning("%s: %d class(es) of the validation/testing videos have no training video (%s%s): "
+                    "a classifier cannot predict them", path, len(unseen), ", ".join(unseen[:5]),
+                    " ..." if len(unseen) > 5 else "")
     return build("activitynet", root, classes, entries, split, str(path), skipped)

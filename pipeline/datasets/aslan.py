@@ -12,6 +12,7 @@ line naming the file.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -20,6 +21,8 @@ from pipeline.datasets.config import DatasetConfig
 from pipeline.datasets.files import VIDEO_EXTENSIONS, Entry, build, check_file, check_root
 from pipeline.datasets.records import Dataset
 from pipeline.errors import DatasetError
+
+log = logging.getLogger("pipeline.datasets")
 
 VARIABLE = "action_splits_pairs"
 COLUMNS = 5  # id 1, id 2, same, action 1, action 2
@@ -34,13 +37,16 @@ def clip_name(video_id: int) -> str:
 def read_view2(path: Path | str) -> np.ndarray:
     """The View-2 pairs: int64 [pairs, 5, 10] from `action_splits_pairs` of a MATLAB file."""
     from scipy.io import loadmat  # scipy comes with scikit-learn; only this reader needs it here
+    from scipy.io.matlab import MatReadError
 
     path = check_file(Path(path), "ASLAN View-2 file (Views/View2.mat)")
+    if path.stat().st_size == 0:
+        raise DatasetError(f"{path}: the file is empty (0 bytes); copy View2.mat again")
     try:
         data = loadmat(str(path))
     except NotImplementedError:  # MATLAB v7.3 files are HDF5
         raise DatasetError(f"{path}: a MATLAB v7.3 (HDF5) file; save it with -v7 or earlier") from None
-    except (ValueError, TypeError, OSError, IndexError, KeyError, EOFError) as err:
+    except (MatReadError, ValueError, TypeError, OSError, IndexError, KeyError, EOFError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DatasetError(f"{path}: not a readable MATLAB file: {first}") from None
     if VARIABLE not in data:
@@ -64,11 +70,20 @@ def read_view2(path: Path | str) -> np.ndarray:
 
 
 def _index_clips(root: Path) -> dict[int, Path]:
-    """Clip id -> file for every video named by a number directly under root."""
-    clips: dict[int, Path] = {}
+    """Clip id -> file for every video named by a number directly under root. Several files of one id
+    (`1.avi`, `0001.avi`, `0001.mp4`): ASLAN's own name (4 digits) first, then by extension in sorted
+    order, with a warning naming them all."""
+    found: dict[int, list[Path]] = {}
     for path in sorted(root.iterdir()):
         if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS and path.stem.isdigit():
-            clips.setdefault(int(path.stem), path)
+            found.setdefault(int(path.stem), []).append(path)
+    clips: dict[int, Path] = {}
+    for video_id, paths in found.items():
+        paths.sort(key=lambda p: (p.stem != clip_name(video_id), p.suffix.lower() != ".avi", p.name))
+        clips[video_id] = paths[0]
+        if len(paths) > 1:
+            log.warning("%s: clip %s has %d files (%s); using %s", root, clip_name(video_id), len(paths),
+                        ", ".join(p.name for p in paths), paths[0].name)
     return clips
 
 

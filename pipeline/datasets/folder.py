@@ -4,9 +4,11 @@ root/{train,val,test}/<class>/<video>. Classes are the sorted class-folder names
 Hidden files and folders (`.DS_Store`, macOS `._x.mp4` metadata) are not videos and are skipped.
 A video whose name cannot be a video id (not UTF-8, a backslash, a control character), a link out
 of the root, a dangling link, a FIFO, or a linked folder (not followed) is refused with the reason
-(`Dataset.refused`) and the rest is read."""
+(`Dataset.refused`) and the rest is read. So is a video lying beside the class folders (it has no
+class); a class folder without any video is no class, with a warning naming it."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path, PurePosixPath
 
@@ -15,6 +17,8 @@ from pipeline.datasets.config import DatasetConfig
 from pipeline.datasets.files import VIDEO_EXTENSIONS, Entry, build, check_root, name_problem
 from pipeline.datasets.records import Dataset
 from pipeline.errors import DatasetError
+
+log = logging.getLogger("pipeline.datasets")
 
 SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 
@@ -36,6 +40,11 @@ def read_folder(cfg: DatasetConfig, split: str) -> Dataset:
     found = []  # (class, relative path, subset)
     refused: list[tuple[str, str]] = []
     for base, subset in bases:
+        for name in sorted(os.listdir(base)):  # a video beside the class folders has no class
+            if not name.startswith(".") and (base / name).is_file() \
+                    and os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS:
+                refused.append((shown((base / name).relative_to(root).as_posix()),
+                                "not in a class folder: its class is the folder it lies in"))
         for cls in _folders(base):
             for folder, dirs, files in os.walk(base / cls):  # links to folders are not followed
                 here = Path(folder)
@@ -55,6 +64,10 @@ def read_folder(cfg: DatasetConfig, split: str) -> Dataset:
     if not found and not refused:
         raise DatasetError(f"{shown(root)}: no videos in class folders (looked for {', '.join(VIDEO_EXTENSIONS)})")
     classes = sorted({cls for cls, _, _ in found})
+    empty = sorted({shown(cls) for base, _ in bases for cls in _folders(base)} - set(classes))
+    if empty and found:
+        log.warning("%s: %d class folder(s) hold no video and are not classes: %s%s", shown(root), len(empty),
+                    ", ".join(empty[:5]), " ..." if len(empty) > 5 else "")
     label_of = {c: i for i, c in enumerate(classes)}
     entries = [Entry(rel, (label_of[cls],), subset, str(root / rel)) for cls, rel, subset in found]
     return build("folder", root, classes, entries, split, shown(root), refused=refused)

@@ -446,3 +446,65 @@ def test_listed_videos_behind_links_out_of_the_root_are_refused(ucf, tmp_path):
     assert data.refused == [(UCF_VIDEOS[0], f"a symbolic link to {target}, outside the dataset root {root}"),
                             (UCF_VIDEOS[1], "not a regular file (a FIFO, socket or device)")]
     assert data.missing == []
+
+
+# --- files that are unreadable, ambiguous or out of place ---------------------------------------------
+
+@pytest.mark.parametrize("content, reason", [
+    (b"\xff\xfe{\x00}", r"not UTF-8 text \(byte 0: invalid start byte\); JSON files are UTF-8"),
+    (b"[" * 100_000 + b"]" * 100_000, r"nested too deeply to be ActivityNet JSON"),
+    (json.dumps({"database": {"abc": {"subset": "training", "annotations": [
+        {"segment": [float("nan"), 5.0], "label": "Archery"}]}}}).encode(),
+     r"database\['abc'\].annotations\[0\]: expected \{segment: \[start, end\], label\} with finite times"),
+])
+def test_activitynet_json_that_cannot_be_read_is_one_line(anet, content, reason):
+    Path(anet.annotations).write_bytes(content)
+    with pytest.raises(DatasetError, match=reason) as err:
+        read_dataset(anet)
+    assert str(err.value).startswith(anet.annotations) and "\n" not in str(err.value)
+
+
+def test_activitynet_says_which_file_it_took_and_which_classes_no_training_video_has(anet, caplog):
+    data = json.loads(json.dumps(ANET))
+    data["database"]["-def"]["annotations"].append({"segment": [1, 2], "label": "Yoga"})  # no training video
+    Path(anet.annotations).write_text(json.dumps(data))
+    touch(Path(anet.root), "abc.avi")  # beside v_abc.mp4
+    with caplog.at_level("WARNING", logger="pipeline.datasets"):
+        read_dataset(anet)
+    assert any(r.getMessage().endswith("v_abc.mp4 and " + str(Path(anet.root) / "abc.avi") + " hold the same "
+                                       "video abc; using the first (the crawler's v_ name)") for r in caplog.records)
+    assert any("1 class(es) of the validation/testing videos have no training video (Yoga)" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_an_empty_view2_file_is_one_line(tmp_path):
+    from pipeline.datasets.aslan import read_view2
+
+    (tmp_path / "View2.mat").write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"View2.mat: the file is empty \(0 bytes\)"):
+        read_view2(tmp_path / "View2.mat")
+    (tmp_path / "View2.mat").write_bytes(b"\x00" * 64)  # scipy's MatReadError
+    with pytest.raises(DatasetError, match=r"View2.mat: not a readable MATLAB file"):
+        read_view2(tmp_path / "View2.mat")
+
+
+def test_aslan_takes_its_own_clip_name_first_and_says_so(tmp_path, caplog):
+    from pipeline.datasets.aslan import _index_clips
+
+    touch(tmp_path, "1.avi", "0001.mp4", "0001.avi", "0002.mp4", "2.avi", "0003.avi")
+    with caplog.at_level("WARNING", logger="pipeline.datasets"):
+        clips = _index_clips(tmp_path)
+    assert {k: p.name for k, p in clips.items()} == {1: "0001.avi", 2: "0002.mp4", 3: "0003.avi"}
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.endswith("clip 0001 has 3 files (0001.avi, 0001.mp4, 1.avi); using 0001.avi") for m in messages)
+    assert any(m.endswith("clip 0002 has 2 files (0002.mp4, 2.avi); using 0002.mp4") for m in messages)
+
+
+def test_folder_refuses_loose_videos_and_names_empty_class_folders(tmp_path, caplog):
+    touch(tmp_path, "jump/a.avi", "run/b.avi", "loose.avi", "notes.txt")
+    (tmp_path / "swim").mkdir()
+    with caplog.at_level("WARNING", logger="pipeline.datasets"):
+        data = read_dataset(DatasetConfig(format="folder", root=str(tmp_path)))
+    assert data.classes == ["jump", "run"] and [v.video_id for v in data.videos] == ["jump/a", "run/b"]
+    assert data.refused == [("loose.avi", "not in a class folder: its class is the folder it lies in")]
+    assert any("1 class folder(s) hold no video and are not classes: swim" in r.getMessage() for r in caplog.records)
