@@ -286,25 +286,29 @@ def report_stage(folder: Path) -> list[Path]:
 
 
 def show_flow_stage(cfg: Config, video_id: str, *, out: Path | None = None, frames: int = 6,
-                    max_flow: float = 0.0) -> Path:
+                    max_flow: float | None = None) -> Path:
     """`show-flow`: a contact sheet PNG of `frames` evenly spaced RGB frames of a stored video over
     the flow from each to the next, colour-coded at one fixed scale (`max_flow` px per frame = full
-    saturation; 0 = a quarter of the store's flow bound), with the colour wheel as legend."""
+    saturation, > 0; None = a quarter of the store's flow bound), with the colour wheel as legend."""
     from flow.encoding import decode
+    from flow.visualise import check_max_flow, check_png_path
     from fusion.figures import contact_sheet
 
+    if frames < 1:
+        raise PipelineError(f"--frames must be >= 1, got {frames}")
+    check_max_flow(max_flow, "--max-flow")
+    if out is not None:
+        check_png_path(out, "--out")
     store_root = flow_dir(cfg)
     if not (store_root / "store.json").is_file():
         raise PipelineError(f"no flow store at {store_root}: run `make flow` (python -m pipeline flow --config ...) "
                             "before `show-flow`")
-    if frames < 1:
-        raise PipelineError(f"--frames must be >= 1, got {frames}")
     store = open_store(store_root)
     if not store.has(video_id):
         ids = store.video_ids()
         raise PipelineError(f"video {video_id!r} is not in the store at {store_root} ({len(ids)} videos, "
                             f"e.g. {', '.join(ids[:3])}); ids are paths under the dataset root without extension")
-    scale = max_flow if max_flow > 0 else store.bound / 4
+    scale = max_flow if max_flow is not None else store.bound / 4
     with store.open(video_id) as video:
         if video.num_flows < 1:
             raise PipelineError(f"video {video_id!r} has {video.num_frames} frame(s) and no flow to show")

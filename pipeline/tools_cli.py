@@ -106,7 +106,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("video_id", metavar="VIDEO_ID", help="a video of the flow store (e.g. ApplyEyeMakeup/v_..._g08_c01)")
     p.add_argument("--out", type=Path, default=None, help="PNG to write (default work_dir/show-flow/<id>.png)")
     p.add_argument("--frames", type=int, default=6, help="evenly spaced frames shown (default 6)")
-    p.add_argument("--max-flow", type=float, default=0.0,
+    p.add_argument("--max-flow", type=float, default=None,
                    help="px per frame shown at full saturation (default: a quarter of the store's bound)")
     _config_args(p)
 
