@@ -196,3 +196,44 @@ def test_held_out_groups_by_name_and_their_errors():
               for s in range(6)]
     assert all(len(groups) == 2 for groups in picked)  # round(0.5 x 4) whole groups
     assert len(set(picked)) > 1  # the seed picks which
+
+
+def test_split_all_trains_and_evaluates_each_split_and_averages(work, capsys):
+    """dataset.split = "all" (the three-split protocol): a model per split in train/<stream>/split<k>, a
+    report per split in eval/split<k>, and eval/results.csv their mean; one --rgb for three splits is
+    refused."""
+    every = ['dataset.split="all"']
+    root = trained(work, "all", every)
+    for stream in ("rgb", "flow"):
+        for k in (1, 2, 3):
+            ckpt = root / "train" / stream / f"split{k}" / "last.pt"
+            assert ckpt.is_file() and (ckpt.parent / "config.toml").is_file()
+    assert run(["eval", "--run", "all"], work, every) == 0
+    per_split = [{r["method"]: r for r in csv.DictReader(open(root / "eval" / f"split{k}" / "results.csv"))}
+                 for k in (1, 2, 3)]
+    mean = {r["method"]: r for r in csv.DictReader(open(root / "eval" / "results.csv"))}
+    assert set(mean) == set(per_split[0]) >= {"rgb", "flow", "fusion", "svm_two_stream"}
+    for method, row in mean.items():
+        splits = [float(s[method]["video_hit@1"]) for s in per_split]
+        assert float(row["video_hit@1"]) == pytest.approx(sum(splits) / 3, abs=1e-4)  # results.csv: 4 decimals
+        assert int(row["videos"]) == sum(int(s[method]["videos"]) for s in per_split)
+    capsys.readouterr()
+    rgb = root / "train" / "rgb" / "split1"
+    assert run(["eval", "--run", "all", "--rgb", str(rgb)], work, every) == 2
+    assert "one checkpoint per stream, but dataset.split = \"all\" evaluates three splits" in capsys.readouterr().err
+
+
+def test_a_checkpoint_is_not_scored_on_videos_it_was_trained_on(work, capsys):
+    """A split-1 checkpoint evaluated on split 2 scored 83% on test videos that were in its training list:
+    refused, naming how many; with --allow-trained it is scored and the report says so."""
+    root = trained(work)
+    rgb = root / "train" / "rgb" / "split1"
+    capsys.readouterr()
+    assert run(["eval", "--run", "other-split", "--rgb", str(rgb)], work, ["dataset.split=2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "test videos (e.g. " in err and "are in the training list of the rgb " \
+        "stream" in err and "--allow-trained" in err
+    assert not (work / "runs" / "other-split" / "eval" / "results.csv").exists()
+    assert run(["eval", "--run", "other-split", "--rgb", str(rgb), "--allow-trained"], work, ["dataset.split=2"]) == 0
+    text = (work / "runs" / "other-split" / "eval" / "results.md").read_text()
+    assert "Not a test: " in text and "scored anyway (--allow-trained)" in text

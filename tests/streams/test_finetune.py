@@ -125,3 +125,20 @@ def test_fine_tuning_an_imported_checkpoint(toy_store, tmp_path, configs, capsys
     swapped = build_model("p3d_tiny", 2, in_channels=2)
     init_from_checkpoint(swapped, "p3d_tiny", result.checkpoint, "flow", CLASSES[::-1])
     assert torch.equal(swapped.fc.bias, tuned.state["model"]["fc.bias"].flip(0))
+
+
+def test_init_from_takes_a_run_folder_as_eval_does(tmp_path):
+    """`model.init_from = <run folder>` said "does not exist" while eval, predict and transfer take a run
+    folder for its finished model (last.pt); an unfinished folder says so."""
+    run = tmp_path / "run"
+    imported_checkpoint(run / "last.pt", classes=CLASSES)
+    from_file, from_folder = build_model("p3d_tiny", 2, in_channels=2), build_model("p3d_tiny", 2, in_channels=2)
+    init_from_checkpoint(from_file, "p3d_tiny", run / "last.pt", "flow", CLASSES)
+    note = init_from_checkpoint(from_folder, "p3d_tiny", run, "flow", CLASSES)
+    assert f"starting from {run / 'last.pt'}" in note
+    assert all(torch.equal(a, b) for a, b in zip(from_file.state_dict().values(), from_folder.state_dict().values(),
+                                                 strict=True))
+    (tmp_path / "unfinished").mkdir()
+    with pytest.raises(StreamsError, match=r"model\.init_from: .*unfinished/last\.pt does not exist: training in .* "
+                                           r"has not finished"):
+        init_from_checkpoint(from_folder, "p3d_tiny", tmp_path / "unfinished", "flow", CLASSES)

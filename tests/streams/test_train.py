@@ -21,6 +21,7 @@ import p3dbase.atomic
 from flow.stage import flow_settings
 from flow.store import create_store
 from p3dbase.atomic import DiskFullError
+from p3dbase.errors import P3DError
 from streams import metrics as streams_metrics
 from streams import train as streams_train
 from streams.builder import to_channels_last
@@ -438,3 +439,76 @@ print(result.step, cv2.getNumThreads())
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.split()[-2:] == ["2", "4"], out.stderr[-2000:]
+
+
+def test_fp16_amp_resumes_exactly_with_the_grad_scaler_state(toy_store, tmp_path, monkeypatch, configs):
+    """fp16 autocast with a GradScaler (on CUDA in real runs; here on the CPU, where torch has both):
+    a run stopped at step 3 continues as the uninterrupted one, the scaler's scale and growth count
+    included, which a fresh scaler would reset."""
+    monkeypatch.setattr(streams_train, "autocast_dtype", lambda amp, device: torch.float16)
+    root, train, val = toy_store
+    settings = dict(epochs=2, checkpoint_every=3, amp="fp16")
+    whole = train_stream(toy(root, train, val), "flow", *configs(max_steps=6, **settings), tmp_path / "whole")
+    train_stream(toy(root, train, val), "flow", *configs(max_steps=3, **settings), tmp_path / "parts")
+    stopped = read_checkpoint(tmp_path / "parts" / "checkpoint_00000003.pt").state["scaler"]
+    assert stopped["_growth_tracker"] > 0 or stopped["scale"] != 65536.0  # not a fresh scaler's state
+    rest = train_stream(toy(root, train, val), "flow", *configs(max_steps=6, **settings), tmp_path / "parts")
+    assert rest.resumed_from == tmp_path / "parts" / "checkpoint_00000003.pt"
+    a, b = read_checkpoint(whole.checkpoint).state, read_checkpoint(rest.checkpoint).state
+    assert a["scaler"] == b["scaler"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    losses = [[r["loss"] for r in train_records(tmp_path / run)] for run in ("whole", "parts")]
+    assert losses[0] == losses[1] and len(losses[0]) == 6
+
+
+def test_a_second_run_on_a_busy_output_folder_is_refused(toy_store, tmp_path, configs):
+    """Two `train` commands on one folder would both train and log every step twice: the second one
+    stops at once, naming the folder and the process that holds it (the lock dies with its holder)."""
+    from p3dbase.lock import try_lock
+
+    root, train, val = toy_store
+    out = tmp_path / "out"
+    with try_lock(tmp_path / ".out.lock") as held:  # another run on `out`, as train_stream takes it
+        assert held is None
+        busy = rf"{out} is being written by another training run \(pid {os.getpid()}\)"
+        with pytest.raises(StreamsError, match=busy):
+            train_stream(toy(root, train, val), "flow", *configs(max_steps=1), out)
+    assert not (out / "metrics.jsonl").exists()
+    assert train_stream(toy(root, train, val), "flow", *configs(max_steps=1), out).step == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_loader_workers_die_with_the_trainer():
+    """A worker outlived a kill -9 of its trainer by ~10 s (torch's own watchdog polls): the kernel now
+    kills it with the trainer."""
+    from torch.utils.data import Dataset
+
+    from streams.loaders import death_signal, make_loader
+
+    class DeathSignal(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return death_signal()
+
+    loader = make_loader(DeathSignal(), batch=2, workers=1, seed=0, pin_memory=False)
+    assert next(iter(loader)).tolist() == [signal.SIGKILL, signal.SIGKILL]
+    assert death_signal() == 0  # the trainer itself is not tied to pytest
+
+
+def test_a_damaged_pack_read_by_a_worker_is_one_line_naming_the_video(toy_store, tmp_path, configs):
+    """Read in a DataLoader worker, a broken video came back as torch's 15-line "Caught FlowError in
+    DataLoader worker process 0. Original Traceback ..."; now one line: the video and how to resume."""
+    root, train, val = toy_store
+    store = tmp_path / "store"
+    shutil.copytree(root, store)
+    damaged = train[5][0]
+    pack = store / f"{damaged}.pack"
+    pack.write_bytes(pack.read_bytes()[:100])
+    for workers in (1, 0):
+        with pytest.raises(P3DError) as err:
+            train_stream(toy(store, train, val), "flow", *configs(workers=workers), tmp_path / f"out{workers}")
+        text = str(err.value)
+        assert "\n" not in text and "Traceback" not in text and damaged in text, text
+        assert text.endswith("no checkpoint had been written: re-run the same command to start again")
