@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, default=None,
                           help="report folder for --rgb/--flow (default: beside the checkpoint, eval-<name>; "
                                "never make eval's report)")
+    evaluate.add_argument("--allow-trained", action="store_true",
+                          help="score test videos a checkpoint was trained on (a checkpoint of another split) "
+                               "instead of refusing; the report says how many")
     _add_run_arg(evaluate)
     config = stages.add_parser("config", help=CONFIG_HELP, description=CONFIG_HELP)
     _add_config_args(config)
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             stages.train_stage(cfg, args.stream)
         elif args.stage == "eval":
             checkpoints = {name: path for name, path in (("rgb", args.rgb), ("flow", args.flow)) if path}
-            stages.eval_stage(cfg, checkpoints or None, out=args.out)
+            stages.eval_stage(cfg, checkpoints or None, allow_trained=args.allow_trained, out=args.out)
         elif args.stage == "transfer":
             stages.transfer_stage(cfg, shard=args.shard)
         elif args.stage == "report":
@@ -141,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         log.close()  # after the error line: the log ends with it
     return 0
+
 
 LOGGED = ("synth", "flow", "train", "eval", "transfer")
 
