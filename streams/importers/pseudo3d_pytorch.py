@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from streams.checkpoint import safe_load
+from streams.checkpoint import FORMAT, safe_load
 from streams.errors import StreamsError
 from streams.p3d import ARCHS, P3D, P3DBlock, build_model
 
@@ -79,6 +79,10 @@ def read_port_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     DataParallel `module.` prefix removed. torch.load(weights_only=True): the file cannot run code."""
     path = Path(path)
     payload = safe_load(path, "pseudo-3d-pytorch checkpoint")
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        raise StreamsError(f"{path} is already one of our stream checkpoints ({payload.get('arch')}, "
+                           f"{payload.get('modality')}): use it as it is (eval --rgb/--flow, train.init_from, "
+                           "transfer.rgb/flow, predict, export); import-weights reads published weights")
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not state or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):

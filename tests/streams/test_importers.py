@@ -422,3 +422,20 @@ def test_source_detection_and_class_lists(tmp_path):
     assert read_classes(tmp_path / "k.txt", 2) == ["abseiling", "air drumming"]
     with pytest.raises(StreamsError, match="2 class names, but the model has 3 outputs"):
         read_classes(tmp_path / "k.txt", 3)
+
+
+def test_import_weights_on_one_of_our_checkpoints_says_to_use_it_as_it_is(tmp_path):
+    import dataclasses
+
+    from streams.checkpoint import make_payload, save_checkpoint
+    from streams.config import ModelConfig, TrainConfig
+
+    ours = tmp_path / "ours.pt"
+    save_checkpoint(ours, make_payload(build_model("p3d_tiny", 3, 3), arch="p3d_tiny", modality="rgb",
+                                       classes=["a", "b", "c"], input_convention="BGR 0-255 minus [104, 117, 123]",
+                                       model_config=dataclasses.asdict(ModelConfig(arch="p3d_tiny")),
+                                       train_config=dataclasses.asdict(TrainConfig()), step=1, epoch=1, metrics={}))
+    with pytest.raises(StreamsError, match=r"ours.pt is already one of our stream checkpoints \(p3d_tiny, rgb\): "
+                                           r"use it as it is") as err:
+        import_weights(ours, tmp_path / "imported.pt")
+    assert "\n" not in str(err.value) and not (tmp_path / "imported.pt").exists()
