@@ -110,18 +110,23 @@ def test_eval_refuses_a_checkpoint_trained_on_other_flow(tmp_path, capsys):
     assert "warning: flow stream" in err and "flow epsilon was 0.02 in training, 0.01 in the store at" in err
 
 
-def test_predict_and_features_refuse_a_64px_bound_5_model_on_340x256_bound_20_flow(tmp_path, capsys):
+def test_predict_and_features_take_the_checkpoints_flow_and_refuse_an_explicit_conflicting_set(tmp_path, capsys):
     from pipeline.cli import main
 
     video = write_avi(tmp_path / "clip.avi")
     small = save_with_flow(tmp_path / "small.pt", "flow", config_flow_settings(SMALL_FLOW))
+    # By default the flow is computed as the checkpoint's was (64x64, bound 5), whatever [flow] says.
+    (prediction,) = predict([video], {"flow": small}, STORE_FLOW, EvalConfig(clips=1))
+    assert not prediction.error and len(prediction.top["flow"]) == 3
+    # An explicit --set flow.KEY that changes what the stream is fed is refused, naming the keys.
     with pytest.raises(StreamsError, match=r"\(bound, size differ\)"):
-        predict([video], {"flow": small}, STORE_FLOW, EvalConfig(clips=1))
-    rgb = save_with_flow(tmp_path / "rgb.pt", "rgb", config_flow_settings(STORE_FLOW))  # this one fits
-    with pytest.raises(StreamsError, match=r"\(bound, size differ\)"):
+        predict([video], {"flow": small}, STORE_FLOW, EvalConfig(clips=1), explicit_flow=["bound", "size"])
+    rgb = save_with_flow(tmp_path / "rgb.pt", "rgb", config_flow_settings(STORE_FLOW))  # trained at 340x256
+    with pytest.raises(StreamsError, match=r"rgb stream .*\(size differs?\)"):  # the two checkpoints disagree
         extract_features(tmp_path, {"rgb": rgb, "flow": small}, tmp_path / "f.npz", STORE_FLOW,
                          EvalConfig(svm_clips=1))
-    assert main(["predict", str(video), "--flow", str(small)]) == 2  # the defaults: 340x256, bound 20
+    assert main(["predict", str(video), "--flow", str(small), "--set", "flow.bound=20.0", "--set",
+                 "flow.size=340x256"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: flow stream") and "(bound, size differ)" in err[0]
     # the settings it was trained with: scored

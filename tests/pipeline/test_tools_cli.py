@@ -96,6 +96,10 @@ def test_predict_and_features_say_in_their_exit_status_when_some_videos_failed(t
     assert cli.main(["predict", str(good), str(broken), *common]) == 1  # some failed: listed, status 1
     assert "broken.mp4" in capsys.readouterr().out
     assert cli.main(["predict", str(broken), *common]) == 2  # none could be read: an error
+    timeline = tmp_path / "timeline"
+    assert cli.main(["predict", str(good), "--timeline", "--stride", "4", "--out", str(timeline), *common]) == 0
+    assert sorted(p.name for p in timeline.iterdir()) == ["good.timeline.csv", "good.timeline.json",
+                                                          "good.timeline.png"]
     out = tmp_path / "f.npz"
     assert cli.main(["features", str(tmp_path / "videos"), "--out", str(out), *common]) == 1
     before = out.read_bytes()
