@@ -140,10 +140,15 @@ def write_mmaction_lists(cfg: Config, store_root: Path) -> list[Path]:
     """mmaction2 rawframe lists of the store (`<video_id> <frames> <label> [label ...]`, data_prefix =
     the store): per split and subset, `<format>_<subset>_split_<k>_rawframes.txt` with the RGB frame
     count N and `..._rawframes_flow.txt` with the flow count N - 1 (mmaction2 reads `total_frames`
-    images of the modality). Counts from the store's manifest; videos that failed are left out."""
+    images of the modality). Counts from the store's manifest; videos that failed are left out. With
+    them `<format>_label_map.txt`, the class names one a line in label order (mmaction2's label map)."""
     rows = {v: r for v, r in read_manifest(store_root / "manifest.csv").items() if r.status == "done"}
     written = []
     for split, dataset in split_datasets(cfg):
+        if not written:
+            label_map = store_root / f"{cfg.dataset.format}_label_map.txt"
+            write_text(label_map, "".join(f"{name}\n" for name in dataset.classes))
+            written.append(label_map)
         for subset in ("train", "val", "test"):
             videos = [v for v in dataset.videos if v.split == subset and v.video_id in rows]
             if not videos:

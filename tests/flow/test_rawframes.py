@@ -230,9 +230,11 @@ def test_pipeline_imports_a_rawframe_list_and_writes_mmaction_lists(tmp_path, ca
     assert lists == {"mmaction_train_split_1_rawframes.txt": "Run/v_a 4 0\nJump/v_c 6 1\n",  # the dataset's order
                      "mmaction_train_split_1_rawframes_flow.txt": "Run/v_a 3 0\nJump/v_c 5 1\n",
                      "mmaction_test_split_1_rawframes.txt": "Run/v_b 5 0\n",
-                     "mmaction_test_split_1_rawframes_flow.txt": "Run/v_b 4 0\n"}
+                     "mmaction_test_split_1_rawframes_flow.txt": "Run/v_b 4 0\n",
+                     "mmaction_label_map.txt": "Run\nJump\n"}  # the class names in label order
     # read back by the project's mmaction reader, with the store as the data root
     cfg = load_config(config, [f"dataset.root={store_root}",
+                               f"dataset.label_map={store_root / 'mmaction_label_map.txt'}",
                                f"dataset.train_list={store_root / 'mmaction_train_split_1_rawframes.txt'}",
                                f"dataset.test_list={store_root / 'mmaction_test_split_1_rawframes.txt'}"])
     dataset = read_dataset(cfg.dataset)
