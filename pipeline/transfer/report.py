@@ -124,7 +124,9 @@ def chart_figure(compared: pd.DataFrame, chances: dict[str, float] | None = None
 
     chances = chances or {}
     main = compared[compared["metric"] == "accuracy"] if not compared.empty else compared
-    series = [c for c in (*(f"ours {s}" for s in STREAMS), *PAPER_METHODS) if c in main.columns]
+    # a stream without a row (no flow stream given) takes no slot in the groups
+    series = [c for c in (*(f"ours {s}" for s in STREAMS), *PAPER_METHODS) if c in main.columns
+              and main[c].notna().any()]
     fig, ax = plt.subplots(figsize=(max(7.0, 1.8 * max(len(main), 1) + 3.5), 4.4))
     if main.empty:
         ax.text(0.5, 0.5, "no benchmark stands for one of the paper's", ha="center", va="center")

@@ -39,13 +39,14 @@ def transfer_table() -> pd.DataFrame:
                           "details": ""} for b, p, s, a in rows], columns=COLUMNS)
 
 
-@pytest.fixture
-def work(tmp_path):
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("work")
     eval_report(tmp_path / "eval" / "split1")
     eval_report(tmp_path / "runs" / "other" / "eval", n=40)
     write_report(tmp_path / "transfer", TransferReport(
         transfer_table(), ["Streams: rgb = x.pt"], {"ucf101": "ucf101", "aslan": "aslan", "yupenn": "yupenn"},
-        {"ucf101": 101, "aslan": 2, "yupenn": 14}, stand_ins=["ucf101", "yupenn"]))
+        {"ucf101": 101, "aslan": 432, "yupenn": 14}, stand_ins=["ucf101", "yupenn"]))
     (tmp_path / "eval" / "split1" / "cache").mkdir()  # entered by no search
     return tmp_path
 
@@ -56,12 +57,16 @@ def test_report_rebuilds_every_page_from_the_files(work, capsys):
     before = [STAMP.sub("", p.read_text()) for p in pages]
     for p in pages:
         p.unlink()
+    marker = work / "eval" / "split1" / "report.json"
+    listing = json.loads(marker.read_text())
+    listing["files"]["report.html"] = "0" * 64  # stale: the rebuild must set it
+    marker.write_text(json.dumps(listing))
     assert main(["report", str(work)]) == 0
     assert [STAMP.sub("", p.read_text()) for p in pages] == before  # the same page, from the files alone
     out = capsys.readouterr().out
     assert all(f"report: wrote {p}" in out for p in pages)
     # report.json keeps describing the folder: the rebuilt page's SHA-256 follows it
-    listing = json.loads((work / "eval" / "split1" / "report.json").read_text())["files"]
+    listing = json.loads(marker.read_text())["files"]
     assert listing["report.html"] == file_sha256(pages[0])
     # one report folder alone
     pages[1].unlink()
@@ -90,7 +95,7 @@ def test_transfer_page_in_a_browser_shows_chance_the_paper_and_the_stand_in_cave
         heads = page.evaluate("Array.from(document.querySelectorAll('#transfer-table thead th'))"
                               ".map(h => h.textContent)")
         got = {r[0]: dict(zip(heads, r, strict=True)) for r in rows}
-        # chance: one class of 101 and of 14; ASLAN's balanced pairs 50
+        # chance: one class of 101 and of 14; ASLAN's balanced pairs 50, whatever its 432 actions
         assert [got[b]["chance"] for b in ("ucf101", "aslan", "yupenn")] == ["0.99", "50.00", "7.14"]
         assert [got[b]["paper P3D"] for b in ("ucf101", "aslan", "yupenn")] == ["88.60", "80.80", "99.50"]
         assert [got[b]["data"] for b in ("ucf101", "aslan", "yupenn")] == ["stand-in", "real", "stand-in"]
@@ -108,3 +113,25 @@ def test_transfer_chart_has_a_chance_line_per_benchmark_and_the_caveat():
     ticks = [t.get_text() for t in ax.get_xticklabels()]
     assert ["STAND-IN" in t for t in ticks] == [False, False, True]
     assert "chance" in ax.get_legend_handles_labels()[1]
+
+
+def test_a_large_confusion_matrix_names_the_cell_under_the_pointer(work):
+    out = work / "runs" / "other" / "eval"  # 40 classes: a picture, not a table
+    per_class = pd.read_csv(out / "per_class.csv")
+    mean = per_class[["rgb", "flow", "fusion"]].mean(axis=1)
+    order = sorted(range(len(mean)), key=lambda c: (-mean[c], c))  # best first, ties by index
+    best, worst = per_class["class"][order[0]], per_class["class"][order[-1]]
+    with open_page(out / "report.html", height=1200) as page:
+        box = page.evaluate("(() => { const i = document.querySelector('details[open] img.confusion-map');"
+                            " i.scrollIntoView({block: 'center'}); const b = i.getBoundingClientRect();"
+                            " return [b.left, b.top, b.width, i.dataset.tip]; })()")
+        cell = box[2] / 40
+        page.call("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": box[0] + cell / 2, "y": box[1] + cell / 2})
+        tip = page.evaluate(f"document.getElementById('{box[3]}').textContent")
+        assert tip == f"true {best} \u2192 predicted {best}: 2 of 2 videos"
+        # the last row's first cell: the worst class, and how often it was taken for the best one
+        page.call("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": box[0] + cell / 2,
+                                               "y": box[1] + box[2] - cell / 2})
+        tip = page.evaluate(f"document.getElementById('{box[3]}').textContent")
+        assert tip.startswith(f"true {worst} \u2192 predicted {best}: ") and tip.endswith(" of 2 videos")
+        assert page.complaints() == []
