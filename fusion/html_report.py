@@ -41,6 +41,16 @@ STREAM_METHODS = ("rgb", "flow", "fusion")  # the top-3 lists of a worst video
 
 # ---------------------------------------------------------------------------------------------- rendering
 
+def missing_engine() -> str | None:
+    """Why no page can be rendered here (Jinja2 absent: an install without the project's dependencies),
+    or None. The stages then write every other report file and say so in one line."""
+    try:
+        import jinja2  # noqa: F401
+    except ImportError:
+        return "report.html not written: Jinja2 is not installed (pip install jinja2, then python -m pipeline report)"
+    return None
+
+
 def render(template: str, **context: Any) -> str:
     """The page of `template` (fusion/templates/) with `context`; FusionError when Jinja2 is absent."""
     try:

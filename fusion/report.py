@@ -240,7 +240,11 @@ def _write_report_files(out_dir: Path, r: EvalReport) -> None:
     write_text(out_dir / INPUTS, json.dumps(inputs, indent=1) + "\n")
     from fusion import html_report  # it reads this module's files back: imported here, not at the top
 
-    html_report.write_eval_page(out_dir)
+    missing = html_report.missing_engine()
+    if missing:
+        print(missing)
+    else:
+        html_report.write_eval_page(out_dir)
 
 
 def write_scores(out_dir: Path, video_ids: Sequence[str], labels: Labels, classes: Sequence[str],

@@ -189,7 +189,13 @@ def write_report(out_dir: Path, r: TransferReport) -> str:
     inputs = {"kind": "transfer", "notes": list(r.notes), "paper_of": dict(r.paper_of), "classes": dict(r.classes),
               "stand_ins": list(r.stand_ins)}
     write_text(out_dir / INPUTS, json.dumps(inputs, indent=1) + "\n")
-    write_page(out_dir)
+    from fusion.html_report import missing_engine
+
+    missing = missing_engine()
+    if missing:
+        print(missing)
+    else:
+        write_page(out_dir)
     return text
 
 

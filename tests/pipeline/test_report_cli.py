@@ -2,6 +2,7 @@
 their files; the transfer page in a real browser: chance, the paper's figure, the stand-in caveat."""
 import json
 import re
+import sys
 
 import cv2
 import numpy as np
@@ -135,3 +136,13 @@ def test_a_large_confusion_matrix_names_the_cell_under_the_pointer(work):
         tip = page.evaluate(f"document.getElementById('{box[3]}').textContent")
         assert tip.startswith(f"true {worst} \u2192 predicted {best}: ") and tip.endswith(" of 2 videos")
         assert page.complaints() == []
+
+
+def test_without_jinja2_the_other_files_are_written_and_the_page_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "jinja2", None)  # `import jinja2` raises ImportError
+    eval_report(tmp_path / "eval", n=3)
+    assert not (tmp_path / "eval" / "report.html").exists()
+    assert (tmp_path / "eval" / "results.csv").is_file() and (tmp_path / "eval" / "report.json").is_file()
+    assert "report.html not written: Jinja2 is not installed" in capsys.readouterr().out
+    assert main(["report", str(tmp_path)]) == 2
+    assert "report.html needs Jinja2" in capsys.readouterr().err
