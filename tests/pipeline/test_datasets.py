@@ -2,6 +2,7 @@
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -471,8 +472,8 @@ def test_activitynet_says_which_file_it_took_and_which_classes_no_training_video
     touch(Path(anet.root), "abc.avi")  # beside v_abc.mp4
     with caplog.at_level("WARNING", logger="pipeline.datasets"):
         read_dataset(anet)
-    assert any(r.getMessage().endswith("v_abc.mp4 and " + str(Path(anet.root) / "abc.avi") + " hold the same "
-                                       "video abc; using the first (the crawler's v_ name)") for r in caplog.records)
+    assert any(re.search(r"v_abc.mp4 and \S*abc.avi hold the same video abc; using the first \(the crawler's v_ "
+                         r"name\)$", r.getMessage()) for r in caplog.records)
     assert any("1 class(es) of the validation/testing videos have no training video (Yoga)" in r.getMessage()
                for r in caplog.records)
 
