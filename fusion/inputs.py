@@ -26,6 +26,7 @@ import numpy as np
 from flow.errors import FlowError
 from flow.rawframes import scan
 from flow.video import VIDEO_EXTENSIONS, VideoReader, output_size, resize
+from fusion.engine import file_signature
 from fusion.errors import FusionError
 from p3dbase.errors import shown
 
@@ -121,8 +122,7 @@ def input_signature(path: Path) -> str:
     if path.is_dir():
         stats = [p.stat() for p in path.rglob("*") if p.is_file()]
         return f"{len(stats)}:{sum(s.st_size for s in stats)}:{max((s.st_mtime_ns for s in stats), default=0)}"
-    stat = path.stat()
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
+    return file_signature(path)
 
 
 class FolderReader:
