@@ -150,7 +150,7 @@ def scan_videos(root: Path) -> tuple[dict[str, str], set[str]]:
     when listed. Two files of one id (x.mp4, x.webm): the first name in sorted order, one warning."""
     found: dict[str, str] = {}
     closer: set[str] = set()
-    clashes = []
+    clashes: set[str] = set()
     with os.scandir(root) as entries:
         for entry in entries:
             name = entry.name
@@ -158,15 +158,16 @@ def scan_videos(root: Path) -> tuple[dict[str, str], set[str]]:
             if not stem or name[0] == "." or ext.lower() not in _CONTAINERS:
                 continue
             if stem in found:
-                clashes.append(stem)
+                clashes.add(stem)
                 if name > found[stem]:
                     continue
             found[stem] = name
+            closer.discard(stem)  # of a file this one replaces
             if not entry.is_file(follow_symlinks=False):  # a link (d_type: no stat) or a special file
                 closer.add(stem)
     if clashes:
         log.warning("%s: %d video id(s) have more than one file (e.g. %s); using the first name in sorted order",
-                    shown(root), len(clashes), clashes[0])
+                    shown(root), len(clashes), min(clashes))
     return found, closer
 
 

@@ -149,6 +149,7 @@ def test_no_video_found_is_a_wrong_root(release, tmp_path):
 def test_two_files_of_one_video_and_links(release, tmp_path, caplog):
     ann, root = release
     (root / "x.mp4").write_bytes(b"")  # x.avi and x.mp4: the first in sorted order
+    os.mkfifo(root / "x.webm")  # a third file of x, a FIFO: not the one taken, so not refused either
     outside = tmp_path / "outside.mp4"
     outside.write_bytes(b"")
     (root / "UDqivjS-lpI.mp4").unlink()
@@ -244,3 +245,26 @@ def test_flow_train_eval_on_a_tiny_sports1m(tmp_path, capsys):
     shutil.rmtree(work / "eval/cache")  # computed again, not read back: the same random clips again
     assert main([*evaluate, *sets]) == 0
     assert (work / "eval/scores.csv").read_bytes() == first
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_the_file_taken_for_a_video_does_not_depend_on_directory_order(tmp_path, monkeypatch, reverse):
+    import contextlib
+
+    from pipeline.datasets import sports1m
+
+    for name in ("x.avi", "x.mp4", "y.mp4"):
+        (tmp_path / name).write_bytes(b"")
+    os.mkfifo(tmp_path / "x.webm")  # a FIFO of x that is not the file taken: nothing to look at closer
+    os.symlink(tmp_path / "y.mp4", tmp_path / "z.mkv")
+    real = os.scandir
+
+    @contextlib.contextmanager
+    def scandir(path):  # the directory's entries in a chosen order
+        with real(path) as entries:
+            yield iter(sorted(entries, key=lambda e: e.name, reverse=reverse))
+
+    monkeypatch.setattr(sports1m.os, "scandir", scandir)
+    found, closer = sports1m.scan_videos(tmp_path)
+    assert found == {"x": "x.avi", "y": "y.mp4", "z": "z.mkv"}
+    assert closer == {"z"}
