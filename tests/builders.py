@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 
+from flow.config import FlowConfig
 from flow.store import create_store, open_store
 from streams import transforms
 from streams.checkpoint import make_payload, save_checkpoint
@@ -26,8 +27,17 @@ from streams.train import StreamData
 Item = tuple[str, int]
 
 
-def toy_video(label: int, num_classes: int, rng: np.random.Generator, frames: int, height: int, width: int,
-              motion: int = 40) -> tuple[np.ndarray, np.ndarray]:
+# The eval tests' toy: three classes told apart by colour and motion, 24x32 frames, 4-frame clips.
+COLOURS = ["Red", "Green", "Blue"]
+COLOUR_TRAIN_CFG = TrainConfig(clip_len=4, resize=[24, 32], crop=16)
+# Cheap TV-L1 (these tests check the plumbing; tests/flow checks TV-L1 itself), into a lossless store
+# (png frames and flow): a stored video is the known answer a decoded one must match.
+FAST_FLOW = FlowConfig(size="", jobs=1, nscales=2, warps=1, inner_iterations=5, outer_iterations=2,
+                       median_filtering=1, batch_pairs=8, codec="png", flow_codec="png")
+
+
+def toy_video(label: int, rng: np.random.Generator, *, num_classes: int = 3, frames: int = 10, height: int = 24,
+              width: int = 32, motion: int = 40) -> tuple[np.ndarray, np.ndarray]:
     """BGR frames tinted by class and flow moving up (class 0) ... down (the last class) by up to `motion`
     grey levels, plus noise."""
     rgb = rng.integers(0, 50, size=(frames, height, width, 3)).astype(np.uint8)
@@ -48,7 +58,8 @@ def make_toy_store(root: Path, classes: list[str], per_class: int, *, frames: in
     for label, name in enumerate(classes):
         for i in range(per_class):
             video_id = f"{name}/v_{name}_{i:02d}"
-            writer.write_video(video_id, *toy_video(label, len(classes), rng, frames, height, width, motion))
+            writer.write_video(video_id, *toy_video(label, rng, num_classes=len(classes), frames=frames,
+                                                            height=height, width=width, motion=motion))
             items.append((video_id, label))
     return items
 
@@ -72,8 +83,8 @@ def toy_configs(**train: object) -> tuple[ModelConfig, TrainConfig]:
     return model, TrainConfig(**settings)
 
 
-def save_tiny_checkpoint(path: Path, modality: str, classes: list[str], train_cfg: TrainConfig, seed: int = 0,
-                         **extra: object) -> Path:
+def save_tiny_checkpoint(path: Path, modality: str, classes: list[str] = COLOURS, seed: int = 0,
+                         train_cfg: TrainConfig = COLOUR_TRAIN_CFG, **extra: object) -> Path:
     """A checkpoint of a randomly initialised p3d_tiny (step 7), its classifier weights larger than the
     Caffe init so that the clip scores are not all near-equal; `extra`: more checkpoint entries."""
     torch.manual_seed(seed)
@@ -85,6 +96,32 @@ def save_tiny_checkpoint(path: Path, modality: str, classes: list[str], train_cf
                            train_config=dataclasses.asdict(train_cfg), step=7, epoch=1, metrics={}, **extra)
     save_checkpoint(path, payload)
     return path
+
+
+def checkpoint_with_statistics(path: Path, modality: str = "rgb", arch: str = "p3d_tiny",
+                               classes: tuple[str, ...] = ("a", "b", "c")) -> Path:
+    """A random `arch` checkpoint with logits of order 1 and BatchNorm statistics that are not the
+    identity (a fresh net's would hide a missing or misplaced BN), 8x32x32 clips."""
+    torch.manual_seed(0)
+    model = build_model(arch, len(classes), transforms.CHANNELS[modality])
+    with torch.no_grad():
+        model.fc.weight.normal_(std=0.05)
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.normal_(std=0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    payload = make_payload(model, arch=arch, modality=modality, classes=list(classes),
+                           input_convention=transforms.INPUT_CONVENTION[modality],
+                           model_config=dataclasses.asdict(ModelConfig(arch=arch)),
+                           train_config=dataclasses.asdict(TrainConfig(clip_len=8, resize=[40, 48], crop=32)),
+                           step=1, epoch=1, metrics={})
+    save_checkpoint(path, payload)
+    return path
+
+
+def last_checkpoints(run_dirs: dict[str, Path]) -> dict[str, Path]:
+    """{stream: run folder} -> {stream: its last.pt}."""
+    return {name: d / "last.pt" for name, d in run_dirs.items()}
 
 
 FOURCC = {".avi": "MJPG", ".mp4": "mp4v", ".mkv": "FFV1"}
@@ -103,12 +140,31 @@ def moving_square(n: int, width: int = 64, height: int = 48, step: int = 2, seed
     return frames
 
 
-def write_video(path: Path, frames: np.ndarray, fps: float = 25.0, grey: bool = False) -> Path:
-    """Write BGR frames with cv2.VideoWriter (as grey ones with `grey`); the codec follows the extension
-    (MJPG .avi, mp4v .mp4, FFV1 .mkv)."""
+def drifting_square(frames: int = 12, width: int = 40, height: int = 30, seed: int = 0) -> np.ndarray:
+    """uint8 [frames, H, W, 3]: a textured square drifting right and down over smoothed noise."""
+    rng = np.random.default_rng(seed)
+    background = cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), np.uint8), (5, 5), 1.5)
+    square = rng.integers(0, 256, (12, 12, 3), np.uint8)
+    out = np.repeat(background[None], frames, axis=0)
+    for t in range(frames):
+        y, x = 4 + t % (height - 16), 2 + (2 * t) % (width - 14)
+        out[t, y:y + 12, x:x + 12] = square
+    return out
+
+
+def write_avi(path: Path, frames: int = 12, width: int = 40, height: int = 30, seed: int = 0) -> Path:
+    """`drifting_square` as an MJPG .avi."""
+    return write_video(path, drifting_square(frames, width, height, seed))
+
+
+def write_video(path: Path, frames: np.ndarray, fps: float = 25.0, grey: bool = False,
+                fourcc: str | None = None) -> Path:
+    """Write BGR frames with cv2.VideoWriter (as grey ones with `grey`); the codec is `fourcc`, else
+    follows the extension (MJPG .avi, mp4v .mp4, FFV1 .mkv)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     h, w = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*FOURCC[path.suffix]), fps, (w, h), isColor=not grey)
+    code = cv2.VideoWriter_fourcc(*(fourcc or FOURCC[path.suffix]))
+    writer = cv2.VideoWriter(str(path), code, fps, (w, h), isColor=not grey)
     assert writer.isOpened(), f"cannot write {path}"
     for frame in frames:
         writer.write(np.ascontiguousarray(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if grey else frame))

@@ -26,8 +26,8 @@ from flow.verify import verify_store
 from flow.video import VideoReader
 from p3dbase.atomic import DiskFullError
 from p3dbase.errors import P3DError
+from tests.builders import moving_square, write_video
 
-from .conftest import moving_square, write_video
 from .test_rawframes import write_tree
 
 

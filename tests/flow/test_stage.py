@@ -20,13 +20,12 @@ from flow.errors import FlowError
 from flow.index import source_origin
 from flow.stage import FlowJob, make_backend, run_flow
 from flow.store import PackWriter, open_store
-from flow.verify import verify_store
 from flow.tvl1 import OpenCVTVL1, to_gray
+from flow.verify import verify_store
 from flow.video import VideoReader
 from p3dbase.atomic import DiskFullError
 from p3dbase.errors import P3DError
-
-from .conftest import moving_square, write_video
+from tests.builders import moving_square, write_video
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,8 +8,7 @@ import pytest
 
 from flow.errors import FlowError
 from flow.video import VideoReader, output_size, parse_size
-
-from .conftest import moving_square, write_video
+from tests.builders import moving_square, write_video
 
 REPO = Path(__file__).resolve().parents[2]
 

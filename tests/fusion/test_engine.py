@@ -13,8 +13,9 @@ from fusion.scoring import StreamRunner
 from fusion.stage import EvalJob, run_eval
 from fusion.views import View, ViewPlan, feature_plan, feature_views, score_plan, score_views, snippet_starts
 from streams.checkpoint import load_stream
+from tests.builders import save_tiny_checkpoint
 
-from .conftest import CLASSES, save_tiny_checkpoint
+from .conftest import CLASSES
 
 CFG = EvalConfig(clips=3, crops="three", batch_views=5, svm_clips=4, svm_cs=[0.1, 10.0], svm_folds=3, jobs=1)
 

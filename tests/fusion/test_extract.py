@@ -20,7 +20,7 @@ from fusion.scoring import ClipGeometry, StreamRunner
 from fusion.views import feature_views
 from p3dbase.overwrite import OutputExistsError
 from streams.checkpoint import load_checkpoint
-from tests.fusion.test_predict import FAST_FLOW, checkpoints, write_avi
+from tests.builders import FAST_FLOW, last_checkpoints, write_avi
 
 CFG = EvalConfig(svm_clips=3)
 
@@ -50,7 +50,7 @@ def stored_feature(video, store_dir, ckpt_path, name):
 @pytest.mark.numerical  # also run with 2 threads by `make test`
 def test_features_follow_the_paper_protocol(tmp_path, video_dir, tiny_checkpoints):
     out = tmp_path / "features.npz"
-    summary = extract_features(video_dir, checkpoints(tiny_checkpoints), out, FAST_FLOW, CFG)
+    summary = extract_features(video_dir, last_checkpoints(tiny_checkpoints), out, FAST_FLOW, CFG)
     assert (summary.videos, summary.computed, summary.failed) == (3, 2, 1)
     with np.load(out, allow_pickle=False) as data:
         assert list(data["ids"]) == ["jump/v1", "run/v2"]
@@ -66,14 +66,14 @@ def test_features_follow_the_paper_protocol(tmp_path, video_dir, tiny_checkpoint
         assert meta["svm_clips"] == 3 and set(meta["checkpoints"]) == {"rgb", "flow"}
         for k, name in enumerate(("rgb", "flow")):
             expected = stored_feature(video_dir / "run" / "v2.avi", tmp_path / f"store{k}",
-                                      checkpoints(tiny_checkpoints)[name], name)
+                                      last_checkpoints(tiny_checkpoints)[name], name)
             # float32 network outputs batched differently: within 1e-5 of the largest feature, on any CPU
             np.testing.assert_allclose(data[name][1], expected, atol=1e-5 * np.abs(expected).max())
     assert not (tmp_path / "features.npz.parts").exists()
 
 
 def test_features_resume_after_a_kill(tmp_path, video_dir, tiny_checkpoints, monkeypatch):
-    ckpts = {"rgb": checkpoints(tiny_checkpoints)["rgb"]}
+    ckpts = {"rgb": last_checkpoints(tiny_checkpoints)["rgb"]}
     out = tmp_path / "rgb.npz"
     real = extract.video_features
     calls = []
@@ -122,7 +122,7 @@ def test_video_lists_folders_and_frame_folders(tmp_path, video_dir):
 
 
 def test_output_rules_and_formats(tmp_path, video_dir, tiny_checkpoints, monkeypatch):
-    ckpts = {"rgb": checkpoints(tiny_checkpoints)["rgb"]}
+    ckpts = {"rgb": last_checkpoints(tiny_checkpoints)["rgb"]}
     with pytest.raises(FusionError, match="must end in .npz or .parquet"):
         extract_features(video_dir, ckpts, tmp_path / "f.csv", FAST_FLOW, CFG)
     # One rule for every output: an existing one is refused unless --force (as export does).
@@ -143,7 +143,7 @@ def test_output_rules_and_formats(tmp_path, video_dir, tiny_checkpoints, monkeyp
 
 def test_parquet_output(tmp_path, video_dir, tiny_checkpoints):
     pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow (the test extra) is not installed")
-    extract_features(video_dir, checkpoints(tiny_checkpoints), tmp_path / "f.parquet", FAST_FLOW, CFG)
+    extract_features(video_dir, last_checkpoints(tiny_checkpoints), tmp_path / "f.parquet", FAST_FLOW, CFG)
     table = pq.read_table(tmp_path / "f.parquet")
     assert table.column("video_id").to_pylist() == ["jump/v1", "run/v2"]
     assert len(table.column("two_stream").to_pylist()[0]) == 512

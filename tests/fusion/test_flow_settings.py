@@ -22,8 +22,8 @@ from streams.checkpoint import check_flow_settings, make_payload, read_checkpoin
 from streams.config import ModelConfig
 from streams.errors import StreamsError
 from streams.p3d import build_model
-from tests.fusion.conftest import CLASSES, TRAIN_CFG, tiny_video
-from tests.fusion.test_predict import FAST_FLOW, write_avi
+from tests.builders import FAST_FLOW, toy_video, write_avi
+from tests.fusion.conftest import CLASSES, TRAIN_CFG
 
 STORE_FLOW = FlowConfig()  # the defaults: 340x256, bound 20
 SMALL_FLOW = FlowConfig(size="64x64", bound=5.0)  # what the mismatched model was trained on
@@ -87,7 +87,7 @@ def settings_store(root: Path, cfg: FlowConfig) -> tuple[list, list]:
     for label, name in enumerate(CLASSES):
         for i in range(3):
             video_id = f"{name}/v_{name}_{i:02d}"
-            store.write_video(video_id, *tiny_video(label, rng))
+            store.write_video(video_id, *toy_video(label, rng))
             (test if i == 2 else train).append((video_id, (label,)))
     return train, test
 

@@ -6,12 +6,10 @@ import json
 import re
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
 
-from flow.config import FlowConfig
 from flow.errors import FlowError
 from flow.stage import FlowJob, run_flow
 from flow.store import open_store
@@ -24,32 +22,7 @@ from fusion.scoring import ClipGeometry, StreamRunner
 from fusion.views import score_views
 from streams.checkpoint import load_checkpoint
 from streams.errors import StreamsError
-
-# Cheap TV-L1: these tests check the plumbing, the flow package tests TV-L1 itself.
-# Lossless stores (png frames and flow): the stored video is the known answer the decoded one must match.
-LOSSLESS = {f.name: "png" for f in dataclasses.fields(FlowConfig) if f.name in ("codec", "flow_codec")}
-FAST_FLOW = FlowConfig(size="", jobs=1, nscales=2, warps=1, inner_iterations=5, outer_iterations=2,
-                       median_filtering=1, batch_pairs=8, **LOSSLESS)
-
-
-def write_avi(path: Path, frames: int = 12, width: int = 40, height: int = 30, seed: int = 0) -> Path:
-    """A textured square drifting right and down over noise (MJPG .avi)."""
-    rng = np.random.default_rng(seed)
-    background = cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), np.uint8), (5, 5), 1.5)
-    square = rng.integers(0, 256, (12, 12, 3), np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (width, height))
-    for t in range(frames):
-        frame = background.copy()
-        y, x = 4 + t % (height - 16), 2 + (2 * t) % (width - 14)
-        frame[y:y + 12, x:x + 12] = square
-        writer.write(frame)
-    writer.release()
-    return path
-
-
-def checkpoints(tiny_checkpoints) -> dict[str, Path]:
-    return {name: d / "last.pt" for name, d in tiny_checkpoints.items()}
+from tests.builders import FAST_FLOW, last_checkpoints, write_avi
 
 
 def stored_video_scores(video: Path, store_dir: Path, ckpts: dict[str, Path], cfg: EvalConfig) -> dict[str, np.ndarray]:
@@ -70,7 +43,7 @@ def stored_video_scores(video: Path, store_dir: Path, ckpts: dict[str, Path], cf
 @pytest.mark.numerical  # also run with 2 threads by `make test`
 def test_predict_gives_the_scores_of_make_flow_then_eval(tmp_path, tiny_checkpoints):
     video = write_avi(tmp_path / "clip.avi")
-    ckpts = checkpoints(tiny_checkpoints)
+    ckpts = last_checkpoints(tiny_checkpoints)
     cfg = EvalConfig(clips=3, crops="three", fusion_scores="softmax")
     expected = stored_video_scores(video, tmp_path / "store", ckpts, cfg)
     engine = load_streams(ckpts, cfg)
@@ -93,7 +66,7 @@ def test_predict_and_eval_fuse_raw_scores_the_same_way(tmp_path, tiny_checkpoint
     """The default (TSN) rule: the 1 : 1.5 weighted mean of the averaged logits, shown through a softmax,
     is fusion.fuse.fuse, the function `make eval` fuses with."""
     video = write_avi(tmp_path / "clip.avi")
-    ckpts = checkpoints(tiny_checkpoints)
+    ckpts = last_checkpoints(tiny_checkpoints)
     cfg = EvalConfig(clips=2)
     assert cfg.fusion_scores == "raw" and cfg.fusion_weights == [1.0, 1.5]
     expected = stored_video_scores(video, tmp_path / "store", ckpts, cfg)
@@ -127,7 +100,7 @@ def test_predict_reports_broken_videos_and_goes_on(tmp_path, tiny_checkpoints):
     good = write_avi(tmp_path / "good.avi")
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
-    predictions = predict([broken, good], checkpoints(tiny_checkpoints), FAST_FLOW, EvalConfig(clips=1))
+    predictions = predict([broken, good], last_checkpoints(tiny_checkpoints), FAST_FLOW, EvalConfig(clips=1))
     assert str(broken) in predictions[0].error and not predictions[0].top
     assert len(predictions[1].top["fusion"]) == 3 and not predictions[1].error
     document = json.loads(format_predictions(predictions, as_json=True))
@@ -137,11 +110,11 @@ def test_predict_reports_broken_videos_and_goes_on(tmp_path, tiny_checkpoints):
     text = format_predictions(predictions)
     assert "error:" in text and "fusion" in text
     with pytest.raises(FusionError, match="no video could be scored"):
-        predict([broken], checkpoints(tiny_checkpoints), FAST_FLOW, EvalConfig(clips=1))
+        predict([broken], last_checkpoints(tiny_checkpoints), FAST_FLOW, EvalConfig(clips=1))
 
 
 def test_predict_checks_the_streams(tmp_path, tiny_checkpoints):
-    ckpts = checkpoints(tiny_checkpoints)
+    ckpts = last_checkpoints(tiny_checkpoints)
     video = write_avi(tmp_path / "v.avi")
     with pytest.raises(StreamsError, match="is a rgb stream but was given as the flow stream"):
         predict([video], {"flow": ckpts["rgb"]}, FAST_FLOW, EvalConfig(clips=1))
@@ -159,7 +132,7 @@ def test_predict_checks_the_streams(tmp_path, tiny_checkpoints):
 def test_predict_on_real_clips(shared_data, tiny_checkpoints, name, frames):
     """Every container of ../shared/data/clips, the 1920x1080 one included, downscaled to keep it cheap."""
     flow_cfg = dataclasses.replace(FAST_FLOW, size="48x32")
-    (prediction,) = predict([shared_data / "clips" / name], checkpoints(tiny_checkpoints), flow_cfg,
+    (prediction,) = predict([shared_data / "clips" / name], last_checkpoints(tiny_checkpoints), flow_cfg,
                             EvalConfig(clips=1))
     assert not prediction.error and prediction.frames == frames
     for top in prediction.top.values():
@@ -169,7 +142,7 @@ def test_predict_on_real_clips(shared_data, tiny_checkpoints, name, frames):
 
 def test_progress_bars_go_to_stderr_and_leave_stdout_unchanged(tmp_path, tiny_checkpoints, capsys):
     video = write_avi(tmp_path / "v.avi")
-    ckpts, cfg = checkpoints(tiny_checkpoints), EvalConfig(clips=3, crops="three")
+    ckpts, cfg = last_checkpoints(tiny_checkpoints), EvalConfig(clips=3, crops="three")
     run_predict([video], ckpts, FAST_FLOW, cfg, top_k=2, as_json=True, progress=False)
     quiet = capsys.readouterr()
     assert quiet.err == ""

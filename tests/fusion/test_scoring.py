@@ -11,8 +11,9 @@ from fusion.views import View, feature_views, score_views
 from streams import transforms
 from streams.checkpoint import load_checkpoint
 from streams.clips import ClipDataset
+from tests.builders import save_tiny_checkpoint, toy_video
 
-from .conftest import CLIP_LEN, TRAIN_CFG, save_tiny_checkpoint, tiny_video
+from .conftest import CLIP_LEN, TRAIN_CFG
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -51,8 +52,8 @@ def _runner(modality: str, tmp_path, batch_views: int):
 def one_video(tmp_path_factory):
     root = tmp_path_factory.mktemp("one_video")
     store = create_store(root, codec="raw")
-    store.write_video("Red/v", *tiny_video(0, np.random.default_rng(0), frames=13))
-    store.write_video("Red/short", *tiny_video(0, np.random.default_rng(1), frames=3))
+    store.write_video("Red/v", *toy_video(0, np.random.default_rng(0), frames=13))
+    store.write_video("Red/short", *toy_video(0, np.random.default_rng(1), frames=3))
     return open_store(root)
 
 

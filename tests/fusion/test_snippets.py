@@ -25,9 +25,9 @@ from fusion.snippet_features import extract_snippet_features
 from fusion.snippets import run_snippets
 from fusion.views import View
 from p3dbase.overwrite import OutputExistsError
+from tests.builders import FAST_FLOW, save_tiny_checkpoint, write_avi
 
-from .conftest import CLIP_LEN, save_tiny_checkpoint
-from .test_predict import FAST_FLOW, write_avi
+from .conftest import CLIP_LEN
 
 CFG = EvalConfig(jobs=1, batch_views=4)
 

@@ -15,8 +15,9 @@ from fusion.errors import FusionError
 from fusion.report import COLUMNS
 from fusion.stage import EvalJob, average_splits, run_eval, svm_from_features
 from p3dbase.atomic import DiskFullError
+from tests.builders import save_tiny_checkpoint
 
-from .conftest import CLASSES, save_tiny_checkpoint
+from .conftest import CLASSES
 
 CFG = EvalConfig(clips=3, crops="three", batch_views=5, svm_clips=4, svm_cs=[0.1, 10.0], svm_folds=3, jobs=1)
 

@@ -17,20 +17,14 @@ from streams import transforms
 from streams.config import TrainConfig
 from streams.errors import StreamsError
 from streams.p3d import build_model
-from tests.fusion.conftest import save_tiny_checkpoint
-from tests.fusion.test_predict import FAST_FLOW
+from tests.builders import FAST_FLOW, save_tiny_checkpoint, write_video
 
 TRAIN_CFG = TrainConfig(clip_len=4, resize=[24, 32], crop=16)
 
 
 def write_ffv1(path: Path, frames: np.ndarray, grey: bool = False) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), 25.0, (w, h), isColor=not grey)
-    for frame in frames:
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if grey else frame)
-    writer.release()
-    return path
+    """Lossless (FFV1) video: decoding gives back exactly `frames`."""
+    return write_video(path, frames, grey=grey, fourcc="FFV1")
 
 
 def moving_frames(n: int = 9, h: int = 20, w: int = 30, seed: int = 0) -> np.ndarray:

@@ -14,8 +14,7 @@ from pipeline import cli, tools_cli
 from streams.checkpoint import load_checkpoint
 from streams.errors import StreamsError
 from streams.p3d import build_model
-from tests.fusion.test_predict import write_avi
-from tests.streams.test_export import tiny_checkpoint
+from tests.builders import checkpoint_with_statistics, save_tiny_checkpoint, write_avi
 from tests.streams.test_importers import official_layers, randomise, write_caffemodel
 
 # Cheap TV-L1 and few views: the flow and fusion tests check the numbers, these the wiring.
@@ -49,7 +48,7 @@ def test_import_then_export_predict_and_features(tmp_path, capsys):
     info = json.loads((tmp_path / "export" / "rgb.logits.json").read_text())
     assert info["input_shape"] == ["batch", 3, 4, 32, 32] and info["files"] == ["rgb.logits.pt"]
 
-    flow = tiny_checkpoint(tmp_path / "weights" / "flow.pt", modality="flow", classes=ckpt.classes)
+    flow = checkpoint_with_statistics(tmp_path / "weights" / "flow.pt", modality="flow", classes=ckpt.classes)
     video = write_avi(tmp_path / "videos" / "a" / "clip.avi", frames=20)
     capsys.readouterr()
     run(["predict", str(video), "--rgb", str(rgb), "--flow", str(flow), "--top", "2", "--json", *FAST])
@@ -85,8 +84,6 @@ def test_the_cli_prints_errors_with_status_2(tmp_path, capsys):
 
 
 def test_predict_and_features_say_in_their_exit_status_when_some_videos_failed(tmp_path, capsys):
-    from tests.fusion.conftest import save_tiny_checkpoint
-
     rgb = save_tiny_checkpoint(tmp_path / "rgb.pt", "rgb")
     good = write_avi(tmp_path / "videos" / "good.avi", frames=12)
     broken = tmp_path / "videos" / "broken.mp4"
@@ -116,8 +113,6 @@ def test_predict_and_features_say_in_their_exit_status_when_some_videos_failed(t
 
 
 def test_export_names_the_stream_and_never_overwrites_silently(tmp_path, capsys):
-    from tests.fusion.conftest import save_tiny_checkpoint
-
     run_dir = tmp_path / "train" / "flow" / "split1"
     save_tiny_checkpoint(run_dir / "last.pt", "flow")
     save_tiny_checkpoint(tmp_path / "train" / "rgb" / "split1" / "last.pt", "rgb")

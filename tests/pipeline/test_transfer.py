@@ -23,7 +23,7 @@ from pipeline.synth.config import SynthConfig
 from pipeline.transfer.benchmarks import check_transfer_config
 from pipeline.transfer.config import BenchmarkConfig
 from streams.config import TrainConfig
-from tests.fusion.conftest import save_tiny_checkpoint
+from tests.builders import save_tiny_checkpoint
 
 BASE = """
 work_dir = "w"
