@@ -162,7 +162,7 @@ def _check_flow_input(spec: StreamSpec, benchmarks: Sequence[Benchmark], flow_cf
     for bench in benchmarks:
         if bench.flow_store is None:
             given = config_flow_settings(flow_cfg)
-            where = f"the [flow] settings benchmark.{bench.name}'s flow is made with"
+            where = f"[flow] (what benchmark.{bench.name}'s flow is computed with)"
         else:
             store = open_store(bench.flow_store)
             given = flow_settings(store.bound, store.params)
