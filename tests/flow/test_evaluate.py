@@ -38,7 +38,7 @@ def test_tvl1_on_rubberwhale_meets_the_target(shared_data, capsys):
     assert main(["--frames", str(d / "frame10.png"), str(d / "frame11.png"), "--gt", str(d / "flow10.flo")]) == 0
     line = capsys.readouterr().out.splitlines()[2]
     epe = float(line.split("|")[4])
-    assert epe <= 0.17  # the target with the chosen defaults (0.164 measured)
+    assert epe <= 0.17  # the target for the default settings (0.164 measured)
 
 
 def test_store_mode_reports_quantisation_only_for_exact_flow(tmp_path, capsys):

@@ -294,7 +294,7 @@ def _worker_pid(temp: Path) -> int | None:
 
 
 def test_a_second_run_leaves_a_video_being_written_alone_and_finds_it_done(videos, tmp_path, fast_cfg):
-    """Issue 10, bug 1 (deterministic form): run 2 starts while run 1 is mid-video. Run 1 here is
+    """Two runs on one store, deterministically: run 2 starts while run 1 is mid-video. Run 1 here is
     the test holding the video's lock and writing it; the video is the smallest file, which run 2
     (largest first) reaches last."""
     fast_cfg = dataclasses.replace(fast_cfg, codec="png", flow_codec="png")  # decoded images re-encode exactly
@@ -337,7 +337,7 @@ TWO_RUNS_SCRIPT = KILL_SCRIPT.replace("run_flow(jobs,", "print(run_flow(jobs,").
 
 
 def test_two_runs_at_once_on_one_store_lose_nothing(tmp_path):
-    """Issue 10, bug 1: two `flow` runs on one work_dir (a re-launch, a scheduler retry)."""
+    """Two `flow` runs on one work_dir (a re-launch, a scheduler retry) share the work."""
     folder = tmp_path / "videos"
     for k in range(4):
         write_video(folder / f"v{k}.avi", moving_square(8, seed=k))
@@ -366,7 +366,7 @@ def test_two_runs_at_once_on_one_store_lose_nothing(tmp_path):
 
 
 def test_a_killed_worker_fails_only_its_video(tmp_path, fast_cfg):
-    """Issue 10, bug 2: a worker killed (the OOM killer's SIGKILL) while on `big`, and again when
+    """A worker killed (the OOM killer's SIGKILL) while on `big`, and again when
     `big` runs alone: `big` is recorded as failed, the video that shared the pool is redone, the
     rest finish."""
     folder = tmp_path / "videos"
@@ -416,7 +416,7 @@ run_flow(jobs, Path(sys.argv[2]), FlowConfig(size="", jobs=2, batch_pairs=2))
 
 
 def test_killing_the_run_stops_its_workers(tmp_path):
-    """Issue 10, bug 2: after `kill -9` of the run its worker processes stop within a chunk and
+    """After `kill -9` of the run its worker processes stop within a chunk and
     remove what they were writing, instead of writing into the store for minutes."""
     folder = tmp_path / "videos"
     for k in range(2):  # each about 200 pairs of full TV-L1: far longer than the test waits
@@ -455,7 +455,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_force_with_a_shard_and_other_settings_is_refused(videos, tmp_path, fast_cfg):
-    """Issue 10, bug 7: `--force --shard` rewrote store.json for the whole store, redid one shard
+    """`--force --shard` once rewrote store.json for the whole store, redid one shard
     and left a mixed store that a plain re-run took for done."""
     out = tmp_path / "flow"
     run_flow(jobs_in(videos), out, fast_cfg)
@@ -471,7 +471,7 @@ def test_force_with_a_shard_and_other_settings_is_refused(videos, tmp_path, fast
 
 
 def test_a_full_disk_stops_the_run_with_one_error_and_no_temp_files(videos, tmp_path, fast_cfg, monkeypatch):
-    """Issue 10, bug 9: ENOSPC marked every remaining video failed and the stage exited 0."""
+    """A full disk (ENOSPC) once marked every remaining video failed and the stage exited 0."""
     out = tmp_path / "flow"
     put, calls = PackWriter._put, []
 
@@ -531,7 +531,7 @@ print("RESULT", s.computed, s.failed)
 
 
 def test_file_names_and_manifests_that_are_not_utf8(tmp_path):
-    """Issue 10, bug 3: OpenCV segfaulted on such a name (rc 139, no manifest, every re-run again);
+    """OpenCV once segfaulted on such a name (rc 139, no manifest, every re-run again);
     a manifest with non-UTF-8 bytes gave a traceback. In a subprocess: a crash fails the test."""
     write_video(tmp_path / "videos" / "plain.avi", moving_square(5, seed=1))
     write_video(tmp_path / "videos" / "cafe.avi", moving_square(5, seed=2))

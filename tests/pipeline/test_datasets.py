@@ -397,7 +397,7 @@ def test_defaults_validate_and_root_is_required():
 
 
 def test_folder_skips_hidden_files_and_refuses_what_it_must_not_read(tmp_path):
-    """Issue 10: one `._x.mp4` or a backslash in a name aborted the flow stage; links out of the
+    """One `._x.mp4` or a backslash in a name once aborted the flow stage; links out of the
     root were followed (to /etc/passwd); dangling links and FIFOs vanished without a word."""
     root, outside = tmp_path / "root", tmp_path / "outside"
     touch(root, "jump/a.mp4", "jump/._a.mp4", "jump/.hidden/b.mp4", ".cache/c.mp4", "run/d.avi",
