@@ -65,7 +65,7 @@ def generate(cfg: SynthConfig, out_root: Path, *, force: bool = False) -> SynthS
     for class_index, group, clip in progress_bar(jobs, desc="synth", unit="video"):
         name = video_name(classes[class_index], group, clip)
         video = out_root / "videos" / classes[class_index] / f"{name}.avi"
-        if video.is_file():
+        if video.is_file() and video.stat().st_size > 0:  # 0 bytes: left by a version that did not read back
             continue
         rendered = render_clip(cfg, class_index, group, clip)
         if cfg.write_flow:
