@@ -352,6 +352,9 @@ def test_a_video_opencv_failed_to_write_never_gets_its_name_and_the_rerun_writes
     monkeypatch.undo()
     summary = generate(SynthConfig.tiny(), root)
     assert summary.generated == 24 and all(len(decode(v)) == 20 for v in root.rglob("*.avi"))
+    empty = sorted(root.rglob("*.avi"))[0]
+    empty.write_bytes(b"")  # what a version that did not read videos back left on a full disk
+    assert generate(SynthConfig.tiny(), root).generated == 1 and len(decode(empty)) == 20
 
 
 def test_companions_delete_what_a_killed_run_left_and_refuse_a_second_writer(tmp_path, monkeypatch):
