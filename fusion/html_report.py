@@ -98,7 +98,8 @@ def percent_cell(value: float, bar: bool = False) -> dict:
 
 def find_reports(folder: Path) -> list[tuple[str, Path]]:
     """(kind, folder) of every report under `folder` (itself included) that a page can be built for:
-    the folders holding report_inputs.json, whose `kind` is "eval" or "transfer". Frame stores, caches
+    the folders holding report_inputs.json, whose `kind` is "eval", "average" (the mean over splits) or
+    "transfer". Frame stores, caches
     and feature folders are not entered."""
     found = []
     for root, dirs, files in os.walk(folder):
@@ -107,7 +108,7 @@ def find_reports(folder: Path) -> list[tuple[str, Path]]:
                 kind = json.loads((Path(root) / report.INPUTS).read_text(encoding="utf-8")).get("kind")
             except (OSError, ValueError, AttributeError):
                 kind = None
-            if kind in ("eval", "transfer"):
+            if kind in ("eval", "transfer", "average"):
                 found.append((kind, Path(root)))
         if "store.json" in files:  # a frame + flow store: thousands of videos, no report
             dirs.clear()
@@ -128,7 +129,21 @@ def write_eval_page(report_dir: Path) -> Path:
     return path
 
 
-def _read_inputs(report_dir: Path) -> dict:
+def write_average_page(report_dir: Path) -> Path:
+    """report.html of a split average (`report.write_average`): its table, and a link to each
+    split<k>/report.html beside it."""
+    report_dir = Path(report_dir)
+    inputs = _read_inputs(report_dir, "average")
+    splits = [{"name": p.parent.name, "href": f"{p.parent.name}/{PAGE}"}
+              for p in sorted(report_dir.glob(f"split*/{PAGE}"))]
+    page = render("average.html.j2", title=inputs["title"], notes=inputs["notes"],
+                  results=results_section(_read_csv(report_dir / "results.csv")), splits=splits)
+    path = report_dir / PAGE
+    write_text(path, page)
+    return path
+
+
+def _read_inputs(report_dir: Path, kind: str = "eval") -> dict:
     path = report_dir / report.INPUTS
     try:
         inputs = json.loads(path.read_text(encoding="utf-8"))
@@ -137,8 +152,8 @@ def _read_inputs(report_dir: Path) -> dict:
                           "written before report.html existed (re-run `make eval`)") from None
     except (OSError, ValueError) as e:
         raise FusionError(f"{printable(str(path))}: cannot read it ({e}): re-run `make eval`") from None
-    if not isinstance(inputs, dict) or inputs.get("kind") != "eval":
-        raise FusionError(f"{printable(str(path))}: not the inputs of an evaluation report")
+    if not isinstance(inputs, dict) or inputs.get("kind") != kind:
+        raise FusionError(f"{printable(str(path))}: not the inputs of an evaluation report ({kind})")
     return inputs
 
 
@@ -209,6 +224,10 @@ def probabilities(scores: dict[str, np.ndarray], method: str, chosen: Sequence |
 
 def results_section(table: pd.DataFrame) -> dict:
     shown = [c for c in ["method", *report.PERCENT, "videos", "excluded", "splits", "details"] if c in table.columns]
+    table = table.copy()
+    for c in ("method", "details"):  # an empty text cell reads back from the CSV as NaN
+        if c in table.columns:
+            table[c] = table[c].astype(object).where(table[c].notna(), "")
     rows = []
     for _, row in table.iterrows():
         rows.append([percent_cell(row[c]) if c in report.PERCENT else

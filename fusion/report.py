@@ -108,6 +108,20 @@ def write_results(table: pd.DataFrame, out_dir: Path, title: str, notes: Sequenc
     write_text(out_dir / "results.md", to_markdown(table, title, notes) + (f"\n{extra}" if extra else ""))
 
 
+def write_average(out_dir: Path, table: pd.DataFrame, title: str, notes: Sequence[str]) -> None:
+    """The split average's report: results.csv/.md (`write_results`), report_inputs.json, and a
+    report.html with the table and a link to each split's page (written after the splits')."""
+    write_results(table, out_dir, title, notes)
+    write_text(out_dir / INPUTS, json.dumps({"kind": "average", "title": title, "notes": list(notes)}, indent=1) + "\n")
+    from fusion import html_report  # as in _write_report_files
+
+    missing = html_report.missing_engine()
+    if missing:
+        print(missing)
+    else:
+        html_report.write_average_page(out_dir)
+
+
 def most_confused(scores: np.ndarray, labels: Labels, classes: Sequence[str], top: int = 20) -> pd.DataFrame:
     """The off-diagonal cells of the confusion matrix with the most videos: `true`, `predicted`,
     `videos`, `share` (percent of the true class's test videos). Sorted by videos, then share, then

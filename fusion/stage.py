@@ -230,7 +230,7 @@ def average_splits(tables: Sequence[pd.DataFrame], out_dir: Path, protocol: str)
     title = f"Evaluation: {protocol}"
     notes = [f"Mean over {len(tables)} splits; videos and excluded are summed over the splits; "
              "each split's report is in its split<k>/ folder."]
-    report.write_results(table, Path(out_dir), title, notes)
+    report.write_average(Path(out_dir), table, title, notes)
     print(report.to_markdown(table[["method", *report.PERCENT, "videos"]], title, notes))
     return table
 

@@ -275,7 +275,7 @@ def transfer_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1)) -> pd.DataFr
 def report_stage(folder: Path) -> list[Path]:
     """`report WORK_DIR`: report.html of every evaluation and transfer report under `folder`, rebuilt
     from the files those runs wrote (fusion.html_report, pipeline.transfer.report); their paths."""
-    from fusion.html_report import find_reports, write_eval_page
+    from fusion.html_report import find_reports, write_average_page, write_eval_page
     from pipeline.transfer.report import write_page
 
     if not Path(folder).is_dir():
@@ -284,7 +284,9 @@ def report_stage(folder: Path) -> list[Path]:
     if not found:
         raise PipelineError(f"no evaluation or transfer report under {folder} (no report_inputs.json): run "
                             "`make eval` or `make transfer` first")
-    pages = [write_eval_page(where) if kind == "eval" else write_page(where) for kind, where in found]
+    build = {"eval": write_eval_page, "average": write_average_page, "transfer": write_page}
+    # deepest first: an average's page links the split pages beside it, rebuilt before it
+    pages = [build[kind](where) for kind, where in sorted(found, key=lambda f: -len(f[1].parts))]
     for path in pages:
         print(f"report: wrote {path}")
     return pages
@@ -304,14 +306,10 @@ def show_flow_stage(cfg: Config, video_id: str, *, out: Path | None = None, fram
     check_max_flow(max_flow, "--max-flow")
     if out is not None:
         check_png_path(out, "--out")
-    store_root = flow_dir(cfg)
-    if not (store_root / "store.json").is_file():
-        raise PipelineError(f"no flow store at {store_root}: run `make flow` (python -m pipeline flow --config ...) "
-                            "before `show-flow`")
-    store = open_store(store_root)
+    store = open_store(flow_dir(cfg), purpose="show-flow")
     if not store.has(video_id):
         ids = store.video_ids()
-        raise PipelineError(f"video {video_id!r} is not in the store at {store_root} ({len(ids)} videos, "
+        raise PipelineError(f"video {video_id!r} is not in the store at {store.root} ({len(ids)} videos, "
                             f"e.g. {', '.join(ids[:3])}); ids are paths under the dataset root without extension")
     scale = max_flow if max_flow is not None else store.bound / 4
     with store.open(video_id) as video:

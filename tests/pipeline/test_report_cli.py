@@ -30,6 +30,7 @@ def eval_report(out, n: int = 12):
     report.write_report(out, EvalReport("Evaluation: t", table, ["a note"], methods, methods,
                                         [f"C{c}/v{i}" for i, (c,) in enumerate(labels)], labels,
                                         [f"class {c}" for c in range(n)], {"C0/gone": "no flow"}))
+    return table
 
 
 def transfer_table() -> pd.DataFrame:
@@ -43,7 +44,9 @@ def transfer_table() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("work")
-    eval_report(tmp_path / "eval" / "split1")
+    split = eval_report(tmp_path / "eval" / "split1")
+    report.write_average(tmp_path / "eval", report.average_tables([split], "t average"), "Evaluation: average",
+                         ["Mean over 1 split."])
     eval_report(tmp_path / "runs" / "other" / "eval", n=40)
     write_report(tmp_path / "transfer", TransferReport(
         transfer_table(), ["Streams: rgb = x.pt"], {"ucf101": "ucf101", "aslan": "aslan", "yupenn": "yupenn"},
@@ -54,7 +57,7 @@ def work(tmp_path_factory):
 
 def test_report_rebuilds_every_page_from_the_files(work, capsys):
     pages = [work / "eval" / "split1" / "report.html", work / "runs" / "other" / "eval" / "report.html",
-             work / "transfer" / "report.html"]
+             work / "transfer" / "report.html", work / "eval" / "report.html"]
     before = [STAMP.sub("", p.read_text()) for p in pages]
     for p in pages:
         p.unlink()
@@ -69,6 +72,9 @@ def test_report_rebuilds_every_page_from_the_files(work, capsys):
     # report.json keeps describing the folder: the rebuilt page's SHA-256 follows it
     listing = json.loads(marker.read_text())["files"]
     assert listing["report.html"] == file_sha256(pages[0])
+    # the average's page: its table and a link to each split's page
+    assert '<a href="split1/report.html">split1</a>' in pages[3].read_text()
+    assert "<td>fusion</td>" in pages[3].read_text()
     # one report folder alone
     pages[1].unlink()
     assert main(["report", str(work / "runs" / "other" / "eval")]) == 0 and pages[1].is_file()
