@@ -275,7 +275,7 @@ def transfer_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1)) -> pd.DataFr
 def report_stage(folder: Path) -> list[Path]:
     """`report WORK_DIR`: report.html of every evaluation and transfer report under `folder`, rebuilt
     from the files those runs wrote (fusion.html_report, pipeline.transfer.report); their paths."""
-    from fusion.html_report import find_reports, write_average_page, write_eval_page
+    from fusion.html_report import find_reports, write_eval_page
     from pipeline.transfer.report import write_page
 
     if not Path(folder).is_dir():
@@ -284,9 +284,7 @@ def report_stage(folder: Path) -> list[Path]:
     if not found:
         raise PipelineError(f"no evaluation or transfer report under {folder} (no report_inputs.json): run "
                             "`make eval` or `make transfer` first")
-    build = {"eval": write_eval_page, "average": write_average_page, "transfer": write_page}
-    # deepest first: an average's page links the split pages beside it, rebuilt before it
-    pages = [build[kind](where) for kind, where in sorted(found, key=lambda f: -len(f[1].parts))]
+    pages = [write_eval_page(where) if kind == "eval" else write_page(where) for kind, where in found]
     for path in pages:
         print(f"report: wrote {path}")
     return pages
