@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from flow.errors import FlowError
@@ -38,10 +38,11 @@ def manifest_name(shard: tuple[int, int]) -> str:
 
 def format_manifest(rows: list[VideoResult]) -> bytes:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in sorted(rows, key=lambda r: r.video_id):
-        writer.writerow(asdict(row))
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    # Plain rows, not asdict (a deep copy per row): 650,000 rows in a few seconds.
+    writer.writerows([r.video_id, r.path, r.status, r.frames, r.flow_pairs, r.declared_frames, r.seconds, r.error]
+                     for r in sorted(rows, key=lambda r: r.video_id))
     return shown(buf.getvalue()).encode()  # a non-UTF-8 file name is written as \xNN
 
 

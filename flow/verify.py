@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import joblib
@@ -92,7 +92,7 @@ def verify_store(root: Path | str, *, jobs: int = 0) -> VerifyReport:
         with store.index.writer() as index:
             for video_id, problem in damaged:
                 entry = entries.get(video_id) or IndexEntry(video_id, "damaged")
-                index.add(replace(entry, state="damaged", note=shown(" ".join(problem.split())), recorded_ns=0))
+                index.add(entry._replace(state="damaged", note=shown(" ".join(problem.split())), recorded_ns=0))
     print(report, flush=True)
     return report
 

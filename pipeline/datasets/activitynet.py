@@ -89,7 +89,7 @@ def read_activitynet(cfg: DatasetConfig, split: str) -> Dataset:
         elif found is None:
             skipped.append(video)
         else:
-            rel = PurePosixPath(found.relative_to(root).as_posix())
+            rel = PurePosixPath(found)
             entries.append(Entry(rel, tuple(label_of[label] for label in labels), subset, where))
     if not entries:
         raise DatasetError(f"none of the {len(videos)} labelled videos in {path} were found under {root} "

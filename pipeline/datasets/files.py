@@ -77,7 +77,9 @@ def file_problem(path: Path, root: Path) -> str:
 
 def video_id_of(rel: PurePosixPath) -> str:
     """Relative path without a video extension (rawframe folders keep their full name)."""
-    return str(rel.with_suffix("")) if rel.suffix.lower() in VIDEO_EXTENSIONS else str(rel)
+    text = str(rel)
+    stem, ext = os.path.splitext(text)  # as rel.with_suffix(""), at a tenth of its cost
+    return stem if ext.lower() in VIDEO_EXTENSIONS and "/" not in ext and stem[-1:] not in ("", "/") else text
 
 
 def parse_int(text: str, what: str, where: str) -> int:
@@ -87,18 +89,20 @@ def parse_int(text: str, what: str, where: str) -> int:
         raise DatasetError(f"{where}: {what} must be an integer, got {text!r}") from None
 
 
-def index_videos(root: Path) -> dict[str, Path]:
-    """File stem -> path of every video under root, for formats whose layout varies (Kinetics,
-    ActivityNet): a clip is found wherever the downloader put it. On a clash the first path in
-    sorted order wins, with a warning."""
-    found: dict[str, Path] = {}
+def index_videos(root: Path) -> dict[str, str]:
+    """File stem -> '/'-separated path under root of every video under root, for formats whose layout
+    varies (Kinetics, ActivityNet): a clip is found wherever the downloader put it. On a clash the
+    first path in sorted order wins, with a warning. Strings, not pathlib: 650,000 clips in seconds."""
+    found: dict[str, str] = {}
+    top = os.path.join(root, "")
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        under = os.path.join(folder, "")[len(top):].replace(os.sep, "/")
         for name in sorted(files):
             stem, ext = os.path.splitext(name)
             if ext.lower() not in VIDEO_EXTENSIONS or name.startswith("."):  # ._x.mp4: macOS metadata
                 continue
-            path = Path(folder) / name
+            path = under + name
             if stem in found:
                 log.warning("%s: %s and %s hold the same clip; using the first", root, found[stem], path)
                 continue
@@ -136,7 +140,7 @@ class _FileChecks:
         self.root = root
         self.real_root = os.path.realpath(root)
         self.inside = self.real_root.rstrip(os.sep) + os.sep
-        self.folders: dict[Path, str] = {}
+        self.folders: dict[str, str] = {}
 
     def problem(self, path: Path) -> str | None:
         """None: nothing there; "": a video to read; else why it must not be read."""
@@ -145,9 +149,10 @@ class _FileChecks:
         except OSError:
             return None
         if stat.S_ISREG(mode) or stat.S_ISDIR(mode):  # not a link itself: inside if its folder is
-            folder = self.folders.get(path.parent)
+            parent = os.path.dirname(path)
+            folder = self.folders.get(parent)
             if folder is None:
-                folder = self.folders[path.parent] = os.path.realpath(path.parent)
+                folder = self.folders[parent] = os.path.realpath(parent)
             if folder == self.real_root or folder.startswith(self.inside):
                 return ""
         if stat.S_ISLNK(mode) and not os.path.exists(path):
@@ -166,14 +171,14 @@ def build(fmt: str, root: Path, classes: list[str], entries: list[Entry], split:
     Nothing found at all almost always means a wrong root, so that is an error, not a warning."""
     refused = list(refused or [])
     checks = _FileChecks(root)
-    found = [checks.problem(root / e.rel) for e in entries]
+    paths = [root / e.rel for e in entries]
+    found = [checks.problem(path) for path in paths]
     if entries and all(p is None for p in found) and not refused:
         raise DatasetError(f"none of the {len(entries)} videos listed in {source} exist under {shown(root)} "
                            f"(e.g. {shown(root / entries[0].rel)}): is dataset.root right?")
     missing = list(skipped or [])
     videos = []
-    for entry, problem in zip(entries, found, strict=True):
-        path = root / entry.rel
+    for entry, path, problem in zip(entries, paths, found, strict=True):
         if problem:
             refused.append((shown(entry.rel), problem))
         elif problem is None:

@@ -86,7 +86,7 @@ def read_kinetics(cfg: DatasetConfig, split: str) -> Dataset:
         elif name not in clips:
             skipped.append(name)
         else:
-            rel = PurePosixPath(clips[name].relative_to(root).as_posix())
+            rel = PurePosixPath(clips[name])
             entries.append(Entry(rel, (label_of[label],), subset, where))
     if not entries:
         raise DatasetError(f"none of the {len(rows)} clips listed in {annotations} were found (labelled) "
