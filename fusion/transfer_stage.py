@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from flow.config import FlowConfig
-from flow.stage import FlowJob, config_flow_settings, flow_settings, run_flow
+from flow.stage import FlowJob, config_flow_settings, run_flow
 from flow.store import open_store
 from fusion import svm, transfer
 from fusion.errors import FusionError
@@ -164,8 +164,7 @@ def _check_flow_input(spec: StreamSpec, benchmarks: Sequence[Benchmark], flow_cf
             given = config_flow_settings(flow_cfg)
             where = f"[flow] (what benchmark.{bench.name}'s flow is computed with)"
         else:
-            store = open_store(bench.flow_store)
-            given = flow_settings(store.bound, store.params)
+            given = open_store(bench.flow_store).flow_settings
             where = f"benchmark.{bench.name}.flow_store {bench.flow_store}"
         for line in check_flow_settings(spec.info, given, where):
             print(f"warning: {line}", file=sys.stderr, flush=True)
