@@ -674,7 +674,7 @@ def _check_stored(store: Store, job: FlowJob, origin: Origin, *, legacy: bool,
         declared, seconds = earlier.declared_frames, earlier.seconds
     else:
         seconds = ""
-    return _entry(job, origin, stored, *counts, declared, seconds)
+    return _entry(job, origin, stored, frames=counts[0], flows=counts[1], declared=declared, seconds=seconds)
 
 
 def _declared(origin: dict[str, Any] | None) -> int:
@@ -685,7 +685,7 @@ def _declared(origin: dict[str, Any] | None) -> int:
         return 0
 
 
-def _entry(job: FlowJob, origin: Origin, stored: tuple[int, int], frames: int, flows: int, declared: int,
+def _entry(job: FlowJob, origin: Origin, stored: tuple[int, int], *, frames: int, flows: int, declared: int,
            seconds: str) -> IndexEntry:
     return IndexEntry(job.video_id, "done", origin.settings, origin.size, origin.mtime_ns, stored[0], stored[1],
                       frames, flows, declared, seconds, source=shown(job.path))
@@ -778,4 +778,5 @@ def _record(index: IndexWriter, store: Store, job: FlowJob, origin: Origin | Non
     next run checks the stored video itself)."""
     stored = entry_stat(store.path(job.video_id))
     if origin is not None and stored is not None:
-        index.add(_entry(job, origin, stored, row.frames, row.flow_pairs, row.declared_frames, row.seconds))
+        index.add(_entry(job, origin, stored, frames=row.frames, flows=row.flow_pairs, declared=row.declared_frames,
+                         seconds=row.seconds))
