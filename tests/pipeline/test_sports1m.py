@@ -200,7 +200,7 @@ def test_flow_train_eval_on_a_tiny_sports1m(tmp_path, capsys):
 
     from pipeline.cli import main
     from streams.checkpoint import read_checkpoint
-    from tests.pipeline.test_stages import REPO, TINY
+    from tests.builders import REPO, TINY
 
     synth = tmp_path / "synth"
     assert main(["synth", "--config", str(REPO / "configs/synth.toml"), "--set", f"dataset.root={synth}",

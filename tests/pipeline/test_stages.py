@@ -5,16 +5,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-
-TINY = [
-    "synth.appearances=[\"red\", \"blue\"]", "synth.motions=[\"up\", \"rotate\"]", "synth.groups=3",
-    "synth.clips_per_group=2", "synth.frames=12", "synth.size=32",
-    "flow.warps=1", "flow.outer_iterations=2", "flow.jobs=1",
-    "train.clip_len=4", "train.resize=[32, 32]", "train.crop=28", "train.batch_size=4", "train.epochs=1",
-    "train.workers=0", "train.progress=false", "train.checkpoint_every=1",
-    "eval.clips=2", "eval.svm_clips=2", "eval.svm_folds=2", "eval.jobs=1",
-]
-REPO = Path(__file__).resolve().parents[2]
+from tests.builders import REPO, TINY
 
 
 def run(stage: list[str], work: Path, extra: list[str] = ()) -> int:

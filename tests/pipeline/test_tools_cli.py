@@ -14,8 +14,14 @@ from pipeline import cli, tools_cli
 from streams.checkpoint import load_checkpoint
 from streams.errors import StreamsError
 from streams.p3d import build_model
-from tests.builders import checkpoint_with_statistics, save_tiny_checkpoint, write_avi
-from tests.streams.test_importers import official_layers, randomise, write_caffemodel
+from tests.builders import (
+    checkpoint_with_statistics,
+    official_layers,
+    randomise,
+    save_tiny_checkpoint,
+    write_avi,
+    write_caffemodel,
+)
 
 # Cheap TV-L1 and few views: the flow and fusion tests check the numbers, these the wiring.
 FAST = ["--set", "flow.size=", "--set", "flow.nscales=2", "--set", "flow.warps=1", "--set", "flow.inner_iterations=5",

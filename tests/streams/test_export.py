@@ -1,39 +1,18 @@
 """TorchScript and ONNX exports of a stream give the eager model's outputs, at any batch size."""
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from streams.checkpoint import load_checkpoint, make_payload, save_checkpoint
-from streams.config import ModelConfig, TrainConfig
+from streams.checkpoint import load_checkpoint
 from streams.errors import StreamsError
 from streams.export import export_checkpoint, export_torchscript
-from streams.p3d import build_model
-from streams.transforms import CHANNELS, INPUT_CONVENTION
+from tests.builders import checkpoint_with_statistics
 
 CLIP_LEN, CROP = 8, 32
-
-
-def tiny_checkpoint(path, modality="rgb", arch="p3d_tiny", classes=("a", "b", "c")):
-    torch.manual_seed(0)
-    model = build_model(arch, len(classes), CHANNELS[modality])
-    with torch.no_grad():  # logits of order 1, and BN statistics that are not the identity
-        model.fc.weight.normal_(std=0.05)
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.normal_(std=0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    payload = make_payload(model, arch=arch, modality=modality, classes=list(classes),
-                           input_convention=INPUT_CONVENTION[modality],
-                           model_config=dataclasses.asdict(ModelConfig(arch=arch)),
-                           train_config=dataclasses.asdict(TrainConfig(clip_len=CLIP_LEN, resize=[40, 48], crop=CROP)),
-                           step=1, epoch=1, metrics={})
-    save_checkpoint(path, payload)
-    return path
 
 
 def clips(batch, channels, seed=0):
@@ -43,7 +22,7 @@ def clips(batch, channels, seed=0):
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
 @pytest.mark.parametrize("arch, output", [("p3d_tiny", "logits"), ("p3d_small", "logits"), ("p3d_tiny", "features")])
 def test_torchscript_export_matches_eager(tmp_path, arch, output):
-    ckpt = tiny_checkpoint(tmp_path / "rgb.pt", arch=arch)
+    ckpt = checkpoint_with_statistics(tmp_path / "rgb.pt", arch=arch)
     written = export_checkpoint(ckpt, tmp_path / "out", ["torchscript"], output)
     assert [p.name for p in written] == [f"rgb.{output}.pt", f"rgb.{output}.json"]
     model, _ = load_checkpoint(ckpt)
@@ -62,7 +41,7 @@ def test_torchscript_export_matches_eager(tmp_path, arch, output):
 def test_onnx_export_matches_eager_with_a_dynamic_batch(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    ckpt = tiny_checkpoint(tmp_path / "flow.pt", modality="flow")
+    ckpt = checkpoint_with_statistics(tmp_path / "flow.pt", modality="flow")
     written = export_checkpoint(ckpt, tmp_path / "out", ["onnx"])
     assert written[0].name == "flow.logits.onnx"
     session = ort.InferenceSession(str(written[0]), providers=["CPUExecutionProvider"])
@@ -77,7 +56,7 @@ def test_onnx_export_matches_eager_with_a_dynamic_batch(tmp_path):
 
 
 def test_export_refuses_bad_requests(tmp_path):
-    ckpt = tiny_checkpoint(tmp_path / "rgb.pt")
+    ckpt = checkpoint_with_statistics(tmp_path / "rgb.pt")
     with pytest.raises(StreamsError, match="formats must be among"):
         export_checkpoint(ckpt, tmp_path / "out", ["tflite"])
     model, _ = load_checkpoint(ckpt)
@@ -96,7 +75,7 @@ def test_export_refuses_bad_requests(tmp_path):
     (dict(crop=1), r"a clip of 8 frames x 1x1 is too small for p3d_tiny \(.*\): give a larger --crop"),
 ])
 def test_export_refuses_a_clip_geometry_the_network_cannot_run(tmp_path, kwargs, message):
-    ckpt = tiny_checkpoint(tmp_path / "rgb.pt")
+    ckpt = checkpoint_with_statistics(tmp_path / "rgb.pt")
     with pytest.raises(StreamsError, match=message) as err:
         export_checkpoint(ckpt, tmp_path / "out", ["torchscript"], **kwargs)
     assert "\n" not in str(err.value)
@@ -106,7 +85,7 @@ def test_export_refuses_a_clip_geometry_the_network_cannot_run(tmp_path, kwargs,
 def test_export_refuses_an_existing_output_and_a_file_as_out_unless_forced(tmp_path):
     from p3dbase.overwrite import OutputExistsError
 
-    ckpt = tiny_checkpoint(tmp_path / "rgb.pt")
+    ckpt = checkpoint_with_statistics(tmp_path / "rgb.pt")
     first = export_checkpoint(ckpt, tmp_path / "out", ["torchscript"])
     stamps = [p.stat().st_mtime_ns for p in first]
     with pytest.raises(OutputExistsError, match=r"would overwrite .*rgb.logits.pt, .*rgb.logits.json: pass --force"):
@@ -121,7 +100,7 @@ def test_export_refuses_an_existing_output_and_a_file_as_out_unless_forced(tmp_p
 def test_onnx_export_of_the_features_output_matches_pool5(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    ckpt = tiny_checkpoint(tmp_path / "rgb.pt")
+    ckpt = checkpoint_with_statistics(tmp_path / "rgb.pt")
     written = export_checkpoint(ckpt, tmp_path / "out", ["onnx"], "features")
     assert [p.name for p in written] == ["rgb.features.onnx", "rgb.features.json"]
     session = ort.InferenceSession(str(written[0]), providers=["CPUExecutionProvider"])

@@ -22,84 +22,13 @@ from streams.errors import StreamsError
 from streams.importers import caffe as caffe_import
 from streams.importers import detect_source, import_weights, read_classes
 from streams.importers import pseudo3d_pytorch as port_import
-from streams.importers.caffe_proto import V1_CONVOLUTION, V1_INNER_PRODUCT, NetParameter
 from streams.p3d import ARCHS, P3DSpec, block_kinds, build_model
+from tests.builders import official_block, official_layers, randomise, write_caffemodel
 
 SMALL_INPUT = (2, 3, 8, 48, 48)
 
 
-def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BN statistics and affine, and an fc giving logits of order 1 (its default std 0.001 would
-    make every comparison pass)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                m.weight.copy_(0.5 + torch.rand(n, generator=g))
-                m.bias.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-            elif isinstance(m, nn.Linear):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.in_features ** 0.5)
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-    return model.eval()
-
-
 # --- Caffe -------------------------------------------------------------------------------------
-
-def official_block(stage: int, index: int, numbered: bool) -> str:
-    """Block suffixes of the official deploy prototxts: res2a, res2b, res2c; res3a, res3b1..res3b7; ..."""
-    if index == 0:
-        return "a"
-    return f"b{index}" if numbered else "abcdefghijklmnopqrstuvwxyz"[index]
-
-
-def official_layers(model, numbered_stages=(3, 4), fc_name="fc_kinetics") -> list[tuple[str, list[np.ndarray]]]:
-    """(Caffe layer name, blobs) of `model` laid out as the official P3D deploy nets name them."""
-    def conv(m):
-        return [m.weight.detach().numpy()]
-
-    def bn(m):  # the custom BN layer: scale, shift, moving mean, moving variance, each [1, C]
-        return [t.detach().numpy().reshape(1, -1) for t in (m.weight, m.bias, m.running_mean, m.running_var)]
-
-    layers = [("conv1", conv(model.conv1)), ("bn_conv1", bn(model.bn1))]
-    for stage in range(2, 6):
-        for i, block in enumerate(getattr(model, f"layer{stage - 1}")):
-            name = f"{stage}{official_block(stage, i, stage in numbered_stages)}"
-            branches = [("branch2a", block.conv_reduce, block.bn_reduce), ("branch2b", block.conv_s, block.bn_s)]
-            if stage < 5:
-                branches.append(("branch2b_t", block.conv_t, block.bn_t))
-            branches.append(("branch2c", block.conv_expand, block.bn_expand))
-            if block.downsample is not None:
-                branches.append(("branch1", block.downsample[0], block.downsample[1]))
-            for branch, c, b in branches:
-                layers += [(f"res{name}_{branch}", conv(c)), (f"bn{name}_{branch}", bn(b))]
-    layers.append((fc_name, [model.fc.weight.detach().numpy(), model.fc.bias.detach().numpy()]))
-    return layers
-
-
-def write_caffemodel(path: Path, layers, v1: bool = False, legacy_shapes: bool = False) -> Path:
-    net = NetParameter(name="DEPLOY_P3D_RESNET_TEST")
-    for name, blobs in layers:
-        if v1:
-            # BN is no V1 LayerType: its code stays 0, which parsing must not mind.
-            kind = (V1_INNER_PRODUCT if name.startswith("fc")
-                    else V1_CONVOLUTION if name.startswith(("res", "conv")) else 0)
-            layer = net.layers.add(name=name, type=kind)
-        else:
-            layer = net.layer.add(name=name, type="BN" if name.startswith("bn") else "Convolution")
-        for array in blobs:
-            blob = layer.blobs.add()
-            if legacy_shapes and array.ndim <= 4:
-                num, channels, height, width = (1,) * (4 - array.ndim) + array.shape
-                blob.num, blob.channels, blob.height, blob.width = num, channels, height, width
-            else:
-                blob.shape.dim.extend(array.shape)
-            blob.data.extend(array.ravel().tolist())
-    path.write_bytes(net.SerializeToString())
-    return path
-
 
 @pytest.fixture(scope="module")
 def small_rgb():
