@@ -4,8 +4,10 @@ Every video is decoded in chunks of `batch_pairs` frames (the last frame of a ch
 the next, so every pair is computed however long the video), its flow computed by the configured
 backend, encoded to uint8 and written under a temporary name that is renamed when the video is
 complete. Videos run in parallel in local worker processes (loky), or on a Dask cluster with
-`[flow] scheduler`, a shard of them per machine with `shard=(i, n)`. Finished videos are skipped on
-a re-run; a broken video is recorded as failed in the manifest and the rest goes on.
+`[flow] scheduler`, a shard of them per machine with `shard=(i, n)`. Each finished video is recorded
+in the store's index with what it was made from (flow.index): a re-run skips it while its source
+file and the store's settings are unchanged, without opening it. A broken video is recorded as failed
+in the manifest and the rest goes on.
 
 Each video is processed holding its lock in the store (`Store.lock`), so two runs on one store (a
 re-launch, a scheduler retry) never clean, write or remove the same video at once: the second waits
@@ -498,7 +500,8 @@ def run_flow(videos: Sequence[FlowJob], out_dir: Path, cfg: FlowConfig, *, shard
 
     # 5. The summary; a run in which every video failed is an error.
     failures = sorted([(r.video_id, r.error) for r in rows.values() if r.status == "failed"])
-    summary = FlowSummary(videos=len(mine), computed=tally.computed, skipped=len(plan.rows) + tally.found,
+    found_done = sum(r.status == "done" for r in plan.rows.values())
+    summary = FlowSummary(videos=len(mine), computed=tally.computed, skipped=found_done + tally.found,
                           failed=len(failures), frames=tally.frames, pairs=tally.pairs,
                           seconds=time.perf_counter() - start, manifest=manifest, shard=shard, failures=failures)
     print(summary, flush=True)
