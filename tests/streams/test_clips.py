@@ -34,6 +34,20 @@ def test_training_clips(toy_store):
         assert any(not torch.equal(ds[(5, e)][0], clip) for e in range(1, 6))
 
 
+@pytest.mark.parametrize("modality", ["rgb", "flow"])
+@pytest.mark.parametrize("flip", [False, True])
+def test_clips_do_not_share_the_reused_buffers(toy_store, modality, flip):
+    """A worker decodes and resizes every clip into the same arrays: a clip handed out earlier must not
+    change when the next one is loaded."""
+    root, train, _ = toy_store
+    ds = ClipDataset(root, train, modality, 8, train=True, resize=(30, 36), crop=24, seed=1, flip=flip)
+    first = ds[(0, 0)][0]
+    kept = first.clone()
+    for index in range(1, 6):
+        ds[(index, 0)]
+    assert torch.equal(first, kept) and torch.equal(ds[(0, 0)][0], kept)
+
+
 def test_training_windows_cover_the_video(toy_store):
     """Over many epochs the window start takes every value in [0, N - T] and nothing else."""
     root, train, _ = toy_store

@@ -51,6 +51,26 @@ def test_flipping_rgb_only_mirrors():
     assert np.array_equal(transforms.hflip(clip, "rgb"), clip[:, :, ::-1])
 
 
+@pytest.mark.parametrize("modality", ["rgb", "flow"])
+def test_flipped_chw_is_to_chw_of_hflip_on_a_cropped_view(modality):
+    """The loader's last step, one copy out of a crop view: equal to flipping, then transposing."""
+    clip = np.random.default_rng(3).integers(0, 256, (3, 9, 11, transforms.CHANNELS[modality]), dtype=np.uint8)
+    view = clip[:, 2:7, 1:6]
+    for flip in (False, True):
+        got = transforms.flipped_chw(view, modality, flip)
+        expected = transforms.to_chw(transforms.hflip(view, modality) if flip else view)
+        assert got.is_contiguous() and torch.equal(got, expected)
+    assert np.array_equal(view, clip[:, 2:7, 1:6])  # the source is left as it was
+
+
+def test_resize_into_a_given_array():
+    clip = np.random.default_rng(4).integers(0, 256, (3, 20, 30, 3), dtype=np.uint8)
+    out = np.zeros((3, 9, 12, 3), np.uint8)
+    assert transforms.resize_clip(clip, (9, 12), out) is out
+    assert np.array_equal(out, transforms.resize_clip(clip, (9, 12)))
+    assert transforms.resize_clip(clip, (9, 12), np.zeros((3, 9, 13, 3), np.uint8)).shape == (3, 9, 12, 3)
+
+
 def test_resize_is_per_frame_bilinear():
     clip = np.random.default_rng(2).integers(0, 256, (5, 40, 60, 2), dtype=np.uint8)
     out = transforms.resize_clip(clip, (18, 24))
