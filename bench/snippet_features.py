@@ -16,6 +16,7 @@ own working memory is measured by a short run with it.
 
     flock /tmp/bench.lock .venv/bin/python bench/snippet_features.py [--clip NAME] [--arch p3d_tiny]
     flock /tmp/bench.lock .venv/bin/python bench/snippet_features.py --memory --minutes 60
+    flock /tmp/bench.lock .venv/bin/python bench/snippet_features.py --memory --arch p3d199   # the network's share
 """
 from __future__ import annotations
 
@@ -114,7 +115,7 @@ class ZeroFlow:
         return np.zeros((len(gray) - 1, *gray.shape[1:], 2), np.float32)
 
 
-def memory_child(minutes: float, real_tvl1: bool, root: Path) -> None:
+def memory_child(minutes: float, real_tvl1: bool, root: Path, arch: str = "p3d_tiny") -> None:
     """One measurement (in its own process): prints a JSON line with the peak RSS."""
     from fusion import snippets
     from fusion.snippet_features import extract_snippet_features
@@ -124,8 +125,11 @@ def memory_child(minutes: float, real_tvl1: bool, root: Path) -> None:
     snippets.open_reader = lambda path, size="", max_pixels=0: SyntheticReader(frames)
     if not real_tvl1:
         snippets.make_backend = lambda cfg: ZeroFlow()
-    train_cfg = TrainConfig(clip_len=16, resize=[24, 32], crop=16)  # a cheap network: the video is measured
-    ckpts = {m: checkpoint(root / f"{m}.pt", m, "p3d_tiny", train_cfg) for m in ("rgb", "flow")}
+    if arch == "p3d_tiny":
+        train_cfg = TrainConfig(clip_len=16, resize=[24, 32], crop=16)  # a cheap network: the video is measured
+    else:  # the network measured: P3D's clips, 16 x 160 x 160
+        train_cfg = TrainConfig(clip_len=16, resize=[182, 242], crop=160)
+    ckpts = {m: checkpoint(root / f"{m}.pt", m, arch, train_cfg) for m in ("rgb", "flow")}
     (root / "video.avi").write_bytes(b"stands for the synthetic video")
     flow_cfg = FlowConfig(nscales=1, warps=1, inner_iterations=1, outer_iterations=1, median_filtering=1)
     started = time.perf_counter()
@@ -133,25 +137,28 @@ def memory_child(minutes: float, real_tvl1: bool, root: Path) -> None:
                              progress=False)
     rows = np.load(root / "out" / "video.npy", mmap_mode="r").shape
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"minutes": minutes, "frames": frames, "real_tvl1": real_tvl1, "snippets": rows[0],
+    print(json.dumps({"minutes": minutes, "frames": frames, "real_tvl1": real_tvl1, "arch": arch, "snippets": rows[0],
                       "columns": rows[1], "peak_rss_mb": round(peak), "seconds": round(time.perf_counter() - started)}))
 
 
 def memory(args: argparse.Namespace) -> None:
-    runs = [(1.0, False), (args.minutes, False), (1.0, True)]
-    print("| video | TV-L1 | snippets x columns | peak RSS | seconds |")
-    print("|---|---|---|---|---|")
-    for minutes, real in runs:
+    runs = [(1.0, False, "p3d_tiny"), (args.minutes, False, "p3d_tiny"), (1.0, True, "p3d_tiny")]
+    if args.arch != "p3d_tiny":  # the network's own share: a few batches of full-size clips
+        runs = [(0.1, False, args.arch)]
+    print("| video | TV-L1 | network | snippets x columns | peak RSS | seconds |")
+    print("|---|---|---|---|---|---|")
+    for minutes, real, arch in runs:
         with tempfile.TemporaryDirectory() as tmp:
-            command = [sys.executable, __file__, "--child", str(minutes), "--root", tmp]
+            command = [sys.executable, __file__, "--child", str(minutes), "--root", tmp, "--arch", arch]
             command += ["--real-tvl1"] if real else []
             out = subprocess.run(command, capture_output=True, text=True)
             if out.returncode:
                 sys.exit(out.stderr[-3000:])
             row = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("{")))
         kind = "real (cheapest settings)" if real else "zero-flow stand-in"
-        print(f"| {minutes:g} min, {row['frames']} frames 340x256 | {kind} | {row['snippets']} x {row['columns']} | "
-              f"{row['peak_rss_mb']} MB | {row['seconds']} |", flush=True)
+        net = "p3d_tiny 16x16x16" if arch == "p3d_tiny" else f"{arch} 16x160x160, batch 16"
+        print(f"| {minutes:g} min, {row['frames']} frames 340x256 | {kind} | {net} | {row['snippets']} x "
+              f"{row['columns']} | {row['peak_rss_mb']} MB | {row['seconds']} |", flush=True)
 
 
 def main() -> None:
@@ -166,7 +173,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     if args.child is not None:
-        memory_child(args.child, args.real_tvl1, args.root)
+        memory_child(args.child, args.real_tvl1, args.root, args.arch)
     elif args.memory:
         memory(args)
     else:
