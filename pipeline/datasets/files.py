@@ -75,7 +75,7 @@ def file_problem(path: Path, root: Path) -> str:
     return ""
 
 
-def video_id_of(rel: PurePosixPath) -> str:
+def video_id_of(rel: PurePosixPath | str) -> str:
     """Relative path without a video extension (rawframe folders keep their full name)."""
     text = str(rel)
     stem, ext = os.path.splitext(text)  # as rel.with_suffix(""), at a tenth of its cost
@@ -125,7 +125,7 @@ class UniqueIds:
 @dataclass(frozen=True)
 class Entry:
     """One listed video before it is checked against the disk."""
-    rel: PurePosixPath  # under root
+    rel: PurePosixPath | str  # under root, '/'-separated (a str saves a parse per video at Kinetics scale)
     labels: tuple[int, ...]
     split: str
     where: str  # "file:line", for messages

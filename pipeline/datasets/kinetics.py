@@ -8,7 +8,7 @@ practice) and test rows without a label are reported and skipped.
 from __future__ import annotations
 
 import csv
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from pipeline.datasets.config import DatasetConfig
 from pipeline.datasets.files import Entry, UniqueIds, build, check_file, check_root, index_videos
@@ -86,8 +86,7 @@ def read_kinetics(cfg: DatasetConfig, split: str) -> Dataset:
         elif name not in clips:
             skipped.append(name)
         else:
-            rel = PurePosixPath(clips[name])
-            entries.append(Entry(rel, (label_of[label],), subset, where))
+            entries.append(Entry(clips[name], (label_of[label],), subset, where))
     if not entries:
         raise DatasetError(f"none of the {len(rows)} clips listed in {annotations} were found (labelled) "
                            f"under {root}; clips are looked up as <youtube_id>_<start:06d>_<end:06d>.<ext>, "
