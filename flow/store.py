@@ -33,7 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from flow.codec import CODECS, PNG_PARAMS, CodecError, decode_flow, decode_rgb, encode_flow, encode_rgb, flow_jpeg_blob
+from flow.codec import CODECS, CodecError, decode_flow, decode_rgb, encode_flow, encode_rgb, flow_jpeg_blob
 from flow.errors import FlowError
 from flow.index import StoreIndex
 from p3dbase.atomic import TEMP_MARKER, fsync_dir, write_bytes, writer_token
@@ -47,7 +47,6 @@ PACK_SUFFIX = ".pack"
 PACK_MAGIC = b"P3DPACK1"
 LOCK_SUFFIX = ".lock"
 MMACTION_SIDE_FILE = ".p3d.json"  # in each mmaction video folder: CRC32 of every JPEG, what it was made from
-__all__ = ["CODECS", "PNG_PARAMS"]  # the codecs live in flow.codec; re-exported for older callers
 _FOOTER = struct.Struct("<Q8s")  # length of the JSON meta, magic
 
 
