@@ -57,10 +57,11 @@ transfer: install
 	$(RUN) transfer --config $(TRANSFER_CONFIG) $(ARGS)
 
 # The prepared GPU run (bench/gpu.py, docs/gpu.md): every CUDA path proved and measured in at most
-# 8 minutes; gpu.md, gpu.json and gpu.log in work/gpu. A bare GPU machine without this .venv runs
+# 7 minutes; gpu.md, gpu.json, gpu.log and sections/ in work/gpu (rows written as measured), scratch
+# data and torch.compile's caches in work/gpu-work. A bare GPU machine without this .venv runs
 # `PYTHONPATH=. python3 bench/gpu.py --out DIR` instead.
 bench-gpu: install
-	$(PY) bench/gpu.py --out work/gpu $(ARGS)
+	$(PY) bench/gpu.py --out work/gpu --work work/gpu-work $(ARGS)
 
 clean:
 	rm -rf work

@@ -83,6 +83,7 @@ def test_smoke_run_writes_every_section_and_row(tmp_path):
     assert timed[0]["what"].startswith("train p3d_tiny bf16 AMP + channels_last_3d, batch 2")
     assert timed[-1]["what"].startswith("train p3d_tiny fp32") and timed[-1]["precision"] == "tf32"
     assert train[3]["target"] == ">= 1000 clips/s" and train[3]["best_clips_s"] == timed[0]["clips_s"]
+    assert {r["batch"] for r in timed} == {2}  # "x fp32" at equal batch
     assert all(r["ratio"] == "%.2fx fp32 (batch 2)" % (r["clips_s"] / timed[-1]["clips_s"]) for r in timed[:-1])
     checks = [r for r in train if r.get("fit_check")]
     assert checks and all(r["batch"] > 2 for r in checks)
