@@ -257,3 +257,29 @@ def write_caffemodel(path: Path, layers, v1: bool = False, legacy_shapes: bool =
             blob.data.extend(array.ravel().tolist())
     path.write_bytes(net.SerializeToString())
     return path
+
+
+RAWFRAME_SIZE = (24, 32)  # H, W of write_rawframes' images
+
+
+def write_rawframes(folder: Path, frames: int, flows: int, *, start: int = 1, digits: int = 5, rgb: str = "img_",
+                    flow: tuple[str, str] = ("flow_x_", "flow_y_"), rgb_dir: str = "", flow_dir: str = "",
+                    seed: int = 0) -> Path:
+    """A rawframes folder of smooth random JPEGs (mmaction2 / denseflow names by default): `frames`
+    RGB images and `flows` x/y pairs numbered from `start`."""
+    rng = np.random.default_rng(seed)
+    height, width = RAWFRAME_SIZE
+
+    def smooth(shape: tuple[int, ...]) -> np.ndarray:
+        return cv2.GaussianBlur(rng.integers(0, 256, shape, np.uint8), (5, 5), 1.5)
+
+    for sub in {rgb_dir, flow_dir}:
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(frames):
+        cv2.imwrite(str(folder / rgb_dir / f"{rgb}{start + i:0{digits}d}.jpg"), smooth((height, width, 3)))
+    for i in range(flows):
+        for name in flow:
+            path = folder / flow_dir / f"{name}{start + i:0{digits}d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), smooth((height, width)))
+    return folder

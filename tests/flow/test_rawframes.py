@@ -15,30 +15,11 @@ from flow.manifest import read_manifest
 from flow.rawframes import check, scan, survey
 from flow.stage import FlowJob, run_flow
 from flow.store import open_store
+from tests.builders import RAWFRAME_SIZE
+from tests.builders import write_rawframes as write_tree
 
 RAW = FlowConfig(source="rawframes", size="", jobs=1)
-H, W = 24, 32
-
-
-def smooth(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    return cv2.GaussianBlur(rng.integers(0, 256, shape, np.uint8), (5, 5), 1.5)
-
-
-def write_tree(folder: Path, frames: int, flows: int, *, start: int = 1, digits: int = 5, rgb: str = "img_",
-               flow: tuple[str, str] = ("flow_x_", "flow_y_"), rgb_dir: str = "", flow_dir: str = "",
-               seed: int = 0) -> Path:
-    """A rawframes folder of JPEGs: `frames` RGB images and `flows` x/y pairs numbered from `start`."""
-    rng = np.random.default_rng(seed)
-    for sub in {rgb_dir, flow_dir}:
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    for i in range(frames):
-        cv2.imwrite(str(folder / rgb_dir / f"{rgb}{start + i:0{digits}d}.jpg"), smooth(rng, (H, W, 3)))
-    for i in range(flows):
-        for name in flow:
-            path = folder / flow_dir / f"{name}{start + i:0{digits}d}.jpg"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(path), smooth(rng, (H, W)))
-    return folder
+H, W = RAWFRAME_SIZE
 
 
 def jpeg(path: Path, gray: bool = False) -> np.ndarray:

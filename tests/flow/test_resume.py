@@ -27,8 +27,7 @@ from flow.video import VideoReader
 from p3dbase.atomic import DiskFullError
 from p3dbase.errors import P3DError
 from tests.builders import moving_square, write_video
-
-from .test_rawframes import write_tree
+from tests.builders import write_rawframes as write_tree
 
 
 def jobs_in(folder: Path) -> list[FlowJob]:

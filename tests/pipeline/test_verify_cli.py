@@ -7,7 +7,7 @@ import cv2
 from flow.config import FlowConfig
 from flow.stage import FlowJob, run_flow
 from pipeline.cli import main
-from tests.flow.conftest import moving_square, write_video
+from tests.builders import moving_square, write_video
 
 
 def test_verify_reports_a_damaged_video_which_the_next_flow_run_redoes(tmp_path, capsys):
