@@ -71,7 +71,7 @@ class TrainConfig:
     # Speed (CUDA only: on CPU these are off whatever they say).
     amp: str = "bf16"  # "bf16", "fp16" (with a GradScaler) or "off"
     channels_last: bool = True  # channels_last_3d memory format
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the model; off until bench/gpu.py shows it faster on a GPU (docs/gpu.md)
     sync_bn: bool = True  # with several processes, BN in training mode uses the global batch
     workers: int = 8  # DataLoader processes per training process; 0 = load in the main process. A GPU
     # needs enough of them for `data_wait` in metrics.jsonl to stay near 0
