@@ -1022,6 +1022,10 @@ def main() -> int:
         os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, stopped)
+    if sys.platform.startswith("linux"):  # SIGTERM too when the runner dies (kill -9 of the whole run)
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
     rec.extra["environment"] = environment(device)
     rec.save()
     try:
