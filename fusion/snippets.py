@@ -47,7 +47,7 @@ class Snippets:
     padded: bool  # fewer positions than one window: one looped snippet
     logits: dict[str, np.ndarray]  # float32 [T, C]
     pool5: dict[str, np.ndarray]  # float32 [T, D]
-    seconds: dict[str, float] = field(default_factory=dict)  # decode, flow, network
+    seconds: dict[str, float] = field(default_factory=dict)  # decode, flow, network_rgb, network_flow
     thumbnails: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (frame index, small BGR image)
 
     def times(self) -> list[tuple[float, float]] | None:
@@ -106,7 +106,7 @@ def run_snippets(path: Path | str, engine: Engine, flow_cfg: FlowConfig, stride:
     buffer = _Buffer()
     buffer.path = shown(path)
     backend = make_backend(flow_cfg) if has_flow else None
-    seconds = {"decode": 0.0, "flow": 0.0, "network": 0.0}
+    seconds = {"decode": 0.0, "flow": 0.0}  # and network_<stream>
     rows: dict[str, list[ViewOutputs]] = {s.name: [] for s in engine.streams}
     starts: list[int] = []
     ended = False
@@ -152,11 +152,11 @@ def run_snippets(path: Path | str, engine: Engine, flow_cfg: FlowConfig, stride:
         if has_flow:
             positions = buffer.num_flows
             compute_flow({(s + k) % positions if looped else s + k for s in batch_starts for k in range(window)})
-        started = time.perf_counter()
         views = [View(s, "center", f) for s in batch_starts for f in flips]
         for s in engine.streams:
+            started = time.perf_counter()
             rows[s.name].append(engine.run(s.name, buffer, [], views=[views])[0])
-        seconds["network"] += time.perf_counter() - started
+            seconds[f"network_{s.name}"] = seconds.get(f"network_{s.name}", 0.0) + time.perf_counter() - started
         starts.extend(batch_starts)
 
     while True:
