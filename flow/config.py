@@ -24,9 +24,6 @@ class FlowConfig:
     # about 30 float images per pixel per worker: a 4000x3000 video at native size took 3.3 GB for
     # two pairs. The default admits 1920x1080 and refuses larger frames with a message.
     max_pixels: int = 2_073_600
-    # On a re-run, read every finished pack and check the CRC32 of each image (reads the whole
-    # store once; finds flipped bytes). false: only check that each pack's index is intact.
-    verify: bool = True
     # Where frames and flow come from: "videos" (decode each video, compute TV-L1) or "rawframes"
     # (copy an existing mmaction2 / TSN / denseflow tree of JPEGs into the store, no recomputation;
     # docs/flow.md lists the names it recognises).
@@ -74,6 +71,9 @@ class FlowConfig:
             raise ValueError(f"jpeg_quality: must be in 0..100, got {self.jpeg_quality}")
         if not 0.0 <= self.missing_frames_tolerance <= 1.0:
             raise ValueError(f"missing_frames_tolerance: must be in [0, 1], got {self.missing_frames_tolerance}")
+        if self.device not in ("auto", "cpu", "cuda") and not (self.device.startswith("cuda:")
+                                                               and self.device[5:].isdigit()):
+            raise ValueError(f"device: must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if self.backend not in ("fast", "opencv", "torch"):
             raise ValueError(f"backend: must be 'fast', 'opencv' or 'torch', got {self.backend!r}")
         if self.source not in ("videos", "rawframes"):

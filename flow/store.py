@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import struct
 import zlib
 from abc import ABC, abstractmethod
@@ -115,6 +116,9 @@ class PackedFrames(VideoFrames):
         except OSError as e:
             raise FlowError(f"video {video_id}: cannot open {path}: {e.strerror}") from None
         try:
+            if not stat.S_ISREG(os.fstat(self._fd).st_mode):
+                raise FlowError(f"video {video_id}: {path} is a folder (or other non-file), not a pack: "
+                                "move it out of the store")
             self._read_index()
         except FlowError:
             self.close()
