@@ -149,6 +149,14 @@ def main(argv: list[str] | None = None) -> int:
 LOGGED = ("synth", "flow", "train", "eval", "transfer")
 
 
+def _eval_folder(args: argparse.Namespace, cfg) -> Path:
+    """Where `eval` reports (its log goes beside): given checkpoints never report into `make eval`'s folder."""
+    from pipeline import stages
+
+    checkpoints = {name: path for name, path in (("rgb", args.rgb), ("flow", args.flow)) if path}
+    return stages.explicit_eval_dir(cfg, checkpoints, args.out) if checkpoints else stages.eval_dir(cfg)
+
+
 def stage_log(args: argparse.Namespace, cfg, argv: list[str]) -> contextlib.AbstractContextManager:
     """The stage's own log beside its output (p3dbase.runlog): `<out>/<stage>.log`, appended; none for
     the tools, for the processes of torchrun but rank 0, or where the output folder cannot be made (the
@@ -163,7 +171,7 @@ def stage_log(args: argparse.Namespace, cfg, argv: list[str]) -> contextlib.Abst
         folder = Path(cfg.dataset.root)
     else:
         folder = {"flow": lambda: stages.flow_dir(cfg), "train": lambda: stages.run_dir(cfg) / "train" / args.stream,
-                  "eval": lambda: Path(args.out) if getattr(args, "out", None) else stages.eval_dir(cfg),
+                  "eval": lambda: _eval_folder(args, cfg),
                   "transfer": lambda: stages.transfer_dir(cfg)}[args.stage]()
     try:
         folder.mkdir(parents=True, exist_ok=True)
