@@ -46,11 +46,13 @@ def train_rate(arch: str, batch: int, shape: tuple[int, int, int], device: torch
     if device.type == "cuda":
         clips, labels = clips.pin_memory(), labels.pin_memory()
     for _ in range(2):
-        loss, _ = train_step(net, optimizer, scaler, clips, labels, "rgb", device, amp, channels_last)
+        loss, _ = train_step(net, optimizer, scaler, clips, labels, "rgb", device=device, amp_dtype=amp,
+                             channels_last=channels_last)
     _sync(device, loss)
     start = time.perf_counter()
     for _ in range(steps):
-        loss, _ = train_step(net, optimizer, scaler, clips, labels, "rgb", device, amp, channels_last)
+        loss, _ = train_step(net, optimizer, scaler, clips, labels, "rgb", device=device, amp_dtype=amp,
+                             channels_last=channels_last)
     _sync(device, loss)
     seconds = (time.perf_counter() - start) / steps
     return batch / seconds, seconds

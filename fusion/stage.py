@@ -110,8 +110,9 @@ def run_eval(job: EvalJob, cfg: EvalConfig, out_dir: Path) -> pd.DataFrame:
     curves: dict[str, tuple[Sequence[float], np.ndarray]] = {}
     chosen = None  # (score kind, flow weight per RGB weight 1) of the fusion row, marked on its curve
     if len(streams) == 2:
-        kind, weights, detail, chosen_on = _fusion_rule(cfg, streams, outputs, train, train_labels,
-                                                         val_ids, val_labels, job.val_note)
+        kind, weights, detail, chosen_on = _fusion_rule(
+            cfg, streams, outputs, train_items=train, train_labels=train_labels, val_ids=val_ids,
+            val_labels=val_labels, val_note=job.val_note)
         chosen = (kind, weights[1] / weights[0]) if weights[0] > 0 else None
         selection.append(f"Fusion rule ({kind} scores, rgb:flow = {weights[0]:g}:{weights[1]:g}): {chosen_on}.")
         for k in ("raw", "softmax"):
@@ -132,11 +133,12 @@ def run_eval(job: EvalJob, cfg: EvalConfig, out_dir: Path) -> pd.DataFrame:
     # 4. Features + linear SVMs, C chosen on the held-out videos or by cross-validation.
     if cfg.svm:
         groups = _train_groups(train, job.train_groups)
-        _save_features(out_dir / "features", streams, outputs, train, test, cfg, job.protocol, len(skipped), groups)
+        _save_features(out_dir / "features", streams, outputs, train_items=train, test_items=test, cfg=cfg,
+                       protocol=job.protocol, excluded=len(skipped), train_groups=groups)
         if val:
             methods += svm_methods_held_out(_features(streams, outputs, train), train_labels,
                                             _features(streams, outputs, val), val_labels,
-                                            _features(streams, outputs, test), len(classes), cfg)
+                                            _features(streams, outputs, test), num_classes=len(classes), cfg=cfg)
             selection.append(f"SVM C: chosen on the held-out videos ({job.val_note or f'{len(val)} videos'}), "
                              "then refitted on training + held-out videos.")
         else:
@@ -255,7 +257,7 @@ def svm_methods(train: dict[str, np.ndarray], train_labels: Labels, test: dict[s
 
 
 def svm_methods_held_out(train: dict[str, np.ndarray], train_labels: Labels, held: dict[str, np.ndarray],
-                         held_labels: Labels, test: dict[str, np.ndarray], num_classes: int,
+                         held_labels: Labels, test: dict[str, np.ndarray], *, num_classes: int,
                          cfg: EvalConfig) -> list[MethodScores]:
     """The SVM rows with C chosen honestly: each C of `svm_cs` is fitted on the training videos and
     scored on the held-out ones (groups the streams never saw; hit@1, or mAP for multi-label), the
@@ -378,7 +380,7 @@ def _checkpoint_note(s: _Scored) -> str:
             f"epoch {ckpt.epoch}{matched}).")
 
 
-def _fusion_rule(cfg: EvalConfig, streams: Sequence[_Scored], outputs: dict[str, dict[str, Outputs]],
+def _fusion_rule(cfg: EvalConfig, streams: Sequence[_Scored], outputs: dict[str, dict[str, Outputs]], *,
                  train_items: Sequence[Item], train_labels: Labels, val_ids: Sequence[str], val_labels: Labels,
                  val_note: str) -> tuple[str, tuple[float, float], str, str]:
     """(score kind, weights, details for the row, what it was chosen on). Held-out videos choose the
@@ -420,7 +422,7 @@ def _features(streams: Sequence[_Scored], outputs: dict[str, dict[str, Outputs]]
     return {s.name: np.stack([outputs[v][s.name].feature for v, _ in items]) for s in streams}
 
 
-def _save_features(features_dir: Path, streams: Sequence[_Scored], outputs: dict[str, dict[str, Outputs]],
+def _save_features(features_dir: Path, streams: Sequence[_Scored], outputs: dict[str, dict[str, Outputs]], *,
                    train_items: Sequence[Item], test_items: Sequence[Item], cfg: EvalConfig, protocol: str,
                    excluded: int, train_groups: Sequence[str] | None = None) -> None:
     """features/<stream>.npz: raw pool5 (averaged over clips and mirrors) of the train and test videos,

@@ -147,7 +147,7 @@ def _stop_workers(loaders: list[DataLoader | None]) -> None:
 
 
 def training_loaders(store: Store, train: list[tuple[str, int]], val: list[tuple[str, int]], modality: str,
-                     cfg: TrainConfig, ctx: DistContext,
+                     cfg: TrainConfig, *, ctx: DistContext,
                      batch: int) -> tuple[DataLoader, EpochSampler, DataLoader | None]:
     """(training loader, its sampler, validation loader or None) of this process: `batch` clips a step."""
     common = dict(batch=batch, workers=cfg.workers, seed=cfg.seed, pin_memory=ctx.device.type == "cuda")

@@ -100,7 +100,7 @@ def resume_hint(out_dir: Path) -> str:
     return "no checkpoint had been written: re-run the same command to start again"
 
 
-def check_resumable(ckpt: Checkpoint, modality: str, classes: list[str], model_cfg: ModelConfig, cfg: TrainConfig,
+def check_resumable(ckpt: Checkpoint, *, modality: str, classes: list[str], model_cfg: ModelConfig, cfg: TrainConfig,
                     training_set: dict[str, Any], flow: dict[str, Any], store: str, verbose: bool = True) -> None:
     """StreamsError listing what differs when `ckpt` was trained with other settings, classes or videos;
     or on a store (`store` names it) whose `flow` settings differ from the checkpoint's in a key that
@@ -172,7 +172,7 @@ def training_state(optimizer: torch.optim.Optimizer, scheduler: Any, scaler: tor
 
 
 def restore_states(ckpt: Checkpoint, model: P3D, optimizer: torch.optim.Optimizer, scheduler: Any,
-                   scaler: torch.amp.GradScaler, ctx: distributed.DistContext, seed: int) -> None:
+                   scaler: torch.amp.GradScaler, *, ctx: distributed.DistContext, seed: int) -> None:
     """Continue from `ckpt`: model, optimizer, scheduler, scaler and this process's RNG states. A run
     with another process count than the checkpoint's reseeds (its dropout draws differ, and it says so)."""
     state = ckpt.state

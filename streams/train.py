@@ -143,7 +143,7 @@ def train_stream(data: StreamData, modality: str, model_cfg: ModelConfig, train_
                 raise StreamsError(f"{out_dir} is being written by another training run (pid {holder}): wait for "
                                    "it to finish, or train into another output folder (--run NAME)")
             with opencv_single_thread():  # DataLoader workers are forked and use OpenCV
-                return _train(data, modality, model_cfg, train_cfg, out_dir, ctx, config_toml)
+                return _train(data, modality, model_cfg, train_cfg, out_dir, ctx=ctx, config_toml=config_toml)
     except RuntimeError as e:  # torch's SIGCHLD handler fires anywhere, also after _train has returned
         if not loaders.worker_died(e):
             raise
@@ -153,7 +153,7 @@ def train_stream(data: StreamData, modality: str, model_cfg: ModelConfig, train_
         distributed.teardown(ctx)
 
 
-def _train(data: StreamData, modality: str, model_cfg: ModelConfig, cfg: TrainConfig, out_dir: Path,
+def _train(data: StreamData, modality: str, model_cfg: ModelConfig, cfg: TrainConfig, out_dir: Path, *,
            ctx: distributed.DistContext, config_toml: str) -> TrainResult:
     """One run: find where it stands, build the model, optimizer and loaders, restore, then `fit`."""
     if cfg.batch_size % ctx.world_size:
@@ -174,8 +174,9 @@ def _train(data: StreamData, modality: str, model_cfg: ModelConfig, cfg: TrainCo
     record = {"training_set": training_set_record(data.train), "flow": data.store.flow_settings}
     checkpoints = Checkpointer(out_dir, modality, cfg, ctx)
     finished, resume = checkpoints.find(
-        lambda ckpt: check_resumable(ckpt, modality, data.classes, model_cfg, cfg, record["training_set"],
-                                     record["flow"], f"the store at {data.store.root}", ctx.is_main))
+        lambda ckpt: check_resumable(ckpt, modality=modality, classes=data.classes, model_cfg=model_cfg, cfg=cfg,
+                                     training_set=record["training_set"], flow=record["flow"],
+                                     store=f"the store at {data.store.root}", verbose=ctx.is_main))
     if finished is not None:
         if ctx.is_main:
             print(f"{modality} stream: already trained, {finished.path}")
@@ -194,12 +195,12 @@ def _train(data: StreamData, modality: str, model_cfg: ModelConfig, cfg: TrainCo
               scheduler, scaler, amp_dtype, channels_last, record, checkpoints,
               MetricsLogger(out_dir, ctx.is_main, modality, model_cfg.arch, cfg.tensorboard))
     train_loader, sampler, val_loader = loaders.training_loaders(data.store, data.train, data.val, modality, cfg,
-                                                                 ctx, batch)
+                                                                 ctx=ctx, batch=batch)
 
     # 3. Resume (states, RNG, the metrics logged up to the checkpoint) or start fresh.
     state = Progress()
     if resume is not None:
-        restore_states(resume, model, optimizer, scheduler, scaler, ctx, cfg.seed)
+        restore_states(resume, model, optimizer, scheduler, scaler, ctx=ctx, seed=cfg.seed)
         run.checkpoints.last = resume.path
         run.metrics.resume_at(resume.step)
         state = Progress(resume.step, resume.epoch, resume.metrics.get("val_acc"), resume.metrics.get("best_val_acc"))
@@ -285,7 +286,8 @@ def train_one_epoch(run: Run, state: Progress, loader: DataLoader, sampler: Epoc
     for clips, labels in loaders.read_batches(loader, run.out_dir):
         run.meter.data_wait += time.perf_counter() - waited
         run.meter.pending.append(train_step(run.net, run.optimizer, run.scaler, clips, labels, run.modality,
-                                            run.ctx.device, run.amp_dtype, run.channels_last))
+                                            device=run.ctx.device, amp_dtype=run.amp_dtype,
+                                            channels_last=run.channels_last))
         run.scheduler.step()
         state.step += 1
         bar.update(1)
@@ -336,7 +338,7 @@ def evaluate(run: Run, loader: DataLoader) -> dict[str, float]:
 
 
 def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               clips: torch.Tensor, labels: torch.Tensor, modality: str, device: torch.device,
+               clips: torch.Tensor, labels: torch.Tensor, modality: str, *, device: torch.device,
                amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step on a batch of uint8 clips [B, C, T, H, W]; returns (loss, correct) without a device sync."""
     x = transforms.normalize(clips.to(device, non_blocking=True), modality)

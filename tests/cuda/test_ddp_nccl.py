@@ -40,7 +40,8 @@ scaler = torch.amp.GradScaler(ctx.device.type, enabled=False)
 clips = torch.randint(0, 256, (8, 3, 8, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 labels = torch.arange(8) % 4
 amp = torch.bfloat16 if backend == "nccl" else None
-losses = [float(train_step(net, optimizer, scaler, clips, labels, "rgb", ctx.device, amp, True)[0])
+losses = [float(train_step(net, optimizer, scaler, clips, labels, "rgb", device=ctx.device, amp_dtype=amp,
+                                channels_last=True)[0])
           for _ in range(8)]
 total = torch.full((1,), 3.0, device=ctx.device)
 dist.all_reduce(total)

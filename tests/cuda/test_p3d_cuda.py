@@ -83,7 +83,8 @@ def bf16_steps(arch: str, cfg: TrainConfig, steps: int, clip: tuple[int, int, in
     clips = torch.randint(0, 256, (8, 3, *clip), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     labels = torch.arange(8) % 4
     model.train()
-    losses = [float(train_step(model, optimizer, scaler, clips, labels, "rgb", device, torch.bfloat16, True)[0])
+    losses = [float(train_step(model, optimizer, scaler, clips, labels, "rgb", device=device,
+                                    amp_dtype=torch.bfloat16, channels_last=True)[0])
               for _ in range(steps)]
     return losses, model
 
