@@ -35,7 +35,7 @@ PAGE = "report.html"
 WORST = 12  # wrongly classified videos shown, the most confident first
 PAIRS = 20  # most confused pairs listed per method
 MAP_PX = 800  # a large confusion matrix is drawn at about this many pixels a side (whole pixels per class)
-FRAME_PX = 200  # frames of the worst videos are scaled to this width when smaller (pixels stay sharp)
+FRAME_PX = 200  # the worst videos' frames are shown this wide (report.css), stored as they are
 STREAM_METHODS = ("rgb", "flow", "fusion")  # the top-3 lists of a worst video
 
 
@@ -378,10 +378,10 @@ def _frames(store, video_id: str) -> dict:
     except FlowError as e:
         return {"frame_note": f"Frames not shown: {e}"}
     colour = flow_to_colour(flow, store.bound / 4) if flow is not None else np.full_like(rgb, 255)
-    scale = max(1, FRAME_PX // rgb.shape[1])  # tiny frames grow by whole pixels, large ones stay as stored
-    grow = (lambda a: np.repeat(np.repeat(a, scale, axis=0), scale, axis=1)) if scale > 1 else (lambda a: a)
-    return {"rgb": image_uri(grow(rgb), jpeg=scale == 1), "flow": image_uri(grow(colour), jpeg=scale == 1),
-            "frame": index}
+    # As stored; the page shows them FRAME_PX wide with sharp pixels. Small frames stay lossless (PNG is
+    # small there), large ones go as JPEG so that 12 videos stay well under a megabyte.
+    lossy = rgb.shape[1] >= FRAME_PX
+    return {"rgb": image_uri(rgb, jpeg=lossy), "flow": image_uri(colour, jpeg=lossy), "frame": index}
 
 
 def excluded_section(table: pd.DataFrame, shown_rows: int = 50) -> dict:
