@@ -6,13 +6,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from flow.config import FlowConfig
 from flow.stage import config_flow_settings, flow_settings, store_params
-from flow.store import create_store, open_store
+from flow.store import open_store
 from fusion.config import EvalConfig
 from fusion.extract import extract_features
 from fusion.predict import predict
@@ -22,7 +21,7 @@ from streams.checkpoint import check_flow_settings, make_payload, read_checkpoin
 from streams.config import ModelConfig
 from streams.errors import StreamsError
 from streams.p3d import build_model
-from tests.builders import FAST_FLOW, toy_video, write_avi
+from tests.builders import FAST_FLOW, make_toy_store, split_items, write_avi
 from tests.fusion.conftest import CLASSES, TRAIN_CFG
 
 STORE_FLOW = FlowConfig()  # the defaults: 340x256, bound 20
@@ -81,15 +80,10 @@ def test_the_comparison_stops_on_bound_and_size_and_warns_on_the_solver(tmp_path
 
 def settings_store(root: Path, cfg: FlowConfig) -> tuple[list, list]:
     """A tiny store made (as far as store.json says) with `cfg`: 3 classes x 3 videos."""
-    store = create_store(root, codec="raw", bound=cfg.bound, params=store_params(cfg))
-    rng = np.random.default_rng(0)
-    train, test = [], []
-    for label, name in enumerate(CLASSES):
-        for i in range(3):
-            video_id = f"{name}/v_{name}_{i:02d}"
-            store.write_video(video_id, *toy_video(label, rng))
-            (test if i == 2 else train).append((video_id, (label,)))
-    return train, test
+    items = make_toy_store(root, CLASSES, per_class=3, frames=10, height=24, width=32, bound=cfg.bound,
+                           params=store_params(cfg))
+    train, test = split_items(items, first=2)
+    return [(v, (label,)) for v, label in train], [(v, (label,)) for v, label in test]
 
 
 def test_eval_refuses_a_checkpoint_trained_on_other_flow(tmp_path, capsys):

@@ -25,7 +25,7 @@ from fusion.snippet_features import extract_snippet_features
 from fusion.snippets import run_snippets
 from fusion.views import View
 from p3dbase.overwrite import OutputExistsError
-from tests.builders import FAST_FLOW, save_tiny_checkpoint, write_avi
+from tests.builders import FAST_FLOW, save_tiny_checkpoint, write_avi, write_video
 
 from .conftest import CLIP_LEN
 
@@ -114,11 +114,8 @@ def test_flow_is_computed_once_per_pair_and_only_for_the_snippets(ckpts, tmp_pat
 
 def test_snippet_times_and_a_video_shorter_than_one_window(ckpts, tmp_path):
     engine = engine_of(ckpts, "rgb", "flow")
-    path = tmp_path / "v.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 12.5, (40, 30))
-    for t in range(11):
-        writer.write(np.full((30, 40, 3), 20 * t, np.uint8))
-    writer.release()
+    path = write_video(tmp_path / "v.avi", np.stack([np.full((30, 40, 3), 20 * t, np.uint8) for t in range(11)]),
+                       fps=12.5)
     got = run_snippets(path, engine, FAST_FLOW, stride=2)
     assert got.fps == 12.5 and got.starts == [0, 2, 4, 6]
     assert got.times() == [(s / 12.5, (s + CLIP_LEN) / 12.5) for s in (0, 2, 4, 6)]
