@@ -57,7 +57,9 @@ class Page:
                 self.call(f"{domain}.enable")
             self.call("Emulation.setDeviceMetricsOverride",
                       {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
-            self.call("Page.navigate", {"url": url})
+            failed = self.call("Page.navigate", {"url": url}).get("errorText")
+            if failed:
+                raise AssertionError(f"chromium cannot open {url}: {failed}")
             self._wait_for("Page.loadEventFired")
         except BaseException:
             self.close()
