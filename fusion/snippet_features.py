@@ -27,6 +27,7 @@ import hashlib
 import importlib.metadata
 import io
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -59,10 +60,19 @@ MANIFEST = "manifest.csv"
 
 
 def code_version() -> str:
+    """The package version, and the git commit when the code runs from a checkout (a "+" when it has
+    uncommitted changes)."""
     try:
-        return f"p3d-two-stream {importlib.metadata.version('p3d-two-stream')}"
+        version = f"p3d-two-stream {importlib.metadata.version('p3d-two-stream')}"
     except importlib.metadata.PackageNotFoundError:
-        return "p3d-two-stream (not installed)"
+        version = "p3d-two-stream (not installed)"
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "describe", "--always", "--dirty=+"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{version} ({commit})" if commit else version
 
 
 @dataclass
