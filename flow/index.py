@@ -44,7 +44,7 @@ STATES = ("done", "failed", "damaged")
 _writers = itertools.count()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Origin:
     """What a stored video was made from: the store settings' digest and the source's size and
     mtime (a rawframes folder: the folder's own, which change when frames are added or removed)."""

@@ -11,7 +11,7 @@ from p3dbase.atomic import write_bytes
 from p3dbase.errors import shown
 
 
-@dataclass
+@dataclass(slots=True)  # 650,000 rows at Kinetics scale: no __dict__ each
 class VideoResult:
     """What happened to one video. `status` is "done" or "failed"; `seconds` is empty for a video
     found complete in the store with no earlier manifest row telling how long it took."""

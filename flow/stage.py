@@ -59,7 +59,7 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BL
 MANIFEST_EVERY_S = 30.0  # rewrite the manifest this often while running, so a killed run shows progress
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FlowJob:
     """One video to process: its id in the store (`Class/v_Class_g01_c01`) and its file. `error`,
     when set, is why the caller refuses the video (an odd file name, a link out of the dataset

@@ -122,7 +122,7 @@ class UniqueIds:
         self.first[key] = where
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One listed video before it is checked against the disk."""
     rel: PurePosixPath | str  # under root, '/'-separated (a str saves a parse per video at Kinetics scale)

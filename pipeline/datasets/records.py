@@ -7,7 +7,7 @@ from pathlib import Path
 SUBSETS = ("train", "val", "test", "unused")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # 650,000 of them for Kinetics-700: no __dict__ each
 class VideoRecord:
     video_id: str  # path relative to the video root, no extension, '/'-separated: the key downstream
     path: Path
