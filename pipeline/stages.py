@@ -260,9 +260,10 @@ def transfer_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1)) -> pd.DataFr
     write_resolved(cfg, out)  # with the work: a refused run leaves the last run's config.toml
     if result is None:
         return None
-    # 3. The report; the benchmarks generated under `companions` are marked as stand-ins.
+    # 3. The report; generated benchmarks (SynthActions, the companions) are marked as stand-ins.
     companions = Path(cfg.transfer.companions).resolve() if cfg.transfer.companions else None
-    stand_ins = [b.name for b in benchmarks if companions and b.root.resolve().is_relative_to(companions)]
+    stand_ins = [b.name for b in benchmarks if cfg.benchmark[b.name].format == "synth"
+                 or (companions and b.root.resolve().is_relative_to(companions))]
     print(write_report(out, TransferReport(result.table, result.notes, result.paper_of, result.classes, stand_ins)))
     write_text(out / "excluded.csv", result.excluded.to_csv(index=False))
     print(f"transfer: report in {out} (results.csv, results.md, results.png, excluded.csv)")
@@ -275,7 +276,7 @@ def transfer_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1)) -> pd.DataFr
 def report_stage(folder: Path) -> list[Path]:
     """`report WORK_DIR`: report.html of every evaluation and transfer report under `folder`, rebuilt
     from the files those runs wrote (fusion.html_report, pipeline.transfer.report); their paths."""
-    from fusion.html_report import find_reports, write_eval_page
+    from fusion.html_report import find_reports, write_average_page, write_eval_page
     from pipeline.transfer.report import write_page
 
     if not Path(folder).is_dir():
@@ -284,7 +285,9 @@ def report_stage(folder: Path) -> list[Path]:
     if not found:
         raise PipelineError(f"no evaluation or transfer report under {folder} (no report_inputs.json): run "
                             "`make eval` or `make transfer` first")
-    pages = [write_eval_page(where) if kind == "eval" else write_page(where) for kind, where in found]
+    build = {"eval": write_eval_page, "average": write_average_page, "transfer": write_page}
+    # deepest first: an average's page links the split pages beside it, rebuilt before it
+    pages = [build[kind](where) for kind, where in sorted(found, key=lambda f: -len(f[1].parts))]
     for path in pages:
         print(f"report: wrote {path}")
     return pages
