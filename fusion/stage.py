@@ -30,8 +30,7 @@ from fusion.paper import paper_comparison
 from fusion.predict import check_flow
 from fusion.report import MethodScores
 from p3dbase.device import resolve_device
-from streams.checkpoint import Checkpoint, load_stream
-from streams.errors import StreamsError
+from streams.checkpoint import LAST, Checkpoint, load_stream
 from streams.transforms import MODALITIES
 
 Item = tuple[str, tuple[int, ...]]  # (video_id, labels)
@@ -323,14 +322,13 @@ def _check_stream(name: str, path: Path, classes: list[str], cfg: EvalConfig, ou
     train = f"`make train-{name}`"
     if not path.exists():
         raise FusionError(f"no checkpoint for the {name} stream at {path}: run {train}, or give --{name} CKPT")
-    try:
-        _, ckpt = load_stream(path, name)  # builds the model: its weights must fit
-    except StreamsError as e:
-        if "but was given as" in str(e):
-            raise FusionError(f"{e}: point eval at the output of {train}") from None
-        if path.is_dir():
-            raise FusionError(f"no finished checkpoint for the {name} stream: {e} ({train})") from None
-        raise FusionError(f"{e}: run {train} again") from None
+    if path.is_dir() and not (path / LAST).is_file():
+        raise FusionError(f"no finished checkpoint for the {name} stream: training in {path} has not finished "
+                          f"(no {LAST}): run {train} again to finish it")
+    _, ckpt = load_stream(path)  # builds the model: its weights must fit (StreamsError naming the file)
+    if ckpt.modality != name:
+        raise FusionError(f"checkpoint {ckpt.path} is a {ckpt.modality} stream but was given as the {name} stream: "
+                          f"point eval at the output of {train}")
     columns = class_columns(ckpt.classes, classes, ckpt.path, train)
     stream = stream_of(name, ckpt)  # its outputs are cached under out_dir/cache (fusion.engine.OutputCache)
     return _Scored(stream, ckpt, stream.sha256, columns)
