@@ -116,7 +116,8 @@ def timeline_figure(title: str, snippets: Snippets, classes: Sequence[str], cfg:
     palette = plt.get_cmap("tab10" if len(shown) <= 10 else "tab20")
     colour = {c: palette(k % palette.N) for k, c in enumerate(shown)}
     other = (0.75, 0.75, 0.75, 1.0)
-    end = (snippets.starts[-1] + snippets.window) / scale
+    # the whole video, as the thumbnails span it (the tail shorter than a stride has no snippet)
+    end = max(snippets.starts[-1] + snippets.window, snippets.num_frames) / scale
 
     fig = plt.figure(figsize=(12, 2.0 + 0.45 * len(names) + 2.2), layout="constrained")
     grid = fig.add_gridspec(3, 1, height_ratios=[1.6, 0.45 * len(names), 2.2])
