@@ -1,4 +1,4 @@
-"""streams.distributed.setup: the device of a training process (p3dbase.device.resolve_device) as StreamsError."""
+"""streams.distributed.setup: a training process's device (p3dbase.device), a missing GPU as a SettingError."""
 import pytest
 import torch
 
