@@ -21,8 +21,9 @@ from streams.checkpoint import check_flow_settings, make_payload, read_checkpoin
 from streams.config import ModelConfig
 from streams.errors import StreamsError
 from streams.p3d import build_model
+from tests.builders import COLOUR_TRAIN_CFG as TRAIN_CFG
+from tests.builders import COLOURS as CLASSES
 from tests.builders import FAST_FLOW, make_toy_store, split_items, write_avi
-from tests.fusion.conftest import CLASSES, TRAIN_CFG
 
 STORE_FLOW = FlowConfig()  # the defaults: 340x256, bound 20
 SMALL_FLOW = FlowConfig(size="64x64", bound=5.0)  # what the mismatched model was trained on
