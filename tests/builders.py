@@ -19,6 +19,7 @@ from torch import nn
 
 from flow.config import FlowConfig
 from flow.store import create_store, open_store
+from flow.tvl1 import create_tvl1
 from streams import transforms
 from streams.checkpoint import make_payload, save_checkpoint
 from streams.config import ModelConfig, TrainConfig
@@ -283,3 +284,73 @@ def write_rawframes(folder: Path, frames: int, flows: int, *, start: int = 1, di
             path.parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(path), smooth((height, width)))
     return folder
+
+
+# Flow pairs with known motion and the measures the TV-L1 tests compare them by.
+RUBBERWHALE_CROP = np.s_[120:240, 200:360]  # Middlebury's RubberWhale: the wheel and the whale's tail
+
+
+def texture(x: np.ndarray, y: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A smooth, isotropic test texture (100 plane waves of 4-16 px period), grey levels 38-218."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros_like(x, dtype=np.float64)
+    for _ in range(100):
+        freq = rng.uniform(2 * np.pi / 16, 2 * np.pi / 4)
+        angle, phase = rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
+        out += np.sin(freq * (np.cos(angle) * x + np.sin(angle) * y) + phase)
+    return 128 + 90 * out / np.abs(out).max()
+
+
+def analytic_pair(kind: str, param, h: int = 48, w: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """uint8 frames I0, I1 with I1(x + u(x)) = I0(x) exactly, and u as [2, H, W]."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    dx, dy = x - cx, y - cy
+    if kind == "translation":
+        u, v = np.full((h, w), param[0]), np.full((h, w), param[1])
+        src = (x - param[0], y - param[1])
+    elif kind == "rotation":
+        c, s = np.cos(np.deg2rad(param)), np.sin(np.deg2rad(param))
+        u, v = c * dx - s * dy - dx, s * dx + c * dy - dy
+        src = (c * dx + s * dy + cx, -s * dx + c * dy + cy)
+    else:  # zoom about the centre
+        u, v = (param - 1) * dx, (param - 1) * dy
+        src = (dx / param + cx, dy / param + cy)
+    i0 = np.round(texture(x, y)).astype(np.uint8)
+    i1 = np.round(texture(*src)).astype(np.uint8)
+    return i0, i1, np.stack([u, v])
+
+
+def object_pair(h: int = 64, w: int = 96) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A SynthActions-like pair: a textured disc moving over a differently moving textured
+    background, with the exact flow of I0's pixels (the disc's where it covers I0)."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    d_bg, d_obj = np.array([0.6, -0.3]), np.array([2.2, 1.4])
+    centre, radius = np.array([0.45 * w, 0.5 * h]), 0.3 * h
+
+    def frame(t: float) -> np.ndarray:
+        bx, by = x - t * d_bg[0], y - t * d_bg[1]
+        ox, oy = x - t * d_obj[0], y - t * d_obj[1]
+        inside = (ox - centre[0]) ** 2 + (oy - centre[1]) ** 2 < radius ** 2
+        return np.round(np.where(inside, texture(ox, oy, seed=1), texture(bx, by))).astype(np.uint8)
+
+    in_disc = (x - centre[0]) ** 2 + (y - centre[1]) ** 2 < radius ** 2
+    gt = np.where(in_disc, d_obj[:, None, None], d_bg[:, None, None])
+    return frame(0.0), frame(1.0), gt
+
+
+def opencv_flow(cfg: FlowConfig, i0: np.ndarray, i1: np.ndarray) -> np.ndarray:
+    # A fresh solver per call: OpenCV lowers its nscales for good once an image is small.
+    return create_tvl1(cfg).calc(i0, i1, None)
+
+
+def within(a: np.ndarray, b: np.ndarray, px: float = 0.1) -> float:
+    return float((np.linalg.norm(a - b, axis=-1) < px).mean())
+
+
+def epe(flow: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> float:
+    return float(np.linalg.norm(flow - gt, axis=-1)[valid].mean())
+
+
+def grey(path: Path) -> np.ndarray:
+    return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)

@@ -19,8 +19,7 @@ from flow.formats import read_flow
 from flow.stage import make_backend
 from flow.tvl1 import OpenCVTVL1, create_tvl1
 from flow.tvl1_fast import FastTVL1, centred_gradient
-
-from .test_tvl1_torch import RUBBERWHALE_CROP, analytic_pair, epe, grey, object_pair, opencv_flow, within
+from tests.builders import RUBBERWHALE_CROP, analytic_pair, epe, grey, object_pair, opencv_flow, within
 
 
 def fast_flow(cfg: FlowConfig, i0: np.ndarray, i1: np.ndarray) -> np.ndarray:

@@ -7,7 +7,6 @@ criterion (>= 95% of pixels within 0.1 px) and the end-point error against groun
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -21,72 +20,14 @@ from flow.formats import read_flow
 from flow.tvl1 import OpenCVTVL1, create_tvl1
 from flow.tvl1_torch import TorchTVL1, tvl1_flow, warp_terms
 from p3dbase.errors import SettingError
+from tests.builders import RUBBERWHALE_CROP, analytic_pair, epe, grey, object_pair, opencv_flow, within
 
 # OpenCV's CUDA TV-L1 (one loop, no median filter) as its tests emulate it on the CPU.
 CUDA_EQUIVALENT = dict(median_filtering=1, inner_iterations=1, outer_iterations=300)
-RUBBERWHALE_CROP = np.s_[120:240, 200:360]
-
-
-def texture(x: np.ndarray, y: np.ndarray, seed: int = 0) -> np.ndarray:
-    """A smooth, isotropic test texture (100 plane waves of 4-16 px period), grey levels 38-218."""
-    rng = np.random.default_rng(seed)
-    out = np.zeros_like(x, dtype=np.float64)
-    for _ in range(100):
-        freq = rng.uniform(2 * np.pi / 16, 2 * np.pi / 4)
-        angle, phase = rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
-        out += np.sin(freq * (np.cos(angle) * x + np.sin(angle) * y) + phase)
-    return 128 + 90 * out / np.abs(out).max()
-
-
-def analytic_pair(kind: str, param, h: int = 48, w: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """uint8 frames I0, I1 with I1(x + u(x)) = I0(x) exactly, and u as [2, H, W]."""
-    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
-    cx, cy = (w - 1) / 2, (h - 1) / 2
-    dx, dy = x - cx, y - cy
-    if kind == "translation":
-        u, v = np.full((h, w), param[0]), np.full((h, w), param[1])
-        src = (x - param[0], y - param[1])
-    elif kind == "rotation":
-        c, s = np.cos(np.deg2rad(param)), np.sin(np.deg2rad(param))
-        u, v = c * dx - s * dy - dx, s * dx + c * dy - dy
-        src = (c * dx + s * dy + cx, -s * dx + c * dy + cy)
-    else:  # zoom about the centre
-        u, v = (param - 1) * dx, (param - 1) * dy
-        src = (dx / param + cx, dy / param + cy)
-    i0 = np.round(texture(x, y)).astype(np.uint8)
-    i1 = np.round(texture(*src)).astype(np.uint8)
-    return i0, i1, np.stack([u, v])
-
-
-def object_pair(h: int = 64, w: int = 96) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A SynthActions-like pair: a textured disc moving over a differently moving textured
-    background, with the exact flow of I0's pixels (the disc's where it covers I0)."""
-    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
-    d_bg, d_obj = np.array([0.6, -0.3]), np.array([2.2, 1.4])
-    centre, radius = np.array([0.45 * w, 0.5 * h]), 0.3 * h
-
-    def frame(t: float) -> np.ndarray:
-        bx, by = x - t * d_bg[0], y - t * d_bg[1]
-        ox, oy = x - t * d_obj[0], y - t * d_obj[1]
-        inside = (ox - centre[0]) ** 2 + (oy - centre[1]) ** 2 < radius ** 2
-        return np.round(np.where(inside, texture(ox, oy, seed=1), texture(bx, by))).astype(np.uint8)
-
-    in_disc = (x - centre[0]) ** 2 + (y - centre[1]) ** 2 < radius ** 2
-    gt = np.where(in_disc, d_obj[:, None, None], d_bg[:, None, None])
-    return frame(0.0), frame(1.0), gt
-
-
-def opencv_flow(cfg: FlowConfig, i0: np.ndarray, i1: np.ndarray) -> np.ndarray:
-    # A fresh solver per call: OpenCV lowers its nscales for good once an image is small.
-    return create_tvl1(cfg).calc(i0, i1, None)
 
 
 def torch_flow(cfg: FlowConfig, i0: np.ndarray, i1: np.ndarray) -> np.ndarray:
     return TorchTVL1(cfg, "cpu").compute(np.stack([i0, i1]))[0]
-
-
-def within(a: np.ndarray, b: np.ndarray, px: float = 0.1) -> float:
-    return float((np.linalg.norm(a - b, axis=-1) < px).mean())
 
 
 def same_flow(a: np.ndarray, b: np.ndarray) -> bool:
@@ -95,14 +36,6 @@ def same_flow(a: np.ndarray, b: np.ndarray) -> bool:
     so a share of pixels, not every one: 99.9% of the components within 1e-3 px, none beyond 0.05 px."""
     diff = np.abs(a - b)
     return bool((diff < 1e-3).mean() >= 0.999 and diff.max() < 0.05)
-
-
-def epe(flow: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> float:
-    return float(np.linalg.norm(flow - gt, axis=-1)[valid].mean())
-
-
-def grey(path: Path) -> np.ndarray:
-    return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
 
 
 # --- OpenCV's operators, one by one ---------------------------------------------------------------
