@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from p3dbase.atomic import TEMP_MARKER, write_bytes, writer_token
+from p3dbase.bulk import no_cycle_collection
 from p3dbase.errors import shown
 
 INDEX_DIR = "index"
@@ -148,6 +149,10 @@ class StoreIndex:
     def read(self) -> IndexRead:
         """Every video's latest entry. Segments are read before the main file: a segment that a
         compaction folds away meanwhile is then in the main file read after it."""
+        with no_cycle_collection():  # 650,000 entries: no cycles among them
+            return self._read()
+
+    def _read(self) -> IndexRead:
         if not self.dir.is_dir():
             return IndexRead({}, [], False)
         entries: dict[str, IndexEntry] = {}
