@@ -152,3 +152,11 @@ def test_without_jinja2_the_other_files_are_written_and_the_page_is_one_line(tmp
     assert "report.html not written: Jinja2 is not installed" in capsys.readouterr().out
     assert main(["report", str(tmp_path)]) == 2
     assert "report.html needs Jinja2" in capsys.readouterr().err
+
+
+def test_a_damaged_report_is_one_line_naming_the_file(tmp_path, capsys):
+    eval_report(tmp_path / "eval", n=3)
+    (tmp_path / "eval" / "scores.npz").write_bytes(b"PK\x03\x04 cut short")
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "scores.npz" in err and "re-run `make eval`" in err
