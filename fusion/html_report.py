@@ -100,8 +100,7 @@ def percent_cell(value: float, bar: bool = False) -> dict:
 def find_reports(folder: Path) -> list[tuple[str, Path]]:
     """(kind, folder) of every report under `folder` (itself included) that a page can be built for:
     the folders holding report_inputs.json, whose `kind` is "eval", "average" (the mean over splits) or
-    "transfer". Frame stores, caches
-    and feature folders are not entered."""
+    "transfer". Frame stores, caches and feature folders are not entered."""
     found = []
     for root, dirs, files in os.walk(folder):
         if report.INPUTS in files:
@@ -334,7 +333,7 @@ def worst_section(scores: dict[str, np.ndarray], probs: dict[str, np.ndarray], l
     if main is None:
         return {"method": "", "note": "No network stream was scored.", "videos": []}
     p = probs[main]
-    predicted = p.argmax(axis=1)
+    predicted = scores[main].argmax(axis=1)  # the table's prediction; `p` only says how sure it was
     wrong = [i for i, lab in enumerate(labels) if int(predicted[i]) not in lab]
     wrong.sort(key=lambda i: (-p[i, predicted[i]], str(scores["video_ids"][i])))
     store, store_note = _open_store(store_path)
