@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fusion.report import INPUTS  # the one name of a report's inputs file (python -m pipeline report)
 from p3dbase.atomic import atomic_path, write_text
 from pipeline.errors import PipelineError
 
@@ -95,7 +96,6 @@ class TransferReport:
     stand_ins: Sequence[str] = ()  # benchmarks whose videos are generated stand-ins, not the real data
 
 
-INPUTS = "report_inputs.json"  # what the page needs beyond results.csv
 STAND_IN = ("Stand-in data: generated videos in the real layout that exercise the protocol; the numbers are not "
             "comparable with the paper's, which are shown for reference.")
 
