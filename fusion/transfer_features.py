@@ -54,7 +54,6 @@ from streams.errors import StreamsError
 
 LAYERS = ("pool5", "prob", "res5c", "res4")
 STREAMS = ("rgb", "flow")
-StreamSpec = Stream  # the engine's one stream type, under the name the transfer stage knows
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,10 @@ from flow.config import FlowConfig
 from flow.stage import FlowJob, config_flow_settings, run_flow
 from flow.store import open_store
 from fusion import svm, transfer
+from fusion.engine import Stream
 from fusion.errors import FusionError
 from fusion.transfer_config import PROTOCOLS, TransferConfig
-from fusion.transfer_features import LAYERS, Extraction, StreamSpec, VideoJob, extract, load_stream_spec
+from fusion.transfer_features import LAYERS, Extraction, VideoJob, extract, load_stream_spec
 from streams.checkpoint import check_flow_settings
 
 STREAMS = ("rgb", "flow")
@@ -155,7 +156,7 @@ def _check_benchmark(bench: Benchmark) -> None:
                               f"{'same' if bench.pairs[0, 2, 0] else 'not-same'}; the protocol needs both")
 
 
-def _check_flow_input(spec: StreamSpec, benchmarks: Sequence[Benchmark], flow_cfg: FlowConfig) -> None:
+def _check_flow_input(spec: Stream, benchmarks: Sequence[Benchmark], flow_cfg: FlowConfig) -> None:
     """The flow stream's training flow settings against each store it will read: a given `flow_store`'s
     own, or `[flow]`'s for the stores this stage computes. StreamsError naming the differing keys that
     change what the stream is fed (as eval refuses them); a warning line for the others."""
@@ -171,7 +172,7 @@ def _check_flow_input(spec: StreamSpec, benchmarks: Sequence[Benchmark], flow_cf
 
 
 def _flow(bench: Benchmark, videos: Sequence[TransferVideo], root: Path, flow_cfg: FlowConfig,
-          shard: tuple[int, int], flow_spec: StreamSpec | None) -> tuple[Path | None, dict[str, str]]:
+          shard: tuple[int, int], flow_spec: Stream | None) -> tuple[Path | None, dict[str, str]]:
     """The flow store of a benchmark (computing what it lacks) and this run's failures by video."""
     if flow_spec is None:
         return None, {}
