@@ -29,6 +29,7 @@ import re
 from pathlib import Path
 
 from flow.video import VIDEO_EXTENSIONS
+from p3dbase.bulk import no_cycle_collection
 from p3dbase.errors import shown
 from pipeline.datasets.config import DatasetConfig
 from pipeline.datasets.files import check_root, file_problem
@@ -172,6 +173,11 @@ def scan_videos(root: Path) -> tuple[dict[str, str], set[str]]:
 
 
 def read_sports1m(cfg: DatasetConfig, split: str) -> Dataset:
+    with no_cycle_collection():  # a million records and tuples, no cycles among them
+        return _read(cfg, split)
+
+
+def _read(cfg: DatasetConfig, split: str) -> Dataset:
     release = Path(cfg.annotations)
     if not release.is_dir():
         raise DatasetError(f"dataset.annotations must be the Sports-1M release folder (labels.txt, original/, "
