@@ -120,7 +120,7 @@ class ZeroFlow:
         return np.zeros((len(gray) - 1, *gray.shape[1:], 2), np.float32)
 
 
-def memory_child(minutes: float, real_tvl1: bool, root: Path, arch: str = "p3d_tiny") -> None:
+def memory_child(minutes: float, real_tvl1: bool, root: Path, arch: str = "p3d_tiny", batch: int = 16) -> None:
     """One measurement (in its own process): prints a JSON line with the peak RSS."""
     from fusion import snippets
     from fusion.snippet_features import extract_snippet_features
@@ -138,8 +138,8 @@ def memory_child(minutes: float, real_tvl1: bool, root: Path, arch: str = "p3d_t
     (root / "video.avi").write_bytes(b"stands for the synthetic video")
     flow_cfg = FlowConfig(nscales=1, warps=1, inner_iterations=1, outer_iterations=1, median_filtering=1)
     started = time.perf_counter()
-    extract_snippet_features([root / "video.avi"], ckpts, root / "out", flow_cfg, EvalConfig(jobs=1), stride=8,
-                             progress=False)
+    extract_snippet_features([root / "video.avi"], ckpts, root / "out", flow_cfg, EvalConfig(jobs=1, batch_views=batch),
+                             stride=8, progress=False)
     rows = np.load(root / "out" / "video.npy", mmap_mode="r").shape
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(json.dumps({"minutes": minutes, "frames": frames, "real_tvl1": real_tvl1, "arch": arch, "snippets": rows[0],
@@ -150,18 +150,20 @@ def memory(args: argparse.Namespace) -> None:
     runs = [(1.0, False, "p3d_tiny"), (args.minutes, False, "p3d_tiny"), (1.0, True, "p3d_tiny")]
     if args.arch != "p3d_tiny":  # the network's own share: a few batches of full-size clips
         runs = [(0.1, False, args.arch)]
+    batch = args.batch
     print("| video | TV-L1 | network | snippets x columns | peak RSS | seconds |")
     print("|---|---|---|---|---|---|")
     for minutes, real, arch in runs:
         with tempfile.TemporaryDirectory() as tmp:
-            command = [sys.executable, __file__, "--child", str(minutes), "--root", tmp, "--arch", arch]
+            command = [sys.executable, __file__, "--child", str(minutes), "--root", tmp, "--arch", arch,
+                       "--batch", str(batch)]
             command += ["--real-tvl1"] if real else []
             out = subprocess.run(command, capture_output=True, text=True)
             if out.returncode:
                 sys.exit(out.stderr[-3000:])
             row = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("{")))
         kind = "real (cheapest settings)" if real else "zero-flow stand-in"
-        net = "p3d_tiny 16x16x16" if arch == "p3d_tiny" else f"{arch} 16x160x160, batch 16"
+        net = f"p3d_tiny 16x16x16, batch {batch}" if arch == "p3d_tiny" else f"{arch} 16x160x160, batch {batch}"
         print(f"| {minutes:g} min, {row['frames']} frames 340x256 | {kind} | {net} | {row['snippets']} x "
               f"{row['columns']} | {row['peak_rss_mb']} MB | {row['seconds']} |", flush=True)
 
@@ -172,13 +174,14 @@ def main() -> None:
     parser.add_argument("--arch", default="p3d_tiny")
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--minutes", type=float, default=60.0)
+    parser.add_argument("--batch", type=int, default=16, help="[eval] batch_views: snippets at once")
     parser.add_argument("--child", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--real-tvl1", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     if args.child is not None:
-        memory_child(args.child, args.real_tvl1, args.root, args.arch)
+        memory_child(args.child, args.real_tvl1, args.root, args.arch, args.batch)
     elif args.memory:
         memory(args)
     else:
