@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import joblib
@@ -375,9 +375,9 @@ def _died_reason(err: BaseException) -> str:
             f"{codes.group(1) if codes else '?'}: killed, e.g. for lack of memory, or crashed)")
 
 
-def _pool_results(todo: Sequence[FlowJob], run: Callable[[FlowJob, int], Any],
+def _pool_results(todo: Sequence[_Task], run: Callable[[_Task, int], Any],
                   workers: int) -> Iterator[tuple[VideoResult, bool]]:
-    """`run(job, k)` for every job in `workers` local processes (loky), as they finish.
+    """`run(task, k)` for every task in `workers` local processes (loky), as they finish.
 
     At most `workers` jobs are in flight, so those in flight are exactly the suspects when a worker
     process dies (OOM killer, a crash), which breaks the pool and fails all of them: each suspect
@@ -392,12 +392,12 @@ def _pool_results(todo: Sequence[FlowJob], run: Callable[[FlowJob, int], Any],
     share = str(max(joblib.cpu_count() // workers, 1))
     env = {var: os.environ.get(var, share) for var in THREAD_VARS}
 
-    def submit(job: FlowJob, k: int) -> Future:
+    def submit(job: _Task, k: int) -> Future:
         return get_reusable_executor(max_workers=workers, env=env).submit(run, job, k)
 
     pending = collections.deque(enumerate(todo))
-    suspects: collections.deque[tuple[int, FlowJob]] = collections.deque()
-    inflight: dict[Future, tuple[int, FlowJob, bool]] = {}
+    suspects: collections.deque[tuple[int, _Task]] = collections.deque()
+    inflight: dict[Future, tuple[int, _Task, bool]] = {}
     full: DiskFullError | None = None
     try:
         while pending or suspects or inflight:
@@ -707,6 +707,23 @@ def _earlier_rows(store: Store) -> dict[str, VideoResult]:
     return rows
 
 
+class _Task(NamedTuple):
+    """One video to compute: the job, what it is made from, and whether to compute it even when a
+    finished copy is stored (--force, or `verify` found that copy damaged)."""
+
+    job: FlowJob
+    origin: Origin | None
+    force: bool
+
+    @property
+    def video_id(self) -> str:
+        return self.job.video_id
+
+    @property
+    def path(self) -> Path:
+        return self.job.path
+
+
 @dataclass
 class _Tally:
     computed: int = 0
@@ -722,32 +739,33 @@ def _compute_all(todo: Sequence[FlowJob], store: Store, cfg: FlowConfig, *, forc
     MANIFEST_EVERY_S so that a killed run shows its progress and loses no finished video."""
     for job in todo:
         rows[job.video_id] = VideoResult(job.video_id, shown(job.path), "pending")
+    # Each job with what it is made from and whether to redo it whatever is stored: sent to a worker
+    # as it is, so that nothing of the size of the run travels with every job.
+    tasks = [_Task(job, plan.origins.get(job.video_id), force or job.video_id in plan.redo) for job in todo]
     # Longest first (file size as the proxy), so no long video starts last while the others idle.
-    todo = sorted(todo, key=lambda j: -(o.size if (o := plan.origins.get(j.video_id)) else 0))
+    tasks.sort(key=lambda t: -(t.origin.size if t.origin is not None else 0))
     workers, devices = _workers(cfg)
     threads = 1 if workers > 1 or cfg.scheduler else 0
     owner = (socket.gethostname(), os.getpid())
     out_dir = store.root
 
-    def run(job: FlowJob, k: int) -> tuple[VideoResult, bool]:
-        return process_video(job, out_dir, cfg, origin=plan.origins.get(job.video_id), threads=threads,
-                             device=devices[k % len(devices)], force=force or job.video_id in plan.redo,
-                             owner=owner)
+    def run(task: _Task, k: int) -> tuple[VideoResult, bool]:
+        return process_video(task.job, out_dir, cfg, origin=task.origin, threads=threads,
+                             device=devices[k % len(devices)], force=task.force, owner=owner)
 
     if cfg.scheduler:
         results: Iterable[tuple[VideoResult, bool]] = _dask_results(
-            (joblib.delayed(process_video)(job, out_dir, cfg, origin=plan.origins.get(job.video_id),
-                                           threads=threads, force=force or job.video_id in plan.redo,
-                                           device=devices[k % len(devices)],
-                                           owner=owner) for k, job in enumerate(todo)), cfg.scheduler)
-    elif workers == 1 or len(todo) <= 1:
-        results = (process_video(job, out_dir, cfg, origin=plan.origins.get(job.video_id), device=devices[0],
-                                 force=force or job.video_id in plan.redo) for job in todo)
+            (joblib.delayed(process_video)(t.job, out_dir, cfg, origin=t.origin, threads=threads, force=t.force,
+                                           device=devices[k % len(devices)], owner=owner)
+             for k, t in enumerate(tasks)), cfg.scheduler)
+    elif workers == 1 or len(tasks) <= 1:
+        results = (process_video(t.job, out_dir, cfg, origin=t.origin, device=devices[0], force=t.force)
+                   for t in tasks)
     else:
-        results = _pool_results(todo, run, min(workers, len(todo)))
+        results = _pool_results(tasks, run, min(workers, len(tasks)))
 
     tally = _Tally()
-    jobs = {job.video_id: job for job in todo}
+    jobs = {task.video_id: task.job for task in tasks}
     start = last_write = time.perf_counter()
     try:
         with progress_bar(total=len(todo), desc="flow", unit="video") as bar:
