@@ -43,6 +43,7 @@ CLIPS = ["arm_wrestling__mmaction2_demo.mp4", "clean_and_jerk__mmskeleton.mp4",
 STORES = {"mmaction (JPEG q95, lossy)": dict(layout="mmaction"),
           "packed jpeg (default, q95, lossy)": dict(layout="packed", codec="jpeg"),
           "packed jpeg, cv2 decoder": dict(layout="packed", codec="jpeg", decoder="cv2"),
+          "packed jpeg, fast decode (train.fast_decode)": dict(layout="packed", codec="jpeg", fast=True),
           "packed jpeg RGB + png flow": dict(layout="packed", codec="jpeg", flow_codec="png"),
           "packed png (lossless)": dict(layout="packed", codec="png"),
           "packed raw (uint8, lossless)": dict(layout="packed", codec="raw")}
@@ -50,15 +51,15 @@ UCF101_FRAMES = 2.48e6  # 13,320 clips, about 186 frames each
 
 
 def window_reads(readers: dict, counts: dict[str, int], modality: str, cpu_seconds: float,
-                 rng: random.Random) -> tuple[int, float, float]:
-    """Read random 16-frame windows for `cpu_seconds` of this process's CPU time:
-    (windows, wall s, CPU s)."""
+                 rng: random.Random, fast: bool = False) -> tuple[int, float, float]:
+    """Read random 16-frame windows for `cpu_seconds` of this process's CPU time (`fast`: the readers'
+    fast JPEG decode): (windows, wall s, CPU s)."""
     ids = sorted(readers)
     n, wall, cpu = 0, time.perf_counter(), time.process_time()
     while time.process_time() - cpu < cpu_seconds:
         v = rng.choice(ids)
         first = rng.randrange(counts[v] - (1 if modality == "flow" else 0) - 15)
-        (readers[v].rgb if modality == "rgb" else readers[v].flow)(range(first, first + 16))
+        (readers[v].rgb if modality == "rgb" else readers[v].flow)(range(first, first + 16), fast=fast)
         n += 1
     return n, time.perf_counter() - wall, time.process_time() - cpu
 
@@ -83,6 +84,9 @@ def decoder_table(videos: dict[str, tuple], seconds: float) -> list[str]:
             "flow x": lambda b: simplejpeg.decode_jpeg(b, "GRAY", buffer=grey),
             "frame 6/8": lambda b: simplejpeg.decode_jpeg(b, "BGR", min_height=h * 3 // 4, min_width=w * 3 // 4),
             "frame 1/2": lambda b: simplejpeg.decode_jpeg(b, "BGR", min_height=h // 2, min_width=w // 2)}
+        decoders["simplejpeg, fast IDCT + upsampling"] = {
+            "frame": lambda b: simplejpeg.decode_jpeg(b, "BGR", fastdct=True, fastupsample=True, buffer=out),
+            "flow x": lambda b: simplejpeg.decode_jpeg(b, "GRAY", fastdct=True, buffer=grey)}
     except ImportError:
         pass
     try:
@@ -124,6 +128,31 @@ def decoder_table(videos: dict[str, tuple], seconds: float) -> list[str]:
     return rows
 
 
+def fast_decode_table(videos: dict[str, tuple]) -> list[str]:
+    """What the fast decode (flow.codec: libjpeg-turbo's fast IDCT, and plain chroma upsampling for
+    colour) changes against the accurate decode of the same q95 JPEGs, beside what JPEG q95 itself
+    changes against the original image (markdown rows; uint8 levels)."""
+    rows = ["| images | fast vs accurate: mean / max level change | levels changed | JPEG q95 (accurate) vs "
+            "original: mean / max | fast vs original: mean |", "|---|---|---|---|---|"]
+    for kind, images in (("frames (BGR)", [f for r, _ in videos.values() for f in r]),
+                         ("flow x and y (grey)", [np.ascontiguousarray(f[..., c]) for _, fl in videos.values()
+                                                  for f in fl for c in (0, 1)])):
+        fast, accurate, original = [], [], []
+        for img in images:
+            blob = np.frombuffer(codec_module.jpeg_bytes(img, 95), np.uint8)
+            a, f = np.empty_like(img), np.empty_like(img)
+            codec_module.decode_jpeg(blob, a)
+            codec_module.decode_jpeg(blob, f, fast=True)
+            fast.append(f.astype(np.int16))
+            accurate.append(a.astype(np.int16))
+            original.append(img.astype(np.int16))
+        f, a, o = np.stack(fast), np.stack(accurate), np.stack(original)
+        rows.append(f"| {kind}, {len(images)} | {np.abs(f - a).mean():.2f} / {np.abs(f - a).max()} | "
+                    f"{(f != a).mean():.0%} | {np.abs(a - o).mean():.2f} / {np.abs(a - o).max()} | "
+                    f"{np.abs(f - o).mean():.2f} |")
+    return rows
+
+
 GT_PAIRS = [("middlebury_rubberwhale", "frame10.png", "frame11.png", "flow10.flo"),
             ("flyingchairs_tiny", "00001_img1.ppm", "00001_img2.ppm", "00001_flow.flo"),
             ("kitti_000", "frame1.png", "frame2.png", "flow_gt.png")]
@@ -132,8 +161,9 @@ GT_PAIRS = [("middlebury_rubberwhale", "frame10.png", "frame11.png", "flow10.flo
 def fidelity_table(data: Path, cfg: FlowConfig) -> list[str]:
     """Flow against ground truth as stored uint8 (png, lossless) and after a JPEG q95 round trip."""
     backend = make_backend(cfg)
-    rows = ["| pair | EPE, flow as computed | EPE, uint8 (png) | EPE, uint8 through JPEG q95 | levels changed by "
-            "JPEG | mean / max change (px) | png / jpeg bytes |", "|---|---|---|---|---|---|---|"]
+    rows = ["| pair | EPE, flow as computed | EPE, uint8 (png) | EPE, uint8 through JPEG q95 | EPE, JPEG q95 fast "
+            "decode | levels changed by JPEG | mean / max change (px) | png / jpeg bytes |",
+            "|---|---|---|---|---|---|---|---|"]
     for folder, a, b, gt in GT_PAIRS:
         root = data / "flow_gt" / folder
         if not root.is_dir():
@@ -144,11 +174,15 @@ def fidelity_table(data: Path, cfg: FlowConfig) -> list[str]:
         blob = codec_module.encode_flow("jpeg", u8, 95)
         back = np.empty_like(u8)
         codec_module.decode_flow("jpeg", np.frombuffer(blob, np.uint8), back, np.empty((2, *u8.shape[:2]), np.uint8))
+        fast = np.empty_like(u8)
+        codec_module.decode_flow("jpeg", np.frombuffer(blob, np.uint8), fast, np.empty((2, *u8.shape[:2]), np.uint8),
+                                 fast=True)
         png = len(codec_module.encode_flow("png", u8, 95))
-        epe = [float(endpoint_errors(f, truth, valid).mean()) for f in (flow, decode(u8, cfg.bound),
-                                                                       decode(back, cfg.bound))]
+        epe = [float(endpoint_errors(f, truth, valid).mean())
+               for f in (flow, decode(u8, cfg.bound), decode(back, cfg.bound), decode(fast, cfg.bound))]
         change = np.abs(back.astype(int) - u8.astype(int))
         rows.append(f"| {folder} ({u8.shape[1]}x{u8.shape[0]}) | {epe[0]:.3f} | {epe[1]:.3f} | {epe[2]:.3f} | "
+                    f"{epe[3]:.3f} | "
                     f"{(change > 0).mean():.1%} | {change.mean() * step(cfg.bound):.3f} / "
                     f"{change.max() * step(cfg.bound):.2f} | {png / 1e3:.1f} / {len(blob) / 1e3:.1f} kB |")
     return rows
@@ -213,7 +247,8 @@ def main() -> None:
             for label, kind in STORES.items():
                 codec_module.decoder = kind.get("decoder", "auto")
                 for modality in ("rgb", "flow"):
-                    n, wall, cpu = window_reads(readers[label], counts, modality, args.seconds, rng)
+                    n, wall, cpu = window_reads(readers[label], counts, modality, args.seconds, rng,
+                                                kind.get("fast", False))
                     rates[label, modality].append(n / cpu)
                     wall_rates[label, modality].append(n / wall)
         codec_module.decoder = "auto"
@@ -239,6 +274,8 @@ def main() -> None:
     print(f"\nJPEG decoders, CPU ms per {cfg.size} image (q95; frame: BGR, flow x: grey; 6/8 and 1/2: reduced "
           f"DCT size); JPEG decoder of the store here: {codec_module.jpeg_decoder()}\n")
     print("\n".join(decoder_table(videos, args.seconds / 2)))
+    print("\nThe fast decode against the accurate one, same q95 JPEGs (uint8 levels)\n")
+    print("\n".join(fast_decode_table(videos)))
     print(f"\nFlow through JPEG q95 against ground truth (TV-L1 defaults, bound {cfg.bound})\n")
     print("\n".join(fidelity_table(args.data, cfg)))
 

@@ -26,9 +26,12 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from flow.config import FlowConfig
 from flow.store import create_store
@@ -48,15 +51,15 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def loader_rate(root: Path, items: list[tuple[str, int]], modality: str, workers: int, seconds: float
-                ) -> tuple[float, float, float]:
+def loader_rate(root: Path, items: list[tuple[str, int]], modality: str, workers: int, seconds: float,
+                fast: bool = False) -> tuple[float, float, float]:
     """(clips per worker CPU-second, clips per wall second, normalisation ms per clip) of the training
-    DataLoader over about `seconds` of wall time after its warm-up batches."""
+    DataLoader over about `seconds` of wall time after its warm-up batches; `fast`: train.fast_decode."""
     from flow.video import opencv_single_thread
     from streams.clips import ClipDataset, EpochSampler
     from streams.loaders import make_loader
 
-    dataset = ClipDataset(root, items, modality, CLIP_LEN, train=True, resize=RESIZE, crop=CROP)
+    dataset = ClipDataset(root, items, modality, CLIP_LEN, train=True, resize=RESIZE, crop=CROP, fast_decode=fast)
     sampler = EpochSampler(len(dataset))
     warm = 2 * workers
     with opencv_single_thread():
@@ -82,6 +85,62 @@ def loader_rate(root: Path, items: list[tuple[str, int]], modality: str, workers
                 epoch += 1
         finally:
             del loader
+
+
+def _cpu_ms(fn: Callable[[], object], seconds: float) -> float:
+    """CPU ms per call of `fn` over about `seconds` of this process's CPU time (after one untimed call)."""
+    fn()
+    n, start = 0, time.process_time()
+    while time.process_time() - start < seconds:
+        fn()
+        n += 1
+    return (time.process_time() - start) / n * 1e3
+
+
+def clip_costs(root: Path, items: list[tuple[str, int]], modality: str, fast: bool, seconds: float
+               ) -> dict[str, float]:
+    """Where one training clip's CPU goes, in this process (ms per clip): the whole ClipDataset item,
+    its decoding (store read into the reused buffer), resize, the copy out (crop view, flip, [C, T, H, W]),
+    and the worker's share of the collate: torch stacks a worker's batch into fresh shared memory to
+    hand it to the trainer (its page faults, not the copy, are the cost)."""
+    from streams.clips import ClipDataset
+
+    dataset = ClipDataset(root, items, modality, CLIP_LEN, train=True, resize=RESIZE, crop=CROP, fast_decode=fast)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a worker (streams.loaders.worker_init): no spinning intra-op threads
+    try:
+        return _clip_costs(dataset, items, modality, fast, seconds)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _clip_costs(dataset: Dataset, items: list[tuple[str, int]], modality: str, fast: bool, seconds: float
+                ) -> dict[str, float]:
+    from streams.clips import window
+
+    rng = random.Random(0)
+    key = iter(range(10**9))
+    costs = {"item": _cpu_ms(lambda: dataset[(next(key) % len(items), 0)], seconds)}
+    with dataset.store.open(items[0][0]) as video:
+        channels = transforms.CHANNELS[modality]
+        decoded = np.empty((CLIP_LEN, video.height, video.width, channels), np.uint8)
+        read = video.rgb if modality == "rgb" else video.flow
+        num = video.num_frames if modality == "rgb" else video.num_flows
+        costs["decode"] = _cpu_ms(lambda: read(window(rng.randrange(num - CLIP_LEN + 1), CLIP_LEN, num), decoded,
+                                              fast=fast), seconds)
+    resized = np.empty((CLIP_LEN, *RESIZE, channels), np.uint8)
+    costs["resize"] = _cpu_ms(lambda: transforms.resize_clip(decoded, RESIZE, resized), seconds)
+    crop = resized[:, 5:5 + CROP, 9:9 + CROP]
+    costs["copy out"] = _cpu_ms(lambda: transforms.flipped_chw(crop, modality, rng.random() < 0.5), seconds)
+    clips = [transforms.flipped_chw(crop, modality, False) for _ in range(BATCH)]
+
+    def shared_collate() -> torch.Tensor:  # what default_collate does in a worker
+        storage = clips[0]._typed_storage()._new_shared(BATCH * clips[0].numel(), device=clips[0].device)
+        return torch.stack(clips, 0, out=clips[0].new(storage).resize_(BATCH, *clips[0].shape))
+
+    costs["collate (shared memory)"] = _cpu_ms(shared_collate, seconds) / BATCH
+    costs["collate (plain memory)"] = _cpu_ms(lambda: torch.stack(clips), seconds) / BATCH
+    return costs
 
 
 def nvjpeg_rate(root: Path | str, video_ids: list[str], device: torch.device, clips: int = 64,
@@ -147,12 +206,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="wall seconds timed per configuration")
     parser.add_argument("--codecs", nargs="+", default=["jpeg", "png"])
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--no-costs", action="store_true", help="skip the per-clip cost breakdown")
     args = parser.parse_args()
 
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from flow_store import load_videos
+
+    from flow.video import opencv_single_thread
 
     cfg = FlowConfig()
     videos = load_videos(argparse.Namespace(cache=args.cache, data=args.data, frames=args.frames, clips=args.clips),
@@ -168,24 +230,40 @@ def main() -> None:
                     store.write_video(f"c{k}/{name}", rgb, flow)
                     items.append((f"c{k}/{name}", 0))
         items = sorted(set(items)) * 20  # an epoch long enough never to drain inside the timed window
+        # (codec, train.fast_decode): the jpeg store decoded accurately (the default) and fast; the last
+        # codec (png, the default before) is the baseline of the ratios
+        setups = [(c, fast) for c in args.codecs for fast in ((False, True) if c == "jpeg" else (False,))]
+        costs = {}
+        if not args.no_costs and "jpeg" in args.codecs:
+            with opencv_single_thread():
+                costs = {(m, fast): clip_costs(tmp / "jpeg", sorted(set(items)), m, fast, args.seconds / 6)
+                         for m in ("rgb", "flow") for fast in (False, True)}
         for workers in args.workers:
             for modality in ("rgb", "flow"):
-                for codec in args.codecs:
-                    per_core, wall, norm = loader_rate(tmp / codec, items, modality, workers, args.seconds)
-                    rows.append((modality, codec, workers, per_core, wall, norm))
+                for codec, fast in setups:
+                    per_core, wall, norm = loader_rate(tmp / codec, items, modality, workers, args.seconds, fast)
+                    rows.append((modality, codec, fast, workers, per_core, wall, norm))
     finally:
         shutil.rmtree(tmp)
-    base = {(m, w): pc for m, c, w, pc, _, _ in rows if c == args.codecs[-1]}
+    base = {(m, w): pc for m, c, _, w, pc, _, _ in rows if c == args.codecs[-1]}
     print(f"\n{len(videos)} clips x 4 ids, {args.frames} frames at {cfg.size}; training clips {CLIP_LEN}x{CROP}x{CROP} "
           f"from {RESIZE[1]}x{RESIZE[0]}, batch {BATCH}, pinned memory {torch.cuda.is_available()}\n")
-    print(f"| modality | codec | workers | clips/s per worker core (wall clips/s) | vs {args.codecs[-1]} | target "
-          "| normalise, CPU ms/clip |")
-    print("|---|---|---|---|---|---|---|")
-    for modality, codec, workers, per_core, wall, norm in rows:
+    print(f"| modality | codec | decode | workers | clips/s per worker core (wall clips/s) | vs {args.codecs[-1]} "
+          "| target | normalise, CPU ms/clip |")
+    print("|---|---|---|---|---|---|---|---|")
+    for modality, codec, fast, workers, per_core, wall, norm in rows:
         target = TARGETS[modality]
         verdict = "met" if per_core >= target else "NOT met"
-        print(f"| {modality} | {codec} | {workers} | {per_core:.0f} ({wall:.0f}) | "
+        print(f"| {modality} | {codec} | {'fast' if fast else 'accurate'} | {workers} | {per_core:.0f} ({wall:.0f}) | "
               f"{per_core / base[modality, workers]:.2f}x | >= {target:.0f}: {verdict} | {norm:.2f} |")
+    if costs:
+        parts = list(next(iter(costs.values())))
+        print("\nWhere a clip's CPU goes on the jpeg store (one process, CPU ms per clip; the item is decode + "
+              "resize + copy out + reading the pack's index; the collate is the worker's, per clip)\n")
+        print(f"| modality | decode | {' | '.join(parts)} |")
+        print("|---" * (len(parts) + 2) + "|")
+        for (modality, fast), c in costs.items():
+            print(f"| {modality} | {'fast' if fast else 'accurate'} | {' | '.join(f'{c[p]:.2f}' for p in parts)} |")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,11 @@ than cv2.imdecode on 340x256 colour frames and it writes into the caller's array
 (`bench/flow_store.py --decoders` measures the candidates). Without it (the GPU machine's image),
 cv2 decodes the same files. Decoding at a reduced DCT size is not used: at quality 95 entropy
 decoding dominates, so half size saves ~5% and 6/8 size costs 1.8x (same bench).
+
+`fast=True` (training clips only: `train.fast_decode`) asks libjpeg-turbo for its fast integer IDCT
+and, for colour, its plain chroma upsampling: fewer CPU cycles per image for pixels that differ from
+the accurate decode by about one level on average (bench/flow_store.py measures both). The cv2
+fallback has no such switch and decodes accurately.
 """
 from __future__ import annotations
 
@@ -96,13 +101,13 @@ def _png(img: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def _decode_jpeg(blob: memoryview | np.ndarray, out: np.ndarray, grey: bool) -> None:
+def _decode_jpeg(blob: memoryview | np.ndarray, out: np.ndarray, grey: bool, fast: bool = False) -> None:
     """Decode a JPEG into `out` (contiguous uint8 [H, W] or [H, W, 3]); CodecError if it does not
-    decode or has another size."""
+    decode or has another size. `fast`: libjpeg-turbo's fast IDCT and upsampling (module doc)."""
     sj = _simplejpeg()
     if sj is not None:
         try:
-            img = sj.decode_jpeg(blob, "GRAY" if grey else "BGR", buffer=out)
+            img = sj.decode_jpeg(blob, "GRAY" if grey else "BGR", fastdct=fast, fastupsample=fast, buffer=out)
         except (ValueError, RuntimeError) as e:
             raise CodecError(f"not a JPEG that decodes ({e})") from None
         if img.shape[:2] != out.shape[:2]:  # a smaller image fills the front of the buffer
@@ -130,25 +135,27 @@ def _raw(blob: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return blob.reshape(shape)
 
 
-def decode_jpeg(blob: np.ndarray, out: np.ndarray) -> None:
+def decode_jpeg(blob: np.ndarray, out: np.ndarray, fast: bool = False) -> None:
     """One JPEG -> `out`, a contiguous uint8 [H, W, 3] (BGR) or [H, W, 1] / [H, W] (grey) array."""
     _decode_jpeg(blob, out.reshape(out.shape[:2]) if out.ndim == 3 and out.shape[2] == 1 else out,
-                 grey=out.ndim == 2 or out.shape[2] == 1)
+                 grey=out.ndim == 2 or out.shape[2] == 1, fast=fast)
 
 
-def decode_rgb(codec: str, blob: np.ndarray, out: np.ndarray) -> None:
-    """Blob (uint8 array) -> `out`, a contiguous uint8 [H, W, 3] view of the caller's clip."""
+def decode_rgb(codec: str, blob: np.ndarray, out: np.ndarray, fast: bool = False) -> None:
+    """Blob (uint8 array) -> `out`, a contiguous uint8 [H, W, 3] view of the caller's clip.
+    `fast`: the jpeg codec's fast decode (module doc); lossless codecs ignore it."""
     if codec == "jpeg":
-        _decode_jpeg(blob, out, grey=False)
+        _decode_jpeg(blob, out, grey=False, fast=fast)
     elif codec == "png":
         out[...] = _decode_png(blob, out.shape)
     else:
         out[...] = _raw(blob, out.shape)
 
 
-def decode_flow(codec: str, blob: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
+def decode_flow(codec: str, blob: np.ndarray, out: np.ndarray, scratch: np.ndarray, fast: bool = False) -> None:
     """Blob (uint8 array) -> `out`, a contiguous uint8 [H, W, 2] view of the caller's clip.
-    `scratch`: a contiguous uint8 [2, H, W] buffer the jpeg codec decodes the axes into."""
+    `scratch`: a contiguous uint8 [2, H, W] buffer the jpeg codec decodes the axes into; `fast`: as
+    decode_rgb."""
     height, width = out.shape[:2]
     if codec == "raw":
         out[...] = _raw(blob, out.shape)
@@ -163,8 +170,8 @@ def decode_flow(codec: str, blob: np.ndarray, out: np.ndarray, scratch: np.ndarr
         if x_len > blob.size - _X_LENGTH.size:
             raise CodecError("flow blob shorter than its x JPEG")
         x_end = _X_LENGTH.size + x_len
-        _decode_jpeg(blob[_X_LENGTH.size: x_end], scratch[0], grey=True)
-        _decode_jpeg(blob[x_end:], scratch[1], grey=True)
+        _decode_jpeg(blob[_X_LENGTH.size: x_end], scratch[0], grey=True, fast=fast)
+        _decode_jpeg(blob[x_end:], scratch[1], grey=True, fast=fast)
         cv2.merge([scratch[0], scratch[1]], dst=out)  # SIMD interleave: 3x numpy's strided copies
 
 

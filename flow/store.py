@@ -79,12 +79,13 @@ class VideoFrames(ABC):
     origin: dict[str, Any] | None = None  # what the flow stage made it from (flow.index.Origin.as_dict)
 
     @abstractmethod
-    def rgb(self, indices: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+    def rgb(self, indices: Sequence[int], out: np.ndarray | None = None, *, fast: bool = False) -> np.ndarray:
         """uint8 [T, H, W, 3] BGR frames at `indices` (0-based); into `out` when given (a C-contiguous
-        uint8 array of that shape, which a loader reuses)."""
+        uint8 array of that shape, which a loader reuses). `fast`: JPEGs by libjpeg-turbo's fast IDCT
+        and upsampling (flow.codec; training clips), a hint that readers without it ignore."""
 
     @abstractmethod
-    def flow(self, indices: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+    def flow(self, indices: Sequence[int], out: np.ndarray | None = None, *, fast: bool = False) -> np.ndarray:
         """uint8 [T, H, W, 2] flow images at `indices`, x then y, 128 = no motion; into `out` when given."""
 
     def verify(self) -> None:  # noqa: B027 (a no-op for layouts without checksums)
@@ -193,24 +194,24 @@ class PackedFrames(VideoFrames):
         return FlowError(f"video {self.video_id}: {what} {i} in {self.path} does not decode as {codec} ({e}): "
                          "redo the video (re-run the flow stage with --force, or remove it)")
 
-    def rgb(self, indices: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+    def rgb(self, indices: Sequence[int], out: np.ndarray | None = None, *, fast: bool = False) -> np.ndarray:
         idx = _check_indices(self.video_id, indices, self.num_frames, "frame")
         out = _output(out, (len(idx), self.height, self.width, 3), self.video_id)
         for k, blob in enumerate(self._blobs(self._rgb_index[idx])):
             try:
-                decode_rgb(self.codec, self._check_crc(blob, self._rgb_crc, idx[k], "frame"), out[k])
+                decode_rgb(self.codec, self._check_crc(blob, self._rgb_crc, idx[k], "frame"), out[k], fast)
             except CodecError as e:
                 raise self._undecodable(e, idx[k], "frame", self.codec) from None
         return out
 
-    def flow(self, indices: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+    def flow(self, indices: Sequence[int], out: np.ndarray | None = None, *, fast: bool = False) -> np.ndarray:
         idx = _check_indices(self.video_id, indices, self.num_flows, "flow")
         out = _output(out, (len(idx), self.height, self.width, 2), self.video_id)
         scratch = np.empty((2, self.height, self.width), np.uint8)
         for k, blob in enumerate(self._blobs(self._flow_index[idx])):
             try:
                 decode_flow(self.flow_codec, self._check_crc(blob, self._flow_crc, idx[k], "flow image"), out[k],
-                            scratch)
+                            scratch, fast)
             except CodecError as e:
                 raise self._undecodable(e, idx[k], "flow image", self.flow_codec) from None
         return out
@@ -297,14 +298,15 @@ class MmactionFrames(VideoFrames):
             raise FlowError(f"video {self.video_id}: cannot decode {self.path / name}")
         return img
 
-    def rgb(self, indices: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+    def rgb(self, indices: Sequence[int], out: np.ndarray | None = None, *, fast: bool = False) -> np.ndarray:
+        # The layout as mmaction2 reads it (cv2, accurate): `fast` is ignored.
         idx = _check_indices(self.video_id, indices, self.num_frames, "frame")
         out = _output(out, (len(idx), self.height, self.width, 3), self.video_id)
         for k, i in enumerate(idx):
             out[k] = self._read(f"img_{i + 1:05d}.jpg", cv2.IMREAD_COLOR)
         return out
 
-    def flow(self, indices: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+    def flow(self, indices: Sequence[int], out: np.ndarray | None = None, *, fast: bool = False) -> np.ndarray:
         idx = _check_indices(self.video_id, indices, self.num_flows, "flow")
         out = _output(out, (len(idx), self.height, self.width, 2), self.video_id)
         for k, i in enumerate(idx):

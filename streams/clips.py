@@ -50,12 +50,14 @@ class ClipDataset(Dataset):
     -1 (streams.losses.label_array; the loss and accuracy read both forms).
 
     train=True: one random clip per item, keyed by (index, epoch). train=False: `clips_per_video`
-    fixed clips per item, keyed by index = item * clips_per_video + clip.
+    fixed clips per item, keyed by index = item * clips_per_video + clip. `fast_decode`: JPEGs by
+    libjpeg-turbo's fast IDCT and upsampling (train.fast_decode; the training set's only).
     """
 
     def __init__(self, store: Store | Path | str, items: Sequence[tuple[str, int]], modality: str,
                  clip_len: int = 16, *, train: bool, resize: Sequence[int] = (182, 242), crop: int = 160,
-                 scale_jitter: Sequence[int] = (), flip: bool = True, clips_per_video: int = 1, seed: int = 0):
+                 scale_jitter: Sequence[int] = (), flip: bool = True, clips_per_video: int = 1, seed: int = 0,
+                 fast_decode: bool = False):
         self.store = store if isinstance(store, Store) else open_store(store)
         # Two numpy arrays, not a list of Python tuples: a DataLoader worker that touches a list's items
         # writes their reference counts and so copies every page of them (650,000 videos: ~200 MB
@@ -71,6 +73,7 @@ class ClipDataset(Dataset):
         self.flip = flip
         self.clips_per_video = 1 if train else clips_per_video
         self.seed = seed
+        self.fast_decode = fast_decode  # libjpeg-turbo's fast IDCT and upsampling (train.fast_decode)
 
     def __len__(self) -> int:
         return len(self.video_ids) * self.clips_per_video
@@ -93,7 +96,8 @@ class ClipDataset(Dataset):
             indices = window(start, self.clip_len, num)
             shape = (len(indices), video.height, video.width, transforms.CHANNELS[self.modality])
             decoded = self._buffer("decoded", shape)
-            clip = video.rgb(indices, decoded) if self.modality == "rgb" else video.flow(indices, decoded)
+            read = video.rgb if self.modality == "rgb" else video.flow
+            clip = read(indices, decoded, fast=self.fast_decode)
         if self.train:
             return self._augment(clip, rng), label
         return transforms.to_chw(self._centre(clip)), label

@@ -75,6 +75,9 @@ class TrainConfig:
     sync_bn: bool = True  # with several processes, BN in training mode uses the global batch
     workers: int = 8  # DataLoader processes per training process; 0 = load in the main process. A GPU
     # needs enough of them for `data_wait` in metrics.jsonl to stay near 0
+    fast_decode: bool = False  # training clips' JPEGs by libjpeg-turbo's fast IDCT and upsampling: ~8%
+    # less decoding CPU, pixels ~1.6 levels off the accurate decode (flow: EPE +0.014 px); eval stays
+    # accurate (BENCHMARKS.md, "Training loader")
     threads: int = 0  # torch CPU threads per process; 0 = torch's default (one per core). On a shared
     # machine 1 can be several times faster: busy-waiting threads stall when the cores are taken
 

@@ -152,7 +152,7 @@ def training_loaders(store: Store, train: list[tuple[str, int]], val: list[tuple
     """(training loader, its sampler, validation loader or None) of this process: `batch` clips a step."""
     common = dict(batch=batch, workers=cfg.workers, seed=cfg.seed, pin_memory=ctx.device.type == "cuda")
     train_set = ClipDataset(store, train, modality, cfg.clip_len, train=True, resize=cfg.resize, crop=cfg.crop,
-                            scale_jitter=cfg.scale_jitter, flip=cfg.flip, seed=cfg.seed)
+                            scale_jitter=cfg.scale_jitter, flip=cfg.flip, seed=cfg.seed, fast_decode=cfg.fast_decode)
     sampler = EpochSampler(len(train_set), ctx.rank, ctx.world_size, cfg.seed)
     val_loader = None
     if val:

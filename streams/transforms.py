@@ -54,9 +54,17 @@ def to_chw(clip_u8: np.ndarray) -> torch.Tensor:
 
 def flipped_chw(clip_u8: np.ndarray, modality: str, flip: bool) -> torch.Tensor:
     """`to_chw(hflip(clip))` when `flip`, else `to_chw(clip)`, in one copy: a training loader's last
-    step, which takes views (crops) of a buffer it reuses."""
-    view = clip_u8[:, :, ::-1] if flip else clip_u8
-    out = np.ascontiguousarray(view.transpose(3, 0, 1, 2))
+    step, which takes views (crops) of a buffer it reuses.
+
+    Frame by frame, cv2.flip into a scratch frame and cv2.split into the channel planes: 2-4x faster
+    than numpy's copy of the [C, T, H, W] transpose, whose innermost stride is C bytes (bench/loader.py)."""
+    t, h, w, c = clip_u8.shape
+    out = np.empty((c, t, h, w), np.uint8)
+    if t and h and w:
+        scratch = np.empty((h, w, c), np.uint8) if flip else None
+        for k in range(t):
+            frame = cv2.flip(clip_u8[k], 1, dst=scratch) if flip else clip_u8[k]
+            cv2.split(frame, [out[i, k] for i in range(c)])
     if flip and modality == "flow":
         np.subtract(255, out[0], out=out[0])
     return torch.from_numpy(out)

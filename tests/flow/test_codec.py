@@ -193,3 +193,25 @@ def test_a_rawframes_jpeg_that_does_not_decode_fails_its_video_by_name(tmp_path)
     with pytest.raises(FlowError, match=r"img_00002\.jpg: a JPEG that does not decode"):
         import_into(tmp_path / "store", folder, FlowConfig(source="rawframes", size="", jobs=1), codec="jpeg")
     assert not create_store(tmp_path / "store", codec="jpeg", bound=20.0).has("v")
+
+
+def test_fast_decode_is_close_to_the_accurate_one(tmp_path, decoder):
+    """`fast=True` (train.fast_decode) reaches libjpeg-turbo's fast IDCT and upsampling through the
+    store's readers: other pixels than the accurate decode, but no further from the original image than
+    JPEG q95 itself takes them (on these colour-noise frames ~4 levels, grey ~1; fast: 1.25x / 1.4x
+    that); the cv2 fallback and the mmaction layout have no such switch and decode accurately."""
+    rgb, flow = video(seed=5)
+    packed = create_store(tmp_path / "packed", codec="jpeg")
+    mm = create_store(tmp_path / "mm", "mmaction")
+    for store in (packed, mm):
+        store.write_video("C/v", rgb, flow)
+    with packed.open("C/v") as v, mm.open("C/v") as m:
+        for read, original in ((v.rgb, rgb), (v.flow, flow)):
+            accurate, fast = read(range(len(original))), read(range(len(original)), fast=True)
+            if codec.jpeg_decoder() == "simplejpeg":
+                error = [np.abs(a.astype(int) - original).mean() for a in (accurate, fast)]
+                assert not np.array_equal(fast, accurate) and error[1] < 1.6 * error[0]
+            else:
+                assert np.array_equal(fast, accurate)
+        assert np.array_equal(m.rgb(range(len(rgb)), fast=True), m.rgb(range(len(rgb))))
+        assert np.array_equal(m.flow(range(len(flow)), fast=True), m.flow(range(len(flow))))

@@ -5,9 +5,15 @@ import numpy as np
 import pytest
 import torch
 
+from flow import codec
 from flow.errors import FlowError
+from flow.store import open_store
 from streams import transforms
 from streams.clips import ClipDataset, EpochSampler, clip_starts, window
+from streams.config import TrainConfig
+from streams.distributed import DistContext
+from streams.loaders import training_loaders
+from tests.builders import make_toy_store
 
 
 @pytest.mark.parametrize("num_images", [1, 5, 15, 16, 17, 100])
@@ -119,3 +125,21 @@ def test_missing_video_and_store(toy_store, tmp_path):
         ClipDataset(root, [("absent/v1", 0)], "rgb", 4, train=False, resize=(32, 32), crop=32)[0]
     with pytest.raises(FlowError, match="store.json"):
         ClipDataset(tmp_path, [], "rgb", train=True)
+
+
+def test_fast_decode_reaches_training_clips_only(tmp_path):
+    """train.fast_decode: the training set's JPEGs by libjpeg-turbo's fast decode (other pixels than
+    the accurate decode, same window, crop and flip), the validation set's accurate."""
+    items = make_toy_store(tmp_path, ["a", "b"], per_class=2, codec="jpeg")
+    kwargs = dict(train=True, resize=(30, 36), crop=24, seed=2)
+    accurate = ClipDataset(tmp_path, items, "rgb", 8, **kwargs)[(1, 0)][0]
+    fast = ClipDataset(tmp_path, items, "rgb", 8, fast_decode=True, **kwargs)[(1, 0)][0]
+    change = (fast.int() - accurate.int()).abs().float()
+    if codec.jpeg_decoder() == "simplejpeg":
+        assert 0 < change.mean() < 8  # about JPEG q95's own change on these noisy colour frames
+    else:  # the cv2 fallback decodes accurately
+        assert change.max() == 0
+    ctx = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), owns_group=False)
+    train_loader, _, val_loader = training_loaders(open_store(tmp_path), items, items, "rgb",
+                                                   TrainConfig(workers=0, fast_decode=True), ctx=ctx, batch=2)
+    assert train_loader.dataset.fast_decode and not val_loader.dataset.dataset.fast_decode
