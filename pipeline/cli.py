@@ -64,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="RGB checkpoint to score (a file, imported weights, or a run folder: its last.pt)")
     evaluate.add_argument("--flow", type=Path, default=None, help="flow checkpoint to score (as --rgb)")
     evaluate.add_argument("--out", type=Path, default=None,
-                          help="report folder for --rgb/--flow (default: beside the checkpoint, eval-<name>; "
-                               "never make eval's report)")
+                          help="report folder (default: the run's eval folder; with --rgb/--flow beside the "
+                               "checkpoint, eval-<name>, never make eval's report)")
     evaluate.add_argument("--allow-trained", action="store_true",
                           help="score test videos a checkpoint was trained on (a checkpoint of another split) "
                                "instead of refusing; the report says how many")
@@ -154,7 +154,7 @@ def _eval_folder(args: argparse.Namespace, cfg) -> Path:
     from pipeline import stages
 
     checkpoints = {name: path for name, path in (("rgb", args.rgb), ("flow", args.flow)) if path}
-    return stages.explicit_eval_dir(cfg, checkpoints, args.out) if checkpoints else stages.eval_dir(cfg)
+    return stages.eval_out_dir(cfg, checkpoints, args.out)
 
 
 def stage_log(args: argparse.Namespace, cfg, argv: list[str]) -> contextlib.AbstractContextManager:

@@ -17,6 +17,8 @@ from flow.verify import VerifyReport, verify_store
 from fusion.stage import EvalJob, average_splits, run_eval
 from fusion.transfer_stage import run_transfer
 from p3dbase.atomic import write_text
+from p3dbase.errors import shown
+from p3dbase.lock import try_lock
 from pipeline.config import Config, dump_toml, write_resolved
 from pipeline.datasets import Dataset, read_dataset
 from pipeline.datasets.files import video_id_of
@@ -205,41 +207,55 @@ def train_stage(cfg: Config, stream: str) -> None:
                      train_dir(cfg, stream, split), config_toml=dump_toml(cfg))
 
 
+def eval_out_dir(cfg: Config, checkpoints: dict[str, Path] | None, out: Path | None = None) -> Path:
+    """Where eval reports: `--out` when given (with or without --rgb/--flow); else beside given
+    checkpoints (explicit_eval_dir), or the run's eval folder for its own streams."""
+    if checkpoints:
+        return explicit_eval_dir(cfg, checkpoints, out)
+    return Path(out) if out is not None else eval_dir(cfg)
+
+
 def eval_stage(cfg: Config, checkpoints: dict[str, Path] | None = None, *, allow_trained: bool = False,
                out: Path | None = None) -> None:
     """Evaluate a run's streams (default: both, the finished models of its training runs) or the given
     checkpoints ({"rgb": path, "flow": path}, one or both: files, imported weights or run folders), split
     by split (fusion.stage.run_eval); three splits are averaged. `allow_trained`: score test videos a
-    checkpoint was trained on, saying so in the report, instead of refusing. Given checkpoints report to
-    `out` or beside them (explicit_eval_dir), never into `make eval`'s folder."""
+    checkpoint was trained on, saying so in the report, instead of refusing. The report goes to `out`, else
+    beside given checkpoints, never into `make eval`'s folder (eval_out_dir); one eval at a time writes
+    a report folder (a second one's files would be renamed from under the first)."""
     tables = []
-    out_root = explicit_eval_dir(cfg, checkpoints, out) if checkpoints else eval_dir(cfg)
-    splits = split_datasets(cfg)
-    if checkpoints and len(splits) > 1:
-        raise PipelineError("--rgb/--flow give one checkpoint per stream, but dataset.split = \"all\" evaluates "
-                            "three splits, each with its own training: evaluate one split (--set dataset.split=1)")
-    store, done = _flow_store(cfg, "eval")
-    for split, dataset in splits:
-        _left_out(store, dataset, done)
-        held, note = held_out(cfg, dataset)
-        train = [(v.video_id, v.labels) for v in dataset.videos
-                 if v.split == "train" and v.video_id in done and v.video_id not in held]
-        val = [(v.video_id, v.labels) for v in dataset.videos if v.video_id in held and v.video_id in done]
-        test = [(v.video_id, v.labels) for v in dataset.videos
-                if v.split in ("test", "val") and v.video_id in done]
-        # Only test videos count as excluded in the report; missing training videos just shrink the SVM's set.
-        missing = [v.video_id for v in dataset.videos if v.split in ("test", "val") and v.video_id not in done]
-        streams = checkpoints or {stream: train_dir(cfg, stream, split) for stream in ("rgb", "flow")}
-        out = out_root if len(splits) == 1 else out_root / f"split{split}"
-        # Groups (UCF101, SynthActions) keep the clips of one group on one side of the SVM's CV folds.
-        groups = {v.video_id: v.group for v in dataset.videos if v.split == "train" and v.group}
-        job = EvalJob(store, streams, train, test, dataset.classes, protocol=f"{cfg.dataset.format} split {split}",
-                      excluded=missing, val=val, val_note=note, train_groups=groups or None,
-                      allow_trained=allow_trained)
-        tables.append(run_eval(job, cfg.eval, out))
-        write_resolved(cfg, out)  # with the report: a refused or failed evaluation leaves the last one's
-    if len(tables) > 1:
-        average_splits(tables, out_root, protocol=f"{cfg.dataset.format} 3-split average")
+    out_root = eval_out_dir(cfg, checkpoints, out)
+    with try_lock(out_root.parent / f".{out_root.name}.lock") as holder:
+        if holder:
+            raise PipelineError(f"{shown(out_root)} is being written by another eval run (pid {holder}): wait for "
+                                "it to finish, or report elsewhere (--out FOLDER)")
+        splits = split_datasets(cfg)
+        if checkpoints and len(splits) > 1:
+            raise PipelineError("--rgb/--flow give one checkpoint per stream, but dataset.split = \"all\" "
+                                "evaluates three splits, each with its own training: evaluate one split "
+                                "(--set dataset.split=1)")
+        store, done = _flow_store(cfg, "eval")
+        for split, dataset in splits:
+            _left_out(store, dataset, done)
+            held, note = held_out(cfg, dataset)
+            train = [(v.video_id, v.labels) for v in dataset.videos
+                     if v.split == "train" and v.video_id in done and v.video_id not in held]
+            val = [(v.video_id, v.labels) for v in dataset.videos if v.video_id in held and v.video_id in done]
+            test = [(v.video_id, v.labels) for v in dataset.videos
+                    if v.split in ("test", "val") and v.video_id in done]
+            # Only test videos count as excluded in the report; missing training videos just shrink the SVM's set.
+            missing = [v.video_id for v in dataset.videos if v.split in ("test", "val") and v.video_id not in done]
+            streams = checkpoints or {stream: train_dir(cfg, stream, split) for stream in ("rgb", "flow")}
+            out = out_root if len(splits) == 1 else out_root / f"split{split}"
+            # Groups (UCF101, SynthActions) keep the clips of one group on one side of the SVM's CV folds.
+            groups = {v.video_id: v.group for v in dataset.videos if v.split == "train" and v.group}
+            job = EvalJob(store, streams, train, test, dataset.classes, protocol=f"{cfg.dataset.format} split {split}",
+                          excluded=missing, val=val, val_note=note, train_groups=groups or None,
+                          allow_trained=allow_trained)
+            tables.append(run_eval(job, cfg.eval, out))
+            write_resolved(cfg, out)  # with the report: a refused or failed evaluation leaves the last one's
+        if len(tables) > 1:
+            average_splits(tables, out_root, protocol=f"{cfg.dataset.format} 3-split average")
 
 
 def transfer_dir(cfg: Config) -> Path:
