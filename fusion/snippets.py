@@ -29,7 +29,7 @@ from flow.encoding import encode
 from flow.errors import FlowError
 from flow.stage import make_backend
 from flow.tvl1 import to_gray
-from fusion.engine import Engine, ViewOutputs
+from fusion.engine import Engine
 from fusion.errors import FusionError
 from fusion.inputs import open_reader
 from fusion.views import View, ViewPlan
@@ -107,7 +107,7 @@ def run_snippets(path: Path | str, engine: Engine, flow_cfg: FlowConfig, stride:
     buffer.path = shown(path)
     backend = make_backend(flow_cfg) if has_flow else None
     seconds = {"decode": 0.0, "flow": 0.0}  # and network_<stream>
-    rows: dict[str, list[ViewOutputs]] = {s.name: [] for s in engine.streams}
+    rows: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {s.name: [] for s in engine.streams}  # logits, pool5
     starts: list[int] = []
     ended = False
     next_start = 0
@@ -155,7 +155,10 @@ def run_snippets(path: Path | str, engine: Engine, flow_cfg: FlowConfig, stride:
         views = [View(s, "center", f) for s in batch_starts for f in flips]
         for s in engine.streams:
             started = time.perf_counter()
-            rows[s.name].append(engine.run(s.name, buffer, [], views=[views])[0])
+            out = engine.run(s.name, buffer, [], views=[views])[0]
+            per = len(flips)  # a snippet's rows: unmirrored then mirrored, averaged at once (memory)
+            rows[s.name].append((out.logits.reshape(-1, per, out.logits.shape[1]).mean(axis=1, dtype=np.float32),
+                                 out.pool5.reshape(-1, per, out.pool5.shape[1]).mean(axis=1, dtype=np.float32)))
             seconds[f"network_{s.name}"] = seconds.get(f"network_{s.name}", 0.0) + time.perf_counter() - started
         starts.extend(batch_starts)
 
@@ -179,10 +182,9 @@ def run_snippets(path: Path | str, engine: Engine, flow_cfg: FlowConfig, stride:
     if on_frames:
         on_frames(buffer.num_frames, buffer.num_frames)
     logits, pool5 = {}, {}
-    for name, parts in rows.items():
-        per = len(flips)  # a snippet's rows: unmirrored then mirrored
-        stacked_logits = np.concatenate([p.logits for p in parts])
-        stacked_pool5 = np.concatenate([p.pool5 for p in parts])
-        logits[name] = stacked_logits.reshape(-1, per, stacked_logits.shape[1]).mean(axis=1).astype(np.float32)
-        pool5[name] = stacked_pool5.reshape(-1, per, stacked_pool5.shape[1]).mean(axis=1).astype(np.float32)
+    for name in list(rows):
+        parts = rows.pop(name)  # each batch's rows freed as the stream's are joined
+        logits[name] = np.concatenate([p[0] for p in parts])
+        pool5[name] = np.concatenate([p[1] for p in parts])
+        del parts
     return Snippets(buffer.num_frames, reader.fps, window, stride, starts, padded, logits, pool5, seconds, kept)
