@@ -215,13 +215,18 @@ def _outputs(job: EvalJob, streams: Sequence[_Scored], cfg: EvalConfig, out_dir:
     skipped.update({v: failed[v] for v, _ in job.test if v in failed})
     train, val, test = ([item for item in items if item[0] in outputs] for items in (job.train, job.val, job.test))
     if not test:
-        raise FusionError(f"none of the test videos could be evaluated ({len(skipped)} excluded, e.g. "
-                          f"{next(iter(skipped.items()), ('', ''))}): run `make flow` first")
+        raise FusionError(f"none of the test videos could be evaluated ({len(skipped)} excluded{_example(skipped)}): "
+                          "run `make flow` first (it redoes damaged videos)")
     if cfg.svm and not train:
         raise FusionError(f"the SVM needs training videos with frames and flow, and none of the "
-                          f"{len(train_failed)} given is usable (e.g. {next(iter(train_failed.items()), ('', ''))}): "
-                          "run `make flow`, or set eval.svm = false")
+                          f"{len(train_failed)} given is usable{_example(train_failed)}: run `make flow`, or set "
+                          "eval.svm = false")
     return outputs, skipped, train_failed, (train, val, test)
+
+
+def _example(reasons: dict[str, str]) -> str:
+    """`, e.g. VIDEO: why` of the first video of `reasons` (on one line), or "" when there is none."""
+    return "".join(f", e.g. {video}: {' '.join(why.split())}" for video, why in list(reasons.items())[:1])
 
 
 def average_splits(tables: Sequence[pd.DataFrame], out_dir: Path, protocol: str) -> pd.DataFrame:
