@@ -105,17 +105,18 @@ class _Context:
     flow_cfg: FlowConfig
 
 
-def extract(videos: Sequence[VideoJob], streams: Sequence[Stream], cache_root: Path, flow_store: Path | None,
+def extract(videos: Sequence[VideoJob], streams: Sequence[Stream], cache_root: Path, flow_store: Store | Path | None,
             flow_cfg: FlowConfig, *, clips: int = 20, batch_views: int = 16, device: str = "auto", jobs: int = 0,
             desc: str = "features") -> Extraction:
     """Layers of every video for every stream, from the cache where it holds them. The flow stream
-    reads `flow_store` (required when a flow stream is given); a video missing there, or one that
-    cannot be decoded, is recorded as failed for that stream and the rest goes on."""
+    reads `flow_store` (an opened store or its folder; required when a flow stream is given); a video
+    missing there, or one that cannot be decoded, is recorded as failed for that stream and the rest
+    goes on."""
     store = None
     if any(s.name == "flow" for s in streams):
         if flow_store is None:
             raise FusionError("the flow stream needs a flow store (flow_store)")
-        store = open_store(flow_store)
+        store = flow_store if isinstance(flow_store, Store) else open_store(flow_store)
     sources = {s.name: flow_source(store) if s.name == "flow" else rgb_source() for s in streams}
     context = _Context(OutputCache(cache_root, sources), clips, flow_cfg)
     plan = feature_plan(clips)

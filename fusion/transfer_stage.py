@@ -25,7 +25,7 @@ import pandas as pd
 
 from flow.config import FlowConfig
 from flow.stage import FlowJob, config_flow_settings, run_flow
-from flow.store import open_store
+from flow.store import Store, open_store
 from fusion import svm, transfer
 from fusion.engine import Stream
 from fusion.errors import FusionError
@@ -89,8 +89,10 @@ def run_transfer(benchmarks: Sequence[Benchmark], cfg: TransferConfig, flow_cfg:
     flow_spec = next((s for s in specs if s.name == "flow"), None)
 
     # 2. The flow stream's input: every store it will read must hold flow made with its training settings.
+    # A given flow_store is opened here, once, and handed on.
+    given = {b.name: open_store(b.flow_store) for b in benchmarks if flow_spec is not None and b.flow_store}
     if flow_spec is not None:
-        _check_flow_input(flow_spec, benchmarks, flow_cfg)
+        _check_flow_input(flow_spec, benchmarks, flow_cfg, given)
 
     rows: list[dict] = []
     notes: list[str] = []
@@ -99,7 +101,8 @@ def run_transfer(benchmarks: Sequence[Benchmark], cfg: TransferConfig, flow_cfg:
         # 3. Flow (when a flow stream is given) and the features of this shard's videos.
         videos = sorted(bench.videos, key=lambda v: v.video_id)
         mine = videos[shard[0]::shard[1]]
-        flow_root, flow_failed = _flow(bench, videos, out / "flow" / bench.name, flow_cfg, shard, flow_spec)
+        flow_root, flow_failed = _flow(bench, videos, out / "flow" / bench.name, flow_cfg, shard, flow_spec,
+                                       given.get(bench.name))
         print(f"transfer: {bench.name}: features of {len(mine)} videos ({bench.protocol})", flush=True)
         got = extract([VideoJob(v.video_id, v.path) for v in mine], specs, out / "features" / bench.name, flow_root,
                       flow_cfg, clips=cfg.svm_clips, batch_views=cfg.batch_views, device=cfg.device, jobs=cfg.jobs,
@@ -156,28 +159,32 @@ def _check_benchmark(bench: Benchmark) -> None:
                               f"{'same' if bench.pairs[0, 2, 0] else 'not-same'}; the protocol needs both")
 
 
-def _check_flow_input(spec: Stream, benchmarks: Sequence[Benchmark], flow_cfg: FlowConfig) -> None:
+def _check_flow_input(spec: Stream, benchmarks: Sequence[Benchmark], flow_cfg: FlowConfig,
+                      given: dict[str, Store]) -> None:
     """The flow stream's training flow settings against each store it will read: a given `flow_store`'s
-    own, or `[flow]`'s for the stores this stage computes. StreamsError naming the differing keys that
-    change what the stream is fed (as eval refuses them); a warning line for the others."""
+    own (`given`: the opened stores by benchmark), or `[flow]`'s for the stores this stage computes.
+    StreamsError naming the differing keys that change what the stream is fed (as eval refuses them);
+    a warning line for the others."""
     for bench in benchmarks:
         if bench.flow_store is None:
-            given = config_flow_settings(flow_cfg)
+            settings = config_flow_settings(flow_cfg)
             where = f"[flow] (what benchmark.{bench.name}'s flow is computed with)"
         else:
-            given = open_store(bench.flow_store).flow_settings
+            settings = given[bench.name].flow_settings
             where = f"benchmark.{bench.name}.flow_store {bench.flow_store}"
-        for line in check_flow_settings(spec.info, given, where):
+        for line in check_flow_settings(spec.info, settings, where):
             print(f"warning: {line}", file=sys.stderr, flush=True)
 
 
 def _flow(bench: Benchmark, videos: Sequence[TransferVideo], root: Path, flow_cfg: FlowConfig,
-          shard: tuple[int, int], flow_spec: Stream | None) -> tuple[Path | None, dict[str, str]]:
-    """The flow store of a benchmark (computing what it lacks) and this run's failures by video."""
+          shard: tuple[int, int], flow_spec: Stream | None,
+          given: Store | None = None) -> tuple[Store | Path | None, dict[str, str]]:
+    """The flow store of a benchmark (`given`: its flow_store, opened; else computing what it lacks at
+    `root`) and this run's failures by video."""
     if flow_spec is None:
         return None, {}
-    if bench.flow_store is not None:
-        return bench.flow_store, {}
+    if given is not None:
+        return given, {}
     print(f"transfer: {bench.name}: flow into {root}", flush=True)
     # run_flow shards the id-sorted list itself (the same videos as this stage's shard) and keeps a
     # manifest per shard.
