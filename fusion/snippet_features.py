@@ -45,8 +45,8 @@ from fusion.engine import PoolSpec, Stream, Worker, map_videos, open_stream
 from fusion.errors import FusionError
 from fusion.inputs import VideoInput, input_signature, list_inputs
 from fusion.predict import check_flow, checkpoint_flow_config
-from fusion.snippets import run_snippets, snippet_plan
-from p3dbase.atomic import DiskFullError, atomic_write, write_text
+from fusion.snippets import Snippets, run_snippets, snippet_plan
+from p3dbase.atomic import DiskFullError, atomic_path, disk_full, is_disk_full, write_text
 from p3dbase.device import resolve_device
 from p3dbase.errors import shown
 from p3dbase.lock import try_lock
@@ -156,7 +156,10 @@ def _work(worker: Worker, video: VideoInput) -> tuple[str, str, str]:
             return video.video_id, "busy", f"pid {holder}"
         if not context.force and is_done(context.out, context.key, video):
             return video.video_id, "done before", ""  # finished meanwhile by another process
+        for stale in npy.parent.glob(f".{npy.name}.tmp-*"):  # a killed writer's (we hold the video's lock)
+            stale.unlink(missing_ok=True)
         started = time.monotonic()
+        names = [s.name for s in worker.engine.streams]
         try:
             signature = input_signature(video.path)
             bar = progress_bar(total=None, desc=f"features: {shown(video.video_id)}", unit="frame", leave=False,
@@ -167,9 +170,13 @@ def _work(worker: Worker, video: VideoInput) -> tuple[str, str, str]:
                     bar.total = declared
                 bar.update(read - bar.n)
 
-            with bar:
-                got = run_snippets(video.path, worker.engine, context.flow_cfg, context.stride, mirror=context.mirror,
-                                   batch=context.batch, on_frames=frames)
+            def run(on_rows):
+                return run_snippets(video.path, worker.engine, context.flow_cfg, context.stride, mirror=context.mirror,
+                                    batch=context.batch, on_frames=frames, on_rows=on_rows)
+
+            npy.parent.mkdir(parents=True, exist_ok=True)
+            with bar, atomic_path(npy, keep_suffix=True) as tmp:
+                got, bounds = _write_rows(tmp, run, names, context.normalised)
         except (FlowError, StreamsError, FusionError, OSError) as e:
             if isinstance(e, DiskFullError):
                 raise
@@ -177,21 +184,11 @@ def _work(worker: Worker, video: VideoInput) -> tuple[str, str, str]:
             failed.parent.mkdir(parents=True, exist_ok=True)
             write_text(failed, json.dumps({"video": shown(video.path), "reason": reason, "key": context.key}) + "\n")
             return video.video_id, "failed", reason
-        names = [s.name for s in worker.engine.streams]
-        bounds = np.cumsum([0] + [got.pool5[n].shape[1] for n in names])
-        features = np.empty((len(got.starts), int(bounds[-1])), np.float32)
-        for k, n in enumerate(names):  # each stream's rows copied in, then freed: an hour of P3D-199 is 221 MB
-            rows = got.pool5.pop(n)
-            features[:, bounds[k]:bounds[k + 1]] = svm.normalise(rows) if context.normalised else rows
-            del rows
-        npy.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(npy) as f:
-            np.save(f, features)
         times = got.times()
         info = {
             "video": shown(video.path), "video_id": video.video_id, "num_frames": got.num_frames, "fps": got.fps,
-            "window": got.window, "stride": got.stride, "padded": got.padded, "shape": list(features.shape),
-            "columns": {n: [int(bounds[k]), int(bounds[k + 1])] for k, n in enumerate(names)},
+            "window": got.window, "stride": got.stride, "padded": got.padded, "shape": [len(got.starts), bounds[-1]],
+            "columns": {n: [bounds[k], bounds[k + 1]] for k, n in enumerate(names)},
             "snippets": [{"start_frame": s, "end_frame": s + got.window,
                           **({"start_time": round(times[k][0], 6), "end_time": round(times[k][1], 6)} if times else {})}
                          for k, s in enumerate(got.starts)],
@@ -201,6 +198,41 @@ def _work(worker: Worker, video: VideoInput) -> tuple[str, str, str]:
         write_text(meta, json.dumps(info, indent=1) + "\n")  # last: the video is done once this exists
         failed.unlink(missing_ok=True)
         return video.video_id, "done", f"{time.monotonic() - started:.1f} s"
+
+
+def _write_rows(path: Path, run, names: Sequence[str], normalised: bool) -> tuple[Snippets, list[int]]:
+    """`run(on_rows)` (run_snippets) with each batch's rows written to disk as they come, then `path`
+    made the .npy [T, D] float32 of them, copied in blocks: a long video's rows are never all in
+    memory. Returns the Snippets and the column bounds of the streams."""
+    raw = path.with_name(path.name + ".rows")
+    bounds: list[int] = []
+    try:
+        with open(raw, "wb") as sink:
+            def on_rows(batch: dict[str, np.ndarray]) -> None:
+                parts = [svm.normalise(batch[n]) if normalised else batch[n] for n in names]
+                if not bounds:
+                    bounds.extend(int(b) for b in np.cumsum([0] + [p.shape[1] for p in parts]))
+                try:
+                    sink.write(np.concatenate(parts, axis=1).astype(np.float32).tobytes())
+                except OSError as e:
+                    if is_disk_full(e):
+                        raise disk_full(path, e) from e
+                    raise
+
+            got = run(on_rows)
+        rows, width = len(got.starts), bounds[-1]
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, width))
+        block = max(1, (64 << 20) // (4 * width))  # 64 MB at a time
+        with open(raw, "rb") as source:
+            for first in range(0, rows, block):
+                count = min(block, rows - first)
+                block_rows = np.frombuffer(source.read(4 * width * count), np.float32)
+                out[first:first + count] = block_rows.reshape(count, width)
+        out.flush()
+        del out
+    finally:
+        raw.unlink(missing_ok=True)
+    return got, bounds
 
 
 def write_manifest(out: Path, key: str, videos: Sequence[VideoInput]) -> dict[str, int]:

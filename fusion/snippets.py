@@ -88,11 +88,13 @@ def snippet_plan(stride: int, mirror: bool) -> ViewPlan:
 
 def run_snippets(path: Path | str, engine: Engine, flow_cfg: FlowConfig, stride: int, *, mirror: bool = False,
                  batch: int = 16, on_frames: Callable[[int, int], None] | None = None,
-                 thumbnails: int = 0) -> Snippets:
+                 thumbnails: int = 0, on_rows: Callable[[dict[str, np.ndarray]], None] | None = None) -> Snippets:
     """Every stream's outputs on the snippets of one video (a file or a frame folder), streamed.
     `mirror`: each snippet averaged with its mirror (flow: x inverted), as the feature protocol does.
     `on_frames(read, declared)` after each batch (a progress bar's hook). `thumbnails`: that many
-    evenly spaced frames kept, 72 px high, for a picture (fusion.timeline). FlowError naming the video
+    evenly spaced frames kept, 72 px high, for a picture (fusion.timeline). `on_rows({stream: pool5
+    rows})` takes each batch's features as they come, which are then not kept (`pool5` is left empty:
+    an hour of P3D-199 rows is 221 MB, the caller writes them out). FlowError naming the video
     when it cannot be read or is truncated (beyond flow.missing_frames_tolerance)."""
     windows = {s.clip_len for s in engine.streams}
     if len(windows) != 1:
@@ -153,13 +155,18 @@ def run_snippets(path: Path | str, engine: Engine, flow_cfg: FlowConfig, stride:
             positions = buffer.num_flows
             compute_flow({(s + k) % positions if looped else s + k for s in batch_starts for k in range(window)})
         views = [View(s, "center", f) for s in batch_starts for f in flips]
+        batch_rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for s in engine.streams:
             started = time.perf_counter()
             out = engine.run(s.name, buffer, [], views=[views])[0]
             per = len(flips)  # a snippet's rows: unmirrored then mirrored, averaged at once (memory)
-            rows[s.name].append((out.logits.reshape(-1, per, out.logits.shape[1]).mean(axis=1, dtype=np.float32),
-                                 out.pool5.reshape(-1, per, out.pool5.shape[1]).mean(axis=1, dtype=np.float32)))
+            batch_rows[s.name] = (out.logits.reshape(-1, per, out.logits.shape[1]).mean(axis=1, dtype=np.float32),
+                                  out.pool5.reshape(-1, per, out.pool5.shape[1]).mean(axis=1, dtype=np.float32))
             seconds[f"network_{s.name}"] = seconds.get(f"network_{s.name}", 0.0) + time.perf_counter() - started
+        if on_rows:
+            on_rows({name: pool5 for name, (_, pool5) in batch_rows.items()})
+        for name, (logits, pool5) in batch_rows.items():
+            rows[name].append((logits, np.empty((0, pool5.shape[1]), np.float32) if on_rows else pool5))
         starts.extend(batch_starts)
 
     while True:

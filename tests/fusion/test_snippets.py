@@ -190,12 +190,14 @@ def test_a_killed_run_resumes_and_shards_share_one_folder(ckpts, tmp_path, monke
     monkeypatch.setattr(snippet_features, "run_snippets", real)
     done = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.json") if p.name != "features.json")
     assert len(done) == 1 and not list(out.rglob(".*.tmp-*"))  # nothing half-written
+    stale = out / "c1" / ".v1.npy.tmp-host-1-1.rows"  # what a kill -9 in the middle of a video leaves
+    stale.write_bytes(b"partial rows")
     first = extract_snippet_features([videos], rgb, out, FAST_FLOW, CFG, stride=2, shard=(0, 2))
     assert (first.videos, first.done_before, first.computed, len(first.failures)) == (3, 1, 1, 1)
     rows = {r["video_id"]: r["status"] for r in csv.DictReader((out / "manifest.csv").open())}
     assert sorted(rows.values()).count("pending") == 2  # the other shard's videos
     second = extract_snippet_features([videos], rgb, out, FAST_FLOW, CFG, stride=2, shard=(1, 2))
-    assert (second.videos, second.computed) == (2, 2)
+    assert (second.videos, second.computed) == (2, 2) and not stale.exists()
     rows = {r["video_id"]: r["status"] for r in csv.DictReader((out / "manifest.csv").open())}
     assert rows == {"c0/v0": "done", "c0/v2": "done", "c1/v1": "done", "c1/v3": "done", "c1/broken": "failed"}
 
