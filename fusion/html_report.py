@@ -100,7 +100,8 @@ def percent_cell(value: float, bar: bool = False) -> dict:
 def find_reports(folder: Path) -> list[tuple[str, Path]]:
     """(kind, folder) of every report under `folder` (itself included) that a page can be built for:
     the folders holding report_inputs.json, whose `kind` is "eval", "average" (the mean over splits) or
-    "transfer". Frame stores, caches and feature folders are not entered."""
+    "transfer"; "damaged" where that file cannot be read as one (a cut copy, another program's file).
+    Frame stores, caches and feature folders are not entered."""
     found = []
     for root, dirs, files in os.walk(folder):
         if report.INPUTS in files:
@@ -108,8 +109,7 @@ def find_reports(folder: Path) -> list[tuple[str, Path]]:
                 kind = json.loads((Path(root) / report.INPUTS).read_text(encoding="utf-8")).get("kind")
             except (OSError, ValueError, AttributeError):
                 kind = None
-            if kind in ("eval", "transfer", "average"):
-                found.append((kind, Path(root)))
+            found.append((kind if kind in ("eval", "transfer", "average") else "damaged", Path(root)))
         if "store.json" in files:  # a frame + flow store: thousands of videos, no report
             dirs.clear()
         dirs[:] = sorted(d for d in dirs if d not in ("cache", "features", "tb") and not d.startswith("."))

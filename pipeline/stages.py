@@ -17,7 +17,7 @@ from flow.verify import VerifyReport, verify_store
 from fusion.stage import EvalJob, average_splits, run_eval
 from fusion.transfer_stage import run_transfer
 from p3dbase.atomic import write_text
-from p3dbase.errors import shown
+from p3dbase.errors import P3DError, shown
 from p3dbase.lock import try_lock
 from pipeline.config import Config, dump_toml, write_resolved
 from pipeline.datasets import Dataset, read_dataset
@@ -291,7 +291,9 @@ def transfer_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1)) -> pd.DataFr
 
 def report_stage(folder: Path) -> list[Path]:
     """`report WORK_DIR`: report.html of every evaluation and transfer report under `folder`, rebuilt
-    from the files those runs wrote (fusion.html_report, pipeline.transfer.report); their paths."""
+    from the files those runs wrote (fusion.html_report, pipeline.transfer.report); their paths. A report
+    whose files are damaged is skipped with a line saying why and the rest are rebuilt; then
+    PipelineError naming the skipped ones (exit status 2)."""
     from fusion.html_report import find_reports, write_average_page, write_eval_page
     from pipeline.transfer.report import write_page
 
@@ -302,10 +304,21 @@ def report_stage(folder: Path) -> list[Path]:
         raise PipelineError(f"no evaluation or transfer report under {folder} (no report_inputs.json): run "
                             "`make eval` or `make transfer` first")
     build = {"eval": write_eval_page, "average": write_average_page, "transfer": write_page}
+    pages, skipped = [], []
     # deepest first: an average's page links the split pages beside it, rebuilt before it
-    pages = [build[kind](where) for kind, where in sorted(found, key=lambda f: -len(f[1].parts))]
-    for path in pages:
-        print(f"report: wrote {path}")
+    for kind, where in sorted(found, key=lambda f: -len(f[1].parts)):
+        try:
+            if kind == "damaged":
+                raise PipelineError(f"{where / 'report_inputs.json'}: damaged (not the JSON a report wrote): re-run "
+                                    "the stage that wrote it")
+            pages.append(build[kind](where))
+            print(f"report: wrote {pages[-1]}")
+        except P3DError as err:
+            print(f"report: skipped {where}: {err}")
+            skipped.append(err)
+    if skipped:
+        raise PipelineError(f"{len(skipped)} of {len(found)} reports could not be rebuilt (each listed above), "
+                            f"e.g. {skipped[0]}")
     return pages
 
 

@@ -218,8 +218,13 @@ def page_context(out_dir: Path) -> dict:
         table = pd.read_csv(out_dir / "results.csv", keep_default_na=False, na_values=[""])
     except (OSError, ValueError) as e:
         raise PipelineError(f"{out_dir}: not a transfer report ({e}): run `make transfer`") from None
-    if inputs.get("kind") != "transfer":
+    if not isinstance(inputs, dict) or inputs.get("kind") != "transfer":
         raise PipelineError(f"{out_dir / INPUTS}: not the inputs of a transfer report")
+    lacking = ([f"results.csv column {c!r}" for c in COLUMNS if c not in table.columns]
+               + [f"report_inputs.json key {k!r}" for k in ("stand_ins", "classes", "paper_of") if k not in inputs])
+    if lacking:
+        raise PipelineError(f"{out_dir}: not a complete transfer report (no {', '.join(lacking[:3])}): run "
+                            "`make transfer` again")
     stand_ins = set(inputs["stand_ins"])
     chances = chance_of(table, inputs["classes"])
     compared = comparison(table, inputs["paper_of"])

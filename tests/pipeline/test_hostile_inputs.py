@@ -31,3 +31,39 @@ def test_eval_out_is_where_the_report_goes_without_rgb_or_flow(tmp_path, capsys)
     err = capsys.readouterr().err
     assert f"{out} is being written by another eval run" in err
     assert (out / "eval.log").is_file() and not (tmp_path / "work" / "eval").exists()
+
+
+def _eval_report(out: Path) -> None:
+    """An evaluation report of made-up scores (fusion.report's own writer)."""
+    import numpy as np
+
+    from fusion import report
+
+    labels = [(c,) for c in range(3) for _ in range(2)]
+    scores = np.eye(3)[[c for (c,) in labels]]
+    methods = [report.MethodScores("rgb", scores, "")]
+    table = report.results_table(methods, labels, "t", 0)
+    report.write_report(out, report.EvalReport("Evaluation: t", table, [], methods, methods,
+                                               [f"C{c}/v{i}" for i, (c,) in enumerate(labels)], labels,
+                                               ["a", "b", "c"], {}))
+
+
+def test_report_skips_a_damaged_report_rebuilds_the_rest_and_says_which(tmp_path, capsys):
+    """`report WORK_DIR` with one cut report_inputs.json said there was no report at all (or, for a
+    transfer report whose results.csv lacks columns, a KeyError traceback) and rebuilt nothing: now each
+    damaged report is a line, the others are rebuilt, and the exit status is 2."""
+    for name in ("good", "cut", "transfer"):
+        _eval_report(tmp_path / name)
+    (tmp_path / "cut" / "report_inputs.json").write_text('{"kind": "ev', encoding="utf-8")
+    (tmp_path / "transfer" / "report_inputs.json").write_text(
+        '{"kind": "transfer", "stand_ins": [], "classes": {}, "paper_of": {}}', encoding="utf-8")
+    (tmp_path / "transfer" / "results.csv").write_text("a,b\n1,2\n", encoding="utf-8")
+    (tmp_path / "good" / "report.html").unlink()
+    assert main(["report", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert (tmp_path / "good" / "report.html").is_file()
+    assert f"report: skipped {tmp_path / 'cut'}: {tmp_path / 'cut' / 'report_inputs.json'}: damaged" in captured.out
+    assert f"report: skipped {tmp_path / 'transfer'}: {tmp_path / 'transfer'}: not a complete transfer report" \
+        in captured.out
+    assert "Traceback" not in captured.err and captured.err.count("\n") == 1
+    assert captured.err.startswith("error: 2 of 3 reports could not be rebuilt")
