@@ -194,6 +194,11 @@ def predict(videos: Sequence[Path | str], checkpoints: dict[str, Path], flow_cfg
     each video's scores over time (fusion.timeline)."""
     if top_k < 1:
         raise FusionError(f"--top must be >= 1, got {top_k}")
+    if timeline is not None and timeline.stride < 0:
+        raise FusionError(f"--stride must be >= 1 frames between snippet starts (0 = the clip length), got "
+                          f"{timeline.stride}")
+    if timeline is not None and timeline.out.exists() and not timeline.out.is_dir():
+        raise FusionError(f"--out {shown(timeline.out)} is a file; --timeline writes into a folder")
     inputs = list_inputs(videos)
     if timeline is not None:
         clashes = [p for v in inputs for p in timeline_paths(timeline.out, v.video_id) if p.exists()]
