@@ -98,6 +98,9 @@ def _check_geometry(model: nn.Module, example: torch.Tensor, arch: str) -> None:
         with torch.no_grad():
             model.eval()(example)
     except RuntimeError as e:
+        if "allocate" in str(e):  # out of memory, not too small
+            raise StreamsError(f"export: a clip of {t} frames x {h}x{w} does not fit in memory through {arch}: "
+                               "give a smaller --crop / --clip-len") from None
         raise StreamsError(f"export: a clip of {t} frames x {h}x{w} is too small for {arch} "
                            f"({str(e).splitlines()[0]}): give a larger --crop / --clip-len") from None
 
@@ -134,7 +137,11 @@ def export_checkpoint(checkpoint: Path | str, out_dir: Path | str, formats: Sequ
     checkpoint = ckpt.path
     clip_len = clip_len or int(ckpt.train_config.get("clip_len", 16))
     crop = crop or int(ckpt.train_config.get("crop", 160))
-    example = torch.zeros(1, ckpt.in_channels, clip_len, crop, crop)
+    try:
+        example = torch.zeros(1, ckpt.in_channels, clip_len, crop, crop)
+    except RuntimeError as e:  # torch's "can't allocate memory" for an absurd --crop / --clip-len
+        raise StreamsError(f"export: an example clip of {clip_len} frames x {crop}x{crop} does not fit in memory "
+                           f"({str(e).splitlines()[0][:120]}): give a smaller --crop / --clip-len") from None
     stem = export_name(checkpoint, ckpt.modality)
     targets = {fmt: out_dir / f"{stem}.{output}{SUFFIX[fmt]}" for fmt in formats}
     meta = out_dir / f"{stem}.{output}.json"
