@@ -130,8 +130,12 @@ def flow_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1), force: bool = Fa
              for rel, why in dataset.refused]
     summary = run_flow(jobs, out, cfg.flow, shard=shard, force=force, strict=strict,
                        on_start=lambda: write_resolved(cfg, out))  # once the store accepted the settings
-    # One file, not a line each: Sports-1M lists about 100k videos no longer online.
-    write_text(out / MISSING, "".join(f"{video}\n" for video in dataset.missing))
+    # One file, not a line each: Sports-1M lists about 100k videos no longer online. None missing: no
+    # file (and none left from a run that had some).
+    if dataset.missing:
+        write_text(out / MISSING, "".join(f"{video}\n" for video in dataset.missing))
+    else:
+        (out / MISSING).unlink(missing_ok=True)
     if cfg.flow.store == "mmaction" and shard[1] == 1:
         for path in write_mmaction_lists(cfg, out):
             print(f"flow: mmaction2 list {path}")
