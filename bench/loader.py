@@ -7,16 +7,18 @@ A packed store of real 340x256 clips and their TV-L1 flow (the frames of bench/f
 `--cache` .npz is shared), in the default codecs (jpeg, q95) and in png (the default before), read by
 `streams.loaders.make_loader` exactly as `train_stream` builds it: ClipDataset(train=True) with the
 paper's recipe (random 16-frame window, resize to 182x242, random 160x160 crop, random flip), batch
-16, prefetch 4, pinned memory where CUDA is (not here). 1 and 2 workers, RGB and flow. The rate per
+16, prefetch 4, pinned memory where CUDA is (not here). 1 and 2 workers, RGB and flow, the jpeg store
+decoded accurately and with `train.fast_decode`. The rate per
 worker core is clips per CPU-second the workers spent (user + system from /proc, after two batches
 per worker), so that other load on the shared cores does not move it; the wall-clock rate is in
 brackets. Normalisation (float, minus the mean) is the trainer's first step on its device
 (streams.transforms.normalize); its CPU cost per clip is measured here in the main process as an
-upper bound of what it adds when the device is a CPU.
+upper bound of what it adds when the device is a CPU. Then where one clip's CPU goes, part by part
+(`clip_costs`).
 
-`nvjpeg_rate` (called by bench/gpu_sections.py's loading section) measures the optional GPU path:
-a clip's JPEGs decoded by nvJPEG (torchvision.io.decode_jpeg on CUDA), resized, cropped and flipped
-on the device.
+`nvjpeg_rate` (called by bench/gpu_sections.py's loading section) measures the training option
+`train.decode = "cuda"`: a clip's JPEGs decoded by nvJPEG (torchvision.io.decode_jpeg on CUDA),
+resized, cropped and flipped on the device (streams.gpu_decode).
 """
 from __future__ import annotations
 
@@ -145,55 +147,39 @@ def _clip_costs(dataset: Dataset, items: list[tuple[str, int]], modality: str, f
 
 def nvjpeg_rate(root: Path | str, video_ids: list[str], device: torch.device, clips: int = 64,
                 clip_len: int = CLIP_LEN, resize: tuple[int, int] = RESIZE, crop: int = CROP) -> dict[str, float]:
-    """RGB clips/s of the optional GPU path on a jpeg store: a random window's JPEG blobs read on the
-    CPU, decoded by nvJPEG in one batched torchvision.io.decode_jpeg call on `device`, resized, randomly
-    cropped and flipped there, normalised (float, minus the mean). Also the CPU path on one core for
-    the same clips, for the ratio. torchvision is imported here only (the GPU machine's extra)."""
-    import torch.nn.functional as F
-    from torchvision.io import decode_jpeg
+    """RGB clips/s of the training option `train.decode = "cuda"` on a jpeg store, in one process:
+    batches of ClipDataset(decode="cuda") items (a random window's JPEGs read on the CPU) collated
+    and moved by `batch.to(device)`: nvJPEG decoding (torchvision.io.decode_jpeg), resize, crop and
+    flip on the device (streams.gpu_decode), then normalised. Also the CPU path on one core for the
+    same clips, for the ratio. torchvision is imported on the first batch only (the nvjpeg extra)."""
+    from streams.clips import ClipDataset
+    from streams.gpu_decode import collate
 
-    from flow.store import open_store
+    items = [(v, 0) for v in video_ids]
+    common = dict(train=True, resize=resize, crop=crop)
+    gpu_set = ClipDataset(root, items, "rgb", clip_len, decode="cuda", **common)
+    keys = iter(range(10**9))
 
-    store = open_store(root)
-    rng = random.Random(0)
-    readers = [store.open(v) for v in video_ids]
+    def gpu_batch() -> torch.Tensor:
+        batch, _ = collate([gpu_set[(k % len(items), k)] for k in (next(keys) for _ in range(BATCH))])
+        return transforms.normalize(batch.to(device), "rgb")
 
-    def blobs() -> list[torch.Tensor]:
-        video = rng.choice(readers)
-        first = rng.randrange(video.num_frames - clip_len + 1)
-        rows = video._rgb_index[first: first + clip_len]
-        return [torch.from_numpy(b.copy()) for b in video._blobs(rows)]
-
-    mean = transforms.mean("rgb").to(device)
-
-    def gpu_clip() -> torch.Tensor:
-        frames = torch.stack(decode_jpeg(blobs(), device=device))  # [T, 3, H, W], RGB
-        frames = F.interpolate(frames.float(), size=resize, mode="bilinear", align_corners=False)
-        top, left = rng.randrange(resize[0] - crop + 1), rng.randrange(resize[1] - crop + 1)
-        clip = frames[:, [2, 1, 0], top:top + crop, left:left + crop]  # BGR, the store's convention
-        if rng.random() < 0.5:
-            clip = clip.flip(-1)
-        return clip.permute(1, 0, 2, 3) - mean
-
-    for _ in range(3):
-        gpu_clip()
+    batches = max(clips // BATCH, 1)
+    for _ in range(2):
+        gpu_batch()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    for _ in range(clips):
-        gpu_clip()
+    for _ in range(batches):
+        gpu_batch()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    gpu = clips / (time.perf_counter() - start)
-    from streams.clips import ClipDataset
-
-    dataset = ClipDataset(store, [(v, 0) for v in video_ids], "rgb", clip_len, train=True, resize=resize, crop=crop)
+    gpu = batches * BATCH / (time.perf_counter() - start)
+    cpu_set = ClipDataset(root, items, "rgb", clip_len, **common)
     start = time.process_time()
     for k in range(clips):
-        transforms.normalize(dataset[(k % len(video_ids), k)][0], "rgb")
+        transforms.normalize(cpu_set[(k % len(items), k)][0], "rgb")
     cpu = clips / (time.process_time() - start)
-    for r in readers:
-        r.close()
     return {"nvjpeg_clips_s": gpu, "cpu_core_clips_s": cpu, "ratio": gpu / cpu}
 
 

@@ -164,15 +164,21 @@ def decode_flow(codec: str, blob: np.ndarray, out: np.ndarray, scratch: np.ndarr
         out[..., 0] = img[:, :width]
         out[..., 1] = img[:, width:]
     else:
-        if blob.size < _X_LENGTH.size:
-            raise CodecError("flow blob shorter than its header")
-        x_len = _X_LENGTH.unpack(blob[: _X_LENGTH.size].tobytes())[0]
-        if x_len > blob.size - _X_LENGTH.size:
-            raise CodecError("flow blob shorter than its x JPEG")
-        x_end = _X_LENGTH.size + x_len
-        _decode_jpeg(blob[_X_LENGTH.size: x_end], scratch[0], grey=True, fast=fast)
-        _decode_jpeg(blob[x_end:], scratch[1], grey=True, fast=fast)
+        x_jpeg, y_jpeg = flow_jpegs(blob)
+        _decode_jpeg(x_jpeg, scratch[0], grey=True, fast=fast)
+        _decode_jpeg(y_jpeg, scratch[1], grey=True, fast=fast)
         cv2.merge([scratch[0], scratch[1]], dst=out)  # SIMD interleave: 3x numpy's strided copies
+
+
+def flow_jpegs(blob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The x and y JPEGs (views) of a jpeg codec flow blob; CodecError for a blob too short."""
+    if blob.size < _X_LENGTH.size:
+        raise CodecError("flow blob shorter than its header")
+    x_len = _X_LENGTH.unpack(blob[: _X_LENGTH.size].tobytes())[0]
+    if x_len > blob.size - _X_LENGTH.size:
+        raise CodecError("flow blob shorter than its x JPEG")
+    x_end = _X_LENGTH.size + x_len
+    return blob[_X_LENGTH.size: x_end], blob[x_end:]
 
 
 # IJG's luminance quantisation table (libjpeg's jcparam.c, natural order), the base of the quality scale.

@@ -34,7 +34,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from flow.codec import CODECS, CodecError, decode_flow, decode_rgb, encode_flow, encode_rgb, flow_jpeg_blob
+from flow.codec import CODECS, CodecError, decode_flow, decode_rgb, encode_flow, encode_rgb, flow_jpeg_blob, flow_jpegs
 from flow.errors import FlowError
 from flow.index import StoreIndex
 from p3dbase.atomic import TEMP_MARKER, fsync_dir, write_bytes, writer_token
@@ -87,6 +87,12 @@ class VideoFrames(ABC):
     @abstractmethod
     def flow(self, indices: Sequence[int], out: np.ndarray | None = None, *, fast: bool = False) -> np.ndarray:
         """uint8 [T, H, W, 2] flow images at `indices`, x then y, 128 = no motion; into `out` when given."""
+
+    @abstractmethod
+    def jpeg_blobs(self, modality: str, indices: Sequence[int]) -> list[np.ndarray]:
+        """The JPEG files' bytes at `indices`, undecoded (a GPU decodes them: train.decode = "cuda"):
+        one per frame for "rgb", x then y per flow image for "flow". FlowError naming the video when
+        that modality is not stored as JPEG."""
 
     def verify(self) -> None:  # noqa: B027 (a no-op for layouts without checksums)
         """FlowError naming the video and image if a stored image does not match its checksum
@@ -216,6 +222,25 @@ class PackedFrames(VideoFrames):
                 raise self._undecodable(e, idx[k], "flow image", self.flow_codec) from None
         return out
 
+    def jpeg_blobs(self, modality: str, indices: Sequence[int]) -> list[np.ndarray]:
+        rgb = modality == "rgb"
+        codec = self.codec if rgb else self.flow_codec
+        if codec != "jpeg":
+            raise FlowError(f"video {self.video_id}: {self.path} stores {modality} as {codec}, not JPEG "
+                            "(GPU decoding needs a store made with codec/flow_codec = \"jpeg\")")
+        idx = _check_indices(self.video_id, indices, self.num_frames if rgb else self.num_flows,
+                             "frame" if rgb else "flow")
+        what, crcs = ("frame", self._rgb_crc) if rgb else ("flow image", self._flow_crc)
+        blobs = [self._check_crc(b, crcs, idx[k], what)
+                 for k, b in enumerate(self._blobs((self._rgb_index if rgb else self._flow_index)[idx]))]
+        if rgb:
+            return blobs
+        try:
+            return [jpeg for blob in blobs for jpeg in flow_jpegs(blob)]
+        except CodecError as e:
+            raise FlowError(f"video {self.video_id}: a flow image in {self.path} is damaged ({e}): redo the video "
+                            "(re-run the flow stage with --force, or remove it)") from None
+
     def close(self) -> None:
         if getattr(self, "_fd", -1) >= 0:
             os.close(self._fd)
@@ -305,6 +330,17 @@ class MmactionFrames(VideoFrames):
         for k, i in enumerate(idx):
             out[k] = self._read(f"img_{i + 1:05d}.jpg", cv2.IMREAD_COLOR)
         return out
+
+    def jpeg_blobs(self, modality: str, indices: Sequence[int]) -> list[np.ndarray]:
+        if modality == "rgb":
+            names = [f"img_{i + 1:05d}.jpg" for i in _check_indices(self.video_id, indices, self.num_frames, "frame")]
+        else:
+            names = [f"flow_{c}_{i + 1:05d}.jpg" for i in _check_indices(self.video_id, indices, self.num_flows, "flow")
+                     for c in "xy"]
+        try:
+            return [np.fromfile(self.path / name, np.uint8) for name in names]
+        except OSError as e:
+            raise FlowError(f"video {self.video_id}: cannot read {e.filename}: {e.strerror}") from None
 
     def flow(self, indices: Sequence[int], out: np.ndarray | None = None, *, fast: bool = False) -> np.ndarray:
         idx = _check_indices(self.video_id, indices, self.num_flows, "flow")

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 from flow.store import Store, open_store
 from streams import transforms
 from streams.errors import StreamsError
+from streams.gpu_decode import DECODES, JpegClip
 from streams.losses import label_array
 
 
@@ -57,7 +58,7 @@ class ClipDataset(Dataset):
     def __init__(self, store: Store | Path | str, items: Sequence[tuple[str, int]], modality: str,
                  clip_len: int = 16, *, train: bool, resize: Sequence[int] = (182, 242), crop: int = 160,
                  scale_jitter: Sequence[int] = (), flip: bool = True, clips_per_video: int = 1, seed: int = 0,
-                 fast_decode: bool = False):
+                 fast_decode: bool = False, decode: str = "cpu"):
         self.store = store if isinstance(store, Store) else open_store(store)
         # Two numpy arrays, not a list of Python tuples: a DataLoader worker that touches a list's items
         # writes their reference counts and so copies every page of them (650,000 videos: ~200 MB
@@ -74,6 +75,9 @@ class ClipDataset(Dataset):
         self.clips_per_video = 1 if train else clips_per_video
         self.seed = seed
         self.fast_decode = fast_decode  # libjpeg-turbo's fast IDCT and upsampling (train.fast_decode)
+        if decode not in DECODES:
+            raise ValueError(f"decode must be one of {', '.join(DECODES)}, got {decode!r}")
+        self.decode = decode  # "cuda": training items are their JPEGs, decoded on the device (streams.gpu_decode)
 
     def __len__(self) -> int:
         return len(self.video_ids) * self.clips_per_video
@@ -94,6 +98,10 @@ class ClipDataset(Dataset):
                 rng = None
                 start = clip_starts(num, self.clip_len, self.clips_per_video)[index % self.clips_per_video]
             indices = window(start, self.clip_len, num)
+            if self.train and self.decode == "cuda":
+                size, top, left, flip = self._choices(rng, video.height, video.width)
+                return JpegClip(video.jpeg_blobs(self.modality, indices), self.modality, size, top, left, self.crop,
+                                flip), label
             shape = (len(indices), video.height, video.width, transforms.CHANNELS[self.modality])
             decoded = self._buffer("decoded", shape)
             read = video.rgb if self.modality == "rgb" else video.flow
@@ -110,16 +118,23 @@ class ClipDataset(Dataset):
             buffers[name] = np.empty(shape, np.uint8)
         return buffers[name]
 
-    def _augment(self, clip: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-        """Resize (or jitter the scale), random crop, random flip; one copy out of the reused buffers."""
+    def _choices(self, rng: np.random.Generator, height: int, width: int) -> tuple[tuple[int, int], int, int, bool]:
+        """A training clip's random choices, in the order they are drawn: (size to resize to, crop top,
+        crop left, flip), for a video of height x width (the CPU and the GPU path draw the same)."""
         if self.scale_jitter:
             short = int(rng.integers(self.scale_jitter[0], self.scale_jitter[1] + 1))
-            size = transforms.short_side_size(*clip.shape[1:3], short)
+            size = transforms.short_side_size(height, width, short)
         else:
-            size = self.resize
+            size = (int(self.resize[0]), int(self.resize[1]))
+        top = int(rng.integers(0, size[0] - self.crop + 1))
+        left = int(rng.integers(0, size[1] - self.crop + 1))
+        return size, top, left, bool(self.flip and rng.random() < 0.5)
+
+    def _augment(self, clip: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        """Resize (or jitter the scale), random crop, random flip; one copy out of the reused buffers."""
+        size, top, left, flip = self._choices(rng, *clip.shape[1:3])
         resized = transforms.resize_clip(clip, size, self._buffer("resized", (len(clip), *size, clip.shape[3])))
-        cropped = transforms.random_crop(resized, self.crop, rng)
-        return transforms.flipped_chw(cropped, self.modality, bool(self.flip and rng.random() < 0.5))
+        return transforms.flipped_chw(transforms.crop(resized, top, left, self.crop), self.modality, flip)
 
     def _centre(self, clip: np.ndarray) -> np.ndarray:
         clip = transforms.resize_for_test(clip, self.resize, self.scale_jitter)

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from flow.store import Store
 from p3dbase.errors import P3DError
+from streams import gpu_decode
 from streams.clips import ClipDataset, EpochSampler
 from streams.config import TrainConfig
 from streams.distributed import DistContext
@@ -41,6 +42,7 @@ def make_loader(dataset: Dataset, *, batch: int, workers: int, seed: int, pin_me
                 drop_last: bool = False) -> DataLoader:
     """A loader of `batch` items with `workers` persistent workers (0: in this process)."""
     return DataLoader(dataset, batch_size=batch, sampler=sampler, shuffle=False, drop_last=drop_last,
+                      collate_fn=gpu_decode.collate,  # torch's, or JPEG batches (train.decode = "cuda")
                       num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
                       prefetch_factor=4 if workers > 0 else None,
                       worker_init_fn=functools.partial(worker_init, parent=os.getpid()),
@@ -170,7 +172,8 @@ def training_loaders(store: Store, train: list[tuple[str, int]], val: list[tuple
     """(training loader, its sampler, validation loader or None) of this process: `batch` clips a step."""
     common = dict(batch=batch, workers=cfg.workers, seed=cfg.seed, pin_memory=ctx.device.type == "cuda")
     train_set = ClipDataset(store, train, modality, cfg.clip_len, train=True, resize=cfg.resize, crop=cfg.crop,
-                            scale_jitter=cfg.scale_jitter, flip=cfg.flip, seed=cfg.seed, fast_decode=cfg.fast_decode)
+                            scale_jitter=cfg.scale_jitter, flip=cfg.flip, seed=cfg.seed, fast_decode=cfg.fast_decode,
+                            decode=cfg.decode)
     sampler = EpochSampler(len(train_set), ctx.rank, ctx.world_size, cfg.seed)
     val_loader = None
     if val:

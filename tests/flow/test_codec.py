@@ -215,3 +215,27 @@ def test_fast_decode_is_close_to_the_accurate_one(tmp_path, decoder):
                 assert np.array_equal(fast, accurate)
         assert np.array_equal(m.rgb(range(len(rgb)), fast=True), m.rgb(range(len(rgb))))
         assert np.array_equal(m.flow(range(len(flow)), fast=True), m.flow(range(len(flow))))
+
+
+def test_jpeg_blobs_are_the_files_as_stored(tmp_path):
+    """jpeg_blobs (for GPU decoding): a packed jpeg store hands over the mmaction layout's files byte for
+    byte, flow as x then y; a store that keeps a modality in another codec says so by name."""
+    rgb, flow = video()
+    packed = create_store(tmp_path / "packed", codec="jpeg", flow_codec="png")
+    mm = create_store(tmp_path / "mm", "mmaction")
+    for store in (packed, mm):
+        store.write_video("C/v", rgb, flow)
+    folder = tmp_path / "mm" / "C" / "v"
+    with packed.open("C/v") as v, mm.open("C/v") as m:
+        expected = [(folder / f"img_{i + 1:05d}.jpg").read_bytes() for i in (2, 0)]
+        assert [b.tobytes() for b in v.jpeg_blobs("rgb", [2, 0])] == expected
+        assert [b.tobytes() for b in m.jpeg_blobs("rgb", [2, 0])] == expected
+        assert [b.tobytes() for b in m.jpeg_blobs("flow", [1])] == [
+            (folder / f"flow_{c}_00002.jpg").read_bytes() for c in "xy"]
+        with pytest.raises(FlowError, match="C/v.*stores flow as png, not JPEG"):
+            v.jpeg_blobs("flow", [0])
+    jpeg = create_store(tmp_path / "jpeg", codec="jpeg")
+    jpeg.write_video("C/v", rgb, flow)
+    with jpeg.open("C/v") as v:
+        assert [b.tobytes() for b in v.jpeg_blobs("flow", [1])] == [
+            (folder / f"flow_{c}_00002.jpg").read_bytes() for c in "xy"]

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -13,10 +15,11 @@ import torch
 from flow import codec
 from flow.errors import FlowError
 from flow.store import open_store
-from streams import transforms
+from streams import gpu_decode, transforms
 from streams.clips import ClipDataset, EpochSampler, clip_starts, window
 from streams.config import TrainConfig
 from streams.distributed import DistContext
+from streams.errors import StreamsError
 from streams.loaders import training_loaders
 from tests.builders import make_toy_store
 
@@ -132,9 +135,10 @@ def test_missing_video_and_store(toy_store, tmp_path):
         ClipDataset(tmp_path, [], "rgb", train=True)
 
 
-def test_fast_decode_reaches_training_clips_only(tmp_path):
+def test_fast_and_gpu_decode_reach_training_clips_only(tmp_path):
     """train.fast_decode: the training set's JPEGs by libjpeg-turbo's fast decode (other pixels than
-    the accurate decode, same window, crop and flip), the validation set's accurate."""
+    the accurate decode, same window, crop and flip), the validation set's accurate; train.decode
+    likewise."""
     items = make_toy_store(tmp_path, ["a", "b"], per_class=2, codec="jpeg")
     kwargs = dict(train=True, resize=(30, 36), crop=24, seed=2)
     accurate = ClipDataset(tmp_path, items, "rgb", 8, **kwargs)[(1, 0)][0]
@@ -148,6 +152,11 @@ def test_fast_decode_reaches_training_clips_only(tmp_path):
     train_loader, _, val_loader = training_loaders(open_store(tmp_path), items, items, "rgb",
                                                    TrainConfig(workers=0, fast_decode=True), ctx=ctx, batch=2)
     assert train_loader.dataset.fast_decode and not val_loader.dataset.dataset.fast_decode
+    # train.decode = "cuda" the same way: training batches of JPEGs, validation decoded by the workers
+    train_loader, _, val_loader = training_loaders(open_store(tmp_path), items, items, "rgb", TrainConfig(
+        workers=0, decode="cuda", resize=[30, 36], crop=24), ctx=ctx, batch=2)
+    assert isinstance(next(iter(train_loader))[0], gpu_decode.JpegBatch)
+    assert next(iter(val_loader))[0].dtype == torch.uint8
 
 
 FAULTS = """
@@ -174,3 +183,64 @@ def test_workers_keep_the_memory_of_the_last_batch():
                                        check=True, cwd=Path(__file__).resolve().parents[2]).stdout)
               for mode in ("keep", "default")}
     assert faults["keep"] < 100 < 4000 < faults["default"]
+
+
+def cv2_decoder(blobs: list[torch.Tensor], grey: bool, device: torch.device) -> list[torch.Tensor]:
+    """A CPU stand-in for torchvision's nvJPEG decode_jpeg: [C, H, W] uint8, RGB order for colour."""
+    images = [cv2.imdecode(b.numpy(), cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR) for b in blobs]
+    return [torch.from_numpy(np.ascontiguousarray(i[None] if grey else i[..., ::-1].transpose(2, 0, 1)))
+            for i in images]
+
+
+@pytest.mark.parametrize("modality", ["rgb", "flow"])
+@pytest.mark.parametrize("jitter", [(), (30, 40)])
+def test_gpu_decode_gives_the_cpu_clips(tmp_path, monkeypatch, modality, jitter):
+    """train.decode = "cuda": workers hand over a window's JPEGs and the clip's random choices, the
+    trainer's batch.to(device) decodes, resizes, crops and flips: the CPU path's clips (same window,
+    crop and flip, flow's x inverted when flipped) to within the two resizes' rounding."""
+    monkeypatch.setattr(gpu_decode, "decoder", cv2_decoder)
+    items = make_toy_store(tmp_path, ["a", "b"], per_class=3, width=40, codec="jpeg")
+    kwargs = dict(train=True, resize=(30, 36), crop=24, scale_jitter=jitter, seed=4)
+    cpu = ClipDataset(tmp_path, items, modality, 8, **kwargs)
+    gpu = ClipDataset(tmp_path, items, modality, 8, decode="cuda", **kwargs)
+    keys = [(k, epoch) for k in range(6) for epoch in (0, 1)]
+    batch, labels = gpu_decode.collate([gpu[key] for key in keys])
+    assert isinstance(batch, gpu_decode.JpegBatch) and labels.tolist() == [cpu[key][1] for key in keys]
+    got = batch.to("cpu").int()
+    expected = torch.stack([cpu[key][0] for key in keys]).int()
+    assert got.shape == expected.shape and got.dtype == torch.int32
+    assert (got - expected).abs().max() <= 2 and (got - expected).abs().float().mean() < 0.3
+    assert any(gpu[key][0].flip for key in keys) and not all(gpu[key][0].flip for key in keys)
+
+
+def test_gpu_decode_needs_a_jpeg_store(toy_store):
+    root, train, _ = toy_store  # raw codec
+    with pytest.raises(FlowError, match="not JPEG"):
+        ClipDataset(root, train, "rgb", 8, train=True, resize=(30, 36), crop=24, decode="cuda")[(0, 0)]
+    with pytest.raises(ValueError, match="decode"):
+        ClipDataset(root, train, "rgb", 8, train=True, decode="gpu")
+
+
+def test_a_training_step_takes_a_jpeg_batch(tmp_path, monkeypatch):
+    """train_step moves its batch with `clips.to(device)`: a JpegBatch decodes there and trains."""
+    from streams.train import train_step
+
+    monkeypatch.setattr(gpu_decode, "decoder", cv2_decoder)
+    items = make_toy_store(tmp_path, ["a", "b"], per_class=2, codec="jpeg")
+    dataset = ClipDataset(tmp_path, items, "rgb", 8, train=True, resize=(30, 36), crop=24, decode="cuda")
+    batch, labels = gpu_decode.collate([dataset[(k, 0)] for k in range(4)])
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 24 * 24, 2))
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-6)
+    before = net[1].weight.detach().clone()
+    loss, correct = train_step(net, optimizer, torch.amp.GradScaler("cpu", enabled=False), batch, labels, "rgb",
+                               device=torch.device("cpu"))
+    assert torch.isfinite(loss) and 0 <= int(correct) <= 4 and not torch.equal(net[1].weight, before)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchvision") is not None, reason="torchvision is installed here")
+def test_gpu_decode_without_torchvision_says_so(tmp_path):
+    items = make_toy_store(tmp_path, ["a"], per_class=1, codec="jpeg")
+    dataset = ClipDataset(tmp_path, items, "rgb", 8, train=True, resize=(30, 36), crop=24, decode="cuda")
+    batch, _ = gpu_decode.collate([dataset[(0, 0)]])
+    with pytest.raises(StreamsError, match="nvjpeg extra"):
+        batch.to("cpu")
