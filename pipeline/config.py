@@ -69,7 +69,8 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = (), *
         if path.is_dir():
             raise ConfigError(f"--config {shown(path)}: is a folder; give a TOML file, e.g. configs/tiny.toml")
         if not path.is_file():
-            raise ConfigError(f"config file not found: {shown(path)}")
+            raise ConfigError(f"config file not found: {shown(path)}" if not path.exists() else
+                              f"--config {shown(path)}: not a regular file (a FIFO or device); give a TOML file")
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a BOM (Windows editors) is no error
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
@@ -119,11 +120,12 @@ def _build(raw: dict[str, Any], source: str, origin: dict[str, str]) -> Config:
             kwargs[key] = _check_work_dir(value, origin.get(key, source))
         elif key in SECTIONS:
             if not isinstance(value, dict):
-                raise ConfigError(f"{source}: [{key}] must be a table of settings, got {value!r}")
+                raise ConfigError(f"{origin.get(key, source)}: [{key}] must be a table of settings, got {value!r}")
             kwargs[key] = _build_section(typing.get_type_hints(Config)[key], key, value, source, origin)
         elif key in NAMED_SECTIONS:
             if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
-                raise ConfigError(f"{source}: [{key}] must hold named tables such as [{key}.NAME], got {value!r}")
+                raise ConfigError(f"{origin.get(key, source)}: [{key}] must hold named tables such as [{key}.NAME], "
+                                  f"got {value!r}")
             kwargs[key] = {name: _build_section(NAMED_SECTIONS[key], f"{key}.{name}", table, source, origin)
                            for name, table in value.items()}
         else:

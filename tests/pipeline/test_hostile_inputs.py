@@ -67,3 +67,28 @@ def test_report_skips_a_damaged_report_rebuilds_the_rest_and_says_which(tmp_path
         in captured.out
     assert "Traceback" not in captured.err and captured.err.count("\n") == 1
     assert captured.err.startswith("error: 2 of 3 reports could not be rebuilt")
+
+
+def test_a_set_that_replaces_a_section_is_blamed_on_the_set_item(tmp_path, capsys):
+    """`--set flow=3` was blamed on the config file ("configs/tiny.toml: [flow] must be a table")."""
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+
+    for item, message in (("flow=3", "--set flow=3: [flow] must be a table of settings, got 3"),
+                          ("benchmark=3", "--set benchmark=3: [benchmark] must hold named tables")):
+        try:
+            load_config(TINY_CONFIG, [item])
+        except ConfigError as err:
+            assert str(err).startswith(message)
+        else:
+            raise AssertionError(f"--set {item} was accepted")
+
+
+def test_a_fifo_as_config_is_named_as_such_not_missing(tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "settings.toml"
+    os.mkfifo(fifo)
+    assert main(["config", "--config", str(fifo)]) == 2  # and no hang reading it
+    err = capsys.readouterr().err
+    assert err == f"error: --config {fifo}: not a regular file (a FIFO or device); give a TOML file\n"
