@@ -108,8 +108,11 @@ def clip_costs(root: Path, items: list[tuple[str, int]], modality: str, fast: bo
     from streams.clips import ClipDataset
 
     dataset = ClipDataset(root, items, modality, CLIP_LEN, train=True, resize=RESIZE, crop=CROP, fast_decode=fast)
+    from streams.loaders import keep_freed_memory
+
+    keep_freed_memory()  # as in a worker (streams.loaders.worker_init): no page faults on reallocated clips
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in a worker (streams.loaders.worker_init): no spinning intra-op threads
+    torch.set_num_threads(1)  # as in a worker: no spinning intra-op threads
     try:
         return _clip_costs(dataset, items, modality, fast, seconds)
     finally:
