@@ -229,6 +229,8 @@ def eval_stage(cfg: Config, checkpoints: dict[str, Path] | None = None, *, allow
     a report folder (a second one's files would be renamed from under the first)."""
     tables = []
     out_root = eval_out_dir(cfg, checkpoints, out)
+    if out_root.exists() and not out_root.is_dir():
+        raise PipelineError(f"eval --out {shown(out_root)} is a file; the report is a folder: give a folder name")
     with try_lock(out_root.parent / f".{out_root.name}.lock") as holder:
         if holder:
             raise PipelineError(f"{shown(out_root)} is being written by another eval run (pid {holder}): wait for "

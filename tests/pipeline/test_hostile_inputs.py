@@ -92,3 +92,12 @@ def test_a_fifo_as_config_is_named_as_such_not_missing(tmp_path, capsys):
     assert main(["config", "--config", str(fifo)]) == 2  # and no hang reading it
     err = capsys.readouterr().err
     assert err == f"error: --config {fifo}: not a regular file (a FIFO or device); give a TOML file\n"
+
+
+def test_eval_out_that_is_a_file_is_one_line_and_the_file_is_kept(tmp_path, capsys):
+    """`eval --out FILE` was a NotADirectoryError traceback from the cache writer of a worker."""
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    assert main(["eval", "--config", TINY_CONFIG, "--set", f"work_dir={tmp_path / 'work'}", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"error: eval --out {out} is a file; the report is a folder: give a folder name\n"
+    assert out.read_text() == "mine"
