@@ -27,3 +27,17 @@ def refuse_overwrite(paths: Iterable[Path | str], force: bool, *, other: str = "
         more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
         raise OutputExistsError(f"would overwrite {', '.join(shown(p) for p in existing[:3])}{more}: pass --force to "
                                 f"replace, or {other}")
+
+
+def refuse_file_as_folder(folder: Path | str, what: str) -> Path:
+    """`folder` as an output folder to be made: OutputExistsError when it, or a folder above it, is a
+    file (making it would be a FileExistsError or NotADirectoryError traceback deep in a stage)."""
+    folder = Path(folder)
+    for path in (folder, *folder.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "" if path == folder else f" ({shown(path)} above it)"
+                raise OutputExistsError(f"{what} {shown(folder)}: a file is in the way{where}, where a folder is to be "
+                                        "made: move it away or choose another work_dir / --out")
+            break
+    return folder

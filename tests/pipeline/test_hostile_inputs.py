@@ -101,3 +101,21 @@ def test_eval_out_that_is_a_file_is_one_line_and_the_file_is_kept(tmp_path, caps
     assert main(["eval", "--config", TINY_CONFIG, "--set", f"work_dir={tmp_path / 'work'}", "--out", str(out)]) == 2
     assert capsys.readouterr().err == f"error: eval --out {out} is a file; the report is a folder: give a folder name\n"
     assert out.read_text() == "mine"
+
+
+def test_a_file_where_a_stage_makes_its_folder_is_one_line(tmp_path, capsys):
+    """work_dir/flow (or train/..., transfer, show-flow) being a file was a FileExistsError or
+    NotADirectoryError traceback from deep in the stage."""
+    from tests.builders import TINY
+
+    work = tmp_path / "work"
+    sets = [f"work_dir={work}", f"dataset.root={work / 'synth'}", *TINY]
+    args = [x for item in sets for x in ("--set", item)]
+    assert main(["synth", "--config", str(REPO / "configs" / "synth.toml"), *args]) == 0
+    (work / "flow").write_text("not a store")
+    capsys.readouterr()
+    assert main(["flow", "--config", str(REPO / "configs" / "synth.toml"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: the flow store {work / 'flow'}: a file is in the way, where a folder is to be made: "
+                   "move it away or choose another work_dir / --out\n")
+    assert (work / "flow").read_text() == "not a store"
