@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from flow.store import Store
-from p3dbase.errors import P3DError
+from p3dbase.errors import P3DError, shown
 from streams import gpu_decode
 from streams.clips import ClipDataset, EpochSampler
 from streams.config import TrainConfig
@@ -171,6 +171,10 @@ def training_loaders(store: Store, train: list[tuple[str, int]], val: list[tuple
                      batch: int) -> tuple[DataLoader, EpochSampler, DataLoader | None]:
     """(training loader, its sampler, validation loader or None) of this process: `batch` clips a step."""
     common = dict(batch=batch, workers=cfg.workers, seed=cfg.seed, pin_memory=ctx.device.type == "cuda")
+    codec = "jpeg" if store.layout == "mmaction" else store.codec if modality == "rgb" else store.flow_codec
+    if cfg.decode == "cuda" and codec != "jpeg":
+        raise StreamsError(f'train.decode = "cuda" decodes JPEGs, but {shown(store.root)} stores {modality} as '
+                           f'{codec}: use train.decode = "cpu", or a store made with codec/flow_codec = "jpeg"')
     train_set = ClipDataset(store, train, modality, cfg.clip_len, train=True, resize=cfg.resize, crop=cfg.crop,
                             scale_jitter=cfg.scale_jitter, flip=cfg.flip, seed=cfg.seed, fast_decode=cfg.fast_decode,
                             decode=cfg.decode)
