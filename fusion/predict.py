@@ -224,7 +224,9 @@ def predict(videos: Sequence[Path | str], checkpoints: dict[str, Path], flow_cfg
                 raise
             predictions.append(Prediction(shown(video.path), 0, error=shown(" ".join(str(e).split()))))
     if all(p.error for p in predictions):
-        raise FusionError(f"no video could be scored: {predictions[0].video}: {predictions[0].error}")
+        first = predictions[0]  # its error names the file already, as a rule
+        raise FusionError(f"no video could be scored: "
+                          f"{first.error if first.error.startswith(first.video) else f'{first.video}: {first.error}'}")
     return predictions
 
 

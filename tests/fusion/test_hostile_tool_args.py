@@ -24,3 +24,14 @@ def test_predict_timeline_out_that_is_a_file_is_named_as_such(tmp_path):
         predict([tmp_path / "v.avi"], {"rgb": tmp_path / "x.pt"}, FlowConfig(), EvalConfig(),
                 timeline=Timeline(Path(out)))
     assert out.read_text() == "mine"
+
+
+def test_predict_with_no_readable_video_names_the_file_once(tmp_path):
+    """The one line said `no video could be scored: /x/gone.avi: /x/gone.avi: no such video file`."""
+    from tests.builders import checkpoint_with_statistics
+
+    ckpt = checkpoint_with_statistics(tmp_path / "rgb.pt")
+    gone = tmp_path / "gone.avi"
+    with pytest.raises(FusionError) as caught:
+        predict([gone], {"rgb": ckpt}, FlowConfig(), EvalConfig(clips=1, crops="center", jobs=1), progress=False)
+    assert str(caught.value) == f"no video could be scored: {gone}: no such video file"
