@@ -69,9 +69,10 @@ def read_activitynet(cfg: DatasetConfig, split: str) -> Dataset:
     videos = []
     for video, info in database.items():
         where = f"{path}: database[{video!r}]"
-        if not isinstance(info, dict) or info.get("subset") not in SUBSETS:
-            got = info.get("subset") if isinstance(info, dict) else info
-            raise DatasetError(f"{where}: subset must be training, validation or testing, got {got!r}")
+        if not isinstance(info, dict):
+            raise DatasetError(f"{where}: must be an object with 'subset' and 'annotations', got {info!r:.80}")
+        if info.get("subset") not in SUBSETS:
+            raise DatasetError(f"{where}: subset must be training, validation or testing, got {info.get('subset')!r}")
         if "/" in video or video.startswith("."):
             raise DatasetError(f"{where}: bad video id {video!r}")
         videos.append((video, _labels(info, where), SUBSETS[info["subset"]], where))

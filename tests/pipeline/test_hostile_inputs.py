@@ -119,3 +119,19 @@ def test_a_file_where_a_stage_makes_its_folder_is_one_line(tmp_path, capsys):
     assert err == (f"error: the flow store {work / 'flow'}: a file is in the way, where a folder is to be made: "
                    "move it away or choose another work_dir / --out\n")
     assert (work / "flow").read_text() == "not a store"
+
+
+def test_an_activitynet_entry_that_is_no_object_is_named_as_such(tmp_path):
+    """`{"database": {"x": 5}}` was reported as "subset must be training, validation or testing, got 5"."""
+    import pytest
+
+    from pipeline.datasets.activitynet import read_activitynet
+    from pipeline.datasets.config import DatasetConfig
+    from pipeline.errors import PipelineError
+
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "an.json").write_text('{"database": {"x": 5}}', encoding="utf-8")
+    cfg = DatasetConfig(format="activitynet", root=str(tmp_path / "videos"), annotations=str(tmp_path / "an.json"))
+    with pytest.raises(PipelineError, match=r"an.json: database\['x'\]: must be an object with 'subset' and "
+                                            r"'annotations', got 5$"):
+        read_activitynet(cfg, "val")
