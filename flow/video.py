@@ -106,7 +106,8 @@ class VideoReader:
         self.size = size
         self.max_pixels = max_pixels
         if not self.path.is_file():
-            raise FlowError(f"{shown(self.path)}: no such video file")
+            what = "a folder, not a video file" if self.path.is_dir() else "no such video file"
+            raise FlowError(f"{shown(self.path)}: {what}")
         if self.path.stat().st_size == 0:
             raise FlowError(f"{shown(self.path)}: empty file")
         self._cap = _open_capture(self.path)
