@@ -27,7 +27,9 @@ class _Tee:
         self.log = log
         self._partial = ""  # text of a line not ended yet
         self._redraw = ""  # the latest state of a bar redrawn in place (ended by a carriage return)
-        self._logged_redraw = 0.0
+        # Counted from the start, not from 0: time.monotonic() is the machine's uptime, so 0 would log the
+        # first redraw on a machine up for longer than LOG_INTERVAL and not on a freshly booted one.
+        self._logged_redraw = time.monotonic()
         self._after_return = False  # the text being collected follows a carriage return: a bar's state
 
     def write(self, text: str) -> int:
