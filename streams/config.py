@@ -108,6 +108,9 @@ class TrainConfig:
                      "warmup_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if not self.iterations and self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs: {self.warmup_epochs} is more than epochs = {self.epochs} (the run "
+                             "would end before its warm-up, never at the full learning rate)")
         if self.lr <= 0:
             raise ValueError(f"lr: must be > 0, got {self.lr}")
         if not 0.0 <= self.momentum < 1.0:

@@ -50,7 +50,13 @@ class Checkpointer:
         one of them; `check` refuses a checkpoint trained with other settings."""
         last = self.out_dir / LAST
         if last.is_file():  # finished already: nothing to restore but the summary
-            ckpt = read_checkpoint(last)
+            try:
+                ckpt = read_checkpoint(last)
+            except StreamsError as e:
+                # Not redone silently: a finished model is an output someone may have evaluated.
+                raise StreamsError(f"{e}; this run's finished model is damaged: delete {last} and re-run to rebuild "
+                                   f"it from the newest step checkpoint in {self.out_dir} (from scratch if "
+                                   "there is none)") from None
             check(ckpt)
             return ckpt, None
         for _, path in reversed(step_checkpoints(self.out_dir)):

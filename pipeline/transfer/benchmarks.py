@@ -5,7 +5,9 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
+from flow.store import store_exists
 from fusion.transfer_stage import Benchmark, TransferVideo
+from p3dbase.errors import shown
 from pipeline.config import Config
 from pipeline.datasets import read_dataset
 from pipeline.datasets.aslan import read_view2
@@ -26,6 +28,10 @@ def check_transfer_config(cfg: Config) -> None:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise PipelineError(f"transfer.benchmarks names {name!r} but there is no [benchmark.{name}] "
                                 f"section{hint}")
+        given = cfg.benchmark[name].flow_store
+        if given and t.flow and not store_exists(given):
+            raise PipelineError(f"benchmark.{name}.flow_store: no flow store at {shown(given)} (no store description "
+                                "there): point it at a `make flow` output, or leave it empty to compute one")
     for name in ("rgb", "flow"):
         path = getattr(t, name)
         if path and not Path(path).exists():

@@ -135,3 +135,13 @@ def test_an_activitynet_entry_that_is_no_object_is_named_as_such(tmp_path):
     with pytest.raises(PipelineError, match=r"an.json: database\['x'\]: must be an object with 'subset' and "
                                             r"'annotations', got 5$"):
         read_activitynet(cfg, "val")
+
+
+def test_a_missing_benchmark_flow_store_is_named_by_its_key(tmp_path, capsys):
+    """A `benchmark.NAME.flow_store` pointing nowhere said only "run make flow": the key is named, before any work."""
+    config = str(REPO / "configs" / "tiny_transfer.toml")
+    assert main(["transfer", "--config", config, "--set", f"work_dir={tmp_path / 'work'}",
+                 "--set", f"benchmark.synth.flow_store={tmp_path / 'nowhere'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: benchmark.synth.flow_store: no flow store at {tmp_path / 'nowhere'}")
+    assert not (tmp_path / "work" / "transfer").exists() or not any((tmp_path / "work" / "transfer").rglob("*.npz"))

@@ -28,3 +28,10 @@ def test_epochs_unchanged_without_iterations():
 def test_iterations_must_not_be_negative():
     with pytest.raises(ValueError, match="iterations: must be >= 0, got -1"):
         TrainConfig(iterations=-1).validate()
+
+
+def test_a_warm_up_longer_than_the_run_is_refused_unless_the_run_counts_iterations():
+    with pytest.raises(ValueError, match=r"^warmup_epochs: 5.5 is more than epochs = 5 \(the run would end before"):
+        TrainConfig(epochs=5, warmup_epochs=5.5).validate()
+    TrainConfig(epochs=1, warmup_epochs=1.0).validate()  # a smoke run may warm up throughout
+    TrainConfig(epochs=1, warmup_epochs=2.0, iterations=1000).validate()  # epochs do not bound an iterations run

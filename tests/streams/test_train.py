@@ -89,6 +89,22 @@ def test_a_finished_run_is_not_trained_again(flow_run, toy_store, configs):
     assert result.checkpoint.stat().st_mtime_ns == mtime
 
 
+def test_a_damaged_finished_model_says_how_to_rebuild_it(flow_run, toy_store, tmp_path, configs):
+    result, out = flow_run
+    root, train, val = toy_store
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    data = (copy / "last.pt").read_bytes()
+    (copy / "last.pt").write_bytes(data[: len(data) // 2])
+    settings = dict(epochs=5, lr=0.02, schedule="cosine", checkpoint_every=3, keep_checkpoints=2, workers=1)
+    with pytest.raises(StreamsError, match=r"finished model is damaged: delete .*last\.pt and re-run to rebuild it "
+                                           r"from the newest step checkpoint"):
+        train_stream(toy(root, train, val), "flow", *configs(**settings), copy)
+    (copy / "last.pt").unlink()  # as the message says: the run ends again from its step-20 checkpoint
+    again = train_stream(toy(root, train, val), "flow", *configs(**settings), copy)
+    assert again.finished and again.step == 20 and (copy / "last.pt").is_file()
+
+
 def test_resume_continues_exactly(toy_store, tmp_path, configs):
     """Stopped mid-epoch and resumed (with a DataLoader worker this time), the run logs the same losses
     and ends with the same weights as an uninterrupted one; dropout makes the RNG state matter."""
