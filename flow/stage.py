@@ -45,6 +45,7 @@ from flow.tvl1 import OpenCVTVL1, to_gray
 from flow.video import VideoReader
 from p3dbase.atomic import DiskFullError, disk_full, is_disk_full
 from p3dbase.bulk import no_cycle_collection
+from p3dbase.cluster import dask_unordered
 from p3dbase.errors import P3DError, shown
 from p3dbase.progress import progress_bar
 
@@ -355,18 +356,6 @@ def _workers(cfg: FlowConfig) -> tuple[int, list[str | None]]:
     return cfg.jobs or joblib.cpu_count(), [None]
 
 
-def _dask_results(tasks: Iterable[Any], scheduler: str) -> Iterator[VideoResult]:
-    try:
-        from distributed import Client
-    except ImportError:
-        raise FlowError(f"flow.scheduler = {scheduler!r} needs dask.distributed: "
-                        "pip install 'p3d-two-stream[dist]'") from None
-    try:
-        client = Client(scheduler)  # waits distributed.comm.timeouts.connect (dask config)
-    except (OSError, TimeoutError) as e:
-        raise FlowError(f"flow.scheduler: cannot reach the Dask scheduler at {scheduler}: {e}") from None
-    with client, joblib.parallel_config(backend="dask"):
-        yield from joblib.Parallel(n_jobs=-1, return_as="generator_unordered")(tasks)
 
 
 def _died_reason(err: BaseException) -> str:
@@ -754,7 +743,7 @@ def _compute_all(todo: Sequence[FlowJob], store: Store, cfg: FlowConfig, *, forc
                              device=devices[k % len(devices)], force=task.force, owner=owner)
 
     if cfg.scheduler:
-        results: Iterable[tuple[VideoResult, bool]] = _dask_results(
+        results: Iterable[tuple[VideoResult, bool]] = dask_unordered(
             (joblib.delayed(process_video)(t.job, out_dir, cfg, origin=t.origin, threads=threads, force=t.force,
                                            device=devices[k % len(devices)], owner=owner)
              for k, t in enumerate(tasks)), cfg.scheduler)

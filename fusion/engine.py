@@ -38,10 +38,10 @@ import torch
 from flow.errors import FlowError
 from flow.store import Store, open_store
 from flow.video import opencv_single_thread
-from fusion.errors import FusionError
 from fusion.report import save_npz
 from fusion.scoring import ClipGeometry, StreamRunner, num_positions
 from fusion.views import CROP_POSITIONS, View, ViewPlan
+from p3dbase.cluster import dask_unordered
 from p3dbase.progress import progress_bar
 from streams.checkpoint import Checkpoint, file_sha256, load_stream, stream_path
 from streams.p3d import P3D
@@ -334,16 +334,6 @@ def run_one(spec: PoolSpec, task: Any) -> Any:
 
 
 def _dask_map(spec: PoolSpec, tasks: Sequence[Any], scheduler: str) -> Iterator[Any]:
-    try:
-        import joblib
-        from distributed import Client
-    except ImportError:
-        raise FusionError(f"flow.scheduler = {scheduler!r} needs dask.distributed: "
-                          "pip install 'p3d-two-stream[dist]'") from None
-    try:
-        client = Client(scheduler)  # waits distributed.comm.timeouts.connect (dask config)
-    except (OSError, TimeoutError) as e:
-        raise FusionError(f"flow.scheduler: cannot reach the Dask scheduler at {scheduler}: {e}") from None
-    with client, joblib.parallel_config(backend="dask"):
-        yield from joblib.Parallel(n_jobs=-1, return_as="generator_unordered")(
-            joblib.delayed(run_one)(spec, task) for task in tasks)
+    import joblib
+
+    yield from dask_unordered((joblib.delayed(run_one)(spec, task) for task in tasks), scheduler)

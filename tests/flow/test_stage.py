@@ -24,7 +24,7 @@ from flow.tvl1 import OpenCVTVL1, to_gray
 from flow.verify import verify_store
 from flow.video import VideoReader
 from p3dbase.atomic import DiskFullError
-from p3dbase.errors import P3DError
+from p3dbase.errors import P3DError, SettingError
 from tests.builders import moving_square, write_video
 
 REPO = Path(__file__).resolve().parents[2]
@@ -238,7 +238,7 @@ def test_unreachable_scheduler_is_a_flow_error(videos, tmp_path, fast_cfg):
     pytest.importorskip("distributed")
     cfg = dataclasses.replace(fast_cfg, scheduler="tcp://127.0.0.1:9")
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
-        with pytest.raises(FlowError, match="cannot reach the Dask scheduler"):
+        with pytest.raises(SettingError, match="^flow.scheduler: cannot reach the Dask scheduler"):
             run_flow(jobs_in(videos), tmp_path / "flow", cfg)
 
 
