@@ -17,7 +17,6 @@ store never write, clean or remove the same video at once.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -39,6 +38,7 @@ from flow.errors import FlowError
 from flow.index import StoreIndex
 from p3dbase.atomic import TEMP_MARKER, fsync_dir, write_bytes, writer_token
 from p3dbase.errors import shown
+from p3dbase.lock import hold_lock
 
 STORE_FILE = "store.json"
 STORE_FORMAT = "p3d-two-stream flow store"
@@ -711,44 +711,10 @@ class Store:
     @contextmanager
     def lock(self, video_id: str, *, wait: bool = True) -> Iterator[bool]:
         """Hold the video's lock for the block: yields True, or False at once when `wait` is off and
-        another process (or another open of it) holds it. An flock on `.<name>.lock` next to the
-        video, released when the holder exits or dies (also over NFS, where Linux emulates flock
-        with POSIX locks); the holder deletes the lock file as it lets go."""
-        path = self.lock_path(video_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                os.close(fd)
-                yield False
-                return
-            except BaseException:
-                os.close(fd)
-                raise
-            try:
-                mine = os.stat(path)
-                held = os.fstat(fd)
-                current = (mine.st_ino, mine.st_dev) == (held.st_ino, held.st_dev)
-            except FileNotFoundError:
-                current = False
-            if current:
-                break
-            os.close(fd)  # the previous holder deleted the file as it let go: lock the new one
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, writer_token().encode(), 0)  # who holds it, for a run that waits on it
-        except OSError:
-            pass  # a full disk: the lock holds all the same
-        try:
-            yield True
-        finally:
-            try:
-                os.unlink(path)  # while still held: a waiter on this file then sees it gone
-            except FileNotFoundError:
-                pass
-            os.close(fd)
+        another process (or another open of it) holds it. p3dbase.lock's flock on `.<name>.lock`
+        next to the video, naming its holder as `host-pid` for a run that waits on it."""
+        with hold_lock(self.lock_path(video_id), wait=wait, holder=writer_token()) as other:
+            yield other is None
 
     def lock_holder(self, video_id: str) -> str:
         """`host-pid` of the process holding the video's lock ("" when unknown)."""
