@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from p3dbase.device import check_device_setting
+from p3dbase.errors import shown
 
 ARCH_NAMES = ("p3d63", "p3d131", "p3d199", "p3d_small", "p3d_tiny")  # streams.p3d.ARCHS
 
@@ -132,7 +133,7 @@ class TrainConfig:
         if self.run and (self.run in (".", "..") or len(self.run) > 100  # file systems allow 255 bytes a name
                          or not all(c.isalnum() or c in "-_." for c in self.run)):
             raise ValueError(f"run: must be a plain folder name of at most 100 letters, digits, '-', '_', '.', "
-                             f"got {self.run[:40]!r}{'...' if len(self.run) > 40 else ''}")
+                             f"got '{shown(self.run[:40])}'{'...' if len(self.run) > 40 else ''}")
         if self.schedule not in ("step", "cosine"):
             raise ValueError(f"schedule: must be 'step' or 'cosine', got {self.schedule!r}")
         if sorted(self.lr_steps) != list(self.lr_steps):

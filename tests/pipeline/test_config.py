@@ -144,7 +144,10 @@ def test_a_bad_set_or_run_value_is_blamed_on_the_set_or_run_not_the_file(tmp_pat
         load_config(path, run="a b")
     with pytest.raises(ConfigError) as err:
         load_config(path, run="a\\b")
-    assert str(err.value).endswith("got 'a\\\\b'")  # Python's repr of a\b, escaped once
+    assert str(err.value).endswith("got 'a\\b'")  # the name as typed, escaped nowhere
+    with pytest.raises(ConfigError) as err:
+        load_config(path, run="ab\udcff")  # the byte 0xff of a non-UTF-8 argument, as Python carries it
+    assert str(err.value).endswith("got 'ab\\xff'")  # shown once as \xNN, not as a surrogate's repr
     with pytest.raises(ConfigError, match=r"^--run x{60}: \[train\] run: .* at most 100 .*got 'x{40}'\.\.\.$"):
         load_config(path, run="x" * 300)
     assert load_config(path, run="fine-run_1").train.run == "fine-run_1"
