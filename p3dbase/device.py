@@ -12,9 +12,12 @@ three readings it replaces differed; each difference is now decided once:
 """
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from p3dbase.errors import SettingError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def check_device_setting(setting: str) -> None:
@@ -26,6 +29,8 @@ def check_device_setting(setting: str) -> None:
 
 def resolve_device(setting: str, key: str, local_rank: int = 0) -> torch.device:
     """`setting` of config key `key` (named in errors, e.g. "flow.device") as a torch device."""
+    import torch  # here, not at the top: every config imports check_device_setting, and a stage that
+    # never touches a tensor (a re-run of `flow`, `verify`, listing a data set) should not pay torch's import
     if setting == "cpu":
         return torch.device("cpu")
     if setting == "auto" and not torch.cuda.is_available():

@@ -6,16 +6,14 @@ the plain (video_id, label) lists the stage packages take, and chooses where eac
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from flow.manifest import read_manifest
 from flow.stage import FlowJob, FlowSummary, run_flow
 from flow.store import Store, open_store
 from flow.verify import VerifyReport, verify_store
-from fusion.stage import EvalJob, average_splits, run_eval
-from fusion.transfer_stage import run_transfer
 from p3dbase.atomic import write_text
 from p3dbase.errors import P3DError, shown
 from p3dbase.lock import try_lock
@@ -25,11 +23,12 @@ from pipeline.datasets import Dataset, read_dataset
 from pipeline.datasets.files import video_id_of
 from pipeline.datasets.records import training_item
 from pipeline.errors import PipelineError
-from pipeline.synth import generate
-from pipeline.synth.companions import generate_companions
-from pipeline.transfer.benchmarks import check_transfer_config, read_benchmark
-from pipeline.transfer.report import TransferReport, write_report
-from streams.train import StreamData, train_stream
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# The stages of the network packages (synth, train, eval, transfer) import them when they run: `flow` and
+# `verify` over 650,000 videos should not pay for torch, scikit-learn and matplotlib (bench/scale.py).
 
 MISSING = "missing.txt"  # in the store: the listed videos not found under dataset.root, one a line
 
@@ -104,6 +103,8 @@ def split_datasets(cfg: Config) -> list[tuple[str, Dataset]]:
 
 
 def synth_stage(cfg: Config, *, force: bool = False) -> None:
+    from pipeline.synth import generate
+
     if cfg.dataset.format != "synth":
         raise PipelineError(f"the synth stage writes SynthActions, but dataset.format is "
                             f"{cfg.dataset.format!r}: use configs/synth.toml or --set dataset.format=synth")
@@ -193,6 +194,8 @@ def _left_out(store: Store, dataset: Dataset, done: set[str]) -> None:
 def train_stage(cfg: Config, stream: str) -> None:
     """Train the `stream` of every split (one, or three for `dataset.split = "all"`) on the store's videos:
     work_dir/train/<stream>/split<k> (streams.train.train_stream)."""
+    from streams.train import StreamData, train_stream
+
     store, done = _flow_store(cfg, f"train-{stream}")
     for split, dataset in split_datasets(cfg):
         _left_out(store, dataset, done)
@@ -229,6 +232,8 @@ def eval_stage(cfg: Config, checkpoints: dict[str, Path] | None = None, *, allow
     checkpoint was trained on, saying so in the report, instead of refusing. The report goes to `out`, else
     beside given checkpoints, never into `make eval`'s folder (eval_out_dir); one eval at a time writes
     a report folder (a second one's files would be renamed from under the first)."""
+    from fusion.stage import EvalJob, average_splits, run_eval
+
     tables = []
     out_root = eval_out_dir(cfg, checkpoints, out)
     if out_root.exists() and not out_root.is_dir():
@@ -273,6 +278,11 @@ def transfer_dir(cfg: Config) -> Path:
 def transfer_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1)) -> pd.DataFrame | None:
     """`[transfer]`: every `[benchmark.NAME]` through its protocol (fusion.transfer_stage), one report in
     work_dir/transfer (results.csv/.md/.png, excluded.csv). A shard run (n > 1) only computes; None."""
+    from fusion.transfer_stage import run_transfer
+    from pipeline.synth.companions import generate_companions
+    from pipeline.transfer.benchmarks import check_transfer_config, read_benchmark
+    from pipeline.transfer.report import TransferReport, write_report
+
     # 1. The settings, the companions and every benchmark's annotations: a refusal writes nothing.
     check_transfer_config(cfg)
     if cfg.transfer.companions:
