@@ -22,7 +22,7 @@ raises is recorded with its traceback, and the rows come in order of value.
 7. e2e: `make all`'s stages (`python -m pipeline ...`) on SynthActions, flow and training on the GPU.
 
 DIR gets sections/NAME.json (every row, written as it is measured), gpu.json (every figure),
-gpu.md (the table, pass/fail against issue 14's targets) and gpu.log (what the sections printed);
+gpu.md (the table, pass/fail against the GPU targets of docs/gpu.md) and gpu.log (what the sections printed);
 gpu.json and gpu.md are rewritten while a section runs, when it ends, and when the run gets
 SIGTERM or SIGINT (the running section is stopped, its rows kept). Scratch data and torch's
 compiler caches go to --work. This process imports no torch: it never holds a CUDA context while

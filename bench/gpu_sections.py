@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-FLOW_TARGET = 1000.0  # pairs/s at 340x256, [flow] defaults, one H100/H200 (issue 14)
-TRAIN_TARGET = 1000.0  # P3D-199 training clips/s, 16x160x160, bf16 (issue 14)
+FLOW_TARGET = 1000.0  # pairs/s at 340x256, [flow] defaults, one H100/H200
+TRAIN_TARGET = 1000.0  # P3D-199 training clips/s, 16x160x160, bf16
 # NVIDIA's datasheet peaks, dense (no 2:4 sparsity), TFLOP/s: bf16 tensor cores, TF32 tensor cores.
 # What MFU is also given against, beside the matmul peak measured in the same run.
 DATASHEET_TFLOPS = {"H100 SXM": (989.4, 494.7), "H100 PCIe": (756.5, 378.0), "H100 NVL": (835.5, 417.5),

@@ -17,7 +17,7 @@ fresh process so that start-up (imports, torch) counts:
    dataset holding a list of (video_id, label) tuples, while the parent holds the dataset's records
    as the training stage does; the private memory (USS) of each worker after the epoch.
 
-Targets (issue 18): (1) and (2) each <= 30 s and <= 2 GB on 2 cores; (4) <= 200 MB per worker.
+Targets: (1) and (2) each <= 30 s and <= 2 GB on 2 cores; (4) <= 200 MB per worker.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ process's own), measures in the same run:
            Path per file), without even reading the partitions
   reader   pipeline.datasets.read_dataset for format sports1m: the whole Dataset
 
-and prints seconds, peak RSS and the ratios to the floor. Target (issue 23): reader <= 30 s and
+and prints seconds, peak RSS and the ratios to the floor. Target: reader <= 30 s and
 <= 1 GB on 2 cores.
 
     flock /tmp/bench.lock .venv/bin/python bench/sports1m_index.py

@@ -14,6 +14,18 @@ def pytest_configure(config):
 
         torch.set_num_threads(int(threads))
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on this run's thread count (1, or 2 in `make test`'s numerical pass) for a module of tiny
+    networks: they gain little from a second thread and lose up to 10x when other work holds the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("P3D_TEST_THREADS") or 1))
+    yield
+    torch.set_num_threads(threads)
+
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

@@ -56,12 +56,13 @@ def test_features_follow_the_paper_protocol(tmp_path, video_dir, tiny_checkpoint
         assert list(data["ids"]) == ["jump/v1", "run/v2"]
         assert list(data["failed_ids"]) == ["run/broken"] and "broken.mp4" in data["failed_reasons"][0]
         assert data["rgb"].shape == data["flow"].shape == (2, 256)
-        # Unit-length rows (entries <= 1): float32 storage rounds them by <= 6e-8, inside atol 1e-6.
+        # Unit-length rows (entries <= 1), normalised in float32 over 256-512 entries: the summation order
+        # of a BLAS moves a norm by about sqrt(n) * 6e-8 = 1.4e-6, so 1e-5 (still 1e-5 of the magnitude).
         for name in ("rgb", "flow"):
             np.testing.assert_allclose(data[f"{name}_normalised"],
                                        np.sign(data[name]) * np.sqrt(np.abs(data[name]))
-                                       / np.linalg.norm(np.sqrt(np.abs(data[name])), axis=1, keepdims=True), atol=1e-6)
-        np.testing.assert_allclose(np.linalg.norm(data["two_stream"], axis=1), 1.0, atol=1e-6)
+                                       / np.linalg.norm(np.sqrt(np.abs(data[name])), axis=1, keepdims=True), atol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(data["two_stream"], axis=1), 1.0, atol=1e-5)
         meta = json.loads(str(data["meta"]))
         assert meta["svm_clips"] == 3 and set(meta["checkpoints"]) == {"rgb", "flow"}
         for k, name in enumerate(("rgb", "flow")):

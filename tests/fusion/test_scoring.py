@@ -1,5 +1,4 @@
 """Test-time views and the bounded-batch network runner."""
-import os
 
 import numpy as np
 import pytest
@@ -15,14 +14,7 @@ from tests.builders import save_tiny_checkpoint, toy_video
 
 from .conftest import CLIP_LEN, TRAIN_CFG
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """As the eval workers run: tiny clips on a shared CPU are much faster on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("P3D_TEST_THREADS") or 1))  # 2 in `make test`'s numerical pass
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("length, clips", [(10, 3), (40, 10), (16, 1), (4, 5), (2, 3), (1, 2)])

@@ -1,11 +1,9 @@
 """The toy store of the streams tests (two classes, up and down; tests/builders.py) and small configs."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.builders import Item, make_toy_store, split_items, toy_configs
 
@@ -27,9 +25,5 @@ def configs():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tiny convs gain little from a second thread and lose up to 10x when other work holds the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("P3D_TEST_THREADS") or 1))  # 2 in `make test`'s numerical pass
-    yield
-    torch.set_num_threads(threads)
+def _threads(one_thread):
+    """Every streams test module runs on the pinned thread count (tests/conftest.py one_thread)."""
