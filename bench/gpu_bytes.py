@@ -163,7 +163,8 @@ def p3d_bytes() -> None:
     model = build_model("p3d199", 400, 3, dropout=0.5, partial_bn=True)
     model.train()
     cfg = TrainConfig()
-    optimizer = torch.optim.SGD(param_groups(model, cfg, "rgb"), lr=cfg.lr, momentum=cfg.momentum)
+    groups = param_groups(model, "rgb", lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     x = torch.randn(1, 3, *shape)
     labels = torch.zeros(1, dtype=torch.long)
     with Traffic() as traffic:  # forward and backward: per clip

@@ -37,7 +37,8 @@ def train_rate(arch: str, batch: int, shape: tuple[int, int, int], device: torch
     if channels_last:
         to_channels_last(model)
     cfg = TrainConfig()
-    optimizer = torch.optim.SGD(param_groups(model, cfg, "rgb"), lr=cfg.lr, momentum=cfg.momentum)
+    groups = param_groups(model, "rgb", lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     net = torch.compile(model) if compile else model
     net.train()

@@ -41,8 +41,9 @@ RUNTIME_MODEL_FIELDS = {"pretrained", "init_from"}  # only read at step 0
 class Checkpointer:
     """A run's checkpoints in `out_dir` (see the module doc); `last` is the newest written or resumed."""
 
-    def __init__(self, out_dir: Path, modality: str, cfg: TrainConfig, ctx: distributed.DistContext):
-        self.out_dir, self.modality, self.cfg, self.ctx = out_dir, modality, cfg, ctx
+    def __init__(self, out_dir: Path, modality: str, ctx: distributed.DistContext, *, keep: int, lr: float):
+        # keep: train.keep_checkpoints; lr: train.lr, which the message on non-finite weights names
+        self.out_dir, self.modality, self.ctx, self.keep, self.lr = out_dir, modality, ctx, keep, lr
         self.last: Path | None = None
 
     def find(self, check: Callable[[Checkpoint], None]) -> tuple[Checkpoint | None, Checkpoint | None]:
@@ -77,7 +78,7 @@ class Checkpointer:
         path = step_path(self.out_dir, step)
         if self.ctx.is_main:
             save_checkpoint(path, contents)
-            for _, old in step_checkpoints(self.out_dir)[:-self.cfg.keep_checkpoints]:
+            for _, old in step_checkpoints(self.out_dir)[:-self.keep]:
                 old.unlink(missing_ok=True)
         self.last = path
         distributed.barrier(self.ctx)
@@ -89,7 +90,7 @@ class Checkpointer:
         if bad:
             raise StreamsError(f"{self.modality} stream: the weights are not finite at step {step} "
                                f"({len(bad)} tensor(s) with inf/NaN, e.g. {', '.join(bad[:3])}); stopped and "
-                               f"{self.kept()}. Lower train.lr (now {self.cfg.lr}) and train again in a "
+                               f"{self.kept()}. Lower train.lr (now {self.lr}) and train again in a "
                                f"fresh output directory")
 
     def kept(self) -> str:
@@ -106,9 +107,11 @@ def resume_hint(out_dir: Path) -> str:
     return "no checkpoint had been written: re-run the same command to start again"
 
 
-def check_resumable(ckpt: Checkpoint, *, modality: str, classes: list[str], model_cfg: ModelConfig, cfg: TrainConfig,
-                    training_set: dict[str, Any], flow: dict[str, Any], store: str, verbose: bool = True) -> None:
-    """StreamsError listing what differs when `ckpt` was trained with other settings, classes or videos;
+def check_resumable(ckpt: Checkpoint, *, modality: str, classes: list[str], model_config: dict[str, Any],
+                    train_config: dict[str, Any], training_set: dict[str, Any], flow: dict[str, Any], store: str,
+                    verbose: bool = True) -> None:
+    """StreamsError listing what differs when `ckpt` was trained with other settings ([model] and
+    [train] as dicts, as a checkpoint stores them), classes or videos;
     or on a store (`store` names it) whose `flow` settings differ from the checkpoint's in a key that
     changes the input (streams.checkpoint.check_flow_settings; the others are printed as warnings
     when `verbose`)."""
@@ -118,9 +121,9 @@ def check_resumable(ckpt: Checkpoint, *, modality: str, classes: list[str], mode
         raise StreamsError(f"cannot resume: {e}; or train on this store in another output directory") from None
     for warning in warnings if verbose else []:
         print(f"warning: {warning}")
-    diffs = (config_differences(ckpt.model_config, dataclasses.asdict(model_cfg), "model", RUNTIME_MODEL_FIELDS,
+    diffs = (config_differences(ckpt.model_config, model_config, "model", RUNTIME_MODEL_FIELDS,
                                 dataclasses.asdict(ModelConfig()))
-             + config_differences(ckpt.train_config, dataclasses.asdict(cfg), "train", RUNTIME_FIELDS,
+             + config_differences(ckpt.train_config, train_config, "train", RUNTIME_FIELDS,
                                   dataclasses.asdict(TrainConfig())))
     if ckpt.modality != modality:
         diffs.append(f"modality: {ckpt.modality} in the checkpoint, {modality} now")

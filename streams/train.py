@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from flow.video import opencv_single_thread
 from p3dbase.atomic import write_text
 from p3dbase.lock import try_lock
 from p3dbase.progress import progress_bar
-from streams import distributed, loaders, losses, transforms
+from streams import distributed, loaders, losses, schedule, transforms
 from streams.builder import build_stream
 from streams.checkpoint import LAST, make_payload, save_checkpoint, step_path
 from streams.clips import EpochSampler
@@ -41,7 +42,6 @@ from streams.errors import StreamsError
 from streams.metrics import MetricsLogger, StepMeter
 from streams.p3d import P3D
 from streams.resume import Checkpointer, check_resumable, restore_states, training_set_record, training_state
-from streams.schedule import make_optimizer
 
 CONFIG = "config.toml"  # the resolved settings of the run that made the checkpoints
 
@@ -172,10 +172,12 @@ def _train(data: StreamData, modality: str, model_cfg: ModelConfig, cfg: TrainCo
 
     # 1. Where the run stands: finished (last.pt), resumable (a step checkpoint) or new.
     record = {"training_set": training_set_record(data.train), "flow": data.store.flow_settings}
-    checkpoints = Checkpointer(out_dir, modality, cfg, ctx)
+    checkpoints = Checkpointer(out_dir, modality, ctx, keep=cfg.keep_checkpoints, lr=cfg.lr)
     finished, resume = checkpoints.find(
-        lambda ckpt: check_resumable(ckpt, modality=modality, classes=data.classes, model_cfg=model_cfg, cfg=cfg,
-                                     training_set=record["training_set"], flow=record["flow"],
+        lambda ckpt: check_resumable(ckpt, modality=modality, classes=data.classes,
+                                     model_config=dataclasses.asdict(model_cfg),
+                                     train_config=dataclasses.asdict(cfg), training_set=record["training_set"],
+                                     flow=record["flow"],
                                      store=f"the store at {data.store.root}", verbose=ctx.is_main))
     if finished is not None:
         if ctx.is_main:
@@ -187,7 +189,11 @@ def _train(data: StreamData, modality: str, model_cfg: ModelConfig, cfg: TrainCo
     channels_last = cfg.channels_last and cuda
     model = build_stream(model_cfg, modality, data.classes, ctx, seed=cfg.seed, fresh=resume is None,
                          sync_bn=cfg.sync_bn, channels_last=channels_last)
-    optimizer, scheduler = make_optimizer(model, cfg, modality, steps_per_epoch)
+    optimizer = torch.optim.SGD(schedule.param_groups(model, modality, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                                      fc_lr_mult=cfg.fc_lr_mult,
+                                                      flow_conv1_lr_mult=cfg.flow_conv1_lr_mult),
+                                lr=cfg.lr, momentum=cfg.momentum)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg, steps_per_epoch))
     amp_dtype = autocast_dtype(cfg.amp, ctx.device)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp_dtype == torch.float16)
     torch.manual_seed(cfg.seed * 1000 + ctx.rank + 1)  # dropout: a different stream per process
@@ -392,6 +398,15 @@ def _payload(run: Run, state: Progress, training: bool) -> dict[str, Any]:
                         model_config=dataclasses.asdict(run.model_cfg), train_config=dataclasses.asdict(run.cfg),
                         step=state.step, epoch=state.epoch,
                         metrics={"val_acc": state.val_acc, "best_val_acc": state.best_val_acc}, **run.record, **extra)
+
+
+def lr_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """The multiplier of the base rates at each step (streams.schedule.lr_factor), counted in epochs, or
+    in steps under train.iterations (then lr_steps are steps)."""
+    unit, length = (1, cfg.iterations) if cfg.iterations else (steps_per_epoch, cfg.epochs)
+    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    return lambda step: schedule.lr_factor(step, steps_per_unit=unit, length=length, schedule=cfg.schedule,
+                                           milestones=cfg.lr_steps, gamma=cfg.lr_gamma, warmup_steps=warmup_steps)
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:

@@ -14,11 +14,10 @@ import numpy as np
 import pandas as pd
 
 from fusion.report import INPUTS  # the one name of a report's inputs file (python -m pipeline report)
+from fusion.transfer_stage import COLUMNS  # results.csv's columns, in the order the stage makes its rows
 from p3dbase.atomic import atomic_path, write_text
 from pipeline.errors import PipelineError
 
-COLUMNS = ["benchmark", "protocol", "stream", "accuracy", "se", "auc", "hit@3", "mAP", "videos", "excluded",
-           "selected", "details"]
 METRICS = ["accuracy", "se", "auc", "hit@3", "mAP"]
 STREAMS = ("rgb", "flow", "two_stream")
 

@@ -78,7 +78,8 @@ def bf16_steps(arch: str, cfg: TrainConfig, steps: int, clip: tuple[int, int, in
     batch of 8 uint8 clips in 4 classes: (the losses, the model)."""
     torch.manual_seed(0)
     model = to_channels_last(build_model(arch, 4, 3, dropout=0.0).to(device))
-    optimizer = torch.optim.SGD(param_groups(model, cfg, "rgb"), lr=cfg.lr, momentum=cfg.momentum)
+    groups = param_groups(model, "rgb", lr=cfg.lr, weight_decay=cfg.weight_decay, fc_lr_mult=cfg.fc_lr_mult)
+    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     scaler = torch.amp.GradScaler("cuda", enabled=False)  # bf16 needs no loss scaling
     clips = torch.randint(0, 256, (8, 3, *clip), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     labels = torch.arange(8) % 4

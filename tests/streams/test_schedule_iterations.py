@@ -4,25 +4,25 @@ from __future__ import annotations
 import pytest
 
 from streams.config import TrainConfig
-from streams.schedule import lr_factor
+from streams.train import lr_schedule
 
 
 @pytest.mark.parametrize("steps_per_epoch", [100, 6896])  # any number of downloaded videos
 def test_paper_sports1m_schedule_in_iterations(steps_per_epoch):
     # lr 0.001 / 10 every 60K iterations, 150K in all
     cfg = TrainConfig(iterations=150_000, lr_steps=[60_000.0, 120_000.0], lr_gamma=0.1)
-    factors = [lr_factor(s, steps_per_epoch, cfg) for s in (0, 59_999, 60_000, 119_999, 120_000, 149_999)]
+    factors = [lr_schedule(cfg, steps_per_epoch)(s) for s in (0, 59_999, 60_000, 119_999, 120_000, 149_999)]
     assert factors == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01, 0.01], rel=1e-12)
 
 
 def test_cosine_in_iterations_ends_at_the_last_step():
     cfg = TrainConfig(iterations=1000, schedule="cosine", lr_steps=[])
-    assert [lr_factor(s, 7, cfg) for s in (0, 500, 1000)] == pytest.approx([1.0, 0.5, 0.0], abs=1e-12)
+    assert [lr_schedule(cfg, 7)(s) for s in (0, 500, 1000)] == pytest.approx([1.0, 0.5, 0.0], abs=1e-12)
 
 
 def test_epochs_unchanged_without_iterations():
     cfg = TrainConfig(lr_steps=[12.0, 24.0])
-    assert [lr_factor(s, 10, cfg) for s in (119, 120, 240)] == pytest.approx([1.0, 0.1, 0.01], rel=1e-12)
+    assert [lr_schedule(cfg, 10)(s) for s in (119, 120, 240)] == pytest.approx([1.0, 0.1, 0.01], rel=1e-12)
 
 
 def test_iterations_must_not_be_negative():

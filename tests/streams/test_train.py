@@ -30,8 +30,8 @@ from streams.clips import ClipDataset
 from streams.errors import StreamsError
 from streams.p3d import build_model
 from streams.plots import curves_figure
-from streams.schedule import lr_factor, param_groups
-from streams.train import train_stream
+from streams.schedule import param_groups
+from streams.train import lr_schedule, train_stream
 from tests.builders import stream_data
 
 CLASSES = ["up", "down"]
@@ -331,24 +331,25 @@ def test_a_killed_data_loader_worker_stops_with_the_checkpoint_to_resume(toy_sto
 
 
 def test_param_groups_follow_the_caffe_multipliers(configs):
-    _, cfg = configs(lr=0.01, weight_decay=5e-4, fc_lr_mult=10.0, flow_conv1_lr_mult=5.0)
     model = build_model("p3d_tiny", 4, in_channels=2, partial_bn=True)
-    groups = {g["name"]: g for g in param_groups(model, cfg, "flow")}
+    groups = {g["name"]: g for g in param_groups(model, "flow", lr=0.01, weight_decay=5e-4, fc_lr_mult=10.0,
+                                                     flow_conv1_lr_mult=5.0)}
     assert {n: (g["lr"], g["weight_decay"]) for n, g in groups.items()} == {
         "weights": (0.01, 5e-4), "bn": (0.01, 0.0), "fc.weight": (0.1, 5e-4), "fc.bias": (0.2, 0.0),
         "conv1": (0.05, 5e-4)}
     assert len(groups["bn"]["params"]) == 2  # partial BN: only bn1's scale and shift train
     counted = sum(len(g["params"]) for g in groups.values())
     assert counted == sum(p.requires_grad for p in model.parameters())
-    assert "conv1" not in {g["name"] for g in param_groups(build_model("p3d_tiny", 4), cfg, "rgb")}
+    rgb_groups = param_groups(build_model("p3d_tiny", 4), "rgb", lr=0.01, weight_decay=5e-4)
+    assert "conv1" not in {g["name"] for g in rgb_groups}
 
 
 def test_learning_rate_schedules(configs):
     _, step = configs(epochs=10, lr_steps=[4, 8], warmup_epochs=1)
-    assert [lr_factor(s, 10, step) for s in (0, 4, 9, 10, 39, 40, 80, 99)] == \
+    assert [lr_schedule(step, 10)(s) for s in (0, 4, 9, 10, 39, 40, 80, 99)] == \
         pytest.approx([0.1, 0.5, 1.0, 1.0, 1.0, 0.1, 0.01, 0.01])
     _, cosine = configs(epochs=10, schedule="cosine")
-    assert [lr_factor(s, 10, cosine) for s in (0, 50, 100)] == pytest.approx([1.0, 0.5, 0.0])
+    assert [lr_schedule(cosine, 10)(s) for s in (0, 50, 100)] == pytest.approx([1.0, 0.5, 0.0])
 
 
 @pytest.mark.numerical  # also run with 2 threads by `make test`
@@ -374,7 +375,7 @@ def test_curves_show_the_learning_rate_schedule(flow_run, configs):
     assert steps == list(range(1, 21)) and lr_ax.get_ylabel() == "learning rate"
     _, cfg = configs(epochs=5, lr=0.02, schedule="cosine")
     # the lr metrics.jsonl logs after step s is the schedule's at s: 0.02 x a cosine from 1 to 0 over 20 steps
-    assert list(line.get_ydata()) == pytest.approx([0.02 * lr_factor(s, 4, cfg) for s in steps], rel=1e-12, abs=1e-15)
+    assert list(line.get_ydata()) == pytest.approx([0.02 * lr_schedule(cfg, 4)(s) for s in steps], rel=1e-12, abs=1e-15)
     assert line.get_ydata()[-1] == 0.0 and line.get_ydata()[9] == pytest.approx(0.01)
 
 
@@ -442,7 +443,7 @@ def test_forked_loader_workers_after_opencv_work_do_not_hang(toy_store, tmp_path
     root, train, val = toy_store
     script = f"""
 import cv2, numpy as np
-from streams.train import train_stream
+from streams.train import lr_schedule, train_stream
 from tests.builders import stream_data, toy_configs
 cv2.setNumThreads(4)
 img = np.random.rand(2000, 2000).astype(np.float32)
