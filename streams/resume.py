@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +45,9 @@ class Checkpointer:
         self.out_dir, self.modality, self.ctx, self.keep, self.lr = out_dir, modality, ctx, keep, lr
         self.last: Path | None = None
 
-    def find(self, check: Callable[[Checkpoint], None]) -> tuple[Checkpoint | None, Checkpoint | None]:
+    def find(self) -> tuple[Checkpoint | None, Checkpoint | None]:
         """(last.pt if the run has finished, the newest readable step checkpoint to resume from): at most
-        one of them; `check` refuses a checkpoint trained with other settings."""
+        one of them, for `check_resumable` to accept or refuse."""
         last = self.out_dir / LAST
         if last.is_file():  # finished already: nothing to restore but the summary
             try:
@@ -58,7 +57,6 @@ class Checkpointer:
                 raise StreamsError(f"{e}; this run's finished model is damaged: delete {last} and re-run to rebuild "
                                    f"it from the newest step checkpoint in {self.out_dir} (from scratch if "
                                    "there is none)") from None
-            check(ckpt)
             return ckpt, None
         for _, path in reversed(step_checkpoints(self.out_dir)):
             try:
@@ -67,14 +65,12 @@ class Checkpointer:
                 if self.ctx.is_main:
                     print(f"warning: {e}; trying an older checkpoint")
                 continue
-            check(ckpt)
             return None, ckpt
         return None, None
 
-    def save_step(self, step: int, model: P3D, payload: Callable[[], dict[str, Any]]) -> None:
-        """checkpoint_<step>.pt from `payload()` (built in every process), then prune the old ones."""
-        self.check_weights(model, step)
-        contents = payload()
+    def save_step(self, step: int, contents: dict[str, Any]) -> None:
+        """checkpoint_<step>.pt (the main process writes the `contents` every process built, after
+        `check_weights`), then prune the old ones."""
         path = step_path(self.out_dir, step)
         if self.ctx.is_main:
             save_checkpoint(path, contents)

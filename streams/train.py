@@ -173,12 +173,12 @@ def _train(data: StreamData, modality: str, model_cfg: ModelConfig, cfg: TrainCo
     # 1. Where the run stands: finished (last.pt), resumable (a step checkpoint) or new.
     record = {"training_set": training_set_record(data.train), "flow": data.store.flow_settings}
     checkpoints = Checkpointer(out_dir, modality, ctx, keep=cfg.keep_checkpoints, lr=cfg.lr)
-    finished, resume = checkpoints.find(
-        lambda ckpt: check_resumable(ckpt, modality=modality, classes=data.classes,
-                                     model_config=dataclasses.asdict(model_cfg),
-                                     train_config=dataclasses.asdict(cfg), training_set=record["training_set"],
-                                     flow=record["flow"],
-                                     store=f"the store at {data.store.root}", verbose=ctx.is_main))
+    finished, resume = checkpoints.find()
+    if (found := finished or resume) is not None:
+        check_resumable(found, modality=modality, classes=data.classes,
+                        model_config=dataclasses.asdict(model_cfg), train_config=dataclasses.asdict(cfg),
+                        training_set=record["training_set"], flow=record["flow"],
+                        store=f"the store at {data.store.root}", verbose=ctx.is_main)
     if finished is not None:
         if ctx.is_main:
             print(f"{modality} stream: already trained, {finished.path}")
@@ -387,7 +387,8 @@ def log_training(run: Run, state: Progress, bar: tqdm | None = None) -> None:
 def save_step_checkpoint(run: Run, state: Progress) -> None:
     """checkpoint_<step>.pt with everything a resume needs; the steps logged so far go first."""
     log_training(run, state)
-    run.checkpoints.save_step(state.step, run.model, lambda: _payload(run, state, training=True))
+    run.checkpoints.check_weights(run.model, state.step)
+    run.checkpoints.save_step(state.step, _payload(run, state, training=True))
 
 
 def _payload(run: Run, state: Progress, training: bool) -> dict[str, Any]:
