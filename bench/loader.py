@@ -102,9 +102,10 @@ def _cpu_ms(fn: Callable[[], object], seconds: float) -> float:
 def clip_costs(root: Path, items: list[tuple[str, int]], modality: str, fast: bool, seconds: float
                ) -> dict[str, float]:
     """Where one training clip's CPU goes, in this process (ms per clip): the whole ClipDataset item,
-    its decoding (store read into the reused buffer), resize, the copy out (crop view, flip, [C, T, H, W]),
-    and the worker's share of the collate: torch stacks a worker's batch into fresh shared memory to
-    hand it to the trainer (its page faults, not the copy, are the cost)."""
+    its decoding (store read into the reused buffer; flow as x and y planes), the crop's resize, flip
+    and copy out to [C, T, H, W] (one pass: streams.transforms.resized_crop_chw), and the worker's
+    share of the collate: torch stacks a worker's batch into fresh shared memory to hand it to the
+    trainer (its page faults, not the copy, are the cost)."""
     from streams.clips import ClipDataset
 
     dataset = ClipDataset(root, items, modality, CLIP_LEN, train=True, resize=RESIZE, crop=CROP, fast_decode=fast)
@@ -126,18 +127,24 @@ def _clip_costs(dataset: Dataset, items: list[tuple[str, int]], modality: str, f
     rng = random.Random(0)
     key = iter(range(10**9))
     costs = {"item": _cpu_ms(lambda: dataset[(next(key) % len(items), 0)], seconds)}
+    planes = modality == "flow"  # as ClipDataset reads a training clip: flow as x and y planes
     with dataset.store.open(items[0][0]) as video:
         channels = transforms.CHANNELS[modality]
-        decoded = np.empty((CLIP_LEN, video.height, video.width, channels), np.uint8)
-        read = video.rgb if modality == "rgb" else video.flow
+        shape = (channels, CLIP_LEN, video.height, video.width) if planes else \
+            (CLIP_LEN, video.height, video.width, channels)
+        decoded = np.empty(shape, np.uint8)
+        read = video.flow_planes if planes else video.rgb
         num = video.num_frames if modality == "rgb" else video.num_flows
         costs["decode"] = _cpu_ms(lambda: read(window(rng.randrange(num - CLIP_LEN + 1), CLIP_LEN, num), decoded,
                                               fast=fast), seconds)
-    resized = np.empty((CLIP_LEN, *RESIZE, channels), np.uint8)
-    costs["resize"] = _cpu_ms(lambda: transforms.resize_clip(decoded, RESIZE, resized), seconds)
-    crop = resized[:, 5:5 + CROP, 9:9 + CROP]
-    costs["copy out"] = _cpu_ms(lambda: transforms.flipped_chw(crop, modality, rng.random() < 0.5), seconds)
-    clips = [transforms.flipped_chw(crop, modality, False) for _ in range(BATCH)]
+
+    def crop_out() -> torch.Tensor:  # the random crop's resize, flip and [C, T, H, W] copy, as drawn
+        top, left = rng.randrange(RESIZE[0] - CROP + 1), rng.randrange(RESIZE[1] - CROP + 1)
+        return transforms.resized_crop_chw(decoded, RESIZE, top, left, CROP, modality, rng.random() < 0.5,
+                                           planes=planes)
+
+    costs["resize, crop, flip, copy out"] = _cpu_ms(crop_out, seconds)
+    clips = [crop_out() for _ in range(BATCH)]
 
     def shared_collate() -> torch.Tensor:  # what default_collate does in a worker
         storage = clips[0]._typed_storage()._new_shared(BATCH * clips[0].numel(), device=clips[0].device)
@@ -248,7 +255,7 @@ def main() -> None:
     if costs:
         parts = list(next(iter(costs.values())))
         print("\nWhere a clip's CPU goes on the jpeg store (one process, CPU ms per clip; the item is decode + "
-              "resize + copy out + reading the pack's index; the collate is the worker's, per clip)\n")
+              "the crop's resize and copy out + reading the pack's index; the collate is the worker's, per clip)\n")
         print(f"| modality | decode | {' | '.join(parts)} |")
         print("|---" * (len(parts) + 2) + "|")
         for (modality, fast), c in costs.items():

@@ -152,6 +152,23 @@ def decode_rgb(codec: str, blob: np.ndarray, out: np.ndarray, fast: bool = False
         out[...] = _raw(blob, out.shape)
 
 
+def decode_flow_planes(codec: str, blob: np.ndarray, x_out: np.ndarray, y_out: np.ndarray, fast: bool = False) -> None:
+    """Blob (uint8 array) -> its x and y images in `x_out` and `y_out`, contiguous uint8 [H, W] arrays
+    (planes of the caller's clip): the jpeg codec decodes each axis's JPEG straight into its plane;
+    `fast`: as decode_rgb."""
+    height, width = x_out.shape
+    if codec == "jpeg":
+        x_jpeg, y_jpeg = flow_jpegs(blob)
+        _decode_jpeg(x_jpeg, x_out, grey=True, fast=fast)
+        _decode_jpeg(y_jpeg, y_out, grey=True, fast=fast)
+    elif codec == "png":
+        img = _decode_png(blob, (height, 2 * width))
+        x_out[...] = img[:, :width]
+        y_out[...] = img[:, width:]
+    else:
+        cv2.split(_raw(blob, (height, width, 2)), [x_out, y_out])
+
+
 def decode_flow(codec: str, blob: np.ndarray, out: np.ndarray, scratch: np.ndarray, fast: bool = False) -> None:
     """Blob (uint8 array) -> `out`, a contiguous uint8 [H, W, 2] view of the caller's clip.
     `scratch`: a contiguous uint8 [2, H, W] buffer the jpeg codec decodes the axes into; `fast`: as

@@ -33,7 +33,17 @@ from typing import Any
 import cv2
 import numpy as np
 
-from flow.codec import CODECS, CodecError, decode_flow, decode_rgb, encode_flow, encode_rgb, flow_jpeg_blob, flow_jpegs
+from flow.codec import (
+    CODECS,
+    CodecError,
+    decode_flow,
+    decode_flow_planes,
+    decode_rgb,
+    encode_flow,
+    encode_rgb,
+    flow_jpeg_blob,
+    flow_jpegs,
+)
 from flow.errors import FlowError
 from flow.index import StoreIndex
 from p3dbase.atomic import TEMP_MARKER, fsync_dir, write_bytes, writer_token
@@ -87,6 +97,30 @@ class VideoFrames(ABC):
     @abstractmethod
     def flow(self, indices: Sequence[int], out: np.ndarray | None = None, *, fast: bool = False) -> np.ndarray:
         """uint8 [T, H, W, 2] flow images at `indices`, x then y, 128 = no motion; into `out` when given."""
+
+    def flow_planes(self, indices: Sequence[int], out: np.ndarray | None = None, *, fast: bool = False
+                    ) -> np.ndarray:
+        """uint8 [2, T, H, W]: the x images of `flow(indices)`, then the y images; into `out` when given
+        (C-contiguous, that shape). A training loader's read: x and y are separate JPEGs, decoded
+        straight into their planes, and a loader resizes plane by plane (streams.transforms), so the
+        interleaving copy and the one back are not made."""
+        flow = self.flow(indices, fast=fast)
+        out = _output(out, (2, *flow.shape[:3]), self.video_id)
+        for k in range(len(flow)):
+            cv2.split(flow[k], [out[0, k], out[1, k]])
+        return out
+
+    def images(self, modality: str, indices: Sequence[int], out: np.ndarray, *, fast: bool = False) -> Iterator[int]:
+        """Decode the images at `indices` one at a time into `out`, yielding each one's position in
+        `indices` once it is there: a frame [H, W, 3] for "rgb", the x and y planes [2, H, W] of a flow
+        image for "flow" (C-contiguous uint8). A training loader resizes each image while it is still in
+        the CPU's cache (streams.transforms.CropOut), and holds one image, not a window of them."""
+        for k, i in enumerate(indices):
+            if modality == "rgb":
+                self.rgb([i], out[None], fast=fast)
+            else:
+                self.flow_planes([i], out[:, None], fast=fast)
+            yield k
 
     @abstractmethod
     def jpeg_blobs(self, modality: str, indices: Sequence[int]) -> list[np.ndarray]:
@@ -222,6 +256,36 @@ class PackedFrames(VideoFrames):
                 raise self._undecodable(e, idx[k], "flow image", self.flow_codec) from None
         return out
 
+    def flow_planes(self, indices: Sequence[int], out: np.ndarray | None = None, *, fast: bool = False
+                    ) -> np.ndarray:
+        idx = _check_indices(self.video_id, indices, self.num_flows, "flow")
+        out = _output(out, (2, len(idx), self.height, self.width), self.video_id)
+        for k, blob in enumerate(self._blobs(self._flow_index[idx])):
+            try:
+                decode_flow_planes(self.flow_codec, self._check_crc(blob, self._flow_crc, idx[k], "flow image"),
+                                   out[0, k], out[1, k], fast)
+            except CodecError as e:
+                raise self._undecodable(e, idx[k], "flow image", self.flow_codec) from None
+        return out
+
+    def images(self, modality: str, indices: Sequence[int], out: np.ndarray, *, fast: bool = False) -> Iterator[int]:
+        rgb = modality == "rgb"
+        idx = _check_indices(self.video_id, indices, self.num_frames if rgb else self.num_flows,
+                             "frame" if rgb else "flow")
+        out = _output(out, (self.height, self.width, 3) if rgb else (2, self.height, self.width), self.video_id)
+        what, codec, crcs = ("frame", self.codec, self._rgb_crc) if rgb else \
+            ("flow image", self.flow_codec, self._flow_crc)
+        for k, blob in enumerate(self._blobs((self._rgb_index if rgb else self._flow_index)[idx])):
+            try:
+                blob = self._check_crc(blob, crcs, idx[k], what)
+                if rgb:
+                    decode_rgb(codec, blob, out, fast)
+                else:
+                    decode_flow_planes(codec, blob, out[0], out[1], fast)
+            except CodecError as e:
+                raise self._undecodable(e, idx[k], what, codec) from None
+            yield k
+
     def jpeg_blobs(self, modality: str, indices: Sequence[int]) -> list[np.ndarray]:
         rgb = modality == "rgb"
         codec = self.codec if rgb else self.flow_codec
@@ -348,6 +412,15 @@ class MmactionFrames(VideoFrames):
         for k, i in enumerate(idx):
             for c, axis in enumerate("xy"):
                 out[k, :, :, c] = self._read(f"flow_{axis}_{i + 1:05d}.jpg", cv2.IMREAD_GRAYSCALE)
+        return out
+
+    def flow_planes(self, indices: Sequence[int], out: np.ndarray | None = None, *, fast: bool = False
+                    ) -> np.ndarray:
+        idx = _check_indices(self.video_id, indices, self.num_flows, "flow")
+        out = _output(out, (2, len(idx), self.height, self.width), self.video_id)
+        for k, i in enumerate(idx):
+            for c, axis in enumerate("xy"):
+                out[c, k] = self._read(f"flow_{axis}_{i + 1:05d}.jpg", cv2.IMREAD_GRAYSCALE)
         return out
 
 

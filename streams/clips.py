@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
-from flow.store import Store, open_store
+from flow.store import Store, VideoFrames, open_store
 from streams import transforms
 from streams.errors import StreamsError
 from streams.gpu_decode import DECODES, JpegClip
@@ -102,12 +102,11 @@ class ClipDataset(Dataset):
                 size, top, left, flip = self._choices(rng, video.height, video.width)
                 return JpegClip(video.jpeg_blobs(self.modality, indices), self.modality, size, top, left, self.crop,
                                 flip), label
+            if self.train:
+                return self._augment(video, indices, rng), label
             shape = (len(indices), video.height, video.width, transforms.CHANNELS[self.modality])
-            decoded = self._buffer("decoded", shape)
             read = video.rgb if self.modality == "rgb" else video.flow
-            clip = read(indices, decoded, fast=self.fast_decode)
-        if self.train:
-            return self._augment(clip, rng), label
+            clip = read(indices, self._buffer("decoded", shape), fast=self.fast_decode)
         return transforms.to_chw(self._centre(clip)), label
 
     def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -130,11 +129,23 @@ class ClipDataset(Dataset):
         left = int(rng.integers(0, size[1] - self.crop + 1))
         return size, top, left, bool(self.flip and rng.random() < 0.5)
 
-    def _augment(self, clip: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-        """Resize (or jitter the scale), random crop, random flip; one copy out of the reused buffers."""
-        size, top, left, flip = self._choices(rng, *clip.shape[1:3])
-        resized = transforms.resize_clip(clip, size, self._buffer("resized", (len(clip), *size, clip.shape[3])))
-        return transforms.flipped_chw(transforms.crop(resized, top, left, self.crop), self.modality, flip)
+    def _augment(self, video: VideoFrames, indices: list[int], rng: np.random.Generator) -> torch.Tensor:
+        """The window's images decoded one at a time, each resized (or its scale jittered), cropped and
+        flipped as drawn while it is in the CPU's cache, computing only the crop's pixels
+        (transforms.CropOut); flow's x and y are decoded into planes, never interleaved."""
+        size, top, left, flip = self._choices(rng, video.height, video.width)
+        out = transforms.CropOut((video.height, video.width), len(indices), size, top, left, self.crop, self.modality,
+                                 flip)
+        if self.modality == "rgb":
+            image = self._buffer("image", (video.height, video.width, 3))
+            for k in video.images("rgb", indices, image, fast=self.fast_decode):
+                out.frame(k, image)
+        else:
+            planes = self._buffer("image", (2, video.height, video.width))
+            for k in video.images("flow", indices, planes, fast=self.fast_decode):
+                out.plane(0, k, planes[0])
+                out.plane(1, k, planes[1])
+        return out.result()
 
     def _centre(self, clip: np.ndarray) -> np.ndarray:
         clip = transforms.resize_for_test(clip, self.resize, self.scale_jitter)

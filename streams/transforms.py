@@ -102,6 +102,120 @@ def resize_clip(clip_u8: np.ndarray, size: Sequence[int], out: np.ndarray | None
     return out
 
 
+# A training clip is resized to `size` and then cropped: at 182x242 -> 160x160 the crop keeps 58% of
+# the resized pixels. cv2.warpAffine of the crop's own affine map (`crop_map`) computes only those, 40%
+# less CPU than the whole resize with OpenCV's IPP code (in the x86 wheels), to within a level of it:
+# warpAffine places its samples on a 1/32-pixel grid where cv2.resize weighs with 1/2048 steps
+# (tests/streams/test_transforms.py). Without IPP, and for 2-channel images (no IPP path), warpAffine
+# costs 2-3x the whole resize; there the frame is resized only as far as the crop's far corner, from
+# its origin: the same samples and weights as the whole resize, so the same pixels, 0-30% less work.
+WARP_FLAGS = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+
+
+def crop_map(shape: Sequence[int], size: Sequence[int], top: int, left: int, crop: int, flip: bool = False
+             ) -> np.ndarray:
+    """The 2x3 affine map (cv2.warpAffine's inverse map) from a pixel of the `crop` x `crop` crop at
+    (top, left) of a (height, width) = `shape` image resized to `size`, mirrored when `flip`, to where
+    cv2.resize samples it in the image: source = (resized + 0.5) * scale - 0.5 on each axis."""
+    sy, sx = shape[0] / size[0], shape[1] / size[1]
+    if flip:  # output column x is resized column left + crop - 1 - x
+        row = [-sx, 0.0, sx * (left + crop - 0.5) - 0.5]
+    else:
+        row = [sx, 0.0, sx * (left + 0.5) - 0.5]
+    return np.array([row, [0.0, sy, sy * (top + 0.5) - 0.5]])
+
+
+def _corner_extent(crop_end: int, scale: float, side: int) -> int:
+    """Source pixels [0, n) that cv2.resize reads for resized pixels [0, crop_end) at `scale` (source
+    per resized pixel): the last one's sample and its right / lower neighbour, with a pixel to spare
+    for OpenCV's single-precision sample position."""
+    return min(side, int((crop_end - 0.5) * scale - 0.5) + 3)
+
+
+def _resized(image: np.ndarray, size: tuple[int, int], top: int, left: int, crop: int) -> np.ndarray:
+    """The crop (a view) of cv2.resize(image, size), resizing no further than its far corner."""
+    (h, w), (height, width) = image.shape[:2], size
+    if (h, w) == (height, width):
+        return image[top:top + crop, left:left + crop]
+    rows, cols = _corner_extent(top + crop, h / height, h), _corner_extent(left + crop, w / width, w)
+    # Resized by the factors, not to a size, so that a part of the image has the whole's scale (and so
+    # its samples and weights); OpenCV rounds the part's output size, which must still hold the crop.
+    if (rows, cols) == (h, w) or round(rows * height / h) < top + crop or round(cols * width / w) < left + crop:
+        resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    else:
+        resized = cv2.resize(image[:rows, :cols], None, fx=width / w, fy=height / h, interpolation=cv2.INTER_LINEAR)
+    return resized[top:top + crop, left:left + crop]
+
+
+class CropOut:
+    """A training clip's resize, crop, flip and copy out to [C, T, crop, crop], computing only the
+    pixels the crop keeps (the note above `crop_map`), one decoded image at a time: a loader hands each
+    image over as soon as it is decoded, while it is still in the CPU's cache (a third less CPU than
+    after a whole window's decoding, bench/loader.py). `result()` is the uint8 clip tensor, as
+    `flipped_chw(crop(resize_clip(clip, size), top, left, crop), modality, flip)` of the whole clip,
+    to within a level with IPP, else the same pixels."""
+
+    def __init__(self, shape: Sequence[int], frames: int, size: Sequence[int], top: int, left: int, crop: int,
+                 modality: str, flip: bool):
+        height, width = int(size[0]), int(size[1])
+        if not (0 <= top <= height - crop and 0 <= left <= width - crop):
+            raise ValueError(f"crop {crop}x{crop} at ({top}, {left}) does not fit a {height}x{width} clip")
+        self.shape, self.size = (int(shape[0]), int(shape[1])), (height, width)
+        self.top, self.left, self.crop, self.modality, self.flip = top, left, crop, modality, flip
+        self.out = np.empty((CHANNELS[check_modality(modality)], frames, crop, crop), np.uint8)
+        self.scratch = np.empty((crop, crop, self.out.shape[0]), np.uint8)
+        self.resizes = self.shape != self.size
+        self.matrix = crop_map(self.shape, self.size, top, left, crop, flip) if self.resizes else None
+
+    def _warps(self, channels: int) -> bool:
+        return self.resizes and channels != 2 and cv2.ipp.useIPP()
+
+    def frame(self, k: int, image: np.ndarray) -> None:
+        """Clip frame `k` from an interleaved [H, W, C] image."""
+        dst = [self.out[i, k] for i in range(self.out.shape[0])]
+        if self._warps(image.shape[2]):
+            cv2.split(self._warp(image, self.scratch), dst)
+        else:
+            view = _resized(image, self.size, self.top, self.left, self.crop)
+            cv2.split(cv2.flip(view, 1, dst=self.scratch) if self.flip else view, dst)
+
+    def plane(self, c: int, k: int, image: np.ndarray) -> None:
+        """Channel `c` of clip frame `k` from a one-channel [H, W] image (a flow axis)."""
+        dst = self.out[c, k]
+        if self._warps(1):
+            self._warp(image, dst)
+            return
+        view = _resized(image, self.size, self.top, self.left, self.crop)
+        if self.flip:
+            cv2.flip(view, 1, dst=dst)
+        else:
+            np.copyto(dst, view)
+
+    def _warp(self, image: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        return cv2.warpAffine(image, self.matrix, (self.crop, self.crop), dst=dst, flags=WARP_FLAGS,
+                              borderMode=cv2.BORDER_REPLICATE)
+
+    def result(self) -> torch.Tensor:
+        if self.flip and self.modality == "flow":
+            np.subtract(255, self.out[0], out=self.out[0])
+        return torch.from_numpy(self.out)
+
+
+def resized_crop_chw(clip_u8: np.ndarray, size: Sequence[int], top: int, left: int, crop: int, modality: str,
+                     flip: bool, *, planes: bool = False) -> torch.Tensor:
+    """`CropOut` over a whole decoded clip: uint8 [T, H, W, C], or [C, T, H, W] with `planes` (flow as
+    VideoFrames.flow_planes reads it) -> uint8 [C, T, crop, crop] tensor."""
+    c, t, h, w = clip_u8.shape if planes else (clip_u8.shape[3], *clip_u8.shape[:3])
+    out = CropOut((h, w), t, size, top, left, crop, modality, flip)
+    for k in range(t):
+        if planes:
+            for i in range(c):
+                out.plane(i, k, clip_u8[i, k])
+        else:
+            out.frame(k, clip_u8[k])
+    return out.result()
+
+
 def short_side_size(height: int, width: int, short: int) -> tuple[int, int]:
     """(height, width) with the shorter side `short` and the aspect ratio kept."""
     scale = short / min(height, width)

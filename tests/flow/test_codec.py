@@ -239,3 +239,19 @@ def test_jpeg_blobs_are_the_files_as_stored(tmp_path):
     with jpeg.open("C/v") as v:
         assert [b.tobytes() for b in v.jpeg_blobs("flow", [1])] == [
             (folder / f"flow_{c}_00002.jpg").read_bytes() for c in "xy"]
+
+
+@pytest.mark.parametrize("flow_codec", codec.CODECS)
+def test_flow_decodes_into_planes_as_into_pairs(flow_codec, decoder):
+    """decode_flow_planes (x and y into separate arrays, a loader's read) gives decode_flow's image,
+    with either JPEG decoder; a jpeg blob cut short is a CodecError."""
+    _, flow = video(5)
+    blob = np.frombuffer(codec.encode_flow(flow_codec, flow[0], 95), np.uint8)
+    pair = np.empty((H, W, 2), np.uint8)
+    codec.decode_flow(flow_codec, blob, pair, np.empty((2, H, W), np.uint8))
+    planes = np.zeros((2, H, W), np.uint8)
+    codec.decode_flow_planes(flow_codec, blob, planes[0], planes[1])
+    assert np.array_equal(planes, pair.transpose(2, 0, 1))
+    if flow_codec == "jpeg":
+        with pytest.raises(codec.CodecError):
+            codec.decode_flow_planes(flow_codec, blob[: len(blob) - 200], planes[0], planes[1])

@@ -257,3 +257,60 @@ with store.open("A/v") as v:
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["3", "(1,", "8,", "8,", "3)", "128"]
+
+
+@pytest.mark.parametrize("layout, codec", [("packed", "jpeg"), ("packed", "png"), ("packed", "raw"),
+                                           ("mmaction", "jpeg")])
+def test_flow_planes_are_the_flow_images_channel_first(tmp_path, layout, codec):
+    """flow_planes (a training loader's read: x and y never interleaved) gives flow()'s images as
+    [2, T, H, W], pixel for pixel, in every layout and codec, into a given array too."""
+    store = create_store(tmp_path, layout, codec=codec)
+    rgb, flow = arrays(n=6, h=24, w=32)
+    store.write_video("Cls/v_1", rgb, flow)
+    with open_store(tmp_path).open("Cls/v_1") as v:
+        expected = v.flow([4, 0, 2]).transpose(3, 0, 1, 2)
+        assert np.array_equal(v.flow_planes([4, 0, 2]), expected)
+        out = np.zeros((2, 3, 24, 32), np.uint8)
+        assert v.flow_planes([4, 0, 2], out) is out and np.array_equal(out, expected)
+        with pytest.raises(FlowError, match="video Cls/v_1: decoding"):
+            v.flow_planes([1], np.zeros((1, 2, 24, 32), np.uint8))
+        with pytest.raises(FlowError, match="video Cls/v_1: flow index 5 out of range"):
+            v.flow_planes([5])
+
+
+@pytest.mark.parametrize("layout, codec", [("packed", "jpeg"), ("packed", "png"), ("mmaction", "jpeg")])
+def test_images_one_at_a_time_are_the_window(tmp_path, layout, codec):
+    """images() (a training loader's read: one image at a time into one array) yields each position
+    once its image is there: rgb()'s frames and flow_planes()'s x and y, pixel for pixel."""
+    store = create_store(tmp_path, layout, codec=codec)
+    rgb, flow = arrays(n=6, h=24, w=32)
+    store.write_video("Cls/v_1", rgb, flow)
+    with open_store(tmp_path).open("Cls/v_1") as v:
+        frame, planes = np.empty((24, 32, 3), np.uint8), np.empty((2, 24, 32), np.uint8)
+        frames, flows = v.rgb([5, 1, 1]), v.flow_planes([4, 0])
+        seen = []
+        for k in v.images("rgb", [5, 1, 1], frame):
+            assert np.array_equal(frame, frames[k])
+            seen.append(k)
+        assert seen == [0, 1, 2]
+        for k in v.images("flow", [4, 0], planes):
+            assert np.array_equal(planes, flows[:, k])
+        with pytest.raises(FlowError, match="video Cls/v_1: decoding"):
+            next(v.images("flow", [0], frame))
+        with pytest.raises(FlowError, match="video Cls/v_1: frame index 6 out of range"):
+            list(v.images("rgb", [0, 6], frame))
+
+
+def test_flow_planes_name_a_corrupt_image(tmp_path):
+    store = create_store(tmp_path, codec="jpeg")
+    rgb, flow = arrays()
+    store.write_video("A/v", rgb, flow)
+    with store.open("A/v") as v:
+        flow1 = v._flow_index[1]
+    _flip(store.path("A/v"), int(flow1[0] + 3))
+    with store.open("A/v") as v:
+        assert np.array_equal(v.flow_planes([0, 2]), v.flow([0, 2]).transpose(3, 0, 1, 2))
+        with pytest.raises(FlowError, match="video A/v: flow image 1 .* corrupt"):
+            v.flow_planes([1])
+        with pytest.raises(FlowError, match="video A/v: flow image 1 .* corrupt"):
+            list(v.images("flow", [0, 1], np.empty((2, 12, 16), np.uint8)))

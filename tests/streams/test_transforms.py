@@ -108,3 +108,80 @@ def test_wrong_clips_are_refused():
         transforms.to_tensor(np.zeros((2, 3, 3, 3), np.uint8), "flow")
     with pytest.raises(ValueError, match="modality"):
         transforms.to_tensor(np.zeros((2, 3, 3, 3), np.uint8), "depth")
+
+
+def smooth_clip(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """uint8 frames of blurred noise stretched to 0-255: natural-image steps between neighbours
+    (tens of levels), unlike raw noise whose steps reach 255."""
+    noise = rng.random(shape).astype(np.float32)
+    frames = [cv2.GaussianBlur(f, (0, 0), 1.5) for f in noise]
+    frames = [(f - f.min()) / (f.max() - f.min()) * 255 for f in frames]
+    return np.stack(frames).round().astype(np.uint8).reshape(shape)
+
+
+def old_crop(clip: np.ndarray, size: tuple[int, int], top: int, left: int, crop: int, modality: str,
+             flip: bool) -> torch.Tensor:
+    """The loader's path before: the whole frame resized, then the crop copied out (flipped)."""
+    return transforms.flipped_chw(transforms.crop(transforms.resize_clip(clip, size), top, left, crop), modality,
+                                  flip)
+
+
+@pytest.fixture(params=[True, False], ids=["ipp", "no-ipp"])
+def ipp(request):
+    """OpenCV with and without its IPP code (the x86 wheels have it; other builds may not)."""
+    before = cv2.ipp.useIPP()
+    cv2.ipp.setUseIPP(request.param)
+    yield request.param and cv2.ipp.useIPP()
+    cv2.ipp.setUseIPP(before)
+
+
+@pytest.mark.parametrize("modality", ["rgb", "flow"])
+@pytest.mark.parametrize("source, size, crop", [((256, 340), (182, 242), 160), ((60, 80), (30, 36), 24),
+                                                ((32, 32), (40, 40), 20)])
+def test_resized_crop_is_the_crop_of_the_resized_clip(modality, source, size, crop, ipp):
+    """Only the crop's pixels are resized (transforms.resized_crop_chw), in either channel layout. With
+    IPP, by warpAffine: its samples lie on a 1/32-pixel grid, within 1/64 px of cv2.resize's on each
+    axis, so a pixel may move by the image's steepest step between neighbours over 1/32 px, plus a
+    level for the two ways of rounding; on average well under half a level. Without IPP, by resizing
+    up to the crop's far corner: the same pixels. Random crops, flips (flow: x inverted), downscale and
+    upscale (scale jitter's sides)."""
+    rng = np.random.default_rng(7)
+    channels = transforms.CHANNELS[modality]
+    clip = smooth_clip(rng, (4, *source, channels))
+    steepest = max(int(np.abs(np.diff(clip.astype(int), axis=a)).max()) for a in (1, 2))
+    changes = []
+    for _ in range(12):
+        top, left = int(rng.integers(0, size[0] - crop + 1)), int(rng.integers(0, size[1] - crop + 1))
+        flip = bool(rng.random() < 0.5)
+        expected = old_crop(clip, size, top, left, crop, modality, flip).int()
+        for planes in (False, True):
+            given = np.ascontiguousarray(clip.transpose(3, 0, 1, 2)) if planes else clip
+            got = transforms.resized_crop_chw(given, size, top, left, crop, modality, flip, planes=planes)
+            assert got.shape == (channels, 4, crop, crop) and got.dtype == torch.uint8 and got.is_contiguous()
+            changes.append((got.int() - expected).abs())
+    change = torch.stack(changes)
+    if ipp and channels != 2:  # interleaved flow has no IPP warp: resized as without IPP
+        assert change.max() <= 1 + steepest / 32 and change.float().mean() < 0.25
+    elif not ipp:
+        assert change.max() == 0
+
+
+def test_resized_crop_without_a_resize_is_the_crop():
+    clip = np.random.default_rng(5).integers(0, 256, (3, 20, 30, 2), dtype=np.uint8)
+    for flip in (False, True):
+        got = transforms.resized_crop_chw(clip, (20, 30), 4, 9, 12, "flow", flip)
+        assert torch.equal(got, old_crop(clip, (20, 30), 4, 9, 12, "flow", flip))
+        planes = np.ascontiguousarray(clip.transpose(3, 0, 1, 2))
+        assert torch.equal(transforms.resized_crop_chw(planes, (20, 30), 4, 9, 12, "flow", flip, planes=True), got)
+    with pytest.raises(ValueError, match="does not fit a 20x30 clip"):
+        transforms.resized_crop_chw(clip, (20, 30), 9, 0, 12, "flow", False)
+
+
+def test_crop_map_mirrors_the_crop():
+    """The mirrored crop's map sends output column x to where the plain one sends crop - 1 - x."""
+    plain = transforms.crop_map((256, 340), (182, 242), 11, 41, 160)
+    mirrored = transforms.crop_map((256, 340), (182, 242), 11, 41, 160, flip=True)
+    for x in (0, 7, 159):
+        assert mirrored[0] @ [x, 5, 1] == pytest.approx(plain[0] @ [159 - x, 5, 1])
+    assert np.array_equal(mirrored[1], plain[1])
+    assert plain[0] @ [0, 0, 1] == pytest.approx((41 + 0.5) * 340 / 242 - 0.5)  # cv2.resize's sample
