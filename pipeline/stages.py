@@ -194,7 +194,8 @@ def _left_out(store: Store, dataset: Dataset, done: set[str]) -> None:
 def train_stage(cfg: Config, stream: str) -> None:
     """Train the `stream` of every split (one, or three for `dataset.split = "all"`) on the store's videos:
     work_dir/train/<stream>/split<k> (streams.train.train_stream)."""
-    from streams.train import StreamData, train_stream
+    from streams.loaders import StreamData
+    from streams.train import train_stream
 
     store, done = _flow_store(cfg, f"train-{stream}")
     for split, dataset in split_datasets(cfg):

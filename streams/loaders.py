@@ -1,4 +1,5 @@
-"""The training run's DataLoaders, and what happens when their workers fail.
+"""What a stream trains on (`StreamData`), the training run's DataLoaders, and what happens when
+their workers fail.
 
 Workers are forked processes with one thread each that die with the trainer (Linux: the kernel sends
 them SIGKILL when it dies, kill -9 included, instead of torch's watchdog noticing seconds later).
@@ -19,6 +20,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +29,37 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from flow.store import Store
 from p3dbase.errors import P3DError, shown
-from streams import gpu_decode
+from streams import gpu_decode, losses
 from streams.clips import ClipDataset, EpochSampler
-from streams.config import TrainConfig
 from streams.distributed import DistContext
 from streams.errors import StreamsError
 from streams.resume import resume_hint
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 PR_GET_PDEATHSIG = 2
+
+
+@dataclass
+class StreamData:
+    """What a stream trains on: the store (opened once by the caller), the (video_id, label) lists of
+    training and validation videos, and the class names the labels index."""
+    store: Store
+    train: list[tuple[str, int]]
+    val: list[tuple[str, int]]
+    classes: list[str]
+
+    def check(self) -> None:
+        """StreamsError naming a video the store lacks or a label outside the classes."""
+        if not self.train:
+            raise StreamsError("no training videos")
+        for what, items in (("training", self.train), ("validation", self.val)):
+            missing = [v for v, _ in items if not self.store.has(v)]
+            if missing:
+                raise StreamsError(f"{len(missing)} {what} video(s) are not in the store at {self.store.root}, "
+                                   f"e.g. {', '.join(missing[:3])}")
+            labels = losses.labels_outside([label for _, label in items], len(self.classes))
+            if labels:
+                raise StreamsError(f"{what} label {labels[0]} is outside the {len(self.classes)} classes")
 
 
 def make_loader(dataset: Dataset, *, batch: int, workers: int, seed: int, pin_memory: bool, sampler: Any = None,
@@ -166,25 +190,21 @@ def _stop_workers(loaders: list[DataLoader | None]) -> None:
                 raise
 
 
-def training_loaders(store: Store, train: list[tuple[str, int]], val: list[tuple[str, int]], modality: str,
-                     cfg: TrainConfig, *, ctx: DistContext,
-                     batch: int) -> tuple[DataLoader, EpochSampler, DataLoader | None]:
-    """(training loader, its sampler, validation loader or None) of this process: `batch` clips a step."""
-    common = dict(batch=batch, workers=cfg.workers, seed=cfg.seed, pin_memory=ctx.device.type == "cuda")
+def training_loaders(train_set: ClipDataset, val_set: ClipDataset | None, *, ctx: DistContext, batch: int,
+                     workers: int, seed: int) -> tuple[DataLoader, EpochSampler, DataLoader | None]:
+    """(training loader, its sampler, validation loader or None) of this process: `batch` clips a step,
+    `workers` processes each, the training order from `seed`."""
+    common = dict(batch=batch, workers=workers, seed=seed, pin_memory=ctx.device.type == "cuda")
+    store, modality = train_set.store, train_set.modality
     codec = "jpeg" if store.layout == "mmaction" else store.codec if modality == "rgb" else store.flow_codec
-    if cfg.decode == "cuda" and codec != "jpeg":
+    if train_set.decode == "cuda" and codec != "jpeg":
         raise StreamsError(f'train.decode = "cuda" decodes JPEGs, but {shown(store.root)} stores {modality} as '
                            f'{codec}: use train.decode = "cpu", or a store made with codec/flow_codec = "jpeg"')
-    train_set = ClipDataset(store, train, modality, cfg.clip_len, train=True, resize=cfg.resize, crop=cfg.crop,
-                            scale_jitter=cfg.scale_jitter, flip=cfg.flip, seed=cfg.seed, fast_decode=cfg.fast_decode,
-                            decode=cfg.decode)
-    sampler = EpochSampler(len(train_set), ctx.rank, ctx.world_size, cfg.seed)
+    sampler = EpochSampler(len(train_set), ctx.rank, ctx.world_size, seed)
     val_loader = None
-    if val:
-        val_set = ClipDataset(store, val, modality, cfg.clip_len, train=False, resize=cfg.resize, crop=cfg.crop,
-                              scale_jitter=cfg.scale_jitter, clips_per_video=cfg.val_clips)
+    if val_set is not None:
         # Whole videos per process, so that a video's clips are scored together.
-        mine = [i for v in range(ctx.rank, len(val), ctx.world_size)
-                for i in range(v * cfg.val_clips, (v + 1) * cfg.val_clips)]
+        k = val_set.clips_per_video
+        mine = [i for v in range(ctx.rank, len(val_set) // k, ctx.world_size) for i in range(v * k, (v + 1) * k)]
         val_loader = make_loader(Subset(val_set, mine), **common)
     return make_loader(train_set, sampler=sampler, drop_last=True, **common), sampler, val_loader

@@ -37,16 +37,24 @@ class StepMeter:
     def restart(self) -> None:
         self.started, self.data_wait = time.perf_counter(), 0.0
 
-    def take(self, step: int, ctx: DistContext) -> tuple[float, float, float]:
-        """(the first step whose loss is not finite in any process, or inf; the summed loss and the
-        summed correct clips of every process) of the steps up to `step` since the last call."""
+    def take(self, step: int, ctx: DistContext, *, steps_per_epoch: int, batch_size: int,
+             lr: float) -> tuple[float, dict[str, Any]]:
+        """(the first step whose loss is not finite in any process, or inf; the metrics.jsonl record of
+        the steps up to `step` since the last call, over every process), and restart the count.
+        `batch_size`: the global batch; `lr`: the base rate now."""
+        n = len(self.pending)
         losses = torch.stack([loss for loss, _ in self.pending]).double().cpu()
         correct = float(torch.stack([c for _, c in self.pending]).sum().cpu())
         bad = [i for i, v in enumerate(losses.tolist()) if not math.isfinite(v)]
-        first_bad = distributed.all_reduce_min(step - len(self.pending) + bad[0] if bad else math.inf, ctx)
+        first_bad = distributed.all_reduce_min(step - n + bad[0] if bad else math.inf, ctx)
         self.pending = []
         loss_sum, correct = distributed.all_reduce_sum([float(losses.sum()), correct], ctx)
-        return first_bad, loss_sum, correct
+        seconds, clips = max(time.perf_counter() - self.started, 1e-9), n * batch_size
+        record = {"kind": "train", "step": step, "epoch": round(step / steps_per_epoch, 4),
+                  "loss": loss_sum / (n * ctx.world_size), "acc": correct / clips, "lr": lr,
+                  "clips_per_s": clips / seconds, "data_wait": self.data_wait / seconds}
+        self.restart()
+        return first_bad, record
 
 
 class MetricsLogger:

@@ -9,7 +9,7 @@ curves.png, tb/ (streams.metrics); one run at a time writes there (a lock beside
 
 Read it top to bottom: `train_stream` checks the input and holds the folder, `_train` wires one run
 (where it stands, build, restore), `fit` runs epochs of `train_one_epoch` and `evaluate`, each ending
-in a checkpoint. The DataLoaders and what happens when their workers fail: streams.loaders.
+in a checkpoint. What a stream trains on (`StreamData`), its DataLoaders and their workers: streams.loaders.
 """
 from __future__ import annotations
 
@@ -36,37 +36,15 @@ from p3dbase.progress import progress_bar
 from streams import distributed, loaders, losses, schedule, transforms
 from streams.builder import build_stream
 from streams.checkpoint import LAST, make_payload, save_checkpoint, step_path
-from streams.clips import EpochSampler
+from streams.clips import ClipDataset, EpochSampler
 from streams.config import ModelConfig, TrainConfig
 from streams.errors import StreamsError
+from streams.loaders import StreamData
 from streams.metrics import MetricsLogger, StepMeter
 from streams.p3d import P3D
 from streams.resume import Checkpointer, check_resumable, restore_states, training_set_record, training_state
 
 CONFIG = "config.toml"  # the resolved settings of the run that made the checkpoints
-
-
-@dataclass
-class StreamData:
-    """What a stream trains on: the store (opened once by the caller), the (video_id, label) lists of
-    training and validation videos, and the class names the labels index."""
-    store: Store
-    train: list[tuple[str, int]]
-    val: list[tuple[str, int]]
-    classes: list[str]
-
-    def check(self) -> None:
-        """StreamsError naming a video the store lacks or a label outside the classes."""
-        if not self.train:
-            raise StreamsError("no training videos")
-        for what, items in (("training", self.train), ("validation", self.val)):
-            missing = [v for v, _ in items if not self.store.has(v)]
-            if missing:
-                raise StreamsError(f"{len(missing)} {what} video(s) are not in the store at {self.store.root}, "
-                                   f"e.g. {', '.join(missing[:3])}")
-            labels = losses.labels_outside([label for _, label in items], len(self.classes))
-            if labels:
-                raise StreamsError(f"{what} label {labels[0]} is outside the {len(self.classes)} classes")
 
 
 @dataclass
@@ -200,8 +178,9 @@ def _train(data: StreamData, modality: str, model_cfg: ModelConfig, cfg: TrainCo
     run = Run(modality, list(data.classes), model_cfg, cfg, ctx, out_dir, batch, steps_per_epoch, model, optimizer,
               scheduler, scaler, amp_dtype, channels_last, record, checkpoints,
               MetricsLogger(out_dir, ctx.is_main, modality, model_cfg.arch, cfg.tensorboard))
-    train_loader, sampler, val_loader = loaders.training_loaders(data.store, data.train, data.val, modality, cfg,
-                                                                 ctx=ctx, batch=batch)
+    train_loader, sampler, val_loader = loaders.training_loaders(
+        *clip_datasets(data.store, data.train, data.val, modality, cfg), ctx=ctx, batch=batch, workers=cfg.workers,
+        seed=cfg.seed)
 
     # 3. Resume (states, RNG, the metrics logged up to the checkpoint) or start fresh.
     state = Progress()
@@ -320,9 +299,7 @@ def evaluate(run: Run, loader: DataLoader) -> dict[str, float]:
     bar = progress_bar(loaders.read_batches(loader, run.out_dir), total=len(loader), desc=f"val {run.modality}",
                        unit="batch", leave=False, disable=not (run.cfg.progress and run.ctx.is_main))
     for clips, labels in bar:
-        x = transforms.normalize(clips.to(run.ctx.device, non_blocking=True), run.modality)
-        if run.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+        x = _inputs(clips, run.modality, run.ctx.device, run.channels_last)
         labels = labels.to(run.ctx.device)
         with torch.autocast(run.ctx.device.type, dtype=run.amp_dtype or torch.float32,
                             enabled=run.amp_dtype is not None):
@@ -347,9 +324,7 @@ def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.a
                clips: torch.Tensor, labels: torch.Tensor, modality: str, *, device: torch.device,
                amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step on a batch of uint8 clips [B, C, T, H, W]; returns (loss, correct) without a device sync."""
-    x = transforms.normalize(clips.to(device, non_blocking=True), modality)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last_3d)
+    x = _inputs(clips, modality, device, channels_last)
     labels = labels.to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         logits = net(x)
@@ -361,24 +336,23 @@ def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.a
     return loss.detach(), losses.clip_hits(logits, labels).sum()
 
 
+def _inputs(clips: torch.Tensor, modality: str, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """A uint8 batch as the net's input on `device`: normalised, in the memory format the net uses."""
+    x = transforms.normalize(clips.to(device, non_blocking=True), modality)
+    return x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x
+
+
 def log_training(run: Run, state: Progress, bar: tqdm | None = None) -> None:
     """Check and log the steps since the last log line: StreamsError when a loss is not finite."""
-    n = len(run.meter.pending)
-    if not n:
+    if not run.meter.pending:
         return
-    first_bad, loss_sum, correct = run.meter.take(state.step, run.ctx)
+    first_bad, record = run.meter.take(state.step, run.ctx, steps_per_epoch=run.steps_per_epoch,
+                                       batch_size=run.cfg.batch_size, lr=run.optimizer.param_groups[0]["lr"])
     if math.isfinite(first_bad):
         raise StreamsError(f"{run.modality} stream: the training loss is not finite at step {int(first_bad) + 1} "
                            f"(epoch {int(first_bad) // run.steps_per_epoch + 1}); stopped and "
                            f"{run.checkpoints.kept()}. Lower train.lr (now {run.cfg.lr}) or check the data, and "
                            "train again in a fresh output directory")
-    seconds = max(time.perf_counter() - run.meter.started, 1e-9)
-    clips = n * run.cfg.batch_size
-    record = {"kind": "train", "step": state.step, "epoch": round(state.step / run.steps_per_epoch, 4),
-              "loss": loss_sum / (n * run.ctx.world_size), "acc": correct / clips,
-              "lr": run.optimizer.param_groups[0]["lr"], "clips_per_s": clips / seconds,
-              "data_wait": run.meter.data_wait / seconds}
-    run.meter.restart()
     if bar is not None:
         bar.set_postfix(loss=f"{record['loss']:.3f}", clips_s=f"{record['clips_per_s']:.1f}")
     run.metrics.log(record)
@@ -399,6 +373,16 @@ def _payload(run: Run, state: Progress, training: bool) -> dict[str, Any]:
                         model_config=dataclasses.asdict(run.model_cfg), train_config=dataclasses.asdict(run.cfg),
                         step=state.step, epoch=state.epoch,
                         metrics={"val_acc": state.val_acc, "best_val_acc": state.best_val_acc}, **run.record, **extra)
+
+
+def clip_datasets(store: Store, train: list[tuple[str, int]], val: list[tuple[str, int]], modality: str,
+                  cfg: TrainConfig) -> tuple[ClipDataset, ClipDataset | None]:
+    """The training clips (random, augmented) and the validation clips (`val_clips` centre crops a video)."""
+    clip = dict(clip_len=cfg.clip_len, resize=cfg.resize, crop=cfg.crop, scale_jitter=cfg.scale_jitter)
+    train_set = ClipDataset(store, train, modality, train=True, flip=cfg.flip, seed=cfg.seed,
+                            fast_decode=cfg.fast_decode, decode=cfg.decode, **clip)
+    return train_set, ClipDataset(store, val, modality, train=False, clips_per_video=cfg.val_clips, **clip) if val \
+        else None
 
 
 def lr_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:

@@ -24,8 +24,8 @@ from streams import transforms
 from streams.checkpoint import make_payload, save_checkpoint
 from streams.config import ModelConfig, TrainConfig
 from streams.importers.caffe_proto import V1_CONVOLUTION, V1_INNER_PRODUCT, NetParameter
+from streams.loaders import StreamData
 from streams.p3d import build_model
-from streams.train import StreamData
 
 Item = tuple[str, int]
 

@@ -17,7 +17,8 @@ from pipeline.synth.config import SynthConfig
 from pipeline.synth.render import render_clip
 from streams.checkpoint import load_checkpoint, step_path
 from streams.config import ModelConfig, TrainConfig
-from streams.train import StreamData, train_stream
+from streams.loaders import StreamData
+from streams.train import train_stream
 
 pytestmark = pytest.mark.cuda
 CLASSES = ["down", "up"]
