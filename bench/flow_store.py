@@ -7,7 +7,11 @@ Real 340x256 clips, real TV-L1 flow (chosen defaults) on their first `--frames` 
 one RGB image plus one two-channel flow image. Reads are random windows of 16 consecutive frames
 from random videos (page cache warm, one process), RGB and flow separately, as the streams read
 them, counted per CPU-second of the reading process (load from other processes does not move it)
-in interleaved rounds; ratios are against the mmaction2 JPEG layout measured in the same run.
+in interleaved rounds; ratios are against the mmaction2 JPEG layout measured in the same run. The
+"planes" rows read flow as the training loader now does (VideoFrames.flow_planes: x and y images
+into their own planes, not interleaved into [T, H, W, 2]), from both layouts; their RGB reads are the
+layout's plain ones again. "JPEG decoding alone" decodes the same windows' JPEGs with the store's
+decoder into one reused array, and nothing else: the ceiling of any reader of these files.
 
 Decoders: CPU ms per 340x256 image of the same q95 JPEGs (frames, and flow x images) through each
 library pip offers that is installed (simplejpeg, PyTurboJPEG, Pillow, cv2), at full size and at the
@@ -18,11 +22,13 @@ against the truth, the share of uint8 levels the JPEG changes, and its largest c
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -34,7 +40,7 @@ from flow.encoding import decode, encode, step
 from flow.evaluate import endpoint_errors, read_grey
 from flow.formats import read_flow
 from flow.stage import make_backend
-from flow.store import create_store
+from flow.store import PackedFrames, create_store
 from flow.tvl1 import OpenCVTVL1, to_gray
 from flow.video import VideoReader
 
@@ -44,22 +50,50 @@ STORES = {"mmaction (JPEG q95, lossy)": dict(layout="mmaction"),
           "packed jpeg (default, q95, lossy)": dict(layout="packed", codec="jpeg"),
           "packed jpeg, cv2 decoder": dict(layout="packed", codec="jpeg", decoder="cv2"),
           "packed jpeg, fast decode (train.fast_decode)": dict(layout="packed", codec="jpeg", fast=True),
+          "packed jpeg, JPEG decoding alone (the ceiling)": dict(layout="packed", codec="jpeg", decode_only=True),
+          "mmaction, flow as x / y planes (flow_planes)": dict(layout="mmaction", planes=True),
+          "packed jpeg, flow as x / y planes (flow_planes, the training read)": dict(layout="packed", codec="jpeg",
+                                                                                     planes=True),
           "packed jpeg RGB + png flow": dict(layout="packed", codec="jpeg", flow_codec="png"),
           "packed png (lossless)": dict(layout="packed", codec="png"),
           "packed raw (uint8, lossless)": dict(layout="packed", codec="raw")}
 UCF101_FRAMES = 2.48e6  # 13,320 clips, about 186 frames each
 
 
+@functools.cache
+def decode_only(reader: PackedFrames, modality: str) -> Callable[..., None]:
+    """A window's JPEGs decoded into one reused array and nothing else (no checksum, no output array,
+    no interleave): what a packed jpeg reader cannot go below, with this decoder."""
+    image = np.empty((reader.height, reader.width, 3) if modality == "rgb" else (reader.height, reader.width),
+                     np.uint8)
+
+    def read(indices: range, fast: bool = False) -> None:
+        if modality == "rgb":
+            for blob in reader._blobs(reader._rgb_index[indices.start:indices.stop]):
+                codec_module.decode_jpeg(blob, image)
+            return
+        for blob in reader._blobs(reader._flow_index[indices.start:indices.stop]):
+            for jpeg in codec_module.flow_jpegs(blob):
+                codec_module.decode_jpeg(jpeg, image)
+    return read
+
+
 def window_reads(readers: dict, counts: dict[str, int], modality: str, cpu_seconds: float,
-                 rng: random.Random, fast: bool = False) -> tuple[int, float, float]:
+                 rng: random.Random, fast: bool = False, planes: bool = False, decode: bool = False
+                 ) -> tuple[int, float, float]:
     """Read random 16-frame windows for `cpu_seconds` of this process's CPU time (`fast`: the readers'
-    fast JPEG decode): (windows, wall s, CPU s)."""
+    fast JPEG decode; `planes`: flow as [2, T, H, W], x and y never interleaved; `decode`: the JPEGs'
+    decoding alone, `decode_only`): (windows, wall s, CPU s)."""
     ids = sorted(readers)
     n, wall, cpu = 0, time.perf_counter(), time.process_time()
     while time.process_time() - cpu < cpu_seconds:
         v = rng.choice(ids)
         first = rng.randrange(counts[v] - (1 if modality == "flow" else 0) - 15)
-        (readers[v].rgb if modality == "rgb" else readers[v].flow)(range(first, first + 16), fast=fast)
+        if decode:
+            read = decode_only(readers[v], modality)
+        else:
+            read = readers[v].rgb if modality == "rgb" else readers[v].flow_planes if planes else readers[v].flow
+        read(range(first, first + 16), fast=fast)
         n += 1
     return n, time.perf_counter() - wall, time.process_time() - cpu
 
@@ -246,31 +280,40 @@ def main() -> None:
         for _ in range(args.rounds):
             for label, kind in STORES.items():
                 codec_module.decoder = kind.get("decoder", "auto")
-                for modality in ("rgb", "flow"):
+                for modality in ("flow",) if kind.get("planes") else ("rgb", "flow"):
                     n, wall, cpu = window_reads(readers[label], counts, modality, args.seconds, rng,
-                                                kind.get("fast", False))
+                                                kind.get("fast", False), kind.get("planes", False),
+                                                kind.get("decode_only", False))
                     rates[label, modality].append(n / cpu)
                     wall_rates[label, modality].append(n / wall)
         codec_module.decoder = "auto"
     finally:
         shutil.rmtree(tmp)
 
-    med = {key: float(np.median(v)) for key, v in rates.items()}
-    wmed = {key: float(np.median(v)) for key, v in wall_rates.items()}
-    base = next(iter(STORES))
+    med = {key: float(np.median(v)) for key, v in rates.items() if v}
+    wmed = {key: float(np.median(v)) for key, v in wall_rates.items() if v}
+    first = next(iter(STORES))
+    planes_base = next(label for label, kind in STORES.items() if kind.get("planes"))
+
+    def rate(label: str, modality: str) -> str:
+        """clips/s (wall), and the ratio against mmaction read the same way (planes against planes)."""
+        if (label, modality) not in med:
+            return " | "
+        base = planes_base if STORES[label].get("planes") else first
+        return (f"{med[label, modality]:.0f} ({wmed[label, modality]:.0f}) | "
+                f"{med[label, modality] / med[base, modality]:.2f}x")
+
     print(f"\n{frames} frames of {len(videos)} clips at {cfg.size}; reads: random 16-frame windows, "
           f"page cache warm, one process, per CPU-second (median of {args.rounds} rounds; wall-clock rate "
           "in brackets)\n")
     print("| store | bytes / frame (RGB + flow) | of which RGB | UCF101 estimate | write CPU ms / frame | "
-          "RGB clips/s | flow clips/s | RGB read vs mmaction | flow read vs mmaction |")
+          "RGB clips/s | RGB read vs mmaction | flow clips/s | flow read vs mmaction |")
     print("|---|---|---|---|---|---|---|---|---|")
     for label in STORES:
         per_frame, rgb_per_frame, write_ms = sizes[label]
         print(f"| {label} | {per_frame / 1e3:.1f} kB | {rgb_per_frame / 1e3:.1f} kB | "
-              f"{per_frame * UCF101_FRAMES / 1e9:.0f} GB | {write_ms:.1f} | "
-              f"{med[label, 'rgb']:.0f} ({wmed[label, 'rgb']:.0f}) | {med[label, 'flow']:.0f} "
-              f"({wmed[label, 'flow']:.0f}) | {med[label, 'rgb'] / med[base, 'rgb']:.2f}x | "
-              f"{med[label, 'flow'] / med[base, 'flow']:.2f}x |")
+              f"{per_frame * UCF101_FRAMES / 1e9:.0f} GB | {write_ms:.1f} | {rate(label, 'rgb')} | "
+              f"{rate(label, 'flow')} |")
     print(f"\nJPEG decoders, CPU ms per {cfg.size} image (q95; frame: BGR, flow x: grey; 6/8 and 1/2: reduced "
           f"DCT size); JPEG decoder of the store here: {codec_module.jpeg_decoder()}\n")
     print("\n".join(decoder_table(videos, args.seconds / 2)))

@@ -14,7 +14,8 @@ per worker), so that other load on the shared cores does not move it; the wall-c
 brackets. Normalisation (float, minus the mean) is the trainer's first step on its device
 (streams.transforms.normalize); its CPU cost per clip is measured here in the main process as an
 upper bound of what it adds when the device is a CPU. Then where one clip's CPU goes, part by part
-(`clip_costs`).
+(`clip_costs`). `--paired`: only the training item as it was made before the crop-only resize
+(`whole_frame_item`) against ClipDataset now, alternating item by item in one process.
 
 `nvjpeg_rate` (called by bench/gpu_sections.py's loading section) measures the training option
 `train.decode = "cuda"`: a clip's JPEGs decoded by nvJPEG (torchvision.io.decode_jpeg on CUDA),
@@ -155,6 +156,52 @@ def _clip_costs(dataset: Dataset, items: list[tuple[str, int]], modality: str, f
     return costs
 
 
+def whole_frame_item(dataset: Dataset, key: tuple[int, int], buffers: dict[str, np.ndarray]) -> torch.Tensor:
+    """A training item as the loader made it before the crop-only resize: the whole window decoded
+    (flow interleaved), every whole frame resized, the crop copied out; the same random choices."""
+    from streams.clips import window
+
+    index, epoch = key
+    with dataset.store.open(dataset.video_ids[index].decode()) as video:
+        num = video.num_frames if dataset.modality == "rgb" else video.num_flows
+        rng = np.random.default_rng([dataset.seed, epoch, index])
+        start = int(rng.integers(0, max(num - CLIP_LEN, 0) + 1))
+        shape = (CLIP_LEN, video.height, video.width, transforms.CHANNELS[dataset.modality])
+        decoded = buffers.setdefault("decoded", np.empty(shape, np.uint8))
+        clip = (video.rgb if dataset.modality == "rgb" else video.flow)(window(start, CLIP_LEN, num), decoded)
+    size, top, left, flip = dataset._choices(rng, *clip.shape[1:3])
+    resized = transforms.resize_clip(clip, size, buffers.setdefault("resized", np.empty((CLIP_LEN, *size, shape[3]),
+                                                                                        np.uint8)))
+    return transforms.flipped_chw(transforms.crop(resized, top, left, CROP), dataset.modality, flip)
+
+
+def paired_items(root: Path, items: list[tuple[str, int]], modality: str, clips: int = 240) -> dict[str, float]:
+    """CPU ms per training item, the whole-frame path (`whole_frame_item`) and ClipDataset's, alternating
+    item by item on the same keys in one process (so load moves both alike), and how far apart their
+    clips are (uint8 levels)."""
+    from streams.clips import ClipDataset
+    from streams.loaders import keep_freed_memory
+
+    keep_freed_memory()
+    dataset = ClipDataset(root, items, modality, CLIP_LEN, train=True, resize=RESIZE, crop=CROP)
+    buffers: dict[str, np.ndarray] = {}
+    cpu = {"whole frame": 0.0, "crop only": 0.0}
+    changes = []
+    for k in range(clips + 6):
+        key = (k % len(items), k)
+        start = time.process_time()
+        before = whole_frame_item(dataset, key, buffers)
+        middle = time.process_time()
+        now = dataset[key][0]
+        if k >= 6:  # the first few warm both up
+            cpu["whole frame"] += middle - start
+            cpu["crop only"] += time.process_time() - middle
+            changes.append((now.int() - before.int()).abs())
+    change = torch.stack(changes)
+    return {**{name: c / clips * 1e3 for name, c in cpu.items()}, "max level": float(change.max()),
+            "mean level": float(change.float().mean())}
+
+
 def nvjpeg_rate(root: Path | str, video_ids: list[str], device: torch.device, clips: int = 64,
                 clip_len: int = CLIP_LEN, resize: tuple[int, int] = RESIZE, crop: int = CROP) -> dict[str, float]:
     """RGB clips/s of the training option `train.decode = "cuda"` on a jpeg store, in one process:
@@ -203,6 +250,8 @@ def main() -> None:
     parser.add_argument("--codecs", nargs="+", default=["jpeg", "png"])
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--no-costs", action="store_true", help="skip the per-clip cost breakdown")
+    parser.add_argument("--paired", action="store_true", help="only the training item before and now, item by "
+                        "item in one process (whole-frame resize against crop-only)")
     args = parser.parse_args()
 
     import sys
@@ -228,6 +277,14 @@ def main() -> None:
         items = sorted(set(items)) * 20  # an epoch long enough never to drain inside the timed window
         # (codec, train.fast_decode): the jpeg store decoded accurately (the default) and fast; the last
         # codec (png, the default before) is the baseline of the ratios
+        if args.paired:
+            with opencv_single_thread():
+                for modality in ("rgb", "flow"):
+                    r = paired_items(tmp / args.codecs[0], sorted(set(items)), modality)
+                    print(f"{modality} ({args.codecs[0]}): CPU ms per item, whole frame {r['whole frame']:.2f}, crop "
+                          f"only {r['crop only']:.2f} ({r['crop only'] / r['whole frame']:.2f}x); clips apart by "
+                          f"{r['max level']:.0f} level at most, {r['mean level']:.3f} on average")
+            return
         setups = [(c, fast) for c in args.codecs for fast in ((False, True) if c == "jpeg" else (False,))]
         costs = {}
         if not args.no_costs and "jpeg" in args.codecs:
