@@ -167,11 +167,14 @@ def whole_frame_item(dataset: Dataset, key: tuple[int, int], buffers: dict[str, 
         rng = np.random.default_rng([dataset.seed, epoch, index])
         start = int(rng.integers(0, max(num - CLIP_LEN, 0) + 1))
         shape = (CLIP_LEN, video.height, video.width, transforms.CHANNELS[dataset.modality])
-        decoded = buffers.setdefault("decoded", np.empty(shape, np.uint8))
-        clip = (video.rgb if dataset.modality == "rgb" else video.flow)(window(start, CLIP_LEN, num), decoded)
+        if "decoded" not in buffers:  # reused, as ClipDataset reused its window and resize buffers
+            buffers["decoded"] = np.empty(shape, np.uint8)
+        clip = (video.rgb if dataset.modality == "rgb" else video.flow)(window(start, CLIP_LEN, num),
+                                                                        buffers["decoded"])
     size, top, left, flip = dataset._choices(rng, *clip.shape[1:3])
-    resized = transforms.resize_clip(clip, size, buffers.setdefault("resized", np.empty((CLIP_LEN, *size, shape[3]),
-                                                                                        np.uint8)))
+    if buffers.get("resized", np.empty(0)).shape != (CLIP_LEN, *size, shape[3]):
+        buffers["resized"] = np.empty((CLIP_LEN, *size, shape[3]), np.uint8)
+    resized = transforms.resize_clip(clip, size, buffers["resized"])
     return transforms.flipped_chw(transforms.crop(resized, top, left, CROP), dataset.modality, flip)
 
 
@@ -183,12 +186,21 @@ def paired_items(root: Path, items: list[tuple[str, int]], modality: str, clips:
     from streams.loaders import keep_freed_memory
 
     keep_freed_memory()
-    dataset = ClipDataset(root, items, modality, CLIP_LEN, train=True, resize=RESIZE, crop=CROP)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a worker; and no intra-op threads spinning into the next timed item
+    try:
+        return _paired_items(ClipDataset(root, items, modality, CLIP_LEN, train=True, resize=RESIZE, crop=CROP),
+                             clips)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _paired_items(dataset: Dataset, clips: int) -> dict[str, float]:
     buffers: dict[str, np.ndarray] = {}
     cpu = {"whole frame": 0.0, "crop only": 0.0}
     changes = []
     for k in range(clips + 6):
-        key = (k % len(items), k)
+        key = (k % len(dataset), k)
         start = time.process_time()
         before = whole_frame_item(dataset, key, buffers)
         middle = time.process_time()
