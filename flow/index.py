@@ -25,6 +25,7 @@ from __future__ import annotations
 import fcntl
 import itertools
 import json
+import operator
 import os
 import sys
 import time
@@ -114,14 +115,21 @@ _FIELDS = len(IndexEntry._fields)
 _intern = sys.intern
 
 
+_new_tuple = tuple.__new__
+_STATES = {state: state for state in STATES}
+
+
 def _entry(row: object) -> IndexEntry | None:
     """An entry of a parsed line; None when it has the wrong shape. A field of the wrong type (a
     hand edit) needs no check here: it never equals what it is compared with, so the video is
     checked from its pack, as one without an entry."""
-    if type(row) is not list or len(row) != _FIELDS or row[1] not in STATES or type(row[0]) is not str:
+    if type(row) is not list or len(row) != _FIELDS or type(row[0]) is not str:
         return None
-    row[1], row[2] = _intern(row[1]), _intern(row[2]) if type(row[2]) is str else row[2]  # few distinct values
-    return IndexEntry._make(row)
+    state = _STATES.get(row[1]) if type(row[1]) is str else None
+    if state is None:
+        return None
+    row[1], row[2] = state, _intern(row[2]) if type(row[2]) is str else row[2]  # few distinct values
+    return _new_tuple(IndexEntry, row)  # IndexEntry._make without its checks: the length is known
 
 
 @dataclass
@@ -170,10 +178,7 @@ class StoreIndex:
         except FileNotFoundError:
             pass
         for path, data in texts:
-            for entry in _parse(path, data, problems):
-                old = entries.get(entry.video_id)
-                if old is None or entry.recorded_ns >= old.recorded_ns:
-                    entries[entry.video_id] = entry
+            _merge(entries, _parse(path, data, problems))
         return IndexRead(entries, problems, True)
 
     def writer(self) -> IndexWriter:
@@ -205,10 +210,7 @@ class StoreIndex:
                     data = path.read_bytes()
                 except FileNotFoundError:
                     continue
-                for entry in _parse(path, data, problems):
-                    old = entries.get(entry.video_id)
-                    if old is None or entry.recorded_ns >= old.recorded_ns:
-                        entries[entry.video_id] = entry
+                _merge(entries, _parse(path, data, problems))
             write_bytes(self.dir / MAIN_FILE, _format(entries[k] for k in sorted(entries)))
             for path in folded:
                 path.unlink(missing_ok=True)
@@ -216,7 +218,23 @@ class StoreIndex:
             os.close(fd)
 
 
-def _parse(path: Path, data: bytes, problems: list[str]) -> Iterable[IndexEntry]:
+def _merge(entries: dict[str, IndexEntry], new: list[IndexEntry]) -> None:
+    """Each video's latest entry (by the time it was recorded) of `entries` and `new`."""
+    if not entries:  # the first file read: one dict at C speed when it names every video once (a compacted main file)
+        entries.update(zip(map(_video_id, new), new))
+        if len(entries) == len(new):
+            return
+        entries.clear()
+    for entry in new:
+        old = entries.get(entry.video_id)
+        if old is None or entry.recorded_ns >= old.recorded_ns:
+            entries[entry.video_id] = entry
+
+
+_video_id = operator.itemgetter(0)
+
+
+def _parse(path: Path, data: bytes, problems: list[str]) -> list[IndexEntry]:
     text = data.decode("ascii", errors="replace")
     del data
     lines = text.splitlines()

@@ -20,6 +20,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import itertools
+import operator
 import os
 import re
 import socket
@@ -40,6 +42,7 @@ from flow.errors import FlowError
 from flow.index import IndexEntry, IndexWriter, Origin, entry_stat
 from flow.manifest import VideoResult, read_manifest, write_manifest
 from flow.rawframes import import_video, survey
+from flow.stat_ahead import MISSING, StatsAhead, can_fork
 from flow.store import PACK_SUFFIX, STORE_FILE, OtherSettingsError, Store, check_video_id, create_store, open_store
 from flow.tvl1 import OpenCVTVL1, to_gray
 from flow.video import VideoReader
@@ -333,13 +336,14 @@ def _select_shard(jobs: Sequence[FlowJob], shard: tuple[int, int]) -> list[FlowJ
     i, n = shard
     if not (isinstance(i, int) and isinstance(n, int) and n >= 1 and 0 <= i < n):
         raise FlowError(f"--shard: expected 0 <= i < n, got {i}/{n} (i is 0-based)")
-    ordered = sorted(jobs, key=lambda j: j.video_id)
-    seen: set[str] = set()
-    for job in ordered:
-        if job.video_id in seen:
-            raise FlowError(f"video id {job.video_id!r} appears twice in the list of videos")
-        seen.add(job.video_id)
+    ordered = sorted(jobs, key=_video_id)
+    if len({job.video_id for job in ordered}) < len(ordered):  # sorted: a repeated id is its neighbour's
+        twice = next(a.video_id for a, b in zip(ordered, ordered[1:]) if a.video_id == b.video_id)
+        raise FlowError(f"video id {twice!r} appears twice in the list of videos")
     return ordered[i::n]
+
+
+_video_id = operator.attrgetter("video_id")
 
 
 def _workers(cfg: FlowConfig) -> tuple[int, list[str | None]]:
@@ -471,11 +475,10 @@ def run_flow(videos: Sequence[FlowJob], out_dir: Path, cfg: FlowConfig, *, shard
     if on_start is not None:
         on_start()
     manifest = store.manifest_path(shard)
-    store.clean_stale([job.video_id for job in valid])  # what killed runs left (not what live ones write)
-
     # 3. Plan from the index: finished videos (same source, same settings) are done; the rest is to do.
-    with no_cycle_collection():  # a row per video, no cycles: 650,000 of them in seconds
-        plan = _plan(store, valid, force)
+    with no_cycle_collection(), _stats_ahead(store, valid, force) as ahead:  # 650,000 rows, no cycles
+        store.clean_stale([job.video_id for job in valid])  # what killed runs left (not what live ones write)
+        plan = _plan(store, valid, force, ahead)
     rows.update(plan.rows)
     if cfg.source == "rawframes":
         print(survey([job.path for job in valid]), flush=True)
@@ -525,7 +528,7 @@ def _refuse(jobs: Sequence[FlowJob], cfg: FlowConfig) -> tuple[list[FlowJob], di
     rows: dict[str, VideoResult] = {}
     for job in jobs:
         error = job.error
-        if not error:
+        if not error and not _plain_id(job.video_id):
             try:
                 check_video_id(job.video_id)
             except FlowError as e:
@@ -541,6 +544,13 @@ def _refuse(jobs: Sequence[FlowJob], cfg: FlowConfig) -> tuple[list[FlowJob], di
         else:
             valid.append(job)
     return valid, rows
+
+
+def _plain_id(video_id: str) -> bool:
+    """Whether check_video_id takes the id, found without splitting it (650,000 ids): no empty,
+    hidden, "." or ".." part, no backslash, not absolute. False sends it to check_video_id."""
+    return bool(video_id) and "\\" not in video_id and "//" not in video_id and "/." not in video_id \
+        and video_id[0] not in "/." and video_id[-1] != "/"
 
 
 @dataclass
@@ -573,35 +583,71 @@ class _Notes:
             print(f"flow: ... and {self.count - self.SHOWN} more videos redone for such reasons", flush=True)
 
 
-def _plan(store: Store, jobs: Sequence[FlowJob], force: bool) -> _Plan:
+STAT_AHEAD_MIN = 20_000  # videos from which a re-run's stats are taken by a child process (flow.stat_ahead)
+
+
+class _Ahead(NamedTuple):
+    """Each job's source path as text, and the child process taking every source's and stored
+    video's stat meanwhile (None: the plan stats them itself)."""
+
+    paths: list[str]
+    stats: StatsAhead | None
+
+
+@contextlib.contextmanager
+def _stats_ahead(store: Store, jobs: Sequence[FlowJob], force: bool) -> Iterator[_Ahead]:
+    """Start the plan's stats on the other core (many videos, not --force); the child is reaped on
+    the way out whatever happens."""
+    paths = [os.fspath(job.path) for job in jobs]  # once: a Path is formatted anew for each use
+    stats = None
+    if not force and len(jobs) >= STAT_AHEAD_MIN and can_fork():
+        prefix, suffix = os.path.join(store.root, ""), PACK_SUFFIX if store.layout == "packed" else ""
+        stats = StatsAhead((p for path, job in zip(paths, jobs) for p in (path, prefix + job.video_id + suffix)),
+                           2 * len(jobs))
+    try:
+        yield _Ahead(paths, stats)
+    finally:
+        if stats is not None:
+            stats.close()
+
+
+def _plan(store: Store, jobs: Sequence[FlowJob], force: bool, ahead: _Ahead | None = None) -> _Plan:
     """Sort the jobs into done and to do by the index, a `stat` of each source and stored video (no
-    pack is opened unless the index lacks it or disagrees with it)."""
+    pack is opened unless the index lacks it or disagrees with it). The stats are `ahead`'s when
+    it took them (its paths are the jobs' paths as text)."""
+    # Stored paths as strings: the ids were checked in step 1, and pathlib costs more than the stat.
+    prefix, suffix = os.path.join(store.root, ""), PACK_SUFFIX if store.layout == "packed" else ""
     read = store.index.read()
+    paths = ahead.paths if ahead is not None else [os.fspath(job.path) for job in jobs]
+    known = ahead.stats.result() if ahead is not None and ahead.stats is not None else None
     for problem in read.problems:
         print(f"flow: {problem}", flush=True)
     digest = store.settings_digest
     plan, notes = _Plan(), _Notes()
-    # Stored paths as strings: the ids were checked in step 1, and pathlib costs more than the stat.
-    prefix, suffix = os.path.join(store.root, ""), PACK_SUFFIX if store.layout == "packed" else ""
     earlier: dict[str, VideoResult] | None = None  # manifest rows: timings of videos indexed from their packs
-    entries = read.entries
-    for job in jobs:
+    entries, rows, stat = read.entries, plan.rows, os.stat
+    # Per video (source size, source mtime, stored size, stored mtime) as the child found them.
+    found: Iterable[tuple[int, ...] | None] = itertools.repeat(None) if known is None else zip(*[iter(known)] * 4)
+    for job, path, stats in zip(jobs, paths, found):
         video_id = job.video_id
+        entry = entries.get(video_id)
+        if not force and entry is not None and entry.state == "done" and entry.settings == digest:
+            if stats is None:
+                stats = _stats(path, prefix + video_id + suffix)
+            if stats == (entry.source_size, entry.source_mtime_ns, entry.stored_size, entry.stored_mtime_ns) \
+                    and stats[0] != MISSING and stats[2] != MISSING:
+                # The common case, kept lean (650,000 of them): finished from this very source and settings.
+                rows[video_id] = VideoResult(video_id, path if path.isascii() else shown(path), "done",  # ASCII: shown
+                                             entry.frames, entry.flows, entry.declared_frames, entry.seconds)
+                continue
+        # Anything else is looked at again, as it is now.
         try:
-            source = os.stat(job.path)
+            source = stat(path)
         except OSError:  # fails in the worker, saying why
             plan.origins[video_id] = None
             plan.todo.append(job)
             continue
         stored = entry_stat(prefix + video_id + suffix)
-        entry = entries.get(video_id)
-        if (not force and entry is not None and entry.state == "done" and entry.settings == digest
-                and entry.source_size == source.st_size and entry.source_mtime_ns == source.st_mtime_ns
-                and stored is not None and entry.stored_size == stored[0] and entry.stored_mtime_ns == stored[1]):
-            # The common case, kept lean (650,000 of them): finished from this very source and settings.
-            plan.rows[video_id] = VideoResult(video_id, shown(job.path), "done", entry.frames, entry.flows,
-                                              entry.declared_frames, entry.seconds)
-            continue
         origin = plan.origins[video_id] = Origin(digest, source.st_size, source.st_mtime_ns)
         if force:
             plan.todo.append(job)
@@ -646,6 +692,19 @@ def _plan(store: Store, jobs: Sequence[FlowJob], force: bool) -> _Plan:
                                                   entry.declared_frames, entry.seconds)
     notes.close()
     return plan
+
+
+def _stats(source: str, stored: str) -> tuple[int, int, int, int]:
+    """(size, mtime_ns) of a source and of its stored video, as flow.stat_ahead gives them."""
+    pair = []
+    for path in (source, stored):
+        try:
+            st = os.stat(path)
+        except OSError:
+            pair += (MISSING, 0)
+            continue
+        pair += (st.st_size, st.st_mtime_ns)
+    return tuple(pair)  # type: ignore[return-value]
 
 
 def _check_stored(store: Store, job: FlowJob, origin: Origin, *, legacy: bool,
