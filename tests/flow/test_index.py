@@ -86,3 +86,18 @@ def test_damaged_lines_are_named_and_the_others_read(tmp_path):
     read = index.read()
     assert sorted(read.entries) == ["a"]
     assert [p.split(": ")[0] for p in read.problems] == [f"{main}, line {n}" for n in (2, 3, 4)]
+
+
+def test_a_video_listed_twice_in_one_file_keeps_its_latest_entry(tmp_path):
+    """The first file read is taken whole when it names each video once (a compacted main file);
+    one that names a video twice (joined by hand, an older writer) still gives the latest entry."""
+    folder = tmp_path / INDEX_DIR
+    folder.mkdir()
+    main = folder / MAIN_FILE
+    main.write_text("".join(e.line() + "\n" for e in [entry("a", recorded_ns=30), entry("b", recorded_ns=1),
+                                                       entry("a", "damaged", recorded_ns=20)]))
+    assert StoreIndex(tmp_path).read().entries == {"a": entry("a", recorded_ns=30), "b": entry("b", recorded_ns=1)}
+    main.write_text(entry("a", "failed", recorded_ns=5).line() + '\n["b","lost",1]\n')  # an unknown state
+    read = StoreIndex(tmp_path).read()
+    assert read.entries == {"a": entry("a", "failed", recorded_ns=5)}
+    assert read.problems == [f"{main}, line 2: damaged index entry, skipped (its video is checked from its pack)"]

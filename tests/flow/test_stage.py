@@ -550,3 +550,14 @@ def test_file_names_and_manifests_that_are_not_utf8(tmp_path):
     text = (out / "manifest.csv").read_bytes().decode("utf-8")  # valid UTF-8
     assert "vid\\xe9os/caf\\xe9.avi,done,5,4,5" in text
     assert open_store(out).video_ids() == ["Cls/caf\xe9", "Cls/plain"]
+
+
+@pytest.mark.parametrize("video_id", ["", "/abs", ".hidden/a", "a/.hidden", "a//b", "a/", "a/./b", "a/../b",
+                                      "a\\b", "..", "."])
+def test_every_kind_of_bad_video_id_is_one_failed_video(videos, tmp_path, fast_cfg, video_id):
+    """The run checks ids without splitting them (650,000 of them); each bad one still gets the reason."""
+    good = jobs_in(videos)[1]
+    summary = run_flow([FlowJob(video_id, good.path), good], tmp_path / "flow", fast_cfg)
+    assert (summary.computed, summary.failed) == (1, 1)
+    assert summary.failures == [(video_id, f"video id {video_id!r}: must be a relative path of non-hidden names "
+                                           "separated by '/' (e.g. 'Class/v_Class_g01_c01')")]
