@@ -2,7 +2,8 @@
 
 Training: a random window of `clip_len` consecutive frames (RGB) or flow fields (flow), resized to
 `resize` (or to a random short side in `scale_jitter`), a random `crop` x `crop` square and a random
-horizontal flip (flow: x inverted). Validation: `clips_per_video` evenly spaced windows, centre crop.
+horizontal flip (flow: x inverted), computing only the crop's pixels, image by image as the window
+is decoded (transforms.CropOut). Validation: `clips_per_video` evenly spaced windows, centre crop.
 A video shorter than the clip is looped.
 
 Every random choice of a training clip comes from a generator seeded with (seed, epoch, index), so a
