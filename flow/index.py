@@ -221,7 +221,7 @@ class StoreIndex:
 def _merge(entries: dict[str, IndexEntry], new: list[IndexEntry]) -> None:
     """Each video's latest entry (by the time it was recorded) of `entries` and `new`."""
     if not entries:  # the first file read: one dict at C speed when it names every video once (a compacted main file)
-        entries.update(zip(map(_video_id, new), new))
+        entries.update(zip(map(_video_id, new), new, strict=True))
         if len(entries) == len(new):
             return
         entries.clear()

@@ -338,7 +338,7 @@ def _select_shard(jobs: Sequence[FlowJob], shard: tuple[int, int]) -> list[FlowJ
         raise FlowError(f"--shard: expected 0 <= i < n, got {i}/{n} (i is 0-based)")
     ordered = sorted(jobs, key=_video_id)
     if len({job.video_id for job in ordered}) < len(ordered):  # sorted: a repeated id is its neighbour's
-        twice = next(a.video_id for a, b in zip(ordered, ordered[1:]) if a.video_id == b.video_id)
+        twice = next(a.video_id for a, b in zip(ordered, ordered[1:], strict=False) if a.video_id == b.video_id)
         raise FlowError(f"video id {twice!r} appears twice in the list of videos")
     return ordered[i::n]
 
@@ -602,8 +602,8 @@ def _stats_ahead(store: Store, jobs: Sequence[FlowJob], force: bool) -> Iterator
     stats = None
     if not force and len(jobs) >= STAT_AHEAD_MIN and can_fork():
         prefix, suffix = os.path.join(store.root, ""), PACK_SUFFIX if store.layout == "packed" else ""
-        stats = StatsAhead((p for path, job in zip(paths, jobs) for p in (path, prefix + job.video_id + suffix)),
-                           2 * len(jobs))
+        both = (p for path, job in zip(paths, jobs, strict=True) for p in (path, prefix + job.video_id + suffix))
+        stats = StatsAhead(both, 2 * len(jobs))
     try:
         yield _Ahead(paths, stats)
     finally:
@@ -627,8 +627,9 @@ def _plan(store: Store, jobs: Sequence[FlowJob], force: bool, ahead: _Ahead | No
     earlier: dict[str, VideoResult] | None = None  # manifest rows: timings of videos indexed from their packs
     entries, rows, stat = read.entries, plan.rows, os.stat
     # Per video (source size, source mtime, stored size, stored mtime) as the child found them.
-    found: Iterable[tuple[int, ...] | None] = itertools.repeat(None) if known is None else zip(*[iter(known)] * 4)
-    for job, path, stats in zip(jobs, paths, found):
+    found: Iterable[tuple[int, ...] | None] = (itertools.repeat(None) if known is None
+                                               else zip(*[iter(known)] * 4, strict=True))
+    for job, path, stats in zip(jobs, paths, found, strict=False):  # `found` may be endless
         video_id = job.video_id
         entry = entries.get(video_id)
         if not force and entry is not None and entry.state == "done" and entry.settings == digest:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import logging
 import os
-from operator import attrgetter
 import stat
 from collections.abc import Callable
+from operator import attrgetter
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import NamedTuple
 
@@ -240,7 +240,7 @@ def build(fmt: str, root: Path, classes: list[str], entries: list[Entry], split:
     if irregular is None:
         found = [checks.problem(path) for path in paths]
     else:
-        found = [checks.problem(path) if e.rel in irregular else "" for e, path in zip(entries, paths)]
+        found = [checks.problem(path) if e.rel in irregular else "" for e, path in zip(entries, paths, strict=True)]
     if entries and all(p is None for p in found) and not refused:
         raise DatasetError(f"none of the {len(entries)} videos listed in {source} exist under {shown(root)} "
                            f"(e.g. {shown(root / entries[0].rel)}): is dataset.root right?")

@@ -120,4 +120,4 @@ def test_bad_clip_rows_are_named_by_line(tmp_path, row, reason):
     root, cfg = kinetics(tmp_path, [",,,,", "", row])  # blank rows, with or without commas, are skipped
     with pytest.raises(DatasetError, match=reason) as err:
         read_dataset(cfg)
-    assert f"train.csv:4:" in str(err.value)
+    assert "train.csv:4:" in str(err.value)
