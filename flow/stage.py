@@ -46,7 +46,7 @@ from flow.stat_ahead import MISSING, StatsAhead, can_fork
 from flow.store import PACK_SUFFIX, STORE_FILE, OtherSettingsError, Store, check_video_id, create_store, open_store
 from flow.tvl1 import OpenCVTVL1, to_gray
 from flow.video import VideoReader
-from p3dbase.atomic import DiskFullError, disk_full, is_disk_full
+from p3dbase.atomic import DiskFullError, disk_full, is_disk_full, write_text
 from p3dbase.bulk import no_cycle_collection
 from p3dbase.cluster import dask_unordered
 from p3dbase.errors import P3DError, shown
@@ -62,6 +62,8 @@ RAWFRAMES_FIELDS = ("size", "rawframes_bound")
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 MANIFEST_EVERY_S = 30.0  # rewrite the manifest this often while running, so a killed run shows progress
+
+CONFIG = "config.toml"  # the resolved settings of the run, beside the store (written by run_flow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,15 +456,15 @@ def _open_for_run(out_dir: Path, cfg: FlowConfig, shard: tuple[int, int], force:
 
 
 def run_flow(videos: Sequence[FlowJob], out_dir: Path, cfg: FlowConfig, *, shard: tuple[int, int] = (0, 1),
-             force: bool = False, strict: bool = False, on_start: Callable[[], None] | None = None) -> FlowSummary:
+             force: bool = False, strict: bool = False, config_toml: str = "") -> FlowSummary:
     """Process every video of `shard` = (i, n) (0-based i; the i-th of n interleaved parts of the
     videos sorted by id) into the store at `out_dir`; skip those the store's index lists as finished
     from the same source file and settings, unless `force`.
 
     Prints a summary and returns it. FlowError when every video of the run failed; with `strict`,
     when any did (after finishing the rest). The manifest (`manifest.csv`, or one per shard) lists
-    every video of the run. `on_start` is called once the store has accepted the settings (the
-    pipeline writes config.toml then).
+    every video of the run. `config_toml`: the caller's resolved settings, written as
+    out_dir/config.toml once the store has accepted them (a refused run leaves the file as it was).
     """
     # 1. Check the settings (the device too, before any video) and pick this shard's videos.
     check_config(cfg)
@@ -472,8 +474,8 @@ def run_flow(videos: Sequence[FlowJob], out_dir: Path, cfg: FlowConfig, *, shard
 
     # 2. Open the store: other settings than its own are refused; --force rewrites store.json.
     store = _open_for_run(out_dir, cfg, shard, force)
-    if on_start is not None:
-        on_start()
+    if config_toml:
+        write_text(out_dir / CONFIG, config_toml)
     manifest = store.manifest_path(shard)
     # 3. Plan from the index: finished videos (same source, same settings) are done; the rest is to do.
     with no_cycle_collection(), _stats_ahead(store, valid, force) as ahead:  # 650,000 rows, no cycles

@@ -125,13 +125,11 @@ def flow_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1), force: bool = Fa
               f"are skipped (all listed in {out / MISSING}), e.g. {', '.join(dataset.missing[:3])}")
     # source = "rawframes": each video's frame folder, under flow.rawframes_root or the dataset's own path
     frames_root = Path(cfg.flow.rawframes_root) if cfg.flow.source == "rawframes" and cfg.flow.rawframes_root else None
-    jobs = [FlowJob(v.video_id, frames_root / v.video_id if frames_root else v.path)
-            for v in sorted(dataset.videos, key=lambda v: v.video_id)]
+    jobs = [FlowJob(v.video_id, frames_root / v.video_id if frames_root else v.path) for v in dataset.videos]
     # Refused files (a link out of the root, an odd name) are listed in the manifest as failed, with why.
     jobs += [FlowJob(video_id_of(PurePosixPath(rel)), dataset.root / rel, error=f"refused: {why}")
              for rel, why in dataset.refused]
-    summary = run_flow(jobs, out, cfg.flow, shard=shard, force=force, strict=strict,
-                       on_start=lambda: write_resolved(cfg, out))  # once the store accepted the settings
+    summary = run_flow(jobs, out, cfg.flow, shard=shard, force=force, strict=strict, config_toml=dump_toml(cfg))
     # One file, not a line each: Sports-1M lists about 100k videos no longer online. None missing: no
     # file (and none left from a run that had some).
     if dataset.missing:

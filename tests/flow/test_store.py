@@ -1,3 +1,4 @@
+import itertools
 import json
 import os
 import pickle
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from flow.errors import FlowError
-from flow.store import create_store, open_store, write_video
+from flow.store import check_video_id, create_store, open_store, write_video
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -314,3 +315,20 @@ def test_flow_planes_name_a_corrupt_image(tmp_path):
             v.flow_planes([1])
         with pytest.raises(FlowError, match="video A/v: flow image 1 .* corrupt"):
             list(v.images("flow", [0, 1], np.empty((2, 12, 16), np.uint8)))
+
+
+def test_video_ids_are_checked_as_their_parts_are():
+    """Every string of up to 6 characters over the ones that matter: accepted exactly when each
+    '/'-separated part is non-empty and not hidden (which also refuses '.' and '..') and there is no
+    backslash, the definition the substring test replaces."""
+    def by_parts(video_id: str) -> bool:
+        return bool(video_id) and "\\" not in video_id and all(p and not p.startswith(".") for p in video_id.split("/"))
+
+    for n in range(7):
+        for chars in itertools.product("a./\\", repeat=n):
+            video_id = "".join(chars)
+            try:
+                accepted = check_video_id(video_id) == video_id
+            except FlowError:
+                accepted = False
+            assert accepted == by_parts(video_id), video_id

@@ -1,4 +1,5 @@
-"""Where the settings travel in the train stage, traced while it runs on tiny SynthActions.
+"""Where the settings travel in the train stage, and that no call climbs back in the flow and train
+stages, traced while they run on tiny SynthActions.
 
 The whole `Config` and its sections reach only the stage (pipeline.stages), the dataset reader that
 its [dataset] section names, the stream trainer (streams.train) and the net's builder ([model]); the
@@ -66,26 +67,39 @@ def _layer(module: str) -> int:
     return LAYERS.index(module.split(".")[0])
 
 
-@pytest.fixture(scope="module")
-def traced(tmp_path_factory) -> Trace:
-    work: Path = tmp_path_factory.mktemp("work")
-    cfg = load_config(REPO / "configs" / "synth.toml", [f"work_dir={work}", f"dataset.root={work / 'synth'}", *TINY])
-    stages.synth_stage(cfg)
-    stages.flow_stage(cfg)
+def _traced(stage, *args) -> Trace:
     trace = Trace()
     sys.setprofile(trace)
     try:
-        stages.train_stage(cfg, "rgb")
+        stage(*args)
     finally:
         sys.setprofile(None)
-    assert (work / "train" / "rgb" / "split1" / "last.pt").is_file()
     return trace
+
+
+@pytest.fixture(scope="module")
+def stages_traced(tmp_path_factory) -> dict[str, Trace]:
+    work: Path = tmp_path_factory.mktemp("work")
+    cfg = load_config(REPO / "configs" / "synth.toml", [f"work_dir={work}", f"dataset.root={work / 'synth'}", *TINY])
+    stages.synth_stage(cfg)
+    flow = _traced(stages.flow_stage, cfg)
+    assert (work / "flow" / "config.toml").is_file()  # written by the flow stage once the store took the settings
+    train = _traced(stages.train_stage, cfg, "rgb")
+    assert (work / "train" / "rgb" / "split1" / "last.pt").is_file()
+    return {"flow": flow, "train": train}
+
+
+@pytest.fixture
+def traced(stages_traced) -> Trace:
+    return stages_traced["train"]
 
 
 def test_the_settings_reach_the_stage_the_reader_the_trainer_and_the_builder_only(traced):
     assert set(traced.reached) == SETTINGS_REACH, traced.reached
 
 
-def test_no_call_climbs_back_to_a_module_it_has_left(traced):
-    assert not traced.upward, sorted(traced.upward)
-    assert not traced.climbs, sorted(traced.climbs)[:5]
+@pytest.mark.parametrize("stage", ["flow", "train"])
+def test_no_call_climbs_back_to_a_module_it_has_left(stages_traced, stage):
+    trace = stages_traced[stage]
+    assert not trace.upward, sorted(trace.upward)
+    assert not trace.climbs, sorted(trace.climbs)[:5]
