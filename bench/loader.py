@@ -141,7 +141,7 @@ def _clip_costs(dataset: Dataset, items: list[tuple[str, int]], modality: str, f
 
     def crop_out() -> torch.Tensor:  # the random crop's resize, flip and [C, T, H, W] copy, as drawn
         top, left = rng.randrange(RESIZE[0] - CROP + 1), rng.randrange(RESIZE[1] - CROP + 1)
-        return transforms.resized_crop_chw(decoded, RESIZE, top, left, CROP, modality, rng.random() < 0.5,
+        return transforms.resized_crop_chw(decoded, RESIZE, top, left, CROP, modality, flip=rng.random() < 0.5,
                                            planes=planes)
 
     costs["resize, crop, flip, copy out"] = _cpu_ms(crop_out, seconds)

@@ -273,7 +273,7 @@ def default_jobs(jobs: int, device: torch.device) -> int:
 
 
 def map_videos(spec: PoolSpec, tasks: Sequence[Any], jobs: int = 0, desc: str = "network", unit: str = "video",
-               leave: bool = True, scheduler: str = "") -> Iterator[Any]:
+               leave: bool = True, *, scheduler: str = "") -> Iterator[Any]:
     """`spec.work(worker, task)` for every task, in `jobs` processes (default_jobs), or on the Dask
     cluster at `scheduler` ("tcp://host:8786", as `[flow] scheduler` runs the flow stage), yielding the
     results as they finish, with a progress bar. An exception a worker raises (a full disk) stops

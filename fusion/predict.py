@@ -123,7 +123,7 @@ def _top(probabilities: np.ndarray, classes: Sequence[str], k: int) -> list[tupl
 
 
 def predict_video(path: Path, engine: Engine, flow_cfg: FlowConfig, cfg: EvalConfig,
-                  top_k: int = 5, progress: bool = False, label: str = "") -> Prediction:
+                  top_k: int = 5, progress: bool = False, *, label: str = "") -> Prediction:
     """Score one video (a file or a frame folder) with every stream and fuse; FlowError if it cannot
     be decoded. `progress`: a bar on stderr over the flow pairs, then over the views scored."""
     plan = score_plan(cfg.clips, cfg.crops, cfg.clip_sampling, cfg.seed)
@@ -186,7 +186,7 @@ def prepare(checkpoints: dict[str, Path], flow_cfg: FlowConfig, cfg: EvalConfig,
 
 
 def predict(videos: Sequence[Path | str], checkpoints: dict[str, Path], flow_cfg: FlowConfig, cfg: EvalConfig,
-            top_k: int = 5, progress: bool | None = None, explicit_flow: Iterable[str] = (),
+            top_k: int = 5, progress: bool | None = None, *, explicit_flow: Iterable[str] = (),
             timeline: Timeline | None = None) -> list[Prediction]:
     """Predictions for every video (files, frame folders, directories or list files: fusion.inputs),
     in order; a video that cannot be read gets its error and the others go on. FusionError if none
@@ -217,7 +217,7 @@ def predict(videos: Sequence[Path | str], checkpoints: dict[str, Path], flow_cfg
                 stride = timeline.stride or engine.streams[0].clip_len
                 got = run_snippets(video.path, engine, flow_cfg, stride, batch=cfg.batch_views, thumbnails=10)
                 prediction.timeline = write_timeline(timeline.out, shown(video.path), video.video_id, got,
-                                                     engine.streams[0].classes, cfg, top_k)
+                                                     engine.streams[0].classes, cfg, top_k=top_k)
             predictions.append(prediction)
         except (FlowError, StreamsError, OSError) as e:
             if isinstance(e, DiskFullError):
@@ -255,13 +255,14 @@ def format_predictions(predictions: Sequence[Prediction], as_json: bool = False)
 
 def run_predict(videos: Sequence[Path | str], checkpoints: dict[str, Path], flow_cfg: FlowConfig,
                 cfg: EvalConfig, top_k: int = 5, as_json: bool = False,
-                progress: bool | None = None, explicit_flow: Iterable[str] = (),
+                *, progress: bool | None = None, explicit_flow: Iterable[str] = (),
                 timeline: Timeline | None = None) -> list[Prediction]:
     """The `predict` stage: score the videos and print the top classes (JSON with `as_json`) on
     stdout; progress bars on stderr (`progress`, None: when stderr is a terminal). The CLI exits
     with status 1 when some videos failed (each listed with its error), 2 when none could be read."""
     started = time.monotonic()
-    predictions = predict(videos, checkpoints, flow_cfg, cfg, top_k, progress, explicit_flow, timeline)
+    predictions = predict(videos, checkpoints, flow_cfg, cfg, top_k, progress, explicit_flow=explicit_flow,
+                          timeline=timeline)
     print(format_predictions(predictions, as_json), flush=True)
     if not as_json:
         failed = sum(1 for p in predictions if p.error)

@@ -64,7 +64,7 @@ class SvmFit:
 
 
 def fit_svm(x: np.ndarray, labels: Labels, num_classes: int, cs: Sequence[float], folds: int,
-            seed: int = 0, groups: Sequence[str] | None = None, zscore: bool = False) -> SvmFit:
+            seed: int = 0, *, groups: Sequence[str] | None = None, zscore: bool = False) -> SvmFit:
     """Linear SVM on rows `x` (already normalised), C chosen by k-fold cross-validation on these rows.
 
     Single-label: one-vs-rest LinearSVC, C by held-out hit@1 with stratified folds. Multi-label

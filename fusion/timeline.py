@@ -62,7 +62,7 @@ def paths(out: Path, video_id: str) -> list[Path]:
 
 
 def write_timeline(out: Path, video: str, video_id: str, snippets: Snippets, classes: Sequence[str],
-                   cfg: EvalConfig, top_k: int) -> list[Path]:
+                   cfg: EvalConfig, *, top_k: int) -> list[Path]:
     """The CSV, JSON and PNG of one video's timeline under `out` (see the module doc)."""
     csv_path, json_path, png_path = paths(out, video_id)
     csv_path.parent.mkdir(parents=True, exist_ok=True)

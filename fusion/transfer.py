@@ -51,7 +51,7 @@ class ProtocolResult:
 
 def three_split(x: np.ndarray, labels: Sequence[int], groups: Sequence[str] | None,
                 splits: Sequence[tuple[np.ndarray, np.ndarray]], num_classes: int,
-                cs: Sequence[float] = DEFAULT_CS, folds: int = 5, seed: int = 0) -> ProtocolResult:
+                cs: Sequence[float] = DEFAULT_CS, *, folds: int = 5, seed: int = 0) -> ProtocolResult:
     """UCF101 / HMDB51: per split, a linear SVM on its train rows (C by `folds`-fold CV on them,
     group-disjoint when `groups` is given), hit@1 on its test rows; accuracy = mean over splits.
 
@@ -80,7 +80,7 @@ def three_split(x: np.ndarray, labels: Sequence[int], groups: Sequence[str] | No
 
 
 def train_validation(x_train: np.ndarray, labels_train: Labels, x_test: np.ndarray, labels_test: Labels,
-                     num_classes: int, cs: Sequence[float] = DEFAULT_CS, folds: int = 5, seed: int = 0,
+                     num_classes: int, cs: Sequence[float] = DEFAULT_CS, *, folds: int = 5, seed: int = 0,
                      groups_train: Sequence[str] | None = None,
                      labels_missing: Labels = ()) -> ProtocolResult:
     """ActivityNet: a linear SVM on the training videos (one per class when any video has several
@@ -103,7 +103,7 @@ def train_validation(x_train: np.ndarray, labels_train: Labels, x_test: np.ndarr
 
 
 def leave_one_out(x: np.ndarray, labels: Sequence[int], num_classes: int, cs: Sequence[float] = DEFAULT_CS,
-                  folds: int = 5, seed: int = 0, groups: Sequence[str] | None = None) -> ProtocolResult:
+                  folds: int = 5, seed: int = 0, *, groups: Sequence[str] | None = None) -> ProtocolResult:
     """YUPENN / Dynamic Scene: for each of the N videos a linear SVM on the other N - 1, with C chosen
     by `folds`-fold CV inside those N - 1 only; accuracy = correct / N (hit@1, ties count against).
 

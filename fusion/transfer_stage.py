@@ -102,7 +102,7 @@ def run_transfer(benchmarks: Sequence[Benchmark], cfg: TransferConfig, flow_cfg:
         videos = sorted(bench.videos, key=lambda v: v.video_id)
         mine = videos[shard[0]::shard[1]]
         flow_root, flow_failed = _flow(bench, videos, out / "flow" / bench.name, flow_cfg, shard, flow_spec,
-                                       given.get(bench.name))
+                                       given=given.get(bench.name))
         print(f"transfer: {bench.name}: features of {len(mine)} videos ({bench.protocol})", flush=True)
         got = extract([VideoJob(v.video_id, v.path) for v in mine], specs, out / "features" / bench.name, flow_root,
                       flow_cfg, clips=cfg.svm_clips, batch_views=cfg.batch_views, device=cfg.device, jobs=cfg.jobs,
@@ -177,7 +177,7 @@ def _check_flow_input(spec: Stream, benchmarks: Sequence[Benchmark], flow_cfg: F
 
 
 def _flow(bench: Benchmark, videos: Sequence[TransferVideo], root: Path, flow_cfg: FlowConfig,
-          shard: tuple[int, int], flow_spec: Stream | None,
+          shard: tuple[int, int], flow_spec: Stream | None, *,
           given: Store | None = None) -> tuple[Store | Path | None, dict[str, str]]:
     """The flow store of a benchmark (`given`: its flow_store, opened; else computing what it lacks at
     `root`) and this run's failures by video."""

@@ -135,8 +135,8 @@ class ClipDataset(Dataset):
         flipped as drawn while it is in the CPU's cache, computing only the crop's pixels
         (transforms.CropOut); flow's x and y are decoded into planes, never interleaved."""
         size, top, left, flip = self._choices(rng, video.height, video.width)
-        out = transforms.CropOut((video.height, video.width), len(indices), size, top, left, self.crop, self.modality,
-                                 flip)
+        out = transforms.CropOut((video.height, video.width), len(indices), size, top, left, self.crop,
+                                 modality=self.modality, flip=flip)
         if self.modality == "rgb":
             image = self._buffer("image", (video.height, video.width, 3))
             for k in video.images("rgb", indices, image, fast=self.fast_decode):

@@ -116,7 +116,7 @@ def export_name(checkpoint: Path | str, modality: str) -> str:
 
 def export_checkpoint(checkpoint: Path | str, out_dir: Path | str, formats: Sequence[str] = FORMATS,
                       output: str = "logits", clip_len: int | None = None, crop: int | None = None,
-                      force: bool = False) -> list[Path]:
+                      *, force: bool = False) -> list[Path]:
     """Export the stream of a checkpoint (trained or imported; a training directory stands for its
     last.pt) to `out_dir`/<name>.<output>.{pt,onnx} and a `.json` describing the input, <name> from
     `export_name` (it names the stream); returns the paths written. Existing files are refused

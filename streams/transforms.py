@@ -156,7 +156,7 @@ class CropOut:
     to within a level with IPP, else the same pixels."""
 
     def __init__(self, shape: Sequence[int], frames: int, size: Sequence[int], top: int, left: int, crop: int,
-                 modality: str, flip: bool):
+                 *, modality: str, flip: bool):
         height, width = int(size[0]), int(size[1])
         if not (0 <= top <= height - crop and 0 <= left <= width - crop):
             raise ValueError(f"crop {crop}x{crop} at ({top}, {left}) does not fit a {height}x{width} clip")
@@ -202,11 +202,11 @@ class CropOut:
 
 
 def resized_crop_chw(clip_u8: np.ndarray, size: Sequence[int], top: int, left: int, crop: int, modality: str,
-                     flip: bool, *, planes: bool = False) -> torch.Tensor:
+                     *, flip: bool, planes: bool = False) -> torch.Tensor:
     """`CropOut` over a whole decoded clip: uint8 [T, H, W, C], or [C, T, H, W] with `planes` (flow as
     VideoFrames.flow_planes reads it) -> uint8 [C, T, crop, crop] tensor."""
     c, t, h, w = clip_u8.shape if planes else (clip_u8.shape[3], *clip_u8.shape[:3])
-    out = CropOut((h, w), t, size, top, left, crop, modality, flip)
+    out = CropOut((h, w), t, size, top, left, crop, modality=modality, flip=flip)
     for k in range(t):
         if planes:
             for i in range(c):

@@ -101,4 +101,4 @@ def read_activitynet(cfg: DatasetConfig, split: str) -> Dataset:
         log.warning("%s: %d class(es) of the validation/testing videos have no training video (%s%s): "
                     "a classifier cannot predict them", path, len(unseen), ", ".join(unseen[:5]),
                     " ..." if len(unseen) > 5 else "")
-    return build("activitynet", root, classes, entries, split, str(path), skipped)
+    return build("activitynet", root, classes, entries, split, str(path), skipped=skipped)

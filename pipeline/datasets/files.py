@@ -222,7 +222,7 @@ class _ChildPaths:
 
 
 def build(fmt: str, root: Path, classes: list[str], entries: list[Entry], split: str, source: str,
-          skipped: list[str] | None = None, refused: list[tuple[str, str]] | None = None, *,
+          *, skipped: list[str] | None = None, refused: list[tuple[str, str]] | None = None,
           irregular: set[str] | None = None) -> Dataset:
     """Records for the entries that exist under root; the others are reported and skipped, together
     with `skipped` (what the reader could not place itself: clips not found, unlabelled clips).

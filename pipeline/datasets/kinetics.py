@@ -102,4 +102,4 @@ def _read_kinetics(cfg: DatasetConfig, split: str) -> Dataset:
         raise DatasetError(f"none of the {len(rows)} clips listed in {annotations} were found (labelled) "
                            f"under {root}; clips are looked up as <youtube_id>_<start:06d>_<end:06d>.<ext>, "
                            f"e.g. {rows[0][0] if rows else '?'}.mp4")
-    return build("kinetics", root, classes, entries, split, str(annotations), skipped, irregular=irregular)
+    return build("kinetics", root, classes, entries, split, str(annotations), skipped=skipped, irregular=irregular)

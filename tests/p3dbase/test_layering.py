@@ -46,3 +46,31 @@ def test_a_module_that_imports_upward_is_caught(tmp_path):
                                    SettingError, DiskFullError])
 def test_every_user_facing_error_has_one_root(error):
     assert issubclass(error, P3DError)
+
+
+# Numerical kernels compiled by numba or torch.compile take their arrays positionally, as kernels do.
+KERNELS = {"flow/tvl1_fast_kernels.py", "flow/tvl1_torch.py"}
+
+
+def _long_signatures(path: Path, limit: int = 6) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            positional = [a for a in node.args.posonlyargs + node.args.args if a.arg not in ("self", "cls")]
+            if len(positional) > limit:
+                found.append(f"{node.name} ({len(positional)})")
+    return found
+
+
+@pytest.mark.parametrize("package", LAYERS)
+def test_no_function_takes_more_than_six_positional_parameters(package):
+    """More goes in keyword-only arguments or a small dataclass, so that a call says what it passes."""
+    long = {str(p.relative_to(ROOT)): found for p in sorted((ROOT / package).rglob("*.py"))
+            if str(p.relative_to(ROOT)) not in KERNELS and (found := _long_signatures(p))}
+    assert not long
+
+
+def test_a_long_signature_is_caught(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("def f(a, b, c, d, e, f, g):\n    pass\n\ndef g(a, b, c, d, e, f, *, g):\n    pass\n")
+    assert _long_signatures(module) == ["f (7)"]

@@ -156,7 +156,7 @@ def test_resized_crop_is_the_crop_of_the_resized_clip(modality, source, size, cr
         expected = old_crop(clip, size, top, left, crop, modality, flip).int()
         for planes in (False, True):
             given = np.ascontiguousarray(clip.transpose(3, 0, 1, 2)) if planes else clip
-            got = transforms.resized_crop_chw(given, size, top, left, crop, modality, flip, planes=planes)
+            got = transforms.resized_crop_chw(given, size, top, left, crop, modality, flip=flip, planes=planes)
             assert got.shape == (channels, 4, crop, crop) and got.dtype == torch.uint8 and got.is_contiguous()
             changes.append((got.int() - expected).abs())
     change = torch.stack(changes)
@@ -169,12 +169,12 @@ def test_resized_crop_is_the_crop_of_the_resized_clip(modality, source, size, cr
 def test_resized_crop_without_a_resize_is_the_crop():
     clip = np.random.default_rng(5).integers(0, 256, (3, 20, 30, 2), dtype=np.uint8)
     for flip in (False, True):
-        got = transforms.resized_crop_chw(clip, (20, 30), 4, 9, 12, "flow", flip)
+        got = transforms.resized_crop_chw(clip, (20, 30), 4, 9, 12, "flow", flip=flip)
         assert torch.equal(got, old_crop(clip, (20, 30), 4, 9, 12, "flow", flip))
         planes = np.ascontiguousarray(clip.transpose(3, 0, 1, 2))
-        assert torch.equal(transforms.resized_crop_chw(planes, (20, 30), 4, 9, 12, "flow", flip, planes=True), got)
+        assert torch.equal(transforms.resized_crop_chw(planes, (20, 30), 4, 9, 12, "flow", flip=flip, planes=True), got)
     with pytest.raises(ValueError, match="does not fit a 20x30 clip"):
-        transforms.resized_crop_chw(clip, (20, 30), 9, 0, 12, "flow", False)
+        transforms.resized_crop_chw(clip, (20, 30), 9, 0, 12, "flow", flip=False)
 
 
 def test_crop_map_mirrors_the_crop():
