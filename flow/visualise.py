@@ -1,18 +1,20 @@
 """Flow to colour for people: the Middlebury colour wheel (Baker et al. 2011).
 
 Hue is the direction (right = red, down = yellow, left = cyan-blue, up = violet), saturation the
-magnitude relative to `max_flow`; zero motion is white.
+magnitude relative to `max_flow`; zero motion is white. `contact_sheet` draws the picture of
+`python -m pipeline show-flow` (matplotlib, imported only when it draws).
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from flow.errors import FlowError
-from p3dbase.atomic import write_bytes
+from p3dbase.atomic import atomic_write, write_bytes
 from p3dbase.errors import shown
 
 # Hue segments of the wheel: red-yellow, yellow-green, green-cyan, cyan-blue, blue-magenta, magenta-red.
@@ -89,3 +91,50 @@ def write_flow_png(path: Path | str, flow: np.ndarray, max_flow: float | None = 
     if not ok:
         raise FlowError(f"{shown(path)}: cannot encode the PNG")
     write_bytes(path, data.tobytes())
+
+
+def wheel_legend(size: int = 65) -> np.ndarray:
+    """uint8 [size, size, 3] BGR: the Middlebury wheel, a disc whose rim is motion of `max_flow`."""
+    r = (size - 1) / 2
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64)
+    flow = np.stack([(x - r) / r, (y - r) / r], axis=-1)
+    out = flow_to_colour(flow, max_flow=1.0)
+    out[np.hypot(*(flow[..., i] for i in range(2))) > 1] = 255
+    return out
+
+
+def contact_sheet(path: Path, rgb: np.ndarray, flows: np.ndarray, indices: Sequence[int], max_flow: float,
+                  title: str) -> Path:
+    """RGB frames (uint8 [K, H, W, 3] BGR) over the flow from each to the next (float [K, H, W, 2], px),
+    colour-coded at one fixed scale, `max_flow` px = full saturation, with the colour wheel as legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # here, not at the top: the flow stage itself never draws
+
+    k = len(indices)
+    h, w = rgb.shape[1:3]
+    width = min(24.0, max(6.0, 2.2 * k + 1.6))
+    fig, axes = plt.subplots(2, k + 1, figsize=(width, width / (k + 1) * 2 * h / w + 0.9), squeeze=False,
+                             gridspec_kw={"width_ratios": [1] * k + [0.7]})
+    for col, i in enumerate(indices):
+        axes[0, col].imshow(rgb[col][..., ::-1])
+        axes[0, col].set_title(f"frame {i}", fontsize=8)
+        axes[1, col].imshow(flow_to_colour(flows[col], max_flow)[..., ::-1])
+        axes[1, col].set_title(f"flow {i}->{i + 1}", fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0, k].axis("off")
+    axes[1, k].imshow(wheel_legend()[..., ::-1])
+    axes[1, k].set_title(f"rim = {max_flow:g} px/frame", fontsize=7)
+    axes[1, k].set_xlabel("hue: direction of motion\n(a point moving from the\ncentre to it); white: still", fontsize=6)
+    fig.suptitle(title, fontsize=9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_write(path) as f:
+            fig.savefig(f, dpi=110, format="png", bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return path

@@ -1,5 +1,5 @@
 """The report's pictures (matplotlib, Agg): confusion matrices that stay readable from 3 to 400 classes,
-per-class accuracy bars, accuracy against the fusion weight, and the flow contact sheet of `show-flow`.
+per-class accuracy bars, and accuracy against the fusion weight.
 
 Each function draws one PNG and writes it under a temporary name first, so a half-written picture
 is never taken for done. Sizes grow with the number of classes but are capped: a 400-class
@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from flow.visualise import flow_to_colour
 from fusion import metrics
 from fusion.metrics import Labels
 from p3dbase.atomic import atomic_write
@@ -216,39 +215,3 @@ def weight_figure(curves: dict[str, tuple[Sequence[float], np.ndarray]], chosen:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return fig
-
-
-def wheel_legend(size: int = 65) -> np.ndarray:
-    """uint8 [size, size, 3] BGR: the Middlebury wheel, a disc whose rim is motion of `max_flow`."""
-    r = (size - 1) / 2
-    y, x = np.mgrid[0:size, 0:size].astype(np.float64)
-    flow = np.stack([(x - r) / r, (y - r) / r], axis=-1)
-    out = flow_to_colour(flow, max_flow=1.0)
-    out[np.hypot(*(flow[..., i] for i in range(2))) > 1] = 255
-    return out
-
-
-def contact_sheet(path: Path, rgb: np.ndarray, flows: np.ndarray, indices: Sequence[int], max_flow: float,
-                  title: str) -> Path:
-    """RGB frames (uint8 [K, H, W, 3] BGR) over the flow from each to the next (float [K, H, W, 2], px),
-    colour-coded at one fixed scale, `max_flow` px = full saturation, with the colour wheel as legend."""
-    plt = _pyplot()
-    k = len(indices)
-    h, w = rgb.shape[1:3]
-    width = min(24.0, max(6.0, 2.2 * k + 1.6))
-    fig, axes = plt.subplots(2, k + 1, figsize=(width, width / (k + 1) * 2 * h / w + 0.9), squeeze=False,
-                             gridspec_kw={"width_ratios": [1] * k + [0.7]})
-    for col, i in enumerate(indices):
-        axes[0, col].imshow(rgb[col][..., ::-1])
-        axes[0, col].set_title(f"frame {i}", fontsize=8)
-        axes[1, col].imshow(flow_to_colour(flows[col], max_flow)[..., ::-1])
-        axes[1, col].set_title(f"flow {i}->{i + 1}", fontsize=8)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    axes[0, k].axis("off")
-    axes[1, k].imshow(wheel_legend()[..., ::-1])
-    axes[1, k].set_title(f"rim = {max_flow:g} px/frame", fontsize=7)
-    axes[1, k].set_xlabel("hue: direction of motion\n(a point moving from the\ncentre to it); white: still", fontsize=6)
-    fig.suptitle(title, fontsize=9)
-    return _save(fig, path)

@@ -345,8 +345,7 @@ def show_flow_stage(cfg: Config, video_id: str, *, out: Path | None = None, fram
     the flow from each to the next, colour-coded at one fixed scale (`max_flow` px per frame = full
     saturation, > 0; None = a quarter of the store's flow bound), with the colour wheel as legend."""
     from flow.encoding import decode
-    from flow.visualise import check_max_flow, check_png_path
-    from fusion.figures import contact_sheet
+    from flow.visualise import check_max_flow, check_png_path, contact_sheet
 
     if frames < 1:
         raise PipelineError(f"--frames must be >= 1, got {frames}")

@@ -1,7 +1,8 @@
 import cv2
 import numpy as np
 
-from flow.visualise import colour_wheel, flow_to_colour, write_flow_png
+from flow.visualise import colour_wheel, contact_sheet, flow_to_colour, wheel_legend, write_flow_png
+from tests.pictures import blobs, read_png
 
 
 def test_wheel_has_55_hues_starting_at_red():
@@ -46,3 +47,23 @@ def test_a_picture_must_be_named_png_and_its_scale_positive(tmp_path):
             check_max_flow(bad)
     check_max_flow(None)
     assert not list(tmp_path.iterdir())
+
+
+def test_contact_sheet_and_wheel_legend(tmp_path):
+    legend = wheel_legend(33)
+    assert legend.shape == (33, 33, 3) and legend.dtype == np.uint8
+    assert (legend[16, 16] == 255).all()  # no motion at the centre: white
+    assert (legend[0, 0] == 255).all()  # outside the disc: white background
+    # Rightward motion at the rim is red in the Middlebury wheel (BGR: red is the last channel).
+    assert legend[16, 32, 2] == 255 and legend[16, 32, 0] < 40
+    rgb = np.zeros((3, 24, 32, 3), np.uint8)
+    flows = np.zeros((3, 24, 32, 2), np.float32)
+    flows[..., 0] = 1.0  # 1 px right at a 2 px scale: half-saturated red, BGR (128, 128, 255)
+    image = read_png(contact_sheet(tmp_path / "sheet.png", rgb, flows, [0, 4, 8], 2.0, "v: test"))
+    assert image.shape[1] > image.shape[0] > 100
+    # Three black frames over three half-red flow fields, each a panel of the same size.
+    frames = [b for b in blobs(image, (0, 0, 0), 3) if b[4] > 2000]
+    fields = [b for b in blobs(image, (128, 128, 255), 3) if b[4] > 2000]
+    assert len(frames) == 3 and len(fields) == 3, (frames, fields)
+    assert all(f[1] > max(b[1] + b[3] for b in frames) for f in fields)  # the flow row under the frames
+    assert max(b[4] for b in fields) < 1.1 * min(b[4] for b in frames)

@@ -1,30 +1,17 @@
 """The report's pictures read back as pixels: confusion cells where the counts put them, per-class bars
 as long as their accuracy and markers whole at 0 and 100, labels legible at 12 and 400 classes, the
 flow contact sheet's colours; the most-confused table on a worked example; the page's size at 400."""
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
 
 from fusion import figures, report
 from fusion.report import EvalReport, MethodScores
+from tests.pictures import blobs, read_png
 
 VIRIDIS_TOP = (37, 231, 253)  # BGR of viridis at 1.0: a cell holding all of its row's videos
 ORANGE = (82, 132, 221)  # BGR of figures.MARKER_COLOURS[0], the first marker method
 BAR = (176, 114, 76)  # BGR of the bars' #4c72b0
-
-
-def read_png(path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    assert image is not None, f"{path} is not a readable PNG"
-    return image
-
-
-def blobs(image: np.ndarray, bgr, tolerance: int = 12) -> list[tuple[int, int, int, int, int]]:
-    """Connected regions of one colour: (x, y, width, height, pixel count), largest first."""
-    mask = (np.abs(image.astype(int) - np.array(bgr)) <= tolerance).all(axis=2).astype(np.uint8)
-    count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=4)  # cells meeting at a corner stay apart
-    return sorted((tuple(int(v) for v in s) for s in stats[1:]), key=lambda s: -s[4])
 
 
 def scores_for(n: int, videos_per_class: int = 3, seed: int = 0):
@@ -155,23 +142,3 @@ def test_most_confused_pairs_worked_example():
     assert "| c | b | 2 | 100.0% |" in text and "| a | c | 1 | 25.0% |" in text
     perfect = report.most_confused(np.eye(4)[[0, 1]], [(0,), (1,)], classes)
     assert perfect.empty and "No test video" in report.confused_markdown("x", perfect)
-
-
-def test_contact_sheet_and_wheel_legend(tmp_path):
-    legend = figures.wheel_legend(33)
-    assert legend.shape == (33, 33, 3) and legend.dtype == np.uint8
-    assert (legend[16, 16] == 255).all()  # no motion at the centre: white
-    assert (legend[0, 0] == 255).all()  # outside the disc: white background
-    # Rightward motion at the rim is red in the Middlebury wheel (BGR: red is the last channel).
-    assert legend[16, 32, 2] == 255 and legend[16, 32, 0] < 40
-    rgb = np.zeros((3, 24, 32, 3), np.uint8)
-    flows = np.zeros((3, 24, 32, 2), np.float32)
-    flows[..., 0] = 1.0  # 1 px right at a 2 px scale: half-saturated red, BGR (128, 128, 255)
-    image = read_png(figures.contact_sheet(tmp_path / "sheet.png", rgb, flows, [0, 4, 8], 2.0, "v: test"))
-    assert image.shape[1] > image.shape[0] > 100
-    # Three black frames over three half-red flow fields, each a panel of the same size.
-    frames = [b for b in blobs(image, (0, 0, 0), 3) if b[4] > 2000]
-    fields = [b for b in blobs(image, (128, 128, 255), 3) if b[4] > 2000]
-    assert len(frames) == 3 and len(fields) == 3, (frames, fields)
-    assert all(f[1] > max(b[1] + b[3] for b in frames) for f in fields)  # the flow row under the frames
-    assert max(b[4] for b in fields) < 1.1 * min(b[4] for b in frames)
