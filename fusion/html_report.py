@@ -24,7 +24,7 @@ import pandas as pd
 
 from flow.encoding import decode
 from flow.errors import FlowError
-from flow.store import open_store
+from flow.store import STORE_FILE, open_store
 from flow.visualise import flow_to_colour
 from fusion import figures, fuse, metrics, report
 from fusion.errors import FusionError
@@ -110,7 +110,7 @@ def find_reports(folder: Path) -> list[tuple[str, Path]]:
             except (OSError, ValueError, AttributeError):
                 kind = None
             found.append((kind if kind in ("eval", "transfer", "average") else "damaged", Path(root)))
-        if "store.json" in files:  # a frame + flow store: thousands of videos, no report
+        if STORE_FILE in files:  # a frame + flow store: thousands of videos, no report
             dirs.clear()
         dirs[:] = sorted(d for d in dirs if d not in ("cache", "features", "tb") and not d.startswith("."))
     return found
