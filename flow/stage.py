@@ -42,7 +42,7 @@ from flow.errors import FlowError
 from flow.index import IndexEntry, IndexWriter, Origin, entry_stat
 from flow.manifest import VideoResult, read_manifest, write_manifest
 from flow.rawframes import import_video, survey
-from flow.stat_ahead import MISSING, StatsAhead, can_fork
+from flow.stat_ahead import MISSING, StatsAhead, can_fork, size_mtime
 from flow.store import PACK_SUFFIX, STORE_FILE, OtherSettingsError, Store, check_video_id, create_store, open_store
 from flow.tvl1 import OpenCVTVL1, to_gray
 from flow.video import VideoReader
@@ -530,7 +530,7 @@ def _refuse(jobs: Sequence[FlowJob], cfg: FlowConfig) -> tuple[list[FlowJob], di
     rows: dict[str, VideoResult] = {}
     for job in jobs:
         error = job.error
-        if not error and not _plain_id(job.video_id):
+        if not error:
             try:
                 check_video_id(job.video_id)
             except FlowError as e:
@@ -546,13 +546,6 @@ def _refuse(jobs: Sequence[FlowJob], cfg: FlowConfig) -> tuple[list[FlowJob], di
         else:
             valid.append(job)
     return valid, rows
-
-
-def _plain_id(video_id: str) -> bool:
-    """Whether check_video_id takes the id, found without splitting it (650,000 ids): no empty,
-    hidden, "." or ".." part, no backslash, not absolute. False sends it to check_video_id."""
-    return bool(video_id) and "\\" not in video_id and "//" not in video_id and "/." not in video_id \
-        and video_id[0] not in "/." and video_id[-1] != "/"
 
 
 @dataclass
@@ -699,15 +692,7 @@ def _plan(store: Store, jobs: Sequence[FlowJob], force: bool, ahead: _Ahead | No
 
 def _stats(source: str, stored: str) -> tuple[int, int, int, int]:
     """(size, mtime_ns) of a source and of its stored video, as flow.stat_ahead gives them."""
-    pair = []
-    for path in (source, stored):
-        try:
-            st = os.stat(path)
-        except OSError:
-            pair += (MISSING, 0)
-            continue
-        pair += (st.st_size, st.st_mtime_ns)
-    return tuple(pair)  # type: ignore[return-value]
+    return (*size_mtime(source), *size_mtime(stored))
 
 
 def _check_stored(store: Store, job: FlowJob, origin: Origin, *, legacy: bool,

@@ -80,16 +80,20 @@ def can_fork() -> bool:
     return hasattr(os, "fork") and threading.active_count() == 1
 
 
+def size_mtime(path: str) -> tuple[int, int]:
+    """(size, mtime_ns) of `path`; (MISSING, 0) when it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return MISSING, 0
+    return st.st_size, st.st_mtime_ns
+
+
 def _send(fd: int, paths: Iterable[str]) -> None:
     values = array("q")
-    put, stat = values.extend, os.stat
+    put = values.extend
     for path in paths:
-        try:
-            st = stat(path)
-        except OSError:
-            put((MISSING, 0))
-            continue
-        put((st.st_size, st.st_mtime_ns))
+        put(size_mtime(path))
     view = memoryview(values).cast("B")
     while view:
         view = view[os.write(fd, view):]

@@ -25,7 +25,7 @@ import stat
 import struct
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -235,69 +235,69 @@ class PackedFrames(VideoFrames):
         return FlowError(f"video {self.video_id}: {what} {i} in {self.path} does not decode as {codec} ({e}): "
                          "redo the video (re-run the flow stage with --force, or remove it)")
 
-    def rgb(self, indices: Sequence[int], out: np.ndarray | None = None, *, fast: bool = False) -> np.ndarray:
-        idx = _check_indices(self.video_id, indices, self.num_frames, "frame")
-        out = _output(out, (len(idx), self.height, self.width, 3), self.video_id)
-        for k, blob in enumerate(self._blobs(self._rgb_index[idx])):
-            try:
-                decode_rgb(self.codec, self._check_crc(blob, self._rgb_crc, idx[k], "frame"), out[k], fast)
-            except CodecError as e:
-                raise self._undecodable(e, idx[k], "frame", self.codec) from None
-        return out
+    def _side(self, rgb: bool) -> tuple[str, str, np.ndarray, np.ndarray | None]:
+        """(what an image is called, its codec, index rows, CRCs) of the frames or of the flow images."""
+        return (("frame", self.codec, self._rgb_index, self._rgb_crc) if rgb else
+                ("flow image", self.flow_codec, self._flow_index, self._flow_crc))
 
-    def flow(self, indices: Sequence[int], out: np.ndarray | None = None, *, fast: bool = False) -> np.ndarray:
-        idx = _check_indices(self.video_id, indices, self.num_flows, "flow")
-        out = _output(out, (len(idx), self.height, self.width, 2), self.video_id)
-        scratch = np.empty((2, self.height, self.width), np.uint8)
-        for k, blob in enumerate(self._blobs(self._flow_index[idx])):
-            try:
-                decode_flow(self.flow_codec, self._check_crc(blob, self._flow_crc, idx[k], "flow image"), out[k],
-                            scratch, fast)
-            except CodecError as e:
-                raise self._undecodable(e, idx[k], "flow image", self.flow_codec) from None
-        return out
+    def _indices(self, rgb: bool, indices: Sequence[int]) -> list[int]:
+        return _check_indices(self.video_id, indices, self.num_frames if rgb else self.num_flows,
+                              "frame" if rgb else "flow")
 
-    def flow_planes(self, indices: Sequence[int], out: np.ndarray | None = None, *, fast: bool = False
-                    ) -> np.ndarray:
-        idx = _check_indices(self.video_id, indices, self.num_flows, "flow")
-        out = _output(out, (2, len(idx), self.height, self.width), self.video_id)
-        for k, blob in enumerate(self._blobs(self._flow_index[idx])):
+    def _decode_each(self, rgb: bool, idx: list[int],
+                     decode: Callable[[int, np.ndarray, str], None]) -> Iterator[int]:
+        """Every blob at the checked `idx`, its CRC checked, through decode(k, blob, codec); yields k once
+        it is decoded. A blob that does not decode names the video and the image."""
+        what, codec, index, crcs = self._side(rgb)
+        for k, blob in enumerate(self._blobs(index[idx])):
             try:
-                decode_flow_planes(self.flow_codec, self._check_crc(blob, self._flow_crc, idx[k], "flow image"),
-                                   out[0, k], out[1, k], fast)
-            except CodecError as e:
-                raise self._undecodable(e, idx[k], "flow image", self.flow_codec) from None
-        return out
-
-    def images(self, modality: str, indices: Sequence[int], out: np.ndarray, *, fast: bool = False) -> Iterator[int]:
-        rgb = modality == "rgb"
-        idx = _check_indices(self.video_id, indices, self.num_frames if rgb else self.num_flows,
-                             "frame" if rgb else "flow")
-        out = _output(out, (self.height, self.width, 3) if rgb else (2, self.height, self.width), self.video_id)
-        what, codec, crcs = ("frame", self.codec, self._rgb_crc) if rgb else \
-            ("flow image", self.flow_codec, self._flow_crc)
-        for k, blob in enumerate(self._blobs((self._rgb_index if rgb else self._flow_index)[idx])):
-            try:
-                blob = self._check_crc(blob, crcs, idx[k], what)
-                if rgb:
-                    decode_rgb(codec, blob, out, fast)
-                else:
-                    decode_flow_planes(codec, blob, out[0], out[1], fast)
+                decode(k, self._check_crc(blob, crcs, idx[k], what), codec)
             except CodecError as e:
                 raise self._undecodable(e, idx[k], what, codec) from None
             yield k
 
+    def rgb(self, indices: Sequence[int], out: np.ndarray | None = None, *, fast: bool = False) -> np.ndarray:
+        idx = self._indices(True, indices)
+        out = _output(out, (len(idx), self.height, self.width, 3), self.video_id)
+        for _ in self._decode_each(True, idx, lambda k, blob, codec: decode_rgb(codec, blob, out[k], fast)):
+            pass
+        return out
+
+    def flow(self, indices: Sequence[int], out: np.ndarray | None = None, *, fast: bool = False) -> np.ndarray:
+        idx = self._indices(False, indices)
+        out = _output(out, (len(idx), self.height, self.width, 2), self.video_id)
+        scratch = np.empty((2, self.height, self.width), np.uint8)
+        for _ in self._decode_each(False, idx,
+                                   lambda k, blob, codec: decode_flow(codec, blob, out[k], scratch, fast)):
+            pass
+        return out
+
+    def flow_planes(self, indices: Sequence[int], out: np.ndarray | None = None, *, fast: bool = False
+                    ) -> np.ndarray:
+        idx = self._indices(False, indices)
+        out = _output(out, (2, len(idx), self.height, self.width), self.video_id)
+        for _ in self._decode_each(False, idx, lambda k, blob, codec: decode_flow_planes(codec, blob, out[0, k],
+                                                                                          out[1, k], fast)):
+            pass
+        return out
+
+    def images(self, modality: str, indices: Sequence[int], out: np.ndarray, *, fast: bool = False) -> Iterator[int]:
+        rgb = modality == "rgb"
+        idx = self._indices(rgb, indices)
+        out = _output(out, (self.height, self.width, 3) if rgb else (2, self.height, self.width), self.video_id)
+        if rgb:
+            return self._decode_each(True, idx, lambda k, blob, codec: decode_rgb(codec, blob, out, fast))
+        return self._decode_each(False, idx, lambda k, blob, codec: decode_flow_planes(codec, blob, out[0], out[1],
+                                                                                        fast))
+
     def jpeg_blobs(self, modality: str, indices: Sequence[int]) -> list[np.ndarray]:
         rgb = modality == "rgb"
-        codec = self.codec if rgb else self.flow_codec
+        what, codec, index, crcs = self._side(rgb)
         if codec != "jpeg":
             raise FlowError(f"video {self.video_id}: {self.path} stores {modality} as {codec}, not JPEG "
                             "(GPU decoding needs a store made with codec/flow_codec = \"jpeg\")")
-        idx = _check_indices(self.video_id, indices, self.num_frames if rgb else self.num_flows,
-                             "frame" if rgb else "flow")
-        what, crcs = ("frame", self._rgb_crc) if rgb else ("flow image", self._flow_crc)
-        blobs = [self._check_crc(b, crcs, idx[k], what)
-                 for k, b in enumerate(self._blobs((self._rgb_index if rgb else self._flow_index)[idx]))]
+        idx = self._indices(rgb, indices)
+        blobs = [self._check_crc(b, crcs, idx[k], what) for k, b in enumerate(self._blobs(index[idx]))]
         if rgb:
             return blobs
         try:
