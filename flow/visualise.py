@@ -79,7 +79,8 @@ def check_png_path(path: Path | str, what: str = "the picture") -> Path:
     if path.suffix.lower() != ".png":
         raise FlowError(f"{what} {shown(path)}: writes a PNG picture, so the name must end in .png")
     if not path.parent.is_dir():
-        raise FlowError(f"{what} {shown(path)}: the folder {shown(path.parent)} does not exist")
+        where = "is a file, not a folder" if path.parent.exists() else "does not exist"
+        raise FlowError(f"{what} {shown(path)}: the folder {shown(path.parent)} {where}")
     return path
 
 

@@ -40,7 +40,7 @@ from fusion.report import save_npz
 from fusion.views import feature_plan
 from p3dbase.atomic import DiskFullError, atomic_path
 from p3dbase.errors import shown
-from p3dbase.overwrite import refuse_overwrite
+from p3dbase.overwrite import output_folder, refuse_overwrite
 from p3dbase.progress import progress_bar
 from streams.errors import StreamsError
 
@@ -72,6 +72,7 @@ def _check_output(out: Path, force: bool) -> None:
         raise FusionError(f"--out {shown(out)}: the features file must end in .npz or .parquet (or give --stride "
                           "for per-snippet features into a folder)")
     refuse_overwrite([out], force)
+    output_folder(out.parent, "--out's folder")
     if out.suffix == ".parquet":
         try:
             import pyarrow  # noqa: F401

@@ -44,6 +44,7 @@ from fusion.views import View, score_plan
 from p3dbase.atomic import DiskFullError
 from p3dbase.device import resolve_device
 from p3dbase.errors import shown
+from p3dbase.overwrite import output_folder
 from p3dbase.progress import progress_bar
 from streams.checkpoint import FLOW_DECISIVE, check_flow_settings
 from streams.errors import StreamsError
@@ -199,6 +200,8 @@ def predict(videos: Sequence[Path | str], checkpoints: dict[str, Path], flow_cfg
                           f"{timeline.stride}")
     if timeline is not None and timeline.out.exists() and not timeline.out.is_dir():
         raise FusionError(f"--out {shown(timeline.out)} is a file; --timeline writes into a folder")
+    if timeline is not None:
+        output_folder(timeline.out, "predict --timeline --out")
     inputs = list_inputs(videos)
     if timeline is not None:
         clashes = [p for v in inputs for p in timeline_paths(timeline.out, v.video_id) if p.exists()]

@@ -50,7 +50,7 @@ from p3dbase.atomic import DiskFullError, atomic_path, disk_full, is_disk_full, 
 from p3dbase.device import resolve_device
 from p3dbase.errors import shown
 from p3dbase.lock import try_lock
-from p3dbase.overwrite import OutputExistsError
+from p3dbase.overwrite import OutputExistsError, output_folder
 from p3dbase.progress import progress_bar
 from streams.errors import StreamsError
 from streams.transforms import MODALITIES
@@ -142,7 +142,7 @@ def _open_folder(out: Path, settings: dict, key: str, force: bool) -> None:
                           "--out, or --force to write into it")
     elif out.exists() and not out.is_dir():
         raise FusionError(f"--out {shown(out)} is a file: per-snippet features go to a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out, "features --out")
     if force or not marker.is_file():
         write_text(marker, json.dumps({**settings, "key": key}, indent=2, sort_keys=True) + "\n")
 

@@ -2,9 +2,11 @@
 
 Each package's error (`flow.errors.FlowError`, `streams.errors.StreamsError`,
 `fusion.errors.FusionError`, `pipeline.errors.PipelineError`) derives from `P3DError`, so an error
-raised deep in `flow` reaches the CLI unchanged: the CLI catches `P3DError` alone and prints one line,
-and no package translates another's errors.
+raised deep in `flow` reaches the CLI unchanged: the CLI catches `P3DError` and prints one line, and
+no package translates another's errors. The system's refusals (`OSError`: a full disk mid-run, a
+file that vanished) that no stage turned into a P3DError are printed as one line too (`refusal`).
 """
+import errno
 
 
 class P3DError(Exception):
@@ -24,3 +26,18 @@ def shown(text: object) -> str:
     carries as lone surrogates) become `\\xNN`, so that printing it or writing it to a UTF-8 file
     cannot fail."""
     return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+# What the system's refusals mean to someone choosing where a stage reads and writes.
+_REFUSALS = {errno.EACCES: "no permission", errno.EPERM: "not permitted", errno.EROFS: "the file system is read-only",
+             errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+             errno.ENAMETOOLONG: "the name is too long", errno.ENOTDIR: "a file is where a folder should be",
+             errno.EMFILE: "too many open files (raise `ulimit -n`)"}
+
+
+def refusal(err: OSError) -> str:
+    """An OSError as one line: its file(s) and what the refusal means, e.g.
+    "/data/out: the file system is read-only"."""
+    why = _REFUSALS.get(err.errno, err.strerror or type(err).__name__)
+    files = " -> ".join(shown(f) for f in (err.filename, err.filename2) if f is not None)
+    return f"{files}: {why}" if files else why

@@ -1,14 +1,17 @@
-"""The one rule for a command's output files: an existing file is never replaced unless asked (--force).
+"""The one rule for a command's output files: an existing file is never replaced unless asked (--force);
+and the one way a command makes its output folder (`output_folder`).
 
 `export`, `features` and the other commands that write where the user points them ask here before
-any work, so a second run cannot silently replace the first run's result.
+any work, so a second run cannot silently replace the first run's result, and a folder that cannot
+be written is one line before an hour of work, not a traceback after it.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from p3dbase.errors import P3DError, shown
+from p3dbase.errors import P3DError, refusal, shown
 
 
 class OutputExistsError(P3DError):
@@ -40,4 +43,25 @@ def refuse_file_as_folder(folder: Path | str, what: str) -> Path:
                 raise OutputExistsError(f"{what} {shown(folder)}: a file is in the way{where}, where a folder is to be "
                                         "made: move it away or choose another work_dir / --out")
             break
+    return folder
+
+
+class OutputFolderError(P3DError):
+    """An output folder that cannot be made or written (permissions, a read-only or full disk)."""
+
+
+def output_folder(folder: Path | str, what: str) -> Path:
+    """Make `what`'s output folder (and those above it) before any work, or say in one line why it
+    cannot be: a file in the way (refuse_file_as_folder), no permission, a read-only or full file
+    system. An existing folder this process cannot write is refused too, so that a stage does not
+    compute for an hour and fail at its first write."""
+    folder = refuse_file_as_folder(folder, what)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputFolderError(f"{what} {shown(folder)} cannot be made: {refusal(e)}: choose another "
+                                "work_dir / --out") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputFolderError(f"{what} {shown(folder)} cannot be written: no permission to write there: "
+                                "choose another work_dir / --out, or change its permissions")
     return folder

@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from p3dbase.errors import P3DError
+from p3dbase.errors import P3DError, refusal
 from p3dbase.runlog import run_log
 
 STAGE_HELP = {
@@ -137,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
             stages.report_stage(args.work_dir)
     except P3DError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the system refused (a disk filled, a file vanished): one line all the same
+        if os.environ.get("P3D_TRACEBACK"):
+            raise
+        print(f"error: {refusal(err)} (P3D_TRACEBACK=1 shows where)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume", file=sys.stderr)

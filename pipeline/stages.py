@@ -17,7 +17,7 @@ from flow.verify import VerifyReport, verify_store
 from p3dbase.atomic import write_text
 from p3dbase.errors import P3DError, shown
 from p3dbase.lock import try_lock
-from p3dbase.overwrite import refuse_file_as_folder
+from p3dbase.overwrite import output_folder
 from pipeline.config import Config, dump_toml, write_resolved
 from pipeline.datasets import Dataset, read_dataset
 from pipeline.datasets.files import video_id_of
@@ -111,7 +111,7 @@ def synth_stage(cfg: Config, *, force: bool = False) -> None:
     if not cfg.dataset.root:
         raise PipelineError("dataset.root is empty: set the folder SynthActions is written to, "
                             "e.g. --set dataset.root=work/synth")
-    root = Path(cfg.dataset.root)
+    root = output_folder(cfg.dataset.root, "the SynthActions folder (dataset.root)")
     generate(cfg.synth, root, force=force)  # prints its own summary
     write_resolved(cfg, root)
 
@@ -119,7 +119,7 @@ def synth_stage(cfg: Config, *, force: bool = False) -> None:
 def flow_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1), force: bool = False,
                strict: bool = False) -> FlowSummary:
     dataset = read_dataset(cfg.dataset)
-    out = refuse_file_as_folder(flow_dir(cfg), "the flow store")
+    out = output_folder(flow_dir(cfg), "the flow store")
     if dataset.missing:
         print(f"{len(dataset.missing)} video(s) listed in the annotations are not under {dataset.root} and "
               f"are skipped (all listed in {out / MISSING}), e.g. {', '.join(dataset.missing[:3])}")
@@ -209,7 +209,7 @@ def train_stage(cfg: Config, stream: str) -> None:
                    if v.split in ("test", "val") and v.video_id in done]
         if not train:
             raise PipelineError(f"split {split} of {cfg.dataset.format} has no training video with flow")
-        refuse_file_as_folder(train_dir(cfg, stream, split), "the training folder")
+        output_folder(train_dir(cfg, stream, split), "the training folder")
         # config.toml is written beside the checkpoints once train_stream has accepted the settings
         train_stream(StreamData(store, train, val, dataset.classes), stream, cfg.model, cfg.train,
                      train_dir(cfg, stream, split), config_toml=dump_toml(cfg))
@@ -237,6 +237,7 @@ def eval_stage(cfg: Config, checkpoints: dict[str, Path] | None = None, *, allow
     out_root = eval_out_dir(cfg, checkpoints, out)
     if out_root.exists() and not out_root.is_dir():
         raise PipelineError(f"eval --out {shown(out_root)} is a file; the report is a folder: give a folder name")
+    output_folder(out_root, "the eval report folder")
     with try_lock(out_root.parent / f".{out_root.name}.lock") as holder:
         if holder:
             raise PipelineError(f"{shown(out_root)} is being written by another eval run (pid {holder}): wait for "
@@ -288,7 +289,7 @@ def transfer_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1)) -> pd.DataFr
         generate_companions(cfg.transfer.companions)
     benchmarks = [read_benchmark(name, cfg.benchmark[name]) for name in cfg.transfer.benchmarks]
     # 2. Flow, features and protocols.
-    out = refuse_file_as_folder(transfer_dir(cfg), "the transfer report folder")
+    out = output_folder(transfer_dir(cfg), "the transfer report folder")
     result = run_transfer(benchmarks, cfg.transfer, cfg.flow, out, shard=shard)
     write_resolved(cfg, out)  # with the work: a refused run leaves the last run's config.toml
     if result is None:
@@ -365,7 +366,7 @@ def show_flow_stage(cfg: Config, video_id: str, *, out: Path | None = None, fram
         rgb, flow = video.rgb(picks), decode(video.flow(picks), store.bound)
         size = f"{video.width}x{video.height}"
     out = Path(out) if out else cfg.work / "show-flow" / f"{video_id.replace('/', '__')}.png"
-    refuse_file_as_folder(out.parent, "show-flow's folder")
+    output_folder(out.parent, "show-flow's folder")
     title = (f"{video_id}: {size}, frames {', '.join(map(str, picks))}; flow colour scale fixed at "
              f"{scale:g} px/frame = full saturation (store bound {store.bound:g} px)")
     contact_sheet(out, rgb, flow, picks, scale, title)

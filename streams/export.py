@@ -22,7 +22,7 @@ from torch import nn
 
 from p3dbase.atomic import atomic_path, write_text
 from p3dbase.errors import shown
-from p3dbase.overwrite import refuse_overwrite
+from p3dbase.overwrite import output_folder, refuse_overwrite
 from streams.checkpoint import load_stream
 from streams.errors import StreamsError
 
@@ -133,6 +133,7 @@ def export_checkpoint(checkpoint: Path | str, out_dir: Path | str, formats: Sequ
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise StreamsError(f"export --out {shown(out_dir)} is a file; --out names the folder the exports go to")
+    output_folder(out_dir, "export --out")
     model, ckpt = load_stream(checkpoint)
     checkpoint = ckpt.path
     clip_len = clip_len or int(ckpt.train_config.get("clip_len", 16))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from p3dbase.overwrite import output_folder
 from streams.checkpoint import file_sha256, make_payload, save_checkpoint
 from streams.config import ModelConfig, TrainConfig
 from streams.errors import StreamsError
@@ -89,6 +90,7 @@ def import_weights(src: Path | str, out: Path | str, *, source: str = "auto", ar
     `predict`, `features` and `export` read for the clip size.
     """
     src, out = Path(src), Path(out)
+    output_folder(out.parent, "import-weights --out's folder")
     source, arch, model = load_published(src, source=source, arch=arch, fc_layer=fc_layer)
     modality = "rgb" if model.in_channels == 3 else "flow"
     num_classes = model.fc.out_features
