@@ -4,13 +4,15 @@ A re-run of the flow stage trusts the store's index and reads no image; this is 
 that reads them all: each pack's structure and the CRC32 of every image (mmaction folders: every
 JPEG against the checksums the flow stage kept beside them, and decoded), and the counts against
 the index. Damaged videos are listed in `<store>/verify-report.csv` and marked "damaged" in the
-index, so that the next `flow` run redoes them. Reading is I/O-bound on a cold disk; one process per
+index, so that the next `flow` run redoes them (a store that cannot be written, e.g. on a read-only
+share, is checked all the same and the result only printed). Reading is I/O-bound on a cold disk; one process per
 core keeps the decoding and checksums off the critical path.
 """
 from __future__ import annotations
 
 import csv
 import io
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +41,11 @@ class VerifyReport:
         lines += [f"verify: damaged {video_id}: {problem}" for video_id, problem in self.damaged[:10]]
         if len(self.damaged) > 10:
             lines.append(f"verify: ... and {len(self.damaged) - 10} more")
-        if self.damaged:
+        if self.damaged and self.report is not None:
             lines.append(f"verify: listed in {shown(self.report)}; the next `flow` run redoes them")
+        elif self.damaged:
+            lines.append("verify: not recorded in the store, which cannot be written here: re-run verify where "
+                         "it can, and the next `flow` run redoes them")
         return "\n".join(lines)
 
 
@@ -86,9 +91,15 @@ def verify_store(root: Path | str, *, jobs: int = 0) -> VerifyReport:
             bar.update(len(result))
             bar.set_postfix(damaged=len(damaged), refresh=False)
     damaged.sort()
-    report = VerifyReport(len(todo), damaged, store.root / REPORT_FILE)
-    _write_report(report)
-    if damaged:
+    # A store on a read-only share is still checked; its result is printed, not recorded.
+    writable = os.access(store.root, os.W_OK | os.X_OK)
+    report = VerifyReport(len(todo), damaged, store.root / REPORT_FILE if writable else None)
+    if not writable:
+        print(f"verify: {shown(store.root)} cannot be written here: the result is printed only (no {REPORT_FILE}, "
+              "nothing marked for the next `flow` run)", flush=True)
+    else:
+        _write_report(report)
+    if damaged and writable:
         with store.index.writer() as index:
             for video_id, problem in damaged:
                 entry = entries.get(video_id) or IndexEntry(video_id, "damaged")

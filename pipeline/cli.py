@@ -164,8 +164,8 @@ def _eval_folder(args: argparse.Namespace, cfg) -> Path:
 
 def stage_log(args: argparse.Namespace, cfg, argv: list[str]) -> contextlib.AbstractContextManager:
     """The stage's own log beside its output (p3dbase.runlog): `<out>/<stage>.log`, appended; none for
-    the tools, for the processes of torchrun but rank 0, or where the output folder cannot be made (the
-    stage then says why)."""
+    the tools, for the processes of torchrun but rank 0, or where the output folder cannot be made or
+    written (the stage then says why)."""
     from pipeline import stages
 
     if args.stage not in LOGGED or int(os.environ.get("RANK", "0")) != 0:
@@ -181,6 +181,8 @@ def stage_log(args: argparse.Namespace, cfg, argv: list[str]) -> contextlib.Abst
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
+        return contextlib.nullcontext()
+    if not os.access(folder, os.W_OK | os.X_OK):  # a read-only store: read stages need no log there
         return contextlib.nullcontext()
     index, count = getattr(args, "shard", (0, 1))
     name = args.stage + (f"-shard-{index}-of-{count}" if count > 1 else "") + ".log"

@@ -253,6 +253,38 @@ def test_verify_finds_a_changed_jpeg_in_an_mmaction_store(videos, tmp_path, fast
     assert verify_store(out, jobs=1).damaged == []
 
 
+def _store_cannot_be_written(out: Path, monkeypatch) -> None:
+    """The store as a read-only share shows it: really (chmod) for a user, through os.access for root,
+    who writes anywhere."""
+    for path in (out, *out.rglob("*")):
+        path.chmod(path.stat().st_mode & 0o555)
+    if os.access(out, os.W_OK):
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == out else real(path, mode))
+
+
+def test_verify_checks_a_store_it_cannot_write_and_prints_the_result(videos, tmp_path, fast_cfg, monkeypatch,
+                                                                      capsys):
+    """A store on a read-only share: verify failed after reading every video, writing its report (a
+    PermissionError); now it checks all the same, prints the damaged videos and says nothing was recorded."""
+    out = tmp_path / "flow"
+    cfg = dataclasses.replace(fast_cfg, store="mmaction")
+    run_flow(jobs_in(videos), out, cfg)
+    cv2.imwrite(str(out / "Cls" / "b" / "img_00002.jpg"), np.zeros((48, 64, 3), np.uint8))
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    _store_cannot_be_written(out, monkeypatch)
+    try:
+        report = verify_store(out, jobs=1)
+        printed = capsys.readouterr().out
+        assert [v for v, _ in report.damaged] == ["Cls/b"] and report.report is None
+        assert f"verify: {out} cannot be written here: the result is printed only" in printed
+        assert "verify: damaged Cls/b: " in printed and "not recorded in the store" in printed
+        assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before  # nothing written
+    finally:
+        for path in (out, *out.rglob("*")):
+            path.chmod(path.stat().st_mode | 0o200)
+
+
 # rawframes: nothing outside the root, nothing resized quietly, empty files named
 
 
