@@ -98,8 +98,8 @@ def _open_capture(path: Path) -> cv2.VideoCapture:
 
 class VideoReader:
     """Frames of one video file, resized, in chunks. Raises FlowError naming the file when it
-    cannot be read: missing, empty, not a video, no decodable frame, or (with `max_pixels` > 0)
-    frames that would be larger than `max_pixels` after resizing."""
+    cannot be read: missing, empty, unreadable (permissions), not a video, no decodable frame, or (with
+    `max_pixels` > 0) frames that would be larger than `max_pixels` after resizing."""
 
     def __init__(self, path: Path | str, size: str = "", max_pixels: int = 0):
         self.path = Path(path)
@@ -110,6 +110,8 @@ class VideoReader:
             raise FlowError(f"{shown(self.path)}: {what}")
         if self.path.stat().st_size == 0:
             raise FlowError(f"{shown(self.path)}: empty file")
+        if not os.access(self.path, os.R_OK):  # else OpenCV calls it "not a video", after a warning of its own
+            raise FlowError(f"{shown(self.path)}: cannot be read: no permission")
         self._cap = _open_capture(self.path)
         if not self._cap.isOpened():
             raise FlowError(f"{shown(self.path)}: cannot open (not a video OpenCV/FFmpeg can read, or "

@@ -9,6 +9,7 @@ always complete; each holds the SHA-256 of its contents, checked on reading, and
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import re
 import zipfile
@@ -152,6 +153,8 @@ def safe_load(path: Path | str, what: str = "checkpoint", map_location: str | to
     path = Path(path)
     if not path.is_file():
         raise StreamsError(f"{what} {path} does not exist")
+    if not os.access(path, os.R_OK):  # torch.load's PermissionError would read as a damaged file below
+        raise StreamsError(f"{what} {path} cannot be read: no permission")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,

@@ -123,6 +123,25 @@ def test_a_damaged_finished_video_is_redone(videos, tmp_path, fast_cfg):
     assert store_files(out) == want
 
 
+def test_a_video_without_read_permission_is_listed_as_such_and_the_run_finishes(videos, tmp_path, fast_cfg,
+                                                                                monkeypatch):
+    """It was "cannot open (not a video OpenCV/FFmpeg can read ...)" after an OpenCV warning: a user reading
+    that looks for a broken file, not at its permissions. Real permissions for a user; for root, who
+    reads anything, os.access answers as for a user."""
+    locked = videos / "b.avi"
+    locked.chmod(0)
+    if os.access(locked, os.R_OK):
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == locked else real(path, mode))
+    try:
+        summary = run_flow(jobs_in(videos), tmp_path / "flow", fast_cfg)
+    finally:
+        locked.chmod(0o644)
+    assert (summary.computed, summary.failed) == (2, 1)
+    errors = {r["video_id"]: r["error"] for r in manifest_rows(tmp_path / "flow" / "manifest.csv")}
+    assert errors["Cls/b"] == f"{locked}: cannot be read: no permission"
+
+
 def test_corrupt_files_among_good_ones_are_listed_and_the_run_finishes(videos, tmp_path, fast_cfg):
     good = (videos / "b.avi").read_bytes()
     (videos / "truncated.avi").write_bytes(write_video(tmp_path / "x.avi", moving_square(40)).read_bytes()[:9000])

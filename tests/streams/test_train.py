@@ -32,7 +32,7 @@ from streams.p3d import build_model
 from streams.plots import curves_figure
 from streams.schedule import param_groups
 from streams.train import lr_schedule, train_stream
-from tests.builders import stream_data
+from tests.builders import save_tiny_checkpoint, stream_data
 
 CLASSES = ["up", "down"]
 
@@ -202,6 +202,21 @@ def test_checkpoints_are_read_with_weights_only(tmp_path):
     torch.save({"format": "p3d-two-stream streams checkpoint", "version": 1, "x": Payload()}, tmp_path / "evil.pt")
     with pytest.raises(StreamsError, match=r"evil\.pt holds code \(the pickled Python object print\).*not loaded"):
         load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_a_checkpoint_without_read_permission_is_named_as_such(tmp_path, monkeypatch):
+    """It was "cannot be read (truncated or not a PyTorch file?): [Errno 13] Permission denied": a user
+    then looks for a damaged file. Real permissions for a user; as root (who reads anything) os.access
+    answers as for a user."""
+    path = save_tiny_checkpoint(tmp_path / "locked.pt", "rgb")
+    path.chmod(0)
+    if os.access(path, os.R_OK):
+        monkeypatch.setattr(os, "access", lambda p, mode: False)
+    try:
+        with pytest.raises(StreamsError, match=r"^checkpoint .*locked\.pt cannot be read: no permission$"):
+            load_checkpoint(path)
+    finally:
+        path.chmod(0o644)
 
 
 def test_weights_that_are_not_finite_are_never_checkpointed(toy_store, tmp_path, monkeypatch, configs):
