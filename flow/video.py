@@ -122,6 +122,9 @@ class VideoReader:
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps) if math.isfinite(fps) and fps > 0 else 0.0  # the container's frame rate; 0 = unknown
         self.frames_read = 0
+        # Each frame's presentation time (s, from the container's timestamps: a variable frame rate
+        # included), as FFmpeg gives it while reading; NaN where a container gives none.
+        self.timestamps: list[float] = []
         self.out_size: tuple[int, int] | None = None
         width, height = (self._cap.get(p) for p in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT))
         if math.isfinite(width) and math.isfinite(height) and width >= 1 and height >= 1:
@@ -153,6 +156,8 @@ class VideoReader:
                     # From the first frame; a stream changing resolution midway is resized to it.
                     self.out_size = self._check_pixels(frame.shape[1], frame.shape[0])
                 self.frames_read += 1
+                msec = self._cap.get(cv2.CAP_PROP_POS_MSEC)
+                self.timestamps.append(msec / 1000.0 if math.isfinite(msec) and msec >= 0 else math.nan)
                 yield resize(frame, self.out_size)
         finally:
             self._cap.release()

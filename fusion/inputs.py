@@ -141,6 +141,7 @@ class FolderReader:
         self.files = [video.frames[i] for i in sorted(video.frames)]
         self.declared_frames = len(self.files)
         self.fps = 0.0  # a folder of images says nothing about time
+        self.timestamps: list[float] = []
         self.frames_read = 0
 
     def frames(self) -> Iterator[np.ndarray]:

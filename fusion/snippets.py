@@ -49,12 +49,37 @@ class Snippets:
     pool5: dict[str, np.ndarray]  # float32 [T, D]
     seconds: dict[str, float] = field(default_factory=dict)  # decode, flow, network_rgb, network_flow
     thumbnails: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (frame index, small BGR image)
+    stamps: np.ndarray | None = None  # float64 [num_frames]: each frame's time (s) from the container; None: unknown
+
+    def time_at(self, frame: int) -> float | None:
+        """The time (s) frame `frame` starts: its timestamp, so that a variable frame rate (phones,
+        screen recordings) is placed right; past the last frame, a frame's median duration on from it;
+        frame / fps without timestamps; None when neither is known (a frame folder)."""
+        if self.stamps is not None:
+            last = len(self.stamps) - 1
+            if frame <= last:
+                return float(self.stamps[frame])
+            step = float(np.median(np.diff(self.stamps))) if last > 0 else (1.0 / self.fps if self.fps else 0.0)
+            return float(self.stamps[last] + (frame - last) * step)
+        return frame / self.fps if self.fps else None
 
     def times(self) -> list[tuple[float, float]] | None:
-        """(start, end) seconds of each snippet at the video's frame rate; None when unknown."""
-        if not self.fps:
+        """(start, end) seconds of each snippet: from its first frame's time to the time of the frame
+        after its window (time_at); None when unknown."""
+        if self.time_at(0) is None:
             return None
-        return [(s / self.fps, (s + self.window) / self.fps) for s in self.starts]
+        return [(self.time_at(s), self.time_at(s + self.window)) for s in self.starts]
+
+
+def frame_times(timestamps: Sequence[float] | None, count: int) -> np.ndarray | None:
+    """The first `count` frame times as an array, or None unless every one is known and each is later
+    than the one before (a container without usable timestamps: times then come from the frame rate)."""
+    if timestamps is None or len(timestamps) < count or count < 1:
+        return None
+    stamps = np.asarray(timestamps[:count], dtype=np.float64)
+    if not np.isfinite(stamps).all() or (np.diff(stamps) <= 0).any():
+        return None
+    return stamps
 
 
 class _Buffer:
@@ -194,4 +219,5 @@ def run_snippets(path: Path | str, engine: Engine, flow_cfg: FlowConfig, stride:
         logits[name] = np.concatenate([p[0] for p in parts])
         pool5[name] = np.concatenate([p[1] for p in parts])
         del parts
-    return Snippets(buffer.num_frames, reader.fps, window, stride, starts, padded, logits, pool5, seconds, kept)
+    return Snippets(buffer.num_frames, reader.fps, window, stride, starts, padded, logits, pool5, seconds, kept,
+                    frame_times(reader.timestamps, buffer.num_frames))

@@ -104,10 +104,15 @@ def timeline_figure(title: str, snippets: Snippets, classes: Sequence[str], cfg:
     probs = probabilities(snippets, cfg)
     names = [n for n in ("rgb", "flow", "fusion") if n in probs]
     main = probs["fusion" if "fusion" in probs else names[0]]
-    scale = snippets.fps or 1.0
-    unit = "s" if snippets.fps else "frame"
-    starts = np.array(snippets.starts, dtype=float) / scale
-    width = snippets.window / scale
+    # Seconds from the frames' timestamps (a variable frame rate placed right), else frame numbers.
+    timed = snippets.time_at(0) is not None
+    at = snippets.time_at if timed else float
+    unit = "s" if timed else "frame"
+    starts = np.array([at(s) for s in snippets.starts], dtype=float)
+    ends = np.array([at(s + snippets.window) for s in snippets.starts], dtype=float)
+    # a band reaches the next snippet's start when snippets overlap
+    reach = ends if snippets.stride >= snippets.window else np.array(
+        [at(s + snippets.stride) for s in snippets.starts], dtype=float)
     # The classes shown: those leading some snippet in any stream, most often first, at most `leaders`.
     counts = np.zeros(len(classes))
     for n in names:
@@ -117,7 +122,7 @@ def timeline_figure(title: str, snippets: Snippets, classes: Sequence[str], cfg:
     colour = {c: palette(k % palette.N) for k, c in enumerate(shown)}
     other = (0.75, 0.75, 0.75, 1.0)
     # the whole video, as the thumbnails span it (the tail shorter than a stride has no snippet)
-    end = max(snippets.starts[-1] + snippets.window, snippets.num_frames) / scale
+    end = at(max(snippets.starts[-1] + snippets.window, snippets.num_frames))
 
     fig = plt.figure(figsize=(12, 2.0 + 0.45 * len(names) + 2.2), layout="constrained")
     grid = fig.add_gridspec(3, 1, height_ratios=[1.6, 0.45 * len(names), 2.2])
@@ -129,7 +134,7 @@ def timeline_figure(title: str, snippets: Snippets, classes: Sequence[str], cfg:
                               for img in images], axis=1)
         strip.imshow(row)
         strip.set_xticks([(k + 0.5) * row.shape[1] / len(images) for k in range(len(images))])
-        strip.set_xticklabels([f"{i / scale:.1f}" if snippets.fps else str(i) for i, _ in snippets.thumbnails],
+        strip.set_xticklabels([f"{at(i):.1f}" if timed else str(i) for i, _ in snippets.thumbnails],
                               fontsize=7)
         strip.set_yticks([])
     else:
@@ -144,8 +149,7 @@ def timeline_figure(title: str, snippets: Snippets, classes: Sequence[str], cfg:
             c = int(top[t])
             base = colour.get(c, other)
             alpha = 0.25 + 0.75 * float(probs[n][t, c])  # paler where the stream is less sure
-            bands.broken_barh([(s, width if snippets.stride >= snippets.window else snippets.stride / scale)],
-                              (k - 0.4, 0.8), facecolors=[(*base[:3], alpha)])
+            bands.broken_barh([(s, reach[t] - s)], (k - 0.4, 0.8), facecolors=[(*base[:3], alpha)])
     bands.set_yticks(range(len(names)))
     bands.set_yticklabels(names)
     bands.set_ylim(len(names) - 0.5, -0.5)
@@ -157,7 +161,7 @@ def timeline_figure(title: str, snippets: Snippets, classes: Sequence[str], cfg:
     bands.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
 
     curves = fig.add_subplot(grid[2])
-    centres = starts + width / 2
+    centres = (starts + ends) / 2
     for c in shown:
         curves.plot(centres, main[:, c], color=colour[c], label=classes[c], linewidth=1.5)
     curves.set_xlim(0, end)

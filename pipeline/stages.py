@@ -111,7 +111,7 @@ def synth_stage(cfg: Config, *, force: bool = False) -> None:
     if not cfg.dataset.root:
         raise PipelineError("dataset.root is empty: set the folder SynthActions is written to, "
                             "e.g. --set dataset.root=work/synth")
-    root = output_folder(cfg.dataset.root, "the SynthActions folder (dataset.root)")
+    root = Path(cfg.dataset.root)
     generate(cfg.synth, root, force=force)  # prints its own summary
     write_resolved(cfg, root)
 

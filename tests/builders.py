@@ -10,6 +10,8 @@ give the same feature.)
 from __future__ import annotations
 
 import dataclasses
+import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -183,6 +185,48 @@ def write_video(path: Path, frames: np.ndarray, fps: float = 25.0, grey: bool = 
     for frame in frames:
         writer.write(np.ascontiguousarray(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if grey else frame))
     writer.release()
+    return path
+
+
+_MP4_CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl"}
+
+
+def write_vfr_mp4(path: Path, frames: np.ndarray, durations: Sequence[float], fps: float = 25.0) -> Path:
+    """A variable-frame-rate .mp4 (as phones and screen recorders write): `frames` written at `fps`,
+    then each frame's duration set to `durations[i]` frame periods in the track's time-to-sample table
+    (MP4 `stts`). The durations add up to the frame count, so that the track's total length (its edit
+    list) still holds every frame; OpenCV's mp4 has its index (`moov`) after the media, so no chunk
+    offset moves."""
+    assert len(durations) == len(frames) and abs(sum(durations) - len(frames)) < 1e-9
+    write_video(path, frames, fps)
+    data = path.read_bytes()
+
+    def boxes(start: int, end: int):
+        while start < end:
+            size, kind = struct.unpack(">I4s", data[start:start + 8])
+            yield start, size, kind
+            start += size
+
+    def rewrite(start: int, end: int) -> bytes:
+        out = b""
+        for at, size, kind in boxes(start, end):
+            if kind in _MP4_CONTAINERS:
+                inner = rewrite(at + 8, at + size)
+                out += struct.pack(">I4s", 8 + len(inner), kind) + inner
+            elif kind == b"stts":  # version/flags, entry count, then (sample count, sample delta) pairs
+                count, delta = struct.unpack(">II", data[at + 16:at + 24])
+                assert count == len(frames), "expected one stts entry for the whole constant-rate track"
+                deltas = [round(d * delta) for d in durations]
+                assert sum(deltas) == count * delta, "durations must be whole track ticks"
+                body = struct.pack(">I", count) + b"".join(struct.pack(">II", 1, d) for d in deltas)
+                out += struct.pack(">I4s", 12 + len(body), kind) + data[at + 8:at + 12] + body
+            else:
+                out += data[at:at + size]
+        return out
+
+    kinds = [kind for _, _, kind in boxes(0, len(data))]
+    assert kinds.index(b"moov") > kinds.index(b"mdat"), "the index must follow the media"
+    path.write_bytes(rewrite(0, len(data)))
     return path
 
 

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from flow.formats import write_flo
 from p3dbase.atomic import atomic_path, disk_full, write_text
+from p3dbase.overwrite import output_folder
 from p3dbase.progress import progress_bar
 from pipeline.errors import PipelineError
 from pipeline.synth.config import SynthConfig
@@ -103,7 +104,7 @@ def _claim(out_root: Path, cfg: SynthConfig, force: bool) -> None:
     if force:
         for sub in OUTPUTS:
             shutil.rmtree(out_root / sub, ignore_errors=True)
-    out_root.mkdir(parents=True, exist_ok=True)
+    output_folder(out_root, "dataset.root")
     _write_text(manifest, json.dumps({"format": "SynthActions", "config": settings}, indent=1) + "\n")
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from flow.errors import FlowError
+from flow.video import VideoReader
 from fusion import snippet_features, snippets
 from fusion.config import EvalConfig
 from fusion.decoded import decode_for_views
@@ -25,7 +26,7 @@ from fusion.snippet_features import extract_snippet_features
 from fusion.snippets import run_snippets
 from fusion.views import View
 from p3dbase.overwrite import OutputExistsError
-from tests.builders import FAST_FLOW, save_tiny_checkpoint, write_avi, write_video
+from tests.builders import FAST_FLOW, drifting_square, save_tiny_checkpoint, write_avi, write_vfr_mp4, write_video
 
 from .conftest import CLIP_LEN
 
@@ -242,6 +243,42 @@ def test_a_dask_cluster_computes_the_same_features(ckpts, tmp_path):
     for video_id in ("c0/v0", "c1/v1"):
         np.testing.assert_array_equal(np.load(tmp_path / "dask" / f"{video_id}.npy"),
                                       np.load(tmp_path / "local" / f"{video_id}.npy"))
+
+
+# 13 frames at 25 fps on average, some shown for half a period and some for one and a half: each
+# frame's time (s) is the sum of the durations before it.
+VFR_DURATIONS = [0.5, 1.5, 1, 0.5, 1.5, 1, 1, 0.5, 0.5, 2, 1, 1, 1]
+VFR_TIMES = np.concatenate([[0.0], np.cumsum(VFR_DURATIONS)[:-1]]) / 25.0
+
+
+def test_a_variable_frame_rate_video_is_timed_by_its_frames_timestamps(ckpts, tmp_path):
+    """Snippet times were frame / average fps: right for a constant frame rate only. A phone's
+    variable-rate video placed its snippets up to a frame's period off (and drifting, on a long one);
+    now each snippet runs from its first frame's timestamp to the next window's."""
+    video = write_vfr_mp4(tmp_path / "vfr.mp4", drifting_square(13), VFR_DURATIONS)
+    reader = VideoReader(video)
+    assert sum(1 for _ in reader.frames()) == 13 and reader.fps == 25.0
+    np.testing.assert_allclose(reader.timestamps, VFR_TIMES, rtol=0, atol=1e-6)
+    got = run_snippets(video, engine_of(ckpts, "rgb"), FAST_FLOW, stride=3)
+    assert got.starts == [0, 3, 6, 9]
+    expected = [(VFR_TIMES[s], VFR_TIMES[s + CLIP_LEN] if s + CLIP_LEN < 13 else VFR_TIMES[12] + 0.04)
+                for s in got.starts]  # past the last frame: its median duration (one period) on
+    np.testing.assert_allclose(got.times(), expected, rtol=0, atol=1e-6)
+    assert not np.allclose(got.times(), [(s / 25, (s + CLIP_LEN) / 25) for s in got.starts], atol=1e-3)
+    timeline = Timeline(tmp_path / "tl", stride=3)
+    (prediction,) = predict([video], {"rgb": ckpts["rgb"]}, FAST_FLOW, CFG, top_k=1, timeline=timeline)
+    rows = list(csv.DictReader(prediction.timeline[0].open()))
+    assert [float(r["start_time"]) for r in rows] == pytest.approx([t for t, _ in expected], abs=1e-6)
+
+
+def test_a_video_without_usable_timestamps_is_timed_by_its_frame_rate():
+    """Timestamps missing (NaN), repeated or going back: the frame rate again, as before."""
+    for stamps in ([0.0, float("nan"), 0.08], [0.0, 0.04, 0.04], [0.0, 0.08, 0.04], [0.0, 0.04]):
+        assert snippets.frame_times(stamps, 3) is None
+    assert snippets.frame_times([0.0, 0.02, 0.08, 0.5], 3).tolist() == [0.0, 0.02, 0.08]
+    cfr = snippets.Snippets(13, 25.0, 4, 3, [0, 3], False, {}, {})
+    assert cfr.times() == [(0.0, 0.16), (0.12, 0.28)]
+    assert snippets.Snippets(13, 0.0, 4, 3, [0], False, {}, {}).times() is None
 
 
 def test_predict_timeline_tables_and_picture(ckpts, tmp_path):

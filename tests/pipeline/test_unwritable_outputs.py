@@ -28,7 +28,7 @@ def _commands(tmp_path, blocked):
     cfg = ["--config", TINY_CONFIG, "--set", f"work_dir={tmp_path / 'work'}"]
     return {
         "synth": (["synth", *cfg, "--set", f"dataset.root={blocked / 'synth'}"],
-                  f"the SynthActions folder (dataset.root) {blocked / 'synth'}"),
+                  f"dataset.root {blocked / 'synth'}"),
         "eval": (["eval", *cfg, "--out", str(blocked / "eval")], f"the eval report folder {blocked / 'eval'}"),
         "features": (["features", *cfg, "--rgb", str(rgb), "--out", str(blocked / "f.npz"), video],
                      f"--out's folder {blocked}"),
