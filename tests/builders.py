@@ -10,6 +10,7 @@ give the same feature.)
 from __future__ import annotations
 
 import dataclasses
+import os
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -186,6 +187,15 @@ def write_video(path: Path, frames: np.ndarray, fps: float = 25.0, grey: bool = 
         writer.write(np.ascontiguousarray(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if grey else frame))
     writer.release()
     return path
+
+
+def deny_as_for_a_user(monkeypatch, path: Path, mode: int) -> None:
+    """After `path` was chmod-ed against `mode` (os.R_OK, os.W_OK): root reads and writes anything, so
+    where os.access still allows it, make os.access answer for `path` as it does for any other user.
+    The code under test asks os.access before it reads or writes; as a user the chmod alone decides."""
+    if os.access(path, mode):
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, m: False if Path(p) == path and m & mode else real(p, m))
 
 
 _MP4_CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl"}

@@ -26,7 +26,7 @@ from flow.verify import verify_store
 from flow.video import VideoReader
 from p3dbase.atomic import DiskFullError
 from p3dbase.errors import P3DError
-from tests.builders import moving_square, write_video
+from tests.builders import deny_as_for_a_user, moving_square, write_video
 from tests.builders import write_rawframes as write_tree
 
 
@@ -258,9 +258,7 @@ def _store_cannot_be_written(out: Path, monkeypatch) -> None:
     who writes anywhere."""
     for path in (out, *out.rglob("*")):
         path.chmod(path.stat().st_mode & 0o555)
-    if os.access(out, os.W_OK):
-        real = os.access
-        monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == out else real(path, mode))
+    deny_as_for_a_user(monkeypatch, out, os.W_OK)
 
 
 def test_verify_checks_a_store_it_cannot_write_and_prints_the_result(videos, tmp_path, fast_cfg, monkeypatch,

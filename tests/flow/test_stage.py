@@ -25,7 +25,7 @@ from flow.verify import verify_store
 from flow.video import VideoReader
 from p3dbase.atomic import DiskFullError
 from p3dbase.errors import P3DError, SettingError
-from tests.builders import moving_square, write_video
+from tests.builders import deny_as_for_a_user, moving_square, write_video
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -130,9 +130,7 @@ def test_a_video_without_read_permission_is_listed_as_such_and_the_run_finishes(
     reads anything, os.access answers as for a user."""
     locked = videos / "b.avi"
     locked.chmod(0)
-    if os.access(locked, os.R_OK):
-        real = os.access
-        monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == locked else real(path, mode))
+    deny_as_for_a_user(monkeypatch, locked, os.R_OK)
     try:
         summary = run_flow(jobs_in(videos), tmp_path / "flow", fast_cfg)
     finally:

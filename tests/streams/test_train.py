@@ -32,7 +32,7 @@ from streams.p3d import build_model
 from streams.plots import curves_figure
 from streams.schedule import param_groups
 from streams.train import lr_schedule, train_stream
-from tests.builders import save_tiny_checkpoint, stream_data
+from tests.builders import deny_as_for_a_user, save_tiny_checkpoint, stream_data
 
 CLASSES = ["up", "down"]
 
@@ -210,8 +210,7 @@ def test_a_checkpoint_without_read_permission_is_named_as_such(tmp_path, monkeyp
     answers as for a user."""
     path = save_tiny_checkpoint(tmp_path / "locked.pt", "rgb")
     path.chmod(0)
-    if os.access(path, os.R_OK):
-        monkeypatch.setattr(os, "access", lambda p, mode: False)
+    deny_as_for_a_user(monkeypatch, path, os.R_OK)
     try:
         with pytest.raises(StreamsError, match=r"^checkpoint .*locked\.pt cannot be read: no permission$"):
             load_checkpoint(path)
