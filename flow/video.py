@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from flow.errors import FlowError
-from p3dbase.errors import shown
+from p3dbase.errors import NOT_REGULAR, shown
 
 # What the dataset readers and `features` take for a video file: containers OpenCV's FFmpeg decodes.
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
@@ -106,7 +106,8 @@ class VideoReader:
         self.size = size
         self.max_pixels = max_pixels
         if not self.path.is_file():
-            what = "a folder, not a video file" if self.path.is_dir() else "no such video file"
+            what = ("a folder, not a video file" if self.path.is_dir() else NOT_REGULAR if self.path.exists()
+                    else "no such video file")
             raise FlowError(f"{shown(self.path)}: {what}")
         if self.path.stat().st_size == 0:
             raise FlowError(f"{shown(self.path)}: empty file")

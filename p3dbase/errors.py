@@ -28,6 +28,10 @@ def shown(text: object) -> str:
     return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+# A path that exists but is neither a file nor a folder: reading a FIFO would block, a device never end.
+NOT_REGULAR = "not a regular file (a FIFO, socket or device)"
+
+
 # What the system's refusals mean to someone choosing where a stage reads and writes.
 _REFUSALS = {errno.EACCES: "no permission", errno.EPERM: "not permitted", errno.EROFS: "the file system is read-only",
              errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",

@@ -17,7 +17,7 @@ from flow.config import FlowConfig
 from fusion.config import EvalConfig
 from fusion.transfer_config import TransferConfig
 from p3dbase.atomic import write_text
-from p3dbase.errors import shown
+from p3dbase.errors import NOT_REGULAR, shown
 from p3dbase.overrides import ALLOW_NONFINITE, check_value, parse_override
 from pipeline.datasets.config import DatasetConfig
 from pipeline.errors import ConfigError
@@ -70,7 +70,7 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = (), *
             raise ConfigError(f"--config {shown(path)}: is a folder; give a TOML file, e.g. configs/tiny.toml")
         if not path.is_file():
             raise ConfigError(f"config file not found: {shown(path)}" if not path.exists() else
-                              f"--config {shown(path)}: not a regular file (a FIFO or device); give a TOML file")
+                              f"--config {shown(path)}: {NOT_REGULAR}; give a TOML file")
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a BOM (Windows editors) is no error
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:

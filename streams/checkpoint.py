@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from p3dbase.atomic import atomic_write
+from p3dbase.errors import NOT_REGULAR
 from streams.errors import StreamsError
 from streams.p3d import ARCHS, P3D, build_model
 from streams.transforms import CHANNELS, MODALITIES
@@ -152,7 +153,8 @@ def safe_load(path: Path | str, what: str = "checkpoint", map_location: str | to
     it is absent, truncated, foreign or holds code. `what` starts the message ("checkpoint", ...)."""
     path = Path(path)
     if not path.is_file():
-        raise StreamsError(f"{what} {path} does not exist")
+        raise StreamsError(f"{what} {path} is {NOT_REGULAR}" if path.exists() and not path.is_dir() else
+                           f"{what} {path} does not exist")
     if not os.access(path, os.R_OK):  # torch.load's PermissionError would read as a damaged file below
         raise StreamsError(f"{what} {path} cannot be read: no permission")
     try:

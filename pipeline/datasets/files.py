@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import NamedTuple
 
 from flow.video import VIDEO_EXTENSIONS
-from p3dbase.errors import shown
+from p3dbase.errors import NOT_REGULAR, shown
 from pipeline.datasets.records import Dataset, VideoRecord
 from pipeline.errors import DatasetError
 
@@ -74,7 +74,7 @@ def file_problem(path: Path, root: Path) -> str:
         return f"a symbolic link to {shown(real)}, outside the dataset root {shown(real_root)}"
     mode = os.stat(real).st_mode
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # rawframe folders are listed too
-        return "not a regular file (a FIFO, socket or device)"
+        return NOT_REGULAR
     return ""
 
 

@@ -91,7 +91,7 @@ def test_a_fifo_as_config_is_named_as_such_not_missing(tmp_path, capsys):
     os.mkfifo(fifo)
     assert main(["config", "--config", str(fifo)]) == 2  # and no hang reading it
     err = capsys.readouterr().err
-    assert err == f"error: --config {fifo}: not a regular file (a FIFO or device); give a TOML file\n"
+    assert err == f"error: --config {fifo}: not a regular file (a FIFO, socket or device); give a TOML file\n"
 
 
 def test_eval_out_that_is_a_file_is_one_line_and_the_file_is_kept(tmp_path, capsys):

@@ -218,6 +218,13 @@ def test_a_checkpoint_without_read_permission_is_named_as_such(tmp_path, monkeyp
         path.chmod(0o644)
 
 
+def test_a_checkpoint_path_that_is_a_fifo_is_named_as_such(tmp_path):
+    """It said "does not exist" of a named pipe that does."""
+    os.mkfifo(tmp_path / "pipe.pt")
+    with pytest.raises(StreamsError, match=r"pipe\.pt is not a regular file \(a FIFO, socket or device\)$"):
+        load_checkpoint(tmp_path / "pipe.pt")
+
+
 def test_weights_that_are_not_finite_are_never_checkpointed(toy_store, tmp_path, monkeypatch, configs):
     """lr=10 blew up BatchNorm's running statistics while the loss (on batch statistics) stayed finite:
     the run 'succeeded' with inf in its checkpoints. Here bn1.running_var becomes inf after step 3."""
