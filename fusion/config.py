@@ -8,12 +8,15 @@ from p3dbase.device import check_device_setting
 CROPS = ("center", "three")
 CLIP_SAMPLING = ("uniform", "random")
 FUSION_SCORES = ("softmax", "raw")
+# Clips per video, at most: the protocols use 10-30 (the paper 20); a mistyped 10**8 planned 10**8 views
+# per video before the first progress line, silently, for minutes and gigabytes.
+MAX_CLIPS = 1000
 
 
 @dataclass
 class EvalConfig:
     # Video-level testing: `clips` clips per video x `crops`, scores averaged.
-    clips: int = 10  # per test video (the report's clip hit@1 counts each)
+    clips: int = 10  # per test video, 1-1000 (the report's clip hit@1 counts each)
     # "uniform": evenly spaced; "random": drawn uniformly per video, seeded by `seed` and the video id
     # (the paper's Sports-1M testing: 20 random clips, the same ones on every re-run; fusion.views).
     clip_sampling: str = "uniform"
@@ -34,7 +37,7 @@ class EvalConfig:
 
     # Features + linear SVM (the paper's protocol): centre crop, each clip averaged with its mirror.
     svm: bool = True  # also train the SVM rows of the report (svm_rgb, svm_flow, svm_two_stream)
-    svm_clips: int = 20  # clips per video whose features are averaged (the paper: 20)
+    svm_clips: int = 20  # clips per video whose features are averaged, 1-1000 (the paper: 20)
     svm_cs: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0])  # C, chosen by CV
     svm_folds: int = 5  # cross-validation folds over the training videos
     seed: int = 0  # cross-validation folds, and the clips of clip_sampling = "random"
@@ -43,8 +46,8 @@ class EvalConfig:
     jobs: int = 0  # CPU: parallel processes of one thread each; 0 = one per core (GPU: always 1)
 
     def validate(self) -> None:
-        if self.clips < 1:
-            raise ValueError(f"clips: must be >= 1, got {self.clips}")
+        if not 1 <= self.clips <= MAX_CLIPS:
+            raise ValueError(f"clips: must be 1 to {MAX_CLIPS}, got {self.clips}")
         if self.clip_sampling not in CLIP_SAMPLING:
             raise ValueError(f"clip_sampling: must be 'uniform' or 'random', got {self.clip_sampling!r}")
         if self.crops not in CROPS:
@@ -59,8 +62,8 @@ class EvalConfig:
         if not self.fusion_cv_grid or min(self.fusion_cv_grid) < 0:
             raise ValueError(f"fusion_cv_grid: must be a non-empty list of flow weights >= 0, "
                              f"got {self.fusion_cv_grid}")
-        if self.svm_clips < 1:
-            raise ValueError(f"svm_clips: must be >= 1, got {self.svm_clips}")
+        if not 1 <= self.svm_clips <= MAX_CLIPS:
+            raise ValueError(f"svm_clips: must be 1 to {MAX_CLIPS}, got {self.svm_clips}")
         if not self.svm_cs or min(self.svm_cs) <= 0:
             raise ValueError(f"svm_cs: must be a non-empty list of C values > 0, got {self.svm_cs}")
         if self.svm_folds < 2:

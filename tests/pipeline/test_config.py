@@ -156,6 +156,19 @@ def test_a_bad_set_or_run_value_is_blamed_on_the_set_or_run_not_the_file(tmp_pat
 
 
 @pytest.mark.parametrize("override, needle", [
+    ("eval.clips=100000000", "[eval] clips: must be 1 to 1000, got 100000000"),
+    ("eval.svm_clips=0", "[eval] svm_clips: must be 1 to 1000, got 0"),
+])
+def test_clip_counts_beyond_any_protocol_are_refused(override, needle):
+    """eval.clips=10**8 (a few zeros too many) planned 10**8 views per video before the first progress
+    line: minutes of silence and gigabytes, no error."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert str(err.value) == f"--set {override}: {needle}"
+    assert load_config(None, ["eval.clips=1000", "eval.svm_clips=1"]).eval.clips == 1000
+
+
+@pytest.mark.parametrize("override, needle", [
     ("flow.bound=inf", "flow.bound must be a finite number, got inf"),  # stored every flow image as zeros
     ("train.lr=nan", "train.lr must be a finite number, got nan"),
     ("train.lr=-inf", "train.lr must be a finite number, got -inf"),
