@@ -44,7 +44,7 @@ class FlowConfig:
     backend: str = "fast"  # "fast" (OpenCV's TV-L1, fused CPU loop), "opencv" (cv2 DualTVL1) or "torch" (GPUs)
     device: str = "auto"  # torch backend: "auto", "cpu", "cuda", "cuda:N"
     batch_pairs: int = 64  # frame pairs per chunk of a video (bounds memory); one torch batch
-    jobs: int = 0  # parallel videos; 0 = one per CPU core (fast, opencv) / per GPU (torch)
+    jobs: int = 0  # parallel videos; 0 = one per CPU core (fast, opencv) / per GPU (torch); at most 4 per core
     scheduler: str = ""  # "" = local processes; "tcp://host:8786" = a Dask cluster
 
     # TV-L1 (names and meanings of OpenCV's DualTVL1OpticalFlow; defaults chosen by measurement).

@@ -48,7 +48,7 @@ from flow.tvl1 import OpenCVTVL1, to_gray
 from flow.video import VideoReader
 from p3dbase.atomic import DiskFullError, disk_full, is_disk_full, write_text
 from p3dbase.bulk import no_cycle_collection
-from p3dbase.cluster import dask_unordered
+from p3dbase.cluster import dask_unordered, local_processes
 from p3dbase.errors import P3DError, shown
 from p3dbase.progress import progress_bar
 
@@ -349,17 +349,20 @@ _video_id = operator.attrgetter("video_id")
 
 
 def _workers(cfg: FlowConfig) -> tuple[int, list[str | None]]:
-    """How many videos at once, and the torch devices to hand out in turn."""
+    """How many videos at once (local processes: `flow.jobs`, checked by local_processes, or a default
+    by backend), and the torch devices to hand out in turn."""
+    # On a Dask cluster (flow.scheduler) the workers are the cluster's: jobs starts nothing here.
+    jobs = local_processes(cfg.jobs, "flow.jobs") if cfg.jobs and not cfg.scheduler else cfg.jobs
     if cfg.backend == "torch" and cfg.device in ("auto", "cuda"):
         import torch
 
         gpus = torch.cuda.device_count()
         if gpus:
-            return cfg.jobs or gpus, [f"cuda:{k}" for k in range(gpus)]
-        return cfg.jobs or 1, [None]
+            return jobs or gpus, [f"cuda:{k}" for k in range(gpus)]
+        return jobs or 1, [None]
     if cfg.backend == "torch":
-        return cfg.jobs or 1, [None]
-    return cfg.jobs or joblib.cpu_count(), [None]
+        return jobs or 1, [None]
+    return jobs or local_processes(0, "flow.jobs"), [None]
 
 
 

@@ -23,6 +23,7 @@ from flow.errors import FlowError
 from flow.index import IndexEntry
 from flow.store import Store, open_store
 from p3dbase.atomic import write_bytes
+from p3dbase.cluster import local_processes
 from p3dbase.errors import shown
 from p3dbase.progress import progress_bar
 
@@ -80,7 +81,7 @@ def verify_store(root: Path | str, *, jobs: int = 0) -> VerifyReport:
     todo = [(v, (e.frames, e.flows) if (e := entries.get(v)) is not None and e.state == "done" else None)
             for v in ids]
     chunks = [todo[k: k + CHUNK] for k in range(0, len(todo), CHUNK)]
-    workers = min(jobs or joblib.cpu_count(), max(len(chunks), 1))
+    workers = min(local_processes(jobs, "flow.jobs"), max(len(chunks), 1))
     damaged: list[tuple[str, str]] = []
     with progress_bar(total=len(todo), desc="verify", unit="video") as bar:
         results = (joblib.Parallel(n_jobs=workers, return_as="generator_unordered")(

@@ -43,7 +43,7 @@ class EvalConfig:
     seed: int = 0  # cross-validation folds, and the clips of clip_sampling = "random"
 
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
-    jobs: int = 0  # CPU: parallel processes of one thread each; 0 = one per core (GPU: always 1)
+    jobs: int = 0  # CPU: parallel processes of one thread each; 0 = one per core, at most 4 per core (GPU: always 1)
 
     def validate(self) -> None:
         if not 1 <= self.clips <= MAX_CLIPS:

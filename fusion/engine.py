@@ -25,7 +25,6 @@ import dataclasses
 import hashlib
 import json
 import multiprocessing
-import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ from flow.video import opencv_single_thread
 from fusion.report import save_npz
 from fusion.scoring import ClipGeometry, StreamRunner, num_positions
 from fusion.views import CROP_POSITIONS, View, ViewPlan
-from p3dbase.cluster import dask_unordered
+from p3dbase.cluster import dask_unordered, local_processes
 from p3dbase.progress import progress_bar
 from streams.checkpoint import Checkpoint, file_sha256, load_stream, stream_path
 from streams.p3d import P3D
@@ -263,22 +262,15 @@ class Worker:
     context: Any
 
 
-def default_jobs(jobs: int, device: torch.device) -> int:
-    """Processes for a run: 1 on a GPU; else `jobs`, or one per usable core when 0."""
-    if device.type != "cpu":
-        return 1
-    if jobs:
-        return jobs
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def map_videos(spec: PoolSpec, tasks: Sequence[Any], jobs: int = 0, desc: str = "network", unit: str = "video",
-               leave: bool = True, *, scheduler: str = "") -> Iterator[Any]:
-    """`spec.work(worker, task)` for every task, in `jobs` processes (default_jobs), or on the Dask
-    cluster at `scheduler` ("tcp://host:8786", as `[flow] scheduler` runs the flow stage), yielding the
-    results as they finish, with a progress bar. An exception a worker raises (a full disk) stops
-    the run and is raised here."""
-    workers = min(default_jobs(jobs, spec.device), len(tasks))
+               leave: bool = True, *, scheduler: str = "", jobs_key: str = "eval.jobs") -> Iterator[Any]:
+    """`spec.work(worker, task)` for every task, in `jobs` processes on a CPU (0: one per core;
+    p3dbase.cluster.local_processes, which names `jobs_key` when there are too many), one on a GPU,
+    or on the Dask cluster at `scheduler` ("tcp://host:8786", as `[flow] scheduler` runs the flow
+    stage), yielding the results as they finish, with a progress bar. An exception a worker raises
+    (a full disk) stops the run and is raised here."""
+    local = not (scheduler and tasks)  # on a cluster the workers are the cluster's: jobs starts nothing here
+    workers = min(1 if spec.device.type != "cpu" or not local else local_processes(jobs, jobs_key), len(tasks))
     with progress_bar(total=len(tasks), desc=desc, unit=unit, leave=leave) as bar:
         if scheduler and tasks:
             for result in _dask_map(spec, tasks, scheduler):

@@ -30,7 +30,7 @@ class TransferConfig:
     svm_clips: int = 20
     batch_views: int = 16  # clips through the network at once: bounds memory on long videos
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
-    jobs: int = 0  # CPU: parallel processes of one thread each; 0 = one per core (GPU: always 1)
+    jobs: int = 0  # CPU: parallel processes of one thread each; 0 = one per core, at most 4 per core (GPU: always 1)
 
     # Linear SVMs: C chosen among `svm_cs` by `svm_folds`-fold cross-validation on each protocol's
     # training data.

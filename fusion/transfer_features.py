@@ -142,7 +142,7 @@ def extract(videos: Sequence[VideoJob], streams: Sequence[Stream], cache_root: P
     if todo:
         spec = PoolSpec(list(streams), batch_views, resolve_device(device, "transfer.device"), _work, context,
                         layers=True, store_root=None if store is None else store.root)
-        for video_id, results in map_videos(spec, todo, jobs, desc=desc):
+        for video_id, results in map_videos(spec, todo, jobs, desc=desc, jobs_key="transfer.jobs"):
             for name, error in results.items():
                 if error:
                     failed[name][video_id] = error

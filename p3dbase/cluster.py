@@ -1,11 +1,31 @@
 """The one way a stage reaches a Dask cluster (`flow.scheduler`): the flow stage's videos and the
-inference engine's tasks run on it through joblib's Dask backend."""
+inference engine's tasks run on it through joblib's Dask backend; and the one count of local worker
+processes (`local_processes`)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from p3dbase.errors import SettingError
+
+# Worker processes per usable core, at most: each holds its own interpreter, libraries and buffers
+# (100-300 MB), so `jobs = 1000` (a typo, or a cluster's count on a laptop) was a fork bomb that ended
+# in the kernel's OOM killer, not an error.
+MAX_PROCESSES_PER_CORE = 4
+
+
+def local_processes(jobs: int, key: str) -> int:
+    """How many local worker processes `jobs` asks for (0: one per usable core, as joblib counts them:
+    CPU affinity and a container's CPU quota included); SettingError naming `key` beyond
+    MAX_PROCESSES_PER_CORE per core."""
+    import joblib
+
+    cores = joblib.cpu_count()
+    if jobs > MAX_PROCESSES_PER_CORE * cores:
+        raise SettingError(f"{key} = {jobs} would start {jobs} worker processes on {cores} usable CPU core(s), "
+                           f"each a few hundred MB: at most {MAX_PROCESSES_PER_CORE * cores} here "
+                           f"({MAX_PROCESSES_PER_CORE} per core), or 0 for one per core")
+    return jobs or cores
 
 
 def dask_unordered(calls: Iterable[Any], scheduler: str) -> Iterator[Any]:
