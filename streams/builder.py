@@ -4,10 +4,13 @@ or run folder by streams.finetune), partial BN, synchronised BN under DDP, the d
 format."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from streams import distributed, transforms
+from streams.checkpoint import file_sha256, stream_path
 from streams.config import ModelConfig
 from streams.finetune import init_from_checkpoint
 from streams.inflate import load_pretrained
@@ -33,6 +36,18 @@ def build_stream(model_cfg: ModelConfig, modality: str, classes: list[str], ctx:
     if channels_last:
         to_channels_last(model)
     return model
+
+
+def started_from(model_cfg: ModelConfig) -> dict[str, str]:
+    """What a fresh stream's weights start from, for its checkpoints: {"init_from" or "pretrained": the
+    file, "sha256": its SHA-256}; {} for random weights. The path alone does not say which weights a
+    fine-tuned model came from once the file is replaced (a re-trained run's last.pt, new weights)."""
+    for key in ("init_from", "pretrained"):
+        value = getattr(model_cfg, key)
+        if value:
+            path = stream_path(value) if key == "init_from" else Path(value)
+            return {key: str(path.resolve()), "sha256": file_sha256(path)}
+    return {}
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:

@@ -34,7 +34,7 @@ from p3dbase.atomic import write_text
 from p3dbase.lock import try_lock
 from p3dbase.progress import progress_bar
 from streams import distributed, loaders, losses, schedule, transforms
-from streams.builder import build_stream
+from streams.builder import build_stream, started_from
 from streams.checkpoint import LAST, make_payload, save_checkpoint, step_path
 from streams.clips import ClipDataset, EpochSampler
 from streams.config import ModelConfig, TrainConfig
@@ -163,10 +163,12 @@ def _train(data: StreamData, modality: str, model_cfg: ModelConfig, cfg: TrainCo
         return TrainResult(out_dir, finished.path, True, finished.step, finished.epoch, finished.metrics.get("val_acc"),
                            finished.metrics.get("best_val_acc"), seconds=0.0, resumed_from=None)
 
-    # 2. The model, optimizer, schedule, scaler, record and data.
+    # 2. The model, optimizer, schedule, scaler, record and data. What the weights started from is
+    # kept in every checkpoint: taken once, at the start (the file was just read), carried over by a resume.
     channels_last = cfg.channels_last and cuda
     model = build_stream(model_cfg, modality, data.classes, ctx, seed=cfg.seed, fresh=resume is None,
                          sync_bn=cfg.sync_bn, channels_last=channels_last)
+    record["started_from"] = resume.state.get("started_from", {}) if resume is not None else started_from(model_cfg)
     optimizer = torch.optim.SGD(schedule.param_groups(model, modality, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                                       fc_lr_mult=cfg.fc_lr_mult,
                                                       flow_conv1_lr_mult=cfg.flow_conv1_lr_mult),

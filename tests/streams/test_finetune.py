@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from streams.checkpoint import make_payload, read_checkpoint, save_checkpoint
+from streams.checkpoint import file_sha256, make_payload, read_checkpoint, save_checkpoint
 from streams.config import ModelConfig, TrainConfig
 from streams.errors import StreamsError
 from streams.finetune import init_from_checkpoint
@@ -116,6 +116,17 @@ def test_fine_tuning_an_imported_checkpoint(toy_store, tmp_path, configs, capsys
     assert all(torch.equal(tuned.state["model"][k], imported.state["model"][k]) for k in frozen)
     assert not torch.equal(tuned.state["model"]["conv1.weight"], imported.state["model"]["conv1.weight"])
     assert not torch.equal(tuned.state["model"]["bn1.running_mean"], imported.state["model"]["bn1.running_mean"])
+
+    # Every checkpoint says which weights it started from, by content: the path alone names another
+    # model once the file is replaced. A resume carries the record over; it does not hash the file again.
+    origin = {"init_from": str(start.resolve()), "sha256": file_sha256(start)}
+    assert tuned.state["started_from"] == origin
+    steps = sorted((tmp_path / "run").glob("checkpoint_*.pt"))
+    assert steps and all(read_checkpoint(p).state["started_from"] == origin for p in steps)
+    result.checkpoint.unlink()  # killed before its last.pt: the next run resumes from the last step
+    imported_checkpoint(start, classes=["other"])  # and the file it started from was replaced meanwhile
+    resumed = train_stream(stream_data(root, train, val, CLASSES), "flow", model_cfg, train_cfg, tmp_path / "run")
+    assert read_checkpoint(resumed.checkpoint).state["started_from"] == origin
 
     # our own checkpoint of the same classes, as the start of another run: its classifier is kept
     again = build_model("p3d_tiny", 2, in_channels=2)

@@ -75,6 +75,7 @@ def test_the_finished_model_loads_for_evaluation(flow_run, toy_store):
     assert ckpt.model_config["arch"] == "p3d_tiny" and ckpt.train_config["crop"] == 28
     assert ckpt.metrics["val_acc"] == result.val_acc
     assert "optimizer" not in ckpt.state  # last.pt is the model only; resuming uses checkpoint_*.pt
+    assert ckpt.state["started_from"] == {}  # random weights (a fine-tuned run names its start: test_finetune)
     x = torch.randn(3, 2, 8, 28, 28)
     assert model.features(x).shape == (3, 256) and model(x).shape == (3, 2)
 
