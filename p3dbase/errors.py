@@ -28,6 +28,14 @@ def shown(text: object) -> str:
     return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def excerpt(text: str, limit: int = 80) -> str:
+    """`text` quoted for a one-line message (its repr: control characters show), cut at `limit`
+    characters with its length noted: a damaged file's 100 kB line must not become a 100 kB message."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
 # A path that exists but is neither a file nor a folder: reading a FIFO would block, a device never end.
 NOT_REGULAR = "not a regular file (a FIFO, socket or device)"
 

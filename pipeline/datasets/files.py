@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import NamedTuple
 
 from flow.video import VIDEO_EXTENSIONS
-from p3dbase.errors import NOT_REGULAR, shown
+from p3dbase.errors import NOT_REGULAR, excerpt, shown
 from pipeline.datasets.records import Dataset, VideoRecord
 from pipeline.errors import DatasetError
 
@@ -94,7 +94,7 @@ def parse_int(text: str, what: str, where: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise DatasetError(f"{where}: {what} must be an integer, got {text!r}") from None
+        raise DatasetError(f"{where}: {what} must be an integer, got {excerpt(text)}") from None
 
 
 def index_videos(root: Path) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path, PurePosixPath
 
+from p3dbase.errors import excerpt
 from pipeline.datasets.config import DatasetConfig
 from pipeline.datasets.files import (
     Entry,
@@ -50,7 +51,7 @@ def read_hmdb51(cfg: DatasetConfig, split: str) -> Dataset:
             where = f"{path}:{n}"
             parts = line.split()
             if len(parts) != 2:
-                raise DatasetError(f"{where}: expected '<video>.avi <0|1|2>', got {line!r}")
+                raise DatasetError(f"{where}: expected '<video>.avi <0|1|2>', got {excerpt(line)}")
             role = parse_int(parts[1], "split id", where)
             if role not in ROLES:
                 raise DatasetError(f"{where}: split id must be 0 (unused), 1 (train) or 2 (test), got {role}")

@@ -11,6 +11,7 @@ import csv
 from pathlib import Path
 
 from p3dbase.bulk import no_cycle_collection
+from p3dbase.errors import excerpt
 from pipeline.datasets.config import DatasetConfig
 from pipeline.datasets.files import Entry, UniqueIds, build, check_file, check_root, walk_videos
 from pipeline.datasets.records import Dataset
@@ -29,9 +30,9 @@ def _seconds(text: str, column: str, where: str) -> int:
     try:
         value = float(text)
     except ValueError:
-        raise DatasetError(f"{where}: {column} must be a number of seconds, got {text!r}") from None
+        raise DatasetError(f"{where}: {column} must be a number of seconds, got {excerpt(text)}") from None
     if value < 0 or value != int(value):
-        raise DatasetError(f"{where}: {column} must be a whole number of seconds >= 0, got {text!r}")
+        raise DatasetError(f"{where}: {column} must be a whole number of seconds >= 0, got {excerpt(text)}")
     return int(value)
 
 
@@ -65,7 +66,7 @@ def read_rows(path: Path, seen: UniqueIds) -> list[tuple[str, str, str, str]]:
             end = int(end) if end.isdecimal() and end.isascii() else _seconds(end, "time_end", where)
             subset = SUBSETS.get(row[split_at].strip().lower())
             if subset is None:
-                raise DatasetError(f"{where}: split must be train, val or test, got {row[split_at]!r}")
+                raise DatasetError(f"{where}: split must be train, val or test, got {excerpt(row[split_at])}")
             name = clip_name(youtube_id, start, end)
             seen.add(name, where)
             rows.append((name, row[label_at].strip() if label_at is not None else "", subset, where))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from p3dbase.errors import excerpt
 from pipeline.datasets.config import DatasetConfig
 from pipeline.datasets.files import (
     Entry,
@@ -46,7 +47,7 @@ def read_mmaction(cfg: DatasetConfig, split: str) -> Dataset:
             parts = line.split()
             first_label = 2 if rawframes else 1
             if len(parts) <= first_label:
-                raise DatasetError(f"{where}: expected {form}, got {line!r}")
+                raise DatasetError(f"{where}: expected {form}, got {excerpt(line)}")
             rel = relative_path(parts[0], where)
             if rawframes and parse_int(parts[1], "total_frames", where) < 1:
                 raise DatasetError(f"{where}: total_frames must be >= 1, got {parts[1]}")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from flow.video import VIDEO_EXTENSIONS
 from p3dbase.bulk import no_cycle_collection
-from p3dbase.errors import shown
+from p3dbase.errors import excerpt, shown
 from pipeline.datasets.config import DatasetConfig
 from pipeline.datasets.files import check_root, file_problem
 from pipeline.datasets.records import Dataset, VideoRecord
@@ -116,7 +116,7 @@ def read_partition(path: Path, num_classes: int) -> tuple[dict[str, tuple[int, .
         if not parts:
             continue
         if len(parts) != 2:
-            raise DatasetError(f"{shown(path)}:{n}: expected 'URL label[,label...]', got {line.strip()[:120]!r}")
+            raise DatasetError(f"{shown(path)}:{n}: expected 'URL label[,label...]', got {excerpt(line.strip())}")
         url, text = parts
         labels = parsed.get(text)
         if labels is None:
@@ -137,7 +137,7 @@ def _parse_labels(text: str, num_classes: int, where: str) -> tuple[int, ...]:
     try:
         labels = tuple(dict.fromkeys(int(t) for t in text.split(",")))
     except ValueError:
-        raise DatasetError(f"{where}: labels must be comma-separated integers, got {text[:80]!r}") from None
+        raise DatasetError(f"{where}: labels must be comma-separated integers, got {excerpt(text)}") from None
     bad = [label for label in labels if not 0 <= label < num_classes]
     if bad:
         raise DatasetError(f"{where}: label {bad[0]} is outside 0..{num_classes - 1} (labels.txt has "

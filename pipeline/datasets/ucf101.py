@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from p3dbase.errors import excerpt
 from pipeline.datasets.config import DatasetConfig
 from pipeline.datasets.files import (
     Entry,
@@ -35,7 +36,7 @@ def read_class_ind(path: Path) -> list[str]:
         where = f"{path}:{n}"
         parts = line.split()
         if len(parts) != 2:
-            raise DatasetError(f"{where}: expected '<id> <ClassName>', got {line!r}")
+            raise DatasetError(f"{where}: expected '<id> <ClassName>', got {excerpt(line)}")
         cid = parse_int(parts[0], "class id", where)
         if cid in names:
             raise DatasetError(f"{where}: class id {cid} given twice")
@@ -70,7 +71,7 @@ def read_ucf101(cfg: DatasetConfig, split: str) -> Dataset:
             # Test lines carry no class id; some edited copies add one, which is then checked.
             if len(parts) not in ((2,) if subset == "train" else (1, 2)):
                 form = "'<Class>/<video>.avi <class id>'" if subset == "train" else "'<Class>/<video>.avi'"
-                raise DatasetError(f"{where}: expected {form}, got {line!r}")
+                raise DatasetError(f"{where}: expected {form}, got {excerpt(line)}")
             rel = relative_path(parts[0], where)
             if len(rel.parts) != 2:
                 raise DatasetError(f"{where}: expected a '<Class>/<video>' path, got {parts[0]!r}")

@@ -119,6 +119,16 @@ def test_ucf101_bad_line_names_file_and_line(ucf, name, line, text, reason):
     assert f"{path}:{line}:" in str(err.value)
 
 
+def test_a_damaged_line_is_quoted_in_part_with_its_length(ucf):
+    """A 100 kB line (a binary file glued to the list, a missing newline across a dump) was quoted whole:
+    a 100 kB "one line" error. Now its first 80 characters and its length."""
+    path = Path(ucf.annotations) / "trainlist01.txt"
+    path.write_bytes(path.read_bytes() + b"x" * 100_000 + b"\n")
+    with pytest.raises(DatasetError) as err:
+        read_dataset(ucf)
+    assert str(err.value).endswith(f"got {'x' * 80!r}... (100,000 characters)") and len(str(err.value)) < 400
+
+
 def test_ucf101_class_ids_must_be_1_to_n(ucf):
     write(Path(ucf.annotations) / "classInd.txt", b"1 ApplyEyeMakeup\r\n3 HandstandPushups\r\n")
     with pytest.raises(DatasetError, match="class ids must be 1..2"):
