@@ -24,4 +24,3 @@ def test_existing_outputs_are_refused_unless_forced_and_folders_always(tmp_path)
         p.write_text("x")
     with pytest.raises(OutputExistsError, match=r"4.txt|2.txt and 2 more"):
         refuse_overwrite(many, force=False)
-
