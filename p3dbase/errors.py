@@ -7,6 +7,8 @@ no package translates another's errors. The system's refusals (`OSError`: a full
 file that vanished) that no stage turned into a P3DError are printed as one line too (`refusal`).
 """
 import errno
+import os
+from pathlib import Path
 
 
 class P3DError(Exception):
@@ -38,6 +40,16 @@ def excerpt(text: str, limit: int = 80) -> str:
 
 # A path that exists but is neither a file nor a folder: reading a FIFO would block, a device never end.
 NOT_REGULAR = "not a regular file (a FIFO, socket or device)"
+
+
+def file_problem(path: Path) -> str:
+    """Why `path` cannot be read as a file, "" when it can: no such file, a folder, not a regular file,
+    or no permission for this user (root reads anything; os.access answers for the process)."""
+    if path.is_file():
+        return "" if os.access(path, os.R_OK) else "cannot be read: no permission"
+    if path.is_dir():
+        return "a folder, not a file"
+    return NOT_REGULAR if path.exists() else "no such file"
 
 
 # What the system's refusals mean to someone choosing where a stage reads and writes.

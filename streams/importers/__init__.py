@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from p3dbase.errors import file_problem
 from p3dbase.overwrite import output_folder
 from streams.checkpoint import file_sha256, make_payload, save_checkpoint
 from streams.config import ModelConfig, TrainConfig
@@ -60,8 +61,8 @@ def load_published(src: Path | str, *, source: str = "auto", arch: str | None = 
                    fc_layer: str | None = None) -> tuple[str, str, P3D]:
     """(source, arch, model in eval mode) for a published weight file."""
     src = Path(src)
-    if not src.is_file():
-        raise StreamsError(f"{src}: no such file")
+    if problem := file_problem(src):
+        raise StreamsError(f"{src}: {problem}")
     source = detect_source(src) if source == "auto" else source
     if source == "caffe":
         try:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from google.protobuf.message import DecodeError
 
+from p3dbase.errors import file_problem
 from streams.errors import StreamsError
 from streams.importers.caffe_proto import NetParameter
 from streams.p3d import ARCHS, P3D, build_model
@@ -62,8 +63,8 @@ def read_caffemodel(path: Path | str) -> CaffeModel:
     """Parse a .caffemodel (layers in `layer`, or the old V1 `layers`); StreamsError naming the file if
     it is missing, truncated, or not a Caffe net with weights."""
     path = Path(path)
-    if not path.is_file():
-        raise StreamsError(f"{path}: no such file")
+    if problem := file_problem(path):
+        raise StreamsError(f"{path}: {problem}")
     raw = path.read_bytes()
     try:
         net = NetParameter.FromString(raw)
