@@ -75,7 +75,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model; off until bench/gpu.py shows it faster on a GPU (docs/gpu.md)
     sync_bn: bool = True  # with several processes, BN in training mode uses the global batch
     workers: int = 8  # DataLoader processes per training process; 0 = load in the main process. A GPU
-    # needs enough of them for `data_wait` in metrics.jsonl to stay near 0
+    # needs enough of them for `data_wait` in metrics.jsonl to stay near 0; at most 4 per core
     fast_decode: bool = False  # training clips' JPEGs by libjpeg-turbo's fast IDCT and upsampling: ~8%
     # less decoding CPU, pixels ~1.6 levels off the accurate decode (flow: EPE +0.014 px); eval stays
     # accurate (BENCHMARKS.md, "Training loader")

@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from flow.store import Store
+from p3dbase.cluster import local_processes
 from p3dbase.errors import P3DError, shown
 from streams import gpu_decode, losses
 from streams.clips import ClipDataset, EpochSampler
@@ -194,6 +195,8 @@ def training_loaders(train_set: ClipDataset, val_set: ClipDataset | None, *, ctx
                      workers: int, seed: int) -> tuple[DataLoader, EpochSampler, DataLoader | None]:
     """(training loader, its sampler, validation loader or None) of this process: `batch` clips a step,
     `workers` processes each, the training order from `seed`."""
+    if workers:  # 0: in this process
+        local_processes(workers, "train.workers")  # a thousand DataLoader workers: the OOM killer, not an error
     common = dict(batch=batch, workers=workers, seed=seed, pin_memory=ctx.device.type == "cuda")
     store, modality = train_set.store, train_set.modality
     codec = "jpeg" if store.layout == "mmaction" else store.codec if modality == "rgb" else store.flow_codec

@@ -226,6 +226,20 @@ def test_a_checkpoint_path_that_is_a_fifo_is_named_as_such(tmp_path):
         load_checkpoint(tmp_path / "pipe.pt")
 
 
+def test_a_thousand_dataloader_workers_are_refused_in_one_line(toy_store, tmp_path, configs, monkeypatch):
+    """train.workers = 1000 started 1000 DataLoader processes (twice, with validation): the OOM killer.
+    At most 4 per usable core (p3dbase.cluster.local_processes), said before any process starts."""
+    import joblib
+
+    from p3dbase.errors import SettingError
+
+    monkeypatch.setattr(joblib, "cpu_count", lambda: 2)
+    root, train, val = toy_store
+    model_cfg, train_cfg = configs(workers=9)
+    with pytest.raises(SettingError, match=r"^train\.workers = 9 would start 9 worker processes on 2 usable"):
+        train_stream(stream_data(root, train, val, CLASSES), "flow", model_cfg, train_cfg, tmp_path / "run")
+
+
 def test_weights_that_are_not_finite_are_never_checkpointed(toy_store, tmp_path, monkeypatch, configs):
     """lr=10 blew up BatchNorm's running statistics while the loss (on batch statistics) stayed finite:
     the run 'succeeded' with inf in its checkpoints. Here bn1.running_var becomes inf after step 3."""
