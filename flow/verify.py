@@ -5,8 +5,8 @@ that reads them all: each pack's structure and the CRC32 of every image (mmactio
 JPEG against the checksums the flow stage kept beside them, and decoded), and the counts against
 the index. Damaged videos are listed in `<store>/verify-report.csv` and marked "damaged" in the
 index, so that the next `flow` run redoes them (a store that cannot be written, e.g. on a read-only
-share, is checked all the same and the result only printed). Reading is I/O-bound on a cold disk; one process per
-core keeps the decoding and checksums off the critical path.
+share, is checked all the same and the result only printed). Reading is I/O-bound on a cold disk;
+one process per core keeps the decoding and checksums off the critical path.
 """
 from __future__ import annotations
 

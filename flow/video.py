@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from flow.errors import FlowError
-from p3dbase.errors import NOT_REGULAR, shown
+from p3dbase.errors import file_problem, shown
 
 # What the dataset readers and `features` take for a video file: containers OpenCV's FFmpeg decodes.
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
@@ -105,14 +105,11 @@ class VideoReader:
         self.path = Path(path)
         self.size = size
         self.max_pixels = max_pixels
-        if not self.path.is_file():
-            what = ("a folder, not a video file" if self.path.is_dir() else NOT_REGULAR if self.path.exists()
-                    else "no such video file")
-            raise FlowError(f"{shown(self.path)}: {what}")
+        # Unreadable for this user is said as such: OpenCV would call it "not a video", after a warning.
+        if problem := file_problem(self.path, "video file"):
+            raise FlowError(f"{shown(self.path)}: {problem}")
         if self.path.stat().st_size == 0:
             raise FlowError(f"{shown(self.path)}: empty file")
-        if not os.access(self.path, os.R_OK):  # else OpenCV calls it "not a video", after a warning of its own
-            raise FlowError(f"{shown(self.path)}: cannot be read: no permission")
         self._cap = _open_capture(self.path)
         if not self._cap.isOpened():
             raise FlowError(f"{shown(self.path)}: cannot open (not a video OpenCV/FFmpeg can read, or "

@@ -42,14 +42,15 @@ def excerpt(text: str, limit: int = 80) -> str:
 NOT_REGULAR = "not a regular file (a FIFO, socket or device)"
 
 
-def file_problem(path: Path) -> str:
-    """Why `path` cannot be read as a file, "" when it can: no such file, a folder, not a regular file,
-    or no permission for this user (root reads anything; os.access answers for the process)."""
+def file_problem(path: Path, noun: str = "file") -> str:
+    """Why `path` cannot be read as a `noun` ("video file", ...), "" when it can: no such one, a folder,
+    not a regular file, or no permission for this user (root reads anything; os.access answers for
+    the process)."""
     if path.is_file():
         return "" if os.access(path, os.R_OK) else "cannot be read: no permission"
     if path.is_dir():
-        return "a folder, not a file"
-    return NOT_REGULAR if path.exists() else "no such file"
+        return f"a folder, not a {noun}"
+    return NOT_REGULAR if path.exists() else f"no such {noun}"
 
 
 # What the system's refusals mean to someone choosing where a stage reads and writes.
