@@ -6,7 +6,8 @@ whole snippet fits in the positions every stream has (N frames for RGB alone, N 
 soon as a flow stream is given, so the rows of both streams are the same snippets). The tail shorter
 than a stride is not covered. A video with fewer positions than one window gives one snippet at 0,
 read looped (as eval reads a short video) and marked `padded`; a single frame with a flow stream
-is refused.
+is refused. A snippet's times in seconds are its frames' container timestamps (Snippets.time_at),
+so a variable frame rate is placed right.
 
 The video is never held whole: frames are decoded in order into a buffer holding one batch of
 snippets (`batch` starts: about batch x stride + W frames), TV-L1 runs on the pairs the batch needs
