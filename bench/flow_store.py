@@ -252,6 +252,16 @@ def fidelity_table(data: Path, cfg: FlowConfig) -> list[str]:
     return rows
 
 
+def video_args(parser: argparse.ArgumentParser, frames: int) -> None:
+    """The arguments `load_videos` reads (this bench's, bench/loader.py's, bench/jpeg_costs.py's): the
+    shared data, the first `--frames` frames of `--clips` clips, and the `--cache` .npz they share."""
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--frames", type=int, default=frames)
+    parser.add_argument("--clips", type=int, default=3)
+    parser.add_argument("--cache", type=Path, help="keep the decoded frames and flow here (.npz) for re-runs; the "
+                        "benches that load these clips share it")
+
+
 def load_videos(args: argparse.Namespace, cfg: FlowConfig) -> dict[str, tuple]:
     """{name: (rgb uint8 [N, H, W, 3], flow uint8 [N-1, H, W, 2])}, from `--cache` when it exists."""
     if args.cache and args.cache.exists():
@@ -271,13 +281,10 @@ def load_videos(args: argparse.Namespace, cfg: FlowConfig) -> dict[str, tuple]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    parser.add_argument("--frames", type=int, default=48)
-    parser.add_argument("--clips", type=int, default=3)
+    video_args(parser, frames=48)
     parser.add_argument("--rounds", type=int, default=4, help="reading rounds over every store (median kept)")
     parser.add_argument("--seconds", type=float, default=1.0, help="CPU seconds of reading per store, "
                         "modality and round")
-    parser.add_argument("--cache", type=Path, help="keep the decoded frames and flow here (.npz) for re-runs")
     args = parser.parse_args()
 
     cfg = FlowConfig()

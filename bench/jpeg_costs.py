@@ -38,7 +38,7 @@ from flow.config import FlowConfig
 from streams.transforms import crop_map
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flow_store import load_videos  # noqa: E402 (the frames of bench/flow_store.py, its cache shared)
+from flow_store import load_videos, video_args  # noqa: E402 (the frames of bench/flow_store.py, its cache shared)
 
 SIZE, CROP = (182, 242), 160  # the paper's training recipe (configs/default.toml [train])
 
@@ -106,10 +106,7 @@ def exactness(probe: Probe, jpegs: list[bytes], grey: bool, pad: int, rng: rando
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    parser.add_argument("--frames", type=int, default=40)
-    parser.add_argument("--clips", type=int, default=3)
-    parser.add_argument("--cache", type=Path, help="bench/flow_store.py's cache of frames and flow (.npz)")
+    video_args(parser, frames=40)
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     if codec._simplejpeg() is None:

@@ -253,11 +253,13 @@ def nvjpeg_rate(root: Path | str, video_ids: list[str], device: torch.device, cl
 
 
 def main() -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from flow_store import load_videos, video_args
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    parser.add_argument("--frames", type=int, default=40)
-    parser.add_argument("--clips", type=int, default=3)
-    parser.add_argument("--cache", type=Path, help="the decoded frames and flow (.npz, shared with flow_store.py)")
+    video_args(parser, frames=40)
     parser.add_argument("--seconds", type=float, default=6.0, help="wall seconds timed per configuration")
     parser.add_argument("--codecs", nargs="+", default=["jpeg", "png"])
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
@@ -266,16 +268,10 @@ def main() -> None:
                         "item in one process (whole-frame resize against crop-only)")
     args = parser.parse_args()
 
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from flow_store import load_videos
-
     from flow.video import opencv_single_thread
 
     cfg = FlowConfig()
-    videos = load_videos(argparse.Namespace(cache=args.cache, data=args.data, frames=args.frames, clips=args.clips),
-                         cfg)
+    videos = load_videos(args, cfg)
     tmp = Path(tempfile.mkdtemp(prefix="loader_bench_"))
     rows = []
     try:
