@@ -42,6 +42,15 @@ def read_lines(path: Path) -> list[tuple[int, str]]:
     return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
+def read_list(path: Path, what: str = "videos") -> list[tuple[int, str]]:
+    """read_lines of a file that must list something: an empty split list or label map is a file
+    truncated or written by a failed script, never a split with nothing in it."""
+    lines = read_lines(path)
+    if not lines:
+        raise DatasetError(f"{path}: lists no {what} (the file is empty or blank)")
+    return lines
+
+
 def relative_path(text: str, where: str) -> PurePosixPath:
     """A listed path as a path under the dataset root; anything that could leave the root is refused."""
     posix = text.replace("\\", "/")

@@ -14,7 +14,7 @@ from pipeline.datasets.files import (
     build,
     check_root,
     parse_int,
-    read_lines,
+    read_list,
     relative_path,
     video_id_of,
 )
@@ -47,7 +47,7 @@ def read_hmdb51(cfg: DatasetConfig, split: str) -> Dataset:
         if path is None:
             raise DatasetError(f"{annotations}: {cls}_test_split{split}.txt is missing "
                                f"(another split lists class {cls!r})")
-        for n, line in read_lines(path):
+        for n, line in read_list(path):
             where = f"{path}:{n}"
             parts = line.split()
             if len(parts) != 2:

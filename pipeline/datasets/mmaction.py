@@ -13,7 +13,7 @@ from pipeline.datasets.files import (
     build,
     check_root,
     parse_int,
-    read_lines,
+    read_list,
     relative_path,
     video_id_of,
 )
@@ -23,7 +23,7 @@ from pipeline.errors import DatasetError
 
 def read_label_map(path: Path) -> list[str]:
     names: dict[str, int] = {}
-    for n, name in read_lines(path):
+    for n, name in read_list(path, "classes"):
         if name in names:
             raise DatasetError(f"{path}:{n}: class {name!r} given twice (first on line {names[name]})")
         names[name] = n
@@ -42,7 +42,7 @@ def read_mmaction(cfg: DatasetConfig, split: str) -> Dataset:
         if not list_file:
             continue
         path = Path(list_file)
-        for n, line in read_lines(path):
+        for n, line in read_list(path):
             where = f"{path}:{n}"
             parts = line.split()
             first_label = 2 if rawframes else 1

@@ -19,6 +19,7 @@ from pipeline.datasets.files import (
     check_root,
     parse_int,
     read_lines,
+    read_list,
     relative_path,
     video_id_of,
 )
@@ -65,7 +66,7 @@ def read_ucf101(cfg: DatasetConfig, split: str) -> Dataset:
     entries = []
     for path, subset in ((annotations / f"trainlist0{split}.txt", "train"),
                          (annotations / f"testlist0{split}.txt", "test")):
-        for n, line in read_lines(path):
+        for n, line in read_list(path):
             where = f"{path}:{n}"
             parts = line.split()
             # Test lines carry no class id; some edited copies add one, which is then checked.

@@ -152,6 +152,15 @@ def test_missing_annotation_file(ucf):
         read_dataset(ucf, "3")
 
 
+@pytest.mark.parametrize("text", [b"", b"\r\n  \r\n"])
+def test_an_empty_split_list_is_an_error_not_a_split_without_videos(ucf, text):
+    # A truncated trainlist used to pass: flow ran on the test videos alone and train failed later.
+    path = write(Path(ucf.annotations) / "trainlist01.txt", text)
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))}: lists no videos \(the file is empty"):
+        read_dataset(ucf)
+    assert len(read_dataset(ucf, "2").videos) == 3  # the other splits' files are read as before
+
+
 # --- HMDB51 ------------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -188,6 +197,9 @@ def test_hmdb51_bad_inputs(hmdb):
         read_dataset(hmdb)
     write(ann / "cartwheel_test_split1.txt", "\nAcrobacias_de_un_fenomeno_cartwheel_f_cm_np1_ba_bad_8.avi\n")
     with pytest.raises(DatasetError, match=r"cartwheel_test_split1.txt:2: expected '<video>.avi <0\|1\|2>'"):
+        read_dataset(hmdb)
+    write(ann / "cartwheel_test_split1.txt", "\n")
+    with pytest.raises(DatasetError, match=r"cartwheel_test_split1.txt: lists no videos"):
         read_dataset(hmdb)
     (ann / "cartwheel_test_split2.txt").unlink()
     with pytest.raises(DatasetError, match="cartwheel_test_split2.txt is missing"):
@@ -362,6 +374,20 @@ def test_mmaction_bad_lines(tmp_path, list_type, line, reason):
     with pytest.raises(DatasetError, match=reason) as err:
         read_dataset(cfg)
     assert f"{path}:{2 if list_type == 'video' else 1}:" in str(err.value)
+
+
+def test_mmaction_empty_list_or_label_map_is_named(tmp_path):
+    touch(tmp_path / "data", "a/clip1.mp4")
+    train = write(tmp_path / "train.txt", "a/clip1.mp4 0\n")
+    empty = write(tmp_path / "val.txt", "")
+    cfg = DatasetConfig(format="mmaction", root=str(tmp_path / "data"), train_list=str(train), val_list=str(empty))
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(empty))}: lists no videos"):
+        read_dataset(cfg)
+    # An empty label map used to be ignored: the classes silently became "0", "1", ...
+    labels = write(tmp_path / "label_map.txt", "\n")
+    cfg = DatasetConfig(format="mmaction", root=str(tmp_path / "data"), train_list=str(train), label_map=str(labels))
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(labels))}: lists no classes"):
+        read_dataset(cfg)
 
 
 # --- folder -------------------------------------------------------------------------------------------
