@@ -477,6 +477,8 @@ def run_flow(videos: Sequence[FlowJob], out_dir: Path, cfg: FlowConfig, *, shard
 
     # 2. Open the store: other settings than its own are refused; --force rewrites store.json.
     store = _open_for_run(out_dir, cfg, shard, force)
+    if read_only_store(out_dir, force):
+        return _finished_read_only(store, mine, valid, rows, shard)
     if config_toml:
         write_text(out_dir / CONFIG, config_toml)
     manifest = store.manifest_path(shard)
@@ -509,6 +511,33 @@ def run_flow(videos: Sequence[FlowJob], out_dir: Path, cfg: FlowConfig, *, shard
         why = "--strict" if strict and len(failures) < len(mine) else "every video failed"
         raise FlowError(f"{len(failures)} of {len(mine)} videos failed ({why}), e.g. {video_id}: {error}; "
                         f"see {shown(manifest)}")
+    return summary
+
+
+def read_only_store(out_dir: Path | str, force: bool = False) -> bool:
+    """Whether `out_dir` holds a store this process cannot write (a shared, read-only mount). A run
+    on it can record nothing, but one whose videos are all in it is finished, not an error."""
+    return not force and (Path(out_dir) / STORE_FILE).is_file() and not os.access(out_dir, os.W_OK | os.X_OK)
+
+
+def _finished_read_only(store: Store, mine: Sequence[FlowJob], valid: Sequence[FlowJob],
+                        rows: dict[str, VideoResult], shard: tuple[int, int]) -> FlowSummary:
+    """run_flow on a read-only store: the plan alone (the index and a stat per video; packs only
+    where the index lacks them). Every video done: the summary, nothing written. Any to do: refused
+    in one line, since nothing could be computed into it."""
+    plan = _plan(store, valid, force=False)
+    rows.update(plan.rows)
+    todo = [job.video_id for job in plan.todo]
+    if todo:
+        raise FlowError(f"the flow store {shown(store.root)} cannot be written (a read-only file system or no "
+                        f"permission) and {len(todo)} of the run's {len(mine)} videos are not finished in it "
+                        f"(e.g. {todo[0]}): run flow where the store can be written, or choose another work_dir")
+    failures = sorted([(r.video_id, r.error) for r in rows.values() if r.status == "failed"])
+    summary = FlowSummary(videos=len(mine), computed=0, skipped=len(mine) - len(failures), failed=len(failures),
+                          frames=0, pairs=0, seconds=0.0, manifest=store.manifest_path(shard), shard=shard,
+                          failures=failures)
+    print(summary, flush=True)
+    print(f"flow: {shown(store.root)} is read-only: nothing to compute, nothing written", flush=True)
     return summary
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from flow.manifest import read_manifest
-from flow.stage import FlowJob, FlowSummary, run_flow
+from flow.stage import FlowJob, FlowSummary, read_only_store, run_flow
 from flow.store import Store, open_store
 from flow.verify import VerifyReport, verify_store
 from p3dbase.atomic import write_text
@@ -119,7 +119,11 @@ def synth_stage(cfg: Config, *, force: bool = False) -> None:
 def flow_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1), force: bool = False,
                strict: bool = False) -> FlowSummary:
     dataset = read_dataset(cfg.dataset)
-    out = output_folder(flow_dir(cfg), "the flow store")
+    # A finished store on a read-only mount is reported as done (run_flow); any other is made writable here.
+    out = flow_dir(cfg)
+    read_only = read_only_store(out, force)
+    if not read_only:
+        out = output_folder(out, "the flow store")
     if dataset.missing:
         print(f"{len(dataset.missing)} video(s) listed in the annotations are not under {dataset.root} and "
               f"are skipped (all listed in {out / MISSING}), e.g. {', '.join(dataset.missing[:3])}")
@@ -130,6 +134,8 @@ def flow_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1), force: bool = Fa
     jobs += [FlowJob(video_id_of(PurePosixPath(rel)), dataset.root / rel, error=f"refused: {why}")
              for rel, why in dataset.refused]
     summary = run_flow(jobs, out, cfg.flow, shard=shard, force=force, strict=strict, config_toml=dump_toml(cfg))
+    if read_only:
+        return summary
     # One file, not a line each: Sports-1M lists about 100k videos no longer online. None missing: no
     # file (and none left from a run that had some).
     if dataset.missing:

@@ -283,6 +283,28 @@ def test_verify_checks_a_store_it_cannot_write_and_prints_the_result(videos, tmp
             path.chmod(path.stat().st_mode | 0o200)
 
 
+def test_flow_on_a_finished_store_it_cannot_write_reports_it_done(videos, tmp_path, fast_cfg, monkeypatch, capsys):
+    """A finished store on a read-only share: `flow` (a `make all` re-run) was refused as an output it
+    cannot write; now it plans from the index as usual and reports every video done, writing nothing.
+    A video not in it is refused in one line naming it: nothing could be computed into the store."""
+    out, jobs = tmp_path / "flow", jobs_in(videos)
+    run_flow(jobs[:-1], out, fast_cfg)
+    before = {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in out.rglob("*")}
+    _store_cannot_be_written(out, monkeypatch)
+    try:
+        capsys.readouterr()
+        summary = run_flow(jobs[:-1], out, fast_cfg, config_toml="x = 1\n")
+        assert (summary.videos, summary.computed, summary.skipped, summary.failed) == (2, 0, 2, 0)
+        assert f"flow: {out} is read-only: nothing to compute, nothing written" in capsys.readouterr().out
+        with pytest.raises(FlowError, match=rf"the flow store {out} cannot be written .* 1 of the run's 3 videos "
+                                            r"are not finished in it \(e.g. Cls/c\)"):
+            run_flow(jobs, out, fast_cfg)
+        assert {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    finally:
+        for path in (out, *out.rglob("*")):
+            path.chmod(path.stat().st_mode | 0o200)
+
+
 # rawframes: nothing outside the root, nothing resized quietly, empty files named
 
 

@@ -121,3 +121,27 @@ def test_an_os_error_escaping_a_stage_is_one_line(tmp_path, monkeypatch, capsys)
 ])
 def test_refusal_names_the_files_and_the_reason(err, line):
     assert refusal(err) == line
+
+
+def test_make_flow_on_a_finished_read_only_store_is_done_not_refused(tmp_path, monkeypatch, capsys):
+    """`make all` with work_dir/flow on a read-only share: `flow` was refused as an output it cannot
+    write, so make stopped before training; a finished store is now reported done, writing nothing."""
+    from tests.builders import deny_as_for_a_user, moving_square, write_video
+
+    write_video(tmp_path / "videos" / "Cls" / "a.avi", moving_square(5))
+    args = ["flow", "--set", f"work_dir={str(tmp_path / 'work')!r}", "--set", "dataset.format='folder'",
+            "--set", f"dataset.root={str(tmp_path / 'videos')!r}", "--set", "flow.jobs=1", "--set", "flow.size=''",
+            "--set", "flow.nscales=2", "--set", "flow.warps=1", "--set", "flow.outer_iterations=2"]
+    assert main(args) == 0
+    store = tmp_path / "work" / "flow"
+    before = {p: p.stat().st_mtime_ns for p in store.rglob("*")}
+    store.chmod(0o555)
+    try:
+        deny_as_for_a_user(monkeypatch, store, os.W_OK)
+        capsys.readouterr()
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        assert "flow: 1 videos: 0 computed, 1 already done, 0 failed" in out and "is read-only: nothing" in out
+        assert {p: p.stat().st_mtime_ns for p in store.rglob("*")} == before
+    finally:
+        store.chmod(0o755)
