@@ -16,6 +16,7 @@ import numpy as np
 from flow.errors import FlowError
 from p3dbase.atomic import atomic_write, write_bytes
 from p3dbase.errors import shown
+from p3dbase.plotting import drawing, pyplot
 
 # Hue segments of the wheel: red-yellow, yellow-green, green-cyan, cyan-blue, blue-magenta, magenta-red.
 SEGMENTS = (15, 6, 4, 11, 13, 6)
@@ -104,14 +105,12 @@ def wheel_legend(size: int = 65) -> np.ndarray:
     return out
 
 
+@drawing
 def contact_sheet(path: Path, rgb: np.ndarray, flows: np.ndarray, indices: Sequence[int], max_flow: float,
                   title: str) -> Path:
     """RGB frames (uint8 [K, H, W, 3] BGR) over the flow from each to the next (float [K, H, W, 2], px),
     colour-coded at one fixed scale, `max_flow` px = full saturation, with the colour wheel as legend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # here, not at the top: the flow stage itself never draws
+    plt = pyplot()
 
     k = len(indices)
     h, w = rgb.shape[1:3]

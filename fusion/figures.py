@@ -16,6 +16,7 @@ import numpy as np
 from fusion import metrics
 from fusion.metrics import Labels
 from p3dbase.atomic import atomic_write
+from p3dbase.plotting import drawing, pyplot
 
 SMALL = 30  # up to this many classes a confusion matrix shows every count and every name
 NAMED = 150  # up to this many every class name is a tick label; beyond, every k-th
@@ -24,15 +25,7 @@ LABEL_PT = 6.5  # tick labels of the large pictures: 10 px at DPI, the smallest 
 LINE = 1.2  # a label's line height, in font sizes
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
+@drawing
 def _save(fig, path: Path, tight: bool = True) -> Path:
     """Write `fig` as PNG (temporary name, then rename). `tight=False` for figures with hundreds of
     labels, whose margins are set by hand: the tight box lays out every label twice."""
@@ -42,17 +35,18 @@ def _save(fig, path: Path, tight: bool = True) -> Path:
         with atomic_write(path) as f:
             fig.savefig(f, dpi=DPI, format="png", bbox_inches="tight" if tight else None)
     finally:
-        _pyplot().close(fig)
+        pyplot().close(fig)
     return path
 
 
+@drawing
 def png_bytes(fig, dpi: float = DPI) -> bytes:
     """`fig` as PNG bytes (for a page that inlines its pictures); the figure is closed."""
     buffer = io.BytesIO()
     try:
         fig.savefig(buffer, dpi=dpi, format="png", bbox_inches="tight")
     finally:
-        _pyplot().close(fig)
+        pyplot().close(fig)
     return buffer.getvalue()
 
 
@@ -79,6 +73,7 @@ def confusion(path: Path, names: Sequence[str], scores: Sequence[np.ndarray], la
     return _save(confusion_figure(names, scores, labels, classes), path)
 
 
+@drawing
 def confusion_figure(names: Sequence[str], scores: Sequence[np.ndarray], labels: Labels, classes: Sequence[str]):
     """Row-normalised confusion matrices (rows: true class), one panel per method (`names`, `scores`).
 
@@ -88,7 +83,7 @@ def confusion_figure(names: Sequence[str], scores: Sequence[np.ndarray], labels:
     down the left at LABEL_PT (every k-th where the rows are closer than a line); results.md and
     report.html list the most confused pairs by name.
     """
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.colors import PowerNorm
 
     n, k = len(classes), len(names)
@@ -152,12 +147,13 @@ def per_class_bars(path: Path, names: Sequence[str], accuracy: np.ndarray, class
 MARKER_COLOURS = ("#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")  # none near the bars' blue
 
 
+@drawing
 def per_class_figure(names: Sequence[str], accuracy: np.ndarray, classes: Sequence[str]):
     """Per-class video hit@1 (percent, `accuracy` [methods, classes]) as horizontal bars of the first
     method, sorted best first, with the other methods as markers on the same rows. The markers of
     each method sit at their own height within the row and the axis runs from -5 to 105, so a
     marker at 0 or at 100 is drawn whole and two methods at the same value do not hide each other."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(classes)
     order = class_order(accuracy[0])
     height = min(60.0, max(2.5, 0.13 * n + 1.6))
@@ -198,10 +194,11 @@ def weight_curve(path: Path, curves: dict[str, tuple[Sequence[float], np.ndarray
     return _save(weight_figure(curves, chosen), path)
 
 
+@drawing
 def weight_figure(curves: dict[str, tuple[Sequence[float], np.ndarray]], chosen: tuple[str, float] | None = None):
     """Video hit@1 (percent) against the flow weight (RGB weight 1), one line per curve
     ({"test, raw": (weights, hit@1 in 0..1), ...}); `chosen` = (score kind, weight) is marked."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
     for label, (weights, acc) in curves.items():
         style = "--" if label.startswith("held-out") else "-"

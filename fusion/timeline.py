@@ -27,6 +27,7 @@ from fusion import fuse
 from fusion.config import EvalConfig
 from fusion.snippets import Snippets
 from p3dbase.atomic import atomic_write, write_text
+from p3dbase.plotting import drawing, pyplot
 
 SUFFIXES = (".timeline.csv", ".timeline.json", ".timeline.png")
 
@@ -61,6 +62,7 @@ def paths(out: Path, video_id: str) -> list[Path]:
     return [out / f"{video_id}{suffix}" for suffix in SUFFIXES]
 
 
+@drawing
 def write_timeline(out: Path, video: str, video_id: str, snippets: Snippets, classes: Sequence[str],
                    cfg: EvalConfig, *, top_k: int) -> list[Path]:
     """The CSV, JSON and PNG of one video's timeline under `out` (see the module doc)."""
@@ -86,20 +88,17 @@ def write_timeline(out: Path, video: str, video_id: str, snippets: Snippets, cla
     fig = timeline_figure(video_id, snippets, classes, cfg)
     with atomic_write(png_path) as f:
         fig.savefig(f, format="png", dpi=100)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    pyplot().close(fig)
     return [csv_path, json_path, png_path]
 
 
+@drawing
 def timeline_figure(title: str, snippets: Snippets, classes: Sequence[str], cfg: EvalConfig, leaders: int = 8):
     """Thumbnails, one band per stream coloured by each snippet's top class, and the fused (or the
     only stream's) probability of the leading classes over time."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
+
+    plt = pyplot()
 
     probs = probabilities(snippets, cfg)
     names = [n for n in ("rgb", "flow", "fusion") if n in probs]

@@ -10,8 +10,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from p3dbase.atomic import atomic_write
+from p3dbase.plotting import drawing
 
 
+@drawing
 def plot_curves(history: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     """Draw the metrics.jsonl records to `path` (written to a temporary name, then renamed)."""
     fig = curves_figure(history, title)
@@ -27,6 +29,7 @@ def _series(records: Sequence[dict[str, Any]], x: str, y: str, scale: float = 1.
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
+@drawing
 def curves_figure(history: Sequence[dict[str, Any]], title: str) -> Figure:
     """Three panels: loss (training and validation), accuracy, learning rate (the base group's).
     Also the training curves of report.html (fusion.html_report), from a run's metrics.jsonl."""

@@ -16,6 +16,7 @@ import pandas as pd
 from fusion.report import INPUTS  # the one name of a report's inputs file (python -m pipeline report)
 from fusion.transfer_stage import COLUMNS  # results.csv's columns, in the order the stage makes its rows
 from p3dbase.atomic import atomic_path, write_text
+from p3dbase.plotting import drawing, pyplot
 from pipeline.errors import PipelineError
 
 METRICS = ["accuracy", "se", "auc", "hit@3", "mAP"]
@@ -113,13 +114,12 @@ def chance_of(table: pd.DataFrame, classes: dict[str, int]) -> dict[str, float]:
     return {b: chance(p, classes.get(b)) for b, p in protocols.items()}
 
 
+@drawing
 def chart_figure(compared: pd.DataFrame, chances: dict[str, float] | None = None, stand_ins: Sequence[str] = ()):
     """Bars per benchmark (its main metric, accuracy): ours per stream, then the paper's methods
     (hatched); a dashed line at chance over each benchmark's bars; stand-in benchmarks marked under
     their name and in a caveat under the chart."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     chances = chances or {}
     main = compared[compared["metric"] == "accuracy"] if not compared.empty else compared
@@ -161,16 +161,15 @@ def chart_figure(compared: pd.DataFrame, chances: dict[str, float] | None = None
     return fig
 
 
+@drawing
 def write_chart(path: Path, compared: pd.DataFrame, chances: dict[str, float] | None = None,
                 stand_ins: Sequence[str] = ()) -> None:
     """results.png: `chart_figure` written atomically."""
-    import matplotlib.pyplot as plt
-
     fig = chart_figure(compared, chances, stand_ins)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, keep_suffix=True) as tmp:
         fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    pyplot().close(fig)
 
 
 def write_report(out_dir: Path, r: TransferReport) -> str:

@@ -59,7 +59,8 @@ def test_contact_sheet_and_wheel_legend(tmp_path):
     rgb = np.zeros((3, 24, 32, 3), np.uint8)
     flows = np.zeros((3, 24, 32, 2), np.float32)
     flows[..., 0] = 1.0  # 1 px right at a 2 px scale: half-saturated red, BGR (128, 128, 255)
-    image = read_png(contact_sheet(tmp_path / "sheet.png", rgb, flows, [0, 4, 8], 2.0, "v: test"))
+    # The title is the video id, a file name: "$" in it is drawn, not parsed as TeX.
+    image = read_png(contact_sheet(tmp_path / "sheet.png", rgb, flows, [0, 4, 8], 2.0, "v: a$^$b"))
     assert image.shape[1] > image.shape[0] > 100
     # Three black frames over three half-red flow fields, each a panel of the same size.
     frames = [b for b in blobs(image, (0, 0, 0), 3) if b[4] > 2000]

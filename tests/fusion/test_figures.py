@@ -52,6 +52,19 @@ def test_pictures_and_page_for_3_101_and_400_classes(tmp_path, n):
     assert page.count('<table class="matrix">') == (0 if n > figures.SMALL else 3)
 
 
+@pytest.mark.parametrize("n", [3, 40])
+def test_class_names_with_dollar_signs_are_drawn_as_written(tmp_path, n):
+    """A class named "a$^$b" (a folder name) raised matplotlib's TeX parse error in savefig: no report."""
+    classes = ["a$^$b", "save $$$ now", *(f"c{i}" for i in range(n - 2))]
+    rgb, labels = scores_for(n, seed=1)
+    methods = [MethodScores("rgb", rgb, "")]
+    report.write_report(tmp_path, EvalReport("t", report.results_table(methods, labels, "t", 0), [], methods, methods,
+                                             [f"v{i}" for i in range(len(labels))], labels, classes, {}, {}, None))
+    assert read_png(tmp_path / "confusion.png").std() > 20 and read_png(tmp_path / "per_class.png").std() > 20
+    fig = figures.per_class_figure(["rgb"], np.linspace(0, 100, n)[None], classes)
+    assert {"a$^$b", "save $$$ now"} <= {t.get_text() for t in fig.axes[0].get_yticklabels()}
+
+
 def test_confusion_cells_are_where_the_counts_put_them(tmp_path):
     classes = ["a", "b", "c"]
     labels = [(c,) for c in range(3) for _ in range(2)]
