@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from fusion.report import markdown_table
+
 # dataset format -> (method, clip hit@1, video hit@1, video hit@5), percent
 PAPER_TABLES = {"sports1m": (("P3D ResNet (paper)", 47.9, 66.4, 87.4), ("ResNet-152 (paper)", 46.5, 64.6, 86.4),
                              ("C3D (paper)", 46.1, 61.1, 85.2))}
@@ -21,10 +23,9 @@ def paper_comparison(table: pd.DataFrame, protocol: str) -> str:
     paper = PAPER_TABLES.get(protocol.split(" ")[0])
     if paper is None:
         return ""
+    rows = [[name, *(f"{v:.1f}" for v in values)] for name, *values in paper]
+    rows += [[f"ours: {row['method']}", *("-" if pd.isna(row[c]) else f"{row[c]:.1f}" for c in PAPER_COLUMNS)]
+             for _, row in table[table["method"].isin(["rgb", "flow", "fusion"])].iterrows()]
     lines = ["### As the paper's table (its figures, then ours)", "",
-             "| method | clip hit@1 | video hit@1 | video hit@5 |", "|---|---|---|---|"]
-    lines += [f"| {name} | " + " | ".join(f"{v:.1f}" for v in values) + " |" for name, *values in paper]
-    for _, row in table[table["method"].isin(["rgb", "flow", "fusion"])].iterrows():
-        cells = ["-" if pd.isna(row[c]) else f"{row[c]:.1f}" for c in PAPER_COLUMNS]
-        lines.append(f"| ours: {row['method']} | " + " | ".join(cells) + " |")
+             *markdown_table(["method", "clip hit@1", "video hit@1", "video hit@5"], rows)]
     return "\n".join(lines) + "\n"

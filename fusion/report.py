@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,21 +83,30 @@ def average_tables(tables: Sequence[pd.DataFrame], protocol: str) -> pd.DataFram
     return out.loc[order].reset_index()[COLUMNS + ["splits"]]
 
 
+def md_cell(value: object) -> str:
+    """`value` as one cell of a Markdown table: a `|` would end the cell and a line break the row, and
+    class names and video ids come from users' folders and files."""
+    return " ".join(str(value).split()).replace("|", "\\|")
+
+
+def markdown_table(header: Sequence[object], rows: Iterable[Sequence[object]]) -> list[str]:
+    """The lines of a GitHub Markdown table, every cell through md_cell (format numbers first)."""
+    lines = ["| " + " | ".join(map(md_cell, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(map(md_cell, row)) + " |" for row in rows]
+
+
 def to_markdown(table: pd.DataFrame, title: str, notes: Sequence[str] = ()) -> str:
     """A GitHub Markdown table (metrics in percent, 2 decimals; '-' where a metric is not defined)."""
     header = list(table.columns)
     lines = [f"# {title}", ""]
     lines += [f"{n}" for n in notes] + ([""] if notes else [])
-    lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for _, row in table.iterrows():
-        cells = []
-        for name in header:
-            value = row[name]
-            if name in PERCENT:
-                cells.append("-" if pd.isna(value) else f"{value:.2f}")
-            else:
-                cells.append(str(value).replace("|", "\\|"))
-        lines.append("| " + " | ".join(cells) + " |")
+
+    def cell(name: str, value: object) -> object:
+        if name in PERCENT:
+            return "-" if pd.isna(value) else f"{value:.2f}"
+        return value
+
+    lines += markdown_table(header, ([cell(name, row[name]) for name in header] for _, row in table.iterrows()))
     return "\n".join(lines) + "\n"
 
 
@@ -138,8 +147,8 @@ def confused_markdown(name: str, table: pd.DataFrame) -> str:
     lines = [f"## Most confused pairs ({name})", ""]
     if table.empty:
         return "\n".join(lines + ["No test video of any class was taken for another class.", ""])
-    lines += ["| true | predicted | videos | share of the true class |", "|---|---|---|---|"]
-    lines += [f"| {r.true} | {r.predicted} | {r.videos} | {r.share:.1f}% |" for r in table.itertuples()]
+    lines += markdown_table(["true", "predicted", "videos", "share of the true class"],
+                            ((r.true, r.predicted, r.videos, f"{r.share:.1f}%") for r in table.itertuples()))
     return "\n".join(lines) + "\n"
 
 

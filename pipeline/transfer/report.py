@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fusion.report import INPUTS  # the one name of a report's inputs file (python -m pipeline report)
+from fusion.report import INPUTS, markdown_table  # INPUTS: the one name of a report's inputs file
 from fusion.transfer_stage import COLUMNS  # results.csv's columns, in the order the stage makes its rows
 from p3dbase.atomic import atomic_path, write_text
 from p3dbase.plotting import drawing, pyplot
@@ -37,17 +37,14 @@ PAPER_TITLES = {"ucf101": "UCF101", "activitynet": "ActivityNet v1.3", "aslan": 
                 "dynamic_scene": "Dynamic Scene"}
 
 
-def _cell(value, name: str) -> str:
+def _cell(value, name: str) -> object:
     if name in METRICS:
         return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
-    return str(value).replace("|", "\\|")
+    return value
 
 
-def markdown_table(table: pd.DataFrame, columns: Sequence[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for _, row in table.iterrows():
-        lines.append("| " + " | ".join(_cell(row[c], c) for c in columns) + " |")
-    return "\n".join(lines)
+def _table(table: pd.DataFrame, columns: Sequence[str]) -> str:
+    return "\n".join(markdown_table(columns, ([_cell(row[c], c) for c in columns] for _, row in table.iterrows())))
 
 
 def comparison(table: pd.DataFrame, paper_of: dict[str, str]) -> pd.DataFrame:
@@ -70,13 +67,12 @@ def comparison(table: pd.DataFrame, paper_of: dict[str, str]) -> pd.DataFrame:
 def to_markdown(table: pd.DataFrame, compared: pd.DataFrame, notes: Sequence[str]) -> str:
     shown = ["benchmark", "protocol", "stream", "accuracy", "se", "auc", "hit@3", "mAP", "videos", "excluded"]
     parts = ["# Transfer: one frozen representation, linear classifiers, every benchmark", "",
-             *notes, "", markdown_table(table, shown), ""]
+             *notes, "", _table(table, shown), ""]
     if not compared.empty:
         columns = list(compared.columns)
-        lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-        for _, row in compared.iterrows():
-            lines.append("| " + " | ".join(str(row[c]) if c in ("benchmark", "paper benchmark", "metric")
-                                          else _cell(row[c], "accuracy") for c in columns) + " |")
+        lines = markdown_table(columns, ([row[c] if c in ("benchmark", "paper benchmark", "metric")
+                                          else _cell(row[c], "accuracy") for c in columns]
+                                         for _, row in compared.iterrows()))
         parts += ["## Beside the paper", "",
                   "The paper's P3D, C3D and ResNet-152 figures (percent) for the benchmark each of ours stands for.",
                   "", *lines, ""]

@@ -155,3 +155,13 @@ def test_most_confused_pairs_worked_example():
     assert "| c | b | 2 | 100.0% |" in text and "| a | c | 1 | 25.0% |" in text
     perfect = report.most_confused(np.eye(4)[[0, 1]], [(0,), (1,)], classes)
     assert perfect.empty and "No test video" in report.confused_markdown("x", perfect)
+
+
+def test_markdown_cells_hold_any_class_name():
+    """A `|` or a line break in a class name (a folder name) split the confused-pairs row into extra
+    cells or rows; the results table escaped `|` but kept line breaks."""
+    table = pd.DataFrame({"true": ["a|b"], "predicted": ["two\nlines"], "videos": [3], "share": [50.0]})
+    rows = [line for line in report.confused_markdown("x", table).splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["| a\\|b | two lines | 3 | 50.0% |"]
+    methods = pd.DataFrame({"method": ["odd |\r\nname"], "video_hit@1": [12.345]})
+    assert report.to_markdown(methods, "t").splitlines()[-1] == "| odd \\| name | 12.35 |"
