@@ -30,6 +30,15 @@ def shown(text: object) -> str:
     return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def brief(text: object, limit: int = 300) -> str:
+    """`shown(text)` for a one-line message, its middle cut when longer than `limit` characters (a
+    path that is too long for the file system, a 10 MB setting): the start and end name it."""
+    text = shown(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit * 2 // 3]}...{text[-limit // 4:]} ({len(text):,} characters)"
+
+
 def excerpt(text: str, limit: int = 80) -> str:
     """`text` quoted for a one-line message (its repr: control characters show), cut at `limit`
     characters with its length noted: a damaged file's 100 kB line must not become a 100 kB message."""
@@ -64,5 +73,5 @@ def refusal(err: OSError) -> str:
     """An OSError as one line: its file(s) and what the refusal means, e.g.
     "/data/out: the file system is read-only"."""
     why = _REFUSALS.get(err.errno, err.strerror or type(err).__name__)
-    files = " -> ".join(shown(f) for f in (err.filename, err.filename2) if f is not None)
+    files = " -> ".join(brief(f) for f in (err.filename, err.filename2) if f is not None)
     return f"{files}: {why}" if files else why

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from p3dbase.errors import P3DError, refusal, shown
+from p3dbase.errors import P3DError, brief, refusal, shown
 
 
 class OutputExistsError(P3DError):
@@ -39,11 +39,19 @@ def refuse_file_as_folder(folder: Path | str, what: str) -> Path:
     for path in (folder, *folder.parents):
         if path.exists():
             if not path.is_dir():
-                where = "" if path == folder else f" ({shown(path)} above it)"
-                raise OutputExistsError(f"{what} {shown(folder)}: a file is in the way{where}, where a folder is to be "
+                where = "" if path == folder else f" ({brief(path)} above it)"
+                raise OutputExistsError(f"{what} {brief(folder)}: a file is in the way{where}, where a folder is to be "
                                         "made: move it away or choose another work_dir / --out")
             break
     return folder
+
+
+def folder_name_problem(name: str, limit: int = 100) -> str:
+    """Why `name` (a setting that becomes one folder: a run, a benchmark) cannot be a folder name of
+    its own ("" when it can): `..`, `/` or an absolute path would put the outputs anywhere."""
+    if not name or name in (".", "..") or len(name) > limit or not all(c.isalnum() or c in "-_." for c in name):
+        return f"must be a plain folder name of at most {limit} letters, digits, '-', '_', '.'"
+    return ""
 
 
 class OutputFolderError(P3DError):
@@ -59,9 +67,9 @@ def output_folder(folder: Path | str, what: str) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OutputFolderError(f"{what} {shown(folder)} cannot be made: {refusal(e)}: choose another "
+        raise OutputFolderError(f"{what} {brief(folder)} cannot be made: {refusal(e)}: choose another "
                                 "work_dir / --out") from None
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputFolderError(f"{what} {shown(folder)} cannot be written: no permission to write there: "
+        raise OutputFolderError(f"{what} {brief(folder)} cannot be written: no permission to write there: "
                                 "choose another work_dir / --out, or change its permissions")
     return folder

@@ -17,8 +17,9 @@ from flow.config import FlowConfig
 from fusion.config import EvalConfig
 from fusion.transfer_config import TransferConfig
 from p3dbase.atomic import write_text
-from p3dbase.errors import NOT_REGULAR, shown
+from p3dbase.errors import NOT_REGULAR, brief, shown
 from p3dbase.overrides import ALLOW_NONFINITE, check_value, parse_override
+from p3dbase.overwrite import folder_name_problem
 from pipeline.datasets.config import DatasetConfig
 from pipeline.errors import ConfigError
 from pipeline.synth.config import SynthConfig
@@ -75,19 +76,23 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = (), *
             raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a BOM (Windows editors) is no error
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
             raise ConfigError(f"{shown(path)}: not valid TOML: {err}") from None
+        except RecursionError:  # tomllib recurses per nesting level: [[[[... 100,000 deep
+            raise ConfigError(f"{shown(path)}: not a config: arrays or tables nested too deeply") from None
     origin: dict[str, str] = {}  # key -> where its value came from, when not the file
     items = [(item, *_parse_override(item), f"--set {shown(item)}") for item in overrides]
     if run is not None:
         items.append((run, "train.run", run, f"--run {shown(run)[:60]}"))
-    for item, key, value in ((i, k, v) for i, k, v, _ in items):
+    for item, key, value, where in items:
         *sections, name = key.split(".")  # benchmark.aslan.root: a key of a named section
         target = raw
         for depth, section in enumerate(sections):
+            if section not in target:  # made by this item: an unknown section is blamed on it, not the file
+                origin.setdefault(".".join(sections[:depth + 1]), where)
             target = target.setdefault(section, {})
             if not isinstance(target, dict):
                 raise ConfigError(f"--set {shown(item)}: {'.'.join(sections[:depth + 1])!r} is not a section")
         target[name] = value
-    origin.update({key: where for _, key, _, where in items})
+        origin[key] = where
     return _build(raw, source, origin)
 
 
@@ -109,7 +114,7 @@ def _check_work_dir(value: Any, where: str) -> str:
     if not value.strip():
         raise ConfigError(f"{where}: work_dir is empty: name the folder every stage writes under, e.g. \"work\"")
     if Path(value).exists() and not Path(value).is_dir():
-        raise ConfigError(f"{where}: work_dir {shown(value)} is a file, not a folder")
+        raise ConfigError(f"{where}: work_dir {brief(value)} is a file, not a folder")
     return value
 
 
@@ -126,6 +131,11 @@ def _build(raw: dict[str, Any], source: str, origin: dict[str, str]) -> Config:
             if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
                 raise ConfigError(f"{origin.get(key, source)}: [{key}] must hold named tables such as [{key}.NAME], "
                                   f"got {value!r}")
+            for name in value:  # its folder: work_dir/transfer/features/<name>, .../flow/<name>
+                problem = folder_name_problem(name)
+                if problem:
+                    where = origin.get(f"{key}.{name}", origin.get(key, source))
+                    raise ConfigError(f"{where}: [{key}.{_toml_key(brief(name, 60))}]: the name {problem}")
             kwargs[key] = {name: _build_section(NAMED_SECTIONS[key], f"{key}.{name}", table, source, origin)
                            for name, table in value.items()}
         else:
@@ -200,14 +210,17 @@ def _toml_key(name: str) -> str:
     return name if name and all(c.isalnum() or c in "_-" for c in name) else _toml_value(name)
 
 
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
-    if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
+    if isinstance(value, str):  # a TOML basic string: backslash, quote and control characters escaped
+        return '"' + "".join(_TOML_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if c < " " or c == "\x7f" else c)
+                             for c in value) + '"'
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} as TOML")

@@ -94,8 +94,8 @@ def _claim(out_root: Path, cfg: SynthConfig, force: bool) -> None:
         changed = [key for key in settings if old.get(key) != settings[key]]
         if changed and not force:
             raise PipelineError(f"{out_root} holds SynthActions made with other settings "
-                                f"({', '.join('synth.' + k for k in changed)}): regenerate it with --force "
-                                "(force=True), or choose another dataset.root")
+                                f"({', '.join('synth.' + k for k in changed)}): regenerate it with --force, "
+                                "or choose another dataset.root")
     elif out_root.exists() and not out_root.is_dir():
         raise PipelineError(f"dataset.root {out_root} is a file: name the folder SynthActions is written to")
     elif out_root.is_dir() and any(p.name not in ("config.toml", LOG) for p in out_root.iterdir()):

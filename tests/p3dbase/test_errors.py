@@ -1,12 +1,31 @@
 """The ground's message helpers: quoting a bad line without flooding the one-line error, and why a
 path is not a readable file."""
-from p3dbase.errors import excerpt
+import errno
+
+import pytest
+
+from p3dbase.errors import brief, excerpt, refusal
 
 
 def test_excerpt_quotes_short_text_whole_and_long_text_in_part():
     assert excerpt("a b\t1") == "'a b\\t1'"
     assert excerpt("y" * 80) == repr("y" * 80)
     assert excerpt("y" * 81) == f"{'y' * 80!r}... (81 characters)"
+
+
+def test_brief_cuts_the_middle_of_long_paths_and_refusal_uses_it(tmp_path):
+    assert brief("short/path") == "short/path"
+    long = "/start/" + "x" * 5000 + "/end.txt"
+    assert brief(long).startswith("/start/xx") and brief(long).endswith("/end.txt (5,015 characters)")
+    assert len(brief(long)) < 330
+    # A name too long for the file system: the error line named it whole (5,000 characters and more).
+    name = tmp_path / ("n" * (5063 - len(str(tmp_path)) - 1))
+    with pytest.raises(OSError) as info:
+        name.mkdir()
+    assert info.value.errno == errno.ENAMETOOLONG
+    line = refusal(info.value)
+    assert len(line) < 400 and line.startswith(str(tmp_path))
+    assert line.endswith(" (5,063 characters): the name is too long")
 
 
 def test_file_problem_says_why_a_path_cannot_be_read_as_a_file(tmp_path, monkeypatch):

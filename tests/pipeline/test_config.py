@@ -1,4 +1,5 @@
 """The TOML loader: types from the dataclasses, overrides, and errors that name key and file."""
+import re
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,43 @@ def test_dump_round_trip(tmp_path):
     out = write_resolved(cfg, tmp_path / "stage")
     assert load_config(out) == cfg
     assert not list((tmp_path / "stage").glob("*.tmp"))
+
+
+def test_control_characters_in_a_setting_round_trip_through_config_toml(tmp_path):
+    """A newline in a path (legal on Linux) was written raw into a TOML basic string: config.toml no
+    longer read back, and the run could not be resumed from it."""
+    cfg = load_config(None, ["dataset.root=a\nb\tc\x01d\x7fe\\f\"g"])
+    assert cfg.dataset.root == "a\nb\tc\x01d\x7fe\\f\"g"
+    text = dump_toml(cfg)
+    assert 'root = "a\\nb\\tc\\u0001d\\u007fe\\\\f\\"g"' in text.splitlines()
+    assert load_config(write(tmp_path, text)) == cfg
+
+
+def test_a_section_that_only_a_set_names_is_blamed_on_the_set(tmp_path):
+    path = write(tmp_path, "[flow]\nbound = 10\n")
+    with pytest.raises(ConfigError, match=r"^--set tran.lr=1: unknown key 'tran' \(did you mean 'train'\?\)$"):
+        load_config(path, ["tran.lr=1"])
+    with pytest.raises(ConfigError, match=r"^--set benchmark.x=1: \[benchmark\] must hold named tables"):
+        load_config(path, ["benchmark.x=1"])
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: unknown key 'tran'"):
+        load_config(write(tmp_path, "[tran]\nlr = 1\n"), ["tran.momentum=1"])  # the file made it first
+
+
+@pytest.mark.parametrize("name", ["../../../escaped", "/tmp/elsewhere", "a/b", "..", ""])
+def test_a_benchmark_name_is_a_plain_folder_name(tmp_path, name):
+    """[benchmark.NAME] becomes work_dir/transfer/features/NAME: `..` or an absolute name wrote features
+    (and a flow store) outside work_dir."""
+    path = write(tmp_path, f'[benchmark."{name}"]\nformat = "folder"\nroot = "/data"\n')
+    with pytest.raises(ConfigError, match=r"^" + re.escape(str(path)) + r": \[benchmark\..*\]: the name must be a "
+                                          r"plain folder name"):
+        load_config(path)
+    assert list(load_config(write(tmp_path, '[benchmark.ucf-101_s1]\nformat = "folder"\n')).benchmark) == ["ucf-101_s1"]
+
+
+def test_a_config_nested_too_deeply_is_one_line(tmp_path):
+    path = write(tmp_path, "a = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigError, match=r": not a config: arrays or tables nested too deeply$"):
+        load_config(path)
 
 
 def _same(a, b) -> bool:
