@@ -3,13 +3,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The flow bound, px: one uint8 level is 2 * bound / 255 px (flow.encoding). Below 0.5 px every real
+# motion is clipped; above 255 a level is over 2 px and small motion reads as none (recipes use 15-20).
+# 1e300 and 1e-300 ran "fine" and stored flow that was all 128, or all 0 and 255.
+MIN_BOUND, MAX_BOUND = 0.5, 255.0
+# TV-L1's counts (nscales, warps, inner_iterations, outer_iterations), at most: the defaults are 5-30;
+# warps = 10**20 never finished. The pyramid stops at 16 px anyway, so more scales change nothing.
+MAX_ITERATIONS = 1000
+
 
 @dataclass
 class FlowConfig:
     # Decoding and storage.
     size: str = "340x256"  # "WxH", a short side ("256"), or "" to keep the decoded size
     store: str = "packed"  # "packed" (lossless, fast random windows) or "mmaction" (TSN JPEG layout)
-    bound: float = 20.0  # flow is clipped to +-bound px before the uint8 encoding (zero motion = 128)
+    bound: float = 20.0  # flow is clipped to +-bound px before the uint8 encoding (zero motion = 128); 0.5-255
     jpeg_quality: int = 95  # of every JPEG written (store = "mmaction", or a "jpeg" codec); 95 as mmaction2/TSN
     # store = "packed": how RGB frames are kept: "jpeg" (lossy, 3.3x smaller than png, as mmaction2
     # keeps them), "png" (lossless) or "raw" (uint8 as is, 10x jpeg's bytes). docs/flow.md, "Codecs".
@@ -81,18 +89,19 @@ class FlowConfig:
         if not 1 <= self.rawframes_min_quality <= 101:
             raise ValueError(f"rawframes_min_quality: must be in 1..101 (101: re-encode all), "
                              f"got {self.rawframes_min_quality}")
-        if self.rawframes_bound <= 0:
-            raise ValueError(f"rawframes_bound: must be > 0, got {self.rawframes_bound}")
-        if self.bound <= 0:
-            raise ValueError(f"bound: must be > 0, got {self.bound}")
+        for name in ("bound", "rawframes_bound"):
+            if not MIN_BOUND <= getattr(self, name) <= MAX_BOUND:
+                raise ValueError(f"{name}: must be {MIN_BOUND:g} to {MAX_BOUND:g} px (one uint8 level is 2 * bound / "
+                                 f"255 px: below, real motion is clipped; above, small motion reads as none; "
+                                 f"recipes use 20), got {getattr(self, name)}")
         if not 0.0 < self.scale_step < 1.0:
             raise ValueError(f"scale_step: must be in (0, 1), got {self.scale_step}")
         for name in ("tau", "lambda_", "theta", "epsilon"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
         for name in ("nscales", "warps", "inner_iterations", "outer_iterations"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+            if not 1 <= getattr(self, name) <= MAX_ITERATIONS:
+                raise ValueError(f"{name}: must be 1 to {MAX_ITERATIONS}, got {getattr(self, name)}")
         if self.median_filtering not in (1, 3, 5):
             raise ValueError(f"median_filtering: must be 1 (off), 3 or 5, got {self.median_filtering}")
         if self.jobs < 0:

@@ -4,13 +4,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from p3dbase.device import check_device_setting
+from streams.config import MAX_CLIPS, check_seed
 
 CROPS = ("center", "three")
 CLIP_SAMPLING = ("uniform", "random")
 FUSION_SCORES = ("softmax", "raw")
-# Clips per video, at most: the protocols use 10-30 (the paper 20); a mistyped 10**8 planned 10**8 views
-# per video before the first progress line, silently, for minutes and gigabytes.
-MAX_CLIPS = 1000
+# A fusion weight, at most (fusion_weights, fusion_cv_grid; the grid's are flow weights per RGB weight 1):
+# TSN uses 1:1.5. [1e308, 1e308] summed to inf and scored every video 0, and a grid value of 1e308 broke
+# the report's weight curve.
+MAX_FUSION_WEIGHT = 1000.0
 
 
 @dataclass
@@ -28,11 +30,12 @@ class EvalConfig:
     # for "softmax", which averages probabilities, on `make all` scores). Held-out groups
     # (train.val_groups / val_fraction), when given, choose between the two and the flow weight.
     fusion_scores: str = "raw"
-    fusion_weights: list[float] = field(default_factory=lambda: [1.0, 1.5])  # RGB, flow
+    fusion_weights: list[float] = field(default_factory=lambda: [1.0, 1.5])  # RGB, flow; each 0-1000
     # Without held-out groups: choose the flow weight on the training videos, which the streams were
     # trained on (flagged as not honest in the report); with them the choice is made there anyway.
     fusion_cv: bool = False
-    # The flow weights (RGB weight 1) that fusion_cv, or held-out validation videos, choose among.
+    # The flow weights (RGB weight 1, each 0-1000) that fusion_cv, or held-out validation videos,
+    # choose among.
     fusion_cv_grid: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0])
 
     # Features + linear SVM (the paper's protocol): centre crop, each clip averaged with its mirror.
@@ -56,11 +59,16 @@ class EvalConfig:
             raise ValueError(f"batch_views: must be >= 1, got {self.batch_views}")
         if self.fusion_scores not in FUSION_SCORES:
             raise ValueError(f"fusion_scores: must be 'softmax' or 'raw', got {self.fusion_scores!r}")
-        if len(self.fusion_weights) != 2 or min(self.fusion_weights) < 0 or sum(self.fusion_weights) <= 0:
-            raise ValueError(f"fusion_weights: must be [rgb, flow], both >= 0, not both 0, "
-                             f"got {self.fusion_weights}")
-        if not self.fusion_cv_grid or min(self.fusion_cv_grid) < 0:
-            raise ValueError(f"fusion_cv_grid: must be a non-empty list of flow weights >= 0, "
+        top = MAX_FUSION_WEIGHT
+        weights = self.fusion_weights
+        if len(weights) != 2 or not 0 <= min(weights) <= max(weights) <= top or sum(weights) <= 0:
+            raise ValueError(f"fusion_weights: must be [rgb, flow], each 0 to {top:g} (TSN: 1:1.5), not both 0, "
+                             f"got {weights}")
+        if weights[1] > top * weights[0] > 0:  # the report places rgb:flow on the grid's axis, flow per rgb 1
+            raise ValueError(f"fusion_weights: flow is {weights[1] / weights[0]:g} times rgb, at most {top:g} "
+                             f"([0, 1] for flow alone), got {weights}")
+        if not self.fusion_cv_grid or not 0 <= min(self.fusion_cv_grid) <= max(self.fusion_cv_grid) <= top:
+            raise ValueError(f"fusion_cv_grid: must be a non-empty list of flow weights, each 0 to {top:g}, "
                              f"got {self.fusion_cv_grid}")
         if not 1 <= self.svm_clips <= MAX_CLIPS:
             raise ValueError(f"svm_clips: must be 1 to {MAX_CLIPS}, got {self.svm_clips}")
@@ -68,6 +76,7 @@ class EvalConfig:
             raise ValueError(f"svm_cs: must be a non-empty list of C values > 0, got {self.svm_cs}")
         if self.svm_folds < 2:
             raise ValueError(f"svm_folds: must be >= 2, got {self.svm_folds}")
+        check_seed(self.seed)
         if self.jobs < 0:
             raise ValueError(f"jobs: must be >= 0 (0 = one per core), got {self.jobs}")
         check_device_setting(self.device)

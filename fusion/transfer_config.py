@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from p3dbase.device import check_device_setting
+from streams.config import MAX_CLIPS, check_seed
 
 # Protocols (fusion.transfer): the paper's per-benchmark evaluation.
 PROTOCOLS = ("three_split", "train_val", "aslan_view2", "loo")
@@ -48,8 +49,8 @@ class TransferConfig:
         # the transfer stage itself requires them.
         if len(set(self.benchmarks)) != len(self.benchmarks):
             raise ValueError(f"benchmarks: a name is listed twice: {self.benchmarks}")
-        if self.svm_clips < 1:
-            raise ValueError(f"svm_clips: must be >= 1, got {self.svm_clips}")
+        if not 1 <= self.svm_clips <= MAX_CLIPS:
+            raise ValueError(f"svm_clips: must be 1 to {MAX_CLIPS}, got {self.svm_clips}")
         if self.batch_views < 1:
             raise ValueError(f"batch_views: must be >= 1, got {self.batch_views}")
         check_device_setting(self.device)
@@ -59,5 +60,6 @@ class TransferConfig:
             raise ValueError(f"svm_cs: must be a non-empty list of C values > 0, got {self.svm_cs}")
         if self.svm_folds < 2:
             raise ValueError(f"svm_folds: must be >= 2, got {self.svm_folds}")
+        check_seed(self.seed)
         if self.aslan_normalisation not in NORMALISATIONS:
             raise ValueError(f"aslan_normalisation: must be 'l2' or 'zscore', got {self.aslan_normalisation!r}")

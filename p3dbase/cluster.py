@@ -28,6 +28,20 @@ def local_processes(jobs: int, key: str) -> int:
     return jobs or cores
 
 
+def local_threads(threads: int, key: str) -> int:
+    """`threads` (a per-process thread count, 0: the library's default) unless it is beyond
+    MAX_PROCESSES_PER_CORE per usable core: SettingError naming `key` (100,000 torch threads was a
+    MemoryError, then a segmentation fault)."""
+    import joblib
+
+    cores = joblib.cpu_count()
+    if threads > MAX_PROCESSES_PER_CORE * cores:
+        raise SettingError(f"{key} = {threads} torch threads on {cores} usable CPU core(s): at most "
+                           f"{MAX_PROCESSES_PER_CORE * cores} here ({MAX_PROCESSES_PER_CORE} per core), or 0 for "
+                           "one per core")
+    return threads
+
+
 def dask_unordered(calls: Iterable[Any], scheduler: str) -> Iterator[Any]:
     """Run joblib `delayed` calls on the cluster at `scheduler` (its address), yielding results as they
     finish. SettingError naming `flow.scheduler` when dask.distributed is missing or the scheduler

@@ -9,8 +9,33 @@ from dataclasses import dataclass, field
 
 from p3dbase.device import check_device_setting
 from p3dbase.errors import shown
+from p3dbase.overwrite import folder_name_problem
 
 ARCH_NAMES = ("p3d63", "p3d131", "p3d199", "p3d_small", "p3d_tiny")  # streams.p3d.ARCHS
+
+# Bounds that no real recipe comes near, so that a typo is one line naming the key before any work,
+# not a traceback (or petabytes asked of the allocator) minutes later.
+# Seeds are below 2**32: sklearn's random_state (eval's and transfer's SVM folds) takes no more, and
+# train's torch.manual_seed(seed * 1000 + ...) then stays well inside its 64 bits.
+SEED_LIMIT = 2 ** 32
+# Clips per video, at most (train.val_clips, eval.clips, svm_clips): the protocols use 10-30 (the
+# paper 20); a mistyped 10**8 planned 10**8 views per video before the first progress line, silently,
+# for minutes and gigabytes.
+MAX_CLIPS = 1000
+MAX_SIDE = 4096  # px: resize and scale_jitter, so crop too (a 4K frame is 3840x2160)
+MAX_CLIP_LEN = 1024  # frames or flow fields per clip (the paper: 16)
+# The optimiser's numbers are float32 in torch: lr = 1e300 is finite here and overflows there.
+MAX_LR = 10.0  # recipes use 1e-4 to 0.1; SGD diverges far below 10
+MAX_WEIGHT_DECAY = 1.0  # recipes use 1e-5 to 1e-3
+MAX_LR_MULT = 1000.0  # fc_lr_mult, flow_conv1_lr_mult: Caffe recipes use 1 to 20
+MAX_WARMUP_EPOCHS = 1000.0
+
+
+def check_seed(seed: int, name: str = "seed") -> None:
+    """ValueError naming `name` unless 0 <= seed < SEED_LIMIT, what every user of a seed accepts."""
+    if not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"{name}: must be 0 to {SEED_LIMIT - 1} (2**32 - 1, what numpy and sklearn seed with), "
+                         f"got {seed}")
 
 
 @dataclass
@@ -81,15 +106,16 @@ class TrainConfig:
     # accurate (BENCHMARKS.md, "Training loader")
     decode: str = "cpu"  # "cpu", or "cuda": workers only read a training clip's JPEGs (a jpeg store); the
     # trainer decodes them with nvJPEG (torchvision: the nvjpeg extra), resizes, crops and flips on its device
-    threads: int = 0  # torch CPU threads per process; 0 = torch's default (one per core). On a shared
+    threads: int = 0  # torch CPU threads per process; 0 = torch's default (one per core), at most 4 per
+    # core (checked where training starts: a config from a larger machine still loads). On a shared
     # machine 1 can be several times faster: busy-waiting threads stall when the cores are taken
 
     # Bookkeeping.
-    seed: int = 0  # initial weights, sampling order, augmentation: a run is a function of it
+    seed: int = 0  # initial weights, sampling order, augmentation: a run is a function of it; < 2**32
     device: str = "auto"  # "auto" (cuda:LOCAL_RANK if available, else cpu), "cpu", "cuda", "cuda:N"
     checkpoint_every: int = 500  # steps; a checkpoint is also written at every epoch end
     keep_checkpoints: int = 2  # newest step checkpoints kept (best.pt and last.pt are kept apart)
-    val_clips: int = 1  # evenly spaced centre-crop clips per validation video
+    val_clips: int = 1  # evenly spaced centre-crop clips per validation video, 1-1000
     log_every: int = 10  # steps between metrics.jsonl lines (and the NaN check)
     # Honest selection: whole groups of the training split held out as validation (never trained
     # on; eval chooses the fusion rule and SVM C on them). Group names ("g08"), or a fraction of the
@@ -105,22 +131,40 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "iterations", "checkpoint_every", "workers", "threads", "weight_decay",
-                     "warmup_epochs"):
+        for name in ("max_steps", "iterations", "checkpoint_every", "workers", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.val_clips > MAX_CLIPS:
+            raise ValueError(f"val_clips: must be 1 to {MAX_CLIPS}, got {self.val_clips}")
+        if self.clip_len > MAX_CLIP_LEN:
+            raise ValueError(f"clip_len: must be 1 to {MAX_CLIP_LEN} (the paper: 16), got {self.clip_len}")
+        if not 0 < self.lr <= MAX_LR:
+            raise ValueError(f"lr: must be > 0 and at most {MAX_LR:g} (recipes use 1e-4 to 0.1; SGD diverges far "
+                             f"below {MAX_LR:g}, and torch holds lr in float32), got {self.lr}")
+        if not 0 <= self.weight_decay <= MAX_WEIGHT_DECAY:
+            raise ValueError(f"weight_decay: must be 0 to {MAX_WEIGHT_DECAY:g} (recipes use 1e-5 to 1e-3; torch "
+                             f"holds it in float32), got {self.weight_decay}")
+        for name in ("fc_lr_mult", "flow_conv1_lr_mult"):
+            if not 0 <= getattr(self, name) <= MAX_LR_MULT:
+                raise ValueError(f"{name}: must be 0 to {MAX_LR_MULT:g} (a multiple of lr: Caffe recipes use 1 to "
+                                 f"20; 0 freezes the layer), got {getattr(self, name)}")
+        if not 0 < self.lr_gamma <= 1:
+            raise ValueError(f"lr_gamma: must be > 0 and at most 1 (the factor that lowers lr at each of lr_steps; "
+                             f"recipes use 0.1), got {self.lr_gamma}")
+        if not 0 <= self.warmup_epochs <= MAX_WARMUP_EPOCHS:
+            raise ValueError(f"warmup_epochs: must be 0 to {MAX_WARMUP_EPOCHS:g} (recipes warm up for 0 to 5), "
+                             f"got {self.warmup_epochs}")
         if not self.iterations and self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup_epochs: {self.warmup_epochs} is more than epochs = {self.epochs} (the run "
                              "would end before its warm-up, never at the full learning rate)")
-        if self.lr <= 0:
-            raise ValueError(f"lr: must be > 0, got {self.lr}")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum: must be in [0, 1), got {self.momentum}")
-        if len(self.resize) != 2 or min(self.resize) < 1:
-            raise ValueError(f"resize: must be [height, width] in pixels, got {self.resize}")
+        if len(self.resize) != 2 or not 1 <= min(self.resize) <= max(self.resize) <= MAX_SIDE:
+            raise ValueError(f"resize: must be [height, width], each 1 to {MAX_SIDE} px, got {self.resize}")
         if self.scale_jitter:
-            if len(self.scale_jitter) != 2 or not 1 <= self.scale_jitter[0] <= self.scale_jitter[1]:
-                raise ValueError(f"scale_jitter: must be [] or [min, max] short sides, got {self.scale_jitter}")
+            if len(self.scale_jitter) != 2 or not 1 <= self.scale_jitter[0] <= self.scale_jitter[1] <= MAX_SIDE:
+                raise ValueError(f"scale_jitter: must be [] or [min, max] short sides with min <= max <= {MAX_SIDE} "
+                                 f"px, got {self.scale_jitter}")
             if self.scale_jitter[0] < self.crop:
                 raise ValueError(f"scale_jitter: the smallest short side {self.scale_jitter[0]} is below "
                                  f"crop = {self.crop}")
@@ -130,10 +174,8 @@ class TrainConfig:
             raise ValueError(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
         if self.val_fraction and self.val_groups:
             raise ValueError("val_groups: give held-out groups by name or by val_fraction, not both")
-        if self.run and (self.run in (".", "..") or len(self.run) > 100  # file systems allow 255 bytes a name
-                         or not all(c.isalnum() or c in "-_." for c in self.run)):
-            raise ValueError(f"run: must be a plain folder name of at most 100 letters, digits, '-', '_', '.', "
-                             f"got '{shown(self.run[:40])}'{'...' if len(self.run) > 40 else ''}")
+        if self.run and (problem := folder_name_problem(self.run)):
+            raise ValueError(f"run: {problem}, got '{shown(self.run[:40])}'{'...' if len(self.run) > 40 else ''}")
         if self.schedule not in ("step", "cosine"):
             raise ValueError(f"schedule: must be 'step' or 'cosine', got {self.schedule!r}")
         if sorted(self.lr_steps) != list(self.lr_steps):
@@ -142,4 +184,5 @@ class TrainConfig:
             raise ValueError(f"amp: must be 'bf16', 'fp16' or 'off', got {self.amp!r}")
         if self.decode not in ("cpu", "cuda"):
             raise ValueError(f"decode: must be 'cpu' or 'cuda', got {self.decode!r}")
+        check_seed(self.seed)
         check_device_setting(self.device)

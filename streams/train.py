@@ -31,6 +31,7 @@ from tqdm import tqdm
 from flow.store import Store
 from flow.video import opencv_single_thread
 from p3dbase.atomic import write_text
+from p3dbase.cluster import local_threads
 from p3dbase.lock import try_lock
 from p3dbase.progress import progress_bar
 from streams import distributed, loaders, losses, schedule, transforms
@@ -145,8 +146,8 @@ def _train(data: StreamData, modality: str, model_cfg: ModelConfig, cfg: TrainCo
     cuda = ctx.device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)  # train_stream restores the caller's setting
+    if cfg.threads:  # checked here, not in the config: one written on a larger machine still loads
+        torch.set_num_threads(local_threads(cfg.threads, "train.threads"))  # train_stream restores the caller's
 
     # 1. Where the run stands: finished (last.pt), resumable (a step checkpoint) or new.
     record = {"training_set": training_set_record(data.train), "flow": data.store.flow_settings}

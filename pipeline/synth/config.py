@@ -4,6 +4,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipeline.synth.design import APPEARANCES, MOTIONS
+from streams.config import check_seed
+
+# Bounds far beyond any sensible synthetic set, so that a typo is one line and not a hang or a
+# MemoryError: 10**20 groups hung before any output, 10**20 frames failed deep in numpy.
+MAX_GROUPS, MAX_CLIPS_PER_GROUP, MAX_FRAMES, MAX_SIZE, MAX_FPS = 10_000, 1000, 10_000, 4096, 1000.0
+MAX_VIDEOS = 1_000_000  # classes x groups x clips_per_group (UCF101: 13,320; Kinetics-400: 306,245)
+# A clip is rendered whole in memory, about 120 bytes per pixel of every frame: at most 2**25 pixels
+# (4 GB), e.g. 512 frames of 256x256 (the default is 32 frames of 64x64, 2**17).
+MAX_CLIP_PIXELS = 2 ** 25
 
 
 @dataclass
@@ -58,20 +67,36 @@ class SynthConfig:
                 raise ValueError(f"{name}: must be distinct names from {', '.join(known)}, got {values}")
         if len(self.appearances) * len(self.motions) < 2:
             raise ValueError("motions: appearances x motions must give at least 2 classes")
-        for name, low in (("groups", 3), ("clips_per_group", 1), ("frames", 2), ("size", 16)):
-            if getattr(self, name) < low:
-                raise ValueError(f"{name}: must be >= {low}, got {getattr(self, name)}")
+        check_seed(self.seed)
+        for name, low, top in (("groups", 3, MAX_GROUPS), ("clips_per_group", 1, MAX_CLIPS_PER_GROUP),
+                               ("frames", 2, MAX_FRAMES), ("size", 16, MAX_SIZE)):
+            if not low <= getattr(self, name) <= top:
+                raise ValueError(f"{name}: must be {low} to {top}, got {getattr(self, name)}")
+        # A product too large names the factor furthest above its default (the loader blames its origin).
+        classes, default = len(self.appearances) * len(self.motions), SynthConfig
+        videos = classes * self.groups * self.clips_per_group
+        if videos > MAX_VIDEOS:
+            key = "groups" if self.groups / default.groups >= self.clips_per_group / default.clips_per_group \
+                else "clips_per_group"
+            raise ValueError(f"{key}: {classes} classes x {self.groups} groups x {self.clips_per_group} "
+                             f"clips_per_group is {videos} videos, more than {MAX_VIDEOS}")
+        if self.frames * self.size ** 2 > MAX_CLIP_PIXELS:
+            key = "size" if (self.size / default.size) ** 2 >= self.frames / default.frames else "frames"
+            raise ValueError(f"{key}: {self.frames} frames of {self.size}x{self.size} px is more than a clip may "
+                             f"hold ({MAX_CLIP_PIXELS} pixels, about 4 GB while it is rendered): fewer frames or a "
+                             f"smaller size")
         for name, top in (("object_size", 1.0), ("speed", 5.0)):
             value = getattr(self, name)
             if len(value) != 2 or not 0 < value[0] <= value[1] <= top:
                 raise ValueError(f"{name}: must be [low, high] with 0 < low <= high <= {top}, got {value}")
-        for name in ("camera_pan", "noise"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        for name, top in (("camera_pan", 5.0), ("noise", 255.0)):  # px/frame as speed; grey levels
+            if not 0 <= getattr(self, name) <= top:
+                raise ValueError(f"{name}: must be 0 to {top:g}, got {getattr(self, name)}")
         for name in ("illumination", "occluder"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
-        if self.fps <= 0:
-            raise ValueError(f"fps: must be > 0, got {self.fps}")
+        if not 0 < self.fps <= MAX_FPS:
+            raise ValueError(f"fps: must be > 0 and at most {MAX_FPS:g} (what the container records; the motion "
+                             f"is set per frame), got {self.fps}")
         if len(self.codec) != 4:
             raise ValueError(f"codec: must be a four-character code such as FFV1 or MJPG, got {self.codec!r}")

@@ -3,7 +3,7 @@ is one line naming the setting, before any process starts."""
 import joblib
 import pytest
 
-from p3dbase.cluster import MAX_PROCESSES_PER_CORE, local_processes
+from p3dbase.cluster import MAX_PROCESSES_PER_CORE, local_processes, local_threads
 from p3dbase.errors import SettingError
 
 
@@ -32,3 +32,17 @@ def test_the_stages_ask_before_starting_anything(tmp_path, monkeypatch):
     make_toy_store(tmp_path / "store", ["a", "b"], 1)
     with pytest.raises(SettingError, match=r"^flow\.jobs = 9 would start 9 worker processes"):
         verify_store(tmp_path / "store", jobs=9)
+
+
+def test_torch_threads_are_bounded_by_the_usable_cores_where_training_starts(monkeypatch):
+    """train.threads = 100000 was a MemoryError, then a segmentation fault. The bound is checked where
+    training starts, not when the config loads: a config written on a larger machine still loads."""
+    from pipeline.config import load_config
+
+    monkeypatch.setattr(joblib, "cpu_count", lambda: 2)
+    assert (local_threads(0, "train.threads"), local_threads(8, "train.threads")) == (0, 8)
+    with pytest.raises(SettingError) as err:
+        local_threads(9, "train.threads")
+    assert str(err.value) == ("train.threads = 9 torch threads on 2 usable CPU core(s): at most 8 here (4 per core), "
+                              "or 0 for one per core")
+    assert load_config(None, ["train.threads=64"]).train.threads == 64

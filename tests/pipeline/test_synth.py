@@ -287,7 +287,7 @@ def test_no_class_is_the_mirror_of_another():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(appearances=["red", "red"]), "appearances: must be distinct"),
     (dict(appearances=["red"], motions=["up"]), "motions: appearances x motions must give at least 2"),
-    (dict(groups=2), "groups: must be >= 3"),
+    (dict(groups=2), "groups: must be 3 to 10000"),
     (dict(speed=[1.0, 0.5]), "speed: must be"),
     (dict(object_size=[0.3]), "object_size: must be"),
     (dict(illumination=1.5), "illumination: must be in"),
