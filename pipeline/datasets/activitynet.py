@@ -8,11 +8,21 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from p3dbase.errors import excerpt, shown
 from pipeline.datasets.config import DatasetConfig
-from pipeline.datasets.files import Entry, build, check_file, check_root, index_videos
+from pipeline.datasets.files import (
+    Entry,
+    build,
+    check_file,
+    check_root,
+    decode,
+    index_videos,
+    text_problem,
+)
 from pipeline.datasets.records import Dataset
 from pipeline.errors import DatasetError
 
@@ -27,10 +37,21 @@ def _no_duplicate_keys(path: Path):
         keys = set()
         for key, _ in pairs:
             if key in keys:
-                raise DatasetError(f"{path}: duplicate key {key!r} (a video listed twice?)")
+                raise DatasetError(f"{shown(path)}: duplicate key {key!r} (a video listed twice?)")
             keys.add(key)
         return dict(pairs)
     return hook
+
+
+def _time(value: Any) -> bool:
+    """Whether a segment bound is a finite number of seconds (JSON's NaN and Infinity are not, nor an
+    integer of 309 digits and more: no float holds it)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _labels(info: dict[str, Any], where: str) -> list[str]:
@@ -42,40 +63,53 @@ def _labels(info: dict[str, Any], where: str) -> list[str]:
         segment = ann.get("segment") if isinstance(ann, dict) else None
         label = ann.get("label") if isinstance(ann, dict) else None
         if (not isinstance(label, str) or not label or not isinstance(segment, list) or len(segment) != 2
-                or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s)
-                           for s in segment) or segment[0] > segment[1]):
+                or not all(map(_time, segment)) or segment[0] > segment[1]):
             raise DatasetError(f"{where}.annotations[{i}]: expected {{segment: [start, end], label}} "
-                               f"with finite times, start <= end, got {ann!r}")
+                               f"with finite times, start <= end, got {ann!r:.200}")
+        problem = text_problem(label)
+        if problem:  # "\ud800" is valid JSON: it would reach class lists and reports as it is
+            raise DatasetError(f"{where}.annotations[{i}]: label {excerpt(label)} {problem}")
         if label not in labels:
             labels.append(label)
     return labels
 
 
+_LONG_INTEGER = re.compile(r"-?[0-9]{4301,}")
+
+
 def read_activitynet(cfg: DatasetConfig, split: str) -> Dataset:
     root = check_root(cfg.root, "activitynet")
     path = check_file(Path(cfg.annotations), "ActivityNet annotation JSON")
+    text = decode(path.read_bytes(), path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_no_duplicate_keys(path))
+        data = json.loads(text, object_pairs_hook=_no_duplicate_keys(path))
     except json.JSONDecodeError as err:
-        raise DatasetError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from None
-    except UnicodeDecodeError as err:
-        raise DatasetError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); JSON files are UTF-8") from None
+        raise DatasetError(f"{shown(path)}:{err.lineno}: not valid JSON: {err.msg}") from None
     except RecursionError:
-        raise DatasetError(f"{path}: nested too deeply to be ActivityNet JSON (database -> video -> "
+        raise DatasetError(f"{shown(path)}: nested too deeply to be ActivityNet JSON (database -> video -> "
                            "annotations is three levels)") from None
+    except ValueError:  # json.loads gives no position for an integer past int()'s 4,300 digits
+        number = _LONG_INTEGER.search(text)
+        line = text.count("\n", 0, number.start()) + 1 if number else 1
+        raise DatasetError(f"{shown(path)}:{line}: not valid JSON for ActivityNet: an integer of more than "
+                           "4,300 digits") from None
     database = data.get("database") if isinstance(data, dict) else None
     if not isinstance(database, dict):
-        raise DatasetError(f"{path}: no 'database' object (expected ActivityNet v1.3 JSON)")
+        raise DatasetError(f"{shown(path)}: no 'database' object (expected ActivityNet v1.3 JSON)")
     videos = []
     for video, info in database.items():
-        where = f"{path}: database[{video!r}]"
+        where = f"{shown(path)}: database[{video!r}]"
         if not isinstance(info, dict):
             raise DatasetError(f"{where}: must be an object with 'subset' and 'annotations', got {info!r:.80}")
-        if info.get("subset") not in SUBSETS:
-            raise DatasetError(f"{where}: subset must be training, validation or testing, got {info.get('subset')!r}")
-        if "/" in video or video.startswith("."):
+        subset = info.get("subset")
+        if not isinstance(subset, str) or subset not in SUBSETS:  # a list or an object cannot be looked up
+            raise DatasetError(f"{where}: subset must be training, validation or testing, got {subset!r:.80}")
+        if "/" in video or "\\" in video or video.startswith("."):
             raise DatasetError(f"{where}: bad video id {video!r}")
-        videos.append((video, _labels(info, where), SUBSETS[info["subset"]], where))
+        problem = text_problem(video)  # it names a file and becomes a video id
+        if problem:
+            raise DatasetError(f"{where}: the video id {problem}")
+        videos.append((video, _labels(info, where), SUBSETS[subset], where))
     classes = sorted({label for _, labels, _, _ in videos for label in labels})
     label_of = {c: i for i, c in enumerate(classes)}
     files = index_videos(root)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 from collections.abc import Callable
 from operator import attrgetter
@@ -10,6 +11,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import NamedTuple
 
 from flow.video import VIDEO_EXTENSIONS
+from p3dbase import errors
 from p3dbase.errors import NOT_REGULAR, excerpt, shown
 from pipeline.datasets.records import Dataset, VideoRecord
 from pipeline.errors import DatasetError
@@ -28,17 +30,28 @@ def check_root(root: str, fmt: str) -> Path:
 
 
 def check_file(path: Path, what: str) -> Path:
+    """`path` when it is a file to read; a FIFO named like one would block the reader for ever."""
     if not path.is_file():
-        raise DatasetError(f"{what} not found: {path}")
+        if not path.exists():
+            raise DatasetError(f"{what} not found: {shown(path)}")
+        raise DatasetError(f"{what} {shown(path)}: {errors.file_problem(path, what)}")
     return path
+
+
+def decode(data: bytes, path: Path) -> str:
+    """The UTF-8 text of an annotation file (a byte order mark dropped); one that is not names the
+    line and the byte."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = err.object.count(b"\n", 0, err.start) + 1
+        at = len(data) - len(err.object) + err.start  # in the file, byte order mark and all
+        raise DatasetError(f"{shown(path)}:{line}: not UTF-8 text ({err.reason} at byte {at})") from None
 
 
 def read_lines(path: Path) -> list[tuple[int, str]]:
     """(1-based line number, stripped text) of every non-blank line; CRLF and trailing spaces go."""
-    try:
-        text = check_file(path, "annotation file").read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DatasetError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    text = decode(check_file(path, "annotation file").read_bytes(), path)
     return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
@@ -52,26 +65,40 @@ def read_list(path: Path, what: str = "videos") -> list[tuple[int, str]]:
 
 
 def relative_path(text: str, where: str) -> PurePosixPath:
-    """A listed path as a path under the dataset root; anything that could leave the root is refused."""
+    """A listed path as a path under the dataset root; anything that could leave the root is refused,
+    and so is a control character (a NUL cannot name a file; the path becomes a video id and a line
+    in reports)."""
     posix = text.replace("\\", "/")
     path = PurePosixPath(posix)
     if path.is_absolute() or PureWindowsPath(text).drive or ".." in path.parts or not path.parts:
-        raise DatasetError(f"{where}: path {text!r} escapes the dataset root (must be relative, no '..')")
+        raise DatasetError(f"{where}: path {excerpt(text)} escapes the dataset root (must be relative, no '..')")
+    problem = text_problem(text)
+    if problem:
+        raise DatasetError(f"{where}: path {excerpt(text)} {problem}")
     return path
+
+
+def text_problem(text: str) -> str:
+    """Why `text` (a name, a label) cannot go as it is into a video id, a class name, a one-line
+    message or a line of a CSV or UTF-8 report ("" when it can)."""
+    if text.isprintable():  # at C speed, the common case: no control character, no lone surrogate
+        return ""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: a JSON escape, or a file name's undecodable byte
+        return "is not valid UTF-8 text"
+    if any(ord(c) < 32 for c in text):
+        return "holds a control character"
+    return ""
 
 
 def name_problem(name: str) -> str:
     """Why a file or folder name found on disk cannot name a video ("" when it can): it becomes the
     video id, a store path and a line in manifests and reports."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return "its name is not valid UTF-8 text: rename it"
-    if "\\" in name:
-        return "its name holds a backslash, which other tools read as a folder separator: rename it"
-    if any(ord(c) < 32 for c in name):
-        return "its name holds a control character: rename it"
-    return ""
+    problem = text_problem(name)
+    if not problem and "\\" in name:
+        problem = "holds a backslash, which other tools read as a folder separator"
+    return f"its name {problem}: rename it" if problem else ""
 
 
 def file_problem(path: Path, root: Path) -> str:
@@ -99,11 +126,17 @@ def video_id_of(rel: PurePosixPath | str) -> str:
     return head if head[head.rfind("/") + 1:].strip(".") else text
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
 def parse_int(text: str, what: str, where: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise DatasetError(f"{where}: {what} must be an integer, got {excerpt(text)}") from None
+    """An integer written plainly, as annotation files write them ("12", "-1", "007"): int() would also
+    take "1_0" (10), spaces around it and other scripts' digits (Arabic-Indic, Devanagari, ...)."""
+    if not _INTEGER.fullmatch(text):
+        raise DatasetError(f"{where}: {what} must be an integer, got {excerpt(text)}")
+    if len(text.lstrip("+-0")) > 18:  # beyond any id or label (int() refuses 4,300 digits at all)
+        raise DatasetError(f"{where}: {what} is too large, got {excerpt(text)}")
+    return int(text)
 
 
 def index_videos(root: Path) -> dict[str, str]:

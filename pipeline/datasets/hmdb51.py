@@ -6,13 +6,14 @@ from __future__ import annotations
 import re
 from pathlib import Path, PurePosixPath
 
-from p3dbase.errors import excerpt
+from p3dbase.errors import excerpt, shown
 from pipeline.datasets.config import DatasetConfig
 from pipeline.datasets.files import (
     Entry,
     UniqueIds,
     build,
     check_root,
+    name_problem,
     parse_int,
     read_list,
     relative_path,
@@ -35,7 +36,14 @@ def read_hmdb51(cfg: DatasetConfig, split: str) -> Dataset:
     for path in sorted(annotations.iterdir()):
         match = SPLIT_FILE.match(path.name)
         if match:
-            files[match["cls"], match["split"]] = path
+            # The file names the class: the folder of its videos, a name in class lists and reports.
+            cls = match["cls"]
+            problem = name_problem(path.name)
+            if cls in (".", ".."):
+                problem = f"its name gives the class {cls!r}, which is no folder under the root: rename it"
+            if problem:
+                raise DatasetError(f"{shown(path)}: {problem}")
+            files[cls, match["split"]] = path
     # Classes from every split's files, so that the three splits agree on the labels.
     classes = sorted({cls for cls, _ in files})
     if not classes:

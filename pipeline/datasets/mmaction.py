@@ -3,6 +3,7 @@
 (mmaction2's data_prefix). Class names come from a label map (one name a line, in label order)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from p3dbase.errors import excerpt
@@ -15,10 +16,17 @@ from pipeline.datasets.files import (
     parse_int,
     read_list,
     relative_path,
+    text_problem,
     video_id_of,
 )
 from pipeline.datasets.records import Dataset
 from pipeline.errors import DatasetError
+
+log = logging.getLogger("pipeline.datasets")
+
+# Without a label map the classes are "0" .. the largest label: a label past any action dataset's
+# classes (Kinetics-700, 700; ImageNet-21k, 21,841) is a typo, not a class list of that length.
+MAX_UNMAPPED_CLASSES = 100_000
 
 
 def read_label_map(path: Path) -> list[str]:
@@ -26,6 +34,9 @@ def read_label_map(path: Path) -> list[str]:
     for n, name in read_list(path, "classes"):
         if name in names:
             raise DatasetError(f"{path}:{n}: class {name!r} given twice (first on line {names[name]})")
+        problem = text_problem(name)
+        if problem:  # it would reach class lists, reports and one-line messages as it is
+            raise DatasetError(f"{path}:{n}: class name {excerpt(name)} {problem}")
         names[name] = n
     return list(names)
 
@@ -56,9 +67,20 @@ def read_mmaction(cfg: DatasetConfig, split: str) -> Dataset:
                 if label < 0 or (names is not None and label >= len(names)):
                     known = f"0..{len(names) - 1} in {cfg.label_map}" if names is not None else ">= 0"
                     raise DatasetError(f"{where}: label {label} is not a class ({known})")
+                if names is None and label >= MAX_UNMAPPED_CLASSES:
+                    raise DatasetError(f"{where}: label {label} is past any action dataset's classes (0.."
+                                       f"{MAX_UNMAPPED_CLASSES - 1:,} without a label map): a typo? give "
+                                       "dataset.label_map to name the classes")
             seen.add(video_id_of(rel), where)
             entries.append(Entry(rel, labels, subset, where))
+    source = ", ".join(f for f, _ in lists if f)
     if not entries:
-        raise DatasetError(f"no videos listed in {', '.join(f for f, _ in lists if f)}")
+        raise DatasetError(f"no videos listed in {source}")
     classes = names or [str(i) for i in range(max(max(e.labels) for e in entries) + 1)]
-    return build("mmaction", root, classes, entries, split, ", ".join(f for f, _ in lists if f))
+    if names is None:
+        empty = len(classes) - len({label for e in entries for label in e.labels})
+        if empty:  # a label of 999 among 0..9 makes 990 classes no video has
+            log.warning("%s: %d of the %d classes 0..%d have no listed video: a mistyped label? give "
+                        "dataset.label_map to check the labels against the class names", source, empty,
+                        len(classes), len(classes) - 1)
+    return build("mmaction", root, classes, entries, split, source)

@@ -26,13 +26,14 @@ import gzip
 import logging
 import os
 import re
+import zlib
 from pathlib import Path
 
 from flow.video import VIDEO_EXTENSIONS
 from p3dbase.bulk import no_cycle_collection
 from p3dbase.errors import excerpt, shown
 from pipeline.datasets.config import DatasetConfig
-from pipeline.datasets.files import check_root, file_problem
+from pipeline.datasets.files import check_root, decode, file_problem, parse_int, text_problem
 from pipeline.datasets.records import Dataset, VideoRecord
 from pipeline.errors import DatasetError
 
@@ -65,12 +66,9 @@ def _plain_or_gz(release: Path, name: str) -> Path:
 def _lines(path: Path) -> list[str]:
     try:
         data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as err:  # zlib.error: a damaged deflate body
         raise DatasetError(f"{shown(path)}: cannot be read ({err})") from None
-    try:
-        return data.decode("utf-8-sig").splitlines()
-    except UnicodeDecodeError as err:
-        raise DatasetError(f"{shown(path)}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    return decode(data, path).splitlines()
 
 
 def read_labels(path: Path) -> list[str]:
@@ -84,6 +82,9 @@ def read_labels(path: Path) -> list[str]:
     for n, name in enumerate(names, 1):
         if not name:
             raise DatasetError(f"{shown(path)}:{n}: empty class name (line {n} names label {n - 1})")
+        problem = text_problem(name)
+        if problem:  # it would reach class lists, reports and one-line messages as it is
+            raise DatasetError(f"{shown(path)}:{n}: class name {excerpt(name)} {problem}")
     seen: dict[str, int] = {}
     for n, name in enumerate(names, 1):
         if name in seen:
@@ -134,10 +135,7 @@ def read_partition(path: Path, num_classes: int) -> tuple[dict[str, tuple[int, .
 
 
 def _parse_labels(text: str, num_classes: int, where: str) -> tuple[int, ...]:
-    try:
-        labels = tuple(dict.fromkeys(int(t) for t in text.split(",")))
-    except ValueError:
-        raise DatasetError(f"{where}: labels must be comma-separated integers, got {excerpt(text)}") from None
+    labels = tuple(dict.fromkeys(parse_int(t, "label", where) for t in text.split(",")))
     bad = [label for label in labels if not 0 <= label < num_classes]
     if bad:
         raise DatasetError(f"{where}: label {bad[0]} is outside 0..{num_classes - 1} (labels.txt has "

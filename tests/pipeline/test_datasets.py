@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from p3dbase.errors import shown
 from pipeline.datasets import DatasetConfig, VideoRecord, items, read_dataset
 from pipeline.errors import DatasetError
 
@@ -488,7 +489,7 @@ def test_listed_videos_behind_links_out_of_the_root_are_refused(ucf, tmp_path):
 # --- files that are unreadable, ambiguous or out of place ---------------------------------------------
 
 @pytest.mark.parametrize("content, reason", [
-    (b"\xff\xfe{\x00}", r"not UTF-8 text \(byte 0: invalid start byte\); JSON files are UTF-8"),
+    (b"\xff\xfe{\x00}", r":1: not UTF-8 text \(invalid start byte at byte 0\)$"),
     (b"[" * 100_000 + b"]" * 100_000, r"nested too deeply to be ActivityNet JSON"),
     (json.dumps({"database": {"abc": {"subset": "training", "annotations": [
         {"segment": [float("nan"), 5.0], "label": "Archery"}]}}}).encode(),
@@ -545,3 +546,211 @@ def test_folder_refuses_loose_videos_and_names_empty_class_folders(tmp_path, cap
     assert data.classes == ["jump", "run"] and [v.video_id for v in data.videos] == ["jump/a", "run/b"]
     assert data.refused == [("loose.avi", "not in a class folder: its class is the folder it lies in")]
     assert any("1 class folder(s) hold no video and are not classes: swim" in r.getMessage() for r in caplog.records)
+
+
+# --- values Python alone would take, or choke on: refused in one line naming the file and line ----------
+
+def test_parse_int_takes_plain_decimal_integers_only():
+    """int() takes "1_0" (10), " 1" and other scripts' digits ("\u0661" is 1); 5000 digits is a ValueError
+    of its own."""
+    from pipeline.datasets.files import parse_int
+
+    assert [parse_int(t, "label", "f:1") for t in ("0", "007", "-1", "+3", "999999999999999999")] == \
+        [0, 7, -1, 3, 999_999_999_999_999_999]
+    for text in ("1_0", " 1", "1 ", "\u0661", "\uff11", "0x1", "", "+", "1.0"):
+        with pytest.raises(DatasetError) as err:
+            parse_int(text, "label", "f:1")
+        assert str(err.value) == f"f:1: label must be an integer, got {text!r}"
+    with pytest.raises(DatasetError) as err:
+        parse_int("9" * 5000, "label", "f:1")
+    assert str(err.value) == f"f:1: label is too large, got {'9' * 80!r}... (5,000 characters)"
+
+
+@pytest.mark.parametrize("name, text, reason", [
+    ("trainlist01.txt", HSP + b" 0_2\r\n", "class id must be an integer, got '0_2'"),  # int(): 2
+    ("trainlist01.txt", "HandstandPushups/v_HandStandPushups_g08_c01.avi \u0662\r\n".encode(),
+     "class id must be an integer, got '\u0662'"),  # int(): 2
+    ("trainlist01.txt", b"HandstandPushups/v_x\x00.avi 2\r\n",  # os.lstat: ValueError, embedded null byte
+     "path 'HandstandPushups/v_x\\x00.avi' holds a control character"),
+    ("testlist01.txt", b"HandstandPushups/v_\x1bx.avi\r\n",
+     "path 'HandstandPushups/v_\\x1bx.avi' holds a control character"),
+    ("classInd.txt", b"\xd9\xa2 HandstandPushups\r\n", "class id must be an integer, got '\u0662'"),
+])
+def test_ucf101_ids_and_paths_python_alone_would_take(ucf, name, text, reason):
+    path = Path(ucf.annotations) / name
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[1] = text
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(DatasetError) as err:
+        read_dataset(ucf)
+    assert str(err.value) == f"{path}:2: {reason}"
+
+
+def test_a_non_utf8_list_names_its_line_and_byte(ucf):
+    path = Path(ucf.annotations) / "trainlist01.txt"
+    path.write_bytes(TRAIN1 + b"YoYo/v_YoYo_g25_c05\xff.avi 3\r\n")
+    with pytest.raises(DatasetError) as err:
+        read_dataset(ucf)
+    assert str(err.value) == f"{path}:4: not UTF-8 text (invalid start byte at byte {len(TRAIN1) + 19})"
+
+
+K_HEADER = "label,youtube_id,time_start,time_end,split\n"
+
+
+def kinetics_csv(tmp_path: Path, data: bytes | str) -> tuple[Path, DatasetConfig]:
+    path = write(tmp_path / "annotations" / "train.csv", data)
+    (tmp_path / "root").mkdir(exist_ok=True)
+    return path, DatasetConfig(format="kinetics", root=str(tmp_path / "root"), annotations=str(path.parent))
+
+
+@pytest.mark.parametrize("row, reason", [
+    ("run,abc,nan,10,train", "time_start must be a number of seconds, got 'nan'"),  # int(nan): ValueError
+    ("run,abc,inf,10,train", "time_start must be a number of seconds, got 'inf'"),  # OverflowError
+    ("run,abc,0,1e400,train", "time_end must be a number of seconds, got '1e400'"),
+    ("run,abc,1_0,20,train", "time_start must be a number of seconds, got '1_0'"),  # float(): 10.0
+    ("run,abc,\u0661,20,train", "time_start must be a number of seconds, got '\u0661'"),  # float(): 1.0
+    ("run,abc,2,1\u0660.0,train", "time_end must be a number of seconds, got '1\u0660.0'"),
+    ("run,abc," + "9" * 5000 + ",10,train",  # int(): over 4,300 digits, a ValueError
+     f"time_start is too large for a time in seconds, got {'9' * 80!r}... (5,000 characters)"),
+    ("run,abc,4,12345678901,train", "time_end is too large for a time in seconds, got '12345678901'"),
+    ("run,a\x00b,4,10,train", "youtube_id 'a\\x00b' holds a control character"),
+    ("run,a\\b,4,10,train", "bad youtube_id 'a\\\\b'"),
+    ("ru\x07n,abc,4,10,train", "label 'ru\\x07n' holds a control character"),
+])
+def test_kinetics_values_python_alone_would_take_are_refused(tmp_path, row, reason):
+    path, cfg = kinetics_csv(tmp_path, K_HEADER + "run,ok,0,10,train\n" + row + "\n")
+    with pytest.raises(DatasetError) as err:
+        read_dataset(cfg)
+    assert str(err.value) == f"{path}:3: {reason}"
+
+
+def test_kinetics_csv_that_cannot_be_read_names_the_line(tmp_path):
+    data = (K_HEADER + "run,ok,0,10,train\n").encode() + b"r\xffn,abc,1,11,train\n"
+    path, cfg = kinetics_csv(tmp_path, data)
+    with pytest.raises(DatasetError) as err:  # was a UnicodeDecodeError traceback
+        read_dataset(cfg)
+    at = data.index(b"\xff")
+    assert str(err.value) == f"{path}:3: not UTF-8 text (invalid start byte at byte {at})"
+    path, cfg = kinetics_csv(tmp_path, K_HEADER + "run,ok,0,10,train\n" + "x" * 200_000 + ",abc,1,11,train\n")
+    with pytest.raises(DatasetError) as err:  # was _csv.Error
+        read_dataset(cfg)
+    assert str(err.value) == f"{path}:3: cannot be read as CSV (field larger than field limit (131072))"
+
+
+def test_a_fifo_named_like_a_kinetics_csv_is_refused_not_read(tmp_path):
+    """Opening a FIFO blocks until a writer comes: the reader hung for ever. (Should it open the FIFO
+    again, the timer lets it go after 10 s, and the test fails instead of hanging.)"""
+    import threading
+
+    path, cfg = kinetics_csv(tmp_path, K_HEADER + "run,ok,0,10,train\n")
+    fifo = path.parent / "validate.csv"
+    os.mkfifo(fifo)
+
+    def release():
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # no reader: nothing to release
+            pass
+
+    timer = threading.Timer(10, release)
+    timer.start()
+    try:
+        with pytest.raises(DatasetError) as err:
+            read_dataset(cfg)
+    finally:
+        timer.cancel()
+    assert str(err.value) == f"Kinetics annotation CSV {fifo}: not a regular file (a FIFO, socket or device)"
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (lambda d: d.update(subset=["training"]),  # TypeError: unhashable type
+     ": subset must be training, validation or testing, got ['training']"),
+    (lambda d: d.update(subset={}), ": subset must be training, validation or testing, got {}"),
+    (lambda d: d["annotations"][0].update(label="\ud800"),  # valid JSON, and no UTF-8 report can hold it
+     ".annotations[0]: label '\\ud800' is not valid UTF-8 text"),
+    (lambda d: d["annotations"][1].update(label="Arch\nery"),
+     ".annotations[1]: label 'Arch\\nery' holds a control character"),
+])
+def test_activitynet_values_python_alone_would_take_are_refused(anet, edit, reason):
+    data = json.loads(json.dumps(ANET))
+    edit(data["database"]["abc"])
+    Path(anet.annotations).write_text(json.dumps(data))
+    with pytest.raises(DatasetError) as err:
+        read_dataset(anet)
+    assert str(err.value) == f"{anet.annotations}: database['abc']{reason}"
+
+
+def test_activitynet_integers_past_a_float_or_int_are_one_line(anet):
+    path = Path(anet.annotations)
+    path.write_text('{"database": {"abc": {"subset": "training", "annotations": [\n'
+                    '{"segment": [0, 1' + "0" * 400 + '], "label": "A"}]}}}')  # math.isfinite: OverflowError
+    with pytest.raises(DatasetError) as err:
+        read_dataset(anet)
+    assert str(err.value).startswith(f"{path}: database['abc'].annotations[0]: expected {{segment: [start, end], "
+                                     "label} with finite times, start <= end, got {'segment': [0, 1000")
+    assert len(str(err.value)) < len(str(path)) + 320  # the entry quoted in part, not its 401 digits
+    path.write_text('{"database": {"abc": {"subset": "training",\n"duration": ' + "9" * 5000 + ',\n'
+                    '"annotations": []}}}')  # json.loads: a ValueError, not a JSONDecodeError
+    with pytest.raises(DatasetError) as err:
+        read_dataset(anet)
+    assert str(err.value) == f"{path}:2: not valid JSON for ActivityNet: an integer of more than 4,300 digits"
+
+
+@pytest.mark.parametrize("name, reason", [
+    (b".._test_split1.txt", "its name gives the class '..', which is no folder under the root: rename it"),
+    (b"._test_split1.txt", "its name gives the class '.', which is no folder under the root: rename it"),
+    (b"Blu\xffe_test_split1.txt", "its name is not valid UTF-8 text: rename it"),  # crashed training later
+    (b"tab\there_test_split1.txt", "its name holds a control character: rename it"),
+])
+def test_hmdb51_class_names_from_file_names_are_checked(hmdb, name, reason):
+    path = os.fsencode(hmdb.annotations) + b"/" + name
+    try:
+        with open(path, "wb") as f:
+            f.write(b"x.avi 1\n")
+    except OSError:
+        pytest.skip("this file system refuses such names")
+    with pytest.raises(DatasetError) as err:
+        read_dataset(hmdb)
+    assert str(err.value) == f"{shown(os.fsdecode(path))}: {reason}"
+
+
+def test_mmaction_labels_without_a_label_map_are_bounded_and_gaps_reported(tmp_path, caplog):
+    """[str(i) for i in range(label + 1)]: a label of 99999999999 took all memory; 999 made 990 empty classes."""
+    touch(tmp_path / "data", "a/clip1.mp4", "a/clip2.mp4")
+    for label in ("100000", "99999999999"):
+        path = write(tmp_path / "train.txt", f"a/clip1.mp4 0\na/clip2.mp4 {label}\n")
+        with pytest.raises(DatasetError) as err:
+            read_dataset(DatasetConfig(format="mmaction", root=str(tmp_path / "data"), train_list=str(path)))
+        assert str(err.value) == (f"{path}:2: label {label} is past any action dataset's classes (0..99,999 without "
+                                  "a label map): a typo? give dataset.label_map to name the classes")
+    path = write(tmp_path / "train.txt", "a/clip1.mp4 0\na/clip2.mp4 5 2\n")
+    with caplog.at_level("WARNING", logger="pipeline.datasets"):
+        data = read_dataset(DatasetConfig(format="mmaction", root=str(tmp_path / "data"), train_list=str(path)))
+    assert data.classes == ["0", "1", "2", "3", "4", "5"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: 3 of the 6 classes 0..5 have no listed video: a mistyped label? give dataset.label_map to check "
+        "the labels against the class names"]
+
+
+@pytest.mark.parametrize("list_type, line, reason", [
+    ("video", "a/clip\x00.mp4 0", "path 'a/clip\\x00.mp4' holds a control character"),
+    ("video", "a/clip1.mp4 1_0", "label must be an integer, got '1_0'"),
+    ("rawframes", "frames/clip4 1_0 1", "total_frames must be an integer, got '1_0'"),
+])
+def test_mmaction_paths_and_numbers_python_alone_would_take(tmp_path, list_type, line, reason):
+    touch(tmp_path / "data", "a/clip1.mp4")
+    path = write(tmp_path / "train.txt", f"a/clip1.mp4 0\n{line}\n" if list_type == "video" else f"{line}\n")
+    cfg = DatasetConfig(format="mmaction", root=str(tmp_path / "data"), train_list=str(path), list_type=list_type)
+    with pytest.raises(DatasetError) as err:
+        read_dataset(cfg)
+    assert str(err.value) == f"{path}:{2 if list_type == 'video' else 1}: {reason}"
+
+
+def test_mmaction_label_map_names_are_checked(tmp_path):
+    touch(tmp_path / "data", "a/clip1.mp4")
+    labels = write(tmp_path / "label_map.txt", "abseiling\nair\x07drumming\n")
+    train = write(tmp_path / "train.txt", "a/clip1.mp4 0\n")
+    cfg = DatasetConfig(format="mmaction", root=str(tmp_path / "data"), train_list=str(train), label_map=str(labels))
+    with pytest.raises(DatasetError) as err:
+        read_dataset(cfg)
+    assert str(err.value) == f"{labels}:2: class name 'air\\x07drumming' holds a control character"

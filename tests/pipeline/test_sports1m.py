@@ -104,7 +104,9 @@ def test_fold_split_names_are_checked(release):
 @pytest.mark.parametrize(("line", "message"), [
     (f"{URL}UDqivjS-lpI 1, 2", r"train_partition.txt:3: expected 'URL label\[,label...\]'"),
     (f"{URL}UDqivjS-lpI", r"train_partition.txt:3: expected 'URL label\[,label...\]'"),
-    (f"{URL}UDqivjS-lpI 1,x", r"train_partition.txt:3: labels must be comma-separated integers, got '1,x'"),
+    (f"{URL}UDqivjS-lpI 1,x", r"train_partition.txt:3: label must be an integer, got 'x'$"),
+    (f"{URL}UDqivjS-lpI 1_0", r"train_partition.txt:3: label must be an integer, got '1_0'$"),  # int(): 10
+    (f"{URL}UDqivjS-lpI 0,\u0661", r"train_partition.txt:3: label must be an integer, got '\u0661'$"),  # int(): 1
     (f"{URL}UDqivjS-lpI 6", r"train_partition.txt:3: label 6 is outside 0..5 \(labels.txt has 6 names\)"),
     (f"{URL}UDqivjS-lpI -1", r"train_partition.txt:3: label -1 is outside 0..5"),
     ("https://www.youtube.com/watch?v=a/b 1", r"train_partition.txt:3: no YouTube video id in"),
@@ -125,6 +127,24 @@ def test_truncated_gz_names_the_file(release):
     path.write_bytes(path.read_bytes()[:-12])
     with pytest.raises(DatasetError, match=r"train_partition.txt.gz: cannot be read"):
         read(ann, root)
+
+
+def test_a_damaged_gz_body_names_the_file(release):
+    """A gzip header followed by a broken deflate stream raised zlib.error, a traceback."""
+    ann, root = release
+    path = ann / "original/train_partition.txt.gz"
+    path.write_bytes(gzip.compress(b"x")[:10] + b"\xff" * 40)
+    with pytest.raises(DatasetError) as err:
+        read(ann, root)
+    assert str(err.value) == f"{path}: cannot be read (Error -3 while decompressing data: invalid block type)"
+
+
+def test_a_class_name_with_a_control_character_is_refused(release):
+    ann, root = release
+    write(ann / "labels.txt", ["boomerang", "box\x07ing"])
+    with pytest.raises(DatasetError) as err:
+        read(ann, root)
+    assert str(err.value) == f"{ann / 'labels.txt'}:2: class name 'box\\x07ing' holds a control character"
 
 
 def test_missing_release_file_and_folder(release, tmp_path):
