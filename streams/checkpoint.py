@@ -21,6 +21,7 @@ import torch
 
 from p3dbase.atomic import atomic_write
 from p3dbase.errors import NOT_REGULAR
+from p3dbase.overrides import check_value
 from streams.errors import StreamsError
 from streams.p3d import ARCHS, P3D, build_model
 from streams.transforms import CHANNELS, MODALITIES
@@ -169,8 +170,11 @@ def safe_load(path: Path | str, what: str = "checkpoint", map_location: str | to
                                "tensors, and was not loaded: refused by the safe loader (torch.load "
                                "weights_only=True). Only if you trust the file, re-save its state dict alone") from None
         text = text.rsplit("WeightsUnpickler error:", 1)[-1]
-        first_line = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
-        raise StreamsError(f"{what} {path} cannot be read (truncated or not a PyTorch file?): {first_line}") from None
+        first_line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        # An unpickler's KeyError(101) or "Unsupported operand 95" says nothing to a user: a byte of text.
+        said = "" if isinstance(e, (KeyError, IndexError)) or not first_line or "operand" in first_line else \
+            f": {first_line[:120]}{'...' if len(first_line) > 120 else ''}"
+        raise StreamsError(f"{what} {path} cannot be read (truncated or not a PyTorch file?){said}") from None
 
 
 def make_payload(model: P3D, *, arch: str, modality: str, classes: list[str], input_convention: str,
@@ -201,11 +205,56 @@ def read_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     if isinstance(stored, dict) and stored.get("sha256") != payload_sha256(state):
         raise StreamsError(f"checkpoint {path} is corrupt: its contents do not match the SHA-256 stored in it "
                            "(damaged bytes); use an older checkpoint or train again")
+    problem = _payload_problem(state)
+    if problem:
+        raise StreamsError(f"checkpoint {path}: {problem} (edited, or written by another tool): use another "
+                           "checkpoint or train again")
     return Checkpoint(path=path, arch=state["arch"], modality=state["modality"], classes=list(state["classes"]),
                       input_convention=state.get("input_convention", ""), model_config=state["model_config"],
                       train_config=state["train_config"], step=int(state["step"]),
                       epoch=int(state.get("epoch", 0)), metrics=dict(state.get("metrics", {})), state=state,
                       flow=dict(state.get("flow") or {}))
+
+
+# What the readers of a checkpoint use besides the weights, with its type and range: a checksum proves
+# only that the file is as written, and one without a checksum (older, or edited and the checksum
+# dropped) would otherwise fail deep in scoring or export with a traceback.
+_GEOMETRY = {"clip_len": (int, 1, 1024), "crop": (int, 1, 4096), "resize": (list[int], 1, 4096),
+             "scale_jitter": (list[int], 1, 4096)}
+_DROPOUT = {"dropout_rgb": (float, 0.0, 1.0), "dropout_flow": (float, 0.0, 1.0), "partial_bn": (bool, None, None)}
+
+
+def _payload_problem(state: dict[str, Any]) -> str:
+    """What is wrong with the values of a checkpoint that has every key ("" if nothing)."""
+    classes = state["classes"]
+    if not isinstance(classes, (list, tuple)) or not classes or not all(isinstance(c, str) for c in classes):
+        return f"classes must be a non-empty list of names, got {str(classes)[:60]}"
+    for key in ("step", "epoch"):
+        value = state.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return f"{key} must be a whole number >= 0, got {str(value)[:60]}"
+    for key in ("model", "model_config", "train_config", "metrics", "flow"):
+        if not isinstance(state.get(key) or {}, dict):
+            return f"{key} must be a table, got {type(state[key]).__name__}"
+    for section, rules, required in (("train_config", _GEOMETRY, ("clip_len", "crop", "resize")),
+                                     ("model_config", _DROPOUT, ())):
+        config = state[section]
+        for key in required:
+            if key not in config:
+                return f"{section} has no {key}"
+        for key, (hint, low, top) in rules.items():
+            if key not in config:
+                continue
+            try:
+                value = check_value(config[key], hint, f"{section}.{key}")
+            except ValueError as e:
+                return str(e)
+            numbers = value if isinstance(value, list) else [value]
+            if low is not None and not all(low <= v <= top for v in numbers):
+                return f"{section}.{key} must be {low} to {top}, got {value}"
+    if state["train_config"]["crop"] > min(state["train_config"]["resize"] or [0]):
+        return f"train_config.crop {state['train_config']['crop']} is larger than its resize"
+    return ""
 
 
 # Flow settings that change what a stream is fed: another value stops eval, predict and features.
@@ -253,8 +302,11 @@ def model_from_checkpoint(ckpt: Checkpoint) -> P3D:
     try:
         model.load_state_dict(ckpt.state["model"])
     except RuntimeError as e:
-        raise StreamsError(f"checkpoint {ckpt.path}: weights do not fit {ckpt.arch}: "
-                           f"{str(e).splitlines()[0]}") from None
+        # torch's first line only says "Error(s) in loading state_dict for P3D:"; the next say which tensors.
+        details = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
+        more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+        raise StreamsError(f"checkpoint {ckpt.path}: weights do not fit a {ckpt.modality} {ckpt.arch} of "
+                           f"{ckpt.num_classes} classes: {(details or [str(e)])[0][:200]}{more}") from None
     return model
 
 
