@@ -13,7 +13,9 @@ Pieces, one of each:
   hashes what determines them (the checkpoint's SHA-256, the clip geometry, the view plan and the
   frame source: the store's or the on-the-fly flow settings), and each entry holds the signature of
   the files it was computed from (size and mtime of the video and of its store entry), so a new
-  checkpoint, plan, flow setting or a swapped video is computed afresh and nothing else is;
+  checkpoint, plan, flow setting or a swapped video is computed afresh and nothing else is; an
+  entry that is not what its stream gives on its plan (cut or altered bytes, rows of another shape,
+  NaN) is damage and computed afresh too, never used;
 - `map_videos`: the worker pool. On a CPU the videos are shared among processes of one thread each:
   tiny clips give a network too little work per operation for several threads, and on a busy machine
   threads that wait for each other lose far more (measured: a p3d_tiny batch took 21 ms with one
@@ -26,6 +28,7 @@ import hashlib
 import json
 import multiprocessing
 import threading
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,13 +40,14 @@ import torch
 from flow.errors import FlowError
 from flow.store import Store, open_store
 from flow.video import opencv_single_thread
+from fusion.errors import FusionError
 from fusion.report import save_npz
 from fusion.scoring import ClipGeometry, StreamRunner, num_positions
 from fusion.views import CROP_POSITIONS, View, ViewPlan
 from p3dbase.cluster import dask_unordered, local_processes
 from p3dbase.progress import progress_bar
 from streams.checkpoint import Checkpoint, file_sha256, load_stream, stream_path
-from streams.p3d import P3D
+from streams.p3d import ARCHS, P3D
 
 LAYERS = ("res4", "res5c")  # the extra rows a LayerTap gives
 _CROPS = ("center", "start", "end")  # how a view's crop is stored in the cache (its index)
@@ -66,6 +70,12 @@ class Stream:
     @property
     def clip_len(self) -> int:
         return self.geometry.clip_len
+
+    def widths(self) -> dict[str, int]:
+        """The width of each output row: logits (its classes), pool5 and the LayerTap's res4 / res5c."""
+        spec = ARCHS[self.info.arch]
+        return {"logits": len(self.classes), "pool5": spec.widths[3] * spec.expansion,
+                "res4": spec.widths[2] * spec.expansion, "res5c": spec.widths[3] * spec.expansion}
 
 
 def stream_of(name: str, ckpt: Checkpoint, geometry: ClipGeometry | None = None, sha256: str = "") -> Stream:
@@ -204,7 +214,8 @@ class OutputCache:
     `sources` gives each stream's frame source (store_source, or the flow settings a video is
     decoded and its flow computed with): with the checkpoint's SHA-256, the clip geometry and the
     plan it makes the key. An entry is used only when its signature matches the caller's (the
-    files it came from are unchanged) and it holds the layers asked for."""
+    files it came from are unchanged), it holds the layers asked for and its rows are what the stream
+    gives on the plan (`outputs_fit`); anything else is computed again."""
 
     def __init__(self, root: Path | str, sources: dict[str, dict]):
         self.root = Path(root)
@@ -227,18 +238,40 @@ class OutputCache:
             with np.load(path, allow_pickle=False) as data:
                 if str(data["signature"]) != signature:
                     return None
-                views = [View(int(s), _CROPS[int(c)], bool(f)) for s, c, f in data["views"]]
+                rows = data["views"]
+                if (rows.ndim != 2 or rows.shape[1:] != (3,) or rows.dtype.kind not in "iu" or (rows < 0).any()
+                        or (rows[:, 1] >= len(_CROPS)).any() or (rows[:, 2] > 1).any()):
+                    return None  # views of no plan: damaged
+                views = [View(int(s), _CROPS[int(c)], bool(f)) for s, c, f in rows]
                 extra = {k: data[k] for k in LAYERS if k in data.files}
                 if layers and len(extra) != len(LAYERS):
                     return None
-                return ViewOutputs(views, data["logits"], data["pool5"], extra)
-        except (OSError, ValueError, KeyError, EOFError, IndexError):
-            return None  # damaged (a disk error, an old format): computed again
+                out = ViewOutputs(views, data["logits"], data["pool5"], extra)
+        except (OSError, ValueError, KeyError, EOFError, IndexError, TypeError, zipfile.BadZipFile):
+            return None  # damaged (a disk error, cut or altered bytes, an old format): computed again
+        return out if outputs_fit(stream, plan, out) else None  # rows of another shape, NaN: damaged too
 
     def write(self, stream: Stream, plan: ViewPlan, video_id: str, signature: str, out: ViewOutputs) -> None:
+        if not all(np.isfinite(a).all() for a in (out.logits, out.pool5, *out.layers.values())):
+            # `read` takes NaN for damage: written, it would be computed again on every run
+            raise FusionError(f"checkpoint {stream.checkpoint}: the {stream.name} stream's outputs on video "
+                              f"{video_id} are not finite (NaN or inf): its weights overflow on this input")
         views = np.array([(v.start, _CROPS.index(v.crop), int(v.flip)) for v in out.views], dtype=np.int64)
         save_npz(self.path(stream, plan, video_id), {"signature": np.array(signature), "views": views.reshape(-1, 3),
                                                      "logits": out.logits, "pool5": out.pool5, **out.layers})
+
+
+def outputs_fit(stream: Stream, plan: ViewPlan, out: ViewOutputs) -> bool:
+    """Whether `out` is what `stream` gives on `plan`'s views: one row per view (as many views as the plan
+    takes, where that does not depend on the video's length), rows as wide as the stream's classes and
+    features, finite floats. The cache takes anything else for damage."""
+    rows = len(out.views)
+    if plan.mode != "snippets" and rows != plan.clips * len(CROP_POSITIONS[plan.crops]) * (2 if plan.mirror else 1):
+        return False
+    widths = stream.widths()
+    arrays = {"logits": out.logits, "pool5": out.pool5, **out.layers}
+    return all(isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.shape == (rows, widths[k])
+               and bool(np.isfinite(a).all()) for k, a in arrays.items())
 
 
 # --- the worker pool ---------------------------------------------------------------------------------

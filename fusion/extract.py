@@ -10,8 +10,9 @@ The videos are files, frame folders, directories or list files (fusion.inputs; i
 relative to the directory or list given, without the extension, like the datasets' video ids), and
 the flow is computed with the checkpoints' flow settings unless `--set flow.KEY` says otherwise
 (fusion.predict.prepare). Each finished video is kept in `<out>.parts/`, so a killed run resumes
-where it stopped; a video that cannot be read is recorded with its reason (`failed_ids`,
-`failed_reasons`) and the rest goes on. An existing output is refused unless `--force`. Features over
+where it stopped (a part cut or altered, of another width or not finite, is computed again); a
+video that cannot be read is recorded with its reason (`failed_ids`, `failed_reasons`) and the rest
+goes on. An existing output is refused unless `--force`. Features over
 time (one row per snippet, a folder of .npy) are `features --stride` (fusion.snippet_features).
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import hashlib
 import json
 import shutil
 import time
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,16 +120,20 @@ def _part_path(parts: Path, video_id: str) -> Path:
     return parts / f"{hashlib.sha1(video_id.encode()).hexdigest()[:20]}.npz"
 
 
-def _read_part(part: Path, video_id: str, path: Path, names: Sequence[str]) -> dict[str, np.ndarray] | None:
+def _read_part(part: Path, video_id: str, path: Path, widths: dict[str, int]) -> dict[str, np.ndarray] | None:
+    """A finished video's features ({stream: float [width]}), or None when absent, stale or damaged (cut or
+    altered bytes, another shape, NaN): then it is computed again."""
     if not part.is_file():
         return None
     try:
         with np.load(part, allow_pickle=False) as data:
             if str(data["id"]) != video_id or str(data["signature"]) != input_signature(path):
                 return None
-            return {n: data[n] for n in names}
-    except (OSError, ValueError, KeyError, EOFError):
+            got = {n: data[n] for n in widths}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
+    fits = all(a.dtype.kind == "f" and a.shape == (widths[n],) and np.isfinite(a).all() for n, a in got.items())
+    return got if fits else None
 
 
 def extract_features(sources: Sequence[Path | str] | Path | str, checkpoints: dict[str, Path], out: Path | str,
@@ -143,6 +149,7 @@ def extract_features(sources: Sequence[Path | str] | Path | str, checkpoints: di
     videos = list_inputs([sources] if isinstance(sources, (str, Path)) else sources)
     engine, flow_cfg = prepare(checkpoints, flow_cfg, cfg, explicit_flow)
     names = [s.name for s in engine.streams]
+    widths = {s.name: s.widths()["pool5"] for s in engine.streams}
     settings = _settings(engine, flow_cfg, cfg)
     parts = out.with_name(out.name + ".parts")
     _open_parts(parts, settings, force)
@@ -153,7 +160,7 @@ def extract_features(sources: Sequence[Path | str] | Path | str, checkpoints: di
     for video in progress_bar(videos, desc="features", unit="video"):
         video_id, path = video.video_id, video.path
         part = _part_path(parts, video_id)
-        got = _read_part(part, video_id, path, names) if path.exists() else None
+        got = _read_part(part, video_id, path, widths) if path.exists() else None
         if got is not None:
             features[video_id] = got
             resumed += 1

@@ -9,7 +9,9 @@ pipeline.transfer.report through `render` and the pictures helpers here.
 from __future__ import annotations
 
 import base64
+import csv
 import datetime
+import io
 import json
 import math
 import os
@@ -29,6 +31,7 @@ from flow.visualise import flow_to_colour
 from fusion import figures, fuse, metrics, report
 from fusion.errors import FusionError
 from p3dbase.atomic import write_text
+from p3dbase.errors import excerpt
 from p3dbase.errors import shown as printable
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -137,10 +140,38 @@ def write_average_page(report_dir: Path) -> Path:
     splits = [{"name": p.parent.name, "href": f"{p.parent.name}/{PAGE}"}
               for p in sorted(report_dir.glob(f"split*/{PAGE}"))]
     page = render("average.html.j2", title=inputs["title"], notes=inputs["notes"],
-                  results=results_section(_read_csv(report_dir / "results.csv")), splits=splits)
+                  results=results_section(_read_csv(report_dir / "results.csv", [*report.COLUMNS, "splits"],
+                                                    report.PERCENT)), splits=splits)
     path = report_dir / PAGE
     write_text(path, page)
     return path
+
+
+RERUN = "re-run `make eval`"
+
+
+def _damaged(path: Path, what: str) -> FusionError:
+    """The one message for a report file that reads but is not what the report wrote."""
+    return FusionError(f"{printable(str(path))}: {what}: {RERUN}")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# What each kind of report_inputs.json holds: key -> (check, what it must be); chosen and store may be absent.
+_TEXT = (lambda v: isinstance(v, str), "a text")
+_TEXTS = (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of texts")
+INPUT_KEYS: dict[str, dict[str, tuple[Any, str]]] = {
+    "eval": {"title": _TEXT, "notes": _TEXTS, "shown": _TEXTS,
+             "checkpoints": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+                             "a table of stream -> checkpoint path"),
+             "chosen": (lambda v: v is None or (isinstance(v, list) and len(v) == 2 and v[0] in ("raw", "softmax")
+                                                and _number(v[1])), 'null or ["raw" or "softmax", flow weight]'),
+             "store": (lambda v: v is None or isinstance(v, str), "null or a path")},
+    "average": {"title": _TEXT, "notes": _TEXTS},
+}
+_OPTIONAL = ("chosen", "store")
 
 
 def _read_inputs(report_dir: Path, kind: str = "eval") -> dict:
@@ -154,23 +185,71 @@ def _read_inputs(report_dir: Path, kind: str = "eval") -> dict:
         raise FusionError(f"{printable(str(path))}: cannot read it ({e}): re-run `make eval`") from None
     if not isinstance(inputs, dict) or inputs.get("kind") != kind:
         raise FusionError(f"{printable(str(path))}: not the inputs of an evaluation report ({kind})")
+    for key, (check, what) in INPUT_KEYS[kind].items():
+        if key not in inputs and key not in _OPTIONAL:
+            raise _damaged(path, f"no {key!r}")
+        if not check(inputs.get(key)):
+            raise _damaged(path, f"{key!r} is not {what} (it is {excerpt(json.dumps(inputs[key]))})")
     return inputs
 
 
+SCORE_KEYS = ("video_ids", "classes", "labels")  # the arrays of scores.npz that are no method's scores
+
+
 def _read_scores(report_dir: Path) -> dict[str, np.ndarray]:
+    """scores.npz (fusion.report.write_scores), checked: every method's scores [videos, classes] and
+    each network stream's per-view logits [videos, views, classes]."""
     path = report_dir / "scores.npz"
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
+            scores = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise FusionError(f"{printable(str(path))}: cannot read the scores ({e}): re-run `make eval`") from None
+    missing = [k for k in SCORE_KEYS if k not in scores]
+    if missing:
+        raise _damaged(path, f"no {', '.join(map(repr, missing))} (not the scores an evaluation wrote)")
+    ids, classes, labels = (scores[k] for k in SCORE_KEYS)
+    if ids.ndim != 1 or ids.dtype.kind != "U" or classes.ndim != 1 or classes.dtype.kind != "U" or not len(classes):
+        raise _damaged(path, "'video_ids' and 'classes' are not lists of names")
+    n, c = len(ids), len(classes)
+    if (labels.ndim != 2 or len(labels) != n or labels.dtype.kind not in "iu"
+            or bool(((labels < -1) | (labels >= c)).any())):
+        raise _damaged(path, f"'labels' is not {n} rows of class numbers below {c} (-1 padded)")
+    if not [k for k in scores if k not in SCORE_KEYS and not k.startswith("views_")]:
+        raise _damaged(path, "no method's scores")
+    for key, a in scores.items():
+        if key in SCORE_KEYS:
+            continue
+        views = key.startswith("views_")
+        if (a.dtype.kind != "f" or a.ndim != 2 + views or (a.shape[0], a.shape[-1]) != (n, c)
+                or (views and not a.shape[1])):
+            want = f"{n} videos x views x {c} classes" if views else f"{n} videos x {c} classes"
+            raise _damaged(path, f"{key!r} is {a.dtype} {tuple(a.shape)}, not floats of {want}")
+    return scores
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def _read_csv(path: Path, columns: Sequence[str] = (), numbers: Sequence[str] = ()) -> pd.DataFrame:
+    """A table a report wrote: every row whole, with `columns`; those of `numbers` it has are numeric."""
     try:
-        return pd.read_csv(path, keep_default_na=False, na_values=[""])
-    except (OSError, ValueError) as e:
+        text = path.read_text(encoding="utf-8")
+        table = pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""])
+        rows = [r for r in csv.reader(io.StringIO(text)) if r]
+    except (OSError, ValueError, csv.Error) as e:
         raise FusionError(f"{printable(str(path))}: cannot read it ({e}): re-run `make eval`") from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        names = ", ".join(map(repr, missing[:3])) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise _damaged(path, f"not the table a report wrote (no column {names}; its header: "
+                             f"{excerpt(','.join(map(str, table.columns)))})")
+    short = next((k for k, r in enumerate(rows) if len(r) != len(rows[0])), None)
+    if short is not None or (text and not text.endswith("\n")):
+        where = (f"row {short} has {len(rows[short])} of the header's {len(rows[0])} fields" if short is not None
+                 else "no line end after its last row")
+        raise _damaged(path, f"cut short ({where})")
+    wrong = [c for c in numbers if c in table.columns and not pd.api.types.is_numeric_dtype(table[c])]
+    if wrong:
+        raise _damaged(path, f"column {wrong[0]!r} holds text where numbers belong")
+    return table
 
 
 def eval_context(report_dir: Path) -> dict[str, Any]:
@@ -179,21 +258,35 @@ def eval_context(report_dir: Path) -> dict[str, Any]:
     scores = _read_scores(report_dir)
     classes = [str(c) for c in scores["classes"]]
     labels = report.unpad_labels(scores["labels"])
-    shown = [m for m in inputs["shown"] if m in scores]
+    methods = [m for m in scores if m not in SCORE_KEYS and not m.startswith("views_")]
+    shown = [m for m in inputs["shown"] if m in methods]
+    if not shown:
+        raise _damaged(report_dir / report.INPUTS, f"'shown' names none of the methods in scores.npz "
+                                                   f"({', '.join(methods)})")
     chosen = inputs.get("chosen")
-    probs = {m: probabilities(scores, m, chosen) for m in [*STREAM_METHODS, *shown] if m in scores}
+    probs = {m: probabilities(scores, m, chosen) for m in [*STREAM_METHODS, *shown] if m in methods}
+    results = _read_csv(report_dir / "results.csv", report.COLUMNS, report.PERCENT)
+    unlisted = [m for m in methods if m not in set(results["method"].astype(str))]
+    if unlisted:
+        raise _damaged(report_dir / "results.csv", f"no row of {', '.join(unlisted)} (scored in scores.npz)")
+    per_class = _read_csv(report_dir / "per_class.csv", ["class", "videos", *shown],
+                          ["videos", *STREAM_METHODS, *shown])
+    if len(per_class) != len(classes) or per_class["videos"].dtype.kind not in "iu":
+        raise _damaged(report_dir / "per_class.csv", f"not one row of whole video counts for each of the "
+                                                     f"{len(classes)} classes of scores.npz")
     sources = ["results.csv", "per_class.csv", "scores.npz", "excluded.csv", report.INPUTS]
     weight = None
     if (report_dir / "fusion_weight.csv").is_file():
         sources.append("fusion_weight.csv")
-        weight = weight_section(_read_csv(report_dir / "fusion_weight.csv"), chosen)
+        weight = weight_section(_read_csv(report_dir / "fusion_weight.csv", ["curve", "flow_weight", "hit@1"],
+                                          ["flow_weight", "hit@1"]), chosen)
     curves = [training_curves(name, Path(path)) for name, path in inputs["checkpoints"].items()]
     if any(c["uri"] for c in curves):
         sources.append("metrics.jsonl of each stream")
     return {
         "title": inputs["title"],
         "notes": inputs["notes"],
-        "results": results_section(_read_csv(report_dir / "results.csv")),
+        "results": results_section(results),
         "curves": curves,
         "weight": weight,
         "confusion": confusion_sections(shown, scores, labels, classes),
@@ -202,9 +295,9 @@ def eval_context(report_dir: Path) -> dict[str, Any]:
                               ", sorted by accuracy (the mean of the methods drawn; best first, top left) on both "
                               "axes, square-root colour scale so that single confusions show; hover a cell for "
                               "its classes and count.")),
-        "per_class": per_class_section(_read_csv(report_dir / "per_class.csv"), shown),
+        "per_class": per_class_section(per_class, shown),
         "worst": worst_section(scores, probs, labels, classes, inputs.get("store"), shown),
-        "excluded": excluded_section(_read_csv(report_dir / "excluded.csv")),
+        "excluded": excluded_section(_read_csv(report_dir / "excluded.csv", ["video_id", "reason"])),
         "sources": sources,
     }
 

@@ -116,12 +116,17 @@ def _paths(out: Path, video_id: str) -> tuple[Path, Path, Path, Path]:
 
 
 def is_done(out: Path, key: str, video: VideoInput) -> bool:
+    """Whether the video's .json carries `key` and its source's signature, and its .npy is a whole float32
+    array of the shape the .json records (its header and size only: a cut or altered file is redone)."""
     npy, meta, _, _ = _paths(out, video.video_id)
     try:
         info = json.loads(meta.read_text(encoding="utf-8"))
-        return (info.get("key") == key and info.get("source_signature") == input_signature(video.path)
-                and npy.is_file())
-    except (OSError, ValueError):
+        if not (isinstance(info, dict) and info.get("key") == key
+                and info.get("source_signature") == input_signature(video.path)):
+            return False
+        rows = np.load(npy, mmap_mode="r", allow_pickle=False)  # reads the header; a short body fails here
+        return isinstance(rows, np.ndarray) and rows.dtype == np.float32 and list(rows.shape) == info.get("shape")
+    except (OSError, ValueError, EOFError):
         return False
 
 

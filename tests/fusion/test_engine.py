@@ -7,7 +7,8 @@ import torch
 
 from flow.store import open_store
 from fusion.config import EvalConfig
-from fusion.engine import Engine, OutputCache, open_stream, store_source
+from fusion.engine import Engine, OutputCache, file_signature, open_stream, store_source
+from fusion.errors import FusionError
 from fusion.outputs import collect
 from fusion.scoring import StreamRunner
 from fusion.stage import EvalJob, run_eval
@@ -104,6 +105,68 @@ def test_cache_entry_is_tied_to_the_video_signature_and_the_layers(tiny_checkpoi
     assert back.views == out.views and np.array_equal(back.pool5, out.pool5)
     assert cache.read(rgb, plan, video_id, "1:3") is None  # the video changed since
     assert cache.read(rgb, plan, video_id, "1:2", layers=True) is None  # res4 / res5c were not kept
+
+
+def _damage(path, how):
+    """Rewrite a cache entry as a disk, a cut copy or a stray edit may leave it."""
+    if how == "cut":
+        path.write_bytes(path.read_bytes()[:700])
+        return
+    if how == "flipped":
+        data = bytearray(path.read_bytes())
+        data[600] ^= 0x40
+        path.write_bytes(bytes(data))
+        return
+    with np.load(path) as stored:
+        entry = dict(stored)
+    if how == "fewer rows":
+        entry["pool5"] = entry["pool5"][:1]
+    elif how == "other classes":
+        entry["logits"] = entry["logits"][:, :2]
+    elif how == "other width":
+        entry["pool5"] = np.concatenate([entry["pool5"], entry["pool5"]], axis=1)
+    elif how == "nan":
+        entry["logits"][1, 0] = np.nan
+    elif how == "views":
+        entry["views"][0, 1] = -1  # a crop position no plan has (read back as the last one)
+    np.savez(path, **entry)
+
+
+@pytest.mark.parametrize("how", ["cut", "flipped", "fewer rows", "other classes", "other width", "nan", "views"])
+def test_a_damaged_cache_entry_is_computed_again_never_used(tiny_checkpoints, tiny_store, tmp_path, how):
+    """Cut or altered bytes, rows of another shape, NaN: the entry is not what the stream gives on the
+    plan, so eval computes it again (before, a cut file was a traceback on every run and a wrong
+    shape or a NaN changed the results table)."""
+    store = open_store(tiny_store[0])
+    rgb = open_stream("rgb", tiny_checkpoints["rgb"])
+    cfg = EvalConfig(clips=2, crops="center", svm_clips=3, jobs=1)
+    video_id = tiny_store[2][0][0]
+    fresh, _ = collect(store, [rgb], {video_id: (True, True)}, cfg, torch.device("cpu"), tmp_path / "cache")
+    assert len(list((tmp_path / "cache").rglob("*.npz"))) == 2  # the score views' and the feature views'
+    cache = OutputCache(tmp_path / "cache", {"rgb": store_source(store)})
+    for plan in (score_plan(2, "center"), feature_plan(3)):
+        _damage(cache.path(rgb, plan, video_id), how)
+        assert cache.read(rgb, plan, video_id, file_signature(store.path(video_id))) is None
+    again, failed = collect(store, [rgb], {video_id: (True, True)}, cfg, torch.device("cpu"), tmp_path / "cache")
+    assert not failed
+    np.testing.assert_array_equal(again[video_id]["rgb"].logits, fresh[video_id]["rgb"].logits)
+    np.testing.assert_array_equal(again[video_id]["rgb"].feature, fresh[video_id]["rgb"].feature)
+
+
+def test_outputs_that_are_not_finite_are_never_cached(tiny_checkpoints, tiny_store, tmp_path):
+    """The reader takes NaN for damage: written, such an entry would be computed on every run."""
+    store = open_store(tiny_store[0])
+    rgb = open_stream("rgb", tiny_checkpoints["rgb"])
+    engine = Engine([rgb], 4, torch.device("cpu"))
+    cache = OutputCache(tmp_path, {"rgb": store_source(store)})
+    plan = feature_plan(3)
+    video_id = tiny_store[2][0][0]
+    with store.open(video_id) as video:
+        out = engine.run("rgb", video, [plan])[0]
+    out.pool5[0, 0] = np.inf
+    with pytest.raises(FusionError, match=r"outputs on video .* are not finite \(NaN or inf\)"):
+        cache.write(rgb, plan, video_id, "1:2", out)
+    assert not list(tmp_path.rglob("*.npz"))
 
 
 def test_view_plans_give_the_views_of_every_caller():

@@ -99,6 +99,41 @@ def test_features_resume_after_a_kill(tmp_path, video_dir, tiny_checkpoints, mon
         assert "flow" not in a.files and "two_stream" not in a.files
 
 
+@pytest.mark.parametrize("how", ["cut", "flipped", "other width", "nan"])
+def test_a_damaged_part_is_computed_again(tmp_path, video_dir, tiny_checkpoints, monkeypatch, how):
+    """A part of `<out>.parts/` cut by a kill or a full disk, or altered, is computed again (before, a
+    cut one was a BadZipFile traceback on every re-run)."""
+    ckpts = {"rgb": last_checkpoints(tiny_checkpoints)["rgb"]}
+    out = tmp_path / "rgb.npz"
+    real = extract.video_features
+
+    def dies_on_the_second(*args, **kwargs):
+        if args[0].name == "v2.avi":
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(extract, "video_features", dies_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(video_dir, ckpts, out, FAST_FLOW, CFG)
+    (part,) = (tmp_path / "rgb.npz.parts").glob("*.npz")
+    if how == "cut":
+        part.write_bytes(part.read_bytes()[:300])
+    elif how == "flipped":
+        data = bytearray(part.read_bytes())
+        data[-200] ^= 0x40  # the zip's central directory
+        part.write_bytes(bytes(data))
+    else:
+        with np.load(part) as stored:
+            entry = dict(stored)
+        entry["rgb"] = np.concatenate([entry["rgb"], entry["rgb"]]) if how == "other width" else entry["rgb"] * np.nan
+        np.savez(part, **entry)
+    monkeypatch.setattr(extract, "video_features", real)
+    summary = extract_features(video_dir, ckpts, out, FAST_FLOW, CFG)
+    assert (summary.resumed, summary.computed, summary.failed) == (0, 2, 1)
+    with np.load(out) as data:
+        assert data["rgb"].shape == (2, 256) and np.isfinite(data["rgb"]).all()
+
+
 def test_video_lists_folders_and_frame_folders(tmp_path, video_dir):
     listing = tmp_path / "list.txt"
     listing.write_text(f"# my videos\nvideos/jump/v1.avi\n\n{video_dir / 'run' / 'v2.avi'}\n")

@@ -310,3 +310,24 @@ def test_predict_timeline_tables_and_picture(ckpts, tmp_path):
     with pytest.raises(FusionError, match="exists: give another --out, or --force"):
         predict([video], ckpts, FAST_FLOW, CFG, timeline=timeline)
     predict([video], ckpts, FAST_FLOW, CFG, timeline=Timeline(tmp_path / "tl", stride=4, force=True))
+
+
+def test_a_cut_or_reshaped_npy_is_computed_again_not_taken_for_done(ckpts, tmp_path):
+    """Done means the .json's key and signature and a whole .npy of the shape it records (the header
+    and size only are read): a file cut by a full disk or a copy, or another array, is redone."""
+    videos = tmp_path / "videos"
+    write_avi(videos / "v0.avi", frames=10, seed=0)
+    out = tmp_path / "out"
+    rgb = {"rgb": ckpts["rgb"]}
+    assert extract_snippet_features([videos], rgb, out, FAST_FLOW, CFG, stride=2).computed == 1
+    npy = out / "v0.npy"
+    whole = np.load(npy)
+    for damage in (lambda: npy.write_bytes(npy.read_bytes()[:100]),  # inside the header
+                   lambda: npy.write_bytes(npy.read_bytes()[:-4]),  # the last value's bytes
+                   lambda: np.save(npy, whole[:1]),  # a whole array of another shape
+                   lambda: np.save(npy, whole.astype(np.float64))):
+        damage()
+        again = extract_snippet_features([videos], rgb, out, FAST_FLOW, CFG, stride=2)
+        assert (again.computed, again.done_before) == (1, 0)
+        np.testing.assert_array_equal(np.load(npy), whole)
+    assert extract_snippet_features([videos], rgb, out, FAST_FLOW, CFG, stride=2).done_before == 1

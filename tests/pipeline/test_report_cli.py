@@ -160,3 +160,61 @@ def test_a_damaged_report_is_one_line_naming_the_file(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "scores.npz" in err and "re-run `make eval`" in err
+
+
+def _edit_npz(path, edit):
+    with np.load(path) as stored:
+        arrays = dict(stored)
+    edit(arrays)
+    np.savez(path, **arrays)
+
+
+def _edit_json(path, edit):
+    inputs = json.loads(path.read_text())
+    edit(inputs)
+    path.write_text(json.dumps(inputs))
+
+
+DAMAGE = {  # a report file that reads but is not what the report wrote: (file, edit, what the line says)
+    "weight csv without its curve column": ("fusion_weight.csv", lambda p: p.write_text("q\n1\n"), "no column 'curve'"),
+    "inputs of wrong types": ("report_inputs.json", lambda p: _edit_json(p, lambda d: d.update(
+        {k: 12345 for k in d if k != "kind"})), "'title' is not a text"),
+    "chosen rule of a wrong kind": ("report_inputs.json", lambda p: _edit_json(p, lambda d: d.update(
+        chosen=["mean", 1])), "'chosen' is not null or"),
+    "checkpoints a list": ("report_inputs.json", lambda p: _edit_json(p, lambda d: d.update(checkpoints=[1])),
+                           "'checkpoints' is not a table"),
+    "scores without classes": ("scores.npz", lambda p: _edit_npz(p, lambda z: z.pop("classes")), "no 'classes'"),
+    "a stream's scores of another shape": ("scores.npz", lambda p: _edit_npz(p, lambda z: z.update(rgb=z["rgb"][:3])),
+                                           "'rgb' is float64 (3, 3), not floats of 6 videos x 3 classes"),
+    "labels past the classes": ("scores.npz", lambda p: _edit_npz(p, lambda z: z["labels"].__setitem__(0, 9)),
+                                "'labels' is not 6 rows"),
+    "results cut mid-row": ("results.csv", lambda p: p.write_text(p.read_text()[:-40]), "cut short"),
+    "results of other columns": ("results.csv", lambda p: p.write_text("a,b\n1,2\n"), "no column 'method'"),
+    "results without a row": ("results.csv", lambda p: p.write_text("".join(p.read_text().splitlines(True)[:-1])),
+                              "no row of fusion (scored in scores.npz)"),
+    "per-class of other columns": ("per_class.csv", lambda p: p.write_text("a,b\n1,2\n"), "no column 'class'"),
+    "per-class with text for numbers": ("per_class.csv", lambda p: p.write_text(p.read_text().replace(
+        "100.00", "lots")), "column 'rgb' holds text"),
+    "excluded of other columns": ("excluded.csv", lambda p: p.write_text("a\n1\n"), "no column 'video_id'"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_a_report_file_that_reads_but_is_wrong_skips_that_report_in_one_line(tmp_path, capsys, case):
+    """A file that parses but is not what the report wrote (a stray edit, another tool's file, a copy cut at
+    a line): that report is skipped with one line naming the file and what is wrong, the others are
+    rebuilt, exit status 2 (before: a traceback, or a page built from whatever was left)."""
+    name, damage, says = DAMAGE[case]
+    eval_report(tmp_path / "eval", n=3)
+    eval_report(tmp_path / "runs" / "ok" / "eval", n=3)
+    (tmp_path / "eval" / "fusion_weight.csv").write_text("curve,flow_weight,hit@1\n\"test, raw\",1,0.5\n")
+    capsys.readouterr()
+    for page in tmp_path.rglob("report.html"):
+        page.unlink()
+    damage(tmp_path / "eval" / name)
+    assert main(["report", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert f"report: skipped {tmp_path / 'eval'}: {tmp_path / 'eval' / name}: " in out and says in out
+    assert err.count("\n") == 1 and f"{tmp_path / 'eval' / name}: " in err and "re-run `make eval`" in err
+    assert (tmp_path / "runs" / "ok" / "eval" / "report.html").is_file()
+    assert not (tmp_path / "eval" / "report.html").exists()
