@@ -21,7 +21,7 @@ from flow.store import Store
 from fusion.config import EvalConfig
 from fusion.engine import OutputCache, PoolSpec, Stream, Worker, file_signature, map_videos, store_source
 from fusion.views import ViewPlan, feature_plan, score_plan
-from p3dbase.atomic import DiskFullError
+from p3dbase.atomic import DiskFullError, remove_dead_temps
 
 
 @dataclass
@@ -50,6 +50,7 @@ def collect(store: Store, streams: Sequence[Stream], needs: dict[str, tuple[bool
     """Outputs of every stream on the videos of `needs` ({video_id: (scores?, features?)}), computing
     what the cache under `cache_root` lacks. Returns ({video_id: {stream: Outputs}} of the usable
     videos, {video_id: why not} of the others)."""
+    remove_dead_temps(cache_root)  # what a killed eval was writing
     context = _Context(OutputCache(cache_root, {s.name: store_source(store) for s in streams}), eval_plans(cfg))
     outputs: dict[str, dict[str, Outputs]] = {}
     failed: dict[str, str] = {}

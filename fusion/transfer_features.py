@@ -49,6 +49,7 @@ from fusion.errors import FusionError
 from fusion.fuse import softmax
 from fusion.scoring import ClipGeometry
 from fusion.views import feature_plan
+from p3dbase.atomic import remove_dead_temps
 from p3dbase.device import resolve_device
 from streams.errors import StreamsError
 
@@ -118,6 +119,7 @@ def extract(videos: Sequence[VideoJob], streams: Sequence[Stream], cache_root: P
             raise FusionError("the flow stream needs a flow store (flow_store)")
         store = flow_store if isinstance(flow_store, Store) else open_store(flow_store)
     sources = {s.name: flow_source(store) if s.name == "flow" else rgb_source() for s in streams}
+    remove_dead_temps(cache_root)  # what a killed run was writing
     context = _Context(OutputCache(cache_root, sources), clips, flow_cfg)
     plan = feature_plan(clips)
     features: dict[str, dict[str, dict[str, np.ndarray]]] = {s.name: {} for s in streams}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import re
 import shutil
 import socket
 from collections.abc import Iterator
@@ -72,6 +73,31 @@ def remove_quietly(path: Path) -> None:
             path.unlink(missing_ok=True)
     except OSError:
         pass
+
+
+def remove_dead_temps(folder: Path | str) -> int:
+    """Delete the temporary files and folders under `folder` (at any depth) whose writer was a process
+    of this machine that is gone (killed mid-write): a cache's leftovers, never a live writer's. Those
+    of other machines sharing the folder are left, since their processes cannot be asked. Returns
+    how many were removed."""
+    own = re.compile(rf"{re.escape(TEMP_MARKER)}{re.escape(socket.gethostname())}-(\d+)(?:-\d+)?(?:\.\w+)?$")
+    removed = 0
+    for path in Path(folder).rglob(f".*{TEMP_MARKER}*"):
+        writer = own.search(path.name)
+        if writer is not None and not _alive(int(writer[1])):
+            remove_quietly(path)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def fsync_dir(path: Path) -> None:

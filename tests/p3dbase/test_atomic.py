@@ -82,3 +82,24 @@ def test_only_binary_and_text_modes():
     with pytest.raises(ValueError, match="mode"):
         with atomic_write("x", "ab"):
             pass
+
+
+def test_remove_dead_temps_removes_what_dead_writers_of_this_machine_left(tmp_path):
+    """A killed eval left `.<id>.npz.tmp-<host>-<pid>-<n>.npz` in its cache for ever."""
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    host = socket.gethostname()
+    folder = tmp_path / "cache" / "rgb-0123" / "Cls"
+    folder.mkdir(parents=True)
+    names = {"dead_file": f".v1.npz.tmp-{host}-{dead}-3.npz", "dead_folder": f".v2.tmp-{host}-{dead}",
+             "live": f".v3.npz.tmp-{host}-{os.getpid()}-0.npz", "other_host": f".v4.npz.tmp-elsewhere-{dead}-1.npz",
+             "done": "v5.npz"}
+    for key, name in names.items():
+        (folder / name).mkdir() if key == "dead_folder" else (folder / name).write_bytes(b"x")
+    assert atomic.remove_dead_temps(tmp_path / "cache") == 2
+    assert sorted(p.name for p in folder.iterdir()) == sorted([names["live"], names["other_host"], names["done"]])
+    assert atomic.remove_dead_temps(tmp_path / "missing") == 0
