@@ -10,21 +10,24 @@ On disk: `<store>/index/main.jsonl` plus segments `<store>/index/seg-<host>-<pid
 JSON array per line. Every file is written whole through p3dbase.atomic (a reader sees the old file
 or the new one), and each writing process (a run, a shard, `verify`) writes only its own segments,
 so shards running at once on a shared disk never write the same file. The latest entry of a video
-wins (by the time it was recorded). A segment is never changed once written, so `compact` (at the
+wins (`_merge` says how "latest" is decided without trusting clocks). A segment is never changed
+once written, so `compact` (at the
 end of every run that wrote something) may fold the main file and every segment into a new main
 file, then delete those segments: killed between the two, the next compaction folds the same entries
 again, to the same result. While it lives, a writer holds an flock on its `.writer-<token>.lock`, so
 that only the half-written files of writers that are gone are deleted.
 
-A line that does not parse (a file truncated or edited by hand) is reported with its file and line
-and skipped: the videos it listed fall back to their packs, whose headers say what they were made
-from (flow.stage), so nothing is lost.
+A line that does not parse, has a field of the wrong type (a file truncated or edited by hand) or
+was recorded in the future (a clock far ahead) is reported with its file and line and skipped: the
+videos it listed fall back to their packs, whose headers say what they were made from (flow.stage),
+so nothing is lost.
 """
 from __future__ import annotations
 
 import fcntl
 import itertools
 import json
+import math
 import operator
 import os
 import sys
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from flow.errors import FlowError
 from p3dbase.atomic import TEMP_MARKER, write_bytes, writer_token
 from p3dbase.bulk import no_cycle_collection
 from p3dbase.errors import shown
@@ -43,6 +47,10 @@ MAIN_FILE = "main.jsonl"
 SEGMENT_PREFIX = "seg-"
 WRITER_LOCK_PREFIX = ".writer-"
 STATES = ("done", "failed", "damaged")
+# An entry recorded further ahead of this machine's clock than this is a damaged line, not a record: the
+# clocks of machines sharing a disk differ by seconds (NTP) or minutes (none); a day more is an edit or a
+# clock set wrong, whose entry would otherwise outrank every later record of its video (see _merge).
+FUTURE_SLACK_NS = 24 * 3600 * 10**9
 _writers = itertools.count()
 
 
@@ -117,19 +125,29 @@ _intern = sys.intern
 
 _new_tuple = tuple.__new__
 _STATES = {state: state for state in STATES}
+_TYPES = [str, str, str, int, int, int, int, int, int, int, str, int, str, str]  # IndexEntry's fields, exactly
+assert len(_TYPES) == _FIELDS
 
 
-def _entry(row: object) -> IndexEntry | None:
-    """An entry of a parsed line; None when it has the wrong shape. A field of the wrong type (a
-    hand edit) needs no check here: it never equals what it is compared with, so the video is
-    checked from its pack, as one without an entry."""
-    if type(row) is not list or len(row) != _FIELDS or type(row[0]) is not str:
+def _entry(row: object, horizon: float) -> IndexEntry | None:
+    """An entry of a parsed line; None when it has the wrong shape, a field of the wrong type (a
+    string for a count, a float, a bool: a hand edit that verify would later blame on the video), a
+    negative size or count (times may be: files dated before 1970), an unknown state, or a time after
+    `horizon` (see FUTURE_SLACK_NS)."""
+    # The types by one C-level map: 650,000 lines are read on every re-run (0.4 us a line).
+    if (type(row) is not list or [*map(type, row)] != _TYPES or row[3] < 0 or row[5] < 0 or row[7] < 0
+            or row[8] < 0 or row[9] < 0 or not 0 <= row[11] <= horizon):
         return None
-    state = _STATES.get(row[1]) if type(row[1]) is str else None
+    state = _STATES.get(row[1])
     if state is None:
         return None
-    row[1], row[2] = state, _intern(row[2]) if type(row[2]) is str else row[2]  # few distinct values
+    row[1], row[2] = state, _intern(row[2])  # few distinct values
     return _new_tuple(IndexEntry, row)  # IndexEntry._make without its checks: the length is known
+
+
+def _horizon() -> int:
+    """The latest `recorded_ns` taken as a record (later: a damaged line)."""
+    return time.time_ns() + FUTURE_SLACK_NS
 
 
 @dataclass
@@ -162,33 +180,50 @@ class StoreIndex:
 
     def _read(self) -> IndexRead:
         if not self.dir.is_dir():
+            if os.path.lexists(self.dir):
+                raise self._not_a_folder()
             return IndexRead({}, [], False)
         entries: dict[str, IndexEntry] = {}
         problems: list[str] = []
-        files = self._segments()
-        texts = []
-        for path in files:
-            try:
-                texts.append((path, path.read_bytes()))
-            except FileNotFoundError:
-                continue  # folded into the main file by a compaction
+        texts = [(path, data) for path in self._segments() if (data := self._read_file(path)) is not None]
         main = self.dir / MAIN_FILE
-        try:
-            texts.insert(0, (main, main.read_bytes()))
-        except FileNotFoundError:
-            pass
+        data = self._read_file(main)
+        if data is not None:
+            texts.insert(0, (main, data))
         for path, data in texts:
             _merge(entries, _parse(path, data, problems))
         return IndexRead(entries, problems, True)
 
+    def _not_a_folder(self) -> FlowError:
+        return FlowError(f"{shown(self.dir)}: not a folder, where the store keeps its index of finished videos: "
+                         "move it out of the store and re-run (the index is rebuilt from the stored videos)")
+
+    def _read_file(self, path: Path) -> bytes | None:
+        """The bytes of an index file; None when it is gone (a segment folded by a compaction meanwhile)."""
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except IsADirectoryError:
+            raise FlowError(f"{shown(path)}: a folder, where the store's index keeps a file: move it out of "
+                            f"{shown(self.dir)} and re-run (its videos are checked from the stored videos)") from None
+
+    def _make_folder(self) -> None:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # a file (or a dangling link) where the folder belongs
+            raise self._not_a_folder() from None
+
     def writer(self) -> IndexWriter:
         return IndexWriter(self)
 
-    def compact(self, own: str = "") -> None:
+    def compact(self, own: str = "", *, rewrite: bool = False) -> None:
         """Fold the main file and every segment into a new main file (one compaction at a time;
         `own` is the calling writer's token). What writers that are gone left (their lock files,
-        half-written segments) is deleted; a live writer's are not."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        half-written segments) is deleted; a live writer's are not. Damaged lines are left out;
+        `rewrite`: also when there is no segment to fold (a read found damaged lines: they are named
+        once, not on every run)."""
+        self._make_folder()
         fd = os.open(self.dir, os.O_RDONLY)  # the folder's own flock: no lock file to leave behind
         try:
             try:
@@ -201,16 +236,14 @@ class StoreIndex:
                 if token is not None and not alive.get(token, False):
                     (self.dir / name).unlink(missing_ok=True)
             folded = self._segments()  # written once, never changed: safe to fold even from a live writer
-            if not folded:
+            if not folded and not rewrite:
                 return
             entries: dict[str, IndexEntry] = {}
             problems: list[str] = []
             for path in [self.dir / MAIN_FILE, *folded]:
-                try:
-                    data = path.read_bytes()
-                except FileNotFoundError:
-                    continue
-                _merge(entries, _parse(path, data, problems))
+                data = self._read_file(path)
+                if data is not None:
+                    _merge(entries, _parse(path, data, problems))
             write_bytes(self.dir / MAIN_FILE, _format(entries[k] for k in sorted(entries)))
             for path in folded:
                 path.unlink(missing_ok=True)
@@ -219,7 +252,22 @@ class StoreIndex:
 
 
 def _merge(entries: dict[str, IndexEntry], new: list[IndexEntry]) -> None:
-    """Each video's latest entry (by the time it was recorded) of `entries` and `new`."""
+    """Each video's latest entry of `entries` and `new`, decided so that no clock can hide damage:
+
+    * A "damaged" mark and a "done" entry of the same stored file (its size and mtime) describe the
+      same bytes: the mark wins whatever their times. "done" only says what a file was made from (a
+      re-run that re-indexes a pack reads no image), the mark says that those very bytes are bad; a
+      redone video is a new file, with another mtime, and its "done" entry is not about those bytes.
+    * Otherwise the larger `recorded_ns` wins (the later one read on a tie). Writers stamp an entry
+      after the one they read for that video (IndexWriter.add's `after`: a Lamport clock), so a record
+      made after reading an entry outranks it even when that entry came from a clock running ahead;
+      entries more than FUTURE_SLACK_NS ahead are not read at all (_parse).
+
+    Shards (the documented concurrent use) write disjoint videos, so they never compete here. Two runs
+    on one video take turns under its lock and both record the file they found; verify and a run at
+    once: a mark of the file verify read beats a "done" of that file, and against a redone file the
+    later record wins, which at worst redoes a video once more. A merge is order-independent apart
+    from ties, so compaction (which folds the same entries) gives what a reader gives."""
     if not entries:  # the first file read: one dict at C speed when it names every video once (a compacted main file)
         entries.update(zip(map(_video_id, new), new, strict=True))
         if len(entries) == len(new):
@@ -227,8 +275,17 @@ def _merge(entries: dict[str, IndexEntry], new: list[IndexEntry]) -> None:
         entries.clear()
     for entry in new:
         old = entries.get(entry.video_id)
-        if old is None or entry.recorded_ns >= old.recorded_ns:
+        if old is None:
             entries[entry.video_id] = entry
+        elif entry.state != old.state and entry.state in _MARKED and old.state in _MARKED \
+                and entry.stored_size == old.stored_size and entry.stored_mtime_ns == old.stored_mtime_ns:
+            if entry.state == "damaged":
+                entries[entry.video_id] = entry
+        elif entry.recorded_ns >= old.recorded_ns:
+            entries[entry.video_id] = entry
+
+
+_MARKED = ("done", "damaged")  # the states of which "damaged" outranks "done" for the same stored file
 
 
 _video_id = operator.itemgetter(0)
@@ -238,10 +295,11 @@ def _parse(path: Path, data: bytes, problems: list[str]) -> list[IndexEntry]:
     text = data.decode("ascii", errors="replace")
     del data
     lines = text.splitlines()
+    horizon = _horizon()
     entries: list[IndexEntry | None] = []
     try:  # one parse per 50,000 lines: fast, and the text is not copied whole again
         for k in range(0, len(lines), 50_000):
-            entries += map(_entry, json.loads("[" + ",".join(lines[k: k + 50_000]) + "]"))
+            entries += map(_entry, json.loads("[" + ",".join(lines[k: k + 50_000]) + "]"), itertools.repeat(horizon))
         if None not in entries and text.endswith("\n"):
             return entries  # type: ignore[return-value]
     except ValueError:
@@ -250,12 +308,14 @@ def _parse(path: Path, data: bytes, problems: list[str]) -> list[IndexEntry]:
     good = []  # damaged somewhere: line by line, naming each bad line
     for number, line in enumerate(lines, 1):
         try:
-            entry = _entry(json.loads(line))
+            row = json.loads(line)
         except ValueError:
-            entry = None
+            row = None
+        entry = _entry(row, horizon)
         if entry is None or (number == len(lines) and not text.endswith("\n")):
-            problems.append(f"{shown(path)}, line {number}: damaged index entry, skipped (its video is checked "
-                            "from its pack)")
+            ahead = entry is None and _entry(row, math.inf) is not None  # whole, but from the future
+            what = "index entry recorded in the future (a clock far ahead?)" if ahead else "damaged index entry"
+            problems.append(f"{shown(path)}, line {number}: {what}, skipped (its video is checked from its pack)")
         else:
             good.append(entry)
     return good
@@ -323,13 +383,16 @@ class IndexWriter:
 
     def _take_lock(self) -> None:
         if self._fd < 0:
-            self.index.dir.mkdir(parents=True, exist_ok=True)
+            self.index._make_folder()
             self._fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             fcntl.flock(self._fd, fcntl.LOCK_EX)  # ours alone
 
-    def add(self, entry: IndexEntry) -> None:
+    def add(self, entry: IndexEntry, after: int = 0) -> None:
+        """Record `entry`; unless it carries its own time, it is stamped now, and after `after`: the
+        `recorded_ns` of the video's entry the caller read and acts upon, which it must outrank even
+        when a clock running ahead wrote it (see _merge)."""
         if not entry.recorded_ns:
-            entry = entry._replace(recorded_ns=time.time_ns())
+            entry = entry._replace(recorded_ns=max(time.time_ns(), after + 1))
         self.pending.append(entry)
 
     def flush(self) -> None:

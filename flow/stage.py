@@ -494,10 +494,12 @@ def run_flow(videos: Sequence[FlowJob], out_dir: Path, cfg: FlowConfig, *, shard
     start = time.perf_counter()
     with store.index.writer() as index:
         for entry in plan.adopted:
-            index.add(entry)
+            index.add(entry, after=plan.after.get(entry.video_id, 0))
         tally = _compute_all(plan.todo, store, cfg, force=force, plan=plan, rows=rows, index=index,
                              manifest=manifest)
         store.clean_stale([job.video_id for job in plan.todo])  # what workers that died were writing
+    if plan.damaged_index:  # their videos are indexed afresh above (or by their own shard's run): drop the lines
+        store.index.compact(rewrite=True)
 
     # 5. The summary; a run in which every video failed is an error.
     failures = sorted([(r.video_id, r.error) for r in rows.values() if r.status == "failed"])
@@ -590,6 +592,10 @@ class _Plan:
     origins: dict[str, Origin | None] = field(default_factory=dict)
     adopted: list[IndexEntry] = field(default_factory=list)
     redo: set[str] = field(default_factory=set)  # computed even if the stored one opens (verify found it damaged)
+    # The `recorded_ns` of the index entry each video's new entry supersedes: the new one is stamped after
+    # it, so that it wins even over an entry from a clock running ahead (flow.index._merge).
+    after: dict[str, int] = field(default_factory=dict)
+    damaged_index: bool = False  # the index holds damaged lines: rewritten without them at the end
 
 
 class _Notes:
@@ -651,6 +657,7 @@ def _plan(store: Store, jobs: Sequence[FlowJob], force: bool, ahead: _Ahead | No
         print(f"flow: {problem}", flush=True)
     digest = store.settings_digest
     plan, notes = _Plan(), _Notes()
+    plan.damaged_index = bool(read.problems)
     earlier: dict[str, VideoResult] | None = None  # manifest rows: timings of videos indexed from their packs
     entries, rows, stat = read.entries, plan.rows, os.stat
     # Per video (source size, source mtime, stored size, stored mtime) as the child found them.
@@ -669,6 +676,8 @@ def _plan(store: Store, jobs: Sequence[FlowJob], force: bool, ahead: _Ahead | No
                                              entry.frames, entry.flows, entry.declared_frames, entry.seconds)
                 continue
         # Anything else is looked at again, as it is now.
+        if entry is not None:
+            plan.after[video_id] = entry.recorded_ns
         try:
             source = stat(path)
         except OSError:  # fails in the worker, saying why
@@ -679,6 +688,11 @@ def _plan(store: Store, jobs: Sequence[FlowJob], force: bool, ahead: _Ahead | No
         origin = plan.origins[video_id] = Origin(digest, source.st_size, source.st_mtime_ns)
         if force:
             plan.todo.append(job)
+            continue
+        if stored is not None and store.layout == "packed" and os.path.isdir(store.path(job.video_id)):
+            plan.rows[job.video_id] = VideoResult(
+                job.video_id, shown(job.path), "failed",
+                error=f"{shown(store.path(job.video_id))} is a folder where its pack belongs: move it out of the store")
             continue
         if entry is not None and stored is not None and entry.state == "done":
             if entry.settings != digest:
@@ -699,11 +713,6 @@ def _plan(store: Store, jobs: Sequence[FlowJob], force: bool, ahead: _Ahead | No
             continue
         if stored is None:
             plan.todo.append(job)
-            continue
-        if store.layout == "packed" and os.path.isdir(store.path(job.video_id)):
-            plan.rows[job.video_id] = VideoResult(
-                job.video_id, shown(job.path), "failed",
-                error=f"{shown(store.path(job.video_id))} is a folder where its pack belongs: move it out of the store")
             continue
         # Stored but not (rightly) indexed: a store from before the index, a run killed before it
         # recorded the video, a damaged index line. The stored video says what it was made from.
@@ -844,7 +853,8 @@ def _compute_all(todo: Sequence[FlowJob], store: Store, cfg: FlowConfig, *, forc
                     tally.found += not fresh
                     tally.frames += row.frames if fresh else 0
                     tally.pairs += row.flow_pairs if fresh else 0
-                    _record(index, store, jobs[row.video_id], plan.origins.get(row.video_id), row)
+                    _record(index, store, jobs[row.video_id], plan.origins.get(row.video_id), row,
+                            plan.after.get(row.video_id, 0))
                 bar.update()
                 failed = sum(r.status == "failed" for r in rows.values())
                 bar.set_postfix(pairs_s=f"{tally.pairs / max(time.perf_counter() - start, 1e-9):.1f}",
@@ -864,10 +874,11 @@ def _compute_all(todo: Sequence[FlowJob], store: Store, cfg: FlowConfig, *, forc
     return tally
 
 
-def _record(index: IndexWriter, store: Store, job: FlowJob, origin: Origin | None, row: VideoResult) -> None:
+def _record(index: IndexWriter, store: Store, job: FlowJob, origin: Origin | None, row: VideoResult,
+            after: int) -> None:
     """A finished video into the index, with the stat of what was stored (None: not indexed, so the
-    next run checks the stored video itself)."""
+    next run checks the stored video itself), stamped after the entry it supersedes (`after`)."""
     stored = entry_stat(store.path(job.video_id))
     if origin is not None and stored is not None:
         index.add(_entry(job, origin, stored, frames=row.frames, flows=row.flow_pairs, declared=row.declared_frames,
-                         seconds=row.seconds))
+                         seconds=row.seconds), after=after)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import stat
@@ -77,6 +78,38 @@ def _check_indices(video_id: str, indices: Sequence[int], count: int, what: str)
     if bad:
         raise FlowError(f"video {video_id}: {what} index {bad[0]} out of range, it has {count} {what} images")
     return idx
+
+
+# The largest frame side a store holds. A pack's meta (its JSON tail) is covered by no checksum, and a
+# reader allocates frames of the size it states: 100000x100000 asked for 447 GiB. 16384 is twice the
+# longest side of the largest video formats (H.264 and HEVC levels 6.x: 8192x4320), the flow stage
+# guards at 1920x1080 by default (`max_pixels`), and TV-L1 on a frame of 16384x16384 would need about
+# 32 GB per worker (30 float images per pixel): a larger side is damage, not data.
+MAX_SIDE = 16384
+
+
+def _meta_problem(meta: dict[str, Any], size: int, meta_start: int) -> str:
+    """What is wrong with a pack's meta (its JSON tail) against the file of `size` bytes whose meta
+    starts at `meta_start` ("" when nothing): integer counts, N frames and N - 1 flow images as the
+    writer stores them, a plausible frame size, and the index and checksum tables between the images
+    and the meta. Checked before anything is read or allocated by these numbers."""
+    names = ("height", "width", "num_frames", "num_flows", "index_offset", "crc32_offset")
+    for name in names:
+        value = meta.get(name, 0)
+        if type(value) is not int:  # not a float (1e400 is inf), not a bool, not a string
+            return f"{name} is {value!r}, not an integer"
+    height, width, frames, flows = meta["height"], meta["width"], meta["num_frames"], meta["num_flows"]
+    if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE):
+        return f"frames of {width}x{height} (each side must be 1..{MAX_SIDE})"
+    if frames < 1 or flows != frames - 1:
+        return f"num_frames {frames} and num_flows {flows} (N frames have N - 1 flow images)"
+    rows, index_offset, crc32_offset = frames + flows, meta["index_offset"], meta.get("crc32_offset")
+    index_end = crc32_offset if crc32_offset is not None else meta_start
+    if not len(PACK_MAGIC) <= index_offset <= index_end - rows * 16:
+        return f"an index of {rows} rows at byte {index_offset} does not fit in the file of {size} bytes"
+    if crc32_offset is not None and crc32_offset + rows * 4 > meta_start:
+        return f"checksums of {rows} images at byte {crc32_offset} do not fit in the file of {size} bytes"
+    return ""
 
 
 class VideoFrames(ABC):
@@ -167,32 +200,40 @@ class PackedFrames(VideoFrames):
             raise
 
     def _read_index(self) -> None:
-        size = os.fstat(self._fd).st_size
         broken = f"video {self.video_id}: {self.path} is not a complete pack file"
-        if size < len(PACK_MAGIC) + _FOOTER.size or os.pread(self._fd, 8, 0) != PACK_MAGIC:
-            raise FlowError(broken)
-        meta_len, magic = _FOOTER.unpack(os.pread(self._fd, _FOOTER.size, size - _FOOTER.size))
-        if magic != PACK_MAGIC or meta_len > size - _FOOTER.size:
-            raise FlowError(broken)
         try:
-            meta = json.loads(os.pread(self._fd, meta_len, size - _FOOTER.size - meta_len))
-            self.codec = meta["codec"]  # of the RGB frames
-            self.flow_codec = meta.get("flow_codec", self.codec)  # packs before flow_codec: one codec
-            self.origin = meta.get("origin")  # what it was made from (flow.index.Origin); older packs: None
-            self.height, self.width = int(meta["height"]), int(meta["width"])
-            self.num_frames, self.num_flows = int(meta["num_frames"]), int(meta["num_flows"])
+            size = os.fstat(self._fd).st_size
+            if size < len(PACK_MAGIC) + _FOOTER.size or os.pread(self._fd, 8, 0) != PACK_MAGIC:
+                raise FlowError(broken)
+            meta_len, magic = _FOOTER.unpack(os.pread(self._fd, _FOOTER.size, size - _FOOTER.size))
+            if magic != PACK_MAGIC or meta_len > size - _FOOTER.size - len(PACK_MAGIC):
+                raise FlowError(broken)
+            meta_start = size - _FOOTER.size - meta_len
+            try:
+                meta = json.loads(os.pread(self._fd, meta_len, meta_start))
+                self.codec = meta["codec"]  # of the RGB frames
+                self.flow_codec = meta.get("flow_codec", self.codec)  # packs before flow_codec: one codec
+                self.origin = meta.get("origin")  # what it was made from (flow.index.Origin); older packs: None
+                self.height, self.width, self.num_frames, self.num_flows, index_offset = (
+                    meta["height"], meta["width"], meta["num_frames"], meta["num_flows"], meta["index_offset"])
+                crc32_offset = meta.get("crc32_offset")  # packs written before checksums existed have none
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise FlowError(f"{broken} ({e})") from None
+            problem = _meta_problem(meta, size, meta_start)
+            if problem:
+                raise FlowError(f"{broken} (meta: {problem})")
             rows = self.num_frames + self.num_flows
-            raw = os.pread(self._fd, rows * 16, int(meta["index_offset"]))
-            index = np.frombuffer(raw, dtype="<i8").reshape(rows, 2)
+            index = np.frombuffer(os.pread(self._fd, rows * 16, index_offset), dtype="<i8").reshape(rows, 2)
             crcs = None  # packs written before checksums existed have none: they still open
-            if "crc32_offset" in meta:
-                raw = os.pread(self._fd, rows * 4, int(meta["crc32_offset"]))
-                crcs = np.frombuffer(raw, dtype="<u4").reshape(rows)
-        except (ValueError, KeyError, TypeError) as e:
-            raise FlowError(f"{broken} ({e})") from None
-        if (self.codec not in CODECS or self.flow_codec not in CODECS or (index.size and (int(index.min()) < 0
-                                                         or int((index[:, 0] + index[:, 1]).max()) > size))):
-            raise FlowError(broken)
+            if crc32_offset is not None:
+                crcs = np.frombuffer(os.pread(self._fd, rows * 4, crc32_offset), dtype="<u4").reshape(rows)
+        except OSError as e:  # a disk that fails to read (EIO), a file cut under the reader
+            raise FlowError(f"video {self.video_id}: cannot read {self.path}: {e.strerror}") from None
+        # Every blob between the magic and the index (each bound checked before the sum: no int64 overflow).
+        if index.size and (int(index[:, 0].min()) < len(PACK_MAGIC) or int(index[:, 1].min()) < 0
+                           or int(index.max()) > index_offset
+                           or int((index[:, 0] + index[:, 1]).max()) > index_offset):
+            raise FlowError(f"{broken} (its index points outside the images)")
         self._rgb_index = index[: self.num_frames]
         self._flow_index = index[self.num_frames:]
         self._rgb_crc = None if crcs is None else crcs[: self.num_frames]
@@ -209,12 +250,15 @@ class PackedFrames(VideoFrames):
         return blob
 
     def verify(self) -> None:
-        if not self.has_checksums:
-            return
-        for index, crcs, what in ((self._rgb_index, self._rgb_crc, "frame"),
-                                  (self._flow_index, self._flow_crc, "flow image")):
-            for i, blob in enumerate(self._blobs(index)):
-                self._check_crc(blob, crcs, i, what)
+        if self.has_checksums:
+            for index, crcs, what in ((self._rgb_index, self._rgb_crc, "frame"),
+                                      (self._flow_index, self._flow_crc, "flow image")):
+                for i, blob in enumerate(self._blobs(index)):
+                    self._check_crc(blob, crcs, i, what)
+        # The frame size in the meta is covered by no checksum: the first images must decode to it.
+        self.rgb([0])
+        if self.num_flows:
+            self.flow([0])
 
     @property
     def rgb_bytes(self) -> int:
@@ -323,7 +367,11 @@ class PackedFrames(VideoFrames):
 
 def _output(out: np.ndarray | None, shape: tuple[int, ...], video_id: str) -> np.ndarray:
     if out is None:
-        return np.empty(shape, np.uint8)
+        try:
+            return np.empty(shape, np.uint8)
+        except MemoryError:  # a frame size no video has: a damaged pack meta (MAX_SIDE bounds each side)
+            raise FlowError(f"video {video_id}: {list(shape)} images take {math.prod(shape) / 2**30:.1f} GiB, "
+                            "more than this machine can give: is its frame size right?") from None
     if out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
         raise FlowError(f"video {video_id}: decoding {list(shape)} images into a {out.dtype} "
                         f"{list(out.shape)} array (needs a C-contiguous uint8 one of that shape)")
@@ -454,6 +502,9 @@ class VideoWriter(ABC):
 
     def _check_shape(self, shape: tuple[int, int], what: str) -> None:
         if self.shape is None:
+            if not (0 < shape[0] <= MAX_SIDE and 0 < shape[1] <= MAX_SIDE):
+                raise FlowError(f"video {self.video_id}: {what} are {shape[1]}x{shape[0]}: a store holds frames of "
+                                f"1..{MAX_SIDE} pixels a side (resize them: [flow] size)")
             self.shape = tuple(shape)
         elif tuple(shape) != self.shape:
             raise FlowError(f"video {self.video_id}: {what} are {shape[1]}x{shape[0]}, "
@@ -935,6 +986,8 @@ def open_store(root: Path | str, purpose: str = "") -> Store:
                     int(info.get("jpeg_quality", 95)), info.get("params"), info.get("flow_codec"))
     except (KeyError, TypeError, ValueError) as e:
         raise FlowError(f"{path}: broken store description ({e})") from None
+    except FlowError as e:  # a value out of range (an unknown codec or layout): the file says so, name it
+        raise FlowError(f"{path}: {e}") from None
     return Store(Path(root), info)
 
 

@@ -2,8 +2,10 @@
 
 A re-run of the flow stage trusts the store's index and reads no image; this is the explicit check
 that reads them all: each pack's structure and the CRC32 of every image (mmaction folders: every
-JPEG against the checksums the flow stage kept beside them, and decoded), and the counts against
-the index. Damaged videos are listed in `<store>/verify-report.csv` and marked "damaged" in the
+JPEG against the checksums the flow stage kept beside them, and decoded), and what the flow stage
+compares: that every video the index lists as done is stored, and holds the counts and was made from
+the source the index records (a pack of another video copied over it is caught here, not only by the
+next `flow` run). Damaged videos are listed in `<store>/verify-report.csv` and marked "damaged" in the
 index, so that the next `flow` run redoes them (a store that cannot be written, e.g. on a read-only
 share, is checked all the same and the result only printed). Reading is I/O-bound on a cold disk;
 one process per core keeps the decoding and checksums off the critical path.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +23,7 @@ from pathlib import Path
 import joblib
 
 from flow.errors import FlowError
-from flow.index import IndexEntry
+from flow.index import IndexEntry, Origin, entry_stat
 from flow.store import Store, open_store
 from p3dbase.atomic import write_bytes
 from p3dbase.cluster import local_processes
@@ -50,23 +53,55 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def check_video(store: Store, video_id: str, expected: tuple[int, int] | None) -> str:
-    """What is wrong with one stored video ("" when nothing): it opens, every image matches its
-    checksum (and decodes, for JPEG folders), its counts are the index's `expected` (frames, flows)."""
+def check_video(store: Store, video_id: str, entry: IndexEntry | None) -> str:
+    """What is wrong with one video ("" when nothing): it is stored (when the index's `entry` lists it
+    as done), it opens, every image matches its checksum (and decodes, for JPEG folders), and it holds
+    the entry's counts and was made from the entry's source and settings (a stored video that does not
+    say what it was made from, from before the index, is not compared)."""
     try:
+        path = store.path(video_id)
+        if entry is not None and not os.path.lexists(path):
+            return f"the index lists it as done, but {shown(path)} is gone"
         with store.open(video_id) as video:
             video.verify()
             counts = (video.num_frames, video.num_flows)
+            made_from = video.origin
     except FlowError as e:
         return str(e)
-    if expected is not None and counts != expected:
-        return f"holds {counts[0]} frames and {counts[1]} flow images, the index says {expected[0]} and {expected[1]}"
+    if entry is None:
+        return ""
+    if counts != (entry.frames, entry.flows):
+        return f"holds {counts[0]} frames and {counts[1]} flow images, the index says {entry.frames} and {entry.flows}"
+    if made_from is None:
+        return ""
+    origin = Origin.from_dict(made_from)
+    if origin is None:
+        return f"{shown(path)} does not say what it was made from (its record is damaged)"
+    if origin.settings != entry.settings:
+        return f"{shown(path)} was made with other settings than the index records for this video"
+    if origin != entry.origin:
+        return (f"{shown(path)} was made from a source of {_made(origin)}, the index records {_made(entry.origin)} "
+                f"({entry.source or 'its source'}): a copy of another video's?")
     return ""
 
 
-def _check_chunk(root: Path, chunk: Sequence[tuple[str, tuple[int, int] | None]]) -> list[tuple[str, str]]:
+def _made(origin: Origin) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(origin.mtime_ns // 10**9))
+    return f"{origin.size} bytes modified {when}"
+
+
+def _check_chunk(root: Path, chunk: Sequence[tuple[str, IndexEntry | None]]
+                 ) -> list[tuple[str, str, tuple[int, int] | None]]:
+    """(video id, what is wrong, the stat of what was checked) of each video."""
     store = open_store(root)
-    return [(video_id, check_video(store, video_id, expected)) for video_id, expected in chunk]
+    results = []
+    for video_id, entry in chunk:
+        try:
+            stat = entry_stat(store.path(video_id))
+        except FlowError:
+            stat = None
+        results.append((video_id, check_video(store, video_id, entry), stat))
+    return results
 
 
 def verify_store(root: Path | str, *, jobs: int = 0) -> VerifyReport:
@@ -77,18 +112,21 @@ def verify_store(root: Path | str, *, jobs: int = 0) -> VerifyReport:
     for problem in read.problems:
         print(f"verify: {problem}", flush=True)
     entries = read.entries
-    ids = store.video_ids()
-    todo = [(v, (e.frames, e.flows) if (e := entries.get(v)) is not None and e.state == "done" else None)
-            for v in ids]
+    # The stored videos, and those the index lists as done: a pack deleted or replaced by a folder is
+    # missed by a walk of the store, and a `flow` run would not redo it while the index says done.
+    ids = sorted(set(store.video_ids()).union(v for v, e in entries.items() if e.state == "done"))
+    todo = [(v, e if (e := entries.get(v)) is not None and e.state == "done" else None) for v in ids]
     chunks = [todo[k: k + CHUNK] for k in range(0, len(todo), CHUNK)]
     workers = min(local_processes(jobs, "flow.jobs"), max(len(chunks), 1))
     damaged: list[tuple[str, str]] = []
+    checked: dict[str, tuple[int, int] | None] = {}  # the stat of each damaged video as verify read it
     with progress_bar(total=len(todo), desc="verify", unit="video") as bar:
         results = (joblib.Parallel(n_jobs=workers, return_as="generator_unordered")(
             joblib.delayed(_check_chunk)(store.root, chunk) for chunk in chunks) if workers > 1
             else (_check_chunk(store.root, chunk) for chunk in chunks))
         for result in results:
-            damaged += [(v, problem) for v, problem in result if problem]
+            damaged += [(v, problem) for v, problem, _ in result if problem]
+            checked.update((v, stat) for v, problem, stat in result if problem)
             bar.update(len(result))
             bar.set_postfix(damaged=len(damaged), refresh=False)
     damaged.sort()
@@ -103,8 +141,13 @@ def verify_store(root: Path | str, *, jobs: int = 0) -> VerifyReport:
     if damaged and writable:
         with store.index.writer() as index:
             for video_id, problem in damaged:
-                entry = entries.get(video_id) or IndexEntry(video_id, "damaged")
-                index.add(entry._replace(state="damaged", note=shown(" ".join(problem.split())), recorded_ns=0))
+                old = entries.get(video_id)
+                entry = old or IndexEntry(video_id, "damaged")
+                stat = checked.get(video_id)
+                if stat is not None:  # the file found damaged: its mark outranks a "done" of it (flow.index._merge)
+                    entry = entry._replace(stored_size=stat[0], stored_mtime_ns=stat[1])
+                index.add(entry._replace(state="damaged", note=shown(" ".join(problem.split())), recorded_ns=0),
+                          after=old.recorded_ns if old is not None else 0)
     print(report, flush=True)
     return report
 

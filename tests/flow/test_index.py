@@ -12,8 +12,9 @@ from flow.index import INDEX_DIR, MAIN_FILE, IndexEntry, StoreIndex
 REPO = Path(__file__).resolve().parents[2]
 
 
-def entry(video_id: str, state: str = "done", recorded_ns: int = 0, frames: int = 3) -> IndexEntry:
-    return IndexEntry(video_id, state, "digest", 100, 200, 300, 400, frames, frames - 1, frames, "0.5",
+def entry(video_id: str, state: str = "done", recorded_ns: int = 0, frames: int = 3, stored_mtime_ns: int = 400
+          ) -> IndexEntry:
+    return IndexEntry(video_id, state, "digest", 100, 200, 300, stored_mtime_ns, frames, frames - 1, frames, "0.5",
                       recorded_ns, f"/videos/{video_id}.mp4")
 
 
@@ -24,7 +25,7 @@ def test_entries_round_trip_and_the_latest_wins(tmp_path):
         w.add(entry("b", recorded_ns=10))
         w.flush()
         w.add(entry("a", "damaged", recorded_ns=20))
-        w.add(entry("b", "damaged", recorded_ns=5))  # older than what is there: loses
+        w.add(entry("b", "failed", recorded_ns=5))  # older than what is there: loses
     read = index.read()
     assert read.exists and read.problems == []
     assert read.entries == {"a": entry("a", "damaged", recorded_ns=20), "b": entry("b", recorded_ns=10)}
@@ -95,7 +96,7 @@ def test_a_video_listed_twice_in_one_file_keeps_its_latest_entry(tmp_path):
     folder.mkdir()
     main = folder / MAIN_FILE
     main.write_text("".join(e.line() + "\n" for e in [entry("a", recorded_ns=30), entry("b", recorded_ns=1),
-                                                       entry("a", "damaged", recorded_ns=20)]))
+                                                       entry("a", "failed", recorded_ns=20)]))
     assert StoreIndex(tmp_path).read().entries == {"a": entry("a", recorded_ns=30), "b": entry("b", recorded_ns=1)}
     main.write_text(entry("a", "failed", recorded_ns=5).line() + '\n["b","lost",1]\n')  # an unknown state
     read = StoreIndex(tmp_path).read()

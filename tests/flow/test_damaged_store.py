@@ -1,0 +1,259 @@
+"""A store damaged on disk, found by the probe: a pack whose meta (the JSON tail no checksum covers)
+holds impossible numbers, an index line from a clock running ahead or with a field of the wrong type,
+an index or store description that is not what it should be, a pack deleted, replaced by a folder or
+by another video's. Each is one FlowError naming the file, or a video `verify` lists and the next
+`flow` run redoes; never a traceback, a huge allocation or damage hidden for good."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flow.errors import FlowError
+from flow.index import FUTURE_SLACK_NS, INDEX_DIR, MAIN_FILE, IndexEntry, StoreIndex
+from flow.stage import FlowJob, run_flow
+from flow.store import MAX_SIDE, create_store, open_store
+from flow.verify import verify_store
+from tests.builders import make_toy_store, moving_square, write_video
+
+_FOOTER = struct.Struct("<Q8s")
+
+
+def edit_meta(pack: Path, edit) -> None:
+    """Rewrite a pack's JSON meta through `edit(meta)`, keeping its images, index, checksums and footer."""
+    data = pack.read_bytes()
+    length, magic = _FOOTER.unpack(data[-16:])
+    meta = json.loads(data[-16 - length:-16])
+    edit(meta)
+    body = json.dumps(meta).encode()
+    pack.write_bytes(data[:-16 - length] + body + _FOOTER.pack(len(body), magic))
+
+
+def _set(**values):
+    return lambda meta: meta.update(values)
+
+
+@pytest.mark.parametrize("edit, why", [
+    (_set(num_frames=10**12), "num_frames 1000000000000 and num_flows"),  # was a MemoryError
+    (lambda m: m.update(num_frames=float("inf")), "num_frames is inf, not an integer"),  # 1e400: OverflowError
+    (_set(index_offset=-100), "an index of 7 rows at byte -100 does not fit"),  # was "Invalid argument", no file
+    (_set(height=100000, width=100000), f"frames of 100000x100000 (each side must be 1..{MAX_SIDE})"),  # 447 GiB
+    (_set(num_frames=-3), "num_frames -3"),  # was an IndexError in training
+    (_set(num_frames=True), "num_frames is True, not an integer"),
+    (_set(height=12.0), "height is 12.0, not an integer"),
+    (_set(num_flows=2), "num_frames 4 and num_flows 2"),
+    (lambda m: m.update(crc32_offset=m["crc32_offset"] + 10**6), "checksums of 7 images"),
+    (lambda m: m.update(index_offset=m["index_offset"] - 1000), "its index points outside the images"),
+])
+def test_a_pack_meta_with_impossible_numbers_is_not_a_complete_pack(tmp_path, edit, why):
+    make_toy_store(tmp_path, ["A"], 1, frames=4, height=12, width=16)
+    store = open_store(tmp_path)
+    edit_meta(store.path("A/v_A_00"), edit)
+    with pytest.raises(FlowError) as caught:
+        store.open("A/v_A_00")
+    message = str(caught.value)
+    assert message.startswith(f"video A/v_A_00: {store.path('A/v_A_00')} is not a complete pack file")
+    assert why in message and "\n" not in message
+    assert [v for v, _ in verify_store(tmp_path, jobs=1).damaged] == ["A/v_A_00"]
+
+
+def test_verify_decodes_the_first_images_at_the_size_the_meta_states(tmp_path):
+    make_toy_store(tmp_path, ["A"], 1, frames=4, height=12, width=16)
+    edit_meta(open_store(tmp_path).path("A/v_A_00"), _set(height=14))  # plausible, but not the images' size
+    report = verify_store(tmp_path, jobs=1)
+    assert [v for v, _ in report.damaged] == ["A/v_A_00"] and "frame 0" in report.damaged[0][1]
+
+
+def test_a_writer_refuses_frames_no_reader_would_open(tmp_path):
+    store = create_store(tmp_path, codec="raw")
+    with pytest.raises(FlowError, match=f"a store holds frames of 1..{MAX_SIDE} pixels a side"):
+        with store.writer("v") as w:
+            w.add_rgb(np.zeros((1, 1, MAX_SIDE + 1, 3), np.uint8))
+
+
+def test_a_frame_size_memory_cannot_hold_is_one_line(tmp_path, monkeypatch):
+    make_toy_store(tmp_path, ["A"], 1, frames=4, height=12, width=16)
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    with open_store(tmp_path).open("A/v_A_00") as video:
+        monkeypatch.setattr(np, "empty", no_memory)
+        with pytest.raises(FlowError, match=r"video A/v_A_00: \[4, 12, 16, 3\] images take .* GiB, more than"):
+            video.rgb(range(4))
+
+
+@pytest.mark.parametrize("field, value", [("layout", "zip"), ("codec", "webp")])
+def test_an_unknown_layout_or_codec_in_store_json_names_it(tmp_path, field, value):
+    create_store(tmp_path)
+    path = tmp_path / "store.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    with pytest.raises(FlowError, match=f"^{path}: .*got '{value}'"):
+        open_store(tmp_path)
+
+
+# The index.
+
+def entry(video_id: str, state: str = "done", recorded_ns: int = 0, stored_mtime_ns: int = 400) -> IndexEntry:
+    return IndexEntry(video_id, state, "digest", 100, 200, 300, stored_mtime_ns, 3, 2, 3, "0.5", recorded_ns, "")
+
+
+def test_a_damaged_mark_outranks_done_of_the_same_file_whatever_the_clocks(tmp_path):
+    ahead = time.time_ns() + 3600 * 10**9  # a host whose clock runs an hour ahead indexed it
+    with StoreIndex(tmp_path).writer() as w:
+        w.add(entry("a", recorded_ns=ahead))
+        w.add(entry("b", recorded_ns=ahead))
+    with StoreIndex(tmp_path).writer() as w:
+        w.add(entry("a", "damaged", recorded_ns=1))  # verify, on a clock behind: the same file is damaged
+        w.add(entry("b", "damaged", recorded_ns=1, stored_mtime_ns=999))  # another file, older: loses
+    entries = StoreIndex(tmp_path).read().entries
+    assert entries["a"].state == "damaged" and entries["b"].state == "done"
+
+
+def test_a_record_outranks_the_entry_it_was_made_after_even_from_a_clock_ahead(tmp_path):
+    ahead = time.time_ns() + 3600 * 10**9
+    with StoreIndex(tmp_path).writer() as w:
+        w.add(entry("a", recorded_ns=ahead))
+    with StoreIndex(tmp_path).writer() as w:
+        w.add(entry("a", stored_mtime_ns=777), after=ahead)  # redone after reading that entry
+    assert StoreIndex(tmp_path).read().entries["a"].stored_mtime_ns == 777
+
+
+def test_an_entry_from_the_future_or_with_a_wrong_type_is_a_damaged_line(tmp_path):
+    folder = tmp_path / INDEX_DIR
+    folder.mkdir()
+    far = time.time_ns() + FUTURE_SLACK_NS + 3600 * 10**9
+    lines = [entry("a").line(), entry("b", recorded_ns=far).line(),
+             '["c","done","zz",1,2,3,4,5,6,7,"x",99999999999999999999,"",""]',
+             json.dumps(["d", "done", "digest", 1, 2, 3, 4, "x", 2, 3, "", 1, "", ""]),  # frames "x"
+             json.dumps(["e", "done", "digest", 1, 2, 3, 4, 3.0, 2, 3, "", 1, "", ""]),  # a float
+             json.dumps(["f", "done", "digest", 1, 2, 3, 4, True, 2, 3, "", 1, "", ""]),  # a bool
+             json.dumps(["g", "done", "digest", 1, 2, 3, 4, -3, 2, 3, "", 1, "", ""])]  # a negative count
+    (folder / MAIN_FILE).write_text("\n".join(lines) + "\n")
+    read = StoreIndex(tmp_path).read()
+    assert list(read.entries) == ["a"]
+    assert [p.split(": ", 1)[1] for p in read.problems[:2]] == [
+        "index entry recorded in the future (a clock far ahead?), skipped (its video is checked from its pack)"] * 2
+    assert [p.split(": ")[0] for p in read.problems] == [f"{folder / MAIN_FILE}, line {n}" for n in range(2, 8)]
+
+
+def test_an_index_that_is_a_file_or_holds_folders_says_what_to_do(tmp_path):
+    index = StoreIndex(tmp_path)
+    (tmp_path / INDEX_DIR).write_text("")
+    with pytest.raises(FlowError, match="index: not a folder, where the store keeps its index .* move it out"):
+        index.read()
+    with pytest.raises(FlowError, match="not a folder"):
+        with index.writer() as w:
+            w.add(entry("a"))
+    (tmp_path / INDEX_DIR).unlink()
+    for name in (MAIN_FILE, "seg-host-1-w0-1.jsonl"):
+        (tmp_path / INDEX_DIR / name).mkdir(parents=True)
+        with pytest.raises(FlowError, match=f"{name}: a folder, where the store's index keeps a file: move it out"):
+            index.read()
+        (tmp_path / INDEX_DIR / name).rmdir()
+
+
+# What a flow run and verify make of it, end to end on tiny videos.
+
+@pytest.fixture
+def finished(tmp_path, fast_cfg):
+    folder = tmp_path / "videos"
+    for k, name in enumerate("abc"):
+        write_video(folder / f"{name}.avi", moving_square(6, seed=k))  # same counts: only the origin tells them apart
+    jobs = [FlowJob(f"Cls/{p.stem}", p) for p in sorted(folder.iterdir())]
+    out = tmp_path / "flow"
+    run_flow(jobs, out, fast_cfg)
+    return jobs, out
+
+
+def _flip(path: Path, offset: int = 200) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    stat = path.stat()
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # bit rot: size and mtime unchanged
+
+
+def test_damage_under_an_entry_from_a_clock_ahead_is_found_and_redone(finished, fast_cfg):
+    jobs, out = finished
+    main = out / INDEX_DIR / MAIN_FILE
+    rows = [json.loads(line) for line in main.read_text().splitlines()]
+    for row in rows:
+        row[11] = time.time_ns() + 3600 * 10**9  # indexed by a host an hour ahead
+    main.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows))
+    _flip(out / "Cls" / "a.pack")
+    assert [v for v, _ in verify_store(out, jobs=1).damaged] == ["Cls/a"]
+    assert run_flow(jobs, out, fast_cfg).computed == 1  # was: 0 computed, on every run
+    assert verify_store(out, jobs=1).damaged == []
+    again = run_flow(jobs, out, fast_cfg)
+    assert (again.computed, again.skipped) == (0, 3)
+
+
+def test_a_pack_rechecked_after_an_entry_from_a_clock_ahead_is_indexed_afresh(finished, fast_cfg, capsys):
+    jobs, out = finished
+    main = out / INDEX_DIR / MAIN_FILE
+    rows = [json.loads(line) for line in main.read_text().splitlines()]
+    rows[0][11] = time.time_ns() + 3600 * 10**9
+    main.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows))
+    pack = out / "Cls" / "a.pack"
+    pack.write_bytes(pack.read_bytes())  # the same bytes, a new mtime: the index disagrees
+    capsys.readouterr()
+    assert run_flow(jobs, out, fast_cfg).computed == 0
+    assert "checking it" in capsys.readouterr().out
+    run_flow(jobs, out, fast_cfg)
+    assert "checking it" not in capsys.readouterr().out  # the fresh entry won
+
+
+def test_verify_lists_an_indexed_video_whose_pack_is_gone_or_a_folder(finished, fast_cfg):
+    jobs, out = finished
+    (out / "Cls" / "a.pack").unlink()
+    (out / "Cls" / "b.pack").unlink()
+    (out / "Cls" / "b.pack").mkdir()
+    report = verify_store(out, jobs=1)
+    assert report.videos == 3
+    assert [v for v, _ in report.damaged] == ["Cls/a", "Cls/b"]
+    assert "the index lists it as done, but" in report.damaged[0][1] and "is gone" in report.damaged[0][1]
+    assert "is a folder" in report.damaged[1][1]
+    summary = run_flow(jobs, out, fast_cfg)
+    assert summary.computed == 1 and [v for v, _ in summary.failures] == ["Cls/b"]
+    assert "is a folder where its pack belongs" in summary.failures[0][1]
+
+
+def test_verify_lists_a_pack_copied_over_another_videos(finished, fast_cfg):
+    jobs, out = finished
+    shutil.copyfile(out / "Cls" / "c.pack", out / "Cls" / "b.pack")  # whole and valid, but c's
+    report = verify_store(out, jobs=1)
+    assert [v for v, _ in report.damaged] == ["Cls/b"]
+    assert "was made from a source of" in report.damaged[0][1] and "a copy of another video's?" in report.damaged[0][1]
+    assert run_flow(jobs, out, fast_cfg).computed == 1
+    assert verify_store(out, jobs=1).damaged == []
+
+
+def test_an_index_line_with_a_string_count_is_named_and_its_pack_kept(finished, fast_cfg, capsys):
+    jobs, out = finished
+    main = out / INDEX_DIR / MAIN_FILE
+    rows = [json.loads(line) for line in main.read_text().splitlines()]
+    rows[0][7] = "x"
+    main.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows))
+    capsys.readouterr()
+    summary = run_flow(jobs, out, fast_cfg)
+    assert f"{main}, line 1: damaged index entry, skipped" in capsys.readouterr().out
+    assert (summary.computed, summary.skipped) == (0, 3)  # re-indexed from its pack, not recomputed
+    assert verify_store(out, jobs=1).damaged == []
+
+
+def test_a_damaged_index_line_is_named_once_then_left_out(finished, fast_cfg, capsys):
+    jobs, out = finished
+    segment = out / INDEX_DIR / "seg-otherhost-1-w0-1.jsonl"  # a bogus line, alone in a segment
+    segment.write_text('["Cls/a","done","zz",1,2,3,4,5,6,7,"x",99999999999999999999,"",""]\n')
+    capsys.readouterr()
+    assert run_flow(jobs, out, fast_cfg).computed == 0
+    assert f"{segment}, line 1: index entry recorded in the future" in capsys.readouterr().out
+    assert run_flow(jobs, out, fast_cfg).computed == 0
+    assert "index entry" not in capsys.readouterr().out and not segment.exists()
