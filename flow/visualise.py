@@ -105,36 +105,37 @@ def wheel_legend(size: int = 65) -> np.ndarray:
     return out
 
 
-@drawing
 def contact_sheet(path: Path, rgb: np.ndarray, flows: np.ndarray, indices: Sequence[int], max_flow: float,
                   title: str) -> Path:
     """RGB frames (uint8 [K, H, W, 3] BGR) over the flow from each to the next (float [K, H, W, 2], px),
     colour-coded at one fixed scale, `max_flow` px = full saturation, with the colour wheel as legend."""
-    plt = pyplot()
+    with drawing():
+        plt = pyplot()
 
-    k = len(indices)
-    h, w = rgb.shape[1:3]
-    width = min(24.0, max(6.0, 2.2 * k + 1.6))
-    fig, axes = plt.subplots(2, k + 1, figsize=(width, width / (k + 1) * 2 * h / w + 0.9), squeeze=False,
-                             gridspec_kw={"width_ratios": [1] * k + [0.7]})
-    for col, i in enumerate(indices):
-        axes[0, col].imshow(rgb[col][..., ::-1])
-        axes[0, col].set_title(f"frame {i}", fontsize=8)
-        axes[1, col].imshow(flow_to_colour(flows[col], max_flow)[..., ::-1])
-        axes[1, col].set_title(f"flow {i}->{i + 1}", fontsize=8)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    axes[0, k].axis("off")
-    axes[1, k].imshow(wheel_legend()[..., ::-1])
-    axes[1, k].set_title(f"rim = {max_flow:g} px/frame", fontsize=7)
-    axes[1, k].set_xlabel("hue: direction of motion\n(a point moving from the\ncentre to it); white: still", fontsize=6)
-    fig.suptitle(title, fontsize=9)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with atomic_write(path) as f:
-            fig.savefig(f, dpi=110, format="png", bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return path
+        k = len(indices)
+        h, w = rgb.shape[1:3]
+        width = min(24.0, max(6.0, 2.2 * k + 1.6))
+        fig, axes = plt.subplots(2, k + 1, figsize=(width, width / (k + 1) * 2 * h / w + 0.9), squeeze=False,
+                                 gridspec_kw={"width_ratios": [1] * k + [0.7]})
+        for col, i in enumerate(indices):
+            axes[0, col].imshow(rgb[col][..., ::-1])
+            axes[0, col].set_title(f"frame {i}", fontsize=8)
+            axes[1, col].imshow(flow_to_colour(flows[col], max_flow)[..., ::-1])
+            axes[1, col].set_title(f"flow {i}->{i + 1}", fontsize=8)
+        for ax in axes.ravel():
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0, k].axis("off")
+        axes[1, k].imshow(wheel_legend()[..., ::-1])
+        axes[1, k].set_title(f"rim = {max_flow:g} px/frame", fontsize=7)
+        axes[1, k].set_xlabel("hue: direction of motion\n(a point moving from the\ncentre to it); white: still",
+                              fontsize=6)
+        fig.suptitle(title, fontsize=9)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with atomic_write(path) as f:
+                fig.savefig(f, dpi=110, format="png", bbox_inches="tight")
+        finally:
+            plt.close(fig)
+        return path

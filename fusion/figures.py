@@ -25,29 +25,29 @@ LABEL_PT = 6.5  # tick labels of the large pictures: 10 px at DPI, the smallest 
 LINE = 1.2  # a label's line height, in font sizes
 
 
-@drawing
 def _save(fig, path: Path, tight: bool = True) -> Path:
     """Write `fig` as PNG (temporary name, then rename). `tight=False` for figures with hundreds of
     labels, whose margins are set by hand: the tight box lays out every label twice."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with atomic_write(path) as f:
-            fig.savefig(f, dpi=DPI, format="png", bbox_inches="tight" if tight else None)
-    finally:
-        pyplot().close(fig)
-    return path
+    with drawing():
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with atomic_write(path) as f:
+                fig.savefig(f, dpi=DPI, format="png", bbox_inches="tight" if tight else None)
+        finally:
+            pyplot().close(fig)
+        return path
 
 
-@drawing
 def png_bytes(fig, dpi: float = DPI) -> bytes:
     """`fig` as PNG bytes (for a page that inlines its pictures); the figure is closed."""
-    buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, dpi=dpi, format="png", bbox_inches="tight")
-    finally:
-        pyplot().close(fig)
-    return buffer.getvalue()
+    with drawing():
+        buffer = io.BytesIO()
+        try:
+            fig.savefig(buffer, dpi=dpi, format="png", bbox_inches="tight")
+        finally:
+            pyplot().close(fig)
+        return buffer.getvalue()
 
 
 def _label_step(row_inches: float, font_points: float) -> int:
@@ -73,7 +73,6 @@ def confusion(path: Path, names: Sequence[str], scores: Sequence[np.ndarray], la
     return _save(confusion_figure(names, scores, labels, classes), path)
 
 
-@drawing
 def confusion_figure(names: Sequence[str], scores: Sequence[np.ndarray], labels: Labels, classes: Sequence[str]):
     """Row-normalised confusion matrices (rows: true class), one panel per method (`names`, `scores`).
 
@@ -83,60 +82,61 @@ def confusion_figure(names: Sequence[str], scores: Sequence[np.ndarray], labels:
     down the left at LABEL_PT (every k-th where the rows are closer than a line); results.md and
     report.html list the most confused pairs by name.
     """
-    plt = pyplot()
-    from matplotlib.colors import PowerNorm
+    with drawing():
+        plt = pyplot()
+        from matplotlib.colors import PowerNorm
 
-    n, k = len(classes), len(names)
-    counts = [metrics.confusion_matrix(s, labels, n).astype(float) for s in scores]
-    hits = np.stack([metrics.per_class_accuracy(metrics.hits_at_k(s, labels, 1), labels, n) for s in scores])
-    if n <= SMALL:
-        order = np.arange(n)
-        cols, rows, side = k, 1, max(3.2, 0.32 * n + 1.5)
-    else:
-        order = class_order(hits)
-        cols = 1 if k == 1 else 2
-        rows = -(-k // cols)
-        side = min(15.0, 3.0 + 0.06 * n)  # 101 classes: 9 in; 400: 15 in, about 4 px per class
-    fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 1.5, side * rows + 0.6), squeeze=False)
-    image = None
-    labels_shown = [classes[i] for i in order]
-    # axes.ravel() may hold one spare panel (an odd number of methods in two columns): strict=False
-    for ax, name, c, h in zip(axes.ravel(), names, counts, hits, strict=False):
-        c = c[np.ix_(order, order)]
-        rates = c / np.maximum(c.sum(axis=1, keepdims=True), 1)
-        norm = PowerNorm(0.5, vmin=0, vmax=1) if n > SMALL else None
-        image = ax.imshow(rates, cmap="viridis", interpolation="nearest", norm=norm,
-                          **({} if norm else {"vmin": 0, "vmax": 1}))
-        acc = 100 * np.nanmean(h)
-        ax.set_title(f"{name}: mean class accuracy {acc:.1f}%" + ("" if n <= SMALL else " (classes by accuracy)"),
-                     fontsize=9)
-        ax.set_xlabel("predicted" if n <= SMALL else "predicted (classes in the order of the rows)")
+        n, k = len(classes), len(names)
+        counts = [metrics.confusion_matrix(s, labels, n).astype(float) for s in scores]
+        hits = np.stack([metrics.per_class_accuracy(metrics.hits_at_k(s, labels, 1), labels, n) for s in scores])
         if n <= SMALL:
-            for (i, j), value in np.ndenumerate(c):
-                if value:
-                    ax.text(j, i, f"{int(value)}", ha="center", va="center", fontsize=7,
-                            color="black" if rates[i, j] > 0.6 else "white")
-    for ax in axes.ravel()[k:]:
-        ax.axis("off")
-    if image is not None:
-        fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, label="share of the true class's videos")
-    # Tick labels last: only now are the panels at their final size (the colorbar took its share).
-    for panel, ax in enumerate(axes.ravel()[:k]):
-        first = panel % cols == 0  # names down the left of each row of panels only
-        if n <= SMALL:
-            ax.set_xticks(range(n), labels_shown, rotation=90, fontsize=7)
-            ax.set_yticks(range(n), labels_shown if first else [], fontsize=7)
+            order = np.arange(n)
+            cols, rows, side = k, 1, max(3.2, 0.32 * n + 1.5)
+        else:
+            order = class_order(hits)
+            cols = 1 if k == 1 else 2
+            rows = -(-k // cols)
+            side = min(15.0, 3.0 + 0.06 * n)  # 101 classes: 9 in; 400: 15 in, about 4 px per class
+        fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 1.5, side * rows + 0.6), squeeze=False)
+        image = None
+        labels_shown = [classes[i] for i in order]
+        # axes.ravel() may hold one spare panel (an odd number of methods in two columns): strict=False
+        for ax, name, c, h in zip(axes.ravel(), names, counts, hits, strict=False):
+            c = c[np.ix_(order, order)]
+            rates = c / np.maximum(c.sum(axis=1, keepdims=True), 1)
+            norm = PowerNorm(0.5, vmin=0, vmax=1) if n > SMALL else None
+            image = ax.imshow(rates, cmap="viridis", interpolation="nearest", norm=norm,
+                              **({} if norm else {"vmin": 0, "vmax": 1}))
+            acc = 100 * np.nanmean(h)
+            ax.set_title(f"{name}: mean class accuracy {acc:.1f}%" + ("" if n <= SMALL else " (classes by accuracy)"),
+                         fontsize=9)
+            ax.set_xlabel("predicted" if n <= SMALL else "predicted (classes in the order of the rows)")
+            if n <= SMALL:
+                for (i, j), value in np.ndenumerate(c):
+                    if value:
+                        ax.text(j, i, f"{int(value)}", ha="center", va="center", fontsize=7,
+                                color="black" if rates[i, j] > 0.6 else "white")
+        for ax in axes.ravel()[k:]:
+            ax.axis("off")
+        if image is not None:
+            fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, label="share of the true class's videos")
+        # Tick labels last: only now are the panels at their final size (the colorbar took its share).
+        for panel, ax in enumerate(axes.ravel()[:k]):
+            first = panel % cols == 0  # names down the left of each row of panels only
+            if n <= SMALL:
+                ax.set_xticks(range(n), labels_shown, rotation=90, fontsize=7)
+                ax.set_yticks(range(n), labels_shown if first else [], fontsize=7)
+                if first:
+                    ax.set_ylabel("true")
+                continue
+            ax.apply_aspect()
+            row_inches = ax.get_position().height * fig.get_figheight() / n
+            ticks = list(range(0, n, _label_step(row_inches, LABEL_PT)))
+            ax.set_xticks([])
+            ax.set_yticks(ticks, [labels_shown[t] for t in ticks] if first else [], fontsize=LABEL_PT)
             if first:
-                ax.set_ylabel("true")
-            continue
-        ax.apply_aspect()
-        row_inches = ax.get_position().height * fig.get_figheight() / n
-        ticks = list(range(0, n, _label_step(row_inches, LABEL_PT)))
-        ax.set_xticks([])
-        ax.set_yticks(ticks, [labels_shown[t] for t in ticks] if first else [], fontsize=LABEL_PT)
-        if first:
-            ax.set_ylabel("true" + ("" if len(ticks) == n else f" (every {ticks[1]}th class named)"))
-    return fig
+                ax.set_ylabel("true" + ("" if len(ticks) == n else f" (every {ticks[1]}th class named)"))
+        return fig
 
 
 def per_class_bars(path: Path, names: Sequence[str], accuracy: np.ndarray, classes: Sequence[str]) -> Path:
@@ -147,45 +147,45 @@ def per_class_bars(path: Path, names: Sequence[str], accuracy: np.ndarray, class
 MARKER_COLOURS = ("#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")  # none near the bars' blue
 
 
-@drawing
 def per_class_figure(names: Sequence[str], accuracy: np.ndarray, classes: Sequence[str]):
     """Per-class video hit@1 (percent, `accuracy` [methods, classes]) as horizontal bars of the first
     method, sorted best first, with the other methods as markers on the same rows. The markers of
     each method sit at their own height within the row and the axis runs from -5 to 105, so a
     marker at 0 or at 100 is drawn whole and two methods at the same value do not hide each other."""
-    plt = pyplot()
-    n = len(classes)
-    order = class_order(accuracy[0])
-    height = min(60.0, max(2.5, 0.13 * n + 1.6))
-    fig, ax = plt.subplots(figsize=(7.5, height))
-    y = np.arange(n)
-    ax.barh(y, np.nan_to_num(accuracy[0][order]), color="#4c72b0", height=0.8, label=names[0])
-    markers = "os^Dv<>"
-    others = len(names) - 1
-    for m, (name, acc) in enumerate(zip(names[1:], accuracy[1:], strict=True)):
-        offset = (m - (others - 1) / 2) * min(0.25, 0.6 / max(others, 1))
-        ax.scatter(acc[order], y + offset, s=18, marker=markers[m % len(markers)], zorder=3, label=name,
-                   color=MARKER_COLOURS[m % len(MARKER_COLOURS)], edgecolors="black", linewidths=0.4, clip_on=False)
-    ax.set_ylim(n - 0.5, -0.5)  # best first, at the top
-    ax.set_xlim(-5, 105)
-    ax.set_xticks(range(0, 101, 20))
-    ax.set_xlabel("video hit@1 of the class's test videos (%)")
-    ax.grid(axis="x", alpha=0.3)
-    ax.set_axisbelow(True)  # the grid under the bars: a bar stays one block of colour
-    # Above the axes: a legend inside would cover the rows under it.
-    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=len(names), frameon=False)
-    # inches for the title and the legend above, the axis label below; labels of many classes on the left
-    sides = {"left": 0.3, "right": 0.97} if n > SMALL else {}
-    fig.subplots_adjust(top=1 - 0.7 / height, bottom=0.6 / height, **sides)
-    fig.suptitle(f"Per-class accuracy, sorted by {names[0]}", fontsize=9, y=1 - 0.1 / height, va="top")
-    row_inches = ax.get_position().height * height / max(n, 1)
-    font = min(8.0, row_inches * 72 / LINE)  # as large as the rows allow, up to 8 pt
-    if font >= LABEL_PT:
-        ax.set_yticks(y, [classes[i] for i in order], fontsize=font)
-    else:  # more classes than 60 inches hold at LABEL_PT: every k-th named
-        ticks = y[::_label_step(row_inches, LABEL_PT)]
-        ax.set_yticks(ticks, [classes[order[t]] for t in ticks], fontsize=LABEL_PT)
-    return fig
+    with drawing():
+        plt = pyplot()
+        n = len(classes)
+        order = class_order(accuracy[0])
+        height = min(60.0, max(2.5, 0.13 * n + 1.6))
+        fig, ax = plt.subplots(figsize=(7.5, height))
+        y = np.arange(n)
+        ax.barh(y, np.nan_to_num(accuracy[0][order]), color="#4c72b0", height=0.8, label=names[0])
+        markers = "os^Dv<>"
+        others = len(names) - 1
+        for m, (name, acc) in enumerate(zip(names[1:], accuracy[1:], strict=True)):
+            offset = (m - (others - 1) / 2) * min(0.25, 0.6 / max(others, 1))
+            ax.scatter(acc[order], y + offset, s=18, marker=markers[m % len(markers)], zorder=3, label=name,
+                       color=MARKER_COLOURS[m % len(MARKER_COLOURS)], edgecolors="black", linewidths=0.4, clip_on=False)
+        ax.set_ylim(n - 0.5, -0.5)  # best first, at the top
+        ax.set_xlim(-5, 105)
+        ax.set_xticks(range(0, 101, 20))
+        ax.set_xlabel("video hit@1 of the class's test videos (%)")
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_axisbelow(True)  # the grid under the bars: a bar stays one block of colour
+        # Above the axes: a legend inside would cover the rows under it.
+        ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=len(names), frameon=False)
+        # inches for the title and the legend above, the axis label below; labels of many classes on the left
+        sides = {"left": 0.3, "right": 0.97} if n > SMALL else {}
+        fig.subplots_adjust(top=1 - 0.7 / height, bottom=0.6 / height, **sides)
+        fig.suptitle(f"Per-class accuracy, sorted by {names[0]}", fontsize=9, y=1 - 0.1 / height, va="top")
+        row_inches = ax.get_position().height * height / max(n, 1)
+        font = min(8.0, row_inches * 72 / LINE)  # as large as the rows allow, up to 8 pt
+        if font >= LABEL_PT:
+            ax.set_yticks(y, [classes[i] for i in order], fontsize=font)
+        else:  # more classes than 60 inches hold at LABEL_PT: every k-th named
+            ticks = y[::_label_step(row_inches, LABEL_PT)]
+            ax.set_yticks(ticks, [classes[order[t]] for t in ticks], fontsize=LABEL_PT)
+        return fig
 
 
 def weight_curve(path: Path, curves: dict[str, tuple[Sequence[float], np.ndarray]],
@@ -194,21 +194,21 @@ def weight_curve(path: Path, curves: dict[str, tuple[Sequence[float], np.ndarray
     return _save(weight_figure(curves, chosen), path)
 
 
-@drawing
 def weight_figure(curves: dict[str, tuple[Sequence[float], np.ndarray]], chosen: tuple[str, float] | None = None):
     """Video hit@1 (percent) against the flow weight (RGB weight 1), one line per curve
     ({"test, raw": (weights, hit@1 in 0..1), ...}); `chosen` = (score kind, weight) is marked."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.0, 3.8))
-    for label, (weights, acc) in curves.items():
-        style = "--" if label.startswith("held-out") else "-"
-        ax.plot(weights, 100 * np.asarray(acc), style, marker="o", markersize=3, label=label)
-    if chosen is not None:
-        ax.axvline(chosen[1], color="grey", lw=0.8, ls=":")
-        ax.text(chosen[1], ax.get_ylim()[1], f" used: {chosen[0]} 1:{chosen[1]:g}", fontsize=7, va="top")
-    ax.set_xlabel("flow weight (RGB weight 1)")
-    ax.set_ylabel("video hit@1 (%)")
-    ax.set_title("Late fusion: accuracy against the flow weight", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return fig
+    with drawing():
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(6.0, 3.8))
+        for label, (weights, acc) in curves.items():
+            style = "--" if label.startswith("held-out") else "-"
+            ax.plot(weights, 100 * np.asarray(acc), style, marker="o", markersize=3, label=label)
+        if chosen is not None:
+            ax.axvline(chosen[1], color="grey", lw=0.8, ls=":")
+            ax.text(chosen[1], ax.get_ylim()[1], f" used: {chosen[0]} 1:{chosen[1]:g}", fontsize=7, va="top")
+        ax.set_xlabel("flow weight (RGB weight 1)")
+        ax.set_ylabel("video hit@1 (%)")
+        ax.set_title("Late fusion: accuracy against the flow weight", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        return fig

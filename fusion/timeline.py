@@ -62,7 +62,6 @@ def paths(out: Path, video_id: str) -> list[Path]:
     return [out / f"{video_id}{suffix}" for suffix in SUFFIXES]
 
 
-@drawing
 def write_timeline(out: Path, video: str, video_id: str, snippets: Snippets, classes: Sequence[str],
                    cfg: EvalConfig, *, top_k: int) -> list[Path]:
     """The CSV, JSON and PNG of one video's timeline under `out` (see the module doc)."""
@@ -85,87 +84,88 @@ def write_timeline(out: Path, video: str, video_id: str, snippets: Snippets, cla
     write_text(json_path, json.dumps({"video": video, "video_id": video_id, "num_frames": snippets.num_frames,
                                       "fps": snippets.fps, "window": snippets.window, "stride": snippets.stride,
                                       "padded": snippets.padded, "snippets": rows}, indent=1) + "\n")
-    fig = timeline_figure(video_id, snippets, classes, cfg)
-    with atomic_write(png_path) as f:
-        fig.savefig(f, format="png", dpi=100)
-    pyplot().close(fig)
+    with drawing():  # tick labels are made again as it is saved
+        fig = timeline_figure(video_id, snippets, classes, cfg)
+        with atomic_write(png_path) as f:
+            fig.savefig(f, format="png", dpi=100)
+        pyplot().close(fig)
     return [csv_path, json_path, png_path]
 
 
-@drawing
 def timeline_figure(title: str, snippets: Snippets, classes: Sequence[str], cfg: EvalConfig, leaders: int = 8):
     """Thumbnails, one band per stream coloured by each snippet's top class, and the fused (or the
     only stream's) probability of the leading classes over time."""
-    from matplotlib.patches import Patch
+    with drawing():
+        from matplotlib.patches import Patch
 
-    plt = pyplot()
+        plt = pyplot()
 
-    probs = probabilities(snippets, cfg)
-    names = [n for n in ("rgb", "flow", "fusion") if n in probs]
-    main = probs["fusion" if "fusion" in probs else names[0]]
-    # Seconds from the frames' timestamps (a variable frame rate placed right), else frame numbers.
-    timed = snippets.time_at(0) is not None
-    at = snippets.time_at if timed else float
-    unit = "s" if timed else "frame"
-    starts = np.array([at(s) for s in snippets.starts], dtype=float)
-    ends = np.array([at(s + snippets.window) for s in snippets.starts], dtype=float)
-    # a band reaches the next snippet's start when snippets overlap
-    reach = ends if snippets.stride >= snippets.window else np.array(
-        [at(s + snippets.stride) for s in snippets.starts], dtype=float)
-    # The classes shown: those leading some snippet in any stream, most often first, at most `leaders`.
-    counts = np.zeros(len(classes))
-    for n in names:
-        np.add.at(counts, probs[n].argmax(axis=1), 1)
-    shown = [int(c) for c in np.argsort(-counts, kind="stable") if counts[c] > 0][:leaders]
-    palette = plt.get_cmap("tab10" if len(shown) <= 10 else "tab20")
-    colour = {c: palette(k % palette.N) for k, c in enumerate(shown)}
-    other = (0.75, 0.75, 0.75, 1.0)
-    # the whole video, as the thumbnails span it (the tail shorter than a stride has no snippet)
-    end = at(max(snippets.starts[-1] + snippets.window, snippets.num_frames))
+        probs = probabilities(snippets, cfg)
+        names = [n for n in ("rgb", "flow", "fusion") if n in probs]
+        main = probs["fusion" if "fusion" in probs else names[0]]
+        # Seconds from the frames' timestamps (a variable frame rate placed right), else frame numbers.
+        timed = snippets.time_at(0) is not None
+        at = snippets.time_at if timed else float
+        unit = "s" if timed else "frame"
+        starts = np.array([at(s) for s in snippets.starts], dtype=float)
+        ends = np.array([at(s + snippets.window) for s in snippets.starts], dtype=float)
+        # a band reaches the next snippet's start when snippets overlap
+        reach = ends if snippets.stride >= snippets.window else np.array(
+            [at(s + snippets.stride) for s in snippets.starts], dtype=float)
+        # The classes shown: those leading some snippet in any stream, most often first, at most `leaders`.
+        counts = np.zeros(len(classes))
+        for n in names:
+            np.add.at(counts, probs[n].argmax(axis=1), 1)
+        shown = [int(c) for c in np.argsort(-counts, kind="stable") if counts[c] > 0][:leaders]
+        palette = plt.get_cmap("tab10" if len(shown) <= 10 else "tab20")
+        colour = {c: palette(k % palette.N) for k, c in enumerate(shown)}
+        other = (0.75, 0.75, 0.75, 1.0)
+        # the whole video, as the thumbnails span it (the tail shorter than a stride has no snippet)
+        end = at(max(snippets.starts[-1] + snippets.window, snippets.num_frames))
 
-    fig = plt.figure(figsize=(12, 2.0 + 0.45 * len(names) + 2.2), layout="constrained")
-    grid = fig.add_gridspec(3, 1, height_ratios=[1.6, 0.45 * len(names), 2.2])
-    strip = fig.add_subplot(grid[0])
-    if snippets.thumbnails:
-        images = [image[:, :, ::-1] for _, image in snippets.thumbnails]  # BGR to RGB
-        height = images[0].shape[0]
-        row = np.concatenate([np.pad(img, ((0, height - img.shape[0]), (0, 2), (0, 0)), constant_values=255)
-                              for img in images], axis=1)
-        strip.imshow(row)
-        strip.set_xticks([(k + 0.5) * row.shape[1] / len(images) for k in range(len(images))])
-        strip.set_xticklabels([f"{at(i):.1f}" if timed else str(i) for i, _ in snippets.thumbnails],
-                              fontsize=7)
-        strip.set_yticks([])
-    else:
-        strip.axis("off")
-    strip.set_title(f"{title}: top class per snippet (window {snippets.window}, stride {snippets.stride} frames)",
-                    fontsize=10)
+        fig = plt.figure(figsize=(12, 2.0 + 0.45 * len(names) + 2.2), layout="constrained")
+        grid = fig.add_gridspec(3, 1, height_ratios=[1.6, 0.45 * len(names), 2.2])
+        strip = fig.add_subplot(grid[0])
+        if snippets.thumbnails:
+            images = [image[:, :, ::-1] for _, image in snippets.thumbnails]  # BGR to RGB
+            height = images[0].shape[0]
+            row = np.concatenate([np.pad(img, ((0, height - img.shape[0]), (0, 2), (0, 0)), constant_values=255)
+                                  for img in images], axis=1)
+            strip.imshow(row)
+            strip.set_xticks([(k + 0.5) * row.shape[1] / len(images) for k in range(len(images))])
+            strip.set_xticklabels([f"{at(i):.1f}" if timed else str(i) for i, _ in snippets.thumbnails],
+                                  fontsize=7)
+            strip.set_yticks([])
+        else:
+            strip.axis("off")
+        strip.set_title(f"{title}: top class per snippet (window {snippets.window}, stride {snippets.stride} frames)",
+                        fontsize=10)
 
-    bands = fig.add_subplot(grid[1])
-    for k, n in enumerate(names):
-        top = probs[n].argmax(axis=1)
-        for t, s in enumerate(starts):
-            c = int(top[t])
-            base = colour.get(c, other)
-            alpha = 0.25 + 0.75 * float(probs[n][t, c])  # paler where the stream is less sure
-            bands.broken_barh([(s, reach[t] - s)], (k - 0.4, 0.8), facecolors=[(*base[:3], alpha)])
-    bands.set_yticks(range(len(names)))
-    bands.set_yticklabels(names)
-    bands.set_ylim(len(names) - 0.5, -0.5)
-    bands.set_xlim(0, end)
-    bands.set_xticklabels([])
-    handles = [Patch(color=colour[c], label=classes[c]) for c in shown]
-    if len(shown) < len(np.unique(np.concatenate([probs[n].argmax(axis=1) for n in names]))):
-        handles.append(Patch(color=other, label="other"))
-    bands.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+        bands = fig.add_subplot(grid[1])
+        for k, n in enumerate(names):
+            top = probs[n].argmax(axis=1)
+            for t, s in enumerate(starts):
+                c = int(top[t])
+                base = colour.get(c, other)
+                alpha = 0.25 + 0.75 * float(probs[n][t, c])  # paler where the stream is less sure
+                bands.broken_barh([(s, reach[t] - s)], (k - 0.4, 0.8), facecolors=[(*base[:3], alpha)])
+        bands.set_yticks(range(len(names)))
+        bands.set_yticklabels(names)
+        bands.set_ylim(len(names) - 0.5, -0.5)
+        bands.set_xlim(0, end)
+        bands.set_xticklabels([])
+        handles = [Patch(color=colour[c], label=classes[c]) for c in shown]
+        if len(shown) < len(np.unique(np.concatenate([probs[n].argmax(axis=1) for n in names]))):
+            handles.append(Patch(color=other, label="other"))
+        bands.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
 
-    curves = fig.add_subplot(grid[2])
-    centres = (starts + ends) / 2
-    for c in shown:
-        curves.plot(centres, main[:, c], color=colour[c], label=classes[c], linewidth=1.5)
-    curves.set_xlim(0, end)
-    curves.set_ylim(0, 1)
-    curves.set_xlabel(f"time ({unit})")
-    curves.set_ylabel(f"{'fused' if 'fusion' in probs else names[0]} probability")
-    curves.grid(alpha=0.3)
-    return fig
+        curves = fig.add_subplot(grid[2])
+        centres = (starts + ends) / 2
+        for c in shown:
+            curves.plot(centres, main[:, c], color=colour[c], label=classes[c], linewidth=1.5)
+        curves.set_xlim(0, end)
+        curves.set_ylim(0, 1)
+        curves.set_xlabel(f"time ({unit})")
+        curves.set_ylabel(f"{'fused' if 'fusion' in probs else names[0]} probability")
+        curves.grid(alpha=0.3)
+        return fig

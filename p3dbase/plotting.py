@@ -3,17 +3,17 @@ display) and text drawn exactly as written.
 
 Class names, video ids and titles come from users' folders and annotation files. matplotlib would
 read a name holding two `$` as TeX ("save $$$", "a $5 or $10 bet") and raise on one it cannot parse,
-losing the whole report; `drawing` turns that parsing off while a figure is built (matplotlib reads
-the setting when each text is made). matplotlib is imported only when a picture is drawn: stages
-that draw nothing never pay for it.
+losing the whole report; `with drawing():` turns that parsing off while a figure is built and saved
+(matplotlib reads the setting when each text is made, tick labels included, some at save time), and
+gives it back after, so a caller's own figures keep TeX. A context manager, not a decorator: the
+ground never calls up into the code that draws. matplotlib is imported only when a picture is
+drawn: stages that draw nothing never pay for it.
 """
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from typing import Any, TypeVar
-
-F = TypeVar("F", bound=Callable[..., Any])
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 
 def pyplot() -> Any:
@@ -26,14 +26,11 @@ def pyplot() -> Any:
     return plt
 
 
-def drawing(fn: F) -> F:
-    """Decorate a function that builds a figure: Agg, and no TeX parsing of any text it adds."""
-    @functools.wraps(fn)
-    def draw(*args: Any, **kwargs: Any) -> Any:
-        import matplotlib
+@contextmanager
+def drawing() -> Iterator[None]:
+    """Build (and save) a figure inside: Agg, and no TeX parsing of any text added."""
+    import matplotlib
 
-        matplotlib.use("Agg")
-        with matplotlib.rc_context({"text.parse_math": False}):
-            return fn(*args, **kwargs)
-
-    return draw  # type: ignore[return-value]
+    matplotlib.use("Agg")
+    with matplotlib.rc_context({"text.parse_math": False}):
+        yield

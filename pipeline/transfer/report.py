@@ -110,62 +110,62 @@ def chance_of(table: pd.DataFrame, classes: dict[str, int]) -> dict[str, float]:
     return {b: chance(p, classes.get(b)) for b, p in protocols.items()}
 
 
-@drawing
 def chart_figure(compared: pd.DataFrame, chances: dict[str, float] | None = None, stand_ins: Sequence[str] = ()):
     """Bars per benchmark (its main metric, accuracy): ours per stream, then the paper's methods
     (hatched); a dashed line at chance over each benchmark's bars; stand-in benchmarks marked under
     their name and in a caveat under the chart."""
-    plt = pyplot()
+    with drawing():
+        plt = pyplot()
 
-    chances = chances or {}
-    main = compared[compared["metric"] == "accuracy"] if not compared.empty else compared
-    # a stream without a row (no flow stream given) takes no slot in the groups
-    series = [c for c in (*(f"ours {s}" for s in STREAMS), *PAPER_METHODS) if c in main.columns
-              and main[c].notna().any()]
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.8 * max(len(main), 1) + 3.5), 4.4))
-    if main.empty:
-        ax.text(0.5, 0.5, "no benchmark stands for one of the paper's", ha="center", va="center")
-        ax.set_axis_off()
+        chances = chances or {}
+        main = compared[compared["metric"] == "accuracy"] if not compared.empty else compared
+        # a stream without a row (no flow stream given) takes no slot in the groups
+        series = [c for c in (*(f"ours {s}" for s in STREAMS), *PAPER_METHODS) if c in main.columns
+                  and main[c].notna().any()]
+        fig, ax = plt.subplots(figsize=(max(7.0, 1.8 * max(len(main), 1) + 3.5), 4.4))
+        if main.empty:
+            ax.text(0.5, 0.5, "no benchmark stands for one of the paper's", ha="center", va="center")
+            ax.set_axis_off()
+            return fig
+        width = 0.8 / len(series)
+        x = np.arange(len(main))
+        for k, name in enumerate(series):
+            values = main[name].to_numpy(dtype=float)
+            ax.bar(x + (k - (len(series) - 1) / 2) * width, np.nan_to_num(values), width, label=name,
+                   hatch="//" if name in PAPER_METHODS else None, alpha=0.9)
+        for i, benchmark in enumerate(main["benchmark"]):
+            level = chances.get(benchmark, float("nan"))
+            if not math.isnan(level):
+                first = "chance" not in ax.get_legend_handles_labels()[1]
+                ax.hlines(level, i - 0.45, i + 0.45, colors="black", linestyles="--", linewidth=1.2, zorder=4,
+                          gid="chance", **({"label": "chance"} if first else {}))
+        names = [f"{b}\n({p})" + ("\nSTAND-IN DATA" if b in stand_ins else "")
+                 for b, p in zip(main["benchmark"], main["paper benchmark"], strict=True)]
+        ax.set_xticks(x, names)
+        for label, benchmark in zip(ax.get_xticklabels(), main["benchmark"], strict=True):
+            if benchmark in stand_ins:
+                label.set_color("#a05a00")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.set_title("Ours (hatched: the paper's published figures; dashed: chance)")
+        if any(b in stand_ins for b in main["benchmark"]):
+            fig.text(0.01, 0.01, STAND_IN, fontsize=8, color="#a05a00", wrap=True)
+            fig.tight_layout(rect=(0, 0.07, 1, 1))
+        else:
+            fig.tight_layout()
         return fig
-    width = 0.8 / len(series)
-    x = np.arange(len(main))
-    for k, name in enumerate(series):
-        values = main[name].to_numpy(dtype=float)
-        ax.bar(x + (k - (len(series) - 1) / 2) * width, np.nan_to_num(values), width, label=name,
-               hatch="//" if name in PAPER_METHODS else None, alpha=0.9)
-    for i, benchmark in enumerate(main["benchmark"]):
-        level = chances.get(benchmark, float("nan"))
-        if not math.isnan(level):
-            first = "chance" not in ax.get_legend_handles_labels()[1]
-            ax.hlines(level, i - 0.45, i + 0.45, colors="black", linestyles="--", linewidth=1.2, zorder=4,
-                      gid="chance", **({"label": "chance"} if first else {}))
-    names = [f"{b}\n({p})" + ("\nSTAND-IN DATA" if b in stand_ins else "")
-             for b, p in zip(main["benchmark"], main["paper benchmark"], strict=True)]
-    ax.set_xticks(x, names)
-    for label, benchmark in zip(ax.get_xticklabels(), main["benchmark"], strict=True):
-        if benchmark in stand_ins:
-            label.set_color("#a05a00")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_title("Ours (hatched: the paper's published figures; dashed: chance)")
-    if any(b in stand_ins for b in main["benchmark"]):
-        fig.text(0.01, 0.01, STAND_IN, fontsize=8, color="#a05a00", wrap=True)
-        fig.tight_layout(rect=(0, 0.07, 1, 1))
-    else:
-        fig.tight_layout()
-    return fig
 
 
-@drawing
 def write_chart(path: Path, compared: pd.DataFrame, chances: dict[str, float] | None = None,
                 stand_ins: Sequence[str] = ()) -> None:
     """results.png: `chart_figure` written atomically."""
-    fig = chart_figure(compared, chances, stand_ins)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, keep_suffix=True) as tmp:
-        fig.savefig(tmp, dpi=100)
-    pyplot().close(fig)
+    with drawing():
+        fig = chart_figure(compared, chances, stand_ins)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, keep_suffix=True) as tmp:
+            fig.savefig(tmp, dpi=100)
+        pyplot().close(fig)
 
 
 def write_report(out_dir: Path, r: TransferReport) -> str:
