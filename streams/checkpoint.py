@@ -234,8 +234,10 @@ def _payload_problem(state: dict[str, Any]) -> str:
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             return f"{key} must be a whole number >= 0, got {str(value)[:60]}"
     for key in ("model", "model_config", "train_config", "metrics", "flow"):
-        if not isinstance(state.get(key) or {}, dict):
-            return f"{key} must be a table, got {type(state[key]).__name__}"
+        optional = key in ("metrics", "flow")  # older checkpoints: absent, or flow None (unknown)
+        value = state.get(key) if not optional else state.get(key) or {}
+        if not isinstance(value, dict):
+            return f"{key} must be a table, got {type(value).__name__}"
     for section, rules, required in (("train_config", _GEOMETRY, ("clip_len", "crop", "resize")),
                                      ("model_config", _DROPOUT, ())):
         config = state[section]

@@ -37,6 +37,8 @@ def _set(section, key, value):
     (_set("", "epoch", -1), "epoch must be a whole number >= 0, got -1"),
     (_set("", "metrics", [1, 2]), "metrics must be a table, got list"),
     (_set("", "model_config", [1]), "model_config must be a table, got list"),
+    (_set("", "model_config", None), "model_config must be a table, got NoneType"),
+    (_set("", "train_config", None), "train_config must be a table, got NoneType"),
     (_set("train_config", "crop", "big"), "train_config.crop must be int, got 'big'"),
     (_set("train_config", "crop", -8), "train_config.crop must be 1 to 4096, got -8"),
     (_set("train_config", "clip_len", 0), "train_config.clip_len must be 1 to 1024, got 0"),
