@@ -27,6 +27,7 @@ without its y fail the video with the reason (the flow stage lists it in the man
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -131,8 +132,18 @@ def scan(folder: Path | str) -> RawframeVideo:
     return RawframeVideo(folder, frames, flows["x"], flows["y"], kind)
 
 
-def _gaps(table: dict[int, Path], start: int, stop: int) -> list[int]:
-    return [i for i in range(start, stop) if i not in table]
+def in_order(table: dict[int, Path], where: str, what: str = "frame") -> list[Path]:
+    """The files of `table` (number -> file) in order; FlowError naming `where` when the numbering,
+    from its first number, has a gap. Found from the sorted numbers, never a list over their range:
+    one stray `frame_99999999999999.jpg` is a jump to report, not 10^14 numbers to hold."""
+    numbers = sorted(table)
+    for before, after in itertools.pairwise(numbers):
+        if after != before + 1:
+            missing = numbers[-1] - numbers[0] + 1 - len(numbers)
+            raise FlowError(f"{where}: {missing} {what}(s) missing in {numbers[0]}..{numbers[-1]}, e.g. image "
+                            f"{before + 1} (the numbering jumps from {shown(table[before].name)} to "
+                            f"{shown(table[after].name)})")
+    return [table[i] for i in numbers]
 
 
 def check(video: RawframeVideo) -> CheckedVideo:
@@ -143,12 +154,8 @@ def check(video: RawframeVideo) -> CheckedVideo:
     if start not in (0, 1):
         raise FlowError(f"{where}: frame numbering starts at {start}, expected 0 (denseflow) or 1 (mmaction2, TSN): "
                         "is the first frame missing?")
-    stop = max(video.frames) + 1
-    missing = _gaps(video.frames, start, stop)
-    if missing:
-        raise FlowError(f"{where}: {len(missing)} frame(s) missing in {start}..{stop - 1}, e.g. image {missing[0]} "
-                        f"(after {shown(video.frames[max(i for i in video.frames if i < missing[0])].name)})")
-    count = stop - start
+    frames = in_order(video.frames, where)
+    count = len(frames)
     if count < 2:
         raise FlowError(f"{where}: only one frame, flow needs at least two")
     unpaired = sorted(set(video.flow_x) ^ set(video.flow_y))
@@ -160,15 +167,12 @@ def check(video: RawframeVideo) -> CheckedVideo:
     if not video.flow_x:
         raise FlowError(f"{where}: no flow images (flow_x_00001.jpg, x_00001.jpg, flow/...) next to its "
                         f"{count} frames")
-    flow_start, flow_stop = min(video.flow_x), max(video.flow_x) + 1
+    flow_start = min(video.flow_x)
     if flow_start != start:
         raise FlowError(f"{where}: frames are numbered from {start} but flow from {flow_start}"
                         + (": is the first flow image missing?" if flow_start > start else ""))
-    gaps = _gaps(video.flow_x, flow_start, flow_stop)
-    if gaps:
-        raise FlowError(f"{where}: {len(gaps)} flow image(s) missing in {flow_start}..{flow_stop - 1}, "
-                        f"e.g. image {gaps[0]}")
-    flows = flow_stop - flow_start
+    flows = len(in_order(video.flow_x, where, "flow image"))
+    flow_stop = flow_start + flows
     if flows > count:
         raise FlowError(f"{where}: extra flow: {count} frames but {flows} flow images (N frames have N - 1, "
                         f"or N with the last one past the end); flow image {start + count} has no frame to start from")
@@ -176,7 +180,7 @@ def check(video: RawframeVideo) -> CheckedVideo:
         raise FlowError(f"{where}: flow missing: {count} frames need {count - 1} flow images, found {flows} "
                         f"(none after image {flow_stop - 1})")
     used = range(start, start + count - 1)
-    return CheckedVideo([video.frames[i] for i in range(start, stop)],
+    return CheckedVideo(frames,
                         [(video.flow_x[i], video.flow_y[i]) for i in used], video.kind, flows == count)
 
 
@@ -191,7 +195,7 @@ def _bytes(path: Path) -> bytes:
     return data
 
 
-def _read(path: Path, flags: int, data: bytes | None = None) -> np.ndarray:
+def read_image(path: Path, flags: int, data: bytes | None = None) -> np.ndarray:
     """The image at `path` (its bytes `data` when already read), decoded by OpenCV."""
     data = _bytes(path) if data is None else data
     try:
@@ -220,7 +224,7 @@ def _keepable(data: bytes, path: Path, size: tuple[int, int], channels: int, min
     return True
 
 
-def _same_size(image: np.ndarray, first: np.ndarray, path: Path) -> np.ndarray:
+def same_size(image: np.ndarray, first: np.ndarray, path: Path) -> np.ndarray:
     """A frame of another size than the video's first is a broken folder, not one to resize quietly."""
     if image.shape[:2] != first.shape[:2]:
         raise FlowError(f"{shown(path)}: {image.shape[1]}x{image.shape[0]} px, but the video's first frame is "
@@ -233,7 +237,7 @@ def _flow_image(x_path: Path, y_path: Path, size: tuple[int, int], bound: float,
     """uint8 [H, W, 2] flow at the store's size and bound from a pair of flow JPEGs (their bytes:
     `data`) encoded at `cfg.rawframes_bound`. Copied as it is when neither changes; else decoded to
     px, resized with the vectors scaled by the size ratio, and encoded at the store's bound."""
-    x, y = _read(x_path, cv2.IMREAD_GRAYSCALE, data[0]), _read(y_path, cv2.IMREAD_GRAYSCALE, data[1])
+    x, y = read_image(x_path, cv2.IMREAD_GRAYSCALE, data[0]), read_image(y_path, cv2.IMREAD_GRAYSCALE, data[1])
     if x.shape != y.shape:
         raise FlowError(f"{shown(x_path)} is {x.shape[1]}x{x.shape[0]} but {shown(y_path.name)} is "
                         f"{y.shape[1]}x{y.shape[0]}")
@@ -255,7 +259,7 @@ def import_video(folder: Path | str, writer: VideoWriter, cfg: FlowConfig,
     `batch_pairs` images at a time; `between_chunks` runs before each (the stage checks that its run
     is alive). FlowError naming the folder for a missing, extra or unreadable image."""
     video = check(scan(folder))
-    first = _read(video.frames[0], cv2.IMREAD_COLOR)
+    first = read_image(video.frames[0], cv2.IMREAD_COLOR)
     size = output_size(first.shape[1], first.shape[0], cfg.size)
     if cfg.max_pixels > 0 and size[0] * size[1] > cfg.max_pixels:
         raise FlowError(f"{shown(video.frames[0])}: frames of {first.shape[1]}x{first.shape[0]} would be stored at "
@@ -273,7 +277,7 @@ def import_video(folder: Path | str, writer: VideoWriter, cfg: FlowConfig,
                 writer.add_rgb_jpegs([data], shape)
                 video.copied += 1
             else:
-                writer.add_rgb(resize(_same_size(_read(path, cv2.IMREAD_COLOR, data), first, path), size)[None])
+                writer.add_rgb(resize(same_size(read_image(path, cv2.IMREAD_COLOR, data), first, path), size)[None])
         for x_path, y_path in video.flows[lo: lo + step]:
             pair = (_bytes(x_path), _bytes(y_path))
             if keep_flow and all(_keepable(d, p, size, 1, cfg.rawframes_min_quality)

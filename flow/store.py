@@ -44,6 +44,7 @@ from flow.codec import (
     encode_rgb,
     flow_jpeg_blob,
     flow_jpegs,
+    jpeg_header,
 )
 from flow.errors import FlowError
 from flow.index import StoreIndex
@@ -396,6 +397,7 @@ class MmactionFrames(VideoFrames):
         if self.num_frames < 1 or self.num_flows != self.num_frames - 1 or not expected <= names:
             raise FlowError(f"video {video_id}: {path} does not hold img_00001..N and "
                             f"flow_x/flow_y_00001..N-1 JPEGs")
+        self.height = self.width = 0  # the first frame's size, which every image of the video must have
         first = self._read(f"img_{1:05d}.jpg", cv2.IMREAD_COLOR)
         self.height, self.width = first.shape[:2]
 
@@ -412,29 +414,39 @@ class MmactionFrames(VideoFrames):
         return side.get("origin"), crcs
 
     def verify(self) -> None:
-        """Every JPEG against its CRC32 and decoded (a folder without checksums: decoded only)."""
+        """Every JPEG against its CRC32, decoded and of the first frame's size (a folder without
+        checksums: decoded and its size checked)."""
         names = [f"img_{i + 1:05d}.jpg" for i in range(self.num_frames)]
         names += [f"flow_{c}_{i + 1:05d}.jpg" for i in range(self.num_flows) for c in "xy"]
         for name in names:
-            try:
-                data = (self.path / name).read_bytes()
-            except OSError as e:
-                raise FlowError(f"video {self.video_id}: cannot read {self.path / name}: {e.strerror}") from None
-            if self._crcs is not None and zlib.crc32(data) != self._crcs.get(name):
-                raise FlowError(f"video {self.video_id}: {self.path / name} is corrupt (CRC32 mismatch): redo "
-                                "the video (re-run the flow stage)")
-            if cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) is None:
-                raise FlowError(f"video {self.video_id}: cannot decode {self.path / name}")
+            self._read(name, cv2.IMREAD_UNCHANGED)
 
-    def _read(self, name: str, flags: int) -> np.ndarray:
+    def _bytes(self, name: str) -> bytes:
+        """The file `name`'s bytes, checked against its CRC32 when the side file keeps them (as a pack's
+        blobs are on every read: a JPEG with flipped bytes may still decode, into a wrong image)."""
         # Bytes through Python, not cv2.imread: OpenCV crashes on a path that is not valid UTF-8.
         try:
-            img = cv2.imdecode(np.frombuffer((self.path / name).read_bytes(), np.uint8), flags)
-        except OSError:
-            img = None
+            data = (self.path / name).read_bytes()
+        except OSError as e:
+            raise FlowError(f"video {self.video_id}: cannot read {self.path / name}: {e.strerror}") from None
+        if self._crcs is not None and zlib.crc32(data) != self._crcs.get(name):
+            raise FlowError(f"video {self.video_id}: {self.path / name} is corrupt (CRC32 mismatch): redo "
+                            "the video (re-run the flow stage)")
+        return data
+
+    def _read(self, name: str, flags: int) -> np.ndarray:
+        data = self._bytes(name)
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None  # OpenCV asserts on b""
         if img is None:
             raise FlowError(f"video {self.video_id}: cannot decode {self.path / name}")
+        self._check_size(name, img.shape[0], img.shape[1])
         return img
+
+    def _check_size(self, name: str, height: int, width: int) -> None:
+        """An image of another size than the first frame is a broken folder (a pack's meta has one size)."""
+        if self.height and (height, width) != (self.height, self.width):
+            raise FlowError(f"video {self.video_id}: {self.path / name} is {width}x{height} px, but the video's first "
+                            f"frame is {self.width}x{self.height}: every image of a video must have one size")
 
     def rgb(self, indices: Sequence[int], out: np.ndarray | None = None, *, fast: bool = False) -> np.ndarray:
         # The layout as mmaction2 reads it (cv2, accurate): `fast` is ignored.
@@ -450,10 +462,17 @@ class MmactionFrames(VideoFrames):
         else:
             names = [f"flow_{c}_{i + 1:05d}.jpg" for i in _check_indices(self.video_id, indices, self.num_flows, "flow")
                      for c in "xy"]
-        try:
-            return [np.fromfile(self.path / name, np.uint8) for name in names]
-        except OSError as e:
-            raise FlowError(f"video {self.video_id}: cannot read {e.filename}: {e.strerror}") from None
+        blobs = []
+        for name in names:
+            data = self._bytes(name)
+            try:  # the header's size (the GPU would resize an image of another size quietly)
+                height, width = jpeg_header(data)[:2]
+            except CodecError:
+                pass  # not a JPEG this parser reads: the decoder says so
+            else:
+                self._check_size(name, height, width)
+            blobs.append(np.frombuffer(data, np.uint8))
+        return blobs
 
     def flow(self, indices: Sequence[int], out: np.ndarray | None = None, *, fast: bool = False) -> np.ndarray:
         idx = _check_indices(self.video_id, indices, self.num_flows, "flow")

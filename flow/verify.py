@@ -2,12 +2,12 @@
 
 A re-run of the flow stage trusts the store's index and reads no image; this is the explicit check
 that reads them all: each pack's structure and the CRC32 of every image (mmaction folders: every
-JPEG against the checksums the flow stage kept beside them, and decoded), and what the flow stage
-compares: that every video the index lists as done is stored, and holds the counts and was made from
-the source the index records (a pack of another video copied over it is caught here, not only by the
-next `flow` run). Damaged videos are listed in `<store>/verify-report.csv` and marked "damaged" in the
-index, so that the next `flow` run redoes them (a store that cannot be written, e.g. on a read-only
-share, is checked all the same and the result only printed). Reading is I/O-bound on a cold disk;
+JPEG against the checksums the flow stage kept beside them, decoded and of one size), and what the
+flow stage compares: that every video the index lists as done is stored, and holds the counts and was
+made from the source the index records (a pack of another video copied over it is caught here, not
+only by the next `flow` run). Damaged videos are listed in `<store>/verify-report.csv` and marked
+"damaged" in the index, so that the next `flow` run redoes them (a store that cannot be written, e.g.
+on a read-only share, is checked all the same and the result only printed). Reading is I/O-bound on a cold disk;
 one process per core keeps the decoding and checksums off the critical path.
 """
 from __future__ import annotations

@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import multiprocessing
+import os
 import threading
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -197,9 +198,25 @@ class Engine:
 
 
 def file_signature(path: Path) -> str:
-    """What ties an output to the file it was computed from: its size and modification time."""
-    stat = Path(path).stat()
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
+    """What ties an output to the file it was computed from: its size and modification time; for a
+    folder (a frame folder, a video of the mmaction layout), its files' count, total size and newest
+    modification time, sub-folders included: an image rewritten in place changes its own mtime, not
+    the folder's."""
+    if not Path(path).is_dir():
+        stat = Path(path).stat()
+        return f"{stat.st_size}:{stat.st_mtime_ns}"
+    stats = list(_file_stats(path))
+    return f"{len(stats)}:{sum(s.st_size for s in stats)}:{max((s.st_mtime_ns for s in stats), default=0)}"
+
+
+def _file_stats(folder: Path | str) -> Iterator[os.stat_result]:
+    """The stat of every file under `folder` (symbolic links to folders not followed: no loop)."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                yield from _file_stats(entry.path)
+            elif entry.is_file():
+                yield entry.stat()
 
 
 def store_source(store: Store) -> dict:

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from flow.errors import FlowError
-from flow.rawframes import scan
+from flow.rawframes import in_order, read_image, same_size, scan
 from flow.video import VIDEO_EXTENSIONS, VideoReader, output_size, resize
 from fusion.engine import file_signature
 from fusion.errors import FusionError
@@ -117,11 +117,7 @@ def list_inputs(sources: Sequence[Path | str]) -> list[VideoInput]:
 
 def input_signature(path: Path) -> str:
     """What ties an output to its input: a video file's size and mtime; a frame folder's image
-    count, total size and newest mtime."""
-    path = Path(path)
-    if path.is_dir():
-        stats = [p.stat() for p in path.rglob("*") if p.is_file()]
-        return f"{len(stats)}:{sum(s.st_size for s in stats)}:{max((s.st_mtime_ns for s in stats), default=0)}"
+    count, total size and newest mtime (fusion.engine.file_signature, which the store's videos share)."""
     return file_signature(path)
 
 
@@ -133,34 +129,25 @@ class FolderReader:
         self.path = Path(path)
         self.size = size
         self.max_pixels = max_pixels
-        video = scan(self.path)
-        start = min(video.frames)
-        gaps = [i for i in range(start, max(video.frames) + 1) if i not in video.frames]
-        if gaps:
-            raise FlowError(f"{shown(self.path)}: {len(gaps)} frame(s) missing in the numbering, e.g. image {gaps[0]}")
-        self.files = [video.frames[i] for i in sorted(video.frames)]
+        self.files = in_order(scan(self.path).frames, shown(self.path))
         self.declared_frames = len(self.files)
         self.fps = 0.0  # a folder of images says nothing about time
         self.timestamps: list[float] = []
         self.frames_read = 0
 
     def frames(self) -> Iterator[np.ndarray]:
-        out_size = None
+        first = out_size = None
         for path in self.files:
-            try:  # bytes through Python: OpenCV crashes on a path that is not valid UTF-8
-                image = cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
-            except OSError as e:
-                raise FlowError(f"{shown(path)}: cannot read: {e.strerror}") from None
-            if image is None:
-                raise FlowError(f"{shown(path)}: not an image OpenCV can decode")
-            if out_size is None:
+            image = read_image(path, cv2.IMREAD_COLOR)
+            if first is None:
+                first = image
                 out_size = output_size(image.shape[1], image.shape[0], self.size)
                 if self.max_pixels > 0 and out_size[0] * out_size[1] > self.max_pixels:
                     raise FlowError(f"{shown(path)}: frames of {image.shape[1]}x{image.shape[0]} would be processed "
                                     f"at {out_size[0]}x{out_size[1]}, more than [flow] max_pixels = "
                                     f"{self.max_pixels:,}: set [flow] size")
             self.frames_read += 1
-            yield resize(image, out_size)
+            yield resize(same_size(image, first, path), out_size)  # refused like the rawframes import does
 
     def check_complete(self, tolerance: float) -> None:
         if self.frames_read == 0:

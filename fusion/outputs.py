@@ -3,9 +3,10 @@
 A video's outputs for one stream are the logits of its score views (`[eval] clips` x `crops`) and its
 pool5 feature averaged over the feature views (`svm_clips` centre clips, each with its mirror). Both
 come from the engine's output cache (`<out_dir>/cache`, keyed by the checkpoint's SHA-256, the clip
-geometry, the view plan and the store's settings; each entry tied to the size and mtime of the
-video's entry in the store): a killed run resumes, a re-run reads everything back without the
-network, a video redone by `make flow` and a changed checkpoint are recomputed.
+geometry, the view plan and the store's settings; each entry tied to the video's entry in the store
+by fusion.engine.file_signature: a pack's size and mtime, an mmaction folder's image count, total
+size and newest mtime): a killed run resumes, a re-run reads everything back without the network, a
+video redone by `make flow`, an image rewritten in place and a changed checkpoint are recomputed.
 """
 from __future__ import annotations
 

@@ -102,6 +102,25 @@ def test_missing_frame_and_extra_flow_fail_with_the_reason(tmp_path, start, caps
     assert (again.computed, again.skipped, again.failed) == (0, 1, 4)
 
 
+def test_a_stray_huge_number_fails_its_folder_in_one_line(tmp_path, capsys):
+    """One `img_99999999999999.jpg` (or flow image) among a folder's: that folder fails naming the jump,
+    the others import. Was: a list over the whole number range, all memory taken before any video."""
+    good = write_tree(tmp_path / "good", frames=5, flows=4)
+    frame = write_tree(tmp_path / "frame", frames=5, flows=4)
+    (frame / "img_99999999999999.jpg").write_bytes((frame / "img_00002.jpg").read_bytes())
+    flow = write_tree(tmp_path / "flow", frames=5, flows=4)
+    for axis in "xy":
+        (flow / f"flow_{axis}_99999999999999.jpg").write_bytes((flow / f"flow_{axis}_00001.jpg").read_bytes())
+    summary = run_flow([FlowJob(p.name, p) for p in (good, frame, flow)], tmp_path / "store", RAW)
+    assert "; 2 failing (listed in the manifest)" in capsys.readouterr().out
+    assert (summary.computed, summary.failed) == (1, 2)
+    rows = read_manifest(tmp_path / "store" / "manifest.csv")
+    assert rows["frame"].error.endswith("99999999999993 frame(s) missing in 1..99999999999999, e.g. image 6 (the "
+                                        "numbering jumps from img_00005.jpg to img_99999999999999.jpg)")
+    assert "99999999999994 flow image(s) missing in 1..99999999999999, e.g. image 5 (the numbering jumps from " \
+           "flow_x_00004.jpg to flow_x_99999999999999.jpg)" in rows["flow"].error
+
+
 def test_other_numbering_and_no_folder_fail(tmp_path):
     late = write_tree(tmp_path / "late", frames=4, flows=3, start=2)
     with pytest.raises(FlowError, match="frame numbering starts at 2"):
