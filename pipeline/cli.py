@@ -5,8 +5,11 @@ import argparse
 import contextlib
 import os
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 from p3dbase.errors import P3DError, refusal
 from p3dbase.runlog import run_log
@@ -106,14 +109,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (scancel, a batch system's time limit, `kill`), raised where Ctrl-C's KeyboardInterrupt
+    is, so that a stage stops the same way: workers stopped, the manifest written, temporaries removed."""
+
+
+def _on_sigterm() -> Any:
+    """Turn SIGTERM into Terminated in this process; the handler it replaces, to put back."""
+    main_pid = os.getpid()
+
+    def terminated(signum: int, frame: Any) -> None:
+        if os.getpid() != main_pid:  # a forked helper (the stat child, a DataLoader worker): end quietly
+            os._exit(128 + signum)
+        raise Terminated
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        return None
+    return signal.signal(signal.SIGTERM, terminated)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Imported here so that `--help` answers at once, without loading torch.
-    from pipeline import config_reference, stages, tools_cli
-    from pipeline.config import load_config
-
     log = contextlib.ExitStack()
+    previous = _on_sigterm()
     try:
+        # Imported here so that `--help` answers at once, without loading torch; inside the `try`, so
+        # that Ctrl-C during the imports is the one line too.
+        from pipeline import config_reference, stages, tools_cli
+        from pipeline.config import load_config
+
         cfg = load_config(args.config, args.overrides, run=getattr(args, "run", None))
         log.enter_context(stage_log(args, cfg, sys.argv[1:] if argv is None else argv))
         if args.stage in tools_cli.COMMANDS:
@@ -143,11 +167,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {refusal(err)} (P3D_TRACEBACK=1 shows where)", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: re-run the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+        print(f"{how}: re-run the same command to resume", file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
     finally:
         log.close()  # after the error line: the log ends with it
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -72,3 +72,25 @@ def test_show_flow_without_a_store_is_one_line(tmp_path, capsys):
 def test_bad_held_out_and_run_settings(setting, message, capsys):
     assert main(["eval", "--set", setting]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_sigterm_stops_a_stage_as_ctrl_c_does(tmp_path, monkeypatch, capsys):
+    """scancel and batch time limits send SIGTERM: the process died at once, without the stage's
+    KeyboardInterrupt path (workers stopped, manifest written, temporaries removed) or a line saying
+    to re-run. Now it is that path, with its own line and exit status 143; the handler is put back."""
+    import os
+    import signal
+    import time
+
+    from pipeline import stages
+
+    def stage_that_gets_terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this
+        raise AssertionError("SIGTERM did not stop the stage")
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(stages, "synth_stage", stage_that_gets_terminated)
+    assert main(["synth", "--set", f"dataset.root={str(tmp_path / 'synth')!r}"]) == 143
+    assert capsys.readouterr().err == "terminated (SIGTERM): re-run the same command to resume\n"
+    assert signal.getsignal(signal.SIGTERM) is before
