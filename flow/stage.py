@@ -492,7 +492,7 @@ def run_flow(videos: Sequence[FlowJob], out_dir: Path, cfg: FlowConfig, *, shard
 
     # 4. Compute what is left, recording each finished video in the index as it comes back.
     start = time.perf_counter()
-    with store.index.writer() as index:
+    with store.running() if plan.todo else contextlib.nullcontext(), store.index.writer() as index:
         for entry in plan.adopted:
             index.add(entry, after=plan.after.get(entry.video_id, 0))
         tally = _compute_all(plan.todo, store, cfg, force=force, plan=plan, rows=rows, index=index,

@@ -50,7 +50,7 @@ from flow.errors import FlowError
 from flow.index import StoreIndex
 from p3dbase.atomic import TEMP_MARKER, fsync_dir, write_bytes, writer_token
 from p3dbase.errors import shown
-from p3dbase.lock import hold_lock
+from p3dbase.lock import hold_lock, holder_of
 
 STORE_FILE = "store.json"
 STORE_FORMAT = "p3d-two-stream flow store"
@@ -59,6 +59,7 @@ LAYOUTS = ("packed", "mmaction")
 PACK_SUFFIX = ".pack"
 PACK_MAGIC = b"P3DPACK1"
 LOCK_SUFFIX = ".lock"
+RUNNING_PREFIX = ".flow-running-"  # + writer token + LOCK_SUFFIX: a `flow` run writing the store (Store.running)
 MMACTION_SIDE_FILE = ".p3d.json"  # in each mmaction video folder: CRC32 of every JPEG, what it was made from
 _FOOTER = struct.Struct("<Q8s")  # length of the JSON meta, magic
 
@@ -866,6 +867,21 @@ class Store:
             return self.lock_path(video_id).read_text(errors="replace").strip()
         except OSError:
             return ""
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """Mark the store as being written by this `flow` run for the block: a lock file that only a
+        live run holds (the kernel drops it with the process), so that `running_flows` tells a stage
+        that would read the store half-written. What killed runs left is removed first."""
+        for path in self.root.glob(f"{RUNNING_PREFIX}*{LOCK_SUFFIX}"):
+            with hold_lock(path, wait=False):  # a dead run's: taken and deleted; a live one's: left
+                pass
+        with hold_lock(self.root / f"{RUNNING_PREFIX}{writer_token()}{LOCK_SUFFIX}", holder=writer_token()):
+            yield
+
+    def running_flows(self) -> list[str]:
+        """`host-pid` of each `flow` run writing this store now (none on a finished store)."""
+        return sorted(filter(None, map(holder_of, self.root.glob(f"{RUNNING_PREFIX}*{LOCK_SUFFIX}"))))
 
     def clean_stale(self, video_ids: Sequence[str], *, locked: bool = False) -> int:
         """Delete the temporary files / folders killed writers left for these videos (one

@@ -59,6 +59,23 @@ def hold_lock(path: Path | str, *, wait: bool = True, holder: str | None = None)
         os.close(fd)
 
 
+def holder_of(path: Path | str) -> str | None:
+    """Who holds the lock on `path` now (what it wrote; "?" when unreadable), or None when nobody
+    does or there is no such file. Opens the file read-only and neither makes nor deletes it, so it
+    also asks on a folder this process cannot write (a store on a read-only share)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused while a holder has it exclusively
+    except BlockingIOError:
+        return os.pread(fd, 256, 0).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)
+    return None
+
+
 @contextmanager
 def try_lock(path: Path | str) -> Iterator[str | None]:
     """Yields None while this process holds the lock on `path`, or at once the pid written by the

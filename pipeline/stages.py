@@ -12,7 +12,7 @@ import numpy as np
 
 from flow.manifest import read_manifest
 from flow.stage import FlowJob, FlowSummary, read_only_store, run_flow
-from flow.store import Store, open_store
+from flow.store import Store, open_store, store_exists
 from flow.verify import VerifyReport, verify_store
 from p3dbase.atomic import write_text
 from p3dbase.errors import P3DError, shown
@@ -177,6 +177,9 @@ def write_mmaction_lists(cfg: Config, store_root: Path) -> list[Path]:
 def verify_stage(cfg: Config) -> VerifyReport:
     """`verify`: read every finished video of the run's flow store and check it (flow.verify); damaged
     videos are listed in the store's verify-report.csv and redone by the next `flow` run."""
+    if store_exists(flow_dir(cfg)) and (running := open_store(flow_dir(cfg)).running_flows()):
+        print(f"verify: a `flow` run ({running[0]}) is writing this store: the videos it finishes after this "
+              "check are not checked")
     return verify_store(flow_dir(cfg), jobs=cfg.flow.jobs)
 
 
@@ -184,6 +187,12 @@ def _flow_store(cfg: Config, stage: str) -> tuple[Store, set[str]]:
     """The run's frame + flow store, opened once for a stage (flow.store.StoreMissing says to run the flow
     stage first), and its finished videos."""
     store = open_store(flow_dir(cfg), purpose=stage)
+    running = store.running_flows()
+    if running:  # it would take the videos finished so far for the whole store
+        more = f" and {len(running) - 1} more" if len(running) > 1 else ""
+        raise PipelineError(f"the flow store {shown(store.root)} is being written by a running `flow` "
+                            f"({running[0]}{more}): {stage} would read only the videos finished so far; "
+                            "wait for it to end, then re-run")
     return store, set(store.video_ids())
 
 
@@ -283,7 +292,9 @@ def transfer_dir(cfg: Config) -> Path:
 
 def transfer_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1)) -> pd.DataFrame | None:
     """`[transfer]`: every `[benchmark.NAME]` through its protocol (fusion.transfer_stage), one report in
-    work_dir/transfer (results.csv/.md/.png, excluded.csv). A shard run (n > 1) only computes; None."""
+    work_dir/transfer (results.csv/.md/.png, excluded.csv, report.html), replaced as a whole. A benchmark
+    (or stream) left nothing to score gets no row and a note; PipelineError when no benchmark has a row.
+    A shard run (n > 1) only computes; None."""
     from fusion.transfer_stage import run_transfer
     from pipeline.synth.companions import generate_companions
     from pipeline.transfer.benchmarks import check_transfer_config, read_benchmark
@@ -304,12 +315,13 @@ def transfer_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1)) -> pd.DataFr
     companions = Path(cfg.transfer.companions).resolve() if cfg.transfer.companions else None
     stand_ins = [b.name for b in benchmarks if cfg.benchmark[b.name].format == "synth"
                  or (companions and b.root.resolve().is_relative_to(companions))]
-    print(write_report(out, TransferReport(result.table, result.notes, result.paper_of, result.classes, stand_ins)))
-    write_text(out / "excluded.csv", result.excluded.to_csv(index=False))
-    print(f"transfer: report in {out} (results.csv, results.md, results.png, excluded.csv)")
+    # All its files replace the last report's together (a kill leaves that one whole).
+    print(write_report(out, TransferReport(result.table, result.notes, result.paper_of, result.classes, stand_ins,
+                                           result.excluded)))
+    print(f"transfer: report in {out} (results.csv, results.md, results.png, excluded.csv, report.html)")
     if result.table.empty:
-        raise PipelineError(f"transfer: no benchmark had a video with features for any stream; the reasons are "
-                            f"in {out / 'excluded.csv'}")
+        raise PipelineError(f"transfer: no benchmark could be scored for any stream (each reason in "
+                            f"{out / 'results.md'}); the videos left out are in {out / 'excluded.csv'}")
     return result.table
 
 
