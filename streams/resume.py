@@ -181,16 +181,23 @@ def restore_states(ckpt: Checkpoint, model: P3D, optimizer: torch.optim.Optimize
     """Continue from `ckpt`: model, optimizer, scheduler, scaler and this process's RNG states. A run
     with another process count than the checkpoint's reseeds (its dropout draws differ, and it says so)."""
     state = ckpt.state
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    rng = state.get("rng", [])
-    if len(rng) == ctx.world_size:
-        torch.set_rng_state(rng[ctx.rank]["torch"])
-        if ctx.device.type == "cuda" and rng[ctx.rank].get("cuda") is not None:
-            torch.cuda.set_rng_state(rng[ctx.rank]["cuda"], ctx.device)
-    else:
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        rng = state.get("rng", [])
+        if len(rng) == ctx.world_size:
+            torch.set_rng_state(rng[ctx.rank]["torch"])
+            if ctx.device.type == "cuda" and rng[ctx.rank].get("cuda") is not None:
+                torch.cuda.set_rng_state(rng[ctx.rank]["cuda"], ctx.device)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+        # The checksum says the file is as written; this says another tool or an edit wrote it.
+        what = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise StreamsError(f"checkpoint {ckpt.path}: its training state (optimizer, schedule, scaler or random "
+                           f"states) cannot be restored ({what}): delete it to resume from an older checkpoint "
+                           "(from scratch if there is none)") from None
+    if len(rng) != ctx.world_size:
         torch.manual_seed(seed * 1000 + ctx.rank + 1 + ckpt.step)
         if ctx.is_main:
             print(f"note: {ckpt.path} was written by {len(rng)} process(es), this run has "

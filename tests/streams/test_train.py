@@ -25,7 +25,14 @@ from p3dbase.errors import P3DError
 from streams import metrics as streams_metrics
 from streams import train as streams_train
 from streams.builder import to_channels_last
-from streams.checkpoint import final_checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
+from streams.checkpoint import (
+    CHECKSUM,
+    final_checkpoint,
+    load_checkpoint,
+    payload_sha256,
+    read_checkpoint,
+    save_checkpoint,
+)
 from streams.clips import ClipDataset
 from streams.errors import StreamsError
 from streams.p3d import build_model
@@ -127,6 +134,26 @@ def test_resume_continues_exactly(toy_store, tmp_path, configs):
     assert train_records(parts, "val") == train_records(tmp_path / "whole", "val")
     a, b = read_checkpoint(whole.checkpoint).state["model"], read_checkpoint(rest.checkpoint).state["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda state: state.update(rng="x"),
+    lambda state: state["optimizer"].update(param_groups=[{"params": [0]}]),
+    lambda state: state.pop("scheduler"),
+])
+def test_a_step_checkpoint_whose_training_state_cannot_be_restored_is_one_line(toy_store, tmp_path, configs, damage):
+    """rng, optimizer or scheduler entries an edit or another tool wrote (checksum recomputed) were a
+    TypeError / ValueError / KeyError traceback on resume."""
+    root, train, val = toy_store
+    model_cfg, train_cfg = configs(epochs=2, checkpoint_every=3)
+    first = train_stream(toy(root, train, val), "rgb", model_cfg, dataclasses.replace(train_cfg, max_steps=3), tmp_path)
+    state = torch.load(first.checkpoint, weights_only=True)
+    damage(state)
+    state[CHECKSUM] = {"sha256": payload_sha256(state)}
+    torch.save(state, first.checkpoint)
+    with pytest.raises(StreamsError, match=r"checkpoint .*checkpoint_00000003\.pt: its training state .* cannot be "
+                                           r"restored \(.+\): delete it to resume from an older checkpoint"):
+        train_stream(toy(root, train, val), "rgb", model_cfg, train_cfg, tmp_path)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(toy_store, tmp_path, monkeypatch, configs):
