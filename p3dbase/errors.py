@@ -27,7 +27,11 @@ def shown(text: object) -> str:
     """`text` (a path, a message) as printable UTF-8: bytes of a non-UTF-8 file name (which Python
     carries as lone surrogates) become `\\xNN`, so that printing it or writing it to a UTF-8 file
     cannot fail."""
-    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    text = str(text)
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is no undecodable byte: a JSON "\ud800"
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def brief(text: object, limit: int = 300) -> str:
@@ -37,6 +41,20 @@ def brief(text: object, limit: int = 300) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit * 2 // 3]}...{text[-limit // 4:]} ({len(text):,} characters)"
+
+
+def text_problem(text: str) -> str:
+    """Why `text` (a name, a label) cannot go as it is into a video id, a class name, a one-line
+    message or a line of a CSV or UTF-8 report ("" when it can)."""
+    if text.isprintable():  # at C speed, the common case: no control character, no lone surrogate
+        return ""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: a JSON escape, or a file name's undecodable byte
+        return "is not valid UTF-8 text"
+    if any(ord(c) < 32 for c in text):
+        return "holds a control character"
+    return ""
 
 
 def excerpt(text: str, limit: int = 80) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from p3dbase.atomic import atomic_write
-from p3dbase.errors import NOT_REGULAR
+from p3dbase.errors import NOT_REGULAR, excerpt, text_problem
 from p3dbase.overrides import check_value
 from streams.errors import StreamsError
 from streams.p3d import ARCHS, P3D, build_model
@@ -229,6 +229,13 @@ def _payload_problem(state: dict[str, Any]) -> str:
     classes = state["classes"]
     if not isinstance(classes, (list, tuple)) or not classes or not all(isinstance(c, str) for c in classes):
         return f"classes must be a non-empty list of names, got {str(classes)[:60]}"
+    for i, name in enumerate(classes):  # printed by predict, written to reports and CSVs
+        problem = text_problem(name) or ("is empty" if not name.strip() else "")
+        if problem:
+            return f"class {i} {excerpt(name)} {problem}"
+    if len(set(classes)) != len(classes):
+        twice = next(c for c in classes if classes.count(c) > 1)
+        return f"class {excerpt(twice)} is named twice: scores of two outputs would be reported as one class"
     for key in ("step", "epoch"):
         value = state.get(key, 0)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from flow.video import VIDEO_EXTENSIONS
 from p3dbase import errors
-from p3dbase.errors import NOT_REGULAR, excerpt, shown
+from p3dbase.errors import NOT_REGULAR, excerpt, shown, text_problem
 from pipeline.datasets.records import Dataset, VideoRecord
 from pipeline.errors import DatasetError
 
@@ -76,20 +76,6 @@ def relative_path(text: str, where: str) -> PurePosixPath:
     if problem:
         raise DatasetError(f"{where}: path {excerpt(text)} {problem}")
     return path
-
-
-def text_problem(text: str) -> str:
-    """Why `text` (a name, a label) cannot go as it is into a video id, a class name, a one-line
-    message or a line of a CSV or UTF-8 report ("" when it can)."""
-    if text.isprintable():  # at C speed, the common case: no control character, no lone surrogate
-        return ""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate: a JSON escape, or a file name's undecodable byte
-        return "is not valid UTF-8 text"
-    if any(ord(c) < 32 for c in text):
-        return "holds a control character"
-    return ""
 
 
 def name_problem(name: str) -> str:

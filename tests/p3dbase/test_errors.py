@@ -4,7 +4,7 @@ import errno
 
 import pytest
 
-from p3dbase.errors import brief, excerpt, refusal
+from p3dbase.errors import brief, excerpt, refusal, shown
 
 
 def test_excerpt_quotes_short_text_whole_and_long_text_in_part():
@@ -44,3 +44,9 @@ def test_file_problem_says_why_a_path_cannot_be_read_as_a_file(tmp_path, monkeyp
     (tmp_path / "w.pt").chmod(0)
     deny_as_for_a_user(monkeypatch, tmp_path / "w.pt", os.R_OK)
     assert file_problem(tmp_path / "w.pt") == "cannot be read: no permission"
+
+
+def test_shown_prints_any_text():
+    assert shown("caf\udce9") == "caf\\xe9"  # a file name's undecodable byte 0xe9
+    assert shown("a\ud800b") == "a\\ud800b"  # a lone surrogate from a JSON escape: it raised UnicodeEncodeError
+    assert shown("plain é") == "plain é"

@@ -33,6 +33,11 @@ def _set(section, key, value):
 @pytest.mark.parametrize("edit, says", [
     (_set("", "classes", 5), "classes must be a non-empty list of names, got 5"),
     (_set("", "classes", []), "classes must be a non-empty list of names, got []"),
+    (_set("", "classes", ["red", "gr\neen", "blue"]), "class 1 'gr\\neen' holds a control character"),
+    (_set("", "classes", ["red", "\ud800", "blue"]), "class 1 '\\ud800' is not valid UTF-8 text"),
+    (_set("", "classes", ["red", "red", "blue"]), "class 'red' is named twice: scores of two outputs would be "
+                                                  "reported as one class"),
+    (_set("", "classes", ["red", " ", "blue"]), "class 1 ' ' is empty"),
     (_set("", "step", "abc"), "step must be a whole number >= 0, got abc"),
     (_set("", "epoch", -1), "epoch must be a whole number >= 0, got -1"),
     (_set("", "metrics", [1, 2]), "metrics must be a table, got list"),
