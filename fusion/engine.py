@@ -273,8 +273,12 @@ class OutputCache:
             # `read` takes NaN for damage: written, it would be computed again on every run
             raise FusionError(f"checkpoint {stream.checkpoint}: the {stream.name} stream's outputs on video "
                               f"{video_id} are not finite (NaN or inf): its weights overflow on this input")
+        path = self.path(stream, plan, video_id)
+        if path.is_dir():  # the rename would fail with "Is a directory", naming no remedy
+            raise FusionError(f"{path}: a folder where a cache entry belongs: remove it (everything under "
+                              f"{self.root} is a cache, safe to delete) and re-run")
         views = np.array([(v.start, _CROPS.index(v.crop), int(v.flip)) for v in out.views], dtype=np.int64)
-        save_npz(self.path(stream, plan, video_id), {"signature": np.array(signature), "views": views.reshape(-1, 3),
+        save_npz(path, {"signature": np.array(signature), "views": views.reshape(-1, 3),
                                                      "logits": out.logits, "pool5": out.pool5, **out.layers})
 
 

@@ -182,3 +182,17 @@ def test_view_plans_give_the_views_of_every_caller():
         ViewPlan("snippets", stride=0)
     with pytest.raises(ValueError, match="mode must be one of"):
         ViewPlan("sideways")
+
+
+def test_a_folder_where_a_cache_entry_belongs_is_named_with_the_remedy(tiny_checkpoints, tiny_store, tmp_path):
+    store = open_store(tiny_store[0])
+    rgb = open_stream("rgb", tiny_checkpoints["rgb"])
+    cache = OutputCache(tmp_path, {"rgb": store_source(store)})
+    plan = feature_plan(3)
+    video_id = tiny_store[2][0][0]
+    cache.path(rgb, plan, video_id).mkdir(parents=True)
+    assert cache.read(rgb, plan, video_id, "1:2") is None
+    with store.open(video_id) as video:
+        out = Engine([rgb], 4, torch.device("cpu")).run("rgb", video, [plan])[0]
+    with pytest.raises(FusionError, match=r"a folder where a cache entry belongs: remove it .* safe to delete"):
+        cache.write(rgb, plan, video_id, "1:2", out)
