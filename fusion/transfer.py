@@ -16,8 +16,8 @@ folds where groups are known (`fusion.svm.fit_svm`), so nothing of a test video 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -28,8 +28,8 @@ from fusion.metrics import Labels, anet_hit_at_k, anet_map, hits_at_k
 from fusion.svm import SvmFit, fit_svm, normalise
 from fusion.transfer_config import NORMALISATIONS
 
-__all__ = ["ProtocolResult", "three_split", "train_validation", "leave_one_out", "aslan_view2",
-           "similarities", "anet_hit_at_k", "anet_map", "KL_EPS", "NORMALISATIONS"]
+__all__ = ["ProtocolResult", "NothingToScore", "three_split", "train_validation", "leave_one_out", "aslan_view2",
+           "similarities", "check_pairs", "anet_hit_at_k", "anet_map", "KL_EPS", "NORMALISATIONS"]
 
 DEFAULT_CS = tuple(EvalConfig().svm_cs)  # the C values `make eval` tries
 # Symmetric KL (measure 10) is infinite where one histogram is 0 and the other is not, which sparse
@@ -47,6 +47,14 @@ class ProtocolResult:
     videos: int  # videos scored (pairs for ASLAN; ActivityNet: validation videos, missing ones included)
     selected: str  # what C was chosen on, for the report
     excluded: int = 0  # ASLAN: pairs left out (a clip without features); ActivityNet: missing videos
+    # three_split, aslan_view2: the splits (folds) left unscored and why, e.g. "split 1: no test video
+    # with features"; accuracy and the metrics are those of the others
+    skipped: list[str] = field(default_factory=list)
+
+
+class NothingToScore(FusionError):
+    """The videos with features leave the protocol nothing it can score (every test video broken, or
+    training videos of one class): the caller reports that benchmark without a row, not the run."""
 
 
 def three_split(x: np.ndarray, labels: Sequence[int], groups: Sequence[str] | None,
@@ -62,21 +70,25 @@ def three_split(x: np.ndarray, labels: Sequence[int], groups: Sequence[str] | No
     rows = [(int(lab),) for lab in labels]
     if not splits:
         raise FusionError("three_split: no splits given")
-    per_split, chosen, tested = {}, [], set()
+    per_split, chosen, tested, skipped = {}, [], set(), []
     for k, (train, test) in enumerate(splits, 1):
         train, test = np.asarray(train, dtype=int), np.asarray(test, dtype=int)
-        if len(test) == 0:
-            raise FusionError(f"three_split: split {k} has no test videos")
         both = np.intersect1d(train, test)
         if len(both):
             raise FusionError(f"three_split: split {k} has video row {both[0]} in both train and test")
-        fit = fit_svm(x[train], [rows[i] for i in train], num_classes, cs, folds, seed,
-                      groups=None if groups is None else [groups[i] for i in train])
+        train_groups = None if groups is None else [groups[i] for i in train]
+        why = _unscorable(len(test), [rows[i][0] for i in train], train_groups)
+        if why:
+            skipped.append(f"split {k}: {why}")
+            continue
+        fit = fit_svm(x[train], [rows[i] for i in train], num_classes, cs, folds, seed, groups=train_groups)
         per_split[f"split{k}"] = 100.0 * float(hits_at_k(fit.scores(x[test]), [rows[i] for i in test], 1).mean())
         chosen.append(f"split{k} C={fit.c:g} ({fit.cv})")
         tested.update(test.tolist())
+    if not per_split:
+        raise NothingToScore(f"no split can be scored ({'; '.join(skipped)})")
     return ProtocolResult(float(np.mean(list(per_split.values()))), per_split, len(tested),
-                          "C by CV on each split's train videos: " + "; ".join(chosen))
+                          "C by CV on each split's train videos: " + "; ".join(chosen), skipped=skipped)
 
 
 def train_validation(x_train: np.ndarray, labels_train: Labels, x_test: np.ndarray, labels_test: Labels,
@@ -91,6 +103,10 @@ def train_validation(x_train: np.ndarray, labels_train: Labels, x_test: np.ndarr
     counts a video without predictions as a miss and its labels as positives never retrieved, and so
     do we; they are counted in `videos` and `excluded`.
     """
+    why = _unscorable(len(labels_test), [lab[0] for lab in labels_train], groups_train,
+                      tested="validation video with features")
+    if why:
+        raise NothingToScore(why)
     x_train = normalise(_rows(x_train, len(labels_train), "train_validation training"))
     x_test = normalise(_rows(x_test, len(labels_test), "train_validation validation"))
     fit = fit_svm(x_train, list(labels_train), num_classes, cs, folds, seed, groups=groups_train)
@@ -113,10 +129,14 @@ def leave_one_out(x: np.ndarray, labels: Sequence[int], num_classes: int, cs: Se
     rows = [(int(lab),) for lab in labels]
     n = len(rows)
     if n < 3:
-        raise FusionError(f"leave_one_out: needs at least 3 videos, got {n}")
+        raise NothingToScore(f"leave one out needs at least 3 videos with features, got {n}")
+    if len(set(labels)) < 2:
+        raise NothingToScore(f"its {n} videos with features hold 1 class; a classifier needs at least 2")
     correct, chosen, cv = 0, Counter(), ""
     for i in range(n):
         train = np.r_[0:i, i + 1:n]
+        if len({rows[j] for j in train}) < 2:  # the only video of one of two classes: it cannot be right
+            continue
         fit = fit_svm(x[train], [rows[j] for j in train], num_classes, cs, folds, seed,
                       groups=None if groups is None else [groups[j] for j in train])
         correct += int(hits_at_k(fit.scores(x[i:i + 1]), [rows[i]], 1)[0])
@@ -150,7 +170,7 @@ def aslan_view2(layers: Mapping[str, Mapping[int, np.ndarray]], pairs: np.ndarra
         raise FusionError(f"aslan normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
     if not layers:
         raise FusionError("aslan_view2: no feature layers given")
-    pairs = _check_pairs(pairs)
+    pairs = check_pairs(pairs)
     n_splits = pairs.shape[2]
     rows = pairs.transpose(2, 0, 1).reshape(-1, 5)  # split-major: split s holds rows s*P .. (s+1)*P - 1
     split_of = np.repeat(np.arange(n_splits), pairs.shape[0])
@@ -173,12 +193,17 @@ def aslan_view2(layers: Mapping[str, Mapping[int, np.ndarray]], pairs: np.ndarra
     if normalisation == "l2":
         features /= np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-300)
     same = rows[:, 2].astype(int)
-    accuracies, aucs, chosen, cv = [], [], Counter(), ""
+    accuracies, aucs, chosen, cv, skipped, scored_pairs = [], [], Counter(), "", [], 0
     for test_split in range(n_splits):
         train = np.flatnonzero(usable & (split_of != test_split))
         test = np.flatnonzero(usable & (split_of == test_split))
-        if len(test) == 0:
-            raise FusionError(f"View-2 split {test_split + 1}: no pair with features for both clips")
+        why = _unscorable(len(test), same[train].tolist(), (split_of[train] + 1).tolist(),
+                          tested="pair with features for both clips", rows="pairs", group="View-2 split",
+                          name_of=lambda v: "same" if v else "not-same")
+        if why:
+            skipped.append(f"View-2 split {test_split + 1}: {why}")
+            continue
+        scored_pairs += len(test)
         fit = fit_svm(features[train], [(v,) for v in same[train]], 2, cs, folds, seed,
                       groups=[str(s) for s in split_of[train]], zscore=normalisation == "zscore")
         decision = _margin(fit, features[test])
@@ -188,14 +213,17 @@ def aslan_view2(layers: Mapping[str, Mapping[int, np.ndarray]], pairs: np.ndarra
             aucs.append(float(roc_auc_score(truth, decision)))
         chosen[fit.c] += 1
         cv = fit.cv.replace(" videos of ", " pairs of ").replace(" groups", " splits")  # the rows here
+    if not accuracies:
+        raise NothingToScore(f"no View-2 split can be scored ({'; '.join(skipped)})")
     accuracy = np.array(accuracies)
-    metrics = {"se": float(100.0 * accuracy.std(ddof=1) / np.sqrt(n_splits)),
+    scored = len(accuracies)
+    metrics = {"se": float(100.0 * accuracy.std(ddof=1) / np.sqrt(scored)) if scored > 1 else float("nan"),
                "auc": float(100.0 * np.mean(aucs)) if aucs else float("nan")}
     spread = ", ".join(f"C={c:g} in {count}" for c, count in sorted(chosen.items()))
-    return ProtocolResult(float(100.0 * accuracy.mean()), metrics, int(usable.sum()),
+    return ProtocolResult(float(100.0 * accuracy.mean()), metrics, scored_pairs,
                           f"C per fold by {cv} ({spread}); "
                           f"{len(layers)} layers x 12 measures, {normalisation} normalised",
-                          excluded=int((~usable).sum()))
+                          excluded=int((~usable).sum()), skipped=skipped)
 
 
 def similarities(x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
@@ -261,7 +289,7 @@ def _margin(fit: SvmFit, x: np.ndarray) -> np.ndarray:
     return fit.scores(x)[:, 1]  # fit_svm has seen both classes: the columns are -d, d
 
 
-def _check_pairs(pairs: np.ndarray) -> np.ndarray:
+def check_pairs(pairs: np.ndarray) -> np.ndarray:
     """View-2's pairs array, checked: shape, same/not-same column, splits sharing no action class."""
     pairs = np.asarray(pairs)
     if pairs.ndim != 3 or pairs.shape[1] != 5 or pairs.shape[2] < 2 or pairs.shape[0] < 1:
@@ -280,6 +308,25 @@ def _check_pairs(pairs: np.ndarray) -> np.ndarray:
                 raise FusionError(f"View-2 pairs: splits {seen[action] + 1} and {s + 1} share action class "
                                   f"{action}; View-2's splits share none, and the protocol relies on it")
     return pairs
+
+
+def _unscorable(tests: int, train_labels: Sequence[int], train_groups: Sequence[object] | None, *,
+                tested: str = "test video with features", rows: str = "videos", group: str = "group",
+                name_of: Callable[[int], str] = lambda c: f"class {c}") -> str:
+    """Why one fit cannot be scored ("" when it can): no test row, no training rows or all of one class,
+    or, with groups (C is chosen on group-disjoint folds), all of one group. The rows are those with
+    features: a protocol never sees broken videos."""
+    if not tests:
+        return f"no {tested}"
+    classes = sorted(set(train_labels))
+    if not classes:
+        return f"no training {rows} with features"
+    if len(classes) < 2:
+        return f"its training {rows} with features are all {name_of(classes[0])}; the SVM needs 2 classes"
+    if train_groups is not None and len(set(train_groups)) < 2:
+        return (f"its training {rows} with features are all of {group} {train_groups[0]}; C is chosen on "
+                f"folds that keep a {group} on one side")
+    return ""
 
 
 def _cv_metric(fit: SvmFit) -> str:

@@ -154,9 +154,19 @@ def _check_benchmark(bench: Benchmark) -> None:
     if bench.protocol == "aslan_view2":
         if bench.pairs is None:
             raise FusionError(f"benchmark.{bench.name}: aslan_view2 needs View-2's pairs")
+        try:  # refused here, before any flow or feature is computed, naming the benchmark
+            transfer.check_pairs(bench.pairs)
+        except FusionError as err:
+            raise FusionError(f"benchmark.{bench.name}: {err}") from None
         if len(np.unique(bench.pairs[:, 2, :])) < 2:
             raise FusionError(f"benchmark.{bench.name}: its View-2 pairs are all "
                               f"{'same' if bench.pairs[0, 2, 0] else 'not-same'}; the protocol needs both")
+    for k, (train, scored) in enumerate(bench.splits, 1):
+        both = sorted(set(train) & set(scored))
+        if both:
+            lists = f"split {k} lists" if bench.protocol == "three_split" else "its training and scored subsets list"
+            raise FusionError(f"benchmark.{bench.name}: {lists} {len(both)} video(s) both for training and for "
+                              f"scoring, e.g. {both[0]}")
 
 
 def _check_flow_input(spec: Stream, benchmarks: Sequence[Benchmark], flow_cfg: FlowConfig,
@@ -233,56 +243,73 @@ def aslan_layers(got: Extraction, parts: Sequence[str], usable: set[str]) -> dic
 
 
 def _score(bench: Benchmark, got: Extraction, cfg: TransferConfig) -> tuple[list[dict], list[str]]:
-    """The benchmark's rows, one per stream; and notes on streams with no usable video (no row)."""
+    """The benchmark's rows, one per stream; and notes on what was not scored: a stream with no usable
+    video or with nothing its protocol can score (no row), a split or View-2 fold left out (the row is
+    the others')."""
     streams = [s for s in STREAMS if s in got.features]
     if len(streams) == 2:
         streams.append("two_stream")
-    by_id = {v.video_id: v for v in bench.videos}
-    kwargs = dict(cs=cfg.svm_cs, folds=cfg.svm_folds, seed=cfg.seed)
-    rows, skipped = [], []
+    rows, notes = [], []
     for stream in streams:
         parts = ("rgb", "flow") if stream == "two_stream" else (stream,)
         usable = {v.video_id for v in bench.videos if all(v.video_id in got.features[p] for p in parts)}
         excluded = len(bench.videos) - len(usable) + len(bench.refused)
         if not usable:
-            skipped.append(f"{bench.name}: no {stream} row: none of its {len(bench.videos)} videos has {stream} "
-                           "features")
+            notes.append(f"{bench.name}: no {stream} row: none of its {len(bench.videos)} videos has {stream} "
+                         "features")
             continue
-        details = ""
-        if bench.protocol == "aslan_view2":
-            result = transfer.aslan_view2(aslan_layers(got, parts, usable), bench.pairs, cfg.aslan_normalisation,
-                                          **kwargs)
-            details = f"{result.excluded} of {result.videos + result.excluded} pairs left out (a clip without features)"
-        elif bench.protocol == "three_split":
-            ids = [v.video_id for v in bench.videos if v.video_id in usable]
-            row = {v: i for i, v in enumerate(ids)}
-            splits = [(np.array([row[v] for v in train if v in row], dtype=int),
-                       np.array([row[v] for v in scored if v in row], dtype=int)) for train, scored in bench.splits]
-            groups = [by_id[v].group for v in ids] if all(by_id[v].group for v in ids) else None
-            result = transfer.three_split(_stream_matrix(got, stream, ids), [by_id[v].labels[0] for v in ids],
-                                          groups, splits, len(bench.classes), **kwargs)
-            details = ", ".join(f"{k} {v:.2f}" for k, v in result.metrics.items())
-        elif bench.protocol == "train_val":
-            (train_ids, scored_ids), = bench.splits
-            train = [v for v in train_ids if v in usable]
-            test = [v for v in scored_ids if v in usable]
-            missing = [by_id[v].labels for v in scored_ids if v not in usable]
-            if not train or not test:
-                raise FusionError(f"benchmark.{bench.name}: train_val needs training and validation (or test) "
-                                  f"videos with {stream} features; has {len(train)} and {len(test)}")
-            result = transfer.train_validation(
-                _stream_matrix(got, stream, train), [by_id[v].labels for v in train],
-                _stream_matrix(got, stream, test), [by_id[v].labels for v in test], len(bench.classes),
-                labels_missing=missing, **kwargs)
-            details = f"{len(train)} training videos; {len(missing)} scored videos without features count as misses"
-        else:  # loo
-            ids = [v.video_id for v in bench.videos if v.video_id in usable]
-            result = transfer.leave_one_out(_stream_matrix(got, stream, ids), [by_id[v].labels[0] for v in ids],
-                                            len(bench.classes), **kwargs)
+        try:
+            result, details = _protocol(bench, got, stream, parts, usable, cfg)
+        except transfer.NothingToScore as err:  # every scored video broken, say: this benchmark x stream only
+            notes.append(f"{bench.name}: no {stream} row: {bench.protocol}: {err} (the videos left out are in "
+                         "excluded.csv)")
+            continue
+        if result.skipped:
+            notes.append(f"{bench.name} / {stream}: not scored: {'; '.join(result.skipped)}; its figures are "
+                         "those of the others")
+            details = "; ".join([d for d in (details, f"not scored: {'; '.join(result.skipped)}") if d])
         rows.append({"benchmark": bench.name, "protocol": bench.protocol, "stream": stream,
                      "accuracy": result.accuracy, "se": result.metrics.get("se", float("nan")),
                      "auc": result.metrics.get("auc", float("nan")),
                      "hit@3": result.metrics.get("hit@3", float("nan")),
                      "mAP": result.metrics.get("mAP", float("nan")), "videos": result.videos,
                      "excluded": excluded, "selected": result.selected, "details": details})
-    return rows, skipped
+    return rows, notes
+
+
+def _protocol(bench: Benchmark, got: Extraction, stream: str, parts: tuple[str, ...], usable: set[str],
+              cfg: TransferConfig) -> tuple[transfer.ProtocolResult, str]:
+    """The benchmark's protocol on one stream's usable videos, and the row's details;
+    transfer.NothingToScore when they leave it nothing to score."""
+    by_id = {v.video_id: v for v in bench.videos}
+    kwargs = dict(cs=cfg.svm_cs, folds=cfg.svm_folds, seed=cfg.seed)
+    if bench.protocol == "aslan_view2":
+        result = transfer.aslan_view2(aslan_layers(got, parts, usable), bench.pairs, cfg.aslan_normalisation,
+                                      **kwargs)
+        total = bench.pairs.shape[0] * bench.pairs.shape[2]
+        return result, f"{result.excluded} of {total} pairs left out (a clip without features)"
+    if bench.protocol == "three_split":
+        ids = [v.video_id for v in bench.videos if v.video_id in usable]
+        row = {v: i for i, v in enumerate(ids)}
+        splits = [(np.array([row[v] for v in train if v in row], dtype=int),
+                   np.array([row[v] for v in scored if v in row], dtype=int)) for train, scored in bench.splits]
+        groups = [by_id[v].group for v in ids] if all(by_id[v].group for v in ids) else None
+        result = transfer.three_split(_stream_matrix(got, stream, ids), [by_id[v].labels[0] for v in ids],
+                                      groups, splits, len(bench.classes), **kwargs)
+        return result, ", ".join(f"{k} {v:.2f}" for k, v in result.metrics.items())
+    if bench.protocol == "train_val":
+        (train_ids, scored_ids), = bench.splits
+        train = [v for v in train_ids if v in usable]
+        test = [v for v in scored_ids if v in usable]
+        missing = [by_id[v].labels for v in scored_ids if v not in usable]
+        if not train or not test:  # before the feature matrices, which cannot be empty
+            raise transfer.NothingToScore(f"{len(train)} training and {len(test)} validation (or test) videos with "
+                                          f"{' and '.join(parts)} features; it needs both")
+        result = transfer.train_validation(
+            _stream_matrix(got, stream, train), [by_id[v].labels for v in train],
+            _stream_matrix(got, stream, test), [by_id[v].labels for v in test], len(bench.classes),
+            labels_missing=missing, **kwargs)
+        return result, f"{len(train)} training videos; {len(missing)} scored videos without features count as misses"
+    ids = [v.video_id for v in bench.videos if v.video_id in usable]  # loo
+    return transfer.leave_one_out(_stream_matrix(got, stream, ids), [by_id[v].labels[0] for v in ids],
+                                  len(bench.classes), **kwargs), ""

@@ -55,5 +55,15 @@ class BenchmarkConfig(DatasetConfig):
         if protocol == "three_split" and self.format not in THREE_SPLIT_FORMATS:
             raise ValueError(f"protocol: three_split needs a format with three splits "
                              f"({', '.join(THREE_SPLIT_FORMATS)}), got format {self.format!r}")
+        if protocol == "train_val":  # refused here, not after hours of flow and features
+            if self.format == "folder":
+                raise ValueError("protocol: train_val trains on a training subset and scores a validation (or test) "
+                                 "one; format folder has neither (class folders only): use protocol loo")
+            if self.format in THREE_SPLIT_FORMATS and self.split == "all":
+                raise ValueError(f"protocol: train_val on format {self.format} trains and scores one split: set "
+                                 f"split = \"1\", \"2\" or \"3\" (split \"all\" is the three_split protocol's)")
+            if self.format == "mmaction" and not (self.train_list and (self.val_list or self.test_list)):
+                raise ValueError("protocol: train_val needs a train_list and a val_list or test_list "
+                                 "(format mmaction)")
         if self.paper and self.paper not in PAPER_BENCHMARKS:
             raise ValueError(f"paper: must be one of {', '.join(PAPER_BENCHMARKS)} or \"\", got {self.paper!r}")

@@ -1,21 +1,26 @@
 """The transfer report: results.csv (ours), results.md (ours, and the paper's numbers beside them),
-results.png (a bar chart per benchmark, with chance and a caveat on stand-in data), report.html (one
-self-contained page, rebuilt from the files by `python -m pipeline report`). Every file is written
-atomically (p3dbase.atomic)."""
+results.png (a bar chart per benchmark, with chance and a caveat on stand-in data), excluded.csv,
+report_inputs.json and report.html (one self-contained page, rebuilt from the files by `python -m
+pipeline report`). The files are written into a hidden folder and replace the last report's together
+(fusion.report.staged_report): a report is never a mix of two runs."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from fusion.report import INPUTS, markdown_table  # INPUTS: the one name of a report's inputs file
-from fusion.transfer_stage import COLUMNS  # results.csv's columns, in the order the stage makes its rows
+from fusion.report import INPUTS, markdown_table, relist, staged_report  # INPUTS: the one name of a report's inputs
+from fusion.transfer_stage import COLUMNS, EXCLUDED_COLUMNS  # results.csv's columns, in the order of the rows
 from p3dbase.atomic import atomic_path, write_text
+from p3dbase.errors import excerpt, shown
 from p3dbase.plotting import drawing, pyplot
 from pipeline.errors import PipelineError
 
@@ -90,6 +95,7 @@ class TransferReport:
     paper_of: dict[str, str]  # benchmark -> the paper's benchmark it stands for ("" = none)
     classes: dict[str, int] = field(default_factory=dict)  # benchmark -> its number of classes (for chance)
     stand_ins: Sequence[str] = ()  # benchmarks whose videos are generated stand-ins, not the real data
+    excluded: pd.DataFrame | None = None  # EXCLUDED_COLUMNS: every video left out, and why (excluded.csv)
 
 
 STAND_IN = ("Stand-in data: generated videos in the real layout that exercise the protocol; the numbers are not "
@@ -169,10 +175,14 @@ def write_chart(path: Path, compared: pd.DataFrame, chances: dict[str, float] | 
 
 
 def write_report(out_dir: Path, r: TransferReport) -> str:
-    """results.csv, results.md, results.png, report_inputs.json and report.html under `out_dir`;
-    returns the Markdown."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """results.csv, results.md, results.png, excluded.csv, report_inputs.json and report.html under
+    `out_dir`, replacing the last report's as one set (fusion.report.staged_report: a kill leaves the old
+    report whole); returns the Markdown."""
+    with staged_report(Path(out_dir)) as stage:
+        return _write_files(stage, r)
+
+
+def _write_files(out_dir: Path, r: TransferReport) -> str:
     compared = comparison(r.table, r.paper_of)
     stand_ins = [b for b in r.stand_ins if b in set(r.table["benchmark"])]
     notes = list(r.notes) + ([f"{STAND_IN} ({', '.join(stand_ins)})"] if stand_ins else [])
@@ -180,6 +190,8 @@ def write_report(out_dir: Path, r: TransferReport) -> str:
     write_text(out_dir / "results.csv", r.table[COLUMNS].to_csv(index=False, float_format="%.2f"))
     write_text(out_dir / "results.md", text)
     write_chart(out_dir / "results.png", compared, chance_of(r.table, r.classes), stand_ins)
+    excluded = r.excluded if r.excluded is not None else pd.DataFrame(columns=EXCLUDED_COLUMNS)
+    write_text(out_dir / "excluded.csv", excluded.to_csv(index=False))
     inputs = {"kind": "transfer", "notes": list(r.notes), "paper_of": dict(r.paper_of), "classes": dict(r.classes),
               "stand_ins": list(r.stand_ins)}
     write_text(out_dir / INPUTS, json.dumps(inputs, indent=1) + "\n")
@@ -200,25 +212,113 @@ def write_page(out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     page = html_report.render("transfer.html.j2", **page_context(out_dir))
     write_text(out_dir / html_report.PAGE, page)
+    relist(out_dir, html_report.PAGE)  # report.json keeps describing the folder
     return out_dir / html_report.PAGE
+
+
+RERUN = "re-run `make transfer`"
+TEXT_COLUMNS = ("benchmark", "protocol", "stream", "selected", "details")
+COUNTS = ("videos", "excluded")
+
+
+def _damaged(path: Path, what: str) -> PipelineError:
+    """The one message for a report file that reads but is not what the transfer report wrote."""
+    return PipelineError(f"{shown(str(path))}: {what}: {RERUN}")
+
+
+def _cell_value(text: str, column: str, where: str, path: Path) -> Any:
+    """One results.csv cell as write_report writes it: a percentage or empty (METRICS), a whole number
+    (COUNTS), else text."""
+    if column not in METRICS and column not in COUNTS:
+        return text
+    try:
+        value = float(text) if text.strip() or column in COUNTS else float("nan")
+    except ValueError:
+        value = None
+    if column in METRICS:
+        if value is None or math.isinf(value):
+            raise _damaged(path, f"{where}: {column} must be a number (percent) or empty, got {excerpt(text)}")
+        return value
+    if value is None or not math.isfinite(value) or value < 0 or not value.is_integer():
+        raise _damaged(path, f"{where}: {column} must be a whole number, got {excerpt(text)}")
+    return int(value)
+
+
+def read_results(out_dir: Path) -> pd.DataFrame:
+    """results.csv of the transfer report in `out_dir`, checked cell by cell; PipelineError naming the
+    file, the line and the column of the first cell that is not what write_report writes."""
+    path = out_dir / "results.csv"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"{out_dir}: not a transfer report ({e}): run `make transfer`") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows = []
+    try:
+        header = next(reader, [])
+        lacking = [c for c in COLUMNS if c not in header]
+        if lacking:
+            raise PipelineError(f"{out_dir}: not a complete transfer report (no "
+                                f"{', '.join(f'results.csv column {c!r}' for c in lacking[:3])}): run "
+                                "`make transfer` again")
+        for fields in reader:
+            if not fields:
+                continue
+            where = f"line {reader.line_num}"
+            if len(fields) != len(header):
+                raise _damaged(path, f"cut short or edited ({where} has {len(fields)} of the header's "
+                                     f"{len(header)} fields)")
+            cells = dict(zip(header, fields, strict=True))
+            rows.append({c: _cell_value(cells[c], c, where, path) for c in COLUMNS})
+    except csv.Error as e:
+        raise _damaged(path, f"line {reader.line_num}: {e}") from None
+    if text and not text.endswith("\n"):
+        raise _damaged(path, "cut short (no line end after its last row)")
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    return table.astype({m: float for m in METRICS})
+
+
+def _texts(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+# What report_inputs.json holds: key -> (check, what it must be).
+INPUT_KEYS: dict[str, tuple[Any, str]] = {
+    "notes": (_texts, "a list of texts"),
+    "paper_of": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+                 "a table of benchmark -> the paper's benchmark"),
+    "classes": (lambda v: isinstance(v, dict) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                                                      for x in v.values()),
+                "a table of benchmark -> its number of classes (a whole number)"),
+    "stand_ins": (_texts, "a list of benchmark names"),
+}
+
+
+def read_inputs(out_dir: Path) -> dict:
+    """report_inputs.json of the transfer report in `out_dir`, checked key by key."""
+    path = out_dir / INPUTS
+    try:
+        inputs = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"{out_dir}: not a transfer report ({e}): run `make transfer`") from None
+    if not isinstance(inputs, dict) or inputs.get("kind") != "transfer":
+        raise PipelineError(f"{path}: not the inputs of a transfer report")
+    lacking = [k for k in INPUT_KEYS if k not in inputs]
+    if lacking:
+        keys = ", ".join(f"report_inputs.json key {k!r}" for k in lacking)
+        raise PipelineError(f"{out_dir}: not a complete transfer report (no {keys}): run `make transfer` again")
+    for key, (check, what) in INPUT_KEYS.items():
+        if not check(inputs[key]):
+            raise _damaged(path, f"{key!r} is not {what} (it is {excerpt(json.dumps(inputs[key]))})")
+    return inputs
 
 
 def page_context(out_dir: Path) -> dict:
     """Everything transfer.html.j2 shows, read from the files of `out_dir`."""
     from fusion.html_report import cell, figure_uri, headers, percent_cell
 
-    try:
-        inputs = json.loads((out_dir / INPUTS).read_text(encoding="utf-8"))
-        table = pd.read_csv(out_dir / "results.csv", keep_default_na=False, na_values=[""])
-    except (OSError, ValueError) as e:
-        raise PipelineError(f"{out_dir}: not a transfer report ({e}): run `make transfer`") from None
-    if not isinstance(inputs, dict) or inputs.get("kind") != "transfer":
-        raise PipelineError(f"{out_dir / INPUTS}: not the inputs of a transfer report")
-    lacking = ([f"results.csv column {c!r}" for c in COLUMNS if c not in table.columns]
-               + [f"report_inputs.json key {k!r}" for k in ("stand_ins", "classes", "paper_of") if k not in inputs])
-    if lacking:
-        raise PipelineError(f"{out_dir}: not a complete transfer report (no {', '.join(lacking[:3])}): run "
-                            "`make transfer` again")
+    inputs = read_inputs(out_dir)
+    table = read_results(out_dir)
     stand_ins = set(inputs["stand_ins"])
     chances = chance_of(table, inputs["classes"])
     compared = comparison(table, inputs["paper_of"])
@@ -233,10 +333,10 @@ def page_context(out_dir: Path) -> dict:
                      percent_cell(chances[benchmark]),
                      percent_cell(published[0]) if published else cell("-", "", cls="num"),
                      *(percent_cell(row[m]) for m in ("se", "auc", "hit@3", "mAP")),
-                     *(cell(int(row[c]), int(row[c]), cls="num") for c in ("videos", "excluded")),
+                     *(cell(int(row[c]), int(row[c]), cls="num") for c in COUNTS),
                      cell("stand-in" if stand_in else "real", cls="stand-in" if stand_in else "")])
-    fitted = [f"{r.benchmark} / {r.stream}: {r.selected}" + (f"; {r.details}" if isinstance(r.details, str)
-                                                             and r.details else "") for r in table.itertuples()]
+    fitted = [f"{r.benchmark} / {r.stream}: {r.selected}" + (f"; {r.details}" if r.details else "")
+              for r in table.itertuples()]
     compared_table = None
     if not compared.empty:
         names = list(compared.columns)

@@ -134,6 +134,41 @@ def test_three_split_refuses_a_video_in_train_and_test():
         transfer.three_split(x, labels, None, [(np.arange(6), np.array([3, 7]))], 2, cs=[1.0], folds=2)
 
 
+def test_three_split_scores_the_splits_it_can_and_says_which_it_left():
+    """A split whose test videos are all broken (left out before the protocol sees them) stopped the whole
+    transfer run ("three_split: split 1 has no test videos"); now it is left out, named, and the figures
+    are the other splits'."""
+    x, labels = _clusters(np.random.default_rng(2), 6, 3)
+    idx = np.arange(18)
+    splits = [(idx[6:], np.array([], dtype=int)), (np.r_[0:6, 12:18], idx[6:12]), (idx[:12], idx[12:])]
+    result = transfer.three_split(x, labels, None, splits, 3, cs=[1.0], folds=2)
+    assert list(result.metrics) == ["split2", "split3"] and result.videos == 12
+    assert result.accuracy == pytest.approx(np.mean([result.metrics["split2"], result.metrics["split3"]]))
+    assert result.skipped == ["split 1: no test video with features"]
+    # training videos of one class (or one group, where C is chosen on group-disjoint folds) cannot be fitted
+    one_class = [(idx[np.array(labels) == 0], idx[6:12])]
+    with pytest.raises(transfer.NothingToScore, match=r"^no split can be scored \(split 1: its training videos "
+                                                      r"with features are all class 0; the SVM needs 2 classes\)$"):
+        transfer.three_split(x, labels, None, one_class, 3, cs=[1.0], folds=2)
+    groups = [f"g{i % 3}" for i in range(18)]
+    splits = [(idx[idx % 3 == 0], idx[idx % 3 != 0]), (idx[idx % 3 != 2], idx[idx % 3 == 2])]
+    result = transfer.three_split(x, labels, groups, splits, 3, cs=[1.0], folds=2)
+    assert list(result.metrics) == ["split2"]
+    assert result.skipped == ["split 1: its training videos with features are all of group g0; C is chosen on "
+                              "folds that keep a group on one side"]
+
+
+def test_leave_one_out_with_one_class_or_too_few_videos_has_nothing_to_score():
+    x, labels = _clusters(np.random.default_rng(5), 4, 2)
+    with pytest.raises(transfer.NothingToScore, match="hold 1 class"):
+        transfer.leave_one_out(x[:4], labels[:4], 2, cs=[1.0])
+    with pytest.raises(transfer.NothingToScore, match="at least 3 videos with features, got 2"):
+        transfer.leave_one_out(x[3:5], labels[3:5], 2, cs=[1.0])
+    # the only video of its class cannot be right when it is left out (no one-class SVM is fitted)
+    result = transfer.leave_one_out(x[3:8], labels[3:8], 2, cs=[1.0], folds=2)
+    assert result.accuracy == pytest.approx(80.0)
+
+
 # --- ActivityNet -------------------------------------------------------------------------------
 
 def _anet_example(folder):
@@ -176,6 +211,15 @@ def test_train_validation_counts_missing_videos_as_misses():
     # Class 0: 2 retrieved positives at the top, a third positive never retrieved -> AP 2/3; class 1
     # has no missing video -> 1; class 2 like class 0.
     assert result.metrics["mAP"] == pytest.approx(100 * (2 / 3 + 1 + 2 / 3) / 3)
+
+
+def test_train_validation_without_validation_or_training_videos_has_nothing_to_score():
+    x, labels = _clusters(np.random.default_rng(4), 5, 3)
+    with pytest.raises(transfer.NothingToScore, match="^no validation video with features$"):
+        transfer.train_validation(x, [(k,) for k in labels], np.zeros((0, 6)), [], 3, cs=[1.0],
+                                  labels_missing=[(0,), (1,)])
+    with pytest.raises(transfer.NothingToScore, match="^its training videos with features are all class 2"):
+        transfer.train_validation(x[-5:], [(2,)] * 5, x, [(k,) for k in labels], 3, cs=[1.0])
 
 
 # --- ASLAN View-2 ------------------------------------------------------------------------------
@@ -291,6 +335,24 @@ def test_aslan_pairs_with_a_missing_clip_are_excluded():
     del layers["prob"][int(pairs[0, 0, 1])]
     result = transfer.aslan_view2(layers, pairs, cs=[1.0], folds=3)
     assert result.excluded == 1 and result.videos == 47
+
+
+def test_aslan_a_split_without_pairs_is_left_out_and_named():
+    """All clips of one View-2 split broken stopped the run ("View-2 split 1: no pair with features ...")."""
+    layers, pairs = _aslan(np.random.default_rng(12))
+    for layer in layers.values():
+        for clip in pairs[:, :2, 0].ravel():
+            del layer[int(clip)]
+    result = transfer.aslan_view2(layers, pairs, cs=[1.0], folds=3)
+    assert result.skipped == ["View-2 split 1: no pair with features for both clips"]
+    assert result.videos == 36 and result.excluded == 12 and np.isfinite(result.metrics["se"])
+    # every split but one gone: that one has no training pairs; nothing can be scored
+    for layer in layers.values():
+        for clip in pairs[:, :2, 1:3].ravel():
+            del layer[int(clip)]
+    with pytest.raises(transfer.NothingToScore, match=r"^no View-2 split can be scored \(View-2 split 1: no pair "
+                                                      r".*View-2 split 4: no training pairs with features\)$"):
+        transfer.aslan_view2(layers, pairs, cs=[1.0], folds=3)
 
 
 @pytest.mark.parametrize("change, message", [

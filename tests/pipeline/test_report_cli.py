@@ -218,3 +218,52 @@ def test_a_report_file_that_reads_but_is_wrong_skips_that_report_in_one_line(tmp
     assert err.count("\n") == 1 and f"{tmp_path / 'eval' / name}: " in err and "re-run `make eval`" in err
     assert (tmp_path / "runs" / "ok" / "eval" / "report.html").is_file()
     assert not (tmp_path / "eval" / "report.html").exists()
+
+
+def _edit_cell(path, row, column, value):
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table.loc[row, column] = value
+    table.to_csv(path, index=False)
+
+
+TRANSFER_DAMAGE = {  # a transfer report file edited: (file, edit, what the line says after the file's name)
+    "videos as text": ("results.csv", lambda p: _edit_cell(p, 0, "videos", "abc"),
+                       "line 2: videos must be a whole number, got 'abc'"),
+    "videos empty": ("results.csv", lambda p: _edit_cell(p, 1, "videos", ""), "line 3: videos must be a whole number"),
+    "excluded negative": ("results.csv", lambda p: _edit_cell(p, 2, "excluded", "-1"),
+                          "line 4: excluded must be a whole number, got '-1'"),
+    "accuracy as text": ("results.csv", lambda p: _edit_cell(p, 1, "accuracy", "n/a"),
+                         "line 3: accuracy must be a number (percent) or empty, got 'n/a'"),
+    "results cut mid-row": ("results.csv", lambda p: p.write_text(p.read_text()[:-30]), "cut short"),
+    "classes a list": ("report_inputs.json", lambda p: _edit_json(p, lambda d: d.update(classes=[1, 2])),
+                       "'classes' is not a table of benchmark -> its number of classes"),
+    "a class count as text": ("report_inputs.json", lambda p: _edit_json(p, lambda d: d["classes"].update(
+        ucf101="six")), "'classes' is not a table"),
+    "paper_of a list": ("report_inputs.json", lambda p: _edit_json(p, lambda d: d.update(paper_of=["a"])),
+                        "'paper_of' is not a table of benchmark -> the paper's benchmark"),
+    "stand_ins a number": ("report_inputs.json", lambda p: _edit_json(p, lambda d: d.update(stand_ins=5)),
+                           "'stand_ins' is not a list of benchmark names (it is '5')"),
+    "notes a number": ("report_inputs.json", lambda p: _edit_json(p, lambda d: d.update(notes=5)),
+                       "'notes' is not a list of texts"),
+}
+
+
+@pytest.mark.parametrize("case", list(TRANSFER_DAMAGE))
+def test_an_edited_transfer_report_is_skipped_in_one_line_naming_the_file(tmp_path, capsys, case):
+    """An edited results.csv or report_inputs.json of a transfer report was a traceback (ValueError,
+    TypeError, AttributeError) that ended the rebuild: now that report is skipped with a line naming the
+    file (and line) and what is wrong, the others are rebuilt, exit status 2."""
+    name, damage, says = TRANSFER_DAMAGE[case]
+    for where in (tmp_path / "transfer", tmp_path / "runs" / "ok" / "transfer"):
+        write_report(where, TransferReport(transfer_table(), ["Streams: rgb = x.pt"],
+                                           {"ucf101": "ucf101", "aslan": "aslan"}, {"ucf101": 101, "aslan": 432},
+                                           stand_ins=["ucf101"]))
+        (where / "report.html").unlink()
+    capsys.readouterr()
+    damage(tmp_path / "transfer" / name)
+    assert main(["report", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert f"report: skipped {tmp_path / 'transfer'}: {tmp_path / 'transfer' / name}: {says}" in out
+    assert err.count("\n") == 1 and "re-run `make transfer`" in err and "Traceback" not in err
+    assert (tmp_path / "runs" / "ok" / "transfer" / "report.html").is_file()
+    assert not (tmp_path / "transfer" / "report.html").exists()

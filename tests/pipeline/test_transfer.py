@@ -67,6 +67,14 @@ def test_benchmark_tables_load_with_defaults_and_round_trip(tmp_path, monkeypatc
     (["benchmark.aslan.protocol=loo"], r"\[benchmark.aslan\] protocol: aslan_view2 is the protocol of format aslan"),
     (["benchmark.ucf.format=folder", "benchmark.ucf.protocol=three_split"],
      r"\[benchmark.ucf\] protocol: three_split needs a format with three splits"),
+    # a protocol the format cannot have: refused at load, not after hours of flow and features
+    (["benchmark.scenes.protocol=train_val"], r"\[benchmark.scenes\] protocol: train_val trains on a training "
+                                              r"subset and scores a validation \(or test\) one; format folder has "
+                                              r"neither \(class folders only\): use protocol loo$"),
+    (["benchmark.ucf.format=synth", "benchmark.ucf.protocol=train_val"],
+     r"\[benchmark.ucf\] protocol: train_val on format synth trains and scores one split: set split = \"1\""),
+    (["benchmark.m.format=mmaction", "benchmark.m.train_list=t.txt", "benchmark.m.protocol=train_val"],
+     r"\[benchmark.m\] protocol: train_val needs a train_list and a val_list or test_list \(format mmaction\)"),
     (["benchmark.scenes.rot=x"], r"unknown key 'benchmark.scenes.rot' \(did you mean 'benchmark.scenes.root'\?\)"),
     (["benchmark.scenes.root=[1]"], r"benchmark.scenes.root must be str"),
     (["benchmark.scenes.format=avi"], r"\[benchmark.scenes\] format: must be one of .*aslan.*, got 'avi'"),
@@ -464,5 +472,7 @@ def test_a_transfer_run_in_which_every_video_failed_exits_non_zero(tiny_transfer
             (broken / cls / f"v{k}.avi").write_bytes(b"not a video")
     assert main(scenes_only(tiny_transfer, "transfer.flow=", f"benchmark.scenes.root={broken}")) == 2
     err = capsys.readouterr().err
-    assert "error: transfer: no benchmark had a video with features for any stream" in err
+    assert "error: transfer: no benchmark could be scored for any stream" in err
+    assert "scenes: no rgb row: none of its 4 videos has rgb features" in \
+        (tmp_path / "work/transfer/results.md").read_text(encoding="utf-8")
     assert len(pd.read_csv(tmp_path / "work/transfer/excluded.csv")) == 4
