@@ -151,8 +151,7 @@ RERUN = "re-run `make eval`"
 
 
 def _damaged(path: Path, what: str) -> FusionError:
-    """The one message for a report file that reads but is not what the report wrote."""
-    return FusionError(f"{printable(str(path))}: {what}: {RERUN}")
+    return report.damaged(path, what, RERUN)
 
 
 def _number(v: Any) -> bool:
@@ -185,12 +184,7 @@ def _read_inputs(report_dir: Path, kind: str = "eval") -> dict:
         raise FusionError(f"{printable(str(path))}: cannot read it ({e}): re-run `make eval`") from None
     if not isinstance(inputs, dict) or inputs.get("kind") != kind:
         raise FusionError(f"{printable(str(path))}: not the inputs of an evaluation report ({kind})")
-    for key, (check, what) in INPUT_KEYS[kind].items():
-        if key not in inputs and key not in _OPTIONAL:
-            raise _damaged(path, f"no {key!r}")
-        if not check(inputs.get(key)):
-            raise _damaged(path, f"{key!r} is not {what} (it is {excerpt(json.dumps(inputs[key]))})")
-    return inputs
+    return report.check_inputs(path, inputs, INPUT_KEYS[kind], RERUN, _OPTIONAL)
 
 
 SCORE_KEYS = ("video_ids", "classes", "labels")  # the arrays of scores.npz that are no method's scores

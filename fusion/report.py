@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from fusion import figures, metrics
+from fusion.errors import FusionError
 from fusion.metrics import Labels
 from p3dbase import atomic
+from p3dbase.errors import excerpt, shown
 from streams.checkpoint import file_sha256
 
 COLUMNS = ["method", "clip_hit@1", "video_hit@1", "video_hit@5", "mean_class_acc", "mAP", "videos",
@@ -171,6 +174,24 @@ class EvalReport:
 
 
 INPUTS = "report_inputs.json"  # what the page needs beyond the tables: paths, notes, the fusion rule
+
+
+def damaged(path: Path, what: str, rerun: str) -> FusionError:
+    """The one message for a report file that reads but is not what its stage wrote (`rerun`: the
+    command that writes it again)."""
+    return FusionError(f"{shown(path)}: {what}: {rerun}")
+
+
+def check_inputs(path: Path, inputs: dict, keys: dict[str, tuple[Callable[[Any], bool], str]], rerun: str,
+                 optional: Sequence[str] = ()) -> dict:
+    """A report's report_inputs.json, read into `inputs`, checked key by key: `keys` maps each key to
+    (check, what it must be); a key of `optional` may be absent."""
+    for key, (check, what) in keys.items():
+        if key not in inputs and key not in optional:
+            raise damaged(path, f"no {key!r}", rerun)
+        if not check(inputs.get(key)):
+            raise damaged(path, f"{key!r} is not {what} (it is {excerpt(json.dumps(inputs[key]))})", rerun)
+    return inputs
 
 
 def write_report(out_dir: Path, r: EvalReport) -> None:

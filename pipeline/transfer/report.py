@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fusion.report import INPUTS, markdown_table, relist, staged_report  # INPUTS: the one name of a report's inputs
+from fusion.errors import FusionError
+from fusion.report import INPUTS, check_inputs, damaged, markdown_table, relist, staged_report
 from fusion.transfer_stage import COLUMNS, EXCLUDED_COLUMNS  # results.csv's columns, in the order of the rows
 from p3dbase.atomic import atomic_path, write_text
-from p3dbase.errors import excerpt, shown
+from p3dbase.errors import excerpt
 from p3dbase.plotting import drawing, pyplot
 from pipeline.errors import PipelineError
 
@@ -221,9 +222,8 @@ TEXT_COLUMNS = ("benchmark", "protocol", "stream", "selected", "details")
 COUNTS = ("videos", "excluded")
 
 
-def _damaged(path: Path, what: str) -> PipelineError:
-    """The one message for a report file that reads but is not what the transfer report wrote."""
-    return PipelineError(f"{shown(str(path))}: {what}: {RERUN}")
+def _damaged(path: Path, what: str) -> FusionError:
+    return damaged(path, what, RERUN)
 
 
 def _cell_value(text: str, column: str, where: str, path: Path) -> Any:
@@ -307,10 +307,7 @@ def read_inputs(out_dir: Path) -> dict:
     if lacking:
         keys = ", ".join(f"report_inputs.json key {k!r}" for k in lacking)
         raise PipelineError(f"{out_dir}: not a complete transfer report (no {keys}): run `make transfer` again")
-    for key, (check, what) in INPUT_KEYS.items():
-        if not check(inputs[key]):
-            raise _damaged(path, f"{key!r} is not {what} (it is {excerpt(json.dumps(inputs[key]))})")
-    return inputs
+    return check_inputs(path, inputs, INPUT_KEYS, RERUN)
 
 
 def page_context(out_dir: Path) -> dict:
