@@ -10,6 +10,25 @@ MIN_BOUND, MAX_BOUND = 0.5, 255.0
 # TV-L1's counts (nscales, warps, inner_iterations, outer_iterations), at most: the defaults are 5-30;
 # warps = 10**20 never finished. The pyramid stops at 16 px anyway, so more scales change nothing.
 MAX_ITERATIONS = 1000
+# TV-L1's other parameters, (least, most): where the solver still finds motion (OpenCV's defaults in
+# the middle; measured on a textured 3 px shift, both CPU backends alike). Outside, 1e308 stored NaN
+# flow (tau, theta, gamma) or none at all (epsilon), and a scale_step of 1e-308 resized a level to
+# 0 px (an OpenCV assertion for every video).
+# tau: the scheme converges for tau < 0.25 in theory, and OpenCV's default is 0.25.
+MAX_TAU = 0.25
+# lambda_ weighs the data term against smoothness: at 0.001 the flow of the 3 px shift was 0.03 px.
+LAMBDA_RANGE = (0.01, 100.0)
+# theta couples u and v: the steps lambda * theta and tau / theta shrink with it; at 0.001 no motion.
+THETA_RANGE = (0.01, 1.0)
+# epsilon: a warp stops once the root-mean-square update of the flow is below it, px: at 1 a warp
+# stopped with 60% of the motion, at 1e308 before any.
+MAX_EPSILON = 0.1
+# gamma weighs the illumination-change term, 0 = none: at 40 a quarter of the motion was lost, at
+# 100 all of it (the flow pointed backwards).
+MAX_GAMMA = 10.0
+# scale_step: each pyramid level is this times the one above; below 0.3 the smallest frames TV-L1
+# takes (2 px) shrink to 0 px, an OpenCV assertion; at 0.99 a 340x256 pyramid holds ~300 levels.
+SCALE_STEP_RANGE = (0.3, 0.99)
 
 
 @dataclass
@@ -56,16 +75,16 @@ class FlowConfig:
     scheduler: str = ""  # "" = local processes; "tcp://host:8786" = a Dask cluster
 
     # TV-L1 (names and meanings of OpenCV's DualTVL1OpticalFlow; defaults chosen by measurement).
-    tau: float = 0.25  # time step of the numerical scheme
-    lambda_: float = 0.15  # OpenCV's `lambda` (a Python keyword)
-    theta: float = 0.3  # tightness: weight of (u - v)^2 that couples the data term and the TV term
+    tau: float = 0.25  # time step of the numerical scheme; > 0 and at most 0.25 (convergence)
+    lambda_: float = 0.15  # OpenCV's `lambda` (a Python keyword): the data term's weight, 0.01-100
+    theta: float = 0.3  # tightness: weight of (u - v)^2 that couples the data term and the TV term; 0.01-1
     nscales: int = 5  # pyramid levels
     warps: int = 5  # warpings per level
-    epsilon: float = 0.01  # stopping threshold: precision against running time
+    epsilon: float = 0.01  # stopping threshold, px: precision against running time; > 0 and at most 0.1
     inner_iterations: int = 30  # iterations between median filterings
     outer_iterations: int = 10  # rounds of inner iterations per warp
-    scale_step: float = 0.5  # size ratio of pyramid levels; OpenCV: 0.8, 0.5 is 1.7x faster (docs/flow.md)
-    gamma: float = 0.0  # weight of the illumination-change term; 0 = none
+    scale_step: float = 0.5  # size ratio of pyramid levels, 0.3-0.99; OpenCV: 0.8, 0.5 is 1.7x faster (docs/flow.md)
+    gamma: float = 0.0  # weight of the illumination-change term, 0-10; 0 = none
     median_filtering: int = 5  # median filter size on the flow: 1 (off), 3 or 5
     use_initial_flow: bool = False  # start from the flow given to calc() instead of zero
 
@@ -94,11 +113,7 @@ class FlowConfig:
                 raise ValueError(f"{name}: must be {MIN_BOUND:g} to {MAX_BOUND:g} px (one uint8 level is 2 * bound / "
                                  f"255 px: below, real motion is clipped; above, small motion reads as none; "
                                  f"recipes use 20), got {getattr(self, name)}")
-        if not 0.0 < self.scale_step < 1.0:
-            raise ValueError(f"scale_step: must be in (0, 1), got {self.scale_step}")
-        for name in ("tau", "lambda_", "theta", "epsilon"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
+        self._validate_tvl1()
         for name in ("nscales", "warps", "inner_iterations", "outer_iterations"):
             if not 1 <= getattr(self, name) <= MAX_ITERATIONS:
                 raise ValueError(f"{name}: must be 1 to {MAX_ITERATIONS}, got {getattr(self, name)}")
@@ -114,3 +129,27 @@ class FlowConfig:
             parts = self.size.lower().split("x")
             if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
                 raise ValueError(f"size: must be 'WxH', a short side like '256', or '', got {self.size!r}")
+
+    def _validate_tvl1(self) -> None:
+        """TV-L1's real-valued parameters, each in the range where the solver finds motion."""
+        if not 0 < self.tau <= MAX_TAU:
+            raise ValueError(f"tau: must be > 0 and at most {MAX_TAU:g} (the scheme's time step: it converges for "
+                             f"tau < 0.25 in theory, OpenCV uses 0.25; 1e308 stored NaN flow), got {self.tau}")
+        low, high = LAMBDA_RANGE
+        if not low <= self.lambda_ <= high:
+            raise ValueError(f"lambda_: must be {low:g} to {high:g} (the data term's weight, OpenCV 0.15: below, the "
+                             f"flow shrinks to none), got {self.lambda_}")
+        low, high = THETA_RANGE
+        if not low <= self.theta <= high:
+            raise ValueError(f"theta: must be {low:g} to {high:g} (OpenCV 0.3: below, the solver's steps are too small "
+                             f"to move; 1e308 stored NaN flow), got {self.theta}")
+        if not 0 < self.epsilon <= MAX_EPSILON:
+            raise ValueError(f"epsilon: must be > 0 and at most {MAX_EPSILON:g} px (the stopping threshold, OpenCV "
+                             f"0.01: larger stops the solver before the flow has moved), got {self.epsilon}")
+        if not 0 <= self.gamma <= MAX_GAMMA:
+            raise ValueError(f"gamma: must be 0 to {MAX_GAMMA:g} (the illumination term's weight, OpenCV 0 = none: "
+                             f"larger explains motion away as brightness change), got {self.gamma}")
+        low, high = SCALE_STEP_RANGE
+        if not low <= self.scale_step <= high:
+            raise ValueError(f"scale_step: must be {low:g} to {high:g} (the pyramid's size ratio, OpenCV 0.8: below, "
+                             f"small frames shrink to 0 px; at 1 the levels never shrink), got {self.scale_step}")

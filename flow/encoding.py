@@ -20,9 +20,16 @@ def _check_bound(bound: float) -> float:
 
 
 def encode(flow: np.ndarray, bound: float = 20.0) -> np.ndarray:
-    """Float flow (any shape, px) -> uint8 of the same shape; 128 = no motion."""
+    """Float flow (any shape, px) -> uint8 of the same shape; 128 = no motion. FlowError on NaN or inf:
+    a diverged solver's output is no motion to store (np.clip would have made NaN 0, i.e. -bound)."""
     bound = _check_bound(bound)
-    scaled = (np.clip(np.asarray(flow, dtype=np.float64), -bound, bound) + bound) * (255.0 / (2.0 * bound))
+    flow = np.asarray(flow, dtype=np.float64)
+    finite = np.isfinite(flow)
+    if not finite.all():
+        bad = flow.size - int(np.count_nonzero(finite))
+        raise FlowError(f"flow is not finite (NaN or inf) in {bad} of {flow.size} values: TV-L1 diverged; check "
+                        "the [flow] TV-L1 settings (tau, lambda_, theta, epsilon, gamma, scale_step)")
+    scaled = (np.clip(flow, -bound, bound) + bound) * (255.0 / (2.0 * bound))
     return np.floor(scaled + 0.5).astype(np.uint8)
 
 

@@ -13,6 +13,20 @@ FUSION_SCORES = ("softmax", "raw")
 # TSN uses 1:1.5. [1e308, 1e308] summed to inf and scored every video 0, and a grid value of 1e308 broke
 # the report's weight curve.
 MAX_FUSION_WEIGHT = 1000.0
+# An SVM's C, (least, most) (eval.svm_cs; transfer.svm_cs the same). The features are L2-normalised, so
+# beyond ~1e4 every C is the hard-margin SVM (the same weights, measured up to 1e60) and below ~1e-4
+# every C the same ranking. Outside, LinearSVC's primal solver broke: C = 1e100 and 1e-300 ran for
+# minutes, 1e308 and 1e-20 returned all-zero weights (the report's SVM rows 0.00, below chance).
+SVM_C_RANGE = (1e-6, 1e6)
+
+
+def check_svm_cs(cs: list[float]) -> None:
+    """ValueError naming `svm_cs` ([eval] and [transfer]) unless every C is within SVM_C_RANGE."""
+    low, high = SVM_C_RANGE
+    if not cs or not low <= min(cs) <= max(cs) <= high:
+        raise ValueError(f"svm_cs: must be a non-empty list of C values, each {low:g} to {high:g} (on "
+                         f"L2-normalised features C beyond 1e4 is the hard margin; 1e308 gave all-zero weights), "
+                         f"got {cs}")
 
 
 @dataclass
@@ -41,7 +55,8 @@ class EvalConfig:
     # Features + linear SVM (the paper's protocol): centre crop, each clip averaged with its mirror.
     svm: bool = True  # also train the SVM rows of the report (svm_rgb, svm_flow, svm_two_stream)
     svm_clips: int = 20  # clips per video whose features are averaged, 1-1000 (the paper: 20)
-    svm_cs: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0])  # C, chosen by CV
+    # C, chosen by CV; each 1e-6 to 1e6 (on L2-normalised features C beyond 1e4 is the hard margin)
+    svm_cs: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0])
     svm_folds: int = 5  # cross-validation folds over the training videos
     seed: int = 0  # cross-validation folds, and the clips of clip_sampling = "random"
 
@@ -72,8 +87,7 @@ class EvalConfig:
                              f"got {self.fusion_cv_grid}")
         if not 1 <= self.svm_clips <= MAX_CLIPS:
             raise ValueError(f"svm_clips: must be 1 to {MAX_CLIPS}, got {self.svm_clips}")
-        if not self.svm_cs or min(self.svm_cs) <= 0:
-            raise ValueError(f"svm_cs: must be a non-empty list of C values > 0, got {self.svm_cs}")
+        check_svm_cs(self.svm_cs)
         if self.svm_folds < 2:
             raise ValueError(f"svm_folds: must be >= 2, got {self.svm_folds}")
         check_seed(self.seed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fusion.config import check_svm_cs
 from p3dbase.device import check_device_setting
 from streams.config import MAX_CLIPS, check_seed
 
@@ -56,8 +57,7 @@ class TransferConfig:
         check_device_setting(self.device)
         if self.jobs < 0:
             raise ValueError(f"jobs: must be >= 0 (0 = one per core), got {self.jobs}")
-        if not self.svm_cs or min(self.svm_cs) <= 0:
-            raise ValueError(f"svm_cs: must be a non-empty list of C values > 0, got {self.svm_cs}")
+        check_svm_cs(self.svm_cs)
         if self.svm_folds < 2:
             raise ValueError(f"svm_folds: must be >= 2, got {self.svm_folds}")
         check_seed(self.seed)

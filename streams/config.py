@@ -29,6 +29,10 @@ MAX_LR = 10.0  # recipes use 1e-4 to 0.1; SGD diverges far below 10
 MAX_WEIGHT_DECAY = 1.0  # recipes use 1e-5 to 1e-3
 MAX_LR_MULT = 1000.0  # fc_lr_mult, flow_conv1_lr_mult: Caffe recipes use 1 to 20
 MAX_WARMUP_EPOCHS = 1000.0
+# The run's length: recipes train 30-100 epochs, or 150K iterations (the paper's Sports-1M); 10**20 of
+# either was accepted and trained without end.
+MAX_EPOCHS = 100_000
+MAX_ITERATIONS = 10**9
 
 
 def check_seed(seed: int, name: str = "seed") -> None:
@@ -79,16 +83,17 @@ class TrainConfig:
 
     # Optimisation. batch_size is the global batch: each of N DDP processes takes batch_size / N.
     batch_size: int = 32  # clips per optimiser step, over all processes
-    epochs: int = 30  # passes over the training videos, one random clip per video each
+    epochs: int = 30  # passes over the training videos, one random clip per video each; 1-100,000
     # > 0: the schedule counted in optimiser steps, as Caffe solvers state it (the paper's Sports-1M:
-    # 150K): train this many steps, lr_steps are steps; `epochs` is then unused. 0 = epochs.
+    # 150K): train this many steps, lr_steps are steps; `epochs` is then unused. 0 = epochs; at most 10**9.
     iterations: int = 0
     max_steps: int = 0  # stop after this many steps (the schedule stays the full one); 0 = no limit
     lr: float = 0.001  # SGD learning rate (fc: x fc_lr_mult; flow conv1: x flow_conv1_lr_mult)
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 5e-4  # on conv and fc weights; none on biases and BN scale/shift
     schedule: str = "step"  # "step" (x lr_gamma at each of lr_steps) or "cosine" (to 0 at the end)
-    lr_steps: list[float] = field(default_factory=lambda: [12.0, 24.0])  # epochs (steps with `iterations`)
+    # epochs (steps with `iterations`), increasing, each > 0; one past the run never acts
+    lr_steps: list[float] = field(default_factory=lambda: [12.0, 24.0])
     lr_gamma: float = 0.1  # schedule = "step": the factor at each of lr_steps
     warmup_epochs: float = 0.0  # linear warm-up from 0
     fc_lr_mult: float = 10.0  # fc weights (bias: twice this, as Caffe's lr_mult 10/20)
@@ -134,6 +139,12 @@ class TrainConfig:
         for name in ("max_steps", "iterations", "checkpoint_every", "workers", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.epochs > MAX_EPOCHS:
+            raise ValueError(f"epochs: must be 1 to {MAX_EPOCHS:,} (recipes train 30 to 100; more never ends), "
+                             f"got {self.epochs}")
+        if self.iterations > MAX_ITERATIONS:
+            raise ValueError(f"iterations: must be 0 to {MAX_ITERATIONS:,} (0 = count epochs; the paper's Sports-1M "
+                             f"trains 150,000; more never ends), got {self.iterations}")
         if self.val_clips > MAX_CLIPS:
             raise ValueError(f"val_clips: must be 1 to {MAX_CLIPS}, got {self.val_clips}")
         if self.clip_len > MAX_CLIP_LEN:
@@ -178,11 +189,20 @@ class TrainConfig:
             raise ValueError(f"run: {problem}, got '{shown(self.run[:40])}'{'...' if len(self.run) > 40 else ''}")
         if self.schedule not in ("step", "cosine"):
             raise ValueError(f"schedule: must be 'step' or 'cosine', got {self.schedule!r}")
-        if sorted(self.lr_steps) != list(self.lr_steps):
-            raise ValueError(f"lr_steps: must be increasing epochs, got {self.lr_steps}")
+        self._validate_lr_steps()
         if self.amp not in ("bf16", "fp16", "off"):
             raise ValueError(f"amp: must be 'bf16', 'fp16' or 'off', got {self.amp!r}")
         if self.decode not in ("cpu", "cuda"):
             raise ValueError(f"decode: must be 'cpu' or 'cuda', got {self.decode!r}")
         check_seed(self.seed)
         check_device_setting(self.device)
+
+    def _validate_lr_steps(self) -> None:
+        """Increasing, each > 0: a step at 0 or below lowers lr from the first step on. One past the end of
+        the run is allowed: it never acts, as when a smoke run sets epochs = 1 and keeps the recipe's steps."""
+        unit = "steps" if self.iterations else "epochs"
+        if sorted(self.lr_steps) != list(self.lr_steps):
+            raise ValueError(f"lr_steps: must be increasing {unit}, got {self.lr_steps}")
+        if self.lr_steps and not self.lr_steps[0] > 0:
+            raise ValueError(f"lr_steps: must be {unit} > 0 (a step at {self.lr_steps[0]:g} lowers lr from the start), "
+                             f"got {self.lr_steps}")

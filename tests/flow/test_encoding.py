@@ -1,8 +1,14 @@
+import csv
+
 import numpy as np
 import pytest
 
+import flow.stage
 from flow.encoding import decode, encode, step
 from flow.errors import FlowError
+from flow.stage import FlowJob, run_flow
+from flow.store import open_store
+from tests.builders import moving_square, write_video
 
 
 def test_zero_motion_is_128_not_127():
@@ -45,3 +51,43 @@ def test_bad_inputs():
         encode(np.zeros(2), 0)
     with pytest.raises(FlowError, match="uint8"):
         decode(np.zeros(2, np.float32), 20)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_flow_is_refused_not_clipped(bad):
+    """np.clip made NaN 0 (stored as -bound): a diverged solver's output read as motion."""
+    flow = np.zeros((2, 4, 4, 2), np.float32)
+    flow[1, 2, 3, 0] = bad
+    with pytest.raises(FlowError) as err:
+        encode(flow, 20)
+    assert str(err.value) == ("flow is not finite (NaN or inf) in 1 of 64 values: TV-L1 diverged; check the [flow] "
+                              "TV-L1 settings (tau, lambda_, theta, epsilon, gamma, scale_step)")
+
+
+def test_a_backend_returning_nan_fails_that_video_with_the_reason(tmp_path, fast_cfg, monkeypatch):
+    """tau = 1e308 (refused by [flow] now) gave NaN flow, stored as all-zero images with "0 failed" and a
+    clean verify: whatever the backend, non-finite flow fails its video, the reason in the manifest."""
+    folder = tmp_path / "videos"
+    write_video(folder / "a.mkv", moving_square(6, seed=1))
+    write_video(folder / "b.mkv", moving_square(6, seed=2))
+    real = flow.stage.make_backend
+    made = []
+
+    class Diverged:
+        def compute(self, gray):
+            return np.full((len(gray) - 1, *gray.shape[1:], 2), np.nan, np.float32)
+
+    def first_diverges(cfg, device=None):  # called once per video
+        made.append(1)
+        return Diverged() if len(made) == 1 else real(cfg, device)
+
+    monkeypatch.setattr(flow.stage, "make_backend", first_diverges)
+    jobs = [FlowJob(f"Cls/{p.stem}", p) for p in sorted(folder.iterdir())]
+    summary = run_flow(jobs, tmp_path / "flow", fast_cfg)
+    assert (summary.computed, summary.failed) == (1, 1)
+    with open(tmp_path / "flow/manifest.csv", newline="") as f:
+        rows = {r["video_id"]: r for r in csv.DictReader(f)}
+    (failed,) = [r for r in rows.values() if r["status"] == "failed"]
+    assert failed["error"].startswith(f"{failed['path']}: flow is not finite (NaN or inf) in ")
+    assert "check the [flow] TV-L1 settings" in failed["error"]
+    assert open_store(tmp_path / "flow").video_ids() == [v for v in rows if v != failed["video_id"]]

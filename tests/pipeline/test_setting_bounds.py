@@ -8,11 +8,15 @@ import pytest
 import torch
 from sklearn.model_selection import KFold
 
+from flow.config import LAMBDA_RANGE, MAX_EPSILON, MAX_GAMMA, MAX_TAU, SCALE_STEP_RANGE, THETA_RANGE, FlowConfig
+from flow.tvl1 import MIN_SIDE, OpenCVTVL1
+from flow.tvl1_fast import FastTVL1
 from fusion.fuse import fuse, weight_curve
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from streams.config import MAX_LR, MAX_LR_MULT, MAX_WEIGHT_DECAY, SEED_LIMIT
+from tests.builders import REPO
 
 
 @pytest.mark.parametrize("override, needle", [
@@ -56,6 +60,44 @@ from streams.config import MAX_LR, MAX_LR_MULT, MAX_WEIGHT_DECAY, SEED_LIMIT
     ("flow.bound=1e-300", "[flow] bound: must be 0.5 to 255 px"),
     ("flow.rawframes_bound=1000", "[flow] rawframes_bound: must be 0.5 to 255 px"),
     ("transfer.svm_clips=99999999", "[transfer] svm_clips: must be 1 to 1000"),
+    # 5. TV-L1 outside the range where it finds motion: NaN flow stored as all-zero images and "0 failed"
+    # (tau, theta, gamma at 1e308), no motion at all (epsilon 1e308), or an OpenCV assertion for every
+    # video (scale_step 1e-308).
+    ("flow.tau=1e308", "[flow] tau: must be > 0 and at most 0.25 (the scheme's time step: it converges for "
+                       "tau < 0.25 in theory, OpenCV uses 0.25; 1e308 stored NaN flow), got 1e+308"),
+    ("flow.tau=10", "[flow] tau: must be > 0 and at most 0.25"),
+    ("flow.tau=0", "[flow] tau: must be > 0 and at most 0.25"),
+    ("flow.theta=1e308", "[flow] theta: must be 0.01 to 1 (OpenCV 0.3: below, the solver's steps are too small "
+                         "to move; 1e308 stored NaN flow), got 1e+308"),
+    ("flow.theta=1e-6", "[flow] theta: must be 0.01 to 1"),
+    ("flow.lambda_=1e308", "[flow] lambda_: must be 0.01 to 100 (the data term's weight, OpenCV 0.15"),
+    ("flow.lambda_=0.001", "[flow] lambda_: must be 0.01 to 100"),
+    ("flow.epsilon=1e308", "[flow] epsilon: must be > 0 and at most 0.1 px (the stopping threshold, OpenCV 0.01: "
+                           "larger stops the solver before the flow has moved), got 1e+308"),
+    ("flow.epsilon=0", "[flow] epsilon: must be > 0 and at most 0.1 px"),
+    ("flow.gamma=-1", "[flow] gamma: must be 0 to 10 (the illumination term's weight, OpenCV 0 = none: larger "
+                      "explains motion away as brightness change), got -1.0"),
+    ("flow.gamma=1e308", "[flow] gamma: must be 0 to 10"),
+    ("flow.scale_step=1e-308", "[flow] scale_step: must be 0.3 to 0.99 (the pyramid's size ratio, OpenCV 0.8: "
+                               "below, small frames shrink to 0 px; at 1 the levels never shrink), got 1e-308"),
+    ("flow.scale_step=1", "[flow] scale_step: must be 0.3 to 0.99"),
+    # 6. An SVM's C: 1e308 gave all-zero weights (the SVM rows 0.00, below chance); 1e100 ran for minutes.
+    ("eval.svm_cs=[1e308]", "[eval] svm_cs: must be a non-empty list of C values, each 1e-06 to 1e+06 (on "
+                            "L2-normalised features C beyond 1e4 is the hard margin; 1e308 gave all-zero weights), "
+                            "got [1e+308]"),
+    ("eval.svm_cs=[0.1,1e-300]", "[eval] svm_cs: must be a non-empty list of C values, each 1e-06 to 1e+06"),
+    ("eval.svm_cs=[]", "[eval] svm_cs: must be a non-empty list of C values"),
+    ("transfer.svm_cs=[1e308]", "[transfer] svm_cs: must be a non-empty list of C values, each 1e-06 to 1e+06"),
+    # 7. The run's length: 10**20 epochs or iterations trained without end.
+    ("train.epochs=99999999999999999999", "[train] epochs: must be 1 to 100,000 (recipes train 30 to 100; more "
+                                          "never ends), got 99999999999999999999"),
+    ("train.iterations=99999999999999999999", "[train] iterations: must be 0 to 1,000,000,000 (0 = count epochs; "
+                                              "the paper's Sports-1M trains 150,000; more never ends)"),
+    # 8. lr_steps: a step at or below 0 lowered lr from the first step, in silence.
+    ("train.lr_steps=[-1.0]", "[train] lr_steps: must be epochs > 0 (a step at -1 lowers lr from the start), "
+                              "got [-1.0]"),
+    ("train.lr_steps=[0,10]", "[train] lr_steps: must be epochs > 0"),
+    ("train.lr_steps=[20,10]", "[train] lr_steps: must be increasing epochs, got [20.0, 10.0]"),
 ])
 def test_an_extreme_setting_is_one_line_naming_the_key(override, needle):
     with pytest.raises(ConfigError) as err:
@@ -91,6 +133,8 @@ def test_the_values_at_each_bound_still_validate():
         "synth.camera_pan=5", "synth.noise=255",
         "flow.bound=0.5", "flow.rawframes_bound=255", "flow.warps=1000", "flow.nscales=1000",
         "flow.inner_iterations=1000", "flow.outer_iterations=1000",
+        "flow.tau=0.25", "flow.theta=1", "flow.lambda_=100", "flow.epsilon=0.1", "flow.gamma=10",
+        "flow.scale_step=0.99", "eval.svm_cs=[1e-6,1e6]", "transfer.svm_cs=[1e-6,1e6]",
     ])
     assert (cfg.train.seed, cfg.train.lr, cfg.eval.fusion_weights, cfg.flow.bound) == (4294967295, 10.0,
                                                                                         [1000.0, 1000.0], 0.5)
@@ -135,3 +179,42 @@ def test_the_cli_refuses_before_any_work(tmp_path, capsys):
     assert err == ("error: --set synth.fps=1e300: [synth] fps: must be > 0 and at most 1000 (what the container "
                    "records; the motion is set per frame), got 1e+300\n")
     assert not work.exists()
+
+
+@pytest.mark.parametrize("overrides", [
+    ["flow.theta=0.01", "flow.lambda_=0.01", "flow.scale_step=0.3", "flow.gamma=0", "flow.epsilon=1e-300"],
+    ["train.epochs=100000", "train.lr_steps=[1e-9, 100000]"],
+    ["train.iterations=1000000000", "train.lr_steps=[60000, 1000000000]"],
+    ["train.epochs=1"],  # a smoke run keeps the recipe's lr_steps [12, 24]: past its end, they never act
+    ["train.iterations=2", "train.lr_steps=[60000, 120000]"],
+])
+def test_the_other_ends_of_each_range_validate(overrides):
+    load_config(None, overrides)
+
+
+def test_a_step_at_zero_in_a_run_counted_in_iterations_names_steps():
+    with pytest.raises(ConfigError, match=r"\[train\] lr_steps: must be steps > 0 \(a step at 0 lowers lr from"):
+        load_config(None, ["train.iterations=1000", "train.lr_steps=[0]"])
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.toml")))
+def test_every_shipped_config_still_loads(name):
+    """The bounds are of values no recipe needs: every shipped config and the defaults stay valid."""
+    load_config(REPO / "configs" / name)
+    load_config(None)
+
+
+@pytest.mark.parametrize("scale_step", SCALE_STEP_RANGE)
+@pytest.mark.parametrize("backend", [OpenCVTVL1, FastTVL1])
+def test_tvl1_at_the_ends_of_its_ranges_finds_finite_motion_on_the_smallest_frames(scale_step, backend):
+    """Each bound is a value the solvers run at: 2 px frames (the least TV-L1 takes) at the smallest
+    scale_step, and the most of every other parameter at once, give finite flow."""
+    rng = np.random.default_rng(0)
+    for frames in (rng.integers(0, 256, (2, MIN_SIDE, 3), np.uint8), rng.integers(0, 256, (2, 24, 32), np.uint8)):
+        high = FlowConfig(tau=MAX_TAU, theta=THETA_RANGE[1], lambda_=LAMBDA_RANGE[1], epsilon=MAX_EPSILON,
+                          gamma=MAX_GAMMA, scale_step=scale_step, nscales=3, warps=1, outer_iterations=2)
+        low = FlowConfig(theta=THETA_RANGE[0], lambda_=LAMBDA_RANGE[0], scale_step=scale_step, nscales=3, warps=1,
+                         outer_iterations=2)
+        for cfg in (high, low):
+            cfg.validate()
+            assert np.isfinite(backend(cfg).compute(frames)).all()
