@@ -21,6 +21,7 @@ import torch
 
 from p3dbase.atomic import atomic_write
 from p3dbase.errors import NOT_REGULAR, excerpt, text_problem
+from p3dbase.lock import holder_of
 from p3dbase.overrides import check_value
 from streams.errors import StreamsError
 from streams.p3d import ARCHS, P3D, build_model
@@ -344,12 +345,22 @@ def stream_path(path: Path | str) -> Path:
     return final_checkpoint(path) if path.is_dir() else path
 
 
+def run_lock(train_dir: Path | str) -> Path:
+    """The lock a training run holds on its folder while it runs (one run per folder)."""
+    train_dir = Path(train_dir)
+    return train_dir.parent / f".{train_dir.name}.lock"
+
+
 def final_checkpoint(train_dir: Path | str) -> Path:
     """The finished model of a training run directory (`last.pt`); StreamsError if it has not finished."""
     path = Path(train_dir) / LAST
     if not path.is_file():
         steps = step_checkpoints(Path(train_dir))
         state = f"its newest checkpoint is {steps[-1][1].name}" if steps else "it holds no checkpoint"
+        running = holder_of(run_lock(train_dir))
+        if running:
+            raise StreamsError(f"{path} does not exist yet: training in {train_dir} is running now (pid {running}; "
+                               f"{state}): wait for it to finish")
         raise StreamsError(f"{path} does not exist: training in {train_dir} has not finished ({state}); "
                            "run the train stage again to resume it")
     return path

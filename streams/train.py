@@ -36,7 +36,7 @@ from p3dbase.lock import try_lock
 from p3dbase.progress import progress_bar
 from streams import distributed, loaders, losses, schedule, transforms
 from streams.builder import build_stream, started_from
-from streams.checkpoint import LAST, make_payload, save_checkpoint, step_path
+from streams.checkpoint import LAST, make_payload, run_lock, save_checkpoint, step_path
 from streams.clips import ClipDataset, EpochSampler
 from streams.config import ModelConfig, TrainConfig
 from streams.errors import StreamsError
@@ -117,7 +117,7 @@ def train_stream(data: StreamData, modality: str, model_cfg: ModelConfig, train_
     ctx = distributed.setup(train_cfg.device)
     threads = torch.get_num_threads()
     try:
-        with try_lock(out_dir.parent / f".{out_dir.name}.lock") if ctx.is_main else nullcontext() as holder:
+        with try_lock(run_lock(out_dir)) if ctx.is_main else nullcontext() as holder:
             if holder:
                 raise StreamsError(f"{out_dir} is being written by another training run (pid {holder}): wait for "
                                    "it to finish, or train into another output folder (--run NAME)")

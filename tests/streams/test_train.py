@@ -176,6 +176,22 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(toy_store, tmp_path, 
     assert ckpt.step == 2 and all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_a_stream_asked_for_while_it_trains_says_so(tmp_path):
+    """eval or predict on a run folder while its training runs said only "has not finished ... run the
+    train stage again", which would start a second run on the same folder."""
+    from p3dbase.lock import hold_lock
+    from streams.checkpoint import run_lock
+
+    run = tmp_path / "rgb" / "split1"
+    run.mkdir(parents=True)
+    with hold_lock(run_lock(run), holder="4242"):
+        with pytest.raises(StreamsError, match=r"does not exist yet: training in .*split1 is running now \(pid 4242; "
+                                               r"it holds no checkpoint\): wait for it to finish"):
+            final_checkpoint(run)
+    with pytest.raises(StreamsError, match=r"has not finished \(it holds no checkpoint\); run the train stage"):
+        final_checkpoint(run)
+
+
 def test_other_settings_do_not_resume(toy_store, tmp_path, configs):
     root, train, val = toy_store
     train_stream(toy(root, train, val), "flow", *configs(max_steps=1), tmp_path)
