@@ -219,6 +219,8 @@ def _read_scores(report_dir: Path) -> dict[str, np.ndarray]:
                 or (views and not a.shape[1])):
             want = f"{n} videos x views x {c} classes" if views else f"{n} videos x {c} classes"
             raise _damaged(path, f"{key!r} is {a.dtype} {tuple(a.shape)}, not floats of {want}")
+        if not np.isfinite(a).all():  # eval never writes them (it refuses non-finite outputs): an edit
+            raise _damaged(path, f"{key!r} holds NaN or inf scores")
     return scores
 
 
