@@ -33,6 +33,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISDIR
 from typing import Any
 
 import numpy as np
@@ -202,8 +203,8 @@ def file_signature(path: Path) -> str:
     folder (a frame folder, a video of the mmaction layout), its files' count, total size and newest
     modification time, sub-folders included: an image rewritten in place changes its own mtime, not
     the folder's."""
-    if not Path(path).is_dir():
-        stat = Path(path).stat()
+    stat = os.stat(path)  # one call for the common case, a packed video's file
+    if not S_ISDIR(stat.st_mode):
         return f"{stat.st_size}:{stat.st_mtime_ns}"
     stats = list(_file_stats(path))
     return f"{len(stats)}:{sum(s.st_size for s in stats)}:{max((s.st_mtime_ns for s in stats), default=0)}"

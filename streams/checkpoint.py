@@ -23,6 +23,7 @@ from p3dbase.atomic import atomic_write
 from p3dbase.errors import NOT_REGULAR, excerpt, text_problem
 from p3dbase.lock import holder_of
 from p3dbase.overrides import check_value
+from streams.config import MAX_CLIP_LEN, MAX_SIDE
 from streams.errors import StreamsError
 from streams.p3d import ARCHS, P3D, build_model
 from streams.transforms import CHANNELS, MODALITIES
@@ -220,8 +221,8 @@ def read_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
 # What the readers of a checkpoint use besides the weights, with its type and range: a checksum proves
 # only that the file is as written, and one without a checksum (older, or edited and the checksum
 # dropped) would otherwise fail deep in scoring or export with a traceback.
-_GEOMETRY = {"clip_len": (int, 1, 1024), "crop": (int, 1, 4096), "resize": (list[int], 1, 4096),
-             "scale_jitter": (list[int], 1, 4096)}
+_GEOMETRY = {"clip_len": (int, 1, MAX_CLIP_LEN), "crop": (int, 1, MAX_SIDE), "resize": (list[int], 1, MAX_SIDE),
+             "scale_jitter": (list[int], 1, MAX_SIDE)}
 _DROPOUT = {"dropout_rgb": (float, 0.0, 1.0), "dropout_flow": (float, 0.0, 1.0), "partial_bn": (bool, None, None)}
 
 

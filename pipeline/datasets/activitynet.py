@@ -12,7 +12,7 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from p3dbase.errors import excerpt, shown
+from p3dbase.errors import excerpt, shown, text_problem
 from pipeline.datasets.config import DatasetConfig
 from pipeline.datasets.files import (
     Entry,
@@ -21,7 +21,6 @@ from pipeline.datasets.files import (
     check_root,
     decode,
     index_videos,
-    text_problem,
 )
 from pipeline.datasets.records import Dataset
 from pipeline.errors import DatasetError

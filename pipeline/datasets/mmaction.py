@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from p3dbase.errors import excerpt
+from p3dbase.errors import excerpt, text_problem
 from pipeline.datasets.config import DatasetConfig
 from pipeline.datasets.files import (
     Entry,
@@ -16,7 +16,6 @@ from pipeline.datasets.files import (
     parse_int,
     read_list,
     relative_path,
-    text_problem,
     video_id_of,
 )
 from pipeline.datasets.records import Dataset

@@ -31,9 +31,9 @@ from pathlib import Path
 
 from flow.video import VIDEO_EXTENSIONS
 from p3dbase.bulk import no_cycle_collection
-from p3dbase.errors import excerpt, shown
+from p3dbase.errors import excerpt, shown, text_problem
 from pipeline.datasets.config import DatasetConfig
-from pipeline.datasets.files import check_root, decode, file_problem, parse_int, text_problem
+from pipeline.datasets.files import check_root, decode, file_problem, parse_int
 from pipeline.datasets.records import Dataset, VideoRecord
 from pipeline.errors import DatasetError
 

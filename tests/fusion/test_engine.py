@@ -91,15 +91,20 @@ def test_cache_key_changes_with_what_decides_the_outputs(tiny_checkpoints, tiny_
     assert cache.key(rgb, score_plan(3, "three")) == key
 
 
-def test_cache_entry_is_tied_to_the_video_signature_and_the_layers(tiny_checkpoints, tiny_store, tmp_path):
+def _feature_outputs(tiny_checkpoints, tiny_store, cache_root):
+    """The RGB stream, a cache under `cache_root`, the feature plan, a video and its outputs (not cached)."""
     store = open_store(tiny_store[0])
     rgb = open_stream("rgb", tiny_checkpoints["rgb"])
-    engine = Engine([rgb], 4, torch.device("cpu"))
-    cache = OutputCache(tmp_path, {"rgb": store_source(store)})
+    cache = OutputCache(cache_root, {"rgb": store_source(store)})
     plan = feature_plan(3)
     video_id = tiny_store[2][0][0]
     with store.open(video_id) as video:
-        out = engine.run("rgb", video, [plan])[0]
+        out = Engine([rgb], 4, torch.device("cpu")).run("rgb", video, [plan])[0]
+    return rgb, cache, plan, video_id, out
+
+
+def test_cache_entry_is_tied_to_the_video_signature_and_the_layers(tiny_checkpoints, tiny_store, tmp_path):
+    rgb, cache, plan, video_id, out = _feature_outputs(tiny_checkpoints, tiny_store, tmp_path)
     cache.write(rgb, plan, video_id, "1:2", out)
     back = cache.read(rgb, plan, video_id, "1:2")
     assert back.views == out.views and np.array_equal(back.pool5, out.pool5)
@@ -155,14 +160,7 @@ def test_a_damaged_cache_entry_is_computed_again_never_used(tiny_checkpoints, ti
 
 def test_outputs_that_are_not_finite_are_never_cached(tiny_checkpoints, tiny_store, tmp_path):
     """The reader takes NaN for damage: written, such an entry would be computed on every run."""
-    store = open_store(tiny_store[0])
-    rgb = open_stream("rgb", tiny_checkpoints["rgb"])
-    engine = Engine([rgb], 4, torch.device("cpu"))
-    cache = OutputCache(tmp_path, {"rgb": store_source(store)})
-    plan = feature_plan(3)
-    video_id = tiny_store[2][0][0]
-    with store.open(video_id) as video:
-        out = engine.run("rgb", video, [plan])[0]
+    rgb, cache, plan, video_id, out = _feature_outputs(tiny_checkpoints, tiny_store, tmp_path)
     out.pool5[0, 0] = np.inf
     with pytest.raises(FusionError, match=r"outputs on video .* are not finite \(NaN or inf\)"):
         cache.write(rgb, plan, video_id, "1:2", out)
@@ -185,14 +183,8 @@ def test_view_plans_give_the_views_of_every_caller():
 
 
 def test_a_folder_where_a_cache_entry_belongs_is_named_with_the_remedy(tiny_checkpoints, tiny_store, tmp_path):
-    store = open_store(tiny_store[0])
-    rgb = open_stream("rgb", tiny_checkpoints["rgb"])
-    cache = OutputCache(tmp_path, {"rgb": store_source(store)})
-    plan = feature_plan(3)
-    video_id = tiny_store[2][0][0]
+    rgb, cache, plan, video_id, out = _feature_outputs(tiny_checkpoints, tiny_store, tmp_path)
     cache.path(rgb, plan, video_id).mkdir(parents=True)
     assert cache.read(rgb, plan, video_id, "1:2") is None
-    with store.open(video_id) as video:
-        out = Engine([rgb], 4, torch.device("cpu")).run("rgb", video, [plan])[0]
     with pytest.raises(FusionError, match=r"a folder where a cache entry belongs: remove it .* safe to delete"):
         cache.write(rgb, plan, video_id, "1:2", out)
