@@ -9,9 +9,7 @@ pipeline.transfer.report through `render` and the pictures helpers here.
 from __future__ import annotations
 
 import base64
-import csv
 import datetime
-import io
 import json
 import math
 import os
@@ -31,7 +29,6 @@ from flow.visualise import flow_to_colour
 from fusion import figures, fuse, metrics, report
 from fusion.errors import FusionError
 from p3dbase.atomic import write_text
-from p3dbase.errors import excerpt
 from p3dbase.errors import shown as printable
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -140,8 +137,8 @@ def write_average_page(report_dir: Path) -> Path:
     splits = [{"name": p.parent.name, "href": f"{p.parent.name}/{PAGE}"}
               for p in sorted(report_dir.glob(f"split*/{PAGE}"))]
     page = render("average.html.j2", title=inputs["title"], notes=inputs["notes"],
-                  results=results_section(_read_csv(report_dir / "results.csv", [*report.COLUMNS, "splits"],
-                                                    report.PERCENT)), splits=splits)
+                  results=results_section(_read_table(report_dir / "results.csv", [*report.COLUMNS, "splits"],
+                                                      report.PERCENT, [*COUNTS, "splits"])), splits=splits)
     path = report_dir / PAGE
     write_text(path, page)
     return path
@@ -150,8 +147,16 @@ def write_average_page(report_dir: Path) -> Path:
 RERUN = "re-run `make eval`"
 
 
+COUNTS = ["videos", "excluded"]  # results.csv's whole-number columns
+
+
 def _damaged(path: Path, what: str) -> FusionError:
     return report.damaged(path, what, RERUN)
+
+
+def _read_table(path: Path, columns: Sequence[str], numbers: Sequence[str] = (),
+                counts: Sequence[str] = ()) -> pd.DataFrame:
+    return report.read_table(path, columns, RERUN, numbers, counts)
 
 
 def _number(v: Any) -> bool:
@@ -224,30 +229,6 @@ def _read_scores(report_dir: Path) -> dict[str, np.ndarray]:
     return scores
 
 
-def _read_csv(path: Path, columns: Sequence[str] = (), numbers: Sequence[str] = ()) -> pd.DataFrame:
-    """A table a report wrote: every row whole, with `columns`; those of `numbers` it has are numeric."""
-    try:
-        text = path.read_text(encoding="utf-8")
-        table = pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""])
-        rows = [r for r in csv.reader(io.StringIO(text)) if r]
-    except (OSError, ValueError, csv.Error) as e:
-        raise FusionError(f"{printable(str(path))}: cannot read it ({e}): re-run `make eval`") from None
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        names = ", ".join(map(repr, missing[:3])) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise _damaged(path, f"not the table a report wrote (no column {names}; its header: "
-                             f"{excerpt(','.join(map(str, table.columns)))})")
-    short = next((k for k, r in enumerate(rows) if len(r) != len(rows[0])), None)
-    if short is not None or (text and not text.endswith("\n")):
-        where = (f"row {short} has {len(rows[short])} of the header's {len(rows[0])} fields" if short is not None
-                 else "no line end after its last row")
-        raise _damaged(path, f"cut short ({where})")
-    wrong = [c for c in numbers if c in table.columns and not pd.api.types.is_numeric_dtype(table[c])]
-    if wrong:
-        raise _damaged(path, f"column {wrong[0]!r} holds text where numbers belong")
-    return table
-
-
 def eval_context(report_dir: Path) -> dict[str, Any]:
     """Everything eval.html.j2 shows, read from the files of `report_dir`."""
     inputs = _read_inputs(report_dir)
@@ -261,21 +242,21 @@ def eval_context(report_dir: Path) -> dict[str, Any]:
                                                    f"({', '.join(methods)})")
     chosen = inputs.get("chosen")
     probs = {m: probabilities(scores, m, chosen) for m in [*STREAM_METHODS, *shown] if m in methods}
-    results = _read_csv(report_dir / "results.csv", report.COLUMNS, report.PERCENT)
+    results = _read_table(report_dir / "results.csv", report.COLUMNS, report.PERCENT, COUNTS)
     unlisted = [m for m in methods if m not in set(results["method"].astype(str))]
     if unlisted:
         raise _damaged(report_dir / "results.csv", f"no row of {', '.join(unlisted)} (scored in scores.npz)")
-    per_class = _read_csv(report_dir / "per_class.csv", ["class", "videos", *shown],
-                          ["videos", *STREAM_METHODS, *shown])
-    if len(per_class) != len(classes) or per_class["videos"].dtype.kind not in "iu":
-        raise _damaged(report_dir / "per_class.csv", f"not one row of whole video counts for each of the "
-                                                     f"{len(classes)} classes of scores.npz")
+    per_class = _read_table(report_dir / "per_class.csv", ["class", "videos", *shown], [*STREAM_METHODS, *shown],
+                            ["videos"])
+    if len(per_class) != len(classes):
+        raise _damaged(report_dir / "per_class.csv", f"not one row for each of the {len(classes)} classes of "
+                                                     "scores.npz")
     sources = ["results.csv", "per_class.csv", "scores.npz", "excluded.csv", report.INPUTS]
     weight = None
     if (report_dir / "fusion_weight.csv").is_file():
         sources.append("fusion_weight.csv")
-        weight = weight_section(_read_csv(report_dir / "fusion_weight.csv", ["curve", "flow_weight", "hit@1"],
-                                          ["flow_weight", "hit@1"]), chosen)
+        weight = weight_section(_read_table(report_dir / "fusion_weight.csv", ["curve", "flow_weight", "hit@1"],
+                                            ["flow_weight", "hit@1"]), chosen)
     curves = [training_curves(name, Path(path)) for name, path in inputs["checkpoints"].items()]
     if any(c["uri"] for c in curves):
         sources.append("metrics.jsonl of each stream")
@@ -293,7 +274,7 @@ def eval_context(report_dir: Path) -> dict[str, Any]:
                               "its classes and count.")),
         "per_class": per_class_section(per_class, shown),
         "worst": worst_section(scores, probs, labels, classes, inputs.get("store"), shown),
-        "excluded": excluded_section(_read_csv(report_dir / "excluded.csv", ["video_id", "reason"])),
+        "excluded": excluded_section(_read_table(report_dir / "excluded.csv", ["video_id", "reason"])),
         "sources": sources,
     }
 

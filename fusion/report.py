@@ -2,7 +2,10 @@
 the pictures (fusion.figures), scores."""
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -192,6 +195,65 @@ def check_inputs(path: Path, inputs: dict, keys: dict[str, tuple[Callable[[Any],
         if not check(inputs.get(key)):
             raise damaged(path, f"{key!r} is not {what} (it is {excerpt(json.dumps(inputs[key]))})", rerun)
     return inputs
+
+
+def read_table(path: Path, columns: Sequence[str], rerun: str, numbers: Sequence[str] = (),
+               counts: Sequence[str] = ()) -> pd.DataFrame:
+    """A CSV table a report wrote (eval's and transfer's), checked cell by cell: it has `columns`, every
+    row is whole, the cells of `numbers` are numbers (empty: not defined, NaN) and those of `counts`
+    whole numbers >= 0; every other cell is text as written (a class named "NA" stays one). A
+    FusionError names the file, the line and the column of the first cell that is not what the report
+    wrote (`rerun`: the command that writes it again)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, ValueError) as e:
+        raise FusionError(f"{shown(path)}: cannot read it ({e}): {rerun}") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows = []
+    try:
+        header = next(reader, [])
+        missing = [c for c in columns if c not in header]
+        if missing:
+            names = ", ".join(map(repr, missing[:3])) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            raise damaged(path, f"not the table a report wrote (no column {names}; its header: "
+                                f"{excerpt(','.join(header))})", rerun)
+        twice = next((c for c in header if header.count(c) > 1), None)
+        if twice is not None:
+            raise damaged(path, f"not the table a report wrote (column {excerpt(twice)} twice)", rerun)
+        for fields in reader:
+            if not fields:
+                continue
+            where = f"line {reader.line_num}"
+            if len(fields) != len(header):
+                raise damaged(path, f"cut short or edited ({where} has {len(fields)} of the header's {len(header)} "
+                                    "fields)", rerun)
+            rows.append([_cell(path, where, column, text, numbers, counts, rerun)
+                         for column, text in zip(header, fields, strict=True)])
+    except csv.Error as e:
+        raise damaged(path, f"line {reader.line_num}: {e}", rerun) from None
+    if text and not text.endswith("\n"):
+        raise damaged(path, "cut short (no line end after its last row)", rerun)
+    table = pd.DataFrame(rows, columns=header, dtype=object)
+    kinds = {c: "float64" for c in numbers if c in header} | {c: "int64" for c in counts if c in header}
+    return table.astype(kinds)
+
+
+def _cell(path: Path, where: str, column: str, text: str, numbers: Sequence[str], counts: Sequence[str],
+          rerun: str) -> Any:
+    """One cell of `read_table`: a number or empty (`numbers`), a whole number >= 0 (`counts`), else text."""
+    if column not in numbers and column not in counts:
+        return text
+    try:
+        value = float(text) if text.strip() or column in counts else math.nan
+    except ValueError:
+        value = None
+    if column in numbers:
+        if value is None or math.isinf(value):
+            raise damaged(path, f"{where}: {column} must be a number or empty, got {excerpt(text)}", rerun)
+        return value
+    if value is None or not math.isfinite(value) or value < 0 or not value.is_integer():
+        raise damaged(path, f"{where}: {column} must be a whole number, got {excerpt(text)}", rerun)
+    return int(value)
 
 
 def write_report(out_dir: Path, r: EvalReport) -> None:

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from p3dbase.errors import P3DError, refusal
 from p3dbase.runlog import run_log
@@ -114,8 +114,11 @@ class Terminated(KeyboardInterrupt):
     is, so that a stage stops the same way: workers stopped, the manifest written, temporaries removed."""
 
 
-def _on_sigterm() -> Any:
-    """Turn SIGTERM into Terminated in this process; the handler it replaces, to put back."""
+def _on_signals() -> dict[int, Any]:
+    """Turn SIGTERM into Terminated in this process, and make a first Ctrl-C the only one: the
+    cleanup it starts (workers stopped, the manifest written, temporaries removed) is not cut short
+    by a second one (a second Ctrl-C inside loky's shutdown left its semaphores and a traceback).
+    Returns the handlers replaced, to put back."""
     main_pid = os.getpid()
 
     def terminated(signum: int, frame: Any) -> None:
@@ -123,15 +126,23 @@ def _on_sigterm() -> Any:
             os._exit(128 + signum)
         raise Terminated
 
+    def interrupted(signum: int, frame: Any) -> None:
+        if os.getpid() == main_pid:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        return None
-    return signal.signal(signal.SIGTERM, terminated)
+        return {}
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, terminated)}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored (nohup, &)
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, interrupted)
+    return previous
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log = contextlib.ExitStack()
-    previous = _on_sigterm()
+    previous = _on_signals()
     try:
         # Imported here so that `--help` answers at once, without loading torch; inside the `try`, so
         # that Ctrl-C during the imports is the one line too.
@@ -173,9 +184,28 @@ def main(argv: list[str] | None = None) -> int:
         return 143 if isinstance(err, Terminated) else 130
     finally:
         log.close()  # after the error line: the log ends with it
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0
+
+
+def run_program(argv: list[str] | None = None) -> NoReturn:
+    """`python -m pipeline`: main(), then the interpreter's exit. main has said what happened by then;
+    what is left is joining the worker pools (loky's atexit join, bounded: it ends its workers), where a
+    second Ctrl-C printed loky's traceback. So during the exit Ctrl-C is ignored (the exit is what it
+    asks for), and SIGTERM ends the process at once with main's status."""
+    status = main(argv)
+
+    def exit_now(signum: int, frame: Any) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # a closed pipe: nothing more can be said anyway
+                stream.flush()
+        os._exit(status)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, exit_now)
+    sys.exit(status)
 
 
 LOGGED = ("synth", "flow", "train", "eval", "transfer")

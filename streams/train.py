@@ -17,7 +17,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from flow.store import Store
 from flow.video import opencv_single_thread
 from p3dbase.atomic import write_text
 from p3dbase.cluster import local_threads
+from p3dbase.errors import brief
 from p3dbase.lock import try_lock
 from p3dbase.progress import progress_bar
 from streams import distributed, loaders, losses, schedule, transforms
@@ -117,12 +118,18 @@ def train_stream(data: StreamData, modality: str, model_cfg: ModelConfig, train_
     ctx = distributed.setup(train_cfg.device)
     threads = torch.get_num_threads()
     try:
-        with try_lock(run_lock(out_dir)) if ctx.is_main else nullcontext() as holder:
+        with ExitStack() as held:
+            try:
+                holder = held.enter_context(try_lock(run_lock(out_dir))) if ctx.is_main else None
+                unwritable = None
+            except OSError as e:  # a folder this user cannot write (a shared or read-only disk): fine when finished
+                holder, unwritable = None, e
             if holder:
                 raise StreamsError(f"{out_dir} is being written by another training run (pid {holder}): wait for "
                                    "it to finish, or train into another output folder (--run NAME)")
             with opencv_single_thread():  # DataLoader workers are forked and use OpenCV
-                return _train(data, modality, model_cfg, train_cfg, out_dir, ctx=ctx, config_toml=config_toml)
+                return _train(data, modality, model_cfg, train_cfg, out_dir, ctx=ctx, config_toml=config_toml,
+                              unwritable=unwritable)
     except RuntimeError as e:  # torch's SIGCHLD handler fires anywhere, also after _train has returned
         if not loaders.worker_died(e):
             raise
@@ -133,8 +140,9 @@ def train_stream(data: StreamData, modality: str, model_cfg: ModelConfig, train_
 
 
 def _train(data: StreamData, modality: str, model_cfg: ModelConfig, cfg: TrainConfig, out_dir: Path, *,
-           ctx: distributed.DistContext, config_toml: str) -> TrainResult:
-    """One run: find where it stands, build the model, optimizer and loaders, restore, then `fit`."""
+           ctx: distributed.DistContext, config_toml: str, unwritable: OSError | None = None) -> TrainResult:
+    """One run: find where it stands, build the model, optimizer and loaders, restore, then `fit`.
+    `unwritable`: why the run's lock could not be made; a finished run is still reported, any other refused."""
     if cfg.batch_size % ctx.world_size:
         raise StreamsError(f"train.batch_size = {cfg.batch_size} is not divisible by the "
                            f"{ctx.world_size} processes")
@@ -163,6 +171,9 @@ def _train(data: StreamData, modality: str, model_cfg: ModelConfig, cfg: TrainCo
             print(f"{modality} stream: already trained, {finished.path}")
         return TrainResult(out_dir, finished.path, True, finished.step, finished.epoch, finished.metrics.get("val_acc"),
                            finished.metrics.get("best_val_acc"), seconds=0.0, resumed_from=None)
+    if unwritable is not None:
+        raise StreamsError(f"{brief(out_dir)}: cannot write the run's folder ({unwritable.strerror or unwritable}): "
+                           "train into a folder this user can write (train.work_dir, --run NAME)")
 
     # 2. The model, optimizer, schedule, scaler, record and data. What the weights started from is
     # kept in every checkpoint: taken once, at the start (the file was just read), carried over by a resume.

@@ -5,8 +5,6 @@ pipeline report`). The files are written into a hidden folder and replace the la
 (fusion.report.staged_report): a report is never a mix of two runs."""
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from collections.abc import Sequence
@@ -18,10 +16,9 @@ import numpy as np
 import pandas as pd
 
 from fusion.errors import FusionError
-from fusion.report import INPUTS, check_inputs, damaged, markdown_table, relist, staged_report
+from fusion.report import INPUTS, check_inputs, damaged, markdown_table, read_table, relist, staged_report
 from fusion.transfer_stage import COLUMNS, EXCLUDED_COLUMNS  # results.csv's columns, in the order of the rows
 from p3dbase.atomic import atomic_path, write_text
-from p3dbase.errors import excerpt
 from p3dbase.plotting import drawing, pyplot
 from pipeline.errors import PipelineError
 
@@ -226,56 +223,10 @@ def _damaged(path: Path, what: str) -> FusionError:
     return damaged(path, what, RERUN)
 
 
-def _cell_value(text: str, column: str, where: str, path: Path) -> Any:
-    """One results.csv cell as write_report writes it: a percentage or empty (METRICS), a whole number
-    (COUNTS), else text."""
-    if column not in METRICS and column not in COUNTS:
-        return text
-    try:
-        value = float(text) if text.strip() or column in COUNTS else float("nan")
-    except ValueError:
-        value = None
-    if column in METRICS:
-        if value is None or math.isinf(value):
-            raise _damaged(path, f"{where}: {column} must be a number (percent) or empty, got {excerpt(text)}")
-        return value
-    if value is None or not math.isfinite(value) or value < 0 or not value.is_integer():
-        raise _damaged(path, f"{where}: {column} must be a whole number, got {excerpt(text)}")
-    return int(value)
-
-
 def read_results(out_dir: Path) -> pd.DataFrame:
-    """results.csv of the transfer report in `out_dir`, checked cell by cell; PipelineError naming the
-    file, the line and the column of the first cell that is not what write_report writes."""
-    path = out_dir / "results.csv"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, ValueError) as e:
-        raise PipelineError(f"{out_dir}: not a transfer report ({e}): run `make transfer`") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    rows = []
-    try:
-        header = next(reader, [])
-        lacking = [c for c in COLUMNS if c not in header]
-        if lacking:
-            raise PipelineError(f"{out_dir}: not a complete transfer report (no "
-                                f"{', '.join(f'results.csv column {c!r}' for c in lacking[:3])}): run "
-                                "`make transfer` again")
-        for fields in reader:
-            if not fields:
-                continue
-            where = f"line {reader.line_num}"
-            if len(fields) != len(header):
-                raise _damaged(path, f"cut short or edited ({where} has {len(fields)} of the header's "
-                                     f"{len(header)} fields)")
-            cells = dict(zip(header, fields, strict=True))
-            rows.append({c: _cell_value(cells[c], c, where, path) for c in COLUMNS})
-    except csv.Error as e:
-        raise _damaged(path, f"line {reader.line_num}: {e}") from None
-    if text and not text.endswith("\n"):
-        raise _damaged(path, "cut short (no line end after its last row)")
-    table = pd.DataFrame(rows, columns=COLUMNS)
-    return table.astype({m: float for m in METRICS})
+    """results.csv of the transfer report in `out_dir`, checked cell by cell (fusion.report.read_table):
+    percentages or empty (METRICS), whole numbers (COUNTS), else text."""
+    return read_table(out_dir / "results.csv", COLUMNS, RERUN, METRICS, COUNTS)[COLUMNS]
 
 
 def _texts(v: Any) -> bool:

@@ -94,3 +94,61 @@ def test_sigterm_stops_a_stage_as_ctrl_c_does(tmp_path, monkeypatch, capsys):
     assert main(["synth", "--set", f"dataset.root={str(tmp_path / 'synth')!r}"]) == 143
     assert capsys.readouterr().err == "terminated (SIGTERM): re-run the same command to resume\n"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_second_ctrl_c_does_not_cut_the_cleanup_of_the_first(tmp_path, monkeypatch, capsys):
+    """A first Ctrl-C starts the stage's cleanup (workers stopped, manifest written); a second one arriving
+    during it raised inside that cleanup (loky's shutdown: its semaphores leaked, its traceback printed).
+    Now the first Ctrl-C is the only one until main returns, and the handler is put back."""
+    import os
+    import signal
+    import time
+
+    from pipeline import stages
+    cleaned = []
+
+    def stage_interrupted_twice(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler interrupts this
+            raise AssertionError("Ctrl-C did not stop the stage")
+        finally:
+            os.kill(os.getpid(), signal.SIGINT)  # pressed again while the stage cleans up
+            time.sleep(0.05)
+            cleaned.append(True)
+
+    before = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(stages, "synth_stage", stage_interrupted_twice)
+    assert main(["synth", "--set", f"dataset.root={str(tmp_path / 'synth')!r}"]) == 130
+    assert cleaned == [True]
+    assert capsys.readouterr().err == "interrupted: re-run the same command to resume\n"
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_ctrl_c_while_the_interpreter_exits_prints_no_traceback(tmp_path):
+    """After main has said what happened, the interpreter's exit joins the worker pools' threads (loky's
+    atexit join); a Ctrl-C there printed loky's traceback. `python -m pipeline` now ignores it there and
+    exits with main's status."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import atexit, signal, sys, time\n"
+              "signal.signal(signal.SIGINT, signal.default_int_handler)  # as an interactive shell starts it\n"
+              "def exiting():\n"
+              "    print('exiting', flush=True)\n"
+              "    time.sleep(1.5)  # as loky's join of its threads\n"
+              "atexit.register(exiting)\n"
+              "from pipeline.cli import run_program\n"
+              "run_program(['config', '--config', 'configs/tiny.toml'])\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).resolve().parents[2])
+    for line in proc.stdout:
+        if line == "exiting\n":
+            break
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err

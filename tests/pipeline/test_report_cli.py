@@ -196,7 +196,14 @@ DAMAGE = {  # a report file that reads but is not what the report wrote: (file, 
                               "no row of fusion (scored in scores.npz)"),
     "per-class of other columns": ("per_class.csv", lambda p: p.write_text("a,b\n1,2\n"), "no column 'class'"),
     "per-class with text for numbers": ("per_class.csv", lambda p: p.write_text(p.read_text().replace(
-        "100.00", "lots")), "column 'rgb' holds text"),
+        "100.00", "lots")), "line 2: rgb must be a number or empty, got 'lots'"),
+    "per-class video count not whole": ("per_class.csv", lambda p: _edit_cell(p, 1, "videos", "2.5"),
+                                        "line 3: videos must be a whole number, got '2.5'"),
+    "results with a column twice": ("results.csv", lambda p: p.write_text("".join(
+        line.rstrip("\n") + (",mAP\n" if k == 0 else ",1\n") for k, line in enumerate(p.open()))),
+        "column 'mAP' twice"),
+    "weights with inf": ("fusion_weight.csv", lambda p: p.write_text(p.read_text().replace("0.5", "inf")),
+                         "line 2: hit@1 must be a number or empty, got 'inf'"),
     "excluded of other columns": ("excluded.csv", lambda p: p.write_text("a\n1\n"), "no column 'video_id'"),
 }
 
@@ -235,7 +242,7 @@ TRANSFER_DAMAGE = {  # a transfer report file edited: (file, edit, what the line
     "excluded negative": ("results.csv", lambda p: _edit_cell(p, 2, "excluded", "-1"),
                           "line 4: excluded must be a whole number, got '-1'"),
     "accuracy as text": ("results.csv", lambda p: _edit_cell(p, 1, "accuracy", "n/a"),
-                         "line 3: accuracy must be a number (percent) or empty, got 'n/a'"),
+                         "line 3: accuracy must be a number or empty, got 'n/a'"),
     "results cut mid-row": ("results.csv", lambda p: p.write_text(p.read_text()[:-30]), "cut short"),
     "classes a list": ("report_inputs.json", lambda p: _edit_json(p, lambda d: d.update(classes=[1, 2])),
                        "'classes' is not a table of benchmark -> its number of classes"),

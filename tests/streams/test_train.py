@@ -97,6 +97,27 @@ def test_a_finished_run_is_not_trained_again(flow_run, toy_store, configs):
     assert result.checkpoint.stat().st_mtime_ns == mtime
 
 
+def test_a_finished_run_in_a_folder_this_user_cannot_write_is_reported_not_refused(flow_run, toy_store, tmp_path,
+                                                                                  configs, monkeypatch):
+    """A finished run on a read-only share: its lock cannot be made, yet `train` reports it as trained (it
+    refused before: "Permission denied"); a run with training left to do says the folder cannot be written,
+    in one line, and writes nothing."""
+    result, out = flow_run
+    root, train, val = toy_store
+
+    def unwritable(path):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+    monkeypatch.setattr(streams_train, "try_lock", unwritable)
+    settings = dict(epochs=5, lr=0.02, schedule="cosine", checkpoint_every=3, keep_checkpoints=2, workers=1)
+    again = train_stream(toy(root, train, val), "flow", *configs(**settings), out)
+    assert again.finished and again.step == 20 and again.checkpoint == result.checkpoint
+    fresh = tmp_path / "fresh"
+    with pytest.raises(StreamsError, match=rf"^{fresh}: cannot write the run's folder \(Permission denied\): train "
+                                           r"into a folder this user can write"):
+        train_stream(toy(root, train, val), "flow", *configs(**settings), fresh)
+    assert not fresh.exists() or not any(fresh.iterdir())
+
+
 def test_a_damaged_finished_model_says_how_to_rebuild_it(flow_run, toy_store, tmp_path, configs):
     result, out = flow_run
     root, train, val = toy_store
