@@ -78,7 +78,7 @@ def _files(folder: Path) -> list[str]:
     """The visible files of `folder`; FlowError for a symbolic link leading out of it (nothing
     outside a video's own folder is read)."""
     try:
-        entries = [e for e in os.scandir(folder) if not e.name.startswith(".") and e.is_file()]
+        entries = [e for e in os.scandir(folder) if not e.name.startswith(".") and _is_file(e)]
     except (FileNotFoundError, NotADirectoryError):
         return []
     inside = os.path.realpath(folder)
@@ -87,6 +87,15 @@ def _files(folder: Path) -> list[str]:
             raise FlowError(f"{shown(e.path)}: a symbolic link to {shown(os.path.realpath(e.path))}, outside its "
                             "video's folder: refused (copy the file in, or link the whole folder)")
     return sorted(e.name for e in entries)
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    """Whether a folder's entry is a file; a symbolic link loop (ELOOP) is none: it is passed over,
+    not the end of the scan (it raised, and stopped predict, features and the rawframes import)."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
 
 
 def scan(folder: Path | str) -> RawframeVideo:

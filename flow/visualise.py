@@ -74,11 +74,14 @@ def check_max_flow(max_flow: float | None, what: str = "max_flow") -> None:
 
 
 def check_png_path(path: Path | str, what: str = "the picture") -> Path:
-    """`path` if it names a PNG file in an existing folder; FlowError naming `what` otherwise (OpenCV
-    picks the format by the extension, and a folder that is not there fails late and silently)."""
+    """`path` if it names a PNG file (not a folder) in an existing folder; FlowError naming `what`
+    otherwise (OpenCV picks the format by the extension, and a folder that is not there fails late and
+    silently)."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise FlowError(f"{what} {shown(path)}: writes a PNG picture, so the name must end in .png")
+    if path.is_dir():  # os.replace would refuse, naming the temporary file
+        raise FlowError(f"{what} {shown(path)}: is a folder, but a PNG picture is to be written there")
     if not path.parent.is_dir():
         where = "is a file, not a folder" if path.parent.exists() else "does not exist"
         raise FlowError(f"{what} {shown(path)}: the folder {shown(path.parent)} {where}")

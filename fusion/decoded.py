@@ -62,8 +62,8 @@ class DecodedVideo:
         self.close()
 
 
-def count_frames(path: Path, size: str) -> int:
-    reader = open_reader(path, size)
+def count_frames(path: Path, size: str, max_pixels: int = 0) -> int:
+    reader = open_reader(path, size, max_pixels)
     return sum(1 for _ in reader.frames())
 
 
@@ -97,8 +97,10 @@ def decode_for_views(path: Path | str, flow_cfg: FlowConfig, clip_lens: dict[str
     pairs (a progress bar's hook: TV-L1 is most of the time on a long video).
     """
     path = Path(path)
-    reader = open_reader(path, flow_cfg.size)
-    num_frames = reader.declared_frames or count_frames(path, flow_cfg.size)
+    # flow_cfg.max_pixels: a frame folder of 8000x8000 images or a 4K video is refused in one line, as the
+    # flow stage and the snippet path refuse it, instead of running TV-L1 at full size for minutes
+    reader = open_reader(path, flow_cfg.size, flow_cfg.max_pixels)
+    num_frames = reader.declared_frames or count_frames(path, flow_cfg.size, flow_cfg.max_pixels)
     while True:
         views, needed_frames, needed_flows = _plan(path, num_frames, clip_lens, views_for)
         frames = {i: frame for i, frame in enumerate(reader.frames()) if i in needed_frames}
@@ -106,7 +108,7 @@ def decode_for_views(path: Path | str, flow_cfg: FlowConfig, clip_lens: dict[str
         if reader.frames_read == num_frames:
             break
         num_frames = reader.frames_read
-        reader = open_reader(path, flow_cfg.size)
+        reader = open_reader(path, flow_cfg.size, flow_cfg.max_pixels)
 
     flows: dict[int, np.ndarray] = {}
     if needed_flows:

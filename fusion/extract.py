@@ -37,10 +37,10 @@ from fusion.decoded import decode_for_views
 from fusion.engine import Engine
 from fusion.errors import FusionError
 from fusion.inputs import input_signature, list_inputs
-from fusion.predict import prepare
+from fusion.predict import prepare, problem
 from fusion.report import save_npz
 from fusion.views import feature_plan
-from p3dbase.atomic import DiskFullError, atomic_path
+from p3dbase.atomic import DiskFullError, atomic_path, write_text
 from p3dbase.errors import shown
 from p3dbase.overwrite import output_folder, refuse_overwrite
 from p3dbase.progress import progress_bar
@@ -110,10 +110,12 @@ def _open_parts(parts: Path, settings: dict, force: bool) -> None:
     key = parts / "settings.json"
     text = json.dumps(settings, sort_keys=True)
     if parts.is_dir() and (force or not key.is_file() or key.read_text(encoding="utf-8") != text):
-        shutil.rmtree(parts)  # other checkpoints or settings: nothing in it can be reused
+        # other checkpoints or settings: nothing in it can be reused (ignore_errors: a run sharing the
+        # output may be removing it too)
+        shutil.rmtree(parts, ignore_errors=True)
     parts.mkdir(parents=True, exist_ok=True)
     if not key.is_file():
-        key.write_text(text, encoding="utf-8")
+        write_text(key, text)  # whole or absent: a run killed here, or one reading it now, sees no half key
 
 
 def _part_path(parts: Path, video_id: str) -> Path:
@@ -123,9 +125,9 @@ def _part_path(parts: Path, video_id: str) -> Path:
 def _read_part(part: Path, video_id: str, path: Path, widths: dict[str, int]) -> dict[str, np.ndarray] | None:
     """A finished video's features ({stream: float [width]}), or None when absent, stale or damaged (cut or
     altered bytes, another shape, NaN): then it is computed again."""
-    if not part.is_file():
-        return None
     try:
+        if not part.is_file():
+            return None
         with np.load(part, allow_pickle=False) as data:
             if str(data["id"]) != video_id or str(data["signature"]) != input_signature(path):
                 return None
@@ -160,25 +162,26 @@ def extract_features(sources: Sequence[Path | str] | Path | str, checkpoints: di
     for video in progress_bar(videos, desc="features", unit="video"):
         video_id, path = video.video_id, video.path
         part = _part_path(parts, video_id)
-        got = _read_part(part, video_id, path, widths) if path.exists() else None
+        got = _read_part(part, video_id, path, widths)
         if got is not None:
             features[video_id] = got
             resumed += 1
             continue
         try:
+            signature = input_signature(path)  # before reading it: a video changed meanwhile is redone
             got = video_features(path, engine, flow_cfg, cfg.svm_clips)
         except (FlowError, StreamsError, OSError) as e:
             if isinstance(e, DiskFullError):
                 raise
-            failures.append((video_id, shown(" ".join(str(e).split()))))
+            failures.append((video_id, problem(e)))
             continue
-        save_npz(part, {"id": np.array(video_id), "signature": np.array(input_signature(path)), **got})
+        save_npz(part, {"id": np.array(video_id), "signature": np.array(signature), **got})
         features[video_id] = got
         computed += 1
     if not features:
         raise FusionError(f"no video could be read, e.g. {failures[0][0]}: {failures[0][1]}")
     _write(out, features, names, failures, settings)
-    shutil.rmtree(parts)
+    shutil.rmtree(parts, ignore_errors=True)  # the output is whole; another run sharing it may have removed them
     summary = FeatureSummary(len(videos), computed, resumed, len(failures), time.monotonic() - started, out, failures)
     print(summary, flush=True)
     return summary

@@ -16,7 +16,7 @@ single file or folder: its name), with `/`, like the datasets' video ids; output
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from flow.rawframes import in_order, read_image, same_size, scan
 from flow.video import VIDEO_EXTENSIONS, VideoReader, output_size, resize
 from fusion.engine import file_signature
 from fusion.errors import FusionError
-from p3dbase.errors import shown
+from p3dbase.errors import brief, shown
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 
@@ -42,9 +42,19 @@ class VideoInput:
 def is_frame_folder(path: Path) -> bool:
     try:
         scan(path)
-    except FlowError:
+    except (FlowError, OSError):  # OSError: a symbolic link loop or an unreadable entry in it
         return False
     return True
+
+
+def path_is(check: Callable[[Path], bool], path: Path) -> bool:
+    """`check(path)` (Path.is_dir, is_file, exists), False where the system refuses to look (a name too
+    long for the file system raises there): such an entry then fails on its own as a video, with the
+    system's reason, and the others go on."""
+    try:
+        return check(path)
+    except OSError:
+        return False
 
 
 def _under(folder: Path) -> list[VideoInput]:
@@ -76,7 +86,7 @@ def _from_list(source: Path) -> list[VideoInput]:
         name = parts[0] if len(parts) > 1 and all(p.lstrip("-").isdigit() for p in parts[1:]) else line
         path = Path(name) if Path(name).is_absolute() else source.parent / name
         rel = Path(name)
-        video_id = (rel if path.is_dir() else rel.with_suffix("")).as_posix().removeprefix("./")
+        video_id = (rel if path_is(Path.is_dir, path) else rel.with_suffix("")).as_posix().removeprefix("./")
         if not video_id or video_id == ".":
             raise FusionError(f"{shown(source)}, line {number}: {name!r} names no video")
         found.append(VideoInput(video_id, path))
@@ -91,7 +101,7 @@ def list_inputs(sources: Sequence[Path | str]) -> list[VideoInput]:
     source when it holds no video or two inputs would get one id."""
     found: list[VideoInput] = []
     for source in map(Path, sources):
-        if source.is_dir():
+        if path_is(Path.is_dir, source):
             if is_frame_folder(source):
                 found.append(VideoInput(shown(source.name), source))
                 continue
@@ -100,13 +110,13 @@ def list_inputs(sources: Sequence[Path | str]) -> list[VideoInput]:
                 raise FusionError(f"{shown(source)}: no video files ({', '.join(VIDEO_EXTENSIONS)}) or frame folders "
                                   "(img_00001.jpg, ...) under this directory")
             found += inside
-        elif source.suffix.lower() in LIST_SUFFIXES and source.is_file():
+        elif source.suffix.lower() in LIST_SUFFIXES and path_is(Path.is_file, source):
             found += _from_list(source)
-        elif source.exists() or source.suffix.lower() in VIDEO_EXTENSIONS:
+        elif path_is(Path.exists, source) or source.suffix.lower() in VIDEO_EXTENSIONS:
             # a video file; one that is missing or unreadable fails on its own, the others going on
             found.append(VideoInput(shown(source.with_suffix("").name), source))
         else:
-            raise FusionError(f"{shown(source)}: no such video file, frame folder, directory or list file")
+            raise FusionError(f"{brief(source)}: no such video file, frame folder, directory or list file")
     ids: dict[str, Path] = {}
     for v in found:
         if v.video_id in ids and ids[v.video_id] != v.path:

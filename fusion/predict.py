@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -36,14 +37,14 @@ from fusion.config import EvalConfig
 from fusion.decoded import decode_for_views
 from fusion.engine import Engine, Stream, open_stream
 from fusion.errors import FusionError
-from fusion.inputs import list_inputs
+from fusion.inputs import list_inputs, path_is
 from fusion.snippets import run_snippets
 from fusion.timeline import paths as timeline_paths
 from fusion.timeline import write_timeline
 from fusion.views import View, score_plan
-from p3dbase.atomic import DiskFullError
+from p3dbase.atomic import DiskFullError, temp_name
 from p3dbase.device import resolve_device
-from p3dbase.errors import shown
+from p3dbase.errors import P3DError, brief, refusal, shown, text_problem
 from p3dbase.overwrite import output_folder
 from p3dbase.progress import progress_bar
 from streams.checkpoint import FLOW_DECISIVE, check_flow_settings
@@ -163,6 +164,31 @@ def predict_video(path: Path, engine: Engine, flow_cfg: FlowConfig, cfg: EvalCon
     return prediction
 
 
+def problem(err: Exception) -> str:
+    """Why a video failed, as one line: a package's message, or the system's refusal (p3dbase.errors.
+    refusal: its file, shortened, and what the refusal means; a name too long for the file system
+    would otherwise be repeated whole)."""
+    if isinstance(err, OSError) and not isinstance(err, P3DError):
+        return refusal(err)
+    return shown(" ".join(str(err).split()))
+
+
+def too_long(paths: Sequence[Path]) -> str:
+    """Why the files `paths` (named by a video's id) cannot be written for the length of their names
+    ("" when they can): each is written under a longer temporary name first (p3dbase.atomic), and a
+    name the file system refuses would fail only after the video was computed."""
+    for path in paths:
+        try:
+            limit = os.pathconf(next(p for p in path.parents if path_is(Path.exists, p)), "PC_NAME_MAX")
+        except (OSError, ValueError, StopIteration):
+            limit = 255
+        longest = max(len(os.fsencode(p.name)) for p in (path, temp_name(path, unique=True, keep_suffix=True)))
+        if longest > limit:
+            return (f"file {brief(path)} would have a name of {longest} bytes with its temporary name; the file "
+                    f"system takes at most {limit}: rename the video")
+    return ""
+
+
 @dataclass
 class Timeline:
     """`predict --timeline`: snippets every `stride` frames (0 = the clip length), written to `out`."""
@@ -204,7 +230,7 @@ def predict(videos: Sequence[Path | str], checkpoints: dict[str, Path], flow_cfg
         output_folder(timeline.out, "predict --timeline --out")
     inputs = list_inputs(videos)
     if timeline is not None:
-        clashes = [p for v in inputs for p in timeline_paths(timeline.out, v.video_id) if p.exists()]
+        clashes = [p for v in inputs for p in timeline_paths(timeline.out, v.video_id) if path_is(Path.exists, p)]
         if clashes and not timeline.force:
             raise FusionError(f"{shown(clashes[0])} exists: give another --out, or --force to overwrite "
                               f"({len(clashes)} timeline file(s) would be replaced)")
@@ -215,6 +241,8 @@ def predict(videos: Sequence[Path | str], checkpoints: dict[str, Path], flow_cfg
     for video in progress_bar(inputs, desc="predict", unit="video", leave=False,
                               disable=not progress or len(inputs) < 2):
         try:
+            if timeline is not None and (why := too_long(timeline_paths(timeline.out, video.video_id))):
+                raise FusionError(f"{brief(video.path)}: its timeline {why}")
             prediction = predict_video(video.path, engine, flow_cfg, cfg, top_k, progress)
             if timeline is not None:
                 stride = timeline.stride or engine.streams[0].clip_len
@@ -222,10 +250,10 @@ def predict(videos: Sequence[Path | str], checkpoints: dict[str, Path], flow_cfg
                 prediction.timeline = write_timeline(timeline.out, shown(video.path), video.video_id, got,
                                                      engine.streams[0].classes, cfg, top_k=top_k)
             predictions.append(prediction)
-        except (FlowError, StreamsError, OSError) as e:
+        except (FlowError, StreamsError, FusionError, OSError) as e:
             if isinstance(e, DiskFullError):
                 raise
-            predictions.append(Prediction(shown(video.path), 0, error=shown(" ".join(str(e).split()))))
+            predictions.append(Prediction(shown(video.path), 0, error=problem(e)))
     if all(p.error for p in predictions):
         first = predictions[0]  # its error names the file already, as a rule
         raise FusionError(f"no video could be scored: "
@@ -239,12 +267,13 @@ def format_predictions(predictions: Sequence[Prediction], as_json: bool = False)
         return json.dumps([p.to_json() for p in predictions], indent=2)
     blocks = []
     for p in predictions:
+        video = p.video if not text_problem(p.video) else repr(p.video)[1:-1]  # a newline in a name: one line
         if p.error:
-            blocks.append(f"{p.video}\n  error: {p.error}")
+            blocks.append(f"{video}\n  error: {p.error}")
             continue
         names = list(p.top)
         width = max(len(c) for top in p.top.values() for c, _ in top) + 8
-        lines = [f"{p.video} ({p.frames} frames)",
+        lines = [f"{video} ({p.frames} frames)",
                  "  " + "".join(f"{n:<{width}}" for n in names).rstrip()]
         for rank in range(max(len(t) for t in p.top.values())):
             cells = []

@@ -44,11 +44,11 @@ from fusion.config import EvalConfig
 from fusion.engine import PoolSpec, Stream, Worker, map_videos, open_stream
 from fusion.errors import FusionError
 from fusion.inputs import VideoInput, input_signature, list_inputs
-from fusion.predict import check_flow, checkpoint_flow_config
+from fusion.predict import check_flow, checkpoint_flow_config, problem, too_long
 from fusion.snippets import Snippets, run_snippets, snippet_plan
 from p3dbase.atomic import DiskFullError, atomic_path, disk_full, is_disk_full, write_text
 from p3dbase.device import resolve_device
-from p3dbase.errors import shown
+from p3dbase.errors import brief, shown
 from p3dbase.lock import try_lock
 from p3dbase.overwrite import OutputExistsError, output_folder
 from p3dbase.progress import progress_bar
@@ -166,6 +166,8 @@ def _work(worker: Worker, video: VideoInput) -> tuple[str, str, str]:
         started = time.monotonic()
         names = [s.name for s in worker.engine.streams]
         try:
+            if why := too_long([npy, meta]):  # found before the video is computed, not when its rows are written
+                raise FusionError(f"{brief(video.path)}: its features {why}")
             signature = input_signature(video.path)
             bar = progress_bar(total=None, desc=f"features: {shown(video.video_id)}", unit="frame", leave=False,
                                disable=not context.frame_bars)
@@ -185,9 +187,14 @@ def _work(worker: Worker, video: VideoInput) -> tuple[str, str, str]:
         except (FlowError, StreamsError, FusionError, OSError) as e:
             if isinstance(e, DiskFullError):
                 raise
-            reason = shown(" ".join(str(e).split()))
-            failed.parent.mkdir(parents=True, exist_ok=True)
-            write_text(failed, json.dumps({"video": shown(video.path), "reason": reason, "key": context.key}) + "\n")
+            reason = problem(e)
+            try:
+                failed.parent.mkdir(parents=True, exist_ok=True)
+                write_text(failed, json.dumps({"video": shown(video.path), "reason": reason, "key": context.key})
+                           + "\n")
+            except OSError as record:  # the record's own name too long, say: the summary still lists the video
+                if is_disk_full(record):
+                    raise
             return video.video_id, "failed", reason
         times = got.times()
         info = {

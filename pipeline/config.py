@@ -17,7 +17,7 @@ from flow.config import FlowConfig
 from fusion.config import EvalConfig
 from fusion.transfer_config import TransferConfig
 from p3dbase.atomic import write_text
-from p3dbase.errors import NOT_REGULAR, brief, shown
+from p3dbase.errors import NOT_REGULAR, brief, excerpt, shown, text_problem
 from p3dbase.overrides import ALLOW_NONFINITE, check_value, parse_override
 from p3dbase.overwrite import folder_name_problem
 from pipeline.datasets.config import DatasetConfig
@@ -79,10 +79,10 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = (), *
         except RecursionError:  # tomllib recurses per nesting level: [[[[... 100,000 deep
             raise ConfigError(f"{shown(path)}: not a config: arrays or tables nested too deeply") from None
     origin: dict[str, str] = {}  # key -> where its value came from, when not the file
-    items = [(item, *_parse_override(item), f"--set {shown(item)}") for item in overrides]
+    items = [(*_parse_override(item), _set_item(item)) for item in overrides]
     if run is not None:
-        items.append((run, "train.run", run, f"--run {shown(run)[:60]}"))
-    for item, key, value, where in items:
+        items.append(("train.run", run, f"--run {shown(run)[:60]}"))
+    for key, value, where in items:
         *sections, name = key.split(".")  # benchmark.aslan.root: a key of a named section
         target = raw
         for depth, section in enumerate(sections):
@@ -90,10 +90,15 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = (), *
                 origin.setdefault(".".join(sections[:depth + 1]), where)
             target = target.setdefault(section, {})
             if not isinstance(target, dict):
-                raise ConfigError(f"--set {shown(item)}: {'.'.join(sections[:depth + 1])!r} is not a section")
+                raise ConfigError(f"{where}: {'.'.join(sections[:depth + 1])!r} is not a section")
         target[name] = value
         origin[key] = where
     return _build(raw, source, origin)
+
+
+def _set_item(item: str) -> str:
+    """`--set ITEM` as a message names it: on one line (a newline in a value shows as \\n), cut when long."""
+    return f"--set {excerpt(item, 200) if text_problem(item) else brief(item)}"
 
 
 def _parse_override(item: str) -> tuple[str, Any]:

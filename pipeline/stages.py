@@ -358,6 +358,9 @@ def report_stage(folder: Path) -> list[Path]:
     return pages
 
 
+MAX_SHEET_FRAMES = 50  # show-flow --frames: a column of two pictures each, in one figure
+
+
 def show_flow_stage(cfg: Config, video_id: str, *, out: Path | None = None, frames: int = 6,
                     max_flow: float | None = None) -> Path:
     """`show-flow`: a contact sheet PNG of `frames` evenly spaced RGB frames of a stored video over
@@ -366,8 +369,9 @@ def show_flow_stage(cfg: Config, video_id: str, *, out: Path | None = None, fram
     from flow.encoding import decode
     from flow.visualise import check_max_flow, check_png_path, contact_sheet
 
-    if frames < 1:
-        raise PipelineError(f"--frames must be >= 1, got {frames}")
+    if not 1 <= frames <= MAX_SHEET_FRAMES:
+        raise PipelineError(f"--frames must be 1 to {MAX_SHEET_FRAMES} (a sheet of more is too small to read and "
+                            f"takes minutes to draw), got {frames}")
     check_max_flow(max_flow, "--max-flow")
     if out is not None:
         check_png_path(out, "--out")

@@ -45,6 +45,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", type=Path, default=None,
                    help="class names, one per line in the model's output order (default class_000, ...)")
     p.add_argument("--fc-layer", default=None, help="Caffe classifier layer (default: the one named fc*)")
+    p.add_argument("--force", action="store_true", help="overwrite an --out that exists")
     _config_args(p)
 
     p = subparsers.add_parser("predict", help=HELP["predict"], description=HELP["predict"])
@@ -61,7 +62,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
                    help="also the scores of every snippet: OUT/<id>.timeline.csv, .json and a .png picture")
     p.add_argument("--stride", type=int, default=0,
                    help="--timeline: frames between snippet starts (default: the clip length)")
-    p.add_argument("--out", type=Path, default=Path("timeline"), help="--timeline: folder (default ./timeline)")
+    p.add_argument("--out", type=Path, default=None, help="--timeline: folder (default ./timeline)")
     p.add_argument("--force", action="store_true", help="--timeline: overwrite timeline files that exist")
     _config_args(p)
 
@@ -105,7 +106,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("show-flow", help=HELP["show-flow"], description=HELP["show-flow"])
     p.add_argument("video_id", metavar="VIDEO_ID", help="a video of the flow store (e.g. ApplyEyeMakeup/v_..._g08_c01)")
     p.add_argument("--out", type=Path, default=None, help="PNG to write (default work_dir/show-flow/<id>.png)")
-    p.add_argument("--frames", type=int, default=6, help="evenly spaced frames shown (default 6)")
+    p.add_argument("--frames", type=int, default=6, help="evenly spaced frames shown, 1 to 50 (default 6)")
     p.add_argument("--max-flow", type=float, default=None,
                    help="px per frame shown at full saturation (default: a quarter of the store's bound)")
     _config_args(p)
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace, cfg: Config | None = None) -> int:
         from streams.importers import import_weights
 
         import_weights(args.src, args.out, source=args.source, arch=args.arch, classes=args.classes,
-                       fc_layer=args.fc_layer)
+                       fc_layer=args.fc_layer, force=args.force)
     elif args.stage == "export":
         from streams.export import export_checkpoint
 
@@ -150,7 +151,10 @@ def run(args: argparse.Namespace, cfg: Config | None = None) -> int:
         if args.stage == "predict":
             from fusion.predict import Timeline, run_predict
 
-            timeline = Timeline(args.out, args.stride, args.force) if args.timeline else None
+            if not args.timeline and (args.stride or args.out is not None or args.force):
+                raise FusionError("--stride, --out and --force are for the scores over time: give --timeline too "
+                                  "(predict alone writes no file)")
+            timeline = Timeline(args.out or Path("timeline"), args.stride, args.force) if args.timeline else None
             predictions = run_predict(args.videos, _checkpoints(args), cfg.flow, cfg.eval, args.top, args.json,
                                       progress=progress, explicit_flow=explicit, timeline=timeline)
             return 1 if any(p.error for p in predictions) else 0

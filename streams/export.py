@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import warnings
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from p3dbase.atomic import atomic_path, write_text
+from p3dbase.atomic import atomic_path, remove_quietly, temp_name, write_text
 from p3dbase.errors import shown
 from p3dbase.overwrite import output_folder, refuse_overwrite
 from streams.checkpoint import load_stream
@@ -148,10 +149,21 @@ def export_checkpoint(checkpoint: Path | str, out_dir: Path | str, formats: Sequ
     meta = out_dir / f"{stem}.{output}.json"
     refuse_overwrite([*targets.values(), meta], force)
     _check_geometry(model, example, ckpt.arch)
+    # Every format is made under a hidden temporary name first and all are renamed into place at the
+    # end, the .json last: an export killed (Ctrl-C) or failing in its second format leaves no file
+    # that a re-run of the same command would refuse to overwrite, nor one without its .json.
+    staged: dict[Path, Path] = {}
     written = []
-    for fmt, target in targets.items():
-        export = export_torchscript if fmt == "torchscript" else export_onnx
-        written.append(export(model, target, example, output))
+    try:
+        for fmt, target in targets.items():
+            export = export_torchscript if fmt == "torchscript" else export_onnx
+            staged[target] = export(model, temp_name(target, unique=True, keep_suffix=True), example, output)
+        for target, tmp in staged.items():
+            os.replace(tmp, target)
+            written.append(target)
+    finally:
+        for tmp in staged.values():
+            remove_quietly(tmp)
     info = {"checkpoint": str(checkpoint), "arch": ckpt.arch, "modality": ckpt.modality, "output": output,
             "input_name": "clips", "input_shape": ["batch", ckpt.in_channels, clip_len, crop, crop],
             "input_layout": "float32 [batch, channels, frames, height, width]",

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from p3dbase.errors import file_problem
-from p3dbase.overwrite import output_folder
+from p3dbase.errors import excerpt, file_problem, shown, text_problem
+from p3dbase.overwrite import output_folder, refuse_overwrite
 from streams.checkpoint import file_sha256, make_payload, save_checkpoint
 from streams.config import ModelConfig, TrainConfig
 from streams.errors import StreamsError
@@ -42,14 +42,21 @@ def read_classes(path: Path | str, num_classes: int) -> list[str]:
     """Class names, one per line in the model's output order; "<index> <name>" lines (UCF101's
     classInd.txt) give the name. Must hold exactly `num_classes` names."""
     path = Path(path)
+    if problem := file_problem(path):  # a FIFO would block the read for ever
+        raise StreamsError(f"{shown(path)}: cannot read the class list: {problem}")
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     except (OSError, UnicodeDecodeError) as e:
-        raise StreamsError(f"{path}: cannot read the class list: {e}") from None
+        raise StreamsError(f"{shown(path)}: cannot read the class list: {e}") from None
     names = []
-    for line in filter(None, lines):
+    for number, line in enumerate(lines, 1):
+        if not line:
+            continue
         index, sep, rest = line.partition(" ")
         names.append(rest.strip() if sep and index.isdigit() and rest.strip() else line)
+        # refused here, not by every reader of the checkpoint written (streams.checkpoint checks the same)
+        if problem := text_problem(names[-1]):
+            raise StreamsError(f"{shown(path)}, line {number}: class name {excerpt(names[-1])} {problem}")
     if len(names) != num_classes:
         raise StreamsError(f"{path}: {len(names)} class names, but the model has {num_classes} outputs")
     if len(set(names)) != len(names):
@@ -82,15 +89,17 @@ def load_published(src: Path | str, *, source: str = "auto", arch: str | None = 
 
 
 def import_weights(src: Path | str, out: Path | str, *, source: str = "auto", arch: str | None = None,
-                   classes: Path | str | None = None, fc_layer: str | None = None) -> Path:
+                   classes: Path | str | None = None, fc_layer: str | None = None, force: bool = False) -> Path:
     """Import published weights `src` into a streams checkpoint at `out` (written atomically).
 
     `classes`: a file of class names in the model's output order; without it the classes are named
     class_000, class_001, ... The model config is the paper's (arch from the file, its dropout, partial
     BN) and the train config the paper's clip recipe (16 frames, 182x242, 160 crop), which is what
-    `predict`, `features` and `export` read for the clip size.
+    `predict`, `features` and `export` read for the clip size. An existing `out` (a trained
+    checkpoint, say) is refused unless `force` (p3dbase.overwrite: the one rule for outputs).
     """
     src, out = Path(src), Path(out)
+    refuse_overwrite([out], force)
     output_folder(out.parent, "import-weights --out's folder")
     source, arch, model = load_published(src, source=source, arch=arch, fc_layer=fc_layer)
     modality = "rgb" if model.in_channels == 3 else "flow"
