@@ -41,7 +41,7 @@ from flow import codec
 from flow.config import FlowConfig
 from flow.encoding import decode, encode
 from flow.errors import FlowError
-from flow.store import VideoWriter
+from flow.store import VideoWriter, other_size
 from flow.video import output_size, resize
 from p3dbase.errors import shown
 
@@ -234,10 +234,9 @@ def _keepable(data: bytes, path: Path, size: tuple[int, int], channels: int, min
 
 
 def same_size(image: np.ndarray, first: np.ndarray, path: Path) -> np.ndarray:
-    """A frame of another size than the video's first is a broken folder, not one to resize quietly."""
-    if image.shape[:2] != first.shape[:2]:
-        raise FlowError(f"{shown(path)}: {image.shape[1]}x{image.shape[0]} px, but the video's first frame is "
-                        f"{first.shape[1]}x{first.shape[0]}: every frame of a video must have one size")
+    """`image`, when it has the size of the video's `first` frame (flow.store.other_size)."""
+    if why := other_size(path, image.shape[:2], first.shape[:2]):
+        raise FlowError(why)
     return image
 
 

@@ -380,6 +380,16 @@ def _output(out: np.ndarray | None, shape: tuple[int, ...], video_id: str) -> np
     return out
 
 
+def other_size(path: Path, size: tuple[int, int], first: tuple[int, int]) -> str:
+    """Why the image `path` of (height, width) `size` does not belong with a video whose first frame is
+    `first` ("" when it does): a frame folder with images of two sizes is broken, not one to resize
+    quietly (the rawframes import, the mmaction layout's reader, predict on a frame folder)."""
+    if size == first:
+        return ""
+    return (f"{shown(path)} is {size[1]}x{size[0]} px, but the video's first frame is {first[1]}x{first[0]}: every "
+            "image of a video must have one size")
+
+
 class MmactionFrames(VideoFrames):
     """Reader of one mmaction2 rawframes directory."""
 
@@ -445,9 +455,8 @@ class MmactionFrames(VideoFrames):
 
     def _check_size(self, name: str, height: int, width: int) -> None:
         """An image of another size than the first frame is a broken folder (a pack's meta has one size)."""
-        if self.height and (height, width) != (self.height, self.width):
-            raise FlowError(f"video {self.video_id}: {self.path / name} is {width}x{height} px, but the video's first "
-                            f"frame is {self.width}x{self.height}: every image of a video must have one size")
+        if self.height and (why := other_size(self.path / name, (height, width), (self.height, self.width))):
+            raise FlowError(f"video {self.video_id}: {why}")
 
     def rgb(self, indices: Sequence[int], out: np.ndarray | None = None, *, fast: bool = False) -> np.ndarray:
         # The layout as mmaction2 reads it (cv2, accurate): `fast` is ignored.

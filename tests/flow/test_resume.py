@@ -335,4 +335,4 @@ def test_rawframes_an_empty_jpeg_and_an_odd_sized_frame_are_named(tmp_path):
     summary = run_flow([FlowJob(n, root / n) for n in ("empty", "good", "odd")], tmp_path / "store", cfg)
     errors = dict(summary.failures) if summary.failed == 2 else {}
     assert "empty/img_00002.jpg: empty file (0 bytes)" in errors.get("empty", "")
-    assert "odd/img_00003.jpg: 30x20 px, but the video's first frame is 32x24" in errors.get("odd", "")
+    assert "odd/img_00003.jpg is 30x20 px, but the video's first frame is 32x24" in errors.get("odd", "")

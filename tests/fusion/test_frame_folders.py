@@ -44,7 +44,7 @@ def test_a_stray_huge_frame_number_is_the_videos_error(tmp_path, tiny_checkpoint
 
 @pytest.mark.parametrize("damage, why", [
     (lambda p: cv2.imwrite(str(p), np.full((20, 30, 3), 128, np.uint8)),
-     f"img_00003.jpg: 30x20 px, but the video's first frame is {W}x{H}: every frame of a video must have one size"),
+     f"img_00003.jpg is 30x20 px, but the video's first frame is {W}x{H}: every image of a video must have one size"),
     (lambda p: p.write_bytes(b""), "img_00003.jpg: empty file (0 bytes), not an image"),
 ], ids=["another size", "empty"])
 def test_a_broken_frame_is_the_videos_error(tmp_path, tiny_checkpoints, damage, why):
