@@ -25,6 +25,7 @@ import operator
 import os
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, wait
@@ -373,6 +374,28 @@ def _died_reason(err: BaseException) -> str:
             f"{codes.group(1) if codes else '?'}: killed, e.g. for lack of memory, or crashed)")
 
 
+# How often a wait for the pool's results looks whether the pool still works (a poll, not a time limit).
+POOL_POLL_S = 2.0
+_MANAGER_THREAD = "ExecutorManagerThread"  # loky's thread that feeds the workers and collects their results
+
+
+def _collect_manager_failures(failures: list[BaseException]) -> Any:
+    """Collect into `failures` what ends loky's manager thread instead of printing it as a traceback:
+    without that thread no result ever arrives (under `ulimit -v` it died on "can't start new thread"
+    and the run waited for ever). Other threads' failures go to the hook as before, which is returned
+    for the caller to put back."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.thread is not None and args.thread.name == _MANAGER_THREAD and args.exc_value is not None:
+            failures.append(args.exc_value)
+        else:
+            previous(args)
+
+    threading.excepthook = hook
+    return previous
+
+
 def _pool_results(todo: Sequence[_Task], run: Callable[[_Task, int], Any],
                   workers: int) -> Iterator[tuple[VideoResult, bool]]:
     """`run(task, k)` for every task in `workers` local processes (loky), as they finish.
@@ -397,6 +420,8 @@ def _pool_results(todo: Sequence[_Task], run: Callable[[_Task, int], Any],
     suspects: collections.deque[tuple[int, _Task]] = collections.deque()
     inflight: dict[Future, tuple[int, _Task, bool]] = {}
     full: DiskFullError | None = None
+    failures: list[BaseException] = []
+    hook = _collect_manager_failures(failures)
     try:
         while pending or suspects or inflight:
             if suspects:
@@ -407,7 +432,10 @@ def _pool_results(todo: Sequence[_Task], run: Callable[[_Task, int], Any],
                 while pending and len(inflight) < workers:
                     k, job = pending.popleft()
                     inflight[submit(job, k)] = (k, job, False)
-            done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+            done, _ = wait(list(inflight), timeout=POOL_POLL_S, return_when=FIRST_COMPLETED)
+            if not done and failures:
+                raise FlowError(f"flow: the pool of {workers} worker processes stopped working ({failures[0]}): "
+                                "too little memory for it? (`ulimit -v`) raise the limit, or set flow.jobs = 1")
             for future in done:
                 k, job, alone = inflight.pop(future)
                 try:
@@ -425,6 +453,7 @@ def _pool_results(todo: Sequence[_Task], run: Callable[[_Task, int], Any],
                     continue
                 yield result
     finally:
+        threading.excepthook = hook
         for future in inflight:
             future.cancel()
         if inflight:  # interrupted (Ctrl-C, an error): the workers would go on writing

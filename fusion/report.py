@@ -227,8 +227,10 @@ def read_table(path: Path, columns: Sequence[str], rerun: str, numbers: Sequence
             if len(fields) != len(header):
                 raise damaged(path, f"cut short or edited ({where} has {len(fields)} of the header's {len(header)} "
                                     "fields)", rerun)
-            rows.append([_cell(path, where, column, text, numbers, counts, rerun)
-                         for column, text in zip(header, fields, strict=True)])
+            try:
+                rows.append([_cell(text, column, numbers, counts) for column, text in zip(header, fields, strict=True)])
+            except ValueError as e:
+                raise damaged(path, f"{where}: {e}", rerun) from None
     except csv.Error as e:
         raise damaged(path, f"line {reader.line_num}: {e}", rerun) from None
     if text and not text.endswith("\n"):
@@ -238,9 +240,9 @@ def read_table(path: Path, columns: Sequence[str], rerun: str, numbers: Sequence
     return table.astype(kinds)
 
 
-def _cell(path: Path, where: str, column: str, text: str, numbers: Sequence[str], counts: Sequence[str],
-          rerun: str) -> Any:
-    """One cell of `read_table`: a number or empty (`numbers`), a whole number >= 0 (`counts`), else text."""
+def _cell(text: str, column: str, numbers: Sequence[str], counts: Sequence[str]) -> Any:
+    """One cell of `read_table`: a number or empty (`numbers`), a whole number >= 0 (`counts`), else text;
+    ValueError saying what it must be."""
     if column not in numbers and column not in counts:
         return text
     try:
@@ -249,10 +251,10 @@ def _cell(path: Path, where: str, column: str, text: str, numbers: Sequence[str]
         value = None
     if column in numbers:
         if value is None or math.isinf(value):
-            raise damaged(path, f"{where}: {column} must be a number or empty, got {excerpt(text)}", rerun)
+            raise ValueError(f"{column} must be a number or empty, got {excerpt(text)}")
         return value
     if value is None or not math.isfinite(value) or value < 0 or not value.is_integer():
-        raise damaged(path, f"{where}: {column} must be a whole number, got {excerpt(text)}", rerun)
+        raise ValueError(f"{column} must be a whole number, got {excerpt(text)}")
     return int(value)
 
 

@@ -3,6 +3,7 @@ inference engine's tasks run on it through joblib's Dask backend; and the one co
 processes (`local_processes`)."""
 from __future__ import annotations
 
+import resource
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -12,12 +13,20 @@ from p3dbase.errors import SettingError
 # (100-300 MB), so `jobs = 1000` (a typo, or a cluster's count on a laptop) was a fork bomb that ended
 # in the kernel's OOM killer, not an error.
 MAX_PROCESSES_PER_CORE = 4
+# Open files (`ulimit -n`) a stage's own process needs, and each local worker process adds to it: its
+# pipes and queues, and for a DataLoader worker (persistent, in the training and the validation loader)
+# every tensor of the batches in flight, each shared through a descriptor of its own (torch's
+# "file_descriptor" strategy). Measured with p3d_tiny: 2 DataLoader workers need 36, 8 need 80. Short of
+# them a worker's queue thread fails on EMFILE, its batch never arrives and training waited forever; a
+# pool's start failed with a traceback.
+FILES_BASE = 32
+FILES_PER_PROCESS = 32
 
 
 def local_processes(jobs: int, key: str) -> int:
     """How many local worker processes `jobs` asks for (0: one per usable core, as joblib counts them:
     CPU affinity and a container's CPU quota included); SettingError naming `key` beyond
-    MAX_PROCESSES_PER_CORE per core."""
+    MAX_PROCESSES_PER_CORE per core, or beyond what the open-files limit can hold (open_files_for)."""
     import joblib
 
     cores = joblib.cpu_count()
@@ -25,7 +34,27 @@ def local_processes(jobs: int, key: str) -> int:
         raise SettingError(f"{key} = {jobs} would start {jobs} worker processes on {cores} usable CPU core(s), "
                            f"each a few hundred MB: at most {MAX_PROCESSES_PER_CORE * cores} here "
                            f"({MAX_PROCESSES_PER_CORE} per core), or 0 for one per core")
-    return jobs or cores
+    count = jobs or cores
+    if count > 1:  # one alone runs in the calling process (flow, verify, the inference engine)
+        open_files_for(count, f"{key} = {jobs}")
+    return count
+
+
+def open_files_for(processes: int, what: str) -> None:
+    """Make room for `processes` local worker processes in the open-files limit: its soft value is
+    raised (up to the hard one) when short of FILES_BASE + FILES_PER_PROCESS each; SettingError naming
+    `what` when even the hard limit is short."""
+    need = FILES_BASE + FILES_PER_PROCESS * processes
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    if hard == resource.RLIM_INFINITY or hard >= need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+        return
+    fit = (hard - FILES_BASE) // FILES_PER_PROCESS
+    fewer = f" or ask for at most {fit}" if fit >= 1 else ""
+    raise SettingError(f"{what}: {processes} worker process(es) need about {need} open files, but the limit is "
+                       f"{hard} here (`ulimit -n`): raise it (e.g. `ulimit -n 4096`){fewer}")
 
 
 def local_threads(threads: int, key: str) -> int:

@@ -6,23 +6,68 @@ each other, each under a header with the time and the command): what the stage r
 warnings, progress lines, the summary, and the one-line error it ended with. The terminal keeps its
 progress bars; the log gets them as plain lines (p3dbase.progress.plain_lines), a redraw at most every
 LOG_INTERVAL seconds and its last state, so a log reads top to bottom.
+
+The log is the run's record, not its work: when the system refuses it (a full disk, a quota, too many
+open files) the terminal says so in one line and the run goes on unlogged, so that a log that cannot
+grow never kills a stage (nor turns the one-line error the stage ends with into a traceback).
 """
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TextIO
 
+from p3dbase.errors import refusal
 from p3dbase.progress import LOG_INTERVAL, plain_lines
+
+
+class _LogFile:
+    """The open log; its first refusal closes it and is said once on `terminal` (see the module docstring)."""
+
+    def __init__(self, path: Path, terminal: TextIO):
+        self.path = path
+        self.terminal = terminal
+        self.file: IO[str] | None = None
+        try:
+            self.file = open(path, "a", encoding="utf-8", errors="backslashreplace", buffering=1)
+        except OSError as err:
+            self._refused(err)
+
+    def write(self, text: str) -> None:
+        self._do(lambda file: file.write(text))
+
+    def flush(self) -> None:
+        self._do(lambda file: file.flush())
+
+    def _do(self, act: Callable[[IO[str]], object]) -> None:
+        if self.file is None:
+            return
+        try:
+            act(self.file)
+        except OSError as err:
+            self.close()
+            self._refused(err)
+
+    def close(self) -> None:
+        file, self.file = self.file, None
+        if file is not None:
+            try:
+                file.close()  # flushes what a refused write left in the buffer: refused again, and dropped
+            except OSError:
+                pass
+
+    def _refused(self, err: OSError) -> None:
+        err.filename = err.filename or str(self.path)
+        print(f"warning: {refusal(err)}; this run goes on without its log there", file=self.terminal)
 
 
 class _Tee:
     """A text stream that writes to `stream` and, as plain lines, to `log`."""
 
-    def __init__(self, stream: TextIO, log: IO[str]):
+    def __init__(self, stream: TextIO, log: _LogFile):
         self.stream = stream
         self.log = log
         self._partial = ""  # text of a line not ended yet
@@ -91,9 +136,10 @@ def run_log(path: Path | str, command: str) -> Iterator[Path]:
     Line-buffered, so a process forked inside the block (a worker pool) inherits nothing unwritten."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8", errors="backslashreplace", buffering=1) as log:
+    out, err = sys.stdout, sys.stderr
+    log = _LogFile(path, err)
+    try:
         log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {command}\n")
-        out, err = sys.stdout, sys.stderr
         tees = _Tee(out, log), _Tee(err, log)
         sys.stdout, sys.stderr = tees
         started = time.monotonic()
@@ -104,3 +150,5 @@ def run_log(path: Path | str, command: str) -> Iterator[Path]:
             for tee in tees:
                 tee.close_log()
             log.write(f"==== ended after {time.monotonic() - started:.0f} s\n")
+    finally:
+        log.close()
