@@ -25,12 +25,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
+import signal
 import threading
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from stat import S_ISDIR
@@ -343,17 +347,47 @@ def map_videos(spec: PoolSpec, tasks: Sequence[Any], jobs: int = 0, desc: str = 
                 _WORKER.clear()
                 torch.set_num_threads(threads)
             return
-        # Forked like DataLoader workers (one torch thread each, so a forked OpenMP pool is never
-        # used): a spawned worker would first spend seconds importing torch again.
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        with opencv_single_thread(), multiprocessing.get_context(method).Pool(
-                workers, initializer=_init_worker, initargs=(spec,)) as pool:
-            for result in pool.imap_unordered(_call, tasks):
+        with opencv_single_thread():
+            for result in _pool_map(spec, tasks, workers, jobs_key):
                 yield result
                 bar.update()
 
 
+def _pool_map(spec: PoolSpec, tasks: Sequence[Any], workers: int, jobs_key: str) -> Iterator[Any]:
+    """`_call(task)` in `workers` local processes, the results as they finish. A worker that dies (the
+    kernel's OOM killer, a crash) is one line naming `jobs_key`: multiprocessing.Pool replaced it and
+    waited for its task's result for ever. At most two tasks per worker are handed out ahead, so that
+    an interrupted run finishes the few in hand and stops (the workers ignore Ctrl-C: the main
+    process has it, and their tracebacks were noise)."""
+    # Forked like DataLoader workers (one torch thread each, so a forked OpenMP pool is never
+    # used): a spawned worker would first spend seconds importing torch again.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    todo = iter(tasks)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                               initializer=_init_pool_worker, initargs=(spec,))
+    try:
+        running = {pool.submit(_call, task) for task in itertools.islice(todo, 2 * workers)}
+        while running:
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    raise FusionError(f"a worker process of the {workers} ({jobs_key}) died (killed, e.g. by the "
+                                      "kernel for lack of memory, or crashed): re-run the same command to resume; "
+                                      f"with less memory, set {jobs_key} lower") from None
+                running |= {pool.submit(_call, task) for task in itertools.islice(todo, 1)}
+                yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 _WORKER: dict = {}  # this process's Worker and work function, set by _init_worker
+
+
+def _init_pool_worker(spec: PoolSpec) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle (_pool_map)
+    _init_worker(spec)
 
 
 def _init_worker(spec: PoolSpec) -> None:

@@ -8,6 +8,7 @@ import shlex
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -139,6 +140,25 @@ def _on_signals() -> dict[int, Any]:
     return previous
 
 
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM for the block and take them after it, where their handlers raise: an
+    exception raised inside a C++ extension's import (torch's, through pybind11) is no KeyboardInterrupt
+    but `terminate called ...` and a core dump."""
+    held: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(held):
+            signal.raise_signal(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log = contextlib.ExitStack()
@@ -148,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         # that Ctrl-C during the imports is the one line too.
         from pipeline import config_reference, stages, tools_cli
         from pipeline.config import load_config
+
+        if args.stage != "config":
+            with signals_held():  # Ctrl-C inside torch's import aborted the interpreter (pybind11): taken after it
+                import torch  # noqa: F401
 
         cfg = load_config(args.config, args.overrides, run=getattr(args, "run", None))
         log.enter_context(stage_log(args, cfg, sys.argv[1:] if argv is None else argv))

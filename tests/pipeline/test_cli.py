@@ -152,3 +152,21 @@ def test_ctrl_c_while_the_interpreter_exits_prints_no_traceback(tmp_path):
     rest, err = proc.communicate(timeout=60)
     assert proc.returncode == 0
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+def test_signals_are_held_through_a_block_and_taken_after_it():
+    """Ctrl-C inside torch's import (pybind11) was `terminate called ...` and a core dump (exit 134); the CLI
+    now imports torch with the signals held: a Ctrl-C there is raised when the import is over."""
+    import os
+    import signal
+
+    from pipeline.cli import signals_held
+
+    before = signal.getsignal(signal.SIGINT)
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # twice: taken once
+            reached.append("the end of the block")
+    assert reached == ["the end of the block"] and signal.getsignal(signal.SIGINT) is before

@@ -1,0 +1,65 @@
+"""fusion.engine.map_videos's local worker pool: results, a worker that dies, Ctrl-C in the workers."""
+from __future__ import annotations
+
+import os
+import signal
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from fusion.engine import PoolSpec, Worker, map_videos
+from fusion.errors import FusionError
+
+
+def _square(worker: Worker, task: int) -> tuple[int, int]:
+    return task, task * task
+
+
+def _die_on_three(worker: Worker, task: int) -> int:
+    if task == 3:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer ends a worker
+    return task
+
+
+def _interrupted_worker(worker: Worker, task: int) -> bool:
+    """Whether Ctrl-C, sent to this worker, left it working (the main process handles it)."""
+    os.kill(os.getpid(), signal.SIGINT)
+    return True
+
+
+@contextmanager
+def deadline(seconds: int = 60):
+    """TimeoutError instead of a hang: the faults these tests guard against made the run wait for ever."""
+    def expired(signum, frame):
+        raise TimeoutError(f"still waiting after {seconds} s")
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _spec(work) -> PoolSpec:
+    return PoolSpec(streams=[], batch_views=1, device=torch.device("cpu"), work=work)
+
+
+def test_every_task_gives_its_result_once_in_two_workers():
+    got = sorted(map_videos(_spec(_square), list(range(12)), jobs=2, leave=False))
+    assert got == [(k, k * k) for k in range(12)]
+
+
+def test_a_worker_that_dies_is_one_error_naming_the_setting_not_a_hang():
+    """multiprocessing.Pool replaced a killed worker and waited for its task's result for ever."""
+    with deadline(), pytest.raises(FusionError, match=r"a worker process of the 2 \(eval\.jobs\) died \(killed, "
+                                                      r"e\.g\. by the kernel for lack of memory, or crashed\): re-run"):
+        list(map_videos(_spec(_die_on_three), list(range(8)), jobs=2, leave=False))
+
+
+def test_workers_leave_ctrl_c_to_the_main_process():
+    """Ctrl-C reaches every process of the terminal's group: each pool worker raised KeyboardInterrupt
+    inside its task and printed a traceback of its own; now they go on, and the main process stops the run."""
+    with deadline():
+        assert list(map_videos(_spec(_interrupted_worker), list(range(4)), jobs=2, leave=False)) == [True] * 4
