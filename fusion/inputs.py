@@ -16,7 +16,7 @@ single file or folder: its name), with `/`, like the datasets' video ids; output
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from flow.rawframes import in_order, read_image, same_size, scan
 from flow.video import VIDEO_EXTENSIONS, VideoReader, output_size, resize
 from fusion.engine import file_signature
 from fusion.errors import FusionError
-from p3dbase.errors import brief, shown
+from p3dbase.errors import brief, path_is, shown
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 
@@ -45,16 +45,6 @@ def is_frame_folder(path: Path) -> bool:
     except (FlowError, OSError):  # OSError: a symbolic link loop or an unreadable entry in it
         return False
     return True
-
-
-def path_is(check: Callable[[Path], bool], path: Path) -> bool:
-    """`check(path)` (Path.is_dir, is_file, exists), False where the system refuses to look (a name too
-    long for the file system raises there): such an entry then fails on its own as a video, with the
-    system's reason, and the others go on."""
-    try:
-        return check(path)
-    except OSError:
-        return False
 
 
 def _under(folder: Path) -> list[VideoInput]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -37,14 +36,14 @@ from fusion.config import EvalConfig
 from fusion.decoded import decode_for_views
 from fusion.engine import Engine, Stream, open_stream
 from fusion.errors import FusionError
-from fusion.inputs import list_inputs, path_is
+from fusion.inputs import list_inputs
 from fusion.snippets import run_snippets
 from fusion.timeline import paths as timeline_paths
 from fusion.timeline import write_timeline
 from fusion.views import View, score_plan
-from p3dbase.atomic import DiskFullError, temp_name
+from p3dbase.atomic import DiskFullError, name_problem
 from p3dbase.device import resolve_device
-from p3dbase.errors import P3DError, brief, refusal, shown, text_problem
+from p3dbase.errors import P3DError, brief, path_is, refusal, shown, text_problem
 from p3dbase.overwrite import output_folder
 from p3dbase.progress import progress_bar
 from streams.checkpoint import FLOW_DECISIVE, check_flow_settings
@@ -173,22 +172,6 @@ def problem(err: Exception) -> str:
     return shown(" ".join(str(err).split()))
 
 
-def too_long(paths: Sequence[Path]) -> str:
-    """Why the files `paths` (named by a video's id) cannot be written for the length of their names
-    ("" when they can): each is written under a longer temporary name first (p3dbase.atomic), and a
-    name the file system refuses would fail only after the video was computed."""
-    for path in paths:
-        try:
-            limit = os.pathconf(next(p for p in path.parents if path_is(Path.exists, p)), "PC_NAME_MAX")
-        except (OSError, ValueError, StopIteration):
-            limit = 255
-        longest = max(len(os.fsencode(p.name)) for p in (path, temp_name(path, unique=True, keep_suffix=True)))
-        if longest > limit:
-            return (f"file {brief(path)} would have a name of {longest} bytes with its temporary name; the file "
-                    f"system takes at most {limit}: rename the video")
-    return ""
-
-
 @dataclass
 class Timeline:
     """`predict --timeline`: snippets every `stride` frames (0 = the clip length), written to `out`."""
@@ -241,7 +224,7 @@ def predict(videos: Sequence[Path | str], checkpoints: dict[str, Path], flow_cfg
     for video in progress_bar(inputs, desc="predict", unit="video", leave=False,
                               disable=not progress or len(inputs) < 2):
         try:
-            if timeline is not None and (why := too_long(timeline_paths(timeline.out, video.video_id))):
+            if timeline is not None and (why := name_problem(timeline_paths(timeline.out, video.video_id))):
                 raise FusionError(f"{brief(video.path)}: its timeline {why}")
             prediction = predict_video(video.path, engine, flow_cfg, cfg, top_k, progress)
             if timeline is not None:

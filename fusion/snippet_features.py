@@ -23,6 +23,7 @@ recomputes every video of the run.
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import importlib.metadata
 import io
@@ -44,9 +45,9 @@ from fusion.config import EvalConfig
 from fusion.engine import PoolSpec, Stream, Worker, map_videos, open_stream
 from fusion.errors import FusionError
 from fusion.inputs import VideoInput, input_signature, list_inputs
-from fusion.predict import check_flow, checkpoint_flow_config, problem, too_long
+from fusion.predict import check_flow, checkpoint_flow_config, problem
 from fusion.snippets import Snippets, run_snippets, snippet_plan
-from p3dbase.atomic import DiskFullError, atomic_path, disk_full, is_disk_full, write_text
+from p3dbase.atomic import DiskFullError, atomic_path, disk_full, is_disk_full, name_problem, temp_prefix, write_text
 from p3dbase.device import resolve_device
 from p3dbase.errors import brief, shown
 from p3dbase.lock import try_lock
@@ -156,18 +157,18 @@ def _work(worker: Worker, video: VideoInput) -> tuple[str, str, str]:
     """One video under its lock: (video_id, "done" | "done before" | "busy" | "failed", detail)."""
     context: _Context = worker.context
     npy, meta, failed, lock = _paths(context.out, video.video_id)
+    if why := name_problem([npy, meta, lock]):  # found before the video is computed (its record cannot be kept)
+        return video.video_id, "failed", f"{brief(video.path)}: its features {why}"
     with try_lock(lock) as holder:
         if holder is not None:
             return video.video_id, "busy", f"pid {holder}"
         if not context.force and is_done(context.out, context.key, video):
             return video.video_id, "done before", ""  # finished meanwhile by another process
-        for stale in npy.parent.glob(f".{npy.name}.tmp-*"):  # a killed writer's (we hold the video's lock)
+        for stale in npy.parent.glob(f"{glob.escape(temp_prefix(npy))}*"):  # a killed writer's (we hold the lock)
             stale.unlink(missing_ok=True)
         started = time.monotonic()
         names = [s.name for s in worker.engine.streams]
         try:
-            if why := too_long([npy, meta]):  # found before the video is computed, not when its rows are written
-                raise FusionError(f"{brief(video.path)}: its features {why}")
             signature = input_signature(video.path)
             bar = progress_bar(total=None, desc=f"features: {shown(video.video_id)}", unit="frame", leave=False,
                                disable=not context.frame_bars)
@@ -216,7 +217,7 @@ def _write_rows(path: Path, run, names: Sequence[str], normalised: bool) -> tupl
     """`run(on_rows)` (run_snippets) with each batch's rows written to disk as they come, then `path`
     made the .npy [T, D] float32 of them, copied in blocks: a long video's rows are never all in
     memory. Returns the Snippets and the column bounds of the streams."""
-    raw = path.with_name(path.name + ".rows")
+    raw = path.with_suffix(".raw")  # `path`'s temporary name, as long: one that fits makes this fit
     bounds: list[int] = []
     try:
         with open(raw, "wb") as sink:
@@ -254,9 +255,11 @@ def write_manifest(out: Path, key: str, videos: Sequence[VideoInput]) -> dict[st
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["video_id", "status", "snippets", "reason"])
     for video in videos:
-        _, meta, failed, _ = _paths(out, video.video_id)
+        npy, meta, failed, lock = _paths(out, video.video_id)
         status, snippets, reason = "pending", "", ""
-        if is_done(out, key, video):
+        if why := name_problem([npy, meta, lock]):  # as `_work` says it: no record of it can be written
+            status, reason = "failed", f"{brief(video.path)}: its features {why}"
+        elif is_done(out, key, video):
             status = "done"
             try:
                 snippets = str(len(json.loads(meta.read_text(encoding="utf-8"))["snippets"]))

@@ -12,17 +12,18 @@ re-run can delete what a killed writer left (`flow.store.Store.clean_stale` uses
 from __future__ import annotations
 
 import errno
+import hashlib
 import itertools
 import os
 import re
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from p3dbase.errors import P3DError
+from p3dbase.errors import P3DError, brief, path_is
 
 TEMP_MARKER = ".tmp-"
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
@@ -54,14 +55,49 @@ def writer_token() -> str:
 def temp_name(path: Path | str, *, unique: bool = False, keep_suffix: bool = False) -> Path:
     """The hidden temporary name for `path` in its own directory. `unique` adds a per-process
     counter (two writes of one file by two threads); `keep_suffix` repeats the extension at the end
-    for writers that choose the format by it (OpenCV's VideoWriter, np.savez)."""
+    for writers that choose the format by it (OpenCV's VideoWriter, np.savez). It starts with
+    `temp_prefix(path)`."""
     path = Path(path)
-    name = f".{path.name}{TEMP_MARKER}{writer_token()}"
+    tail = writer_token()
     if unique:
-        name += f"-{next(_counter)}"
+        tail += f"-{next(_counter)}"
     if keep_suffix:
-        name += path.suffix
-    return path.with_name(name)
+        tail += path.suffix
+    return path.with_name(f"{temp_prefix(path, len(os.fsencode(tail)))}{tail}")
+
+
+NAME_MAX = 255  # bytes in a file name: Linux's file systems (ext4, XFS, Btrfs, NFS) and macOS's
+TAIL_ROOM = 64  # bytes kept for a temporary name's `<host>-<pid>[-<n>][<suffix>]`
+
+
+def temp_prefix(path: Path | str, tail: int = 0) -> str:
+    """How every temporary name of `path` starts: `.<name>.tmp-`, or for a name near the file system's
+    limit `.<its start>~<12 hex digits of its SHA-1>.tmp-` (the temporary name is never the one refused,
+    nor the name an error line shows for a file that could be written; names sharing a long start stay
+    apart). The same for any writer whose `tail` fits TAIL_ROOM, so that a re-run finds what a killed
+    one left."""
+    name = Path(path).name
+    room = NAME_MAX - 1 - len(TEMP_MARKER) - max(TAIL_ROOM, tail)
+    if len(os.fsencode(name)) > room:
+        digest = hashlib.sha1(os.fsencode(name)).hexdigest()[:12]
+        while name and len(os.fsencode(name)) > room - 13:  # characters, so that no UTF-8 sequence is cut
+            name = name[:-1]
+        name = f"{name}~{digest}"
+    return f".{name}{TEMP_MARKER}"
+
+
+def name_problem(paths: Iterable[Path]) -> str:
+    """Why the files `paths` cannot be written for the length of their names ("" when they can), found
+    before the work that would write them: a name the file system refuses fails only at its rename."""
+    for path in paths:
+        try:
+            limit = os.pathconf(next(p for p in path.parents if path_is(Path.exists, p)), "PC_NAME_MAX")
+        except (OSError, ValueError, StopIteration):
+            limit = NAME_MAX
+        if len(os.fsencode(path.name)) > limit:
+            return (f"file {brief(path)} would have a name of {len(os.fsencode(path.name))} bytes; the file system "
+                    f"takes at most {limit}: rename the video")
+    return ""
 
 
 def remove_quietly(path: Path) -> None:

@@ -8,6 +8,7 @@ file that vanished) that no stage turned into a P3DError are printed as one line
 """
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -69,6 +70,16 @@ def excerpt(text: str, limit: int = 80) -> str:
 NOT_REGULAR = "not a regular file (a FIFO, socket or device)"
 
 
+def path_is(check: Callable[[Path], bool], path: Path) -> bool:
+    """`check(path)` (Path.is_dir, is_file, exists), False where the system refuses to look (a name too
+    long for the file system raises there): such an entry then fails on its own, with the system's
+    reason, where it is opened or written, and the others go on."""
+    try:
+        return check(path)
+    except OSError:
+        return False
+
+
 def file_problem(path: Path, noun: str = "file") -> str:
     """Why `path` cannot be read as a `noun` ("video file", ...), "" when it can: no such one, a folder,
     not a regular file, or no permission for this user (root reads anything; os.access answers for
@@ -77,6 +88,8 @@ def file_problem(path: Path, noun: str = "file") -> str:
         return "" if os.access(path, os.R_OK) else "cannot be read: no permission"
     if path.is_dir():
         return f"a folder, not a {noun}"
+    if not path.exists() and path.is_symlink():  # exists() follows the link
+        return f"a symbolic link that leads to no {noun} (a loop of links, or its target is gone)"
     return NOT_REGULAR if path.exists() else f"no such {noun}"
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-from p3dbase.errors import P3DError, refusal
+from p3dbase.errors import P3DError, brief, refusal
 from p3dbase.runlog import run_log
 
 STAGE_HELP = {
@@ -140,6 +140,15 @@ def _on_signals() -> dict[int, Any]:
     return previous
 
 
+# How torch's allocators and oneDNN say they ran out (CPU: DefaultCPUAllocator; CUDA: OutOfMemoryError).
+OUT_OF_MEMORY = ("can't allocate memory", "out of memory", "could not create a primitive", "std::bad_alloc")
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether `err` says the process ran out of memory (not a bug: a setting or the machine)."""
+    return isinstance(err, MemoryError) or any(s in str(err).lower() for s in OUT_OF_MEMORY)
+
+
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
     """Hold Ctrl-C and SIGTERM for the block and take them after it, where their handlers raise: an
@@ -201,6 +210,13 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("P3D_TRACEBACK"):
             raise
         print(f"error: {refusal(err)} (P3D_TRACEBACK=1 shows where)", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as err:  # RuntimeError: torch's allocators (CPU, CUDA) say it so
+        if not out_of_memory(err):
+            raise
+        said = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"error: out of memory ({brief(said, 200)}): lower train.batch_size, eval.batch_views or the jobs "
+              "and workers, or free memory; then re-run the same command to resume", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
         how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"

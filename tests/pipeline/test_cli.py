@@ -170,3 +170,36 @@ def test_signals_are_held_through_a_block_and_taken_after_it():
             os.kill(os.getpid(), signal.SIGINT)  # twice: taken once
             reached.append("the end of the block")
     assert reached == ["the end of the block"] and signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.parametrize("error", [
+    MemoryError(),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:118] data. DefaultCPUAllocator: can't allocate memory: you tried "
+                 "to allocate 6442450944 bytes. Error code 12 (Cannot allocate memory)"),
+    RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total capacity)\nmore lines"),
+    RuntimeError("could not create a primitive"),  # oneDNN under `ulimit -v`
+])
+def test_running_out_of_memory_is_one_line_saying_what_to_lower(tmp_path, monkeypatch, capsys, error):
+    """MemoryError and torch's allocators' RuntimeErrors were a traceback (a setting or the machine, not a
+    bug); now one line, exit status 2. Other RuntimeErrors keep their traceback."""
+    from pipeline import stages
+
+    def stage_out_of_memory(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(stages, "synth_stage", stage_out_of_memory)
+    assert main(["synth", "--set", f"dataset.root={str(tmp_path / 'synth')!r}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of memory (") and err.count("\n") == 1
+    assert "lower train.batch_size, eval.batch_views or the jobs and workers" in err
+
+
+def test_a_runtime_error_that_is_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
+    from pipeline import stages
+
+    def stage_with_a_bug(*args, **kwargs):
+        raise RuntimeError("expected scalar type Float but found Double")
+
+    monkeypatch.setattr(stages, "synth_stage", stage_with_a_bug)
+    with pytest.raises(RuntimeError, match="expected scalar type"):
+        main(["synth", "--set", f"dataset.root={str(tmp_path / 'synth')!r}"])

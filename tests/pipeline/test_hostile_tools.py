@@ -55,17 +55,21 @@ def test_a_list_entry_too_long_for_the_file_system_fails_alone(tmp_path, capsys)
 
 
 def test_a_timeline_whose_file_names_would_be_too_long_fails_that_video_only(tmp_path, capsys):
-    """A video whose name fits the file system but whose `<id>.timeline.csv` (and its temporary name)
-    does not: `Path.exists` raised in the clash check and no video was scored."""
+    """A video whose name fits the file system but whose `<id>.timeline.csv` does not: `Path.exists`
+    raised in the clash check and no video was scored; now that video fails alone, before it is
+    computed. One whose timeline names fit but whose temporary names (p3dbase.atomic, ~30 bytes more)
+    did not is written whole: a temporary name is cut to fit."""
     rgb = save_tiny_checkpoint(tmp_path / "rgb.pt", "rgb")
     videos = tmp_path / "videos"
     write_avi(videos / "good.avi", frames=6)
-    shutil.copy(videos / "good.avi", videos / f"{'x' * 240}.avi")
+    shutil.copy(videos / "good.avi", videos / f"{'x' * 250}.avi")  # x..x.timeline.json: 264 bytes
+    shutil.copy(videos / "good.avi", videos / f"{'y' * 240}.avi")  # y..y.timeline.json: 254 bytes
     out = tmp_path / "timeline"
     assert cli.main(["predict", str(videos), "--rgb", str(rgb), "--timeline", "--out", str(out), *COMMON]) == 1
     text = capsys.readouterr().out
-    assert "its timeline file" in text and "rename the video" in text
-    assert sorted(p.name for p in out.iterdir()) == ["good.timeline.csv", "good.timeline.json", "good.timeline.png"]
+    assert "its timeline file" in text and "rename the video" in text and ".tmp-" not in text
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{stem}.timeline.{kind}" for stem in ("good", "y" * 240)
+                                                           for kind in ("csv", "json", "png"))
 
 
 def test_predict_refuses_timeline_options_without_timeline(tmp_path):
@@ -204,12 +208,14 @@ def test_snippet_features_of_a_video_whose_files_would_be_too_long_fail_that_vid
     rgb = save_tiny_checkpoint(tmp_path / "rgb.pt", "rgb")
     videos = tmp_path / "videos"
     write_avi(videos / "good.avi", frames=6)
-    shutil.copy(videos / "good.avi", videos / f"{'x' * 245}.avi")
+    shutil.copy(videos / "good.avi", videos / f"{'x' * 251}.avi")  # x..x.json: 256 bytes
+    shutil.copy(videos / "good.avi", videos / f"{'y' * 245}.avi")  # y..y.json: 250 bytes, its temporary name more
     out = tmp_path / "snippets"
     assert cli.main(["features", str(videos), "--rgb", str(rgb), "--out", str(out), "--stride", "4", *COMMON]) == 1
     text = capsys.readouterr()
     assert "rename the video" in text.out + text.err and ".tmp-" not in text.out + text.err
-    assert (out / "good.npy").is_file() and (out / "good.json").is_file()
+    for stem in ("good", "y" * 245):
+        assert (out / f"{stem}.npy").is_file() and (out / f"{stem}.json").is_file()
 
 
 def test_a_symbolic_link_loop_in_a_frame_folder_is_passed_over(tmp_path):
@@ -241,3 +247,32 @@ def test_show_flow_frames_are_bounded(tmp_path):
     for frames in (0, 51, 1_000_000):
         with pytest.raises(PipelineError, match=rf"--frames must be 1 to 50 \(.*\), got {frames}$"):
             show_flow_stage(cfg, "any", frames=frames)
+
+
+def test_a_temporary_name_never_outgrows_the_file_system():
+    """p3dbase.atomic writes under `.<name>.tmp-<host>-<pid>...`, ~30 bytes more than the name: a name of
+    230-255 bytes could not be written at all. Its temporary name is cut to fit, its start and a hash
+    of the whole kept (two long names that share their start stay apart)."""
+    from p3dbase.atomic import NAME_MAX, temp_name, temp_prefix
+
+    for stem in ("a" * 250, "é" * 124 + "b", "a" * 200):
+        path = Path("/out") / f"{stem}.npy"
+        for kw in ({}, {"unique": True, "keep_suffix": True}):
+            tmp = temp_name(path, **kw)
+            assert len(os.fsencode(tmp.name)) <= NAME_MAX and tmp.name.endswith(".npy") == bool(kw)
+            assert tmp.name.startswith(temp_prefix(path))  # what a re-run looks for, whichever writer it was
+    long1, long2 = temp_name(Path("a" * 250 + "1")).name, temp_name(Path("a" * 250 + "2")).name
+    assert long1[:170] == long2[:170] and long1 != long2
+    assert temp_name(Path("short.npy")).name.startswith(".short.npy.tmp-")  # names that fit are as before
+
+
+def test_a_link_loop_given_as_a_file_is_named_as_such(tmp_path):
+    """`predict loop.avi`, where loop.avi is a link to itself, said "no such video file"."""
+    from p3dbase.errors import file_problem
+
+    (tmp_path / "loop.avi").symlink_to("loop.avi")
+    (tmp_path / "gone.avi").symlink_to("nothing.avi")
+    for name in ("loop.avi", "gone.avi"):
+        assert file_problem(tmp_path / name, "video file") == ("a symbolic link that leads to no video file (a loop "
+                                                              "of links, or its target is gone)")
+    assert file_problem(tmp_path / "absent.avi", "video file") == "no such video file"
