@@ -68,11 +68,18 @@ def test_every_video_stored_with_its_frames_and_exact_flow(videos, tmp_path, fas
     assert store.video_ids() == ["Cls/a", "Cls/b", "Cls/c"]
     for job in jobs_in(videos):
         decoded = np.concatenate(list(VideoReader(job.path).chunks(100, 100)))
-        expected_flow = encode(OpenCVTVL1(fast_cfg).compute(to_gray(decoded)), fast_cfg.bound)
+        # Exactly the flow of the stage's own solver (the fast backend). OpenCV's DualTVL1 gives the same
+        # flow only up to float rounding (1e-5 px here), which another CPU or SIMD path rounds otherwise:
+        # a value at the edge between two levels (a still pixel's 0 lies on one: 127.5) may then land on
+        # the next level, so OpenCV's levels within one (equal here by luck, not by construction).
+        expected_flow = encode(make_backend(fast_cfg).compute(to_gray(decoded)), fast_cfg.bound)
+        opencv_flow = encode(OpenCVTVL1(fast_cfg).compute(to_gray(decoded)), fast_cfg.bound)
         with store.open(job.video_id) as v:
             assert (v.num_frames, v.num_flows) == (len(decoded), len(decoded) - 1)
             assert np.array_equal(v.rgb(range(v.num_frames)), decoded)  # packed store is lossless
-            assert np.array_equal(v.flow(range(v.num_flows)), expected_flow)
+            stored = v.flow(range(v.num_flows))
+            assert np.array_equal(stored, expected_flow)
+            assert np.abs(stored.astype(int) - opencv_flow).max() <= 1
     # flow i is frame i -> i + 1: the square of "a" moves 2 px right per frame
     with store.open("Cls/a") as v:
         x = decode(v.flow([0])[0, 16:32, 10:26], fast_cfg.bound)
