@@ -207,6 +207,7 @@ def _left_out(store: Store, dataset: Dataset, done: set[str]) -> None:
 def train_stage(cfg: Config, stream: str) -> None:
     """Train the `stream` of every split (one, or three for `dataset.split = "all"`) on the store's videos:
     work_dir/train/<stream>/split<k> (streams.train.train_stream)."""
+    from streams.checkpoint import LAST
     from streams.loaders import StreamData
     from streams.train import train_stream
 
@@ -224,7 +225,8 @@ def train_stage(cfg: Config, stream: str) -> None:
                    if v.split in ("test", "val") and v.video_id in done]
         if not train:
             raise PipelineError(f"split {split} of {cfg.dataset.format} has no training video with flow")
-        output_folder(train_dir(cfg, stream, split), "the training folder")
+        if not (train_dir(cfg, stream, split) / LAST).is_file():  # a finished run on a read-only disk: train_stream
+            output_folder(train_dir(cfg, stream, split), "the training folder")  # reports it as trained
         # config.toml is written beside the checkpoints once train_stream has accepted the settings
         train_stream(StreamData(store, train, val, dataset.classes), stream, cfg.model, cfg.train,
                      train_dir(cfg, stream, split), config_toml=dump_toml(cfg))

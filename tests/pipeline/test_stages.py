@@ -89,6 +89,25 @@ def trained(work: Path, run_name: str = "", extra: list[str] = ()) -> Path:
     return root
 
 
+def test_train_on_a_finished_run_in_a_folder_this_user_cannot_write_reports_it(work, capsys, monkeypatch):
+    """A finished run on a read-only share: `train` refused it ("cannot be written: no permission"); it is
+    trained, and `train` now says so. Root writes anything, so the denial is made as a user sees it."""
+    import os
+
+    from streams import train as streams_train
+    from tests.builders import deny_as_for_a_user
+
+    folder = trained(work) / "train" / "rgb" / "split1"
+    deny_as_for_a_user(monkeypatch, folder, os.W_OK)
+
+    def unwritable(path):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(streams_train, "try_lock", unwritable)
+    capsys.readouterr()
+    assert run(["train", "--stream", "rgb"], work) == 0
+    assert f"rgb stream: already trained, {folder / 'last.pt'}" in capsys.readouterr().out
+
+
 def test_a_named_run_shares_the_flow_and_evaluates_one_stream(work, capsys):
     from streams.checkpoint import file_sha256
 
