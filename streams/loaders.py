@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from flow.store import Store
-from p3dbase.cluster import local_processes
+from p3dbase.cluster import local_processes, open_files_for
 from p3dbase.errors import P3DError, shown
 from streams import gpu_decode, losses
 from streams.clips import ClipDataset, EpochSampler
@@ -197,6 +197,9 @@ def training_loaders(train_set: ClipDataset, val_set: ClipDataset | None, *, ctx
     `workers` processes each, the training order from `seed`."""
     if workers:  # 0: in this process
         local_processes(workers, "train.workers")  # a thousand DataLoader workers: the OOM killer, not an error
+        # one worker is a process too (local_processes counts 1 as the calling process): short of open
+        # files its queue thread fails on EMFILE and training waits for its batch for ever
+        open_files_for(workers, f"train.workers = {workers}")
     common = dict(batch=batch, workers=workers, seed=seed, pin_memory=ctx.device.type == "cuda")
     store, modality = train_set.store, train_set.modality
     codec = "jpeg" if store.layout == "mmaction" else store.codec if modality == "rgb" else store.flow_codec

@@ -122,6 +122,21 @@ def test_worker_processes_the_open_files_limit_cannot_hold_are_one_line(monkeypa
     assert local_processes(1, "eval.jobs") == 1  # one runs in the calling process: no worker's files
 
 
+def test_one_dataloader_worker_is_counted_against_the_open_files_limit(monkeypatch):
+    # Was: train.workers = 1 under `ulimit -n 24` hung (local_processes counts one as the calling process,
+    # but a DataLoader's one worker is a process of its own).
+    from types import SimpleNamespace
+
+    from p3dbase.errors import SettingError
+    from streams.loaders import training_loaders
+
+    _limits(monkeypatch, 24, 24)
+    train_set = SimpleNamespace(store=None, modality="rgb")
+    with pytest.raises(SettingError, match=r"^train\.workers = 1: 1 worker process\(es\) need about 64 open files, "
+                                           r"but the limit is 24 here"):
+        training_loaders(train_set, None, ctx=SimpleNamespace(), batch=2, workers=1, seed=0)
+
+
 def test_a_low_soft_limit_is_raised_towards_the_hard_one(monkeypatch):
     import joblib
 
