@@ -96,6 +96,17 @@ def _open_capture(path: Path) -> cv2.VideoCapture:
         os.rmdir(folder)
 
 
+def _memory_cap() -> str:
+    """", or ..." naming this process's address-space limit when one is set: under `ulimit -v` FFmpeg
+    fails to open every video alike, and the reason would blame the files."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit == resource.RLIM_INFINITY:
+        return ""
+    return f", or too little memory for the decoder: this process may use {limit / 2**30:.1f} GiB (`ulimit -v`)"
+
+
 class VideoReader:
     """Frames of one video file, resized, in chunks. Raises FlowError naming the file when it
     cannot be read: missing, empty, unreadable (permissions), not a video, no decodable frame, or (with
@@ -113,7 +124,7 @@ class VideoReader:
         self._cap = _open_capture(self.path)
         if not self._cap.isOpened():
             raise FlowError(f"{shown(self.path)}: cannot open (not a video OpenCV/FFmpeg can read, or "
-                            "its header is missing)")
+                            f"its header is missing{_memory_cap()})")
         count = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
         # The container's own frame count (0 when it does not say); used to spot truncated files.
         self.declared_frames = int(count) if math.isfinite(count) and count > 0 else 0

@@ -198,3 +198,26 @@ def test_a_flow_pool_whose_manager_thread_dies_is_one_line_not_a_hang(monkeypatc
                               "little memory for it? (`ulimit -v`) raise the limit, or set flow.jobs = 1")
     assert pool.shut and threading.excepthook is hook  # its workers stopped, the hook put back
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_video_that_will_not_open_under_a_memory_cap_says_memory_may_be_why(tmp_path, monkeypatch):
+    # Was: under `ulimit -v 600000` every video of the flow stage was "not a video OpenCV/FFmpeg can read":
+    # the reason blamed the files. With an address-space limit set, the line now names it as well.
+    import resource
+
+    from flow.errors import FlowError
+    from flow.video import VideoReader
+
+    bad = tmp_path / "bad.avi"
+    bad.write_bytes(b"not a video at all" * 10)
+    with pytest.raises(FlowError) as plain:
+        VideoReader(bad)
+    if resource.getrlimit(resource.RLIMIT_AS)[0] == resource.RLIM_INFINITY:  # no cap, as on most machines
+        assert "memory" not in str(plain.value)
+    real = resource.getrlimit
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (600_000 * 1024, resource.RLIM_INFINITY)
+                        if which == resource.RLIMIT_AS else real(which))
+    with pytest.raises(FlowError, match=r"bad\.avi: cannot open \(not a video OpenCV/FFmpeg can read, or its header "
+                                        r"is missing, or too little memory for the decoder: this process may use "
+                                        r"0\.6 GiB \(`ulimit -v`\)\)$"):
+        VideoReader(bad)
