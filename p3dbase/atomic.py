@@ -7,7 +7,9 @@ the new one, never half of one. On any error the temporary file is removed, and 
 
 Temporary names are `.<name>.tmp-<host>-<pid>[-<n>]`: hidden (so listings of finished work skip
 them), unique per machine and process sharing a directory, and recognisable by `.tmp-` so that a
-re-run can delete what a killed writer left (`flow.store.Store.clean_stale` uses the same rule).
+re-run can delete what a killed writer left (`flow.store.Store.clean_stale` uses the same rule). A
+name within TAIL_ROOM bytes of the file system's limit gives way to its start and a hash
+(`temp_prefix`), so that the temporary name fits wherever the final one does.
 """
 from __future__ import annotations
 
