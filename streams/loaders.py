@@ -63,13 +63,19 @@ class StreamData:
                 raise StreamsError(f"{what} label {labels[0]} is outside the {len(self.classes)} classes")
 
 
+# Seconds the trainer waits for a batch from its workers before it says so: a batch takes well under a
+# second, but one a stuck worker never sends (its queue thread failed on EMFILE, a hung disk) was waited
+# for for ever.
+BATCH_TIMEOUT_S = 600.0
+
+
 def make_loader(dataset: Dataset, *, batch: int, workers: int, seed: int, pin_memory: bool, sampler: Any = None,
                 drop_last: bool = False) -> DataLoader:
     """A loader of `batch` items with `workers` persistent workers (0: in this process)."""
     return DataLoader(dataset, batch_size=batch, sampler=sampler, shuffle=False, drop_last=drop_last,
                       collate_fn=gpu_decode.collate,  # torch's, or JPEG batches (train.decode = "cuda")
                       num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
-                      prefetch_factor=4 if workers > 0 else None,
+                      prefetch_factor=4 if workers > 0 else None, timeout=BATCH_TIMEOUT_S if workers > 0 else 0,
                       worker_init_fn=functools.partial(worker_init, parent=os.getpid()),
                       # its own generator: making an iterator must not draw from the global RNG
                       generator=torch.Generator().manual_seed(seed))
@@ -142,6 +148,11 @@ def stop_on_dead_worker(err: BaseException, loaders: list[DataLoader | None], mo
     """The one-line error for a worker that died, if that is what `err` is (torch's RuntimeError, or
     whatever the half-sent batch broke: ConnectionResetError when it died passing a tensor's file
     descriptor); the remaining workers are stopped. None when no worker died."""
+    if isinstance(err, RuntimeError) and "DataLoader timed out" in str(err):
+        _stop_workers(loaders)
+        return StreamsError(f"{modality} stream: no batch from the data loader workers in {BATCH_TIMEOUT_S:g} s (a "
+                            "worker is stuck: too few open files (`ulimit -n`) or too little memory, or the store's "
+                            f"disk hangs); {resume_hint(out_dir)}")
     died = str(err).splitlines()[0] if worker_died(err) else _dead_worker(
         loaders, wait=2.0 if isinstance(err, (OSError, EOFError)) else 0.0)
     if died is None:

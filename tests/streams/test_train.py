@@ -617,6 +617,36 @@ def test_loader_workers_die_with_the_trainer():
     assert death_signal() == 0  # the trainer itself is not tied to pytest
 
 
+def test_a_batch_a_stuck_worker_never_sends_is_one_line_not_a_wait_for_ever(tmp_path, monkeypatch):
+    """A worker whose batch never comes (its queue thread failed on EMFILE under `ulimit -n`, a hung disk)
+    was waited for for ever; the loader now gives up after loaders.BATCH_TIMEOUT_S and the trainer says so
+    in one line, with how to resume."""
+    import time
+
+    from torch.utils.data import Dataset
+
+    from streams import loaders
+
+    class Stuck(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            time.sleep(30)
+            return i
+
+    monkeypatch.setattr(loaders, "BATCH_TIMEOUT_S", 0.5)
+    loader = loaders.make_loader(Stuck(), batch=2, workers=1, seed=0, pin_memory=False)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError) as err:
+        next(iter(loader))
+    assert time.monotonic() - started < 20
+    said = loaders.stop_on_dead_worker(err.value, [loader], "rgb", tmp_path)
+    assert str(said) == ("rgb stream: no batch from the data loader workers in 0.5 s (a worker is stuck: too few open "
+                         "files (`ulimit -n`) or too little memory, or the store's disk hangs); no checkpoint had been "
+                         "written: re-run the same command to start again")
+
+
 def test_a_damaged_pack_read_by_a_worker_is_one_line_naming_the_video(toy_store, tmp_path, configs):
     """Read in a DataLoader worker, a broken video came back as torch's 15-line "Caught FlowError in
     DataLoader worker process 0. Original Traceback ..."; now one line: the video and how to resume."""
