@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from p3dbase.overrides import check_range
+
 # The flow bound, px: one uint8 level is 2 * bound / 255 px (flow.encoding). Below 0.5 px every real
 # motion is clipped; above 255 a level is over 2 px and small motion reads as none (recipes use 15-20).
 # 1e300 and 1e-300 ran "fine" and stored flow that was all 128, or all 0 and 255.
@@ -132,24 +134,15 @@ class FlowConfig:
 
     def _validate_tvl1(self) -> None:
         """TV-L1's real-valued parameters, each in the range where the solver finds motion."""
-        if not 0 < self.tau <= MAX_TAU:
-            raise ValueError(f"tau: must be > 0 and at most {MAX_TAU:g} (the scheme's time step: it converges for "
-                             f"tau < 0.25 in theory, OpenCV uses 0.25; 1e308 stored NaN flow), got {self.tau}")
-        low, high = LAMBDA_RANGE
-        if not low <= self.lambda_ <= high:
-            raise ValueError(f"lambda_: must be {low:g} to {high:g} (the data term's weight, OpenCV 0.15: below, the "
-                             f"flow shrinks to none), got {self.lambda_}")
-        low, high = THETA_RANGE
-        if not low <= self.theta <= high:
-            raise ValueError(f"theta: must be {low:g} to {high:g} (OpenCV 0.3: below, the solver's steps are too small "
-                             f"to move; 1e308 stored NaN flow), got {self.theta}")
-        if not 0 < self.epsilon <= MAX_EPSILON:
-            raise ValueError(f"epsilon: must be > 0 and at most {MAX_EPSILON:g} px (the stopping threshold, OpenCV "
-                             f"0.01: larger stops the solver before the flow has moved), got {self.epsilon}")
-        if not 0 <= self.gamma <= MAX_GAMMA:
-            raise ValueError(f"gamma: must be 0 to {MAX_GAMMA:g} (the illumination term's weight, OpenCV 0 = none: "
-                             f"larger explains motion away as brightness change), got {self.gamma}")
-        low, high = SCALE_STEP_RANGE
-        if not low <= self.scale_step <= high:
-            raise ValueError(f"scale_step: must be {low:g} to {high:g} (the pyramid's size ratio, OpenCV 0.8: below, "
-                             f"small frames shrink to 0 px; at 1 the levels never shrink), got {self.scale_step}")
+        check_range("tau", self.tau, 0, MAX_TAU, "the scheme's time step: it converges for tau < 0.25 in theory, "
+                    "OpenCV uses 0.25; 1e308 stored NaN flow", above=True)
+        check_range("lambda_", self.lambda_, *LAMBDA_RANGE, "the data term's weight, OpenCV 0.15: below, the flow "
+                    "shrinks to none")
+        check_range("theta", self.theta, *THETA_RANGE, "OpenCV 0.3: below, the solver's steps are too small to move; "
+                    "1e308 stored NaN flow")
+        check_range("epsilon", self.epsilon, 0, MAX_EPSILON, "the stopping threshold, OpenCV 0.01: larger stops the "
+                    "solver before the flow has moved", above=True, unit=" px")
+        check_range("gamma", self.gamma, 0, MAX_GAMMA, "the illumination term's weight, OpenCV 0 = none: larger "
+                    "explains motion away as brightness change")
+        check_range("scale_step", self.scale_step, *SCALE_STEP_RANGE, "the pyramid's size ratio, OpenCV 0.8: below, "
+                    "small frames shrink to 0 px; at 1 the levels never shrink")

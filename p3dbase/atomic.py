@@ -14,6 +14,7 @@ name within TAIL_ROOM bytes of the file system's limit gives way to its start an
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import itertools
 import os
@@ -92,14 +93,21 @@ def name_problem(paths: Iterable[Path]) -> str:
     """Why the files `paths` cannot be written for the length of their names ("" when they can), found
     before the work that would write them: a name the file system refuses fails only at its rename."""
     for path in paths:
-        try:
-            limit = os.pathconf(next(p for p in path.parents if path_is(Path.exists, p)), "PC_NAME_MAX")
-        except (OSError, ValueError, StopIteration):
-            limit = NAME_MAX
+        limit = _name_max(path.parent)
         if len(os.fsencode(path.name)) > limit:
             return (f"file {brief(path)} would have a name of {len(os.fsencode(path.name))} bytes; the file system "
                     f"takes at most {limit}: rename the video")
     return ""
+
+
+@functools.lru_cache(maxsize=256)
+def _name_max(folder: Path) -> int:
+    """The longest file name (bytes) the file system of `folder`, or of its nearest existing parent, takes;
+    asked once per folder (a listing of 650k videos asks for a few folders)."""
+    try:
+        return os.pathconf(next(p for p in (folder, *folder.parents) if path_is(Path.exists, p)), "PC_NAME_MAX")
+    except (OSError, ValueError, StopIteration):
+        return NAME_MAX
 
 
 def remove_quietly(path: Path) -> None:

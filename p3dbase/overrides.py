@@ -67,6 +67,15 @@ def _bare_list(inner: str) -> list[Any]:
 ALLOW_NONFINITE = "allow_nonfinite"
 
 
+def check_range(name: str, value: float, low: float, high: float, why: str, *, above: bool = False,
+                unit: str = "") -> None:
+    """ValueError naming the setting `name` unless low <= value <= high (`above`: low < value <= high);
+    `why` says what the range comes from. NaN is outside every range."""
+    if not (low < value <= high if above else low <= value <= high):
+        span = f"> {low:g} and at most {high:g}{unit}" if above else f"{low:g} to {high:g}{unit}"
+        raise ValueError(f"{name}: must be {span} ({why}), got {value}")
+
+
 def check_value(value: Any, hint: Any, key: str, finite: bool = True) -> Any:
     """`value` as type `hint` (str, int, float, bool, list[...], or X | None), else ValueError naming `key`;
     with `finite`, an inf or NaN float (also in a list) is refused too."""

@@ -225,11 +225,12 @@ def train_stage(cfg: Config, stream: str) -> None:
                    if v.split in ("test", "val") and v.video_id in done]
         if not train:
             raise PipelineError(f"split {split} of {cfg.dataset.format} has no training video with flow")
-        if not (train_dir(cfg, stream, split) / LAST).is_file():  # a finished run on a read-only disk: train_stream
-            output_folder(train_dir(cfg, stream, split), "the training folder")  # reports it as trained
+        out = train_dir(cfg, stream, split)
+        if not (out / LAST).is_file():  # a finished run on a read-only disk: train_stream reports it as trained
+            output_folder(out, "the training folder")
         # config.toml is written beside the checkpoints once train_stream has accepted the settings
-        train_stream(StreamData(store, train, val, dataset.classes), stream, cfg.model, cfg.train,
-                     train_dir(cfg, stream, split), config_toml=dump_toml(cfg))
+        train_stream(StreamData(store, train, val, dataset.classes), stream, cfg.model, cfg.train, out,
+                     config_toml=dump_toml(cfg))
 
 
 def eval_out_dir(cfg: Config, checkpoints: dict[str, Path] | None, out: Path | None = None) -> Path:

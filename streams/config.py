@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from p3dbase.device import check_device_setting
 from p3dbase.errors import shown
+from p3dbase.overrides import check_range
 from p3dbase.overwrite import folder_name_problem
 
 ARCH_NAMES = ("p3d63", "p3d131", "p3d199", "p3d_small", "p3d_tiny")  # streams.p3d.ARCHS
@@ -149,22 +150,16 @@ class TrainConfig:
             raise ValueError(f"val_clips: must be 1 to {MAX_CLIPS}, got {self.val_clips}")
         if self.clip_len > MAX_CLIP_LEN:
             raise ValueError(f"clip_len: must be 1 to {MAX_CLIP_LEN} (the paper: 16), got {self.clip_len}")
-        if not 0 < self.lr <= MAX_LR:
-            raise ValueError(f"lr: must be > 0 and at most {MAX_LR:g} (recipes use 1e-4 to 0.1; SGD diverges far "
-                             f"below {MAX_LR:g}, and torch holds lr in float32), got {self.lr}")
-        if not 0 <= self.weight_decay <= MAX_WEIGHT_DECAY:
-            raise ValueError(f"weight_decay: must be 0 to {MAX_WEIGHT_DECAY:g} (recipes use 1e-5 to 1e-3; torch "
-                             f"holds it in float32), got {self.weight_decay}")
+        check_range("lr", self.lr, 0, MAX_LR, f"recipes use 1e-4 to 0.1; SGD diverges far below {MAX_LR:g}, and "
+                    "torch holds lr in float32", above=True)
+        check_range("weight_decay", self.weight_decay, 0, MAX_WEIGHT_DECAY, "recipes use 1e-5 to 1e-3; torch holds it "
+                    "in float32")
         for name in ("fc_lr_mult", "flow_conv1_lr_mult"):
-            if not 0 <= getattr(self, name) <= MAX_LR_MULT:
-                raise ValueError(f"{name}: must be 0 to {MAX_LR_MULT:g} (a multiple of lr: Caffe recipes use 1 to "
-                                 f"20; 0 freezes the layer), got {getattr(self, name)}")
-        if not 0 < self.lr_gamma <= 1:
-            raise ValueError(f"lr_gamma: must be > 0 and at most 1 (the factor that lowers lr at each of lr_steps; "
-                             f"recipes use 0.1), got {self.lr_gamma}")
-        if not 0 <= self.warmup_epochs <= MAX_WARMUP_EPOCHS:
-            raise ValueError(f"warmup_epochs: must be 0 to {MAX_WARMUP_EPOCHS:g} (recipes warm up for 0 to 5), "
-                             f"got {self.warmup_epochs}")
+            check_range(name, getattr(self, name), 0, MAX_LR_MULT, "a multiple of lr: Caffe recipes use 1 to 20; 0 "
+                        "freezes the layer")
+        check_range("lr_gamma", self.lr_gamma, 0, 1, "the factor that lowers lr at each of lr_steps; recipes use 0.1",
+                    above=True)
+        check_range("warmup_epochs", self.warmup_epochs, 0, MAX_WARMUP_EPOCHS, "recipes warm up for 0 to 5")
         if not self.iterations and self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup_epochs: {self.warmup_epochs} is more than epochs = {self.epochs} (the run "
                              "would end before its warm-up, never at the full learning rate)")
