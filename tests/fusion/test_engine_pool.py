@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from fusion.engine import PoolSpec, Worker, map_videos
+from fusion.engine import PoolSpec, Worker, map_videos, run_one
 from fusion.errors import FusionError
 
 
@@ -20,6 +20,10 @@ def _die_on_three(worker: Worker, task: int) -> int:
     if task == 3:
         os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer ends a worker
     return task
+
+
+def _torch_threads(worker: Worker, task: int) -> int:
+    return torch.get_num_threads()
 
 
 def _interrupted_worker(worker: Worker, task: int) -> bool:
@@ -63,3 +67,15 @@ def test_workers_leave_ctrl_c_to_the_main_process():
     inside its task and printed a traceback of its own; now they go on, and the main process stops the run."""
     with deadline():
         assert list(map_videos(_spec(_interrupted_worker), list(range(4)), jobs=2, leave=False)) == [True] * 4
+
+
+def test_a_dask_task_runs_torch_on_one_thread_as_a_local_worker_does():
+    """A Dask worker runs as many tasks at once as it has threads: each at torch's default thread count
+    (every core) oversubscribed the machine, and its features differed from the local run's by ~1e-5."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert run_one(_spec(_torch_threads), 0) == 1
+        assert sorted(map_videos(_spec(_torch_threads), [0, 1], jobs=2, leave=False)) == [1, 1]
+    finally:
+        torch.set_num_threads(before)

@@ -239,17 +239,20 @@ def test_a_dask_cluster_computes_the_same_features(ckpts, tmp_path):
     videos = _videos(tmp_path / "videos", count=2)
     rgb = {"rgb": ckpts["rgb"]}
     extract_snippet_features([videos], rgb, tmp_path / "local", FAST_FLOW, CFG, stride=2)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp",
-                                  host="127.0.0.1", dashboard_address=None) as cluster:
-        flow_cfg = dataclasses.replace(FAST_FLOW, scheduler=cluster.scheduler_address)
-        summary = extract_snippet_features([videos], rgb, tmp_path / "dask", flow_cfg, CFG, stride=2)
+    threads = torch.get_num_threads()  # the in-process workers' tasks set this process's to 1
+    try:
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp",
+                                      host="127.0.0.1", dashboard_address=None) as cluster:
+            flow_cfg = dataclasses.replace(FAST_FLOW, scheduler=cluster.scheduler_address)
+            summary = extract_snippet_features([videos], rgb, tmp_path / "dask", flow_cfg, CFG, stride=2)
+    finally:
+        torch.set_num_threads(threads)
     assert (summary.computed, len(summary.failures)) == (2, 1)
     for video_id in ("c0/v0", "c1/v1"):
         local = np.load(tmp_path / "local" / f"{video_id}.npy")
-        # The same clips through the same float32 network, but the Dask worker threads run torch on their
-        # own thread count (the local run on one): the sums split otherwise, by ~1e-5 on values of ~20
-        # with OMP_NUM_THREADS=3. So 1e-5 of the largest value, as for other batchings; another clip or
-        # view is off by far more.
+        # The same clips through the same float32 network on one torch thread each (the Dask tasks as the
+        # local workers: tests/fusion/test_engine_pool.py); 1e-5 of the largest value, as for other
+        # batchings, in case a worker thread's kernels sum otherwise; another clip or view is off by far more.
         np.testing.assert_allclose(np.load(tmp_path / "dask" / f"{video_id}.npy"), local, rtol=0,
                                    atol=1e-5 * np.abs(local).max())
 
