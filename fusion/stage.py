@@ -73,8 +73,8 @@ class EvalJob:
     val: Sequence[Item] = ()
     val_note: str = ""
     train_groups: dict[str, str] | None = None  # video id -> group: the SVM's CV folds never split a group
-    # Score test videos that a stream was trained on (its checkpoint's training list) instead of refusing;
-    # the report then says how many.
+    # Use test or held-out videos that a stream was trained on (its checkpoint's training list) instead of
+    # refusing; the report then says how many.
     allow_trained: bool = False
 
 
@@ -87,7 +87,7 @@ def run_eval(job: EvalJob, cfg: EvalConfig, out_dir: Path) -> pd.DataFrame:
     streams = _check_streams(job, cfg, out_dir)
     notes, selection = [], ["Checkpoints: each stream's given file, or the finished model (last.pt) of its training "
                             "run; none is chosen by accuracy."]
-    notes_on_trained = _trained_test_videos(job, streams)
+    notes_on_trained = _trained_on(job, streams)
     # 2. Every needed video's network outputs (cached in out_dir/cache), the unusable ones excluded.
     outputs, skipped, train_failed, (train, val, test) = _outputs(job, streams, cfg, out_dir)
     ids, labels = [v for v, _ in test], [tuple(lab) for _, lab in test]
@@ -179,22 +179,32 @@ def _check_streams(job: EvalJob, cfg: EvalConfig, out_dir: Path) -> list[_Scored
     return streams
 
 
-def _trained_test_videos(job: EvalJob, streams: Sequence[_Scored]) -> list[str]:
+def _trained_on(job: EvalJob, streams: Sequence[_Scored]) -> list[str]:
     """FusionError when a stream was trained on test videos (its checkpoint records its training list:
-    a checkpoint of another split); with `allow_trained`, the report's note saying so instead."""
+    a checkpoint of another split) or on the held-out videos that choose the fusion rule and C (streams
+    trained without these train.val_groups / val_fraction, or with another train.seed: the choice would
+    be made on videos the networks fitted, and the report would call it held out); with
+    `allow_trained`, the report's notes saying so instead."""
     notes = []
-    test = {v for v, _ in job.test}
+    # (role, its videos, the report's note with --allow-trained, why it is refused without)
+    roles = [("test videos", {v for v, _ in job.test}, "Not a test: {}, scored anyway",
+              "scores on them are not a test (a checkpoint of another split?); evaluate the split it was trained on"),
+             ("held-out videos", {v for v, _ in job.val}, "Not held out: {}, the choices made on them anyway",
+              "the fusion rule and C chosen on them would be chosen on videos the network fitted (trained without "
+              "these train.val_groups / val_fraction, or with another train.seed?); evaluate with the held-out "
+              "settings it was trained with, or with none (C then by cross-validation, and the report says so)")]
     for s in streams:
         record = s.checkpoint.state.get("training_set")  # absent in imported and older checkpoints
-        seen = sorted(test & set(record.get("videos", []))) if isinstance(record, dict) else []
-        if not seen:
-            continue
-        what = (f"{len(seen)} of the {len(test)} test videos (e.g. {seen[0]}) are in the training list of the "
-                f"{s.name} stream {s.checkpoint.path}")
-        if not job.allow_trained:
-            raise FusionError(f"{what}: scores on them are not a test (a checkpoint of another split?); evaluate "
-                              "the split it was trained on, or pass --allow-trained to score them anyway")
-        notes.append(f"Not a test: {what}, scored anyway (--allow-trained).")
+        trained = set(record.get("videos", [])) if isinstance(record, dict) else set()
+        for role, videos, label, why in roles:
+            seen = sorted(videos & trained)
+            if not seen:
+                continue
+            what = (f"{len(seen)} of the {len(videos)} {role} (e.g. {seen[0]}) are in the training list of the "
+                    f"{s.name} stream {s.checkpoint.path}")
+            if not job.allow_trained:
+                raise FusionError(f"{what}: {why}, or pass --allow-trained to go on anyway")
+            notes.append(label.format(what) + " (--allow-trained).")
     return notes
 
 

@@ -71,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="report folder (default: the run's eval folder; with --rgb/--flow beside the "
                                "checkpoint, eval-<name>, never make eval's report)")
     evaluate.add_argument("--allow-trained", action="store_true",
-                          help="score test videos a checkpoint was trained on (a checkpoint of another split) "
-                               "instead of refusing; the report says how many")
+                          help="score test videos a checkpoint was trained on (a checkpoint of another split), or "
+                               "choose the fusion rule and C on held-out videos it was trained on, instead of "
+                               "refusing; the report says how many")
     _add_run_arg(evaluate)
     config = stages.add_parser("config", help=CONFIG_HELP, description=CONFIG_HELP)
     _add_config_args(config)

@@ -245,10 +245,11 @@ def eval_stage(cfg: Config, checkpoints: dict[str, Path] | None = None, *, allow
                out: Path | None = None) -> None:
     """Evaluate a run's streams (default: both, the finished models of its training runs) or the given
     checkpoints ({"rgb": path, "flow": path}, one or both: files, imported weights or run folders), split
-    by split (fusion.stage.run_eval); three splits are averaged. `allow_trained`: score test videos a
-    checkpoint was trained on, saying so in the report, instead of refusing. The report goes to `out`, else
-    beside given checkpoints, never into `make eval`'s folder (eval_out_dir); one eval at a time writes
-    a report folder (a second one's files would be renamed from under the first)."""
+    by split (fusion.stage.run_eval); three splits are averaged. `allow_trained`: score test videos (or
+    choose on held-out videos) a checkpoint was trained on, saying so in the report, instead of refusing.
+    The report goes to `out`, else beside given checkpoints, never into `make eval`'s folder
+    (eval_out_dir); one eval at a time writes a report folder (a second one's files would be renamed from
+    under the first)."""
     from fusion.stage import EvalJob, average_splits, run_eval
 
     tables = []

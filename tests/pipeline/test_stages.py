@@ -128,6 +128,23 @@ def test_a_named_run_shares_the_flow_and_evaluates_one_stream(work, capsys):
     assert "run: must be a plain folder name" in capsys.readouterr().err
 
 
+def test_held_out_videos_the_streams_were_trained_on_do_not_choose(work, capsys):
+    """Streams trained without held-out groups, evaluated with train.val_fraction: the fusion rule and C
+    were chosen on videos the networks fitted, and the report called them held out. Refused now, naming
+    the stream; with --allow-trained the choice is made and the report says what it was made on."""
+    root = trained(work)
+    capsys.readouterr()
+    assert run(["eval", "--out", str(work / "eval-lax")], work, ["train.val_fraction=0.4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "held-out videos (e.g. " in err and \
+        f"are in the training list of the rgb stream {root / 'train' / 'rgb' / 'split1' / 'last.pt'}" in err
+    assert "train.val_groups / val_fraction" in err and "--allow-trained" in err and err.count("\n") == 1
+    assert not (work / "eval-lax" / "results.csv").exists()
+    assert run(["eval", "--out", str(work / "eval-lax"), "--allow-trained"], work, ["train.val_fraction=0.4"]) == 0
+    text = (work / "eval-lax" / "results.md").read_text()
+    assert "Not held out: " in text and "the choices made on them anyway (--allow-trained)" in text
+
+
 def test_held_out_groups_choose_the_fusion_and_svm(work):
     from pipeline.config import load_config
     from pipeline.datasets import read_dataset
