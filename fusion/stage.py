@@ -66,7 +66,7 @@ class EvalJob:
     classes: Sequence[str]
     protocol: str  # what the report is titled by, e.g. "synth split 1"
     excluded: Sequence[str] = ()  # test videos known to be unusable (failed in `make flow`): listed and counted
-    # Held-out videos of the training split (whole groups the streams were not trained on; `val_note` says
+    # Held-out videos of the training split (whole groups the streams were not trained on; `val_note` names
     # which). With them the fusion rule (raw or softmax scores, flow weight) and the SVMs' C are chosen on
     # them, never on the test videos; without them the fusion rule is the fixed default and C comes from
     # cross-validation on the training videos, and the report says so.
@@ -138,7 +138,7 @@ def run_eval(job: EvalJob, cfg: EvalConfig, out_dir: Path) -> pd.DataFrame:
             methods += svm_methods_held_out(_features(streams, outputs, train), train_labels,
                                             _features(streams, outputs, val), val_labels,
                                             _features(streams, outputs, test), num_classes=len(classes), cfg=cfg)
-            selection.append(f"SVM C: chosen on the held-out videos ({job.val_note or f'{len(val)} videos'}), "
+            selection.append(f"SVM C: chosen on the held-out videos ({_held_count(len(val), job.val_note)}), "
                              "then refitted on training + held-out videos.")
         else:
             methods += svm_methods(_features(streams, outputs, train), train_labels,
@@ -406,7 +406,7 @@ def _fusion_rule(cfg: EvalConfig, streams: Sequence[_Scored], outputs: dict[str,
         detail = (f" (chosen on {len(val_ids)} held-out videos, hit@1 {100 * accuracy[kind][weight]:.1f}%; "
                   f"default {cfg.fusion_scores} {default[0]:g}:{default[1]:g})")
         grid = ", ".join(f"{w:g}" for w in cfg.fusion_cv_grid)
-        where = f"the held-out videos ({val_note or f'{len(val_ids)} videos'})"
+        where = f"the held-out videos ({_held_count(len(val_ids), val_note)})"
         return kind, (1.0, weight), detail, f"chosen on {where} among raw/softmax x flow weights {grid}"
     if not cfg.fusion_cv:
         return cfg.fusion_scores, default, "", ("the fixed default (eval.fusion_scores, eval.fusion_weights); "
@@ -423,11 +423,16 @@ def _fusion_rule(cfg: EvalConfig, streams: Sequence[_Scored], outputs: dict[str,
         "not an honest selection (set train.val_groups or train.val_fraction)")
 
 
+def _held_count(count: int, note: str) -> str:
+    """"12 videos of 1 of the training split's 4 groups: g04": the held-out videos used (those with
+    outputs), of the groups `note` names."""
+    return f"{count} videos of {note}" if note else f"{count} videos"
+
+
 def _train_groups(items: Sequence[Item], groups: dict[str, str] | None) -> list[str] | None:
-    """The training rows' groups for the SVM's folds; None unless every row has one."""
-    if not groups or any(not groups.get(v) for v, _ in items):
-        return None
-    return [groups[v] for v, _ in items]
+    """The training rows' groups for the SVM's folds (svm.fold_groups)."""
+    ids = [v for v, _ in items]
+    return svm.fold_groups([(groups or {}).get(v) for v in ids], ids)
 
 
 def _features(streams: Sequence[_Scored], outputs: dict[str, dict[str, Outputs]],

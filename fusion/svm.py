@@ -123,6 +123,15 @@ def _row_space(x: np.ndarray) -> np.ndarray:
     return x.T @ (vectors[:, keep] / np.sqrt(eigenvalues[keep]))
 
 
+def fold_groups(groups: Sequence[str | None], ids: Sequence[str]) -> list[str] | None:
+    """The groups the CV folds keep together, one per row: None when no row has one (stratified folds,
+    e.g. Kinetics); else each row's group, and a row without one (an HMDB51 file renamed out of the
+    dataset's naming) is a group of its own, so that one such row no longer dropped the groups of all."""
+    if not any(groups):
+        return None
+    return [g if g else video_id for g, video_id in zip(groups, ids, strict=True)]
+
+
 def _folds(first: np.ndarray, folds: int, seed: int, stratify: bool,
            groups: Sequence[str] | None = None) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
     """The CV folds (train rows, held-out rows) and a phrase saying what they are."""

@@ -293,7 +293,7 @@ def _protocol(bench: Benchmark, got: Extraction, stream: str, parts: tuple[str, 
         row = {v: i for i, v in enumerate(ids)}
         splits = [(np.array([row[v] for v in train if v in row], dtype=int),
                    np.array([row[v] for v in scored if v in row], dtype=int)) for train, scored in bench.splits]
-        groups = [by_id[v].group for v in ids] if all(by_id[v].group for v in ids) else None
+        groups = svm.fold_groups([by_id[v].group for v in ids], ids)
         result = transfer.three_split(_stream_matrix(got, stream, ids), [by_id[v].labels[0] for v in ids],
                                       groups, splits, len(bench.classes), **kwargs)
         return result, ", ".join(f"{k} {v:.2f}" for k, v in result.metrics.items())

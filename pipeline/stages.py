@@ -66,7 +66,7 @@ def explicit_eval_dir(cfg: Config, checkpoints: dict[str, Path], out: Path | Non
 
 def held_out(cfg: Config, dataset: Dataset) -> tuple[set[str], str]:
     """The training-split videos held out as validation (`train.val_groups` by name, or
-    `train.val_fraction` of the split's groups, chosen by `train.seed`), and a phrase naming them.
+    `train.val_fraction` of the split's groups, chosen by `train.seed`), and a phrase naming their groups.
     Whole groups go, so no actor or scene of a held-out video is trained on; a video without a group
     is its own group. PipelineError for a named group the split lacks, or when nothing would be left."""
     tc = cfg.train
@@ -90,7 +90,8 @@ def held_out(cfg: Config, dataset: Dataset) -> tuple[set[str], str]:
                             f"{dataset.split}'s training videos: nothing would be left to train on")
     shown = ", ".join(chosen[:8]) + (f" and {len(chosen) - 8} more" if len(chosen) > 8 else "")
     videos = {v for v, g in group_of.items() if g in set(chosen)}
-    return videos, f"{len(videos)} videos of {len(chosen)} of the training split's {len(groups)} groups: {shown}"
+    # No video count: the callers count the held-out videos they use (those with frames and flow).
+    return videos, f"{len(chosen)} of the training split's {len(groups)} groups: {shown}"
 
 
 def split_datasets(cfg: Config) -> list[tuple[str, Dataset]]:
@@ -218,8 +219,8 @@ def train_stage(cfg: Config, stream: str) -> None:
         train = [training_item(v) for v in dataset.videos
                  if v.split == "train" and v.video_id in done and v.video_id not in held]
         if held:  # validation (and the accuracy it prints) on the held-out groups, never the test split
-            print(f"train: held out as validation: {note}")
             val = [training_item(v) for v in dataset.videos if v.video_id in held and v.video_id in done]
+            print(f"train: held out as validation: {len(val)} videos of {note}")
         else:
             val = [training_item(v) for v in dataset.videos
                    if v.split in ("test", "val") and v.video_id in done]

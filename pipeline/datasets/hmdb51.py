@@ -1,6 +1,12 @@
 """HMDB51: one `<class>_test_split<N>.txt` per class and split, lines "<video>.avi <0|1|2> " (with a
 trailing space): 0 unused, 1 train, 2 test. Videos at root/<class>/<video>.avi. There is no class
-index file: labels are the sorted class names' positions."""
+index file: labels are the sorted class names' positions.
+
+A video's group is the source video its clip was cut from: the name before the class and the six
+tags of HMDB51's naming, `<source>_<class>_<body parts>_<camera motion>_np<people>_<viewpoint>_<quality>_<clip>`
+(April_09_brush_hair_u_nm_np1_ba_goo_0: April_09). The clips of one source share actor and scene (the
+official splits never put them on both sides), so the SVM's C folds and held-out groups keep them
+together; a name not in that form is its own group."""
 from __future__ import annotations
 
 import re
@@ -24,6 +30,13 @@ from pipeline.errors import DatasetError
 
 SPLIT_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<split>[123])\.txt$")
 ROLES = {0: "unused", 1: "train", 2: "test"}
+TAGS = r"_[afhlu]_(?:cm|nm)_np\d+_(?:fr|ba|le|ri)_(?:bad|med|goo)_\d+"
+
+
+def source_of(stem: str, cls: str) -> str | None:
+    """The source video of an HMDB51 clip named `stem` in class `cls` (the module doc), or None."""
+    match = re.fullmatch(rf"(?P<source>.+)_{re.escape(cls)}{TAGS}", stem)
+    return match["source"] if match else None
 
 
 def read_hmdb51(cfg: DatasetConfig, split: str) -> Dataset:
@@ -68,5 +81,5 @@ def read_hmdb51(cfg: DatasetConfig, split: str) -> Dataset:
                 raise DatasetError(f"{where}: expected a file name, got the path {parts[0]!r}")
             rel = PurePosixPath(cls) / name
             seen.add(video_id_of(rel), where)
-            entries.append(Entry(rel, (label,), ROLES[role], where))
+            entries.append(Entry(rel, (label,), ROLES[role], where, source_of(PurePosixPath(name).stem, cls)))
     return build("hmdb51", root, classes, entries, split, f"{annotations} split {split}")

@@ -171,6 +171,15 @@ def test_group_cv_needs_two_groups_and_one_group_per_row():
         svm.fit_svm(x, labels, 4, [1.0], folds=3, groups=["a", "b", "c"])
 
 
+def test_fold_groups_keep_what_has_a_group_and_make_the_rest_their_own():
+    """A row without a group (an HMDB51 file renamed out of the dataset's naming) used to drop the groups
+    of every row: the folds went back to stratified ones and split every group's clips."""
+    assert svm.fold_groups([None, None], ["a", "b"]) is None  # no groups (Kinetics): stratified folds
+    assert svm.fold_groups(["g1", None, "g1", ""], ["a", "b", "c", "d"]) == ["g1", "b", "g1", "d"]
+    with pytest.raises(ValueError):
+        svm.fold_groups(["g1"], ["a", "b"])
+
+
 def test_zscore_uses_the_training_rows_statistics():
     rng = np.random.default_rng(3)
     # Dimension 1 carries the class on a scale 1000 times smaller than the noise in dimension 0.

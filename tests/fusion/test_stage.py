@@ -275,8 +275,8 @@ def test_held_out_videos_choose_the_rule_and_c_never_the_test(evaluated, tiny_st
     assert "chosen on 3 held-out videos" in rows.loc["svm_two_stream", "details"]
     assert "fitted on 15 videos" in rows.loc["svm_rgb", "details"]
     text = (tmp_path / "eval" / "results.md").read_text()
-    assert "Fusion rule (" in text and "chosen on the held-out videos (group 04)" in text
-    assert "SVM C: chosen on the held-out videos (group 04)" in text
+    assert "Fusion rule (" in text and "chosen on the held-out videos (3 videos of group 04)" in text
+    assert "SVM C: chosen on the held-out videos (3 videos of group 04)" in text
     with pytest.raises(FusionError, match="also training or held-out videos"):
         run_eval(job(store, tiny_checkpoints, rest, test, protocol="t", val=test[:1]), CFG, tmp_path / "eval")
 

@@ -185,10 +185,29 @@ def test_hmdb51_records(hmdb):
     root = Path(hmdb.root)
     assert data.classes == ["brush_hair", "cartwheel"]
     name = "brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0"
-    assert data.videos[0] == VideoRecord(name, root / f"{name}.avi", 0, (0,), "brush_hair", "train", None)
+    assert data.videos[0] == VideoRecord(name, root / f"{name}.avi", 0, (0,), "brush_hair", "train", "April_09")
+    # The group is the source video (the clips of one source share actor and scene: the SVM's folds and
+    # held-out groups keep them together); it was None, and siblings fell on both sides of the C folds.
+    assert [v.group for v in data.videos] == ["April_09", "Blonde_being_brushed", "brushing_hair",
+                                              "Acrobacias_de_un_fenomeno"]
     assert [v.split for v in data.videos] == ["train", "test", "unused", "train"]
     assert [v.label for v in data.videos] == [0, 0, 0, 1]
     assert [v.split for v in read_dataset(hmdb, "3").videos] == ["unused", "train", "test", "unused"]
+
+
+@pytest.mark.parametrize("stem, cls, source", [
+    ("April_09_brush_hair_u_nm_np1_ba_goo_0", "brush_hair", "April_09"),
+    ("April_09_brush_hair_u_nm_np1_ba_goo_1", "brush_hair", "April_09"),  # a sibling: the same group
+    ("April_09_cartwheel_f_cm_np2_le_bad_0", "cartwheel", "April_09"),  # the same source in another class
+    ("Finding_Forrester_3_fall_floor_f_nm_np1_ri_med_12", "fall_floor", "Finding_Forrester_3"),
+    ("April_09_brush_hair_u_nm_np1_ba_goo_0", "cartwheel", None),  # the class is not in the name
+    ("April_09_brush_hair_u_xx_np1_ba_goo_0", "brush_hair", None),  # not HMDB51's tags
+    ("my_clip", "brush_hair", None),  # renamed: its own group
+])
+def test_hmdb51_groups_are_source_videos(stem, cls, source):
+    from pipeline.datasets.hmdb51 import source_of
+
+    assert source_of(stem, cls) == source
 
 
 def test_hmdb51_bad_inputs(hmdb):
