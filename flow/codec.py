@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import struct
+from collections.abc import Iterator
 from types import ModuleType
 
 import cv2
@@ -113,7 +114,9 @@ def _decode_jpeg(blob: memoryview | np.ndarray, out: np.ndarray, grey: bool, fas
         if img.shape[:2] != out.shape[:2]:  # a smaller image fills the front of the buffer
             raise CodecError(f"JPEG is {img.shape[1]}x{img.shape[0]}, expected {out.shape[1]}x{out.shape[0]}")
         return
-    img = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR)
+    # The EXIF orientation ignored, as simplejpeg and nvJPEG ignore it: one rule for every reader.
+    img = cv2.imdecode(np.frombuffer(blob, np.uint8),
+                       (cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None:
         raise CodecError("not a JPEG that decodes")
     if img.shape != out.shape:
@@ -215,22 +218,75 @@ def _ijg_table(quality: int) -> np.ndarray:
 _IJG_TABLES = np.stack([_ijg_table(q) for q in range(1, 101)])
 
 
-def jpeg_header(data: bytes) -> tuple[int, int, int, int | None]:
-    """(height, width, components, quality) of a baseline or progressive 8-bit JPEG; quality is the
-    IJG quality (1-100) whose luminance table is nearest to table 0 (None when it has no table).
-    CodecError for anything else (12-bit, lossless, arithmetic-coded, not a JPEG)."""
+def _segments(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(marker, segment) of each marker segment of a JPEG's header, up to its start of scan (SOS,
+    yielded last). CodecError when it is not a JPEG or a marker is broken."""
     if data[:2] != b"\xff\xd8":
         raise CodecError("not a JPEG (no start-of-image marker)")
-    pos, table, sof = 2, None, None
+    pos = 2
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
             raise CodecError(f"broken JPEG marker at byte {pos}")
         marker = data[pos + 1]
-        if marker == 0xFF:
+        if marker == 0xFF:  # a fill byte
             pos += 1
             continue
         length = int.from_bytes(data[pos + 2: pos + 4], "big")
-        segment = data[pos + 4: pos + 2 + length]
+        yield marker, data[pos + 4: pos + 2 + length]
+        if marker == 0xDA:  # start of scan: the header ends
+            return
+        pos += 2 + length
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation tag of a JPEG (1-8: how a viewer turns it), 1 when it has none, 0 when its
+    EXIF cannot be read. The store's JPEG readers differ on it: simplejpeg and nvJPEG ignore it,
+    cv2.imdecode applies it unless told not to."""
+    try:
+        for marker, segment in _segments(data):
+            if marker == 0xE1 and segment[:6] == b"Exif\0\0":
+                tiff = segment[6:]
+                order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+                if order is None:
+                    return 0
+                ifd = struct.unpack_from(order + "I", tiff, 4)[0]
+                for k in range(struct.unpack_from(order + "H", tiff, ifd)[0]):
+                    tag, _, _, value = struct.unpack_from(order + "HHIH", tiff, ifd + 2 + 12 * k)
+                    if tag == 0x0112:
+                        return value
+    except (CodecError, struct.error):
+        return 0
+    return 1
+
+
+def strict_jpeg(data: bytes, grey: bool) -> tuple[np.ndarray | None, str]:
+    """A JPEG decoded by simplejpeg, which refuses one that libjpeg decodes only with a warning ("Corrupt
+    JPEG data: premature end of data segment": cv2.imdecode prints it, naming no file, and returns the
+    garbled image), whatever `decoder` says: strictness is no matter of speed. (BGR or grey [H, W]
+    image, ""); CodecError for a JPEG that decodes only so; (None, why) when simplejpeg cannot read
+    this kind of JPEG at all (OpenCV's libjpeg may); (None, "") when simplejpeg is not installed."""
+    sj = _import_simplejpeg()
+    if sj is None:
+        return None, ""
+    colorspace = "GRAY" if grey else "BGR"
+    try:
+        img = sj.decode_jpeg(data, colorspace)
+        return (img.reshape(img.shape[:2]) if grey else img), ""  # [H, W], as cv2 gives grey: not [H, W, 1]
+    except (ValueError, RuntimeError) as e:
+        why = str(e)
+    try:  # decodes when not strict: libjpeg recovered from bad data, into a garbled image
+        sj.decode_jpeg(data, colorspace, strict=False)
+    except (ValueError, RuntimeError):
+        return None, why
+    raise CodecError(f"a JPEG that does not decode ({why})")
+
+
+def jpeg_header(data: bytes) -> tuple[int, int, int, int | None]:
+    """(height, width, components, quality) of a baseline or progressive 8-bit JPEG; quality is the
+    IJG quality (1-100) whose luminance table is nearest to table 0 (None when it has no table).
+    CodecError for anything else (12-bit, lossless, arithmetic-coded, not a JPEG)."""
+    table, sof = None, None
+    for marker, segment in _segments(data):
         if marker == 0xDB:  # DQT: one or more tables of (precision << 4 | id) + 64 entries
             at = 0
             while at < len(segment):
@@ -247,9 +303,6 @@ def jpeg_header(data: bytes) -> tuple[int, int, int, int | None]:
             sof = (int.from_bytes(segment[1:3], "big"), int.from_bytes(segment[3:5], "big"), segment[5])
         elif 0xC3 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             raise CodecError("JPEG is lossless or arithmetic-coded")
-        elif marker == 0xDA:  # start of scan: the tables come before it
-            break
-        pos += 2 + length
     if sof is None:
         raise CodecError("JPEG has no frame header")
     quality = None

@@ -30,6 +30,7 @@ import json
 import math
 import operator
 import os
+import stat
 import sys
 import time
 from collections.abc import Iterable
@@ -199,14 +200,25 @@ class StoreIndex:
                          "move it out of the store and re-run (the index is rebuilt from the stored videos)")
 
     def _read_file(self, path: Path) -> bytes | None:
-        """The bytes of an index file; None when it is gone (a segment folded by a compaction meanwhile)."""
+        """The bytes of an index file; None when it is gone (a segment folded by a compaction meanwhile).
+        Opened without blocking and read only when it is a regular file: a FIFO in its place made every
+        `flow` and `verify` wait for a writer for ever."""
         try:
-            return path.read_bytes()
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
             return None
-        except IsADirectoryError:
-            raise FlowError(f"{shown(path)}: a folder, where the store's index keeps a file: move it out of "
-                            f"{shown(self.dir)} and re-run (its videos are checked from the stored videos)") from None
+        try:
+            mode = os.fstat(fd).st_mode
+        except BaseException:
+            os.close(fd)
+            raise
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            what = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+            raise FlowError(f"{shown(path)}: {what}, where the store's index keeps a file: move it out of "
+                            f"{shown(self.dir)} and re-run (its videos are checked from the stored videos)")
+        with os.fdopen(fd, "rb") as file:
+            return file.read()
 
     def _make_folder(self) -> None:
         try:
@@ -302,14 +314,14 @@ def _parse(path: Path, data: bytes, problems: list[str]) -> list[IndexEntry]:
             entries += map(_entry, json.loads("[" + ",".join(lines[k: k + 50_000]) + "]"), itertools.repeat(horizon))
         if None not in entries and text.endswith("\n"):
             return entries  # type: ignore[return-value]
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: json recurses per nesting level ([[[[...)
         pass
     del entries
     good = []  # damaged somewhere: line by line, naming each bad line
     for number, line in enumerate(lines, 1):
         try:
             row = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             row = None
         entry = _entry(row, horizon)
         if entry is None or (number == len(lines) and not text.endswith("\n")):

@@ -10,14 +10,19 @@ video folder:
   `rgb_*`, in the folder itself or in `rgb/`;
 * flow `flow_x_00001.jpg` / `flow_y_00001.jpg` or `x_00001.jpg` / `y_00001.jpg`, in the folder or in
   `flow/`; or any numbered image in `x/` + `y/` or `u/` + `v/` (EPIC), in the folder or in `flow/`;
-* numbered from 1 (mmaction2, TSN) or from 0 (denseflow); frames and flow must start alike.
+* numbered from 1 (mmaction2, TSN) or from 0 (denseflow); frames and flow must start alike;
+* whole names, in ASCII: `img_00003.jpg\\n` or digits other than 0-9 make no frame.
 
 JPEGs are kept byte for byte when the store keeps that modality as JPEG (the mmaction layout, or the
 packed layout's jpeg codecs), they already have the store's size (and, for flow, its bound), and
 their IJG quality, estimated from the luminance quantisation table, is at least
-`flow.rawframes_min_quality`: no second JPEG loss and no encoding time. Each is decoded once on
-the way in, so a JPEG that does not decode fails its video with its name. Other images are decoded,
-resized or re-bounded as needed and encoded with the store's codec.
+`flow.rawframes_min_quality`, and they carry no EXIF orientation to apply: no second JPEG loss and
+no encoding time. Every image is decoded once on the way in, kept or not: JPEGs strictly (simplejpeg,
+where installed), so one that does not decode, or decodes only with libjpeg's "Corrupt JPEG data"
+warning, fails its video with its name; the EXIF orientation ignored (as simplejpeg and nvJPEG read
+the store; a tagged JPEG is never kept, so no reader turns it); and of the first frame's size, flow
+images too, or the video fails naming the file. Other images are decoded, resized or re-bounded as
+needed and encoded with the store's codec.
 
 N frames need N - 1 flow images (flow i: frame i -> i + 1). N flow images for N frames (tools that
 cut a segment out of a longer video, like adl_P11 in ../shared/data) keep the first N - 1: the last
@@ -45,10 +50,14 @@ from flow.store import VideoWriter, other_size
 from flow.video import output_size, resize
 from p3dbase.errors import shown
 
+# Whole names, ASCII only (fullmatch, re.ASCII): `$` also matches before a final newline and `\d` takes
+# any Unicode digit (IGNORECASE folds non-ASCII letters too), so `img_00003.jpg\n` and `img_` + five
+# Arabic-Indic digits were both taken for frame 3.
+_NAMES = re.IGNORECASE | re.ASCII
 _IMAGE = r"\.(?:jpe?g|png)"
-_RGB = re.compile(rf"^(?:img|image|frame|rgb)_(\d+){_IMAGE}$", re.IGNORECASE)
-_FLOW = re.compile(rf"^(?:flow_)?([xy])_(\d+){_IMAGE}$", re.IGNORECASE)
-_NUMBERED = re.compile(rf"^(?:[a-z]+_)?(\d+){_IMAGE}$", re.IGNORECASE)  # in x/, y/, u/, v/ folders
+_RGB = re.compile(rf"(?:img|image|frame|rgb)_([0-9]+){_IMAGE}", _NAMES)
+_FLOW = re.compile(rf"(?:flow_)?([xy])_([0-9]+){_IMAGE}", _NAMES)
+_NUMBERED = re.compile(rf"(?:[a-z]+_)?([0-9]+){_IMAGE}", _NAMES)  # in x/, y/, u/, v/ folders
 _AXIS_DIRS = {"x": "x", "y": "y", "u": "x", "v": "y"}
 
 
@@ -121,17 +130,17 @@ def scan(folder: Path | str) -> RawframeVideo:
 
     for sub in ("", "rgb"):
         for name in _files(folder / sub):
-            if m := _RGB.match(name):
+            if m := _RGB.fullmatch(name):
                 put(frames, m.group(1), folder / sub / name, f"{sub + '/' if sub else ''}{name[:m.start(1)]}")
     for sub in ("", "flow"):
         for name in _files(folder / sub):
-            if m := _FLOW.match(name):
+            if m := _FLOW.fullmatch(name):
                 put(flows[m.group(1).lower()], m.group(2), folder / sub / name,
                     f"{sub + '/' if sub else ''}{name[:m.start(2)]}")
         for axis_dir, axis in _AXIS_DIRS.items():
             where = folder / sub / axis_dir
             for name in _files(where):
-                if m := _NUMBERED.match(name):
+                if m := _NUMBERED.fullmatch(name):
                     put(flows[axis], m.group(1), where / name, f"{where.relative_to(folder).as_posix()}/")
     if not frames:
         raise FlowError(f"{shown(folder)}: no frame images (img_00001.jpg, frame_0000000001.jpg, rgb/...)")
@@ -205,32 +214,43 @@ def _bytes(path: Path) -> bytes:
 
 
 def read_image(path: Path, flags: int, data: bytes | None = None) -> np.ndarray:
-    """The image at `path` (its bytes `data` when already read), decoded by OpenCV."""
+    """The image at `path` (its bytes `data` when already read), BGR for cv2.IMREAD_COLOR or grey for
+    cv2.IMREAD_GRAYSCALE, its EXIF orientation ignored; FlowError naming it when it does not decode,
+    or is a JPEG that decodes only with libjpeg's warning of corrupt data (codec.strict_jpeg)."""
     data = _bytes(path) if data is None else data
+    why = ""
+    if data[:2] == b"\xff\xd8":
+        try:
+            img, why = codec.strict_jpeg(data, flags == cv2.IMREAD_GRAYSCALE)
+        except codec.CodecError as e:
+            raise FlowError(f"{shown(path)}: {e}") from None
+        if img is not None:
+            return img
+    # The orientation tag ignored, as simplejpeg and nvJPEG (the store's readers) ignore it in the JPEGs
+    # kept byte for byte: cv2's default turned the re-encoded ones by it, and one video held frames of
+    # two orientations.
     try:
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags | cv2.IMREAD_IGNORE_ORIENTATION)
     except cv2.error:
         img = None
     if img is None:
-        raise FlowError(f"{shown(path)}: not an image OpenCV can decode")
+        raise FlowError(f"{shown(path)}: " + (f"a JPEG that does not decode ({why})" if why else
+                                              "not an image OpenCV can decode"))
     return img
 
 
-def _keepable(data: bytes, path: Path, size: tuple[int, int], channels: int, min_quality: int) -> bool:
-    """Whether a file can go into a JPEG store as it is: a JPEG of the store's size with `channels`
-    components and at least `min_quality`. It is decoded once here; FlowError naming it if it is a
-    JPEG that does not decode."""
+def _keepable(data: bytes, size: tuple[int, int], channels: int, min_quality: int) -> bool:
+    """Whether a file (already decoded by read_image) can go into a JPEG store as it is: a JPEG of the
+    store's size with `channels` components, at least `min_quality`, and no EXIF orientation to apply.
+    A turned one is re-encoded as read_image decodes it (the tag ignored): kept, it would be read turned
+    by cv2.imdecode (the mmaction layout's reader, the store's cv2 fallback) and as stored by simplejpeg
+    and nvJPEG."""
     try:
         height, width, components, quality = codec.jpeg_header(data)
     except codec.CodecError:
         return False  # not a JPEG (a PNG frame), or one of another kind: decoded and re-encoded
-    if (width, height) != size or components != channels or quality is None or quality < min_quality:
-        return False
-    try:
-        codec.decode_jpeg(np.frombuffer(data, np.uint8), np.empty((height, width, channels), np.uint8))
-    except codec.CodecError as e:
-        raise FlowError(f"{shown(path)}: a JPEG that does not decode ({e})") from None
-    return True
+    return ((width, height) == size and components == channels and quality is not None
+            and quality >= min_quality and codec.exif_orientation(data) == 1)
 
 
 def same_size(image: np.ndarray, first: np.ndarray, path: Path) -> np.ndarray:
@@ -240,15 +260,10 @@ def same_size(image: np.ndarray, first: np.ndarray, path: Path) -> np.ndarray:
     return image
 
 
-def _flow_image(x_path: Path, y_path: Path, size: tuple[int, int], bound: float, cfg: FlowConfig,
-                data: tuple[bytes, bytes]) -> np.ndarray:
-    """uint8 [H, W, 2] flow at the store's size and bound from a pair of flow JPEGs (their bytes:
-    `data`) encoded at `cfg.rawframes_bound`. Copied as it is when neither changes; else decoded to
-    px, resized with the vectors scaled by the size ratio, and encoded at the store's bound."""
-    x, y = read_image(x_path, cv2.IMREAD_GRAYSCALE, data[0]), read_image(y_path, cv2.IMREAD_GRAYSCALE, data[1])
-    if x.shape != y.shape:
-        raise FlowError(f"{shown(x_path)} is {x.shape[1]}x{x.shape[0]} but {shown(y_path.name)} is "
-                        f"{y.shape[1]}x{y.shape[0]}")
+def _flow_image(x: np.ndarray, y: np.ndarray, size: tuple[int, int], bound: float, cfg: FlowConfig) -> np.ndarray:
+    """uint8 [H, W, 2] flow at the store's size and bound from a pair of decoded flow images (of the
+    frames' size) encoded at `cfg.rawframes_bound`. Copied as it is when neither changes; else decoded
+    to px, resized with the vectors scaled by the size ratio, and encoded at the store's bound."""
     native = (x.shape[1], x.shape[0])
     if native == size and cfg.rawframes_bound == bound:
         return np.stack([x, y], axis=-1)
@@ -265,7 +280,9 @@ def import_video(folder: Path | str, writer: VideoWriter, cfg: FlowConfig,
     the caller's `with` block ends cleanly), resized to `cfg.size` (flow vectors scaled with the
     image) and with flow re-encoded from `cfg.rawframes_bound` to the store's bound when they differ.
     `batch_pairs` images at a time; `between_chunks` runs before each (the stage checks that its run
-    is alive). FlowError naming the folder for a missing, extra or unreadable image."""
+    is alive). FlowError naming the folder for a missing, extra or unreadable image, and naming the
+    file for an image of another size than the first frame (frame or flow: flow of another size is
+    no resize to make quietly, its vectors would be scaled by a guess)."""
     video = check(scan(folder))
     first = read_image(video.frames[0], cv2.IMREAD_COLOR)
     size = output_size(first.shape[1], first.shape[0], cfg.size)
@@ -280,20 +297,23 @@ def import_video(folder: Path | str, writer: VideoWriter, cfg: FlowConfig,
     for lo in range(0, len(video.frames), step):
         between_chunks()
         for path in video.frames[lo: lo + step]:
+            # Every image decoded (strictly) and its size checked, kept or not: a kept one is read later.
             data = _bytes(path)
-            if keep_rgb and _keepable(data, path, size, 3, cfg.rawframes_min_quality):
+            image = same_size(read_image(path, cv2.IMREAD_COLOR, data), first, path)
+            if keep_rgb and _keepable(data, size, 3, cfg.rawframes_min_quality):
                 writer.add_rgb_jpegs([data], shape)
                 video.copied += 1
             else:
-                writer.add_rgb(resize(same_size(read_image(path, cv2.IMREAD_COLOR, data), first, path), size)[None])
+                writer.add_rgb(resize(image, size)[None])
         for x_path, y_path in video.flows[lo: lo + step]:
             pair = (_bytes(x_path), _bytes(y_path))
-            if keep_flow and all(_keepable(d, p, size, 1, cfg.rawframes_min_quality)
-                                 for d, p in zip(pair, (x_path, y_path), strict=True)):
+            x, y = (same_size(read_image(p, cv2.IMREAD_GRAYSCALE, d), first, p)
+                    for d, p in zip(pair, (x_path, y_path), strict=True))
+            if keep_flow and all(_keepable(d, size, 1, cfg.rawframes_min_quality) for d in pair):
                 writer.add_flow_jpegs([pair], shape)
                 video.copied += 2
             else:
-                writer.add_flow(_flow_image(x_path, y_path, size, bound, cfg, pair)[None])
+                writer.add_flow(_flow_image(x, y, size, bound, cfg)[None])
     return video
 
 

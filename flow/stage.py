@@ -284,7 +284,8 @@ def _stored_row(store: Store, job: FlowJob, origin: Origin | None) -> VideoResul
 def _compute(job: FlowJob, store: Store, cfg: FlowConfig, device: str | None,
              owner: tuple[str, int, bool] | None, origin: Origin | None) -> VideoResult:
     row = VideoResult(job.video_id, shown(job.path), "failed")
-    made_from = None if origin is None else origin.as_dict()
+    # The video's id too: a pack copied over another's (sources of one size and mtime) is then refused.
+    made_from = None if origin is None else {**origin.as_dict(), "video_id": job.video_id}
     try:
         if cfg.source == "rawframes":  # an existing frame folder: copied, nothing computed
             with store.writer(job.video_id, made_from) as writer:
@@ -517,7 +518,7 @@ def run_flow(videos: Sequence[FlowJob], out_dir: Path, cfg: FlowConfig, *, shard
         plan = _plan(store, valid, force, ahead)
     rows.update(plan.rows)
     if cfg.source == "rawframes":
-        print(survey([job.path for job in valid]), flush=True)
+        print(survey([job.path for job in valid if job.video_id not in plan.gone]), flush=True)
 
     # 4. Compute what is left, recording each finished video in the index as it comes back.
     start = time.perf_counter()
@@ -625,6 +626,7 @@ class _Plan:
     # it, so that it wins even over an entry from a clock running ahead (flow.index._merge).
     after: dict[str, int] = field(default_factory=dict)
     damaged_index: bool = False  # the index holds damaged lines: rewritten without them at the end
+    gone: set[str] = field(default_factory=set)  # done videos whose source is gone (kept as stored)
 
 
 class _Notes:
@@ -709,9 +711,21 @@ def _plan(store: Store, jobs: Sequence[FlowJob], force: bool, ahead: _Ahead | No
             plan.after[video_id] = entry.recorded_ns
         try:
             source = stat(path)
-        except OSError:  # fails in the worker, saying why
-            plan.origins[video_id] = None
-            plan.todo.append(job)
+        except OSError:
+            # A source gone (a rawframes tree deleted once imported, as docs/flow.md allows; a wrong
+            # flow.rawframes_root): the video stored from it stays done. Redone, it failed, and its
+            # failure deleted the stored video.
+            kept = None if force else _kept_without_source(store, job, entry, digest)
+            if kept is None:  # fails in the worker, saying why
+                plan.origins[video_id] = None
+                plan.todo.append(job)
+                continue
+            notes.add(f"video {video_id}: its source {shown(job.path)} is gone: the stored video is kept")
+            plan.gone.add(video_id)
+            if kept is not entry:
+                plan.adopted.append(kept)
+            rows[video_id] = VideoResult(video_id, shown(job.path), "done", kept.frames, kept.flows,
+                                         kept.declared_frames, kept.seconds)
             continue
         stored = entry_stat(prefix + video_id + suffix)
         origin = plan.origins[video_id] = Origin(digest, source.st_size, source.st_mtime_ns)
@@ -724,13 +738,17 @@ def _plan(store: Store, jobs: Sequence[FlowJob], force: bool, ahead: _Ahead | No
                 error=f"{shown(store.path(job.video_id))} is a folder where its pack belongs: move it out of the store")
             continue
         if entry is not None and stored is not None and entry.state == "done":
-            if entry.settings != digest:
-                notes.add(f"video {job.video_id}: made with other settings than the store's (a --force run "
-                          "was stopped before it): redone")
-                plan.todo.append(job)
-                continue
-            if entry.origin != origin:
-                notes.add(f"video {job.video_id}: {shown(job.path)} changed since it was made (size or time): redone")
+            if entry.settings != digest or entry.origin != origin:
+                # Redone after its entry by a run stopped before it indexed it (a --force run with new
+                # settings), or made before the source changed: the stored video says which.
+                if (redone := _check_stored(store, job, origin, legacy=False, earlier=None)) is not None:
+                    plan.adopted.append(redone)
+                    plan.rows[video_id] = VideoResult(video_id, shown(job.path), "done", redone.frames, redone.flows,
+                                                      redone.declared_frames, redone.seconds)
+                    continue
+                why = ("made with other settings than the store's (a --force run was stopped before it)"
+                       if entry.settings != digest else f"{shown(job.path)} changed since it was made (size or time)")
+                notes.add(f"video {job.video_id}: {why}: redone")
                 plan.todo.append(job)
                 continue
             notes.add(f"video {job.video_id}: the index disagrees with {shown(store.path(job.video_id))} (changed "
@@ -758,6 +776,27 @@ def _plan(store: Store, jobs: Sequence[FlowJob], force: bool, ahead: _Ahead | No
                                                   entry.declared_frames, entry.seconds)
     notes.close()
     return plan
+
+
+def _kept_without_source(store: Store, job: FlowJob, entry: IndexEntry | None, digest: str) -> IndexEntry | None:
+    """The index entry of a stored video whose source is gone, when it is finished under the store's
+    settings: its own entry (the stored video unchanged since), or one from the video's record of what
+    it was made from (it opens: made for this video, under these settings). None: nothing to keep."""
+    stored = entry_stat(store.path(job.video_id))
+    if stored is None:
+        return None
+    if entry is not None and entry.state == "done" and entry.settings == digest \
+            and (entry.stored_size, entry.stored_mtime_ns) == stored:
+        return entry
+    try:
+        with store.open(job.video_id) as frames:
+            made, counts, declared = Origin.from_dict(frames.origin), (frames.num_frames, frames.num_flows), \
+                _declared(frames.origin)
+    except FlowError:
+        return None
+    if made is None or made.settings != digest:
+        return None
+    return _entry(job, made, stored, frames=counts[0], flows=counts[1], declared=declared, seconds="")
 
 
 def _stats(source: str, stored: str) -> tuple[int, int, int, int]:

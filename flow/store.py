@@ -17,6 +17,7 @@ store never write, clean or remove the same video at once.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -58,6 +59,11 @@ STORE_VERSION = 1
 LAYOUTS = ("packed", "mmaction")
 PACK_SUFFIX = ".pack"
 PACK_MAGIC = b"P3DPACK1"
+# What to do about an image found damaged as it is read. A plain `flow` re-run does not see it: bit rot
+# keeps a pack's size and mtime, which is all a re-run looks at; `verify` reads every image and marks
+# the damaged videos in the index, and the next `flow` run redoes those.
+REDO_DAMAGED = ("run `python -m pipeline verify --config ...` (it marks the damaged videos), then `make flow` "
+                "(it redoes them)")
 LOCK_SUFFIX = ".lock"
 RUNNING_PREFIX = ".flow-running-"  # + writer token + LOCK_SUFFIX: a `flow` run writing the store (Store.running)
 MMACTION_SIDE_FILE = ".p3d.json"  # in each mmaction video folder: CRC32 of every JPEG, what it was made from
@@ -219,7 +225,7 @@ class PackedFrames(VideoFrames):
                 self.height, self.width, self.num_frames, self.num_flows, index_offset = (
                     meta["height"], meta["width"], meta["num_frames"], meta["num_flows"], meta["index_offset"])
                 crc32_offset = meta.get("crc32_offset")  # packs written before checksums existed have none
-            except (ValueError, KeyError, TypeError, AttributeError) as e:
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:  # nesting: json recurses
                 raise FlowError(f"{broken} ({e})") from None
             problem = _meta_problem(meta, size, meta_start)
             if problem:
@@ -248,7 +254,7 @@ class PackedFrames(VideoFrames):
     def _check_crc(self, blob: np.ndarray, crcs: np.ndarray | None, i: int, what: str) -> np.ndarray:
         if crcs is not None and zlib.crc32(blob) != int(crcs[i]):
             raise FlowError(f"video {self.video_id}: {what} {i} in {self.path} is corrupt (CRC32 "
-                            "mismatch): redo the video (re-run the flow stage)")
+                            f"mismatch): {REDO_DAMAGED}")
         return blob
 
     def verify(self) -> None:
@@ -279,7 +285,7 @@ class PackedFrames(VideoFrames):
 
     def _undecodable(self, e: CodecError, i: int, what: str, codec: str) -> FlowError:
         return FlowError(f"video {self.video_id}: {what} {i} in {self.path} does not decode as {codec} ({e}): "
-                         "redo the video (re-run the flow stage with --force, or remove it)")
+                         f"{REDO_DAMAGED}")
 
     def _side(self, rgb: bool) -> tuple[str, str, np.ndarray, np.ndarray | None]:
         """(what an image is called, its codec, index rows, CRCs) of the frames or of the flow images."""
@@ -349,8 +355,8 @@ class PackedFrames(VideoFrames):
         try:
             return [jpeg for blob in blobs for jpeg in flow_jpegs(blob)]
         except CodecError as e:
-            raise FlowError(f"video {self.video_id}: a flow image in {self.path} is damaged ({e}): redo the video "
-                            "(re-run the flow stage with --force, or remove it)") from None
+            raise FlowError(f"video {self.video_id}: a flow image in {self.path} is damaged ({e}): "
+                            f"{REDO_DAMAGED}") from None
 
     def close(self) -> None:
         if getattr(self, "_fd", -1) >= 0:
@@ -420,7 +426,7 @@ class MmactionFrames(VideoFrames):
         try:
             side = json.loads((self.path / MMACTION_SIDE_FILE).read_bytes())
             crcs = {str(k): int(v) for k, v in side["crc32"].items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise FlowError(f"video {self.video_id}: {self.path / MMACTION_SIDE_FILE} is damaged ({e})") from None
         return side.get("origin"), crcs
 
@@ -441,13 +447,16 @@ class MmactionFrames(VideoFrames):
         except OSError as e:
             raise FlowError(f"video {self.video_id}: cannot read {self.path / name}: {e.strerror}") from None
         if self._crcs is not None and zlib.crc32(data) != self._crcs.get(name):
-            raise FlowError(f"video {self.video_id}: {self.path / name} is corrupt (CRC32 mismatch): redo "
-                            "the video (re-run the flow stage)")
+            raise FlowError(f"video {self.video_id}: {self.path / name} is corrupt (CRC32 mismatch): "
+                            f"{REDO_DAMAGED}")
         return data
 
     def _read(self, name: str, flags: int) -> np.ndarray:
         data = self._bytes(name)
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None  # OpenCV asserts on b""
+        # The EXIF orientation ignored, as the packed store's readers (simplejpeg, nvJPEG) ignore it: one
+        # rule for every reader of a store (folders from other tools may carry a tag).
+        img = (cv2.imdecode(np.frombuffer(data, np.uint8), flags | cv2.IMREAD_IGNORE_ORIENTATION) if data
+               else None)  # OpenCV asserts on b""
         if img is None:
             raise FlowError(f"video {self.video_id}: cannot decode {self.path / name}")
         self._check_size(name, img.shape[0], img.shape[1])
@@ -787,9 +796,10 @@ class Store:
         and the store's params."""
         return {"bound": float(self.bound), "source": "videos", **self.params}
 
-    @property
+    @functools.cached_property
     def settings_digest(self) -> str:
-        """A short digest of store.json's settings: an indexed video made under another one is redone."""
+        """A short digest of store.json's settings: an indexed video made under another one is redone,
+        and one that records another is refused by `open` (once per Store: `info` is not changed)."""
         return hashlib.sha256(json.dumps(self.info, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -827,13 +837,26 @@ class Store:
         return sorted(ids)
 
     def open(self, video_id: str) -> VideoFrames:
-        """Reader of a completed video; FlowError naming the video if it is absent or broken."""
+        """Reader of a completed video; FlowError naming the video if it is absent or broken, or if what
+        it records it was made for is another video (a pack copied over another's) or other settings
+        than the store's (a `flow --force` with new settings stopped before it redid this video:
+        store.json has the new ones, and training would mix both encodings without a word)."""
         path = self.path(video_id)
         if not path.exists():
             raise FlowError(f"video {video_id}: not in the store at {self.root} (no {path})")
-        if self.layout == "packed":
-            return PackedFrames(path, video_id)
-        return MmactionFrames(path, video_id)
+        frames = PackedFrames(path, video_id) if self.layout == "packed" else MmactionFrames(path, video_id)
+        made = frames.origin if isinstance(frames.origin, dict) else {}  # older videos record nothing: not compared
+        problem = ""
+        if "video_id" in made and made["video_id"] != video_id:
+            problem = (f"{shown(path)} holds the frames of video {shown(str(made['video_id']))} (a copy of its "
+                       "stored video?)")
+        elif "settings" in made and made["settings"] != self.settings_digest:
+            problem = (f"{shown(path)} was made with other settings than the store's {STORE_FILE} (a `flow "
+                       "--force` run with new settings was stopped before it redid this video)")
+        if problem:
+            frames.close()
+            raise FlowError(f"video {video_id}: {problem}: re-run `make flow` to redo it")
+        return frames
 
     def writer(self, video_id: str, origin: dict[str, Any] | None = None) -> VideoWriter:
         """A writer filling the video under a temporary name (replaces the video on commit); `origin`
@@ -1018,7 +1041,7 @@ def open_store(root: Path | str, purpose: str = "") -> Store:
         before = f" before `{purpose}`" if purpose else ""
         raise StoreMissing(f"no flow store at {shown(Path(root))} (no {STORE_FILE}): run `make flow` "
                            f"(python -m pipeline flow --config ...){before}") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: json recurses per nesting level
         raise FlowError(f"{path}: cannot read store description: {e}") from None
     if not isinstance(info, dict) or info.get("format") != STORE_FORMAT:
         raise FlowError(f"{path}: not a flow store description (format is not {STORE_FORMAT!r})")

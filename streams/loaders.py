@@ -128,7 +128,7 @@ def read_batches(loader: Iterable[Any], out_dir: Path) -> Iterator[Any]:
         except StopIteration:
             return
         except P3DError as e:
-            e.args = (f"{worker_message(str(e))}; repair the store (`make flow`) and {resume_hint(out_dir)}",)
+            e.args = (f"{worker_message(str(e))}; once the store is repaired, {resume_hint(out_dir)}",)
             raise e.with_traceback(None) from None
         yield batch
 

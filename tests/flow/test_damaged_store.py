@@ -5,6 +5,7 @@ by another video's. Each is one FlowError naming the file, or a video `verify` l
 `flow` run redoes; never a traceback, a huge allocation or damage hidden for good."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -157,6 +158,35 @@ def test_an_index_that_is_a_file_or_holds_folders_says_what_to_do(tmp_path):
         with pytest.raises(FlowError, match=f"{name}: a folder, where the store's index keeps a file: move it out"):
             index.read()
         (tmp_path / INDEX_DIR / name).rmdir()
+        # A FIFO: reading it waited for a writer for ever (every `flow` and `verify` hung).
+        os.mkfifo(tmp_path / INDEX_DIR / name)
+        with pytest.raises(FlowError, match=f"{name}: not a regular file, where the store's index keeps a file"):
+            index.read()
+        (tmp_path / INDEX_DIR / name).unlink()
+
+
+def test_json_nested_past_the_recursion_limit_is_a_damaged_record_not_a_crash(tmp_path):
+    """json recurses per nesting level: RecursionError, caught nowhere, ended `flow`, `verify` and
+    `train` with a traceback where a damaged index line, pack or store.json is one line."""
+    deep = "[" * 100_000 + "]" * 100_000
+    store = create_store(tmp_path / "s", codec="png")
+    rgb = np.zeros((2, 8, 8, 3), np.uint8)
+    store.write_video("A/v", rgb, np.full((1, 8, 8, 2), 128, np.uint8))
+    folder = tmp_path / "s" / INDEX_DIR
+    folder.mkdir(exist_ok=True)
+    (folder / MAIN_FILE).write_text(deep + "\n")
+    read = StoreIndex(tmp_path / "s").read()
+    assert read.entries == {} and read.problems[0].endswith("line 1: damaged index entry, skipped (its video is "
+                                                            "checked from its pack)")
+    pack = store.path("A/v")
+    data = pack.read_bytes()
+    meta = deep.encode()  # the footer right: the meta is read and parsed
+    pack.write_bytes(data[:8] + meta + struct.pack("<Q8s", len(meta), b"P3DPACK1"))
+    with pytest.raises(FlowError, match=r"video A/v: .*v\.pack is not a complete pack file \(maximum recursion"):
+        store.open("A/v")
+    (tmp_path / "s" / "store.json").write_text(deep)
+    with pytest.raises(FlowError, match=r"store\.json: cannot read store description: maximum recursion"):
+        open_store(tmp_path / "s")
 
 
 # What a flow run and verify make of it, end to end on tiny videos.
@@ -230,9 +260,74 @@ def test_verify_lists_a_pack_copied_over_another_videos(finished, fast_cfg):
     shutil.copyfile(out / "Cls" / "c.pack", out / "Cls" / "b.pack")  # whole and valid, but c's
     report = verify_store(out, jobs=1)
     assert [v for v, _ in report.damaged] == ["Cls/b"]
-    assert "was made from a source of" in report.damaged[0][1] and "a copy of another video's?" in report.damaged[0][1]
+    # The pack records the video it was made for: named, whatever the two sources' sizes and times
+    # (a rawframes tree unpacked from a tar gives every folder one size and one mtime, and the copy passed).
+    assert report.damaged[0][1] == (f"video Cls/b: {out / 'Cls' / 'b.pack'} holds the frames of video Cls/c (a copy "
+                                    "of its stored video?): re-run `make flow` to redo it")
+    with pytest.raises(FlowError, match="holds the frames of video Cls/c"):  # train and eval open it so too
+        open_store(out).open("Cls/b")
     assert run_flow(jobs, out, fast_cfg).computed == 1
     assert verify_store(out, jobs=1).damaged == []
+
+
+def test_packs_of_other_settings_than_store_json_are_refused_where_they_are_read(finished, fast_cfg, capsys):
+    """`flow --force` with a new bound rewrites store.json, then redoes video after video; stopped after
+    the first (here: given only it), the store held packs of both bounds, and `train` read them all under
+    the new bound without a word, while `verify` listed the one new pack and passed the stale ones."""
+    jobs, out = finished
+    new = dataclasses.replace(fast_cfg, bound=fast_cfg.bound * 2)
+    run_flow(jobs[:1], out, new, force=True)
+    store = open_store(out)
+    with store.open("Cls/a"):
+        pass  # the redone one opens
+    with pytest.raises(FlowError, match=r"^video Cls/b: .*b\.pack was made with other settings than the store's "
+                                        r"store\.json \(a `flow --force` run with new settings was stopped"):
+        store.open("Cls/b")  # what train, eval and features read through
+    assert [v for v, _ in verify_store(out, jobs=1).damaged] == ["Cls/b", "Cls/c"]
+    capsys.readouterr()
+    assert run_flow(jobs, out, new).computed == 2
+    assert verify_store(out, jobs=1).damaged == []
+
+
+def test_a_video_redone_before_its_index_entry_was_written_is_kept(finished, fast_cfg, capsys):
+    """A --force run with new settings stopped after redoing a video but before indexing it: the entry
+    still names the old settings. The re-run redid it ("made with other settings") though its pack was
+    new; it now reads the pack's own record, keeps it, and `verify` finds nothing wrong with it."""
+    jobs, out = finished
+    old_index = {p.name: p.read_bytes() for p in (out / INDEX_DIR).iterdir()}
+    new = dataclasses.replace(fast_cfg, bound=fast_cfg.bound * 2)
+    run_flow(jobs[:1], out, new, force=True)
+    for path in (out / INDEX_DIR).iterdir():  # the index as the stopped run left it: Cls/a not recorded
+        path.unlink()
+    for name, data in old_index.items():
+        (out / INDEX_DIR / name).write_bytes(data)
+    assert verify_store(out, jobs=1).damaged[0][0] == "Cls/b"  # the stale ones, not Cls/a
+    capsys.readouterr()
+    summary = run_flow(jobs, out, new)
+    assert (summary.computed, summary.skipped) == (2, 1)
+    assert "video Cls/a" not in capsys.readouterr().out
+
+
+def test_a_finished_video_whose_source_is_gone_is_kept(finished, fast_cfg, capsys):
+    """docs/flow.md allows deleting a rawframes tree once imported; a re-run then redid every video, each
+    failed ("not a folder of frames") and its failure deleted the stored video: 6 packs became 0. The
+    stored video now stays done, from its index entry or, without one, from its own record."""
+    jobs, out = finished
+    jobs[1].path.unlink()
+    packed = (out / "Cls" / "b.pack").read_bytes()
+    capsys.readouterr()
+    summary = run_flow(jobs, out, fast_cfg)
+    assert (summary.computed, summary.skipped, summary.failed) == (0, 3, 0)
+    assert f"flow: video Cls/b: its source {jobs[1].path} is gone: the stored video is kept" in capsys.readouterr().out
+    assert (out / "Cls" / "b.pack").read_bytes() == packed
+    shutil.rmtree(out / INDEX_DIR)  # no entry: the pack's own record says it is finished under these settings
+    summary = run_flow(jobs, out, fast_cfg)
+    assert (summary.computed, summary.skipped, summary.failed) == (0, 3, 0)
+    assert StoreIndex(out).read().entries["Cls/b"].state == "done"  # indexed again
+    assert verify_store(out, jobs=1).damaged == []
+    # Under other settings there is nothing to keep: the video fails (its source is gone), as before.
+    summary = run_flow(jobs, out, dataclasses.replace(fast_cfg, bound=fast_cfg.bound * 2), force=True)
+    assert (summary.computed, summary.failed) == (2, 1) and not (out / "Cls" / "b.pack").exists()
 
 
 def test_an_index_line_with_a_string_count_is_named_and_its_pack_kept(finished, fast_cfg, capsys):

@@ -2,12 +2,14 @@
 flow decoded at the given bound, bad folders failed with the reason, and the mmaction2 lists."""
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from flow import codec
 from flow.config import FlowConfig
 from flow.encoding import decode, encode, step
 from flow.errors import FlowError
@@ -174,6 +176,130 @@ def test_resizing_scales_the_flow_vectors(tmp_path):
     tolerance = step(20.0) / 2
     np.testing.assert_allclose(flow[..., 0], decoded[0] / 2, atol=tolerance)
     np.testing.assert_allclose(flow[..., 1], decoded[1] / 2, atol=tolerance)
+
+
+def import_beside_a_good_one(tmp_path: Path, bad: Path, cfg: FlowConfig = RAW) -> str:
+    """The error the manifest records for `bad`, imported with a good folder (which must import)."""
+    good = write_tree(tmp_path / "good", frames=4, flows=3, seed=1)
+    summary = run_flow([FlowJob("good", good), FlowJob("bad", bad)], tmp_path / "store", cfg)
+    assert (summary.computed, summary.failed) == (1, 1)
+    rows = read_manifest(tmp_path / "store" / "manifest.csv")
+    assert rows["bad"].status == "failed" and open_store(tmp_path / "store").video_ids() == ["good"]
+    return rows["bad"].error
+
+
+def cut_scan(data: bytes) -> bytes:
+    """The JPEG `data` with the second half of its entropy-coded data cut out, its end marker kept:
+    libjpeg decodes it with a warning ("premature end of data segment") into a half-grey image."""
+    sos = data.index(b"\xff\xda")
+    scan_start = sos + 2 + int.from_bytes(data[sos + 2: sos + 4], "big")
+    return data[: scan_start + (len(data) - scan_start) // 2] + b"\xff\xd9"
+
+
+def reencoded(path: Path, quality: int, gray: bool = False) -> bytes:
+    return cv2.imencode(".jpg", jpeg(path, gray), [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+
+
+@pytest.mark.parametrize("change", [
+    dict(),  # kept byte for byte (the path that always refused it)
+    dict(quality=50),  # below rawframes_min_quality: re-encoded
+    dict(size="16x12"),  # resized
+    dict(codec="png", flow_codec="png"),  # stored as decoded pixels
+], ids=["kept", "low quality", "resized", "png"])
+@pytest.mark.parametrize("name", ["img_00002.jpg", "flow_x_00002.jpg"])
+def test_a_corrupt_jpeg_fails_its_video_by_name_on_every_path(tmp_path, change, name):
+    """A JPEG libjpeg decodes only with its "Corrupt JPEG data" warning fails its video naming the file,
+    whichever way it is stored. Without it, only the files kept byte for byte were decoded strictly:
+    one re-encoded (lower quality, resized, png codec) went through cv2.imdecode, which stored the
+    garbled image and printed libjpeg's warning, naming no file, on stderr."""
+    pytest.importorskip("simplejpeg")  # the strict decoder (cv2.imdecode, without it, reports no warning)
+    bad = write_tree(tmp_path / "bad", frames=4, flows=3)
+    quality = change.pop("quality", 95)
+    corrupt = cut_scan(reencoded(bad / name, quality, gray=name.startswith("flow")))
+    assert cv2.imdecode(np.frombuffer(corrupt, np.uint8), cv2.IMREAD_UNCHANGED) is not None  # what cv2 accepts
+    (bad / name).write_bytes(corrupt)
+    cfg = FlowConfig(**{**RAW.__dict__, **change})
+    assert import_beside_a_good_one(tmp_path, bad, cfg) == \
+        f"{bad / name}: a JPEG that does not decode (Corrupt JPEG data: premature end of data segment)"
+
+
+def with_orientation(data: bytes, orientation: int) -> bytes:
+    """The JPEG `data` with an EXIF segment (big-endian TIFF, one IFD entry) holding `orientation`
+    (3: turned by 180 degrees), as a camera or Pillow writes it, right after the start marker."""
+    tiff = b"MM\0\x2a" + struct.pack(">IHHHIHHI", 8, 1, 0x0112, 3, 1, orientation, 0, 0)
+    return data[:2] + b"\xff\xe1" + struct.pack(">H", 8 + len(tiff)) + b"Exif\0\0" + tiff + data[2:]
+
+
+@pytest.mark.parametrize("layout", [dict(codec="png"), dict(), dict(store="mmaction")],
+                         ids=["packed png", "packed jpeg", "mmaction"])
+@pytest.mark.parametrize("simplejpeg", [True, False], ids=["simplejpeg", "cv2 only"])
+def test_an_exif_orientation_is_ignored_on_every_path(tmp_path, monkeypatch, layout, simplejpeg):
+    """Frames tagged "turned by 180 degrees" are stored as their pixels lie in the file, like untagged
+    ones, whether kept or re-encoded, and every reader of the store reads them so, with simplejpeg or
+    without it (cv2 then imports and reads). Without it, re-encoded ones (below rawframes_min_quality,
+    png codec) were turned by cv2.imdecode's default and kept ones were not (simplejpeg) or were on
+    reading (cv2: the mmaction layout's reader): one video held frames of two orientations."""
+    if not simplejpeg:
+        monkeypatch.setattr(codec, "_import_simplejpeg", lambda: None)
+    folder = write_tree(tmp_path / "raw", frames=4, flows=3)
+    upright = [jpeg(folder / f"img_{i:05d}.jpg") for i in (1, 2, 3, 4)]  # untagged: the pixels as they lie
+    for i, quality in ((1, 95), (2, 95), (3, 50)):  # 1, 2: keepable but for the tag; 3: re-encoded anyway
+        path = folder / f"img_{i:05d}.jpg"
+        path.write_bytes(with_orientation(reencoded(path, quality), 3))
+        upright[i - 1] = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        assert np.array_equal(jpeg(path), upright[i - 1][::-1, ::-1])  # cv2's default turns it
+    _, store = import_one(tmp_path, folder, FlowConfig(**{**RAW.__dict__, **layout}))
+    jpeg_files = layout.get("codec") != "png"
+    with store.open("v") as video:
+        stored = video.rgb(range(4)).astype(int)
+        if jpeg_files:  # kept only when untagged: no reader can turn them
+            blobs = [b.tobytes() for b in video.jpeg_blobs("rgb", range(4))]
+            assert blobs[3] == (folder / "img_00004.jpg").read_bytes()
+            assert all(blob != (folder / f"img_{i + 1:05d}.jpg").read_bytes() for i, blob in enumerate(blobs[:3]))
+    if jpeg_files:  # a q95 re-encode moves these frames by ~1.3 levels on average, a turn by ~18
+        assert [np.abs(stored[i] - upright[i]).mean() < 3 for i in range(4)] == [True] * 4
+        assert np.array_equal(stored[3], upright[3])
+    else:  # lossless: exactly the pixels of the file
+        assert [np.abs(stored[i] - upright[i]).max() for i in range(4)] == [0] * 4
+
+
+@pytest.mark.parametrize("size, names", [
+    ("", ["flow_x_00002.jpg", "flow_y_00002.jpg"]),  # was resized, its vectors scaled
+    ("16x12", ["flow_x_00002.jpg", "flow_y_00002.jpg"]),  # the store's size, not the frames': was kept
+    ("16x12", ["img_00002.jpg"]),  # likewise, a frame
+])
+def test_an_image_of_another_size_than_the_frames_fails_its_video(tmp_path, size, names):
+    """A flow pair (or a frame) of another size than the first frame fails its video naming the file
+    and both sizes, as a frame of another size already did. Without it a flow pair of another size was
+    resized quietly (its flow scaled by a guess), and one of the store's size (flow.size) was kept."""
+    bad = write_tree(tmp_path / "bad", frames=4, flows=3)
+    for name in names:
+        path = bad / name
+        path.write_bytes(cv2.imencode(".jpg", cv2.resize(jpeg(path, name.startswith("flow")), (16, 12)))[1].tobytes())
+    cfg = FlowConfig(**{**RAW.__dict__, "size": size})
+    assert import_beside_a_good_one(tmp_path, bad, cfg) == (f"{bad / names[0]} is 16x12 px, but the video's first "
+                                                            "frame is 32x24: every image of a video must have one size")
+
+
+@pytest.mark.parametrize("odd", [
+    "img_00003.jpg\n",  # `$` matches before a final newline
+    "img_\u0660\u0660\u0660\u0660\u0663.jpg",  # Arabic-Indic digits: `\d` takes any Unicode digit
+    "\u0131mg_00003.jpg",  # dotless i: IGNORECASE folds it to "i"
+])
+def test_only_exact_ascii_names_are_frames(tmp_path, odd):
+    """A name is a frame's only as a whole and in ASCII: these look like frame 3 and are none, so the
+    folder has a gap. Without it each was taken for img_00003.jpg."""
+    folder = write_tree(tmp_path / "raw", frames=5, flows=4)
+    (folder / "img_00003.jpg").rename(folder / odd)
+    with pytest.raises(FlowError) as error:
+        check(scan(folder))
+    assert str(error.value) == (f"{folder}: 1 frame(s) missing in 1..5, e.g. image 3 (the numbering jumps from "
+                                "img_00002.jpg to img_00004.jpg)")
+    (folder / odd).rename(folder / "img_00003.jpg")
+    (folder / "flow_x_00003.jpg").rename(folder / "flow_x_00003.jpg\n")  # flow names alike
+    with pytest.raises(FlowError) as error:
+        check(scan(folder))
+    assert str(error.value) == f"{folder}: flow image 3 has y (flow_y_00003.jpg) but no x"
 
 
 def test_shared_rawframes(shared_data, tmp_path, capsys):

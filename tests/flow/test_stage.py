@@ -336,7 +336,8 @@ def test_a_second_run_leaves_a_video_being_written_alone_and_finds_it_done(video
     held_path = next(j.path for j in jobs if j.video_id == held)
     with store.lock(held):  # run 1 is writing it, from the same source file and settings
         origin = source_origin(held_path, store.settings_digest).as_dict()
-        writer = store.writer(held, {**origin, "declared_frames": VideoReader(held_path).declared_frames})
+        writer = store.writer(held, {**origin, "declared_frames": VideoReader(held_path).declared_frames,
+                                     "video_id": held})
         writer.add_rgb(rgb[:3])
         second = threading.Thread(target=lambda: result.update(summary=run_flow(jobs, out, fast_cfg)))
         second.start()

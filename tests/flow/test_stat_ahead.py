@@ -98,11 +98,12 @@ def test_every_change_is_seen_as_when_the_run_stats_itself(finished, fast_cfg, m
 
     assert forked == alone
     counts, failures, lines, stored = forked
-    assert counts == (2, 0, 2)  # a and b computed again; c and d failed
-    assert [video for video, _ in failures] == ["Cls/c", "Cls/d"]
+    assert counts == (2, 1, 1)  # a and b computed again; c failed; d's source is gone, its pack kept
+    assert [video for video, _ in failures] == ["Cls/c"]
     assert "is a folder where its pack belongs" in failures[0][1] and "gone.avi" not in lines
     assert "video Cls/a: " in lines and "changed since it was made (size or time): redone" in lines
-    assert stored == ["Cls/a", "Cls/b"]
+    assert "video Cls/d: its source " in lines and "d.avi is gone: the stored video is kept" in lines
+    assert stored == ["Cls/a", "Cls/b", "Cls/d"]
 
 
 def test_a_finished_store_is_found_done_without_opening_a_pack(finished, fast_cfg, monkeypatch):

@@ -183,7 +183,11 @@ def test_a_flipped_byte_is_named_by_video_and_image(tmp_path, codec):
     with store.open("A/v") as v:  # the index is intact: it opens, other images read
         assert np.array_equal(v.rgb([0, 1, 3]), rgb[[0, 1, 3]])
         assert np.array_equal(v.flow(range(4)), flow)
-        with pytest.raises(FlowError, match=r"video A/v: frame 2 in .*v\.pack is corrupt \(CRC32"):
+        # What repairs it: a plain `flow` re-run does not see bit rot (size and mtime unchanged), so
+        # "re-run the flow stage", as it said, failed the same way for ever; `verify` marks it first.
+        with pytest.raises(FlowError, match=r"video A/v: frame 2 in .*v\.pack is corrupt \(CRC32 mismatch\): run "
+                                            r"`python -m pipeline verify --config \.\.\.` \(it marks the damaged "
+                                            r"videos\), then `make flow` \(it redoes them\)$"):
             v.rgb([1, 2])
         with pytest.raises(FlowError, match="video A/v: frame 2 .* corrupt"):
             v.verify()
