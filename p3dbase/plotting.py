@@ -26,6 +26,21 @@ def pyplot() -> Any:
     return plt
 
 
+def log_y(ax: Any) -> None:
+    """A log scale on a matplotlib Axes' y axis, with plain tick labels ("0.1", "40"). matplotlib's
+    own are TeX ("$\\mathdefault{10^{1}}$"), which `drawing` keeps from being parsed: the labels showed
+    as that source text."""
+    from matplotlib import ticker
+
+    class PlainLog(ticker.LogFormatter):
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            return f"{x:g}" if super().__call__(x, pos) else ""  # matplotlib picks which ticks to label
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(PlainLog())
+    ax.yaxis.set_minor_formatter(PlainLog(labelOnlyBase=False))
+
+
 @contextmanager
 def drawing() -> Iterator[None]:
     """Build (and save) a figure inside: Agg, and no TeX parsing of any text added."""

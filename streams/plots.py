@@ -10,7 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from p3dbase.atomic import atomic_write
-from p3dbase.plotting import drawing
+from p3dbase.plotting import drawing, log_y
 
 
 def plot_curves(history: Sequence[dict[str, Any]], path: Path, title: str) -> None:
@@ -43,7 +43,7 @@ def curves_figure(history: Sequence[dict[str, Any]], title: str) -> Figure:
             loss_ax.plot(*_series(val, "step", "val_loss"), "o-", label="validation loss")
         loss_ax.set_xlabel("step")
         loss_ax.set_ylabel("cross-entropy")
-        loss_ax.set_yscale("log")  # early validation spikes would flatten the rest
+        log_y(loss_ax)  # early validation spikes would flatten the rest
         loss_ax.legend()
         acc_ax.plot(*_series(train, "epoch", "acc", 100), alpha=0.6, label="training clips")
         if val:

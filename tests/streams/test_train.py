@@ -482,6 +482,18 @@ def test_curves_show_the_learning_rate_schedule(flow_run, configs):
     assert line.get_ydata()[-1] == 0.0 and line.get_ydata()[9] == pytest.approx(0.01)
 
 
+def test_the_loss_axis_labels_are_numbers_not_tex_source():
+    """The log loss axis was labelled `$\\mathdefault{10^{1}}$` in curves.png and report.html: matplotlib's
+    tick labels are TeX, and the pictures draw text as written (p3dbase.plotting.drawing)."""
+    history = [{"kind": "train", "step": s, "epoch": 1, "loss": loss, "acc": 0.5, "lr": 0.1}
+               for s, loss in enumerate([40.0, 12.0, 3.0, 0.7, 0.2], 1)]
+    fig = curves_figure(history, "rgb")
+    fig.canvas.draw()
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels() if t.get_text()]
+    assert labels and all(float(text) > 0 for text in labels)  # plain numbers: "0.1", "1", "10", "100"
+    assert {"0.1", "1", "10"} <= set(labels)
+
+
 def test_checkpoints_carry_the_flow_settings_and_a_resume_on_other_flow_is_refused(toy_store, tmp_path, configs):
     root, train, val = toy_store
     out = tmp_path / "out"
