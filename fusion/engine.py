@@ -322,19 +322,20 @@ class Worker:
 
 
 def map_videos(spec: PoolSpec, tasks: Sequence[Any], jobs: int = 0, desc: str = "network", unit: str = "video",
-               leave: bool = True, *, scheduler: str = "", jobs_key: str = "eval.jobs") -> Iterator[Any]:
+               leave: bool = True, *, scheduler: str = "", jobs_key: str = "eval.jobs",
+               bar: bool = True) -> Iterator[Any]:
     """`spec.work(worker, task)` for every task, in `jobs` processes on a CPU (0: one per core;
     p3dbase.cluster.local_processes, which names `jobs_key` when there are too many), one on a GPU,
     or on the Dask cluster at `scheduler` ("tcp://host:8786", as `[flow] scheduler` runs the flow
-    stage), yielding the results as they finish, with a progress bar. An exception a worker raises
-    (a full disk) stops the run and is raised here."""
+    stage), yielding the results as they finish, with a progress bar (unless not `bar`). An exception a
+    worker raises (a full disk) stops the run and is raised here."""
     local = not (scheduler and tasks)  # on a cluster the workers are the cluster's: jobs starts nothing here
     workers = min(1 if spec.device.type != "cpu" or not local else local_processes(jobs, jobs_key), len(tasks))
-    with progress_bar(total=len(tasks), desc=desc, unit=unit, leave=leave) as bar:
+    with progress_bar(total=len(tasks), desc=desc, unit=unit, leave=leave, disable=not bar) as shown_bar:
         if scheduler and tasks:
             for result in _dask_map(spec, tasks, scheduler):
                 yield result
-                bar.update()
+                shown_bar.update()
             return
         if workers <= 1:
             threads = torch.get_num_threads()
@@ -342,7 +343,7 @@ def map_videos(spec: PoolSpec, tasks: Sequence[Any], jobs: int = 0, desc: str = 
                 _init_worker(spec)
                 for task in tasks:
                     yield _call(task)
-                    bar.update()
+                    shown_bar.update()
             finally:
                 _WORKER.clear()
                 torch.set_num_threads(threads)
@@ -350,7 +351,7 @@ def map_videos(spec: PoolSpec, tasks: Sequence[Any], jobs: int = 0, desc: str = 
         with opencv_single_thread():
             for result in _pool_map(spec, tasks, workers, jobs_key):
                 yield result
-                bar.update()
+                shown_bar.update()
 
 
 def _pool_map(spec: PoolSpec, tasks: Sequence[Any], workers: int, jobs_key: str) -> Iterator[Any]:

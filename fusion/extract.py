@@ -140,11 +140,12 @@ def _read_part(part: Path, video_id: str, path: Path, widths: dict[str, int]) ->
 
 def extract_features(sources: Sequence[Path | str] | Path | str, checkpoints: dict[str, Path], out: Path | str,
                      flow_cfg: FlowConfig, cfg: EvalConfig, *, force: bool = False,
-                     explicit_flow: Sequence[str] = ()) -> FeatureSummary:
+                     explicit_flow: Sequence[str] = (), progress: bool | None = None) -> FeatureSummary:
     """The `features` stage: features of every video of `sources` (files, frame folders,
     directories, list files: fusion.inputs) into `out` (.npz, or .parquet with pyarrow). An existing
     `out` is refused unless `force` (which also recomputes); a killed run resumes from `<out>.parts/`.
-    `explicit_flow`: the `[flow]` keys given with --set (the others come from the checkpoints)."""
+    `explicit_flow`: the `[flow]` keys given with --set (the others come from the checkpoints).
+    `progress`: False draws no progress bar (--no-progress); else one over the videos."""
     started = time.monotonic()
     out = Path(out)
     _check_output(out, force)
@@ -159,7 +160,7 @@ def extract_features(sources: Sequence[Path | str] | Path | str, checkpoints: di
     features: dict[str, dict[str, np.ndarray]] = {}
     failures: list[tuple[str, str]] = []
     computed = resumed = 0
-    for video in progress_bar(videos, desc="features", unit="video"):
+    for video in progress_bar(videos, desc="features", unit="video", disable=progress is False):
         video_id, path = video.video_id, video.path
         part = _part_path(parts, video_id)
         got = _read_part(part, video_id, path, widths)

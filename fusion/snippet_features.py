@@ -327,6 +327,7 @@ def extract_snippet_features(sources: Sequence[Path | str], checkpoints: dict[st
     done_before = [v for v in mine if not force and is_done(out, key, v)]
     todo = [v for v in mine if v not in done_before]
     device = resolve_device(cfg.device, "eval.device")
+    quiet = progress is False  # --no-progress: no bar at all, not even plain lines in a log
     if progress is None:
         progress = sys.stderr.isatty()
     context = _Context(out, settings, key, stride, mirror, normalised, flow_cfg, cfg.batch_views, force,
@@ -335,7 +336,7 @@ def extract_snippet_features(sources: Sequence[Path | str], checkpoints: dict[st
     spec = PoolSpec(streams, cfg.batch_views, device, _work, context)
     try:
         for video_id, status, detail in map_videos(spec, todo, cfg.jobs, desc="features", unit="video",
-                                                   scheduler=flow_cfg.scheduler):
+                                                   scheduler=flow_cfg.scheduler, bar=not quiet):
             if status == "done":
                 summary.computed += 1
             elif status == "done before":

@@ -172,7 +172,7 @@ def run(args: argparse.Namespace, cfg: Config | None = None) -> int:
         from fusion.extract import extract_features
 
         result = extract_features(args.videos, _checkpoints(args), args.out, cfg.flow, cfg.eval, force=args.force,
-                                  explicit_flow=explicit)
+                                  explicit_flow=explicit, progress=progress)
         return 1 if result.failed else 0
     else:
         raise ValueError(f"not a tool: {args.stage!r}")

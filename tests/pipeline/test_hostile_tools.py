@@ -276,3 +276,19 @@ def test_a_link_loop_given_as_a_file_is_named_as_such(tmp_path):
         assert file_problem(tmp_path / name, "video file") == ("a symbolic link that leads to no video file (a loop "
                                                               "of links, or its target is gone)")
     assert file_problem(tmp_path / "absent.avi", "video file") == "no such video file"
+
+
+@pytest.mark.parametrize("stride", [[], ["--stride", "4"]])
+def test_features_no_progress_draws_no_bar_at_all(tmp_path, capsys, stride):
+    """`--no-progress` reached only the per-frame bars of --stride: the bar over the videos still wrote
+    its plain lines to stderr (a log, a pipe), with the .npz output and with --stride alike."""
+    rgb = save_tiny_checkpoint(tmp_path / "rgb.pt", "rgb")
+    write_avi(tmp_path / "videos" / "a.avi", frames=20)
+    out = tmp_path / ("snippets" if stride else "f.npz")
+    argv = ["features", str(tmp_path / "videos"), "--rgb", str(rgb), "--out", str(out), *stride, *COMMON]
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().err == ""
+    shutil.rmtree(out) if out.is_dir() else out.unlink()
+    assert cli.main([a for a in argv if a != "--no-progress"]) == 0
+    assert "features" in capsys.readouterr().err  # without it, the bar's lines (stderr is no terminal here)
