@@ -17,7 +17,7 @@ from flow.verify import VerifyReport, verify_store
 from p3dbase.atomic import write_text
 from p3dbase.errors import P3DError, shown
 from p3dbase.lock import try_lock
-from p3dbase.overwrite import output_folder
+from p3dbase.overwrite import output_folder, refuse_overwrite
 from pipeline.config import Config, dump_toml, write_resolved
 from pipeline.datasets import Dataset, read_dataset
 from pipeline.datasets.files import video_id_of
@@ -367,10 +367,11 @@ MAX_SHEET_FRAMES = 50  # show-flow --frames: a column of two pictures each, in o
 
 
 def show_flow_stage(cfg: Config, video_id: str, *, out: Path | None = None, frames: int = 6,
-                    max_flow: float | None = None) -> Path:
+                    max_flow: float | None = None, force: bool = False) -> Path:
     """`show-flow`: a contact sheet PNG of `frames` evenly spaced RGB frames of a stored video over
     the flow from each to the next, colour-coded at one fixed scale (`max_flow` px per frame = full
-    saturation, > 0; None = a quarter of the store's flow bound), with the colour wheel as legend."""
+    saturation, > 0; None = a quarter of the store's flow bound), with the colour wheel as legend. An
+    existing PNG is refused unless `force`, as every output of the pipeline is."""
     from flow.encoding import decode
     from flow.visualise import check_max_flow, check_png_path, contact_sheet
 
@@ -393,6 +394,7 @@ def show_flow_stage(cfg: Config, video_id: str, *, out: Path | None = None, fram
         rgb, flow = video.rgb(picks), decode(video.flow(picks), store.bound)
         size = f"{video.width}x{video.height}"
     out = Path(out) if out else cfg.work / "show-flow" / f"{video_id.replace('/', '__')}.png"
+    refuse_overwrite([out], force)
     output_folder(out.parent, "show-flow's folder")
     title = (f"{video_id}: {size}, frames {', '.join(map(str, picks))}; flow colour scale fixed at "
              f"{scale:g} px/frame = full saturation (store bound {store.bound:g} px)")

@@ -105,8 +105,10 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("show-flow", help=HELP["show-flow"], description=HELP["show-flow"])
     p.add_argument("video_id", metavar="VIDEO_ID", help="a video of the flow store (e.g. ApplyEyeMakeup/v_..._g08_c01)")
-    p.add_argument("--out", type=Path, default=None, help="PNG to write (default work_dir/show-flow/<id>.png)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="PNG to write (default work_dir/show-flow/<id, '/' as '__'>.png)")
     p.add_argument("--frames", type=int, default=6, help="evenly spaced frames shown, 1 to 50 (default 6)")
+    p.add_argument("--force", action="store_true", help="replace an existing PNG")
     p.add_argument("--max-flow", type=float, default=None,
                    help="px per frame shown at full saturation (default: a quarter of the store's bound)")
     _config_args(p)
@@ -143,7 +145,7 @@ def run(args: argparse.Namespace, cfg: Config | None = None) -> int:
         from pipeline.stages import show_flow_stage
 
         show_flow_stage(cfg or load_config(args.config, args.overrides), args.video_id, out=args.out,
-                        frames=args.frames, max_flow=args.max_flow)
+                        frames=args.frames, max_flow=args.max_flow, force=args.force)
     elif args.stage in ("predict", "features"):
         cfg = cfg or load_config(args.config, args.overrides)
         explicit = explicit_flow_keys(args.overrides)

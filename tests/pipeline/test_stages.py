@@ -195,6 +195,16 @@ def test_show_flow_writes_a_contact_sheet(work, capsys):
     assert "1.25 px/frame = full saturation (store bound 5 px)" in said  # synth.toml: bound 5, a quarter
     assert run(["show-flow", "no/such_video"], work) == 2
     assert "not in the store" in capsys.readouterr().err
+    # An existing PNG is refused unless --force, as every output is (it was replaced without a word).
+    out.write_bytes(b"mine")
+    assert run(["show-flow", video_id, "--out", str(out)], work) == 2
+    assert f"would overwrite {out}: pass --force to replace" in capsys.readouterr().err
+    assert out.read_bytes() == b"mine"
+    assert run(["show-flow", video_id, "--out", str(out), "--force"], work) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The default name: the id with '/' as '__', under work_dir/show-flow (as --help says).
+    assert run(["show-flow", video_id], work) == 0
+    assert (work / "show-flow" / f"{video_id.replace('/', '__')}.png").is_file()
 
 
 def test_held_out_groups_by_name_and_their_errors():
