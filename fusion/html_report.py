@@ -129,18 +129,19 @@ def write_eval_page(report_dir: Path) -> Path:
     return path
 
 
-def write_average_page(report_dir: Path) -> Path:
+def write_average_page(report_dir: Path, splits: Path | None = None) -> Path:
     """report.html of a split average (`report.write_average`): its table, and a link to each
-    split<k>/report.html beside it."""
+    split<k>/report.html beside it (in `splits`, when the report is being staged elsewhere)."""
     report_dir = Path(report_dir)
     inputs = _read_inputs(report_dir, "average")
-    splits = [{"name": p.parent.name, "href": f"{p.parent.name}/{PAGE}"}
-              for p in sorted(report_dir.glob(f"split*/{PAGE}"))]
+    beside = Path(splits) if splits is not None else report_dir
+    links = [{"name": p.parent.name, "href": f"{p.parent.name}/{PAGE}"} for p in sorted(beside.glob(f"split*/{PAGE}"))]
     page = render("average.html.j2", title=inputs["title"], notes=inputs["notes"],
                   results=results_section(_read_table(report_dir / "results.csv", [*report.COLUMNS, "splits"],
-                                                      report.PERCENT, [*COUNTS, "splits"])), splits=splits)
+                                                      report.PERCENT, [*COUNTS, "splits"])), splits=links)
     path = report_dir / PAGE
     write_text(path, page)
+    report.relist(report_dir, PAGE)  # rebuilt by `report`: report.json keeps describing the folder
     return path
 
 

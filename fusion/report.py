@@ -125,16 +125,21 @@ def write_results(table: pd.DataFrame, out_dir: Path, title: str, notes: Sequenc
 
 def write_average(out_dir: Path, table: pd.DataFrame, title: str, notes: Sequence[str]) -> None:
     """The split average's report: results.csv/.md (`write_results`), report_inputs.json, and a
-    report.html with the table and a link to each split's page (written after the splits')."""
-    write_results(table, out_dir, title, notes)
-    write_text(out_dir / INPUTS, json.dumps({"kind": "average", "title": title, "notes": list(notes)}, indent=1) + "\n")
+    report.html with the table and a link to each split's page (written after the splits'), staged and
+    listed in report.json as a single split's report is (`staged_report`): the files of a report that
+    stood in `out_dir` before (a split-1 evaluation's scores, pictures and report.json) go with it, where
+    they stayed beside the average and its report.json failed its own check."""
     from fusion import html_report  # as in _write_report_files
 
-    missing = html_report.missing_engine()
-    if missing:
-        print(missing)
-    else:
-        html_report.write_average_page(out_dir)
+    with staged_report(out_dir) as stage:
+        write_results(table, stage, title, notes)
+        write_text(stage / INPUTS, json.dumps({"kind": "average", "title": title, "notes": list(notes)}, indent=1)
+                   + "\n")
+        missing = html_report.missing_engine()
+        if missing:
+            print(missing)
+        else:
+            html_report.write_average_page(stage, splits=out_dir)
 
 
 def most_confused(scores: np.ndarray, labels: Labels, classes: Sequence[str], top: int = 20) -> pd.DataFrame:

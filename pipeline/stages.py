@@ -289,6 +289,7 @@ def eval_stage(cfg: Config, checkpoints: dict[str, Path] | None = None, *, allow
             write_resolved(cfg, out)  # with the report: a refused or failed evaluation leaves the last one's
         if len(tables) > 1:
             average_splits(tables, out_root, protocol=f"{cfg.dataset.format} 3-split average")
+            write_resolved(cfg, out_root)  # beside the average too, as beside every report
 
 
 def transfer_dir(cfg: Config) -> Path:

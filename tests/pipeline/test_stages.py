@@ -1,5 +1,6 @@
 """The whole pipeline through the CLI on tiny SynthActions: synth -> flow -> train x2 -> eval."""
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -245,7 +246,20 @@ def test_split_all_trains_and_evaluates_each_split_and_averages(work, capsys):
         for k in (1, 2, 3):
             ckpt = root / "train" / stream / f"split{k}" / "last.pt"
             assert ckpt.is_file() and (ckpt.parent / "config.toml").is_file()
+    assert run(["eval", "--run", "all"], work) == 0  # split 1 alone first, into the same folder
+    assert (root / "eval" / "scores.npz").is_file()
     assert run(["eval", "--run", "all"], work, every) == 0
+    # The average is one report like any other: the split-1 report's files went with it (they stayed,
+    # and the old report.json failed its own check), report.json lists it, config.toml is beside it.
+    top = {p.name for p in (root / "eval").iterdir() if p.is_file()}
+    assert top == {"results.csv", "results.md", "report_inputs.json", "report.html", "report.json", "config.toml",
+                   "eval.log"}
+    from streams.checkpoint import file_sha256
+
+    listing = json.loads((root / "eval" / "report.json").read_text())["files"]
+    assert listing == {name: file_sha256(root / "eval" / name) for name in top - {"config.toml", "eval.log",
+                                                                                   "report.json"}}
+    assert 'split = "all"' in (root / "eval" / "config.toml").read_text()
     per_split = [{r["method"]: r for r in csv.DictReader(open(root / "eval" / f"split{k}" / "results.csv"))}
                  for k in (1, 2, 3)]
     mean = {r["method"]: r for r in csv.DictReader(open(root / "eval" / "results.csv"))}
