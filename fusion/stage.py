@@ -334,7 +334,9 @@ def svm_from_features(features_dir: Path, cfg: EvalConfig) -> pd.DataFrame:
 
 def _check_stream(name: str, path: Path, classes: list[str], cfg: EvalConfig, out_dir: Path) -> _Scored:
     """The stream's checkpoint, checked against the dataset (FusionError naming what to run)."""
-    train = f"`make train-{name}`"
+    # fusion knows no config: the command that trains it, in the words the user typed this one in
+    train = (f"`python -m pipeline train --stream {name}` with this eval's --config, --run and --set "
+             f"(`make train-{name}` for `make all`'s)")
     if not path.exists():
         raise FusionError(f"no checkpoint for the {name} stream at {path}: run {train}, or give --{name} CKPT")
     if path.is_dir() and not (path / LAST).is_file():

@@ -252,6 +252,7 @@ def eval_stage(cfg: Config, checkpoints: dict[str, Path] | None = None, *, allow
     (eval_out_dir); one eval at a time writes a report folder (a second one's files would be renamed from
     under the first)."""
     from fusion.stage import EvalJob, average_splits, run_eval
+    from streams.checkpoint import LAST
 
     tables = []
     out_root = eval_out_dir(cfg, checkpoints, out)
@@ -267,6 +268,16 @@ def eval_stage(cfg: Config, checkpoints: dict[str, Path] | None = None, *, allow
             raise PipelineError("--rgb/--flow give one checkpoint per stream, but dataset.split = \"all\" "
                                 "evaluates three splits, each with its own training: evaluate one split "
                                 "(--set dataset.split=1)")
+        if not checkpoints and len(splits) > 1:  # every split's training, before a report of any is written
+            untrained = [(stream, split) for split, _ in splits for stream in ("rgb", "flow")
+                         if not (train_dir(cfg, stream, split) / LAST).is_file()]
+            if untrained:
+                stream, split = untrained[0]
+                where = shown(train_dir(cfg, stream, split))
+                raise PipelineError(f"no finished {stream} stream for split {split} ({where}; {len(untrained)} of the "
+                                    f"{2 * len(splits)} the three splits need): train them "
+                                    "with `python -m pipeline train --stream rgb|flow` and this eval's --config, "
+                                    '--run and --set dataset.split="all" (make: ARGS=\'--set dataset.split="all"\')')
         store, done = _flow_store(cfg, "eval")
         for split, dataset in splits:
             _left_out(store, dataset, done)

@@ -36,7 +36,8 @@ def check_transfer_config(cfg: Config) -> None:
         path = getattr(t, name)
         if path and not Path(path).exists():
             raise PipelineError(f"transfer.{name}: {path} does not exist: point it at a stream checkpoint or a "
-                                "training folder (configs/transfer.toml uses `make all`'s: run `make all` first)")
+                                "training folder (configs/transfer.toml uses `make all`'s: run `make all` first; "
+                                "configs/tiny_transfer.toml `make all CONFIG=configs/tiny.toml`'s)")
 
 
 def read_benchmark(name: str, bench: BenchmarkConfig) -> Benchmark:

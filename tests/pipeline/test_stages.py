@@ -73,6 +73,19 @@ def test_eval_without_trained_streams_names_what_to_run(tmp_path, work, capsys):
     assert run(["eval"], fresh) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "make train-" in err
+    # A named run: `make train-rgb` trains the default run, not this one; the hint says to train with
+    # this eval's --config, --run and --set.
+    assert run(["eval", "--run", "nope"], fresh) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint for the rgb stream at " in err and "nope" in err
+    assert "`python -m pipeline train --stream rgb` with this eval's --config, --run and --set" in err
+    # Three splits with split 1 alone trained: refused before a report of any split is written (it wrote
+    # eval/split1/ and then stopped), saying how to train the other splits.
+    assert run(["eval", "--run", "nope"], fresh, ['dataset.split="all"']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no finished rgb stream for split 1") and "6 of the 6 the three splits need" in err
+    assert 'ARGS=\'--set dataset.split="all"\'' in err and err.count("\n") == 1
+    assert not (fresh / "runs" / "nope" / "eval" / "split1").exists()
 
 
 def test_synth_stage_refuses_another_format(tmp_path, capsys):
