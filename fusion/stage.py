@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from flow.store import Store
-from fusion import fuse, report, svm
+from fusion import fuse, metrics, report, svm
 from fusion.config import EvalConfig
 from fusion.engine import Stream, stream_of
 from fusion.errors import FusionError
@@ -147,6 +147,8 @@ def run_eval(job: EvalJob, cfg: EvalConfig, out_dir: Path) -> pd.DataFrame:
                              "details), whose features come from networks that were trained on them (no held-out "
                              "groups: set train.val_groups or train.val_fraction for an honest choice).")
     notes += selection
+    if job.protocol.startswith("activitynet"):
+        notes.append(anet_note(methods, labels))
 
     # 5. The report.
     table = report.results_table(methods, labels, job.protocol, len(skipped))
@@ -177,6 +179,17 @@ def _check_streams(job: EvalJob, cfg: EvalConfig, out_dir: Path) -> list[_Scored
     if overlap:
         raise FusionError(f"{len(overlap)} test video(s) are also training or held-out videos, e.g. {overlap[0]}")
     return streams
+
+
+def anet_note(methods: Sequence[MethodScores], labels: Labels) -> str:
+    """ActivityNet's own metrics of every method, as its official scorer (activitynet/ActivityNet
+    Evaluation/eval_classification.py) and the paper report them: top-1, top-3, and mAP with
+    interpolated precision. The table's mAP (scikit-learn's, not interpolated) and hit@5 differ."""
+    rows = "; ".join(f"{m.method} {metrics.anet_hit_at_k(m.scores, labels, 1):.2f} / "
+                     f"{metrics.anet_hit_at_k(m.scores, labels, 3):.2f} / {metrics.anet_map(m.scores, labels):.2f}"
+                     for m in methods)
+    return ("ActivityNet's official metrics (its scorer's top-1 / top-3 / mAP with interpolated precision, as the "
+            f"paper reports them; the table's mAP is not interpolated): {rows}.")
 
 
 def _trained_on(job: EvalJob, streams: Sequence[_Scored]) -> list[str]:
