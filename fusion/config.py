@@ -40,7 +40,7 @@ class EvalConfig:
     batch_views: int = 16  # clips through the network at once: bounds memory on long videos
 
     # Late fusion of the two streams' video scores.
-    # "raw": average the views' logits, as TSN fuses (1:1.5 on raw class scores; 81.3 against 54.2
+    # "raw": average the views' logits, as TSN fuses (1:1.5 on raw class scores; 81.3 against 56.2
     # for "softmax", which averages probabilities, on `make all` scores). Held-out groups
     # (train.val_groups / val_fraction), when given, choose between the two and the flow weight.
     fusion_scores: str = "raw"

@@ -44,9 +44,9 @@ class ProtocolResult:
     accuracy: float  # percent (hit@1 for ActivityNet; mean fold accuracy for ASLAN)
     metrics: dict[str, float]  # the protocol's other metrics: {"se", "auc"} (ASLAN), {"hit@3", "mAP"}
     # (ActivityNet), {"split1", ...} (three-split); percent
-    videos: int  # videos scored (pairs for ASLAN; ActivityNet: validation videos, missing ones included)
+    videos: int  # videos scored, missing ones (misses) included (pairs for ASLAN; three-split: distinct test rows)
     selected: str  # what C was chosen on, for the report
-    excluded: int = 0  # ASLAN: pairs left out (a clip without features); ActivityNet: missing videos
+    excluded: int = 0  # ASLAN: pairs left out (a clip without features); ActivityNet, loo: missing videos
     # three_split, aslan_view2: the splits (folds) left unscored and why, e.g. "split 1: no test video
     # with features"; accuracy and the metrics are those of the others
     skipped: list[str] = field(default_factory=list)
@@ -59,12 +59,15 @@ class NothingToScore(FusionError):
 
 def three_split(x: np.ndarray, labels: Sequence[int], groups: Sequence[str] | None,
                 splits: Sequence[tuple[np.ndarray, np.ndarray]], num_classes: int,
-                cs: Sequence[float] = DEFAULT_CS, *, folds: int = 5, seed: int = 0) -> ProtocolResult:
+                cs: Sequence[float] = DEFAULT_CS, *, folds: int = 5, seed: int = 0,
+                missing: Sequence[int] = ()) -> ProtocolResult:
     """UCF101 / HMDB51: per split, a linear SVM on its train rows (C by `folds`-fold CV on them,
     group-disjoint when `groups` is given), hit@1 on its test rows; accuracy = mean over splits.
 
     `x` float [N, D] raw features of every video; `splits` (train row indices, test row indices) per
     split. metrics: {"split1": .., "split2": .., ...}; videos: distinct rows tested in any split.
+    `missing`: per split, its test videos without features (broken): misses, as ActivityNet's scorer
+    counts them (train_validation), so that a split's accuracy is correct / all its test videos.
     """
     x = normalise(_rows(x, len(labels), "three_split"))
     rows = [(int(lab),) for lab in labels]
@@ -82,7 +85,9 @@ def three_split(x: np.ndarray, labels: Sequence[int], groups: Sequence[str] | No
             skipped.append(f"split {k}: {why}")
             continue
         fit = fit_svm(x[train], [rows[i] for i in train], num_classes, cs, folds, seed, groups=train_groups)
-        per_split[f"split{k}"] = 100.0 * float(hits_at_k(fit.scores(x[test]), [rows[i] for i in test], 1).mean())
+        absent = missing[k - 1] if missing else 0
+        hits = hits_at_k(fit.scores(x[test]), [rows[i] for i in test], 1)
+        per_split[f"split{k}"] = 100.0 * float(hits.sum()) / (len(test) + absent)
         chosen.append(f"split{k} C={fit.c:g} ({fit.cv})")
         tested.update(test.tolist())
     if not per_split:
@@ -119,9 +124,11 @@ def train_validation(x_train: np.ndarray, labels_train: Labels, x_test: np.ndarr
 
 
 def leave_one_out(x: np.ndarray, labels: Sequence[int], num_classes: int, cs: Sequence[float] = DEFAULT_CS,
-                  folds: int = 5, seed: int = 0, *, groups: Sequence[str] | None = None) -> ProtocolResult:
+                  folds: int = 5, seed: int = 0, *, groups: Sequence[str] | None = None,
+                  missing: int = 0) -> ProtocolResult:
     """YUPENN / Dynamic Scene: for each of the N videos a linear SVM on the other N - 1, with C chosen
     by `folds`-fold CV inside those N - 1 only; accuracy = correct / N (hit@1, ties count against).
+    `missing` videos without features (broken) are in N as misses (as train_validation counts them).
 
     N * (len(cs) * folds + 1) fits: 420 videos and 6 C values make 13,020 small fits.
     """
@@ -143,8 +150,8 @@ def leave_one_out(x: np.ndarray, labels: Sequence[int], num_classes: int, cs: Se
         chosen[fit.c] += 1
         cv = fit.cv
     spread = ", ".join(f"C={c:g} in {count}" for c, count in sorted(chosen.items()))
-    return ProtocolResult(100.0 * correct / n, {}, n,
-                          f"C per fit by {cv} (the other videos; {n} fits: {spread})")
+    return ProtocolResult(100.0 * correct / (n + missing), {}, n + missing,
+                          f"C per fit by {cv} (the other videos; {n} fits: {spread})", excluded=missing)
 
 
 def aslan_view2(layers: Mapping[str, Mapping[int, np.ndarray]], pairs: np.ndarray, normalisation: str = "l2",

@@ -120,7 +120,7 @@ class TrainConfig:
     seed: int = 0  # initial weights, sampling order, augmentation: a run is a function of it; < 2**32
     device: str = "auto"  # "auto" (cuda:LOCAL_RANK if available, else cpu), "cpu", "cuda", "cuda:N"
     checkpoint_every: int = 500  # steps; a checkpoint is also written at every epoch end
-    keep_checkpoints: int = 2  # newest step checkpoints kept (best.pt and last.pt are kept apart)
+    keep_checkpoints: int = 2  # newest step checkpoints kept (last.pt apart; no best.pt: none is chosen by accuracy)
     val_clips: int = 1  # evenly spaced centre-crop clips per validation video, 1-1000
     log_every: int = 10  # steps between metrics.jsonl lines (and the NaN check)
     # Honest selection: whole groups of the training split held out as validation (never trained

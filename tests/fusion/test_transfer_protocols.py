@@ -104,6 +104,19 @@ def test_leave_one_out_counts_one_known_mistake():
     assert result.accuracy == pytest.approx(100.0 * 17 / 18)
 
 
+def test_broken_videos_count_as_misses_in_every_protocol():
+    """Videos without features (broken) were left out of the denominator of three_split and leave one
+    out (correct / usable) while train_validation counted them as misses (correct / all), as ActivityNet's
+    scorer does: the figures of the three were not comparable. REFERENCE: correct / N, N all videos."""
+    x, labels = _clusters(np.random.default_rng(0), 6, 3)
+    loo = transfer.leave_one_out(x, labels, 3, cs=[0.1, 10.0], folds=3, missing=2)
+    assert loo.accuracy == pytest.approx(100.0 * 18 / 20) and (loo.videos, loo.excluded) == (20, 2)
+    idx = np.arange(18)
+    splits = [(np.setdiff1d(idx, idx[k::3]), idx[k::3]) for k in range(3)]  # 6 test videos a split, separable
+    result = transfer.three_split(x, labels, None, splits, 3, cs=[1.0], folds=2, missing=[0, 2, 0])
+    assert result.metrics == {"split1": 100.0, "split2": pytest.approx(100.0 * 6 / 8), "split3": 100.0}
+
+
 def test_leave_one_out_needs_labels_for_every_row():
     with pytest.raises(FusionError, match=r"expected features \[3, D\]"):
         transfer.leave_one_out(np.ones((4, 2)), [0, 1, 0], 2, cs=[1.0])
