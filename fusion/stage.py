@@ -132,8 +132,8 @@ def run_eval(job: EvalJob, cfg: EvalConfig, out_dir: Path) -> pd.DataFrame:
     # 4. Features + linear SVMs, C chosen on the held-out videos or by cross-validation.
     if cfg.svm:
         groups = _train_groups(train, job.train_groups)
-        _save_features(out_dir / "features", streams, outputs, train_items=train, test_items=test, cfg=cfg,
-                       protocol=job.protocol, excluded=len(skipped), train_groups=groups)
+        _save_features(out_dir / "features", streams, outputs, train_items=train, val_items=val, test_items=test,
+                       cfg=cfg, protocol=job.protocol, excluded=len(skipped), train_groups=groups)
         if val:
             methods += svm_methods_held_out(_features(streams, outputs, train), train_labels,
                                             _features(streams, outputs, val), val_labels,
@@ -320,7 +320,10 @@ def _svm_inputs(train: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> di
 
 def svm_from_features(features_dir: Path, cfg: EvalConfig) -> pd.DataFrame:
     """Rerun the SVMs from saved features (`out_dir/features/<stream>.npz`) without the network or
-    the store: the SVM rows of the results table, for other `svm_cs`, `svm_folds` or `seed`."""
+    the store: the SVM rows of the results table, for other `svm_cs`, `svm_folds` or `seed`. C is
+    chosen as the report chose it: on the held-out videos when the evaluation had them (then refitted
+    on training + held-out), else by cross-validation on the training videos; the rows describe the
+    features as they were made (their `svm_clips`), whatever `cfg` says."""
     loaded = {}
     for name in MODALITIES:
         path = Path(features_dir) / f"{name}.npz"
@@ -331,17 +334,25 @@ def svm_from_features(features_dir: Path, cfg: EvalConfig) -> pd.DataFrame:
                           "with eval.svm = true first")
     first = next(iter(loaded.values()))
     for name, data in loaded.items():
-        for key in ("train_ids", "test_ids"):
-            if list(data[key]) != list(first[key]):
+        for key in ("train_ids", "val_ids", "test_ids"):
+            if list(data.get(key, [])) != list(first.get(key, [])):
                 raise FusionError(f"{features_dir}/{name}.npz: its {key} differ from the other stream's; "
                                   "rerun `make eval` so that both come from the same run")
     train_labels = report.unpad_labels(first["train_labels"])
     test_labels = report.unpad_labels(first["test_labels"])
     meta = json.loads(str(first["meta"]))
-    groups = [str(g) for g in first.get("train_groups", [])]  # "" = no group (older files: no key)
-    methods = svm_methods({n: d["train_features"] for n, d in loaded.items()}, train_labels,
-                          {n: d["test_features"] for n, d in loaded.items()}, len(meta["classes"]), cfg,
-                          groups=groups if groups and all(groups) else None)
+    made = dataclasses.replace(cfg, svm_clips=int(meta.get("eval_config", {}).get("svm_clips", cfg.svm_clips)))
+    train = {n: d["train_features"] for n, d in loaded.items()}
+    test = {n: d["test_features"] for n, d in loaded.items()}
+    if len(first.get("val_ids", [])):  # files from before held-out videos were saved have no key: CV
+        val = {n: d["val_features"] for n, d in loaded.items()}
+        methods = svm_methods_held_out(train, train_labels, val, report.unpad_labels(first["val_labels"]), test,
+                                       num_classes=len(meta["classes"]), cfg=made)
+    else:
+        ids = [str(v) for v in first["train_ids"]]
+        groups = [str(g) for g in first.get("train_groups", [""] * len(ids))]  # "" = no group (older files: no key)
+        methods = svm_methods(train, train_labels, test, len(meta["classes"]), made,
+                              groups=svm.fold_groups(groups, ids))
     return report.results_table(methods, test_labels, meta["protocol"], int(meta["excluded"]))
 
 
@@ -456,12 +467,13 @@ def _features(streams: Sequence[_Scored], outputs: dict[str, dict[str, Outputs]]
 
 
 def _save_features(features_dir: Path, streams: Sequence[_Scored], outputs: dict[str, dict[str, Outputs]], *,
-                   train_items: Sequence[Item], test_items: Sequence[Item], cfg: EvalConfig, protocol: str,
-                   excluded: int, train_groups: Sequence[str] | None = None) -> None:
-    """features/<stream>.npz: raw pool5 (averaged over clips and mirrors) of the train and test videos,
-    their labels (and the training videos' groups, "" without), and `meta` (JSON: the checkpoint, its
-    model and train configs, the eval config)."""
+                   train_items: Sequence[Item], val_items: Sequence[Item], test_items: Sequence[Item],
+                   cfg: EvalConfig, protocol: str, excluded: int, train_groups: Sequence[str] | None = None) -> None:
+    """features/<stream>.npz: raw pool5 (averaged over clips and mirrors) of the train, held-out (none:
+    0 rows) and test videos, their labels (and the training videos' groups, "" without), and `meta`
+    (JSON: the checkpoint, its model and train configs, the eval config)."""
     for s in streams:
+        width = s.spec.widths()["pool5"]
         ckpt = s.checkpoint
         meta = {"checkpoint": str(ckpt.path), "checkpoint_sha256": s.sha256, "arch": ckpt.arch, "step": ckpt.step,
                 "modality": ckpt.modality, "classes": ckpt.classes, "model_config": ckpt.model_config,
@@ -472,6 +484,11 @@ def _save_features(features_dir: Path, streams: Sequence[_Scored], outputs: dict
             "train_labels": report.pad_labels([lab for _, lab in train_items]),
             "train_features": _features([s], outputs, train_items)[s.name],
             "train_groups": np.array(train_groups or [""] * len(train_items), dtype=str),
+            # held-out videos: svm_from_features then chooses C on them, as the report did
+            "val_ids": np.array([v for v, _ in val_items], dtype=str),
+            "val_labels": report.pad_labels([lab for _, lab in val_items]),
+            "val_features": (_features([s], outputs, val_items)[s.name] if val_items
+                             else np.zeros((0, width), np.float32)),
             "test_ids": np.array([v for v, _ in test_items], dtype=str),
             "test_labels": report.pad_labels([lab for _, lab in test_items]),
             "test_features": _features([s], outputs, test_items)[s.name],

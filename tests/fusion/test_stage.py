@@ -294,6 +294,13 @@ def test_held_out_videos_choose_the_rule_and_c_never_the_test(evaluated, tiny_st
     text = (tmp_path / "eval" / "results.md").read_text()
     assert "Fusion rule (" in text and "chosen on the held-out videos (3 videos of group 04)" in text
     assert "SVM C: chosen on the held-out videos (3 videos of group 04)" in text
+    # The saved features hold the held-out videos too: the SVM rows re-run from them are the report's
+    # (they held the training videos alone, and a re-run chose C by cross-validation on them).
+    rerun = svm_from_features(tmp_path / "eval" / "features", CFG)
+    pd.testing.assert_frame_equal(rerun, table[table["method"].str.startswith("svm_")].reset_index(drop=True))
+    # The rows describe the features as they were made, whatever the config given says.
+    other = svm_from_features(tmp_path / "eval" / "features", dataclasses.replace(CFG, svm_clips=CFG.svm_clips + 7))
+    assert list(other["details"]) == list(rerun["details"])
     with pytest.raises(FusionError, match="also training or held-out videos"):
         run_eval(job(store, tiny_checkpoints, rest, test, protocol="t", val=test[:1]), CFG, tmp_path / "eval")
 
