@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import inspect
 import io
+import re
 import sys
 import textwrap
 import tokenize
@@ -181,7 +182,29 @@ def _class_text(cls: type) -> _FieldText:
     text = {name: " ".join(parts) for name, parts in comments.items() if parts}
     for name, doc in docstrings.items():
         text[name] = f"{text[name]} {doc}" if name in text else " ".join(doc.split())
-    return _FieldText(text, headings)
+    module = sys.modules.get(cls.__module__)
+    return _FieldText({name: _values_named(t, module) for name, t in text.items()}, headings)
+
+
+_NAMED_VALUES = re.compile(r"\b(one|any) of ([A-Za-z_][\w.]*)")
+
+
+def _values_named(comment: str, module: Any) -> str:
+    """`one of FORMATS` in a comment with the values spelled out: "one of 'synth', 'ucf101', ...". The
+    comment names the constant the code checks (one list, no second copy to drift), the reader wants
+    its values. A name that is not such a constant of the field's module stays as written."""
+    def spell(match: re.Match) -> str:
+        value: Any = module
+        for part in match[2].split("."):
+            value = getattr(value, part, None)
+        if isinstance(value, dict):
+            value = list(value)
+        if not isinstance(value, (tuple, list, frozenset, set)) or not value \
+                or not all(isinstance(v, str) for v in value):
+            return match[0]
+        names = sorted(value) if isinstance(value, (set, frozenset)) else list(value)
+        return f"{match[1]} of {', '.join(repr(v) for v in names)}"
+    return _NAMED_VALUES.sub(spell, comment)
 
 
 def _find_class(tree: ast.Module, qualname: list[str]) -> ast.ClassDef | None:

@@ -20,8 +20,8 @@ class SynthConfig:
     seed: int = 0  # the benchmark is a function of these settings: same seed, same videos
 
     # Design: one class per appearance x motion, named e.g. "RedUp".
-    appearances: list[str] = field(default_factory=lambda: ["red", "green", "blue"])  # any of design.APPEARANCES
-    motions: list[str] = field(default_factory=lambda: ["up", "down", "rotate", "oscillate"])  # any of design.MOTIONS
+    appearances: list[str] = field(default_factory=lambda: ["red", "green", "blue"])  # any of APPEARANCES
+    motions: list[str] = field(default_factory=lambda: ["up", "down", "rotate", "oscillate"])  # any of MOTIONS
     groups: int = 7  # per class; the three splits test disjoint groups, like UCF101's 25
     clips_per_group: int = 4  # a group's clips share the object (shape, texture) and the scene
 

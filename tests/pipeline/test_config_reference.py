@@ -164,3 +164,21 @@ def test_config_verb(capsys):
     assert capsys.readouterr().out == ref.render_markdown(Config())
     assert main(["config", "--markdown", "--set", "flow.jobs=2"]) == 2
     assert "error: config --markdown: the reference shows the defaults" in capsys.readouterr().err
+
+
+def test_a_comment_naming_a_constant_lists_its_values():
+    """`one of FORMATS` was printed as written by `config` and in docs/config.md: the reader saw a name
+    from the source, not the values it allows."""
+    from types import SimpleNamespace
+
+    from pipeline.config_reference import _values_named, field_text
+    from pipeline.datasets.config import FORMATS, DatasetConfig
+
+    assert field_text(DatasetConfig).comments["format"].startswith(
+        "one of " + ", ".join(repr(f) for f in FORMATS) + "; see docs/datasets.md")
+    module = SimpleNamespace(KINDS=("a", "b"), MAP={"x": 1}, NUMBERS=(1, 2), design=SimpleNamespace(ALL={"z", "y"}))
+    assert _values_named("one of KINDS", module) == "one of 'a', 'b'"
+    assert _values_named("any of MAP; or none", module) == "any of 'x'; or none"
+    assert _values_named("any of design.ALL", module) == "any of 'y', 'z'"
+    for kept in ("one of NUMBERS", "one of UNKNOWN", "one of the values"):  # not a constant of names: as written
+        assert _values_named(kept, module) == kept
