@@ -47,7 +47,11 @@ class PlainLines:
 
 def progress_bar(iterable: Iterable | None = None, **kwargs: Any) -> tqdm:
     """`tqdm(iterable, **kwargs)` that redraws freely in a terminal and writes at most one plain line
-    per LOG_INTERVAL seconds into a file or pipe."""
+    per LOG_INTERVAL seconds into a file or pipe. A bar over nothing (total 0: a re-run with all done)
+    is not drawn: `flow: 0video [00:00, ?video/s]` said nothing."""
+    size = kwargs.get("total", len(iterable) if isinstance(iterable, (list, tuple, range)) else None)
+    if size == 0:
+        kwargs.setdefault("disable", True)
     if not sys.stderr.isatty() and "file" not in kwargs:
         kwargs.setdefault("mininterval", LOG_INTERVAL)
         kwargs["file"] = PlainLines()

@@ -27,6 +27,18 @@ def test_a_bar_into_a_file_is_plain_lines(monkeypatch, capsys):
     assert len(lines) == len(set(lines))  # each state once
 
 
+def test_a_bar_over_nothing_is_not_drawn(capsys):
+    """A re-run with every video done printed `flow: 0video [00:00, ?video/s]`."""
+    with progress_bar(total=0, desc="flow", unit="video") as bar:
+        bar.update(0)
+    for _ in progress_bar([], desc="features"):
+        pass
+    assert capsys.readouterr().err == ""
+    for _ in progress_bar([1], desc="features"):
+        pass
+    assert "features" in capsys.readouterr().err
+
+
 def test_the_log_gets_every_line_and_the_terminal_keeps_its_redraws(tmp_path, monkeypatch):
     class Terminal(io.StringIO):
         def isatty(self):
