@@ -92,6 +92,16 @@ def write_timeline(out: Path, video: str, video_id: str, snippets: Snippets, cla
     return [csv_path, json_path, png_path]
 
 
+def time_labels(times: Sequence[float]) -> list[str]:
+    """Seconds with as few decimals as tell them apart (1 to 3): thumbnails 0.13 s apart read "0.1,
+    0.1, 0.3, 0.3" at one decimal."""
+    for decimals in (1, 2, 3):
+        labels = [f"{t:.{decimals}f}" for t in times]
+        if len(set(labels)) == len(labels):
+            break
+    return labels
+
+
 def timeline_figure(title: str, snippets: Snippets, classes: Sequence[str], cfg: EvalConfig, leaders: int = 8):
     """Thumbnails, one band per stream coloured by each snippet's top class, and the fused (or the
     only stream's) probability of the leading classes over time."""
@@ -133,8 +143,8 @@ def timeline_figure(title: str, snippets: Snippets, classes: Sequence[str], cfg:
                                   for img in images], axis=1)
             strip.imshow(row)
             strip.set_xticks([(k + 0.5) * row.shape[1] / len(images) for k in range(len(images))])
-            strip.set_xticklabels([f"{at(i):.1f}" if timed else str(i) for i, _ in snippets.thumbnails],
-                                  fontsize=7)
+            strip.set_xticklabels(time_labels([at(i) for i, _ in snippets.thumbnails]) if timed
+                                  else [str(i) for i, _ in snippets.thumbnails], fontsize=7)
             strip.set_yticks([])
         else:
             strip.axis("off")
