@@ -75,6 +75,7 @@ def build(top: Path, videos: int, classes: int) -> Path:
     header = "label,youtube_id,time_start,time_end,split"
     lines: dict[str, list[str]] = {"train": [header], "validate": [header]}
     start = time.perf_counter()
+    made: set[tuple[str, str]] = set()
     with store.index.writer() as index:
         for k in range(videos):
             label = f"class {k % classes:03d}"
@@ -83,14 +84,15 @@ def build(top: Path, videos: int, classes: int) -> Path:
             split = "val" if subset == "validate" else "train"
             lines[subset].append(f"{label},{youtube_id(k)},{k % 300},{k % 300 + 10},{split}")
             source = root / subset / label / f"{name}.mp4"
-            if k % classes == k:
+            if (subset, label) not in made:  # a class's folder in each subset it turns up in
                 source.parent.mkdir(parents=True, exist_ok=True)
                 (work / "flow" / subset / label).mkdir(parents=True, exist_ok=True)
+                made.add((subset, label))
             source.touch()
             st = source.stat()
             video_id = f"{subset}/{label}/{name}"
             origin = Origin(digest, st.st_size, st.st_mtime_ns)
-            made_from = {**origin.as_dict(), "declared_frames": 2}
+            made_from = {**origin.as_dict(), "declared_frames": 2, "video_id": video_id}  # as the flow stage writes
             pack_meta = json.dumps({**meta, "origin": made_from}, sort_keys=True).encode()
             pack = store.path(video_id)
             pack.write_bytes(body + pack_meta + struct.pack("<Q8s", len(pack_meta), data[-8:]))
