@@ -44,7 +44,16 @@ from flow.index import IndexEntry, IndexWriter, Origin, entry_stat
 from flow.manifest import VideoResult, read_manifest, write_manifest
 from flow.rawframes import import_video, survey
 from flow.stat_ahead import MISSING, StatsAhead, can_fork, size_mtime
-from flow.store import PACK_SUFFIX, STORE_FILE, OtherSettingsError, Store, check_video_id, create_store, open_store
+from flow.store import (
+    PACK_SUFFIX,
+    REDO_DAMAGED,
+    STORE_FILE,
+    OtherSettingsError,
+    Store,
+    check_video_id,
+    create_store,
+    open_store,
+)
 from flow.tvl1 import OpenCVTVL1, to_gray
 from flow.video import VideoReader
 from p3dbase.atomic import DiskFullError, disk_full, is_disk_full, write_text
@@ -715,6 +724,13 @@ def _plan(store: Store, jobs: Sequence[FlowJob], force: bool, ahead: _Ahead | No
             # A source gone (a rawframes tree deleted once imported, as docs/flow.md allows; a wrong
             # flow.rawframes_root): the video stored from it stays done. Redone, it failed, and its
             # failure deleted the stored video.
+            if not force and entry is not None and entry.state == "damaged" and entry_stat(
+                    prefix + video_id + suffix) is not None:  # kept as it is: nothing to redo it from
+                rows[video_id] = VideoResult(video_id, shown(job.path), "failed", error=(
+                    f"`verify` found it damaged ({entry.note.removesuffix(': ' + REDO_DAMAGED)}) and its source "
+                    f"{shown(job.path)} is gone: it cannot "
+                    "be redone; bring the source back and re-run"))
+                continue
             kept = None if force else _kept_without_source(store, job, entry, digest)
             if kept is None:  # fails in the worker, saying why
                 plan.origins[video_id] = None

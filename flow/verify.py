@@ -71,18 +71,18 @@ def check_video(store: Store, video_id: str, entry: IndexEntry | None) -> str:
         return str(e)
     if entry is None:
         return ""
-    if counts != (entry.frames, entry.flows):
+    # `open` refused a video made for another id or under other settings than store.json's. One that
+    # records its id and differs from its index entry was redone after the entry (a run stopped before
+    # it indexed it): the entry is behind, not the video; the next `flow` run compares it with its source.
+    if isinstance(made_from, dict) and "video_id" in made_from:
+        return ""
+    if counts != (entry.frames, entry.flows):  # older videos: counts and source against the entry
         return f"holds {counts[0]} frames and {counts[1]} flow images, the index says {entry.frames} and {entry.flows}"
     if made_from is None:
         return ""
     origin = Origin.from_dict(made_from)
     if origin is None:
         return f"{shown(path)} does not say what it was made from (its record is damaged)"
-    # `open` refused a video made for another id or under other settings than store.json's. One that
-    # records its id and differs from its index entry was redone after the entry (a run stopped before
-    # it indexed it): the entry is behind, not the video; the next `flow` run compares it with its source.
-    if "video_id" in made_from:
-        return ""
     if origin != entry.origin:  # older videos record no id: another video's source tells a copy
         return (f"{shown(path)} was made from a source of {_made(origin)}, the index records {_made(entry.origin)} "
                 f"({entry.source or 'its source'}): a copy of another video's?")

@@ -330,6 +330,41 @@ def test_a_finished_video_whose_source_is_gone_is_kept(finished, fast_cfg, capsy
     assert (summary.computed, summary.failed) == (2, 1) and not (out / "Cls" / "b.pack").exists()
 
 
+def test_a_damaged_video_whose_source_is_gone_fails_and_says_why(finished, fast_cfg):
+    """`verify` marked it damaged, then its source went: it was "kept" as done (its pack opens: `open`
+    reads no image), and `verify` went on promising that `flow` would redo it."""
+    jobs, out = finished
+    with open_store(out).open("Cls/b") as v:
+        offset = int(v._rgb_index[0][0]) + 20
+    _flip(out / "Cls" / "b.pack", offset)
+    assert [v for v, _ in verify_store(out, jobs=1).damaged] == ["Cls/b"]
+    jobs[1].path.unlink()
+    summary = run_flow(jobs, out, fast_cfg)
+    assert (summary.computed, summary.skipped) == (0, 2)
+    ((video, error),) = summary.failures
+    assert video == "Cls/b" and error.startswith("`verify` found it damaged (video Cls/b: frame 0 in ")
+    assert error.endswith(f"is corrupt (CRC32 mismatch)) and its source {jobs[1].path} is gone: it cannot be "
+                          "redone; bring the source back and re-run")
+    assert (out / "Cls" / "b.pack").is_file()  # left as it is, still marked damaged
+    with pytest.raises(FlowError, match="1 of 3 videos failed"):
+        run_flow(jobs, out, fast_cfg, strict=True)
+
+
+def test_verify_passes_a_video_redone_from_a_changed_source_before_it_was_indexed(finished, fast_cfg):
+    """Its entry names the old source and counts; the pack records its own id: the entry is behind, not
+    the pack. `verify` listed it ("holds 9 frames ..., the index says 6") and `flow` recomputed it."""
+    jobs, out = finished
+    old_index = {p.name: p.read_bytes() for p in (out / INDEX_DIR).iterdir()}
+    write_video(jobs[0].path, moving_square(9, seed=5))  # the source changed: 9 frames, not 6
+    run_flow(jobs[:1], out, fast_cfg)
+    for path in (out / INDEX_DIR).iterdir():
+        path.unlink()
+    for name, data in old_index.items():
+        (out / INDEX_DIR / name).write_bytes(data)  # as a run stopped before indexing it leaves the index
+    assert verify_store(out, jobs=1).damaged == []
+    assert run_flow(jobs, out, fast_cfg).computed == 0
+
+
 def test_an_index_line_with_a_string_count_is_named_and_its_pack_kept(finished, fast_cfg, capsys):
     jobs, out = finished
     main = out / INDEX_DIR / MAIN_FILE
