@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -132,6 +133,9 @@ def write_average(out_dir: Path, table: pd.DataFrame, title: str, notes: Sequenc
     from fusion import html_report  # as in _write_report_files
 
     with staged_report(out_dir) as stage:
+        # A split-1 report's saved features (features/, outside the listing) would stay beside the average,
+        # and svm_from_features("eval/features") would quietly re-run split 1; each split's are in split<k>/.
+        shutil.rmtree(out_dir / "features", ignore_errors=True)
         write_results(table, stage, title, notes)
         write_text(stage / INPUTS, json.dumps({"kind": "average", "title": title, "notes": list(notes)}, indent=1)
                    + "\n")

@@ -148,7 +148,7 @@ def run_eval(job: EvalJob, cfg: EvalConfig, out_dir: Path) -> pd.DataFrame:
                              "groups: set train.val_groups or train.val_fraction for an honest choice).")
     notes += selection
     if job.protocol.startswith("activitynet"):
-        notes.append(anet_note(methods, labels))
+        notes.append(anet_note(methods, labels, [tuple(lab) for v, lab in job.test if v in skipped]))
 
     # 5. The report.
     table = report.results_table(methods, labels, job.protocol, len(skipped))
@@ -181,15 +181,22 @@ def _check_streams(job: EvalJob, cfg: EvalConfig, out_dir: Path) -> list[_Scored
     return streams
 
 
-def anet_note(methods: Sequence[MethodScores], labels: Labels) -> str:
+def anet_note(methods: Sequence[MethodScores], labels: Labels, excluded: Labels = ()) -> str:
     """ActivityNet's own metrics of every method, as its official scorer (activitynet/ActivityNet
     Evaluation/eval_classification.py) and the paper report them: top-1, top-3, and mAP with
-    interpolated precision. The table's mAP (scikit-learn's, not interpolated) and hit@5 differ."""
-    rows = "; ".join(f"{m.method} {metrics.anet_hit_at_k(m.scores, labels, 1):.2f} / "
-                     f"{metrics.anet_hit_at_k(m.scores, labels, 3):.2f} / {metrics.anet_map(m.scores, labels):.2f}"
+    interpolated precision, the `excluded` test videos (no outputs) counted as the scorer counts a
+    video without predictions: a miss, its labels never retrieved (transfer.train_validation does the
+    same). The table's mAP (scikit-learn's, not interpolated, over the evaluated videos) and hit@5 differ."""
+    every = [*labels, *excluded]
+
+    def scored(m: MethodScores) -> np.ndarray:
+        return np.concatenate([m.scores, np.full((len(excluded), m.scores.shape[1]), np.nan)])
+    rows = "; ".join(f"{m.method} {metrics.anet_hit_at_k(scored(m), every, 1):.2f} / "
+                     f"{metrics.anet_hit_at_k(scored(m), every, 3):.2f} / {metrics.anet_map(scored(m), every):.2f}"
                      for m in methods)
+    missing = f", the {len(excluded)} excluded videos as misses" if excluded else ""
     return ("ActivityNet's official metrics (its scorer's top-1 / top-3 / mAP with interpolated precision, as the "
-            f"paper reports them; the table's mAP is not interpolated): {rows}.")
+            f"paper reports them{missing}; the table's mAP is not interpolated): {rows}.")
 
 
 def _trained_on(job: EvalJob, streams: Sequence[_Scored]) -> list[str]:

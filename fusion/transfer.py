@@ -46,7 +46,7 @@ class ProtocolResult:
     # (ActivityNet), {"split1", ...} (three-split); percent
     videos: int  # videos scored, missing ones (misses) included (pairs for ASLAN; three-split: distinct test rows)
     selected: str  # what C was chosen on, for the report
-    excluded: int = 0  # ASLAN: pairs left out (a clip without features); ActivityNet, loo: missing videos
+    excluded: int = 0  # ASLAN: pairs left out (a clip without features); otherwise the missing videos
     # three_split, aslan_view2: the splits (folds) left unscored and why, e.g. "split 1: no test video
     # with features"; accuracy and the metrics are those of the others
     skipped: list[str] = field(default_factory=list)
@@ -65,7 +65,8 @@ def three_split(x: np.ndarray, labels: Sequence[int], groups: Sequence[str] | No
     group-disjoint when `groups` is given), hit@1 on its test rows; accuracy = mean over splits.
 
     `x` float [N, D] raw features of every video; `splits` (train row indices, test row indices) per
-    split. metrics: {"split1": .., "split2": .., ...}; videos: distinct rows tested in any split.
+    split. metrics: {"split1": .., "split2": .., ...}; videos: distinct rows tested in any split, and
+    the scored splits' `missing` test videos.
     `missing`: per split, its test videos without features (broken): misses, as ActivityNet's scorer
     counts them (train_validation), so that a split's accuracy is correct / all its test videos.
     """
@@ -73,7 +74,7 @@ def three_split(x: np.ndarray, labels: Sequence[int], groups: Sequence[str] | No
     rows = [(int(lab),) for lab in labels]
     if not splits:
         raise FusionError("three_split: no splits given")
-    per_split, chosen, tested, skipped = {}, [], set(), []
+    per_split, chosen, tested, skipped, absent_total = {}, [], set(), [], 0
     for k, (train, test) in enumerate(splits, 1):
         train, test = np.asarray(train, dtype=int), np.asarray(test, dtype=int)
         both = np.intersect1d(train, test)
@@ -86,14 +87,16 @@ def three_split(x: np.ndarray, labels: Sequence[int], groups: Sequence[str] | No
             continue
         fit = fit_svm(x[train], [rows[i] for i in train], num_classes, cs, folds, seed, groups=train_groups)
         absent = missing[k - 1] if missing else 0
+        absent_total += absent
         hits = hits_at_k(fit.scores(x[test]), [rows[i] for i in test], 1)
         per_split[f"split{k}"] = 100.0 * float(hits.sum()) / (len(test) + absent)
         chosen.append(f"split{k} C={fit.c:g} ({fit.cv})")
         tested.update(test.tolist())
     if not per_split:
         raise NothingToScore(f"no split can be scored ({'; '.join(skipped)})")
-    return ProtocolResult(float(np.mean(list(per_split.values()))), per_split, len(tested),
-                          "C by CV on each split's train videos: " + "; ".join(chosen), skipped=skipped)
+    return ProtocolResult(float(np.mean(list(per_split.values()))), per_split, len(tested) + absent_total,
+                          "C by CV on each split's train videos: " + "; ".join(chosen), skipped=skipped,
+                          excluded=absent_total)
 
 
 def train_validation(x_train: np.ndarray, labels_train: Labels, x_test: np.ndarray, labels_test: Labels,

@@ -186,7 +186,7 @@ def _class_text(cls: type) -> _FieldText:
     return _FieldText({name: _values_named(t, module) for name, t in text.items()}, headings)
 
 
-_NAMED_VALUES = re.compile(r"\b(one|any) of ([A-Za-z_][\w.]*)")
+_NAMED_VALUES = re.compile(r"\b(one|any) of ([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)")  # not a full stop after it
 
 
 def _values_named(comment: str, module: Any) -> str:

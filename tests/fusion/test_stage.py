@@ -172,6 +172,11 @@ def test_activitynet_reports_carry_its_official_metrics():
     note = anet_note([MethodScores("fusion", scores, "")], labels)
     assert note.endswith("(its scorer's top-1 / top-3 / mAP with interpolated precision, as the paper reports "
                          "them; the table's mAP is not interpolated): fusion 75.00 / 100.00 / 66.67.")
+    # A test video eval excluded (no frames) is a miss, as the scorer counts a video without predictions:
+    # 3 of 5 at top-1, 4 of 5 at top-3; class 2's second video is never retrieved: its AP halves to 0.5.
+    note = anet_note([MethodScores("fusion", scores, "")], labels, excluded=[(2,)])
+    assert note.endswith("paper reports them, the 1 excluded videos as misses; the table's mAP is not "
+                         "interpolated): fusion 60.00 / 80.00 / 50.00.")
 
 
 def test_svm_rerun_from_saved_features(evaluated):

@@ -115,6 +115,7 @@ def test_broken_videos_count_as_misses_in_every_protocol():
     splits = [(np.setdiff1d(idx, idx[k::3]), idx[k::3]) for k in range(3)]  # 6 test videos a split, separable
     result = transfer.three_split(x, labels, None, splits, 3, cs=[1.0], folds=2, missing=[0, 2, 0])
     assert result.metrics == {"split1": 100.0, "split2": pytest.approx(100.0 * 6 / 8), "split3": 100.0}
+    assert (result.videos, result.excluded) == (20, 2)  # the misses are among the videos scored
 
 
 def test_leave_one_out_needs_labels_for_every_row():

@@ -180,5 +180,6 @@ def test_a_comment_naming_a_constant_lists_its_values():
     assert _values_named("one of KINDS", module) == "one of 'a', 'b'"
     assert _values_named("any of MAP; or none", module) == "any of 'x'; or none"
     assert _values_named("any of design.ALL", module) == "any of 'y', 'z'"
+    assert _values_named("must be one of KINDS.", module) == "must be one of 'a', 'b'."
     for kept in ("one of NUMBERS", "one of UNKNOWN", "one of the values"):  # not a constant of names: as written
         assert _values_named(kept, module) == kept

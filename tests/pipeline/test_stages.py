@@ -260,7 +260,7 @@ def test_split_all_trains_and_evaluates_each_split_and_averages(work, capsys):
             ckpt = root / "train" / stream / f"split{k}" / "last.pt"
             assert ckpt.is_file() and (ckpt.parent / "config.toml").is_file()
     assert run(["eval", "--run", "all"], work) == 0  # split 1 alone first, into the same folder
-    assert (root / "eval" / "scores.npz").is_file()
+    assert (root / "eval" / "scores.npz").is_file() and (root / "eval" / "features").is_dir()
     assert run(["eval", "--run", "all"], work, every) == 0
     # The average is one report like any other: the split-1 report's files went with it (they stayed,
     # and the old report.json failed its own check), report.json lists it, config.toml is beside it.
@@ -273,6 +273,8 @@ def test_split_all_trains_and_evaluates_each_split_and_averages(work, capsys):
     assert listing == {name: file_sha256(root / "eval" / name) for name in top - {"config.toml", "eval.log",
                                                                                    "report.json"}}
     assert 'split = "all"' in (root / "eval" / "config.toml").read_text()
+    assert not (root / "eval" / "features").exists()  # split 1's: each split's are in its split<k>/
+    assert (root / "eval" / "split2" / "features" / "rgb.npz").is_file()
     per_split = [{r["method"]: r for r in csv.DictReader(open(root / "eval" / f"split{k}" / "results.csv"))}
                  for k in (1, 2, 3)]
     mean = {r["method"]: r for r in csv.DictReader(open(root / "eval" / "results.csv"))}
