@@ -15,6 +15,7 @@ from typing import Any
 from p3dbase.errors import excerpt, shown, text_problem
 from pipeline.datasets.config import DatasetConfig
 from pipeline.datasets.files import (
+    NO_LABEL,
     Entry,
     build,
     check_file,
@@ -119,7 +120,7 @@ def read_activitynet(cfg: DatasetConfig, split: str) -> Dataset:
             log.warning("%s: %s and %s hold the same video %s; using the first (the crawler's v_ name)",
                         root, files[f"v_{video}"], files[video], video)
         if not labels:
-            skipped.append(f"{video} (no label)")
+            skipped.append(video + NO_LABEL)
         elif found is None:
             skipped.append(video)
         else:

@@ -16,6 +16,7 @@ from p3dbase.bulk import no_cycle_collection
 from p3dbase.errors import excerpt, shown
 from pipeline.datasets.config import DatasetConfig
 from pipeline.datasets.files import (
+    NO_LABEL,
     Entry,
     UniqueIds,
     build,
@@ -130,7 +131,7 @@ def _read_kinetics(cfg: DatasetConfig, split: str) -> Dataset:
     entries, skipped = [], []
     for name, label, subset, where in rows:
         if not label:
-            skipped.append(f"{name} (no label)")
+            skipped.append(name + NO_LABEL)
         elif name not in clips:
             skipped.append(name)
         else:

@@ -261,7 +261,11 @@ def test_kinetics_records_missing_and_unlabelled(kinetics, caplog):
                     football, "val"),
     ]
     assert data.missing == ["test_only_1_000030_000040 (no label)", "missing_clip_000010_000020"]
-    assert "2 of 5 listed videos skipped" in caplog.text and "missing_clip_000010_000020" in caplog.text
+    # Said apart: a video not found is worth a look, a test video without a label is expected.
+    assert "1 of 5 listed videos skipped: not found under " in caplog.text
+    assert "missing_clip_000010_000020" in caplog.text
+    assert "1 of 5 listed videos have no label (test videos whose labels are not published): not used, e.g. " \
+           "test_only_1_000030_000040 (no label)" in caplog.text
 
 
 @pytest.mark.parametrize("row, reason", [
