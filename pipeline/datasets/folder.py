@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 
 from p3dbase.errors import shown
 from pipeline.datasets.config import DatasetConfig
-from pipeline.datasets.files import VIDEO_EXTENSIONS, Entry, build, check_root, name_problem
+from pipeline.datasets.files import VIDEO_EXTENSIONS, Entry, build, check_root, name_problem, video_id_of
 from pipeline.datasets.records import Dataset
 from pipeline.errors import DatasetError
 
@@ -24,7 +24,14 @@ SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "t
 
 
 def _folders(path: Path) -> list[str]:
-    return sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    """The folders in `path`, hidden ones and links to folders aside (a link is not followed: `C -> A`
+    made every video of A a video of C too, and `D -> /usr` walked a tree outside the root)."""
+    return sorted(d.name for d in path.iterdir() if d.is_dir() and not d.is_symlink() and not d.name.startswith("."))
+
+
+def _linked_folders(path: Path, root: Path) -> list[tuple[str, str]]:
+    return [(shown(d.relative_to(root).as_posix()), "a symbolic link to a folder, not followed")
+            for d in sorted(path.iterdir()) if d.is_symlink() and d.is_dir() and not d.name.startswith(".")]
 
 
 def read_folder(cfg: DatasetConfig, split: str) -> Dataset:
@@ -38,8 +45,11 @@ def read_folder(cfg: DatasetConfig, split: str) -> Dataset:
                            "root/<split>/<class>/, not both")
     bases = [(root / d, SPLIT_FOLDERS[d]) for d in split_folders] or [(root, "train")]
     found = []  # (class, relative path, subset)
-    refused: list[tuple[str, str]] = []
+    refused: list[tuple[str, str]] = _linked_folders(root, root)  # a linked class or split folder
+    kept: dict[str, PurePosixPath] = {}  # video id -> the file that has it
     for base, subset in bases:
+        if split_folders:
+            refused += _linked_folders(base, root)
         for name in sorted(os.listdir(base)):  # a video beside the class folders has no class
             if not name.startswith(".") and (base / name).is_file() \
                     and os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS:
@@ -57,6 +67,10 @@ def read_folder(cfg: DatasetConfig, split: str) -> Dataset:
                         continue
                     rel = PurePosixPath((here / name).relative_to(root).as_posix())
                     problem = next((p for p in map(name_problem, rel.parts) if p), "")
+                    first = kept.setdefault(video_id_of(rel), rel) if not problem else rel
+                    if not problem and first != rel:  # a1.mp4 beside a1.avi: one id, two videos
+                        problem = (f"the video id {shown(video_id_of(rel))} of {shown(first)} (ids leave out the "
+                                   "extension): rename one")
                     if problem:
                         refused.append((shown(rel), problem))
                     else:

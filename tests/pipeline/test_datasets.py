@@ -482,6 +482,31 @@ def test_folder_skips_hidden_files_and_refuses_what_it_must_not_read(tmp_path):
     ]
 
 
+def test_folder_refuses_linked_class_folders_and_a_second_video_of_one_id(tmp_path):
+    """`C -> A` made every video of A a video of class C too, `D -> /usr/share` walked a tree outside
+    the root; `a1.mp4` beside `a1.avi` gave two records of the id A/a1, whose features then overwrote
+    each other in transfer's cache ("-58 from the cache", figures that changed from run to run)."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    touch(root, "A/a1.avi", "A/a1.mp4", "A/a2.mp4", "B/b1.avi")
+    touch(outside, "x/e.mp4")
+    (root / "C").symlink_to("A")
+    (root / "D").symlink_to(outside)
+    data = read_dataset(DatasetConfig(format="folder", root=str(root)))
+    assert data.classes == ["A", "B"]
+    assert [v.video_id for v in data.videos] == ["A/a1", "A/a2", "B/b1"]
+    assert data.videos[0].path == root / "A" / "a1.avi"
+    assert data.refused == [
+        ("C", "a symbolic link to a folder, not followed"),
+        ("D", "a symbolic link to a folder, not followed"),
+        ("A/a1.mp4", "the video id A/a1 of A/a1.avi (ids leave out the extension): rename one"),
+    ]
+    touch(root, "../split/train/A/a.mp4")  # the same with split folders: a linked split folder
+    (tmp_path / "split" / "val").symlink_to(tmp_path / "split" / "train")
+    data = read_dataset(DatasetConfig(format="folder", root=str(tmp_path / "split")))
+    assert [v.video_id for v in data.videos] == ["train/A/a"]
+    assert data.refused == [("val", "a symbolic link to a folder, not followed")]
+
+
 def test_folder_refuses_names_that_are_not_utf8(tmp_path):
     root = tmp_path / "root"
     touch(root, "jump/a.mp4", "jump/b.mp4")
