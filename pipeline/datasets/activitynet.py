@@ -114,8 +114,13 @@ def read_activitynet(cfg: DatasetConfig, split: str) -> Dataset:
     label_of = {c: i for i, c in enumerate(classes)}
     files = index_videos(root)
     entries, skipped = [], []
+    claimed: dict[str, str] = {}  # file -> the database key it was found for
     for video, labels, subset, where in videos:
         found = files.get(f"v_{video}") or files.get(video)
+        if found is not None and claimed.setdefault(found, video) != video:
+            # keys "aaa" and "v_aaa" both find v_aaa.mp4: one video, two entries (maybe two subsets)
+            raise DatasetError(f"{where}: found as {shown(found)}, the file of database[{claimed[found]!r}] too "
+                               "(looked up as v_<id>.<ext> or <id>.<ext>): one of the two keys is wrong")
         if files.get(f"v_{video}") and files.get(video):
             log.warning("%s: %s and %s hold the same video %s; using the first (the crawler's v_ name)",
                         root, files[f"v_{video}"], files[video], video)

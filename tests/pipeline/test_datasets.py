@@ -336,6 +336,10 @@ def test_activitynet_multi_label_and_skips(anet):
      r"database\['abc'\].annotations\[1\]: expected \{segment"),
     (lambda d: d["database"]["abc"].update(subset="dev"), r"database\['abc'\]: subset must be training"),
     (lambda d: d.pop("database"), "no 'database' object"),
+    # keys "abc" and "v_abc" both find v_abc.mp4: one file, two entries (it was a training and a
+    # validation video at once)
+    (lambda d: d["database"].update(v_abc=d["database"]["-def"]),
+     r"database\['v_abc'\]: found as v_abc\.mp4, the file of database\['abc'\] too \(looked up as v_<id>"),
 ])
 def test_activitynet_bad_entries(anet, edit, reason):
     data = json.loads(json.dumps(ANET))
