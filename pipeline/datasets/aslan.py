@@ -13,6 +13,10 @@ line naming the file.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import re
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -34,31 +38,49 @@ def clip_name(video_id: int) -> str:
     return f"{video_id:04d}"
 
 
-def read_view2(path: Path | str) -> np.ndarray:
-    """The View-2 pairs: int64 [pairs, 5, 10] from `action_splits_pairs` of a MATLAB file."""
+def _load_variable(path: str) -> tuple[np.ndarray | None, list[str], str]:
+    """(VARIABLE's array or None, the file's variable names, why it cannot be read or ""), in the child
+    process of `read_view2`: whatever scipy raises is turned into words here."""
     from scipy.io import loadmat  # scipy comes with scikit-learn; only this reader needs it here
-    from scipy.io.matlab import MatReadError
 
+    try:
+        data = loadmat(path)
+    except NotImplementedError:  # MATLAB v7.3 files are HDF5
+        return None, [], "a MATLAB v7.3 (HDF5) file; save it with -v7 or earlier"
+    except Exception as err:  # damaged bytes: MatReadError, zlib.error, ZeroDivisionError, ... (scipy's C code)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return None, [], f"not a readable MATLAB file: {first}"
+    names = sorted(k for k in data if not k.startswith("__"))
+    return (np.asarray(data[VARIABLE]) if VARIABLE in data else None), names, ""
+
+
+def read_view2(path: Path | str) -> np.ndarray:
+    """The View-2 pairs: int64 [pairs, 5, 10] from `action_splits_pairs` of a MATLAB file. scipy reads
+    it in a child process: on damaged bytes its reader raised whatever its C code met and once died of
+    SIGSEGV, taking the whole run with it and saying nothing."""
     path = check_file(Path(path), "ASLAN View-2 file (Views/View2.mat)")
     if path.stat().st_size == 0:
         raise DatasetError(f"{path}: the file is empty (0 bytes); copy View2.mat again")
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     try:
-        data = loadmat(str(path))
-    except NotImplementedError:  # MATLAB v7.3 files are HDF5
-        raise DatasetError(f"{path}: a MATLAB v7.3 (HDF5) file; save it with -v7 or earlier") from None
-    except (MatReadError, ValueError, TypeError, OSError, IndexError, KeyError, EOFError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DatasetError(f"{path}: not a readable MATLAB file: {first}") from None
-    if VARIABLE not in data:
-        found = sorted(k for k in data if not k.startswith("__"))
-        raise DatasetError(f"{path}: no variable {VARIABLE!r} (found: {', '.join(found) or 'none'})")
-    pairs = np.asarray(data[VARIABLE])
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context(method)) as pool:
+            pairs, names, why = pool.submit(_load_variable, str(path)).result()
+    except BrokenProcessPool:
+        raise DatasetError(f"{path}: not a readable MATLAB file: scipy's reader crashed on it (damaged bytes?); "
+                           "copy View2.mat again") from None
+    if why:
+        raise DatasetError(f"{path}: {why}")
+    if pairs is None:
+        raise DatasetError(f"{path}: no variable {VARIABLE!r} (found: {', '.join(names) or 'none'})")
     if pairs.ndim != 3 or pairs.shape[1:] != (COLUMNS, SPLITS) or pairs.shape[0] < 1:
         raise DatasetError(f"{path}: {VARIABLE} has shape {list(pairs.shape)}, expected [pairs, {COLUMNS}, "
                            f"{SPLITS}] (600 x 5 x 10 in ASLAN)")
-    if not np.issubdtype(pairs.dtype, np.number) or not np.all(np.isfinite(pairs)) \
+    if not np.issubdtype(pairs.dtype, np.number) or np.iscomplexobj(pairs) or not np.all(np.isfinite(pairs)) \
             or not np.array_equal(pairs, np.round(pairs)):
         raise DatasetError(f"{path}: {VARIABLE} must hold whole numbers")
+    if np.abs(pairs).max() >= 2**31:  # past int64 a cast gave the id -9223372036854775808
+        raise DatasetError(f"{path}: {VARIABLE} holds {float(np.abs(pairs).max()):g}: clip ids and labels are "
+                           "small whole numbers")
     pairs = pairs.astype(np.int64)
     if pairs[:, :2].min() < 1:
         raise DatasetError(f"{path}: {VARIABLE} has clip id {int(pairs[:, :2].min())}; ids start at 1")
@@ -75,7 +97,8 @@ def _index_clips(root: Path) -> dict[int, Path]:
     order, with a warning naming them all."""
     found: dict[int, list[Path]] = {}
     for path in sorted(root.iterdir()):
-        if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS and path.stem.isdigit():
+        # ASCII digits: "².avi" passed isdigit() and int() raised
+        if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS and re.fullmatch("[0-9]+", path.stem):
             found.setdefault(int(path.stem), []).append(path)
     clips: dict[int, Path] = {}
     for video_id, paths in found.items():

@@ -3,8 +3,10 @@ import json
 import logging
 import os
 import re
+import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from p3dbase.errors import shown
@@ -576,6 +578,34 @@ def test_an_empty_view2_file_is_one_line(tmp_path):
     (tmp_path / "View2.mat").write_bytes(b"\x00" * 64)  # scipy's MatReadError
     with pytest.raises(DatasetError, match=r"View2.mat: not a readable MATLAB file"):
         read_view2(tmp_path / "View2.mat")
+
+
+def _crash(path: str):  # scipy's reader as it died on a damaged View2.mat (one flipped bit)
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def test_a_view2_file_that_crashes_or_confuses_scipy_is_one_line(tmp_path, monkeypatch):
+    """A flipped bit made scipy.io.loadmat die of SIGSEGV (the run ended with no word) or raise what its
+    C code met (ZeroDivisionError, zlib.error: tracebacks); it now reads in a child process. Whole
+    numbers past int64 were cast to clip id -9223372036854775808, complex ones to their real part."""
+    from scipy.io import savemat
+
+    from pipeline.datasets import aslan
+
+    path = tmp_path / "View2.mat"
+    savemat(path, {aslan.VARIABLE: np.ones((2, 5, 10))})
+    assert aslan.read_view2(path).shape == (2, 5, 10)
+    monkeypatch.setattr(aslan, "_load_variable", _crash)
+    with pytest.raises(DatasetError, match=r"View2.mat: not a readable MATLAB file: scipy's reader crashed on it"):
+        aslan.read_view2(path)
+    monkeypatch.undo()
+    for values, why in ((np.full((2, 5, 10), 1e30), r"holds 1e\+30: clip ids and labels are small whole numbers"),
+                        (np.ones((2, 5, 10)) * (1 + 1j), "must hold whole numbers")):
+        savemat(path, {aslan.VARIABLE: values})
+        with pytest.raises(DatasetError, match=rf"View2.mat: action_splits_pairs {why}"):
+            aslan.read_view2(path)
+    touch(tmp_path / "clips", "0001.avi", "\u00b2.avi")  # "²": isdigit() but no int()
+    assert {k: p.name for k, p in aslan._index_clips(tmp_path / "clips").items()} == {1: "0001.avi"}
 
 
 def test_aslan_takes_its_own_clip_name_first_and_says_so(tmp_path, caplog):
