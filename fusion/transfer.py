@@ -16,7 +16,7 @@ folds where groups are known (`fusion.svm.fit_svm`), so nothing of a test video 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,21 +60,22 @@ class NothingToScore(FusionError):
 def three_split(x: np.ndarray, labels: Sequence[int], groups: Sequence[str] | None,
                 splits: Sequence[tuple[np.ndarray, np.ndarray]], num_classes: int,
                 cs: Sequence[float] = DEFAULT_CS, *, folds: int = 5, seed: int = 0,
-                missing: Sequence[int] = ()) -> ProtocolResult:
+                missing: Sequence[Collection[str]] = ()) -> ProtocolResult:
     """UCF101 / HMDB51: per split, a linear SVM on its train rows (C by `folds`-fold CV on them,
     group-disjoint when `groups` is given), hit@1 on its test rows; accuracy = mean over splits.
 
     `x` float [N, D] raw features of every video; `splits` (train row indices, test row indices) per
-    split. metrics: {"split1": .., "split2": .., ...}; videos: distinct rows tested in any split, and
-    the scored splits' `missing` test videos.
-    `missing`: per split, its test videos without features (broken): misses, as ActivityNet's scorer
-    counts them (train_validation), so that a split's accuracy is correct / all its test videos.
+    split. metrics: {"split1": .., "split2": .., ...}; videos: distinct videos tested in any split, the
+    scored splits' `missing` ones included.
+    `missing`: per split, the ids of its test videos without features (broken): misses, as ActivityNet's
+    scorer counts them (train_validation), so that a split's accuracy is correct / all its test videos;
+    counted once in `videos` and `excluded` however many splits test them (HMDB51's lists overlap).
     """
     x = normalise(_rows(x, len(labels), "three_split"))
     rows = [(int(lab),) for lab in labels]
     if not splits:
         raise FusionError("three_split: no splits given")
-    per_split, chosen, tested, skipped, absent_total = {}, [], set(), [], 0
+    per_split, chosen, tested, skipped, absent_ids = {}, [], set(), [], set()
     for k, (train, test) in enumerate(splits, 1):
         train, test = np.asarray(train, dtype=int), np.asarray(test, dtype=int)
         both = np.intersect1d(train, test)
@@ -86,17 +87,17 @@ def three_split(x: np.ndarray, labels: Sequence[int], groups: Sequence[str] | No
             skipped.append(f"split {k}: {why}")
             continue
         fit = fit_svm(x[train], [rows[i] for i in train], num_classes, cs, folds, seed, groups=train_groups)
-        absent = missing[k - 1] if missing else 0
-        absent_total += absent
+        absent = set(missing[k - 1]) if missing else set()
+        absent_ids |= absent
         hits = hits_at_k(fit.scores(x[test]), [rows[i] for i in test], 1)
-        per_split[f"split{k}"] = 100.0 * float(hits.sum()) / (len(test) + absent)
+        per_split[f"split{k}"] = 100.0 * float(hits.sum()) / (len(test) + len(absent))
         chosen.append(f"split{k} C={fit.c:g} ({fit.cv})")
         tested.update(test.tolist())
     if not per_split:
         raise NothingToScore(f"no split can be scored ({'; '.join(skipped)})")
-    return ProtocolResult(float(np.mean(list(per_split.values()))), per_split, len(tested) + absent_total,
+    return ProtocolResult(float(np.mean(list(per_split.values()))), per_split, len(tested) + len(absent_ids),
                           "C by CV on each split's train videos: " + "; ".join(chosen), skipped=skipped,
-                          excluded=absent_total)
+                          excluded=len(absent_ids))
 
 
 def train_validation(x_train: np.ndarray, labels_train: Labels, x_test: np.ndarray, labels_test: Labels,

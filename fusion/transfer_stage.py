@@ -294,11 +294,12 @@ def _protocol(bench: Benchmark, got: Extraction, stream: str, parts: tuple[str, 
         splits = [(np.array([row[v] for v in train if v in row], dtype=int),
                    np.array([row[v] for v in scored if v in row], dtype=int)) for train, scored in bench.splits]
         groups = svm.fold_groups([by_id[v].group for v in ids], ids)
-        missing = [sum(v not in row for v in scored) for _, scored in bench.splits]
+        missing = [[v for v in scored if v not in row] for _, scored in bench.splits]
         result = transfer.three_split(_stream_matrix(got, stream, ids), [by_id[v].labels[0] for v in ids],
                                       groups, splits, len(bench.classes), missing=missing, **kwargs)
-        absent = (f"; {sum(missing)} of the splits' {sum(len(s) for _, s in bench.splits)} test videos have no "
-                  "features: counted as misses") if sum(missing) else ""
+        tested = {v for _, scored in bench.splits for v in scored}
+        absent = (f"; {result.excluded} of the splits' {len(tested)} test videos have no features: counted as "
+                  "misses") if result.excluded else ""
         return result, ", ".join(f"{k} {v:.2f}" for k, v in result.metrics.items()) + absent
     if bench.protocol == "train_val":
         (train_ids, scored_ids), = bench.splits
@@ -315,6 +316,8 @@ def _protocol(bench: Benchmark, got: Extraction, stream: str, parts: tuple[str, 
         return result, f"{len(train)} training videos; {len(missing)} scored videos without features count as misses"
     ids = [v.video_id for v in bench.videos if v.video_id in usable]  # loo
     missing = len(bench.videos) - len(ids)
+    # C's folds inside each N - 1 keep a group on one side, as every SVM's where groups are known
     return (transfer.leave_one_out(_stream_matrix(got, stream, ids), [by_id[v].labels[0] for v in ids],
-                                   len(bench.classes), missing=missing, **kwargs),
+                                   len(bench.classes), missing=missing,
+                                   groups=svm.fold_groups([by_id[v].group for v in ids], ids), **kwargs),
             f"{missing} of the {len(bench.videos)} videos have no features: counted as misses" if missing else "")

@@ -1,5 +1,6 @@
 """The transfer protocols (fusion/transfer.py) against hand-computed answers."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,9 +114,11 @@ def test_broken_videos_count_as_misses_in_every_protocol():
     assert loo.accuracy == pytest.approx(100.0 * 18 / 20) and (loo.videos, loo.excluded) == (20, 2)
     idx = np.arange(18)
     splits = [(np.setdiff1d(idx, idx[k::3]), idx[k::3]) for k in range(3)]  # 6 test videos a split, separable
-    result = transfer.three_split(x, labels, None, splits, 3, cs=[1.0], folds=2, missing=[0, 2, 0])
-    assert result.metrics == {"split1": 100.0, "split2": pytest.approx(100.0 * 6 / 8), "split3": 100.0}
-    assert (result.videos, result.excluded) == (20, 2)  # the misses are among the videos scored
+    result = transfer.three_split(x, labels, None, splits, 3, cs=[1.0], folds=2, missing=[[], ["b1", "b2"], ["b1"]])
+    assert result.metrics == {"split1": 100.0, "split2": pytest.approx(100.0 * 6 / 8),
+                              "split3": pytest.approx(100.0 * 6 / 7)}
+    # the misses are among the videos scored, once each however many splits test them (HMDB51's overlap)
+    assert (result.videos, result.excluded) == (20, 2)
 
 
 def test_leave_one_out_needs_labels_for_every_row():
@@ -391,3 +394,29 @@ def test_aslan_layer_with_vectors_of_different_lengths():
     layers["pool5"][int(pairs[3, 1, 2])] = np.ones(4)
     with pytest.raises(FusionError, match="aslan layer 'pool5': its feature vectors differ in length"):
         transfer.aslan_view2(layers, pairs, cs=[1.0])
+
+
+def test_the_stage_gives_leave_one_out_its_groups_and_counts_misses_once():
+    """`protocol = "loo"` on grouped videos chose C by plain stratified CV (three_split used group CV on
+    the same data); a broken test video that two splits test counted twice in three_split's `videos`."""
+    from types import SimpleNamespace
+
+    from fusion.transfer_config import TransferConfig
+    from fusion.transfer_stage import Benchmark, TransferVideo, _protocol
+
+    rng = np.random.default_rng(0)
+    ids = [f"c{c}/v{i}" for c in range(2) for i in range(6)]
+    videos = [TransferVideo(v, Path(v), (int(v[1]),), f"g{v[-1]}") for v in ids]
+    centre = {"c0": np.r_[np.ones(4), np.zeros(4)], "c1": np.r_[np.zeros(4), np.ones(4)]}  # separable
+    features = {v: {"pool5": centre[v[:2]] + 0.1 * rng.random(8)} for v in ids if v != "c0/v5"}
+    got = SimpleNamespace(features={"rgb": features})
+    cfg = TransferConfig(svm_cs=[1.0], svm_folds=2)
+    loo = Benchmark("scenes", "loo", Path("."), ["a", "b"], videos)
+    result, details = _protocol(loo, got, "rgb", ("rgb",), set(features), cfg)
+    assert "group CV" in result.selected and details == "1 of the 12 videos have no features: counted as misses"
+    assert (result.videos, result.excluded, result.accuracy) == (12, 1, pytest.approx(100.0 * 11 / 12))
+    train = [v for v in ids if not v.endswith(("v4", "v5"))]
+    test = [v for v in ids if v.endswith(("v4", "v5"))]
+    both = Benchmark("hmdb", "three_split", Path("."), ["a", "b"], videos, splits=[(train, test), (train, test)])
+    result, details = _protocol(both, got, "rgb", ("rgb",), set(features), cfg)
+    assert (result.videos, result.excluded) == (4, 1) and result.metrics == {"split1": 75.0, "split2": 75.0}
