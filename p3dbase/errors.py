@@ -53,7 +53,7 @@ def text_problem(text: str) -> str:
         text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate: a JSON escape, or a file name's undecodable byte
         return "is not valid UTF-8 text"
-    if any(ord(c) < 32 for c in text):
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text):  # C0, DEL and C1: terminal escapes among them
         return "holds a control character"
     return ""
 

@@ -29,8 +29,13 @@ MAX_UNMAPPED_CLASSES = 100_000
 
 
 def read_label_map(path: Path) -> list[str]:
+    """Class names, line n being label n - 1. A blank line before the last name is an error: it shifted
+    every later label by one without a word (blank lines at the end are nothing)."""
     names: dict[str, int] = {}
     for n, name in read_list(path, "classes"):
+        if n != len(names) + 1:
+            raise DatasetError(f"{path}:{len(names) + 1}: a blank line among the class names (line n is label "
+                               "n - 1: every later label would shift by one): remove it, or name the class")
         if name in names:
             raise DatasetError(f"{path}:{n}: class {name!r} given twice (first on line {names[name]})")
         problem = text_problem(name)

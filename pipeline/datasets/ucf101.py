@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from p3dbase.errors import excerpt
+from p3dbase.errors import excerpt, text_problem
 from pipeline.datasets.config import DatasetConfig
 from pipeline.datasets.files import (
     Entry,
@@ -39,6 +39,9 @@ def read_class_ind(path: Path) -> list[str]:
         if len(parts) != 2:
             raise DatasetError(f"{where}: expected '<id> <ClassName>', got {excerpt(line)}")
         cid = parse_int(parts[0], "class id", where)
+        problem = text_problem(parts[1])
+        if problem:  # it would reach class lists, reports and one-line messages as it is
+            raise DatasetError(f"{where}: class name {excerpt(parts[1])} {problem}")
         if cid in names:
             raise DatasetError(f"{where}: class id {cid} given twice")
         if parts[1].lower() in lower:

@@ -406,6 +406,34 @@ def test_mmaction_bad_lines(tmp_path, list_type, line, reason):
     assert f"{path}:{2 if list_type == 'video' else 1}:" in str(err.value)
 
 
+def test_annotation_lines_are_counted_at_newlines_and_control_characters_named(tmp_path, ucf):
+    """str.splitlines also ends lines at a form feed, \\x1c-\\x1e, \\x85 and U+2028: a later error named
+    line 6 for physical line 5. classInd.txt let `Bad\\x1bName` (a terminal escape) become a class, and
+    DEL or C1 controls passed every name check. A blank line in the middle of a label map shifted every
+    later label by one without a word."""
+    ann = Path(ucf.annotations)
+    for separator in ("\x0c", "\x1c", "\x85", "\u2028"):  # each made one more line of line 2
+        write(ann / "testlist01.txt", f"ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\n{separator}\n../escape.avi\n")
+        with pytest.raises(DatasetError, match=r"testlist01.txt:3: path '../escape.avi' escapes the dataset root"):
+            read_dataset(ucf)
+    write(ann / "testlist01.txt", "ApplyEyeMakeup/v_Apply\x1bEyeMakeup_g01_c01.avi\n")  # in a name: refused
+    with pytest.raises(DatasetError, match=r"testlist01.txt:1: path .* holds a control character"):
+        read_dataset(ucf)
+    write(ann / "testlist01.txt", TEST1)
+    for bad in ("Bad\x1bName", "Bad\x7fName", "Bad\x9bName"):
+        write(ann / "classInd.txt", f"1 ApplyEyeMakeup\r\n2 {bad}\r\n3 YoYo\r\n")
+        with pytest.raises(DatasetError, match=r"classInd.txt:2: class name .* holds a control character"):
+            read_dataset(ucf)
+    touch(tmp_path / "data", "a/clip1.mp4")
+    train = write(tmp_path / "train.txt", "a/clip1.mp4 2\n")
+    labels = write(tmp_path / "label_map.txt", "abseiling\n\nair drumming\narchery\n\n\n")
+    cfg = DatasetConfig(format="mmaction", root=str(tmp_path / "data"), train_list=str(train), label_map=str(labels))
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(labels))}:2: a blank line among the class names"):
+        read_dataset(cfg)
+    labels.write_text("abseiling\nair drumming\narchery\n\n\n")  # blank lines at the end are nothing
+    assert read_dataset(cfg).videos[0].class_name == "archery"
+
+
 def test_mmaction_empty_list_or_label_map_is_named(tmp_path):
     touch(tmp_path / "data", "a/clip1.mp4")
     train = write(tmp_path / "train.txt", "a/clip1.mp4 0\n")
