@@ -27,6 +27,8 @@ from pipeline.errors import PipelineError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from fusion.transfer_stage import Benchmark
+
 # The stages of the network packages (synth, train, eval, transfer) import them when they run: `flow` and
 # `verify` over 650,000 videos should not pay for torch, scikit-learn and matplotlib (bench/scale.py).
 
@@ -315,7 +317,6 @@ def transfer_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1)) -> pd.DataFr
     from fusion.transfer_stage import run_transfer
     from pipeline.synth.companions import generate_companions
     from pipeline.transfer.benchmarks import check_transfer_config, read_benchmark
-    from pipeline.transfer.report import TransferReport, write_report
 
     # 1. The settings, the companions and every benchmark's annotations: a refusal writes nothing.
     check_transfer_config(cfg)
@@ -324,10 +325,27 @@ def transfer_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1)) -> pd.DataFr
     benchmarks = [read_benchmark(name, cfg.benchmark[name]) for name in cfg.transfer.benchmarks]
     # 2. Flow, features and protocols.
     out = output_folder(transfer_dir(cfg), "the transfer report folder")
-    result = run_transfer(benchmarks, cfg.transfer, cfg.flow, out, shard=shard)
-    write_resolved(cfg, out)  # with the work: a refused run leaves the last run's config.toml
-    if result is None:
+    if shard != (0, 1):  # shards only compute, side by side by design: no report, no lock
+        run_transfer(benchmarks, cfg.transfer, cfg.flow, out, shard=shard)
+        write_resolved(cfg, out)
         return None
+    # One report-writing run at a time: a second one computed everything again, then failed on the
+    # first one's staged report ("cannot read it ... re-run make transfer").
+    with try_lock(out.parent / f".{out.name}.lock") as holder:
+        if holder:
+            raise PipelineError(f"{shown(out)} is being written by another transfer run (pid {holder}): wait for it "
+                                "to finish (a shard run, --shard I/N, may share the work meanwhile)")
+        return _transfer_report(cfg, benchmarks, out)
+
+
+def _transfer_report(cfg: Config, benchmarks: list[Benchmark], out: Path) -> pd.DataFrame:
+    """transfer_stage's run that writes the report, holding the folder's lock."""
+    from fusion.transfer_stage import run_transfer
+    from pipeline.transfer.report import TransferReport, write_report
+
+    result = run_transfer(benchmarks, cfg.transfer, cfg.flow, out)
+    write_resolved(cfg, out)  # with the work: a refused run leaves the last run's config.toml
+    assert result is not None  # None is a shard run's
     # 3. The report; generated benchmarks (SynthActions, the companions) are marked as stand-ins.
     companions = Path(cfg.transfer.companions).resolve() if cfg.transfer.companions else None
     stand_ins = [b.name for b in benchmarks if cfg.benchmark[b.name].format == "synth"

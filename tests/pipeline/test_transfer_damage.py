@@ -121,3 +121,19 @@ def test_the_transfer_report_files_are_replaced_together(
     (out / "report.html").unlink()
     assert main(["report", str(out)]) == 0
     assert json.loads((out / "report.json").read_text())["files"]["report.html"] == file_sha256(out / "report.html")
+
+
+def test_a_second_transfer_on_one_report_folder_is_turned_away(
+        tiny_transfer, tmp_path, capsys):  # noqa: F811 (the fixture imported above)
+    """Two transfer runs at once both computed everything, then the second failed on the first one's
+    staged report ("cannot read it ... re-run make transfer"): it is refused at once, naming the holder."""
+    from p3dbase.lock import try_lock
+
+    out = tmp_path / "work/transfer"
+    out.mkdir(parents=True)
+    with try_lock(out.parent / ".transfer.lock") as holder:
+        assert holder is None
+        assert main(["transfer", "--config", str(tiny_transfer), *_sets(*FAST)]) == 2
+    (error,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # after the bars
+    assert error.startswith(f"error: {out} is being written by another transfer run (pid ")
+    assert not (out / "results.csv").exists()
