@@ -14,6 +14,7 @@ cached and scores.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from fusion.engine import Stream
 from fusion.errors import FusionError
 from fusion.transfer_config import PROTOCOLS, TransferConfig
 from fusion.transfer_features import LAYERS, Extraction, VideoJob, extract, load_stream_spec
+from p3dbase.errors import shown
 from streams.checkpoint import check_flow_settings
 
 STREAMS = ("rgb", "flow")
@@ -112,6 +114,10 @@ def run_transfer(benchmarks: Sequence[Benchmark], cfg: TransferConfig, flow_cfg:
               f"{sum(len(f) for f in got.failed.values())} failed (per stream)", flush=True)
 
         # 4. What was left out, and why: videos without features, and files the reader refused.
+        if bench.name in given:  # a given store's flow of another file is no flow of this video
+            for video_id, reason in _other_sources(given[bench.name], mine).items():
+                if got.features.get("flow", {}).pop(video_id, None) is not None:
+                    got.failed.setdefault("flow", {})[video_id] = reason
         for video_id, reason in flow_failed.items():  # the flow stage's reason says more than "no flow"
             if video_id in got.failed.get("flow", {}):
                 got.failed["flow"][video_id] = reason
@@ -200,6 +206,28 @@ def _flow(bench: Benchmark, videos: Sequence[TransferVideo], root: Path, flow_cf
     # manifest per shard.
     summary = run_flow([FlowJob(v.video_id, v.path) for v in videos], root, flow_cfg, shard=shard)
     return root, dict(summary.failures)
+
+
+def _other_sources(store: Store, videos: Sequence[TransferVideo]) -> dict[str, str]:
+    """Videos of a given flow_store whose stored flow was made from another file than the benchmark's,
+    with why. The store's index records each source's size: a copy keeps it, another video (a swapped
+    or re-encoded file) does not. Paths and times are not compared: a store made on another machine, or
+    copied, names its own. Before this, such flow was scored as the video's, and two_stream paired each
+    RGB with another video's flow without a word."""
+    entries = store.index.read().entries
+    found = {}
+    for video in videos:
+        entry = entries.get(video.video_id)
+        if entry is None or entry.state != "done" or not entry.source_size:
+            continue
+        try:
+            size = os.stat(video.path).st_size
+        except OSError:
+            continue  # the features fail for it, saying why
+        if size != entry.source_size:
+            found[video.video_id] = (f"its flow in {shown(store.root)} was made from a file of {entry.source_size} "
+                                     f"bytes, but {shown(video.path)} has {size}: another video's flow?")
+    return found
 
 
 def _exclusion_notes(bench: Benchmark, got: Extraction) -> list[str]:

@@ -137,3 +137,32 @@ def test_a_second_transfer_on_one_report_folder_is_turned_away(
     (error,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # after the bars
     assert error.startswith(f"error: {out} is being written by another transfer run (pid ")
     assert not (out / "results.csv").exists()
+
+
+def test_a_given_flow_store_made_from_other_files_gives_those_videos_no_flow(tmp_path):
+    """`flow_store` pointing at a store of the same ids made from other files (two videos' contents
+    swapped): their flow was scored as theirs and two_stream paired RGB with another video's flow."""
+    from flow.config import FlowConfig
+    from flow.stage import FlowJob, run_flow
+    from flow.store import open_store
+    from fusion.transfer_stage import TransferVideo, _other_sources
+    from tests.builders import moving_square, write_video
+
+    folder = tmp_path / "videos"
+    for k, (name, frames) in enumerate((("a", 6), ("b", 9), ("c", 6))):
+        write_video(folder / f"{name}.avi", moving_square(frames, seed=k))
+    fast = FlowConfig(size="", jobs=1, nscales=2, warps=1, inner_iterations=5, outer_iterations=2,
+                      median_filtering=1, batch_pairs=4)
+    run_flow([FlowJob(f"C/{n}", folder / f"{n}.avi") for n in "abc"], tmp_path / "flow", fast)
+    store = open_store(tmp_path / "flow")
+    videos = [TransferVideo(f"C/{n}", folder / f"{n}.avi", (0,), None) for n in "abc"]
+    assert _other_sources(store, videos) == {}  # the files it was made from
+    swapped = tmp_path / "swapped"
+    swapped.mkdir()
+    for mine, theirs in (("a", "b"), ("b", "a"), ("c", "c")):
+        (swapped / f"{mine}.avi").write_bytes((folder / f"{theirs}.avi").read_bytes())
+    found = _other_sources(store, [TransferVideo(f"C/{n}", swapped / f"{n}.avi", (0,), None) for n in "abc"])
+    assert sorted(found) == ["C/a", "C/b"]  # c is the same file, copied
+    size_a, size_b = ((folder / f"{n}.avi").stat().st_size for n in "ab")
+    assert found["C/a"] == (f"its flow in {store.root} was made from a file of {size_a} bytes, but "
+                            f"{swapped / 'a.avi'} has {size_b}: another video's flow?")
