@@ -270,6 +270,16 @@ def test_kinetics_records_missing_and_unlabelled(kinetics, caplog):
            "test_only_1_000030_000040 (no label)" in caplog.text
 
 
+def test_a_missing_video_with_a_huge_name_makes_a_short_warning(kinetics, caplog):
+    """A listed path of 100,000 characters went whole into the one warning line."""
+    csv = Path(kinetics.annotations) / "train.csv"
+    csv.write_text(csv.read_text() + f"abseiling,{'y' * 100_000},0,10,train\n")  # under the 128 kB cell cap
+    with caplog.at_level(logging.WARNING):
+        read_dataset(kinetics)
+    (line,) = [r.getMessage() for r in caplog.records if "not found under" in r.getMessage()]
+    assert len(line) < 1000 and "yyyy..." in line
+
+
 @pytest.mark.parametrize("row, reason", [
     ("abseiling,abc,4x,10,train", "time_start must be a number of seconds"),
     ("abseiling,abc,4,10,dev", "split must be train, val or test"),
