@@ -49,6 +49,9 @@ class Checkpointer:
         """(last.pt if the run has finished, the newest readable step checkpoint to resume from): at most
         one of them, for `check_resumable` to accept or refuse."""
         last = self.out_dir / LAST
+        if last.exists() and not last.is_file():  # it resumed, trained, and died renaming onto it
+            raise StreamsError(f"{last} is a folder (or another non-file) where the finished model belongs: move it "
+                               "out of the run folder and re-run")
         if last.is_file():  # finished already: nothing to restore but the summary
             try:
                 ckpt = read_checkpoint(last)
@@ -60,13 +63,28 @@ class Checkpointer:
             return ckpt, None
         for _, path in reversed(step_checkpoints(self.out_dir)):
             try:
+                if not path.is_file():
+                    raise StreamsError(f"{path} is a folder (or another non-file), not a checkpoint")
                 ckpt = read_checkpoint(path)
             except StreamsError as e:
                 if self.ctx.is_main:
                     print(f"warning: {e}; trying an older checkpoint")
+                    self._set_aside(path)
                 continue
             return None, ckpt
         return None, None
+
+    def _set_aside(self, path: Path) -> None:
+        """An unreadable step checkpoint, renamed out of the checkpoint names (<name>.damaged): left among
+        them, it outranked every checkpoint the resumed run wrote, and pruning (the newest `keep` by step)
+        deleted those, and the one resumed from, as they came: the next re-run started from step 0."""
+        aside = path.with_name(path.name + ".damaged")
+        try:
+            path.replace(aside)
+        except OSError as e:  # a folder onto a file, no permission: say so; pruning then skips nothing
+            print(f"warning: could not move {path} aside ({e.strerror}): remove it")
+        else:
+            print(f"warning: moved it to {aside}")
 
     def save_step(self, step: int, contents: dict[str, Any]) -> None:
         """checkpoint_<step>.pt (the main process writes the `contents` every process built, after

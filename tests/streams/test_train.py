@@ -32,6 +32,7 @@ from streams.checkpoint import (
     payload_sha256,
     read_checkpoint,
     save_checkpoint,
+    step_checkpoints,
 )
 from streams.clips import ClipDataset
 from streams.errors import StreamsError
@@ -158,6 +159,32 @@ def test_resume_continues_exactly(toy_store, tmp_path, configs):
     assert train_records(parts, "val") == train_records(tmp_path / "whole", "val")
     a, b = read_checkpoint(whole.checkpoint).state["model"], read_checkpoint(rest.checkpoint).state["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_damaged_newer_checkpoint_is_set_aside_and_pruning_keeps_the_good_ones(toy_store, tmp_path, configs,
+                                                                                  capsys):
+    """A damaged (or foreign, or folder) checkpoint numbered above the one resumed from outranked every
+    checkpoint the resumed run wrote: with keep_checkpoints=1 pruning deleted each as it came, and the
+    one resumed from; the next re-run started from step 0. It is moved aside (<name>.damaged) now."""
+    root, train, val = toy_store
+    model_cfg, train_cfg = configs(epochs=2, checkpoint_every=2, keep_checkpoints=1)
+    first = train_stream(toy(root, train, val), "rgb", model_cfg, dataclasses.replace(train_cfg, max_steps=2),
+                         tmp_path)
+    assert first.checkpoint.name == "checkpoint_00000002.pt"
+    (tmp_path / "checkpoint_00000008.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "checkpoint_00000009.pt").mkdir()
+    capsys.readouterr()
+    second = train_stream(toy(root, train, val), "rgb", model_cfg, dataclasses.replace(train_cfg, max_steps=4),
+                          tmp_path)
+    out = capsys.readouterr().out
+    assert second.resumed_from == tmp_path / "checkpoint_00000002.pt" and second.step == 4
+    assert f"moved it to {tmp_path / 'checkpoint_00000008.pt.damaged'}" in out
+    assert "checkpoint_00000009.pt is a folder (or another non-file), not a checkpoint" in out
+    assert [p.name for _, p in step_checkpoints(tmp_path)] == ["checkpoint_00000004.pt"]  # the newest good one
+    (tmp_path / "last.pt").mkdir()  # it resumed, trained, and died renaming onto it: refused at the start
+    with pytest.raises(StreamsError, match=r"last\.pt is a folder \(or another non-file\) where the finished model "
+                                           r"belongs: move it out of the run folder and re-run$"):
+        train_stream(toy(root, train, val), "rgb", model_cfg, train_cfg, tmp_path)
 
 
 @pytest.mark.parametrize("damage", [
