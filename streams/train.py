@@ -246,6 +246,11 @@ def fit(run: Run, state: Progress, train_loader: DataLoader, sampler: EpochSampl
                 state.val_acc = scores["val_acc"]
                 state.best_val_acc = max(state.best_val_acc or 0.0, state.val_acc)
                 run.metrics.log({"kind": "val", "step": state.step, "epoch": state.epoch, **scores})
+                if not math.isfinite(scores["val_loss"]):  # weights finite but ~1e34: the run diverged
+                    raise StreamsError(f"{run.modality} stream: the validation loss is not finite after epoch "
+                                       f"{state.epoch} (step {state.step}): the run diverged; stopped and "
+                                       f"{run.checkpoints.kept()}. Lower train.lr (now {cfg.lr}) and train again "
+                                       "in a fresh output directory")
             save_step_checkpoint(run, state)
             if ctx.is_main:
                 run.metrics.plot()

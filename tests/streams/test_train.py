@@ -227,6 +227,26 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(toy_store, tmp_path, 
     assert ckpt.step == 2 and all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_a_validation_loss_that_is_not_finite_stops_before_last_pt(toy_store, tmp_path, monkeypatch, configs):
+    """lr=10 with fc_lr_mult=1000: training losses stayed finite, the weights reached ~1e34, validation
+    said `loss nan`, and the run wrote last.pt, exited 0, and `train` later called it trained."""
+    from streams import train as streams_train
+
+    root, train, val = toy_store
+    real = streams_train.evaluate
+
+    def diverged(run, loader):
+        scores = real(run, loader)
+        return {**scores, "val_loss": math.nan} if run.metrics and len(train_records(tmp_path, "val")) >= 1 \
+            else scores
+
+    monkeypatch.setattr(streams_train, "evaluate", diverged)
+    with pytest.raises(StreamsError, match=r"the validation loss is not finite after epoch 2 \(step \d+\): the run "
+                                           r"diverged; stopped and kept checkpoint .*Lower train\.lr"):
+        train_stream(toy(root, train, val), "rgb", *configs(epochs=3), tmp_path)
+    assert not (tmp_path / "last.pt").exists()
+
+
 def test_a_stream_asked_for_while_it_trains_says_so(tmp_path):
     """eval or predict on a run folder while its training runs said only "has not finished ... run the
     train stage again", which would start a second run on the same folder."""
