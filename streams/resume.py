@@ -32,8 +32,9 @@ from streams.errors import StreamsError
 from streams.p3d import P3D
 
 # Settings that change how a run executes but not what it computes: a resumed run may change them.
+# `run` names the folder only: a run folder renamed (runs/a -> runs/b) resumes under its new name.
 RUNTIME_FIELDS = {"workers", "threads", "device", "checkpoint_every", "keep_checkpoints", "log_every", "progress",
-                  "max_steps", "compile", "tensorboard"}
+                  "max_steps", "compile", "tensorboard", "run"}
 RUNTIME_MODEL_FIELDS = {"pretrained", "init_from"}  # only read at step 0
 
 

@@ -409,6 +409,9 @@ def lr_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float
     in steps under train.iterations (then lr_steps are steps)."""
     unit, length = (1, cfg.iterations) if cfg.iterations else (steps_per_epoch, cfg.epochs)
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    if cfg.iterations and warmup_steps > cfg.iterations:  # TrainConfig checks it against epochs; steps need the data
+        raise StreamsError(f"train.warmup_epochs = {cfg.warmup_epochs:g} is {warmup_steps} steps here, more than "
+                           f"train.iterations = {cfg.iterations}: the run would end in its warm-up, never at train.lr")
     return lambda step: schedule.lr_factor(step, steps_per_unit=unit, length=length, schedule=cfg.schedule,
                                            milestones=cfg.lr_steps, gamma=cfg.lr_gamma, warmup_steps=warmup_steps)
 

@@ -270,6 +270,18 @@ def test_other_settings_do_not_resume(toy_store, tmp_path, configs):
         train_stream(toy(root, train, val), "flow", *configs(max_steps=2, lr=0.1), tmp_path)
     with pytest.raises(StreamsError, match="has not finished"):
         final_checkpoint(tmp_path)
+    # The run's name only places the folder: one renamed (runs/a -> runs/b) resumes under its new name.
+    resumed = train_stream(toy(root, train, val), "flow", *configs(max_steps=2, run="renamed"), tmp_path)
+    assert resumed.resumed_from == tmp_path / "checkpoint_00000001.pt" and resumed.step == 2
+
+
+def test_warm_up_longer_than_an_iterations_run_is_refused(toy_store, tmp_path, configs):
+    """train.iterations = 4 with warmup_epochs = 1000 trained at a learning rate that never left the
+    warm-up (the same setting counted in epochs was refused)."""
+    root, train, val = toy_store
+    with pytest.raises(StreamsError, match=r"^train\.warmup_epochs = 1000 is \d+ steps here, more than "
+                                           r"train\.iterations = 4: the run would end in its warm-up"):
+        train_stream(toy(root, train, val), "rgb", *configs(iterations=4, warmup_epochs=1000.0), tmp_path)
 
 
 def test_a_checkpoint_from_before_a_new_setting_resumes(toy_store, tmp_path, configs):
