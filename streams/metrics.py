@@ -80,9 +80,11 @@ class MetricsLogger:
             for line in self.path.read_text().splitlines():
                 try:
                     record = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):
                     continue  # a line cut short by a kill
-                if isinstance(record, dict) and record.get("step", math.inf) <= step:
+                at = record.get("step") if isinstance(record, dict) else None
+                # a record without a whole-number step (edited, another tool's) is no record of this run
+                if isinstance(at, int) and not isinstance(at, bool) and at <= step:
                     self.history.append(record)
         if self.is_main:
             write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.history))
@@ -131,4 +133,9 @@ def _summary_writer() -> Any:
         raise StreamsError(f"train.tensorboard = true needs the tensorboard package ({e}): pip install "
                            "'p3d-two-stream[tb]' (or pip install tensorboard), or set train.tensorboard = "
                            "false") from None
+    except Exception as e:  # installed but broken: protobuf's "Descriptors cannot be created directly" TypeError
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StreamsError(f"train.tensorboard = true: the tensorboard package fails to import "
+                           f"({type(e).__name__}: {first}): repair it (pip install -U tensorboard protobuf), or set "
+                           "train.tensorboard = false") from None
     return SummaryWriter

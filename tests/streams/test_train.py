@@ -609,6 +609,32 @@ def test_tensorboard_without_the_package_is_one_clear_error(toy_store, tmp_path,
     assert not (tmp_path / "out").exists()
 
 
+def test_a_broken_tensorboard_or_odd_metrics_lines_are_one_line_not_a_traceback(tmp_path, monkeypatch):
+    """A tensorboard whose import fails with protobuf's TypeError, and a metrics.jsonl line with
+    `"step": null` (an edit, another tool) were tracebacks on resume."""
+    import builtins
+
+    from streams import metrics
+
+    real = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name == "torch.utils.tensorboard":
+            raise TypeError("Descriptors cannot be created directly.\nIf this call came from a _pb2.py file ...")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", broken)
+    with pytest.raises(StreamsError, match=r"^train\.tensorboard = true: the tensorboard package fails to import "
+                                           r"\(TypeError: Descriptors cannot be created directly\.\): repair it"):
+        metrics._summary_writer()
+    monkeypatch.undo()
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": 1}\n{"kind": "train", "step": null}\n'
+                                            '{"kind": "train", "step": "x"}\n{"kind": "train", "step": 3}\n[1]\n')
+    logger = metrics.MetricsLogger(tmp_path, is_main=True, modality="rgb", arch="p3d_tiny")
+    logger.resume_at(2)
+    assert logger.history == [{"kind": "train", "step": 1}]
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
 def test_forked_loader_workers_after_opencv_work_do_not_hang(toy_store, tmp_path):
     # A forked child that reconfigures OpenCV's thread pool after the parent has used it waits forever:
