@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from flow.store import Store
 from flow.video import opencv_single_thread
-from p3dbase.atomic import write_text
+from p3dbase.atomic import remove_dead_temps, write_text
 from p3dbase.cluster import local_threads
 from p3dbase.errors import brief
 from p3dbase.lock import try_lock
@@ -127,6 +127,10 @@ def train_stream(data: StreamData, modality: str, model_cfg: ModelConfig, train_
             if holder:
                 raise StreamsError(f"{out_dir} is being written by another training run (pid {holder}): wait for "
                                    "it to finish, or train into another output folder (--run NAME)")
+            if ctx.is_main and unwritable is None and out_dir.is_dir():
+                # The half-written checkpoints of a run killed mid-write (hundreds of MB each for P3D-199):
+                # the folder is ours now, so no live writer is among them.
+                remove_dead_temps(out_dir)
             with opencv_single_thread():  # DataLoader workers are forked and use OpenCV
                 return _train(data, modality, model_cfg, train_cfg, out_dir, ctx=ctx, config_toml=config_toml,
                               unwritable=unwritable)

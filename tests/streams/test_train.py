@@ -270,9 +270,19 @@ def test_other_settings_do_not_resume(toy_store, tmp_path, configs):
         train_stream(toy(root, train, val), "flow", *configs(max_steps=2, lr=0.1), tmp_path)
     with pytest.raises(StreamsError, match="has not finished"):
         final_checkpoint(tmp_path)
+    # What a run killed mid-write left (a half-written checkpoint of a process that is gone) is removed
+    # when the folder's next run takes it; it stayed for ever (hundreds of MB each for P3D-199).
+    import socket
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = tmp_path / f".checkpoint_00000002.pt.tmp-{socket.gethostname()}-{dead.pid}-3"
+    left.write_bytes(b"half a checkpoint")
     # The run's name only places the folder: one renamed (runs/a -> runs/b) resumes under its new name.
     resumed = train_stream(toy(root, train, val), "flow", *configs(max_steps=2, run="renamed"), tmp_path)
     assert resumed.resumed_from == tmp_path / "checkpoint_00000001.pt" and resumed.step == 2
+    assert not left.exists()
 
 
 def test_warm_up_longer_than_an_iterations_run_is_refused(toy_store, tmp_path, configs):
