@@ -21,6 +21,7 @@ fallback has no such switch and decodes accurately.
 from __future__ import annotations
 
 import functools
+import re
 import struct
 from collections.abc import Iterator
 from types import ModuleType
@@ -259,12 +260,19 @@ def exif_orientation(data: bytes) -> int:
     return 1
 
 
+# libjpeg's one warning that loses no pixel: bytes (an encoder's padding) after the last scan's data,
+# skipped on the way to the end-of-image marker
+_HARMLESS = re.compile(r"extraneous bytes before marker 0xd9", re.IGNORECASE)
+
+
 def strict_jpeg(data: bytes, grey: bool) -> tuple[np.ndarray | None, str]:
     """A JPEG decoded by simplejpeg, which refuses one that libjpeg decodes only with a warning ("Corrupt
     JPEG data: premature end of data segment": cv2.imdecode prints it, naming no file, and returns the
     garbled image), whatever `decoder` says: strictness is no matter of speed. (BGR or grey [H, W]
-    image, ""); CodecError for a JPEG that decodes only so; (None, why) when simplejpeg cannot read
-    this kind of JPEG at all (OpenCV's libjpeg may); (None, "") when simplejpeg is not installed."""
+    image, ""); (image, the warning) for padding before the end marker, which loses nothing (keep no
+    such file byte for byte: the store's strict readers would refuse it); CodecError for a JPEG that
+    decodes only with a warning of lost data; (None, why) when simplejpeg cannot read this kind of JPEG
+    at all (OpenCV's libjpeg may); (None, "") when simplejpeg is not installed."""
     sj = _import_simplejpeg()
     if sj is None:
         return None, ""
@@ -275,9 +283,11 @@ def strict_jpeg(data: bytes, grey: bool) -> tuple[np.ndarray | None, str]:
     except (ValueError, RuntimeError) as e:
         why = str(e)
     try:  # decodes when not strict: libjpeg recovered from bad data, into a garbled image
-        sj.decode_jpeg(data, colorspace, strict=False)
+        img = sj.decode_jpeg(data, colorspace, strict=False)
     except (ValueError, RuntimeError):
         return None, why
+    if _HARMLESS.search(why):
+        return (img.reshape(img.shape[:2]) if grey else img), why
     raise CodecError(f"a JPEG that does not decode ({why})")
 
 

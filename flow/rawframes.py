@@ -216,7 +216,13 @@ def _bytes(path: Path) -> bytes:
 def read_image(path: Path, flags: int, data: bytes | None = None) -> np.ndarray:
     """The image at `path` (its bytes `data` when already read), BGR for cv2.IMREAD_COLOR or grey for
     cv2.IMREAD_GRAYSCALE, its EXIF orientation ignored; FlowError naming it when it does not decode,
-    or is a JPEG that decodes only with libjpeg's warning of corrupt data (codec.strict_jpeg)."""
+    or is a JPEG that decodes only with libjpeg's warning of lost data (codec.strict_jpeg)."""
+    return _decode(path, flags, data)[0]
+
+
+def _decode(path: Path, flags: int, data: bytes | None = None) -> tuple[np.ndarray, bool]:
+    """read_image, and whether its JPEG bytes may be kept as they are: not when simplejpeg (the store's
+    reader) decoded them only past a harmless warning, or could not read them at all."""
     data = _bytes(path) if data is None else data
     why = ""
     if data[:2] == b"\xff\xd8":
@@ -225,7 +231,7 @@ def read_image(path: Path, flags: int, data: bytes | None = None) -> np.ndarray:
         except codec.CodecError as e:
             raise FlowError(f"{shown(path)}: {e}") from None
         if img is not None:
-            return img
+            return img, not why
     # The orientation tag ignored, as simplejpeg and nvJPEG (the store's readers) ignore it in the JPEGs
     # kept byte for byte: cv2's default turned the re-encoded ones by it, and one video held frames of
     # two orientations.
@@ -236,7 +242,7 @@ def read_image(path: Path, flags: int, data: bytes | None = None) -> np.ndarray:
     if img is None:
         raise FlowError(f"{shown(path)}: " + (f"a JPEG that does not decode ({why})" if why else
                                               "not an image OpenCV can decode"))
-    return img
+    return img, not why
 
 
 def _keepable(data: bytes, size: tuple[int, int], channels: int, min_quality: int) -> bool:
@@ -299,17 +305,20 @@ def import_video(folder: Path | str, writer: VideoWriter, cfg: FlowConfig,
         for path in video.frames[lo: lo + step]:
             # Every image decoded (strictly) and its size checked, kept or not: a kept one is read later.
             data = _bytes(path)
-            image = same_size(read_image(path, cv2.IMREAD_COLOR, data), first, path)
-            if keep_rgb and _keepable(data, size, 3, cfg.rawframes_min_quality):
+            image, clean = _decode(path, cv2.IMREAD_COLOR, data)
+            image = same_size(image, first, path)
+            if keep_rgb and clean and _keepable(data, size, 3, cfg.rawframes_min_quality):
                 writer.add_rgb_jpegs([data], shape)
                 video.copied += 1
             else:
                 writer.add_rgb(resize(image, size)[None])
         for x_path, y_path in video.flows[lo: lo + step]:
             pair = (_bytes(x_path), _bytes(y_path))
-            x, y = (same_size(read_image(p, cv2.IMREAD_GRAYSCALE, d), first, p)
-                    for d, p in zip(pair, (x_path, y_path), strict=True))
-            if keep_flow and all(_keepable(d, size, 1, cfg.rawframes_min_quality) for d in pair):
+            (x, x_clean), (y, y_clean) = (_decode(p, cv2.IMREAD_GRAYSCALE, d) for d, p in zip(pair, (x_path, y_path),
+                                                                                               strict=True))
+            x, y = same_size(x, first, x_path), same_size(y, first, y_path)
+            if keep_flow and x_clean and y_clean and all(_keepable(d, size, 1, cfg.rawframes_min_quality)
+                                                         for d in pair):
                 writer.add_flow_jpegs([pair], shape)
                 video.copied += 2
             else:

@@ -223,6 +223,26 @@ def test_a_corrupt_jpeg_fails_its_video_by_name_on_every_path(tmp_path, change, 
         f"{bad / name}: a JPEG that does not decode (Corrupt JPEG data: premature end of data segment)"
 
 
+def test_padding_before_the_end_marker_is_decoded_and_not_kept_byte_for_byte(tmp_path):
+    """libjpeg's "N extraneous bytes before marker 0xd9" (an encoder's padding after the last scan) loses
+    no pixel, but the strict rule failed the whole video; kept as it is, the store's strict reader
+    would refuse it later, so it is re-encoded, and its neighbours stay byte for byte."""
+    pytest.importorskip("simplejpeg")
+    folder = write_tree(tmp_path / "raw", frames=4, flows=3)
+    data = (folder / "img_00002.jpg").read_bytes()
+    (folder / "img_00002.jpg").write_bytes(data[:-2] + b"\0" * 8 + data[-2:])
+    summary, store = import_one(tmp_path, folder)
+    assert (summary.computed, summary.failed) == (1, 0)
+    with store.open("v") as video:
+        kept = [bytes(b) for b in video.jpeg_blobs("rgb", range(4))]
+        stored = video.rgb([1])[0].astype(int)
+    # its pixels, through one more q95 encoding: within JPEG's loss of the padded file's decode
+    assert np.abs(stored - jpeg(folder / "img_00002.jpg").astype(int)).mean() < 2.0
+    assert kept[0] == (folder / "img_00001.jpg").read_bytes() and kept[2] == (folder / "img_00003.jpg").read_bytes()
+    assert kept[1] != (folder / "img_00002.jpg").read_bytes()  # decoded and encoded again, without the padding
+    assert codec.strict_jpeg(kept[1], grey=False)[1] == ""  # the store's strict reader takes it
+
+
 def with_orientation(data: bytes, orientation: int) -> bytes:
     """The JPEG `data` with an EXIF segment (big-endian TIFF, one IFD entry) holding `orientation`
     (3: turned by 180 degrees), as a camera or Pillow writes it, right after the start marker."""
