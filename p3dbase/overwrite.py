@@ -49,8 +49,9 @@ def refuse_file_as_folder(folder: Path | str, what: str) -> Path:
 def folder_name_problem(name: str, limit: int = 100) -> str:
     """Why `name` (a setting that becomes one folder: a run, a benchmark) cannot be a folder name of
     its own ("" when it can): `..`, `/` or an absolute path would put the outputs anywhere."""
-    if not name or name in (".", "..") or len(name) > limit or not all(c.isalnum() or c in "-_." for c in name):
-        return f"must be a plain folder name of at most {limit} letters, digits, '-', '_', '.'"
+    if not name or name.startswith(".") or len(name) > limit or not all(c.isalnum() or c in "-_." for c in name):
+        # a leading "." made a hidden folder that `ls` and the report's search pass over
+        return f"must be a plain folder name of at most {limit} letters, digits, '-', '_', '.' (not first)"
     return ""
 
 

@@ -81,7 +81,9 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = (), *
     origin: dict[str, str] = {}  # key -> where its value came from, when not the file
     items = [(*_parse_override(item), _set_item(item)) for item in overrides]
     if run is not None:
-        items.append(("train.run", run, f"--run {shown(run)[:60]}"))
+        # one line whatever the name holds: a newline shows as \\n
+        name = shown(run)
+        items.append(("train.run", run, f"--run {excerpt(name, 60) if text_problem(name) else name[:60]}"))
     for key, value, where in items:
         *sections, name = key.split(".")  # benchmark.aslan.root: a key of a named section
         target = raw

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from p3dbase.device import check_device_setting
-from p3dbase.errors import shown
+from p3dbase.errors import excerpt, shown, text_problem
 from p3dbase.overrides import check_range
 from p3dbase.overwrite import folder_name_problem
 
@@ -181,7 +181,9 @@ class TrainConfig:
         if self.val_fraction and self.val_groups:
             raise ValueError("val_groups: give held-out groups by name or by val_fraction, not both")
         if self.run and (problem := folder_name_problem(self.run)):
-            raise ValueError(f"run: {problem}, got '{shown(self.run[:40])}'{'...' if len(self.run) > 40 else ''}")
+            name = shown(self.run)  # undecodable bytes as \\xNN; then a control character as its escape
+            got = excerpt(name, 40) if text_problem(name) else f"'{name[:40]}'{'...' if len(name) > 40 else ''}"
+            raise ValueError(f"run: {problem}, got {got}")
         if self.schedule not in ("step", "cosine"):
             raise ValueError(f"schedule: must be 'step' or 'cosine', got {self.schedule!r}")
         self._validate_lr_steps()

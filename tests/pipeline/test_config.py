@@ -101,7 +101,7 @@ def test_a_section_that_only_a_set_names_is_blamed_on_the_set(tmp_path):
         load_config(write(tmp_path, "[tran]\nlr = 1\n"), ["tran.momentum=1"])  # the file made it first
 
 
-@pytest.mark.parametrize("name", ["../../../escaped", "/tmp/elsewhere", "a/b", "..", ""])
+@pytest.mark.parametrize("name", ["../../../escaped", "/tmp/elsewhere", "a/b", "..", "", ".hidden"])
 def test_a_benchmark_name_is_a_plain_folder_name(tmp_path, name):
     """[benchmark.NAME] becomes work_dir/transfer/features/NAME: `..` or an absolute name wrote features
     (and a flow store) outside work_dir."""
@@ -180,6 +180,11 @@ def test_a_bad_set_or_run_value_is_blamed_on_the_set_or_run_not_the_file(tmp_pat
         load_config(path, ["flow.store=zip"])
     with pytest.raises(ConfigError, match=r"^--run a b: \[train\] run: must be a plain folder name .*got 'a b'$"):
         load_config(path, run="a b")
+    with pytest.raises(ConfigError) as err:  # a newline in it was printed as it is: a three-line error
+        load_config(path, run="a\nb")
+    assert "\n" not in str(err.value) and str(err.value).startswith("--run 'a\\nb': [train] run: must be")
+    with pytest.raises(ConfigError, match=r"\(not first\), got '\.hidden'$"):  # a hidden folder
+        load_config(path, run=".hidden")
     with pytest.raises(ConfigError) as err:
         load_config(path, run="a\\b")
     assert str(err.value).endswith("got 'a\\b'")  # the name as typed, escaped nowhere
