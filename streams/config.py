@@ -5,6 +5,7 @@ x10 for the classifier, partial BN); `configs/synth.toml` sets small CPU values.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 from p3dbase.device import check_device_setting
@@ -180,6 +181,9 @@ class TrainConfig:
             raise ValueError(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
         if self.val_fraction and self.val_groups:
             raise ValueError("val_groups: give held-out groups by name or by val_fraction, not both")
+        if len(set(self.val_groups)) != len(self.val_groups):
+            twice = sorted({g for g in self.val_groups if self.val_groups.count(g) > 1})
+            raise ValueError(f"val_groups: {', '.join(twice)} given twice (a typo for another group?)")
         if self.run and (problem := folder_name_problem(self.run)):
             name = shown(self.run)  # undecodable bytes as \\xNN; then a control character as its escape
             got = excerpt(name, 40) if text_problem(name) else f"'{name[:40]}'{'...' if len(name) > 40 else ''}"
@@ -198,8 +202,9 @@ class TrainConfig:
         """Increasing, each > 0: a step at 0 or below lowers lr from the first step on. One past the end of
         the run is allowed: it never acts, as when a smoke run sets epochs = 1 and keeps the recipe's steps."""
         unit = "steps" if self.iterations else "epochs"
-        if sorted(self.lr_steps) != list(self.lr_steps):
-            raise ValueError(f"lr_steps: must be increasing {unit}, got {self.lr_steps}")
+        # [12, 12] lowered lr twice at once
+        if any(b <= a for a, b in itertools.pairwise(self.lr_steps)):
+            raise ValueError(f"lr_steps: must be strictly increasing {unit}, got {self.lr_steps}")
         if self.lr_steps and not self.lr_steps[0] > 0:
             raise ValueError(f"lr_steps: must be {unit} > 0 (a step at {self.lr_steps[0]:g} lowers lr from the start), "
                              f"got {self.lr_steps}")

@@ -97,7 +97,9 @@ from tests.builders import REPO
     ("train.lr_steps=[-1.0]", "[train] lr_steps: must be epochs > 0 (a step at -1 lowers lr from the start), "
                               "got [-1.0]"),
     ("train.lr_steps=[0,10]", "[train] lr_steps: must be epochs > 0"),
-    ("train.lr_steps=[20,10]", "[train] lr_steps: must be increasing epochs, got [20.0, 10.0]"),
+    ("train.lr_steps=[20,10]", "[train] lr_steps: must be strictly increasing epochs, got [20.0, 10.0]"),
+    ("train.lr_steps=[12,12]", "[train] lr_steps: must be strictly increasing epochs, got [12.0, 12.0]"),  # lr x 0.01
+    ('train.val_groups=["g02","g03","g02"]', "[train] val_groups: g02 given twice (a typo for another group?)"),
 ])
 def test_an_extreme_setting_is_one_line_naming_the_key(override, needle):
     with pytest.raises(ConfigError) as err:
