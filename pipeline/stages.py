@@ -228,12 +228,23 @@ def train_stage(cfg: Config, stream: str) -> None:
                    if v.split in ("test", "val") and v.video_id in done]
         if not train:
             raise PipelineError(f"split {split} of {cfg.dataset.format} has no training video with flow")
+        _unseen_classes(dataset, train)
         out = train_dir(cfg, stream, split)
         if not (out / LAST).is_file():  # a finished run on a read-only disk: train_stream reports it as trained
             output_folder(out, "the training folder")
         # config.toml is written beside the checkpoints once train_stream has accepted the settings
         train_stream(StreamData(store, train, val, dataset.classes), stream, cfg.model, cfg.train, out,
                      config_toml=dump_toml(cfg))
+
+
+def _unseen_classes(dataset: Dataset, train: list[tuple[str, int | tuple[int, ...]]]) -> None:
+    """A warning naming the classes no training video has (all failed in `make flow`, held out, or
+    none listed): the network can never predict them, and it trained without a word."""
+    seen = {label for _, labels in train for label in (labels if isinstance(labels, tuple) else (labels,))}
+    unseen = [c for i, c in enumerate(dataset.classes) if i not in seen]
+    if unseen:
+        print(f"train: warning: {len(unseen)} of the {len(dataset.classes)} classes have no training video "
+              f"(e.g. {', '.join(shown(c) for c in unseen[:3])}): the network can never predict them", flush=True)
 
 
 def eval_out_dir(cfg: Config, checkpoints: dict[str, Path] | None, out: Path | None = None) -> Path:

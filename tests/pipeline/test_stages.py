@@ -303,3 +303,17 @@ def test_a_checkpoint_is_not_scored_on_videos_it_was_trained_on(work, capsys):
     assert run(["eval", "--run", "other-split", "--rgb", str(rgb), "--allow-trained"], work, ["dataset.split=2"]) == 0
     text = (work / "runs" / "other-split" / "eval" / "results.md").read_text()
     assert "Not a test: " in text and "scored anyway (--allow-trained)" in text
+
+
+def test_classes_without_a_training_video_are_named(capsys):
+    """A class whose training videos all failed in `make flow` (or were held out) trained in silence:
+    the network can never predict it."""
+    from pipeline.datasets import Dataset
+    from pipeline.stages import _unseen_classes
+
+    dataset = Dataset("ucf101", Path("."), ["Archery", "Bowling", "Diving", "Surfing"], [], "1")
+    _unseen_classes(dataset, [("a", 0), ("b", (0, 2))])
+    assert capsys.readouterr().out == ("train: warning: 2 of the 4 classes have no training video (e.g. Bowling, "
+                                       "Surfing): the network can never predict them\n")
+    _unseen_classes(dataset, [("a", 0), ("b", 1), ("c", (2, 3))])
+    assert capsys.readouterr().out == ""
