@@ -267,6 +267,10 @@ def fit(run: Run, state: Progress, train_loader: DataLoader, sampler: EpochSampl
         if run.checkpoints.last != step_path(out_dir, state.step):
             save_step_checkpoint(run, state)
         checkpoint = run.checkpoints.last
+        if ctx.is_main:  # it stopped in silence: where, and how to go on
+            print(f"{run.modality} stream: stopped at step {state.step} of {run.total_steps} (train.max_steps = "
+                  f"{cfg.max_steps}); checkpoint {checkpoint}: re-run without max_steps (or a larger one) to "
+                  "continue")
     else:
         run.checkpoints.check_weights(run.model, state.step)
         if ctx.is_main:

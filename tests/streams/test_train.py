@@ -138,7 +138,7 @@ def test_a_damaged_finished_model_says_how_to_rebuild_it(flow_run, toy_store, tm
     assert again.finished and again.step == 20 and (copy / "last.pt").is_file()
 
 
-def test_resume_continues_exactly(toy_store, tmp_path, configs):
+def test_resume_continues_exactly(toy_store, tmp_path, configs, capsys):
     """Stopped mid-epoch and resumed (with a DataLoader worker this time), the run logs the same losses
     and ends with the same weights as an uninterrupted one; dropout makes the RNG state matter."""
     root, train, val = toy_store
@@ -150,6 +150,8 @@ def test_resume_continues_exactly(toy_store, tmp_path, configs):
     first = train_stream(toy(root, train, val), "rgb", model_cfg, dataclasses.replace(train_cfg, max_steps=3),
                          parts)
     assert not first.finished and first.step == 3 and first.checkpoint.name == "checkpoint_00000003.pt"
+    assert (f"rgb stream: stopped at step 3 of {whole.step} (train.max_steps = 3); checkpoint {first.checkpoint}: "
+            "re-run without max_steps (or a larger one) to continue") in capsys.readouterr().out  # it was silent
     with open(parts / "metrics.jsonl", "a") as f:  # logged by a killed run after its last checkpoint
         f.write(json.dumps({"kind": "train", "step": 4, "loss": 123.0}) + "\n")
     rest = train_stream(toy(root, train, val), "rgb", model_cfg, dataclasses.replace(train_cfg, workers=1), parts)
