@@ -96,6 +96,8 @@ def _rows(reader, path: Path, seen: UniqueIds) -> list[tuple[str, str, str, str]
             else _seconds(start, "time_start", where)
         end = int(end) if end.isdecimal() and end.isascii() and len(end) <= _DIGITS \
             else _seconds(end, "time_end", where)
+        if end <= start:  # no clip: a row whose columns were swapped or mistyped
+            raise DatasetError(f"{where}: time_end ({end}) must be after time_start ({start})")
         subset = SUBSETS.get(row[split_at].strip().lower())
         if subset is None:
             raise DatasetError(f"{where}: split must be train, val or test, got {excerpt(row[split_at])}")

@@ -285,6 +285,8 @@ def test_a_missing_video_with_a_huge_name_makes_a_short_warning(kinetics, caplog
     ("abseiling,abc,4,10,dev", "split must be train, val or test"),
     ("abseiling,abc,4,10", "expected 5 columns"),
     ("abseiling,0wR5jVB-WPk,417,427,train", "duplicate video '0wR5jVB-WPk_000417_000427'"),
+    ("abseiling,abc,427,417,train", r"time_end \(417\) must be after time_start \(427\)"),  # was accepted
+    ("abseiling,abc,10,10,train", r"time_end \(10\) must be after time_start \(10\)"),
 ])
 def test_kinetics_bad_rows(kinetics, row, reason):
     path = Path(kinetics.annotations) / "train.csv"
