@@ -362,6 +362,10 @@ def final_checkpoint(train_dir: Path | str) -> Path:
         if running:
             raise StreamsError(f"{path} does not exist yet: training in {train_dir} is running now (pid {running}; "
                                f"{state}): wait for it to finish")
+        traces = (Path(train_dir) / "metrics.jsonl", Path(train_dir) / "config.toml", run_lock(train_dir))
+        if not steps and not any(p.exists() for p in traces):  # /tmp, a folder of videos: no run was ever here
+            raise StreamsError(f"{train_dir} is a folder but no training run (no {LAST}, no checkpoint): give a "
+                               "checkpoint file or a run folder")
         raise StreamsError(f"{path} does not exist: training in {train_dir} has not finished ({state}); "
                            "run the train stage again to resume it")
     return path

@@ -150,6 +150,10 @@ def test_init_from_takes_a_run_folder_as_eval_does(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(from_file.state_dict().values(), from_folder.state_dict().values(),
                                                  strict=True))
     (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "metrics.jsonl").write_text("")  # a run that wrote no checkpoint yet
     with pytest.raises(StreamsError, match=r"model\.init_from: .*unfinished/last\.pt does not exist: training in .* "
                                            r"has not finished"):
         init_from_checkpoint(from_folder, "p3d_tiny", tmp_path / "unfinished", "flow", CLASSES)
+    (tmp_path / "videos").mkdir()  # never a run: /tmp, a folder of videos
+    with pytest.raises(StreamsError, match=r"model\.init_from: .*videos is a folder but no training run"):
+        init_from_checkpoint(from_folder, "p3d_tiny", tmp_path / "videos", "flow", CLASSES)

@@ -261,6 +261,11 @@ def test_a_stream_asked_for_while_it_trains_says_so(tmp_path):
         with pytest.raises(StreamsError, match=r"does not exist yet: training in .*split1 is running now \(pid 4242; "
                                                r"it holds no checkpoint\): wait for it to finish"):
             final_checkpoint(run)
+    # A folder no run ever wrote into (model.init_from=/tmp) was called an unfinished run to resume.
+    with pytest.raises(StreamsError, match=r"split1 is a folder but no training run \(no last\.pt, no checkpoint\): "
+                                           r"give a checkpoint file or a run folder$"):
+        final_checkpoint(run)
+    (run / "metrics.jsonl").write_text("")  # a run killed before its first checkpoint
     with pytest.raises(StreamsError, match=r"has not finished \(it holds no checkpoint\); run the train stage"):
         final_checkpoint(run)
 
