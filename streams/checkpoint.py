@@ -12,6 +12,7 @@ import hashlib
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,7 +162,11 @@ def safe_load(path: Path | str, what: str = "checkpoint", map_location: str | to
     if not os.access(path, os.R_OK):  # torch.load's PermissionError would read as a damaged file below
         raise StreamsError(f"{what} {path} cannot be read: no permission")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # A plain pickle (not torch's format) made torch print two lines of warning before the one
+            # error below says what the file is.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
             AttributeError, ImportError, IndexError, KeyError, TypeError) as e:
         # torch.load raises any of these on truncated, foreign or unsafe files

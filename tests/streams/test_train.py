@@ -7,10 +7,12 @@ import io
 import json
 import math
 import os
+import pickle
 import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -346,6 +348,12 @@ def test_checkpoints_are_read_with_weights_only(tmp_path):
     torch.save({"format": "p3d-two-stream streams checkpoint", "version": 1, "x": Payload()}, tmp_path / "evil.pt")
     with pytest.raises(StreamsError, match=r"evil\.pt holds code \(the pickled Python object print\).*not loaded"):
         load_checkpoint(tmp_path / "evil.pt")
+    # A plain pickle (protocol 4, not torch's format) is one error, without torch's two lines of warning.
+    (tmp_path / "plain.pt").write_bytes(pickle.dumps({"x": 1}, protocol=4))
+    with warnings.catch_warnings(record=True) as said, pytest.raises(StreamsError, match=r"plain\.pt cannot be read"):
+        warnings.simplefilter("always")
+        load_checkpoint(tmp_path / "plain.pt")
+    assert not [w for w in said if "pickle protocol" in str(w.message)]
 
 
 def test_a_checkpoint_without_read_permission_is_named_as_such(tmp_path, monkeypatch):
