@@ -804,15 +804,7 @@ def _kept_without_source(store: Store, job: FlowJob, entry: IndexEntry | None, d
     if entry is not None and entry.state == "done" and entry.settings == digest \
             and (entry.stored_size, entry.stored_mtime_ns) == stored:
         return entry
-    try:
-        with store.open(job.video_id) as frames:
-            made, counts, declared = Origin.from_dict(frames.origin), (frames.num_frames, frames.num_flows), \
-                _declared(frames.origin)
-    except FlowError:
-        return None
-    if made is None or made.settings != digest:
-        return None
-    return _entry(job, made, stored, frames=counts[0], flows=counts[1], declared=declared, seconds="")
+    return _check_stored(store, job, None, legacy=False, earlier=None)
 
 
 def _stats(source: str, stored: str) -> tuple[int, int, int, int]:
@@ -820,15 +812,21 @@ def _stats(source: str, stored: str) -> tuple[int, int, int, int]:
     return (*size_mtime(source), *size_mtime(stored))
 
 
-def _check_stored(store: Store, job: FlowJob, origin: Origin, *, legacy: bool,
+def _check_stored(store: Store, job: FlowJob, origin: Origin | None, *, legacy: bool,
                   earlier: VideoResult | None) -> IndexEntry | None:
     """The index entry of a stored video that opens and was made from `origin` (in a store written
     before it kept an index, a video without a record of its origin is taken as made from the
-    source as it is now); None when it must be redone."""
+    source as it is now; `origin` None, the source being gone: whatever its own record names, under
+    the store's settings); None when it must be redone."""
     stored = entry_stat(store.path(job.video_id))
     try:
         with store.open(job.video_id) as frames:
-            if Origin.from_dict(frames.origin) != origin and not (legacy and frames.origin is None):
+            made = Origin.from_dict(frames.origin)
+            if origin is None:
+                if made is None or made.settings != store.settings_digest:
+                    return None
+                origin = made
+            elif made != origin and not (legacy and frames.origin is None):
                 return None
             counts = frames.num_frames, frames.num_flows
             declared = _declared(frames.origin)

@@ -5,14 +5,14 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from operator import attrgetter
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import NamedTuple
 
 from flow.video import VIDEO_EXTENSIONS
 from p3dbase import errors
-from p3dbase.errors import NOT_REGULAR, excerpt, shown, text_problem
+from p3dbase.errors import NOT_REGULAR, brief, excerpt, shown, text_problem
 from pipeline.datasets.records import Dataset, VideoRecord
 from pipeline.errors import DatasetError
 
@@ -254,11 +254,6 @@ class _ChildPaths:
 NO_LABEL = " (no label)"  # how a reader marks a skipped video it found no label for
 
 
-def _some(names: Sequence[str], count: int) -> str:
-    """The first `count` names for a one-line warning, each cut at 100 characters (a listed path of
-    200,000 made a warning of that length)."""
-    return ", ".join(shown(n) if len(n) <= 100 else f"{shown(n[:100])}..." for n in names[:count])
-
 
 def build(fmt: str, root: Path, classes: list[str], entries: list[Entry], split: str, source: str,
           *, skipped: list[str] | None = None, refused: list[tuple[str, str]] | None = None,
@@ -300,10 +295,10 @@ def build(fmt: str, root: Path, classes: list[str], entries: list[Entry], split:
     listed = len(videos) + len(missing)
     if absent:
         log.warning("%s: %d of %d listed videos skipped: not found under %s, e.g. %s", source, len(absent), listed,
-                    root, _some(absent, 5))
+                    root, ", ".join(brief(m, 100) for m in absent[:5]))  # a 100,000-character path
     if unlabelled:
         log.warning("%s: %d of %d listed videos have no label (test videos whose labels are not published): not "
-                    "used, e.g. %s", source, len(unlabelled), listed, _some(unlabelled, 3))
+                    "used, e.g. %s", source, len(unlabelled), listed, ", ".join(brief(m, 100) for m in unlabelled[:3]))
     if refused:
         log.warning("%s: %d video(s) refused, e.g. %s", shown(source), len(refused),
                     "; ".join(f"{path}: {why}" for path, why in refused[:3]))
