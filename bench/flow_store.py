@@ -17,7 +17,7 @@ to RGB order, flow x and y stacked per image); the ratios stay against the plain
 and a line after the table gives the default store against mmaction2's.
 
 Decoders: CPU ms per 340x256 image of the same q95 JPEGs (frames, and flow x images) through each
-library pip offers that is installed (simplejpeg, PyTurboJPEG, Pillow, cv2), at full size and at the
+library pip offers that is installed (simplejpeg, PyTurboJPEG, imagecodecs, Pillow, cv2), at full size and at the
 reduced DCT sizes 6/8 and 1/2. Flow fidelity: TV-L1 flow of the ground-truth pairs in
 `<data>/flow_gt`, as stored uint8 and through a JPEG q95 round trip (the jpeg codec's files): EPE
 against the truth, the share of uint8 levels the JPEG changes, and its largest change in px.
@@ -161,6 +161,14 @@ def decoder_table(videos: dict[str, tuple], seconds: float) -> list[str]:
                                    "frame 6/8": lambda b: tj.decode(b, pixel_format=TJPF_BGR, scaling_factor=(3, 4)),
                                    "frame 1/2": lambda b: tj.decode(b, pixel_format=TJPF_BGR, scaling_factor=(1, 2))}
     except (ImportError, RuntimeError, OSError):
+        pass
+    try:
+        import imagecodecs  # bundles its own libjpeg-turbo (3.1 in 2026.3), newer than cv2's and simplejpeg's
+        out3 = np.empty((h, w, 3), np.uint8)
+        decoders[f"imagecodecs {imagecodecs.__version__} (into an array; RGB order)"] = {
+            "frame": lambda b: imagecodecs.jpeg8_decode(b, out=out3),
+            "flow x": lambda b: imagecodecs.jpeg8_decode(b)}  # its `shape` does not reach libjpeg's scaling
+    except ImportError:
         pass
     from PIL import Image
 

@@ -332,13 +332,19 @@ def map_videos(spec: PoolSpec, tasks: Sequence[Any], jobs: int = 0, desc: str = 
     local = not (scheduler and tasks)  # on a cluster the workers are the cluster's: jobs starts nothing here
     workers = min(1 if spec.device.type != "cpu" or not local else local_processes(jobs, jobs_key), len(tasks))
     with progress_bar(total=len(tasks), desc=desc, unit=unit, leave=leave, disable=not bar) as shown_bar:
+        # A task in this process (workers <= 1, or a Dask cluster started in-process) sets torch to one
+        # thread: process-wide where torch's pool is its own (not OpenMP's per-thread count), so the
+        # caller gets its thread count back.
+        threads = torch.get_num_threads()
         if scheduler and tasks:
-            for result in _dask_map(spec, tasks, scheduler):
-                yield result
-                shown_bar.update()
+            try:
+                for result in _dask_map(spec, tasks, scheduler):
+                    yield result
+                    shown_bar.update()
+            finally:
+                torch.set_num_threads(threads)
             return
         if workers <= 1:
-            threads = torch.get_num_threads()
             try:
                 _init_worker(spec)
                 for task in tasks:

@@ -79,3 +79,21 @@ def test_a_dask_task_runs_torch_on_one_thread_as_a_local_worker_does():
         assert sorted(map_videos(_spec(_torch_threads), [0, 1], jobs=2, leave=False)) == [1, 1]
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_caller_gets_its_thread_count_back_after_a_dask_map(monkeypatch):
+    """An in-process Dask cluster runs its tasks in the caller's process, and where torch's thread pool
+    is process-wide (not OpenMP's per-thread count) the tasks' one thread stayed the caller's."""
+    def one_thread_here(spec, tasks, scheduler):
+        for task in tasks:
+            torch.set_num_threads(1)  # as run_one does, in this thread: process-wide on any build
+            yield spec.work(None, task)
+
+    monkeypatch.setattr("fusion.engine._dask_map", one_thread_here)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert sorted(map_videos(_spec(_square), [1, 2], scheduler="tcp://in-process", leave=False)) == [(1, 1), (2, 4)]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
