@@ -37,7 +37,7 @@ SCALE_STEP_RANGE = (0.3, 0.99)
 class FlowConfig:
     # Decoding and storage.
     size: str = "340x256"  # "WxH", a short side ("256"), or "" to keep the decoded size
-    store: str = "packed"  # "packed" (lossless, fast random windows) or "mmaction" (TSN JPEG layout)
+    store: str = "packed"  # "packed" (a file per video: fast random windows) or "mmaction" (TSN JPEG layout)
     bound: float = 20.0  # flow is clipped to +-bound px before the uint8 encoding (zero motion = 128); 0.5-255
     jpeg_quality: int = 95  # of every JPEG written (store = "mmaction", or a "jpeg" codec); 95 as mmaction2/TSN
     # store = "packed": how RGB frames are kept: "jpeg" (lossy, 3.3x smaller than png, as mmaction2

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flow.errors import FlowError
 from p3dbase.atomic import write_bytes
-from p3dbase.errors import shown
+from p3dbase.errors import shown, utf8_text
 
 
 @dataclass(slots=True)  # 650,000 rows at Kinetics scale: no __dict__ each
@@ -52,7 +52,7 @@ def format_manifest(rows: list[VideoResult]) -> bytes:
                              r.error])
             line = quoted.getvalue()
         lines.append(line)
-    return shown("".join(lines)).encode()  # a non-UTF-8 file name is written as \xNN
+    return utf8_text("".join(lines)).encode()  # a non-UTF-8 file name is written as \xNN
 
 
 def write_manifest(path: Path, rows: list[VideoResult]) -> None:

@@ -52,14 +52,16 @@ from flow.store import (
     Store,
     check_video_id,
     create_store,
+    nested_problems,
     open_store,
+    store_name_problem,
 )
 from flow.tvl1 import OpenCVTVL1, to_gray
 from flow.video import VideoReader
 from p3dbase.atomic import DiskFullError, disk_full, is_disk_full, write_text
 from p3dbase.bulk import no_cycle_collection
 from p3dbase.cluster import dask_unordered, local_processes
-from p3dbase.errors import P3DError, shown
+from p3dbase.errors import P3DError, refusal, shown
 from p3dbase.progress import progress_bar
 
 # [flow] fields that do not change what is written: a store made with other values of these is
@@ -227,7 +229,10 @@ def process_video(job: FlowJob, out_dir: Path, cfg: FlowConfig, *, origin: Origi
     except OSError as e:
         if is_disk_full(e):  # taking the lock (creating its file) can meet a full disk too
             raise e if isinstance(e, DiskFullError) else disk_full(store.lock_path(job.video_id), e) from e
-        raise
+        # A folder of the store this video cannot be written in (its permissions, a file where the
+        # folder belongs): this video fails, the others go on.
+        return VideoResult(job.video_id, shown(job.path), "failed", error=f"cannot write it in the store: "
+                                                                         f"{refusal(e)}"), True
     row.seconds = f"{time.perf_counter() - start:.3f}"
     return row, True
 
@@ -328,8 +333,11 @@ def _compute(job: FlowJob, store: Store, cfg: FlowConfig, device: str | None,
     except Exception as e:  # a broken video must not stop the run: record it and go on
         if is_disk_full(e):  # ... but a full disk stops it (the writer removed its temporary file)
             raise e if isinstance(e, DiskFullError) else disk_full(store.path(job.video_id), e) from e
-        store.remove(job.video_id)  # nothing half-written, nor an older result, stays for it
         row.error = _error_line(e, job.path)
+        try:
+            store.remove(job.video_id)  # nothing half-written, nor an older result, stays for it
+        except FlowError as kept:  # a folder of the user's where the pack belongs: not deleted
+            row.error += f"; {kept}"
     return row
 
 
@@ -512,7 +520,7 @@ def run_flow(videos: Sequence[FlowJob], out_dir: Path, cfg: FlowConfig, *, shard
     check_config(cfg)
     mine = _select_shard(videos, shard)
     out_dir = Path(out_dir).resolve()  # workers (processes, cluster nodes) may run elsewhere
-    valid, rows = _refuse(mine, cfg)
+    valid, rows = _refuse(mine, cfg, nested_problems((job.video_id for job in videos), cfg.store))
 
     # 2. Open the store: other settings than its own are refused; --force rewrites store.json.
     store = _open_for_run(out_dir, cfg, shard, force)
@@ -595,9 +603,11 @@ def check_config(cfg: FlowConfig) -> None:
         resolve_device(cfg.device, "flow.device")
 
 
-def _refuse(jobs: Sequence[FlowJob], cfg: FlowConfig) -> tuple[list[FlowJob], dict[str, VideoResult]]:
+def _refuse(jobs: Sequence[FlowJob], cfg: FlowConfig, nested: dict[str, str]) -> tuple[list[FlowJob],
+                                                                                       dict[str, VideoResult]]:
     """The jobs to run, and failed rows for those refused before anything is opened: the caller's
-    reason (`FlowJob.error`), a bad video id, a frame folder leading out of `flow.rawframes_root`."""
+    reason (`FlowJob.error`), a bad video id or one the store cannot keep (store_name_problem; `nested`:
+    nested_problems of the whole run), a frame folder leading out of `flow.rawframes_root`."""
     root = os.path.realpath(cfg.rawframes_root) if cfg.source == "rawframes" and cfg.rawframes_root else None
     valid: list[FlowJob] = []
     rows: dict[str, VideoResult] = {}
@@ -608,6 +618,8 @@ def _refuse(jobs: Sequence[FlowJob], cfg: FlowConfig) -> tuple[list[FlowJob], di
                 check_video_id(job.video_id)
             except FlowError as e:
                 error = str(e)
+            else:
+                error = store_name_problem(job.video_id, cfg.store) or nested.get(job.video_id, "")
         if not error and root is not None:
             real = os.path.realpath(job.path)
             if os.path.commonpath([real, root]) != root:

@@ -27,7 +27,7 @@ import stat
 import struct
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ from flow.codec import (
 from flow.errors import FlowError
 from flow.index import StoreIndex
 from p3dbase.atomic import TEMP_MARKER, fsync_dir, write_bytes, writer_token
-from p3dbase.errors import shown
+from p3dbase.errors import brief, shown
 from p3dbase.lock import hold_lock, holder_of
 
 STORE_FILE = "store.json"
@@ -78,6 +78,56 @@ def check_video_id(video_id: str) -> str:
         raise FlowError(f"video id {video_id!r}: must be a relative path of non-hidden names "
                         "separated by '/' (e.g. 'Class/v_Class_g01_c01')")
     return video_id
+
+
+# The store's own names at its top (store.json, config.toml, manifest.csv, index/, flow.log, the
+# missing list and the mmaction2 lists the pipeline writes beside them): a video's folder of one of
+# these names put frames inside the index, or a class folder named config.toml made every run fail.
+_TOP_NAMES = frozenset({STORE_FILE, "index"})
+_TOP_SUFFIXES = (".csv", ".json", ".jsonl", ".log", ".toml", ".txt")
+# A video's file names carry a marker and the writer's `host-pid` (temporaries: `.<name>.pack.tmp-
+# <host>-<pid>`, up to 64 + 8 characters of host and pid): a name longer than this leaves a file
+# system's 255 bytes no room for them.
+MAX_NAME_BYTES = 160
+
+
+def store_name_problem(video_id: str, layout: str) -> str:
+    """Why the store cannot keep `video_id` (a valid id, check_video_id) under its name, "" when it
+    can: its top folder has the name of one of the store's own files, a folder of it ends in `.pack`
+    (where the video of that name keeps its pack), or its name is too long for the temporary names."""
+    head, sep, _ = video_id.partition("/")
+    if (sep or layout == "mmaction") and (head in _TOP_NAMES or head.endswith(_TOP_SUFFIXES)):
+        return (f"video id {shown(video_id)}: its folder {shown(head)} has the name of one of the store's own "
+                f"files ({STORE_FILE}, config.toml, manifest.csv, index/, *.log, *.txt): rename that folder")
+    if layout == "packed" and PACK_SUFFIX + "/" in video_id:
+        folder = video_id[:video_id.index(PACK_SUFFIX + "/") + len(PACK_SUFFIX)]
+        return (f"video id {shown(video_id)}: its folder {shown(folder)} is where video "
+                f"{shown(folder[:-len(PACK_SUFFIX)])} keeps its pack: rename that folder")
+    name = video_id.rpartition("/")[2]
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        return (f"video id {brief(video_id, 120)}: its name is {len(name.encode('utf-8', 'surrogateescape'))} "
+                f"bytes, the store's files for it need room for a marker within the file system's 255: at most "
+                f"{MAX_NAME_BYTES}; rename it")
+    return ""
+
+
+def nested_problems(video_ids: Iterable[str], layout: str) -> dict[str, str]:
+    """The ids among `video_ids` whose folder is another's, with why: in the mmaction layout a video
+    is a folder, so `c/sub` and `c/sub/v` wrote one into the other, and finishing `c/sub` deleted
+    `c/sub/v` (the packed layout keeps `c/sub.pack` beside `c/sub/`)."""
+    if layout != "mmaction":
+        return {}
+    ids = set(video_ids)
+    problems = {}
+    for video_id in ids:
+        folder = video_id
+        while "/" in folder:
+            folder = folder.rpartition("/")[0]
+            if folder in ids:
+                problems[video_id] = (f"video id {shown(video_id)} lies inside the frame folder of video "
+                                      f"{shown(folder)} (the mmaction layout: a video is a folder): rename one")
+                break
+    return problems
 
 
 def _check_indices(video_id: str, indices: Sequence[int], count: int, what: str) -> list[int]:
@@ -522,6 +572,9 @@ class VideoWriter(ABC):
     def __init__(self, store: Store, video_id: str):
         self.store = store
         self.video_id = check_video_id(video_id)
+        problem = store_name_problem(video_id, store.layout)
+        if problem:  # the flow stage refuses such a video first (flow.stage._refuse); other writers here
+            raise FlowError(problem)
         self.final = store.path(video_id)
         self.tmp = store.temp_path(video_id)
         self.num_frames = 0
@@ -873,8 +926,13 @@ class Store:
 
     def remove(self, video_id: str) -> None:
         """Delete a video and anything a killed writer left for it. Hold its `lock` when other runs
-        may share the store."""
-        _remove(self.path(video_id))
+        may share the store. A folder where a pack belongs is not the video's (the pack is a file):
+        it is left to the user, as the flow stage says."""
+        path = self.path(video_id)
+        if self.layout == "packed" and path.is_dir() and not path.is_symlink():
+            raise FlowError(f"{shown(path)} is a folder where the pack of video {shown(video_id)} belongs: "
+                            "move it out of the store")
+        _remove(path)
         self.remove_temp(video_id)
 
     def remove_temp(self, video_id: str) -> None:
@@ -931,7 +989,7 @@ class Store:
             folder = self.root / parent
             try:
                 entries = [e.name for e in os.scandir(folder) if e.name.startswith(".")]
-            except FileNotFoundError:
+            except OSError:  # none yet, a file where it belongs, no permission: its videos fail on their own
                 continue
             for entry in entries:
                 if entry.endswith(LOCK_SUFFIX) and entry[1:-len(LOCK_SUFFIX)] in names and not locked:

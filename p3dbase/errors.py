@@ -8,6 +8,7 @@ file that vanished) that no stage turned into a P3DError are printed as one line
 """
 import errno
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,14 +26,29 @@ class SettingError(P3DError):
 
 
 def shown(text: object) -> str:
-    """`text` (a path, a message) as printable UTF-8: bytes of a non-UTF-8 file name (which Python
-    carries as lone surrogates) become `\\xNN`, so that printing it or writing it to a UTF-8 file
-    cannot fail."""
+    """`text` (a path, a message) as printable UTF-8 on one line: bytes of a non-UTF-8 file name (which
+    Python carries as lone surrogates) become `\\xNN`, so that printing it or writing it to a UTF-8
+    file cannot fail, and control characters are escaped (`\\n`, `\\x1b`): a
+    file name holding a newline split one-line messages in two, and an escape sequence reached the
+    terminal."""
+    text = utf8_text(text)
+    if _CONTROL.search(text) is None:
+        return text
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def utf8_text(text: object) -> str:
+    """`text` as text that UTF-8 can encode, lines kept (a whole CSV file): bytes of a non-UTF-8 file
+    name become `\\xNN`. `shown` is this for a one-line message."""
     text = str(text)
     try:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a lone surrogate that is no undecodable byte: a JSON "\ud800"
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# C0, DEL and C1, as text_problem refuses them in names: a valid id or class name is shown as it is.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def brief(text: object, limit: int = 300) -> str:
@@ -97,7 +113,8 @@ def file_problem(path: Path, noun: str = "file") -> str:
 _REFUSALS = {errno.EACCES: "no permission", errno.EPERM: "not permitted", errno.EROFS: "the file system is read-only",
              errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
              errno.ENAMETOOLONG: "the name is too long", errno.ENOTDIR: "a file is where a folder should be",
-             errno.EMFILE: "too many open files (raise `ulimit -n`)"}
+             errno.EMFILE: "too many open files (raise `ulimit -n`)",
+             errno.EEXIST: "a file of that name is there already (where a folder should be made?)"}
 
 
 def refusal(err: OSError) -> str:

@@ -17,7 +17,7 @@ from flow.config import FlowConfig
 from fusion.config import EvalConfig
 from fusion.transfer_config import TransferConfig
 from p3dbase.atomic import write_text
-from p3dbase.errors import NOT_REGULAR, brief, excerpt, shown, text_problem
+from p3dbase.errors import NOT_REGULAR, brief, excerpt, shown, text_problem, utf8_text
 from p3dbase.overrides import ALLOW_NONFINITE, check_value, parse_override
 from p3dbase.overwrite import folder_name_problem
 from pipeline.datasets.config import DatasetConfig
@@ -82,7 +82,7 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = (), *
     items = [(*_parse_override(item), _set_item(item)) for item in overrides]
     if run is not None:
         # one line whatever the name holds: a newline shows as \\n
-        name = shown(run)
+        name = utf8_text(run)
         items.append(("train.run", run, f"--run {excerpt(name, 60) if text_problem(name) else name[:60]}"))
     for key, value, where in items:
         *sections, name = key.split(".")  # benchmark.aslan.root: a key of a named section
@@ -104,7 +104,7 @@ def _set_item(item: str) -> str:
 
 
 def _parse_override(item: str) -> tuple[str, Any]:
-    if shown(item) != item:  # bytes that are not UTF-8 reach argv as lone surrogates
+    if utf8_text(item) != item:  # bytes that are not UTF-8 reach argv as lone surrogates
         raise ConfigError(f"--set {shown(item)}: not valid UTF-8 text; settings (work_dir, dataset.root, ...) "
                           "are written to config.toml and reports as UTF-8: rename the folder, or link it "
                           "under a UTF-8 name")

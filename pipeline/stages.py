@@ -133,9 +133,7 @@ def flow_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1), force: bool = Fa
     # source = "rawframes": each video's frame folder, under flow.rawframes_root or the dataset's own path
     frames_root = Path(cfg.flow.rawframes_root) if cfg.flow.source == "rawframes" and cfg.flow.rawframes_root else None
     jobs = [FlowJob(v.video_id, frames_root / v.video_id if frames_root else v.path) for v in dataset.videos]
-    # Refused files (a link out of the root, an odd name) are listed in the manifest as failed, with why.
-    jobs += [FlowJob(video_id_of(PurePosixPath(rel)), dataset.root / rel, error=f"refused: {why}")
-             for rel, why in dataset.refused]
+    jobs += _refused_jobs(dataset, {job.video_id for job in jobs})
     summary = run_flow(jobs, out, cfg.flow, shard=shard, force=force, strict=strict, config_toml=dump_toml(cfg))
     if read_only:
         return summary
@@ -149,6 +147,22 @@ def flow_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1), force: bool = Fa
         for path in write_mmaction_lists(cfg, out):
             print(f"flow: mmaction2 list {path}")
     return summary
+
+
+def _refused_jobs(dataset: Dataset, computed: set[str]) -> list[FlowJob]:
+    """The manifest lists refused files (a link out of the root, an odd name) as failed, with why: a
+    row per video id. A refused file whose id is a video's computed here (`a1.mp4` beside `a1.avi`)
+    has no row of its own; it is named here (and in the log), not taken for a second video of that id."""
+    reasons: dict[str, list[tuple[str, str]]] = {}
+    for rel, why in dataset.refused:
+        reasons.setdefault(video_id_of(PurePosixPath(rel)), []).append((rel, why))
+    beside = [f"{rel}: {why}" for video_id, refused in reasons.items() if video_id in computed for rel, why in refused]
+    if beside:
+        print(f"flow: {len(beside)} refused file(s) share the id of a video computed here, so the manifest has "
+              f"no row of theirs: {'; '.join(beside[:3])}{' ...' if len(beside) > 3 else ''}")
+    return [FlowJob(video_id, dataset.root / refused[0][0],
+                    error="refused: " + "; ".join(why if len(refused) == 1 else f"{rel}: {why}" for rel, why in refused))
+            for video_id, refused in reasons.items() if video_id not in computed]
 
 
 def write_mmaction_lists(cfg: Config, store_root: Path) -> list[Path]:

@@ -4,15 +4,16 @@ root/{train,val,test}/<class>/<video>. Classes are the sorted class-folder names
 Hidden files and folders (`.DS_Store`, macOS `._x.mp4` metadata) are not videos and are skipped.
 A video whose name cannot be a video id (not UTF-8, a backslash, a control character), a link out
 of the root, a dangling link, a FIFO, or a linked folder (not followed) is refused with the reason
-(`Dataset.refused`) and the rest is read. So is a video lying beside the class folders (it has no
-class); a class folder without any video is no class, with a warning naming it."""
+(`Dataset.refused`) and the rest is read. So are a folder that cannot be read and a video lying beside
+the class folders (it has no class); a class folder without any video is no class, with a warning
+naming it. Of two files of one video id the first in name order is kept, unless it is a dangling link."""
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path, PurePosixPath
 
-from p3dbase.errors import shown
+from p3dbase.errors import file_problem, refusal, shown
 from pipeline.datasets.config import DatasetConfig
 from pipeline.datasets.files import VIDEO_EXTENSIONS, Entry, build, check_root, name_problem, video_id_of
 from pipeline.datasets.records import Dataset
@@ -47,6 +48,7 @@ def read_folder(cfg: DatasetConfig, split: str) -> Dataset:
     found = []  # (class, relative path, subset)
     refused: list[tuple[str, str]] = _linked_folders(root, root)  # a linked class or split folder
     kept: dict[str, PurePosixPath] = {}  # video id -> the file that has it
+    unreadable: list[OSError] = []
     for base, subset in bases:
         if split_folders:
             refused += _linked_folders(base, root)
@@ -56,7 +58,8 @@ def read_folder(cfg: DatasetConfig, split: str) -> Dataset:
                 refused.append((shown((base / name).relative_to(root).as_posix()),
                                 "not in a class folder: its class is the folder it lies in"))
         for cls in _folders(base):
-            for folder, dirs, files in os.walk(base / cls):  # links to folders are not followed
+            # A folder that cannot be listed (no permission) is refused, not skipped without a word.
+            for folder, dirs, files in os.walk(base / cls, onerror=lambda e: unreadable.append(e)):
                 here = Path(folder)
                 for d in [d for d in dirs if not d.startswith(".") and (here / d).is_symlink()]:
                     refused.append((shown((here / d).relative_to(root).as_posix()),
@@ -68,6 +71,10 @@ def read_folder(cfg: DatasetConfig, split: str) -> Dataset:
                     rel = PurePosixPath((here / name).relative_to(root).as_posix())
                     problem = next((p for p in map(name_problem, rel.parts) if p), "")
                     first = kept.setdefault(video_id_of(rel), rel) if not problem else rel
+                    if not problem and first != rel and file_problem(root / first):
+                        first = kept[video_id_of(rel)] = rel  # the first is a dangling link: `build` refuses it
+                        found.append((cls, rel, subset))
+                        continue
                     if not problem and first != rel:  # a1.mp4 beside a1.avi: one id, two videos
                         problem = (f"the video id {shown(video_id_of(rel))} of {shown(first)} (ids leave out the "
                                    "extension): rename one")
@@ -75,10 +82,13 @@ def read_folder(cfg: DatasetConfig, split: str) -> Dataset:
                         refused.append((shown(rel), problem))
                     else:
                         found.append((cls, rel, subset))
+    refused += [(shown(Path(e.filename).relative_to(root).as_posix()), f"a folder that cannot be read: {refusal(OSError(e.errno, e.strerror))}")
+                for e in unreadable]
     if not found and not refused:
         raise DatasetError(f"{shown(root)}: no videos in class folders (looked for {', '.join(VIDEO_EXTENSIONS)})")
     classes = sorted({cls for cls, _, _ in found})
-    empty = sorted({shown(cls) for base, _ in bases for cls in _folders(base)} - set(classes))
+    empty = sorted({shown(cls) for base, _ in bases for cls in _folders(base)} - set(classes)
+                   - {shown(Path(e.filename).name) for e in unreadable})
     if empty and found:
         log.warning("%s: %d class folder(s) hold no video and are not classes: %s%s", shown(root), len(empty),
                     ", ".join(empty[:5]), " ..." if len(empty) > 5 else "")

@@ -6,7 +6,7 @@ import io
 import itertools
 
 from flow.manifest import COLUMNS, VideoResult, format_manifest, read_manifest, write_manifest
-from p3dbase.errors import shown
+from p3dbase.errors import utf8_text
 
 ODD = ["plain", "a,b", 'say "hi"', "line\nbreak", "cr\rhere", "", " space ", "tab\there", "caf\u00e9",
        "bad\udcffbyte"]
@@ -18,7 +18,7 @@ def _by_csv(rows: list[VideoResult]) -> bytes:
     writer.writerow(COLUMNS)
     writer.writerows([r.video_id, r.path, r.status, r.frames, r.flow_pairs, r.declared_frames, r.seconds, r.error]
                      for r in sorted(rows, key=lambda r: r.video_id))
-    return shown(buf.getvalue()).encode()
+    return utf8_text(buf.getvalue()).encode()
 
 
 def test_rows_are_written_as_csv_writer_writes_them():

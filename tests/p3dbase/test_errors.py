@@ -4,7 +4,7 @@ import errno
 
 import pytest
 
-from p3dbase.errors import brief, excerpt, refusal, shown
+from p3dbase.errors import brief, excerpt, refusal, shown, utf8_text
 
 
 def test_excerpt_quotes_short_text_whole_and_long_text_in_part():
@@ -50,3 +50,11 @@ def test_shown_prints_any_text():
     assert shown("caf\udce9") == "caf\\xe9"  # a file name's undecodable byte 0xe9
     assert shown("a\ud800b") == "a\\ud800b"  # a lone surrogate from a JSON escape: it raised UnicodeEncodeError
     assert shown("plain é") == "plain é"
+
+
+def test_shown_keeps_a_message_on_one_line_and_utf8_text_keeps_lines():
+    """A file name holding a newline split "flow: failed c/new\\nline: refused ..." over two lines, and
+    an escape sequence in a name reached the terminal. A whole file (a manifest) keeps its lines."""
+    assert shown("c/new\nline\tx\x1b[31m\x7f\x85") == "c/new\\nline\\tx\\x1b[31m\\x7f\\x85"
+    assert shown("U+2028 \u2028 stays") == "U+2028 \u2028 stays"  # not a control character: ids may hold it
+    assert utf8_text("a,b\nc\udce9\n") == "a,b\nc\\xe9\n"

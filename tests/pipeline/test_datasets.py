@@ -521,7 +521,7 @@ def test_folder_skips_hidden_files_and_refuses_what_it_must_not_read(tmp_path):
         ("run/linked", "a symbolic link to a folder, not followed"),
         ("run/back\\slash.mp4", "its name holds a backslash, which other tools read as a folder separator: "
                                 "rename it"),
-        ("run/tab\there.mp4", "its name holds a control character: rename it"),
+        ("run/tab\\there.mp4", "its name holds a control character: rename it"),  # shown escaped: one line
         ("run/dangling.mp4", "a dangling symbolic link"),
         ("run/fifo.mp4", "not a regular file (a FIFO, socket or device)"),
         ("run/passwd.mp4", f"a symbolic link to {outside / 'secret.mp4'}, outside the dataset root {root}"),
@@ -551,6 +551,40 @@ def test_folder_refuses_linked_class_folders_and_a_second_video_of_one_id(tmp_pa
     data = read_dataset(DatasetConfig(format="folder", root=str(tmp_path / "split")))
     assert [v.video_id for v in data.videos] == ["train/A/a"]
     assert data.refused == [("val", "a symbolic link to a folder, not followed")]
+
+
+def test_folder_a_dangling_link_does_not_take_the_id_of_the_video_beside_it(tmp_path):
+    """`v.avi` a dangling link beside `v.mp4`: the link took the id c/v first, so both were refused and the
+    real video never computed."""
+    root = tmp_path / "root"
+    touch(root, "c/v.mp4", "c/w.mp4")
+    (root / "c" / "v.avi").symlink_to(tmp_path / "gone.avi")
+    data = read_dataset(DatasetConfig(format="folder", root=str(root)))
+    assert [(v.video_id, v.path.name) for v in data.videos] == [("c/v", "v.mp4"), ("c/w", "w.mp4")]
+    assert [rel for rel, _ in data.refused] == ["c/v.avi"]
+
+
+def test_folder_refuses_a_folder_it_cannot_read_naming_it(tmp_path, monkeypatch, caplog):
+    """os.walk dropped a folder it could not list without a word (its videos in no list at all), and an
+    unreadable class folder was said to "hold no video". For root, who reads anything, the listing is
+    refused as it is for a user."""
+    root = tmp_path / "root"
+    touch(root, "c/v.mp4", "c/part2/w.mp4", "locked/x.mp4", "e/y.mp4")
+    real = os.scandir
+    denied = {str(root / "c" / "part2"), str(root / "locked")}
+
+    def scandir(path="."):
+        if str(path) in denied:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with caplog.at_level(logging.WARNING):
+        data = read_dataset(DatasetConfig(format="folder", root=str(root)))
+    assert [v.video_id for v in data.videos] == ["c/v", "e/y"]
+    assert sorted(data.refused) == [("c/part2", "a folder that cannot be read: no permission"),
+                                    ("locked", "a folder that cannot be read: no permission")]
+    assert "hold no video" not in caplog.text
 
 
 def test_folder_refuses_names_that_are_not_utf8(tmp_path):

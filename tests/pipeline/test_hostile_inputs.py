@@ -145,3 +145,32 @@ def test_a_missing_benchmark_flow_store_is_named_by_its_key(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"error: benchmark.synth.flow_store: no flow store at {tmp_path / 'nowhere'}")
     assert not (tmp_path / "work" / "transfer").exists() or not any((tmp_path / "work" / "transfer").rglob("*.npz"))
+
+
+def test_refused_files_of_a_computed_video_id_do_not_stop_the_flow_stage(tmp_path, capsys):
+    """`v.mp4` beside `v.avi` (or beside a dangling `v.avi`): the refused file's manifest row had the kept
+    video's id, and "video id 'c/v' appears twice" stopped the stage before any video. Now the kept
+    video and the rest are computed and the refused file is named; two refused files of one id are one
+    failed row with both reasons."""
+    import csv
+
+    from tests.builders import moving_square, write_video
+
+    root = tmp_path / "videos"
+    for name in ("c/v.avi", "c/v.mp4", "c/w.mp4"):
+        write_video(root / name, moving_square(4, seed=1))
+    (root / "c" / "x.mp4").symlink_to(tmp_path / "gone.mp4")
+    (root / "c" / "x.mkv").symlink_to(tmp_path / "gone.mkv")
+    config = tmp_path / "flow.toml"
+    config.write_text('[dataset]\nformat = "folder"\n[flow]\nsize = ""\nwarps = 1\nouter_iterations = 2\n'
+                      'nscales = 2\njobs = 1\n', encoding="utf-8")
+    assert main(["flow", "--config", str(config), "--set", f"dataset.root={root}",
+                 "--set", f"work_dir={tmp_path / 'work'}"]) == 0
+    out = capsys.readouterr().out
+    assert ("flow: 1 refused file(s) share the id of a video computed here, so the manifest has no row of "
+            "theirs: c/v.mp4: the video id c/v of c/v.avi (ids leave out the extension): rename one") in out
+    with open(tmp_path / "work" / "flow" / "manifest.csv", newline="") as f:
+        rows = {r["video_id"]: (r["status"], r["error"]) for r in csv.DictReader(f)}
+    assert rows["c/v"] == rows["c/w"] == ("done", "")
+    assert rows["c/x"] == ("failed", "refused: c/x.mkv: a dangling symbolic link; c/x.mp4: a dangling symbolic link")
+
