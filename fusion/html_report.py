@@ -225,8 +225,10 @@ def _read_scores(report_dir: Path) -> dict[str, np.ndarray]:
                 or (views and not a.shape[1])):
             want = f"{n} videos x views x {c} classes" if views else f"{n} videos x {c} classes"
             raise _damaged(path, f"{key!r} is {a.dtype} {tuple(a.shape)}, not floats of {want}")
-        if not np.isfinite(a).all():  # eval never writes them (it refuses non-finite outputs): an edit
-            raise _damaged(path, f"{key!r} holds NaN or inf scores")
+        # -inf is "no prediction": the SVM's score for a class without training videos (fusion.svm, as
+        # fusion.metrics reads it); eval writes no NaN or +inf (it refuses non-finite outputs): an edit.
+        if np.isnan(a).any() or (a == np.inf).any():
+            raise _damaged(path, f"{key!r} holds NaN or +inf scores")
     return scores
 
 

@@ -76,7 +76,9 @@ def test_layer_tap_matches_pool5_and_a_hand_reduction():
                       (layers["res5c"], res5.amax(dim=(1, 3, 4)).numpy())):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
     # pool5 is the mean of the same res5c map: never above its maximum, and res5c is not pool5 again.
-    assert np.all(layers["res5c"] >= pool5.numpy() - 1e-6) and not np.allclose(layers["res5c"], pool5.numpy())
+    # (a float32 mean of nearly equal values may round a few steps above their maximum: a scaled margin)
+    assert (np.all(layers["res5c"] >= pool5.numpy() - 1e-5 * np.abs(pool5.numpy()).max())
+            and not np.allclose(layers["res5c"], pool5.numpy()))
     tap.remove()
 
 

@@ -48,6 +48,26 @@ def _eval_report(out: Path) -> None:
                                                ["a", "b", "c"], {}))
 
 
+def test_a_class_without_training_videos_gets_its_report(tmp_path, capsys):
+    """The SVM scores a class no training video had -inf ("no prediction", as fusion.metrics reads it):
+    the report's check of scores.npz took that for a damaged file, so eval of any dataset with such a
+    class ended in "'svm_rgb' holds NaN or inf scores: re-run `make eval`", every time."""
+    import numpy as np
+
+    from fusion import report
+
+    labels = [(c,) for c in range(3) for _ in range(2)]
+    svm = np.eye(3)[[c for (c,) in labels]]
+    svm[:, 2] = -np.inf  # class 2 had no training video
+    methods = [report.MethodScores("rgb", np.eye(3)[[c for (c,) in labels]], ""), report.MethodScores("svm_rgb", svm, "")]
+    table = report.results_table(methods, labels, "t", 0)
+    report.write_report(tmp_path / "r", report.EvalReport("Evaluation: t", table, [], methods, methods,
+                                                          [f"C{c}/v{i}" for i, (c,) in enumerate(labels)], labels,
+                                                          ["a", "b", "c"], {}))
+    assert main(["report", str(tmp_path / "r")]) == 0, capsys.readouterr().err
+    assert "svm_rgb" in (tmp_path / "r" / "report.html").read_text(encoding="utf-8")
+
+
 def test_report_skips_a_damaged_report_rebuilds_the_rest_and_says_which(tmp_path, capsys):
     """`report WORK_DIR` with one cut report_inputs.json said there was no report at all (or, for a
     transfer report whose results.csv lacks columns, a KeyError traceback) and rebuilt nothing: now each

@@ -75,7 +75,9 @@ def test_two_gloo_processes_compute_the_one_process_gradients(ddp_run, toy_store
         assert (g1 - g2).abs().max() <= 1e-4 * g1.abs().max() + 1e-7
     for name, value in one["model"].items():  # weights after the step and BN running statistics
         if value.is_floating_point():
-            assert torch.allclose(value, two["model"][name], rtol=1e-4, atol=1e-6), name
+            # Summation order differs with the process count: the error scales with the tensor's largest
+            # value, so the absolute part does too (a near-zero running mean beside values of ~1.4).
+            assert torch.allclose(value, two["model"][name], rtol=1e-4, atol=1e-5 * float(value.abs().max())), name
 
 
 def resumable_copy(out: Path, step: int, to: Path) -> Path:
@@ -113,4 +115,4 @@ def test_a_two_process_checkpoint_resumes_in_one_process(ddp_run, toy_store, tmp
     whole, again = read_checkpoint(step_path(out, 4)).state["model"], read_checkpoint(result.checkpoint).state["model"]
     for name, value in whole.items():
         if value.is_floating_point():
-            assert torch.allclose(value, again[name], rtol=1e-4, atol=1e-6), name
+            assert torch.allclose(value, again[name], rtol=1e-4, atol=1e-5 * float(value.abs().max())), name
