@@ -13,6 +13,9 @@ FUSION_SCORES = ("softmax", "raw")
 # TSN uses 1:1.5. [1e308, 1e308] summed to inf and scored every video 0, and a grid value of 1e308 broke
 # the report's weight curve.
 MAX_FUSION_WEIGHT = 1000.0
+# 4,096 clips of 16x160x160x3 are 20 GB of float32 input, more than a batch of any GPU: a larger value
+# is a typo (1e11 read a whole video ahead and ran for minutes before it ran out of memory).
+MAX_BATCH_VIEWS = 4096
 # An SVM's C, (least, most) (eval.svm_cs; transfer.svm_cs the same). The features are L2-normalised, so
 # beyond ~1e4 every C is the hard-margin SVM (the same weights, measured up to 1e60) and below ~1e-4
 # every C the same ranking. Outside, LinearSVC's primal solver broke: C = 1e100 and 1e-300 ran for
@@ -37,7 +40,7 @@ class EvalConfig:
     # (the paper's Sports-1M testing: 20 random clips, the same ones on every re-run; fusion.views).
     clip_sampling: str = "uniform"
     crops: str = "center"  # "center" (one crop) or "three" (left/centre/right along the long side)
-    batch_views: int = 16  # clips through the network at once: bounds memory on long videos
+    batch_views: int = 16  # clips through the network at once (1-4096): bounds memory on long videos
 
     # Late fusion of the two streams' video scores.
     # "raw": average the views' logits, as TSN fuses (1:1.5 on raw class scores; 81.3 against 56.2
@@ -70,8 +73,8 @@ class EvalConfig:
             raise ValueError(f"clip_sampling: must be 'uniform' or 'random', got {self.clip_sampling!r}")
         if self.crops not in CROPS:
             raise ValueError(f"crops: must be 'center' or 'three', got {self.crops!r}")
-        if self.batch_views < 1:
-            raise ValueError(f"batch_views: must be >= 1, got {self.batch_views}")
+        if not 1 <= self.batch_views <= MAX_BATCH_VIEWS:
+            raise ValueError(f"batch_views: must be 1 to {MAX_BATCH_VIEWS}, got {self.batch_views}")
         if self.fusion_scores not in FUSION_SCORES:
             raise ValueError(f"fusion_scores: must be 'softmax' or 'raw', got {self.fusion_scores!r}")
         top = MAX_FUSION_WEIGHT

@@ -10,9 +10,11 @@ The videos are files, frame folders, directories or list files (fusion.inputs; i
 relative to the directory or list given, without the extension, like the datasets' video ids), and
 the flow is computed with the checkpoints' flow settings unless `--set flow.KEY` says otherwise
 (fusion.predict.prepare). Each finished video is kept in `<out>.parts/`, so a killed run resumes
-where it stopped (a part cut or altered, of another width or not finite, is computed again); a
-video that cannot be read is recorded with its reason (`failed_ids`, `failed_reasons`) and the rest
-goes on. An existing output is refused unless `--force`. Features over
+where it stopped (a part cut or altered, of another width or not finite, or made with other
+settings, is computed again); a video that cannot be read, or whose id another input already has
+(fusion.inputs.gather_inputs), is recorded with its reason (`failed_ids`, `failed_reasons`) and the
+rest goes on. An existing output is refused unless `--force`, and so is a second run on an output
+while one is writing it (an flock beside it, p3dbase.lock). Features over
 time (one row per snippet, a folder of .npy) are `features --stride` (fusion.snippet_features).
 """
 from __future__ import annotations
@@ -36,12 +38,13 @@ from fusion.config import EvalConfig
 from fusion.decoded import decode_for_views
 from fusion.engine import Engine
 from fusion.errors import FusionError
-from fusion.inputs import input_signature, list_inputs
+from fusion.inputs import gather_inputs, input_signature
 from fusion.predict import prepare, problem
 from fusion.report import save_npz
 from fusion.views import feature_plan
 from p3dbase.atomic import DiskFullError, atomic_path, write_text
 from p3dbase.errors import shown
+from p3dbase.lock import try_lock
 from p3dbase.overwrite import output_folder, refuse_overwrite
 from p3dbase.progress import progress_bar
 from streams.errors import StreamsError
@@ -68,12 +71,11 @@ class FeatureSummary:
         return "\n".join(lines)
 
 
-def _check_output(out: Path, force: bool) -> None:
-    """One rule for every output: an existing one is refused unless --force (as export does)."""
+def _check_output(out: Path) -> None:
+    """A features file this process can write (whether one exists is asked under the output's lock)."""
     if out.suffix not in OUTPUT_SUFFIXES:
         raise FusionError(f"--out {shown(out)}: the features file must end in .npz or .parquet (or give --stride "
                           "for per-snippet features into a folder)")
-    refuse_overwrite([out], force)
     output_folder(out.parent, "--out's folder")
     if out.suffix == ".parquet":
         try:
@@ -106,12 +108,17 @@ def _settings(engine: Engine, flow_cfg: FlowConfig, cfg: EvalConfig) -> dict:
                         "pool5 averaged over them; *_normalised: signed square root then L2"}
 
 
+def _settings_key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _open_parts(parts: Path, settings: dict, force: bool) -> None:
+    """Called under the output's lock: no other run writes these parts meanwhile."""
     key = parts / "settings.json"
     text = json.dumps(settings, sort_keys=True)
     if parts.is_dir() and (force or not key.is_file() or key.read_text(encoding="utf-8") != text):
-        # other checkpoints or settings: nothing in it can be reused (ignore_errors: a run sharing the
-        # output may be removing it too)
+        # other checkpoints or settings: nothing in it can be reused (ignore_errors: a file that cannot
+        # be removed stays, and its part is recomputed all the same, its settings key not being ours)
         shutil.rmtree(parts, ignore_errors=True)
     parts.mkdir(parents=True, exist_ok=True)
     if not key.is_file():
@@ -122,14 +129,18 @@ def _part_path(parts: Path, video_id: str) -> Path:
     return parts / f"{hashlib.sha1(video_id.encode()).hexdigest()[:20]}.npz"
 
 
-def _read_part(part: Path, video_id: str, path: Path, widths: dict[str, int]) -> dict[str, np.ndarray] | None:
+def _read_part(part: Path, video_id: str, path: Path, widths: dict[str, int],
+               key: str) -> dict[str, np.ndarray] | None:
     """A finished video's features ({stream: float [width]}), or None when absent, stale or damaged (cut or
-    altered bytes, another shape, NaN): then it is computed again."""
+    altered bytes, another shape, NaN) or made with other settings than `key` (settings.json is read once,
+    when the parts are opened; each part carries the key it was made under, so that no row of other
+    settings reaches an output whose meta says ours): then it is computed again."""
     try:
         if not part.is_file():
             return None
         with np.load(part, allow_pickle=False) as data:
-            if str(data["id"]) != video_id or str(data["signature"]) != input_signature(path):
+            if (str(data["id"]) != video_id or str(data["signature"]) != input_signature(path)
+                    or str(data["settings_key"]) != key):
                 return None
             got = {n: data[n] for n in widths}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
@@ -146,24 +157,39 @@ def extract_features(sources: Sequence[Path | str] | Path | str, checkpoints: di
     `out` is refused unless `force` (which also recomputes); a killed run resumes from `<out>.parts/`.
     `explicit_flow`: the `[flow]` keys given with --set (the others come from the checkpoints).
     `progress`: False draws no progress bar (--no-progress); else one over the videos."""
-    started = time.monotonic()
     out = Path(out)
-    _check_output(out, force)
-    videos = list_inputs([sources] if isinstance(sources, (str, Path)) else sources)
+    _check_output(out)
+    # One run at a time on an output: a second one (other settings, say) replaced the parts' settings
+    # and rows while the first still wrote, whose file then held rows of both under one meta.
+    with try_lock(out.parent / f".{out.name}.lock") as holder:
+        if holder:
+            raise FusionError(f"--out {shown(out)} is being written by another features run (pid {holder}): wait for "
+                              "it to finish, or give another --out")
+        refuse_overwrite([out], force)  # under the lock: a run that just finished may have written it
+        return _extract(sources, checkpoints, out, flow_cfg, cfg, force, explicit_flow, progress)
+
+
+def _extract(sources: Sequence[Path | str] | Path | str, checkpoints: dict[str, Path], out: Path,
+             flow_cfg: FlowConfig, cfg: EvalConfig, force: bool, explicit_flow: Sequence[str],
+             progress: bool | None) -> FeatureSummary:
+    """extract_features's work, holding the output's lock."""
+    started = time.monotonic()
+    videos, refused = gather_inputs([sources] if isinstance(sources, (str, Path)) else sources)
     engine, flow_cfg = prepare(checkpoints, flow_cfg, cfg, explicit_flow)
     names = [s.name for s in engine.streams]
     widths = {s.name: s.widths()["pool5"] for s in engine.streams}
     settings = _settings(engine, flow_cfg, cfg)
+    key = _settings_key(settings)
     parts = out.with_name(out.name + ".parts")
     _open_parts(parts, settings, force)
 
     features: dict[str, dict[str, np.ndarray]] = {}
-    failures: list[tuple[str, str]] = []
+    failures: list[tuple[str, str]] = list(refused)  # a second input of one id: failed as an unreadable video
     computed = resumed = 0
     for video in progress_bar(videos, desc="features", unit="video", disable=progress is False):
         video_id, path = video.video_id, video.path
         part = _part_path(parts, video_id)
-        got = _read_part(part, video_id, path, widths)
+        got = _read_part(part, video_id, path, widths, key)
         if got is not None:
             features[video_id] = got
             resumed += 1
@@ -176,14 +202,16 @@ def extract_features(sources: Sequence[Path | str] | Path | str, checkpoints: di
                 raise
             failures.append((video_id, problem(e)))
             continue
-        save_npz(part, {"id": np.array(video_id), "signature": np.array(signature), **got})
+        save_npz(part, {"id": np.array(video_id), "signature": np.array(signature), "settings_key": np.array(key),
+                        **got})
         features[video_id] = got
         computed += 1
     if not features:
         raise FusionError(f"no video could be read, e.g. {failures[0][0]}: {failures[0][1]}")
     _write(out, features, names, failures, settings)
-    shutil.rmtree(parts, ignore_errors=True)  # the output is whole; another run sharing it may have removed them
-    summary = FeatureSummary(len(videos), computed, resumed, len(failures), time.monotonic() - started, out, failures)
+    shutil.rmtree(parts, ignore_errors=True)  # the output is whole; what cannot be removed is only a cache
+    summary = FeatureSummary(len(videos) + len(refused), computed, resumed, len(failures), time.monotonic() - started,
+                             out, failures)
     print(summary, flush=True)
     return summary
 

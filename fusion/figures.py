@@ -174,18 +174,48 @@ def per_class_figure(names: Sequence[str], accuracy: np.ndarray, classes: Sequen
         ax.set_axisbelow(True)  # the grid under the bars: a bar stays one block of colour
         # Above the axes: a legend inside would cover the rows under it.
         ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=len(names), frameon=False)
-        # inches for the title and the legend above, the axis label below; labels of many classes on the left
-        sides = {"left": 0.3, "right": 0.97} if n > SMALL else {}
-        fig.subplots_adjust(top=1 - 0.7 / height, bottom=0.6 / height, **sides)
+        # inches for the title and the legend above, the axis label below
+        fig.subplots_adjust(top=1 - 0.7 / height, bottom=0.6 / height)
         fig.suptitle(f"Per-class accuracy, sorted by {names[0]}", fontsize=9, y=1 - 0.1 / height, va="top")
         row_inches = ax.get_position().height * height / max(n, 1)
         font = min(8.0, row_inches * 72 / LINE)  # as large as the rows allow, up to 8 pt
-        if font >= LABEL_PT:
-            ax.set_yticks(y, [classes[i] for i in order], fontsize=font)
-        else:  # more classes than 60 inches hold at LABEL_PT: every k-th named
-            ticks = y[::_label_step(row_inches, LABEL_PT)]
-            ax.set_yticks(ticks, [classes[order[t]] for t in ticks], fontsize=LABEL_PT)
+        ticks = y if font >= LABEL_PT else y[::_label_step(row_inches, LABEL_PT)]  # else every k-th named
+        font = max(font, LABEL_PT)
+        if n > SMALL:  # many classes: the margin set here (no tight box), as wide as the names, up to half
+            labels, inches = _fit_labels(fig, [classes[order[t]] for t in ticks], font, 0.5 * 7.5 - 0.2)
+            fig.subplots_adjust(left=(inches + 0.2) / 7.5, right=0.97)
+        else:
+            labels = [classes[order[t]] for t in ticks]
+        ax.set_yticks(ticks, labels, fontsize=font)
         return fig
+
+
+def _fit_labels(fig, labels: Sequence[str], points: float, inches: float) -> tuple[list[str], float]:
+    """`labels` at `points`, each longer than `inches` cut in its middle ("class_001_ver...ion_name": a
+    class is told by its start and end), and the widest one's width in inches. A fixed margin cut the
+    starts of long names off at the figure's edge, and with them what tells the rows apart."""
+    from matplotlib.font_manager import FontProperties
+
+    renderer, font = fig.canvas.get_renderer(), FontProperties(size=points)
+
+    def width(text: str) -> float:
+        return renderer.get_text_width_height_descent(text, font, ismath=False)[0] / renderer.dpi
+
+    out, widest = [], 0.0
+    for label in labels:
+        keep, cut, w = len(label), label, width(label)
+        while w > inches and keep > 8:  # off the middle: about the share of characters that is too wide
+            keep -= max(1, int(keep * (w - inches) / w))
+            cut = _middle_cut(label, keep)
+            w = width(cut)
+        out.append(cut)
+        widest = max(widest, w)
+    return out, widest
+
+
+def _middle_cut(text: str, keep: int) -> str:
+    """`text` with its middle replaced by "..." so that `keep` of its characters remain."""
+    return text if keep >= len(text) else f"{text[:(keep + 1) // 2]}...{text[len(text) - keep // 2:]}"
 
 
 def weight_curve(path: Path, curves: dict[str, tuple[Sequence[float], np.ndarray]],

@@ -85,10 +85,12 @@ def _from_list(source: Path) -> list[VideoInput]:
     return sorted(found, key=lambda v: v.video_id)
 
 
-def list_inputs(sources: Sequence[Path | str]) -> list[VideoInput]:
+def gather_inputs(sources: Sequence[Path | str]) -> tuple[list[VideoInput], list[tuple[str, str]]]:
     """The videos of `sources` (each a video file, a frame folder, a directory of them or a list
-    file), in the order given, each directory's and list's sorted by id. FusionError naming the
-    source when it holds no video or two inputs would get one id."""
+    file), in the order given, each directory's and list's sorted by id; and the inputs refused, as
+    (path, why). Two inputs with one id (`a.avi` beside `a.mkv`) would write one output: the first
+    in that order is kept and the other refused, as the `folder` dataset reader does, so that a batch
+    fails that input alone. FusionError naming the source when it holds no video."""
     found: list[VideoInput] = []
     for source in map(Path, sources):
         if path_is(Path.is_dir, source):
@@ -107,12 +109,24 @@ def list_inputs(sources: Sequence[Path | str]) -> list[VideoInput]:
             found.append(VideoInput(shown(source.with_suffix("").name), source))
         else:
             raise FusionError(f"{brief(source)}: no such video file, frame folder, directory or list file")
-    ids: dict[str, Path] = {}
+    kept: dict[str, VideoInput] = {}
+    refused: list[tuple[str, str]] = []
     for v in found:
-        if v.video_id in ids and ids[v.video_id] != v.path:
-            raise FusionError(f"{shown(ids[v.video_id])} and {shown(v.path)} would both have the id {v.video_id!r}")
-        ids[v.video_id] = v.path
-    return list({v.video_id: v for v in found}.values())
+        first = kept.setdefault(v.video_id, v)
+        if first.path != v.path:  # the same file named twice is one video, not a clash
+            refused.append((shown(v.path), f"the video id {v.video_id} of {shown(first.path)} (ids leave out the "
+                                           "extension): rename one"))
+    return list(kept.values()), refused
+
+
+def list_inputs(sources: Sequence[Path | str]) -> list[VideoInput]:
+    """gather_inputs's videos; FusionError naming the source when it holds no video or two inputs
+    would get one id (for a caller that cannot record a refused input beside its results)."""
+    videos, refused = gather_inputs(sources)
+    if refused:
+        path, why = refused[0]
+        raise FusionError(f"{path}: {why}")
+    return videos
 
 
 def input_signature(path: Path) -> str:

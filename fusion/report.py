@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -92,8 +93,13 @@ def average_tables(tables: Sequence[pd.DataFrame], protocol: str) -> pd.DataFram
 
 def md_cell(value: object) -> str:
     """`value` as one cell of a Markdown table: a `|` would end the cell and a line break the row, and
-    class names and video ids come from users' folders and files."""
-    return " ".join(str(value).split()).replace("|", "\\|")
+    `<`, `>`, `&` are HTML to a renderer (a class `<script>...` was run or hidden, `A&amp;B` shown as
+    `A&B`); class names and video ids come from users' folders and files. CommonMark's backslash
+    escapes keep the text readable as it stands."""
+    return _MD_SPECIAL.sub(r"\\\g<0>", " ".join(str(value).split()))
+
+
+_MD_SPECIAL = re.compile(r"[\\|<>&]")
 
 
 def markdown_table(header: Sequence[object], rows: Iterable[Sequence[object]]) -> list[str]:

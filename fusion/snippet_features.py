@@ -44,7 +44,7 @@ from fusion import svm
 from fusion.config import EvalConfig
 from fusion.engine import PoolSpec, Stream, Worker, map_videos, open_stream
 from fusion.errors import FusionError
-from fusion.inputs import VideoInput, input_signature, list_inputs
+from fusion.inputs import VideoInput, gather_inputs, input_signature
 from fusion.predict import check_flow, checkpoint_flow_config, problem
 from fusion.snippets import Snippets, run_snippets, snippet_plan
 from p3dbase.atomic import DiskFullError, atomic_path, disk_full, is_disk_full, name_problem, temp_prefix, write_text
@@ -248,8 +248,11 @@ def _write_rows(path: Path, run, names: Sequence[str], normalised: bool) -> tupl
     return got, bounds
 
 
-def write_manifest(out: Path, key: str, videos: Sequence[VideoInput]) -> dict[str, int]:
-    """DIR/manifest.csv from the folder as it is now: every video of the source with its status."""
+def write_manifest(out: Path, key: str, videos: Sequence[VideoInput],
+                   refused: Sequence[tuple[str, str]] = ()) -> dict[str, int]:
+    """DIR/manifest.csv from the folder as it is now: every video of the source with its status, then
+    the inputs refused before any work (fusion.inputs.gather_inputs: a second input of one id), failed
+    under their path with why."""
     counts = {"done": 0, "failed": 0, "pending": 0}
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
@@ -274,6 +277,9 @@ def write_manifest(out: Path, key: str, videos: Sequence[VideoInput]) -> dict[st
                 pass
         counts[status] += 1
         writer.writerow([video.video_id, status, snippets, reason])
+    for path, why in refused:
+        counts["failed"] += 1
+        writer.writerow([path, "failed", "", why])
     write_text(out / MANIFEST, text.getvalue())
     return counts
 
@@ -310,7 +316,7 @@ def extract_snippet_features(sources: Sequence[Path | str], checkpoints: dict[st
                           f"give --window {clip_len} or leave it out")
     flow_cfg = checkpoint_flow_config(streams, flow_cfg, explicit_flow)
     check_flow(streams, config_flow_settings(flow_cfg), "the [flow] settings features computes flow with")
-    videos = list_inputs(sources)
+    videos, refused = gather_inputs(sources)
     mine = sorted(videos, key=lambda v: v.video_id)[i::n]
     settings = {
         "streams": [{"name": s.name, "checkpoint": shown(s.checkpoint), "sha256": s.sha256, "arch": s.info.arch,
@@ -332,7 +338,9 @@ def extract_snippet_features(sources: Sequence[Path | str], checkpoints: dict[st
         progress = sys.stderr.isatty()
     context = _Context(out, settings, key, stride, mirror, normalised, flow_cfg, cfg.batch_views, force,
                        frame_bars=progress and (device.type != "cpu" or cfg.jobs == 1 or len(todo) == 1))
-    summary = SnippetSummary(len(mine), 0, len(done_before), 0, out=out)
+    # The refused inputs are every shard's to report (each run's exit status says some failed), but not
+    # to count among the videos that could not be read.
+    summary = SnippetSummary(len(mine) + len(refused), 0, len(done_before), 0, failures=list(refused), out=out)
     spec = PoolSpec(streams, cfg.batch_views, device, _work, context)
     try:
         for video_id, status, detail in map_videos(spec, todo, cfg.jobs, desc="features", unit="video",
@@ -346,9 +354,10 @@ def extract_snippet_features(sources: Sequence[Path | str], checkpoints: dict[st
             else:
                 summary.failures.append((video_id, detail))
     finally:
-        write_manifest(out, key, videos)
+        write_manifest(out, key, videos, refused)
     summary.seconds = time.monotonic() - started
     print(summary, flush=True)
-    if mine and len(summary.failures) == len(mine):
-        raise FusionError(f"no video could be read, e.g. {summary.failures[0][0]}: {summary.failures[0][1]}")
+    unread = summary.failures[len(refused):]
+    if mine and len(unread) == len(mine):
+        raise FusionError(f"no video could be read, e.g. {unread[0][0]}: {unread[0][1]}")
     return summary

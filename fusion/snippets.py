@@ -196,10 +196,11 @@ def run_snippets(path: Path | str, engine: Engine, flow_cfg: FlowConfig, stride:
         starts.extend(batch_starts)
 
     while True:
-        wanted = [next_start + k * stride for k in range(batch)]
-        read_until(wanted[-1] + window + extra)
-        if ended:
-            wanted = [s for s in wanted if s + window <= buffer.num_frames - extra]
+        last = next_start + (batch - 1) * stride  # the batch's last snippet start
+        read_until(last + window + extra)
+        if ended:  # the last start whose window the video holds
+            last = min(last, buffer.num_frames - extra - window)
+        wanted = list(range(next_start, last + 1, stride))
         if not wanted:
             break
         score(wanted, looped=False)

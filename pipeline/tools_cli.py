@@ -60,8 +60,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
                    help="no progress bars on stderr (they are off anyway when stderr is not a terminal)")
     p.add_argument("--timeline", action="store_true",
                    help="also the scores of every snippet: OUT/<id>.timeline.csv, .json and a .png picture")
-    p.add_argument("--stride", type=int, default=0,
-                   help="--timeline: frames between snippet starts (default: the clip length)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="--timeline: frames between snippet starts (default, or 0: the clip length)")
     p.add_argument("--out", type=Path, default=None, help="--timeline: folder (default ./timeline)")
     p.add_argument("--force", action="store_true", help="--timeline: overwrite timeline files that exist")
     _config_args(p)
@@ -74,7 +74,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--flow", type=Path, default=None, help="flow stream checkpoint")
     p.add_argument("--out", type=Path, required=True,
                    help="per video: a .npz or .parquet file (needs pyarrow); with --stride: a folder")
-    p.add_argument("--stride", type=int, default=0,
+    # None, not 0: `--stride 0` is refused as a stride, not taken for its absence (per-video features)
+    p.add_argument("--stride", type=int, default=None,
                    help="per-snippet features: a snippet (one clip) every STRIDE frames, OUT/<id>.npy [T, D]")
     p.add_argument("--window", type=int, default=0,
                    help="--stride: frames per snippet; must be the streams' clip length (the default)")
@@ -153,15 +154,15 @@ def run(args: argparse.Namespace, cfg: Config | None = None) -> int:
         if args.stage == "predict":
             from fusion.predict import Timeline, run_predict
 
-            if not args.timeline and (args.stride or args.out is not None or args.force):
+            if not args.timeline and (args.stride is not None or args.out is not None or args.force):
                 raise FusionError("--stride, --out and --force are for the scores over time: give --timeline too "
                                   "(predict alone writes no file)")
-            timeline = Timeline(args.out or Path("timeline"), args.stride, args.force) if args.timeline else None
+            timeline = Timeline(args.out or Path("timeline"), args.stride or 0, args.force) if args.timeline else None
             predictions = run_predict(args.videos, _checkpoints(args), cfg.flow, cfg.eval, args.top, args.json,
                                       progress=progress, explicit_flow=explicit, timeline=timeline)
             return 1 if any(p.error for p in predictions) else 0
-        if args.stride or args.window or args.mirror or args.normalised or args.shard != (0, 1):
-            if not args.stride:
+        if args.stride is not None or args.window or args.mirror or args.normalised or args.shard != (0, 1):
+            if args.stride is None:
                 raise FusionError("--window, --mirror, --normalised and --shard are for per-snippet features: "
                                   "give --stride too")
             from fusion.snippet_features import extract_snippet_features

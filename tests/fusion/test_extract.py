@@ -151,7 +151,7 @@ def test_video_lists_folders_and_frame_folders(tmp_path, video_dir):
     assert [v.video_id for v in list_inputs([video_dir])] == ["jump/v1", "rawframes/v3", "run/broken", "run/v2"]
     assert [v.video_id for v in list_inputs([frames])] == ["v3"]  # a frame folder given itself
     listing.write_text("videos/jump/v1.avi\nvideos/jump/v1.mp4\n")
-    with pytest.raises(FusionError, match="would both have the id 'videos/jump/v1'"):
+    with pytest.raises(FusionError, match="v1.mp4: the video id videos/jump/v1 of .*v1.avi .*: rename one"):
         list_inputs([listing])
     with pytest.raises(FusionError, match="no such video file, frame folder, directory or list file"):
         list_inputs([tmp_path / "absent"])

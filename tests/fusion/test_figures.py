@@ -103,6 +103,25 @@ def test_per_class_bars_and_markers_at_0_50_and_100(tmp_path):
     assert abs(bars[1][0] + bars[1][2] - x50) <= 3
 
 
+def test_long_class_names_stay_inside_the_per_class_picture():
+    """At 400 classes the left margin was 30% of the width whatever the names: long ones lost their
+    starts ("_action_name_very_long_action_name_"), and with them what tells the rows apart. Now the
+    margin follows the names, up to half the width, and longer ones are cut in the middle."""
+    n = 400
+    classes = [f"class_{i:03d}_" + "very_long_action_name_" * (1 + i % 3) for i in range(n)]
+    fig = figures.per_class_figure(["fusion"], np.linspace(0, 100, n)[None], classes)
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)
+    labels = [t for t in fig.axes[0].get_yticklabels() if t.get_text()]
+    assert len(labels) == n and all(t.get_window_extent(renderer).x0 >= 0 for t in labels)
+    texts = [t.get_text() for t in labels]
+    assert [t[:9] for t in texts] == [f"class_{i:03d}" for i in reversed(range(n))]  # best first
+    assert "class_000_very_long_action_name_" in texts and any("..." in t for t in texts)
+    assert all(t.endswith("action_name_") for t in texts)
+    short = figures.per_class_figure(["fusion"], np.linspace(0, 100, n)[None], [f"c{i}" for i in range(n)])
+    assert short.subplotpars.left < 0.1 < 0.45 < fig.subplotpars.left <= 0.5  # the bars get the width names leave
+
+
 def _legible(fig, axis: str = "y") -> tuple[float, int]:
     """(the smallest tick-label height in pixels, how many pairs of neighbouring labels overlap)."""
     fig.set_dpi(figures.DPI)
@@ -165,3 +184,7 @@ def test_markdown_cells_hold_any_class_name():
     assert rows[1:] == ["| a\\|b | two lines | 3 | 50.0% |"]
     methods = pd.DataFrame({"method": ["odd |\r\nname"], "video_hit@1": [12.345]})
     assert report.to_markdown(methods, "t").splitlines()[-1] == "| odd \\| name | 12.35 |"
+    # HTML in a class name is text, not markup, to a Markdown renderer (backslash escapes)
+    html = pd.DataFrame({"true": ["<script>alert(1)</script>"], "predicted": ["A&amp;B"], "videos": [1], "share": [1.0]})
+    rows = [line for line in report.confused_markdown("x", html).splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["| \\<script\\>alert(1)\\</script\\> | A\\&amp;B | 1 | 1.0% |"]

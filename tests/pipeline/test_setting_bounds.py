@@ -45,6 +45,7 @@ from tests.builders import REPO
     ("train.scale_jitter=[200,180]", "[train] scale_jitter: must be [] or [min, max]"),
     ("train.resize=[182,99999999]", "[train] resize: must be [height, width], each 1 to 4096 px"),
     ("train.clip_len=99999999", "[train] clip_len: must be 1 to 1024"),
+    ("eval.batch_views=99999999999", "[eval] batch_views: must be 1 to 4096"),  # read a whole video ahead
     ("synth.frames=99999999999999999999", "[synth] frames: must be 2 to 10000"),
     ("synth.size=99999999999999999999", "[synth] size: must be 16 to 4096"),
     ("synth.groups=99999999999999999999", "[synth] groups: must be 3 to 10000"),
