@@ -285,7 +285,7 @@ def write_manifest(out: Path, key: str, videos: Sequence[VideoInput],
 
 
 def extract_snippet_features(sources: Sequence[Path | str], checkpoints: dict[str, Path], out: Path | str,
-                             flow_cfg: FlowConfig, cfg: EvalConfig, *, stride: int, window: int = 0,
+                             flow_cfg: FlowConfig, cfg: EvalConfig, *, stride: int, window: int | None = None,
                              mirror: bool = False, normalised: bool = False, shard: tuple[int, int] = (0, 1),
                              force: bool = False, explicit_flow: Sequence[str] = (),
                              progress: bool | None = None) -> SnippetSummary:
@@ -311,7 +311,7 @@ def extract_snippet_features(sources: Sequence[Path | str], checkpoints: dict[st
         raise FusionError(f"the streams have different clip lengths ({sorted(clip_lens)}): their snippets would "
                           "not cover the same frames")
     clip_len = clip_lens.pop()
-    if window and window != clip_len:
+    if window is not None and window != clip_len:  # 0 too: not "the default", a window of no frame
         raise FusionError(f"--window {window}: a snippet is one clip of the streams, {clip_len} frames; "
                           f"give --window {clip_len} or leave it out")
     flow_cfg = checkpoint_flow_config(streams, flow_cfg, explicit_flow)

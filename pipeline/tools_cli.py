@@ -77,7 +77,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     # None, not 0: `--stride 0` is refused as a stride, not taken for its absence (per-video features)
     p.add_argument("--stride", type=int, default=None,
                    help="per-snippet features: a snippet (one clip) every STRIDE frames, OUT/<id>.npy [T, D]")
-    p.add_argument("--window", type=int, default=0,
+    p.add_argument("--window", type=int, default=None,
                    help="--stride: frames per snippet; must be the streams' clip length (the default)")
     p.add_argument("--mirror", action="store_true", help="--stride: average each snippet with its mirror")
     p.add_argument("--normalised", action="store_true",
@@ -161,7 +161,8 @@ def run(args: argparse.Namespace, cfg: Config | None = None) -> int:
             predictions = run_predict(args.videos, _checkpoints(args), cfg.flow, cfg.eval, args.top, args.json,
                                       progress=progress, explicit_flow=explicit, timeline=timeline)
             return 1 if any(p.error for p in predictions) else 0
-        if args.stride is not None or args.window or args.mirror or args.normalised or args.shard != (0, 1):
+        if (args.stride is not None or args.window is not None or args.mirror or args.normalised
+                or args.shard != (0, 1)):
             if args.stride is None:
                 raise FusionError("--window, --mirror, --normalised and --shard are for per-snippet features: "
                                   "give --stride too")

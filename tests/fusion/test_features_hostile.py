@@ -127,6 +127,17 @@ def test_features_stride_zero_is_refused_as_a_stride(tmp_path, capsys, rgb, out)
     assert not (tmp_path / out).exists()
 
 
+def test_features_window_zero_is_refused_as_a_window(tmp_path, capsys, rgb):
+    """`--window 0` was taken for the default window, and without --stride silently ignored."""
+    video = write_avi(tmp_path / "a.avi", frames=8)
+    assert cli.main(["features", str(video), "--rgb", str(rgb), "--out", str(tmp_path / "s"), "--stride", "4",
+                     "--window", "0", *FAST]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: --window 0: a snippet is one clip of the streams")
+    assert cli.main(["features", str(video), "--rgb", str(rgb), "--out", str(tmp_path / "f.npz"), "--window", "0",
+                     *FAST]) == 2
+    assert "are for per-snippet features: give --stride too" in capsys.readouterr().err
+
+
 def test_predict_stride_zero_is_the_clip_length_with_timeline_and_refused_without(tmp_path, capsys, rgb):
     """`predict --stride 0` without --timeline was silently ignored (0 was taken for no --stride); with
     --timeline, 0 is the clip length, as documented (fusion.predict.Timeline)."""
