@@ -166,11 +166,12 @@ def extract_features(sources: Sequence[Path | str] | Path | str, checkpoints: di
             raise FusionError(f"--out {shown(out)} is being written by another features run (pid {holder}): wait for "
                               "it to finish, or give another --out")
         refuse_overwrite([out], force)  # under the lock: a run that just finished may have written it
-        return _extract(sources, checkpoints, out, flow_cfg, cfg, force, explicit_flow, progress)
+        return _extract(sources, checkpoints, out, flow_cfg, cfg, force=force, explicit_flow=explicit_flow,
+                        progress=progress)
 
 
 def _extract(sources: Sequence[Path | str] | Path | str, checkpoints: dict[str, Path], out: Path,
-             flow_cfg: FlowConfig, cfg: EvalConfig, force: bool, explicit_flow: Sequence[str],
+             flow_cfg: FlowConfig, cfg: EvalConfig, *, force: bool, explicit_flow: Sequence[str],
              progress: bool | None) -> FeatureSummary:
     """extract_features's work, holding the output's lock."""
     started = time.monotonic()

@@ -8,7 +8,6 @@ import json
 import math
 import os
 import re
-import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -136,12 +135,11 @@ def write_average(out_dir: Path, table: pd.DataFrame, title: str, notes: Sequenc
     listed in report.json as a single split's report is (`staged_report`): the files of a report that
     stood in `out_dir` before (a split-1 evaluation's scores, pictures and report.json) go with it, where
     they stayed beside the average and its report.json failed its own check."""
-    from fusion import html_report  # as in _write_report_files
+    from fusion import html_report  # as in write_report_files
 
-    with staged_report(out_dir) as stage:
-        # A split-1 report's saved features (features/, outside the listing) would stay beside the average,
-        # and svm_from_features("eval/features") would quietly re-run split 1; each split's are in split<k>/.
-        shutil.rmtree(out_dir / "features", ignore_errors=True)
+    # A split-1 report's saved features would stay beside the average, and svm_from_features("eval/features")
+    # would quietly re-run split 1; each split's are in split<k>/: the average owns none.
+    with staged_report(out_dir, folders=(FEATURES,)) as stage:
         write_results(table, stage, title, notes)
         write_text(stage / INPUTS, json.dumps({"kind": "average", "title": title, "notes": list(notes)}, indent=1)
                    + "\n")
@@ -280,20 +278,26 @@ def write_report(out_dir: Path, r: EvalReport) -> None:
     excluded.csv, report_inputs.json, report.html (fusion.html_report, from those files), and last
     report.json (see `staged_report`)."""
     with staged_report(out_dir) as stage:
-        _write_report_files(stage, r)
+        write_report_files(stage, r)
 
 
 REPORT_MARKER = "report.json"
+FEATURES = "features"  # an evaluation report's saved features, features/<stream>.npz (fusion.stage)
 
 
 @contextmanager
-def staged_report(out_dir: Path) -> Iterator[Path]:
+def staged_report(out_dir: Path, folders: Sequence[str] = ()) -> Iterator[Path]:
     """A folder to write a whole report into; on success its files replace the report in `out_dir`.
 
     A kill while the files are written leaves the old report whole; report.json is removed before the
     files move in and written after them, listing each file with its SHA-256, so a report with
     report.json is never a mix of two runs (a kill during the moves leaves none: the re-run repairs it).
-    Files of the old report that the new one lacks (fusion_weight.png) are removed with it."""
+    Files of the old report that the new one lacks (fusion_weight.png) are removed with it.
+
+    `folders`: sub-folders the report owns (eval's features/): each moves in with the files as a whole,
+    replacing the old one (none in the stage: the old one goes), and its files are listed as
+    `features/rgb.npz`. Saved beside the report instead, a refused or killed run left its features next
+    to the old report, whose SVM rows they then no longer reproduced."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for leftover in out_dir.glob(f".report{atomic.TEMP_MARKER}*"):  # of a killed run
         atomic.remove_quietly(leftover)
@@ -301,16 +305,22 @@ def staged_report(out_dir: Path) -> Iterator[Path]:
     stage.mkdir()
     try:
         yield stage
-        files = sorted(p.name for p in stage.iterdir())
+        files = sorted(p.name for p in stage.iterdir() if p.name not in folders)
         marker = out_dir / REPORT_MARKER
         try:
             old = json.loads(marker.read_text(encoding="utf-8")).get("files", {})
         except (OSError, ValueError, AttributeError):
             old = {}
         listing = {name: file_sha256(stage / name) for name in files}
+        listing |= {p.relative_to(stage).as_posix(): file_sha256(p) for name in folders
+                    for p in sorted((stage / name).rglob("*")) if p.is_file()}
         marker.unlink(missing_ok=True)
-        for name in sorted(set(old) - set(files)):
+        for name in sorted({name.partition("/")[0] for name in old} - set(files) - set(folders)):
             (out_dir / name).unlink(missing_ok=True)
+        for name in folders:
+            atomic.remove_quietly(out_dir / name)
+            if (stage / name).is_dir():
+                os.replace(stage / name, out_dir / name)
         for name in files:
             os.replace(stage / name, out_dir / name)
         atomic.write_text(marker, json.dumps({"files": listing}, indent=1) + "\n")
@@ -335,7 +345,8 @@ def relist(out_dir: Path, name: str) -> None:
         atomic.write_text(marker, json.dumps(listing, indent=1) + "\n")
 
 
-def _write_report_files(out_dir: Path, r: EvalReport) -> None:
+def write_report_files(out_dir: Path, r: EvalReport) -> None:
+    """`write_report`'s files, into `out_dir` as it is (a `staged_report` stage)."""
     per_class = per_class_table(r.methods, r.labels, r.classes)
     shown = list(r.shown) or list(r.methods[:1])
     extra = ""

@@ -2,8 +2,8 @@
 
 run_eval is a function from artifacts on disk (the frame + flow store, the streams' checkpoints: an
 `EvalJob`) to artifacts on disk (`out_dir`: results.csv/.md, per_class.csv, confusion.png, per_class.png,
-fusion_weight.png, scores.npz/.csv, excluded.csv, features/<stream>.npz). Every video's network
-outputs are cached in `out_dir/cache`
+fusion_weight.png, scores.npz/.csv, excluded.csv, features/<stream>.npz, staged and moved in together
+as one report). Every video's network outputs are cached in `out_dir/cache`
 under a key of the checkpoint's bytes and the view settings, so a killed run resumes and a re-run
 (for example with other fusion weights or SVM C values) does not touch the network.
 """
@@ -12,9 +12,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,6 +32,7 @@ from fusion.paper import paper_comparison
 from fusion.predict import check_flow
 from fusion.report import MethodScores
 from p3dbase.device import resolve_device
+from p3dbase.errors import excerpt, shown
 from streams.checkpoint import LAST, Checkpoint, load_stream
 from streams.transforms import MODALITIES
 
@@ -130,10 +133,8 @@ def run_eval(job: EvalJob, cfg: EvalConfig, out_dir: Path) -> pd.DataFrame:
                 curves[f"held-out, {k}"] = (grid, fuse.weight_curve(*held, val_labels, grid))
 
     # 4. Features + linear SVMs, C chosen on the held-out videos or by cross-validation.
+    groups = _train_groups(train, job.train_groups)
     if cfg.svm:
-        groups = _train_groups(train, job.train_groups)
-        _save_features(out_dir / "features", streams, outputs, train_items=train, val_items=val, test_items=test,
-                       cfg=cfg, protocol=job.protocol, excluded=len(skipped), train_groups=groups)
         if val:
             methods += svm_methods_held_out(_features(streams, outputs, train), train_labels,
                                             _features(streams, outputs, val), val_labels,
@@ -156,9 +157,15 @@ def run_eval(job: EvalJob, cfg: EvalConfig, out_dir: Path) -> pd.DataFrame:
     notes += [paper] if paper else []
     title = f"Evaluation: {job.protocol}"
     shown = [m for m in methods if m.method in ("rgb", "flow", "fusion", "svm_two_stream")]
-    report.write_report(out_dir, report.EvalReport(
-        title, table, notes, methods, shown, ids, labels, classes, skipped, curves, chosen, store=job.store.root,
-        checkpoints={s.name: s.checkpoint.path for s in streams}))
+    # The features move in with the report (report.staged_report's folders): saved before the SVMs, a
+    # refused or killed run left them beside the old report, whose SVM rows they no longer reproduced.
+    with report.staged_report(out_dir, folders=(report.FEATURES,)) as stage:
+        if cfg.svm:
+            _save_features(stage / report.FEATURES, streams, outputs, train_items=train, val_items=val,
+                           test_items=test, cfg=cfg, protocol=job.protocol, excluded=len(skipped), train_groups=groups)
+        report.write_report_files(stage, report.EvalReport(
+            title, table, notes, methods, shown, ids, labels, classes, skipped, curves, chosen, store=job.store.root,
+            checkpoints={s.name: s.checkpoint.path for s in streams}))
     print(report.to_markdown(table[["method", *report.PERCENT, "videos"]], title, notes))
     print(f"eval: report in {out_dir} ({time.monotonic() - started:.0f} s)")
     return table
@@ -331,23 +338,23 @@ def svm_from_features(features_dir: Path, cfg: EvalConfig) -> pd.DataFrame:
     chosen as the report chose it: on the held-out videos when the evaluation had them (then refitted
     on training + held-out), else by cross-validation on the training videos; the rows describe the
     features as they were made (their `svm_clips`), whatever `cfg` says."""
-    loaded = {}
+    loaded, metas = {}, {}
     for name in MODALITIES:
         path = Path(features_dir) / f"{name}.npz"
         if path.is_file():
-            loaded[name] = _read_features(path)
+            loaded[name], metas[name] = _read_features(path)
     if not loaded:
         raise FusionError(f"no saved features in {features_dir} (rgb.npz / flow.npz): run `make eval` "
                           "with eval.svm = true first")
-    first = next(iter(loaded.values()))
+    first, meta = next(iter(loaded.values())), next(iter(metas.values()))
     for name, data in loaded.items():
-        for key in ("train_ids", "val_ids", "test_ids"):
-            if list(data.get(key, [])) != list(first.get(key, [])):
+        for key in ("train_ids", "val_ids", "test_ids", "train_labels", "val_labels", "test_labels", "classes"):
+            ours, theirs = ((metas[name], meta) if key == "classes" else (data, first))
+            if not np.array_equal(np.asarray(ours.get(key, [])), np.asarray(theirs.get(key, []))):
                 raise FusionError(f"{features_dir}/{name}.npz: its {key} differ from the other stream's; "
                                   "rerun `make eval` so that both come from the same run")
     train_labels = report.unpad_labels(first["train_labels"])
     test_labels = report.unpad_labels(first["test_labels"])
-    meta = json.loads(str(first["meta"]))
     made = dataclasses.replace(cfg, svm_clips=int(meta.get("eval_config", {}).get("svm_clips", cfg.svm_clips)))
     train = {n: d["train_features"] for n, d in loaded.items()}
     test = {n: d["test_features"] for n, d in loaded.items()}
@@ -360,7 +367,7 @@ def svm_from_features(features_dir: Path, cfg: EvalConfig) -> pd.DataFrame:
         groups = [str(g) for g in first.get("train_groups", [""] * len(ids))]  # "" = no group (older files: no key)
         methods = svm_methods(train, train_labels, test, len(meta["classes"]), made,
                               groups=svm.fold_groups(groups, ids))
-    return report.results_table(methods, test_labels, meta["protocol"], int(meta["excluded"]))
+    return report.results_table(methods, test_labels, meta["protocol"], meta["excluded"])
 
 
 def _check_stream(name: str, path: Path, classes: list[str], cfg: EvalConfig, out_dir: Path) -> _Scored:
@@ -503,10 +510,78 @@ def _save_features(features_dir: Path, streams: Sequence[_Scored], outputs: dict
         })
 
 
-def _read_features(path: Path) -> dict[str, np.ndarray]:
+RERUN = "rerun `make eval`"
+FEATURE_KEYS = ("train_ids", "train_labels", "train_features", "test_ids", "test_labels", "test_features", "meta")
+
+
+def _read_features(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A features/<stream>.npz (_save_features) and its `meta`, checked as fusion.html_report checks
+    scores.npz: a hand-edited or cut file is one FusionError naming the file, the key and what is wrong,
+    not a KeyError or a scikit-learn ValueError from deep in the SVM. Files from before held-out videos
+    (val_*) and groups (train_groups) were saved lack those keys."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError) as e:
-        raise FusionError(f"{path}: cannot read saved features ({e}): rerun `make eval`") from None
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise FusionError(f"{shown(path)}: cannot read saved features ({e}): {RERUN}") from None
+    roles = ["train", *(["val"] if "val_ids" in arrays else []), "test"]
+    missing = [k for k in [*FEATURE_KEYS, *(("val_labels", "val_features") if "val" in roles else ())]
+               if k not in arrays]
+    if missing:
+        raise _damaged(path, f"no {', '.join(map(repr, missing))} (not the features an evaluation saved)")
+    meta = _features_meta(path, arrays["meta"])
+    num_classes = len(meta["classes"])
+    width = arrays["train_features"].shape[-1] if arrays["train_features"].ndim == 2 else None
+    for role in roles:
+        ids, labels, features = (arrays[f"{role}_{k}"] for k in ("ids", "labels", "features"))
+        if ids.ndim != 1 or ids.dtype.kind != "U":
+            raise _damaged(path, f"'{role}_ids' is {ids.dtype} {tuple(ids.shape)}, not a list of video ids")
+        if role != "val" and not len(ids):  # eval refuses to run without them: an edit
+            raise _damaged(path, f"'{role}_ids' is empty (no {role} videos)")
+        n = len(ids)
+        if (labels.ndim != 2 or len(labels) != n or labels.dtype.kind not in "iu"
+                or bool(((labels < -1) | (labels >= num_classes)).any())):
+            raise _damaged(path, f"'{role}_labels' is not {n} rows (one per '{role}_ids') of class numbers below "
+                                 f"{num_classes} (the classes of 'meta'), -1 padded")
+        if features.dtype.kind != "f" or features.ndim != 2 or features.shape != (n, width) or not width:
+            raise _damaged(path, f"'{role}_features' is {features.dtype} {tuple(features.shape)}, not floats of "
+                                 f"{n} videos ('{role}_ids') x {width} ('train_features' width)")
+        if not np.isfinite(features).all():
+            raise _damaged(path, f"'{role}_features' holds NaN or inf")
+    groups = arrays.get("train_groups")
+    if groups is not None and (groups.ndim != 1 or groups.dtype.kind != "U" or len(groups) != len(arrays["train_ids"])):
+        raise _damaged(path, f"'train_groups' is not {len(arrays['train_ids'])} group names, one per 'train_ids'")
+    return arrays, meta
 
+
+def _features_meta(path: Path, text: np.ndarray) -> dict[str, Any]:
+    """A features file's `meta` (JSON), with the keys svm_from_features reads checked."""
+    if text.ndim != 0 or text.dtype.kind != "U":
+        raise _damaged(path, f"'meta' is {text.dtype} {tuple(text.shape)}, not a JSON text")
+    try:
+        meta = json.loads(str(text))
+    except ValueError as e:
+        raise _damaged(path, f"'meta' is not JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise _damaged(path, f"'meta' is not a JSON object (it is {excerpt(str(text))})")
+    checks = {  # key: (check, what it must be); eval_config (with svm_clips) is absent in the oldest files
+        "classes": (lambda v: isinstance(v, list) and bool(v) and all(isinstance(c, str) for c in v),
+                    "a list of class names"),
+        "protocol": (lambda v: isinstance(v, str), "a text"),
+        "excluded": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a count"),
+        "eval_config": (lambda v: isinstance(v, dict), "an object"),
+    }
+    for key, (check, what) in checks.items():
+        if key not in meta and key != "eval_config":
+            raise _damaged(path, f"'meta' has no {key!r}")
+        if key in meta and not check(meta[key]):
+            raise _damaged(path, f"'meta' {key!r} is not {what} (it is {excerpt(json.dumps(meta[key]))})")
+    clips = meta.get("eval_config", {}).get("svm_clips", 1)
+    if not isinstance(clips, int) or isinstance(clips, bool) or clips < 1:
+        raise _damaged(path, f"'meta' 'eval_config' 'svm_clips' is not a count of clips (it is "
+                             f"{excerpt(json.dumps(clips))})")
+    return meta
+
+
+def _damaged(path: Path, what: str) -> FusionError:
+    return report.damaged(path, what, RERUN)

@@ -160,8 +160,8 @@ def _refused_jobs(dataset: Dataset, computed: set[str]) -> list[FlowJob]:
     if beside:
         print(f"flow: {len(beside)} refused file(s) share the id of a video computed here, so the manifest has "
               f"no row of theirs: {'; '.join(beside[:3])}{' ...' if len(beside) > 3 else ''}")
-    return [FlowJob(video_id, dataset.root / refused[0][0],
-                    error="refused: " + "; ".join(why if len(refused) == 1 else f"{rel}: {why}" for rel, why in refused))
+    return [FlowJob(video_id, dataset.root / refused[0][0], error="refused: " + "; ".join(
+                why if len(refused) == 1 else f"{rel}: {why}" for rel, why in refused))
             for video_id, refused in reasons.items() if video_id not in computed]
 
 

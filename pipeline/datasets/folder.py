@@ -82,8 +82,8 @@ def read_folder(cfg: DatasetConfig, split: str) -> Dataset:
                         refused.append((shown(rel), problem))
                     else:
                         found.append((cls, rel, subset))
-    refused += [(shown(Path(e.filename).relative_to(root).as_posix()), f"a folder that cannot be read: {refusal(OSError(e.errno, e.strerror))}")
-                for e in unreadable]
+    refused += [(shown(Path(e.filename).relative_to(root).as_posix()),
+                 f"a folder that cannot be read: {refusal(OSError(e.errno, e.strerror))}") for e in unreadable]
     if not found and not refused:
         raise DatasetError(f"{shown(root)}: no videos in class folders (looked for {', '.join(VIDEO_EXTENSIONS)})")
     classes = sorted({cls for cls, _, _ in found})

@@ -185,6 +185,7 @@ def test_markdown_cells_hold_any_class_name():
     methods = pd.DataFrame({"method": ["odd |\r\nname"], "video_hit@1": [12.345]})
     assert report.to_markdown(methods, "t").splitlines()[-1] == "| odd \\| name | 12.35 |"
     # HTML in a class name is text, not markup, to a Markdown renderer (backslash escapes)
-    html = pd.DataFrame({"true": ["<script>alert(1)</script>"], "predicted": ["A&amp;B"], "videos": [1], "share": [1.0]})
+    html = pd.DataFrame({"true": ["<script>alert(1)</script>"], "predicted": ["A&amp;B"], "videos": [1],
+                         "share": [1.0]})
     rows = [line for line in report.confused_markdown("x", html).splitlines() if line.startswith("| ")]
     assert rows[1:] == ["| \\<script\\>alert(1)\\</script\\> | A\\&amp;B | 1 | 1.0% |"]

@@ -59,7 +59,8 @@ def test_a_class_without_training_videos_gets_its_report(tmp_path, capsys):
     labels = [(c,) for c in range(3) for _ in range(2)]
     svm = np.eye(3)[[c for (c,) in labels]]
     svm[:, 2] = -np.inf  # class 2 had no training video
-    methods = [report.MethodScores("rgb", np.eye(3)[[c for (c,) in labels]], ""), report.MethodScores("svm_rgb", svm, "")]
+    methods = [report.MethodScores("rgb", np.eye(3)[[c for (c,) in labels]], ""),
+               report.MethodScores("svm_rgb", svm, "")]
     table = report.results_table(methods, labels, "t", 0)
     report.write_report(tmp_path / "r", report.EvalReport("Evaluation: t", table, [], methods, methods,
                                                           [f"C{c}/v{i}" for i, (c,) in enumerate(labels)], labels,
