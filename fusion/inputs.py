@@ -119,16 +119,6 @@ def gather_inputs(sources: Sequence[Path | str]) -> tuple[list[VideoInput], list
     return list(kept.values()), refused
 
 
-def list_inputs(sources: Sequence[Path | str]) -> list[VideoInput]:
-    """gather_inputs's videos; FusionError naming the source when it holds no video or two inputs
-    would get one id (for a caller that cannot record a refused input beside its results)."""
-    videos, refused = gather_inputs(sources)
-    if refused:
-        path, why = refused[0]
-        raise FusionError(f"{path}: {why}")
-    return videos
-
-
 def input_signature(path: Path) -> str:
     """What ties an output to its input: a video file's size and mtime; a frame folder's image
     count, total size and newest mtime (fusion.engine.file_signature, which the store's videos share)."""

@@ -36,7 +36,7 @@ from fusion.config import EvalConfig
 from fusion.decoded import decode_for_views
 from fusion.engine import Engine, Stream, open_stream
 from fusion.errors import FusionError
-from fusion.inputs import list_inputs
+from fusion.inputs import gather_inputs
 from fusion.snippets import run_snippets
 from fusion.timeline import paths as timeline_paths
 from fusion.timeline import write_timeline
@@ -211,7 +211,7 @@ def predict(videos: Sequence[Path | str], checkpoints: dict[str, Path], flow_cfg
         raise FusionError(f"--out {shown(timeline.out)} is a file; --timeline writes into a folder")
     if timeline is not None:
         output_folder(timeline.out, "predict --timeline --out")
-    inputs = list_inputs(videos)
+    inputs, refused = gather_inputs(videos)  # a second input of one id fails alone, as in `features`
     if timeline is not None:
         clashes = [p for v in inputs for p in timeline_paths(timeline.out, v.video_id) if path_is(Path.exists, p)]
         if clashes and not timeline.force:
@@ -220,7 +220,7 @@ def predict(videos: Sequence[Path | str], checkpoints: dict[str, Path], flow_cfg
     engine, flow_cfg = prepare(checkpoints, flow_cfg, cfg, explicit_flow)
     if progress is None:
         progress = sys.stderr.isatty()
-    predictions = []
+    predictions = [Prediction(path, 0, error=why) for path, why in refused]
     for video in progress_bar(inputs, desc="predict", unit="video", leave=False,
                               disable=not progress or len(inputs) < 2):
         try:

@@ -15,7 +15,7 @@ from fusion import extract
 from fusion.config import EvalConfig
 from fusion.errors import FusionError
 from fusion.extract import extract_features
-from fusion.inputs import list_inputs
+from fusion.inputs import gather_inputs
 from fusion.scoring import ClipGeometry, StreamRunner
 from fusion.views import feature_views
 from p3dbase.overwrite import OutputExistsError
@@ -137,7 +137,7 @@ def test_a_damaged_part_is_computed_again(tmp_path, video_dir, tiny_checkpoints,
 def test_video_lists_folders_and_frame_folders(tmp_path, video_dir):
     listing = tmp_path / "list.txt"
     listing.write_text(f"# my videos\nvideos/jump/v1.avi\n\n{video_dir / 'run' / 'v2.avi'}\n")
-    ids = [v.video_id for v in list_inputs([listing])]
+    ids = [v.video_id for v in gather_inputs([listing])[0]]
     assert ids == [(video_dir / "run" / "v2").as_posix(), "videos/jump/v1"]
     # mmaction2's lists: "<path> <label>" (videos) and "<dir> <total_frames> <label>" (rawframes).
     frames = tmp_path / "videos" / "rawframes" / "v3"
@@ -145,16 +145,17 @@ def test_video_lists_folders_and_frame_folders(tmp_path, video_dir):
     for k in range(1, 6):
         cv2.imwrite(str(frames / f"img_{k:05d}.jpg"), np.full((30, 40, 3), 40 * k, np.uint8))
     listing.write_text("videos/jump/v1.avi 0\nvideos/rawframes/v3 5 2\n")
-    assert [(v.video_id, v.path) for v in list_inputs([listing])] == [
+    assert [(v.video_id, v.path) for v in gather_inputs([listing])[0]] == [
         ("videos/jump/v1", tmp_path / "videos/jump/v1.avi"), ("videos/rawframes/v3", frames)]
     # A directory: every video file and every frame folder under it, ids relative to it.
-    assert [v.video_id for v in list_inputs([video_dir])] == ["jump/v1", "rawframes/v3", "run/broken", "run/v2"]
-    assert [v.video_id for v in list_inputs([frames])] == ["v3"]  # a frame folder given itself
+    assert [v.video_id for v in gather_inputs([video_dir])[0]] == ["jump/v1", "rawframes/v3", "run/broken", "run/v2"]
+    assert [v.video_id for v in gather_inputs([frames])[0]] == ["v3"]  # a frame folder given itself
     listing.write_text("videos/jump/v1.avi\nvideos/jump/v1.mp4\n")
-    with pytest.raises(FusionError, match="v1.mp4: the video id videos/jump/v1 of .*v1.avi .*: rename one"):
-        list_inputs([listing])
+    assert [why for _, why in gather_inputs([listing])[1]] == [
+        f"the video id videos/jump/v1 of {tmp_path / 'videos' / 'jump' / 'v1.avi'} (ids leave out the extension): "
+        "rename one"]
     with pytest.raises(FusionError, match="no such video file, frame folder, directory or list file"):
-        list_inputs([tmp_path / "absent"])
+        gather_inputs([tmp_path / "absent"])[0]
 
 
 def test_output_rules_and_formats(tmp_path, video_dir, tiny_checkpoints, monkeypatch):

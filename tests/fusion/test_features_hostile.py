@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from fusion import extract
-from fusion.errors import FusionError
-from fusion.inputs import gather_inputs, list_inputs
+from fusion.inputs import gather_inputs
 from p3dbase.lock import try_lock
 from pipeline import cli
 from tests.builders import save_tiny_checkpoint, write_avi
@@ -112,8 +111,16 @@ def test_inputs_of_one_id_keep_the_first_of_a_list_and_of_the_sources(tmp_path):
                         f"the video id x/v of {tmp_path / 'x' / 'v.avi'} (ids leave out the extension): rename one")]
     videos, refused = gather_inputs([tmp_path / "y" / "v.avi", tmp_path / "x" / "v.avi"])
     assert [v.path for v in videos] == [tmp_path / "y" / "v.avi"] and refused[0][0] == str(tmp_path / "x" / "v.avi")
-    with pytest.raises(FusionError, match=r"x/v\.avi: the video id v of .*y/v\.avi"):  # for who cannot record it
-        list_inputs([tmp_path / "y" / "v.avi", tmp_path / "x" / "v.avi"])
+
+
+def test_predict_fails_a_second_input_of_one_id_alone(tmp_path, capsys, rgb):
+    """predict stopped the batch there too, with nothing predicted (status 2)."""
+    videos = _videos_sharing_an_id(tmp_path / "dup")
+    assert cli.main(["predict", str(videos), "--rgb", str(rgb), "--json", *FAST]) == 1
+    got = {p["video"]: p for p in json.loads(capsys.readouterr().out)}
+    assert got[str(videos / "a.mkv")]["error"] == (f"the video id a of {videos / 'a.avi'} (ids leave out the "
+                                                   "extension): rename one")
+    assert "error" not in got[str(videos / "a.avi")] and "error" not in got[str(videos / "b.avi")]
 
 
 @pytest.mark.parametrize("out", ["f.npz", "snippets"])

@@ -13,7 +13,7 @@ import pytest
 from flow.errors import FlowError
 from flow.rawframes import check, scan
 from fusion.config import EvalConfig
-from fusion.inputs import FolderReader, list_inputs
+from fusion.inputs import FolderReader, gather_inputs
 from fusion.predict import predict
 from tests.builders import FAST_FLOW, RAWFRAME_SIZE, last_checkpoints, write_rawframes
 
@@ -36,7 +36,7 @@ def test_a_stray_huge_frame_number_is_the_videos_error(tmp_path, tiny_checkpoint
     with pytest.raises(FlowError) as imported:
         check(scan(bad))
     assert why in str(imported.value)  # one check, one message, for predict and the rawframes import
-    assert [v.video_id for v in list_inputs([tmp_path])] == ["bad", "good"]
+    assert [v.video_id for v in gather_inputs([tmp_path])[0]] == ["bad", "good"]
     predictions = predict([bad, good], last_checkpoints(tiny_checkpoints), FAST_FLOW, EvalConfig(clips=1))
     assert why in predictions[0].error and not predictions[0].top
     assert predictions[1].top and not predictions[1].error

@@ -17,7 +17,7 @@ from flow.errors import FlowError
 from flow.visualise import check_png_path
 from fusion import extract
 from fusion.errors import FusionError
-from fusion.inputs import list_inputs
+from fusion.inputs import gather_inputs
 from fusion.predict import Prediction, format_predictions
 from p3dbase.overwrite import OutputExistsError
 from pipeline import cli
@@ -37,7 +37,7 @@ def test_a_symbolic_link_loop_among_the_videos_stops_nothing(tmp_path):
     folder = tmp_path / "videos"
     write_avi(folder / "good.avi", frames=6)
     (folder / "loop").symlink_to("loop")
-    assert [v.video_id for v in list_inputs([folder])] == ["good"]
+    assert [v.video_id for v in gather_inputs([folder])[0]] == ["good"]
 
 
 def test_a_list_entry_too_long_for_the_file_system_fails_alone(tmp_path, capsys):
@@ -47,7 +47,7 @@ def test_a_list_entry_too_long_for_the_file_system_fails_alone(tmp_path, capsys)
     write_avi(tmp_path / "good.avi", frames=6)
     listing = tmp_path / "videos.txt"
     listing.write_text(f"good.avi\n{'y' * 5000}.avi\n")
-    assert [v.video_id for v in list_inputs([listing])] == ["good", "y" * 5000]
+    assert [v.video_id for v in gather_inputs([listing])[0]] == ["good", "y" * 5000]
     assert cli.main(["predict", str(listing), "--rgb", str(rgb), *COMMON]) == 1
     out = capsys.readouterr().out
     (error,) = [line for line in out.splitlines() if "error:" in line]
