@@ -164,10 +164,10 @@ def decoder_table(videos: dict[str, tuple], seconds: float) -> list[str]:
         pass
     try:
         import imagecodecs  # bundles its own libjpeg-turbo (3.1 in 2026.3), newer than cv2's and simplejpeg's
-        out3 = np.empty((h, w, 3), np.uint8)
+        out3, grey3 = np.empty((h, w, 3), np.uint8), np.empty((h, w), np.uint8)
         decoders[f"imagecodecs {imagecodecs.__version__} (into an array; RGB order)"] = {
             "frame": lambda b: imagecodecs.jpeg8_decode(b, out=out3),
-            "flow x": lambda b: imagecodecs.jpeg8_decode(b)}  # its `shape` does not reach libjpeg's scaling
+            "flow x": lambda b: imagecodecs.jpeg8_decode(b, out=grey3)}  # its `shape` does not reach libjpeg's scaling
     except ImportError:
         pass
     from PIL import Image

@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import errno
 import itertools
 import operator
 import os
@@ -213,9 +214,11 @@ def process_video(job: FlowJob, out_dir: Path, cfg: FlowConfig, *, origin: Origi
         cv2.setNumThreads(threads)
     alive = None if owner is None else (*owner, os.getppid() == owner[1])
     store = open_store(out_dir)
+    locked = False
     try:
         _check_owner(alive)
         with _locked(store, job) as held:
+            locked = True
             if not held:
                 return _waited_too_long(store, job), True
             if not force and store.has(job.video_id):
@@ -229,12 +232,20 @@ def process_video(job: FlowJob, out_dir: Path, cfg: FlowConfig, *, origin: Origi
     except OSError as e:
         if is_disk_full(e):  # taking the lock (creating its file) can meet a full disk too
             raise e if isinstance(e, DiskFullError) else disk_full(store.lock_path(job.video_id), e) from e
-        # A folder of the store this video cannot be written in (its permissions, a file where the
-        # folder belongs): this video fails, the others go on.
-        return VideoResult(job.video_id, shown(job.path), "failed", error=f"cannot write it in the store: "
-                                                                         f"{refusal(e)}"), True
+        if locked or e.errno not in _FOLDER_REFUSALS:  # not the video's folder: the run's to stop
+            raise
+        # The store folder this video's lock (its first file) cannot be made in: no permission, a file
+        # where the folder belongs. The video fails, the others go on.
+        why = "a file is where a folder should be" if e.errno == errno.EEXIST else refusal(OSError(e.errno, e.strerror))
+        folder = store.lock_path(job.video_id).parent
+        return VideoResult(job.video_id, shown(job.path), "failed",
+                           error=f"cannot write it in the store: {shown(folder)}: {why}"), True
     row.seconds = f"{time.perf_counter() - start:.3f}"
     return row, True
+
+
+# What making a video's folder and lock file meets when the folder is the problem, not the run.
+_FOLDER_REFUSALS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG}
 
 
 @contextlib.contextmanager
@@ -520,7 +531,7 @@ def run_flow(videos: Sequence[FlowJob], out_dir: Path, cfg: FlowConfig, *, shard
     check_config(cfg)
     mine = _select_shard(videos, shard)
     out_dir = Path(out_dir).resolve()  # workers (processes, cluster nodes) may run elsewhere
-    valid, rows = _refuse(mine, cfg, nested_problems((job.video_id for job in videos), cfg.store))
+    valid, rows = _refuse(mine, cfg, nested_problems((job.video_id for job in videos if not job.error), cfg.store))
 
     # 2. Open the store: other settings than its own are refused; --force rewrites store.json.
     store = _open_for_run(out_dir, cfg, shard, force)

@@ -18,7 +18,6 @@ store never write, clean or remove the same video at once.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import os
@@ -50,6 +49,7 @@ from flow.codec import (
 from flow.errors import FlowError
 from flow.index import StoreIndex
 from p3dbase.atomic import TEMP_MARKER, fsync_dir, write_bytes, writer_token
+from p3dbase.digest import settings_key
 from p3dbase.errors import brief, shown
 from p3dbase.lock import hold_lock, holder_of
 
@@ -100,7 +100,7 @@ def store_name_problem(video_id: str, layout: str) -> str:
     head = video_id if slash < 0 else video_id[:slash]
     if (slash >= 0 or layout == "mmaction") and (head in _TOP_NAMES or head.endswith(_TOP_SUFFIXES)):
         return (f"video id {shown(video_id)}: its folder {shown(head)} has the name of one of the store's own "
-                f"files ({STORE_FILE}, config.toml, manifest.csv, index/, *.log, *.txt): rename that folder")
+                f"files ({STORE_FILE}, index/, or a name ending in {', '.join(_TOP_SUFFIXES)}): rename that folder")
     if layout == "packed" and PACK_SUFFIX + "/" in video_id:
         folder = video_id[:video_id.index(PACK_SUFFIX + "/") + len(PACK_SUFFIX)]
         return (f"video id {shown(video_id)}: its folder {shown(folder)} is where video "
@@ -575,7 +575,7 @@ class VideoWriter(ABC):
         self.store = store
         self.video_id = check_video_id(video_id)
         problem = store_name_problem(video_id, store.layout)
-        if problem:  # the flow stage refuses such a video first (flow.stage._refuse); other writers here
+        if problem:  # the flow stage refuses such a video before (flow.stage._refuse); this guards other writers
             raise FlowError(problem)
         self.final = store.path(video_id)
         self.tmp = store.temp_path(video_id)
@@ -855,7 +855,7 @@ class Store:
     def settings_digest(self) -> str:
         """A short digest of store.json's settings: an indexed video made under another one is redone,
         and one that records another is refused by `open` (once per Store: `info` is not changed)."""
-        return hashlib.sha256(json.dumps(self.info, sort_keys=True).encode()).hexdigest()[:16]
+        return settings_key(self.info)
 
     @property
     def index(self) -> StoreIndex:

@@ -24,9 +24,7 @@ Pieces, one of each:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
-import json
 import multiprocessing
 import os
 import signal
@@ -51,6 +49,7 @@ from fusion.report import save_npz
 from fusion.scoring import ClipGeometry, StreamRunner, num_positions
 from fusion.views import CROP_POSITIONS, View, ViewPlan
 from p3dbase.cluster import dask_unordered, local_processes
+from p3dbase.digest import settings_key
 from p3dbase.progress import progress_bar
 from streams.checkpoint import Checkpoint, file_sha256, load_stream, stream_path
 from streams.p3d import ARCHS, P3D
@@ -246,7 +245,7 @@ class OutputCache:
     def key(self, stream: Stream, plan: ViewPlan) -> str:
         settings = {"checkpoint": stream.sha256, "geometry": dataclasses.asdict(stream.geometry),
                     "plan": plan.key(), "source": self.sources[stream.name]}
-        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        return settings_key(settings)
 
     def path(self, stream: Stream, plan: ViewPlan, video_id: str) -> Path:
         return self.root / f"{stream.name}-{self.key(stream, plan)}" / f"{video_id}.npz"

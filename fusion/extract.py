@@ -43,6 +43,7 @@ from fusion.predict import prepare, problem
 from fusion.report import save_npz
 from fusion.views import feature_plan
 from p3dbase.atomic import DiskFullError, atomic_path, write_text
+from p3dbase.digest import settings_key
 from p3dbase.errors import shown
 from p3dbase.lock import try_lock
 from p3dbase.overwrite import output_folder, refuse_overwrite
@@ -106,10 +107,6 @@ def _settings(engine: Engine, flow_cfg: FlowConfig, cfg: EvalConfig) -> dict:
     return {"checkpoints": ckpts, "svm_clips": cfg.svm_clips, "flow": config_flow_settings(flow_cfg),
             "protocol": f"{cfg.svm_clips} evenly spaced centre-crop clips, each averaged with its mirror; "
                         "pool5 averaged over them; *_normalised: signed square root then L2"}
-
-
-def _settings_key(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _open_parts(parts: Path, settings: dict, force: bool) -> None:
@@ -180,12 +177,12 @@ def _extract(sources: Sequence[Path | str] | Path | str, checkpoints: dict[str, 
     names = [s.name for s in engine.streams]
     widths = {s.name: s.widths()["pool5"] for s in engine.streams}
     settings = _settings(engine, flow_cfg, cfg)
-    key = _settings_key(settings)
+    key = settings_key(settings)
     parts = out.with_name(out.name + ".parts")
     _open_parts(parts, settings, force)
 
     features: dict[str, dict[str, np.ndarray]] = {}
-    failures: list[tuple[str, str]] = list(refused)  # a second input of one id: failed as an unreadable video
+    failures: list[tuple[str, str]] = []
     computed = resumed = 0
     for video in progress_bar(videos, desc="features", unit="video", disable=progress is False):
         video_id, path = video.video_id, video.path
@@ -207,8 +204,9 @@ def _extract(sources: Sequence[Path | str] | Path | str, checkpoints: dict[str, 
                         **got})
         features[video_id] = got
         computed += 1
-    if not features:
+    if not features:  # every kept video failed: its reason, not a refused second input's, says why
         raise FusionError(f"no video could be read, e.g. {failures[0][0]}: {failures[0][1]}")
+    failures += refused  # a second input of one id: failed as an unreadable video, listed after them
     _write(out, features, names, failures, settings)
     shutil.rmtree(parts, ignore_errors=True)  # the output is whole; what cannot be removed is only a cache
     summary = FeatureSummary(len(videos) + len(refused), computed, resumed, len(failures), time.monotonic() - started,

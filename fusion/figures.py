@@ -157,7 +157,8 @@ def per_class_figure(names: Sequence[str], accuracy: np.ndarray, classes: Sequen
         n = len(classes)
         order = class_order(accuracy[0])
         height = min(60.0, max(2.5, 0.13 * n + 1.6))
-        fig, ax = plt.subplots(figsize=(7.5, height))
+        width = 7.5
+        fig, ax = plt.subplots(figsize=(width, height))
         y = np.arange(n)
         ax.barh(y, np.nan_to_num(accuracy[0][order]), color="#4c72b0", height=0.8, label=names[0])
         markers = "os^Dv<>"
@@ -182,8 +183,8 @@ def per_class_figure(names: Sequence[str], accuracy: np.ndarray, classes: Sequen
         ticks = y if font >= LABEL_PT else y[::_label_step(row_inches, LABEL_PT)]  # else every k-th named
         font = max(font, LABEL_PT)
         if n > SMALL:  # many classes: the margin set here (no tight box), as wide as the names, up to half
-            labels, inches = _fit_labels(fig, [classes[order[t]] for t in ticks], font, 0.5 * 7.5 - 0.2)
-            fig.subplots_adjust(left=(inches + 0.2) / 7.5, right=0.97)
+            labels, inches = _fit_labels(fig, [classes[order[t]] for t in ticks], font, width / 2 - 0.2)
+            fig.subplots_adjust(left=(inches + 0.2) / width, right=0.97)
         else:
             labels = [classes[order[t]] for t in ticks]
         ax.set_yticks(ticks, labels, fontsize=font)

@@ -199,9 +199,9 @@ def predict(videos: Sequence[Path | str], checkpoints: dict[str, Path], flow_cfg
             top_k: int = 5, progress: bool | None = None, *, explicit_flow: Iterable[str] = (),
             timeline: Timeline | None = None) -> list[Prediction]:
     """Predictions for every video (files, frame folders, directories or list files: fusion.inputs),
-    in order; a video that cannot be read gets its error and the others go on. FusionError if none
-    could be scored. `progress`: bars on stderr (None: when stderr is a terminal). `timeline`: also
-    each video's scores over time (fusion.timeline)."""
+    in order, then each input refused (a second of one id) with why; a video that cannot be read gets
+    its error and the others go on. FusionError if none could be scored. `progress`: bars on stderr
+    (None: when stderr is a terminal). `timeline`: also each video's scores over time (fusion.timeline)."""
     if top_k < 1:
         raise FusionError(f"--top must be >= 1, got {top_k}")
     if timeline is not None and timeline.stride < 0:
@@ -220,7 +220,7 @@ def predict(videos: Sequence[Path | str], checkpoints: dict[str, Path], flow_cfg
     engine, flow_cfg = prepare(checkpoints, flow_cfg, cfg, explicit_flow)
     if progress is None:
         progress = sys.stderr.isatty()
-    predictions = [Prediction(path, 0, error=why) for path, why in refused]
+    predictions = []
     for video in progress_bar(inputs, desc="predict", unit="video", leave=False,
                               disable=not progress or len(inputs) < 2):
         try:
@@ -237,11 +237,11 @@ def predict(videos: Sequence[Path | str], checkpoints: dict[str, Path], flow_cfg
             if isinstance(e, DiskFullError):
                 raise
             predictions.append(Prediction(shown(video.path), 0, error=problem(e)))
-    if all(p.error for p in predictions):
+    if all(p.error for p in predictions):  # every kept input failed: the first says why
         first = predictions[0]  # its error names the file already, as a rule
         raise FusionError(f"no video could be scored: "
                           f"{first.error if first.error.startswith(first.video) else f'{first.video}: {first.error}'}")
-    return predictions
+    return predictions + [Prediction(path, 0, error=why) for path, why in refused]  # after the videos read
 
 
 def format_predictions(predictions: Sequence[Prediction], as_json: bool = False) -> str:

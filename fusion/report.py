@@ -92,13 +92,13 @@ def average_tables(tables: Sequence[pd.DataFrame], protocol: str) -> pd.DataFram
 
 def md_cell(value: object) -> str:
     """`value` as one cell of a Markdown table: a `|` would end the cell and a line break the row, and
-    `<`, `>`, `&` are HTML to a renderer (a class `<script>...` was run or hidden, `A&amp;B` shown as
+    `<` and `&` start HTML to a renderer (a class `<script>...` was run or hidden, `A&amp;B` shown as
     `A&B`); class names and video ids come from users' folders and files. CommonMark's backslash
-    escapes keep the text readable as it stands."""
+    escapes keep the text readable as it stands (a `>` alone is no HTML: `->` stays as written)."""
     return _MD_SPECIAL.sub(r"\\\g<0>", " ".join(str(value).split()))
 
 
-_MD_SPECIAL = re.compile(r"[\\|<>&]")
+_MD_SPECIAL = re.compile(r"[\\|<&]")
 
 
 def markdown_table(header: Sequence[object], rows: Iterable[Sequence[object]]) -> list[str]:
@@ -199,14 +199,16 @@ def damaged(path: Path, what: str, rerun: str) -> FusionError:
 
 
 def check_inputs(path: Path, inputs: dict, keys: dict[str, tuple[Callable[[Any], bool], str]], rerun: str,
-                 optional: Sequence[str] = ()) -> dict:
+                 optional: Sequence[str] = (), within: str = "") -> dict:
     """A report's report_inputs.json, read into `inputs`, checked key by key: `keys` maps each key to
-    (check, what it must be); a key of `optional` may be absent."""
+    (check, what it must be); a key of `optional` may be absent. `within`: where in the file `inputs`
+    is, for the message (a features file's "'meta'")."""
+    where = f" in {within}" if within else ""
     for key, (check, what) in keys.items():
         if key not in inputs and key not in optional:
-            raise damaged(path, f"no {key!r}", rerun)
+            raise damaged(path, f"no {key!r}{where}", rerun)
         if not check(inputs.get(key)):
-            raise damaged(path, f"{key!r} is not {what} (it is {excerpt(json.dumps(inputs[key]))})", rerun)
+            raise damaged(path, f"{key!r}{where} is not {what} (it is {excerpt(json.dumps(inputs[key]))})", rerun)
     return inputs
 
 
@@ -316,7 +318,7 @@ def staged_report(out_dir: Path, folders: Sequence[str] = ()) -> Iterator[Path]:
                     for p in sorted((stage / name).rglob("*")) if p.is_file()}
         marker.unlink(missing_ok=True)
         for name in sorted({name.partition("/")[0] for name in old} - set(files) - set(folders)):
-            (out_dir / name).unlink(missing_ok=True)
+            atomic.remove_quietly(out_dir / name)  # a file, or a folder an earlier report owned (features/)
         for name in folders:
             atomic.remove_quietly(out_dir / name)
             if (stage / name).is_dir():

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import hashlib
 import importlib.metadata
 import io
 import json
@@ -49,6 +48,7 @@ from fusion.predict import check_flow, checkpoint_flow_config, problem
 from fusion.snippets import Snippets, run_snippets, snippet_plan
 from p3dbase.atomic import DiskFullError, atomic_path, disk_full, is_disk_full, name_problem, temp_prefix, write_text
 from p3dbase.device import resolve_device
+from p3dbase.digest import settings_key
 from p3dbase.errors import brief, shown
 from p3dbase.lock import try_lock
 from p3dbase.overwrite import OutputExistsError, output_folder
@@ -327,7 +327,7 @@ def extract_snippet_features(sources: Sequence[Path | str], checkpoints: dict[st
     }
     decisive = {k: v for k, v in settings.items() if k != "code_version"}
     decisive["streams"] = [{k: v for k, v in s.items() if k != "checkpoint"} for s in settings["streams"]]
-    key = hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
+    key = settings_key(decisive)
     _open_folder(out, settings, key, force)
 
     done_before = [v for v in mine if not force and is_done(out, key, v)]

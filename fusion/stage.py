@@ -355,7 +355,7 @@ def svm_from_features(features_dir: Path, cfg: EvalConfig) -> pd.DataFrame:
                                   "rerun `make eval` so that both come from the same run")
     train_labels = report.unpad_labels(first["train_labels"])
     test_labels = report.unpad_labels(first["test_labels"])
-    made = dataclasses.replace(cfg, svm_clips=int(meta.get("eval_config", {}).get("svm_clips", cfg.svm_clips)))
+    made = dataclasses.replace(cfg, svm_clips=int((meta.get("eval_config") or {}).get("svm_clips", cfg.svm_clips)))
     train = {n: d["train_features"] for n, d in loaded.items()}
     test = {n: d["test_features"] for n, d in loaded.items()}
     if len(first.get("val_ids", [])):  # files from before held-out videos were saved have no key: CV
@@ -564,21 +564,16 @@ def _features_meta(path: Path, text: np.ndarray) -> dict[str, Any]:
         raise _damaged(path, f"'meta' is not JSON ({e})") from None
     if not isinstance(meta, dict):
         raise _damaged(path, f"'meta' is not a JSON object (it is {excerpt(str(text))})")
-    checks = {  # key: (check, what it must be); eval_config (with svm_clips) is absent in the oldest files
+    report.check_inputs(path, meta, {  # eval_config (with svm_clips) is absent in the oldest files
         "classes": (lambda v: isinstance(v, list) and bool(v) and all(isinstance(c, str) for c in v),
                     "a list of class names"),
         "protocol": (lambda v: isinstance(v, str), "a text"),
         "excluded": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a count"),
-        "eval_config": (lambda v: isinstance(v, dict), "an object"),
-    }
-    for key, (check, what) in checks.items():
-        if key not in meta and key != "eval_config":
-            raise _damaged(path, f"'meta' has no {key!r}")
-        if key in meta and not check(meta[key]):
-            raise _damaged(path, f"'meta' {key!r} is not {what} (it is {excerpt(json.dumps(meta[key]))})")
-    clips = meta.get("eval_config", {}).get("svm_clips", 1)
+        "eval_config": (lambda v: v is None or isinstance(v, dict), "an object"),
+    }, RERUN, optional=("eval_config",), within="'meta'")
+    clips = (meta.get("eval_config") or {}).get("svm_clips", 1)
     if not isinstance(clips, int) or isinstance(clips, bool) or clips < 1:
-        raise _damaged(path, f"'meta' 'eval_config' 'svm_clips' is not a count of clips (it is "
+        raise _damaged(path, f"'svm_clips' in 'meta' 'eval_config' is not a count of clips (it is "
                              f"{excerpt(json.dumps(clips))})")
     return meta
 

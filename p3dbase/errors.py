@@ -113,8 +113,7 @@ def file_problem(path: Path, noun: str = "file") -> str:
 _REFUSALS = {errno.EACCES: "no permission", errno.EPERM: "not permitted", errno.EROFS: "the file system is read-only",
              errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
              errno.ENAMETOOLONG: "the name is too long", errno.ENOTDIR: "a file is where a folder should be",
-             errno.EMFILE: "too many open files (raise `ulimit -n`)",
-             errno.EEXIST: "a file of that name is there already (where a folder should be made?)"}
+             errno.EMFILE: "too many open files (raise `ulimit -n`)"}
 
 
 def refusal(err: OSError) -> str:

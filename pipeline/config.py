@@ -81,7 +81,7 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = (), *
     origin: dict[str, str] = {}  # key -> where its value came from, when not the file
     items = [(*_parse_override(item), _set_item(item)) for item in overrides]
     if run is not None:
-        # one line whatever the name holds: a newline shows as \\n
+        # one line whatever the name holds: excerpt quotes it, a newline as \\n
         name = utf8_text(run)
         items.append(("train.run", run, f"--run {excerpt(name, 60) if text_problem(name) else name[:60]}"))
     for key, value, where in items:

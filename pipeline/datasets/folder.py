@@ -13,7 +13,7 @@ import logging
 import os
 from pathlib import Path, PurePosixPath
 
-from p3dbase.errors import file_problem, refusal, shown
+from p3dbase.errors import refusal, shown
 from pipeline.datasets.config import DatasetConfig
 from pipeline.datasets.files import VIDEO_EXTENSIONS, Entry, build, check_root, name_problem, video_id_of
 from pipeline.datasets.records import Dataset
@@ -28,6 +28,12 @@ def _folders(path: Path) -> list[str]:
     """The folders in `path`, hidden ones and links to folders aside (a link is not followed: `C -> A`
     made every video of A a video of C too, and `D -> /usr` walked a tree outside the root)."""
     return sorted(d.name for d in path.iterdir() if d.is_dir() and not d.is_symlink() and not d.name.startswith("."))
+
+
+def _dangling(path: Path) -> bool:
+    """A link that leads to no file: `build` refuses it, so it must not keep a real video's id. (Any
+    other problem, an unreadable file, is the kept video's to fail with.)"""
+    return os.path.islink(path) and not os.path.exists(path)
 
 
 def _linked_folders(path: Path, root: Path) -> list[tuple[str, str]]:
@@ -71,8 +77,8 @@ def read_folder(cfg: DatasetConfig, split: str) -> Dataset:
                     rel = PurePosixPath((here / name).relative_to(root).as_posix())
                     problem = next((p for p in map(name_problem, rel.parts) if p), "")
                     first = kept.setdefault(video_id_of(rel), rel) if not problem else rel
-                    if not problem and first != rel and file_problem(root / first):
-                        first = kept[video_id_of(rel)] = rel  # the first is a dangling link: `build` refuses it
+                    if not problem and first != rel and _dangling(root / first):
+                        first = kept[video_id_of(rel)] = rel  # `build` refuses the first, a link to nothing
                         found.append((cls, rel, subset))
                         continue
                     if not problem and first != rel:  # a1.mp4 beside a1.avi: one id, two videos

@@ -71,6 +71,10 @@ def test_mmaction_a_video_inside_another_video_folder_fails_and_neither_is_lost(
                                          "mmaction layout: a video is a folder): rename one")
     assert open_store(out).video_ids() == ["c/sub"] and not (out / "c" / "sub" / "v").exists()
     assert run_flow(jobs, out, cfg).skipped == 1  # the index is intact
+    # A refused `c/sub` (a dangling link) is never written: it takes no folder from `c/sub/v`.
+    jobs = [FlowJob("d/sub", clip.with_name("gone.avi"), error="refused: a dangling symbolic link"),
+            FlowJob("d/sub/v", clip)]
+    assert run_flow(jobs, tmp_path / "flow2", cfg).computed == 1
 
 
 def test_a_folder_where_a_pack_belongs_is_kept_and_its_would_be_video_fails(clip, tmp_path, fast_cfg):
@@ -111,6 +115,6 @@ def test_a_store_folder_that_cannot_be_written_fails_its_videos_only(clip, tmp_p
     (out / "c").write_text("not a folder")
     summary = run_flow([FlowJob("c/v", clip), FlowJob("e/w", clip)], out, fast_cfg)
     assert (summary.computed, summary.failed) == (1, 1)
-    assert _rows(out)["c/v"] == ("failed", f"cannot write it in the store: {out / 'c'}: a file of that name is "
-                                           "there already (where a folder should be made?)")
+    assert _rows(out)["c/v"] == ("failed", f"cannot write it in the store: {out / 'c'}: a file is where a folder "
+                                           "should be")
     assert _rows(out)["e/w"] == ("done", "")

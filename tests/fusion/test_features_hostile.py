@@ -121,6 +121,14 @@ def test_predict_fails_a_second_input_of_one_id_alone(tmp_path, capsys, rgb):
     assert got[str(videos / "a.mkv")]["error"] == (f"the video id a of {videos / 'a.avi'} (ids leave out the "
                                                    "extension): rename one")
     assert "error" not in got[str(videos / "a.avi")] and "error" not in got[str(videos / "b.avi")]
+    assert list(got)[-1] == str(videos / "a.mkv")  # the videos in order, then the refused input
+    # Every kept video broken: the reason given is theirs, not the refused second input's.
+    (videos / "a.avi").write_bytes(b"not a video")
+    (videos / "b.avi").unlink()
+    for tool in (["predict", str(videos)], ["features", str(videos), "--out", str(tmp_path / "f.npz")]):
+        assert cli.main([*tool, "--rgb", str(rgb), *FAST]) == 2
+        err = capsys.readouterr().err
+        assert f"{videos / 'a.avi'}: cannot open" in err and "rename one" not in err, err
 
 
 @pytest.mark.parametrize("out", ["f.npz", "snippets"])

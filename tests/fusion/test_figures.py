@@ -188,4 +188,4 @@ def test_markdown_cells_hold_any_class_name():
     html = pd.DataFrame({"true": ["<script>alert(1)</script>"], "predicted": ["A&amp;B"], "videos": [1],
                          "share": [1.0]})
     rows = [line for line in report.confused_markdown("x", html).splitlines() if line.startswith("| ")]
-    assert rows[1:] == ["| \\<script\\>alert(1)\\</script\\> | A\\&amp;B | 1 | 1.0% |"]
+    assert rows[1:] == ["| \\<script>alert(1)\\</script> | A\\&amp;B | 1 | 1.0% |"]

@@ -12,6 +12,7 @@ import pytest
 from p3dbase.errors import shown
 from pipeline.datasets import DatasetConfig, VideoRecord, items, read_dataset
 from pipeline.errors import DatasetError
+from tests.builders import deny_as_for_a_user
 
 
 def write(path: Path, data: bytes | str) -> Path:
@@ -553,7 +554,7 @@ def test_folder_refuses_linked_class_folders_and_a_second_video_of_one_id(tmp_pa
     assert data.refused == [("val", "a symbolic link to a folder, not followed")]
 
 
-def test_folder_a_dangling_link_does_not_take_the_id_of_the_video_beside_it(tmp_path):
+def test_folder_a_dangling_link_does_not_take_the_id_of_the_video_beside_it(tmp_path, monkeypatch):
     """`v.avi` a dangling link beside `v.mp4`: the link took the id c/v first, so both were refused and the
     real video never computed."""
     root = tmp_path / "root"
@@ -562,6 +563,15 @@ def test_folder_a_dangling_link_does_not_take_the_id_of_the_video_beside_it(tmp_
     data = read_dataset(DatasetConfig(format="folder", root=str(root)))
     assert [(v.video_id, v.path.name) for v in data.videos] == [("c/v", "v.mp4"), ("c/w", "w.mp4")]
     assert [rel for rel, _ in data.refused] == ["c/v.avi"]
+    # Only a link to nothing gives its id away: an unreadable first file keeps it (it fails on its own, as
+    # the kept video), and the second is refused as before, not listed as a second video of that id.
+    (root / "c" / "v.avi").unlink()
+    touch(root, "c/v.avi")
+    (root / "c" / "v.avi").chmod(0)
+    deny_as_for_a_user(monkeypatch, root / "c" / "v.avi", os.R_OK)
+    data = read_dataset(DatasetConfig(format="folder", root=str(root)))
+    assert [(v.video_id, v.path.name) for v in data.videos] == [("c/v", "v.avi"), ("c/w", "w.mp4")]
+    assert [rel for rel, _ in data.refused] == ["c/v.mp4"]
 
 
 def test_folder_refuses_a_folder_it_cannot_read_naming_it(tmp_path, monkeypatch, caplog):
