@@ -99,4 +99,6 @@ def check_value(value: Any, hint: Any, key: str, finite: bool = True) -> Any:
         return value.lower() in ("yes", "on")
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ValueError(f"{key} must be {hint.__name__}, got {value!r}")
+    if hint is str and "\x00" in value:  # TOML's \u0000: no path, name or choice holds one (open() raised)
+        raise ValueError(f"{key} holds a NUL character, which no path or name may hold, got {value!r}")
     return value

@@ -269,7 +269,9 @@ def stage_log(args: argparse.Namespace, cfg, argv: list[str]) -> contextlib.Abst
     if args.stage not in LOGGED or int(os.environ.get("RANK", "0")) != 0:
         return contextlib.nullcontext()
     if args.stage == "synth":
-        if not cfg.dataset.root:
+        from pipeline.synth.generate import foreign_folder
+
+        if not cfg.dataset.root or foreign_folder(Path(cfg.dataset.root)):  # refused by the stage: no log there
             return contextlib.nullcontext()
         folder = Path(cfg.dataset.root)
     else:

@@ -118,6 +118,10 @@ def _check_work_dir(value: Any, where: str) -> str:
     """work_dir names a folder: a quoted path, not empty, not an existing file."""
     if not isinstance(value, str):
         raise ConfigError(f"{where}: work_dir must be a folder path in quotes (work_dir = \"work\"), got {value!r}")
+    try:
+        check_value(value, str, "work_dir")  # the rule of every text setting (a NUL character)
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from None
     if not value.strip():
         raise ConfigError(f"{where}: work_dir is empty: name the folder every stage writes under, e.g. \"work\"")
     if Path(value).exists() and not Path(value).is_dir():

@@ -15,7 +15,7 @@ from flow.stage import FlowJob, FlowSummary, read_only_store, run_flow
 from flow.store import Store, open_store, store_exists
 from flow.verify import VerifyReport, verify_store
 from p3dbase.atomic import write_text
-from p3dbase.errors import P3DError, shown
+from p3dbase.errors import P3DError, refusal, shown
 from p3dbase.lock import try_lock
 from p3dbase.overwrite import output_folder, refuse_overwrite
 from pipeline.config import Config, dump_toml, write_resolved
@@ -409,9 +409,10 @@ def report_stage(folder: Path) -> list[Path]:
                                     "the stage that wrote it")
             pages.append(build[kind](where))
             print(f"report: wrote {pages[-1]}")
-        except P3DError as err:
-            print(f"report: skipped {where}: {err}")
-            skipped.append(err)
+        except (P3DError, OSError) as err:  # OSError: a report.html that cannot be written there
+            reason = err if isinstance(err, P3DError) else refusal(err)
+            print(f"report: skipped {where}: {reason}")
+            skipped.append(reason)
     if skipped:
         raise PipelineError(f"{len(skipped)} of {len(found)} reports could not be rebuilt (each listed above), "
                             f"e.g. {skipped[0]}")

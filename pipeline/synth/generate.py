@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from flow.formats import write_flo
 from p3dbase.atomic import atomic_path, disk_full, write_text
+from p3dbase.errors import shown
 from p3dbase.overwrite import output_folder
 from p3dbase.progress import progress_bar
 from pipeline.errors import PipelineError
@@ -85,12 +86,27 @@ def generate(cfg: SynthConfig, out_root: Path, *, force: bool = False) -> SynthS
     return summary
 
 
+def foreign_folder(out_root: Path) -> bool:
+    """A folder with something in it that no SynthActions run wrote (no synth.json): never written
+    into, its own log included (pipeline.cli.stage_log asks)."""
+    return (out_root.is_dir() and not (out_root / MANIFEST).is_file()
+            and any(p.name not in ("config.toml", LOG) for p in out_root.iterdir()))
+
+
 def _claim(out_root: Path, cfg: SynthConfig, force: bool) -> None:
     """Refuse to mix videos of two configs in one folder, or to write into a folder that is not ours."""
     manifest = out_root / MANIFEST
     settings = dataclasses.asdict(cfg)
     if manifest.is_file():
-        old = json.loads(manifest.read_text(encoding="utf-8")).get("config", {})
+        try:
+            old = json.loads(manifest.read_text(encoding="utf-8")).get("config", {})
+            if not isinstance(old, dict):
+                raise ValueError("'config' is not a table")
+        except (ValueError, AttributeError) as e:  # not UTF-8, not JSON, not the object generate writes
+            if not force:
+                raise PipelineError(f"{shown(manifest)}: damaged, not the {MANIFEST} a SynthActions run writes "
+                                    f"({e}): regenerate the set with --force, or choose another dataset.root") from None
+            old = {}  # --force regenerates every video whatever it says
         changed = [key for key in settings if old.get(key) != settings[key]]
         if changed and not force:
             raise PipelineError(f"{out_root} holds SynthActions made with other settings "
@@ -98,7 +114,7 @@ def _claim(out_root: Path, cfg: SynthConfig, force: bool) -> None:
                                 "or choose another dataset.root")
     elif out_root.exists() and not out_root.is_dir():
         raise PipelineError(f"dataset.root {out_root} is a file: name the folder SynthActions is written to")
-    elif out_root.is_dir() and any(p.name not in ("config.toml", LOG) for p in out_root.iterdir()):
+    elif foreign_folder(out_root):
         raise PipelineError(f"{out_root} is not empty and holds no SynthActions ({MANIFEST}): refusing to "
                             "write into it; choose a new folder for dataset.root")
     if force:

@@ -28,6 +28,8 @@ from streams.p3d import build_model
 from tests.builders import official_layers, randomise, save_tiny_checkpoint, write_avi, write_caffemodel
 from tests.pipeline.test_tools_cli import FAST, run
 
+TINY_SYNTH = Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"
+
 COMMON = [*FAST, "--set", "eval.jobs=1", "--no-progress"]
 
 
@@ -292,3 +294,36 @@ def test_features_no_progress_draws_no_bar_at_all(tmp_path, capsys, stride):
     shutil.rmtree(out) if out.is_dir() else out.unlink()
     assert cli.main([a for a in argv if a != "--no-progress"]) == 0
     assert "features" in capsys.readouterr().err  # without it, the bar's lines (stderr is no terminal here)
+
+
+@pytest.mark.parametrize("text", ["{bad", "[]", '{"config": 5}', "\udcff"])
+def test_a_damaged_synth_json_is_one_line_and_force_regenerates(tmp_path, capsys, text):
+    """synth.json cut or edited: a JSONDecodeError, AttributeError or UnicodeDecodeError traceback."""
+    root = tmp_path / "synth"
+    root.mkdir()
+    (root / "synth.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    tiny = ["--config", str(TINY_SYNTH), "--set", f"dataset.root={root}", "--set", f"work_dir={tmp_path / 'w'}"]
+    assert cli.main(["synth", *tiny]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {root / 'synth.json'}: damaged, not the synth.json") and "\n" not in err
+    assert cli.main(["synth", *tiny, "--force"]) == 0 and (root / "synth.json").is_file()
+
+
+def test_synth_refusing_a_foreign_folder_writes_nothing_in_it(tmp_path, capsys):
+    """docs/synth.md: such a folder is never written into; the stage's log was, before the refusal."""
+    root = tmp_path / "theirs"
+    root.mkdir()
+    (root / "z").write_text("y")
+    assert cli.main(["synth", "--config", str(TINY_SYNTH), "--set", f"dataset.root={root}"]) == 2
+    assert "holds no SynthActions" in capsys.readouterr().err
+    assert [p.name for p in root.iterdir()] == ["z"]
+
+
+@pytest.mark.parametrize("setting", ["dataset.root", "work_dir", "flow.rawframes_root"])
+def test_a_nul_character_in_a_setting_is_one_line(tmp_path, capsys, setting):
+    """A NUL reached open() (ValueError: embedded null byte, a traceback in every stage); `config` took it."""
+    for stage in (["synth"], ["config"]):
+        assert cli.main([*stage, "--config", str(TINY_SYNTH), "--set", f'{setting}="{tmp_path}/a\\u0000b"']) == 2
+        err = capsys.readouterr().err.strip()
+        assert "holds a NUL character" in err and err.count("\n") == 0 and setting in err, err
+

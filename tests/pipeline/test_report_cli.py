@@ -80,6 +80,19 @@ def test_report_rebuilds_every_page_from_the_files(work, capsys):
     assert main(["report", str(work / "runs" / "other" / "eval")]) == 0 and pages[1].is_file()
 
 
+def test_a_page_that_cannot_be_written_skips_its_report_and_the_rest_are_rebuilt(tmp_path, capsys):
+    """A folder where one report's report.html belongs (or a read-only report folder) stopped `report`
+    with an OSError line, and the reports after it were never rebuilt."""
+    for name in ("a", "zz"):
+        eval_report(tmp_path / name / "eval")
+        (tmp_path / name / "eval" / "report.html").unlink()
+    (tmp_path / "a" / "eval" / "report.html").mkdir()
+    assert main(["report", str(tmp_path)]) == 2
+    out = capsys.readouterr().out
+    assert f"report: skipped {tmp_path / 'a' / 'eval'}: " in out and "Is a directory" in out
+    assert (tmp_path / "zz" / "eval" / "report.html").is_file()
+
+
 def test_report_of_a_folder_without_reports_is_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
