@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from p3dbase.atomic import atomic_write
-from p3dbase.errors import NOT_REGULAR, excerpt, text_problem
+from p3dbase.errors import NOT_REGULAR, excerpt, shown, text_problem
 from p3dbase.lock import holder_of
 from p3dbase.overrides import check_value
 from streams.config import MAX_CLIP_LEN, MAX_SIDE
@@ -76,12 +76,10 @@ def step_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write `payload` (from `make_payload`) atomically (p3dbase.atomic), with the SHA-256 of its contents
-    stored inside it (`checksum`); StreamsError, and no file, when the weights are not finite;
-    p3dbase.atomic.DiskFullError naming the file when the disk is full."""
-    bad = nonfinite_tensors(payload.get("model", {}))
-    if bad:
-        raise StreamsError(f"checkpoint {path} not written: the weights are not finite "
-                           f"({len(bad)} tensor(s), e.g. {', '.join(bad[:3])})")
+    stored inside it (`checksum`); StreamsError, and no file, when the weights cannot be used
+    (`weights_problem`); p3dbase.atomic.DiskFullError naming the file when the disk is full."""
+    if problem := weights_problem(payload.get("model", {})):
+        raise StreamsError(f"checkpoint {shown(path)} not written: {problem}")
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = dict(payload)
     payload.pop(CHECKSUM, None)
@@ -122,6 +120,26 @@ def nonfinite_tensors(state_dict: dict[str, Any]) -> list[str]:
     return [name for name, t in state_dict.items()
             if isinstance(t, torch.Tensor) and t.is_floating_point()
             and not bool(torch.isfinite(t.sum(dtype=torch.float64))) and not bool(torch.isfinite(t).all())]
+
+
+def negative_variances(state_dict: dict[str, Any]) -> list[str]:
+    """Names of the BatchNorm running variances holding a negative value."""
+    # sqrt(var + eps) of a negative variance is NaN: every output of the model would be NaN. Training
+    # cannot make one (a mean of squares); an imported or edited file can.
+    return [name for name, t in state_dict.items()
+            if name.endswith("running_var") and isinstance(t, torch.Tensor) and t.is_floating_point()
+            and bool((t < 0).any())]
+
+
+def weights_problem(state_dict: dict[str, Any]) -> str:
+    """Why a model's weights cannot be written as a checkpoint ("" when they can): a tensor holding inf
+    or NaN, or a negative BatchNorm variance; both give a model whose outputs are NaN."""
+    if bad := nonfinite_tensors(state_dict):
+        return f"the weights are not finite ({len(bad)} tensor(s), e.g. {', '.join(bad[:3])})"
+    if bad := negative_variances(state_dict):
+        return (f"a BatchNorm running variance is negative ({len(bad)} tensor(s), e.g. {', '.join(bad[:3])}): "
+                "the model's outputs would be NaN")
+    return ""
 
 
 def payload_sha256(payload: dict[str, Any]) -> str:

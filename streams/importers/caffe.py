@@ -16,6 +16,7 @@ holds weights must be used: a mismatch is an error naming the layer, never a sil
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from google.protobuf.message import DecodeError
 
-from p3dbase.errors import file_problem
+from p3dbase.errors import file_problem, shown
 from streams.errors import StreamsError
 from streams.importers.caffe_proto import NetParameter
 from streams.p3d import ARCHS, P3D, build_model
@@ -51,11 +52,15 @@ def _blob_array(blob, path: Path, layer: str, index: int) -> np.ndarray:
         shape = tuple(int(d) for d in blob.shape.dim)
     else:  # the deprecated 4-D (num, channels, height, width) of old files
         shape = tuple(int(d) for d in (blob.num, blob.channels, blob.height, blob.width))
+    if any(d < 0 for d in shape):  # numpy would take one -1 as "infer it", and refuse two with a traceback
+        raise StreamsError(f"{shown(path)}: layer {layer!r} blob {index} declares shape {list(shape)}: "
+                           "a dimension is negative")
     data = blob.data if len(blob.data) else blob.double_data
     values = np.asarray(data, dtype=np.float32)
-    if values.size != int(np.prod(shape, dtype=np.int64)):
-        raise StreamsError(f"{path}: layer {layer!r} blob {index} declares shape {list(shape)} "
-                           f"({int(np.prod(shape, dtype=np.int64))} values) but holds {values.size} values")
+    size = math.prod(shape)  # Python's integers: an int64 product of huge dimensions could wrap to the count
+    if values.size != size:
+        raise StreamsError(f"{shown(path)}: layer {layer!r} blob {index} declares shape {list(shape)} "
+                           f"({size} values) but holds {values.size} values")
     return values.reshape(shape)
 
 
@@ -64,21 +69,21 @@ def read_caffemodel(path: Path | str) -> CaffeModel:
     it is missing, truncated, or not a Caffe net with weights."""
     path = Path(path)
     if problem := file_problem(path):
-        raise StreamsError(f"{path}: {problem}")
+        raise StreamsError(f"{shown(path)}: {problem}")
     raw = path.read_bytes()
     try:
         net = NetParameter.FromString(raw)
     except (DecodeError, RuntimeError, ValueError) as e:
-        raise StreamsError(f"{path}: not a readable .caffemodel (truncated or another format): {e}") from None
+        raise StreamsError(f"{shown(path)}: not a readable .caffemodel (truncated or another format): {e}") from None
     layers: dict[str, list[np.ndarray]] = {}
     for layer in list(net.layer) + list(net.layers):
         if not layer.blobs:
             continue
         if layer.name in layers:
-            raise StreamsError(f"{path}: layer {layer.name!r} appears twice with weights")
+            raise StreamsError(f"{shown(path)}: layer {layer.name!r} appears twice with weights")
         layers[layer.name] = [_blob_array(b, path, layer.name, i) for i, b in enumerate(layer.blobs)]
     if not layers:
-        raise StreamsError(f"{path}: no layer with weights: not a trained .caffemodel (a deploy "
+        raise StreamsError(f"{shown(path)}: no layer with weights: not a trained .caffemodel (a deploy "
                            ".prototxt, or another format?)")
     return CaffeModel(path, net.name, layers)
 
@@ -100,7 +105,7 @@ def detect_arch(model: CaffeModel) -> str:
         if spec.depths == depths:
             return arch
     known = ", ".join(f"{a} {list(s.depths)}" for a, s in ARCHS.items())
-    raise StreamsError(f"{model.path}: blocks per stage res2..res5 are {list(depths)}, which match no "
+    raise StreamsError(f"{shown(model.path)}: blocks per stage res2..res5 are {list(depths)}, which match no "
                        f"known net ({known})")
 
 
@@ -160,12 +165,12 @@ def find_fc_layer(model: CaffeModel, fc_layer: str | None = None) -> str:
     """The classifier layer: `fc_layer` if given, else the one weighted layer whose name starts with `fc`."""
     if fc_layer is not None:
         if fc_layer not in model.layers:
-            raise StreamsError(f"{model.path}: no layer {fc_layer!r} with weights")
+            raise StreamsError(f"{shown(model.path)}: no layer {fc_layer!r} with weights")
         return fc_layer
     candidates = sorted(n for n in model.layers if n.startswith("fc"))
     if len(candidates) != 1:
         found = ", ".join(candidates) if candidates else "none"
-        raise StreamsError(f"{model.path}: expected one classifier layer named fc*, found {found}; "
+        raise StreamsError(f"{shown(model.path)}: expected one classifier layer named fc*, found {shown(found)}; "
                            "name it with --fc-layer")
     return candidates[0]
 
@@ -197,24 +202,24 @@ def caffe_state_dict(caffe: CaffeModel, model: P3D, fc_layer: str | None = None)
     for layer, count in wanted.items():
         blobs = caffe.layers.get(layer)
         if blobs is None:
-            raise StreamsError(f"{caffe.path}: layer {layer!r} is missing")
+            raise StreamsError(f"{shown(caffe.path)}: layer {layer!r} is missing")
         if len(blobs) != count:
             what = ("4 (scale, shift, moving mean, moving variance of P3D's BN layer)" if count == 4
                     else f"{count} (a convolution without bias)" if count == 1 else f"{count} (weight, bias)")
-            raise StreamsError(f"{caffe.path}: layer {layer!r} has {len(blobs)} blob(s), expected {what}")
+            raise StreamsError(f"{shown(caffe.path)}: layer {layer!r} has {len(blobs)} blob(s), expected {what}")
     state: dict[str, torch.Tensor] = {}
     for key, (layer, index) in mapping.items():
         blob = caffe.layers[layer][index]
         shape = target[key].shape
         if not _fits(blob, shape):
-            raise StreamsError(f"{caffe.path}: layer {layer!r} blob {index} has shape {list(blob.shape)}, "
+            raise StreamsError(f"{shown(caffe.path)}: layer {layer!r} blob {index} has shape {list(blob.shape)}, "
                                f"{key} needs {list(shape)}")
         state[key] = torch.from_numpy(blob.copy()).reshape(shape).to(target[key].dtype)
     used = {layer for layer, _ in mapping.values()}
     unused = sorted(set(caffe.layers) - used)
     if unused:
-        raise StreamsError(f"{caffe.path}: layer(s) with weights that the net does not have: "
-                           f"{', '.join(unused[:8])}{' ...' if len(unused) > 8 else ''}")
+        raise StreamsError(f"{shown(caffe.path)}: layer(s) with weights that the net does not have: "
+                           f"{shown(', '.join(unused[:8]))}{' ...' if len(unused) > 8 else ''}")
     for key, value in target.items():  # BN's num_batches_tracked: not in Caffe, keep the model's
         state.setdefault(key, value)
     return state
@@ -224,7 +229,7 @@ def conv1_channels(caffe: CaffeModel) -> int:
     """Input channels of the file's conv1 (3 for RGB, 2 for flow)."""
     conv1 = caffe.layers.get("conv1")
     if not conv1 or conv1[0].ndim < 2:
-        raise StreamsError(f"{caffe.path}: no conv1 weights: not a P3D caffemodel")
+        raise StreamsError(f"{shown(caffe.path)}: no conv1 weights: not a P3D caffemodel")
     return int(conv1[0].shape[1])
 
 
@@ -242,9 +247,14 @@ def load_caffe(path: Path | str, arch: str | None = None, fc_layer: str | None =
     arch = arch or detect_arch(caffe)
     in_channels = conv1_channels(caffe)
     if in_channels not in (2, 3):
-        raise StreamsError(f"{caffe.path}: conv1 takes {in_channels} channels; expected 3 (RGB) or 2 (flow)")
+        raise StreamsError(f"{shown(caffe.path)}: conv1 takes {in_channels} channels; expected 3 (RGB) or 2 (flow)")
     if arch not in ARCHS:
         raise StreamsError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
-    model = build_model(arch, num_outputs(caffe, fc_layer), in_channels)
+    num_classes = num_outputs(caffe, fc_layer)
+    if num_classes == 0:  # every reader refuses a checkpoint of no classes: refused here, before writing one
+        fc = find_fc_layer(caffe, fc_layer)
+        raise StreamsError(f"{shown(caffe.path)}: classifier layer {fc!r} has weight shape "
+                           f"{list(caffe.layers[fc][0].shape)}: a classifier of no classes")
+    model = build_model(arch, num_classes, in_channels)
     model.load_state_dict(caffe_state_dict(caffe, model, fc_layer))
     return arch, model.eval()

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from p3dbase.errors import shown
 from streams.checkpoint import FORMAT, safe_load
 from streams.errors import StreamsError
 from streams.p3d import ARCHS, P3D, P3DBlock, build_model
@@ -80,13 +81,13 @@ def read_port_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     path = Path(path)
     payload = safe_load(path, "pseudo-3d-pytorch checkpoint")
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        raise StreamsError(f"{path} is already one of our stream checkpoints ({payload.get('arch')}, "
+        raise StreamsError(f"{shown(path)} is already one of our stream checkpoints ({payload.get('arch')}, "
                            f"{payload.get('modality')}): use it as it is (eval --rgb/--flow, train.init_from, "
                            "transfer.rgb/flow, predict, export); import-weights reads published weights")
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not state or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise StreamsError(f"{path}: no state dict of tensors (expected the pseudo-3d-pytorch layout, "
+        raise StreamsError(f"{shown(path)}: no state dict of tensors (expected the pseudo-3d-pytorch layout, "
                            "a dict with 'state_dict')")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
@@ -101,8 +102,8 @@ def detect_port_arch(state: dict[str, torch.Tensor], path: Path) -> str:
         if spec.depths == tuple(depths):
             return arch
     if "conv1_custom.weight" not in state:
-        raise StreamsError(f"{path}: no conv1_custom.weight: not a pseudo-3d-pytorch P3D checkpoint")
-    raise StreamsError(f"{path}: blocks per layer1..layer4 are {depths}, which match no known net "
+        raise StreamsError(f"{shown(path)}: no conv1_custom.weight: not a pseudo-3d-pytorch P3D checkpoint")
+    raise StreamsError(f"{shown(path)}: blocks per layer1..layer4 are {depths}, which match no known net "
                        f"({', '.join(f'{a} {list(s.depths)}' for a, s in ARCHS.items())})")
 
 
@@ -114,17 +115,19 @@ def port_state_dict(state: dict[str, torch.Tensor], model: P3D, path: Path) -> d
     out: dict[str, torch.Tensor] = {}
     for ours, theirs in mapping.items():
         if theirs not in state:
-            raise StreamsError(f"{path}: key {theirs!r} (for our {ours}) is missing")
+            raise StreamsError(f"{shown(path)}: key {theirs!r} (for our {ours}) is missing")
         value = state[theirs]
+        if not value.is_floating_point():  # a cast to float would drop a complex tensor's imaginary part
+            raise StreamsError(f"{shown(path)}: {theirs} holds {value.dtype} values, not floating-point weights")
         if value.shape != target[ours].shape:
-            raise StreamsError(f"{path}: {theirs} has shape {list(value.shape)}, our {ours} needs "
+            raise StreamsError(f"{shown(path)}: {theirs} has shape {list(value.shape)}, our {ours} needs "
                                f"{list(target[ours].shape)}")
         out[ours] = value.detach().to(target[ours].dtype).clone()
     for key in c_block_expand_keys(model):
         out[key] = out[key] * 2.0
     unused = sorted(set(state) - set(mapping.values()) - {k for k in state if k.endswith("num_batches_tracked")})
     if unused:
-        raise StreamsError(f"{path}: key(s) the net does not have: {', '.join(unused[:8])}"
+        raise StreamsError(f"{shown(path)}: key(s) the net does not have: {shown(', '.join(unused[:8]))}"
                            f"{' ...' if len(unused) > 8 else ''}")
     for key, value in target.items():
         out.setdefault(key, value)
@@ -135,14 +138,24 @@ def load_pseudo3d(path: Path | str, arch: str | None = None) -> tuple[str, P3D]:
     """(arch, our P3D in eval mode) with the weights of a pseudo-3d-pytorch checkpoint; warns that the
     port's wiring differs (module docstring)."""
     path = Path(path)
+    if arch is not None and arch not in ARCHS:  # as the Caffe importer says it, before reading the file
+        raise StreamsError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
     state = read_port_state_dict(path)
     arch = arch or detect_port_arch(state, path)
     if "conv1_custom.weight" not in state or "fc.weight" not in state:
-        raise StreamsError(f"{path}: conv1_custom.weight or fc.weight missing: not a pseudo-3d-pytorch checkpoint")
+        raise StreamsError(f"{shown(path)}: conv1_custom.weight or fc.weight missing: not a pseudo-3d-pytorch "
+                           "checkpoint")
+    # The channels and classes are read before the shapes are checked against a model built from them.
+    for key, dims, layout in (("conv1_custom.weight", 5, "[out, in, t, h, w]"), ("fc.weight", 2, "[classes, in]")):
+        if state[key].ndim != dims:
+            raise StreamsError(f"{shown(path)}: {key} has shape {list(state[key].shape)}, expected {dims}-D {layout}")
     in_channels = int(state["conv1_custom.weight"].shape[1])
     num_classes = int(state["fc.weight"].shape[0])
+    if num_classes == 0:  # every reader refuses a checkpoint of no classes: refused here, before writing one
+        raise StreamsError(f"{shown(path)}: fc.weight has shape {list(state['fc.weight'].shape)}: a classifier "
+                           "of no classes")
     if in_channels not in (2, 3):
-        raise StreamsError(f"{path}: conv1_custom takes {in_channels} channels; expected 3 (RGB) or 2 (flow)")
+        raise StreamsError(f"{shown(path)}: conv1_custom takes {in_channels} channels; expected 3 (RGB) or 2 (flow)")
     model = build_model(arch, num_classes, in_channels)
     model.load_state_dict(port_state_dict(state, model, path))
     warnings.warn(WIRING_WARNING, stacklevel=2)
