@@ -332,6 +332,10 @@ def model_from_checkpoint(ckpt: Checkpoint) -> P3D:
     if bad:  # written before checkpoints were checked, or by another tool: scores would be NaN
         raise StreamsError(f"checkpoint {ckpt.path} holds non-finite weights ({len(bad)} tensor(s) with inf/NaN, "
                            f"e.g. {', '.join(bad[:3])}) and was not used; train again with a lower train.lr")
+    if bad := negative_variances(ckpt.state["model"]):  # an edited or foreign file: every output NaN too
+        raise StreamsError(f"checkpoint {shown(ckpt.path)} holds a negative BatchNorm running variance "
+                           f"({len(bad)} tensor(s), e.g. {', '.join(bad[:3])}) and was not used: its outputs "
+                           "would be NaN")
     model = build_model(ckpt.arch, ckpt.num_classes, ckpt.in_channels, dropout, bool(cfg.get("partial_bn", False)))
     try:
         model.load_state_dict(ckpt.state["model"])

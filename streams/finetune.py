@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from streams.checkpoint import nonfinite_tensors, read_checkpoint, stream_path
+from streams.checkpoint import read_checkpoint, stream_path, weights_problem
 from streams.errors import StreamsError
 from streams.p3d import P3D
 
@@ -34,10 +34,8 @@ def init_from_checkpoint(model: P3D, arch: str, path: str | Path, modality: str,
         raise StreamsError(f"{where} is a {ckpt.modality} stream and cannot start the {modality} stream: "
                            f"give a {modality} checkpoint")
     source = ckpt.state["model"]
-    bad = nonfinite_tensors(source)
-    if bad:
-        raise StreamsError(f"{where} holds non-finite weights ({len(bad)} tensor(s) with inf/NaN, e.g. "
-                           f"{', '.join(bad[:3])})")
+    if problem := weights_problem(source):  # inf/NaN, or a negative BN variance: a NaN start
+        raise StreamsError(f"{where}: {problem}")
     target = model.state_dict()
     arch = f"{arch} (model.arch)"
     for key, value in target.items():

@@ -85,6 +85,13 @@ def test_what_does_not_fit_is_named(tmp_path):
         init_from_checkpoint(model, "p3d_tiny", small, "flow", CLASSES)
     with pytest.raises(StreamsError, match=r"init_from: .*absent\.pt does not exist"):
         init_from_checkpoint(model, "p3d_tiny", tmp_path / "absent.pt", "flow", CLASSES)
+    # a negative BatchNorm variance (an edited file): every output of the start would be NaN
+    state = torch.load(rgb, weights_only=True)
+    state["model"][next(k for k in state["model"] if k.endswith("running_var"))][0] = -1.0
+    del state["checksum"]
+    torch.save(state, tmp_path / "negvar.pt")
+    with pytest.raises(StreamsError, match=r"init_from: .*negvar\.pt: a BatchNorm running variance is negative"):
+        init_from_checkpoint(build_model("p3d_tiny", 2), "p3d_tiny", tmp_path / "negvar.pt", "rgb", CLASSES)
     # a 3-D checkpoint given as a 2-D ImageNet net says where it belongs
     with pytest.raises(StreamsError, match=r"rgb\.pt is a P3D stream checkpoint \(3-D\).*model\.init_from"):
         load_pretrained(build_model("p3d_tiny", 2), rgb)

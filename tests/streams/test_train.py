@@ -427,6 +427,13 @@ def test_evaluation_refuses_a_checkpoint_with_non_finite_weights(flow_run, tmp_p
     with pytest.raises(StreamsError, match="not written: the weights are not finite"):
         save_checkpoint(tmp_path / "again.pt", state)
     assert not (tmp_path / "again.pt").exists()
+    # A negative BatchNorm variance (an edited or foreign file) makes every output NaN as well
+    state["model"]["fc.bias"][1] = 0.0
+    name = next(k for k in state["model"] if k.endswith("running_var"))
+    state["model"][name][0] = -1.0
+    torch.save(state, tmp_path / "negvar.pt")
+    with pytest.raises(StreamsError, match=rf"negvar\.pt holds a negative BatchNorm running variance .*{name}"):
+        load_checkpoint(tmp_path / "negvar.pt")
 
 
 def test_a_checkpoint_holds_a_checksum_of_its_contents(flow_run, tmp_path):
