@@ -135,7 +135,7 @@ def write_average(out_dir: Path, table: pd.DataFrame, title: str, notes: Sequenc
     listed in report.json as a single split's report is (`staged_report`): the files of a report that
     stood in `out_dir` before (a split-1 evaluation's scores, pictures and report.json) go with it, where
     they stayed beside the average and its report.json failed its own check."""
-    from fusion import html_report  # as in write_report_files
+    from fusion import html_report  # as in _write_report_files
 
     # A split-1 report's saved features would stay beside the average, and svm_from_features("eval/features")
     # would quietly re-run split 1; each split's are in split<k>/: the average owns none.
@@ -273,14 +273,17 @@ def _cell(text: str, column: str, numbers: Sequence[str], counts: Sequence[str])
     return int(value)
 
 
-def write_report(out_dir: Path, r: EvalReport) -> None:
+def write_report(out_dir: Path, r: EvalReport, features: Callable[[Path], None] | None = None) -> None:
     """Every file of the evaluation report in `out_dir`: results.csv/.md (with the most confused pairs
     of the last method of `shown` when there are more than figures.SMALL classes), per_class.csv,
     confusion.png, per_class.png, fusion_weight.png/.csv (with `curves`), scores.npz/.csv,
     excluded.csv, report_inputs.json, report.html (fusion.html_report, from those files), and last
-    report.json (see `staged_report`)."""
-    with staged_report(out_dir) as stage:
-        write_report_files(stage, r)
+    report.json (see `staged_report`). `features(folder)` saves the report's features/ (fusion.stage):
+    they move in with the files, and a report without them has no features/ folder."""
+    with staged_report(out_dir, folders=(FEATURES,)) as stage:
+        if features is not None:
+            features(stage / FEATURES)
+        _write_report_files(stage, r)
 
 
 REPORT_MARKER = "report.json"
@@ -347,8 +350,7 @@ def relist(out_dir: Path, name: str) -> None:
         atomic.write_text(marker, json.dumps(listing, indent=1) + "\n")
 
 
-def write_report_files(out_dir: Path, r: EvalReport) -> None:
-    """`write_report`'s files, into `out_dir` as it is (a `staged_report` stage)."""
+def _write_report_files(out_dir: Path, r: EvalReport) -> None:
     per_class = per_class_table(r.methods, r.labels, r.classes)
     shown = list(r.shown) or list(r.methods[:1])
     extra = ""

@@ -157,15 +157,15 @@ def run_eval(job: EvalJob, cfg: EvalConfig, out_dir: Path) -> pd.DataFrame:
     notes += [paper] if paper else []
     title = f"Evaluation: {job.protocol}"
     shown = [m for m in methods if m.method in ("rgb", "flow", "fusion", "svm_two_stream")]
-    # The features move in with the report (report.staged_report's folders): saved before the SVMs, a
-    # refused or killed run left them beside the old report, whose SVM rows they no longer reproduced.
-    with report.staged_report(out_dir, folders=(report.FEATURES,)) as stage:
-        if cfg.svm:
-            _save_features(stage / report.FEATURES, streams, outputs, train_items=train, val_items=val,
-                           test_items=test, cfg=cfg, protocol=job.protocol, excluded=len(skipped), train_groups=groups)
-        report.write_report_files(stage, report.EvalReport(
-            title, table, notes, methods, shown, ids, labels, classes, skipped, curves, chosen, store=job.store.root,
-            checkpoints={s.name: s.checkpoint.path for s in streams}))
+    def features(folder: Path) -> None:
+        _save_features(folder, streams, outputs, train_items=train, val_items=val, test_items=test, cfg=cfg,
+                       protocol=job.protocol, excluded=len(skipped), train_groups=groups)
+
+    # The features move in with the report: saved before the SVMs, a refused or killed run left them
+    # beside the old report, whose SVM rows they no longer reproduced.
+    report.write_report(out_dir, report.EvalReport(
+        title, table, notes, methods, shown, ids, labels, classes, skipped, curves, chosen, store=job.store.root,
+        checkpoints={s.name: s.checkpoint.path for s in streams}), features=features if cfg.svm else None)
     print(report.to_markdown(table[["method", *report.PERCENT, "videos"]], title, notes))
     print(f"eval: report in {out_dir} ({time.monotonic() - started:.0f} s)")
     return table

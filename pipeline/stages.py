@@ -133,7 +133,7 @@ def flow_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1), force: bool = Fa
     # source = "rawframes": each video's frame folder, under flow.rawframes_root or the dataset's own path
     frames_root = Path(cfg.flow.rawframes_root) if cfg.flow.source == "rawframes" and cfg.flow.rawframes_root else None
     jobs = [FlowJob(v.video_id, frames_root / v.video_id if frames_root else v.path) for v in dataset.videos]
-    jobs += _refused_jobs(dataset, {job.video_id for job in jobs})
+    jobs += _refused_jobs(dataset)
     summary = run_flow(jobs, out, cfg.flow, shard=shard, force=force, strict=strict, config_toml=dump_toml(cfg))
     if read_only:
         return summary
@@ -149,10 +149,13 @@ def flow_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1), force: bool = Fa
     return summary
 
 
-def _refused_jobs(dataset: Dataset, computed: set[str]) -> list[FlowJob]:
+def _refused_jobs(dataset: Dataset) -> list[FlowJob]:
     """The manifest lists refused files (a link out of the root, an odd name) as failed, with why: a
     row per video id. A refused file whose id is a video's computed here (`a1.mp4` beside `a1.avi`)
     has no row of its own; it is named here (and in the log), not taken for a second video of that id."""
+    if not dataset.refused:  # the common case: no set of 650,000 ids to build
+        return []
+    computed = {v.video_id for v in dataset.videos}
     reasons: dict[str, list[tuple[str, str]]] = {}
     for rel, why in dataset.refused:
         reasons.setdefault(video_id_of(PurePosixPath(rel)), []).append((rel, why))
