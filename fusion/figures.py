@@ -183,7 +183,8 @@ def per_class_figure(names: Sequence[str], accuracy: np.ndarray, classes: Sequen
         ticks = y if font >= LABEL_PT else y[::_label_step(row_inches, LABEL_PT)]  # else every k-th named
         font = max(font, LABEL_PT)
         if n > SMALL:  # many classes: the margin set here (no tight box), as wide as the names, up to half
-            labels, inches = _fit_labels(fig, [classes[order[t]] for t in ticks], font, width / 2 - 0.2)
+            labels, inches = _fit_labels(fig, [classes[order[t]] for t in ticks], font, width / 2 - 0.2,
+                                         tags=[f" #{order[t] + 1}" for t in ticks])
             fig.subplots_adjust(left=(inches + 0.2) / width, right=0.97)
         else:
             labels = [classes[order[t]] for t in ticks]
@@ -191,10 +192,13 @@ def per_class_figure(names: Sequence[str], accuracy: np.ndarray, classes: Sequen
         return fig
 
 
-def _fit_labels(fig, labels: Sequence[str], points: float, inches: float) -> tuple[list[str], float]:
+def _fit_labels(fig, labels: Sequence[str], points: float, inches: float,
+                tags: Sequence[str] | None = None) -> tuple[list[str], float]:
     """`labels` at `points`, each longer than `inches` cut in its middle ("class_001_ver...ion_name": a
     class is told by its start and end), and the widest one's width in inches. A fixed margin cut the
-    starts of long names off at the figure's edge, and with them what tells the rows apart."""
+    starts of long names off at the figure's edge, and with them what tells the rows apart. Names that
+    differ only in their middle would be cut alike: those keep their `tags` (" #12": the 12th class, the 12th row of
+    per_class.csv) after the cut, so that no two rows read the same."""
     from matplotlib.font_manager import FontProperties
 
     renderer, font = fig.canvas.get_renderer(), FontProperties(size=points)
@@ -202,16 +206,22 @@ def _fit_labels(fig, labels: Sequence[str], points: float, inches: float) -> tup
     def width(text: str) -> float:
         return renderer.get_text_width_height_descent(text, font, ismath=False)[0] / renderer.dpi
 
-    out, widest = [], 0.0
-    for label in labels:
-        keep, cut, w = len(label), label, width(label)
+    def fit(label: str, tag: str = "") -> tuple[str, float]:
+        keep, cut, w = len(label), label + tag, width(label + tag)
         while w > inches and keep > 8:  # off the middle: about the share of characters that is too wide
             keep -= max(1, int(keep * (w - inches) / w))
-            cut = _middle_cut(label, keep)
+            cut = _middle_cut(label, keep) + tag
             w = width(cut)
-        out.append(cut)
-        widest = max(widest, w)
-    return out, widest
+        return cut, w
+
+    fitted = [fit(label) for label in labels]
+    if tags is not None:
+        seen: dict[str, set[str]] = {}
+        for label, (cut, _) in zip(labels, fitted, strict=True):
+            seen.setdefault(cut, set()).add(label)
+        fitted = [fit(label, tag) if len(seen[cut]) > 1 else (cut, w)
+                  for label, tag, (cut, w) in zip(labels, tags, fitted, strict=True)]
+    return [cut for cut, _ in fitted], max((w for _, w in fitted), default=0.0)
 
 
 def _middle_cut(text: str, keep: int) -> str:

@@ -174,9 +174,10 @@ def problem(err: Exception) -> str:
 
 @dataclass
 class Timeline:
-    """`predict --timeline`: snippets every `stride` frames (0 = the clip length), written to `out`."""
+    """`predict --timeline`: snippets every `stride` frames (None: the clip length), written to `out`.
+    0 is refused, as by `features --stride`, not taken for the clip length."""
     out: Path
-    stride: int = 0
+    stride: int | None = None
     force: bool = False
 
 
@@ -204,9 +205,9 @@ def predict(videos: Sequence[Path | str], checkpoints: dict[str, Path], flow_cfg
     (None: when stderr is a terminal). `timeline`: also each video's scores over time (fusion.timeline)."""
     if top_k < 1:
         raise FusionError(f"--top must be >= 1, got {top_k}")
-    if timeline is not None and timeline.stride < 0:
-        raise FusionError(f"--stride must be >= 1 frames between snippet starts (0 = the clip length), got "
-                          f"{timeline.stride}")
+    if timeline is not None and timeline.stride is not None and timeline.stride < 1:
+        raise FusionError(f"--stride must be >= 1 frames between snippet starts (leave it out for the clip "
+                          f"length), got {timeline.stride}")
     if timeline is not None and timeline.out.exists() and not timeline.out.is_dir():
         raise FusionError(f"--out {shown(timeline.out)} is a file; --timeline writes into a folder")
     if timeline is not None:
@@ -228,7 +229,7 @@ def predict(videos: Sequence[Path | str], checkpoints: dict[str, Path], flow_cfg
                 raise FusionError(f"{brief(video.path)}: its timeline {why}")
             prediction = predict_video(video.path, engine, flow_cfg, cfg, top_k, progress)
             if timeline is not None:
-                stride = timeline.stride or engine.streams[0].clip_len
+                stride = engine.streams[0].clip_len if timeline.stride is None else timeline.stride
                 got = run_snippets(video.path, engine, flow_cfg, stride, batch=cfg.batch_views, thumbnails=10)
                 prediction.timeline = write_timeline(timeline.out, shown(video.path), video.video_id, got,
                                                      engine.streams[0].classes, cfg, top_k=top_k)

@@ -129,7 +129,7 @@ def write_results(table: pd.DataFrame, out_dir: Path, title: str, notes: Sequenc
     write_text(out_dir / "results.md", to_markdown(table, title, notes) + (f"\n{extra}" if extra else ""))
 
 
-def write_average(out_dir: Path, table: pd.DataFrame, title: str, notes: Sequence[str]) -> None:
+def write_average(out_dir: Path, table: pd.DataFrame, title: str, notes: Sequence[str], config_toml: str = "") -> None:
     """The split average's report: results.csv/.md (`write_results`), report_inputs.json, and a
     report.html with the table and a link to each split's page (written after the splits'), staged and
     listed in report.json as a single split's report is (`staged_report`): the files of a report that
@@ -139,7 +139,7 @@ def write_average(out_dir: Path, table: pd.DataFrame, title: str, notes: Sequenc
 
     # A split-1 report's saved features would stay beside the average, and svm_from_features("eval/features")
     # would quietly re-run split 1; each split's are in split<k>/: the average owns none.
-    with staged_report(out_dir, folders=(FEATURES,)) as stage:
+    with staged_report(out_dir, folders=(FEATURES,), config_toml=config_toml) as stage:
         write_results(table, stage, title, notes)
         write_text(stage / INPUTS, json.dumps({"kind": "average", "title": title, "notes": list(notes)}, indent=1)
                    + "\n")
@@ -273,25 +273,28 @@ def _cell(text: str, column: str, numbers: Sequence[str], counts: Sequence[str])
     return int(value)
 
 
-def write_report(out_dir: Path, r: EvalReport, features: Callable[[Path], None] | None = None) -> None:
+def write_report(out_dir: Path, r: EvalReport, features: Callable[[Path], None] | None = None,
+                 config_toml: str = "") -> None:
     """Every file of the evaluation report in `out_dir`: results.csv/.md (with the most confused pairs
     of the last method of `shown` when there are more than figures.SMALL classes), per_class.csv,
     confusion.png, per_class.png, fusion_weight.png/.csv (with `curves`), scores.npz/.csv,
     excluded.csv, report_inputs.json, report.html (fusion.html_report, from those files), and last
     report.json (see `staged_report`). `features(folder)` saves the report's features/ (fusion.stage):
-    they move in with the files, and a report without them has no features/ folder."""
-    with staged_report(out_dir, folders=(FEATURES,)) as stage:
+    they move in with the files, and a report without them has no features/ folder. `config_toml`: the
+    caller's resolved settings, config.toml of the report (`staged_report`)."""
+    with staged_report(out_dir, folders=(FEATURES,), config_toml=config_toml) as stage:
         if features is not None:
             features(stage / FEATURES)
         _write_report_files(stage, r)
 
 
 REPORT_MARKER = "report.json"
+CONFIG = "config.toml"  # the settings of the run that wrote the report (staged_report's config_toml)
 FEATURES = "features"  # an evaluation report's saved features, features/<stream>.npz (fusion.stage)
 
 
 @contextmanager
-def staged_report(out_dir: Path, folders: Sequence[str] = ()) -> Iterator[Path]:
+def staged_report(out_dir: Path, folders: Sequence[str] = (), config_toml: str = "") -> Iterator[Path]:
     """A folder to write a whole report into; on success its files replace the report in `out_dir`.
 
     A kill while the files are written leaves the old report whole; report.json is removed before the
@@ -302,7 +305,11 @@ def staged_report(out_dir: Path, folders: Sequence[str] = ()) -> Iterator[Path]:
     `folders`: sub-folders the report owns (eval's features/): each moves in with the files as a whole,
     replacing the old one (none in the stage: the old one goes), and its files are listed as
     `features/rgb.npz`. Saved beside the report instead, a refused or killed run left its features next
-    to the old report, whose SVM rows they then no longer reproduced."""
+    to the old report, whose SVM rows they then no longer reproduced.
+
+    `config_toml`: the settings of the run (pipeline.config.dump_toml), written as the report's
+    config.toml: it moves in with the files, where written beside them after the report a kill in
+    between left a new report beside the last run's settings."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for leftover in out_dir.glob(f".report{atomic.TEMP_MARKER}*"):  # of a killed run
         atomic.remove_quietly(leftover)
@@ -310,6 +317,8 @@ def staged_report(out_dir: Path, folders: Sequence[str] = ()) -> Iterator[Path]:
     stage.mkdir()
     try:
         yield stage
+        if config_toml:
+            atomic.write_text(stage / CONFIG, config_toml)
         files = sorted(p.name for p in stage.iterdir() if p.name not in folders)
         marker = out_dir / REPORT_MARKER
         try:

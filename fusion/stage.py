@@ -13,7 +13,7 @@ import dataclasses
 import json
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,9 @@ class EvalJob:
     test: Sequence[Item]
     classes: Sequence[str]
     protocol: str  # what the report is titled by, e.g. "synth split 1"
-    excluded: Sequence[str] = ()  # test videos known to be unusable (failed in `make flow`): listed and counted
+    # Test videos known to be unusable, with why (failed in `make flow`, absent from the dataset's root):
+    # listed in excluded.csv and counted.
+    excluded: Mapping[str, str] = dataclasses.field(default_factory=dict)
     # Held-out videos of the training split (whole groups the streams were not trained on; `val_note` names
     # which). With them the fusion rule (raw or softmax scores, flow weight) and the SVMs' C are chosen on
     # them, never on the test videos; without them the fusion rule is the fixed default and C comes from
@@ -81,9 +83,10 @@ class EvalJob:
     allow_trained: bool = False
 
 
-def run_eval(job: EvalJob, cfg: EvalConfig, out_dir: Path) -> pd.DataFrame:
+def run_eval(job: EvalJob, cfg: EvalConfig, out_dir: Path, config_toml: str = "") -> pd.DataFrame:
     """Evaluate the job's streams on its test videos, fuse them when both are given, fit the SVMs on its
-    training videos, and write the report to `out_dir` (see the module doc). Returns the results table."""
+    training videos, and write the report to `out_dir` (see the module doc), with `config_toml` (the
+    caller's resolved settings) as its config.toml. Returns the results table."""
     started = time.monotonic()
     out_dir, classes = Path(out_dir), list(job.classes)
     # 1. The streams: checkpoints that fit the classes, the store's flow and the videos' roles.
@@ -165,7 +168,8 @@ def run_eval(job: EvalJob, cfg: EvalConfig, out_dir: Path) -> pd.DataFrame:
     # beside the old report, whose SVM rows they no longer reproduced.
     report.write_report(out_dir, report.EvalReport(
         title, table, notes, methods, shown, ids, labels, classes, skipped, curves, chosen, store=job.store.root,
-        checkpoints={s.name: s.checkpoint.path for s in streams}), features=features if cfg.svm else None)
+        checkpoints={s.name: s.checkpoint.path for s in streams}), features=features if cfg.svm else None,
+        config_toml=config_toml)
     print(report.to_markdown(table[["method", *report.PERCENT, "videos"]], title, notes))
     print(f"eval: report in {out_dir} ({time.monotonic() - started:.0f} s)")
     return table
@@ -240,8 +244,7 @@ def _outputs(job: EvalJob, streams: Sequence[_Scored], cfg: EvalConfig, out_dir:
     """(each usable video's outputs per stream, the excluded test videos with why, the unusable training
     and held-out videos with why, the (train, held-out, test) items that have outputs)."""
     two = len(streams) == 2
-    skipped = {video_id: "no frames/flow in the store (failed or not run in `make flow`)"
-               for video_id in job.excluded}
+    skipped = dict(job.excluded)
     # Training videos: features for the SVM, scores only to choose the fusion weights (fusion_cv
     # without held-out videos). Held-out videos: scores to choose the fusion rule, features for C.
     needs = {video_id: (cfg.fusion_cv and two and not job.val, cfg.svm) for video_id, _ in job.train}
@@ -266,14 +269,15 @@ def _example(reasons: dict[str, str]) -> str:
     return "".join(f", e.g. {video}: {' '.join(why.split())}" for video, why in list(reasons.items())[:1])
 
 
-def average_splits(tables: Sequence[pd.DataFrame], out_dir: Path, protocol: str) -> pd.DataFrame:
+def average_splits(tables: Sequence[pd.DataFrame], out_dir: Path, protocol: str, config_toml: str = "") -> pd.DataFrame:
     """The three-split protocol (UCF101, HMDB51, SynthActions): each method's metrics averaged over
-    the splits' tables, written as `out_dir`/results.csv and results.md. Returns the averaged table."""
+    the splits' tables, written as `out_dir`/results.csv and results.md (report.write_average, with
+    `config_toml`). Returns the averaged table."""
     table = report.average_tables(tables, protocol)
     title = f"Evaluation: {protocol}"
     notes = [f"Mean over {len(tables)} splits; videos and excluded are summed over the splits; "
              "each split's report is in its split<k>/ folder."]
-    report.write_average(Path(out_dir), table, title, notes)
+    report.write_average(Path(out_dir), table, title, notes, config_toml=config_toml)
     print(report.to_markdown(table[["method", *report.PERCENT, "videos"]], title, notes))
     return table
 

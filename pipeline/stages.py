@@ -318,19 +318,22 @@ def eval_stage(cfg: Config, checkpoints: dict[str, Path] | None = None, *, allow
             test = [(v.video_id, v.labels) for v in dataset.videos
                     if v.split in ("test", "val") and v.video_id in done]
             # Only test videos count as excluded in the report; missing training videos just shrink the SVM's set.
-            missing = [v.video_id for v in dataset.videos if v.split in ("test", "val") and v.video_id not in done]
+            excluded = {video_id: f"listed in the {cfg.dataset.format} annotations but not under {shown(dataset.root)}"
+                        for video_id in dataset.absent_test}
+            excluded |= {v.video_id: "no frames/flow in the store (failed or not run in `make flow`)"
+                         for v in dataset.videos if v.split in ("test", "val") and v.video_id not in done}
             streams = checkpoints or {stream: train_dir(cfg, stream, split) for stream in ("rgb", "flow")}
             out = out_root if len(splits) == 1 else out_root / f"split{split}"
             # Groups (UCF101, SynthActions) keep the clips of one group on one side of the SVM's CV folds.
             groups = {v.video_id: v.group for v in dataset.videos if v.split == "train" and v.group}
             job = EvalJob(store, streams, train, test, dataset.classes, protocol=f"{cfg.dataset.format} split {split}",
-                          excluded=missing, val=val, val_note=note, train_groups=groups or None,
+                          excluded=excluded, val=val, val_note=note, train_groups=groups or None,
                           allow_trained=allow_trained)
-            tables.append(run_eval(job, cfg.eval, out))
-            write_resolved(cfg, out)  # with the report: a refused or failed evaluation leaves the last one's
+            # config.toml moves in with the report: a refused, failed or killed evaluation leaves the last one's
+            tables.append(run_eval(job, cfg.eval, out, config_toml=dump_toml(cfg)))
         if len(tables) > 1:
-            average_splits(tables, out_root, protocol=f"{cfg.dataset.format} 3-split average")
-            write_resolved(cfg, out_root)  # beside the average too, as beside every report
+            average_splits(tables, out_root, protocol=f"{cfg.dataset.format} 3-split average",
+                           config_toml=dump_toml(cfg))
 
 
 def transfer_dir(cfg: Config) -> Path:
@@ -354,8 +357,8 @@ def transfer_stage(cfg: Config, *, shard: tuple[int, int] = (0, 1)) -> pd.DataFr
     # 2. Flow, features and protocols.
     out = output_folder(transfer_dir(cfg), "the transfer report folder")
     if shard != (0, 1):  # shards only compute, side by side by design: no report, no lock
+        # No config.toml either: it is the report's (staged with it), and the caches carry their settings.
         run_transfer(benchmarks, cfg.transfer, cfg.flow, out, shard=shard)
-        write_resolved(cfg, out)
         return None
     # One report-writing run at a time: a second one computed everything again, then failed on the
     # first one's staged report ("cannot read it ... re-run make transfer").
@@ -372,15 +375,14 @@ def _transfer_report(cfg: Config, benchmarks: list[Benchmark], out: Path) -> pd.
     from pipeline.transfer.report import TransferReport, write_report
 
     result = run_transfer(benchmarks, cfg.transfer, cfg.flow, out)
-    write_resolved(cfg, out)  # with the work: a refused run leaves the last run's config.toml
     assert result is not None  # None is a shard run's
     # 3. The report; generated benchmarks (SynthActions, the companions) are marked as stand-ins.
     companions = Path(cfg.transfer.companions).resolve() if cfg.transfer.companions else None
     stand_ins = [b.name for b in benchmarks if cfg.benchmark[b.name].format == "synth"
                  or (companions and b.root.resolve().is_relative_to(companions))]
-    # All its files replace the last report's together (a kill leaves that one whole).
+    # All its files, config.toml too, replace the last report's together (a kill leaves that one whole).
     print(write_report(out, TransferReport(result.table, result.notes, result.paper_of, result.classes, stand_ins,
-                                           result.excluded)))
+                                           result.excluded), config_toml=dump_toml(cfg)))
     print(f"transfer: report in {out} (results.csv, results.md, results.png, excluded.csv, report.html)")
     if result.table.empty:
         raise PipelineError(f"transfer: no benchmark could be scored for any stream (each reason in "

@@ -61,7 +61,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--timeline", action="store_true",
                    help="also the scores of every snippet: OUT/<id>.timeline.csv, .json and a .png picture")
     p.add_argument("--stride", type=int, default=None,
-                   help="--timeline: frames between snippet starts (default, or 0: the clip length)")
+                   help="--timeline: frames between snippet starts, at least 1 (default: the clip length)")
     p.add_argument("--out", type=Path, default=None, help="--timeline: folder (default ./timeline)")
     p.add_argument("--force", action="store_true", help="--timeline: overwrite timeline files that exist")
     _config_args(p)
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace, cfg: Config | None = None) -> int:
             if not args.timeline and (args.stride is not None or args.out is not None or args.force):
                 raise FusionError("--stride, --out and --force are for the scores over time: give --timeline too "
                                   "(predict alone writes no file)")
-            timeline = Timeline(args.out or Path("timeline"), args.stride or 0, args.force) if args.timeline else None
+            timeline = Timeline(args.out or Path("timeline"), args.stride, args.force) if args.timeline else None
             predictions = run_predict(args.videos, _checkpoints(args), cfg.flow, cfg.eval, args.top, args.json,
                                       progress=progress, explicit_flow=explicit, timeline=timeline)
             return 1 if any(p.error for p in predictions) else 0

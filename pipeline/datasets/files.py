@@ -279,12 +279,14 @@ def build(fmt: str, root: Path, classes: list[str], entries: list[Entry], split:
         raise DatasetError(f"none of the {len(entries)} videos listed in {source} exist under {shown(root)} "
                            f"(e.g. {shown(root / entries[0].rel)}): is dataset.root right?")
     missing = list(skipped or [])
-    videos = []
+    videos, absent_test = [], []
     for entry, path, problem in zip(entries, paths, found, strict=True):
         if problem:
             refused.append((shown(entry.rel), problem))
         elif problem is None:
             missing.append(str(entry.rel))
+            if entry.split in ("test", "val"):
+                absent_test.append(video_id_of(entry.rel))
         else:
             videos.append(VideoRecord(video_id_of(entry.rel), path, entry.labels[0], entry.labels,
                                       classes[entry.labels[0]], entry.split, entry.group))
@@ -302,4 +304,4 @@ def build(fmt: str, root: Path, classes: list[str], entries: list[Entry], split:
     if refused:
         log.warning("%s: %d video(s) refused, e.g. %s", shown(source), len(refused),
                     "; ".join(f"{path}: {why}" for path, why in refused[:3]))
-    return Dataset(fmt, root, classes, videos, split, missing, refused=refused)
+    return Dataset(fmt, root, classes, videos, split, missing, refused=refused, absent_test=absent_test)

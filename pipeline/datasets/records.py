@@ -32,6 +32,9 @@ class Dataset:
     # Videos found but refused, with the reason: a link out of the root, a FIFO, a name that is not
     # UTF-8 or holds a backslash. (path under root, reason); the flow stage records them as failed.
     refused: list[tuple[str, str]] = field(default_factory=list)
+    # The video ids of `missing` that the annotations give a test (or val) role and a label: eval counts
+    # them as excluded, as it counts test videos without flow, so that a shrunken test set shows.
+    absent_test: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:

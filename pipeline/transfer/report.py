@@ -172,11 +172,11 @@ def write_chart(path: Path, compared: pd.DataFrame, chances: dict[str, float] | 
         pyplot().close(fig)
 
 
-def write_report(out_dir: Path, r: TransferReport) -> str:
+def write_report(out_dir: Path, r: TransferReport, config_toml: str = "") -> str:
     """results.csv, results.md, results.png, excluded.csv, report_inputs.json and report.html under
     `out_dir`, replacing the last report's as one set (fusion.report.staged_report: a kill leaves the old
-    report whole); returns the Markdown."""
-    with staged_report(Path(out_dir)) as stage:
+    report whole), with `config_toml` (the run's settings) as its config.toml; returns the Markdown."""
+    with staged_report(Path(out_dir), config_toml=config_toml) as stage:
         return _write_files(stage, r)
 
 

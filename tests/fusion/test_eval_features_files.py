@@ -23,8 +23,10 @@ CFG = EvalConfig(clips=1, crops="center", batch_views=8, svm_clips=2, svm_cs=[0.
 
 
 def evaluate(tiny_store, checkpoints, out: Path, protocol: str, cfg: EvalConfig = CFG) -> pd.DataFrame:
+    """run_eval, with a config.toml that names the run's protocol."""
     store, train, test = tiny_store
-    return run_eval(EvalJob(open_store(store), checkpoints, train, test, CLASSES, protocol=protocol), cfg, out)
+    return run_eval(EvalJob(open_store(store), checkpoints, train, test, CLASSES, protocol=protocol), cfg, out,
+                    config_toml=f"# {protocol}\n")
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +51,12 @@ def features_match_the_report(out: Path, cfg: EvalConfig = CFG) -> None:
     are of its run and give its SVM rows (evaluated with `cfg`)."""
     listing = json.loads((out / "report.json").read_text())["files"]
     assert {name: file_sha256(out / name) for name in listing} == listing
+    protocol = pd.read_csv(out / "results.csv")["protocol"].iloc[0]
+    # config.toml moves in with the report: written after it, a kill between left new settings beside it
+    assert "config.toml" in listing and (out / "config.toml").read_text() == f"# {protocol}\n"
     # report.json vouches for the features too, by their bytes
     assert sorted(n for n in listing if n.startswith("features/")) == sorted(
         f"features/{p.name}" for p in (out / "features").iterdir())
-    protocol = pd.read_csv(out / "results.csv")["protocol"].iloc[0]
     for path in sorted((out / "features").iterdir()):
         with np.load(path) as data:
             assert json.loads(str(data["meta"]))["protocol"] == protocol, path.name
@@ -69,6 +73,7 @@ def test_a_run_stopped_after_its_features_leaves_the_old_reports(reported, tiny_
     out = tmp_path / "eval"
     shutil.copytree(first, out)
     before = {p.name: p.read_bytes() for p in (out / "features").iterdir()}
+    settings = (out / "config.toml").read_bytes()
 
     def refused(*args, **kwargs):
         raise FusionError("refused")
@@ -77,6 +82,7 @@ def test_a_run_stopped_after_its_features_leaves_the_old_reports(reported, tiny_
     with pytest.raises(FusionError, match="refused"):
         evaluate(tiny_store, tiny_checkpoints, out, "another run", dataclasses.replace(CFG, svm_cs=[1.0]))
     assert {p.name: p.read_bytes() for p in (out / "features").iterdir()} == before
+    assert (out / "config.toml").read_bytes() == settings
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no staged folder left behind
     monkeypatch.undo()
     features_match_the_report(out)

@@ -153,15 +153,19 @@ def test_features_window_zero_is_refused_as_a_window(tmp_path, capsys, rgb):
     assert "are for per-snippet features: give --stride too" in capsys.readouterr().err
 
 
-def test_predict_stride_zero_is_the_clip_length_with_timeline_and_refused_without(tmp_path, capsys, rgb):
+def test_predict_stride_zero_is_refused_with_or_without_timeline(tmp_path, capsys, rgb):
     """`predict --stride 0` without --timeline was silently ignored (0 was taken for no --stride); with
-    --timeline, 0 is the clip length, as documented (fusion.predict.Timeline)."""
+    --timeline it meant the clip length, where `features --stride 0` is refused: it is refused in both
+    commands, and the clip length is what no --stride gives (fusion.predict.Timeline)."""
     video = write_avi(tmp_path / "a.avi", frames=12)
     assert cli.main(["predict", str(video), "--rgb", str(rgb), "--stride", "0", *FAST]) == 2
     assert "give --timeline too" in capsys.readouterr().err
     timeline = tmp_path / "timeline"
     assert cli.main(["predict", str(video), "--rgb", str(rgb), "--timeline", "--stride", "0", "--out", str(timeline),
-                     *FAST]) == 0
+                     *FAST]) == 2
+    assert "--stride must be >= 1 frames between snippet starts (leave it out for the clip length), got 0" in (
+        capsys.readouterr().err)
+    assert cli.main(["predict", str(video), "--rgb", str(rgb), "--timeline", "--out", str(timeline), *FAST]) == 0
     info = json.loads((timeline / "a.timeline.json").read_text())
     assert info["stride"] == info["window"] == 4
 

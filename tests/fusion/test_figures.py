@@ -122,6 +122,25 @@ def test_long_class_names_stay_inside_the_per_class_picture():
     assert short.subplotpars.left < 0.1 < 0.45 < fig.subplotpars.left <= 0.5  # the bars get the width names leave
 
 
+def test_long_names_that_differ_in_their_middle_are_told_apart_by_their_number():
+    """Cut in the middle, "kinetics_..._017_..._clip" and "kinetics_..._018_..._clip" read the same:
+    rows whose cuts collide keep their class number (" #18", the 18th class) after the cut; rows whose
+    cut is their own carry none."""
+    n = 400
+    classes = [f"kinetics_{'a' * 40}_{i:03d}_{'b' * 40}_clip" for i in range(n - 1)] + ["short_one"]
+    fig = figures.per_class_figure(["fusion"], np.linspace(0, 100, n)[None], classes)
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)
+    texts = [t.get_text() for t in fig.axes[0].get_yticklabels() if t.get_text()]
+    assert len(texts) == n == len(set(texts))
+    assert "short_one" in texts  # its own: no number
+    cut = [t for t in texts if t != "short_one"]
+    assert all("..." in t and t.startswith("kinetics_") for t in cut)
+    numbers = sorted(int(t.rsplit(" #", 1)[1]) for t in cut)
+    assert numbers == list(range(1, n))  # the 1-based class numbers of the 399 long names
+    assert all(t.get_window_extent(renderer).x0 >= 0 for t in fig.axes[0].get_yticklabels())
+
+
 def _legible(fig, axis: str = "y") -> tuple[float, int]:
     """(the smallest tick-label height in pixels, how many pairs of neighbouring labels overlap)."""
     fig.set_dpi(figures.DPI)

@@ -9,11 +9,13 @@ from fusion.errors import FusionError
 from fusion.predict import Timeline, predict
 
 
-def test_predict_timeline_refuses_a_negative_stride(tmp_path):
-    """`predict --timeline --stride -1` was a ZeroDivisionError traceback from the snippet sampler."""
-    with pytest.raises(FusionError, match=r"^--stride must be >= 1 .* got -1$"):
+@pytest.mark.parametrize("stride", [-1, 0])
+def test_predict_timeline_refuses_a_stride_below_one(tmp_path, stride):
+    """`predict --timeline --stride -1` was a ZeroDivisionError traceback from the snippet sampler; 0 meant
+    the clip length, where `features --stride 0` is refused: one meaning for both commands."""
+    with pytest.raises(FusionError, match=rf"^--stride must be >= 1 .* got {stride}$"):
         predict([tmp_path / "v.avi"], {"rgb": tmp_path / "x.pt"}, FlowConfig(), EvalConfig(),
-                timeline=Timeline(tmp_path / "timeline", stride=-1))
+                timeline=Timeline(tmp_path / "timeline", stride=stride))
 
 
 def test_predict_timeline_out_that_is_a_file_is_named_as_such(tmp_path):

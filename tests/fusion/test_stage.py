@@ -34,7 +34,7 @@ def evaluated(tiny_store, tiny_checkpoints, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
     missing = "Blue/v_Blue_99"  # a test video that is not in the store
     evaluation = job(store, tiny_checkpoints, train, test + [(missing, (2,))], protocol="tiny split 1",
-                     excluded=["Red/v_Red_98"])
+                     excluded={"Red/v_Red_98": "no frames/flow in the store"})
     table = run_eval(evaluation, CFG, out)
     return table, out, test
 
@@ -120,7 +120,7 @@ def test_parallel_processes_give_the_same_report(evaluated, tiny_store, tiny_che
     store, train, _ = tiny_store
     cfg = EvalConfig(**{**CFG.__dict__, "jobs": 2})
     evaluation = job(store, tiny_checkpoints, train, test, protocol="tiny split 1",
-                     excluded=["Red/v_Red_98", "Blue/v_Blue_99"])
+                     excluded={"Red/v_Red_98": "no frames/flow in the store", "Blue/v_Blue_99": "absent"})
     parallel = run_eval(evaluation, cfg, tmp_path)
     pd.testing.assert_frame_equal(parallel, table, check_exact=False, rtol=1e-4)
 

@@ -122,6 +122,25 @@ def test_train_on_a_finished_run_in_a_folder_this_user_cannot_write_reports_it(w
     assert f"rgb stream: already trained, {folder / 'last.pt'}" in capsys.readouterr().out
 
 
+def test_a_test_video_gone_from_the_dataset_root_is_excluded_not_dropped(work, tmp_path, capsys):
+    """A test video the split lists but that is no longer under dataset.root was only a warning: the test
+    set shrank and the report's `excluded` said 0. It is counted and listed in excluded.csv, with why."""
+    root = trained(work)
+    test_list = (work / "synth" / "annotations" / "testlist01.txt").read_text().split()
+    gone = work / "synth" / "videos" / test_list[0]
+    hidden = tmp_path / gone.name
+    gone.rename(hidden)
+    try:
+        assert run(["eval", "--rgb", str(root / "train/rgb/split1"), "--out", str(tmp_path / "eval")], work) == 0
+    finally:
+        hidden.rename(gone)
+    results = list(csv.DictReader(open(tmp_path / "eval" / "results.csv")))
+    assert {(r["videos"], r["excluded"]) for r in results} == {("7", "1")}
+    excluded = list(csv.DictReader(open(tmp_path / "eval" / "excluded.csv")))
+    assert [r["video_id"] for r in excluded] == [test_list[0].rsplit(".", 1)[0]]
+    assert "annotations but not under" in excluded[0]["reason"]
+
+
 def test_a_named_run_shares_the_flow_and_evaluates_one_stream(work, capsys):
     from streams.checkpoint import file_sha256
 
@@ -263,15 +282,14 @@ def test_split_all_trains_and_evaluates_each_split_and_averages(work, capsys):
     assert (root / "eval" / "scores.npz").is_file() and (root / "eval" / "features").is_dir()
     assert run(["eval", "--run", "all"], work, every) == 0
     # The average is one report like any other: the split-1 report's files went with it (they stayed,
-    # and the old report.json failed its own check), report.json lists it, config.toml is beside it.
+    # and the old report.json failed its own check), report.json lists it, config.toml too.
     top = {p.name for p in (root / "eval").iterdir() if p.is_file()}
     assert top == {"results.csv", "results.md", "report_inputs.json", "report.html", "report.json", "config.toml",
                    "eval.log"}
     from streams.checkpoint import file_sha256
 
     listing = json.loads((root / "eval" / "report.json").read_text())["files"]
-    assert listing == {name: file_sha256(root / "eval" / name) for name in top - {"config.toml", "eval.log",
-                                                                                   "report.json"}}
+    assert listing == {name: file_sha256(root / "eval" / name) for name in top - {"eval.log", "report.json"}}
     assert 'split = "all"' in (root / "eval" / "config.toml").read_text()
     assert not (root / "eval" / "features").exists()  # split 1's: each split's are in its split<k>/
     assert (root / "eval" / "split2" / "features" / "rgb.npz").is_file()
