@@ -48,7 +48,7 @@ from fusion.errors import FusionError
 from fusion.report import save_npz
 from fusion.scoring import ClipGeometry, StreamRunner, num_positions
 from fusion.views import CROP_POSITIONS, View, ViewPlan
-from p3dbase.cluster import dask_unordered, local_processes
+from p3dbase.cluster import dask_unordered, die_with, local_processes
 from p3dbase.digest import settings_key
 from p3dbase.progress import progress_bar
 from streams.checkpoint import Checkpoint, file_sha256, load_stream, stream_path
@@ -370,7 +370,7 @@ def _pool_map(spec: PoolSpec, tasks: Sequence[Any], workers: int, jobs_key: str)
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     todo = iter(tasks)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
-                               initializer=_init_pool_worker, initargs=(spec,))
+                               initializer=_init_pool_worker, initargs=(spec, os.getpid()))
     try:
         running = {pool.submit(_call, task) for task in itertools.islice(todo, 2 * workers)}
         while running:
@@ -391,8 +391,9 @@ def _pool_map(spec: PoolSpec, tasks: Sequence[Any], workers: int, jobs_key: str)
 _WORKER: dict = {}  # this process's Worker and work function, set by _init_worker
 
 
-def _init_pool_worker(spec: PoolSpec) -> None:
+def _init_pool_worker(spec: PoolSpec, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle (_pool_map)
+    die_with(parent)  # a worker outliving a kill -9 of eval or transfer held its report lock for ever
     _init_worker(spec)
 
 

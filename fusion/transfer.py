@@ -143,10 +143,18 @@ def leave_one_out(x: np.ndarray, labels: Sequence[int], num_classes: int, cs: Se
         raise NothingToScore(f"leave one out needs at least 3 videos with features, got {n}")
     if len(set(labels)) < 2:
         raise NothingToScore(f"its {n} videos with features hold 1 class; a classifier needs at least 2")
-    correct, chosen, cv = 0, Counter(), ""
+    if groups is not None and len(set(groups)) < 2:
+        raise NothingToScore(f"its {n} videos with features are all of group {groups[0]}; C is chosen on folds "
+                             "that keep a group on one side")
+    correct, chosen, cv, one_group = 0, Counter(), "", 0
     for i in range(n):
         train = np.r_[0:i, i + 1:n]
         if len({rows[j] for j in train}) < 2:  # the only video of one of two classes: it cannot be right
+            continue
+        if groups is not None and len({groups[j] for j in train}) < 2:
+            # the only video of one of two groups: C cannot be chosen on group-disjoint folds of the others,
+            # and a C chosen otherwise would not be the protocol's; it counts as a miss, and the row says so
+            one_group += 1
             continue
         fit = fit_svm(x[train], [rows[j] for j in train], num_classes, cs, folds, seed,
                       groups=None if groups is None else [groups[j] for j in train])
@@ -154,8 +162,11 @@ def leave_one_out(x: np.ndarray, labels: Sequence[int], num_classes: int, cs: Se
         chosen[fit.c] += 1
         cv = fit.cv
     spread = ", ".join(f"C={c:g} in {count}" for c, count in sorted(chosen.items()))
+    unfit = (f"; {one_group} left-out video(s) whose others are all of one group: not fitted, counted as misses"
+             if one_group else "")
     return ProtocolResult(100.0 * correct / (n + missing), {}, n + missing,
-                          f"C per fit by {cv} (the other videos; {n} fits: {spread})", excluded=missing)
+                          f"C per fit by {cv or 'no fit'} (the other videos; {n} fits: {spread}){unfit}",
+                          excluded=missing)
 
 
 def aslan_view2(layers: Mapping[str, Mapping[int, np.ndarray]], pairs: np.ndarray, normalisation: str = "l2",

@@ -64,6 +64,9 @@ class Benchmark:
     pairs: np.ndarray | None = None  # aslan_view2: View-2's action_splits_pairs [pairs, 5, splits]
     flow_store: Path | None = None  # an existing frame + flow store of these videos; None = compute one
     refused: list[tuple[str, str]] = field(default_factory=list)  # files found but refused: (path, why)
+    # Scored videos (in `splits`) the annotations list but that are not under `root`: misses, excluded.
+    absent: list[TransferVideo] = field(default_factory=list)
+    scored: str = ""  # train_val: the subset scored, "val", or "test" when the annotations list no val video
     paper: str = ""  # the paper's benchmark it stands for in the report ("" = none)
 
 
@@ -124,6 +127,8 @@ def run_transfer(benchmarks: Sequence[Benchmark], cfg: TransferConfig, flow_cfg:
         excluded += [(bench.name, stream, v, reason) for stream, reasons in got.failed.items()
                      for v, reason in sorted(reasons.items())]
         excluded += [(bench.name, s.name, path, f"refused: {why}") for path, why in bench.refused for s in specs]
+        excluded += [(bench.name, s.name, v.video_id, f"listed in the annotations but not under {bench.root}")
+                     for v in bench.absent for s in specs]
         notes += _exclusion_notes(bench, got)
         if shard[1] > 1:
             continue
@@ -237,6 +242,9 @@ def _exclusion_notes(bench: Benchmark, got: Extraction) -> list[str]:
         notes.append(f"{bench.name}: {len(failed)} video(s) without features for some stream, left out: "
                      + "; ".join(f"{v} ({_first_reason(got, v)})" for v in failed[:3])
                      + (" ... (all in excluded.csv)" if len(failed) > 3 else ""))
+    if bench.absent:
+        notes.append(f"{bench.name}: {len(bench.absent)} scored video(s) listed in the annotations are not under "
+                     f"{bench.root}: counted as misses, e.g. {bench.absent[0].video_id} (all in excluded.csv)")
     if bench.refused:
         notes.append(f"{bench.name}: {len(bench.refused)} file(s) under {bench.root} refused by the dataset reader, "
                      "left out: " + "; ".join(f"{path} ({why})" for path, why in bench.refused[:3])
@@ -281,7 +289,7 @@ def _score(bench: Benchmark, got: Extraction, cfg: TransferConfig) -> tuple[list
     for stream in streams:
         parts = ("rgb", "flow") if stream == "two_stream" else (stream,)
         usable = {v.video_id for v in bench.videos if all(v.video_id in got.features[p] for p in parts)}
-        excluded = len(bench.videos) - len(usable) + len(bench.refused)
+        excluded = len(bench.videos) - len(usable) + len(bench.refused) + len(bench.absent)
         if not usable:
             notes.append(f"{bench.name}: no {stream} row: none of its {len(bench.videos)} videos has {stream} "
                          "features")
@@ -291,6 +299,9 @@ def _score(bench: Benchmark, got: Extraction, cfg: TransferConfig) -> tuple[list
         except transfer.NothingToScore as err:  # every scored video broken, say: this benchmark x stream only
             notes.append(f"{bench.name}: no {stream} row: {bench.protocol}: {err} (the videos left out are in "
                          "excluded.csv)")
+            continue
+        except FusionError as err:  # what an SVM refuses stops this benchmark x stream, not the whole report
+            notes.append(f"{bench.name}: no {stream} row: {bench.protocol}: {err}")
             continue
         if result.skipped:
             notes.append(f"{bench.name} / {stream}: not scored: {'; '.join(result.skipped)}; its figures are "
@@ -309,7 +320,7 @@ def _protocol(bench: Benchmark, got: Extraction, stream: str, parts: tuple[str, 
               cfg: TransferConfig) -> tuple[transfer.ProtocolResult, str]:
     """The benchmark's protocol on one stream's usable videos, and the row's details;
     transfer.NothingToScore when they leave it nothing to score."""
-    by_id = {v.video_id: v for v in bench.videos}
+    by_id = {v.video_id: v for v in [*bench.videos, *bench.absent]}
     kwargs = dict(cs=cfg.svm_cs, folds=cfg.svm_folds, seed=cfg.seed)
     if bench.protocol == "aslan_view2":
         result = transfer.aslan_view2(aslan_layers(got, parts, usable), bench.pairs, cfg.aslan_normalisation,
@@ -334,14 +345,19 @@ def _protocol(bench: Benchmark, got: Extraction, stream: str, parts: tuple[str, 
         train = [v for v in train_ids if v in usable]
         test = [v for v in scored_ids if v in usable]
         missing = [by_id[v].labels for v in scored_ids if v not in usable]
+        subset = {"val": "validation", "test": "test (the annotations list no validation video)"}.get(
+            bench.scored, "validation (or test)")
         if not train or not test:  # before the feature matrices, which cannot be empty
-            raise transfer.NothingToScore(f"{len(train)} training and {len(test)} validation (or test) videos with "
+            raise transfer.NothingToScore(f"{len(train)} training and {len(test)} {subset} videos with "
                                           f"{' and '.join(parts)} features; it needs both")
+        # C on group-disjoint folds where the format has groups (UCF101, HMDB51, SynthActions), as every SVM's
         result = transfer.train_validation(
             _stream_matrix(got, stream, train), [by_id[v].labels for v in train],
             _stream_matrix(got, stream, test), [by_id[v].labels for v in test], len(bench.classes),
-            labels_missing=missing, **kwargs)
-        return result, f"{len(train)} training videos; {len(missing)} scored videos without features count as misses"
+            groups_train=svm.fold_groups([by_id[v].group for v in train], train), labels_missing=missing,
+            **kwargs)
+        return result, (f"{len(train)} training videos; scored: the {subset} videos; {len(missing)} of them "
+                        "without features count as misses")
     ids = [v.video_id for v in bench.videos if v.video_id in usable]  # loo
     missing = len(bench.videos) - len(ids)
     # C's folds inside each N - 1 keep a group on one side, as every SVM's where groups are known

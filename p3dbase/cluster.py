@@ -1,9 +1,14 @@
 """The one way a stage reaches a Dask cluster (`flow.scheduler`): the flow stage's videos and the
-inference engine's tasks run on it through joblib's Dask backend; and the one count of local worker
-processes (`local_processes`)."""
+inference engine's tasks run on it through joblib's Dask backend; the one count of local worker
+processes (`local_processes`); and how a forked worker dies with the process that forked it
+(`die_with`)."""
 from __future__ import annotations
 
+import ctypes
+import os
 import resource
+import signal
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -55,6 +60,29 @@ def open_files_for(processes: int, what: str) -> None:
     fewer = f" or ask for at most {fit}" if fit >= 1 else ""
     raise SettingError(f"{what}: {processes} worker process(es) need about {need} open files, but the limit is "
                        f"{hard} here (`ulimit -n`): raise it (e.g. `ulimit -n 4096`){fewer}")
+
+
+PR_SET_PDEATHSIG, PR_GET_PDEATHSIG = 1, 2  # linux/prctl.h
+
+
+def die_with(parent: int) -> None:
+    """In a forked worker process: the kernel kills it (SIGKILL) when `parent`, the process that forked
+    it, dies, kill -9 included; Linux only (elsewhere nothing). A worker left behind keeps what it
+    inherited: the descriptor of the stage's flock (eval's, transfer's report lock), so every re-run was
+    refused, naming the dead pid, until someone found the orphans. The kernel ties the signal to the
+    thread that forked: call it in workers forked from the main thread."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+
+def death_signal() -> int:
+    """The signal this process gets when its parent dies (0: none); Linux only."""
+    value = ctypes.c_int(0)
+    ctypes.CDLL(None, use_errno=True).prctl(PR_GET_PDEATHSIG, ctypes.byref(value), 0, 0, 0)
+    return value.value
 
 
 def local_threads(threads: int, key: str) -> int:

@@ -318,8 +318,8 @@ def eval_stage(cfg: Config, checkpoints: dict[str, Path] | None = None, *, allow
             test = [(v.video_id, v.labels) for v in dataset.videos
                     if v.split in ("test", "val") and v.video_id in done]
             # Only test videos count as excluded in the report; missing training videos just shrink the SVM's set.
-            excluded = {video_id: f"listed in the {cfg.dataset.format} annotations but not under {shown(dataset.root)}"
-                        for video_id in dataset.absent_test}
+            absent = f"listed in the {cfg.dataset.format} annotations but not under {shown(dataset.root)}"
+            excluded = {v.video_id: absent for v in dataset.absent_scored()}
             excluded |= {v.video_id: "no frames/flow in the store (failed or not run in `make flow`)"
                          for v in dataset.videos if v.split in ("test", "val") and v.video_id not in done}
             streams = checkpoints or {stream: train_dir(cfg, stream, split) for stream in ("rgb", "flow")}

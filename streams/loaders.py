@@ -28,16 +28,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from flow.store import Store
-from p3dbase.cluster import local_processes, open_files_for
+from p3dbase.cluster import die_with, local_processes, open_files_for
 from p3dbase.errors import P3DError, shown
 from streams import gpu_decode, losses
 from streams.clips import ClipDataset, EpochSampler
 from streams.distributed import DistContext
 from streams.errors import StreamsError
 from streams.resume import resume_hint
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-PR_GET_PDEATHSIG = 2
 
 
 @dataclass
@@ -86,11 +83,8 @@ def worker_init(_: int, parent: int | None = None) -> None:
     (OpenCV's single thread is inherited from train_stream: cv2.setNumThreads after the fork can
     deadlock, see flow.video.opencv_single_thread.)"""
     torch.set_num_threads(1)
-    if sys.platform.startswith("linux") and parent is not None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the trainer died before the line above took effect
-            os._exit(1)
+    if parent is not None:
+        die_with(parent)
     keep_freed_memory()
 
 
@@ -109,13 +103,6 @@ def keep_freed_memory() -> None:
         return
     libc.mallopt(M_TRIM_THRESHOLD, 128 << 20)
     libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)  # glibc's largest: blocks up to 32 MB come from the kept heap
-
-
-def death_signal() -> int:
-    """The signal this process gets when its parent dies (0: none); Linux only."""
-    value = ctypes.c_int(0)
-    ctypes.CDLL(None, use_errno=True).prctl(PR_GET_PDEATHSIG, ctypes.byref(value), 0, 0, 0)
-    return value.value
 
 
 def read_batches(loader: Iterable[Any], out_dir: Path) -> Iterator[Any]:

@@ -113,7 +113,7 @@ def read_activitynet(cfg: DatasetConfig, split: str) -> Dataset:
     classes = sorted({label for _, labels, _, _ in videos for label in labels})
     label_of = {c: i for i, c in enumerate(classes)}
     files = index_videos(root)
-    entries, skipped = [], []
+    entries, skipped, absent = [], [], []
     claimed: dict[str, str] = {}  # file -> the database key it was found for
     for video, labels, subset, where in videos:
         found = files.get(f"v_{video}") or files.get(video)
@@ -127,7 +127,7 @@ def read_activitynet(cfg: DatasetConfig, split: str) -> Dataset:
         if not labels:
             skipped.append(video + NO_LABEL)
         elif found is None:
-            skipped.append(video)
+            absent.append(Entry(video, tuple(label_of[label] for label in labels), subset, where))
         else:
             rel = PurePosixPath(found)
             entries.append(Entry(rel, tuple(label_of[label] for label in labels), subset, where))
@@ -140,4 +140,4 @@ def read_activitynet(cfg: DatasetConfig, split: str) -> Dataset:
         log.warning("%s: %d class(es) of the validation/testing videos have no training video (%s%s): "
                     "a classifier cannot predict them", path, len(unseen), ", ".join(unseen[:5]),
                     " ..." if len(unseen) > 5 else "")
-    return build("activitynet", root, classes, entries, split, str(path), skipped=skipped)
+    return build("activitynet", root, classes, entries, split, str(path), skipped=skipped, absent=absent)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import re
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -21,6 +22,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from p3dbase.cluster import die_with
 from pipeline.datasets.config import DatasetConfig
 from pipeline.datasets.files import VIDEO_EXTENSIONS, Entry, build, check_file, check_root
 from pipeline.datasets.records import Dataset
@@ -63,7 +65,8 @@ def read_view2(path: Path | str) -> np.ndarray:
         raise DatasetError(f"{path}: the file is empty (0 bytes); copy View2.mat again")
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     try:
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context(method)) as pool:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context(method), initializer=die_with,
+                                 initargs=(os.getpid(),)) as pool:
             pairs, names, why = pool.submit(_load_variable, str(path)).result()
     except BrokenProcessPool:
         raise DatasetError(f"{path}: not a readable MATLAB file: scipy's reader crashed on it (damaged bytes?); "

@@ -257,7 +257,7 @@ NO_LABEL = " (no label)"  # how a reader marks a skipped video it found no label
 
 def build(fmt: str, root: Path, classes: list[str], entries: list[Entry], split: str, source: str,
           *, skipped: list[str] | None = None, refused: list[tuple[str, str]] | None = None,
-          irregular: set[str] | None = None) -> Dataset:
+          irregular: set[str] | None = None, absent: list[Entry] | None = None) -> Dataset:
     """Records for the entries that exist under root; the others are reported and skipped, together
     with `skipped` (what the reader could not place itself: clips not found, unlabelled clips).
     Entries that exist but must not be read (`file_problem`: a link out of the root, a FIFO) join
@@ -266,6 +266,10 @@ def build(fmt: str, root: Path, classes: list[str], entries: list[Entry], split:
 
     `irregular`, when the entries' paths were found by `walk_videos`: those of them that are not plain
     files. Only these are checked on disk; the others are plain files inside the root, as the walk saw.
+
+    `absent`: labelled entries the reader looked up in its own index of the root and did not find
+    (Kinetics, ActivityNet; `rel` their name without extension): missing, and kept as records with
+    their role and labels (Dataset.absent), as build's own missing entries are.
 
     Nothing found at all almost always means a wrong root, so that is an error, not a warning."""
     refused = list(refused or [])
@@ -279,29 +283,35 @@ def build(fmt: str, root: Path, classes: list[str], entries: list[Entry], split:
         raise DatasetError(f"none of the {len(entries)} videos listed in {source} exist under {shown(root)} "
                            f"(e.g. {shown(root / entries[0].rel)}): is dataset.root right?")
     missing = list(skipped or [])
-    videos, absent_test = [], []
+    videos: list[VideoRecord] = []
+    gone: list[VideoRecord] = []
     for entry, path, problem in zip(entries, paths, found, strict=True):
         if problem:
             refused.append((shown(entry.rel), problem))
-        elif problem is None:
+            continue
+        record = VideoRecord(video_id_of(entry.rel), path, entry.labels[0], entry.labels, classes[entry.labels[0]],
+                             entry.split, entry.group)
+        if problem is None:
             missing.append(str(entry.rel))
-            if entry.split in ("test", "val"):
-                absent_test.append(video_id_of(entry.rel))
+            gone.append(record)
         else:
-            videos.append(VideoRecord(video_id_of(entry.rel), path, entry.labels[0], entry.labels,
-                                      classes[entry.labels[0]], entry.split, entry.group))
+            videos.append(record)
+    for entry in absent or ():
+        missing.append(str(entry.rel))
+        gone.append(VideoRecord(video_id_of(entry.rel), root / entry.rel, entry.labels[0], entry.labels,
+                                classes[entry.labels[0]], entry.split, entry.group))
     # Test videos without a label (Kinetics', ActivityNet's: their labels are not published) are expected;
     # said apart from videos missing under the root, which are worth a look.
     unlabelled = [m for m in missing if m.endswith(NO_LABEL)]
-    absent = [m for m in missing if not m.endswith(NO_LABEL)]
+    not_found = [m for m in missing if not m.endswith(NO_LABEL)]
     listed = len(videos) + len(missing)
-    if absent:
-        log.warning("%s: %d of %d listed videos skipped: not found under %s, e.g. %s", source, len(absent), listed,
-                    root, ", ".join(brief(m, 100) for m in absent[:5]))  # a 100,000-character path
+    if not_found:
+        log.warning("%s: %d of %d listed videos skipped: not found under %s, e.g. %s", source, len(not_found),
+                    listed, root, ", ".join(brief(m, 100) for m in not_found[:5]))  # a 100,000-character path
     if unlabelled:
         log.warning("%s: %d of %d listed videos have no label (test videos whose labels are not published): not "
                     "used, e.g. %s", source, len(unlabelled), listed, ", ".join(brief(m, 100) for m in unlabelled[:3]))
     if refused:
         log.warning("%s: %d video(s) refused, e.g. %s", shown(source), len(refused),
                     "; ".join(f"{path}: {why}" for path, why in refused[:3]))
-    return Dataset(fmt, root, classes, videos, split, missing, refused=refused, absent_test=absent_test)
+    return Dataset(fmt, root, classes, videos, split, missing, refused=refused, absent=gone)

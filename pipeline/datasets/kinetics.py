@@ -130,16 +130,17 @@ def _read_kinetics(cfg: DatasetConfig, split: str) -> Dataset:
             raise DatasetError(f"{where}: label {excerpt(label)} {problem}")
     label_of = {c: i for i, c in enumerate(classes)}
     clips, irregular = walk_videos(root)
-    entries, skipped = [], []
+    entries, skipped, absent = [], [], []
     for name, label, subset, where in rows:
         if not label:
             skipped.append(name + NO_LABEL)
         elif name not in clips:
-            skipped.append(name)
+            absent.append(Entry(name, (label_of[label],), subset, where))
         else:
             entries.append(Entry(clips[name], (label_of[label],), subset, where))
     if not entries:
         raise DatasetError(f"none of the {len(rows)} clips listed in {annotations} were found (labelled) "
                            f"under {root}; clips are looked up as <youtube_id>_<start:06d>_<end:06d>.<ext>, "
                            f"e.g. {rows[0][0] if rows else '?'}.mp4")
-    return build("kinetics", root, classes, entries, split, str(annotations), skipped=skipped, irregular=irregular)
+    return build("kinetics", root, classes, entries, split, str(annotations), skipped=skipped, irregular=irregular,
+                 absent=absent)

@@ -32,9 +32,14 @@ class Dataset:
     # Videos found but refused, with the reason: a link out of the root, a FIFO, a name that is not
     # UTF-8 or holds a backslash. (path under root, reason); the flow stage records them as failed.
     refused: list[tuple[str, str]] = field(default_factory=list)
-    # The video ids of `missing` that the annotations give a test (or val) role and a label: eval counts
-    # them as excluded, as it counts test videos without flow, so that a shrunken test set shows.
-    absent_test: list[str] = field(default_factory=list)
+    # The videos of `missing` that the annotations list with a label and a role, as records (their path
+    # where they should be): eval and transfer count the scored ones as excluded (misses), as they count
+    # scored videos without flow, so that a test set smaller than the annotations' shows.
+    absent: list[VideoRecord] = field(default_factory=list)
+
+    def absent_scored(self) -> list[VideoRecord]:
+        """The absent videos of the test and val subsets."""
+        return [v for v in self.absent if v.split in ("test", "val")]
 
     @property
     def num_classes(self) -> int:

@@ -45,14 +45,23 @@ def read_benchmark(name: str, bench: BenchmarkConfig) -> Benchmark:
     dataset = read_dataset(bench)
     protocol = bench.resolved_protocol()
     videos = [TransferVideo(v.video_id, v.path, v.labels, v.group) for v in dataset.videos]
+    # Scored videos the annotations list but that are not under the root are misses, not a smaller test set.
+    absent = {v.video_id: TransferVideo(v.video_id, v.path, v.labels, v.group)
+              for d in dataset.splits().values() for v in d.absent_scored()}
     splits: list[tuple[list[str], list[str]]] = []
+    scored = ""
     if protocol == "three_split":
-        splits = [([v.video_id for v in d.train()], [v.video_id for v in d.test() + d.val()])
+        splits = [([v.video_id for v in d.train()], [v.video_id for v in d.test() + d.val() + d.absent_scored()])
                   for _, d in sorted(dataset.splits().items())]
     elif protocol == "train_val":
-        splits = [([v.video_id for v in dataset.train()], [v.video_id for v in dataset.val() or dataset.test()])]
+        # The scored subset is chosen by what the annotations list, not by what is on disk: validation
+        # videos all missing were the test subset scored instead, without a word.
+        listed = [*dataset.videos, *dataset.absent]
+        scored = "val" if any(v.split == "val" for v in listed) else "test"
+        splits = [([v.video_id for v in dataset.train()], [v.video_id for v in listed if v.split == scored])]
     return Benchmark(
         name=name, protocol=protocol, root=dataset.root, classes=list(dataset.classes), videos=videos,
         splits=splits, pairs=read_view2(bench.annotations) if protocol == "aslan_view2" else None,
-        flow_store=Path(bench.flow_store) if bench.flow_store else None,
+        flow_store=Path(bench.flow_store) if bench.flow_store else None, absent=list(absent.values()),
+        scored=scored,
         refused=list(dataset.refused), paper=bench.paper or (name if name in PAPER_BENCHMARKS else ""))

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,3 +101,56 @@ def test_the_caller_gets_its_thread_count_back_after_a_dask_map(monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def _wait_for_ever(worker: Worker, task: int) -> None:
+    """Say this worker has started (its pid, a file in $P3D_TEST_STARTED), then work for ever."""
+    (Path(os.environ["P3D_TEST_STARTED"]) / str(os.getpid())).touch()
+    time.sleep(3600)
+
+
+HOLDER = """
+import sys, torch
+from p3dbase.lock import try_lock
+from fusion.engine import PoolSpec, map_videos
+from tests.fusion.test_engine_pool import _wait_for_ever
+with try_lock(sys.argv[1]):  # as eval and transfer hold their report folder's lock
+    spec = PoolSpec(streams=[], batch_views=1, device=torch.device("cpu"), work=_wait_for_ever)
+    list(map_videos(spec, [0, 1], jobs=2, leave=False, bar=False))
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie no one has reaped yet
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
+def test_workers_die_with_a_killed_run_and_its_lock_is_free(tmp_path):
+    """kill -9 of a transfer run left its forked workers alive, idle for ever, holding the inherited
+    descriptor of the run's lock: every re-run was refused as "being written by another transfer run
+    (pid N)", N dead. The kernel now kills the workers with the run, and the lock goes with them."""
+    from p3dbase.lock import holder_of
+
+    started, lock = tmp_path / "started", tmp_path / ".transfer.lock"
+    started.mkdir()
+    env = {**os.environ, "P3D_TEST_STARTED": str(started), "PYTHONPATH": str(Path(__file__).parents[2])}
+    run = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock)], env=env)
+    try:
+        give_up = time.monotonic() + 120
+        while len(list(started.iterdir())) < 2:
+            assert run.poll() is None and time.monotonic() < give_up, "the workers never started"
+            time.sleep(0.1)
+        assert holder_of(lock) == str(run.pid)
+        workers = [int(p.name) for p in started.iterdir()]
+    finally:
+        run.kill()
+        run.wait()
+    give_up = time.monotonic() + 30
+    while not all(map(_gone, workers)) and time.monotonic() < give_up:
+        time.sleep(0.1)
+    assert all(map(_gone, workers)), "a worker outlived the run"
+    assert holder_of(lock) is None

@@ -420,3 +420,23 @@ def test_the_stage_gives_leave_one_out_its_groups_and_counts_misses_once():
     both = Benchmark("hmdb", "three_split", Path("."), ["a", "b"], videos, splits=[(train, test), (train, test)])
     result, details = _protocol(both, got, "rgb", ("rgb",), set(features), cfg)
     assert (result.videos, result.excluded) == (4, 1) and result.metrics == {"split1": 75.0, "split2": 75.0}
+
+
+def test_leave_one_out_of_one_group_has_nothing_to_score():
+    """Every video of one group: C cannot be chosen on group-disjoint folds. The plain FusionError of
+    fit_svm stopped the whole transfer stage, every other benchmark unscored."""
+    x, labels = _clusters(np.random.default_rng(0), 6, 3)
+    with pytest.raises(transfer.NothingToScore, match=r"are all of group g01; C is chosen on folds"):
+        transfer.leave_one_out(x, labels, 3, cs=[0.1, 10.0], folds=3, groups=["g01"] * 18)
+
+
+def test_leave_one_out_a_video_whose_others_are_all_of_one_group_is_a_miss():
+    """Video 0 alone in group g02: left out, the other 17 are all of g01 and C cannot be chosen on
+    group-disjoint folds, so that fit is not made and counts as a miss (the row says so); the 17 other
+    fits have both groups and are right (separable clusters)."""
+    x, labels = _clusters(np.random.default_rng(0), 6, 3)
+    groups = ["g02"] + ["g01"] * 17
+    result = transfer.leave_one_out(x, labels, 3, cs=[0.1, 10.0], folds=3, groups=groups)
+    assert result.accuracy == pytest.approx(100.0 * 17 / 18) and result.videos == 18
+    assert "1 left-out video(s) whose others are all of one group: not fitted, counted as misses" in result.selected
+    assert "group CV" in result.selected

@@ -343,7 +343,10 @@ def test_activitynet_multi_label_and_skips(anet):
         VideoRecord("v_abc", root / "v_abc.mp4", 1, (1, 0), "Shoveling snow", "train"),
         VideoRecord("val/-def", root / "val/-def.mkv", 0, (0,), "Archery", "val"),
     ]
-    assert data.missing == ["gone", "tst (no label)"]
+    assert data.missing == ["tst (no label)", "gone"]
+    # a labelled video not found is kept with its role and labels (eval and transfer count a scored one as a miss)
+    assert [(v.video_id, v.split, v.labels) for v in data.absent] == [("gone", "train", (0,))]
+    assert data.absent_scored() == []  # a training video: only the SVM's set is smaller
 
 
 @pytest.mark.parametrize("edit, reason", [

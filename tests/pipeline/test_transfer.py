@@ -478,3 +478,48 @@ def test_a_transfer_run_in_which_every_video_failed_exits_non_zero(tiny_transfer
     assert "scenes: no rgb row: none of its 4 videos has rgb features" in \
         (tmp_path / "work/transfer/results.md").read_text(encoding="utf-8")
     assert len(pd.read_csv(tmp_path / "work/transfer/excluded.csv")) == 4
+
+
+def test_train_val_on_a_format_with_groups_chooses_c_on_group_folds_and_counts_absent_videos(tiny_transfer,
+                                                                                               tmp_path):
+    """train_val on SynthActions split 1 chose C on stratified folds that put clips of one group on both
+    sides (three_split's were group folds); and a scored video listed but gone from the root shrank the
+    test set without a word. C now comes from group folds, the gone video is a miss, listed in
+    excluded.csv, and the row says which subset it scored."""
+    test_list = (tmp_path / "synth/annotations/testlist01.txt").read_text().split()
+    (tmp_path / "synth/videos" / test_list[0]).unlink()
+    assert main(["transfer", "--config", str(tiny_transfer), *sum((["--set", s] for s in FAST), []),
+                 "--set", 'transfer.benchmarks=["synth"]', "--set", "benchmark.synth.protocol=train_val",
+                 "--set", 'benchmark.synth.split="1"', "--set", "transfer.flow="]) == 0
+    out = tmp_path / "work/transfer"
+    row = pd.read_csv(out / "results.csv").iloc[0]
+    assert row["protocol"] == "train_val" and "group CV" in row["selected"], row["selected"]
+    assert row["videos"] == len(test_list) and row["excluded"] == 1
+    assert "scored: the test (the annotations list no validation video) videos; 1 of them without features" \
+        in row["details"]
+    excluded = pd.read_csv(out / "excluded.csv")
+    gone = test_list[0].rsplit(".", 1)[0]
+    assert list(excluded["video_id"]) == [gone]
+    assert excluded["reason"].iloc[0].startswith("listed in the annotations but not under")
+
+
+def test_train_val_scores_the_validation_subset_the_annotations_list_even_when_its_videos_are_gone(
+        tiny_transfer):
+    """ActivityNet lists validation videos; with all of them gone from the root, train_val scored the
+    test subset instead (`dataset.val() or dataset.test()`) without a word. The subset is chosen by what
+    the annotations list, and the gone videos are its misses."""
+    from pipeline.transfer.benchmarks import read_benchmark
+
+    cfg = load_config(tiny_transfer, FAST)
+    companions.generate_companions(cfg.transfer.companions)
+    bench = read_benchmark("activitynet", cfg.benchmark["activitynet"])
+    (train, scored), = bench.splits
+    assert bench.scored == "val" and scored and not bench.absent
+    for video in bench.videos:
+        if video.video_id in scored:
+            video.path.unlink()
+    gone = read_benchmark("activitynet", cfg.benchmark["activitynet"])
+    # found as v_<key>.mp4 (the crawler's name), the gone ones keep their database key
+    key = [v.removeprefix("v_") for v in scored]
+    assert gone.scored == "val" and gone.splits == [(train, key)]
+    assert sorted(v.video_id for v in gone.absent) == sorted(key)

@@ -63,7 +63,7 @@ def test_a_benchmark_with_nothing_to_score_is_a_note_and_the_others_are_scored(
     assert aslan["videos"] == 36 and "not scored: View-2 split 1: no pair with features for both clips" \
         in aslan["details"]
     md = (out / "results.md").read_text(encoding="utf-8")
-    for note in ("- activitynet: no rgb row: train_val: 8 training and 0 validation (or test) videos with rgb "
+    for note in ("- activitynet: no rgb row: train_val: 8 training and 0 validation videos with rgb "
                  "features; it needs both",
                  "- synth / rgb: not scored: split 1: no test video with features; its figures are those of the "
                  "others",
@@ -74,8 +74,8 @@ def test_a_benchmark_with_nothing_to_score_is_a_note_and_the_others_are_scored(
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "activitynet: no rgb row" in page  # the page is this run's, not the last one's
     listing = json.loads((out / "report.json").read_text())["files"]
-    assert sorted(listing) == sorted(["excluded.csv", "report.html", "report_inputs.json", "results.csv",
-                                      "results.md", "results.png"])
+    assert sorted(listing) == sorted(["config.toml", "excluded.csv", "report.html", "report_inputs.json",
+                                      "results.csv", "results.md", "results.png"])
 
 
 def test_split_lists_sharing_a_video_and_view2_splits_sharing_a_class_name_the_benchmark_before_any_work():
@@ -99,7 +99,8 @@ def test_the_transfer_report_files_are_replaced_together(
     cfg = load_config(tiny_transfer, [*FAST, 'transfer.benchmarks=["scenes"]', "transfer.flow="])
     transfer_stage(cfg)
     out = tmp_path / "work/transfer"
-    report = ["excluded.csv", "report.html", "report_inputs.json", "results.csv", "results.md", "results.png"]
+    report = ["config.toml", "excluded.csv", "report.html", "report_inputs.json", "results.csv", "results.md",
+              "results.png"]
     before = {name: (out / name).read_bytes() for name in report}
 
     def killed(*args, **kwargs):

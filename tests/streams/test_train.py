@@ -732,7 +732,8 @@ def test_loader_workers_die_with_the_trainer():
     kills it with the trainer."""
     from torch.utils.data import Dataset
 
-    from streams.loaders import death_signal, make_loader
+    from p3dbase.cluster import death_signal
+    from streams.loaders import make_loader
 
     class DeathSignal(Dataset):
         def __len__(self):
