@@ -74,6 +74,20 @@ def _labels(info: dict[str, Any], where: str) -> list[str]:
     return labels
 
 
+def _check_taxonomy(taxonomy: object, classes: list[str], videos: list[tuple[str, list[str], str, str]],
+                    path: Path) -> None:
+    """Warn of labels that no taxonomy node names: a typo ("Swim" for "Swimming") makes a class of its own.
+    A warning, not an error: the classes are the labels used, and an edited taxonomy may lag behind."""
+    if not isinstance(taxonomy, list) or not taxonomy:
+        return
+    names = {node.get("nodeName") for node in taxonomy if isinstance(node, dict)}
+    unknown = [label for label in classes if label not in names]
+    if unknown:
+        where = next(where for _, labels, _, where in videos if unknown[0] in labels)
+        log.warning("%s: %d label(s) are no node of its taxonomy, e.g. %s (%s): each is a class of its own",
+                    shown(path), len(unknown), excerpt(unknown[0]), where)
+
+
 _LONG_INTEGER = re.compile(r"-?[0-9]{4301,}")
 
 
@@ -110,7 +124,12 @@ def read_activitynet(cfg: DatasetConfig, split: str) -> Dataset:
         if problem:
             raise DatasetError(f"{where}: the video id {problem}")
         videos.append((video, _labels(info, where), SUBSETS[subset], where))
+    unannotated = [video for video, labels, subset, _ in videos if not labels and subset != "test"]
+    if unannotated:  # test videos have none (their labels are not published); these should
+        log.warning("%s: %d training or validation video(s) have no annotation: not used, e.g. %s", shown(path),
+                    len(unannotated), ", ".join(excerpt(v) for v in unannotated[:3]))
     classes = sorted({label for _, labels, _, _ in videos for label in labels})
+    _check_taxonomy(data.get("taxonomy"), classes, videos, path)
     label_of = {c: i for i, c in enumerate(classes)}
     files = index_videos(root)
     entries, skipped, absent = [], [], []

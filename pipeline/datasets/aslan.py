@@ -113,6 +113,19 @@ def _index_clips(root: Path) -> dict[int, Path]:
     return clips
 
 
+def _warn_of_contradictions(pairs: np.ndarray, source: Path) -> None:
+    """Warn of pairs whose same / not-same flag disagrees with their action labels (same = 1 with two
+    actions, or 0 with one): damaged annotations, which the SVM would learn from as they are."""
+    same = pairs[:, 2, :] == 1
+    wrong = np.argwhere(same != (pairs[:, 3, :] == pairs[:, 4, :]))  # (row, split) pairs
+    if len(wrong):
+        row, fold = (int(i) for i in wrong[0])
+        log.warning("%s: %d pair(s) of %s have a same / not-same flag their action labels contradict, e.g. "
+                    "split %d, row %d: clips %s and %s, flag %d, actions %d and %d", source, len(wrong), VARIABLE,
+                    fold + 1, row + 1, clip_name(int(pairs[row, 0, fold])), clip_name(int(pairs[row, 1, fold])),
+                    pairs[row, 2, fold], pairs[row, 3, fold], pairs[row, 4, fold])
+
+
 def read_aslan(cfg: DatasetConfig, split: str) -> Dataset:
     root = check_root(cfg.root, "aslan")
     source = Path(cfg.annotations)
@@ -127,6 +140,7 @@ def read_aslan(cfg: DatasetConfig, split: str) -> Dataset:
                     raise DatasetError(f"{source}: clip {clip_name(video_id)} has action label {label_of[video_id]} "
                                        f"in one pair and {label} in another")
                 fold_of.setdefault(video_id, fold + 1)
+    _warn_of_contradictions(pairs, source)
     absent = sorted(v for v in label_of if v not in clips)
     if absent:
         raise DatasetError(f"{source}: {len(absent)} clip id(s) of View-2 have no video under {root}, e.g. "

@@ -309,8 +309,9 @@ def build(fmt: str, root: Path, classes: list[str], entries: list[Entry], split:
         log.warning("%s: %d of %d listed videos skipped: not found under %s, e.g. %s", source, len(not_found),
                     listed, root, ", ".join(brief(m, 100) for m in not_found[:5]))  # a 100,000-character path
     if unlabelled:
-        log.warning("%s: %d of %d listed videos have no label (test videos whose labels are not published): not "
-                    "used, e.g. %s", source, len(unlabelled), listed, ", ".join(brief(m, 100) for m in unlabelled[:3]))
+        log.warning("%s: %d of %d listed videos have no label: not used (as expected of test videos, whose labels "
+                    "are not published), e.g. %s", source, len(unlabelled), listed,
+                    ", ".join(brief(m, 100) for m in unlabelled[:3]))
     if refused:
         log.warning("%s: %d video(s) refused, e.g. %s", shown(source), len(refused),
                     "; ".join(f"{path}: {why}" for path, why in refused[:3]))

@@ -74,6 +74,10 @@ def _rows(reader, path: Path, seen: UniqueIds) -> list[tuple[str, str, str, str]
     if absent:
         raise DatasetError(f"{shown(path)}:1: missing column(s) {', '.join(absent)} (expected "
                            f"label,youtube_id,time_start,time_end,split), got {excerpt(','.join(header))}")
+    twice = sorted({c for c in header if c in (*REQUIRED, "label") and header.count(c) > 1})
+    if twice:  # header.index would take the first of two, whatever the other holds
+        raise DatasetError(f"{shown(path)}:1: column(s) {', '.join(twice)} given twice, in "
+                           f"{excerpt(','.join(header))}")
     width, at = len(header), f"{shown(path)}:"
     youtube, start_at, end_at, split_at = (header.index(name) for name in REQUIRED)
     label_at = header.index("label") if "label" in header else None

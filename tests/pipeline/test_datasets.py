@@ -267,7 +267,8 @@ def test_kinetics_records_missing_and_unlabelled(kinetics, caplog):
     # Said apart: a video not found is worth a look, a test video without a label is expected.
     assert "1 of 5 listed videos skipped: not found under " in caplog.text
     assert "missing_clip_000010_000020" in caplog.text
-    assert "1 of 5 listed videos have no label (test videos whose labels are not published): not used, e.g. " \
+    assert "1 of 5 listed videos have no label: not used (as expected of test videos, whose labels are not " \
+        "published), e.g. " \
            "test_only_1_000030_000040 (no label)" in caplog.text
 
 
@@ -301,6 +302,11 @@ def test_kinetics_header_and_nothing_found(kinetics, tmp_path):
     write(Path(kinetics.annotations) / "test.csv", "id,start,end\n")
     with pytest.raises(DatasetError, match="test.csv:1: missing column"):
         read_dataset(kinetics)
+    # a column given twice was read from its first copy, whatever the second held
+    write(Path(kinetics.annotations) / "test.csv", "label,youtube_id,youtube_id,time_start,time_end,split\n")
+    with pytest.raises(DatasetError, match=r"test.csv:1: column\(s\) youtube_id given twice, in "
+                                           r"'label,youtube_id,youtube_id,time_start"):
+        read_dataset(kinetics)
     (tmp_path / "elsewhere").mkdir()
     one = DatasetConfig(format="kinetics", root=str(tmp_path / "elsewhere"),
                         annotations=str(Path(kinetics.annotations) / "train.csv"))
@@ -312,7 +318,9 @@ def test_kinetics_header_and_nothing_found(kinetics, tmp_path):
 
 ANET = {
     "version": "VERSION 1.3",
-    "taxonomy": [{"nodeId": 1, "nodeName": "Root", "parentId": None, "parentName": None}],
+    "taxonomy": [{"nodeId": 1, "nodeName": "Root", "parentId": None, "parentName": None},
+                 {"nodeId": 2, "nodeName": "Archery", "parentId": 1, "parentName": "Root"},
+                 {"nodeId": 3, "nodeName": "Shoveling snow", "parentId": 1, "parentName": "Root"}],
     "database": {
         "abc": {"subset": "training", "duration": 100.0, "url": "https://www.youtube.com/watch?v=abc",
                 "annotations": [{"segment": [1.5, 10.0], "label": "Shoveling snow"},
@@ -333,6 +341,22 @@ def anet(tmp_path):
     touch(root, "v_abc.mp4", "val/-def.mkv", "v_tst.mp4")
     path = write(tmp_path / "activity_net.v1-3.min.json", json.dumps(ANET, indent=1))
     return DatasetConfig(format="activitynet", root=str(root), annotations=str(path))
+
+
+def test_activitynet_warns_of_labels_outside_its_taxonomy_and_of_unannotated_training_videos(tmp_path, caplog):
+    """A label no taxonomy node names ("Swim" for "Swimming") silently made a class of its own; a training
+    video with no annotation was called a test video "whose labels are not published"."""
+    data = json.loads(json.dumps(ANET))
+    data["database"]["-def"]["annotations"][0]["label"] = "Archerry"
+    data["database"]["gone"]["annotations"] = []
+    root = tmp_path / "activitynet"
+    touch(root, "v_abc.mp4", "val/-def.mkv", "v_tst.mp4", "gone.mp4")
+    path = write(tmp_path / "a.json", json.dumps(data))
+    with caplog.at_level("WARNING"):
+        read_dataset(DatasetConfig(format="activitynet", root=str(root), annotations=str(path)))
+    text = caplog.text
+    assert "1 label(s) are no node of its taxonomy, e.g. 'Archerry' (" in text and "database['-def']" in text
+    assert "1 training or validation video(s) have no annotation: not used, e.g. 'gone'" in text
 
 
 def test_activitynet_multi_label_and_skips(anet):

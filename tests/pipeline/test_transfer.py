@@ -145,6 +145,22 @@ def test_aslan_reader_gives_clips_their_action_and_split(tmp_path):
     assert by_id["0001"].path == videos / "0001.avi"
 
 
+def test_aslan_reader_warns_of_a_pair_whose_flag_its_actions_contradict(tmp_path, caplog):
+    """same = 1 on two different actions was read without a word: damaged annotations the SVM learns from."""
+    pairs = aslan_pairs()
+    pairs[1, 2, 3] = 1 - pairs[1, 2, 3]
+    videos, mat = write_aslan(tmp_path, pairs)
+    with caplog.at_level("WARNING"):
+        read_dataset(BenchmarkConfig(format="aslan", root=str(videos), annotations=str(mat)))
+    assert "1 pair(s) of action_splits_pairs have a same / not-same flag their action labels contradict, e.g. " \
+           "split 4, row 2" in caplog.text
+    caplog.clear()
+    videos, mat = write_aslan(tmp_path / "fine", aslan_pairs())
+    with caplog.at_level("WARNING"):
+        read_dataset(BenchmarkConfig(format="aslan", root=str(videos), annotations=str(mat)))
+    assert "contradict" not in caplog.text
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", r"ASLAN View-2 file \(Views/View2.mat\) not found: .*View2.mat"),
     ("garbage", r"View2.mat: not a readable MATLAB file"),
