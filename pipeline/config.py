@@ -88,14 +88,28 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = (), *
         *sections, name = key.split(".")  # benchmark.aslan.root: a key of a named section
         target = raw
         for depth, section in enumerate(sections):
+            path = ".".join(sections[:depth + 1])
             if section not in target:  # made by this item: an unknown section is blamed on it, not the file
-                origin.setdefault(".".join(sections[:depth + 1]), where)
+                origin.setdefault(path, where)
             target = target.setdefault(section, {})
-            if not isinstance(target, dict):
-                raise ConfigError(f"{where}: {'.'.join(sections[:depth + 1])!r} is not a section")
+            if not isinstance(target, dict):  # blamed on what made it a value: a file's key, or `--set train=5`
+                raise ConfigError(f"{origin.get(path, source)}: {path!r} is not a section")
+        if isinstance(target.get(name), dict) or (not sections and name in (*SECTIONS, *NAMED_SECTIONS)
+                                                  and not isinstance(value, dict)):
+            # `--set train={lr=0.1}` replaced the file's whole [train] with the defaults and one key, silently
+            raise ConfigError(f"{where}: [{key}] is a section: set its keys one at a time, e.g. --set "
+                              f"{key}.{_first_key(target.get(name), key)}=...")
         target[name] = value
         origin[key] = where
     return _build(raw, source, origin)
+
+
+def _first_key(section: Any, key: str) -> str:
+    """A key of the section `key` for a message: the file's first, else the dataclass's first field."""
+    if isinstance(section, dict) and section:
+        return str(next(iter(section)))
+    default = getattr(Config(), key, None) if key in SECTIONS else None
+    return dataclasses.fields(default)[0].name if dataclasses.is_dataclass(default) else "KEY"
 
 
 def _set_item(item: str) -> str:

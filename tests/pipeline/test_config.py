@@ -101,6 +101,25 @@ def test_a_section_that_only_a_set_names_is_blamed_on_the_set(tmp_path):
         load_config(write(tmp_path, "[tran]\nlr = 1\n"), ["tran.momentum=1"])  # the file made it first
 
 
+def test_a_set_of_a_whole_section_is_refused_not_a_silent_replacement(tmp_path):
+    """`--set 'train = {lr = 0.1}'` replaced the file's [train] with the defaults and one key: a tiny
+    config trained P3D-199 sized clips for 30 epochs without a word. `--set train=5` beside `--run b1`
+    blamed --run. A new named section may still be given as a table."""
+    path = tmp_path / "c.toml"
+    path.write_text("[train]\nlr = 0.05\nepochs = 2\n[benchmark.scenes]\nformat = \"folder\"\nroot = \"s\"\n")
+    with pytest.raises(ConfigError, match=r"^--set train=\{lr=0.1\}: \[train\] is a section: set its keys one at "
+                                          r"a time, e.g. --set train.lr=\.\.\.$"):
+        load_config(path, ["train={lr=0.1}"])
+    with pytest.raises(ConfigError, match=r"^--set train=5: \[train\] is a section"):
+        load_config(path, ["train=5"], run="b1")
+    with pytest.raises(ConfigError, match=r"^--set model=1: \[model\] is a section: .* --set model\.arch="):
+        load_config(path, ["model=1"])  # not in the file: the section's first field named
+    with pytest.raises(ConfigError, match=r"^--set benchmark.scenes=\{root=\"x\"\}: \[benchmark.scenes\] is a "):
+        load_config(path, ['benchmark.scenes={root="x"}'])
+    cfg = load_config(path, ['benchmark.more={format="folder", root="m"}'])
+    assert cfg.benchmark["more"].root == "m" and cfg.train.epochs == 2
+
+
 @pytest.mark.parametrize("name", ["../../../escaped", "/tmp/elsewhere", "a/b", "..", "", ".hidden"])
 def test_a_benchmark_name_is_a_plain_folder_name(tmp_path, name):
     """[benchmark.NAME] becomes work_dir/transfer/features/NAME: `..` or an absolute name wrote features
