@@ -2,21 +2,23 @@
 
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; `setup` reads them. With
 several processes BN layers in training mode see the whole global batch (`sync_batchnorm`): torch's
-SyncBatchNorm on CUDA, `CpuSyncBatchNorm` (differentiable all-reduces) on CPU, where torch's is
+SyncBatchNorm on CUDA, `CpuSyncBatchNorm` (differentiable all-reduces, `_AllReduceSum`) on CPU, where torch's is
 unsupported. That is what makes an N-process step equal a one-process step on the combined batch.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
 from p3dbase.device import resolve_device
+from p3dbase.errors import excerpt
+from streams.errors import StreamsError
 
 
 @dataclass
@@ -36,18 +38,54 @@ class DistContext:
         return self.world_size > 1
 
 
+# How long a process waits for the others of its group to join: torch's default (30 min) left a shell
+# with a stale WORLD_SIZE (a torchrun or SLURM leftover) waiting silently, deaf to Ctrl-C.
+JOIN_TIMEOUT = timedelta(minutes=10)
+
+
+def launch_env() -> tuple[int, int, int]:
+    """(world size, rank, local rank) from torchrun's variables, checked: StreamsError naming the variable
+    when one is not a whole number, a rank is outside the world, or a group lacks its rendezvous address."""
+    values = {}
+    for name, default in (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        text = os.environ.get(name, default)
+        try:
+            values[name] = int(text)
+        except ValueError:
+            raise StreamsError(f"environment variable {name}={excerpt(text, 40)} is not a whole number (torchrun sets "
+                               "it; unset it to train in one process)") from None
+    world, rank, local = values["WORLD_SIZE"], values["RANK"], values["LOCAL_RANK"]
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise StreamsError(f"environment variables WORLD_SIZE={world}, RANK={rank}, LOCAL_RANK={local}: a rank must "
+                           "be 0..WORLD_SIZE-1 (torchrun sets them; unset them to train in one process)")
+    if world > 1:
+        unset = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+        if unset:
+            raise StreamsError(f"WORLD_SIZE={world} but {' and '.join(unset)} not set: launch with torchrun, or unset "
+                               "WORLD_SIZE and RANK to train in one process")
+    return world, rank, local
+
+
 def setup(device_setting: str) -> DistContext:
     """This process's rank and device; joins the process group when launched by torchrun."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world_size, rank, local_rank = launch_env()
     device = resolve_device(device_setting, "train.device", local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     owns = False
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
-                                rank=rank, world_size=world_size)
+        where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+        if rank == 0:
+            print(f"train: waiting for the {world_size} processes of the group at {where} (at most "
+                  f"{JOIN_TIMEOUT.total_seconds():.0f} s)", flush=True)
+        try:
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
+                                    rank=rank, world_size=world_size, timeout=JOIN_TIMEOUT)
+        except (RuntimeError, ValueError) as err:  # DistStoreError (a timeout), a refused address
+            raise StreamsError(f"rank {rank} could not join the {world_size} processes at {where}: "
+                               f"{excerpt(str(err).splitlines()[0] if str(err) else type(err).__name__, 200)} "
+                               "(a stale WORLD_SIZE / RANK in the environment? unset them to train in one "
+                               "process)") from None
         owns = True
     if dist.is_initialized():
         rank, world_size = dist.get_rank(), dist.get_world_size()
@@ -88,6 +126,24 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """A differentiable all-reduce (sum): the gradient of a sum over processes is the sum of the
+    gradients. torch.distributed.nn.functional.all_reduce does the same, deprecated with a warning per
+    call (each BN layer, each step) towards a private module."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.clone()
+        dist.all_reduce(out)
+        return out
+
+
 class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training-mode statistics cover every process's batch, on any device.
 
@@ -106,11 +162,11 @@ class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         count = torch.tensor([float(x.numel() // x.shape[1])], dtype=x.dtype, device=x.device)
-        sums = dist_fn.all_reduce(torch.cat([x.sum(dims), count]))
+        sums = _AllReduceSum.apply(torch.cat([x.sum(dims), count]))
         total = sums[-1]
         mean = sums[:-1] / total
         centred = x - mean.view(shape)
-        var = dist_fn.all_reduce((centred * centred).sum(dims)) / total
+        var = _AllReduceSum.apply((centred * centred).sum(dims)) / total
         y = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
