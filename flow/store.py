@@ -260,14 +260,16 @@ class PackedFrames(VideoFrames):
             raise
 
     def _read_index(self) -> None:
-        broken = f"video {self.video_id}: {self.path} is not a complete pack file"
+        def broken(detail: str = "") -> FlowError:
+            return FlowError(f"video {self.video_id}: {self.path} is not a complete pack file{detail}: {REDO_DAMAGED}")
+
         try:
             size = os.fstat(self._fd).st_size
             if size < len(PACK_MAGIC) + _FOOTER.size or os.pread(self._fd, 8, 0) != PACK_MAGIC:
-                raise FlowError(broken)
+                raise broken()
             meta_len, magic = _FOOTER.unpack(os.pread(self._fd, _FOOTER.size, size - _FOOTER.size))
             if magic != PACK_MAGIC or meta_len > size - _FOOTER.size - len(PACK_MAGIC):
-                raise FlowError(broken)
+                raise broken()
             meta_start = size - _FOOTER.size - meta_len
             try:
                 meta = json.loads(os.pread(self._fd, meta_len, meta_start))
@@ -278,10 +280,10 @@ class PackedFrames(VideoFrames):
                     meta["height"], meta["width"], meta["num_frames"], meta["num_flows"], meta["index_offset"])
                 crc32_offset = meta.get("crc32_offset")  # packs written before checksums existed have none
             except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:  # nesting: json recurses
-                raise FlowError(f"{broken} ({e})") from None
+                raise broken(f" ({e})") from None
             problem = _meta_problem(meta, size, meta_start)
             if problem:
-                raise FlowError(f"{broken} (meta: {problem})")
+                raise broken(f" (meta: {problem})")
             rows = self.num_frames + self.num_flows
             index = np.frombuffer(os.pread(self._fd, rows * 16, index_offset), dtype="<i8").reshape(rows, 2)
             crcs = None  # packs written before checksums existed have none: they still open
@@ -293,7 +295,7 @@ class PackedFrames(VideoFrames):
         if index.size and (int(index[:, 0].min()) < len(PACK_MAGIC) or int(index[:, 1].min()) < 0
                            or int(index.max()) > index_offset
                            or int((index[:, 0] + index[:, 1]).max()) > index_offset):
-            raise FlowError(f"{broken} (its index points outside the images)")
+            raise broken(" (its index points outside the images)")
         self._rgb_index = index[: self.num_frames]
         self._flow_index = index[self.num_frames:]
         self._rgb_crc = None if crcs is None else crcs[: self.num_frames]

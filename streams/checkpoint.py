@@ -175,8 +175,8 @@ def safe_load(path: Path | str, what: str = "checkpoint", map_location: str | to
     it is absent, truncated, foreign or holds code. `what` starts the message ("checkpoint", ...)."""
     path = Path(path)
     if not path.is_file():
-        raise StreamsError(f"{what} {path} is {NOT_REGULAR}" if path.exists() and not path.is_dir() else
-                           f"{what} {path} does not exist")
+        raise StreamsError(f"{what} {path} is a folder, not a file" if path.is_dir() else
+                           f"{what} {path} is {NOT_REGULAR}" if path.exists() else f"{what} {path} does not exist")
     if not os.access(path, os.R_OK):  # torch.load's PermissionError would read as a damaged file below
         raise StreamsError(f"{what} {path} cannot be read: no permission")
     try:

@@ -101,7 +101,7 @@ class TrainConfig:
     fc_lr_mult: float = 10.0  # fc weights (bias: twice this, as Caffe's lr_mult 10/20)
     flow_conv1_lr_mult: float = 5.0  # conv1 of the flow stream (official flow nets)
 
-    # Speed (CUDA only: on CPU these are off whatever they say).
+    # Speed. amp, channels_last and compile act on CUDA only: on a CPU they are off whatever they say.
     amp: str = "bf16"  # "bf16", "fp16" (with a GradScaler) or "off"
     channels_last: bool = True  # channels_last_3d memory format
     compile: bool = False  # torch.compile the model; off until bench/gpu.py shows it faster on a GPU (docs/gpu.md)

@@ -77,11 +77,11 @@ class MetricsLogger:
         """Keep the records up to `step` (a killed run may have logged past its last checkpoint)."""
         self.history = []
         if self.path.is_file():
-            for line in self.path.read_text().splitlines():
+            for line in self.path.read_bytes().splitlines():  # bytes: a damaged line is one line dropped
                 try:
                     record = json.loads(line)
-                except (ValueError, RecursionError):
-                    continue  # a line cut short by a kill
+                except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+                    continue  # a line cut short by a kill, or damaged bytes
                 at = record.get("step") if isinstance(record, dict) else None
                 # a record without a whole-number step (edited, another tool's) is no record of this run
                 if isinstance(at, int) and not isinstance(at, bool) and at <= step:

@@ -119,7 +119,7 @@ def resume_hint(out_dir: Path) -> str:
     steps = step_checkpoints(out_dir)
     if steps:
         return f"re-run the same command to resume from {steps[-1][1]}"
-    return "no checkpoint had been written: re-run the same command to start again"
+    return "re-run the same command to start again (no checkpoint had been written)"
 
 
 def check_resumable(ckpt: Checkpoint, *, modality: str, classes: list[str], model_config: dict[str, Any],

@@ -123,6 +123,9 @@ def train_stream(data: StreamData, modality: str, model_cfg: ModelConfig, train_
                 holder = held.enter_context(try_lock(run_lock(out_dir))) if ctx.is_main else None
                 unwritable = None
             except OSError as e:  # a folder this user cannot write (a shared or read-only disk): fine when finished
+                if run_lock(out_dir).is_dir():  # not the folder: what stands where its lock file belongs
+                    raise StreamsError(f"{run_lock(out_dir)} is a folder where the run's lock file belongs: move "
+                                       "it away and re-run") from None
                 holder, unwritable = None, e
             if holder:
                 raise StreamsError(f"{out_dir} is being written by another training run (pid {holder}): wait for "
@@ -171,13 +174,18 @@ def _train(data: StreamData, modality: str, model_cfg: ModelConfig, cfg: TrainCo
                         training_set=record["training_set"], flow=record["flow"],
                         store=f"the store at {data.store.root}", verbose=ctx.is_main)
     if finished is not None:
+        total = cfg.iterations or cfg.epochs * steps_per_epoch
+        if finished.step != total:  # a step checkpoint copied onto last.pt was taken for the finished model
+            raise StreamsError(f"{finished.path} holds step {finished.step} of {total}: not the finished model of "
+                               f"this run (a step checkpoint copied onto it?): move it out of {out_dir} and re-run "
+                               "to resume from the newest step checkpoint")
         if ctx.is_main:
             print(f"{modality} stream: already trained, {finished.path}")
         return TrainResult(out_dir, finished.path, True, finished.step, finished.epoch, finished.metrics.get("val_acc"),
                            finished.metrics.get("best_val_acc"), seconds=0.0, resumed_from=None)
     if unwritable is not None:
         raise StreamsError(f"{brief(out_dir)}: cannot write the run's folder ({unwritable.strerror or unwritable}): "
-                           "train into a folder this user can write (train.work_dir, --run NAME)")
+                           "train into a folder this user can write (work_dir, --run NAME)")
 
     # 2. The model, optimizer, schedule, scaler, record and data. What the weights started from is
     # kept in every checkpoint: taken once, at the start (the file was just read), carried over by a resume.
@@ -213,7 +221,7 @@ def _train(data: StreamData, modality: str, model_cfg: ModelConfig, cfg: TrainCo
         run.metrics.start_fresh()  # drop what a run killed before its first checkpoint logged
     run.net = DistributedDataParallel(model, device_ids=[ctx.device.index] if cuda else None) if ctx.distributed \
         else model
-    if cfg.compile:
+    if cfg.compile and cuda:  # on a CPU: minutes of compiling for a slower step (the config says CUDA only)
         run.net = torch.compile(run.net)
 
     # 4. Accepted: the run's config beside its checkpoints, then the loop.

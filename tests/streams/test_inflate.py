@@ -199,6 +199,9 @@ def test_a_resnet_of_other_depths_is_refused(tmp_path):
 def test_bad_files(tmp_path):
     with pytest.raises(StreamsError, match="does not exist"):
         load_pretrained(build_model("p3d_tiny", 4), tmp_path / "absent.pth")
+    # a folder said "does not exist" of a folder that does
+    with pytest.raises(StreamsError, match=rf"^model.pretrained: {tmp_path} is a folder, not a file"):
+        load_pretrained(build_model("p3d_tiny", 4), tmp_path)
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(StreamsError, match="junk.pth"):

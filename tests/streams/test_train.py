@@ -154,6 +154,12 @@ def test_resume_continues_exactly(toy_store, tmp_path, configs, capsys):
     assert not first.finished and first.step == 3 and first.checkpoint.name == "checkpoint_00000003.pt"
     assert (f"rgb stream: stopped at step 3 of {whole.step} (train.max_steps = 3); checkpoint {first.checkpoint}: "
             "re-run without max_steps (or a larger one) to continue") in capsys.readouterr().out  # it was silent
+    # a step checkpoint copied onto last.pt was reported "already trained", and eval would score it
+    shutil.copyfile(first.checkpoint, parts / "last.pt")
+    with pytest.raises(StreamsError, match=rf"last\.pt holds step 3 of {whole.step}: not the finished model of this "
+                                           r"run \(a step checkpoint copied onto it\?\): move it out of "):
+        train_stream(toy(root, train, val), "rgb", model_cfg, train_cfg, parts)
+    (parts / "last.pt").unlink()
     with open(parts / "metrics.jsonl", "a") as f:  # logged by a killed run after its last checkpoint
         f.write(json.dumps({"kind": "train", "step": 4, "loss": 123.0}) + "\n")
     rest = train_stream(toy(root, train, val), "rgb", model_cfg, dataclasses.replace(train_cfg, workers=1), parts)
@@ -660,8 +666,11 @@ def test_a_broken_tensorboard_or_odd_metrics_lines_are_one_line_not_a_traceback(
                                            r"\(TypeError: Descriptors cannot be created directly\.\): repair it"):
         metrics._summary_writer()
     monkeypatch.undo()
-    (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": 1}\n{"kind": "train", "step": null}\n'
-                                            '{"kind": "train", "step": "x"}\n{"kind": "train", "step": 3}\n[1]\n')
+    # bytes that are not UTF-8 (a damaged disk block) were a UnicodeDecodeError traceback on resume
+    (tmp_path / "metrics.jsonl").write_bytes(b'{"kind": "train", "step": 1}\n{"kind": "train", "step": null}\n'
+                                             b'{"kind": "train", "step": "x"}\n\xff\xfe\x00garbage\n'
+                                             b'{"kind": "train", "step": 2, "note": "\xe9"}\n'
+                                             b'{"kind": "train", "step": 3}\n[1]\n')
     logger = metrics.MetricsLogger(tmp_path, is_main=True, modality="rgb", arch="p3d_tiny")
     logger.resume_at(2)
     assert logger.history == [{"kind": "train", "step": 1}]
@@ -791,4 +800,32 @@ def test_a_damaged_pack_read_by_a_worker_is_one_line_naming_the_video(toy_store,
             train_stream(toy(store, train, val), "flow", *configs(workers=workers), tmp_path / f"out{workers}")
         text = str(err.value)
         assert "\n" not in text and "Traceback" not in text and damaged in text, text
-        assert text.endswith("no checkpoint had been written: re-run the same command to start again")
+        assert "is not a complete pack file: run `python -m pipeline verify --config ...` (it marks the damaged " \
+            "videos), then `make flow` (it redoes them); once the store is repaired, re-run" in text, text
+        assert text.endswith("re-run the same command to start again (no checkpoint had been written)")
+
+
+def test_compile_is_off_on_a_cpu_as_the_config_says(toy_store, tmp_path, configs, monkeypatch):
+    """`train.compile = true` on a CPU compiled anyway (a minute of compiling for a tiny run), though the
+    config's Speed settings say they act on CUDA only."""
+    root, train, val = toy_store
+
+    def compiled(*args, **kwargs):
+        raise AssertionError("torch.compile called on a CPU run")
+
+    monkeypatch.setattr(torch, "compile", compiled)
+    model_cfg, train_cfg = configs(epochs=1, compile=True)
+    assert train_stream(toy(root, train, val), "rgb", model_cfg, train_cfg, tmp_path / "run").finished
+
+
+def test_a_folder_where_the_run_lock_belongs_is_named(toy_store, tmp_path, configs):
+    """A folder at .split1.lock read "cannot write the run's folder (Is a directory)" and named a key that
+    does not exist (train.work_dir); the folder is writable, the lock's place is taken."""
+    from streams.checkpoint import run_lock
+
+    root, train, val = toy_store
+    out = tmp_path / "split1"
+    run_lock(out).mkdir(parents=True)
+    with pytest.raises(StreamsError, match=r"\.split1\.lock is a folder where the run's lock file belongs: move it "
+                                           r"away and re-run$"):
+        train_stream(toy(root, train, val), "rgb", *configs(epochs=1), out)
