@@ -29,8 +29,12 @@ def pyplot() -> Any:
 def log_y(ax: Any) -> None:
     """A log scale on a matplotlib Axes' y axis, with plain tick labels ("0.1", "40"). matplotlib's
     own are TeX ("$\\mathdefault{10^{1}}$"), which `drawing` keeps from being parsed: the labels showed
-    as that source text."""
+    as that source text. Linear when nothing drawn is positive (a loss of 0 on one class): matplotlib
+    warned twice per picture that such data cannot be log-scaled."""
     from matplotlib import ticker
+
+    if not any(y > 0 for line in ax.get_lines() for y in line.get_ydata()):
+        return
 
     class PlainLog(ticker.LogFormatter):
         def __call__(self, x: float, pos: int | None = None) -> str:

@@ -27,7 +27,8 @@ from tests.builders import REPO
     ("eval.seed=-1", "[eval] seed: must be 0 to 4294967295"),
     ("transfer.seed=4294967296", "[transfer] seed: must be 0 to 4294967295"),
     # 2. Finite in float64, overflowing float32 in torch's optimiser.
-    ("train.lr=1e300", "[train] lr: must be > 0 and at most 10 (recipes use 1e-4 to 0.1"),
+    ("train.lr=1e300", "[train] lr: must be 1e-08 to 10 (recipes use 1e-4 to 0.1"),
+    ("train.lr=1e-300", "[train] lr: must be 1e-08 to 10 (recipes use 1e-4 to 0.1"),  # 0 in float32: no training
     ("train.weight_decay=1e300", "[train] weight_decay: must be 0 to 1 (recipes use"),
     ("train.fc_lr_mult=1e300", "[train] fc_lr_mult: must be 0 to 1000 (a multiple of lr"),
     ("train.flow_conv1_lr_mult=-1", "[train] flow_conv1_lr_mult: must be 0 to 1000"),

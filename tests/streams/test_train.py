@@ -591,6 +591,20 @@ def test_the_loss_axis_labels_are_numbers_not_tex_source():
     assert {"0.1", "1", "10"} <= set(labels)
 
 
+def test_a_loss_of_zero_is_drawn_without_warnings():
+    """One class: the loss is 0 and matplotlib warned twice per epoch that it cannot be log-scaled."""
+    import warnings
+
+    history = [{"kind": "train", "step": s, "epoch": 1, "loss": 0.0, "acc": 1.0, "lr": 0.1} for s in (1, 2, 3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = curves_figure(history, "rgb")
+        fig.canvas.draw()
+    assert fig.axes[0].get_yscale() == "linear"
+    history[0]["loss"] = 0.5
+    assert curves_figure(history, "rgb").axes[0].get_yscale() == "log"
+
+
 def test_checkpoints_carry_the_flow_settings_and_a_resume_on_other_flow_is_refused(toy_store, tmp_path, configs):
     root, train, val = toy_store
     out = tmp_path / "out"
