@@ -227,6 +227,13 @@ def _left_out(store: Store, dataset: Dataset, done: set[str]) -> None:
 def train_stage(cfg: Config, stream: str) -> None:
     """Train the `stream` of every split (one, or three for `dataset.split = "all"`) on the store's videos:
     work_dir/train/<stream>/split<k> (streams.train.train_stream)."""
+    from streams.distributed import main_process_speaks
+
+    with main_process_speaks():
+        _train_splits(cfg, stream)
+
+
+def _train_splits(cfg: Config, stream: str) -> None:
     from streams.checkpoint import LAST
     from streams.loaders import StreamData
     from streams.train import train_stream

@@ -7,7 +7,10 @@ unsupported. That is what makes an N-process step equal a one-process step on th
 """
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -64,6 +67,23 @@ def launch_env() -> tuple[int, int, int]:
             raise StreamsError(f"WORLD_SIZE={world} but {' and '.join(unset)} not set: launch with torchrun, or unset "
                                "WORLD_SIZE and RANK to train in one process")
     return world, rank, local
+
+
+@contextmanager
+def main_process_speaks() -> Iterator[None]:
+    """Under torchrun, only process 0 prints notes and warnings (as torchvision's references make
+    `print` silent on the others): every rank said "held out as validation" and each reader warning
+    once more. Errors still come from every process (stderr)."""
+    if launch_env()[1] == 0:
+        yield
+        return
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with open(os.devnull, "w") as devnull, redirect_stdout(devnull):
+            yield
+    finally:
+        logging.disable(previous)
 
 
 def setup(device_setting: str) -> DistContext:

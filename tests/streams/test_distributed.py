@@ -53,3 +53,21 @@ def test_a_group_that_never_forms_is_one_line_after_the_join_timeout(monkeypatch
                                            r"unset them to train in one process\)$"):
         distributed.setup("cpu")
     assert f"train: waiting for the 2 processes of the group at 127.0.0.1:{port}" in capsys.readouterr().out
+
+
+def test_only_process_zero_prints_notes_and_warnings(monkeypatch, capsys, caplog):
+    """Every rank printed "held out as validation" and the readers' warnings: N copies under torchrun."""
+    import logging
+
+    log = logging.getLogger("pipeline.datasets")
+    for name, value in {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(name, value)
+    for rank, heard in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING), distributed.main_process_speaks():
+            print("train: held out as validation")
+            log.warning("3 of 9 listed videos skipped")
+        assert ("held out" in capsys.readouterr().out) is heard
+        assert ("skipped" in caplog.text) is heard
+    assert logging.root.manager.disable == logging.NOTSET  # given back
