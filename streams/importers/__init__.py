@@ -8,13 +8,12 @@ official input convention: RGB frames 0-255 in BGR order minus [104, 117, 123]; 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import re
 import sys
 import warnings
 from pathlib import Path
 
-from p3dbase.atomic import remove_dead_temps, temp_prefix
+from p3dbase.atomic import remove_dead_temps_of
 from p3dbase.errors import excerpt, file_problem, shown, text_problem
 from p3dbase.overwrite import output_folder, refuse_overwrite
 from streams.checkpoint import file_sha256, make_payload, save_checkpoint
@@ -111,15 +110,6 @@ def load_published(src: Path | str, *, source: str = "auto", arch: str | None = 
     raise StreamsError(f"source must be 'auto', 'caffe' or 'pseudo3d', got {source!r}")
 
 
-def remove_dead_temps_of(out: Path) -> None:
-    """Remove what a killed import to `out` left beside it: atomic_write's hidden temporary
-    (`.NAME.tmp-HOST-PID-N`, a P3D-199's 260 MB) of a process of this machine that is gone."""
-    # remove_dead_temps looks through the whole folder, at any depth: only when `out` has a temporary
-    # there, so that an --out in a large folder (the repository, a dataset's root) costs nothing.
-    if any(out.parent.glob(glob.escape(temp_prefix(out)) + "*")):
-        remove_dead_temps(out.parent)
-
-
 def import_weights(src: Path | str, out: Path | str, *, source: str = "auto", arch: str | None = None,
                    classes: Path | str | None = None, fc_layer: str | None = None, force: bool = False) -> Path:
     """Import published weights `src` into a streams checkpoint at `out` (written atomically).
@@ -133,7 +123,7 @@ def import_weights(src: Path | str, out: Path | str, *, source: str = "auto", ar
     src, out = Path(src), Path(out)
     refuse_overwrite([out], force)
     output_folder(out.parent, "import-weights --out's folder")
-    remove_dead_temps_of(out)
+    remove_dead_temps_of(out)  # a killed import's temporary (a P3D-199's 260 MB)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         source, arch, model = load_published(src, source=source, arch=arch, fc_layer=fc_layer)

@@ -129,10 +129,11 @@ def test_an_import_removes_what_a_killed_import_to_the_same_out_left(tmp_path, t
     out = out_dir / "k.pt"
     killed = out_dir / f"{temp_prefix(out)}{host}-{dead}-0"
     live = out_dir / f"{temp_prefix(out)}{host}-{os.getpid()}-7"  # a writer still at work: not ours to remove
-    killed.write_bytes(b"half a checkpoint")
-    live.write_bytes(b"being written")
+    other = out_dir / f"{temp_prefix(out_dir / 'another.pt')}{host}-{dead}-0"  # another file's: not this import's
+    for path in (killed, live, other):
+        path.write_bytes(b"half a checkpoint")
     import_weights(caffe, out)
-    assert not killed.exists() and live.exists()
+    assert not killed.exists() and live.exists() and other.exists()
     assert load_checkpoint(out)[1].num_classes == CLASSES
 
 
