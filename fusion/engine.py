@@ -368,6 +368,8 @@ def _pool_map(spec: PoolSpec, tasks: Sequence[Any], workers: int, jobs_key: str)
     # Forked like DataLoader workers (one torch thread each, so a forked OpenMP pool is never
     # used): a spawned worker would first spend seconds importing torch again.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    # The workers die with this process (die_with). The kernel ties that to the thread that forks them,
+    # the one that first submits below, which the pool's use here (a generator in that thread) outlives.
     todo = iter(tasks)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
                                initializer=_init_pool_worker, initargs=(spec, os.getpid()))

@@ -143,9 +143,9 @@ def leave_one_out(x: np.ndarray, labels: Sequence[int], num_classes: int, cs: Se
         raise NothingToScore(f"leave one out needs at least 3 videos with features, got {n}")
     if len(set(labels)) < 2:
         raise NothingToScore(f"its {n} videos with features hold 1 class; a classifier needs at least 2")
-    if groups is not None and len(set(groups)) < 2:
-        raise NothingToScore(f"its {n} videos with features are all of group {groups[0]}; C is chosen on folds "
-                             "that keep a group on one side")
+    why = _unscorable(n, list(labels), groups)  # all of one group: C cannot be chosen on group folds
+    if why:
+        raise NothingToScore(why)
     correct, chosen, cv, one_group = 0, Counter(), "", 0
     for i in range(n):
         train = np.r_[0:i, i + 1:n]
@@ -165,7 +165,8 @@ def leave_one_out(x: np.ndarray, labels: Sequence[int], num_classes: int, cs: Se
     unfit = (f"; {one_group} left-out video(s) whose others are all of one group: not fitted, counted as misses"
              if one_group else "")
     return ProtocolResult(100.0 * correct / (n + missing), {}, n + missing,
-                          f"C per fit by {cv or 'no fit'} (the other videos; {n} fits: {spread}){unfit}",
+                          f"C per fit by {cv or 'no fit'} (the other videos; {sum(chosen.values())} fits: "
+                          f"{spread}){unfit}",
                           excluded=missing)
 
 

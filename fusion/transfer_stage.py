@@ -64,7 +64,8 @@ class Benchmark:
     pairs: np.ndarray | None = None  # aslan_view2: View-2's action_splits_pairs [pairs, 5, splits]
     flow_store: Path | None = None  # an existing frame + flow store of these videos; None = compute one
     refused: list[tuple[str, str]] = field(default_factory=list)  # files found but refused: (path, why)
-    # Scored videos (in `splits`) the annotations list but that are not under `root`: misses, excluded.
+    # Videos the protocol scores (in `splits`; loo: any) that the annotations list but that are not under
+    # `root`: misses, excluded.
     absent: list[TransferVideo] = field(default_factory=list)
     scored: str = ""  # train_val: the subset scored, "val", or "test" when the annotations list no val video
     paper: str = ""  # the paper's benchmark it stands for in the report ("" = none)
@@ -127,7 +128,7 @@ def run_transfer(benchmarks: Sequence[Benchmark], cfg: TransferConfig, flow_cfg:
         excluded += [(bench.name, stream, v, reason) for stream, reasons in got.failed.items()
                      for v, reason in sorted(reasons.items())]
         excluded += [(bench.name, s.name, path, f"refused: {why}") for path, why in bench.refused for s in specs]
-        excluded += [(bench.name, s.name, v.video_id, f"listed in the annotations but not under {bench.root}")
+        excluded += [(bench.name, s.name, v.video_id, f"listed in the annotations but not under {shown(bench.root)}")
                      for v in bench.absent for s in specs]
         notes += _exclusion_notes(bench, got)
         if shard[1] > 1:
@@ -244,7 +245,7 @@ def _exclusion_notes(bench: Benchmark, got: Extraction) -> list[str]:
                      + (" ... (all in excluded.csv)" if len(failed) > 3 else ""))
     if bench.absent:
         notes.append(f"{bench.name}: {len(bench.absent)} scored video(s) listed in the annotations are not under "
-                     f"{bench.root}: counted as misses, e.g. {bench.absent[0].video_id} (all in excluded.csv)")
+                     f"{shown(bench.root)}: counted as misses, e.g. {bench.absent[0].video_id} (all in excluded.csv)")
     if bench.refused:
         notes.append(f"{bench.name}: {len(bench.refused)} file(s) under {bench.root} refused by the dataset reader, "
                      "left out: " + "; ".join(f"{path} ({why})" for path, why in bench.refused[:3])
@@ -359,9 +360,10 @@ def _protocol(bench: Benchmark, got: Extraction, stream: str, parts: tuple[str, 
         return result, (f"{len(train)} training videos; scored: the {subset} videos; {len(missing)} of them "
                         "without features count as misses")
     ids = [v.video_id for v in bench.videos if v.video_id in usable]  # loo
-    missing = len(bench.videos) - len(ids)
+    missing = len(bench.videos) + len(bench.absent) - len(ids)
     # C's folds inside each N - 1 keep a group on one side, as every SVM's where groups are known
     return (transfer.leave_one_out(_stream_matrix(got, stream, ids), [by_id[v].labels[0] for v in ids],
                                    len(bench.classes), missing=missing,
                                    groups=svm.fold_groups([by_id[v].group for v in ids], ids), **kwargs),
-            f"{missing} of the {len(bench.videos)} videos have no features: counted as misses" if missing else "")
+            f"{missing} of the {len(bench.videos) + len(bench.absent)} videos have no features: counted as misses"
+            if missing else "")

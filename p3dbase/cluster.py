@@ -62,7 +62,7 @@ def open_files_for(processes: int, what: str) -> None:
                        f"{hard} here (`ulimit -n`): raise it (e.g. `ulimit -n 4096`){fewer}")
 
 
-PR_SET_PDEATHSIG, PR_GET_PDEATHSIG = 1, 2  # linux/prctl.h
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def die_with(parent: int) -> None:
@@ -76,13 +76,6 @@ def die_with(parent: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before the line above took effect
         os._exit(1)
-
-
-def death_signal() -> int:
-    """The signal this process gets when its parent dies (0: none); Linux only."""
-    value = ctypes.c_int(0)
-    ctypes.CDLL(None, use_errno=True).prctl(PR_GET_PDEATHSIG, ctypes.byref(value), 0, 0, 0)
-    return value.value
 
 
 def local_threads(threads: int, key: str) -> int:

@@ -88,15 +88,16 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = (), *
         *sections, name = key.split(".")  # benchmark.aslan.root: a key of a named section
         target = raw
         for depth, section in enumerate(sections):
-            path = ".".join(sections[:depth + 1])
+            within = ".".join(sections[:depth + 1])
             if section not in target:  # made by this item: an unknown section is blamed on it, not the file
-                origin.setdefault(path, where)
+                origin.setdefault(within, where)
             target = target.setdefault(section, {})
             if not isinstance(target, dict):  # blamed on what made it a value: a file's key, or `--set train=5`
-                raise ConfigError(f"{origin.get(path, source)}: {path!r} is not a section")
-        if isinstance(target.get(name), dict) or (not sections and name in (*SECTIONS, *NAMED_SECTIONS)
-                                                  and not isinstance(value, dict)):
-            # `--set train={lr=0.1}` replaced the file's whole [train] with the defaults and one key, silently
+                raise ConfigError(f"{origin.get(within, source)}: {within!r} is not a section")
+        # `--set train={lr=0.1}` replaced the file's whole [train] with the defaults and one key, silently.
+        # A section is set key by key; only a new [benchmark.NAME] may come whole, as one table.
+        whole = isinstance(target.get(name), dict) or (not sections and name in (*SECTIONS, *NAMED_SECTIONS))
+        if whole:
             raise ConfigError(f"{where}: [{key}] is a section: set its keys one at a time, e.g. --set "
                               f"{key}.{_first_key(target.get(name), key)}=...")
         target[name] = value
@@ -105,7 +106,10 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = (), *
 
 
 def _first_key(section: Any, key: str) -> str:
-    """A key of the section `key` for a message: the file's first, else the dataclass's first field."""
+    """A key of the section `key` for a message: the file's first, else the dataclass's first field
+    (`NAME.KEY` for a section of named tables)."""
+    if key in NAMED_SECTIONS:
+        return "NAME.KEY"
     if isinstance(section, dict) and section:
         return str(next(iter(section)))
     default = getattr(Config(), key, None) if key in SECTIONS else None

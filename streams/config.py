@@ -28,8 +28,7 @@ MAX_SIDE = 4096  # px: resize and scale_jitter, so crop too (a 4K frame is 3840x
 MAX_CLIP_LEN = 1024  # frames or flow fields per clip (the paper: 16)
 # The optimiser's numbers are float32 in torch: lr = 1e300 is finite here and overflows there.
 MAX_LR = 10.0  # recipes use 1e-4 to 0.1; SGD diverges far below 10
-# and underflows: 1e-300 is 0 in float32, and below ~1e-8 an SGD step moves no float32 weight, so the run
-# "trained" in silence
+# and a practical floor: no recipe trains below 1e-8, and 1e-300 (0 in float32) "trained" in silence
 MIN_LR = 1e-8
 MAX_WEIGHT_DECAY = 1.0  # recipes use 1e-5 to 1e-3
 MAX_LR_MULT = 1000.0  # fc_lr_mult, flow_conv1_lr_mult: Caffe recipes use 1 to 20
@@ -155,7 +154,7 @@ class TrainConfig:
         if self.clip_len > MAX_CLIP_LEN:
             raise ValueError(f"clip_len: must be 1 to {MAX_CLIP_LEN} (the paper: 16), got {self.clip_len}")
         check_range("lr", self.lr, MIN_LR, MAX_LR, f"recipes use 1e-4 to 0.1; SGD diverges far below {MAX_LR:g}, "
-                    "and torch holds lr in float32, where a smaller one moves no weight")
+                    "and torch holds lr in float32; none trains below the floor")
         check_range("weight_decay", self.weight_decay, 0, MAX_WEIGHT_DECAY, "recipes use 1e-5 to 1e-3; torch holds it "
                     "in float32")
         for name in ("fc_lr_mult", "flow_conv1_lr_mult"):

@@ -41,8 +41,9 @@ class DistContext:
         return self.world_size > 1
 
 
-# How long a process waits for the others of its group to join: torch's default (30 min) left a shell
-# with a stale WORLD_SIZE (a torchrun or SLURM leftover) waiting silently, deaf to Ctrl-C.
+# How long a process waits for the others of its group to join (the rendezvous only; collectives keep
+# torch's timeout): torch's 30 min left a shell with a stale WORLD_SIZE (a torchrun or SLURM leftover)
+# waiting silently, deaf to Ctrl-C.
 JOIN_TIMEOUT = timedelta(minutes=10)
 
 
@@ -98,14 +99,15 @@ def setup(device_setting: str) -> DistContext:
         if rank == 0:
             print(f"train: waiting for the {world_size} processes of the group at {where} (at most "
                   f"{JOIN_TIMEOUT.total_seconds():.0f} s)", flush=True)
-        try:
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
-                                    rank=rank, world_size=world_size, timeout=JOIN_TIMEOUT)
-        except (RuntimeError, ValueError) as err:  # DistStoreError (a timeout), a refused address
+        try:  # the join waits JOIN_TIMEOUT; the group's collectives keep torch's default timeout
+            store, rank, world_size = next(dist.rendezvous("env://", rank, world_size, timeout=JOIN_TIMEOUT))
+        except (dist.DistStoreError, dist.DistNetworkError) as err:  # nobody came, or the address refuses
             raise StreamsError(f"rank {rank} could not join the {world_size} processes at {where}: "
                                f"{excerpt(str(err).splitlines()[0] if str(err) else type(err).__name__, 200)} "
                                "(a stale WORLD_SIZE / RANK in the environment? unset them to train in one "
                                "process)") from None
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank,
+                                world_size=world_size)
         owns = True
     if dist.is_initialized():
         rank, world_size = dist.get_rank(), dist.get_world_size()
@@ -167,7 +169,7 @@ class _AllReduceSum(torch.autograd.Function):
 class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training-mode statistics cover every process's batch, on any device.
 
-    Mean and biased variance come from two differentiable all-reduces (torch.distributed.nn), so the
+    Mean and biased variance come from two differentiable all-reduces (`_AllReduceSum`), so the
     backward pass is the exact gradient of the global-batch BN; the running variance gets the unbiased
     global variance, as nn.BatchNorm does. Outside a process group it is a plain BatchNorm.
     """

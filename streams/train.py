@@ -96,7 +96,12 @@ class Run:
 
     @property
     def total_steps(self) -> int:
-        return self.cfg.iterations or self.cfg.epochs * self.steps_per_epoch
+        return total_steps(self.cfg, self.steps_per_epoch)
+
+
+def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """The schedule's length: `iterations` when given, else `epochs` of `steps_per_epoch`."""
+    return cfg.iterations or cfg.epochs * steps_per_epoch
 
 
 def train_stream(data: StreamData, modality: str, model_cfg: ModelConfig, train_cfg: TrainConfig, out_dir: Path,
@@ -174,7 +179,7 @@ def _train(data: StreamData, modality: str, model_cfg: ModelConfig, cfg: TrainCo
                         training_set=record["training_set"], flow=record["flow"],
                         store=f"the store at {data.store.root}", verbose=ctx.is_main)
     if finished is not None:
-        total = cfg.iterations or cfg.epochs * steps_per_epoch
+        total = total_steps(cfg, steps_per_epoch)
         if finished.step != total:  # a step checkpoint copied onto last.pt was taken for the finished model
             raise StreamsError(f"{finished.path} holds step {finished.step} of {total}: not the finished model of "
                                f"this run (a step checkpoint copied onto it?): move it out of {out_dir} and re-run "

@@ -408,3 +408,12 @@ def epe(flow: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> float:
 
 def grey(path: Path) -> np.ndarray:
     return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+
+
+def death_signal() -> int:
+    """The signal this process gets when its parent dies (0: none; p3dbase.cluster.die_with sets it); Linux."""
+    import ctypes
+
+    value = ctypes.c_int(0)
+    ctypes.CDLL(None, use_errno=True).prctl(2, ctypes.byref(value), 0, 0, 0)  # PR_GET_PDEATHSIG
+    return value.value

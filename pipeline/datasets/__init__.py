@@ -55,5 +55,9 @@ def read_dataset(cfg: DatasetConfig, split: str | None = None) -> Dataset:
             videos.setdefault(video.video_id, dataclasses.replace(video, split="unused"))
     missing = list(dict.fromkeys(m for d in per_split.values() for m in d.missing))
     refused = list(dict.fromkeys(r for d in per_split.values() for r in d.refused))
+    absent: dict[str, VideoRecord] = {}  # each once, its role per split in per_split, as for `videos`
+    for dataset in per_split.values():
+        for video in dataset.absent:
+            absent.setdefault(video.video_id, dataclasses.replace(video, split="unused"))
     return Dataset(cfg.format, first.root, first.classes, list(videos.values()), "all", missing, per_split,
-                   refused)
+                   refused, list(absent.values()))

@@ -45,9 +45,6 @@ def read_benchmark(name: str, bench: BenchmarkConfig) -> Benchmark:
     dataset = read_dataset(bench)
     protocol = bench.resolved_protocol()
     videos = [TransferVideo(v.video_id, v.path, v.labels, v.group) for v in dataset.videos]
-    # Scored videos the annotations list but that are not under the root are misses, not a smaller test set.
-    absent = {v.video_id: TransferVideo(v.video_id, v.path, v.labels, v.group)
-              for d in dataset.splits().values() for v in d.absent_scored()}
     splits: list[tuple[list[str], list[str]]] = []
     scored = ""
     if protocol == "three_split":
@@ -59,6 +56,12 @@ def read_benchmark(name: str, bench: BenchmarkConfig) -> Benchmark:
         listed = [*dataset.videos, *dataset.absent]
         scored = "val" if any(v.split == "val" for v in listed) else "test"
         splits = [([v.video_id for v in dataset.train()], [v.video_id for v in listed if v.split == scored])]
+    # Videos the protocol scores that the annotations list but that are not under the root: misses, not
+    # a smaller test set. Leave-one-out scores every video, whatever its role.
+    tested = {v for _, ids in splits for v in ids}
+    absent = {v.video_id: TransferVideo(v.video_id, v.path, v.labels, v.group)
+              for d in dataset.splits().values() for v in d.absent
+              if protocol == "loo" or v.video_id in tested}
     return Benchmark(
         name=name, protocol=protocol, root=dataset.root, classes=list(dataset.classes), videos=videos,
         splits=splits, pairs=read_view2(bench.annotations) if protocol == "aslan_view2" else None,

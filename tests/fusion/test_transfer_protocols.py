@@ -426,7 +426,8 @@ def test_leave_one_out_of_one_group_has_nothing_to_score():
     """Every video of one group: C cannot be chosen on group-disjoint folds. The plain FusionError of
     fit_svm stopped the whole transfer stage, every other benchmark unscored."""
     x, labels = _clusters(np.random.default_rng(0), 6, 3)
-    with pytest.raises(transfer.NothingToScore, match=r"are all of group g01; C is chosen on folds"):
+    with pytest.raises(transfer.NothingToScore, match=r"its training videos with features are all of group g01; C "
+                                                      r"is chosen on folds that keep a group on one side"):
         transfer.leave_one_out(x, labels, 3, cs=[0.1, 10.0], folds=3, groups=["g01"] * 18)
 
 
@@ -439,4 +440,5 @@ def test_leave_one_out_a_video_whose_others_are_all_of_one_group_is_a_miss():
     result = transfer.leave_one_out(x, labels, 3, cs=[0.1, 10.0], folds=3, groups=groups)
     assert result.accuracy == pytest.approx(100.0 * 17 / 18) and result.videos == 18
     assert "1 left-out video(s) whose others are all of one group: not fitted, counted as misses" in result.selected
+    assert "17 fits:" in result.selected  # the fits made, not the videos
     assert "group CV" in result.selected

@@ -118,6 +118,13 @@ def test_a_set_of_a_whole_section_is_refused_not_a_silent_replacement(tmp_path):
         load_config(path, ['benchmark.scenes={root="x"}'])
     cfg = load_config(path, ['benchmark.more={format="folder", root="m"}'])
     assert cfg.benchmark["more"].root == "m" and cfg.train.epochs == 2
+    # without the section in a file too: a command's meaning must not depend on what the file holds
+    with pytest.raises(ConfigError, match=r"^--set train=\{lr=0.1\}: \[train\] is a section: .* --set "
+                                          r"train\.clip_len="):
+        load_config(None, ["train={lr=0.1}"])
+    with pytest.raises(ConfigError, match=r"^--set benchmark=5: \[benchmark\] is a section: .* --set "
+                                          r"benchmark\.NAME\.KEY=\.\.\.$"):
+        load_config(path, ["benchmark=5"])
 
 
 @pytest.mark.parametrize("name", ["../../../escaped", "/tmp/elsewhere", "a/b", "..", "", ".hidden"])

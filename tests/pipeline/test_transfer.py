@@ -539,3 +539,23 @@ def test_train_val_scores_the_validation_subset_the_annotations_list_even_when_i
     key = [v.removeprefix("v_") for v in scored]
     assert gone.scored == "val" and gone.splits == [(train, key)]
     assert sorted(v.video_id for v in gone.absent) == sorted(key)
+
+
+@pytest.mark.parametrize("protocol, absent", [("train_val", ["gone_val"]), ("loo", ["gone_test", "gone_val"])])
+def test_absent_videos_are_those_the_protocol_scores(tmp_path, protocol, absent):
+    """train_val scoring the validation subset counted an absent test video as excluded (and "a miss")
+    that it never scored; leave-one-out, which pools every video, counted none of them as misses."""
+    from pipeline.transfer.benchmarks import read_benchmark
+
+    root, csv = tmp_path / "clips", tmp_path / "k.csv"
+    root.mkdir()
+    rows = ["label,youtube_id,time_start,time_end,split"]
+    for k, (label, split) in enumerate([("a", "train"), ("b", "train"), ("a", "validate"), ("b", "validate"),
+                                        ("a", "test")]):
+        rows.append(f"{label},v{k},0,10,{split}")
+        (root / f"v{k}_000000_000010.mp4").write_bytes(b"")
+    rows += ["a,gone_val,0,10,validate", "b,gone_test,0,10,test"]
+    csv.write_text("\n".join(rows) + "\n")
+    bench = read_benchmark("k", BenchmarkConfig(format="kinetics", root=str(root), annotations=str(csv),
+                                                protocol=protocol))
+    assert sorted(v.video_id.removesuffix("_000000_000010") for v in bench.absent) == absent

@@ -755,8 +755,8 @@ def test_loader_workers_die_with_the_trainer():
     kills it with the trainer."""
     from torch.utils.data import Dataset
 
-    from p3dbase.cluster import death_signal
     from streams.loaders import make_loader
+    from tests.builders import death_signal
 
     class DeathSignal(Dataset):
         def __len__(self):
