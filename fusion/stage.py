@@ -65,11 +65,11 @@ class EvalJob:
     store: Store
     checkpoints: dict[str, Path]  # {"rgb": path, "flow": path}, one or both: a file, or a run folder (its last.pt)
     train: Sequence[Item]  # the SVMs are fitted on these
-    test: Sequence[Item]
+    test: Sequence[Item]  # with those of `excluded`, whose labels ActivityNet's metrics count as misses
     classes: Sequence[str]
     protocol: str  # what the report is titled by, e.g. "synth split 1"
     # Test videos known to be unusable, with why (failed in `make flow`, absent from the dataset's root):
-    # listed in excluded.csv and counted.
+    # never read; listed in excluded.csv and counted.
     excluded: Mapping[str, str] = dataclasses.field(default_factory=dict)
     # Held-out videos of the training split (whole groups the streams were not trained on; `val_note` names
     # which). With them the fusion rule (raw or softmax scores, flow weight) and the SVMs' C are chosen on
@@ -248,7 +248,7 @@ def _outputs(job: EvalJob, streams: Sequence[_Scored], cfg: EvalConfig, out_dir:
     # Training videos: features for the SVM, scores only to choose the fusion weights (fusion_cv
     # without held-out videos). Held-out videos: scores to choose the fusion rule, features for C.
     needs = {video_id: (cfg.fusion_cv and two and not job.val, cfg.svm) for video_id, _ in job.train}
-    needs.update({video_id: (True, cfg.svm) for video_id, _ in [*job.val, *job.test]})
+    needs.update({video_id: (True, cfg.svm) for video_id, _ in [*job.val, *job.test] if video_id not in skipped})
     device = resolve_device(cfg.device, "eval.device")
     outputs, failed = collect(job.store, [s.spec for s in streams], needs, cfg, device, out_dir / "cache")
     train_failed = {v: failed[v] for v, _ in [*job.train, *job.val] if v in failed}

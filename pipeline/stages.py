@@ -322,13 +322,14 @@ def eval_stage(cfg: Config, checkpoints: dict[str, Path] | None = None, *, allow
             train = [(v.video_id, v.labels) for v in dataset.videos
                      if v.split == "train" and v.video_id in done and v.video_id not in held]
             val = [(v.video_id, v.labels) for v in dataset.videos if v.video_id in held and v.video_id in done]
-            test = [(v.video_id, v.labels) for v in dataset.videos
-                    if v.split in ("test", "val") and v.video_id in done]
             # Only test videos count as excluded in the report; missing training videos just shrink the SVM's set.
+            # The excluded ones stay test videos (never read): ActivityNet's metrics count them as misses.
             absent = f"listed in the {cfg.dataset.format} annotations but not under {shown(dataset.root)}"
             excluded = {v.video_id: absent for v in dataset.absent_scored()}
             excluded |= {v.video_id: "no frames/flow in the store (failed or not run in `make flow`)"
                          for v in dataset.videos if v.split in ("test", "val") and v.video_id not in done}
+            test = [(v.video_id, v.labels) for v in [*dataset.videos, *dataset.absent_scored()]
+                    if v.split in ("test", "val")]
             streams = checkpoints or {stream: train_dir(cfg, stream, split) for stream in ("rgb", "flow")}
             out = out_root if len(splits) == 1 else out_root / f"split{split}"
             # Groups (UCF101, SynthActions) keep the clips of one group on one side of the SVM's CV folds.

@@ -33,8 +33,8 @@ class Dataset:
     # UTF-8 or holds a backslash. (path under root, reason); the flow stage records them as failed.
     refused: list[tuple[str, str]] = field(default_factory=list)
     # The videos of `missing` that the annotations list with a label and a role, as records (their path
-    # where they should be): eval lists and counts the test ones as excluded and transfer counts the ones
-    # it scores as misses, as each does scored videos without flow: a test set smaller than listed shows.
+    # where they should be): eval and transfer count the ones they score as excluded misses, as they do
+    # scored videos without flow: a test set smaller than listed shows.
     absent: list[VideoRecord] = field(default_factory=list)
 
     def absent_scored(self) -> list[VideoRecord]:

@@ -179,6 +179,20 @@ def test_activitynet_reports_carry_its_official_metrics():
                          "interpolated): fusion 60.00 / 80.00 / 50.00.")
 
 
+def test_activitynet_counts_the_excluded_test_videos_as_misses(tiny_store, tiny_checkpoints, tmp_path):
+    """Excluded test videos (no flow, or absent under the root) were not in the job's test list, so the
+    ActivityNet scorer's figures left them out; they come with their labels now, never read."""
+    store, train, test = tiny_store
+    gone = ("Red/v_Red_98", (0,))  # in no store: read, it would fail
+    cfg = dataclasses.replace(CFG, svm=False, clips=1, crops="center")
+    run_eval(job(store, {"rgb": tiny_checkpoints["rgb"]}, train, [*test, gone], protocol="activitynet val",
+                 excluded={gone[0]: "listed in the annotations but not under the root"}), cfg, tmp_path)
+    assert "the 1 excluded videos as misses" in (tmp_path / "results.md").read_text()
+    excluded = pd.read_csv(tmp_path / "excluded.csv")
+    assert list(excluded["video_id"]) == [gone[0]]
+    assert excluded["reason"].iloc[0] == "listed in the annotations but not under the root"
+
+
 def test_svm_rerun_from_saved_features(evaluated):
     table, out, _ = evaluated
     rerun = svm_from_features(out / "features", CFG)
