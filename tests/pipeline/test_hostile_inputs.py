@@ -95,8 +95,8 @@ def test_a_set_that_replaces_a_section_is_blamed_on_the_set_item(tmp_path, capsy
     from pipeline.config import load_config
     from pipeline.errors import ConfigError
 
-    for item, message in (("flow=3", "--set flow=3: [flow] must be a table of settings, got 3"),
-                          ("benchmark=3", "--set benchmark=3: [benchmark] must hold named tables")):
+    for item, message in (("flow=3", "--set flow=3: [flow] is a section: set its keys one at a time"),
+                          ("benchmark=3", "--set benchmark=3: [benchmark] is a section: set its keys one at a time")):
         try:
             load_config(TINY_CONFIG, [item])
         except ConfigError as err:

@@ -796,8 +796,8 @@ def test_a_batch_a_stuck_worker_never_sends_is_one_line_not_a_wait_for_ever(tmp_
     assert time.monotonic() - started < 20
     said = loaders.stop_on_dead_worker(err.value, [loader], "rgb", tmp_path)
     assert str(said) == ("rgb stream: no batch from the data loader workers in 0.5 s (a worker is stuck: too few open "
-                         "files (`ulimit -n`) or too little memory, or the store's disk hangs); no checkpoint had been "
-                         "written: re-run the same command to start again")
+                         "files (`ulimit -n`) or too little memory, or the store's disk hangs); re-run the same "
+                         "command to start again (no checkpoint had been written)")
 
 
 def test_a_damaged_pack_read_by_a_worker_is_one_line_naming_the_video(toy_store, tmp_path, configs):
