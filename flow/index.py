@@ -30,7 +30,6 @@ import json
 import math
 import operator
 import os
-import stat
 import sys
 import time
 from collections.abc import Iterable
@@ -41,7 +40,7 @@ from typing import NamedTuple
 from flow.errors import FlowError
 from p3dbase.atomic import TEMP_MARKER, write_bytes, writer_token
 from p3dbase.bulk import no_cycle_collection
-from p3dbase.errors import shown
+from p3dbase.errors import NotRegularFileError, read_regular, shown
 
 INDEX_DIR = "index"
 MAIN_FILE = "main.jsonl"
@@ -204,21 +203,13 @@ class StoreIndex:
         Opened without blocking and read only when it is a regular file: a FIFO in its place made every
         `flow` and `verify` wait for a writer for ever."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            return read_regular(path)
         except FileNotFoundError:
             return None
-        try:
-            mode = os.fstat(fd).st_mode
-        except BaseException:
-            os.close(fd)
-            raise
-        if not stat.S_ISREG(mode):
-            os.close(fd)
-            what = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        except (IsADirectoryError, NotRegularFileError) as e:
+            what = "a folder" if isinstance(e, IsADirectoryError) else "not a regular file"
             raise FlowError(f"{shown(path)}: {what}, where the store's index keeps a file: move it out of "
-                            f"{shown(self.dir)} and re-run (its videos are checked from the stored videos)")
-        with os.fdopen(fd, "rb") as file:
-            return file.read()
+                            f"{shown(self.dir)} and re-run (its videos are checked from the stored videos)") from None
 
     def _make_folder(self) -> None:
         try:

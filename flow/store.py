@@ -22,7 +22,6 @@ import json
 import math
 import os
 import shutil
-import stat
 import struct
 import zlib
 from abc import ABC, abstractmethod
@@ -50,7 +49,7 @@ from flow.errors import FlowError
 from flow.index import StoreIndex
 from p3dbase.atomic import TEMP_MARKER, fsync_dir, write_bytes, writer_token
 from p3dbase.digest import settings_key
-from p3dbase.errors import brief, shown
+from p3dbase.errors import NotRegularFileError, brief, open_regular, read_regular, shown
 from p3dbase.lock import hold_lock, holder_of
 
 STORE_FILE = "store.json"
@@ -247,13 +246,13 @@ class PackedFrames(VideoFrames):
         self.video_id = video_id
         self.path = path
         try:
-            self._fd = os.open(path, os.O_RDONLY)
+            self._fd = open_regular(path)  # a FIFO in a pack's place made every reader wait for ever
+        except (IsADirectoryError, NotRegularFileError):
+            raise FlowError(f"video {video_id}: {path} is a folder (or other non-file), not a pack: "
+                            "move it out of the store") from None
         except OSError as e:
             raise FlowError(f"video {video_id}: cannot open {path}: {e.strerror}") from None
         try:
-            if not stat.S_ISREG(os.fstat(self._fd).st_mode):
-                raise FlowError(f"video {video_id}: {path} is a folder (or other non-file), not a pack: "
-                                "move it out of the store")
             self._read_index()
         except FlowError:
             self.close()
@@ -478,7 +477,7 @@ class MmactionFrames(VideoFrames):
         if MMACTION_SIDE_FILE not in names:
             return None, None
         try:
-            side = json.loads((self.path / MMACTION_SIDE_FILE).read_bytes())
+            side = json.loads(read_regular(self.path / MMACTION_SIDE_FILE))
             crcs = {str(k): int(v) for k, v in side["crc32"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise FlowError(f"video {self.video_id}: {self.path / MMACTION_SIDE_FILE} is damaged ({e})") from None
@@ -497,7 +496,7 @@ class MmactionFrames(VideoFrames):
         blobs are on every read: a JPEG with flipped bytes may still decode, into a wrong image)."""
         # Bytes through Python, not cv2.imread: OpenCV crashes on a path that is not valid UTF-8.
         try:
-            data = (self.path / name).read_bytes()
+            data = read_regular(self.path / name)  # not read_bytes: a FIFO in an image's place blocks for ever
         except OSError as e:
             raise FlowError(f"video {self.video_id}: cannot read {self.path / name}: {e.strerror}") from None
         if self._crcs is not None and zlib.crc32(data) != self._crcs.get(name):
@@ -1098,7 +1097,7 @@ def open_store(root: Path | str, purpose: str = "") -> Store:
     `make flow` first (before `purpose`, e.g. "train-rgb", when given); FlowError if it is not a store."""
     path = Path(root) / STORE_FILE
     try:
-        info = json.loads(path.read_text())
+        info = json.loads(read_regular(path))
     except (FileNotFoundError, NotADirectoryError):
         before = f" before `{purpose}`" if purpose else ""
         raise StoreMissing(f"no flow store at {shown(Path(root))} (no {STORE_FILE}): run `make flow` "

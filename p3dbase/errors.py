@@ -9,6 +9,7 @@ file that vanished) that no stage turned into a P3DError are printed as one line
 import errno
 import os
 import re
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,6 +85,35 @@ def excerpt(text: str, limit: int = 80) -> str:
 
 # A path that exists but is neither a file nor a folder: reading a FIFO would block, a device never end.
 NOT_REGULAR = "not a regular file (a FIFO, socket or device)"
+
+
+class NotRegularFileError(OSError):
+    """`open_regular` found a FIFO, socket or device (a folder is IsADirectoryError); strerror says so."""
+
+
+def open_regular(path: Path | str) -> int:
+    """A read-only descriptor of the regular file `path`, opened without blocking: a plain open of a FIFO
+    waits for a writer for ever (a `flow`, `verify` or `show-flow` run hung at 0%). IsADirectoryError
+    for a folder, NotRegularFileError (strerror NOT_REGULAR) for anything else that is not a file; the
+    caller closes the descriptor."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK changes nothing for a regular file
+    try:
+        mode = os.fstat(fd).st_mode
+    except BaseException:
+        os.close(fd)
+        raise
+    if stat.S_ISREG(mode):
+        return fd
+    os.close(fd)
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "a folder", str(path))
+    raise NotRegularFileError(errno.EINVAL, NOT_REGULAR, str(path))
+
+
+def read_regular(path: Path | str) -> bytes:
+    """The bytes of the regular file `path` (`open_regular`'s refusals as theirs)."""
+    with os.fdopen(open_regular(path), "rb") as file:
+        return file.read()
 
 
 def path_is(check: Callable[[Path], bool], path: Path) -> bool:

@@ -255,6 +255,35 @@ def test_verify_lists_an_indexed_video_whose_pack_is_gone_or_a_folder(finished, 
     assert "is a folder where its pack belongs" in summary.failures[0][1]
 
 
+def _deadline(seconds: int = 30):
+    """A TimeoutError instead of a hang: a FIFO opened for reading waits for a writer for ever."""
+    import signal
+
+    def expired(signum, frame):
+        raise TimeoutError(f"still waiting after {seconds} s")
+    signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+
+
+def test_a_fifo_where_a_pack_belongs_is_listed_not_waited_on(finished, fast_cfg):
+    """A FIFO in a pack's place kept `verify` at 0% for ever (and `flow`, and `show-flow`): the pack was
+    opened for reading before its type was looked at."""
+    import signal
+
+    jobs, out = finished
+    (out / "Cls" / "a.pack").unlink()
+    os.mkfifo(out / "Cls" / "a.pack")
+    _deadline()
+    try:
+        report = verify_store(out, jobs=1)
+        assert [v for v, _ in report.damaged] == ["Cls/a"] and "is a folder (or other non-file)" in report.damaged[0][1]
+        summary = run_flow(jobs, out, fast_cfg)
+    finally:
+        signal.alarm(0)
+    assert summary.computed == 1 and not summary.failures  # redone: its pack renamed over the FIFO
+    assert (out / "Cls" / "a.pack").is_file()
+
+
 def test_verify_lists_a_pack_copied_over_another_videos(finished, fast_cfg):
     jobs, out = finished
     shutil.copyfile(out / "Cls" / "c.pack", out / "Cls" / "b.pack")  # whole and valid, but c's

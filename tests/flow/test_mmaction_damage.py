@@ -137,3 +137,24 @@ def test_eval_cache_notices_an_image_rewritten_in_place(store, streams, tmp_path
     assert not failed
     assert not np.array_equal(again[VIDEO]["rgb"].logits, got[VIDEO]["rgb"].logits)  # was: the cached ones
     np.testing.assert_array_equal(again["Green/v_Green_00"]["rgb"].logits, got["Green/v_Green_00"]["rgb"].logits)
+
+
+def test_a_fifo_where_an_image_belongs_is_one_line_not_a_wait(store):
+    """read_bytes() of a FIFO in a frame's place waited for a writer for ever (`verify` hung at 0%)."""
+    import os
+    import signal
+
+    folder = store / COLOURS[0] / f"v_{COLOURS[0]}_00"
+    (folder / "img_00002.jpg").unlink()
+    os.mkfifo(folder / "img_00002.jpg")
+
+    def expired(signum, frame):
+        raise TimeoutError("still waiting after 30 s")
+    signal.signal(signal.SIGALRM, expired)
+    signal.alarm(30)
+    try:
+        with pytest.raises(FlowError, match=r"img_00002\.jpg: not a regular file \(a FIFO, socket or device\)"):
+            with open_store(store).open(f"{COLOURS[0]}/v_{COLOURS[0]}_00") as video:
+                video.rgb(range(FRAMES))
+    finally:
+        signal.alarm(0)
