@@ -26,7 +26,7 @@ import torch
 from flow.store import create_store, open_store
 from fusion.config import EvalConfig
 from fusion.scoring import ClipGeometry
-from fusion.stage import run_eval
+from fusion.stage import EvalJob, run_eval
 from fusion.views import feature_views, score_views
 from pipeline.config import load_config
 from streams import transforms
@@ -121,10 +121,11 @@ def main() -> None:
         naive = naive_seconds_per_video(root / "store", checkpoints, [v for v, _ in items[:args.baseline_videos]], cfg)
         naive_cpu = (cpu_seconds() - cpu) / args.baseline_videos
         cpu, started = cpu_seconds(), time.perf_counter()
-        run_eval(root / "store", checkpoints, train, test, classes, cfg, root / "eval", "bench", [])
+        job = EvalJob(open_store(root / "store"), checkpoints, train, test, classes, protocol="bench")
+        run_eval(job, cfg, root / "eval")
         cold, cold_cpu = time.perf_counter() - started, cpu_seconds() - cpu
         cpu, started = cpu_seconds(), time.perf_counter()
-        run_eval(root / "store", checkpoints, train, test, classes, cfg, root / "eval", "bench", [])
+        run_eval(job, cfg, root / "eval")
         warm, warm_cpu = time.perf_counter() - started, cpu_seconds() - cpu
 
     n = len(items)

@@ -419,6 +419,7 @@ def worst_section(scores: dict[str, np.ndarray], probs: dict[str, np.ndarray], l
                                                    "true": int(c) in labels[i]}
                                                   for c in np.argsort(-probs[m][i], kind="stable")[:3]]}
                           for m in STREAM_METHODS if m in probs],
+                 "top_k": min(3, len(classes)),  # two classes have no third best
                  "rgb": None, "flow": None, "frame": 0, "frame_note": store_note}
         if store is not None:
             entry.update(_frames(store, video_id))

@@ -44,3 +44,16 @@ def test_markup_in_names_is_shown_as_text_and_never_runs(tmp_path, n):
         if n > 12:  # the confusion maps' cell data: JSON inside <script type="application/json">
             cells = page.evaluate("JSON.parse(document.getElementById('cells-1').textContent)")
             assert HOSTILE[0] in repr(cells)
+
+
+def test_two_classes_give_top_two_tables_not_a_failed_page(tmp_path):
+    """The worst videos' tables asked for a third best class: with two classes the page's template
+    failed (jinja2's "list object has no element 2") and eval stopped after all its work."""
+    labels = [(0,), (1,), (0,), (1,)]
+    wrong = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])  # every video called the other class
+    methods = [MethodScores("rgb", wrong, ""), MethodScores("flow", wrong, ""), MethodScores("fusion", wrong, "")]
+    table = report.results_table(methods, labels, "two classes", 0)
+    report.write_report(tmp_path / "eval", EvalReport("Evaluation", table, [], methods, methods,
+                                                      [f"c/v{i}" for i in range(4)], labels, ["a", "b"], {}))
+    page = (tmp_path / "eval" / "report.html").read_text(encoding="utf-8")
+    assert "fusion top-2" in page and "top-3" not in page
