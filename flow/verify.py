@@ -71,13 +71,17 @@ def check_video(store: Store, video_id: str, entry: IndexEntry | None) -> str:
         return str(e)
     if entry is None:
         return ""
+    differs = f"holds {counts[0]} frames and {counts[1]} flow images, the index says {entry.frames} and {entry.flows}"
     # `open` refused a video made for another id or under other settings than store.json's. One that
     # records its id and differs from its index entry was redone after the entry (a run stopped before
-    # it indexed it): the entry is behind, not the video; the next `flow` run compares it with its source.
+    # it indexed it): the entry is behind, not the video, and the next `flow` run, seeing another file
+    # than the entry's, compares it with its source. An entry of this very file with other counts is
+    # wrong itself (edited, damaged), and its counts would reach the manifest and mmaction's lists.
     if isinstance(made_from, dict) and "video_id" in made_from:
-        return ""
+        same_file = entry_stat(path) == (entry.stored_size, entry.stored_mtime_ns)
+        return f"{differs} (for this very file)" if same_file and counts != (entry.frames, entry.flows) else ""
     if counts != (entry.frames, entry.flows):  # older videos: counts and source against the entry
-        return f"holds {counts[0]} frames and {counts[1]} flow images, the index says {entry.frames} and {entry.flows}"
+        return differs
     if made_from is None:
         return ""
     origin = Origin.from_dict(made_from)

@@ -379,6 +379,25 @@ def test_a_damaged_video_whose_source_is_gone_fails_and_says_why(finished, fast_
         run_flow(jobs, out, fast_cfg, strict=True)
 
 
+def test_an_index_entry_of_the_very_pack_with_other_counts_is_listed_and_redone(finished, fast_cfg):
+    """An entry edited (or damaged) to 40 frames of a pack that holds 6, its stat the pack's own: verify
+    passed it, and its counts went to manifest.csv and mmaction's lists (img_00007..40, which no folder
+    holds). It is listed, and the next `flow` redoes it and writes the true counts."""
+    jobs, out = finished
+    main = out / INDEX_DIR / MAIN_FILE
+    lines = [json.loads(line) for line in main.read_text().splitlines()]
+    for line in lines:
+        if line[0] == "Cls/a":
+            line[7], line[8] = 40, 39  # frames, flows
+    main.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    report = verify_store(out, jobs=1)
+    assert report.damaged == [("Cls/a", "holds 6 frames and 5 flow images, the index says 40 and 39 (for this "
+                                        "very file)")]
+    assert run_flow(jobs, out, fast_cfg).computed == 1
+    rows = {r.split(",")[0]: r for r in (out / "manifest.csv").read_text().splitlines()[1:]}
+    assert ",6,5," in rows["Cls/a"]
+
+
 def test_verify_passes_a_video_redone_from_a_changed_source_before_it_was_indexed(finished, fast_cfg):
     """Its entry names the old source and counts; the pack records its own id: the entry is behind, not
     the pack. `verify` listed it ("holds 9 frames ..., the index says 6") and `flow` recomputed it."""
