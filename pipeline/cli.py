@@ -15,6 +15,15 @@ from typing import Any, NoReturn
 from p3dbase.errors import P3DError, brief, refusal
 from p3dbase.runlog import run_log
 
+
+def path_arg(text: str) -> Path:
+    """A path argument of the CLI. An empty one is refused: Path("") is the current folder, where
+    `export --out ""` wrote its files without a word."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path: name a file or folder (\".\" for this one)")
+    return Path(text)
+
+
 STAGE_HELP = {
     "synth": "generate the SynthActions benchmark (videos, splits, ground-truth flow)",
     "flow": "decode videos, compute TV-L1 flow, write the frame + flow store",
@@ -32,7 +41,7 @@ CONFIG_HELP = "print the resolved settings as TOML, every key with its default a
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=None,
+    parser.add_argument("--config", type=path_arg, default=None,
                         help="TOML config file (configs/*.toml); defaults when omitted")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting, e.g. --set flow.bound=20 (repeatable)")
@@ -64,10 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="regenerate everything (needed when the [synth] settings changed)")
     evaluate = stages.add_parser("eval", help=STAGE_HELP["eval"], description=STAGE_HELP["eval"])
     _add_config_args(evaluate)
-    evaluate.add_argument("--rgb", type=Path, default=None,
+    evaluate.add_argument("--rgb", type=path_arg, default=None,
                           help="RGB checkpoint to score (a file, imported weights, or a run folder: its last.pt)")
-    evaluate.add_argument("--flow", type=Path, default=None, help="flow checkpoint to score (as --rgb)")
-    evaluate.add_argument("--out", type=Path, default=None,
+    evaluate.add_argument("--flow", type=path_arg, default=None, help="flow checkpoint to score (as --rgb)")
+    evaluate.add_argument("--out", type=path_arg, default=None,
                           help="report folder (default: the run's eval folder; with --rgb/--flow beside the "
                                "checkpoint, eval-<name>, never make eval's report)")
     evaluate.add_argument("--allow-trained", action="store_true",
@@ -102,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "without --shard)")
 
     page = stages.add_parser("report", help=REPORT_HELP, description=REPORT_HELP)
-    page.add_argument("work_dir", type=Path, metavar="WORK_DIR",
+    page.add_argument("work_dir", type=path_arg, metavar="WORK_DIR",
                       help="a work_dir, a run folder or one report folder (eval/, eval/split1/, transfer/)")
     page.set_defaults(config=None, overrides=[])
 

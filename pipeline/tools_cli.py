@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from fusion.errors import FusionError
+from pipeline.cli import path_arg
 from pipeline.config import Config, load_config
 
 HELP = {
@@ -28,7 +29,7 @@ FORMATS = ("torchscript", "onnx")
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=None,
+    parser.add_argument("--config", type=path_arg, default=None,
                         help="TOML config file (configs/*.toml); its [flow] and [eval] sections apply")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting, e.g. --set eval.clips=20 --set flow.size=340x256")
@@ -37,23 +38,23 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     """Add the tools to the CLI's subparsers (dest "stage")."""
     p = subparsers.add_parser("import-weights", help=HELP["import-weights"], description=HELP["import-weights"])
-    p.add_argument("src", type=Path, help="a .caffemodel, or a pseudo-3d-pytorch checkpoint (.pth.tar)")
-    p.add_argument("--out", type=Path, required=True, help="checkpoint to write (e.g. weights/p3d_rgb.pt)")
+    p.add_argument("src", type=path_arg, help="a .caffemodel, or a pseudo-3d-pytorch checkpoint (.pth.tar)")
+    p.add_argument("--out", type=path_arg, required=True, help="checkpoint to write (e.g. weights/p3d_rgb.pt)")
     p.add_argument("--source", choices=("auto", "caffe", "pseudo3d"), default="auto",
                    help="format of SRC (default: from its name, else its first bytes)")
     p.add_argument("--arch", default=None, help="our builder (default: from the blocks in SRC)")
-    p.add_argument("--classes", type=Path, default=None,
+    p.add_argument("--classes", type=path_arg, default=None,
                    help="class names, one per line in the model's output order (default class_000, ...)")
     p.add_argument("--fc-layer", default=None, help="Caffe classifier layer (default: the one named fc*)")
     p.add_argument("--force", action="store_true", help="overwrite an --out that exists")
     _config_args(p)
 
     p = subparsers.add_parser("predict", help=HELP["predict"], description=HELP["predict"])
-    p.add_argument("videos", type=Path, nargs="+", metavar="VIDEO",
+    p.add_argument("videos", type=path_arg, nargs="+", metavar="VIDEO",
                    help="video files (.mp4, .avi, .mkv, .gif, ...), frame folders (img_00001.jpg, ...), "
                         "directories of them, or list files (one path per line, or an mmaction2 list)")
-    p.add_argument("--rgb", type=Path, default=None, help="RGB stream checkpoint")
-    p.add_argument("--flow", type=Path, default=None, help="flow stream checkpoint")
+    p.add_argument("--rgb", type=path_arg, default=None, help="RGB stream checkpoint")
+    p.add_argument("--flow", type=path_arg, default=None, help="flow stream checkpoint")
     p.add_argument("--top", type=int, default=5, help="classes shown per stream (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     p.add_argument("--no-progress", action="store_true",
@@ -62,17 +63,17 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
                    help="also the scores of every snippet: OUT/<id>.timeline.csv, .json and a .png picture")
     p.add_argument("--stride", type=int, default=None,
                    help="--timeline: frames between snippet starts, at least 1 (default: the clip length)")
-    p.add_argument("--out", type=Path, default=None, help="--timeline: folder (default ./timeline)")
+    p.add_argument("--out", type=path_arg, default=None, help="--timeline: folder (default ./timeline)")
     p.add_argument("--force", action="store_true", help="--timeline: overwrite timeline files that exist")
     _config_args(p)
 
     p = subparsers.add_parser("features", help=HELP["features"], description=HELP["features"])
-    p.add_argument("videos", type=Path, nargs="+", metavar="VIDEOS",
+    p.add_argument("videos", type=path_arg, nargs="+", metavar="VIDEOS",
                    help="video files, frame folders, directories of them, or list files (one path per line, "
                         "or an mmaction2 list); ids are paths relative to the directory or list given")
-    p.add_argument("--rgb", type=Path, default=None, help="RGB stream checkpoint")
-    p.add_argument("--flow", type=Path, default=None, help="flow stream checkpoint")
-    p.add_argument("--out", type=Path, required=True,
+    p.add_argument("--rgb", type=path_arg, default=None, help="RGB stream checkpoint")
+    p.add_argument("--flow", type=path_arg, default=None, help="flow stream checkpoint")
+    p.add_argument("--out", type=path_arg, required=True,
                    help="per video: a .npz or .parquet file (needs pyarrow); with --stride: a folder")
     # None, not 0: `--stride 0` is refused as a stride, not taken for its absence (per-video features)
     p.add_argument("--stride", type=int, default=None,
@@ -93,8 +94,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     _config_args(p)
 
     p = subparsers.add_parser("export", help=HELP["export"], description=HELP["export"])
-    p.add_argument("checkpoint", type=Path, help="a stream checkpoint (trained or imported)")
-    p.add_argument("--out", type=Path, required=True, help="directory for the exported files")
+    p.add_argument("checkpoint", type=path_arg, help="a stream checkpoint (trained or imported)")
+    p.add_argument("--out", type=path_arg, required=True, help="directory for the exported files")
     p.add_argument("--format", dest="formats", choices=(*FORMATS, "all"), action="append", default=None,
                    help="torchscript, onnx or all (default all; repeatable)")
     p.add_argument("--output", choices=("logits", "features"), default="logits",
@@ -106,7 +107,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("show-flow", help=HELP["show-flow"], description=HELP["show-flow"])
     p.add_argument("video_id", metavar="VIDEO_ID", help="a video of the flow store (e.g. ApplyEyeMakeup/v_..._g08_c01)")
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("--out", type=path_arg, default=None,
                    help="PNG to write (default work_dir/show-flow/<id, '/' as '__'>.png)")
     p.add_argument("--frames", type=int, default=6, help="evenly spaced frames shown, 1 to 50 (default 6)")
     p.add_argument("--force", action="store_true", help="replace an existing PNG")

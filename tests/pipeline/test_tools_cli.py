@@ -89,6 +89,19 @@ def test_the_cli_prints_errors_with_status_2(tmp_path, capsys):
     assert err.startswith("error: ") and str(bad) in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("args", [["export", "x.pt", "--out", ""], ["export", "", "--out", "e"],
+                                  ["eval", "--out", " "], ["features", "v.avi", "--rgb", "r.pt", "--out", ""],
+                                  ["import-weights", "a.caffemodel", "--out", ""], ["report", ""]])
+def test_an_empty_path_argument_is_refused_not_taken_for_this_folder(tmp_path, capsys, monkeypatch, args):
+    """`export --out ""` wrote its three files into the current folder without a word: Path("") is "."."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(args)
+    assert exit_.value.code == 2
+    assert "an empty path: name a file or folder" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_predict_and_features_say_in_their_exit_status_when_some_videos_failed(tmp_path, capsys):
     rgb = save_tiny_checkpoint(tmp_path / "rgb.pt", "rgb")
     good = write_avi(tmp_path / "videos" / "good.avi", frames=12)
