@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from p3dbase.atomic import atomic_path, remove_quietly, temp_name, write_text
+from p3dbase.atomic import atomic_path, remove_dead_temps_of, remove_quietly, temp_name, write_text
 from p3dbase.errors import shown
 from p3dbase.overwrite import output_folder, refuse_overwrite
 from streams.checkpoint import load_stream
@@ -148,6 +148,8 @@ def export_checkpoint(checkpoint: Path | str, out_dir: Path | str, formats: Sequ
     targets = {fmt: out_dir / f"{stem}.{output}{SUFFIX[fmt]}" for fmt in formats}
     meta = out_dir / f"{stem}.{output}.json"
     refuse_overwrite([*targets.values(), meta], force)
+    for target in [*targets.values(), meta]:  # what a killed export of these files left (P3D-199: 260 MB each)
+        remove_dead_temps_of(target)
     _check_geometry(model, example, ckpt.arch)
     # Every format is made under a hidden temporary name first and all are renamed into place at the
     # end, the .json last: an export killed (Ctrl-C) or failing in its second format leaves no file

@@ -114,3 +114,27 @@ def test_onnx_export_of_the_features_output_matches_pool5(tmp_path):
         assert got.shape == (batch, model.feature_dim)
         # float32 through other kernels: within 1e-5 of the largest feature, on any CPU and thread count
         np.testing.assert_allclose(got, expected, atol=1e-5 * np.abs(expected).max(), rtol=1e-4)
+
+
+def test_an_export_removes_what_a_killed_export_of_its_files_left(tmp_path):
+    """A SIGKILLed export left `.rgb.logits.pt.tmp-HOST-PID-0.pt` (260 MB for P3D-199) beside the finished
+    exports of the next run, for ever."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from p3dbase.atomic import temp_name
+
+    ckpt = checkpoint_with_statistics(tmp_path / "rgb.pt")
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    live_name = temp_name(out / "rgb.logits.pt", unique=True, keep_suffix=True)  # this process's: alive
+    killed = out / live_name.name.replace(f"-{os.getpid()}-", f"-{dead}-")
+    assert socket.gethostname() in killed.name and killed != live_name
+    killed.write_bytes(b"half an export")
+    live_name.write_bytes(b"being written")
+    export_checkpoint(ckpt, out, ["torchscript"])
+    assert not killed.exists() and live_name.exists()
