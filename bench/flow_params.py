@@ -17,6 +17,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from bench_cli import at_least, run  # noqa: E402 (bench/, the script's own folder)
 
 from flow.config import FlowConfig
 from flow.evaluate import endpoint_errors, read_grey
@@ -55,7 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--timing-pairs", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=at_least(1), default=3)
     parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
     args = parser.parse_args()
     clip = VideoReader(args.data / "clips" / "arm_wrestling__mmaction2_demo.mp4", "340x256")
@@ -89,4 +90,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from bench_cli import at_least, run  # noqa: E402 (bench/, the script's own folder)
 
 from flow import codec as codec_module
 from flow.config import FlowConfig
@@ -264,8 +265,8 @@ def video_args(parser: argparse.ArgumentParser, frames: int) -> None:
     """The arguments `load_videos` reads (this bench's, bench/loader.py's, bench/jpeg_costs.py's): the
     shared data, the first `--frames` frames of `--clips` clips, and the `--cache` .npz they share."""
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    parser.add_argument("--frames", type=int, default=frames)
-    parser.add_argument("--clips", type=int, default=3)
+    parser.add_argument("--frames", type=at_least(17), default=frames)
+    parser.add_argument("--clips", type=at_least(1), default=3)
     parser.add_argument("--cache", type=Path, help="keep the decoded frames and flow here (.npz) for re-runs; the "
                         "benches that load these clips share it")
 
@@ -290,7 +291,7 @@ def load_videos(args: argparse.Namespace, cfg: FlowConfig) -> dict[str, tuple]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     video_args(parser, frames=48)
-    parser.add_argument("--rounds", type=int, default=4, help="reading rounds over every store (median kept)")
+    parser.add_argument("--rounds", type=at_least(1), default=4, help="reading rounds over every store (median kept)")
     parser.add_argument("--seconds", type=float, default=1.0, help="CPU seconds of reading per store, "
                         "modality and round")
     args = parser.parse_args()
@@ -374,4 +375,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

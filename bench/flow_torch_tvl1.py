@@ -30,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from bench_cli import at_least, run  # noqa: E402 (bench/, the script's own folder)
 
 from flow.config import FlowConfig
 from flow.evaluate import read_grey
@@ -199,7 +200,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=SHARED)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--pairs", type=int, default=8, help="pairs timed for torch")
+    parser.add_argument("--pairs", type=at_least(1), default=8, help="pairs timed for torch")
     parser.add_argument("--opencv-pairs", type=int, default=4, help="pairs timed for OpenCV (a prefix)")
     parser.add_argument("--batch", type=int, nargs="+", default=[8], help="batch sizes (flow.batch_pairs)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -219,4 +220,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from bench_cli import at_least, run  # noqa: E402 (bench/, the script's own folder)
 
 from flow.config import FlowConfig
 from flow.encoding import encode
@@ -241,9 +242,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", choices=("speed", "accuracy", "compile"))
     parser.add_argument("--data", type=Path, default=SHARED)
-    parser.add_argument("--cores", type=int, default=1, help="speed: worker processes, one thread each")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--pairs", type=int, default=8, help="speed: pairs per worker per round (--synth: "
+    parser.add_argument("--cores", type=at_least(1), default=1, help="speed: worker processes, one thread each")
+    parser.add_argument("--rounds", type=at_least(1), default=3)
+    parser.add_argument("--pairs", type=at_least(1), default=8, help="speed: pairs per worker per round (--synth: "
                         "pairs / 31 clips of 32 frames per worker)")
     parser.add_argument("--backends", nargs="+", default=["opencv", "torch", "fast"])
     parser.add_argument("--torch-pairs", type=int, default=2, help="speed: pairs per worker for torch")
@@ -266,4 +267,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

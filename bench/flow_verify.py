@@ -23,6 +23,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from bench_cli import at_least, run  # noqa: E402 (bench/, the script's own folder)
 
 from flow.config import FlowConfig
 from flow.encoding import encode
@@ -56,9 +57,9 @@ def strip_checksums(path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--videos", type=int, default=20)
-    parser.add_argument("--frames", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--videos", type=at_least(1), default=20)
+    parser.add_argument("--frames", type=at_least(17), default=100)
+    parser.add_argument("--rounds", type=at_least(1), default=3)
     args = parser.parse_args()
     cfg = FlowConfig(jobs=1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,4 +110,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

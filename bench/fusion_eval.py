@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_cli import at_least, run  # noqa: E402 (bench/, the script's own folder)
 
 from flow.store import create_store, open_store
 from fusion.config import EvalConfig
@@ -98,9 +99,9 @@ def main() -> None:
     parser.add_argument("--arch", default="p3d_tiny")
     parser.add_argument("--clip-len", type=int, default=16)
     parser.add_argument("--crop", type=int, default=56)
-    parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--frames", type=at_least(2), default=32)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--classes", type=int, default=12)
+    parser.add_argument("--classes", type=at_least(2), default=12)
     parser.add_argument("--per-class", type=int, default=28)
     parser.add_argument("--baseline-videos", type=int, default=6)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
@@ -140,4 +141,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

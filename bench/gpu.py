@@ -44,6 +44,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_cli import run  # noqa: E402 (bench/, the script's own folder)
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # p3dbase.atomic, without the editable install or PYTHONPATH=.
     sys.path.append(str(REPO))
@@ -323,4 +325,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

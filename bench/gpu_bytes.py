@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_cli import at_least, run  # noqa: E402 (bench/, the script's own folder)
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -192,7 +193,8 @@ def p3d_bytes() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=int, default=2, help="SynthActions pairs solved to count the iterations")
+    parser.add_argument("--pairs", type=at_least(1), default=2,
+                        help="SynthActions pairs solved to count the iterations")
     parser.add_argument("--video", type=Path, help="count on the first pairs of this video instead of SynthActions")
     parser.add_argument("--no-p3d", action="store_true", help="TV-L1 only")
     args = parser.parse_args()
@@ -204,4 +206,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -45,6 +45,8 @@ from flow.config import FlowConfig
 from streams.transforms import crop_map
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_cli  # noqa: E402 (bench/, the script's own folder)
+from bench_cli import at_least  # noqa: E402
 from flow_store import load_videos, video_args  # noqa: E402 (the frames of bench/flow_store.py, its cache shared)
 
 SIZE, CROP = (182, 242), 160  # the paper's training recipe (configs/default.toml [train])
@@ -192,7 +194,7 @@ def exactness(probe: Probe, jpegs: list[bytes], grey: bool, pad: int, rng: rando
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     video_args(parser, frames=40)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=at_least(1), default=7)
     args = parser.parse_args()
     if codec._simplejpeg() is None:
         sys.exit("jpeg_costs: needs simplejpeg (the store's decoder)")
@@ -304,4 +306,4 @@ def run(lib: ctypes.CDLL, frames: list[bytes], flows: list[bytes], restarts: dic
 
 
 if __name__ == "__main__":
-    main()
+    bench_cli.run(main)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_cli import at_least, run  # noqa: E402 (bench/, the script's own folder)
 from torch.utils.data import Dataset
 
 from flow.config import FlowConfig
@@ -262,7 +263,7 @@ def main() -> None:
     video_args(parser, frames=40)
     parser.add_argument("--seconds", type=float, default=6.0, help="wall seconds timed per configuration")
     parser.add_argument("--codecs", nargs="+", default=["jpeg", "png"])
-    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--workers", nargs="+", type=at_least(0), default=[1, 2])
     parser.add_argument("--no-costs", action="store_true", help="skip the per-clip cost breakdown")
     parser.add_argument("--paired", action="store_true", help="only the training item before and now, item by "
                         "item in one process (whole-frame resize against crop-only)")
@@ -328,4 +329,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -31,6 +31,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from bench_cli import at_least, run  # noqa: E402 (bench/, the script's own folder)
+
 REPO = Path(__file__).resolve().parents[1]
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
@@ -184,8 +186,8 @@ print(variant, n, "items", f"{seconds:.1f} s", "worker USS MB", " ".join(f"{uss(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--videos", type=int, default=650_000)
-    parser.add_argument("--classes", type=int, default=700)
+    parser.add_argument("--videos", type=at_least(1), default=650_000)
+    parser.add_argument("--classes", type=at_least(1), default=700)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/p3d-scale"))
     parser.add_argument("--epoch", type=int, default=0, help="items of the DataLoader epoch (0: every clip)")
     parser.add_argument("--skip-loader", action="store_true")
@@ -221,4 +223,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

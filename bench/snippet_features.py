@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_cli import run  # noqa: E402 (bench/, the script's own folder)
 
 from flow.config import FlowConfig
 from fusion.config import EvalConfig
@@ -191,4 +192,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

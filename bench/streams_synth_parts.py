@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import torch
+from bench_cli import run  # noqa: E402 (bench/, the script's own folder)
 
 from streams import transforms
 from streams.checkpoint import load_checkpoint
@@ -53,4 +54,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

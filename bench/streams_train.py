@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_cli import at_least, run  # noqa: E402 (bench/, the script's own folder)
 
 from flow.store import open_store
 from streams.builder import to_channels_last
@@ -91,7 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=4, help="P3D-199 CPU batch")
     parser.add_argument("--gpu-batch", type=int, default=32, help="P3D-199 CUDA batch")
-    parser.add_argument("--steps", type=int, default=2, help="timed P3D-199 CPU steps")
+    parser.add_argument("--steps", type=at_least(1), default=2, help="timed P3D-199 CPU steps")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--store", type=Path, help="a flow store (e.g. work/flow of configs/synth.toml)")
     args = parser.parse_args()
@@ -146,4 +147,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)
