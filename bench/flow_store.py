@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import functools
 import io
+import json
 import random
 import shutil
 import tempfile
@@ -47,6 +48,7 @@ from flow.stage import make_backend
 from flow.store import PackedFrames, create_store
 from flow.tvl1 import OpenCVTVL1, to_gray
 from flow.video import VideoReader
+from p3dbase.errors import SettingError
 
 CLIPS = ["arm_wrestling__mmaction2_demo.mp4", "clean_and_jerk__mmskeleton.mp4",
          "skateboarding__mmskeleton.mp4", "tai_chi__mmskeleton.mp4", "cleaning_pool__mmaction2_test.mp4"]
@@ -272,10 +274,24 @@ def video_args(parser: argparse.ArgumentParser, frames: int) -> None:
 
 
 def load_videos(args: argparse.Namespace, cfg: FlowConfig) -> dict[str, tuple]:
-    """{name: (rgb uint8 [N, H, W, 3], flow uint8 [N-1, H, W, 2])}, from `--cache` when it exists."""
+    """{name: (rgb uint8 [N, H, W, 3], flow uint8 [N-1, H, W, 2])}, from `--cache` when it exists: one
+    made with other --frames / --clips / flow settings is refused (it was measured as if it were these)."""
+    made = {"frames": args.frames, "clips": args.clips, "size": cfg.size, "bound": cfg.bound}
     if args.cache and args.cache.exists():
-        data = np.load(args.cache)
+        try:
+            data = np.load(args.cache)
+            meta = json.loads(str(data["_meta"])) if "_meta" in data.files else None
+        except (OSError, ValueError, KeyError) as e:
+            raise SettingError(f"--cache {args.cache}: not a cache of this bench ({e})") from None
+        if meta is None:
+            print(f"warning: --cache {args.cache} is older than its settings record: its frames and clips are "
+                  "not checked", flush=True)
+        elif meta != made:
+            raise SettingError(f"--cache {args.cache} holds {meta}, this run asks for {made}: give the cache's "
+                               "settings, or another --cache")
         return {k[:-4]: (data[k], data[k[:-4] + "_flo"]) for k in data.files if k.endswith("_rgb")}
+    if args.cache and not args.cache.parent.is_dir():  # found out after all the flow was computed
+        raise SettingError(f"--cache {args.cache}: no folder {args.cache.parent}")
     tvl1 = OpenCVTVL1(cfg)
     videos = {}
     for name in CLIPS[: args.clips]:
@@ -283,7 +299,7 @@ def load_videos(args: argparse.Namespace, cfg: FlowConfig) -> dict[str, tuple]:
         videos[Path(name).stem] = (rgb, encode(tvl1.compute(to_gray(rgb)), cfg.bound))
         print(f"flow of {name}: {len(rgb)} frames", flush=True)
     if args.cache:
-        np.savez(args.cache, **{f"{k}_rgb": v[0] for k, v in videos.items()},
+        np.savez(args.cache, _meta=json.dumps(made), **{f"{k}_rgb": v[0] for k, v in videos.items()},
                  **{f"{k}_flo": v[1] for k, v in videos.items()})
     return videos
 
