@@ -27,7 +27,7 @@ from flow.index import IndexEntry, Origin, entry_stat
 from flow.store import Store, open_store
 from p3dbase.atomic import write_bytes
 from p3dbase.cluster import local_processes
-from p3dbase.errors import shown
+from p3dbase.errors import P3DError, refusal, shown
 from p3dbase.progress import progress_bar
 
 REPORT_FILE = "verify-report.csv"
@@ -48,8 +48,8 @@ class VerifyReport:
         if self.damaged and self.report is not None:
             lines.append(f"verify: listed in {shown(self.report)}; the next `flow` run redoes them")
         elif self.damaged:
-            lines.append("verify: not recorded in the store, which cannot be written here: re-run verify where "
-                         "it can, and the next `flow` run redoes them")
+            lines.append("verify: not recorded in the store: re-run verify where it can be written, and the next "
+                         "`flow` run redoes them")
         return "\n".join(lines)
 
 
@@ -145,19 +145,31 @@ def verify_store(root: Path | str, *, jobs: int = 0) -> VerifyReport:
         print(f"verify: {shown(store.root)} cannot be written here: the result is printed only (no {REPORT_FILE}, "
               "nothing marked for the next `flow` run)", flush=True)
     else:
-        _write_report(report)
-    if damaged and writable:
-        with store.index.writer() as index:
-            for video_id, problem in damaged:
-                old = entries.get(video_id)
-                entry = old or IndexEntry(video_id, "damaged")
-                stat = checked.get(video_id)
-                if stat is not None:  # the file found damaged: its mark outranks a "done" of it (flow.index._merge)
-                    entry = entry._replace(stored_size=stat[0], stored_mtime_ns=stat[1])
-                index.add(entry._replace(state="damaged", note=shown(" ".join(problem.split())), recorded_ns=0),
-                          after=old.recorded_ns if old is not None else 0)
+        try:
+            _record(store, report, entries, checked)
+        except (OSError, P3DError) as e:  # a report path taken by a folder, a read-only index: the check stands
+            why = refusal(e) if isinstance(e, OSError) else str(e)
+            print(f"verify: the result could not be recorded in the store ({why}): it is printed only", flush=True)
+            report.report = None
     print(report, flush=True)
     return report
+
+
+def _record(store: Store, report: VerifyReport, entries: dict[str, IndexEntry],
+            checked: dict[str, tuple[int, int] | None]) -> None:
+    """verify-report.csv, and a damaged mark in the index for each damaged video (the next `flow` redoes it)."""
+    _write_report(report)
+    if not report.damaged:
+        return
+    with store.index.writer() as index:
+        for video_id, problem in report.damaged:
+            old = entries.get(video_id)
+            entry = old or IndexEntry(video_id, "damaged")
+            stat = checked.get(video_id)
+            if stat is not None:  # the file found damaged: its mark outranks a "done" of it (flow.index._merge)
+                entry = entry._replace(stored_size=stat[0], stored_mtime_ns=stat[1])
+            index.add(entry._replace(state="damaged", note=shown(" ".join(problem.split())), recorded_ns=0),
+                      after=old.recorded_ns if old is not None else 0)
 
 
 def _write_report(report: VerifyReport) -> None:

@@ -284,6 +284,20 @@ def test_a_fifo_where_a_pack_belongs_is_listed_not_waited_on(finished, fast_cfg)
     assert (out / "Cls" / "a.pack").is_file()
 
 
+def test_verify_prints_what_it_found_when_it_cannot_record_it(finished, capsys):
+    """A folder where verify-report.csv belongs stopped verify with one error line after the whole check:
+    the damaged videos were neither printed nor marked."""
+    jobs, out = finished
+    (out / "Cls" / "a.pack").unlink()
+    (out / "verify-report.csv").mkdir()
+    report = verify_store(out, jobs=1)
+    assert [v for v, _ in report.damaged] == ["Cls/a"] and report.report is None
+    said = capsys.readouterr().out
+    assert "verify: the result could not be recorded in the store (" in said and "verify-report.csv" in said
+    assert "verify: damaged Cls/a: the index lists it as done" in said
+    assert "verify: not recorded in the store: re-run verify where it can be written" in said
+
+
 def test_verify_lists_a_pack_copied_over_another_videos(finished, fast_cfg):
     jobs, out = finished
     shutil.copyfile(out / "Cls" / "c.pack", out / "Cls" / "b.pack")  # whole and valid, but c's
