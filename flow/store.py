@@ -911,7 +911,8 @@ class Store:
                        "--force` run with new settings was stopped before it redid this video)")
         if problem:
             frames.close()
-            raise FlowError(f"video {video_id}: {problem}: re-run `make flow` to redo it")
+            kind = StaleVideoError if "settings" in made and made["settings"] != self.settings_digest else FlowError
+            raise kind(f"video {video_id}: {problem}: re-run `make flow` to redo it")
         return frames
 
     def writer(self, video_id: str, origin: dict[str, Any] | None = None) -> VideoWriter:
@@ -1013,6 +1014,11 @@ class Store:
                 if held:
                     removed += _remove_all(paths)
         return removed
+
+
+class StaleVideoError(FlowError):
+    """A stored video made under other settings than store.json's: one a `flow --force` with new settings
+    has not redone yet (stopped, or still running)."""
 
 
 class OtherSettingsError(FlowError):

@@ -24,7 +24,7 @@ import joblib
 
 from flow.errors import FlowError
 from flow.index import IndexEntry, Origin, entry_stat
-from flow.store import Store, open_store
+from flow.store import StaleVideoError, Store, open_store
 from p3dbase.atomic import write_bytes
 from p3dbase.cluster import local_processes
 from p3dbase.errors import P3DError, refusal, shown
@@ -53,12 +53,14 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def check_video(store: Store, video_id: str, entry: IndexEntry | None) -> str:
+def check_video(store: Store, video_id: str, entry: IndexEntry | None, *, flow_running: bool = False) -> str:
     """What is wrong with one video ("" when nothing): it is stored (when the index's `entry` lists it
     as done), it opens (made for this video and under store.json's settings), every image matches its
     checksum (and decodes, for JPEG folders), and it holds the entry's counts; one that does not record
     its video id (older stores) must have been made from the entry's source (a stored video that does
-    not say what it was made from, from before the index, is not compared)."""
+    not say what it was made from, from before the index, is not compared). With `flow_running` (a
+    `flow` run writing the store), a video of the old settings is one that run has not redone yet, not
+    damage."""
     try:
         path = store.path(video_id)
         if entry is not None and not os.path.lexists(path):
@@ -67,6 +69,8 @@ def check_video(store: Store, video_id: str, entry: IndexEntry | None) -> str:
             video.verify()
             counts = (video.num_frames, video.num_flows)
             made_from = video.origin
+    except StaleVideoError as e:
+        return "" if flow_running else str(e)
     except FlowError as e:
         return str(e)
     if entry is None:
@@ -98,7 +102,7 @@ def _made(origin: Origin) -> str:
     return f"{origin.size} bytes modified {when}"
 
 
-def _check_chunk(root: Path, chunk: Sequence[tuple[str, IndexEntry | None]]
+def _check_chunk(root: Path, chunk: Sequence[tuple[str, IndexEntry | None]], flow_running: bool = False
                  ) -> list[tuple[str, str, tuple[int, int] | None]]:
     """(video id, what is wrong, the stat of what was checked) of each video."""
     store = open_store(root)
@@ -108,7 +112,7 @@ def _check_chunk(root: Path, chunk: Sequence[tuple[str, IndexEntry | None]]
             stat = entry_stat(store.path(video_id))
         except FlowError:
             stat = None
-        results.append((video_id, check_video(store, video_id, entry), stat))
+        results.append((video_id, check_video(store, video_id, entry, flow_running=flow_running), stat))
     return results
 
 
@@ -126,12 +130,13 @@ def verify_store(root: Path | str, *, jobs: int = 0) -> VerifyReport:
     todo = [(v, e if (e := entries.get(v)) is not None and e.state == "done" else None) for v in ids]
     chunks = [todo[k: k + CHUNK] for k in range(0, len(todo), CHUNK)]
     workers = min(local_processes(jobs, "flow.jobs"), max(len(chunks), 1))
+    flow_running = bool(store.running_flows())  # its videos of the old settings are its work, not damage
     damaged: list[tuple[str, str]] = []
     checked: dict[str, tuple[int, int] | None] = {}  # the stat of each damaged video as verify read it
     with progress_bar(total=len(todo), desc="verify", unit="video") as bar:
         results = (joblib.Parallel(n_jobs=workers, return_as="generator_unordered")(
-            joblib.delayed(_check_chunk)(store.root, chunk) for chunk in chunks) if workers > 1
-            else (_check_chunk(store.root, chunk) for chunk in chunks))
+            joblib.delayed(_check_chunk)(store.root, chunk, flow_running) for chunk in chunks) if workers > 1
+            else (_check_chunk(store.root, chunk, flow_running) for chunk in chunks))
         for result in results:
             damaged += [(v, problem) for v, problem, _ in result if problem]
             checked.update((v, stat) for v, problem, stat in result if problem)

@@ -326,6 +326,13 @@ def test_packs_of_other_settings_than_store_json_are_refused_where_they_are_read
     with pytest.raises(FlowError, match=r"^video Cls/b: .*b\.pack was made with other settings than the store's "
                                         r"store\.json \(a `flow --force` run with new settings was stopped"):
         store.open("Cls/b")  # what train, eval and features read through
+    # While a `flow` run writes the store, its videos of the old settings are its work ahead, not damage:
+    # verify beside a running `flow --force` listed every video it had not reached yet.
+    from flow.store import LOCK_SUFFIX, RUNNING_PREFIX
+    from p3dbase.lock import hold_lock
+
+    with hold_lock(out / f"{RUNNING_PREFIX}host-1{LOCK_SUFFIX}", holder="host-1"):
+        assert verify_store(out, jobs=1).damaged == []
     assert [v for v, _ in verify_store(out, jobs=1).damaged] == ["Cls/b", "Cls/c"]
     capsys.readouterr()
     assert run_flow(jobs, out, new).computed == 2
