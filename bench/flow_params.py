@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--timing-pairs", type=int, default=2)
     parser.add_argument("--rounds", type=at_least(1), default=3)
-    parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
+    parser.add_argument("--only", nargs="*", choices=list(VARIANTS), help="variant names to run (default: all)")
     args = parser.parse_args()
     clip = VideoReader(args.data / "clips" / "arm_wrestling__mmaction2_demo.mp4", "340x256")
     frames = to_gray(next(clip.chunks(args.timing_pairs + 1, 1)))

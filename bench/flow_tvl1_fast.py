@@ -246,14 +246,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=at_least(1), default=3)
     parser.add_argument("--pairs", type=at_least(1), default=8, help="speed: pairs per worker per round (--synth: "
                         "pairs / 31 clips of 32 frames per worker)")
-    parser.add_argument("--backends", nargs="+", default=["opencv", "torch", "fast"])
+    parser.add_argument("--backends", nargs="+", choices=("opencv", "torch", "fast"),
+                        default=["opencv", "torch", "fast"])
     parser.add_argument("--torch-pairs", type=int, default=2, help="speed: pairs per worker for torch")
     parser.add_argument("--torch-batch", type=int, default=8)
     parser.add_argument("--synth", action="store_true", help="speed: SynthActions at configs/synth.toml")
     parser.add_argument("--synth-clips", type=int, default=12, help="accuracy: SynthActions clips")
     parser.add_argument("--synth-frames", type=int, default=8, help="accuracy: frames per clip")
     parser.add_argument("--clip-pairs", type=int, default=8, help="accuracy: pairs of the real clip")
-    parser.add_argument("--only", nargs="+", help="accuracy: RubberWhale, KITTI, FlyingChairs, SynthActions, clip")
+    parser.add_argument("--only", nargs="+", choices=("RubberWhale", "KITTI", "FlyingChairs", "SynthActions", "clip"),
+                        help="accuracy: some of the data sets")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a [flow] setting, e.g. --set use_initial_flow=true (repeatable)")
     args = parser.parse_args()

@@ -152,6 +152,9 @@ def _meta_problem(meta: dict[str, Any], size: int, meta_start: int) -> str:
     starts at `meta_start` ("" when nothing): integer counts, N frames and N - 1 flow images as the
     writer stores them, a plausible frame size, and the index and checksum tables between the images
     and the meta. Checked before anything is read or allocated by these numbers."""
+    for name in ("codec", "flow_codec"):  # an unknown one read as "raw image of N bytes, expected M"
+        if meta.get(name, "png") not in CODECS:
+            return f"{name} {meta.get(name)!r} is none of {', '.join(CODECS)}"
     names = ("height", "width", "num_frames", "num_flows", "index_offset", "crc32_offset")
     for name in names:
         value = meta.get(name, 0)
@@ -272,6 +275,8 @@ class PackedFrames(VideoFrames):
             meta_start = size - _FOOTER.size - meta_len
             try:
                 meta = json.loads(os.pread(self._fd, meta_len, meta_start))
+                if not isinstance(meta, dict):  # a list read by key said "list indices must be integers"
+                    raise broken(f" (meta: a JSON {type(meta).__name__}, not an object)")
                 self.codec = meta["codec"]  # of the RGB frames
                 self.flow_codec = meta.get("flow_codec", self.codec)  # packs before flow_codec: one codec
                 self.origin = meta.get("origin")  # what it was made from (flow.index.Origin); older packs: None
@@ -899,6 +904,9 @@ class Store:
         store.json has the new ones, and training would mix both encodings without a word)."""
         path = self.path(video_id)
         if not path.exists():
+            if path.is_symlink():  # exists() follows the link: a loop, or a target gone
+                raise FlowError(f"video {video_id}: {path} is a symbolic link that leads to no file (a loop of links, "
+                                "or its target is gone): re-run `make flow` to redo it")
             raise FlowError(f"video {video_id}: not in the store at {self.root} (no {path})")
         frames = PackedFrames(path, video_id) if self.layout == "packed" else MmactionFrames(path, video_id)
         made = frames.origin if isinstance(frames.origin, dict) else {}  # older videos record nothing: not compared

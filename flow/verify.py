@@ -24,7 +24,7 @@ import joblib
 
 from flow.errors import FlowError
 from flow.index import IndexEntry, Origin, entry_stat
-from flow.store import StaleVideoError, Store, open_store
+from flow.store import REDO_DAMAGED, StaleVideoError, Store, open_store
 from p3dbase.atomic import write_bytes
 from p3dbase.cluster import local_processes
 from p3dbase.errors import P3DError, refusal, shown
@@ -71,8 +71,8 @@ def check_video(store: Store, video_id: str, entry: IndexEntry | None, *, flow_r
             made_from = video.origin
     except StaleVideoError as e:
         return "" if flow_running else str(e)
-    except FlowError as e:
-        return str(e)
+    except FlowError as e:  # what to do is verify's own report line (the next `flow` redoes it)
+        return str(e).removesuffix(f": {REDO_DAMAGED}")
     if entry is None:
         return ""
     differs = f"holds {counts[0]} frames and {counts[1]} flow images, the index says {entry.frames} and {entry.flows}"

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from p3dbase.atomic import atomic_write
-from p3dbase.errors import NOT_REGULAR, excerpt, shown, text_problem
+from p3dbase.errors import NOT_REGULAR, excerpt, file_problem, shown, text_problem
 from p3dbase.lock import holder_of
 from p3dbase.overrides import check_value
 from streams.config import MAX_CLIP_LEN, MAX_SIDE
@@ -227,7 +227,9 @@ def read_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         raise StreamsError(f"checkpoint {path} is incomplete or unknown "
                            f"(missing {missing}, arch {state.get('arch')!r}, modality {state.get('modality')!r})")
     stored = state.get(CHECKSUM)  # absent in checkpoints written before checksums
-    if isinstance(stored, dict) and stored.get("sha256") != payload_sha256(state):
+    # present but no table (an edit, another tool): the check was skipped without a word
+    if stored is not None and not isinstance(stored, dict) or isinstance(stored, dict) and \
+            stored.get("sha256") != payload_sha256(state):
         raise StreamsError(f"checkpoint {path} is corrupt: its contents do not match the SHA-256 stored in it "
                            "(damaged bytes); use an older checkpoint or train again")
     problem = _payload_problem(state)
@@ -261,6 +263,9 @@ def _payload_problem(state: dict[str, Any]) -> str:
     if len(set(classes)) != len(classes):
         twice = next(c for c in classes if classes.count(c) > 1)
         return f"class {excerpt(twice)} is named twice: scores of two outputs would be reported as one class"
+    convention = state.get("input_convention", "")  # copied into every export's .json and report
+    if not isinstance(convention, str) or text_problem(convention):
+        return f"input_convention must be a line of text, got {str(convention)[:60]}"
     for key in ("step", "epoch"):
         value = state.get(key, 0)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -382,6 +387,9 @@ def run_lock(train_dir: Path | str) -> Path:
 def final_checkpoint(train_dir: Path | str) -> Path:
     """The finished model of a training run directory (`last.pt`); StreamsError if it has not finished."""
     path = Path(train_dir) / LAST
+    if not path.is_file() and (path.exists() or path.is_symlink()):  # "does not exist" of what is there
+        raise StreamsError(f"{path} is {file_problem(path, 'checkpoint file')}, where the finished model belongs: "
+                           "move it away, and run the train stage again to write it")
     if not path.is_file():
         steps = step_checkpoints(Path(train_dir))
         state = f"its newest checkpoint is {steps[-1][1].name}" if steps else "it holds no checkpoint"

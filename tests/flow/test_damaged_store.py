@@ -51,6 +51,7 @@ def _set(**values):
     (_set(num_flows=2), "num_frames 4 and num_flows 2"),
     (lambda m: m.update(crc32_offset=m["crc32_offset"] + 10**6), "checksums of 7 images"),
     (lambda m: m.update(index_offset=m["index_offset"] - 1000), "its index points outside the images"),
+    (_set(codec="webp"), "codec 'webp' is none of jpeg, png, raw"),  # was "does not decode as webp"
 ])
 def test_a_pack_meta_with_impossible_numbers_is_not_a_complete_pack(tmp_path, edit, why):
     make_toy_store(tmp_path, ["A"], 1, frames=4, height=12, width=16)
@@ -62,6 +63,24 @@ def test_a_pack_meta_with_impossible_numbers_is_not_a_complete_pack(tmp_path, ed
     assert message.startswith(f"video A/v_A_00: {store.path('A/v_A_00')} is not a complete pack file")
     assert why in message and "\n" not in message
     assert [v for v, _ in verify_store(tmp_path, jobs=1).damaged] == ["A/v_A_00"]
+
+
+def test_a_meta_that_is_no_object_and_a_link_loop_are_named(tmp_path):
+    """A meta that is a JSON list said "list indices must be integers or slices, not str"; a pack that is
+    a loop of links said the video is "not in the store"."""
+    make_toy_store(tmp_path, ["A"], 2, frames=4, height=12, width=16)
+    store = open_store(tmp_path)
+    pack = store.path("A/v_A_00")
+    data = pack.read_bytes()
+    length, magic = _FOOTER.unpack(data[-16:])
+    pack.write_bytes(data[:-16 - length] + b"[1, 2]" + _FOOTER.pack(6, magic))
+    with pytest.raises(FlowError, match=r"not a complete pack file \(meta: a JSON list, not an object\)"):
+        store.open("A/v_A_00")
+    loop = store.path("A/v_A_01")
+    loop.unlink()
+    loop.symlink_to(loop)
+    with pytest.raises(FlowError, match=r"v_A_01\.pack is a symbolic link that leads to no file \(a loop of links"):
+        store.open("A/v_A_01")
 
 
 def test_verify_decodes_the_first_images_at_the_size_the_meta_states(tmp_path):

@@ -52,6 +52,8 @@ def _set(section, key, value):
     (lambda state: state["train_config"].pop("clip_len"), "train_config has no clip_len"),
     (_set("model_config", "dropout_rgb", "x"), "model_config.dropout_rgb must be float, got 'x'"),
     (_set("model_config", "dropout_rgb", 1.5), "model_config.dropout_rgb must be 0.0 to 1.0, got 1.5"),
+    # copied into every export's .json unchecked
+    (_set("", "input_convention", {"bad": 1}), "input_convention must be a line of text, got {'bad': 1}"),
 ])
 @pytest.mark.parametrize("checksum", [True, False])
 def test_edited_values_are_one_line_naming_the_value(tmp_path, edit, says, checksum):
@@ -82,3 +84,21 @@ def test_a_text_file_is_not_a_pytorch_file_without_the_unpicklers_number(tmp_pat
     with pytest.raises(StreamsError) as err:
         safe_load(path)
     assert str(err.value) == f"checkpoint {path} cannot be read (truncated or not a PyTorch file?)"
+
+
+def test_a_fifo_or_a_link_loop_where_the_finished_model_belongs_is_named(tmp_path):
+    """`export` of such a run folder said "last.pt does not exist: training ... has not finished"."""
+    import os
+
+    from streams.checkpoint import final_checkpoint
+
+    run = tmp_path / "split1"
+    run.mkdir()
+    os.mkfifo(run / "last.pt")
+    with pytest.raises(StreamsError, match=r"last\.pt is not a regular file \(a FIFO, socket or device\), where the "
+                                           r"finished model belongs"):
+        final_checkpoint(run)
+    (run / "last.pt").unlink()
+    (run / "last.pt").symlink_to(run / "last.pt")
+    with pytest.raises(StreamsError, match=r"last\.pt is a symbolic link that leads to no checkpoint file"):
+        final_checkpoint(run)
