@@ -1015,6 +1015,7 @@ def main() -> int:
         cv2.setNumThreads(1)
     if sz.compile_backend != "inductor":  # --smoke: every torch.compile of the project traces only
         torch.compile = functools.partial(torch.compile, backend=sz.compile_backend)
+    (args.out / "sections").mkdir(parents=True, exist_ok=True)  # run directly, not by gpu.py: nothing made it
     rec = Recorder(args.section, args.out / "sections" / f"{args.section}.json", args.deadline)
 
     def stopped(signum: int, _frame: Any) -> None:  # the runner stops a section at its budget this way
