@@ -2,6 +2,7 @@
 dataset listing from Kinetics CSVs, and DataLoader worker memory over the same index.
 
     .venv/bin/python bench/scale.py [--videos 650000] [--classes 700] [--dir /tmp/p3d-scale] [--epoch 0]
+        [--rounds 1]
 
 It writes a simulated Kinetics tree (one empty `.mp4` per clip under `train/<class>/`, CSVs in the
 Kinetics format), a store holding one tiny pack per clip (2 frames of 2x2 px, each pack carrying
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import struct
 import subprocess
 import sys
@@ -192,6 +194,9 @@ def main() -> None:
     parser.add_argument("--epoch", type=int, default=0, help="items of the DataLoader epoch (0: every clip)")
     parser.add_argument("--skip-loader", action="store_true")
     parser.add_argument("--build-only", action="store_true", help="write the simulated store and stop")
+    parser.add_argument("--rounds", type=at_least(1), default=1,
+                        help="rounds of (1)-(3), interleaved; the table gives each measurement's median (the "
+                             "re-run's time moves with what the previous baseline left in the kernel's caches)")
     args = parser.parse_args()
     top = args.dir / f"{args.videos}"
     config = top / "scale.toml"
@@ -205,16 +210,23 @@ def main() -> None:
         return
     py = sys.executable
     print(f"load average: {os.getloadavg()}", flush=True)
-    rerun = measure([py, "-m", "pipeline", "flow", "--config", str(config)], "flow re-run (index)")
-    listing = measure([py, "-c", LISTING, str(config)], "dataset listing")
-    base = measure([py, "-c", OPEN_EVERY_PACK, str(store)], "baseline: open every pack")
-    print("| measurement | wall s | CPU s | peak MB | target |")
+    rounds: list[tuple[tuple[float, float, float], ...]] = []
+    for k in range(args.rounds):
+        print(f"round {k + 1} of {args.rounds}", flush=True)
+        rounds.append((measure([py, "-m", "pipeline", "flow", "--config", str(config)], "flow re-run (index)"),
+                       measure([py, "-c", LISTING, str(config)], "dataset listing"),
+                       measure([py, "-c", OPEN_EVERY_PACK, str(store)], "baseline: open every pack")))
+    rerun, listing, base = (tuple(statistics.median(r[m][i] for r in rounds) for i in range(3)) for m in range(3))
+    walls = [", ".join(f"{r[m][0]:.1f}" for r in rounds) for m in range(3)]
+    print(f"| measurement | wall s{' (median; each round)' if args.rounds > 1 else ''} | CPU s | peak MB | target |")
     print("|---|---|---|---|---|")
     target = "<= 30 s, <= 2048 MB"
-    for name, (wall, cpu, peak) in ((f"`flow` re-run of {args.videos:,} finished videos", rerun),
-                                    ("dataset listing (Kinetics CSVs + tree)", listing),
-                                    ("baseline: open every pack's header (the re-run before the index)", base)):
-        print(f"| {name} | {wall:.1f} | {cpu:.1f} | {peak:.0f} | {target if 'baseline' not in name else '-'} |")
+    for name, (wall, cpu, peak), each in (
+            (f"`flow` re-run of {args.videos:,} finished videos", rerun, walls[0]),
+            ("dataset listing (Kinetics CSVs + tree)", listing, walls[1]),
+            ("baseline: open every pack's header (the re-run before the index)", base, walls[2])):
+        shown = f"{wall:.1f} ({each})" if args.rounds > 1 else f"{wall:.1f}"
+        print(f"| {name} | {shown} | {cpu:.1f} | {peak:.0f} | {target if 'baseline' not in name else '-'} |")
     print(f"| re-run vs baseline, CPU | {rerun[1] / base[1]:.2f}x | | | |")
     if not args.skip_loader:
         for variant in ("numpy", "list"):
