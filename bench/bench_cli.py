@@ -6,9 +6,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from p3dbase.errors import P3DError, refusal
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # without the editable install or PYTHONPATH=. (the bare GPU machine)
+    sys.path.append(str(REPO))
+
+from p3dbase.errors import P3DError, refusal  # noqa: E402 (after the path above)
 
 
 def run(main: Callable[[], Any]) -> None:

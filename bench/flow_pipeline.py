@@ -29,7 +29,7 @@ from pathlib import Path
 import cv2
 import joblib
 import numpy as np
-from bench_cli import at_least, run  # noqa: E402 (bench/, the script's own folder)
+from bench_cli import at_least, run  # bench/, the script's own folder, is on sys.path
 from joblib.externals.loky import get_reusable_executor
 
 from flow.config import FlowConfig

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from bench_cli import at_least, run  # noqa: E402 (bench/, the script's own folder)
+from bench_cli import at_least, run  # bench/, the script's own folder, is on sys.path
 
 from flow import codec as codec_module
 from flow.config import FlowConfig
@@ -276,11 +276,13 @@ def video_args(parser: argparse.ArgumentParser, frames: int) -> None:
 def load_videos(args: argparse.Namespace, cfg: FlowConfig) -> dict[str, tuple]:
     """{name: (rgb uint8 [N, H, W, 3], flow uint8 [N-1, H, W, 2])}, from `--cache` when it exists: one
     made with other --frames / --clips / flow settings is refused (it was measured as if it were these)."""
-    made = {"frames": args.frames, "clips": args.clips, "size": cfg.size, "bound": cfg.bound}
+    made = {"frames": args.frames, "clips": min(args.clips, len(CLIPS)), "size": cfg.size, "bound": cfg.bound,
+            "data": str(Path(args.data).resolve())}
     if args.cache and args.cache.exists():
         try:
             data = np.load(args.cache)
             meta = json.loads(str(data["_meta"])) if "_meta" in data.files else None
+            videos = {k[:-4]: (data[k], data[k[:-4] + "_flo"]) for k in data.files if k.endswith("_rgb")}
         except (OSError, ValueError, KeyError) as e:
             raise SettingError(f"--cache {args.cache}: not a cache of this bench ({e})") from None
         if meta is None:
@@ -289,7 +291,7 @@ def load_videos(args: argparse.Namespace, cfg: FlowConfig) -> dict[str, tuple]:
         elif meta != made:
             raise SettingError(f"--cache {args.cache} holds {meta}, this run asks for {made}: give the cache's "
                                "settings, or another --cache")
-        return {k[:-4]: (data[k], data[k[:-4] + "_flo"]) for k in data.files if k.endswith("_rgb")}
+        return videos
     if args.cache and not args.cache.parent.is_dir():  # found out after all the flow was computed
         raise SettingError(f"--cache {args.cache}: no folder {args.cache.parent}")
     tvl1 = OpenCVTVL1(cfg)

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from bench_cli import at_least, run  # noqa: E402 (bench/, the script's own folder)
+from bench_cli import at_least, run  # bench/, the script's own folder, is on sys.path
 
 from flow.config import FlowConfig
 from flow.encoding import encode

@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_cli import run  # noqa: E402 (bench/, the script's own folder)
+from bench_cli import run  # bench/, the script's own folder, is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # p3dbase.atomic, without the editable install or PYTHONPATH=.

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_cli import at_least, run  # noqa: E402 (bench/, the script's own folder)
+from bench_cli import at_least, run  # bench/, the script's own folder, is on sys.path
 from torch.utils.data import Dataset
 
 from flow.config import FlowConfig

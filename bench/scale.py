@@ -33,7 +33,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from bench_cli import at_least, run  # noqa: E402 (bench/, the script's own folder)
+from bench_cli import at_least, run  # bench/, the script's own folder, is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_cli import run  # noqa: E402 (bench/, the script's own folder)
+from bench_cli import run  # bench/, the script's own folder, is on sys.path
 
 from flow.config import FlowConfig
 from fusion.config import EvalConfig

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import torch
-from bench_cli import run  # noqa: E402 (bench/, the script's own folder)
+from bench_cli import run  # bench/, the script's own folder, is on sys.path
 
 from streams import transforms
 from streams.checkpoint import load_checkpoint

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_cli import at_least, run  # noqa: E402 (bench/, the script's own folder)
+from bench_cli import at_least, run  # bench/, the script's own folder, is on sys.path
 
 from flow.store import open_store
 from streams.builder import to_channels_last

@@ -49,7 +49,7 @@ from flow.errors import FlowError
 from flow.index import StoreIndex
 from p3dbase.atomic import TEMP_MARKER, fsync_dir, write_bytes, writer_token
 from p3dbase.digest import settings_key
-from p3dbase.errors import NotRegularFileError, brief, open_regular, read_regular, shown
+from p3dbase.errors import NOT_REGULAR, NotRegularFileError, brief, open_regular, read_regular, shown
 from p3dbase.lock import hold_lock, holder_of
 
 STORE_FILE = "store.json"
@@ -250,9 +250,9 @@ class PackedFrames(VideoFrames):
         self.path = path
         try:
             self._fd = open_regular(path)  # a FIFO in a pack's place made every reader wait for ever
-        except (IsADirectoryError, NotRegularFileError):
-            raise FlowError(f"video {video_id}: {path} is a folder (or other non-file), not a pack: "
-                            "move it out of the store") from None
+        except (IsADirectoryError, NotRegularFileError) as e:
+            what = "a folder" if isinstance(e, IsADirectoryError) else NOT_REGULAR
+            raise FlowError(f"video {video_id}: {path} is {what}, not a pack: move it out of the store") from None
         except OSError as e:
             raise FlowError(f"video {video_id}: cannot open {path}: {e.strerror}") from None
         try:
@@ -485,7 +485,8 @@ class MmactionFrames(VideoFrames):
             side = json.loads(read_regular(self.path / MMACTION_SIDE_FILE))
             crcs = {str(k): int(v) for k, v in side["crc32"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
-            raise FlowError(f"video {self.video_id}: {self.path / MMACTION_SIDE_FILE} is damaged ({e})") from None
+            why = e.strerror if isinstance(e, OSError) else e  # not "[Errno 22] ...: '<the path again>'"
+            raise FlowError(f"video {self.video_id}: {self.path / MMACTION_SIDE_FILE} is damaged ({why})") from None
         return side.get("origin"), crcs
 
     def verify(self) -> None:
@@ -910,16 +911,15 @@ class Store:
             raise FlowError(f"video {video_id}: not in the store at {self.root} (no {path})")
         frames = PackedFrames(path, video_id) if self.layout == "packed" else MmactionFrames(path, video_id)
         made = frames.origin if isinstance(frames.origin, dict) else {}  # older videos record nothing: not compared
-        problem = ""
+        problem, kind = "", FlowError
         if "video_id" in made and made["video_id"] != video_id:
             problem = (f"{shown(path)} holds the frames of video {shown(str(made['video_id']))} (a copy of its "
                        "stored video?)")
         elif "settings" in made and made["settings"] != self.settings_digest:
-            problem = (f"{shown(path)} was made with other settings than the store's {STORE_FILE} (a `flow "
-                       "--force` run with new settings was stopped before it redid this video)")
+            problem, kind = (f"{shown(path)} was made with other settings than the store's {STORE_FILE} (a `flow "
+                             "--force` run with new settings was stopped before it redid this video)"), StaleVideoError
         if problem:
             frames.close()
-            kind = StaleVideoError if "settings" in made and made["settings"] != self.settings_digest else FlowError
             raise kind(f"video {video_id}: {problem}: re-run `make flow` to redo it")
         return frames
 
@@ -1092,7 +1092,11 @@ def create_store(root: Path | str, layout: str = "packed", *, codec: str = "png"
                                      diff)
         return Store(root, existing)
     root.mkdir(parents=True, exist_ok=True)
-    if not path.exists() or path.read_bytes() != data:
+    try:
+        same = read_regular(path) == data
+    except OSError:  # none yet, or a FIFO / folder in its place (a plain read of a FIFO waited for ever)
+        same = False
+    if not same:
         write_bytes(path, data)
     return Store(root, info)
 
@@ -1116,7 +1120,9 @@ def open_store(root: Path | str, purpose: str = "") -> Store:
         before = f" before `{purpose}`" if purpose else ""
         raise StoreMissing(f"no flow store at {shown(Path(root))} (no {STORE_FILE}): run `make flow` "
                            f"(python -m pipeline flow --config ...){before}") from None
-    except (OSError, ValueError, RecursionError) as e:  # RecursionError: json recurses per nesting level
+    except OSError as e:
+        raise FlowError(f"{path}: cannot read store description: {e.strerror}") from None
+    except (ValueError, RecursionError) as e:  # RecursionError: json recurses per nesting level
         raise FlowError(f"{path}: cannot read store description: {e}") from None
     if not isinstance(info, dict) or info.get("format") != STORE_FORMAT:
         raise FlowError(f"{path}: not a flow store description (format is not {STORE_FORMAT!r})")

@@ -48,9 +48,12 @@ class VerifyReport:
         if self.damaged and self.report is not None:
             lines.append(f"verify: listed in {shown(self.report)}; the next `flow` run redoes them")
         elif self.damaged:
-            lines.append("verify: not recorded in the store: re-run verify where it can be written, and the next "
-                         "`flow` run redoes them")
+            lines.append("verify: not (all) recorded in the store: re-run verify where it can be written; the next "
+                         "`flow` run redoes the videos marked in its index")
         return "\n".join(lines)
+
+
+PENDING = "left to the running flow"  # check_video: a video of the old settings beside a running `flow`
 
 
 def check_video(store: Store, video_id: str, entry: IndexEntry | None, *, flow_running: bool = False) -> str:
@@ -60,7 +63,7 @@ def check_video(store: Store, video_id: str, entry: IndexEntry | None, *, flow_r
     its video id (older stores) must have been made from the entry's source (a stored video that does
     not say what it was made from, from before the index, is not compared). With `flow_running` (a
     `flow` run writing the store), a video of the old settings is one that run has not redone yet, not
-    damage."""
+    damage: PENDING."""
     try:
         path = store.path(video_id)
         if entry is not None and not os.path.lexists(path):
@@ -70,7 +73,7 @@ def check_video(store: Store, video_id: str, entry: IndexEntry | None, *, flow_r
             counts = (video.num_frames, video.num_flows)
             made_from = video.origin
     except StaleVideoError as e:
-        return "" if flow_running else str(e)
+        return PENDING if flow_running else str(e)
     except FlowError as e:  # what to do is verify's own report line (the next `flow` redoes it)
         return str(e).removesuffix(f": {REDO_DAMAGED}")
     if entry is None:
@@ -132,17 +135,23 @@ def verify_store(root: Path | str, *, jobs: int = 0) -> VerifyReport:
     workers = min(local_processes(jobs, "flow.jobs"), max(len(chunks), 1))
     flow_running = bool(store.running_flows())  # its videos of the old settings are its work, not damage
     damaged: list[tuple[str, str]] = []
+    pending = 0  # videos of the old settings a running `flow` has yet to redo (not damage; not checked)
     checked: dict[str, tuple[int, int] | None] = {}  # the stat of each damaged video as verify read it
     with progress_bar(total=len(todo), desc="verify", unit="video") as bar:
         results = (joblib.Parallel(n_jobs=workers, return_as="generator_unordered")(
             joblib.delayed(_check_chunk)(store.root, chunk, flow_running) for chunk in chunks) if workers > 1
             else (_check_chunk(store.root, chunk, flow_running) for chunk in chunks))
         for result in results:
-            damaged += [(v, problem) for v, problem, _ in result if problem]
-            checked.update((v, stat) for v, problem, stat in result if problem)
+            pending += sum(problem == PENDING for _, problem, _ in result)
+            found = [(v, problem, stat) for v, problem, stat in result if problem and problem != PENDING]
+            damaged += [(v, problem) for v, problem, _ in found]
+            checked.update((v, stat) for v, _, stat in found)
             bar.update(len(result))
             bar.set_postfix(damaged=len(damaged), refresh=False)
     damaged.sort()
+    if pending:  # a shard or a subset run may never redo them: said, not passed in silence
+        print(f"verify: {pending} video(s) of the store's old settings are left to the running `flow` run (not "
+              "checked; if that run does not redo them, the next `flow` run does)", flush=True)
     # A store on a read-only share is still checked; its result is printed, not recorded.
     writable = os.access(store.root, os.W_OK | os.X_OK)
     report = VerifyReport(len(todo), damaged, store.root / REPORT_FILE if writable else None)
@@ -150,20 +159,22 @@ def verify_store(root: Path | str, *, jobs: int = 0) -> VerifyReport:
         print(f"verify: {shown(store.root)} cannot be written here: the result is printed only (no {REPORT_FILE}, "
               "nothing marked for the next `flow` run)", flush=True)
     else:
-        try:
-            _record(store, report, entries, checked)
-        except (OSError, P3DError) as e:  # a report path taken by a folder, a read-only index: the check stands
-            why = refusal(e) if isinstance(e, OSError) else str(e)
-            print(f"verify: the result could not be recorded in the store ({why}): it is printed only", flush=True)
-            report.report = None
+        # Each part on its own: a report path taken by a folder, a read-only index. The check stands.
+        for part, record in (("the damaged marks in its index", lambda: _mark(store, report, entries, checked)),
+                             (REPORT_FILE, lambda: _write_report(report))):
+            try:
+                record()
+            except (OSError, P3DError) as e:
+                why = refusal(e) if isinstance(e, OSError) else str(e)
+                print(f"verify: {part} could not be written in the store ({why}): the result is printed", flush=True)
+                report.report = None
     print(report, flush=True)
     return report
 
 
-def _record(store: Store, report: VerifyReport, entries: dict[str, IndexEntry],
-            checked: dict[str, tuple[int, int] | None]) -> None:
-    """verify-report.csv, and a damaged mark in the index for each damaged video (the next `flow` redoes it)."""
-    _write_report(report)
+def _mark(store: Store, report: VerifyReport, entries: dict[str, IndexEntry],
+          checked: dict[str, tuple[int, int] | None]) -> None:
+    """A damaged mark in the index for each damaged video: the next `flow` run redoes it."""
     if not report.damaged:
         return
     with store.index.writer() as index:

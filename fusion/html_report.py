@@ -411,15 +411,16 @@ def worst_section(scores: dict[str, np.ndarray], probs: dict[str, np.ndarray], l
     wrong.sort(key=lambda i: (-p[i, predicted[i]], str(scores["video_ids"][i])))
     store, store_note = _open_store(store_path)
     videos = []
+    top_k = min(3, len(classes))  # two classes have no third best
     for i in wrong[:WORST]:
         video_id = str(scores["video_ids"][i])
         entry = {"video_id": video_id, "truth": ", ".join(classes[c] for c in labels[i]),
                  "predicted": classes[predicted[i]], "confidence": f"{100 * p[i, predicted[i]]:.1f}%",
                  "tops": [{"method": m, "best": [{"name": classes[c], "pct": f"{100 * probs[m][i, c]:.1f}%",
                                                    "true": int(c) in labels[i]}
-                                                  for c in np.argsort(-probs[m][i], kind="stable")[:3]]}
+                                                  for c in np.argsort(-probs[m][i], kind="stable")[:top_k]]}
                           for m in STREAM_METHODS if m in probs],
-                 "top_k": min(3, len(classes)),  # two classes have no third best
+                 "top_k": top_k,
                  "rgb": None, "flow": None, "frame": 0, "frame_note": store_note}
         if store is not None:
             entry.update(_frames(store, video_id))

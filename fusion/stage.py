@@ -186,6 +186,9 @@ def _check_streams(job: EvalJob, cfg: EvalConfig, out_dir: Path) -> list[_Scored
     check_flow([s.spec for s in streams], job.store.flow_settings, f"the store at {job.store.root}")
     if not job.test:
         raise FusionError("no test videos to evaluate")
+    if all(v in job.excluded for v, _ in job.test):  # before hours of training-video features for nothing
+        raise FusionError(f"none of the {len(job.test)} test videos can be evaluated (all excluded"
+                          f"{_example(job.excluded)}): run `make flow` first (it redoes damaged videos)")
     overlap = sorted({v for v, _ in job.test} & {v for v, _ in [*job.train, *job.val]})
     if overlap:
         raise FusionError(f"{len(overlap)} test video(s) are also training or held-out videos, e.g. {overlap[0]}")

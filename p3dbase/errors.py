@@ -103,6 +103,7 @@ def open_regular(path: Path | str) -> int:
         os.close(fd)
         raise
     if stat.S_ISREG(mode):
+        os.set_blocking(fd, True)  # as a plain open: a file system may answer EAGAIN to non-blocking reads
         return fd
     os.close(fd)
     if stat.S_ISDIR(mode):

@@ -19,7 +19,7 @@ from p3dbase.runlog import run_log
 def path_arg(text: str) -> Path:
     """A path argument of the CLI. An empty one is refused: Path("") is the current folder, where
     `export --out ""` wrote its files without a word."""
-    if not text.strip():
+    if not text:
         raise argparse.ArgumentTypeError("an empty path: name a file or folder (\".\" for this one)")
     return Path(text)
 

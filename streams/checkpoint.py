@@ -227,9 +227,10 @@ def read_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         raise StreamsError(f"checkpoint {path} is incomplete or unknown "
                            f"(missing {missing}, arch {state.get('arch')!r}, modality {state.get('modality')!r})")
     stored = state.get(CHECKSUM)  # absent in checkpoints written before checksums
-    # present but no table (an edit, another tool): the check was skipped without a word
-    if stored is not None and not isinstance(stored, dict) or isinstance(stored, dict) and \
-            stored.get("sha256") != payload_sha256(state):
+    if stored is not None and not isinstance(stored, dict):  # an edit, another tool: it was skipped in silence
+        raise StreamsError(f"checkpoint {path}: its checksum is {excerpt(str(stored), 40)}, not a table of its "
+                           "SHA-256 (edited, or written by another tool): use another checkpoint or train again")
+    if isinstance(stored, dict) and stored.get("sha256") != payload_sha256(state):
         raise StreamsError(f"checkpoint {path} is corrupt: its contents do not match the SHA-256 stored in it "
                            "(damaged bytes); use an older checkpoint or train again")
     problem = _payload_problem(state)
@@ -265,7 +266,7 @@ def _payload_problem(state: dict[str, Any]) -> str:
         return f"class {excerpt(twice)} is named twice: scores of two outputs would be reported as one class"
     convention = state.get("input_convention", "")  # copied into every export's .json and report
     if not isinstance(convention, str) or text_problem(convention):
-        return f"input_convention must be a line of text, got {str(convention)[:60]}"
+        return f"input_convention must be a line of text, got {excerpt(str(convention), 60)}"
     for key in ("step", "epoch"):
         value = state.get(key, 0)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:

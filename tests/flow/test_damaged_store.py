@@ -295,7 +295,8 @@ def test_a_fifo_where_a_pack_belongs_is_listed_not_waited_on(finished, fast_cfg)
     _deadline()
     try:
         report = verify_store(out, jobs=1)
-        assert [v for v, _ in report.damaged] == ["Cls/a"] and "is a folder (or other non-file)" in report.damaged[0][1]
+        assert [v for v, _ in report.damaged] == ["Cls/a"]
+        assert "a.pack is not a regular file (a FIFO, socket or device), not a pack" in report.damaged[0][1]
         summary = run_flow(jobs, out, fast_cfg)
     finally:
         signal.alarm(0)
@@ -312,9 +313,30 @@ def test_verify_prints_what_it_found_when_it_cannot_record_it(finished, capsys):
     report = verify_store(out, jobs=1)
     assert [v for v, _ in report.damaged] == ["Cls/a"] and report.report is None
     said = capsys.readouterr().out
-    assert "verify: the result could not be recorded in the store (" in said and "verify-report.csv" in said
+    assert "verify: verify-report.csv could not be written in the store (" in said
+    assert StoreIndex(out).read().entries["Cls/a"].state == "damaged"  # marked all the same: the next flow redoes it
     assert "verify: damaged Cls/a: the index lists it as done" in said
-    assert "verify: not recorded in the store: re-run verify where it can be written" in said
+    assert "verify: not (all) recorded in the store: re-run verify where it can be written" in said
+
+
+def test_a_fifo_where_store_json_belongs_is_replaced_by_a_forced_run_not_waited_on(tmp_path):
+    """`flow --force` passed over open_store's refusal of a FIFO store.json, then create_store read it
+    (`path.read_bytes()`) and waited for a writer for ever."""
+    import signal
+
+    root = tmp_path / "s"
+    root.mkdir()
+    os.mkfifo(root / "store.json")
+    with pytest.raises(FlowError, match=r"store\.json: cannot read store description: not a regular file"):
+        open_store(root)
+    with pytest.raises(FlowError, match=r"store\.json: cannot read store description: not a regular file"):
+        create_store(root)  # without --force: the same line
+    _deadline()
+    try:
+        create_store(root, overwrite=True)  # --force
+    finally:
+        signal.alarm(0)
+    assert (root / "store.json").is_file() and open_store(root).layout == "packed"
 
 
 def test_verify_lists_a_pack_copied_over_another_videos(finished, fast_cfg):
@@ -352,6 +374,8 @@ def test_packs_of_other_settings_than_store_json_are_refused_where_they_are_read
 
     with hold_lock(out / f"{RUNNING_PREFIX}host-1{LOCK_SUFFIX}", holder="host-1"):
         assert verify_store(out, jobs=1).damaged == []
+    assert "verify: 2 video(s) of the store's old settings are left to the running `flow` run" in \
+        capsys.readouterr().out
     assert [v for v, _ in verify_store(out, jobs=1).damaged] == ["Cls/b", "Cls/c"]
     capsys.readouterr()
     assert run_flow(jobs, out, new).computed == 2

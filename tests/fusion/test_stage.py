@@ -193,6 +193,19 @@ def test_activitynet_counts_the_excluded_test_videos_as_misses(tiny_store, tiny_
     assert excluded["reason"].iloc[0] == "listed in the annotations but not under the root"
 
 
+def test_every_test_video_excluded_is_refused_before_any_network_work(tiny_store, tiny_checkpoints, tmp_path,
+                                                                       monkeypatch):
+    """With the excluded test videos in the job's test list, "no test videos" no longer fired: eval
+    computed every training video's features, then refused."""
+    from fusion import stage
+
+    store, train, test = tiny_store
+    monkeypatch.setattr(stage, "collect", lambda *a, **k: pytest.fail("network outputs computed"))
+    with pytest.raises(FusionError, match=r"^none of the 2 test videos can be evaluated \(all excluded, e\.g\. "):
+        run_eval(job(store, tiny_checkpoints, train, test[:2], protocol="t",
+                     excluded={v: "no frames/flow in the store" for v, _ in test[:2]}), CFG, tmp_path)
+
+
 def test_svm_rerun_from_saved_features(evaluated):
     table, out, _ = evaluated
     rerun = svm_from_features(out / "features", CFG)

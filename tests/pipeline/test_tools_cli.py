@@ -90,7 +90,7 @@ def test_the_cli_prints_errors_with_status_2(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args", [["export", "x.pt", "--out", ""], ["export", "", "--out", "e"],
-                                  ["eval", "--out", " "], ["features", "v.avi", "--rgb", "r.pt", "--out", ""],
+                                  ["features", "v.avi", "--rgb", "r.pt", "--out", ""],
                                   ["import-weights", "a.caffemodel", "--out", ""], ["report", ""]])
 def test_an_empty_path_argument_is_refused_not_taken_for_this_folder(tmp_path, capsys, monkeypatch, args):
     """`export --out ""` wrote its three files into the current folder without a word: Path("") is "."."""

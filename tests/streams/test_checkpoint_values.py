@@ -53,7 +53,7 @@ def _set(section, key, value):
     (_set("model_config", "dropout_rgb", "x"), "model_config.dropout_rgb must be float, got 'x'"),
     (_set("model_config", "dropout_rgb", 1.5), "model_config.dropout_rgb must be 0.0 to 1.0, got 1.5"),
     # copied into every export's .json unchecked
-    (_set("", "input_convention", {"bad": 1}), "input_convention must be a line of text, got {'bad': 1}"),
+    (_set("", "input_convention", {"bad": 1}), "input_convention must be a line of text, got \"{'bad': 1}\""),
 ])
 @pytest.mark.parametrize("checksum", [True, False])
 def test_edited_values_are_one_line_naming_the_value(tmp_path, edit, says, checksum):
