@@ -49,7 +49,7 @@ from flow.errors import FlowError
 from flow.index import StoreIndex
 from p3dbase.atomic import TEMP_MARKER, fsync_dir, write_bytes, writer_token
 from p3dbase.digest import settings_key
-from p3dbase.errors import NOT_REGULAR, NotRegularFileError, brief, open_regular, read_regular, shown
+from p3dbase.errors import NotRegularFileError, brief, file_problem, open_regular, read_regular, shown
 from p3dbase.lock import hold_lock, holder_of
 
 STORE_FILE = "store.json"
@@ -250,9 +250,8 @@ class PackedFrames(VideoFrames):
         self.path = path
         try:
             self._fd = open_regular(path)  # a FIFO in a pack's place made every reader wait for ever
-        except (IsADirectoryError, NotRegularFileError) as e:
-            what = "a folder" if isinstance(e, IsADirectoryError) else NOT_REGULAR
-            raise FlowError(f"video {video_id}: {path} is {what}, not a pack: move it out of the store") from None
+        except (IsADirectoryError, NotRegularFileError) as e:  # their strerror says which
+            raise FlowError(f"video {video_id}: {path} is {e.strerror}, not a pack: move it out of the store") from None
         except OSError as e:
             raise FlowError(f"video {video_id}: cannot open {path}: {e.strerror}") from None
         try:
@@ -906,8 +905,7 @@ class Store:
         path = self.path(video_id)
         if not path.exists():
             if path.is_symlink():  # exists() follows the link: a loop, or a target gone
-                raise FlowError(f"video {video_id}: {path} is a symbolic link that leads to no file (a loop of links, "
-                                "or its target is gone): re-run `make flow` to redo it")
+                raise FlowError(f"video {video_id}: {path} is {file_problem(path)}: re-run `make flow` to redo it")
             raise FlowError(f"video {video_id}: not in the store at {self.root} (no {path})")
         frames = PackedFrames(path, video_id) if self.layout == "packed" else MmactionFrames(path, video_id)
         made = frames.origin if isinstance(frames.origin, dict) else {}  # older videos record nothing: not compared

@@ -56,12 +56,14 @@ class VerifyReport:
 PENDING = "left to the running flow"  # check_video: a video of the old settings beside a running `flow`
 
 
-def check_video(store: Store, video_id: str, entry: IndexEntry | None, *, flow_running: bool = False) -> str:
+def check_video(store: Store, video_id: str, entry: IndexEntry | None, *, stat: tuple[int, int] | None,
+                flow_running: bool = False) -> str:
     """What is wrong with one video ("" when nothing): it is stored (when the index's `entry` lists it
     as done), it opens (made for this video and under store.json's settings), every image matches its
     checksum (and decodes, for JPEG folders), and it holds the entry's counts; one that does not record
     its video id (older stores) must have been made from the entry's source (a stored video that does
-    not say what it was made from, from before the index, is not compared). With `flow_running` (a
+    not say what it was made from, from before the index, is not compared). `stat`: the stored video's
+    (size, mtime_ns) as the caller took it (flow.index.entry_stat). With `flow_running` (a
     `flow` run writing the store), a video of the old settings is one that run has not redone yet, not
     damage: PENDING."""
     try:
@@ -85,7 +87,7 @@ def check_video(store: Store, video_id: str, entry: IndexEntry | None, *, flow_r
     # than the entry's, compares it with its source. An entry of this very file with other counts is
     # wrong itself (edited, damaged), and its counts would reach the manifest and mmaction's lists.
     if isinstance(made_from, dict) and "video_id" in made_from:
-        same_file = entry_stat(path) == (entry.stored_size, entry.stored_mtime_ns)
+        same_file = stat == (entry.stored_size, entry.stored_mtime_ns)
         return f"{differs} (for this very file)" if same_file and counts != (entry.frames, entry.flows) else ""
     if counts != (entry.frames, entry.flows):  # older videos: counts and source against the entry
         return differs
@@ -115,7 +117,7 @@ def _check_chunk(root: Path, chunk: Sequence[tuple[str, IndexEntry | None]], flo
             stat = entry_stat(store.path(video_id))
         except FlowError:
             stat = None
-        results.append((video_id, check_video(store, video_id, entry, flow_running=flow_running), stat))
+        results.append((video_id, check_video(store, video_id, entry, stat=stat, flow_running=flow_running), stat))
     return results
 
 

@@ -283,23 +283,23 @@ def build(fmt: str, root: Path, classes: list[str], entries: list[Entry], split:
         raise DatasetError(f"none of the {len(entries)} videos listed in {source} exist under {shown(root)} "
                            f"(e.g. {shown(root / entries[0].rel)}): is dataset.root right?")
     missing = list(skipped or [])
+    def record(entry: Entry, path: Path) -> VideoRecord:
+        return VideoRecord(video_id_of(entry.rel), path, entry.labels[0], entry.labels, classes[entry.labels[0]],
+                           entry.split, entry.group)
+
     videos: list[VideoRecord] = []
     gone: list[VideoRecord] = []
     for entry, path, problem in zip(entries, paths, found, strict=True):
         if problem:
             refused.append((shown(entry.rel), problem))
-            continue
-        record = VideoRecord(video_id_of(entry.rel), path, entry.labels[0], entry.labels, classes[entry.labels[0]],
-                             entry.split, entry.group)
-        if problem is None:
+        elif problem is None:
             missing.append(str(entry.rel))
-            gone.append(record)
+            gone.append(record(entry, path))
         else:
-            videos.append(record)
+            videos.append(record(entry, path))
     for entry in absent or ():
         missing.append(str(entry.rel))
-        gone.append(VideoRecord(video_id_of(entry.rel), root / entry.rel, entry.labels[0], entry.labels,
-                                classes[entry.labels[0]], entry.split, entry.group))
+        gone.append(record(entry, root / entry.rel))
     # Test videos without a label (Kinetics', ActivityNet's: their labels are not published) are expected;
     # said apart from videos missing under the root, which are worth a look.
     unlabelled = [m for m in missing if m.endswith(NO_LABEL)]

@@ -59,12 +59,11 @@ def read_benchmark(name: str, bench: BenchmarkConfig) -> Benchmark:
     # Videos the protocol scores that the annotations list but that are not under the root: misses, not
     # a smaller test set. Leave-one-out scores every video, whatever its role.
     tested = {v for _, ids in splits for v in ids}
-    absent = {v.video_id: TransferVideo(v.video_id, v.path, v.labels, v.group)
-              for d in dataset.splits().values() for v in d.absent
-              if protocol == "loo" or v.video_id in tested}
+    absent = [TransferVideo(v.video_id, v.path, v.labels, v.group) for v in dataset.absent
+              if protocol == "loo" or v.video_id in tested]
     return Benchmark(
         name=name, protocol=protocol, root=dataset.root, classes=list(dataset.classes), videos=videos,
         splits=splits, pairs=read_view2(bench.annotations) if protocol == "aslan_view2" else None,
-        flow_store=Path(bench.flow_store) if bench.flow_store else None, absent=list(absent.values()),
+        flow_store=Path(bench.flow_store) if bench.flow_store else None, absent=absent,
         scored=scored,
         refused=list(dataset.refused), paper=bench.paper or (name if name in PAPER_BENCHMARKS else ""))
