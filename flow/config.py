@@ -129,7 +129,7 @@ class FlowConfig:
             raise ValueError(f"batch_pairs: must be >= 1, got {self.batch_pairs}")
         if self.size:
             parts = self.size.lower().split("x")
-            if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
+            if len(parts) not in (1, 2) or not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts):
                 raise ValueError(f"size: must be 'WxH', a short side like '256', or '', got {self.size!r}")
 
     def _validate_tvl1(self) -> None:

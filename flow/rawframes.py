@@ -48,7 +48,7 @@ from flow.encoding import decode, encode
 from flow.errors import FlowError
 from flow.store import VideoWriter, other_size
 from flow.video import output_size, resize
-from p3dbase.errors import shown
+from p3dbase.errors import file_problem, shown
 
 # Whole names, ASCII only (fullmatch, re.ASCII): `$` also matches before a final newline and `\d` takes
 # any Unicode digit (IGNORECASE folds non-ASCII letters too), so `img_00003.jpg\n` and `img_` + five
@@ -57,6 +57,7 @@ _NAMES = re.IGNORECASE | re.ASCII
 _IMAGE = r"\.(?:jpe?g|png)"
 _RGB = re.compile(rf"(?:img|image|frame|rgb)_([0-9]+){_IMAGE}", _NAMES)
 _FLOW = re.compile(rf"(?:flow_)?([xy])_([0-9]+){_IMAGE}", _NAMES)
+_IMAGE_NAME = re.compile(rf"{_IMAGE}$", _NAMES)
 _NUMBERED = re.compile(rf"(?:[a-z]+_)?([0-9]+){_IMAGE}", _NAMES)  # in x/, y/, u/, v/ folders
 _AXIS_DIRS = {"x": "x", "y": "y", "u": "x", "v": "y"}
 
@@ -85,11 +86,16 @@ class CheckedVideo:
 
 def _files(folder: Path) -> list[str]:
     """The visible files of `folder`; FlowError for a symbolic link leading out of it (nothing
-    outside a video's own folder is read)."""
+    outside a video's own folder is read), and for an image's name that is no file (a FIFO, a folder,
+    a dangling link: it read as a gap in the numbering, or as an x image without its y)."""
     try:
-        entries = [e for e in os.scandir(folder) if not e.name.startswith(".") and _is_file(e)]
+        entries = [e for e in os.scandir(folder) if not e.name.startswith(".")]
     except (FileNotFoundError, NotADirectoryError):
         return []
+    for e in entries:
+        if not _is_file(e) and _IMAGE_NAME.search(e.name):
+            raise FlowError(f"{shown(e.path)}: {file_problem(Path(e.path), 'JPEG or PNG file')}")
+    entries = [e for e in entries if _is_file(e)]
     inside = os.path.realpath(folder)
     for e in entries:
         if e.is_symlink() and os.path.commonpath([os.path.realpath(e.path), inside]) != inside:
@@ -122,8 +128,8 @@ def scan(folder: Path | str) -> RawframeVideo:
     def put(table: dict[int, Path], number: str, path: Path, pattern: str) -> None:
         index = int(number)
         if index in table:
-            raise FlowError(f"{shown(folder)}: {shown(table[index].name)} and {shown(path.name)} are both "
-                            f"image {index}")
+            raise FlowError(f"{shown(folder)}: {shown(table[index].relative_to(folder))} and "
+                            f"{shown(path.relative_to(folder))} are both image {index}")
         table[index] = path
         names.setdefault(id(table), pattern)
         digits.add(len(number))

@@ -58,7 +58,7 @@ from flow.store import (
     store_name_problem,
 )
 from flow.tvl1 import OpenCVTVL1, to_gray
-from flow.video import VideoReader
+from flow.video import VideoReader, size_text
 from p3dbase.atomic import DiskFullError, disk_full, is_disk_full, write_text
 from p3dbase.bulk import no_cycle_collection
 from p3dbase.cluster import dask_unordered, local_processes
@@ -128,8 +128,10 @@ def store_params(cfg: FlowConfig) -> dict[str, Any]:
     """The settings that decide the stored frames and flow, recorded in store.json. Stores computed
     from videos record no `source` (stores made before rawframes could be imported stay valid)."""
     if cfg.source == "rawframes":
-        return {"source": "rawframes", **{k: getattr(cfg, k) for k in RAWFRAMES_FIELDS}}
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY_FIELDS}
+        params = {"source": "rawframes", **{k: getattr(cfg, k) for k in RAWFRAMES_FIELDS}}
+    else:
+        params = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY_FIELDS}
+    return params | {"size": size_text(cfg.size)}
 
 
 def flow_settings(bound: float, params: dict[str, Any]) -> dict[str, Any]:
@@ -544,6 +546,8 @@ def run_flow(videos: Sequence[FlowJob], out_dir: Path, cfg: FlowConfig, *, shard
     with no_cycle_collection(), _stats_ahead(store, valid, force) as ahead:  # 650,000 rows, no cycles
         store.clean_stale([job.video_id for job in valid])  # what killed runs left (not what live ones write)
         plan = _plan(store, valid, force, ahead)
+        if not force:
+            _keep_refused(store, [job for job in mine if job.error], plan)
     rows.update(plan.rows)
     if cfg.source == "rawframes":
         print(survey([job.path for job in valid if job.video_id not in plan.gone]), flush=True)
@@ -815,6 +819,26 @@ def _plan(store: Store, jobs: Sequence[FlowJob], force: bool, ahead: _Ahead | No
                                                   entry.declared_frames, entry.seconds)
     notes.close()
     return plan
+
+
+def _keep_refused(store: Store, refused: Sequence[FlowJob], plan: _Plan) -> None:
+    """A finished video whose file the caller refuses now (a dangling link or a FIFO where the video
+    was) is kept as one whose source is gone (docs/flow.md), with one line saying so: the refusal is
+    why it cannot be redone, not a reason to call it failed. Its pack is opened (few are refused)."""
+    for job in refused:
+        try:
+            if store_name_problem(check_video_id(job.video_id), store.layout):
+                continue  # refused for its id: nothing of that name is in the store
+        except FlowError:
+            continue
+        kept = _kept_without_source(store, job, None, store.settings_digest)
+        if kept is None:
+            continue
+        print(f"flow: video {shown(job.video_id)}: its source is refused ({shown(job.error)}): the stored video is "
+              "kept", flush=True)
+        plan.gone.add(job.video_id)
+        plan.rows[job.video_id] = VideoResult(job.video_id, shown(job.path), "done", kept.frames, kept.flows,
+                                              kept.declared_frames, kept.seconds)
 
 
 def _kept_without_source(store: Store, job: FlowJob, entry: IndexEntry | None, digest: str) -> IndexEntry | None:

@@ -1060,6 +1060,24 @@ def _store_info(layout: str, codec: str, bound: float, jpeg_quality: int,
     return info
 
 
+def _differences(made: dict[str, Any], asked: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(setting, its value in `made`, in `asked`) for each setting two store.json records differ in,
+    the values as JSON ("none" where a record has no such setting). A record without `flow_codec` has
+    one codec for both: it does not differ from one naming the same codec twice."""
+    def split(info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        top = {k: v for k, v in info.items() if k != "params"}
+        if "codec" in top:
+            top.setdefault("flow_codec", top["codec"])
+        return top, info.get("params", {})
+
+    def value(settings: dict[str, Any], key: str) -> str:
+        return json.dumps(settings[key]) if key in settings else "none"
+
+    return [(key, value(old, key), value(new, key))
+            for old, new in zip(split(made), split(asked), strict=True)
+            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+
+
 def _encode_info(info: dict[str, Any]) -> bytes:
     return (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
 
@@ -1081,13 +1099,10 @@ def create_store(root: Path | str, layout: str = "packed", *, codec: str = "png"
     if path.exists() and not overwrite:
         existing = open_store(root).info
         info = json.loads(data)
-        if existing != info:
-            diff = sorted(k for k in set(info) | set(existing) if k != "params" and info.get(k) != existing.get(k))
-            old, new = existing.get("params", {}), info["params"]
-            diff += sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            raise OtherSettingsError(f"{path}: store was made with other settings ({', '.join(diff)} "
-                                     "differ); use another output directory or redo every video (--force)",
-                                     diff)
+        if differ := _differences(existing, info):
+            shown_differ = "; ".join(f"{key}: {made} in the store, {asked} now" for key, made, asked in differ)
+            raise OtherSettingsError(f"{path}: store was made with other settings ({shown_differ}); use another "
+                                     "output directory or redo every video (--force)", [key for key, *_ in differ])
         return Store(root, existing)
     root.mkdir(parents=True, exist_ok=True)
     try:

@@ -45,11 +45,20 @@ def parse_size(size: str) -> tuple[int, int] | int | None:
     if not text:
         return None
     parts = text.split("x")
-    if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
+    if len(parts) not in (1, 2) or not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts):
         raise FlowError(f"flow.size: must be 'WxH', a short side like '256', or '', got {size!r}")
     if len(parts) == 2:
         return int(parts[0]), int(parts[1])
     return int(parts[0])
+
+
+def size_text(size: str) -> str:
+    """`[flow] size` as store.json records it, one spelling per size: "340X256" and "0340x256" ->
+    "340x256", "0064" -> "64" (a store made with one was refused to a run given the other)."""
+    target = parse_size(size)
+    if target is None:
+        return ""
+    return f"{target[0]}x{target[1]}" if isinstance(target, tuple) else str(target)
 
 
 def output_size(width: int, height: int, size: str) -> tuple[int, int]:

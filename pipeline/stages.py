@@ -172,9 +172,17 @@ def write_mmaction_lists(cfg: Config, store_root: Path) -> list[Path]:
     """mmaction2 rawframe lists of the store (`<video_id> <frames> <label> [label ...]`, data_prefix =
     the store): per split and subset, `<format>_<subset>_split_<k>_rawframes.txt` with the RGB frame
     count N and `..._rawframes_flow.txt` with the flow count N - 1 (mmaction2 reads `total_frames`
-    images of the modality). Counts from the store's manifest; videos that failed are left out. With
-    them `<format>_label_map.txt`, the class names one a line in label order (mmaction2's label map)."""
+    images of the modality). Counts from the store's manifest; videos that failed are left out, and so
+    are ids holding whitespace (mmaction2 splits a line at it: the list would not read back), named in
+    one line. With them `<format>_label_map.txt`, the class names one a line in label order (mmaction2's
+    label map)."""
     rows = {v: r for v, r in read_manifest(store_root / "manifest.csv").items() if r.status == "done"}
+    if spaced := {v for v in rows if any(c.isspace() for c in v)}:
+        named = sorted(spaced)
+        print(f"flow: {len(named)} video id(s) hold whitespace, which splits a line of mmaction2's lists: left "
+              f"out of them (rename their folders, e.g. spaces to _ as Kinetics' tools do): "
+              f"{', '.join(shown(v) for v in named[:3])}{' ...' if len(named) > 3 else ''}")
+        rows = {v: r for v, r in rows.items() if v not in spaced}
     written = []
     for split, dataset in split_datasets(cfg):
         if not written:

@@ -2,6 +2,7 @@
 flow decoded at the given bound, bad folders failed with the reason, and the mmaction2 lists."""
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -135,6 +136,33 @@ def test_other_numbering_and_no_folder_fail(tmp_path):
         scan(tmp_path / "clip.avi")
     with pytest.raises(FlowError, match="no frame images"):
         scan(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["img_00002.jpg", "flow_y_00002.jpg"])
+@pytest.mark.parametrize("kind", ["fifo", "folder", "dangling link"])
+def test_an_image_name_that_is_no_file_is_named_with_what_it_is(tmp_path, kind, name):
+    """A FIFO, folder or dangling link in an image's place: its video fails naming that entry and what
+    it is. Was: read as a gap in the numbering ("the numbering jumps") or an x image without its y."""
+    bad = write_tree(tmp_path / "bad", frames=4, flows=3)
+    entry = bad / name
+    entry.unlink()
+    make = {"fifo": os.mkfifo, "folder": os.mkdir, "dangling link": lambda p: os.symlink(tmp_path / "gone.jpg", p)}
+    make[kind](entry)
+    error = import_beside_a_good_one(tmp_path, bad)
+    what = {"fifo": "not a regular file (a FIFO", "folder": "a folder, not a JPEG or PNG file",
+            "dangling link": "a symbolic link that leads to no JPEG or PNG file"}[kind]
+    assert error.startswith(f"{entry}: {what}"), error
+    assert "missing" not in error and "but no" not in error
+
+
+def test_two_files_of_one_number_are_named_with_their_folders(tmp_path):
+    """`img_00001.jpg` beside `rgb/img_00001.jpg`: the message tells them apart (it named the same
+    name twice)."""
+    tree = write_tree(tmp_path / "both", frames=3, flows=2)
+    (tree / "rgb").mkdir()
+    (tree / "rgb" / "img_00001.jpg").write_bytes((tree / "img_00001.jpg").read_bytes())
+    with pytest.raises(FlowError, match=r"both: img_00001\.jpg and rgb/img_00001\.jpg are both image 1$"):
+        scan(tree)
 
 
 def uniform_tree(folder: Path, u8: tuple[int, int], frames: int = 3) -> Path:

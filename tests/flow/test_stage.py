@@ -479,6 +479,20 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
+def test_a_size_spelled_another_way_is_the_same_store(videos, tmp_path, fast_cfg):
+    """store.json records one spelling per size: a run given "0032X24" takes a store made with "32x24"
+    for its own (was refused, "size differ"), and a size in other digits than ASCII is refused."""
+    out = tmp_path / "flow"
+    first = run_flow(jobs_in(videos), out, dataclasses.replace(fast_cfg, size="32x24"))
+    assert first.computed == 3 and open_store(out).params["size"] == "32x24"
+    again = run_flow(jobs_in(videos), out, dataclasses.replace(fast_cfg, size="0032X24"))
+    assert (again.computed, again.skipped) == (0, 3)
+    with pytest.raises(FlowError, match=r"\(size: \"32x24\" in the store, \"24\" now\)"):
+        run_flow(jobs_in(videos), out, dataclasses.replace(fast_cfg, size="024"))
+    with pytest.raises(ValueError, match="size: must be 'WxH'"):
+        dataclasses.replace(fast_cfg, size="\u0663\u0662x24").validate()
+
+
 def test_force_with_a_shard_and_other_settings_is_refused(videos, tmp_path, fast_cfg):
     """`--force --shard` once rewrote store.json for the whole store, redid one shard
     and left a mixed store that a plain re-run took for done."""

@@ -150,10 +150,17 @@ def test_open_store_errors(tmp_path):
 def test_reopening_with_other_settings_is_refused_unless_overwrite(tmp_path):
     create_store(tmp_path, params={"scale_step": 0.5})
     create_store(tmp_path, params={"scale_step": 0.5})  # same settings: fine
-    with pytest.raises(FlowError, match=r"\(scale_step differ\)"):
+    with pytest.raises(FlowError, match=r"\(scale_step: 0\.5 in the store, 0\.8 now\); use another"):
         create_store(tmp_path, params={"scale_step": 0.8})
-    with pytest.raises(FlowError, match="bound"):
+    with pytest.raises(FlowError, match=r"\(bound: 20\.0 in the store, 10\.0 now\)"):
         create_store(tmp_path, bound=10, params={"scale_step": 0.5})
+    with pytest.raises(FlowError, match=r"\(scale_step: 0\.5 in the store, none now; "
+                                        r"warps: none in the store, 3 now\)"):
+        create_store(tmp_path, params={"warps": 3})
+    # The flow codec, one codec for both unless named: only the codec that changed is named.
+    with pytest.raises(FlowError, match=r"\(codec: \"png\" in the store, \"raw\" now\);") as e:
+        create_store(tmp_path, codec="raw", flow_codec="png", params={"scale_step": 0.5})
+    assert e.value.differ == ["codec"]
     assert create_store(tmp_path, params={"scale_step": 0.8}, overwrite=True).params == {"scale_step": 0.8}
 
 

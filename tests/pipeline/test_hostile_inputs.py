@@ -195,3 +195,55 @@ def test_refused_files_of_a_computed_video_id_do_not_stop_the_flow_stage(tmp_pat
     assert rows["c/v"] == rows["c/w"] == ("done", "")
     assert rows["c/x"] == ("failed", "refused: c/x.mkv: a dangling symbolic link; c/x.mp4: a dangling symbolic link")
 
+
+
+def _flow_on_folder(tmp_path: Path, root: Path, *sets: str) -> int:
+    """`flow` on a folder dataset at `root` with cheap TV-L1, the store under tmp_path/work."""
+    config = tmp_path / "flow.toml"
+    config.write_text('[dataset]\nformat = "folder"\n[flow]\nsize = ""\nwarps = 1\nouter_iterations = 2\n'
+                      'nscales = 2\njobs = 1\n', encoding="utf-8")
+    return main(["flow", "--config", str(config), "--set", f"dataset.root={root}",
+                 "--set", f"work_dir={tmp_path / 'work'}", *(a for s in sets for a in ("--set", s))])
+
+
+def test_a_finished_video_whose_file_turns_into_a_dangling_link_is_kept(tmp_path, capsys):
+    """Its pack is whole: it is kept as a video whose source is gone, with one line (docs/flow.md).
+    Was: a failed row (so `--strict` stopped, and the video left the mmaction2 lists)."""
+    from flow.manifest import read_manifest
+    from tests.builders import moving_square, write_video
+
+    root = tmp_path / "videos"
+    for name, seed in (("c/v.avi", 1), ("c/w.avi", 2)):
+        write_video(root / name, moving_square(4, seed=seed))
+    assert _flow_on_folder(tmp_path, root) == 0
+    store = tmp_path / "work" / "flow"
+    pack = (store / "c" / "w.pack").read_bytes()
+    (root / "c" / "w.avi").rename(tmp_path / "w.avi")
+    (root / "c" / "w.avi").symlink_to(tmp_path / "gone.avi")
+    capsys.readouterr()
+    assert main(["flow", "--strict", "--config", str(tmp_path / "flow.toml"), "--set", f"dataset.root={root}",
+                 "--set", f"work_dir={tmp_path / 'work'}"]) == 0
+    out = capsys.readouterr().out
+    assert "flow: video c/w: its source is refused (refused: a dangling symbolic link): the stored video is kept" in out
+    assert "2 videos: 0 computed, 2 already done, 0 failed" in out.replace("flow: ", "")
+    rows = read_manifest(store / "manifest.csv")
+    assert (rows["c/w"].status, rows["c/w"].frames, rows["c/w"].flow_pairs) == ("done", 4, 3)
+    assert (store / "c" / "w.pack").read_bytes() == pack
+
+
+def test_ids_with_whitespace_are_left_out_of_the_mmaction_lists_by_name(tmp_path, capsys):
+    """mmaction2 splits a list's line at whitespace: `arm wrestling/v 4 0` read back as a video
+    `arm` of `wrestling/v` frames. Those ids stay in the store and out of the lists, named once."""
+    from tests.builders import moving_square, write_video
+
+    root = tmp_path / "videos"
+    for name, seed in (("arm wrestling/v.avi", 1), ("c/w.avi", 2)):
+        write_video(root / name, moving_square(4, seed=seed))
+    assert _flow_on_folder(tmp_path, root, "flow.store=mmaction") == 0
+    out = capsys.readouterr().out
+    assert ("flow: 1 video id(s) hold whitespace, which splits a line of mmaction2's lists: left out of them "
+            "(rename their folders, e.g. spaces to _ as Kinetics' tools do): arm wrestling/v") in out
+    store = tmp_path / "work" / "flow"
+    assert (store / "folder_train_split_1_rawframes.txt").read_text() == "c/w 4 1\n"
+    assert (store / "folder_train_split_1_rawframes_flow.txt").read_text() == "c/w 3 1\n"
+    assert (store / "arm wrestling" / "v" / "img_00004.jpg").is_file()
