@@ -35,26 +35,26 @@ lint: install
 all: synth flow train-rgb train-flow eval
 
 synth: install
-	$(RUN) synth --config $(CONFIG) $(ARGS)
+	$(RUN) synth --config "$(CONFIG)" $(ARGS)
 
 flow: install
-	$(RUN) flow --config $(CONFIG) $(ARGS)
+	$(RUN) flow --config "$(CONFIG)" $(ARGS)
 
 train-rgb: install
-	$(RUN) train --stream rgb --config $(CONFIG) $(ARGS)
+	$(RUN) train --stream rgb --config "$(CONFIG)" $(ARGS)
 
 train-flow: install
-	$(RUN) train --stream flow --config $(CONFIG) $(ARGS)
+	$(RUN) train --stream flow --config "$(CONFIG)" $(ARGS)
 
 eval: install
-	$(RUN) eval --config $(CONFIG) $(ARGS)
+	$(RUN) eval --config "$(CONFIG)" $(ARGS)
 
 # After `make all`: the SynthActions streams as frozen extractors on every transfer protocol
 # (configs/transfer.toml; docs/transfer.md). TRANSFER_CONFIG=configs/<yours>.toml for real data;
 # after `make all CONFIG=configs/tiny.toml`: `make transfer TRANSFER_CONFIG=configs/tiny_transfer.toml`.
 TRANSFER_CONFIG ?= configs/transfer.toml
 transfer: install
-	$(RUN) transfer --config $(TRANSFER_CONFIG) $(ARGS)
+	$(RUN) transfer --config "$(TRANSFER_CONFIG)" $(ARGS)
 
 # The prepared GPU run (bench/gpu.py, docs/gpu.md): every CUDA path proved and measured in at most
 # 7 minutes; gpu.md, gpu.json, gpu.log and sections/ in work/gpu (rows written as measured), scratch

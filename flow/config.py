@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from p3dbase.cluster import scheduler_problem
 from p3dbase.overrides import check_range
 
 # The flow bound, px: one uint8 level is 2 * bound / 255 px (flow.encoding). Below 0.5 px every real
@@ -125,6 +126,8 @@ class FlowConfig:
             raise ValueError(f"jobs: must be >= 0 (0 = all cores), got {self.jobs}")
         if self.max_pixels < 0:
             raise ValueError(f"max_pixels: must be >= 0 (0 = no limit), got {self.max_pixels}")
+        if self.scheduler and (problem := scheduler_problem(self.scheduler)):
+            raise ValueError(f"scheduler: {problem}")
         if self.batch_pairs < 1:
             raise ValueError(f"batch_pairs: must be >= 1, got {self.batch_pairs}")
         if self.size:

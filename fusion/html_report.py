@@ -29,6 +29,7 @@ from flow.visualise import flow_to_colour
 from fusion import figures, fuse, metrics, report
 from fusion.errors import FusionError
 from p3dbase.atomic import write_text
+from p3dbase.errors import read_regular
 from p3dbase.errors import shown as printable
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -106,7 +107,7 @@ def find_reports(folder: Path) -> list[tuple[str, Path]]:
     for root, dirs, files in os.walk(folder):
         if report.INPUTS in files:
             try:
-                kind = json.loads((Path(root) / report.INPUTS).read_text(encoding="utf-8")).get("kind")
+                kind = json.loads(read_regular(Path(root) / report.INPUTS).decode("utf-8")).get("kind")
             except (OSError, ValueError, AttributeError):
                 kind = None
             found.append((kind if kind in ("eval", "transfer", "average") else "damaged", Path(root)))
@@ -182,12 +183,13 @@ _OPTIONAL = ("chosen", "store")
 def _read_inputs(report_dir: Path, kind: str = "eval") -> dict:
     path = report_dir / report.INPUTS
     try:
-        inputs = json.loads(path.read_text(encoding="utf-8"))
+        inputs = json.loads(read_regular(path).decode("utf-8"))  # a FIFO refused, not waited on
     except FileNotFoundError:
         raise FusionError(f"{printable(str(report_dir))}: no {report.INPUTS}: not an evaluation report, or one "
                           "written before report.html existed (re-run `make eval`)") from None
     except (OSError, ValueError) as e:
-        raise FusionError(f"{printable(str(path))}: cannot read it ({e}): re-run `make eval`") from None
+        raise FusionError(f"{printable(str(path))}: cannot read it ({getattr(e, 'strerror', None) or e}): re-run "
+                          "`make eval`") from None
     if not isinstance(inputs, dict) or inputs.get("kind") != kind:
         raise FusionError(f"{printable(str(path))}: not the inputs of an evaluation report ({kind})")
     return report.check_inputs(path, inputs, INPUT_KEYS[kind], RERUN, _OPTIONAL)
@@ -320,7 +322,11 @@ def training_curves(name: str, checkpoint: Path) -> dict:
         return {"name": name, "uri": None,
                 "note": f"No metrics.jsonl beside {shown_name}: imported weights, or a training folder moved away."}
     history = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    try:
+        text = read_regular(path).decode("utf-8", errors="replace")
+    except OSError as e:
+        return {"name": name, "uri": None, "note": f"metrics.jsonl beside {shown_name} cannot be read ({e})."}
+    for line in text.splitlines():
         try:
             record = json.loads(line)
         except ValueError:

@@ -21,7 +21,7 @@ from fusion import figures, metrics
 from fusion.errors import FusionError
 from fusion.metrics import Labels
 from p3dbase import atomic
-from p3dbase.errors import excerpt, shown
+from p3dbase.errors import excerpt, read_regular, shown
 from streams.checkpoint import file_sha256
 
 COLUMNS = ["method", "clip_hit@1", "video_hit@1", "video_hit@5", "mean_class_acc", "mAP", "videos",
@@ -220,9 +220,9 @@ def read_table(path: Path, columns: Sequence[str], rerun: str, numbers: Sequence
     FusionError names the file, the line and the column of the first cell that is not what the report
     wrote (`rerun`: the command that writes it again)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular(path).decode("utf-8")  # a FIFO refused, not waited on
     except (OSError, ValueError) as e:
-        raise FusionError(f"{shown(path)}: cannot read it ({e}): {rerun}") from None
+        raise FusionError(f"{shown(path)}: cannot read it ({getattr(e, 'strerror', None) or e}): {rerun}") from None
     reader = csv.reader(io.StringIO(text, newline=""))
     rows = []
     try:

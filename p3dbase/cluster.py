@@ -92,6 +92,22 @@ def local_threads(threads: int, key: str) -> int:
     return threads
 
 
+SCHEDULER_PROTOCOLS = ("tcp", "tls", "ucx", "ws", "wss")  # what a Dask scheduler listens on across machines
+
+
+def scheduler_problem(address: str) -> str:
+    """What is wrong with a Dask scheduler's address (`tcp://host:8786`, `host:8786`), "" when
+    nothing: distributed raised a ValueError traceback for one without a port."""
+    protocol, sep, rest = address.rpartition("://")
+    if sep and protocol not in SCHEDULER_PROTOCOLS:
+        return (f"{address!r}: {protocol}:// is no protocol a scheduler on another machine listens on "
+                f"({', '.join(p + '://' for p in SCHEDULER_PROTOCOLS)})")
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        return f"{address!r}: expected [protocol://]host:port, e.g. tcp://node1:8786 (dask scheduler prints it)"
+    return ""
+
+
 def dask_unordered(calls: Iterable[Any], scheduler: str) -> Iterator[Any]:
     """Run joblib `delayed` calls on the cluster at `scheduler` (its address), yielding results as they
     finish. SettingError naming `flow.scheduler` when dask.distributed is missing or the scheduler
@@ -102,9 +118,11 @@ def dask_unordered(calls: Iterable[Any], scheduler: str) -> Iterator[Any]:
     except ImportError:
         raise SettingError(f"flow.scheduler = {scheduler!r} needs dask.distributed: "
                            "pip install 'p3d-two-stream[dist]'") from None
+    if problem := scheduler_problem(scheduler):
+        raise SettingError(f"flow.scheduler: {problem}")
     try:
         client = Client(scheduler)  # waits distributed.comm.timeouts.connect (dask config)
-    except (OSError, TimeoutError) as e:
+    except (OSError, TimeoutError, ValueError) as e:  # ValueError: an address distributed cannot parse
         raise SettingError(f"flow.scheduler: cannot reach the Dask scheduler at {scheduler}: {e}") from None
     with client, joblib.parallel_config(backend="dask"):
         yield from joblib.Parallel(n_jobs=-1, return_as="generator_unordered")(calls)

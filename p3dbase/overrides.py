@@ -6,6 +6,7 @@ the value came from (a file, `--set`) and raises its own package's error.
 """
 from __future__ import annotations
 
+import datetime
 import math
 import re
 import types
@@ -34,14 +35,45 @@ def parse_override(item: str) -> tuple[str, Any]:
 _PREFIXED_INT = re.compile(r"^[+-]?0[xob]", re.IGNORECASE)
 
 
+class _Int(int):
+    """An integer typed in `--set`, with its text (`_typed`)."""
+
+    text: str
+
+
+class _Float(float):
+    """A float typed in `--set`, with its text (`_typed`)."""
+
+    text: str
+
+
+def _typed(value: int | float, text: str) -> int | float:
+    """A number as TOML reads it, carrying the text it was typed as: a text setting takes the text
+    (`--set train.run=0.10` is the run "0.10", as `--run 0.10` is; str(0.1) made it "0.1")."""
+    number = _Int(value) if isinstance(value, int) else _Float(value)
+    number.text = text
+    return number
+
+
+def set_text(value: Any) -> Any:
+    """The text of a number typed in `--set` (`work_dir=2024` is the folder "2024"), else `value`."""
+    return value.text if isinstance(value, (_Int, _Float)) else value
+
+
 def _literal(text: str) -> Any:
-    """A TOML literal, or the bare text when it is none (or a hex/octal/binary integer)."""
+    """A TOML literal, or the bare text when it is none (or a hex/octal/binary integer, or a date or
+    time: no setting is one, and a name like `2024-01-01` is meant as typed)."""
     if _PREFIXED_INT.match(text.strip()):
         return text.strip()
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    if isinstance(value, (datetime.date, datetime.time)):  # datetime is a date
+        return text.strip()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _typed(value, text.strip())
+    return value
 
 
 _ITEM = re.compile(r'\s*("(?:[^"\\]|\\.)*"|\'[^\']*\'|[^,]*?)\s*(?:,|$)')
@@ -89,12 +121,16 @@ def check_value(value: Any, hint: Any, key: str, finite: bool = True) -> Any:
         if not isinstance(value, list):
             raise ValueError(f"{key} must be a list, got {value!r}")
         return [check_value(v, args[0], f"{key}[{i}]", finite) for i, v in enumerate(value)]
+    if isinstance(value, (_Int, _Float)):  # typed in --set: a text setting takes the text, others the number
+        if hint is str:
+            return check_value(value.text, str, key)
+        value = int(value) if isinstance(value, int) else float(value)
     if hint is float and isinstance(value, float) and finite and not math.isfinite(value):
         raise ValueError(f"{key} must be a finite number, got {value!r}")
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)  # `--set dataset.split=1` arrives as an int
+        return str(value)  # `dataset.split = 1` in a file arrives as an int
     if hint is bool and isinstance(value, str) and value.lower() in ("yes", "no", "on", "off"):
         return value.lower() in ("yes", "on")
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):

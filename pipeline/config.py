@@ -18,7 +18,7 @@ from fusion.config import EvalConfig
 from fusion.transfer_config import TransferConfig
 from p3dbase.atomic import write_text
 from p3dbase.errors import NOT_REGULAR, brief, excerpt, shown, text_problem, utf8_text
-from p3dbase.overrides import ALLOW_NONFINITE, check_value, parse_override
+from p3dbase.overrides import ALLOW_NONFINITE, check_value, parse_override, set_text
 from p3dbase.overwrite import folder_name_problem
 from pipeline.datasets.config import DatasetConfig
 from pipeline.errors import ConfigError
@@ -63,7 +63,7 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = (), *
     """Read `path` (or the defaults when None), apply `key=value` overrides and `run` (`--run`, which
     sets train.run), check everything. An error names where the bad value came from: the file, the
     `--set` item or `--run`."""
-    source = str(path) if path else "<defaults>"
+    source = shown(path) if path else "<defaults>"  # one line whatever the path holds
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -92,8 +92,9 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = (), *
             if section not in target:  # made by this item: an unknown section is blamed on it, not the file
                 origin.setdefault(within, where)
             target = target.setdefault(section, {})
-            if not isinstance(target, dict):  # blamed on what made it a value: a file's key, or `--set train=5`
-                raise ConfigError(f"{origin.get(within, source)}: {within!r} is not a section")
+            if not isinstance(target, dict):  # this item's mistake; what made it a value is named too
+                raise ConfigError(f"{where}: {within!r} is not a section ({_where(origin, within, source)} "
+                                  "gives it a value)")
         # `--set train={lr=0.1}` replaced the file's whole [train] with the defaults and one key, silently.
         # A section is set key by key; only a new [benchmark.NAME] may come whole, as one table.
         whole = isinstance(target.get(name), dict) or (not sections and name in (*SECTIONS, *NAMED_SECTIONS))
@@ -133,7 +134,8 @@ def _parse_override(item: str) -> tuple[str, Any]:
 
 
 def _check_work_dir(value: Any, where: str) -> str:
-    """work_dir names a folder: a quoted path, not empty, not an existing file."""
+    """work_dir names a folder: a quoted path (or text typed in --set), not empty, not an existing file."""
+    value = set_text(value)
     if not isinstance(value, str):
         raise ConfigError(f"{where}: work_dir must be a folder path in quotes (work_dir = \"work\"), got {value!r}")
     try:
@@ -145,6 +147,16 @@ def _check_work_dir(value: Any, where: str) -> str:
     if Path(value).exists() and not Path(value).is_dir():
         raise ConfigError(f"{where}: work_dir {brief(value)} is a file, not a folder")
     return value
+
+
+def _where(origin: dict[str, str], key: str, source: str) -> str:
+    """Where the value of `key` came from: its own --set, else the --set that gave its table whole
+    (`--set 'benchmark.a={format="x"}'` for benchmark.a.format), else the file."""
+    while key:
+        if key in origin:
+            return origin[key]
+        key = key.rpartition(".")[0]
+    return source
 
 
 def _build(raw: dict[str, Any], source: str, origin: dict[str, str]) -> Config:
@@ -180,7 +192,7 @@ def _build_section(cls: type, section: str, values: dict[str, Any], source: str,
     checked = {}
     for name, value in values.items():
         key = f"{section}.{name}"
-        where = origin.get(key, source)
+        where = _where(origin, key, source)
         if key in RENAMED:
             raise ConfigError(f"{where}: {key} is now called {RENAMED[key]} (the name [eval] gives the same setting)")
         if name not in names:
@@ -194,7 +206,7 @@ def _build_section(cls: type, section: str, values: dict[str, Any], source: str,
             validate()
         except ValueError as err:
             # The message starts with the field it is about: blame the --set or --run that gave it.
-            where = origin.get(f"{section}.{str(err).partition(':')[0]}", source)
+            where = _where(origin, f"{section}.{str(err).partition(':')[0]}", source)
             raise ConfigError(f"{where}: [{section}] {err}") from None
     return obj
 
@@ -235,8 +247,8 @@ def dump_toml(cfg: Config) -> str:
 
 
 def _toml_key(name: str) -> str:
-    """A table name as TOML writes it: bare when it can be, else quoted."""
-    return name if name and all(c.isalnum() or c in "_-" for c in name) else _toml_value(name)
+    """A table name as TOML writes it: bare when it can be (ASCII letters, digits, _ and -), else quoted."""
+    return name if name and name.isascii() and all(c.isalnum() or c in "_-" for c in name) else _toml_value(name)
 
 
 _TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}

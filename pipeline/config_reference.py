@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from p3dbase.errors import shown
 from pipeline.config import Config, _toml_value
 from pipeline.errors import ConfigError
 
@@ -330,8 +331,9 @@ def run(args: argparse.Namespace, cfg: Config) -> None:
             raise ConfigError("config --markdown: the reference shows the defaults; drop --config and --set")
         sys.stdout.write(render_markdown(Config()))
         return
-    source = str(args.config) if args.config is not None else "the defaults"
-    sets = "".join(f" --set {item}" for item in args.overrides)
+    # A comment holds no control character (DEL, ESC: TOML refuses them there): shown escapes them.
+    source = shown(args.config) if args.config is not None else "the defaults"
+    sets = "".join(f" --set {shown(item)}" for item in args.overrides)
     header = (f"The settings resolved from {source}{sets}: every key under its comment, and\n"
               "`# default: X` after each value that differs from the default. Reference: docs/config.md")
     sys.stdout.write(render_toml(cfg, header))

@@ -15,7 +15,7 @@ from flow.stage import FlowJob, FlowSummary, read_only_store, run_flow
 from flow.store import Store, open_store, store_exists
 from flow.verify import VerifyReport, verify_store
 from p3dbase.atomic import write_text
-from p3dbase.errors import P3DError, refusal, shown
+from p3dbase.errors import P3DError, file_problem, refusal, shown
 from p3dbase.lock import try_lock
 from p3dbase.overwrite import output_folder, refuse_overwrite
 from pipeline.config import Config, dump_toml, write_resolved
@@ -415,24 +415,25 @@ def report_stage(folder: Path) -> list[Path]:
     from pipeline.transfer.report import write_page
 
     if not Path(folder).is_dir():
-        raise PipelineError(f"{folder} is not a folder: give a work_dir or a report folder")
+        raise PipelineError(f"{shown(folder)} is not a folder: give a work_dir or a report folder")
     found = find_reports(Path(folder))
     if not found:
-        raise PipelineError(f"no evaluation or transfer report under {folder} (no report_inputs.json): run "
+        raise PipelineError(f"no evaluation or transfer report under {shown(folder)} (no report_inputs.json): run "
                             "`make eval` or `make transfer` first")
     build = {"eval": write_eval_page, "average": write_average_page, "transfer": write_page}
     pages, skipped = [], []
     # deepest first: an average's page links the split pages beside it, rebuilt before it
     for kind, where in sorted(found, key=lambda f: -len(f[1].parts)):
         try:
-            if kind == "damaged":
-                raise PipelineError(f"{where / 'report_inputs.json'}: damaged (not the JSON a report wrote): re-run "
-                                    "the stage that wrote it")
+            if kind == "damaged":  # a FIFO or a folder in its place is named as such
+                inputs = where / "report_inputs.json"
+                problem = file_problem(inputs) or "damaged (not the JSON a report wrote)"
+                raise PipelineError(f"{shown(inputs)}: {problem}: re-run the stage that wrote it")
             pages.append(build[kind](where))
-            print(f"report: wrote {pages[-1]}")
+            print(f"report: wrote {shown(pages[-1])}")
         except (P3DError, OSError) as err:  # OSError: a report.html that cannot be written there
             reason = err if isinstance(err, P3DError) else refusal(err)
-            print(f"report: skipped {where}: {reason}")
+            print(f"report: skipped {shown(where)}: {reason}")
             skipped.append(reason)
     if skipped:
         raise PipelineError(f"{len(skipped)} of {len(found)} reports could not be rebuilt (each listed above), "

@@ -9,6 +9,7 @@ from streams.config import check_seed
 # Bounds far beyond any sensible synthetic set, so that a typo is one line and not a hang or a
 # MemoryError: 10**20 groups hung before any output, 10**20 frames failed deep in numpy.
 MAX_GROUPS, MAX_CLIPS_PER_GROUP, MAX_FRAMES, MAX_SIZE, MAX_FPS = 10_000, 1000, 10_000, 4096, 1000.0
+MIN_FPS = 1.0
 MAX_VIDEOS = 1_000_000  # classes x groups x clips_per_group (UCF101: 13,320; Kinetics-400: 306,245)
 # A clip is rendered whole in memory, about 120 bytes per pixel of every frame: at most 2**25 pixels
 # (4 GB), e.g. 512 frames of 256x256 (the default is 32 frames of 64x64, 2**17).
@@ -95,8 +96,8 @@ class SynthConfig:
         for name in ("illumination", "occluder"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
-        if not 0 < self.fps <= MAX_FPS:
-            raise ValueError(f"fps: must be > 0 and at most {MAX_FPS:g} (what the container records; the motion "
+        if not MIN_FPS <= self.fps <= MAX_FPS:  # OpenCV's writers fail below ~0.0011 (blamed on the codec)
+            raise ValueError(f"fps: must be {MIN_FPS:g} to {MAX_FPS:g} (what the container records; the motion "
                              f"is set per frame), got {self.fps}")
         if len(self.codec) != 4:
             raise ValueError(f"codec: must be a four-character code such as FFV1 or MJPG, got {self.codec!r}")

@@ -19,6 +19,8 @@ from fusion.errors import FusionError
 from fusion.report import INPUTS, check_inputs, damaged, markdown_table, read_table, relist, staged_report
 from fusion.transfer_stage import COLUMNS, EXCLUDED_COLUMNS  # results.csv's columns, in the order of the rows
 from p3dbase.atomic import atomic_path, write_text
+from p3dbase.errors import read_regular
+from p3dbase.errors import shown as printable
 from p3dbase.plotting import drawing, pyplot
 from pipeline.errors import PipelineError
 
@@ -249,9 +251,9 @@ def read_inputs(out_dir: Path) -> dict:
     """report_inputs.json of the transfer report in `out_dir`, checked key by key."""
     path = out_dir / INPUTS
     try:
-        inputs = json.loads(path.read_text(encoding="utf-8"))
+        inputs = json.loads(read_regular(path).decode("utf-8"))  # a FIFO refused, not waited on
     except (OSError, ValueError) as e:
-        raise PipelineError(f"{out_dir}: not a transfer report ({e}): run `make transfer`") from None
+        raise PipelineError(f"{printable(out_dir)}: not a transfer report ({e}): run `make transfer`") from None
     if not isinstance(inputs, dict) or inputs.get("kind") != "transfer":
         raise PipelineError(f"{path}: not the inputs of a transfer report")
     lacking = [k for k in INPUT_KEYS if k not in inputs]

@@ -55,3 +55,19 @@ def test_flow_evaluate_reads_set_as_the_pipeline_does(item):
     from pipeline.config import load_config  # the CLI's reading of the same item, `flow.` prefixed
 
     assert config_with([item]) == config_with([f"flow.{item}"]) == load_config(None, [f"flow.{item}"]).flow
+
+
+@pytest.mark.parametrize("typed", ["0.10", "1e5", "+5", "1_000", "2024-01-01", "07:30:00", "1979-05-27T07:32:00"])
+def test_a_text_setting_keeps_a_number_or_date_as_typed(typed):
+    """`--set train.run=0.10` is the run "0.10", as `--run 0.10` is (was "0.1": `1e5` became "100000.0",
+    a date was refused as a datetime.date); a number setting still gets the number."""
+    from pipeline.config import load_config
+
+    key, value = parse_override(f"train.run={typed}")
+    assert check_value(value, str, key) == typed
+    if typed[0].isdigit() and ":" not in typed:  # a run's name: a plain folder name
+        assert load_config(None, [f"train.run={typed}"]).train.run == load_config(None, run=typed).train.run == typed
+    assert check_value(parse_override("x=[01, 1e1, 2]")[1], list[str], "x") == ["01", "1e1", "2"]
+    number = check_value(parse_override("x=+5")[1], int, "x")
+    assert number == 5 and type(number) is int
+    assert type(check_value(parse_override("x=5")[1], float, "x")) is float

@@ -203,3 +203,22 @@ def test_a_runtime_error_that_is_a_bug_keeps_its_traceback(tmp_path, monkeypatch
     monkeypatch.setattr(stages, "synth_stage", stage_with_a_bug)
     with pytest.raises(RuntimeError, match="expected scalar type"):
         main(["synth", "--set", f"dataset.root={str(tmp_path / 'synth')!r}"])
+
+
+def test_the_makefile_passes_a_config_path_with_spaces_whole(tmp_path):
+    """`make synth CONFIG="my cfg/t.toml"` ran `--config my cfg/t.toml`: two arguments, "unrecognized
+    arguments: cfg/t.toml". `make -n` prints what each target would run."""
+    import shlex
+    import shutil
+
+    from tests.builders import REPO
+
+    if shutil.which("make") is None:
+        pytest.skip("no make on this machine")
+    config = str(tmp_path / "my cfg" / "t.toml")
+    for target, variable in (("synth", "CONFIG"), ("eval", "CONFIG"), ("transfer", "TRANSFER_CONFIG")):
+        printed = subprocess.run(["make", "-n", "-C", str(REPO), target, f"{variable}={config}",
+                                  "VENV=" + str(tmp_path / "venv")], capture_output=True, text=True, check=True).stdout
+        line = next(line for line in printed.splitlines() if " -m pipeline " in line)
+        words = shlex.split(line)
+        assert words[words.index("--config") + 1] == config, line

@@ -278,3 +278,34 @@ def test_bare_words_in_list_overrides():
     assert load_config(None, ["eval.fusion_weights=[1, 2.5]"]).eval.fusion_weights == [1.0, 2.5]
     with pytest.raises(ConfigError, match=r"eval.fusion_weights\[1\] must be float, got 'x'"):
         load_config(None, ["eval.fusion_weights=[1, x]"])
+
+
+def test_a_mistake_inside_a_table_given_by_set_is_blamed_on_the_set(tmp_path):
+    """`--set 'benchmark.a={format="bogus"}'` was blamed on the config file (or `<defaults>`), which has
+    no [benchmark]; `--set work_dir.x=1` blamed the file for the --set's dotted key."""
+    path = write(tmp_path, "[flow]\nbound = 10\n")
+    item = 'benchmark.a={format="bogus"}'
+    with pytest.raises(ConfigError, match=rf"^--set {re.escape(item)}: \[benchmark\.a\] format: must be one of"):
+        load_config(path, [item])
+    with pytest.raises(ConfigError, match=r"^--set benchmark\.a=\{nope=1\}: unknown key 'benchmark\.a\.nope'"):
+        load_config(None, ["benchmark.a={nope=1}"])
+    with pytest.raises(ConfigError, match=rf"^--set flow\.bound\.x=1: 'flow\.bound' is not a section "
+                                          rf"\({re.escape(str(path))} gives it a value\)$"):
+        load_config(path, ["flow.bound.x=1"])
+
+
+def test_a_config_path_holding_a_newline_is_shown_on_one_line(tmp_path):
+    path = tmp_path / "x\nwork_dir=1.toml"
+    path.write_text("[train]\nepochs = 0\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "\n" not in str(err.value) and str(err.value).startswith(str(tmp_path / "x\\nwork_dir=1.toml"))
+
+
+@pytest.mark.parametrize("name", ["über", "名前", "a.b"])
+def test_a_benchmark_name_beyond_ascii_round_trips_through_config_toml(tmp_path, name):
+    """TOML's bare keys are ASCII letters, digits, _ and -: `[benchmark.über]` did not load back."""
+    cfg = load_config(write(tmp_path, f'[benchmark."{name}"]\nformat = "synth"\n'))
+    out = tmp_path / "out.toml"
+    out.write_text(dump_toml(cfg), encoding="utf-8")
+    assert load_config(out) == cfg and list(load_config(out).benchmark) == [name]

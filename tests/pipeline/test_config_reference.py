@@ -183,3 +183,16 @@ def test_a_comment_naming_a_constant_lists_its_values():
     assert _values_named("must be one of KINDS.", module) == "must be one of 'a', 'b'."
     for kept in ("one of NUMBERS", "one of UNKNOWN", "one of the values"):  # not a constant of names: as written
         assert _values_named(kept, module) == kept
+
+
+def test_config_output_with_control_characters_in_the_command_loads_back(tmp_path, capsys):
+    """The header comment copied a --set item and the --config path as typed: a DEL or ESC in them is
+    a character TOML refuses in a comment, so the printed file did not load."""
+    import tomllib
+
+    config = tmp_path / "a\x7fb.toml"
+    config.write_text("[flow]\nbound = 10.0\n")
+    assert main(["config", "--config", str(config), "--set", "dataset.root=a\x7fb\x1bc"]) == 0
+    out = capsys.readouterr().out
+    assert tomllib.loads(out)["dataset"]["root"] == "a\x7fb\x1bc"
+    assert out.startswith(f"# The settings resolved from {tmp_path}/a\\x7fb.toml --set dataset.root=a\\x7fb\\x1bc")

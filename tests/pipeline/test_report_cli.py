@@ -289,3 +289,24 @@ def test_an_edited_transfer_report_is_skipped_in_one_line_naming_the_file(tmp_pa
     assert err.count("\n") == 1 and "re-run `make transfer`" in err and "Traceback" not in err
     assert (tmp_path / "runs" / "ok" / "transfer" / "report.html").is_file()
     assert not (tmp_path / "transfer" / "report.html").exists()
+
+
+@pytest.mark.parametrize("name", ["report_inputs.json", "results.csv"])
+def test_a_fifo_in_a_report_is_refused_not_waited_on(tmp_path, name):
+    """A FIFO in place of a report's file: `report` waited on it for ever. Run in a child, so that the
+    old behaviour fails by the timeout instead of hanging the suite."""
+    import os
+    import subprocess
+
+    from tests.builders import REPO
+
+    eval_report(tmp_path / "eval", n=3)
+    os.unlink(tmp_path / "eval" / name)
+    os.mkfifo(tmp_path / "eval" / name)
+    done = subprocess.run([sys.executable, "-m", "pipeline", "report", str(tmp_path)], cwd=REPO, timeout=120,
+                          capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert f"eval/{name}: " in done.stdout, done.stdout
+    assert "not a regular file (a FIFO, socket or device)" in done.stdout, done.stdout
+    assert "Errno" not in done.stdout

@@ -52,9 +52,15 @@ from tests.builders import REPO
     ("synth.groups=99999999999999999999", "[synth] groups: must be 3 to 10000"),
     ("synth.clips_per_group=99999999999999999999", "[synth] clips_per_group: must be 1 to 1000"),
     ("synth.size=4096", "[synth] size: 32 frames of 4096x4096 px is more than a clip may hold"),
-    ("synth.fps=1e300", "[synth] fps: must be > 0 and at most 1000"),  # was blamed on synth.codec
+    ("synth.fps=1e300", "[synth] fps: must be 1 to 1000"),  # was blamed on synth.codec
+    ("synth.fps=0.001", "[synth] fps: must be 1 to 1000"),  # so was this
     ("synth.camera_pan=1e300", "[synth] camera_pan: must be 0 to 5"),  # rendered NaN frames
     ("flow.warps=99999999999999999999", "[flow] warps: must be 1 to 1000"),
+    # A scheduler address distributed cannot parse: its ValueError was a traceback.
+    ("flow.scheduler=tcp://localhost", "[flow] scheduler: 'tcp://localhost': expected [protocol://]host:port"),
+    ("flow.scheduler=node1", "[flow] scheduler: 'node1': expected [protocol://]host:port"),
+    ("flow.scheduler=inproc://x", "[flow] scheduler: 'inproc://x': inproc:// is no protocol a scheduler on "
+                                  "another machine listens on"),
     ("flow.nscales=100000", "[flow] nscales: must be 1 to 1000"),
     ("flow.inner_iterations=0", "[flow] inner_iterations: must be 1 to 1000"),
     ("flow.outer_iterations=100000", "[flow] outer_iterations: must be 1 to 1000"),
@@ -180,7 +186,7 @@ def test_the_cli_refuses_before_any_work(tmp_path, capsys):
     code = main(["synth", "--set", f"work_dir={work}", "--set", "synth.fps=1e300"])
     assert code == 2
     err = capsys.readouterr().err
-    assert err == ("error: --set synth.fps=1e300: [synth] fps: must be > 0 and at most 1000 (what the container "
+    assert err == ("error: --set synth.fps=1e300: [synth] fps: must be 1 to 1000 (what the container "
                    "records; the motion is set per frame), got 1e+300\n")
     assert not work.exists()
 
