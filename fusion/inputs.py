@@ -16,6 +16,7 @@ single file or folder: its name), with `/`, like the datasets' video ids; output
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,21 @@ def _under(folder: Path) -> list[VideoInput]:
     return found
 
 
+def _inside(name: Path, path: Path, folder: Path) -> Path:
+    """A list line's path as an id's: as written when it is relative and stays in the list's `folder`;
+    an absolute one or one leading out (`..`) is taken from `folder` when it lies under it, else it is
+    its whole absolute path without the leading "/". Outputs are named by ids, so every id is a
+    relative path without "..": an mmaction2 list of absolute paths wrote beside the videos, and
+    deleted a user's `five.json` there."""
+    if not name.is_absolute() and ".." not in name.parts:
+        return name
+    full = Path(os.path.normpath(path.absolute()))
+    try:
+        return full.relative_to(os.path.normpath(folder.absolute()))
+    except ValueError:
+        return full.relative_to(full.anchor)
+
+
 def _from_list(source: Path) -> list[VideoInput]:
     try:
         lines = source.read_text(encoding="utf-8").splitlines()
@@ -75,7 +91,7 @@ def _from_list(source: Path) -> list[VideoInput]:
         # mmaction2's lists: "<path> <label>" or "<dir> <total_frames> <label>": numbers after the path
         name = parts[0] if len(parts) > 1 and all(p.lstrip("-").isdigit() for p in parts[1:]) else line
         path = Path(name) if Path(name).is_absolute() else source.parent / name
-        rel = Path(name)
+        rel = _inside(Path(name), path, source.parent)
         video_id = (rel if path_is(Path.is_dir, path) else rel.with_suffix("")).as_posix().removeprefix("./")
         if not video_id or video_id == ".":
             raise FusionError(f"{shown(source)}, line {number}: {name!r} names no video")
@@ -94,8 +110,8 @@ def gather_inputs(sources: Sequence[Path | str]) -> tuple[list[VideoInput], list
     found: list[VideoInput] = []
     for source in map(Path, sources):
         if path_is(Path.is_dir, source):
-            if is_frame_folder(source):
-                found.append(VideoInput(shown(source.name), source))
+            if is_frame_folder(source):  # `.` is named by the folder it is (an empty id made hidden outputs)
+                found.append(VideoInput(shown(source.absolute().resolve().name or "video"), source))
                 continue
             inside = _under(source)
             if not inside:

@@ -124,13 +124,15 @@ def _top(probabilities: np.ndarray, classes: Sequence[str], k: int) -> list[tupl
 
 
 def predict_video(path: Path, engine: Engine, flow_cfg: FlowConfig, cfg: EvalConfig,
-                  top_k: int = 5, progress: bool = False, *, label: str = "") -> Prediction:
+                  top_k: int = 5, progress: bool = False, *, label: str = "", video_id: str = "") -> Prediction:
     """Score one video (a file or a frame folder) with every stream and fuse; FlowError if it cannot
-    be decoded. `progress`: a bar on stderr over the flow pairs, then over the views scored."""
+    be decoded. `progress`: a bar on stderr over the flow pairs, then over the views scored.
+    `video_id`: its id (fusion.inputs), which seeds random clips as the evaluation's video id does
+    (default: the file's name without its extension)."""
     plan = score_plan(cfg.clips, cfg.crops, cfg.clip_sampling, cfg.seed)
 
-    def views_for(modality: str, length: int) -> list[View]:  # random clips: seeded by the name as by a video id
-        return plan.views(length, engine.stream(modality).clip_len, Path(path).stem)
+    def views_for(modality: str, length: int) -> list[View]:
+        return plan.views(length, engine.stream(modality).clip_len, video_id or Path(path).stem)
 
     def phase(what: str, total: int, unit: str) -> None:  # a new count, and a new ETA
         bar.set_description(f"{name}: {what}", refresh=False)
@@ -227,7 +229,7 @@ def predict(videos: Sequence[Path | str], checkpoints: dict[str, Path], flow_cfg
         try:
             if timeline is not None and (why := name_problem(timeline_paths(timeline.out, video.video_id))):
                 raise FusionError(f"{brief(video.path)}: its timeline {why}")
-            prediction = predict_video(video.path, engine, flow_cfg, cfg, top_k, progress)
+            prediction = predict_video(video.path, engine, flow_cfg, cfg, top_k, progress, video_id=video.video_id)
             if timeline is not None:
                 stride = engine.streams[0].clip_len if timeline.stride is None else timeline.stride
                 got = run_snippets(video.path, engine, flow_cfg, stride, batch=cfg.batch_views, thumbnails=10)

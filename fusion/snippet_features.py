@@ -159,6 +159,9 @@ def _work(worker: Worker, video: VideoInput) -> tuple[str, str, str]:
     npy, meta, failed, lock = _paths(context.out, video.video_id)
     if why := name_problem([npy, meta, lock]):  # found before the video is computed (its record cannot be kept)
         return video.video_id, "failed", f"{brief(video.path)}: its features {why}"
+    if in_the_way := next((p for p in (npy, meta) if p.is_dir()), None):  # its record could not be written
+        return video.video_id, "failed", f"{brief(in_the_way)} is a folder where its features file belongs: move " \
+                                         "it away"
     with try_lock(lock) as holder:
         if holder is not None:
             return video.video_id, "busy", f"pid {holder}"

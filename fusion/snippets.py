@@ -153,7 +153,8 @@ def run_snippets(path: Path | str, engine: Engine, flow_cfg: FlowConfig, stride:
                 ended = True
                 reader.check_complete(flow_cfg.missing_frames_tolerance)
                 break
-            buffer.frames[buffer.num_frames] = frame
+            if buffer.num_frames % stride < window + extra:  # in a snippet's frames: a stride past them skips
+                buffer.frames[buffer.num_frames] = frame  # the rest (was: held to the next start, a whole video)
             if buffer.num_frames in keep:
                 height = 72
                 width = max(1, round(frame.shape[1] * height / frame.shape[0]))

@@ -230,7 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as err:
         how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
-        print(f"{how}: re-run the same command to resume", file=sys.stderr)
+        # predict --timeline refuses the timeline files it wrote so far: its re-run redoes them all
+        again = ("re-run it with --force to score every video again" if getattr(args, "timeline", False)
+                 else "re-run the same command to resume")
+        print(f"{how}: {again}", file=sys.stderr)
         return 143 if isinstance(err, Terminated) else 130
     finally:
         log.close()  # after the error line: the log ends with it

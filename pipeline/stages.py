@@ -5,6 +5,8 @@ the plain (video_id, label) lists the stage packages take, and chooses where eac
 """
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -287,6 +289,22 @@ def eval_out_dir(cfg: Config, checkpoints: dict[str, Path] | None, out: Path | N
     return Path(out) if out is not None else eval_dir(cfg)
 
 
+def _not_a_report_folder(folder: Path) -> str:
+    """A few entries of an existing folder that is neither empty nor an evaluation's ("" when it is one
+    of those): one with a report (report.json, or a split's), or only what a killed eval leaves (its
+    cache, its log, split folders, hidden staging folders)."""
+    from fusion.report import REPORT_MARKER
+
+    if not folder.is_dir() or (folder / REPORT_MARKER).is_file():
+        return ""
+    names = sorted(os.listdir(folder))
+    if any((folder / n / REPORT_MARKER).is_file() for n in names if re.fullmatch(r"split\d+", n)):
+        return ""
+    own = ("cache", "eval.log")
+    foreign = [n for n in names if not (n in own or n.startswith(".") or re.fullmatch(r"split\d+", n))]
+    return ", ".join(shown(n) for n in foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+
+
 def eval_stage(cfg: Config, checkpoints: dict[str, Path] | None = None, *, allow_trained: bool = False,
                out: Path | None = None) -> None:
     """Evaluate a run's streams (default: both, the finished models of its training runs) or the given
@@ -303,6 +321,10 @@ def eval_stage(cfg: Config, checkpoints: dict[str, Path] | None = None, *, allow
     out_root = eval_out_dir(cfg, checkpoints, out)
     if out_root.exists() and not out_root.is_dir():
         raise PipelineError(f"eval --out {shown(out_root)} is a file; the report is a folder: give a folder name")
+    if foreign := _not_a_report_folder(out_root):
+        raise PipelineError(f"eval --out {shown(out_root)} holds files no evaluation wrote ({foreign}) and no report: "
+                            "a report's files would replace or delete them (results.md, features/, ...); give a "
+                            "new or empty folder")
     output_folder(out_root, "the eval report folder")
     with try_lock(out_root.parent / f".{out_root.name}.lock") as holder:
         if holder:

@@ -134,11 +134,19 @@ def test_a_damaged_part_is_computed_again(tmp_path, video_dir, tiny_checkpoints,
         assert data["rgb"].shape == (2, 256) and np.isfinite(data["rgb"]).all()
 
 
-def test_video_lists_folders_and_frame_folders(tmp_path, video_dir):
+def test_video_lists_folders_and_frame_folders(tmp_path, video_dir, monkeypatch):
     listing = tmp_path / "list.txt"
     listing.write_text(f"# my videos\nvideos/jump/v1.avi\n\n{video_dir / 'run' / 'v2.avi'}\n")
     ids = [v.video_id for v in gather_inputs([listing])[0]]
-    assert ids == [(video_dir / "run" / "v2").as_posix(), "videos/jump/v1"]
+    assert ids == ["videos/jump/v1", (video_dir / "run" / "v2").relative_to(tmp_path).as_posix()]  # absolute
+    # An absolute path or `../` out of the list's folder: an id that never leads out of --out.
+    (tmp_path / "sub").mkdir()
+    elsewhere = tmp_path / "sub" / "list.txt"
+    elsewhere.write_text(f"../videos/jump/v1.avi\n{video_dir / 'run' / 'v2.avi'}\n./x/../x.avi 3\n")
+    assert [(v.video_id, v.path) for v in gather_inputs([elsewhere])[0]] == [
+        (str(tmp_path / "videos" / "jump" / "v1").lstrip("/"), tmp_path / "sub" / "../videos/jump/v1.avi"),
+        (str(video_dir / "run" / "v2").lstrip("/"), video_dir / "run" / "v2.avi"),
+        ("x", tmp_path / "sub" / "x/../x.avi")]
     # mmaction2's lists: "<path> <label>" (videos) and "<dir> <total_frames> <label>" (rawframes).
     frames = tmp_path / "videos" / "rawframes" / "v3"
     frames.mkdir(parents=True)
@@ -150,6 +158,8 @@ def test_video_lists_folders_and_frame_folders(tmp_path, video_dir):
     # A directory: every video file and every frame folder under it, ids relative to it.
     assert [v.video_id for v in gather_inputs([video_dir])[0]] == ["jump/v1", "rawframes/v3", "run/broken", "run/v2"]
     assert [v.video_id for v in gather_inputs([frames])[0]] == ["v3"]  # a frame folder given itself
+    monkeypatch.chdir(frames)  # as `.`: named by the folder it is (an empty id wrote hidden `.npy` files)
+    assert [v.video_id for v in gather_inputs(["."])[0]] == ["v3"]
     listing.write_text("videos/jump/v1.avi\nvideos/jump/v1.mp4\n")
     assert [why for _, why in gather_inputs([listing])[1]] == [
         f"the video id videos/jump/v1 of {tmp_path / 'videos' / 'jump' / 'v1.avi'} (ids leave out the extension): "

@@ -19,23 +19,26 @@ from fusion.decoded import decode_for_views, positions
 from fusion.errors import FusionError
 from fusion.predict import format_predictions, load_streams, predict, predict_video, run_predict
 from fusion.scoring import ClipGeometry, StreamRunner
-from fusion.views import score_views
+from fusion.views import score_plan, score_views
 from streams.checkpoint import load_checkpoint
 from streams.errors import StreamsError
 from tests.builders import FAST_FLOW, last_checkpoints, write_avi
 
 
-def stored_video_scores(video: Path, store_dir: Path, ckpts: dict[str, Path], cfg: EvalConfig) -> dict[str, np.ndarray]:
-    """The known answer: `make flow` writes the video to a store, the evaluation's runner scores it."""
-    run_flow([FlowJob("v", video)], store_dir, FAST_FLOW)
+def stored_video_scores(video: Path, store_dir: Path, ckpts: dict[str, Path], cfg: EvalConfig,
+                        video_id: str = "v") -> dict[str, np.ndarray]:
+    """The known answer: `make flow` writes the video to a store, the evaluation's runner scores it
+    on the evaluation's views of that video id."""
+    run_flow([FlowJob(video_id, video)], store_dir, FAST_FLOW)
+    plan = score_plan(cfg.clips, cfg.crops, cfg.clip_sampling, cfg.seed)
     scores = {}
-    with open_store(store_dir).open("v") as frames:
+    with open_store(store_dir).open(video_id) as frames:
         for name, path in ckpts.items():
             model, ckpt = load_checkpoint(path)
             geometry = ClipGeometry.from_train_config(ckpt.train_config)
             runner = StreamRunner(model, name, geometry, cfg.batch_views, torch.device("cpu"))
             length = frames.num_frames if name == "rgb" else frames.num_flows
-            logits, _ = runner.run(frames, score_views(length, geometry.clip_len, cfg.clips, cfg.crops))
+            logits, _ = runner.run(frames, plan.views(length, geometry.clip_len, video_id))
             scores[name] = fuse.video_scores(logits, cfg.fusion_scores)
     return scores
 
@@ -59,6 +62,23 @@ def test_predict_gives_the_scores_of_make_flow_then_eval(tmp_path, tiny_checkpoi
     np.testing.assert_allclose([got[c] for c in classes], fused, atol=1e-5)
     probabilities = [p for _, p in prediction.top["fusion"]]
     assert probabilities == sorted(probabilities, reverse=True)
+
+
+@pytest.mark.numerical  # also run with 2 threads by `make test`
+def test_predict_draws_the_random_clips_eval_draws_for_the_video_id(tmp_path, tiny_checkpoints):
+    """`eval.clip_sampling = "random"` seeds each video's clips with its id: predict seeded them with the
+    file's stem, so `Cls/clip` got other clips (and scores) than eval gave it."""
+    video = write_avi(tmp_path / "clip.avi")
+    ckpts = last_checkpoints(tiny_checkpoints)
+    cfg = EvalConfig(clips=4, clip_sampling="random", fusion_scores="softmax")
+    expected = stored_video_scores(video, tmp_path / "store", ckpts, cfg, video_id="Cls/clip")
+    engine = load_streams(ckpts, cfg)
+    prediction = predict_video(video, engine, FAST_FLOW, cfg, top_k=3, video_id="Cls/clip")
+    for name in ("rgb", "flow"):
+        got = dict(prediction.top[name])
+        np.testing.assert_allclose([got[c] for c in engine.streams[0].classes], expected[name], atol=1e-5)
+    plan = score_plan(cfg.clips, cfg.crops, cfg.clip_sampling, cfg.seed)
+    assert plan.views(11, 4, "Cls/clip") != plan.views(11, 4, "clip")  # the ids draw other clips
 
 
 @pytest.mark.numerical  # also run with 2 threads by `make test`

@@ -108,6 +108,29 @@ def test_flow_is_computed_once_per_pair_and_only_for_the_snippets(ckpts, tmp_pat
     assert sparse.starts == [0, 10, 20] and sum(pairs) == 12
 
 
+def test_frames_between_sparse_snippets_are_not_held(ckpts, tmp_path, monkeypatch):
+    """At a stride past the window the frames between snippets are decoded and let go: they were held
+    until the next batch, so `--stride 400` kept the whole video in memory (2.35 GB against 0.77 GB at
+    stride 8). The rows are those of the same snippets read with every frame held."""
+    video = write_avi(tmp_path / "v.avi", frames=60)
+    engine = engine_of(ckpts, "rgb", "flow")
+    held: list[int] = []
+    real = snippets._Buffer.drop_before
+
+    def counting(self, index):
+        held.append(len(self.frames))
+        real(self, index)
+
+    monkeypatch.setattr(snippets._Buffer, "drop_before", counting)
+    sparse = run_snippets(video, engine, FAST_FLOW, stride=20, batch=2)
+    assert sparse.starts == [0, 20, 40] and max(held) == 2 * (CLIP_LEN + 1)  # two snippets' frames, flow's one more
+    monkeypatch.setattr(snippets._Buffer, "drop_before", real)
+    dense = run_snippets(video, engine, FAST_FLOW, stride=4, batch=16)
+    for name in ("rgb", "flow"):  # float32 networks batched differently (2 against 16 snippets): 1e-5 of the scale
+        expected = dense.pool5[name][::5]
+        np.testing.assert_allclose(sparse.pool5[name], expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
 def test_snippet_times_and_a_video_shorter_than_one_window(ckpts, tmp_path):
     engine = engine_of(ckpts, "rgb", "flow")
     path = write_video(tmp_path / "v.avi", np.stack([np.full((30, 40, 3), 20 * t, np.uint8) for t in range(11)]),
@@ -165,6 +188,20 @@ def test_features_folder_layout_manifest_and_refusals(ckpts, tmp_path):
     np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-6)  # unit rows: float32 rounding
     np.testing.assert_allclose(rows, np.sign(features[:, :256]) * np.sqrt(np.abs(features[:, :256]))
                                / np.linalg.norm(np.sqrt(np.abs(features[:, :256])), axis=1, keepdims=True), atol=1e-6)
+
+
+def test_a_folder_where_a_video_record_belongs_fails_that_video_alone(ckpts, tmp_path):
+    """A folder at `c1/v3.json` (the record written last) stopped the whole batch with an IsADirectoryError
+    after the video was computed; now that video fails before it is computed and the others finish."""
+    videos = _videos(tmp_path / "videos")
+    out = tmp_path / "out"
+    extract_snippet_features([videos / "c0"], ckpts, out, FAST_FLOW, CFG, stride=2)  # a features folder
+    (out / "c1" / "v3.json").mkdir(parents=True)
+    summary = extract_snippet_features([videos], ckpts, out, FAST_FLOW, CFG, stride=2)
+    failures = dict(summary.failures)
+    assert summary.computed == 3 and set(failures) == {"c1/v3", "c1/broken"}
+    assert failures["c1/v3"].endswith("c1/v3.json is a folder where its features file belongs: move it away")
+    assert (out / "c1" / "v1.npy").is_file() and not (out / "c1" / "v3.npy").exists()
 
 
 def test_a_killed_run_resumes_and_shards_share_one_folder(ckpts, tmp_path, monkeypatch):

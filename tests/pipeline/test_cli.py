@@ -222,3 +222,20 @@ def test_the_makefile_passes_a_config_path_with_spaces_whole(tmp_path):
         line = next(line for line in printed.splitlines() if " -m pipeline " in line)
         words = shlex.split(line)
         assert words[words.index("--config") + 1] == config, line
+
+
+def test_an_interrupted_predict_timeline_says_its_re_run_needs_force(tmp_path, monkeypatch, capsys):
+    """`predict --timeline` refuses the timeline files a stopped run wrote: "re-run the same command to
+    resume" was a promise its re-run then broke (refused: the files exist)."""
+    from fusion import predict as predict_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict_module, "predict", interrupted)
+    video = tmp_path / "v.avi"
+    video.write_bytes(b"")
+    for timeline, said in ((["--timeline"], "interrupted: re-run it with --force to score every video again\n"),
+                           ([], "interrupted: re-run the same command to resume\n")):
+        assert main(["predict", str(video), "--rgb", str(tmp_path / "rgb.pt"), *timeline]) == 130
+        assert capsys.readouterr().err == said

@@ -247,3 +247,28 @@ def test_ids_with_whitespace_are_left_out_of_the_mmaction_lists_by_name(tmp_path
     assert (store / "folder_train_split_1_rawframes.txt").read_text() == "c/w 4 1\n"
     assert (store / "folder_train_split_1_rawframes_flow.txt").read_text() == "c/w 3 1\n"
     assert (store / "arm wrestling" / "v" / "img_00004.jpg").is_file()
+
+
+def test_eval_out_into_a_folder_of_other_files_is_refused_and_they_are_kept(tmp_path, capsys):
+    """`eval --out` into a folder of the user's replaced its results.md and deleted its features/ whole.
+    A folder holding a report, or only what a killed eval leaves, is still written."""
+    from pipeline.stages import _not_a_report_folder
+
+    out = tmp_path / "mine"
+    (out / "features").mkdir(parents=True)
+    (out / "results.md").write_text("keep")
+    (out / "features" / "mine.npz").write_text("keep too")
+    assert main(["eval", "--config", TINY_CONFIG, "--set", f"work_dir={tmp_path / 'work'}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: eval --out {out} holds files no evaluation wrote (features, results.md) and no report: a "
+                   "report's files would replace or delete them (results.md, features/, ...); give a new or empty "
+                   "folder\n")
+    assert (out / "results.md").read_text() == "keep" and (out / "features" / "mine.npz").read_text() == "keep too"
+    killed = tmp_path / "killed"
+    for name in ("cache/rgb", "split1/cache", ".report.tmp-x"):
+        (killed / name).mkdir(parents=True)
+    (killed / "eval.log").write_text("")
+    assert _not_a_report_folder(killed) == "" and _not_a_report_folder(tmp_path / "new") == ""
+    _eval_report(tmp_path / "done" / "split2")
+    (tmp_path / "done" / "notes.txt").write_text("a user's note beside a report")
+    assert _not_a_report_folder(tmp_path / "done") == ""
