@@ -129,6 +129,10 @@ def store_params(cfg: FlowConfig) -> dict[str, Any]:
     from videos record no `source` (stores made before rawframes could be imported stay valid)."""
     if cfg.source == "rawframes":
         params = {"source": "rawframes", **{k: getattr(cfg, k) for k in RAWFRAMES_FIELDS}}
+        if cfg.rawframes_min_quality != FlowConfig.rawframes_min_quality:
+            # It decides which JPEGs are kept byte for byte and which re-encoded. Recorded only when not
+            # the default, so that the stores made before it was recorded (all at 75) keep their record.
+            params["rawframes_min_quality"] = cfg.rawframes_min_quality
     else:
         params = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY_FIELDS}
     return params | {"size": size_text(cfg.size)}

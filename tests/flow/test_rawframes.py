@@ -418,3 +418,18 @@ def test_pipeline_imports_a_rawframe_list_and_writes_mmaction_lists(tmp_path, ca
         assert (video.num_frames, video.num_flows) == (6, 5)
         assert (store_root / "Jump/v_c/img_00006.jpg").is_file()
         assert (store_root / "Jump/v_c/flow_y_00005.jpg").is_file()
+
+
+def test_the_quality_a_rawframes_jpeg_is_kept_at_is_a_store_setting(tmp_path):
+    """rawframes_min_quality decides which JPEGs are stored byte for byte and which re-encoded, but the
+    store did not record it: a run at another value took the store for its own. Recorded when not the
+    default 75 (the stores made before keep their record)."""
+    from flow.stage import store_params
+
+    assert "rawframes_min_quality" not in store_params(RAW)
+    strict = FlowConfig(**{**RAW.__dict__, "rawframes_min_quality": 101})
+    assert store_params(strict)["rawframes_min_quality"] == 101
+    folder = write_tree(tmp_path / "v", frames=3, flows=2)
+    run_flow([FlowJob("v", folder)], tmp_path / "store", RAW)
+    with pytest.raises(FlowError, match=r"\(rawframes_min_quality: none in the store, 101 now\)"):
+        run_flow([FlowJob("v", folder)], tmp_path / "store", strict)
