@@ -87,6 +87,8 @@ def read_view2(path: Path | str) -> np.ndarray:
     pairs = pairs.astype(np.int64)
     if pairs[:, :2].min() < 1:
         raise DatasetError(f"{path}: {VARIABLE} has clip id {int(pairs[:, :2].min())}; ids start at 1")
+    if pairs[:, 3:].min() < 1:  # Info/Actions_Ids.txt numbers the 432 actions from 1: a 0 is a damaged row
+        raise DatasetError(f"{path}: {VARIABLE} has action label {int(pairs[:, 3:].min())}; labels start at 1")
     same = pairs[:, 2]
     if not np.isin(same, (0, 1)).all():
         raise DatasetError(f"{path}: {VARIABLE} column 3 (same / not-same) must be 0 or 1, "

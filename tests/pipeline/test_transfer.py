@@ -170,6 +170,7 @@ def test_aslan_reader_warns_of_a_pair_whose_flag_its_actions_contradict(tmp_path
     ("not_on_disk", r"View2.mat: 1 clip id\(s\) of View-2 have no video under .*ASLAN_AVI, e.g. 0007 "
                     r"\(expected 0007.avi\)"),
     ("two_labels", r"View2.mat: clip 0001 has action label 1 in one pair and 9 in another"),
+    ("label_zero", r"View2.mat: action_splits_pairs has action label 0; labels start at 1"),
 ])
 def test_aslan_reader_errors_are_one_line_naming_the_file(tmp_path, case, message):
     pairs = aslan_pairs()
@@ -184,6 +185,8 @@ def test_aslan_reader_errors_are_one_line_naming_the_file(tmp_path, case, messag
         skip = 7
     elif case == "two_labels":
         pairs[1, 3, 0] = 9
+    elif case == "label_zero":  # was accepted: a class "0" made of damaged rows
+        pairs[:, 3:, 0] = 0
     videos, mat = write_aslan(tmp_path, pairs, variable, skip)
     if case == "missing":
         mat.unlink()
