@@ -14,8 +14,8 @@ from flow.errors import FlowError
 
 def _check_bound(bound: float) -> float:
     bound = float(bound)
-    if not bound > 0:
-        raise FlowError(f"flow bound must be > 0, got {bound}")
+    if not 0 < bound < float("inf"):  # inf made every value 0 (and decoding NaN)
+        raise FlowError(f"flow bound must be a finite number > 0, got {bound}")
     return bound
 
 
@@ -29,7 +29,10 @@ def encode(flow: np.ndarray, bound: float = 20.0) -> np.ndarray:
         bad = flow.size - int(np.count_nonzero(finite))
         raise FlowError(f"flow is not finite (NaN or inf) in {bad} of {flow.size} values: TV-L1 diverged; check "
                         "the [flow] TV-L1 settings (tau, lambda_, theta, epsilon, gamma, scale_step)")
-    scaled = (np.clip(flow, -bound, bound) + bound) * (255.0 / (2.0 * bound))
+    # 127.5 + f * 127.5 / bound is 255 (f + bound) / (2 bound) written so that f = 0 gives exactly 127.5,
+    # hence 128: (f + bound) * (255 / (2 bound)) came to 127.4999... at bounds such as 25 and 100, and
+    # a still background was stored as 127, a drift of half a level.
+    scaled = np.clip(flow, -bound, bound) * (127.5 / bound) + 127.5
     return np.floor(scaled + 0.5).astype(np.uint8)
 
 

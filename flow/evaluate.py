@@ -210,6 +210,14 @@ def config_with(overrides: Sequence[str]) -> FlowConfig:
     return cfg
 
 
+def _count(text: str) -> int:
+    """--videos: a whole number >= 0 (-1 read as "all", as 0 does, without a word)."""
+    value = int(text)  # argparse names the option when this raises
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (all) or more, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m flow.evaluate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -220,7 +228,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="a frame pair and its ground truth (repeatable)")
     p.add_argument("--store", metavar="DIR", help="a flow store (the flow stage's output)")
     p.add_argument("--gt-dir", metavar="DIR", help="ground truth <video_id>/flow_00001.flo for --store")
-    p.add_argument("--videos", type=int, default=0, help="--store: only the first N videos with ground truth")
+    p.add_argument("--videos", type=_count, default=0,
+                   help="--store: only the first N videos with ground truth (0: all)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a [flow] setting for TV-L1, e.g. scale_step=0.8 (repeatable)")
     p.add_argument("--csv", metavar="PATH", help="also write the table as CSV")

@@ -36,7 +36,7 @@ import itertools
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -71,6 +71,17 @@ class RawframeVideo:
     flow_x: dict[int, Path]
     flow_y: dict[int, Path]
     kind: str  # how the names look, e.g. "img_/flow_x_, 5 digits, 1-based"
+    # Image names that are no file (a FIFO, a folder, a dangling link): the video fails naming the first
+    # (refuse_broken), as a gap in the numbering it read as nothing. Kept here, not raised by scan, so
+    # that the folder is still a frame folder (predict and features list it, and it fails on its own).
+    broken: list[Path] = field(default_factory=list)
+
+
+def refuse_broken(video: RawframeVideo) -> None:
+    """FlowError naming the first image entry of `video` that is no file, and what it is."""
+    if video.broken:
+        first = video.broken[0]
+        raise FlowError(f"{shown(first)}: {file_problem(first, 'JPEG or PNG file')}")
 
 
 @dataclass
@@ -84,17 +95,15 @@ class CheckedVideo:
     copied: int = 0  # JPEG files stored byte for byte by import_video (frames + 2 per flow image)
 
 
-def _files(folder: Path) -> list[str]:
+def _files(folder: Path, broken: list[Path]) -> list[str]:
     """The visible files of `folder`; FlowError for a symbolic link leading out of it (nothing
-    outside a video's own folder is read), and for an image's name that is no file (a FIFO, a folder,
-    a dangling link: it read as a gap in the numbering, or as an x image without its y)."""
+    outside a video's own folder is read). An image's name that is no file (a FIFO, a folder, a
+    dangling link) goes to `broken`: it read as a gap in the numbering, or an x image without its y."""
     try:
         entries = [e for e in os.scandir(folder) if not e.name.startswith(".")]
     except (FileNotFoundError, NotADirectoryError):
         return []
-    for e in entries:
-        if not _is_file(e) and _IMAGE_NAME.search(e.name):
-            raise FlowError(f"{shown(e.path)}: {file_problem(Path(e.path), 'JPEG or PNG file')}")
+    broken += [Path(e.path) for e in entries if not _is_file(e) and _IMAGE_NAME.search(e.name)]
     entries = [e for e in entries if _is_file(e)]
     inside = os.path.realpath(folder)
     for e in entries:
@@ -124,6 +133,7 @@ def scan(folder: Path | str) -> RawframeVideo:
     flows: dict[str, dict[int, Path]] = {"x": {}, "y": {}}
     names: dict[int, str] = {}  # id of a table -> how its first name starts ("img_", "flow/x/")
     digits: set[int] = set()
+    broken: list[Path] = []
 
     def put(table: dict[int, Path], number: str, path: Path, pattern: str) -> None:
         index = int(number)
@@ -135,17 +145,17 @@ def scan(folder: Path | str) -> RawframeVideo:
         digits.add(len(number))
 
     for sub in ("", "rgb"):
-        for name in _files(folder / sub):
+        for name in _files(folder / sub, broken):
             if m := _RGB.fullmatch(name):
                 put(frames, m.group(1), folder / sub / name, f"{sub + '/' if sub else ''}{name[:m.start(1)]}")
     for sub in ("", "flow"):
-        for name in _files(folder / sub):
+        for name in _files(folder / sub, broken):
             if m := _FLOW.fullmatch(name):
                 put(flows[m.group(1).lower()], m.group(2), folder / sub / name,
                     f"{sub + '/' if sub else ''}{name[:m.start(2)]}")
         for axis_dir, axis in _AXIS_DIRS.items():
             where = folder / sub / axis_dir
-            for name in _files(where):
+            for name in _files(where, broken):
                 if m := _NUMBERED.fullmatch(name):
                     put(flows[axis], m.group(1), where / name, f"{where.relative_to(folder).as_posix()}/")
     if not frames:
@@ -153,7 +163,7 @@ def scan(folder: Path | str) -> RawframeVideo:
     start = min(frames)
     shapes = " + ".join(names[id(t)] + "*" for t in (frames, flows["x"]) if id(t) in names)
     kind = f"{shapes}, {'/'.join(map(str, sorted(digits)))} digits, {start}-based"
-    return RawframeVideo(folder, frames, flows["x"], flows["y"], kind)
+    return RawframeVideo(folder, frames, flows["x"], flows["y"], kind, sorted(broken))
 
 
 def in_order(table: dict[int, Path], where: str, what: str = "frame") -> list[Path]:
@@ -174,6 +184,7 @@ def check(video: RawframeVideo) -> CheckedVideo:
     """The frames and flows to import, in order; FlowError naming the folder and what is missing or
     extra (see the module doc for what is accepted)."""
     where = shown(video.folder)
+    refuse_broken(video)
     start = min(video.frames)
     if start not in (0, 1):
         raise FlowError(f"{where}: frame numbering starts at {start}, expected 0 (denseflow) or 1 (mmaction2, TSN): "

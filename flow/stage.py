@@ -162,7 +162,8 @@ def make_backend(cfg: FlowConfig, device: str | None = None) -> Any:
             from flow.tvl1_torch import TorchTVL1
         except ImportError as e:
             raise FlowError(f"flow.backend = 'torch' is not available here ({e}); use 'opencv'") from None
-        key = (tuple(sorted(store_params(cfg).items())), device or cfg.device)
+        # batch_pairs too: a run-only setting for the store, but the backend's memory (lowered after an OOM)
+        key = (tuple(sorted(store_params(cfg).items())), cfg.batch_pairs, device or cfg.device)
         if key not in _TORCH_BACKENDS:
             _TORCH_BACKENDS[key] = TorchTVL1(cfg, device or cfg.device)
         return _TORCH_BACKENDS[key]
@@ -594,6 +595,7 @@ def _finished_read_only(store: Store, mine: Sequence[FlowJob], valid: Sequence[F
     where the index lacks them). Every video done: the summary, nothing written. Any to do: refused
     in one line, since nothing could be computed into it."""
     plan = _plan(store, valid, force=False)
+    _keep_refused(store, [job for job in mine if job.error], plan)
     rows.update(plan.rows)
     todo = [job.video_id for job in plan.todo]
     if todo:

@@ -47,6 +47,7 @@ from flow.codec import (
 )
 from flow.errors import FlowError
 from flow.index import StoreIndex
+from flow.video import same_size
 from p3dbase.atomic import TEMP_MARKER, fsync_dir, write_bytes, writer_token
 from p3dbase.digest import settings_key
 from p3dbase.errors import NotRegularFileError, brief, file_problem, open_regular, read_regular, shown
@@ -1073,9 +1074,14 @@ def _differences(made: dict[str, Any], asked: dict[str, Any]) -> list[tuple[str,
     def value(settings: dict[str, Any], key: str) -> str:
         return json.dumps(settings[key]) if key in settings else "none"
 
+    def differ(old: dict[str, Any], new: dict[str, Any], key: str) -> bool:
+        if key == "size" and key in old and key in new:  # "340X256", as stores made before size_text hold it
+            return not same_size(old[key], new[key])
+        return old.get(key) != new.get(key)
+
     return [(key, value(old, key), value(new, key))
             for old, new in zip(split(made), split(asked), strict=True)
-            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+            for key in sorted(set(old) | set(new)) if differ(old, new, key)]
 
 
 def _encode_info(info: dict[str, Any]) -> bytes:

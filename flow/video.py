@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -59,6 +60,15 @@ def size_text(size: str) -> str:
     if target is None:
         return ""
     return f"{target[0]}x{target[1]}" if isinstance(target, tuple) else str(target)
+
+
+def same_size(a: Any, b: Any) -> bool:
+    """Whether two recorded `[flow] size` values are one size: "340X256" (a store or checkpoint made
+    before size_text) is "340x256". A value that is no size compares as it is."""
+    try:
+        return size_text(a) == size_text(b)
+    except (FlowError, AttributeError):  # not a size (an edited record), or not text
+        return a == b
 
 
 def output_size(width: int, height: int, size: str) -> tuple[int, int]:

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from flow.errors import FlowError
-from flow.rawframes import in_order, read_image, same_size, scan
+from flow.rawframes import in_order, read_image, refuse_broken, same_size, scan
 from flow.video import VIDEO_EXTENSIONS, VideoReader, output_size, resize
 from fusion.engine import file_signature
 from fusion.errors import FusionError
@@ -111,7 +111,7 @@ def gather_inputs(sources: Sequence[Path | str]) -> tuple[list[VideoInput], list
     for source in map(Path, sources):
         if path_is(Path.is_dir, source):
             if is_frame_folder(source):  # `.` is named by the folder it is (an empty id made hidden outputs)
-                found.append(VideoInput(shown(source.absolute().resolve().name or "video"), source))
+                found.append(VideoInput(shown(Path(os.path.abspath(source)).name or "video"), source))
                 continue
             inside = _under(source)
             if not inside:
@@ -149,7 +149,9 @@ class FolderReader:
         self.path = Path(path)
         self.size = size
         self.max_pixels = max_pixels
-        self.files = in_order(scan(self.path).frames, shown(self.path))
+        video = scan(self.path)
+        refuse_broken(video)
+        self.files = in_order(video.frames, shown(self.path))
         self.declared_frames = len(self.files)
         self.fps = 0.0  # a folder of images says nothing about time
         self.timestamps: list[float] = []

@@ -289,6 +289,9 @@ def write_report(out_dir: Path, r: EvalReport, features: Callable[[Path], None] 
 
 
 REPORT_MARKER = "report.json"
+# Present while a report's files move in (report.json removed): `eval --out` takes a folder holding it
+# for a report's, so that the re-run repairs a report killed then instead of refusing its folder.
+MOVING = ".report-moving"
 CONFIG = "config.toml"  # the settings of the run that wrote the report (staged_report's config_toml)
 FEATURES = "features"  # an evaluation report's saved features, features/<stream>.npz (fusion.stage)
 
@@ -328,6 +331,7 @@ def staged_report(out_dir: Path, folders: Sequence[str] = (), config_toml: str =
         listing = {name: file_sha256(stage / name) for name in files}
         listing |= {p.relative_to(stage).as_posix(): file_sha256(p) for name in folders
                     for p in sorted((stage / name).rglob("*")) if p.is_file()}
+        atomic.write_text(out_dir / MOVING, "")
         marker.unlink(missing_ok=True)
         for name in sorted({name.partition("/")[0] for name in old} - set(files) - set(folders)):
             atomic.remove_quietly(out_dir / name)  # a file, or a folder an earlier report owned (features/)
@@ -338,6 +342,7 @@ def staged_report(out_dir: Path, folders: Sequence[str] = (), config_toml: str =
         for name in files:
             os.replace(stage / name, out_dir / name)
         atomic.write_text(marker, json.dumps({"files": listing}, indent=1) + "\n")
+        (out_dir / MOVING).unlink(missing_ok=True)
     except OSError as err:
         if atomic.is_disk_full(err):  # named by the report, not by a file of the hidden staging folder
             raise atomic.disk_full(f"{out_dir} (the evaluation report)", err) from err

@@ -290,6 +290,8 @@ def stage_log(args: argparse.Namespace, cfg, argv: list[str]) -> contextlib.Abst
         folder = {"flow": lambda: stages.flow_dir(cfg), "train": lambda: stages.run_dir(cfg) / "train" / args.stream,
                   "eval": lambda: _eval_folder(args, cfg),
                   "transfer": lambda: stages.transfer_dir(cfg)}[args.stage]()
+        if args.stage == "eval" and stages.not_a_report_folder(folder):  # refused by the stage: no log there
+            return contextlib.nullcontext()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:

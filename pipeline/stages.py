@@ -289,16 +289,19 @@ def eval_out_dir(cfg: Config, checkpoints: dict[str, Path] | None, out: Path | N
     return Path(out) if out is not None else eval_dir(cfg)
 
 
-def _not_a_report_folder(folder: Path) -> str:
+def not_a_report_folder(folder: Path) -> str:
     """A few entries of an existing folder that is neither empty nor an evaluation's ("" when it is one
     of those): one with a report (report.json, or a split's), or only what a killed eval leaves (its
     cache, its log, split folders, hidden staging folders)."""
-    from fusion.report import REPORT_MARKER
+    from fusion.report import MOVING, REPORT_MARKER
 
-    if not folder.is_dir() or (folder / REPORT_MARKER).is_file():
+    def a_report(where: Path) -> bool:  # MOVING: a report killed while its files moved in (its re-run repairs it)
+        return (where / REPORT_MARKER).is_file() or (where / MOVING).exists()
+
+    if not folder.is_dir() or a_report(folder):
         return ""
     names = sorted(os.listdir(folder))
-    if any((folder / n / REPORT_MARKER).is_file() for n in names if re.fullmatch(r"split\d+", n)):
+    if any(a_report(folder / n) for n in names if re.fullmatch(r"split\d+", n)):
         return ""
     own = ("cache", "eval.log")
     foreign = [n for n in names if not (n in own or n.startswith(".") or re.fullmatch(r"split\d+", n))]
@@ -321,7 +324,7 @@ def eval_stage(cfg: Config, checkpoints: dict[str, Path] | None = None, *, allow
     out_root = eval_out_dir(cfg, checkpoints, out)
     if out_root.exists() and not out_root.is_dir():
         raise PipelineError(f"eval --out {shown(out_root)} is a file; the report is a folder: give a folder name")
-    if foreign := _not_a_report_folder(out_root):
+    if foreign := not_a_report_folder(out_root):
         raise PipelineError(f"eval --out {shown(out_root)} holds files no evaluation wrote ({foreign}) and no report: "
                             "a report's files would replace or delete them (results.md, features/, ...); give a "
                             "new or empty folder")

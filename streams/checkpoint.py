@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from flow.video import same_size
 from p3dbase.atomic import atomic_write
 from p3dbase.errors import NOT_REGULAR, excerpt, file_problem, shown, text_problem
 from p3dbase.lock import holder_of
@@ -303,7 +304,9 @@ def _payload_problem(state: dict[str, Any]) -> str:
 FLOW_DECISIVE = {"rgb": ("size",), "flow": ("bound", "size", "lambda_", "theta", "gamma")}
 
 
-def _same(a: Any, b: Any) -> bool:
+def _same(key: str, a: Any, b: Any) -> bool:
+    if key == "size":  # "340X256", as checkpoints trained before flow.video.size_text may hold it
+        return same_size(a, b)
     numbers = (int, float)
     if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
         return float(a) == float(b)
@@ -318,7 +321,7 @@ def check_flow_settings(ckpt: Checkpoint, given: dict[str, Any], where: str) -> 
     compared."""
     trained = ckpt.flow
     keys = FLOW_DECISIVE["rgb"] if ckpt.modality == "rgb" else sorted(set(trained) | set(given))
-    differ = [k for k in keys if k in trained and k in given and not _same(trained[k], given[k])]
+    differ = [k for k in keys if k in trained and k in given and not _same(k, trained[k], given[k])]
     stop = [k for k in differ if k in FLOW_DECISIVE[ckpt.modality]]
     if stop:
         then = ", ".join(f"{k} = {trained[k]!r}" for k in stop)

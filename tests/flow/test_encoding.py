@@ -16,6 +16,33 @@ def test_zero_motion_is_128_not_127():
     assert encode(np.zeros(1), 5)[0] == 128
 
 
+# Every bound the settings allow, in half pixels (0.5 to 255), and odd ones between.
+BOUNDS = [b / 2 for b in range(1, 511)] + [0.7, 1 / 3, 19.99, 123.456]
+
+
+def test_zero_motion_is_128_and_the_bound_the_end_levels_at_every_bound():
+    """(f + bound) * 255 / (2 bound) came to 127.4999... at bounds such as 25, 29, 50 and 100: a still
+    background stored as 127, read back as a drift of half a level (-0.39 px at bound 100)."""
+    wrong = [b for b in BOUNDS if encode(np.zeros(1), b)[0] != 128]
+    assert wrong == []
+    ends = {b: encode(np.array([-b, b]), b).tolist() for b in BOUNDS}
+    assert all(v == [0, 255] for v in ends.values()), {b: v for b, v in ends.items() if v != [0, 255]}
+
+
+def test_every_level_survives_decode_then_encode_at_every_bound():
+    """Imported rawframes flow is decoded at its bound and encoded again where the store's differs: at
+    one bound that round trip must give each of the 256 levels back."""
+    levels = np.arange(256, dtype=np.uint8)
+    bad = [b for b in BOUNDS if not np.array_equal(encode(decode(levels, b), b), levels)]
+    assert bad == []
+
+
+@pytest.mark.parametrize("bound", [0, -1, float("inf"), float("nan")])
+def test_a_bound_that_is_no_finite_positive_number_is_refused(bound):
+    with pytest.raises(FlowError, match="flow bound must be a finite number > 0"):
+        encode(np.zeros(1), bound)
+
+
 def test_bounds_and_clipping():
     u8 = encode(np.array([-20.0, 20.0, -1e6, 1e6, -20.1, 20.1]), 20)
     assert u8.tolist() == [0, 255, 0, 255, 0, 255]

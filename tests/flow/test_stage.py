@@ -309,6 +309,16 @@ def test_torch_backend_without_its_module_is_a_clear_error(monkeypatch, fast_cfg
         make_backend(dataclasses.replace(fast_cfg, backend="torch"))
 
 
+def test_the_torch_backend_is_built_again_for_another_batch_size(fast_cfg):
+    """Backends are kept per process, keyed by the store's settings: batch_pairs is none of them, so a
+    smaller batch asked for after an out-of-memory error ran with the first one's."""
+    pytest.importorskip("torch")
+    small = make_backend(dataclasses.replace(fast_cfg, backend="torch", device="cpu", batch_pairs=1))
+    large = make_backend(dataclasses.replace(fast_cfg, backend="torch", device="cpu", batch_pairs=64))
+    assert small is not large and (small.cfg.batch_pairs, large.cfg.batch_pairs) == (1, 64)
+    assert make_backend(dataclasses.replace(fast_cfg, backend="torch", device="cpu", batch_pairs=1)) is small
+
+
 # --- two runs, dead workers, a killed run, a full disk, flipped bytes, odd names -----------------------
 
 def _worker_pid(temp: Path) -> int | None:
@@ -600,3 +610,18 @@ def test_every_kind_of_bad_video_id_is_one_failed_video(videos, tmp_path, fast_c
     assert (summary.computed, summary.failed) == (1, 1)
     assert summary.failures == [(video_id, f"video id {video_id!r}: must be a relative path of non-hidden names "
                                            "separated by '/' (e.g. 'Class/v_Class_g01_c01')")]
+
+
+def test_a_store_recorded_with_an_old_size_spelling_still_matches(videos, tmp_path, fast_cfg, monkeypatch):
+    """Stores made before store.json recorded one spelling of the size hold it as typed ("32X24"): a
+    plain re-run of that config still takes the store for its own, and leaves its record as it is."""
+    import json
+
+    out = tmp_path / "flow"
+    with monkeypatch.context() as before:  # the code before: the size recorded as typed
+        before.setattr("flow.stage.size_text", lambda size: size)
+        run_flow(jobs_in(videos), out, dataclasses.replace(fast_cfg, size="32X24"))
+    record = json.loads((out / "store.json").read_text())
+    assert record["params"]["size"] == "32X24"
+    again = run_flow(jobs_in(videos), out, dataclasses.replace(fast_cfg, size="32X24"))
+    assert (again.computed, again.skipped) == (0, 3) and json.loads((out / "store.json").read_text()) == record

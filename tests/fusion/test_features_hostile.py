@@ -182,3 +182,20 @@ def test_two_inputs_of_one_id_fail_the_second_alone_in_a_features_folder(tmp_pat
         rows = [(r["video_id"], r["status"], r["reason"]) for r in csv.DictReader(f)]
     assert rows == [("a", "done", ""), ("b", "done", ""), (str(videos / "a.mkv"), "failed", why)]
     assert json.loads((out / "a.json").read_text())["video"] == str(videos / "a.avi")
+
+
+def test_a_frame_folder_with_a_fifo_for_an_image_is_listed_and_fails_naming_it(tmp_path):
+    """A FIFO in an image's place: the folder is still a video of the inputs (it vanished from them
+    without a word when scan refused it), and reading it fails naming the FIFO."""
+    from flow.errors import FlowError
+    from fusion.inputs import FolderReader
+    from tests.builders import write_rawframes
+
+    good = write_rawframes(tmp_path / "videos" / "a", frames=4, flows=0)
+    bad = write_rawframes(tmp_path / "videos" / "b", frames=4, flows=0)
+    (bad / "img_00002.jpg").unlink()
+    os.mkfifo(bad / "img_00002.jpg")
+    assert [(v.video_id, v.path) for v in gather_inputs([tmp_path / "videos"])[0]] == [("a", good), ("b", bad)]
+    assert len(FolderReader(good).files) == 4
+    with pytest.raises(FlowError, match=rf"^{bad / 'img_00002.jpg'}: not a regular file \(a FIFO"):
+        FolderReader(bad)

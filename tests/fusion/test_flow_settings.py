@@ -129,3 +129,14 @@ def test_predict_and_features_take_the_checkpoints_flow_and_refuse_an_explicit_c
     match = save_with_flow(tmp_path / "match.pt", "flow", fast)
     (prediction,) = predict([video], {"flow": match}, FAST_FLOW, EvalConfig(clips=1))
     assert not prediction.error and len(prediction.top["flow"]) == 3
+
+
+@pytest.mark.parametrize("modality", ["rgb", "flow"])
+def test_a_size_recorded_in_another_spelling_is_the_same_size(tmp_path, modality):
+    """A checkpoint trained before store.json recorded one spelling of the size holds "340X256" as
+    typed: given "340x256" it was refused, with a `--set flow.size=340X256` fix that gives 340x256 again."""
+    trained = {**flow_settings(20.0, store_params(STORE_FLOW)), "size": "340X256"}
+    ckpt = read_checkpoint(save_with_flow(tmp_path / f"{modality}.pt", modality, trained))
+    assert check_flow_settings(ckpt, flow_settings(20.0, store_params(STORE_FLOW)), "the store") == []
+    with pytest.raises(StreamsError, match=r"\(size differ\)"):
+        check_flow_settings(ckpt, flow_settings(20.0, store_params(SMALL_FLOW)), "the store")

@@ -252,7 +252,7 @@ def test_ids_with_whitespace_are_left_out_of_the_mmaction_lists_by_name(tmp_path
 def test_eval_out_into_a_folder_of_other_files_is_refused_and_they_are_kept(tmp_path, capsys):
     """`eval --out` into a folder of the user's replaced its results.md and deleted its features/ whole.
     A folder holding a report, or only what a killed eval leaves, is still written."""
-    from pipeline.stages import _not_a_report_folder
+    from pipeline.stages import not_a_report_folder
 
     out = tmp_path / "mine"
     (out / "features").mkdir(parents=True)
@@ -264,11 +264,35 @@ def test_eval_out_into_a_folder_of_other_files_is_refused_and_they_are_kept(tmp_
                    "report's files would replace or delete them (results.md, features/, ...); give a new or empty "
                    "folder\n")
     assert (out / "results.md").read_text() == "keep" and (out / "features" / "mine.npz").read_text() == "keep too"
+    assert not (out / "eval.log").exists()  # no log of a refused run among the user's files
     killed = tmp_path / "killed"
     for name in ("cache/rgb", "split1/cache", ".report.tmp-x"):
         (killed / name).mkdir(parents=True)
     (killed / "eval.log").write_text("")
-    assert _not_a_report_folder(killed) == "" and _not_a_report_folder(tmp_path / "new") == ""
+    assert not_a_report_folder(killed) == "" and not_a_report_folder(tmp_path / "new") == ""
     _eval_report(tmp_path / "done" / "split2")
     (tmp_path / "done" / "notes.txt").write_text("a user's note beside a report")
-    assert _not_a_report_folder(tmp_path / "done") == ""
+    assert not_a_report_folder(tmp_path / "done") == ""
+    # A report killed while its files moved in (report.json removed first): its re-run repairs it.
+    moving = tmp_path / "moving"
+    _eval_report(moving)
+    assert not (moving / ".report-moving").exists()
+
+    import os
+    real_replace = os.replace
+
+    def killed_mid_move(source, target, *args, **kwargs):  # the kill as results.md moves in
+        if Path(target) == moving / "results.md":
+            raise KeyboardInterrupt
+        return real_replace(source, target, *args, **kwargs)
+
+    import pytest
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("fusion.report.os.replace", killed_mid_move)
+        with pytest.raises(KeyboardInterrupt):
+            _eval_report(moving)
+    assert not (moving / "report.json").exists() and (moving / "results.md").is_file()  # the last run's
+    assert not_a_report_folder(moving) == ""
+    (moving / ".report-moving").unlink()
+    assert not_a_report_folder(moving) != ""  # the same files, no marker: not taken for a report's

@@ -143,5 +143,12 @@ def test_make_flow_on_a_finished_read_only_store_is_done_not_refused(tmp_path, m
         out = capsys.readouterr().out
         assert "flow: 1 videos: 0 computed, 1 already done, 0 failed" in out and "is read-only: nothing" in out
         assert {p: p.stat().st_mtime_ns for p in store.rglob("*")} == before
+        # its video turned into a dangling link: kept there too, as on a store that can be written
+        (tmp_path / "videos" / "Cls" / "a.avi").unlink()
+        (tmp_path / "videos" / "Cls" / "a.avi").symlink_to(tmp_path / "gone.avi")
+        assert main([*args, "--strict"]) == 0
+        out = capsys.readouterr().out
+        assert "its source is refused (refused: a dangling symbolic link): the stored video is kept" in out
+        assert "flow: 1 videos: 0 computed, 1 already done, 0 failed" in out
     finally:
         store.chmod(0o755)
