@@ -9,6 +9,8 @@ OpenCV's epsilon test after every iteration. Same iterations, same answer up to 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 
@@ -78,12 +80,17 @@ class FastTVL1:
         if min(i0.shape) < MIN_SIDE:
             raise FlowError(f"TV-L1 pair: frames of {i0.shape[1]}x{i0.shape[0]} px are too small "
                             f"(at least {MIN_SIDE}x{MIN_SIDE} px)")
-        if min(i0.shape) < 3:  # the fused kernel's stencils need 3 px; OpenCV's own loop takes 2
-            init = None if init_flow is None else np.ascontiguousarray(init_flow, np.float32)
-            return create_tvl1(self.cfg).calc(np.asarray(i0, np.uint8), np.asarray(i1, np.uint8), init)
-        if init_flow is not None and init_flow.shape != (*i0.shape, 2):
-            raise FlowError(f"TV-L1 pair: init_flow must be [H, W, 2] = {[*i0.shape, 2]}, "
-                            f"got {list(init_flow.shape)}")
+        if not (np.isfinite(i0).all() and np.isfinite(i1).all()):  # one NaN pixel made every vector NaN
+            raise FlowError("TV-L1 pair: the images hold NaN or inf; grey levels are 0-255")
+        if init_flow is not None:  # checked before the 2-px route below too, which ignored it
+            init_flow = np.asarray(init_flow, np.float32)
+            if init_flow.shape != (*i0.shape, 2):
+                raise FlowError(f"TV-L1 pair: init_flow must be [H, W, 2] = {[*i0.shape, 2]}, "
+                                f"got {list(init_flow.shape)}")
+        if min(i0.shape) < 3:  # the fused kernel's stencils need 3 px; OpenCV's own loop takes 2 (8-bit only)
+            tvl1 = create_tvl1(dataclasses.replace(self.cfg, use_initial_flow=init_flow is not None))
+            grey = [np.clip(np.rint(i), 0, 255).astype(np.uint8) for i in (i0, i1)]  # not truncated, nor wrapped
+            return tvl1.calc(*grey, None if init_flow is None else np.ascontiguousarray(init_flow))
         cfg = self.cfg
         levels = pyramid(i0.astype(np.float32), i1.astype(np.float32), cfg.nscales, cfg.scale_step)
         k = 3 if cfg.gamma != 0 else 2

@@ -174,6 +174,26 @@ def test_bad_pairs_are_flow_errors():
         backend.compute_pair(a, a[:, :20])
     with pytest.raises(FlowError, match=r"init_flow must be \[H, W, 2\]"):
         backend.compute_pair(a, a, np.zeros((20, 24), np.float32))
+    # 2-px frames go to OpenCV's own loop: the same checks (a wrong init_flow was taken there)
+    with pytest.raises(FlowError, match=r"init_flow must be \[H, W, 2\] = \[2, 24, 2\]"):
+        backend.compute_pair(a[:2], a[:2], np.zeros((7, 7, 2), np.float32))
+    nan = a.astype(np.float32)
+    nan[3, 4] = np.nan  # made every vector NaN
+    with pytest.raises(FlowError, match="the images hold NaN or inf"):
+        backend.compute_pair(nan, a)
+
+
+def test_two_pixel_frames_take_the_initial_flow_and_float_levels():
+    """At 2 px OpenCV's own loop runs: it ignored init_flow (use_initial_flow off) and truncated float
+    levels (a texture of amplitude 0.9 became all zeros, 255.6 wrapped to 0)."""
+    rng = np.random.default_rng(0)
+    i0 = rng.uniform(0, 255, (2, 40)).astype(np.float32)
+    i1 = np.roll(i0, 1, axis=1)
+    backend = FastTVL1(FlowConfig(nscales=1, warps=1, outer_iterations=1, inner_iterations=1))
+    plain = backend.compute_pair(i0, i1)
+    seeded = backend.compute_pair(i0, i1, np.full((2, 40, 2), 5, np.float32))
+    assert not np.allclose(plain, seeded)
+    np.testing.assert_array_equal(backend.compute_pair(i0, i1), backend.compute_pair(np.rint(i0), np.rint(i1)))
 
 
 @pytest.mark.parametrize("median", [2, 7])
