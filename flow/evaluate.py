@@ -212,9 +212,12 @@ def config_with(overrides: Sequence[str]) -> FlowConfig:
 
 def _count(text: str) -> int:
     """--videos: a whole number >= 0 (-1 read as "all", as 0 does, without a word)."""
-    value = int(text)  # argparse names the option when this raises
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
     if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (all) or more, got {value}")
+        raise argparse.ArgumentTypeError(f"must be a whole number, 0 (all) or more, got {text!r}")
     return value
 
 

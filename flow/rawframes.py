@@ -57,7 +57,6 @@ _NAMES = re.IGNORECASE | re.ASCII
 _IMAGE = r"\.(?:jpe?g|png)"
 _RGB = re.compile(rf"(?:img|image|frame|rgb)_([0-9]+){_IMAGE}", _NAMES)
 _FLOW = re.compile(rf"(?:flow_)?([xy])_([0-9]+){_IMAGE}", _NAMES)
-_IMAGE_NAME = re.compile(rf"{_IMAGE}$", _NAMES)
 _NUMBERED = re.compile(rf"(?:[a-z]+_)?([0-9]+){_IMAGE}", _NAMES)  # in x/, y/, u/, v/ folders
 _AXIS_DIRS = {"x": "x", "y": "y", "u": "x", "v": "y"}
 
@@ -77,11 +76,17 @@ class RawframeVideo:
     broken: list[Path] = field(default_factory=list)
 
 
+class BrokenImageError(FlowError):
+    """An image entry of a frame folder that is no file. Raised by scan too when no frame image is a
+    file (frames moved away, links left behind): such a folder is still a video of the inputs
+    (fusion.inputs.is_frame_folder), which fails naming the entry."""
+
+
 def refuse_broken(video: RawframeVideo) -> None:
-    """FlowError naming the first image entry of `video` that is no file, and what it is."""
+    """BrokenImageError naming the first image entry of `video` that is no file, and what it is."""
     if video.broken:
         first = video.broken[0]
-        raise FlowError(f"{shown(first)}: {file_problem(first, 'JPEG or PNG file')}")
+        raise BrokenImageError(f"{shown(first)}: {file_problem(first, 'JPEG or PNG file')}")
 
 
 @dataclass
@@ -95,15 +100,16 @@ class CheckedVideo:
     copied: int = 0  # JPEG files stored byte for byte by import_video (frames + 2 per flow image)
 
 
-def _files(folder: Path, broken: list[Path]) -> list[str]:
+def _files(folder: Path, broken: list[Path], pattern: re.Pattern[str]) -> list[str]:
     """The visible files of `folder`; FlowError for a symbolic link leading out of it (nothing
-    outside a video's own folder is read). An image's name that is no file (a FIFO, a folder, a
-    dangling link) goes to `broken`: it read as a gap in the numbering, or an x image without its y."""
+    outside a video's own folder is read). A name of `pattern` (a frame's or flow image's) that is no
+    file (a FIFO, a folder, a dangling link) goes to `broken`: it read as a gap in the numbering, or an
+    x image without its y. Other names are not looked at (a dangling `cover.jpg` fails nothing)."""
     try:
         entries = [e for e in os.scandir(folder) if not e.name.startswith(".")]
     except (FileNotFoundError, NotADirectoryError):
         return []
-    broken += [Path(e.path) for e in entries if not _is_file(e) and _IMAGE_NAME.search(e.name)]
+    broken += [Path(e.path) for e in entries if not _is_file(e) and pattern.fullmatch(e.name)]
     entries = [e for e in entries if _is_file(e)]
     inside = os.path.realpath(folder)
     for e in entries:
@@ -145,25 +151,28 @@ def scan(folder: Path | str) -> RawframeVideo:
         digits.add(len(number))
 
     for sub in ("", "rgb"):
-        for name in _files(folder / sub, broken):
+        for name in _files(folder / sub, broken, _RGB):
             if m := _RGB.fullmatch(name):
                 put(frames, m.group(1), folder / sub / name, f"{sub + '/' if sub else ''}{name[:m.start(1)]}")
     for sub in ("", "flow"):
-        for name in _files(folder / sub, broken):
+        for name in _files(folder / sub, broken, _FLOW):
             if m := _FLOW.fullmatch(name):
                 put(flows[m.group(1).lower()], m.group(2), folder / sub / name,
                     f"{sub + '/' if sub else ''}{name[:m.start(2)]}")
         for axis_dir, axis in _AXIS_DIRS.items():
             where = folder / sub / axis_dir
-            for name in _files(where, broken):
+            for name in _files(where, broken, _NUMBERED):
                 if m := _NUMBERED.fullmatch(name):
                     put(flows[axis], m.group(1), where / name, f"{where.relative_to(folder).as_posix()}/")
+    video = RawframeVideo(folder, frames, flows["x"], flows["y"], "", sorted(set(broken)))
     if not frames:
+        refuse_broken(video)  # every frame image a link to nothing, say: named, and still a frame folder
         raise FlowError(f"{shown(folder)}: no frame images (img_00001.jpg, frame_0000000001.jpg, rgb/...)")
     start = min(frames)
     shapes = " + ".join(names[id(t)] + "*" for t in (frames, flows["x"]) if id(t) in names)
     kind = f"{shapes}, {'/'.join(map(str, sorted(digits)))} digits, {start}-based"
-    return RawframeVideo(folder, frames, flows["x"], flows["y"], kind, sorted(broken))
+    video.kind = kind
+    return video
 
 
 def in_order(table: dict[int, Path], where: str, what: str = "frame") -> list[Path]:

@@ -131,7 +131,8 @@ def store_params(cfg: FlowConfig) -> dict[str, Any]:
         params = {"source": "rawframes", **{k: getattr(cfg, k) for k in RAWFRAMES_FIELDS}}
         if cfg.rawframes_min_quality != FlowConfig.rawframes_min_quality:
             # It decides which JPEGs are kept byte for byte and which re-encoded. Recorded only when not
-            # the default, so that the stores made before it was recorded (all at 75) keep their record.
+            # the default, so that stores made at 75 before it was recorded keep their record (one made
+            # then at another value is refused at it: which value made it is not known).
             params["rawframes_min_quality"] = cfg.rawframes_min_quality
     else:
         params = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY_FIELDS}

@@ -65,9 +65,11 @@ def size_text(size: str) -> str:
 def same_size(a: Any, b: Any) -> bool:
     """Whether two recorded `[flow] size` values are one size: "340X256" (a store or checkpoint made
     before size_text) is "340x256". A value that is no size compares as it is."""
+    if not (isinstance(a, str) and isinstance(b, str)):  # not text (an edited or foreign record)
+        return a == b
     try:
         return size_text(a) == size_text(b)
-    except (FlowError, AttributeError):  # not a size (an edited record), or not text
+    except FlowError:  # not a size
         return a == b
 
 

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from flow.errors import FlowError
-from flow.rawframes import in_order, read_image, refuse_broken, same_size, scan
+from flow.rawframes import BrokenImageError, in_order, read_image, refuse_broken, same_size, scan
 from flow.video import VIDEO_EXTENSIONS, VideoReader, output_size, resize
 from fusion.engine import file_signature
 from fusion.errors import FusionError
@@ -43,6 +43,8 @@ class VideoInput:
 def is_frame_folder(path: Path) -> bool:
     try:
         scan(path)
+    except BrokenImageError:  # its frames are links to nothing, say: a video that fails naming them
+        return True
     except (FlowError, OSError):  # OSError: a symbolic link loop or an unreadable entry in it
         return False
     return True

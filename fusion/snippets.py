@@ -10,7 +10,8 @@ is refused. A snippet's times in seconds are its frames' container timestamps (S
 so a variable frame rate is placed right.
 
 The video is never held whole: frames are decoded in order into a buffer holding one batch of
-snippets (`batch` starts: about batch x stride + W frames), TV-L1 runs on the pairs the batch needs
+snippets (`batch` starts: (batch - 1) x stride + W + 1 frames, or batch x (W + 1) where the stride
+leaves frames between snippets, which are decoded and let go), TV-L1 runs on the pairs the batch needs
 and not yet computed (where windows overlap, once per pair), the network scores the batch, and the
 frames and flow before the next start are dropped. Memory is then bounded by the batch, not by the
 video's length; the outputs themselves (T rows per stream) are the only thing that grows.

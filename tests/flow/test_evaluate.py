@@ -71,7 +71,10 @@ def test_flow_file_mode_and_errors(tmp_path, capsys):
     assert "needs --gt" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # was read as "all", as 0 is
         main(["--store", str(tmp_path), "--gt-dir", str(tmp_path), "--videos", "-1"])
-    assert "argument --videos: must be 0 (all) or more, got -1" in capsys.readouterr().err
+    assert "argument --videos: must be a whole number, 0 (all) or more, got '-1'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--store", str(tmp_path), "--gt-dir", str(tmp_path), "--videos", "1.5"])
+    assert "argument --videos: must be a whole number, 0 (all) or more, got '1.5'" in capsys.readouterr().err
 
 
 def test_set_overrides():

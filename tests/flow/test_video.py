@@ -169,3 +169,13 @@ print(os.waitstatus_to_exitcode(status), cv2.getNumThreads())
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.split() == ["0", "4"], out.stderr[-2000:]
+
+
+def test_same_size_reads_spellings_of_one_size_and_never_raises():
+    from flow.video import same_size, size_text
+
+    assert size_text("0340X256") == "340x256" and size_text(" 0064 ") == "64" and size_text("") == ""
+    assert same_size("340X256", "340x256") and same_size("064", "64") and not same_size("64", "340x256")
+    # records of other types (an edited store.json, a foreign checkpoint) compare as they are
+    assert not same_size(b"64", "64") and not same_size(64, "64") and same_size(None, None)
+    assert same_size("odd", "odd") and not same_size("odd", "64")

@@ -195,7 +195,15 @@ def test_a_frame_folder_with_a_fifo_for_an_image_is_listed_and_fails_naming_it(t
     bad = write_rawframes(tmp_path / "videos" / "b", frames=4, flows=0)
     (bad / "img_00002.jpg").unlink()
     os.mkfifo(bad / "img_00002.jpg")
-    assert [(v.video_id, v.path) for v in gather_inputs([tmp_path / "videos"])[0]] == [("a", good), ("b", bad)]
+    moved = tmp_path / "videos" / "c"  # every frame a link to nothing (the frames moved away)
+    moved.mkdir()
+    for k in (1, 2):
+        (moved / f"img_{k:05d}.jpg").symlink_to(tmp_path / f"gone{k}.jpg")
+    (good / "cover.jpg").symlink_to(tmp_path / "gone.jpg")  # no frame's name: not looked at
+    assert [(v.video_id, v.path) for v in gather_inputs([tmp_path / "videos"])[0]] == [
+        ("a", good), ("b", bad), ("c", moved)]
     assert len(FolderReader(good).files) == 4
     with pytest.raises(FlowError, match=rf"^{bad / 'img_00002.jpg'}: not a regular file \(a FIFO"):
         FolderReader(bad)
+    with pytest.raises(FlowError, match=rf"^{moved / 'img_00001.jpg'}: a symbolic link that leads to no JPEG"):
+        FolderReader(moved)
