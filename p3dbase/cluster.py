@@ -28,17 +28,18 @@ FILES_BASE = 32
 FILES_PER_PROCESS = 32
 
 
-def local_processes(jobs: int, key: str) -> int:
+def local_processes(jobs: int, key: str, zero: str = "one per core") -> int:
     """How many local worker processes `jobs` asks for (0: one per usable core, as joblib counts them:
     CPU affinity and a container's CPU quota included); SettingError naming `key` beyond
-    MAX_PROCESSES_PER_CORE per core, or beyond what the open-files limit can hold (open_files_for)."""
+    MAX_PROCESSES_PER_CORE per core, or beyond what the open-files limit can hold (open_files_for).
+    `zero`: what 0 means for `key`, as the message offers it (train.workers: none, in the trainer)."""
     import joblib
 
     cores = joblib.cpu_count()
     if jobs > MAX_PROCESSES_PER_CORE * cores:
         raise SettingError(f"{key} = {jobs} would start {jobs} worker processes on {cores} usable CPU core(s), "
                            f"each a few hundred MB: at most {MAX_PROCESSES_PER_CORE * cores} here "
-                           f"({MAX_PROCESSES_PER_CORE} per core), or 0 for one per core")
+                           f"({MAX_PROCESSES_PER_CORE} per core), or 0 for {zero}")
     count = jobs or cores
     if count > 1:  # one alone runs in the calling process (flow, verify, the inference engine)
         open_files_for(count, f"{key} = {jobs}")

@@ -136,7 +136,7 @@ def stop_on_dead_worker(err: BaseException, loaders: list[DataLoader | None], mo
     whatever the half-sent batch broke: ConnectionResetError when it died passing a tensor's file
     descriptor); the remaining workers are stopped. None when no worker died."""
     if isinstance(err, RuntimeError) and "DataLoader timed out" in str(err):
-        _stop_workers(loaders)
+        stop_workers(loaders)
         return StreamsError(f"{modality} stream: no batch from the data loader workers in {BATCH_TIMEOUT_S:g} s (a "
                             "worker is stuck: too few open files (`ulimit -n`) or too little memory, or the store's "
                             f"disk hangs); {resume_hint(out_dir)}")
@@ -144,8 +144,19 @@ def stop_on_dead_worker(err: BaseException, loaders: list[DataLoader | None], mo
         loaders, wait=2.0 if isinstance(err, (OSError, EOFError)) else 0.0)
     if died is None:
         return None
-    _stop_workers(loaders)  # else every later SIGCHLD raises torch's error again, anywhere
+    stop_workers(loaders)  # else every later SIGCHLD raises torch's error again, anywhere
+    if died.rstrip(". ").endswith(USER_STOPS):
+        # SIGTERM or SIGINT to the whole process group (scancel, docker stop, Ctrl-C): the worker's death
+        # was seen first, and this process's own signal is on its way; let it arrive and stop the run
+        # as a stop (its handler raises), not as an out-of-memory kill.
+        time.sleep(SIGNAL_WAIT_S)
+        return StreamsError(f"{modality} stream: a data loader worker was stopped by a signal sent to it "
+                            f"({died.rstrip('. ')}); {resume_hint(out_dir)}")
     return worker_death_error(modality, out_dir, died)
+
+
+USER_STOPS = ("signal: Terminated", "signal: Interrupt", "signal: SIGTERM", "signal: SIGINT")  # torch's, ours
+SIGNAL_WAIT_S = 1.0  # the process group's signal reaches this process within it
 
 
 def worker_died(err: BaseException) -> bool:
@@ -180,7 +191,9 @@ def _dead_worker(loaders: list[DataLoader | None], wait: float = 0.0) -> str | N
         time.sleep(0.05)
 
 
-def _stop_workers(loaders: list[DataLoader | None]) -> None:
+def stop_workers(loaders: list[DataLoader | None]) -> None:
+    """Shut the loaders' workers down (what torch's iterator does when it is collected, there raising
+    again for each worker already dead)."""
     for iterator in _loader_iterators(loaders):
         try:
             iterator._shutdown_workers()
@@ -194,7 +207,8 @@ def training_loaders(train_set: ClipDataset, val_set: ClipDataset | None, *, ctx
     """(training loader, its sampler, validation loader or None) of this process: `batch` clips a step,
     `workers` processes each, the training order from `seed`."""
     if workers:  # 0: in this process
-        local_processes(workers, "train.workers")  # a thousand DataLoader workers: the OOM killer, not an error
+        # a thousand DataLoader workers: the OOM killer, not an error
+        local_processes(workers, "train.workers", zero="none (loading in the trainer's process)")
         # one worker is a process too (local_processes counts 1 as the calling process): short of open
         # files its queue thread fails on EMFILE and training waits for its batch for ever
         open_files_for(workers, f"train.workers = {workers}")

@@ -43,7 +43,7 @@ from streams.config import ModelConfig, TrainConfig
 from streams.errors import StreamsError
 from streams.loaders import StreamData
 from streams.metrics import MetricsLogger, StepMeter
-from streams.p3d import P3D
+from streams.p3d import P3D, build_model
 from streams.resume import Checkpointer, check_resumable, restore_states, training_set_record, training_state
 
 CONFIG = "config.toml"  # the resolved settings of the run that made the checkpoints
@@ -194,6 +194,10 @@ def _train(data: StreamData, modality: str, model_cfg: ModelConfig, cfg: TrainCo
 
     # 2. The model, optimizer, schedule, scaler, record and data. What the weights started from is
     # kept in every checkpoint: taken once, at the start (the file was just read), carried over by a resume.
+    check_clips_fit(model_cfg.arch, modality, batch, cfg.clip_len, cfg.crop)
+    if cfg.decode == "cuda" and not cuda:  # it said "needs torchvision", which would not have helped
+        raise StreamsError(f'train.decode = "cuda" decodes the training JPEGs with nvJPEG on a CUDA device, but '
+                           f'this run trains on {ctx.device}: leave train.decode = "cpu" here')
     channels_last = cfg.channels_last and cuda
     model = build_stream(model_cfg, modality, data.classes, ctx, seed=cfg.seed, fresh=resume is None,
                          sync_bn=cfg.sync_bn, channels_last=channels_last)
@@ -235,6 +239,9 @@ def _train(data: StreamData, modality: str, model_cfg: ModelConfig, cfg: TrainCo
         write_text(out_dir / CONFIG, config_toml)
     try:
         return fit(run, state, train_loader, sampler, val_loader, resume.path if resume is not None else None)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the workers stopped now, or their deaths (the same
+        loaders.stop_workers([train_loader, val_loader])  # signal reached them) raised again in __del__
+        raise
     except Exception as e:
         died = loaders.stop_on_dead_worker(e, [train_loader, val_loader], modality, out_dir)
         if died is None:
@@ -242,6 +249,23 @@ def _train(data: StreamData, modality: str, model_cfg: ModelConfig, cfg: TrainCo
         raise died from None
     finally:
         run.metrics.close()
+
+
+def check_clips_fit(arch: str, modality: str, batch: int, clip_len: int, crop: int) -> None:
+    """StreamsError naming the settings when a training batch [batch, C, clip_len, crop, crop] cannot go
+    through `arch`: a crop the stem's pooling shrinks to nothing (crop 1 or 2), or one BatchNorm value a
+    channel (batch 1 of a small crop). Found on the meta device (shapes, no arithmetic) before any
+    work: it was a traceback from the first step."""
+    channels = transforms.CHANNELS[modality]
+    with torch.device("meta"):
+        net = build_model(arch, 2, channels)
+    try:
+        net.train()(torch.empty(batch, channels, clip_len, crop, crop, device="meta"))
+    except (RuntimeError, ValueError) as e:
+        said = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StreamsError(f"train.crop = {crop} with {batch} clip(s) of {clip_len} frames a step (train.batch_size) "
+                           f"is too small for {arch} ({brief(said, 120)}): raise train.crop (and train.resize) or "
+                           "train.batch_size") from None
 
 
 def fit(run: Run, state: Progress, train_loader: DataLoader, sampler: EpochSampler,

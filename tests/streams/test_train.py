@@ -393,8 +393,10 @@ def test_a_thousand_dataloader_workers_are_refused_in_one_line(toy_store, tmp_pa
     monkeypatch.setattr(joblib, "cpu_count", lambda: 2)
     root, train, val = toy_store
     model_cfg, train_cfg = configs(workers=9)
-    with pytest.raises(SettingError, match=r"^train\.workers = 9 would start 9 worker processes on 2 usable"):
+    with pytest.raises(SettingError, match=r"^train\.workers = 9 would start 9 worker processes on 2 usable") as err:
         train_stream(stream_data(root, train, val, CLASSES), "flow", model_cfg, train_cfg, tmp_path / "run")
+    # 0 is no worker for train.workers (it said "or 0 for one per core", the meaning of flow.jobs' 0)
+    assert str(err.value).endswith("or 0 for none (loading in the trainer's process)")
 
 
 def test_weights_that_are_not_finite_are_never_checkpointed(toy_store, tmp_path, monkeypatch, configs):
@@ -804,6 +806,37 @@ def test_a_batch_a_stuck_worker_never_sends_is_one_line_not_a_wait_for_ever(tmp_
                          "command to start again (no checkpoint had been written)")
 
 
+def test_a_worker_stopped_by_the_process_group_s_signal_is_a_stop_not_an_out_of_memory_kill(tmp_path, monkeypatch):
+    """SIGTERM to the whole process group (scancel, docker stop) or Ctrl-C in a terminal kills the workers
+    too, and their death could be seen before this process's own signal: the run ended "a data loader
+    worker died (... the system kills workers that run out of memory ...)", exit 2. Now this process's
+    signal is let in (its handler stops the run as a stop); a worker stopped alone is named as such."""
+    import threading
+
+    from streams import loaders
+
+    monkeypatch.setattr(loaders, "SIGNAL_WAIT_S", 5.0)
+    death = RuntimeError("DataLoader worker (pid 4242) is killed by signal: Terminated. ")
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()  # the group's signal, a bit later
+        with pytest.raises(KeyboardInterrupt):
+            loaders.stop_on_dead_worker(death, [], "rgb", tmp_path)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    monkeypatch.setattr(loaders, "SIGNAL_WAIT_S", 0.0)
+    said = str(loaders.stop_on_dead_worker(death, [], "rgb", tmp_path))
+    assert said.startswith("rgb stream: a data loader worker was stopped by a signal sent to it (DataLoader worker "
+                           "(pid 4242) is killed by signal: Terminated)") and "out of memory" not in said
+    killed = RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. ")  # the OOM killer's SIGKILL
+    assert "the system kills workers that run out of memory" in str(
+        loaders.stop_on_dead_worker(killed, [], "rgb", tmp_path))
+
+
 def test_a_damaged_pack_read_by_a_worker_is_one_line_naming_the_video(toy_store, tmp_path, configs):
     """Read in a DataLoader worker, a broken video came back as torch's 15-line "Caught FlowError in
     DataLoader worker process 0. Original Traceback ..."; now one line: the video and how to resume."""
@@ -847,3 +880,27 @@ def test_a_folder_where_the_run_lock_belongs_is_named(toy_store, tmp_path, confi
     with pytest.raises(StreamsError, match=r"\.split1\.lock is a folder where the run's lock file belongs: move it "
                                            r"away and re-run$"):
         train_stream(toy(root, train, val), "rgb", *configs(epochs=1), out)
+
+
+def test_a_crop_the_net_cannot_take_is_one_line_before_any_work():
+    """`train.crop = 1` (pooled to nothing) and one 16-px clip a step (one BatchNorm value a channel) passed
+    the config check and were a traceback from the first step."""
+    from streams.train import check_clips_fit
+
+    with pytest.raises(StreamsError, match=r"^train\.crop = 1 with 2 clip\(s\) of 4 frames a step "
+                                           r"\(train\.batch_size\) is too small for p3d_tiny \(Given input size"):
+        check_clips_fit("p3d_tiny", "rgb", 2, 4, 1)
+    with pytest.raises(StreamsError, match=r"train\.crop = 16 with 1 clip\(s\) .* \(Expected more than 1 value per "
+                                           r"channel when training"):
+        check_clips_fit("p3d63", "flow", 1, 16, 16)
+    check_clips_fit("p3d_tiny", "flow", 2, 4, 3)  # the smallest crop the nets take
+    check_clips_fit("p3d199", "rgb", 1, 16, 160)  # one clip of the paper's size: fine
+
+
+def test_cuda_decoding_on_a_run_without_cuda_is_refused_naming_the_device(toy_store, tmp_path, configs):
+    """It said the nvjpeg extra (torchvision) was missing, after the workers had started: installing it
+    would not have given a GPU to decode on."""
+    root, train, val = toy_store
+    with pytest.raises(StreamsError, match=r'^train\.decode = "cuda" decodes the training JPEGs with nvJPEG on a '
+                                           r'CUDA device, but this run trains on cpu: leave train\.decode = "cpu"'):
+        train_stream(toy(root, train, val), "rgb", *configs(decode="cuda", max_steps=1), tmp_path)
