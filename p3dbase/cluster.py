@@ -28,6 +28,29 @@ FILES_BASE = 32
 FILES_PER_PROCESS = 32
 
 
+# The stop this process was asked for (Ctrl-C's KeyboardInterrupt, SIGTERM's pipeline.cli.Terminated),
+# noted by the CLI's signal handlers as they raise it. Worker pools that see their workers die of the
+# same signal (sent to the whole process group) stop as that stop: the exception itself can be lost
+# where it was raised (inside a finalizer, or replaced by the pool's own error while unwinding).
+_requested: list[KeyboardInterrupt] = []
+
+
+def note_stop(stop: KeyboardInterrupt) -> KeyboardInterrupt:
+    """Record `stop` as the stop asked of this process; returns it, to be raised."""
+    _requested[:] = [stop]
+    return stop
+
+
+def clear_stop() -> None:
+    """Forget the stop noted (the CLI, as its command ends: a next command in this process starts afresh)."""
+    _requested.clear()
+
+
+def requested_stop() -> KeyboardInterrupt | None:
+    """A fresh copy of the stop asked of this process (note_stop), None when none was."""
+    return type(_requested[0])() if _requested else None
+
+
 def local_processes(jobs: int, key: str, zero: str = "one per core") -> int:
     """How many local worker processes `jobs` asks for (0: one per usable core, as joblib counts them:
     CPU affinity and a container's CPU quota included); SettingError naming `key` beyond

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
+from p3dbase.cluster import clear_stop, note_stop
 from p3dbase.errors import P3DError, brief, refusal
 from p3dbase.runlog import run_log
 
@@ -135,11 +136,12 @@ def _on_signals() -> dict[int, Any]:
     def terminated(signum: int, frame: Any) -> None:
         if os.getpid() != main_pid:  # a forked helper (the stat child, a DataLoader worker): end quietly
             os._exit(128 + signum)
-        raise Terminated
+        raise note_stop(Terminated())  # noted: worker pools that see the group's signal first stop as this
 
     def interrupted(signum: int, frame: Any) -> None:
         if os.getpid() == main_pid:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            raise note_stop(KeyboardInterrupt())
         raise KeyboardInterrupt
 
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
@@ -239,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         log.close()  # after the error line: the log ends with it
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        clear_stop()
     return 0
 
 

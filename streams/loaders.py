@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from flow.store import Store
-from p3dbase.cluster import die_with, local_processes, open_files_for
+from p3dbase.cluster import die_with, local_processes, open_files_for, requested_stop
 from p3dbase.errors import P3DError, shown
 from streams import gpu_decode, losses
 from streams.clips import ClipDataset, EpochSampler
@@ -108,6 +108,8 @@ def keep_freed_memory() -> None:
 def read_batches(loader: Iterable[Any], out_dir: Path) -> Iterator[Any]:
     """The loader's batches; an error of ours raised while reading one (in a worker or here) goes on
     as one line (torch's worker traceback cut off) that says how to resume (see the module doc)."""
+    if (stop := requested_stop()) is not None:  # its exception lost in a finalizer: the next epoch's
+        raise stop  # iter() waited 10 minutes on workers the same signal had killed
     iterator = iter(loader)
     while True:
         try:
@@ -147,9 +149,14 @@ def stop_on_dead_worker(err: BaseException, loaders: list[DataLoader | None], mo
     stop_workers(loaders)  # else every later SIGCHLD raises torch's error again, anywhere
     if died.rstrip(". ").endswith(USER_STOPS):
         # SIGTERM or SIGINT to the whole process group (scancel, docker stop, Ctrl-C): the worker's death
-        # was seen first, and this process's own signal is on its way; let it arrive and stop the run
-        # as a stop (its handler raises), not as an out-of-memory kill.
-        time.sleep(SIGNAL_WAIT_S)
+        # was seen first. This process's own signal has come (noted: its exception may have been lost on
+        # the way) or is on its way (its handler raises during the wait): the run stops as a stop, not
+        # as an out-of-memory kill.
+        deadline = time.monotonic() + SIGNAL_WAIT_S
+        while (stop := requested_stop()) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if stop is not None:
+            raise stop from None
         return StreamsError(f"{modality} stream: a data loader worker was stopped by a signal sent to it "
                             f"({died.rstrip('. ')}); {resume_hint(out_dir)}")
     return worker_death_error(modality, out_dir, died)

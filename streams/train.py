@@ -194,7 +194,9 @@ def _train(data: StreamData, modality: str, model_cfg: ModelConfig, cfg: TrainCo
 
     # 2. The model, optimizer, schedule, scaler, record and data. What the weights started from is
     # kept in every checkpoint: taken once, at the start (the file was just read), carried over by a resume.
-    check_clips_fit(model_cfg.arch, modality, batch, cfg.clip_len, cfg.crop)
+    # SyncBatchNorm's statistics pool every process's clips: the whole step's batch is what a BN sees
+    seen = batch * ctx.world_size if cfg.sync_bn and ctx.world_size > 1 else batch
+    check_clips_fit(model_cfg.arch, modality, seen, cfg.clip_len, cfg.crop, partial_bn=model_cfg.partial_bn)
     if cfg.decode == "cuda" and not cuda:  # it said "needs torchvision", which would not have helped
         raise StreamsError(f'train.decode = "cuda" decodes the training JPEGs with nvJPEG on a CUDA device, but '
                            f'this run trains on {ctx.device}: leave train.decode = "cpu" here')
@@ -251,14 +253,16 @@ def _train(data: StreamData, modality: str, model_cfg: ModelConfig, cfg: TrainCo
         run.metrics.close()
 
 
-def check_clips_fit(arch: str, modality: str, batch: int, clip_len: int, crop: int) -> None:
+def check_clips_fit(arch: str, modality: str, batch: int, clip_len: int, crop: int, *,
+                    partial_bn: bool = False) -> None:
     """StreamsError naming the settings when a training batch [batch, C, clip_len, crop, crop] cannot go
     through `arch`: a crop the stem's pooling shrinks to nothing (crop 1 or 2), or one BatchNorm value a
-    channel (batch 1 of a small crop). Found on the meta device (shapes, no arithmetic) before any
-    work: it was a traceback from the first step."""
+    channel (batch 1 of a small crop; with `partial_bn` only bn1 learns its statistics, and it sees
+    many). Found on the meta device (shapes, no arithmetic, no random numbers drawn) before any work: it
+    was a traceback from the first step."""
     channels = transforms.CHANNELS[modality]
     with torch.device("meta"):
-        net = build_model(arch, 2, channels)
+        net = build_model(arch, 2, channels, partial_bn=partial_bn)
     try:
         net.train()(torch.empty(batch, channels, clip_len, crop, crop, device="meta"))
     except (RuntimeError, ValueError) as e:
