@@ -254,6 +254,9 @@ def run(args: argparse.Namespace) -> list[EpeStats]:
     if not (pairs or args.flow or args.store):
         raise FlowError("nothing to evaluate: give --frames/--pair, --flow or --store (see --help)")
     cfg = config_with(args.set)
+    if unused := _unused_settings(args.set, bool(pairs)):
+        print(f"warning: --set {', '.join(unused)}: no effect here (only TV-L1's settings and backend act, and "
+              "only on --frames / --pair; size, bound and codecs are the flow stage's)", file=sys.stderr)
     if args.vis:  # checked before any work, as --csv is
         check_png_path(args.vis, "--vis")
     if args.csv and not Path(args.csv).parent.is_dir():
@@ -285,6 +288,18 @@ def run(args: argparse.Namespace) -> list[EpeStats]:
             raise FlowError("--vis shows a pair's estimate: give --frames, --pair or --flow")
         write_flow_png(args.vis, first_estimate)
     return rows
+
+
+# What compute_pair's backend reads of the [flow] settings: TV-L1's, and how it runs.
+PAIR_FIELDS = ("tau", "lambda_", "theta", "nscales", "warps", "epsilon", "inner_iterations", "outer_iterations",
+               "scale_step", "gamma", "median_filtering", "use_initial_flow", "backend", "device", "batch_pairs")
+
+
+def _unused_settings(overrides: Sequence[str], pairs: bool) -> list[str]:
+    """The keys of `overrides` that change nothing this run computes: all of them without a pair to
+    compute (--flow, --store), else those outside PAIR_FIELDS (`size=10x10` resized nothing)."""
+    keys = [item.partition("=")[0].strip().removeprefix("flow.") for item in overrides]
+    return [k for k in keys if not pairs or k not in PAIR_FIELDS]
 
 
 def _same_size(estimate: np.ndarray, truth: np.ndarray, estimate_name: object, truth_name: object) -> None:

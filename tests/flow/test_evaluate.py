@@ -66,6 +66,20 @@ def test_flow_file_mode_and_errors(tmp_path, capsys):
                  "--vis", str(tmp_path / "v.png")]) == 0
     assert "| est.flo | 1 | 20 | 5.000 | 0.0% | 0.0% | 0.0% |" in capsys.readouterr().out
     assert (tmp_path / "v.png").exists()
+    # --set acts on TV-L1 computing --frames / --pair alone: elsewhere, and for the store's settings, a warning
+    assert main(["--flow", str(tmp_path / "est.flo"), "--gt", str(tmp_path / "gt.flo"), "--set", "warps=3"]) == 0
+    assert "warning: --set warps: no effect here" in capsys.readouterr().err
+    from flow.evaluate import _unused_settings
+
+    assert _unused_settings(["size=10x10", "flow.bound=5", "scale_step=0.8", "codec=png"], pairs=True) == [
+        "size", "bound", "codec"]
+    assert _unused_settings(["scale_step=0.8", "backend=fast"], pairs=True) == []
+    import dataclasses
+
+    from flow.config import FlowConfig
+    from flow.evaluate import PAIR_FIELDS
+
+    assert set(PAIR_FIELDS) <= {f.name for f in dataclasses.fields(FlowConfig)}  # a renamed field is caught
     assert main([]) == 2
     assert main(["--flow", str(tmp_path / "est.flo")]) == 2
     assert "needs --gt" in capsys.readouterr().err
