@@ -4,7 +4,8 @@
 
 A store of frames as an H.264 stream (mmaction2's VideoDataset reads the videos themselves) is far
 smaller than JPEGs; whether it reads a random 16-frame window faster decides whether it could be the
-route to issue 18's 1.5x. Same 340x256 frames of real clips as bench/flow_store.py, in one process:
+route to reading windows at 1.5x the mmaction layout. Same 340x256 frames of real clips as
+bench/flow_store.py, in one process:
 
 - the mmaction layout: each frame a q95 JPEG (the store's encoder), read by cv2.imdecode;
 - the store's decoder: the same JPEGs by simplejpeg into one reused array;

@@ -774,8 +774,7 @@ def _plan(store: Store, jobs: Sequence[FlowJob], force: bool, ahead: _Ahead | No
             plan.gone.add(video_id)
             if kept is not entry:
                 plan.adopted.append(kept)
-            rows[video_id] = VideoResult(video_id, shown(job.path), "done", kept.frames, kept.flows,
-                                         kept.declared_frames, kept.seconds)
+            rows[video_id] = _done_row(job, kept)
             continue
         stored = entry_stat(prefix + video_id + suffix)
         origin = plan.origins[video_id] = Origin(digest, source.st_size, source.st_mtime_ns)
@@ -793,8 +792,7 @@ def _plan(store: Store, jobs: Sequence[FlowJob], force: bool, ahead: _Ahead | No
                 # settings), or made before the source changed: the stored video says which.
                 if (redone := _check_stored(store, job, origin, legacy=False, earlier=None)) is not None:
                     plan.adopted.append(redone)
-                    plan.rows[video_id] = VideoResult(video_id, shown(job.path), "done", redone.frames, redone.flows,
-                                                      redone.declared_frames, redone.seconds)
+                    plan.rows[video_id] = _done_row(job, redone)
                     continue
                 why = ("made with other settings than the store's (a --force run was stopped before it)"
                        if entry.settings != digest else f"{shown(job.path)} changed since it was made (size or time)")
@@ -822,10 +820,15 @@ def _plan(store: Store, jobs: Sequence[FlowJob], force: bool, ahead: _Ahead | No
             plan.todo.append(job)
         else:
             plan.adopted.append(entry)
-            plan.rows[job.video_id] = VideoResult(job.video_id, shown(job.path), "done", entry.frames, entry.flows,
-                                                  entry.declared_frames, entry.seconds)
+            plan.rows[job.video_id] = _done_row(job, entry)
     notes.close()
     return plan
+
+
+def _done_row(job: FlowJob, entry: IndexEntry) -> VideoResult:
+    """The manifest row of a video found finished, from its index entry."""
+    return VideoResult(job.video_id, shown(job.path), "done", entry.frames, entry.flows, entry.declared_frames,
+                       entry.seconds)
 
 
 def _keep_refused(store: Store, refused: Sequence[FlowJob], plan: _Plan) -> None:
@@ -844,8 +847,7 @@ def _keep_refused(store: Store, refused: Sequence[FlowJob], plan: _Plan) -> None
         print(f"flow: video {shown(job.video_id)}: its source is refused ({shown(job.error)}): the stored video is "
               "kept", flush=True)
         plan.gone.add(job.video_id)
-        plan.rows[job.video_id] = VideoResult(job.video_id, shown(job.path), "done", kept.frames, kept.flows,
-                                              kept.declared_frames, kept.seconds)
+        plan.rows[job.video_id] = _done_row(job, kept)
 
 
 def _kept_without_source(store: Store, job: FlowJob, entry: IndexEntry | None, digest: str) -> IndexEntry | None:

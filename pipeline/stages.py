@@ -289,6 +289,9 @@ def eval_out_dir(cfg: Config, checkpoints: dict[str, Path] | None, out: Path | N
     return Path(out) if out is not None else eval_dir(cfg)
 
 
+_SPLIT = re.compile(r"split\d+")  # a split's report folder under a three-split eval's
+
+
 def not_a_report_folder(folder: Path) -> str:
     """A few entries of an existing folder that is neither empty nor an evaluation's ("" when it is one
     of those): one with a report (report.json, or a split's), or only what a killed eval leaves (its
@@ -301,10 +304,10 @@ def not_a_report_folder(folder: Path) -> str:
     if not folder.is_dir() or a_report(folder):
         return ""
     names = sorted(os.listdir(folder))
-    if any(a_report(folder / n) for n in names if re.fullmatch(r"split\d+", n)):
+    if any(a_report(folder / n) for n in names if _SPLIT.fullmatch(n)):
         return ""
     own = ("cache", "eval.log")
-    foreign = [n for n in names if not (n in own or n.startswith(".") or re.fullmatch(r"split\d+", n))]
+    foreign = [n for n in names if not (n in own or n.startswith(".") or _SPLIT.fullmatch(n))]
     return ", ".join(shown(n) for n in foreign[:3]) + (" ..." if len(foreign) > 3 else "")
 
 
