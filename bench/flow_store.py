@@ -14,7 +14,10 @@ layout's plain ones again. "JPEG decoding alone" decodes the same windows' JPEGs
 decoder into one reused array, and nothing else: the ceiling of any reader of these files. "As
 mmaction2's RawFrameDecode does" reads the mmaction layout with mmaction2's own steps (RGB converted
 to RGB order, flow x and y stacked per image); the ratios stay against the plain cv2.imdecode read,
-and a line after the table gives the default store against mmaction2's.
+and a line after the table gives the default store against mmaction2's. "Hybrid decode: the workers'
+part" is the CPU's share of `train.decode = "hybrid"` (flow.jpeg_entropy: the entropy decoding into
+DCT coefficients; the rest runs on the trainer's device): its flow reads, which interleave nothing,
+are compared with mmaction's planar read.
 
 Decoders: CPU ms per 340x256 image of the same q95 JPEGs (frames, and flow x images) through each
 library pip offers that is installed (simplejpeg, PyTurboJPEG, imagecodecs, Pillow, cv2), at full size and at the
@@ -44,6 +47,7 @@ from flow.config import FlowConfig
 from flow.encoding import decode, encode, step
 from flow.evaluate import endpoint_errors, read_grey
 from flow.formats import read_flow
+from flow.jpeg_entropy import EntropyDecoder
 from flow.stage import make_backend
 from flow.store import PackedFrames, create_store
 from flow.tvl1 import OpenCVTVL1, to_gray
@@ -58,6 +62,8 @@ STORES = {"mmaction (JPEG q95, lossy)": dict(layout="mmaction"),
           "packed jpeg, cv2 decoder": dict(layout="packed", codec="jpeg", decoder="cv2"),
           "packed jpeg, fast decode (train.fast_decode)": dict(layout="packed", codec="jpeg", fast=True),
           "packed jpeg, JPEG decoding alone (the ceiling)": dict(layout="packed", codec="jpeg", decode_only=True),
+          "packed jpeg, hybrid decode: the workers' part (train.decode = \"hybrid\")": dict(layout="packed",
+                                                                                         codec="jpeg", hybrid=True),
           "mmaction, flow as x / y planes (flow_planes)": dict(layout="mmaction", planes=True),
           "packed jpeg, flow as x / y planes (flow_planes, the training read)": dict(layout="packed", codec="jpeg",
                                                                                      planes=True),
@@ -82,6 +88,21 @@ def decode_only(reader: PackedFrames, modality: str) -> Callable[..., None]:
         for blob in reader._blobs(reader._flow_index[indices.start:indices.stop]):
             for jpeg in codec_module.flow_jpegs(blob):
                 codec_module.decode_jpeg(jpeg, image)
+    return read
+
+
+@functools.cache
+def hybrid_read(reader: PackedFrames, modality: str) -> Callable[..., None]:
+    """The CPU's part of train.decode = "hybrid", as a worker does it (streams.gpu_decode.hybrid_clip):
+    the window's JPEGs read (checksums checked) and entropy-decoded into their DCT coefficients, here
+    into one reused array (a worker's fresh one comes from the heap it keeps: streams.loaders)."""
+    decoder = EntropyDecoder()
+    first = reader.jpeg_blobs(modality, [0])[0]
+    coefs = np.empty((16 * (1 if modality == "rgb" else 2), decoder.layout(first).blocks, 64), np.int16)
+
+    def read(indices: range, fast: bool = False) -> None:
+        for k, blob in enumerate(reader.jpeg_blobs(modality, indices)):
+            decoder(blob, coefs[k])
     return read
 
 
@@ -110,11 +131,11 @@ def mmaction2_read(reader, modality: str) -> Callable[..., list[np.ndarray]]:
 
 def window_reads(readers: dict, counts: dict[str, int], modality: str, cpu_seconds: float,
                  rng: random.Random, fast: bool = False, planes: bool = False, decode: bool = False,
-                 mmaction2: bool = False) -> tuple[int, float, float]:
+                 mmaction2: bool = False, hybrid: bool = False) -> tuple[int, float, float]:
     """Read random 16-frame windows for `cpu_seconds` of this process's CPU time (`fast`: the readers'
     fast JPEG decode; `planes`: flow as [2, T, H, W], x and y never interleaved; `decode`: the JPEGs'
-    decoding alone, `decode_only`; `mmaction2`: as mmaction2 reads the layout, `mmaction2_read`):
-    (windows, wall s, CPU s)."""
+    decoding alone, `decode_only`; `mmaction2`: as mmaction2 reads the layout, `mmaction2_read`;
+    `hybrid`: the workers' part of train.decode = "hybrid", `hybrid_read`): (windows, wall s, CPU s)."""
     ids = sorted(readers)
     n, wall, cpu = 0, time.perf_counter(), time.process_time()
     while time.process_time() - cpu < cpu_seconds:
@@ -124,6 +145,8 @@ def window_reads(readers: dict, counts: dict[str, int], modality: str, cpu_secon
             read = decode_only(readers[v], modality)
         elif mmaction2:
             read = mmaction2_read(readers[v], modality)
+        elif hybrid:
+            read = hybrid_read(readers[v], modality)
         else:
             read = readers[v].rgb if modality == "rgb" else readers[v].flow_planes if planes else readers[v].flow
         read(range(first, first + 16), fast=fast)
@@ -347,7 +370,8 @@ def main() -> None:
                 for modality in ("flow",) if kind.get("planes") else ("rgb", "flow"):
                     n, wall, cpu = window_reads(readers[label], counts, modality, args.seconds, rng,
                                                 kind.get("fast", False), kind.get("planes", False),
-                                                kind.get("decode_only", False), kind.get("mmaction2", False))
+                                                kind.get("decode_only", False), kind.get("mmaction2", False),
+                                                kind.get("hybrid", False))
                     rates[label, modality].append(n / cpu)
                     wall_rates[label, modality].append(n / wall)
         codec_module.decoder = "auto"
@@ -363,7 +387,10 @@ def main() -> None:
         """clips/s (wall), and the ratio against mmaction read the same way (planes against planes)."""
         if (label, modality) not in med:
             return " | "
-        base = planes_base if STORES[label].get("planes") else first
+        # flow read into planes (the training read, and the hybrid decode's coefficients of x and y
+        # apart) against mmaction's planar read; the rest against its plain one
+        planar = STORES[label].get("planes") or (STORES[label].get("hybrid") and modality == "flow")
+        base = planes_base if planar else first
         return (f"{med[label, modality]:.0f} ({wmed[label, modality]:.0f}) | "
                 f"{med[label, modality] / med[base, modality]:.2f}x")
 
@@ -383,6 +410,12 @@ def main() -> None:
     print(f"\nThe default store against the layout as mmaction2 reads it (same run): RGB "
           f"{med[default, 'rgb'] / med[mm2, 'rgb']:.2f}x, flow {med[default, 'flow'] / med[mm2, 'flow']:.2f}x, "
           f"flow as planes (the training read) {med[planes, 'flow'] / med[mm2, 'flow']:.2f}x")
+    hybrid = next(label for label, kind in STORES.items() if kind.get("hybrid"))
+    print(f"\nThe hybrid decode's workers' part (train.decode = \"hybrid\": the inverse DCT, upsampling and colour "
+          f"on the trainer's device) against the mmaction layout: RGB {med[hybrid, 'rgb'] / med[first, 'rgb']:.2f}x, "
+          f"flow {med[hybrid, 'flow'] / med[planes_base, 'flow']:.2f}x against its planar read "
+          f"({med[hybrid, 'flow'] / med[first, 'flow']:.2f}x its plain one); against mmaction2's RawFrameDecode: RGB "
+          f"{med[hybrid, 'rgb'] / med[mm2, 'rgb']:.2f}x, flow {med[hybrid, 'flow'] / med[mm2, 'flow']:.2f}x")
     print(f"\nJPEG decoders, CPU ms per {cfg.size} image (q95; frame: BGR, flow x: grey; 6/8 and 1/2: reduced "
           f"DCT size); JPEG decoder of the store here: {codec_module.jpeg_decoder()}\n")
     print("\n".join(decoder_table(videos, args.seconds / 2)))

@@ -933,20 +933,24 @@ def section_loading(rec: Recorder, sz: Sizes, device: torch.device, args: argpar
                              f"{train_rate_s:.0f} clips/s (one worker: {rate:.1f} clips/s)")
     if not train_rate_s:
         rec.note("no training rate from the training sections (not run, or failed): loading is not compared")
-    if device.type == "cuda" and rec.fits("nvJPEG", 20):  # bench/loader.py: the optional GPU decoding
-        from loader import nvjpeg_rate  # imports torchvision (the GPU machine's extra) there only
+    if device.type == "cuda" and rec.fits("nvJPEG", 20):  # bench/loader.py: decoding finished on the GPU
+        from loader import device_decode_rate
 
         jpeg_root = args.work / "store_jpeg"
         create_store(jpeg_root, codec="jpeg", bound=BOUND, overwrite=True)
         for k, (rgb, flow) in enumerate(videos):
             write_video(jpeg_root, f"v{k:03d}", rgb, encode(flow, BOUND))
-        got = rec.attempt("nvJPEG", lambda: nvjpeg_rate(jpeg_root, [v for v, _ in items], device,
-                                                        clip_len=sz.loader_clip_len, resize=tuple(sz.loader_resize),
-                                                        crop=sz.loader_crop))
-        if got is not None:
-            rec.row("load rgb (jpeg), nvJPEG decode + resize, crop, flip on the GPU, main process",
-                    f"{got['nvjpeg_clips_s']:.1f} clips/s", ratio=f"{got['ratio']:.1f}x one CPU core",
-                    clips_s_gpu=got["nvjpeg_clips_s"], cpu_core_clips_s=got["cpu_core_clips_s"])
+        for decode, name, what in (("cuda", "nvJPEG", "nvJPEG decode"),  # imports torchvision (the extra) there
+                                   ("hybrid", "hybrid", "entropy decoding on the CPU, the rest of the decode")):
+            if not rec.fits(name, 20):
+                continue
+            got = rec.attempt(name, lambda d=decode: device_decode_rate(
+                jpeg_root, [v for v, _ in items], device, d, clip_len=sz.loader_clip_len,
+                resize=tuple(sz.loader_resize), crop=sz.loader_crop))
+            if got is not None:
+                rec.row(f"load rgb (jpeg), {what} + resize, crop, flip on the GPU, main process",
+                        f"{got['clips_s']:.1f} clips/s", ratio=f"{got['ratio']:.1f}x one CPU core",
+                        clips_s_gpu=got["clips_s"], cpu_core_clips_s=got["cpu_core_clips_s"], decode=decode)
 
 
 # ---- section: end to end ------------------------------------------------------------------------

@@ -23,6 +23,13 @@ markers' bytes), whose crop MCUs are spliced into a JPEG of their own (`Restarts
 offsets a store would keep, the markers renumbered, the frame's size in SOF0 rewritten) and decoded
 by simplejpeg. Its bytes per image, its exactness (pixels of the crop against the whole decode, a
 pixel of margin for the chroma upsampling), and its CPU time, splicing included.
+
+Last, the CPU's part of a hybrid decode, the split of nvJPEG's hybrid backend: the entropy decoding
+into DCT coefficients and nothing else, the rest (dequantisation, inverse DCT, upsampling, colour) left
+to the GPU. Twice: libjpeg-turbo's jpeg_read_coefficients through the probe (what a compiled reader
+would cost) and flow.jpeg_entropy's numba decoder (what a reader can cost with the packages the
+project installs). The numba decoder's coefficients are checked against libjpeg-turbo's on every
+image, and its torch pixels against the whole decode.
 """
 from __future__ import annotations
 
@@ -39,9 +46,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from flow import codec
 from flow.config import FlowConfig
+from flow.jpeg_entropy import EntropyDecoder
+from streams.gpu_decode import coefficients_to_pixels
 from streams.transforms import crop_map
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -65,6 +75,9 @@ def build_probe(tmp: Path) -> ctypes.CDLL:
     c_int = ctypes.c_int
     probe.decode_region.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p, c_int, c_int, c_int, c_int,
                                     c_int, c_int, c_int, c_int, ctypes.c_char_p]
+    probe.read_coefficients.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_long,
+                                        ctypes.c_char_p]
+    probe.read_coefficients.restype = ctypes.c_long
     return probe
 
 
@@ -82,6 +95,44 @@ class Probe:
                                   width, pad, self.message):
             raise ValueError(self.message.value.decode())
         return self.out
+
+
+class CoefficientProbe:
+    """jpeg_region.c's read_coefficients (libjpeg-turbo's jpeg_read_coefficients) into one reused int16
+    array: libjpeg's block grid per component (no padding blocks past the image's last column)."""
+
+    def __init__(self, lib: ctypes.CDLL, blocks: int):
+        self.lib, self.out = lib, np.empty((blocks, 64), np.int16)
+        self.message = ctypes.create_string_buffer(200)
+
+    def __call__(self, jpeg: bytes) -> np.ndarray:
+        n = self.lib.read_coefficients(jpeg, len(jpeg), self.out.ctypes.data, len(self.out), self.message)
+        if n < 0:
+            raise ValueError(self.message.value.decode())
+        return self.out[:n]
+
+
+def hybrid_exactness(probe: CoefficientProbe, jpegs: list[bytes], grey: bool) -> tuple[int, float, int]:
+    """flow.jpeg_entropy against libjpeg-turbo on every image: (images whose coefficients are all
+    libjpeg's, mean and max |level| of the hybrid decode's pixels against the whole decode)."""
+    decoder, same, errors = EntropyDecoder(), 0, []
+    for jpeg in jpegs:
+        ours, quant, layout = decoder(jpeg)
+        theirs, at, first, match = probe(jpeg), 0, 0, True
+        hmax, vmax = max(h for h, _ in layout.sampling), max(v for _, v in layout.sampling)
+        for (rows, cols), (h, v) in zip(layout.grids, layout.sampling, strict=True):
+            # libjpeg's grid: the blocks the image covers (the scan's MCU padding blocks left out)
+            r, c = -(-layout.height * v // (8 * vmax)), -(-layout.width * h // (8 * hmax))
+            grid = ours[first:first + rows * cols].reshape(rows, cols, 64)
+            match &= np.array_equal(grid[:r, :c].reshape(-1, 64), theirs[at:at + r * c])
+            at, first = at + r * c, first + rows * cols
+        same += bool(match and at == len(theirs))
+        whole = codec._simplejpeg().decode_jpeg(jpeg, "GRAY" if grey else "BGR")
+        whole = whole[..., 0] if grey else whole.transpose(2, 0, 1)
+        pixels = coefficients_to_pixels(torch.from_numpy(ours)[None], torch.from_numpy(quant)[None], layout)[0]
+        errors.append(np.abs(pixels.numpy().astype(np.int16).reshape(whole.shape) - whole))
+    err = np.stack(errors)
+    return same, float(err.mean()), int(err.max())
 
 
 def recipe_rectangle(shape: tuple[int, int], rng: random.Random) -> tuple[int, int, int, int]:
@@ -225,6 +276,8 @@ def run(lib: ctypes.CDLL, frames: list[bytes], flows: list[bytes], restarts: dic
     rng = random.Random(0)
     sj = codec._simplejpeg()
     probes = {"frame": Probe(lib, (h, w, 3)), "flow x": Probe(lib, (h, w))}
+    coefficient_probe = CoefficientProbe(lib, 3 * (-(-h // 8) + 1) * (-(-w // 8) + 1))
+    entropy = EntropyDecoder()
     pads = {"frame": 16, "flow x": 0}  # grey has no chroma upsampling: its rectangles are exact unpadded
     print(f"{len(frames)} frames and {len(flows)} flow x images, {w}x{h}, JPEG q95\n")
     for kind, jpegs in (("frame", frames), ("flow x", flows)):
@@ -237,6 +290,10 @@ def run(lib: ctypes.CDLL, frames: list[bytes], flows: list[bytes], restarts: dic
         print(f"{kind}: bytes per image {np.mean([len(j) for j in jpegs]):.0f}, with a restart marker after every "
               f"MCU and optimized Huffman tables {np.mean([len(j) for j in restarts[kind]]):.0f}; spliced crops "
               f"equal to the whole decode: {same} of {4 * len(jpegs)}")
+    for kind, jpegs in (("frame", frames), ("flow x", flows)):
+        same, mean, worst = hybrid_exactness(coefficient_probe, jpegs, kind == "flow x")
+        print(f"{kind}: the numba entropy decoder's coefficients equal libjpeg-turbo's on {same} of {len(jpegs)} "
+              f"images; the hybrid decode's pixels against the whole decode: mean {mean:.3f}, max {worst} levels")
 
     def cases(kind: str, jpegs: list[bytes], paths: list[Path]) -> dict[str, Callable[[int], object]]:
         probe, pad, grey = probes[kind], pads[kind], kind == "flow x"
@@ -246,6 +303,7 @@ def run(lib: ctypes.CDLL, frames: list[bytes], flows: list[bytes], restarts: dic
         squares = [(rng.randrange(h - CROP + 1), rng.randrange(w - CROP + 1), CROP, CROP) for _ in jpegs]
         covers = [parsed[kind][i].cover(*rects[i]) for i in range(len(jpegs))]
         spliced = [bytes(parsed[kind][i].crop(*covers[i])) for i in range(len(jpegs))]
+        coefs = np.empty((entropy.layout(jpegs[0]).blocks, 64), np.int16)  # reused, as the probe's array
         return {
             "mmaction layout: the file's bytes, cv2.imdecode": lambda i: cv2.imdecode(
                 np.frombuffer(paths[i].read_bytes(), np.uint8), flag),
@@ -263,6 +321,9 @@ def run(lib: ctypes.CDLL, frames: list[bytes], flows: list[bytes], restarts: dic
                 parsed[kind][i].crop(*covers[i]), "GRAY" if grey else "BGR"),
             "  the recipe's crop rectangle: decoding the spliced JPEG alone": lambda i: sj.decode_jpeg(
                 spliced[i], "GRAY" if grey else "BGR"),
+            "hybrid, CPU part: libjpeg-turbo's coefficients (jpeg_read_coefficients)": lambda i: coefficient_probe(
+                jpegs[i]),
+            "hybrid, CPU part: the numba entropy decoder (flow.jpeg_entropy)": lambda i: entropy(jpegs[i], coefs),
         }
 
     table: dict[str, dict[str, float]] = {}
@@ -300,7 +361,11 @@ def run(lib: ctypes.CDLL, frames: list[bytes], flows: list[bytes], restarts: dic
                         ("the recipe's crop, restart markers: free splicing",
                          "  the recipe's crop rectangle: decoding the spliced JPEG alone"),
                         ("nothing but the entropy decoding", "  entropy decoding of every row (all skipped but "
-                                                              "the last)")):
+                                                              "the last)"),
+                        ("hybrid: libjpeg-turbo's coefficients (a compiled reader)",
+                         "hybrid, CPU part: libjpeg-turbo's coefficients (jpeg_read_coefficients)"),
+                        ("hybrid: the numba entropy decoder", "hybrid, CPU part: the numba entropy decoder "
+                                                              "(flow.jpeg_entropy)")):
         print(f"| {label} | {table['frame'][mm] / table['frame'][name]:.2f}x | "
               f"{table['flow x'][mm] / table['flow x'][name]:.2f}x |")
 

@@ -80,3 +80,41 @@ int decode_region(const unsigned char *data, unsigned long size, unsigned char *
     jpeg_destroy_decompress(&cinfo);
     return 0;
 }
+
+/* libjpeg-turbo's own entropy decoding and nothing else: jpeg_read_coefficients, each component's
+ * quantised coefficients (natural order) copied into `out` as int16 [block rows, block columns, 64],
+ * components one after another, `capacity` blocks at most. -> the blocks written, or -1 with
+ * `message` set. What a compiled reader of a hybrid decode would cost the CPU. */
+long read_coefficients(const unsigned char *data, unsigned long size, short *out, long capacity, char *message) {
+    struct jpeg_decompress_struct cinfo;
+    struct error_mgr err;
+    cinfo.err = jpeg_std_error(&err.pub);
+    err.pub.error_exit = on_error;
+    err.pub.emit_message = on_message;
+    if (setjmp(err.jump)) {
+        snprintf(message, JMSG_LENGTH_MAX, "%s", err.message);
+        jpeg_destroy_decompress(&cinfo);
+        return -1;
+    }
+    jpeg_create_decompress(&cinfo);
+    jpeg_mem_src(&cinfo, data, size);
+    jpeg_read_header(&cinfo, TRUE);
+    jvirt_barray_ptr *arrays = jpeg_read_coefficients(&cinfo);
+    long k = 0;
+    for (int c = 0; c < cinfo.num_components; c++) {
+        jpeg_component_info *comp = cinfo.comp_info + c;
+        for (JDIMENSION row = 0; row < comp->height_in_blocks; row++) {
+            JBLOCKARRAY blocks = (*cinfo.mem->access_virt_barray)((j_common_ptr)&cinfo, arrays[c], row, 1, FALSE);
+            if (k + (long)comp->width_in_blocks > capacity) {
+                snprintf(message, JMSG_LENGTH_MAX, "more than %ld blocks", capacity);
+                jpeg_destroy_decompress(&cinfo);
+                return -1;
+            }
+            memcpy(out + k * DCTSIZE2, blocks[0], comp->width_in_blocks * sizeof(JBLOCK));
+            k += comp->width_in_blocks;
+        }
+    }
+    jpeg_abort_decompress(&cinfo);
+    jpeg_destroy_decompress(&cinfo);
+    return k;
+}

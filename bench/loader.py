@@ -8,7 +8,8 @@ A packed store of real 340x256 clips and their TV-L1 flow (the frames of bench/f
 `streams.loaders.make_loader` exactly as `train_stream` builds it: ClipDataset(train=True) with the
 paper's recipe (random 16-frame window, resize to 182x242, random 160x160 crop, random flip), batch
 16, prefetch 4, pinned memory where CUDA is (not here). 1 and 2 workers, RGB and flow, the jpeg store
-decoded accurately and with `train.fast_decode`. The rate per
+decoded accurately, with `train.fast_decode`, and with `train.decode = "hybrid"` (workers entropy-decode
+into DCT coefficients and collate them; the rest of that decode is the GPU's, not run here). The rate per
 worker core is clips per CPU-second the workers spent (user + system from /proc, after two batches
 per worker), so that other load on the shared cores does not move it; the wall-clock rate is in
 brackets. Normalisation (float, minus the mean) is the trainer's first step on its device
@@ -17,9 +18,10 @@ upper bound of what it adds when the device is a CPU. Then where one clip's CPU 
 (`clip_costs`). `--paired`: only the training item as it was made before the crop-only resize
 (`whole_frame_item`) against ClipDataset now, alternating item by item in one process.
 
-`nvjpeg_rate` (called by bench/gpu_sections.py's loading section) measures the training option
-`train.decode = "cuda"`: a clip's JPEGs decoded by nvJPEG (torchvision.io.decode_jpeg on CUDA),
-resized, cropped and flipped on the device (streams.gpu_decode).
+`device_decode_rate` (called by bench/gpu_sections.py's loading section) measures the training
+options that finish clips on the device: `train.decode = "cuda"` (a clip's JPEGs decoded by nvJPEG,
+torchvision.io.decode_jpeg on CUDA) and `"hybrid"` (entropy-decoded on the CPU, the rest on the
+device), each then resized, cropped and flipped there (streams.gpu_decode).
 """
 from __future__ import annotations
 
@@ -56,14 +58,17 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def loader_rate(root: Path, items: list[tuple[str, int]], modality: str, workers: int, seconds: float,
-                fast: bool = False) -> tuple[float, float, float]:
+                fast: bool = False, decode: str = "cpu") -> tuple[float, float, float]:
     """(clips per worker CPU-second, clips per wall second, normalisation ms per clip) of the training
-    DataLoader over about `seconds` of wall time after its warm-up batches; `fast`: train.fast_decode."""
+    DataLoader over about `seconds` of wall time after its warm-up batches; `fast`: train.fast_decode;
+    `decode`: train.decode ("hybrid": batches of coefficients, whose decode a GPU would finish: not
+    done here, and no normalisation timed, NaN)."""
     from flow.video import opencv_single_thread
     from streams.clips import ClipDataset, EpochSampler
     from streams.loaders import make_loader
 
-    dataset = ClipDataset(root, items, modality, CLIP_LEN, train=True, resize=RESIZE, crop=CROP, fast_decode=fast)
+    dataset = ClipDataset(root, items, modality, CLIP_LEN, train=True, resize=RESIZE, crop=CROP, fast_decode=fast,
+                          decode=decode)
     sampler = EpochSampler(len(dataset))
     warm = 2 * workers
     with opencv_single_thread():
@@ -80,7 +85,10 @@ def loader_rate(root: Path, items: list[tuple[str, int]], modality: str, workers
                         cpu, wall, counted = cpu_seconds(pids), time.perf_counter(), done
                     elif done > warm:
                         start = time.process_time()
-                        transforms.normalize(clips, modality)
+                        if decode == "cpu":
+                            transforms.normalize(clips, modality)
+                        else:
+                            norm = float("nan")
                         norm += time.process_time() - start
                         if time.perf_counter() - wall >= seconds:
                             clips_n = (done - counted) * BATCH
@@ -215,19 +223,21 @@ def _paired_items(dataset: Dataset, clips: int) -> dict[str, float]:
             "mean level": float(change.float().mean())}
 
 
-def nvjpeg_rate(root: Path | str, video_ids: list[str], device: torch.device, clips: int = 64,
-                clip_len: int = CLIP_LEN, resize: tuple[int, int] = RESIZE, crop: int = CROP) -> dict[str, float]:
-    """RGB clips/s of the training option `train.decode = "cuda"` on a jpeg store, in one process:
-    batches of ClipDataset(decode="cuda") items (a random window's JPEGs read on the CPU) collated
-    and moved by `batch.to(device)`: nvJPEG decoding (torchvision.io.decode_jpeg), resize, crop and
-    flip on the device (streams.gpu_decode), then normalised. Also the CPU path on one core for the
-    same clips, for the ratio. torchvision is imported on the first batch only (the nvjpeg extra)."""
+def device_decode_rate(root: Path | str, video_ids: list[str], device: torch.device, decode: str = "cuda",
+                       clips: int = 64, clip_len: int = CLIP_LEN, resize: tuple[int, int] = RESIZE,
+                       crop: int = CROP) -> dict[str, float]:
+    """RGB clips/s of the training option `train.decode = decode` on a jpeg store, in one process:
+    batches of ClipDataset(decode=decode) items (a random window's JPEGs read on the CPU; "hybrid":
+    and entropy-decoded there) collated and moved by `batch.to(device)`: the rest of the decode
+    ("cuda": nvJPEG, torchvision.io.decode_jpeg, imported on the first batch only: the nvjpeg extra),
+    resize, crop and flip on the device (streams.gpu_decode), then normalised. Also the CPU path on
+    one core for the same clips, for the ratio."""
     from streams.clips import ClipDataset
     from streams.gpu_decode import collate
 
     items = [(v, 0) for v in video_ids]
     common = dict(train=True, resize=resize, crop=crop)
-    gpu_set = ClipDataset(root, items, "rgb", clip_len, decode="cuda", **common)
+    gpu_set = ClipDataset(root, items, "rgb", clip_len, decode=decode, **common)
     keys = iter(range(10**9))
 
     def gpu_batch() -> torch.Tensor:
@@ -250,7 +260,7 @@ def nvjpeg_rate(root: Path | str, video_ids: list[str], device: torch.device, cl
     for k in range(clips):
         transforms.normalize(cpu_set[(k % len(items), k)][0], "rgb")
     cpu = clips / (time.process_time() - start)
-    return {"nvjpeg_clips_s": gpu, "cpu_core_clips_s": cpu, "ratio": gpu / cpu}
+    return {"clips_s": gpu, "cpu_core_clips_s": cpu, "ratio": gpu / cpu}
 
 
 def main() -> None:
@@ -294,7 +304,9 @@ def main() -> None:
                           f"only {r['crop only']:.2f} ({r['crop only'] / r['whole frame']:.2f}x); clips apart by "
                           f"{r['max level']:.0f} level at most, {r['mean level']:.3f} on average")
             return
-        setups = [(c, fast) for c in args.codecs for fast in ((False, True) if c == "jpeg" else (False,))]
+        # (codec, decode): jpeg decoded accurately (the default), fast, and hybrid (the workers' part)
+        setups = [(c, mode) for c in args.codecs for mode in (("accurate", "fast", "hybrid") if c == "jpeg"
+                                                               else ("accurate",))]
         costs = {}
         if not args.no_costs and "jpeg" in args.codecs:
             with opencv_single_thread():
@@ -302,9 +314,10 @@ def main() -> None:
                          for m in ("rgb", "flow") for fast in (False, True)}
         for workers in args.workers:
             for modality in ("rgb", "flow"):
-                for codec, fast in setups:
-                    per_core, wall, norm = loader_rate(tmp / codec, items, modality, workers, args.seconds, fast)
-                    rows.append((modality, codec, fast, workers, per_core, wall, norm))
+                for codec, mode in setups:
+                    per_core, wall, norm = loader_rate(tmp / codec, items, modality, workers, args.seconds,
+                                                       mode == "fast", "hybrid" if mode == "hybrid" else "cpu")
+                    rows.append((modality, codec, mode, workers, per_core, wall, norm))
     finally:
         shutil.rmtree(tmp)
     base = {(m, w): pc for m, c, _, w, pc, _, _ in rows if c == args.codecs[-1]}
@@ -313,10 +326,10 @@ def main() -> None:
     print(f"| modality | codec | decode | workers | clips/s per worker core (wall clips/s) | vs {args.codecs[-1]} "
           "| target | normalise, CPU ms/clip |")
     print("|---|---|---|---|---|---|---|---|")
-    for modality, codec, fast, workers, per_core, wall, norm in rows:
+    for modality, codec, mode, workers, per_core, wall, norm in rows:
         target = TARGETS[modality]
         verdict = "met" if per_core >= target else "NOT met"
-        print(f"| {modality} | {codec} | {'fast' if fast else 'accurate'} | {workers} | {per_core:.0f} ({wall:.0f}) | "
+        print(f"| {modality} | {codec} | {mode} | {workers} | {per_core:.0f} ({wall:.0f}) | "
               f"{per_core / base[modality, workers]:.2f}x | >= {target:.0f}: {verdict} | {norm:.2f} |")
     if costs:
         parts = list(next(iter(costs.values())))

@@ -20,10 +20,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
+from flow.jpeg_entropy import EntropyDecoder
 from flow.store import Store, VideoFrames, open_store
 from streams import transforms
 from streams.errors import StreamsError
-from streams.gpu_decode import DECODES, JpegClip
+from streams.gpu_decode import DECODES, JpegClip, hybrid_clip
 from streams.losses import label_array
 
 
@@ -78,7 +79,9 @@ class ClipDataset(Dataset):
         self.fast_decode = fast_decode  # libjpeg-turbo's fast IDCT and upsampling (train.fast_decode)
         if decode not in DECODES:
             raise ValueError(f"decode must be one of {', '.join(DECODES)}, got {decode!r}")
-        self.decode = decode  # "cuda": training items are their JPEGs, decoded on the device (streams.gpu_decode)
+        # "cuda": training items are their JPEGs, decoded on the device; "hybrid": their JPEGs' DCT
+        # coefficients, the decode finished on the device (streams.gpu_decode)
+        self.decode = decode
 
     def __len__(self) -> int:
         return len(self.video_ids) * self.clips_per_video
@@ -103,6 +106,10 @@ class ClipDataset(Dataset):
                 size, top, left, flip = self._choices(rng, video.height, video.width)
                 return JpegClip(video.jpeg_blobs(self.modality, indices), self.modality, size, top, left, self.crop,
                                 flip), label
+            if self.train and self.decode == "hybrid":
+                choices = self._choices(rng, video.height, video.width)
+                decoder = self.__dict__.setdefault("_entropy", EntropyDecoder())  # each worker its own
+                return hybrid_clip(video, self.modality, indices, decoder, (*choices[:3], self.crop, choices[3])), label
             if self.train:
                 return self._augment(video, indices, rng), label
             shape = (len(indices), video.height, video.width, transforms.CHANNELS[self.modality])

@@ -113,8 +113,10 @@ class TrainConfig:
     fast_decode: bool = False  # training clips' JPEGs by libjpeg-turbo's fast IDCT and upsampling: ~8%
     # less decoding CPU, pixels ~1.6 levels off the accurate decode (flow: EPE +0.014 px); eval stays
     # accurate (BENCHMARKS.md, "Training loader")
-    decode: str = "cpu"  # "cpu", or "cuda": workers only read a training clip's JPEGs (a jpeg store); the
-    # trainer decodes them with nvJPEG (torchvision: the nvjpeg extra), resizes, crops and flips on its device
+    decode: str = "cpu"  # "cpu"; "cuda": workers only read a training clip's JPEGs (a jpeg store), the
+    # trainer decodes them with nvJPEG (torchvision: the nvjpeg extra), resizes, crops and flips on its
+    # device; "hybrid": workers do the JPEGs' entropy decoding alone (~70% of the CPU), the trainer's
+    # device the rest (streams.gpu_decode)
     threads: int = 0  # torch CPU threads per process; 0 = torch's default (one per core), at most 4 per
     # core (checked where training starts: a config from a larger machine still loads). On a shared
     # machine 1 can be several times faster: busy-waiting threads stall when the cores are taken
@@ -195,8 +197,8 @@ class TrainConfig:
         self._validate_lr_steps()
         if self.amp not in ("bf16", "fp16", "off"):
             raise ValueError(f"amp: must be 'bf16', 'fp16' or 'off', got {self.amp!r}")
-        if self.decode not in ("cpu", "cuda"):
-            raise ValueError(f"decode: must be 'cpu' or 'cuda', got {self.decode!r}")
+        if self.decode not in ("cpu", "cuda", "hybrid"):
+            raise ValueError(f"decode: must be 'cpu', 'cuda' or 'hybrid', got {self.decode!r}")
         check_seed(self.seed)
         check_device_setting(self.device)
 

@@ -1,4 +1,5 @@
-"""Training clips decoded on the GPU (`train.decode = "cuda"`): nvJPEG through torchvision.
+"""Training clips decoded on the trainer's device: all of it (`train.decode = "cuda"`: nvJPEG through
+torchvision), or all but the entropy decoding (`train.decode = "hybrid"`).
 
 With it the DataLoader workers only read: a training item is its window's JPEG files as they lie in
 the store (`JpegClip`) with the clip's random choices (size, crop corner, flip), drawn exactly as the
@@ -8,6 +9,16 @@ device, resizes (bilinear, half-pixel centres as cv2.INTER_LINEAR), crops and fl
 uint8 [B, C, T, crop, crop] batch the CPU path gives (to about a level: the two resizes round
 differently). A worker then spends no CPU on decoding, ~60-70% of a clip (BENCHMARKS.md, "Training
 loader"). torchvision is imported on first use only: the CPU path never needs it.
+
+The hybrid decode splits a JPEG as nvJPEG's hybrid backend does, with nothing beyond the project's
+own dependencies: a worker entropy-decodes each JPEG of the window into its quantised DCT coefficients
+(flow.jpeg_entropy, numba), about 70% of libjpeg-turbo's CPU for a q95 frame; the batch crosses as
+int16 coefficients (`HybridBatch`), and `batch.to(device)` dequantises, inverse-transforms, upsamples
+the chroma (libjpeg's "fancy" triangle filter: bilinear at half-pixel centres), converts JFIF YCbCr
+to BGR, and then resizes, crops and flips as the nvJPEG path does. Pixels are within a few levels of
+libjpeg-turbo's integer decode, 0.05 on average (its integer IDCT against a float one;
+tests/streams/test_hybrid_decode.py). It runs on any device: on
+a CPU the inverse transform moves to the trainer's process, which saves nothing, so it is for GPUs.
 """
 from __future__ import annotations
 
@@ -20,9 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate
 
+from flow.codec import CodecError
+from flow.jpeg_entropy import EntropyDecoder, Layout
 from streams.errors import StreamsError
 
-DECODES = ("cpu", "cuda")
+DECODES = ("cpu", "cuda", "hybrid")
 # Decoder: (JPEG byte tensors, grey, device) -> [C, H, W] uint8 tensors on the device, RGB order for
 # colour. The default is torchvision's; tests put a CPU stand-in here.
 Decoder = Callable[[list[torch.Tensor], bool, torch.device], list[torch.Tensor]]
@@ -73,16 +86,99 @@ class JpegBatch:
         return decode_batch(self, torch.device(device))
 
 
+@dataclass
+class HybridClip:
+    """One training clip entropy-decoded: its images' quantised coefficients int16 [n, blocks, 64] and
+    quantisation tables int32 [n, components, 64] (n: T frames, or T x and y flow images in turn),
+    their layout, and the clip's random choices."""
+
+    coefficients: np.ndarray
+    quant: np.ndarray
+    layout: Layout
+    modality: str
+    size: tuple[int, int]
+    top: int
+    left: int
+    crop: int
+    flip: bool
+
+
+@dataclass
+class HybridBatch:
+    """A batch of HybridClips, those of one layout (one frame size: the usual case) stacked into one
+    tensor each: `groups` of (layout, coefficients [k, n, blocks, 64], quant [k, n, components, 64],
+    positions of the k clips in the batch); `choices` [B, 6] as JpegBatch's."""
+
+    groups: list[tuple[Layout, torch.Tensor, torch.Tensor, list[int]]]
+    choices: torch.Tensor
+    modality: str
+
+    def pin_memory(self) -> HybridBatch:
+        return HybridBatch([(layout, c.pin_memory(), q, at) for layout, c, q, at in self.groups], self.choices,
+                           self.modality)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> torch.Tensor:
+        """Finish the decode on `device`, resize, crop and flip: uint8 [B, C, T, crop, crop]."""
+        device = torch.device(device)
+        flow = self.modality == "flow"
+        clips: list[torch.Tensor] = [torch.empty(0)] * len(self.choices)
+        for layout, coefs, quant, at in self.groups:
+            k, n = coefs.shape[:2]
+            pixels = coefficients_to_pixels(coefs.to(device, non_blocking=non_blocking).flatten(0, 1),
+                                            quant.to(device).flatten(0, 1), layout)  # [k * n, C, H, W]
+            pixels = pixels.view(k, n, *pixels.shape[1:])
+            for j, b in enumerate(at):
+                clips[b] = pixels[j].view(n // 2, 2, *pixels.shape[3:]) if flow else pixels[j]
+        return _augment(clips, self.choices, flow)
+
+
+def hybrid_clip(video: Any, modality: str, indices: Sequence[int], decoder: EntropyDecoder,
+                choices: tuple[tuple[int, int], int, int, int, bool]) -> HybridClip:
+    """The worker's part of a hybrid decode: the window's JPEGs (`video.jpeg_blobs`, checksums checked)
+    entropy-decoded into one array. StreamsError naming the video and image for a JPEG the decoder
+    cannot read or one of another size than the video's."""
+    blobs = video.jpeg_blobs(modality, indices)
+    what = "frame" if modality == "rgb" else "flow image"
+    coefs = quant = layout = None
+    for k, blob in enumerate(blobs):
+        image = indices[k] if modality == "rgb" else f"{indices[k // 2]} ({'xy'[k % 2]})"
+        try:
+            if layout is None:
+                layout = decoder.layout(blob)
+                if (layout.height, layout.width) != (video.height, video.width):
+                    raise CodecError(f"JPEG is {layout.width}x{layout.height}, the video {video.width}x"
+                                     f"{video.height}")
+                coefs = np.empty((len(blobs), layout.blocks, 64), np.int16)
+                quant = np.empty((len(blobs), len(layout.grids), 64), np.int32)
+            quant[k] = decoder(blob, coefs[k], expect=layout)[1]
+        except CodecError as e:
+            raise StreamsError(f'video {video.video_id}: {what} {image}: {e} (train.decode = "hybrid" reads '
+                               'baseline JPEGs as cv2, mmaction2 and denseflow write them; train.decode = "cpu" '
+                               'reads any)') from None
+    size, top, left, crop, flip = choices
+    return HybridClip(coefs, quant, layout, modality, size, top, left, crop, flip)
+
+
 def collate(items: Sequence[Any]) -> Any:
-    """The DataLoader's collate: (JpegClip, label) items into (JpegBatch, labels); others as torch's."""
-    if not items or not isinstance(items[0], tuple) or not isinstance(items[0][0], JpegClip):
+    """The DataLoader's collate: (JpegClip, label) items into (JpegBatch, labels), (HybridClip, label)
+    into (HybridBatch, labels); others as torch's."""
+    if not items or not isinstance(items[0], tuple) or not isinstance(items[0][0], (JpegClip, HybridClip)):
         return default_collate(items)
     clips = [clip for clip, _ in items]
+    choices = torch.tensor([[*c.size, c.top, c.left, c.crop, int(c.flip)] for c in clips], dtype=torch.int64)
+    labels = default_collate([label for _, label in items])
+    if isinstance(clips[0], HybridClip):
+        groups: dict[Layout, list[int]] = {}
+        for b, clip in enumerate(clips):
+            groups.setdefault(clip.layout, []).append(b)
+        # default_collate stacks straight into shared memory in a worker: one copy of the coefficients
+        return HybridBatch([(layout, default_collate([torch.from_numpy(clips[b].coefficients) for b in at]),
+                             default_collate([torch.from_numpy(clips[b].quant) for b in at]), at)
+                            for layout, at in groups.items()], choices, clips[0].modality), labels
     blobs = [b for clip in clips for b in clip.jpegs]
     data = torch.from_numpy(np.concatenate(blobs)) if blobs else torch.empty(0, dtype=torch.uint8)
     lengths = torch.tensor([[len(b) for b in clip.jpegs] for clip in clips], dtype=torch.int64)
-    choices = torch.tensor([[*c.size, c.top, c.left, c.crop, int(c.flip)] for c in clips], dtype=torch.int64)
-    return JpegBatch(data, lengths, choices, clips[0].modality), default_collate([label for _, label in items])
+    return JpegBatch(data, lengths, choices, clips[0].modality), labels
 
 
 def decode_batch(batch: JpegBatch, device: torch.device) -> torch.Tensor:
@@ -90,13 +186,19 @@ def decode_batch(batch: JpegBatch, device: torch.device) -> torch.Tensor:
     blobs = list(torch.split(batch.data, batch.lengths.flatten().tolist()))
     frames = decoder(blobs, flow, device)  # one call: nvJPEG decodes the batch together
     per_clip = batch.lengths.shape[1]
-    out = []
-    for b, (height, width, top, left, crop, flip) in enumerate(batch.choices.tolist()):
+    clips = []
+    for b in range(len(batch.choices)):
         clip = torch.stack(frames[b * per_clip:(b + 1) * per_clip])  # [T, C, H, W] or [2T, 1, H, W]
-        if flow:  # x, y, x, y, ... -> [T, 2, H, W]
-            clip = clip.view(-1, 2, *clip.shape[2:])
-        else:  # RGB -> the store's BGR
-            clip = clip.flip(1)
+        # flow: x, y, x, y, ... -> [T, 2, H, W]; colour: RGB -> the store's BGR
+        clips.append(clip.view(-1, 2, *clip.shape[2:]) if flow else clip.flip(1))
+    return _augment(clips, batch.choices, flow)
+
+
+def _augment(clips: list[torch.Tensor], choices: torch.Tensor, flow: bool) -> torch.Tensor:
+    """Decoded clips (uint8 [T, C, H, W], BGR or flow's x and y) resized, cropped and flipped as each
+    one's choices say: uint8 [B, C, T, crop, crop]."""
+    out = []
+    for clip, (height, width, top, left, crop, flip) in zip(clips, choices.tolist(), strict=True):
         resized = F.interpolate(clip.float(), size=(height, width), mode="bilinear", align_corners=False)
         view = resized[:, :, top:top + crop, left:left + crop]
         if flip:
@@ -106,3 +208,53 @@ def decode_batch(batch: JpegBatch, device: torch.device) -> torch.Tensor:
             u8[:, 0] = 255 - u8[:, 0]
         out.append(u8.permute(1, 0, 2, 3))  # [C, T, crop, crop]
     return torch.stack(out)
+
+
+def _idct_matrix(device: torch.device) -> torch.Tensor:
+    """[64, 64]: a block's 64 coefficients (natural order) times it are its 64 pixels (row-major), the
+    orthonormal 8x8 inverse DCT as one matrix (kron of the 1-D basis with itself), so that a batch's
+    blocks are one matrix product."""
+    u = torch.arange(8, dtype=torch.float64)
+    basis = torch.cos((2 * u[None, :] + 1) * u[:, None] * torch.pi / 16) * 0.5  # [frequency, position]
+    basis[0] /= 2 ** 0.5
+    return torch.kron(basis, basis).to(device, torch.float32)
+
+
+def coefficients_to_pixels(coefs: torch.Tensor, quant: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """The device's part of a hybrid decode: quantised coefficients int16 [N, blocks, 64] and tables
+    [N, components, 64] of N images of one layout -> uint8 [N, 3, H, W] (BGR) or [N, 1, H, W] (grey).
+    Each plane is rounded and clamped to uint8 samples as libjpeg stores them, the chroma upsampled
+    (`_upsample`) and JFIF YCbCr -> BGR with libjpeg's rounding of each term."""
+    idct = _idct_matrix(coefs.device)
+    planes, at = [], 0
+    hmax, vmax = max(h for h, _ in layout.sampling), max(v for _, v in layout.sampling)
+    for c, (rows, cols) in enumerate(layout.grids):
+        x = coefs[:, at:at + rows * cols].float() * quant[:, c, None, :].float()
+        at += rows * cols
+        blocks = (x @ idct).view(-1, rows, cols, 8, 8)
+        plane = (blocks.permute(0, 1, 3, 2, 4).reshape(-1, rows * 8, cols * 8) + 128).round_().clamp_(0, 255)
+        h, v = layout.sampling[c]  # the samples the image covers; the MCU padding's are never shown
+        planes.append(plane[:, :-(-layout.height * v // vmax), :-(-layout.width * h // hmax)])
+    y = planes[0][:, None]
+    if len(planes) == 1:
+        return y.to(torch.uint8)
+    cb, cr = (_upsample(p, (vmax // v, hmax // h))[:, None, :layout.height, :layout.width] - 128
+              for p, (h, v) in zip(planes[1:], layout.sampling[1:], strict=True))
+    bgr = torch.cat([y + (1.772 * cb).round_(), y + (-0.344136 * cb - 0.714136 * cr).round_(),
+                     y + (1.402 * cr).round_()], dim=1)
+    return bgr.clamp_(0, 255).to(torch.uint8)
+
+
+def _upsample(plane: torch.Tensor, scale: tuple[int, int]) -> torch.Tensor:
+    """A chroma plane [N, h, w] of uint8 levels upsampled by (rows, columns) factors as libjpeg-turbo's
+    "fancy" upsampling does it: the triangle filter (bilinear at half-pixel centres, edges replicated)
+    for 2x2 and 1x2, whose 16ths or 4ths it rounds with a bias alternating from column to column
+    (8, 7 and 1, 2); other factors bilinear, rounded."""
+    if scale == (1, 1):
+        return plane
+    up = F.interpolate(plane[:, None], scale_factor=scale, mode="bilinear", align_corners=False)[:, 0]
+    parts, biases = {(2, 2): (16, (8, 7)), (1, 2): (4, (1, 2))}.get(scale, (0, ()))
+    if not parts:
+        return up.round_()
+    bias = torch.tensor(biases, dtype=up.dtype, device=up.device)[torch.arange(up.shape[-1], device=up.device) % 2]
+    return ((up * parts).round_() + bias).div_(parts).floor_()

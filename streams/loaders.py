@@ -70,7 +70,7 @@ def make_loader(dataset: Dataset, *, batch: int, workers: int, seed: int, pin_me
                 drop_last: bool = False) -> DataLoader:
     """A loader of `batch` items with `workers` persistent workers (0: in this process)."""
     return DataLoader(dataset, batch_size=batch, sampler=sampler, shuffle=False, drop_last=drop_last,
-                      collate_fn=gpu_decode.collate,  # torch's, or JPEG batches (train.decode = "cuda")
+                      collate_fn=gpu_decode.collate,  # torch's, or JPEG / coefficient batches (train.decode)
                       num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
                       prefetch_factor=4 if workers > 0 else None, timeout=BATCH_TIMEOUT_S if workers > 0 else 0,
                       worker_init_fn=functools.partial(worker_init, parent=os.getpid()),
@@ -222,9 +222,10 @@ def training_loaders(train_set: ClipDataset, val_set: ClipDataset | None, *, ctx
     common = dict(batch=batch, workers=workers, seed=seed, pin_memory=ctx.device.type == "cuda")
     store, modality = train_set.store, train_set.modality
     codec = "jpeg" if store.layout == "mmaction" else store.codec if modality == "rgb" else store.flow_codec
-    if train_set.decode == "cuda" and codec != "jpeg":
-        raise StreamsError(f'train.decode = "cuda" decodes JPEGs, but {shown(store.root)} stores {modality} as '
-                           f'{codec}: use train.decode = "cpu", or a store made with codec/flow_codec = "jpeg"')
+    if train_set.decode != "cpu" and codec != "jpeg":
+        raise StreamsError(f'train.decode = "{train_set.decode}" decodes JPEGs, but {shown(store.root)} stores '
+                           f'{modality} as {codec}: use train.decode = "cpu", or a store made with codec/flow_codec '
+                           '= "jpeg"')
     sampler = EpochSampler(len(train_set), ctx.rank, ctx.world_size, seed)
     val_loader = None
     if val_set is not None:

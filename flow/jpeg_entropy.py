@@ -1,0 +1,403 @@
+"""A JPEG's entropy (Huffman) decoding and nothing else, in numba: the CPU's part of a hybrid decode
+(`train.decode = "hybrid"`), the split nvJPEG's hybrid backend makes. Workers turn a clip's JPEGs into
+their quantised DCT coefficients; dequantisation, the inverse DCT, chroma upsampling and colour
+conversion run on the trainer's device (streams.gpu_decode). At q95 the entropy decoding is about 60%
+of libjpeg-turbo's decode of a 340x256 frame, so a worker reads a window for about 70% of the CPU
+(bench/jpeg_costs.py, BENCHMARKS.md).
+
+It reads baseline 8-bit JPEGs with one or three components (sampling factors 1 or 2) in one
+interleaved scan, restart markers included: what cv2, mmaction2, denseflow and the store write.
+Anything else (progressive, arithmetic-coded, 12-bit, CMYK) is a CodecError naming what; so is
+corrupt data, never an out-of-bounds write: runs past the 64th coefficient, codes longer than 16
+bits and Huffman tables with too many codes are refused, a scan that runs out of bytes reads zeros.
+
+Output: int16 [blocks, 64], each component's blocks in turn, rows of its MCU grid (the edge MCUs'
+padding blocks included, as the scan codes them), coefficients in natural (row-major), not zigzag,
+order; and the quantisation tables [components, 64], natural order.
+
+The decoder keeps a right-aligned 64-bit bit buffer filled four bytes at a time where none is 0xFF
+(byte by byte, unstuffing FF 00, where one is) and decodes through lookahead tables: a 9-bit one of
+(code length, symbol) and, for AC, an 11-bit one that holds a short code with its extra bits (run,
+value, bits used), so most coefficients cost one lookup. libjpeg-turbo's own jpeg_read_coefficients
+costs the same CPU on these images (bench/jpeg_costs.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from flow.codec import CodecError
+
+ZIGZAG = np.array([0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20,
+                   13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59, 52,
+                   45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63], np.int64)  # zigzag position -> natural
+LOOK = 9  # bits of the (length, symbol) lookahead
+FAST = 11  # bits of the AC table that holds a code and its extra bits together
+ERRORS = {-1: "not a JPEG (no SOI marker)", -2: "a marker was expected", -3: "a segment runs past the end",
+          -4: "a bad quantisation table", -5: "a bad Huffman table",
+          -6: "not 8-bit with 1 or 3 components of sampling factors 1 or 2",
+          -7: "progressive, lossless or arithmetic-coded (baseline JPEGs only)",
+          -8: "not one interleaved scan of every component", -9: "no scan", -10: "a bad restart interval",
+          -11: "a scan uses a table it never defined", -12: "a zero height or width",
+          -21: "a Huffman code longer than 16 bits", -22: "a DC difference of more than 11 bits",
+          -23: "a run past the 64th coefficient", -24: "a restart marker missing"}
+
+
+@njit(cache=True, boundscheck=False)
+def _build_table(counts, symbols, look, fast, maxcode, valptr, mincode):
+    """JPEG's BITS / HUFFVAL into the lookahead tables and the per-length limits of the slow path.
+    -> 0, or -5 for a table with more codes of a length than the length holds."""
+    code = 0
+    k = 0
+    look[:] = 0
+    for length in range(1, 17):
+        n = counts[length - 1]
+        valptr[length] = k
+        mincode[length] = code
+        if code + n > (1 << length):
+            return -5
+        for _ in range(n):
+            if length <= LOOK:
+                shift = LOOK - length
+                look[code << shift:(code + 1) << shift] = (length << 8) | symbols[k]
+            code += 1
+            k += 1
+        maxcode[length] = code - 1 if n > 0 else -1
+        code <<= 1
+    for peek in range(1 << FAST):
+        fast[peek] = 0
+        e = look[peek >> (FAST - LOOK)]
+        length = e >> 8
+        run = (e & 255) >> 4
+        size = e & 15
+        if e == 0 or size == 0 or length + size > FAST:
+            continue
+        v = (peek >> (FAST - length - size)) & ((1 << size) - 1)
+        if v < (1 << (size - 1)):
+            v += (-1 << size) + 1
+        fast[peek] = (v << 16) | (run << 8) | (length + size)
+    return 0
+
+
+@njit(cache=True, boundscheck=False)
+def _parse(data, quant, look, fast, maxcode, valptr, mincode, values, comp, defined):
+    """Markers up to the scan. -> (offset of the scan's first byte or an error code, height, width,
+    components, restart interval). comp[i] = id, h, v, quantisation table, DC table, AC table;
+    defined[0:4]: Huffman tables DC0, DC1, AC0, AC1; defined[4:8]: quantisation tables 0-3."""
+    n = data.shape[0]
+    if n < 2 or data[0] != 0xFF or data[1] != 0xD8:
+        return -1, 0, 0, 0, 0
+    pos, h, w, nc, restart = 2, 0, 0, 0, 0
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return -2, 0, 0, 0, 0
+        kind = data[pos + 1]
+        if kind == 0xFF:  # fill byte
+            pos += 1
+            continue
+        length = (np.int64(data[pos + 2]) << 8) | data[pos + 3]
+        seg, end = pos + 4, pos + 2 + length
+        if end > n or length < 2:
+            return -3, 0, 0, 0, 0
+        if kind == 0xDB:
+            p = seg
+            while p < end:
+                precision, t = data[p] >> 4, data[p] & 15
+                if t > 3 or precision > 1 or p + 1 + 64 * (1 + precision) > end:
+                    return -4, 0, 0, 0, 0
+                p += 1
+                for i in range(64):
+                    if precision:
+                        quant[t, ZIGZAG[i]] = (np.int64(data[p]) << 8) | data[p + 1]
+                        p += 2
+                    else:
+                        quant[t, ZIGZAG[i]] = data[p]
+                        p += 1
+                defined[4 + t] = 1
+        elif kind == 0xC4:
+            p = seg
+            while p < end:
+                if p + 17 > end:
+                    return -5, 0, 0, 0, 0
+                tc, th = data[p] >> 4, data[p] & 15
+                if tc > 1 or th > 1:
+                    return -5, 0, 0, 0, 0
+                t = 2 * tc + th
+                total = 0
+                for i in range(16):
+                    total += data[p + 1 + i]
+                if total > 256 or p + 17 + total > end:
+                    return -5, 0, 0, 0, 0
+                values[t, :total] = data[p + 17:p + 17 + total]
+                if _build_table(data[p + 1:p + 17], values[t], look[t], fast[t], maxcode[t], valptr[t], mincode[t]):
+                    return -5, 0, 0, 0, 0
+                defined[t] = 1
+                p += 17 + total
+        elif kind == 0xC0 or kind == 0xC1:
+            if length < 8:
+                return -6, 0, 0, 0, 0
+            nc = data[seg + 5]
+            if data[seg] != 8 or (nc != 1 and nc != 3) or length < 8 + 3 * nc:
+                return -6, 0, 0, 0, 0
+            h = (np.int64(data[seg + 1]) << 8) | data[seg + 2]
+            w = (np.int64(data[seg + 3]) << 8) | data[seg + 4]
+            if h == 0 or w == 0:
+                return -12, 0, 0, 0, 0
+            for i in range(nc):
+                comp[i, 0] = data[seg + 6 + 3 * i]
+                comp[i, 1] = data[seg + 7 + 3 * i] >> 4
+                comp[i, 2] = data[seg + 7 + 3 * i] & 15
+                comp[i, 3] = data[seg + 8 + 3 * i]
+                if comp[i, 1] < 1 or comp[i, 1] > 2 or comp[i, 2] < 1 or comp[i, 2] > 2 or comp[i, 3] > 3:
+                    return -6, 0, 0, 0, 0
+        elif 0xC2 <= kind <= 0xCF and kind != 0xC8 and kind != 0xCC:
+            return -7, 0, 0, 0, 0
+        elif kind == 0xDD:
+            if length != 4:
+                return -10, 0, 0, 0, 0
+            restart = (np.int64(data[seg]) << 8) | data[seg + 1]
+        elif kind == 0xDA:
+            if nc == 0 or length < 6 + 2 * nc or data[seg] != nc:
+                return -8, 0, 0, 0, 0
+            for i in range(nc):
+                if data[seg + 1 + 2 * i] != comp[i, 0]:
+                    return -8, 0, 0, 0, 0
+                comp[i, 4] = data[seg + 2 + 2 * i] >> 4
+                comp[i, 5] = data[seg + 2 + 2 * i] & 15
+                if (comp[i, 4] > 1 or comp[i, 5] > 1 or not defined[comp[i, 4]] or not defined[2 + comp[i, 5]]
+                        or not defined[4 + comp[i, 3]]):
+                    return -11, 0, 0, 0, 0
+            return end, h, w, nc, restart
+        pos = end
+    return -9, 0, 0, 0, 0
+
+
+@njit(cache=True, boundscheck=False, inline="always")
+def _slow(buf, nbits, t, maxcode, valptr, mincode, values):
+    """A code longer than LOOK bits: (its length, its symbol), or (0, 0) for none."""
+    code = (buf >> (nbits - 16)) & 0xFFFF
+    for length in range(LOOK + 1, 17):
+        c = code >> (16 - length)
+        if c <= maxcode[t, length]:
+            return length, values[t, valptr[t, length] + c - mincode[t, length]]
+    return 0, 0
+
+
+@njit(cache=True, boundscheck=False, inline="always")
+def _refill(data, pos, buf, nbits, marker):
+    """At least 32 bits in the buffer (a coefficient takes at most 16 + 11): four bytes at once where none
+    is 0xFF, else byte by byte, FF 00 unstuffed; a marker ends the scan, zeros from there."""
+    n = data.shape[0]
+    if pos + 4 <= n and data[pos] != 0xFF and data[pos + 1] != 0xFF and data[pos + 2] != 0xFF and data[pos + 3] != 0xFF:
+        buf = ((buf << 32) | (np.int64(data[pos]) << 24) | (np.int64(data[pos + 1]) << 16)
+               | (np.int64(data[pos + 2]) << 8) | np.int64(data[pos + 3]))
+        return pos + 4, buf, nbits + 32, marker
+    while nbits <= 48:
+        b = 0
+        if not marker and pos < n:
+            b = data[pos]
+            if b == 0xFF:
+                if pos + 1 < n and data[pos + 1] == 0:
+                    pos += 2
+                else:
+                    marker = True
+                    b = 0
+            else:
+                pos += 1
+        buf = (buf << 8) | b
+        nbits += 8
+    return pos, buf, nbits, marker
+
+
+@njit(cache=True, boundscheck=False, inline="always")
+def _extend(buf, nbits, s):
+    """The next `s` bits as JPEG's signed value (F.12 EXTEND)."""
+    v = (buf >> (nbits - s)) & ((1 << s) - 1)
+    if v < (1 << (s - 1)):
+        v += (-1 << s) + 1
+    return v
+
+
+@njit(cache=True, boundscheck=False)
+def _scan(data, pos, nc, comp, mcux, mcuy, restart, look, fast, maxcode, valptr, mincode, values, out, offsets,
+          widths):
+    """The scan's coefficients into `out` (int16 [blocks, 64]; component c's blocks from offsets[c] on,
+    in rows of widths[c]). -> the offset after the scan's last byte read, or an error code."""
+    n = data.shape[0]
+    out[:] = 0
+    left = restart
+    buf = np.int64(0)
+    nbits = np.int64(0)
+    marker = False
+    pred = np.zeros(3, np.int64)
+    mask, fmask = (1 << LOOK) - 1, (1 << FAST) - 1
+    for my in range(mcuy):
+        for mx in range(mcux):
+            if restart:
+                if left == 0:  # the bits left before a marker are padding; predictions start again
+                    if pos + 1 < n and data[pos] == 0xFF and 0xD0 <= data[pos + 1] <= 0xD7:
+                        pos += 2
+                    else:
+                        return -24
+                    buf, nbits, marker, left = 0, 0, False, restart
+                    pred[:] = 0
+                left -= 1
+            for c in range(nc):
+                hc, vc = (comp[c, 1], comp[c, 2]) if nc > 1 else (1, 1)
+                dc, ac = comp[c, 4], 2 + comp[c, 5]
+                for by in range(vc):
+                    for bx in range(hc):
+                        blk = offsets[c] + (my * vc + by) * widths[c] + mx * hc + bx
+                        if nbits < 32:
+                            pos, buf, nbits, marker = _refill(data, pos, buf, nbits, marker)
+                        e = look[dc, (buf >> (nbits - LOOK)) & mask]
+                        if e != 0:
+                            nbits -= e >> 8
+                            s = e & 255
+                        else:
+                            length, s = _slow(buf, nbits, dc, maxcode, valptr, mincode, values)
+                            if length == 0:
+                                return -21
+                            nbits -= length
+                        if s > 11:
+                            return -22
+                        if s:
+                            pred[c] += _extend(buf, nbits, s)
+                            nbits -= s
+                        out[blk, 0] = pred[c]
+                        k = 1
+                        while k < 64:
+                            if nbits < 32:
+                                pos, buf, nbits, marker = _refill(data, pos, buf, nbits, marker)
+                            peek = (buf >> (nbits - FAST)) & fmask
+                            f = fast[ac, peek]
+                            if f != 0:  # a short code and its bits in one lookup
+                                nbits -= f & 255
+                                k += (f >> 8) & 255
+                                if k > 63:
+                                    return -23
+                                out[blk, ZIGZAG[k]] = f >> 16
+                                k += 1
+                                continue
+                            e = look[ac, peek >> (FAST - LOOK)]
+                            if e != 0:
+                                nbits -= e >> 8
+                                s = e & 255
+                            else:
+                                length, s = _slow(buf, nbits, ac, maxcode, valptr, mincode, values)
+                                if length == 0:
+                                    return -21
+                                nbits -= length
+                            run, s = s >> 4, s & 15
+                            if s:
+                                k += run
+                                if k > 63:
+                                    return -23
+                                out[blk, ZIGZAG[k]] = _extend(buf, nbits, s)
+                                nbits -= s
+                                k += 1
+                            elif run == 15:
+                                k += 16
+                            else:
+                                break  # end of block
+    return pos
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a JPEG's coefficients lie in the decoder's [blocks, 64] output."""
+
+    height: int
+    width: int
+    sampling: tuple[tuple[int, int], ...]  # (horizontal, vertical) factor of each component
+    grids: tuple[tuple[int, int], ...]  # (block rows, block columns) of each component, MCU padding included
+
+    @property
+    def blocks(self) -> int:
+        return sum(rows * cols for rows, cols in self.grids)
+
+    @staticmethod
+    def of(height: int, width: int, sampling: tuple[tuple[int, int], ...]) -> Layout:
+        if len(sampling) == 1:  # one component: no MCU padding, 8x8 blocks whatever its factors say
+            return Layout(height, width, ((1, 1),), ((-(-height // 8), -(-width // 8)),))
+        hmax, vmax = max(h for h, _ in sampling), max(v for _, v in sampling)
+        mcu_rows, mcu_cols = -(-height // (8 * vmax)), -(-width // (8 * hmax))
+        return Layout(height, width, sampling, tuple((mcu_rows * v, mcu_cols * h) for h, v in sampling))
+
+
+class EntropyDecoder:
+    """JPEGs into their quantised coefficients, one at a time; one decoder per process (its tables are
+    reused, each JPEG's own parsed from its header in a few microseconds)."""
+
+    def __init__(self) -> None:
+        self.quant = np.zeros((4, 64), np.int64)
+        self.look = np.zeros((4, 1 << LOOK), np.int32)
+        self.fast = np.zeros((4, 1 << FAST), np.int32)
+        self.maxcode, self.valptr, self.mincode = (np.zeros((4, 18), np.int64) for _ in range(3))
+        self.values = np.zeros((4, 256), np.int64)
+        self.comp = np.zeros((3, 6), np.int64)
+        self.defined = np.zeros(8, np.int64)
+        self._layouts: dict[tuple, tuple[Layout, np.ndarray, np.ndarray]] = {}
+        # The last header parsed (its bytes up to the scan) and what it gave: the tables above are its.
+        # A store's JPEGs of one video share their header, so most JPEGs skip the parse (~8% of one).
+        self._head: bytes = b""
+        self._parsed: tuple = ()
+
+    def layout(self, jpeg: bytes | np.ndarray) -> Layout:
+        """The JPEG's layout from its header alone (to size an array for a window of them)."""
+        return self._header(_bytes(jpeg))[0]
+
+    def __call__(self, jpeg: bytes | np.ndarray, out: np.ndarray | None = None,
+                 expect: Layout | None = None) -> tuple[np.ndarray, np.ndarray, Layout]:
+        """(coefficients int16 [layout.blocks, 64], into `out` when given (C-contiguous, that shape),
+        quantisation tables int32 [components, 64], layout). CodecError naming what is
+        wrong, and for a JPEG of another layout than `expect` (a window's images share one)."""
+        data = _bytes(jpeg)
+        layout, offsets, widths, pos, restart, _ = self._header(data)
+        if expect is not None and layout != expect:
+            raise CodecError(f"JPEG is {layout.width}x{layout.height} with sampling {layout.sampling}, expected "
+                             f"{expect.width}x{expect.height} with {expect.sampling}")
+        if out is None:
+            out = np.empty((layout.blocks, 64), np.int16)
+        elif out.shape != (layout.blocks, 64) or out.dtype != np.int16 or not out.flags.c_contiguous:
+            raise CodecError(f"a JPEG of {layout.width}x{layout.height} has {layout.blocks} blocks of "
+                             f"coefficients, the array is {out.dtype} {list(out.shape)}")
+        nc = len(layout.grids)
+        sampling = layout.sampling[0]
+        mcu_rows, mcu_cols = layout.grids[0][0] // sampling[1], layout.grids[0][1] // sampling[0]
+        end = _scan(data, pos, nc, self.comp, mcu_cols, mcu_rows, restart, self.look, self.fast, self.maxcode,
+                    self.valptr, self.mincode, self.values, out, offsets, widths)
+        if end < 0:
+            raise CodecError(f"corrupt JPEG data: {ERRORS[int(end)]}")
+        return out, self._parsed[5].copy(), layout
+
+    def _header(self, data: np.ndarray) -> tuple[Layout, np.ndarray, np.ndarray, int, int, np.ndarray]:
+        """(layout, each component's first block, its blocks per row, the scan's offset, restart interval,
+        quantisation tables int32 [components, 64])."""
+        head = len(self._head)
+        if head and data.shape[0] > head and data[:head].tobytes() == self._head:
+            return self._parsed
+        self._head = b""  # the tables change below: no header is theirs until the parse succeeds
+        self.defined[:] = 0
+        pos, h, w, nc, restart = (int(v) for v in _parse(data, self.quant, self.look, self.fast, self.maxcode,
+                                                         self.valptr, self.mincode, self.values, self.comp,
+                                                         self.defined))
+        if pos < 0:
+            raise CodecError(f"not a JPEG this decoder reads: {ERRORS[pos]}")
+        sampling = tuple((int(hc), int(vc)) for hc, vc in self.comp[:nc, 1:3])
+        key = (h, w, sampling)
+        if key not in self._layouts:
+            layout = Layout.of(h, w, sampling)
+            sizes = [rows * cols for rows, cols in layout.grids]
+            self._layouts[key] = (layout, np.cumsum([0] + sizes[:-1]).astype(np.int64),
+                                  np.array([cols for _, cols in layout.grids], np.int64))
+        quant = self.quant[self.comp[:nc, 3]].astype(np.int32)
+        self._parsed = (*self._layouts[key], pos, restart, quant)
+        self._head = data[:pos].tobytes()
+        return self._parsed
+
+
+def _bytes(jpeg: bytes | np.ndarray) -> np.ndarray:
+    return jpeg if isinstance(jpeg, np.ndarray) else np.frombuffer(jpeg, np.uint8)
