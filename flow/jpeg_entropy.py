@@ -35,6 +35,7 @@ ZIGZAG = np.array([0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 1
                    45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63], np.int64)  # zigzag position -> natural
 LOOK = 9  # bits of the (length, symbol) lookahead
 FAST = 11  # bits of the AC table that holds a code and its extra bits together
+END = 64  # the fast table's run of an end of block: it takes k past the block's last coefficient
 ERRORS = {-1: "not a JPEG (no SOI marker)", -2: "a marker was expected", -3: "a segment runs past the end",
           -4: "a bad quantisation table", -5: "a bad Huffman table",
           -6: "not 8-bit with 1 or 3 components of sampling factors 1 or 2",
@@ -72,7 +73,13 @@ def _build_table(counts, symbols, look, fast, maxcode, valptr, mincode):
         length = e >> 8
         run = (e & 255) >> 4
         size = e & 15
-        if e == 0 or size == 0 or length + size > FAST:
+        if e == 0 or length + size > FAST:
+            continue
+        if size == 0:  # EOB (run 0): k jumps past the block's end; ZRL (run 15): sixteen zeros
+            if run == 0:
+                fast[peek] = (END << 8) | length
+            elif run == 15:  # its last zero written as a coefficient of value 0
+                fast[peek] = (15 << 8) | length
             continue
         v = (peek >> (FAST - length - size)) & ((1 << size) - 1)
         if v < (1 << (size - 1)):
@@ -226,7 +233,6 @@ def _scan(data, pos, nc, comp, mcux, mcuy, restart, look, fast, maxcode, valptr,
     """The scan's coefficients into `out` (int16 [blocks, 64]; component c's blocks from offsets[c] on,
     in rows of widths[c]). -> the offset after the scan's last byte read, or an error code."""
     n = data.shape[0]
-    out[:] = 0
     left = restart
     buf = np.int64(0)
     nbits = np.int64(0)
@@ -250,6 +256,7 @@ def _scan(data, pos, nc, comp, mcux, mcuy, restart, look, fast, maxcode, valptr,
                 for by in range(vc):
                     for bx in range(hc):
                         blk = offsets[c] + (my * vc + by) * widths[c] + mx * hc + bx
+                        out[blk] = 0  # here, not in one pass first: the block's lines stay in the cache
                         if nbits < 32:
                             pos, buf, nbits, marker = _refill(data, pos, buf, nbits, marker)
                         e = look[dc, (buf >> (nbits - LOOK)) & mask]
@@ -273,10 +280,12 @@ def _scan(data, pos, nc, comp, mcux, mcuy, restart, look, fast, maxcode, valptr,
                                 pos, buf, nbits, marker = _refill(data, pos, buf, nbits, marker)
                             peek = (buf >> (nbits - FAST)) & fmask
                             f = fast[ac, peek]
-                            if f != 0:  # a short code and its bits in one lookup
+                            if f != 0:  # a short code and its bits, or an end of block, in one lookup
                                 nbits -= f & 255
                                 k += (f >> 8) & 255
                                 if k > 63:
+                                    if (f >> 8) & 255 == END:
+                                        break
                                     return -23
                                 out[blk, ZIGZAG[k]] = f >> 16
                                 k += 1
