@@ -303,7 +303,6 @@ def run(lib: ctypes.CDLL, frames: list[bytes], flows: list[bytes], restarts: dic
         squares = [(rng.randrange(h - CROP + 1), rng.randrange(w - CROP + 1), CROP, CROP) for _ in jpegs]
         covers = [parsed[kind][i].cover(*rects[i]) for i in range(len(jpegs))]
         spliced = [bytes(parsed[kind][i].crop(*covers[i])) for i in range(len(jpegs))]
-        coefs = np.empty((entropy.layout(jpegs[0]).blocks, 64), np.int16)  # reused, as the probe's array
         return {
             "mmaction layout: the file's bytes, cv2.imdecode": lambda i: cv2.imdecode(
                 np.frombuffer(paths[i].read_bytes(), np.uint8), flag),
@@ -323,7 +322,7 @@ def run(lib: ctypes.CDLL, frames: list[bytes], flows: list[bytes], restarts: dic
                 spliced[i], "GRAY" if grey else "BGR"),
             "hybrid, CPU part: libjpeg-turbo's coefficients (jpeg_read_coefficients)": lambda i: coefficient_probe(
                 jpegs[i]),
-            "hybrid, CPU part: the numba entropy decoder (flow.jpeg_entropy)": lambda i: entropy(jpegs[i], coefs),
+            "hybrid, CPU part: the numba entropy decoder (flow.jpeg_entropy)": lambda i: entropy.sparse(jpegs[i]),
         }
 
     table: dict[str, dict[str, float]] = {}

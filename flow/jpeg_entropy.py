@@ -11,9 +11,13 @@ Anything else (progressive, arithmetic-coded, 12-bit, CMYK) is a CodecError nami
 corrupt data, never an out-of-bounds write: runs past the 64th coefficient, codes longer than 16
 bits and Huffman tables with too many codes are refused, a scan that runs out of bytes reads zeros.
 
-Output: int16 [blocks, 64], each component's blocks in turn, rows of its MCU grid (the edge MCUs'
-padding blocks included, as the scan codes them), coefficients in natural (row-major), not zigzag,
-order; and the quantisation tables [components, 64], natural order.
+Output (`EntropyDecoder.sparse`): the coefficients as the scan gives them, sparse: for each block in
+scan order (MCU by MCU) its DC and nonzero AC terms, each a natural (row-major, not zigzag) position
+and a quantised value, about a quarter of the 64 at q95 and fewer in flow images; so that a worker
+hands over 3 bytes a coefficient, not a dense int16 array four times the size. The quantisation
+tables are [components, 64], natural order. `EntropyDecoder()(jpeg)` scatters them into int16
+[blocks, 64]: each component's blocks in turn, rows of its MCU grid (the edge MCUs' padding blocks
+included, as the scan codes them).
 
 The decoder keeps a right-aligned 64-bit bit buffer filled four bytes at a time where none is 0xFF
 (byte by byte, unstuffing FF 00, where one is) and decodes through lookahead tables: a 9-bit one of
@@ -23,6 +27,7 @@ costs the same CPU on these images (bench/jpeg_costs.py).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -228,52 +233,57 @@ def _extend(buf, nbits, s):
 
 
 @njit(cache=True, boundscheck=False)
-def _scan(data, pos, nc, comp, mcux, mcuy, restart, look, fast, maxcode, valptr, mincode, values, out, offsets,
-          widths):
-    """The scan's coefficients into `out` (int16 [blocks, 64]; component c's blocks from offsets[c] on,
-    in rows of widths[c]). -> the offset after the scan's last byte read, or an error code."""
+def _scan(data, pos, nc, comp, mcux, mcuy, restart, look, fast, maxcode, valptr, mincode, values, vals, where,
+          counts):
+    """The scan's coefficients, sparse and in scan order: block b's counts[b] entries are where
+    (natural position 0-63, its DC first) and vals (quantised value); at most 64 a block, so arrays
+    of blocks * 64 always hold them. -> (entries, offset after the scan's last byte read), or (0, an
+    error code)."""
     n = data.shape[0]
+    blk = 0
+    e0 = 0
     left = restart
     buf = np.int64(0)
     nbits = np.int64(0)
     marker = False
     pred = np.zeros(3, np.int64)
     mask, fmask = (1 << LOOK) - 1, (1 << FAST) - 1
-    for my in range(mcuy):
-        for mx in range(mcux):
+    for _ in range(mcuy):
+        for _ in range(mcux):
             if restart:
                 if left == 0:  # the bits left before a marker are padding; predictions start again
                     if pos + 1 < n and data[pos] == 0xFF and 0xD0 <= data[pos + 1] <= 0xD7:
                         pos += 2
                     else:
-                        return -24
+                        return 0, -24
                     buf, nbits, marker, left = 0, 0, False, restart
                     pred[:] = 0
                 left -= 1
             for c in range(nc):
                 hc, vc = (comp[c, 1], comp[c, 2]) if nc > 1 else (1, 1)
                 dc, ac = comp[c, 4], 2 + comp[c, 5]
-                for by in range(vc):
-                    for bx in range(hc):
-                        blk = offsets[c] + (my * vc + by) * widths[c] + mx * hc + bx
-                        out[blk] = 0  # here, not in one pass first: the block's lines stay in the cache
+                for _ in range(vc):
+                    for _ in range(hc):
+                        e = e0
                         if nbits < 32:
                             pos, buf, nbits, marker = _refill(data, pos, buf, nbits, marker)
-                        e = look[dc, (buf >> (nbits - LOOK)) & mask]
-                        if e != 0:
-                            nbits -= e >> 8
-                            s = e & 255
+                        t = look[dc, (buf >> (nbits - LOOK)) & mask]
+                        if t != 0:
+                            nbits -= t >> 8
+                            s = t & 255
                         else:
                             length, s = _slow(buf, nbits, dc, maxcode, valptr, mincode, values)
                             if length == 0:
-                                return -21
+                                return 0, -21
                             nbits -= length
                         if s > 11:
-                            return -22
+                            return 0, -22
                         if s:
                             pred[c] += _extend(buf, nbits, s)
                             nbits -= s
-                        out[blk, 0] = pred[c]
+                        where[e] = 0
+                        vals[e] = pred[c]
+                        e += 1
                         k = 1
                         while k < 64:
                             if nbits < 32:
@@ -286,32 +296,39 @@ def _scan(data, pos, nc, comp, mcux, mcuy, restart, look, fast, maxcode, valptr,
                                 if k > 63:
                                     if (f >> 8) & 255 == END:
                                         break
-                                    return -23
-                                out[blk, ZIGZAG[k]] = f >> 16
+                                    return 0, -23
+                                where[e] = ZIGZAG[k]
+                                vals[e] = f >> 16
+                                e += 1
                                 k += 1
                                 continue
-                            e = look[ac, peek >> (FAST - LOOK)]
-                            if e != 0:
-                                nbits -= e >> 8
-                                s = e & 255
+                            t = look[ac, peek >> (FAST - LOOK)]
+                            if t != 0:
+                                nbits -= t >> 8
+                                s = t & 255
                             else:
                                 length, s = _slow(buf, nbits, ac, maxcode, valptr, mincode, values)
                                 if length == 0:
-                                    return -21
+                                    return 0, -21
                                 nbits -= length
                             run, s = s >> 4, s & 15
                             if s:
                                 k += run
                                 if k > 63:
-                                    return -23
-                                out[blk, ZIGZAG[k]] = _extend(buf, nbits, s)
+                                    return 0, -23
+                                where[e] = ZIGZAG[k]
+                                vals[e] = _extend(buf, nbits, s)
+                                e += 1
                                 nbits -= s
                                 k += 1
                             elif run == 15:
                                 k += 16
                             else:
                                 break  # end of block
-    return pos
+                        counts[blk] = e - e0
+                        blk += 1
+                        e0 = e
+    return e0, pos
 
 
 @dataclass(frozen=True)
@@ -335,6 +352,39 @@ class Layout:
         mcu_rows, mcu_cols = -(-height // (8 * vmax)), -(-width // (8 * hmax))
         return Layout(height, width, sampling, tuple((mcu_rows * v, mcu_cols * h) for h, v in sampling))
 
+    def scan_order(self) -> np.ndarray:
+        """int64 [blocks]: where the scan's b-th block lies in the [blocks, 64] order (component by
+        component, rows of its grid): MCU by MCU, each component's h x v blocks."""
+        return _scan_order(self)
+
+
+@functools.cache
+def _scan_order(layout: Layout) -> np.ndarray:
+    if len(layout.grids) == 1:
+        return np.arange(layout.blocks)
+    (h0, v0), (rows0, cols0) = layout.sampling[0], layout.grids[0]
+    mcu_rows, mcu_cols = rows0 // v0, cols0 // h0
+    parts, first = [], 0
+    for (h, v), (rows, cols) in zip(layout.sampling, layout.grids, strict=True):
+        grid = np.arange(rows * cols).reshape(mcu_rows, v, mcu_cols, h).transpose(0, 2, 1, 3)
+        parts.append(grid.reshape(mcu_rows * mcu_cols, v * h) + first)  # [MCU, this component's blocks]
+        first += rows * cols
+    order = np.concatenate(parts, axis=1).reshape(-1)
+    order.flags.writeable = False
+    return order
+
+
+@dataclass
+class Sparse:
+    """A JPEG's coefficients as the scan gives them: for scan block b, `counts[b]` entries of
+    `positions` (natural index, 0-63; its DC first, always there) and `values` (quantised)."""
+
+    values: np.ndarray  # int16 [entries]
+    positions: np.ndarray  # uint8 [entries]
+    counts: np.ndarray  # uint8 [blocks]
+    quant: np.ndarray  # int32 [components, 64]
+    layout: Layout
+
 
 class EntropyDecoder:
     """JPEGs into their quantised coefficients, one at a time; one decoder per process (its tables are
@@ -348,7 +398,7 @@ class EntropyDecoder:
         self.values = np.zeros((4, 256), np.int64)
         self.comp = np.zeros((3, 6), np.int64)
         self.defined = np.zeros(8, np.int64)
-        self._layouts: dict[tuple, tuple[Layout, np.ndarray, np.ndarray]] = {}
+        self._vals, self._where, self._counts = np.empty(0, np.int16), np.empty(0, np.uint8), np.empty(0, np.uint8)
         # The last header parsed (its bytes up to the scan) and what it gave: the tables above are its.
         # A store's JPEGs of one video share their header, so most JPEGs skip the parse (~8% of one).
         self._head: bytes = b""
@@ -358,33 +408,44 @@ class EntropyDecoder:
         """The JPEG's layout from its header alone (to size an array for a window of them)."""
         return self._header(_bytes(jpeg))[0]
 
-    def __call__(self, jpeg: bytes | np.ndarray, out: np.ndarray | None = None,
-                 expect: Layout | None = None) -> tuple[np.ndarray, np.ndarray, Layout]:
-        """(coefficients int16 [layout.blocks, 64], into `out` when given (C-contiguous, that shape),
-        quantisation tables int32 [components, 64], layout). CodecError naming what is
-        wrong, and for a JPEG of another layout than `expect` (a window's images share one)."""
+    def sparse(self, jpeg: bytes | np.ndarray, expect: Layout | None = None) -> Sparse:
+        """The JPEG's nonzero coefficients (and every DC), in scan order: views of the decoder's own
+        arrays, valid until its next call. CodecError naming what is wrong, and for a JPEG of another
+        layout than `expect` (a window's images share one)."""
         data = _bytes(jpeg)
-        layout, offsets, widths, pos, restart, _ = self._header(data)
+        layout, pos, restart, quant = self._header(data)
         if expect is not None and layout != expect:
             raise CodecError(f"JPEG is {layout.width}x{layout.height} with sampling {layout.sampling}, expected "
                              f"{expect.width}x{expect.height} with {expect.sampling}")
+        if len(self._counts) < layout.blocks:
+            self._vals, self._where = np.empty(layout.blocks * 64, np.int16), np.empty(layout.blocks * 64, np.uint8)
+            self._counts = np.empty(layout.blocks, np.uint8)
+        (h, v), nc = layout.sampling[0], len(layout.grids)
+        entries, end = _scan(data, pos, nc, self.comp, layout.grids[0][1] // h, layout.grids[0][0] // v, restart,
+                             self.look, self.fast, self.maxcode, self.valptr, self.mincode, self.values, self._vals,
+                             self._where, self._counts)
+        if end < 0:
+            raise CodecError(f"corrupt JPEG data: {ERRORS[int(end)]}")
+        return Sparse(self._vals[:entries], self._where[:entries], self._counts[:layout.blocks], quant.copy(), layout)
+
+    def __call__(self, jpeg: bytes | np.ndarray, out: np.ndarray | None = None,
+                 expect: Layout | None = None) -> tuple[np.ndarray, np.ndarray, Layout]:
+        """(coefficients int16 [layout.blocks, 64] in natural order, each component's blocks in rows of
+        its MCU grid, into `out` when given (C-contiguous, that shape); quantisation tables int32
+        [components, 64]; layout). `sparse` scattered: what tests and benches compare."""
+        got = self.sparse(jpeg, expect)
+        layout = got.layout
         if out is None:
             out = np.empty((layout.blocks, 64), np.int16)
         elif out.shape != (layout.blocks, 64) or out.dtype != np.int16 or not out.flags.c_contiguous:
             raise CodecError(f"a JPEG of {layout.width}x{layout.height} has {layout.blocks} blocks of "
                              f"coefficients, the array is {out.dtype} {list(out.shape)}")
-        nc = len(layout.grids)
-        sampling = layout.sampling[0]
-        mcu_rows, mcu_cols = layout.grids[0][0] // sampling[1], layout.grids[0][1] // sampling[0]
-        end = _scan(data, pos, nc, self.comp, mcu_cols, mcu_rows, restart, self.look, self.fast, self.maxcode,
-                    self.valptr, self.mincode, self.values, out, offsets, widths)
-        if end < 0:
-            raise CodecError(f"corrupt JPEG data: {ERRORS[int(end)]}")
-        return out, self._parsed[5].copy(), layout
+        out[:] = 0
+        out.reshape(-1)[np.repeat(layout.scan_order(), got.counts) * 64 + got.positions] = got.values
+        return out, got.quant, layout
 
-    def _header(self, data: np.ndarray) -> tuple[Layout, np.ndarray, np.ndarray, int, int, np.ndarray]:
-        """(layout, each component's first block, its blocks per row, the scan's offset, restart interval,
-        quantisation tables int32 [components, 64])."""
+    def _header(self, data: np.ndarray) -> tuple[Layout, int, int, np.ndarray]:
+        """(layout, the scan's offset, restart interval, quantisation tables int32 [components, 64])."""
         head = len(self._head)
         if head and data.shape[0] > head and data[:head].tobytes() == self._head:
             return self._parsed
@@ -396,14 +457,8 @@ class EntropyDecoder:
         if pos < 0:
             raise CodecError(f"not a JPEG this decoder reads: {ERRORS[pos]}")
         sampling = tuple((int(hc), int(vc)) for hc, vc in self.comp[:nc, 1:3])
-        key = (h, w, sampling)
-        if key not in self._layouts:
-            layout = Layout.of(h, w, sampling)
-            sizes = [rows * cols for rows, cols in layout.grids]
-            self._layouts[key] = (layout, np.cumsum([0] + sizes[:-1]).astype(np.int64),
-                                  np.array([cols for _, cols in layout.grids], np.int64))
         quant = self.quant[self.comp[:nc, 3]].astype(np.int32)
-        self._parsed = (*self._layouts[key], pos, restart, quant)
+        self._parsed = (Layout.of(h, w, sampling), pos, restart, quant)
         self._head = data[:pos].tobytes()
         return self._parsed
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import default_collate
+from torch.utils.data import default_collate, get_worker_info
 
 from flow.codec import CodecError
 from flow.jpeg_entropy import EntropyDecoder, Layout
@@ -88,11 +88,14 @@ class JpegBatch:
 
 @dataclass
 class HybridClip:
-    """One training clip entropy-decoded: its images' quantised coefficients int16 [n, blocks, 64] and
-    quantisation tables int32 [n, components, 64] (n: T frames, or T x and y flow images in turn),
-    their layout, and the clip's random choices."""
+    """One training clip entropy-decoded: its n images' coefficients as flow.jpeg_entropy.Sparse gives
+    them, back to back (`counts` uint8 [n, blocks], `positions` uint8 and `values` int16 [entries]),
+    their quantisation tables int32 [n, components, 64] (n: T frames, or T x and y flow images in
+    turn), their layout, and the clip's random choices."""
 
-    coefficients: np.ndarray
+    counts: np.ndarray
+    positions: np.ndarray
+    values: np.ndarray
     quant: np.ndarray
     layout: Layout
     modality: str
@@ -105,16 +108,18 @@ class HybridClip:
 
 @dataclass
 class HybridBatch:
-    """A batch of HybridClips, those of one layout (one frame size: the usual case) stacked into one
-    tensor each: `groups` of (layout, coefficients [k, n, blocks, 64], quant [k, n, components, 64],
-    positions of the k clips in the batch); `choices` [B, 6] as JpegBatch's."""
+    """A batch of HybridClips, those of one layout (one frame size: the usual case) together: `groups`
+    of (layout, counts [k, n, blocks], positions and values [entries] of the k clips back to back,
+    quant [k, n, components, 64], positions of the k clips in the batch); `choices` [B, 6] as
+    JpegBatch's."""
 
-    groups: list[tuple[Layout, torch.Tensor, torch.Tensor, list[int]]]
+    groups: list[tuple[Layout, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[int]]]
     choices: torch.Tensor
     modality: str
 
     def pin_memory(self) -> HybridBatch:
-        return HybridBatch([(layout, c.pin_memory(), q, at) for layout, c, q, at in self.groups], self.choices,
+        return HybridBatch([(layout, counts.pin_memory(), positions.pin_memory(), values.pin_memory(), quant, at)
+                            for layout, counts, positions, values, quant, at in self.groups], self.choices,
                            self.modality)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> torch.Tensor:
@@ -122,10 +127,12 @@ class HybridBatch:
         device = torch.device(device)
         flow = self.modality == "flow"
         clips: list[torch.Tensor] = [torch.empty(0)] * len(self.choices)
-        for layout, coefs, quant, at in self.groups:
-            k, n = coefs.shape[:2]
-            pixels = coefficients_to_pixels(coefs.to(device, non_blocking=non_blocking).flatten(0, 1),
-                                            quant.to(device).flatten(0, 1), layout)  # [k * n, C, H, W]
+        for layout, counts, positions, values, quant, at in self.groups:
+            k, n = counts.shape[:2]
+            coefs = scatter_coefficients(counts.to(device, non_blocking=non_blocking).flatten(0, 1),
+                                         positions.to(device, non_blocking=non_blocking),
+                                         values.to(device, non_blocking=non_blocking), layout)
+            pixels = coefficients_to_pixels(coefs, quant.to(device).flatten(0, 1), layout)  # [k * n, C, H, W]
             pixels = pixels.view(k, n, *pixels.shape[1:])
             for j, b in enumerate(at):
                 clips[b] = pixels[j].view(n // 2, 2, *pixels.shape[3:]) if flow else pixels[j]
@@ -135,28 +142,60 @@ class HybridBatch:
 def hybrid_clip(video: Any, modality: str, indices: Sequence[int], decoder: EntropyDecoder,
                 choices: tuple[tuple[int, int], int, int, int, bool]) -> HybridClip:
     """The worker's part of a hybrid decode: the window's JPEGs (`video.jpeg_blobs`, checksums checked)
-    entropy-decoded into one array. StreamsError naming the video and image for a JPEG the decoder
-    cannot read or one of another size than the video's."""
+    entropy-decoded. StreamsError naming the video and image for a JPEG the decoder cannot read or
+    one of another size than the video's."""
     blobs = video.jpeg_blobs(modality, indices)
     what = "frame" if modality == "rgb" else "flow image"
-    coefs = quant = layout = None
+    counts = quant = layout = None
+    positions, values = [], []
     for k, blob in enumerate(blobs):
         image = indices[k] if modality == "rgb" else f"{indices[k // 2]} ({'xy'[k % 2]})"
         try:
+            got = decoder.sparse(blob, expect=layout)
             if layout is None:
-                layout = decoder.layout(blob)
+                layout = got.layout
                 if (layout.height, layout.width) != (video.height, video.width):
                     raise CodecError(f"JPEG is {layout.width}x{layout.height}, the video {video.width}x"
                                      f"{video.height}")
-                coefs = np.empty((len(blobs), layout.blocks, 64), np.int16)
+                counts = np.empty((len(blobs), layout.blocks), np.uint8)
                 quant = np.empty((len(blobs), len(layout.grids), 64), np.int32)
-            quant[k] = decoder(blob, coefs[k], expect=layout)[1]
         except CodecError as e:
             raise StreamsError(f'video {video.video_id}: {what} {image}: {e} (train.decode = "hybrid" reads '
                                'baseline JPEGs as cv2, mmaction2 and denseflow write them; train.decode = "cpu" '
                                'reads any)') from None
+        counts[k], quant[k] = got.counts, got.quant
+        positions.append(got.positions.copy())  # the decoder's arrays are reused by its next call
+        values.append(got.values.copy())
     size, top, left, crop, flip = choices
-    return HybridClip(coefs, quant, layout, modality, size, top, left, crop, flip)
+    return HybridClip(counts, np.concatenate(positions), np.concatenate(values), quant, layout, modality, size, top,
+                      left, crop, flip)
+
+
+def _shared_cat(arrays: list[np.ndarray]) -> torch.Tensor:
+    """The arrays end to end in one tensor, in shared memory inside a DataLoader worker (as torch's
+    default_collate stacks there): the batch crosses to the trainer without another copy."""
+    total = sum(len(a) for a in arrays)
+    dtype = torch.from_numpy(arrays[0][:0]).dtype
+    if get_worker_info() is not None:
+        out = torch.empty(0, dtype=dtype)
+        out = out.new(out.untyped_storage()._new_shared(total * out.element_size())).view(dtype)[:total]
+    else:
+        out = torch.empty(total, dtype=dtype)
+    torch.cat([torch.from_numpy(a) for a in arrays], out=out)
+    return out
+
+
+def scatter_coefficients(counts: torch.Tensor, positions: torch.Tensor, values: torch.Tensor,
+                         layout: Layout) -> torch.Tensor:
+    """Sparse coefficients of N images of one layout (counts [N, blocks] in scan order, positions and
+    values [entries]) -> dense int16 [N, blocks, 64] in the layout's block order, on their device."""
+    n, blocks = counts.shape
+    order = torch.tensor(layout.scan_order(), device=counts.device)
+    block = (torch.arange(n, device=counts.device)[:, None] * blocks + order).flatten()
+    at = torch.repeat_interleave(block, counts.flatten().long(), output_size=len(values)) * 64 + positions.long()
+    dense = torch.zeros(n * blocks * 64, dtype=torch.int16, device=counts.device)
+    dense[at] = values
+    return dense.view(n, blocks, 64)
 
 
 def collate(items: Sequence[Any]) -> Any:
@@ -171,8 +210,10 @@ def collate(items: Sequence[Any]) -> Any:
         groups: dict[Layout, list[int]] = {}
         for b, clip in enumerate(clips):
             groups.setdefault(clip.layout, []).append(b)
-        # default_collate stacks straight into shared memory in a worker: one copy of the coefficients
-        return HybridBatch([(layout, default_collate([torch.from_numpy(clips[b].coefficients) for b in at]),
+        # default_collate stacks straight into shared memory in a worker, _shared_cat likewise
+        return HybridBatch([(layout, default_collate([torch.from_numpy(clips[b].counts) for b in at]),
+                             _shared_cat([clips[b].positions for b in at]),
+                             _shared_cat([clips[b].values for b in at]),
                              default_collate([torch.from_numpy(clips[b].quant) for b in at]), at)
                             for layout, at in groups.items()], choices, clips[0].modality), labels
     blobs = [b for clip in clips for b in clip.jpegs]
