@@ -187,8 +187,12 @@ def _parse(data, quant, look, fast, maxcode, valptr, mincode, values, comp, defi
 
 
 @njit(cache=True, boundscheck=False, inline="always")
-def _slow(buf, nbits, t, maxcode, valptr, mincode, values):
-    """A code longer than LOOK bits: (its length, its symbol), or (0, 0) for none."""
+def _symbol(buf, nbits, t, look, maxcode, valptr, mincode, values):
+    """The next Huffman code of table t: (its length, its symbol), or (0, 0) for none. Codes of up to
+    LOOK bits by one lookup, longer ones length by length (F.16 DECODE)."""
+    e = look[t, (buf >> (nbits - LOOK)) & ((1 << LOOK) - 1)]
+    if e != 0:
+        return e >> 8, e & 255
     code = (buf >> (nbits - 16)) & 0xFFFF
     for length in range(LOOK + 1, 17):
         c = code >> (16 - length)
@@ -247,7 +251,7 @@ def _scan(data, pos, nc, comp, mcux, mcuy, restart, look, fast, maxcode, valptr,
     nbits = np.int64(0)
     marker = False
     pred = np.zeros(3, np.int64)
-    mask, fmask = (1 << LOOK) - 1, (1 << FAST) - 1
+    fmask = (1 << FAST) - 1
     for _ in range(mcuy):
         for _ in range(mcux):
             if restart:
@@ -267,15 +271,10 @@ def _scan(data, pos, nc, comp, mcux, mcuy, restart, look, fast, maxcode, valptr,
                         e = e0
                         if nbits < 32:
                             pos, buf, nbits, marker = _refill(data, pos, buf, nbits, marker)
-                        t = look[dc, (buf >> (nbits - LOOK)) & mask]
-                        if t != 0:
-                            nbits -= t >> 8
-                            s = t & 255
-                        else:
-                            length, s = _slow(buf, nbits, dc, maxcode, valptr, mincode, values)
-                            if length == 0:
-                                return 0, -21
-                            nbits -= length
+                        length, s = _symbol(buf, nbits, dc, look, maxcode, valptr, mincode, values)
+                        if length == 0:
+                            return 0, -21
+                        nbits -= length
                         if s > 11:
                             return 0, -22
                         if s:
@@ -302,15 +301,10 @@ def _scan(data, pos, nc, comp, mcux, mcuy, restart, look, fast, maxcode, valptr,
                                 e += 1
                                 k += 1
                                 continue
-                            t = look[ac, peek >> (FAST - LOOK)]
-                            if t != 0:
-                                nbits -= t >> 8
-                                s = t & 255
-                            else:
-                                length, s = _slow(buf, nbits, ac, maxcode, valptr, mincode, values)
-                                if length == 0:
-                                    return 0, -21
-                                nbits -= length
+                            length, s = _symbol(buf, nbits, ac, look, maxcode, valptr, mincode, values)
+                            if length == 0:
+                                return 0, -21
+                            nbits -= length
                             run, s = s >> 4, s & 15
                             if s:
                                 k += run

@@ -49,7 +49,7 @@ def test_every_user_facing_error_has_one_root(error):
 
 
 # Numerical kernels compiled by numba or torch.compile take their arrays positionally, as kernels do.
-KERNELS = {"flow/tvl1_fast_kernels.py", "flow/tvl1_torch.py"}
+KERNELS = {"flow/tvl1_fast_kernels.py", "flow/tvl1_torch.py", "flow/jpeg_entropy.py"}
 
 
 def _long_signatures(path: Path, limit: int = 6) -> list[str]:
