@@ -7,9 +7,12 @@ of libjpeg-turbo's decode of a 340x256 frame, so a worker reads a window for abo
 
 It reads baseline 8-bit JPEGs with one or three components (sampling factors 1 or 2) in one
 interleaved scan, restart markers included: what cv2, mmaction2, denseflow and the store write.
-Anything else (progressive, arithmetic-coded, 12-bit, CMYK) is a CodecError naming what; so is
-corrupt data, never an out-of-bounds write: runs past the 64th coefficient, codes longer than 16
-bits and Huffman tables with too many codes are refused, a scan that runs out of bytes reads zeros.
+Anything else (progressive, arithmetic-coded, 12-bit, CMYK, RGB colour, chroma sampled more finely
+than luma) is a CodecError naming what; so is data that breaks the code: Huffman tables with too
+many codes, codes longer than 16 bits, runs past the 64th coefficient, a scan that ends (or meets a
+marker) before its last block, a header whose image the scan's bytes cannot hold. Never an
+out-of-bounds write. A changed bit that keeps the code valid decodes to other coefficients, as in
+libjpeg: the packed store's checksums catch those.
 
 Output (`EntropyDecoder.sparse`): the coefficients as the scan gives them, sparse: for each block in
 scan order (MCU by MCU) its DC and nonzero AC terms, each a natural (row-major, not zigzag) position
@@ -48,7 +51,10 @@ ERRORS = {-1: "not a JPEG (no SOI marker)", -2: "a marker was expected", -3: "a 
           -8: "not one interleaved scan of every component", -9: "no scan", -10: "a bad restart interval",
           -11: "a scan uses a table it never defined", -12: "a zero height or width",
           -21: "a Huffman code longer than 16 bits", -22: "a DC difference of more than 11 bits",
-          -23: "a run past the 64th coefficient", -24: "a restart marker missing"}
+          -13: "a chroma component sampled more finely than the first",
+          -14: "RGB colour (no JFIF marker; an Adobe marker or component ids R, G, B say so), not YCbCr",
+          -23: "a run past the 64th coefficient", -24: "a restart marker missing",
+          -25: "the scan ends before its last block (a premature end, or a marker inside it)"}
 
 
 @njit(cache=True, boundscheck=False)
@@ -80,11 +86,9 @@ def _build_table(counts, symbols, look, fast, maxcode, valptr, mincode):
         size = e & 15
         if e == 0 or length + size > FAST:
             continue
-        if size == 0:  # EOB (run 0): k jumps past the block's end; ZRL (run 15): sixteen zeros
+        if size == 0:  # EOB (run 0): k jumps past the block's end; ZRL (run 15) takes the slow path
             if run == 0:
                 fast[peek] = (END << 8) | length
-            elif run == 15:  # its last zero written as a coefficient of value 0
-                fast[peek] = (15 << 8) | length
             continue
         v = (peek >> (FAST - length - size)) & ((1 << size) - 1)
         if v < (1 << (size - 1)):
@@ -102,6 +106,7 @@ def _parse(data, quant, look, fast, maxcode, valptr, mincode, values, comp, defi
     if n < 2 or data[0] != 0xFF or data[1] != 0xD8:
         return -1, 0, 0, 0, 0
     pos, h, w, nc, restart = 2, 0, 0, 0, 0
+    jfif, adobe = False, -1  # what says the colour space (libjpeg's rule): JFIF, else Adobe's transform, else ids
     while pos + 4 <= n:
         if data[pos] != 0xFF:
             return -2, 0, 0, 0, 0
@@ -166,6 +171,13 @@ def _parse(data, quant, look, fast, maxcode, valptr, mincode, values, comp, defi
                     return -6, 0, 0, 0, 0
         elif 0xC2 <= kind <= 0xCF and kind != 0xC8 and kind != 0xCC:
             return -7, 0, 0, 0, 0
+        elif kind == 0xE0:
+            jfif = jfif or (length >= 7 and data[seg] == 0x4A and data[seg + 1] == 0x46 and data[seg + 2] == 0x49
+                            and data[seg + 3] == 0x46 and data[seg + 4] == 0)  # "JFIF\0"
+        elif kind == 0xEE:
+            if (length >= 14 and data[seg] == 0x41 and data[seg + 1] == 0x64 and data[seg + 2] == 0x6F
+                    and data[seg + 3] == 0x62 and data[seg + 4] == 0x65):  # "Adobe"
+                adobe = data[seg + 11]
         elif kind == 0xDD:
             if length != 4:
                 return -10, 0, 0, 0, 0
@@ -173,6 +185,13 @@ def _parse(data, quant, look, fast, maxcode, valptr, mincode, values, comp, defi
         elif kind == 0xDA:
             if nc == 0 or length < 6 + 2 * nc or data[seg] != nc:
                 return -8, 0, 0, 0, 0
+            if nc == 3:
+                # the device upsamples the chroma to the first component's grid
+                if comp[0, 1] < max(comp[1, 1], comp[2, 1]) or comp[0, 2] < max(comp[1, 2], comp[2, 2]):
+                    return -13, 0, 0, 0, 0
+                ids_rgb = comp[0, 0] == 0x52 and comp[1, 0] == 0x47 and comp[2, 0] == 0x42
+                if not jfif and (adobe == 0 or (adobe == -1 and ids_rgb)):
+                    return -14, 0, 0, 0, 0
             for i in range(nc):
                 if data[seg + 1 + 2 * i] != comp[i, 0]:
                     return -8, 0, 0, 0, 0
@@ -202,29 +221,25 @@ def _symbol(buf, nbits, t, look, maxcode, valptr, mincode, values):
 
 
 @njit(cache=True, boundscheck=False, inline="always")
-def _refill(data, pos, buf, nbits, marker):
+def _refill(data, pos, buf, nbits, fake):
     """At least 32 bits in the buffer (a coefficient takes at most 16 + 11): four bytes at once where none
-    is 0xFF, else byte by byte, FF 00 unstuffed; a marker ends the scan, zeros from there."""
+    is 0xFF, else byte by byte, FF 00 unstuffed; a marker or the end of the data ends the scan's bytes,
+    zero bytes from there, counted in `fake` (the scan must not use them: _scan checks)."""
     n = data.shape[0]
     if pos + 4 <= n and data[pos] != 0xFF and data[pos + 1] != 0xFF and data[pos + 2] != 0xFF and data[pos + 3] != 0xFF:
         buf = ((buf << 32) | (np.int64(data[pos]) << 24) | (np.int64(data[pos + 1]) << 16)
                | (np.int64(data[pos + 2]) << 8) | np.int64(data[pos + 3]))
-        return pos + 4, buf, nbits + 32, marker
+        return pos + 4, buf, nbits + 32, fake
     while nbits <= 48:
         b = 0
-        if not marker and pos < n:
+        if fake == 0 and pos < n and (data[pos] != 0xFF or (pos + 1 < n and data[pos + 1] == 0)):
             b = data[pos]
-            if b == 0xFF:
-                if pos + 1 < n and data[pos + 1] == 0:
-                    pos += 2
-                else:
-                    marker = True
-                    b = 0
-            else:
-                pos += 1
+            pos += 2 if b == 0xFF else 1
+        else:
+            fake += 1
         buf = (buf << 8) | b
         nbits += 8
-    return pos, buf, nbits, marker
+    return pos, buf, nbits, fake
 
 
 @njit(cache=True, boundscheck=False, inline="always")
@@ -249,18 +264,20 @@ def _scan(data, pos, nc, comp, mcux, mcuy, restart, look, fast, maxcode, valptr,
     left = restart
     buf = np.int64(0)
     nbits = np.int64(0)
-    marker = False
+    fake = 0
     pred = np.zeros(3, np.int64)
     fmask = (1 << FAST) - 1
     for _ in range(mcuy):
         for _ in range(mcux):
             if restart:
                 if left == 0:  # the bits left before a marker are padding; predictions start again
+                    if fake * 8 > nbits:
+                        return 0, -25
                     if pos + 1 < n and data[pos] == 0xFF and 0xD0 <= data[pos + 1] <= 0xD7:
                         pos += 2
                     else:
                         return 0, -24
-                    buf, nbits, marker, left = 0, 0, False, restart
+                    buf, nbits, fake, left = 0, 0, 0, restart
                     pred[:] = 0
                 left -= 1
             for c in range(nc):
@@ -270,7 +287,7 @@ def _scan(data, pos, nc, comp, mcux, mcuy, restart, look, fast, maxcode, valptr,
                     for _ in range(hc):
                         e = e0
                         if nbits < 32:
-                            pos, buf, nbits, marker = _refill(data, pos, buf, nbits, marker)
+                            pos, buf, nbits, fake = _refill(data, pos, buf, nbits, fake)
                         length, s = _symbol(buf, nbits, dc, look, maxcode, valptr, mincode, values)
                         if length == 0:
                             return 0, -21
@@ -286,7 +303,7 @@ def _scan(data, pos, nc, comp, mcux, mcuy, restart, look, fast, maxcode, valptr,
                         k = 1
                         while k < 64:
                             if nbits < 32:
-                                pos, buf, nbits, marker = _refill(data, pos, buf, nbits, marker)
+                                pos, buf, nbits, fake = _refill(data, pos, buf, nbits, fake)
                             peek = (buf >> (nbits - FAST)) & fmask
                             f = fast[ac, peek]
                             if f != 0:  # a short code and its bits, or an end of block, in one lookup
@@ -322,6 +339,8 @@ def _scan(data, pos, nc, comp, mcux, mcuy, restart, look, fast, maxcode, valptr,
                         counts[blk] = e - e0
                         blk += 1
                         e0 = e
+    if fake * 8 > nbits:  # some of the zero bytes fed past the scan's data were decoded
+        return 0, -25
     return e0, pos
 
 
@@ -411,6 +430,9 @@ class EntropyDecoder:
         if expect is not None and layout != expect:
             raise CodecError(f"JPEG is {layout.width}x{layout.height} with sampling {layout.sampling}, expected "
                              f"{expect.width}x{expect.height} with {expect.sampling}")
+        if layout.blocks > 4 * (len(data) - pos):  # each block takes 2 bits at least: a DC code and an end
+            raise CodecError(f"not a JPEG this decoder reads: a {layout.width}x{layout.height} image needs "
+                             f"{-(-layout.blocks // 4)} bytes of scan at least, this one has {len(data) - pos}")
         if len(self._counts) < layout.blocks:
             self._vals, self._where = np.empty(layout.blocks * 64, np.int16), np.empty(layout.blocks * 64, np.uint8)
             self._counts = np.empty(layout.blocks, np.uint8)

@@ -16,8 +16,8 @@ own dependencies: a worker entropy-decodes each JPEG of the window into its quan
 int16 coefficients (`HybridBatch`), and `batch.to(device)` dequantises, inverse-transforms, upsamples
 the chroma (libjpeg's "fancy" triangle filter: bilinear at half-pixel centres), converts JFIF YCbCr
 to BGR, and then resizes, crops and flips as the nvJPEG path does. Pixels are within a few levels of
-libjpeg-turbo's integer decode, 0.05 on average (its integer IDCT against a float one;
-tests/streams/test_hybrid_decode.py). It runs on any device: on
+libjpeg-turbo's integer decode, 0.03-0.06 on average for q95 frames (its integer IDCT against a
+float one; up to ~0.25 for tiny or low-quality images; tests/streams/test_hybrid_decode.py). It runs on any device: on
 a CPU the inverse transform moves to the trainer's process, which saves nothing, so it is for GPUs.
 """
 from __future__ import annotations
@@ -157,6 +157,9 @@ def hybrid_clip(video: Any, modality: str, indices: Sequence[int], decoder: Entr
                 if (layout.height, layout.width) != (video.height, video.width):
                     raise CodecError(f"JPEG is {layout.width}x{layout.height}, the video {video.width}x"
                                      f"{video.height}")
+                if len(layout.grids) != (3 if modality == "rgb" else 1):  # the CPU path converts; this one can't
+                    raise CodecError(f"a {'grey' if len(layout.grids) == 1 else 'colour'} JPEG where a "
+                                     f"{'colour frame' if modality == 'rgb' else 'grey flow image'} belongs")
                 counts = np.empty((len(blobs), layout.blocks), np.uint8)
                 quant = np.empty((len(blobs), len(layout.grids), 64), np.int32)
         except CodecError as e:
@@ -289,13 +292,15 @@ def coefficients_to_pixels(coefs: torch.Tensor, quant: torch.Tensor, layout: Lay
 def _upsample(plane: torch.Tensor, scale: tuple[int, int]) -> torch.Tensor:
     """A chroma plane [N, h, w] of uint8 levels upsampled by (rows, columns) factors as libjpeg-turbo's
     "fancy" upsampling does it: the triangle filter (bilinear at half-pixel centres, edges replicated)
-    for 2x2 and 1x2, whose 16ths or 4ths it rounds with a bias alternating from column to column
-    (8, 7 and 1, 2); other factors bilinear, rounded."""
+    for 2x2, 1x2 and 2x1, whose 16ths or 4ths it rounds with a bias alternating from column to column
+    (8, 7 and 1, 2) or, for 2x1, from row to row (1, 2); other factors bilinear, rounded."""
     if scale == (1, 1):
         return plane
     up = F.interpolate(plane[:, None], scale_factor=scale, mode="bilinear", align_corners=False)[:, 0]
-    parts, biases = {(2, 2): (16, (8, 7)), (1, 2): (4, (1, 2))}.get(scale, (0, ()))
+    parts, biases = {(2, 2): (16, (8, 7)), (1, 2): (4, (1, 2)), (2, 1): (4, (1, 2))}.get(scale, (0, ()))
     if not parts:
         return up.round_()
-    bias = torch.tensor(biases, dtype=up.dtype, device=up.device)[torch.arange(up.shape[-1], device=up.device) % 2]
-    return ((up * parts).round_() + bias).div_(parts).floor_()
+    # the bias alternates by column, or for 2x1 (h1v2) by row
+    along = up.shape[-2] if scale == (2, 1) else up.shape[-1]
+    bias = torch.tensor(biases, dtype=up.dtype, device=up.device)[torch.arange(along, device=up.device) % 2]
+    return ((up * parts).round_() + (bias[:, None] if scale == (2, 1) else bias)).div_(parts).floor_()

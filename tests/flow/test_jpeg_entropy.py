@@ -106,6 +106,80 @@ def test_what_it_does_not_read_is_one_line(blob, problem):
         EntropyDecoder()(blob)
 
 
+def segment(blob: bytes, marker: int) -> int:
+    """Offset of the first segment `FF marker` (its FF) before the scan."""
+    pos = 2
+    while blob[pos + 1] != marker:
+        pos += 2 + int.from_bytes(blob[pos + 2:pos + 4], "big")
+    return pos
+
+
+def scan_start(blob: bytes) -> int:
+    sos = segment(blob, 0xDA)
+    return sos + 2 + int.from_bytes(blob[sos + 2:sos + 4], "big")
+
+
+def test_a_scan_that_ends_early_or_holds_a_marker_is_refused():
+    """Zero bytes are fed past the scan's data (as libjpeg does) but none may be decoded: a cut scan,
+    a marker inside it and restart markers the header does not announce are errors, not zero blocks."""
+    good = jpeg(textured(64, 96, 3, seed=4))
+    start = scan_start(good)
+    cut = good[:start + (len(good) - start) // 2]
+    inner = good[:start + 200] + b"\xff\xd9" + good[start + 202:]
+    restarts = bytearray(jpeg(textured(64, 96, 3, seed=4), cv2.IMWRITE_JPEG_RST_INTERVAL, 1))
+    dri = segment(bytes(restarts), 0xDD)
+    restarts[dri + 4:dri + 6] = b"\0\0"  # interval 0: the RST markers come unannounced
+    for blob in (good[:start], cut, inner, bytes(restarts)):
+        with pytest.raises(CodecError, match="ends before its last block|bytes of scan at least"):
+            EntropyDecoder().sparse(blob)
+
+
+def test_a_header_larger_than_its_scan_allocates_nothing():
+    """65535x65535 in the header of a tiny file: refused before any array is sized by it."""
+    blob = bytearray(jpeg(textured(16, 16, 3)))
+    sof = segment(bytes(blob), 0xC0)
+    blob[sof + 5:sof + 9] = (65535).to_bytes(2, "big") * 2
+    with pytest.raises(CodecError, match="a 65535x65535 image needs 25165824 bytes of scan at least, this one has"):
+        EntropyDecoder().sparse(bytes(blob))
+
+
+def test_colour_it_cannot_convert_is_refused():
+    """Chroma sampled more finely than luma (the device upsamples to the first component's grid), and
+    RGB colour (no JFIF marker, component ids R, G, B: libjpeg's rule), which it would turn to BGR as
+    if it were YCbCr."""
+    blob = bytearray(jpeg(textured(16, 16, 3), cv2.IMWRITE_JPEG_SAMPLING_FACTOR, 0x111111))
+    sof = segment(bytes(blob), 0xC0)
+    finer = bytearray(blob)
+    finer[sof + 10 + 3 + 1] = 0x22  # Cb 2x2 under a 1x1 Y
+    with pytest.raises(CodecError, match="sampled more finely than the first"):
+        EntropyDecoder().sparse(bytes(finer))
+    app0 = segment(bytes(blob), 0xE0)
+    rgb = bytearray(blob[:app0] + blob[app0 + 2 + int.from_bytes(blob[app0 + 2:app0 + 4], "big"):])
+    sof = segment(bytes(rgb), 0xC0)
+    for i, name in enumerate(b"RGB"):
+        rgb[sof + 10 + 3 * i] = name
+    sos = segment(bytes(rgb), 0xDA)
+    for i, name in enumerate(b"RGB"):
+        rgb[sos + 5 + 2 * i] = name
+    with pytest.raises(CodecError, match="RGB colour"):
+        EntropyDecoder().sparse(bytes(rgb))
+
+
+def test_zero_runs_write_nothing():
+    """Blocks whose one AC term lies past 16 zeros (a ZRL code; short with optimised tables): the
+    sparse output holds only nonzero AC terms, and they scatter to the dense coefficients."""
+    u = np.arange(8)
+    pattern = np.cos((2 * u[:, None] + 1) * 5 * np.pi / 16) * np.cos((2 * u[None, :] + 1) * 6 * np.pi / 16)
+    img = np.clip(128 + 60 * np.tile(pattern, (8, 8)), 0, 255).astype(np.uint8)
+    decoder = EntropyDecoder()
+    for blob in (jpeg(img), jpeg(img, cv2.IMWRITE_JPEG_OPTIMIZE, 1)):
+        got = decoder.sparse(blob)
+        ac = got.positions != 0
+        assert ac.sum() >= 64 and (got.values[ac] != 0).all() and got.positions.max() > 40
+        dense = decoder(blob)[0]
+        assert (dense[:, 1:] != 0).sum() == ac.sum()
+
+
 def test_damaged_jpegs_are_errors_or_garbage_never_a_crash():
     """Truncations and random byte changes anywhere (headers, tables, scan): a CodecError or some
     coefficients, and the next good JPEG still decodes to the same arrays (no state left behind)."""

@@ -19,7 +19,7 @@ from tests.builders import make_toy_store
 from tests.flow.test_jpeg_entropy import jpeg, textured
 
 
-@pytest.mark.parametrize("sampling", [0x221111, 0x211111, 0x111111, None])  # 4:2:0, 4:2:2, 4:4:4, grey
+@pytest.mark.parametrize("sampling", [0x221111, 0x211111, 0x121111, 0x111111, None])  # 4:2:0, 4:2:2, 4:4:0, 4:4:4
 def test_coefficients_to_pixels_is_libjpegs_decode(sampling):
     """Dequantise, inverse DCT, upsample, colour-convert: within a few levels of libjpeg-turbo's integer
     decode of the same file, a twentieth of a level on average (its integer IDCT against a float one;
@@ -151,16 +151,18 @@ class Video:
     ("progressive", "video cls/v_bad: frame 1: not a JPEG this decoder reads: progressive.*train.decode = \"cpu\""),
     ("size", "video cls/v_bad: frame 0: JPEG is 32x24, the video 40x24"),
     ("mixed", r"video cls/v_bad: frame 1: JPEG is 40x24 with sampling \(\(1, 1\), .*, expected 40x24 with \(\(2, 2\)"),
-    ("truncated", "video cls/v_bad: frame 1: corrupt JPEG data|video cls/v_bad: frame 1: not a JPEG"),
+    ("truncated", "video cls/v_bad: frame 1: (corrupt JPEG data|not a JPEG this decoder reads)"),
+    ("grey", "video cls/v_bad: frame 0: a grey JPEG where a colour frame belongs"),
 ])
 def test_a_jpeg_it_cannot_read_names_the_video_and_image(case, message):
     img = textured(24, 40, 3)
     good = jpeg(img)
     second = {"progressive": jpeg(img, cv2.IMWRITE_JPEG_PROGRESSIVE, 1),
               "size": good, "mixed": jpeg(img, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, 0x111111),
-              "truncated": good[:len(good) // 3]}[case]
+              "truncated": good[:len(good) - 40], "grey": jpeg(img[..., 1])}[case]
     width = 32 if case == "size" else 40
-    blobs = [jpeg(cv2.resize(img, (32, 24))) if case == "size" else good, second]
+    first = {"size": jpeg(cv2.resize(img, (32, 24))), "grey": second}.get(case, good)
+    blobs = [first, second]
     with pytest.raises(StreamsError, match=message):
         gpu_decode.hybrid_clip(Video(blobs, 24, 40 if case != "size" else 40), "rgb", [0, 1], EntropyDecoder(),
                                ((24, width), 0, 0, 16, False))
