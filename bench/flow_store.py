@@ -53,7 +53,7 @@ from flow.store import PackedFrames, create_store
 from flow.tvl1 import OpenCVTVL1, to_gray
 from flow.video import VideoReader
 from p3dbase.errors import SettingError
-from streams.gpu_decode import hybrid_clip
+from streams.gpu_decode import window_coefficients
 
 CLIPS = ["arm_wrestling__mmaction2_demo.mp4", "clean_and_jerk__mmskeleton.mp4",
          "skateboarding__mmskeleton.mp4", "tai_chi__mmskeleton.mp4", "cleaning_pool__mmaction2_test.mp4"]
@@ -94,14 +94,14 @@ def decode_only(reader: PackedFrames, modality: str) -> Callable[..., None]:
 
 @functools.cache
 def hybrid_read(reader: PackedFrames, modality: str) -> Callable[..., None]:
-    """The CPU's part of train.decode = "hybrid" exactly as a worker does it (streams.gpu_decode.hybrid_clip):
+    """The CPU's part of train.decode = "hybrid" exactly as a worker does it (streams.gpu_decode.window_coefficients):
     the window's JPEGs read (checksums checked) and entropy-decoded into their sparse coefficients,
     gathered into the clip's arrays. This process keeps glibc's default allocator settings, which a
     worker changes (streams.loaders.keep_freed_memory), so its fresh arrays cost page faults here."""
     decoder = EntropyDecoder()
 
     def read(indices: range, fast: bool = False) -> None:
-        hybrid_clip(reader, modality, indices, decoder, ((reader.height, reader.width), 0, 0, 16, False))
+        window_coefficients(reader, modality, indices, decoder)
     return read
 
 

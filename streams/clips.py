@@ -24,7 +24,7 @@ from flow.jpeg_entropy import EntropyDecoder
 from flow.store import Store, VideoFrames, open_store
 from streams import transforms
 from streams.errors import StreamsError
-from streams.gpu_decode import DECODES, JpegClip, hybrid_clip
+from streams.gpu_decode import DECODES, HybridClip, JpegClip, window_coefficients
 from streams.losses import label_array
 
 
@@ -107,9 +107,11 @@ class ClipDataset(Dataset):
                 return JpegClip(video.jpeg_blobs(self.modality, indices), self.modality, size, top, left, self.crop,
                                 flip), label
             if self.train and self.decode == "hybrid":
-                choices = self._choices(rng, video.height, video.width)
-                decoder = self.__dict__.setdefault("_entropy", EntropyDecoder())  # each worker its own
-                return hybrid_clip(video, self.modality, indices, decoder, (*choices[:3], self.crop, choices[3])), label
+                size, top, left, flip = self._choices(rng, video.height, video.width)
+                if "_entropy" not in self.__dict__:  # each worker its own (tables, reused arrays)
+                    self._entropy = EntropyDecoder()
+                coefficients = window_coefficients(video, self.modality, indices, self._entropy)
+                return HybridClip(*coefficients, self.modality, size, top, left, self.crop, flip), label
             if self.train:
                 return self._augment(video, indices, rng), label
             shape = (len(indices), video.height, video.width, transforms.CHANNELS[self.modality])

@@ -12,13 +12,14 @@ loader"). torchvision is imported on first use only: the CPU path never needs it
 
 The hybrid decode splits a JPEG as nvJPEG's hybrid backend does, with nothing beyond the project's
 own dependencies: a worker entropy-decodes each JPEG of the window into its quantised DCT coefficients
-(flow.jpeg_entropy, numba), about 70% of libjpeg-turbo's CPU for a q95 frame; the batch crosses as
-int16 coefficients (`HybridBatch`), and `batch.to(device)` dequantises, inverse-transforms, upsamples
-the chroma (libjpeg's "fancy" triangle filter: bilinear at half-pixel centres), converts JFIF YCbCr
-to BGR, and then resizes, crops and flips as the nvJPEG path does. Pixels are within a few levels of
-libjpeg-turbo's integer decode, 0.03-0.06 on average for q95 frames (its integer IDCT against a
-float one; up to ~0.25 for tiny or low-quality images; tests/streams/test_hybrid_decode.py). It runs on any device: on
-a CPU the inverse transform moves to the trainer's process, which saves nothing, so it is for GPUs.
+(flow.jpeg_entropy, numba), 60-78% of libjpeg-turbo's CPU for a q95 frame; the batch crosses as
+sparse coefficients (`HybridBatch`: each block's DC and nonzero AC terms), and `batch.to(device)`
+scatters them, dequantises, inverse-transforms, upsamples the chroma (libjpeg's "fancy" triangle
+filter and its rounding), converts JFIF YCbCr to BGR, and then resizes, crops and flips as the
+nvJPEG path does. Pixels are within a few levels of libjpeg-turbo's integer decode, 0.03-0.06 on
+average for q95 frames (its integer IDCT against a float one; up to ~0.25 for tiny or low-quality
+images; tests/streams/test_hybrid_decode.py). It runs on any device: on a CPU the inverse transform
+moves to the trainer's process, which saves nothing, so it is for GPUs.
 """
 from __future__ import annotations
 
@@ -139,11 +140,12 @@ class HybridBatch:
         return _augment(clips, self.choices, flow)
 
 
-def hybrid_clip(video: Any, modality: str, indices: Sequence[int], decoder: EntropyDecoder,
-                choices: tuple[tuple[int, int], int, int, int, bool]) -> HybridClip:
+def window_coefficients(video: Any, modality: str, indices: Sequence[int], decoder: EntropyDecoder
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Layout]:
     """The worker's part of a hybrid decode: the window's JPEGs (`video.jpeg_blobs`, checksums checked)
-    entropy-decoded. StreamsError naming the video and image for a JPEG the decoder cannot read or
-    one of another size than the video's."""
+    entropy-decoded, as HybridClip holds them: (counts, positions, values, quant, layout).
+    StreamsError naming the video and image for a JPEG the decoder cannot read, one of another size
+    than the video's, or one of another number of components than the modality's."""
     blobs = video.jpeg_blobs(modality, indices)
     what = "frame" if modality == "rgb" else "flow image"
     counts = quant = layout = None
@@ -169,9 +171,7 @@ def hybrid_clip(video: Any, modality: str, indices: Sequence[int], decoder: Entr
         counts[k], quant[k] = got.counts, got.quant
         positions.append(got.positions.copy())  # the decoder's arrays are reused by its next call
         values.append(got.values.copy())
-    size, top, left, crop, flip = choices
-    return HybridClip(counts, np.concatenate(positions), np.concatenate(values), quant, layout, modality, size, top,
-                      left, crop, flip)
+    return counts, np.concatenate(positions), np.concatenate(values), quant, layout
 
 
 def _shared_cat(arrays: list[np.ndarray]) -> torch.Tensor:

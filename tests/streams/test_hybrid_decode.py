@@ -160,9 +160,7 @@ def test_a_jpeg_it_cannot_read_names_the_video_and_image(case, message):
     second = {"progressive": jpeg(img, cv2.IMWRITE_JPEG_PROGRESSIVE, 1),
               "size": good, "mixed": jpeg(img, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, 0x111111),
               "truncated": good[:len(good) - 40], "grey": jpeg(img[..., 1])}[case]
-    width = 32 if case == "size" else 40
     first = {"size": jpeg(cv2.resize(img, (32, 24))), "grey": second}.get(case, good)
     blobs = [first, second]
     with pytest.raises(StreamsError, match=message):
-        gpu_decode.hybrid_clip(Video(blobs, 24, 40 if case != "size" else 40), "rgb", [0, 1], EntropyDecoder(),
-                               ((24, width), 0, 0, 16, False))
+        gpu_decode.window_coefficients(Video(blobs, 24, 40), "rgb", [0, 1], EntropyDecoder())
